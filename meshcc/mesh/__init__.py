@@ -1,0 +1,1 @@
+"""Layer 5: announcement, browsing, the peer table, liveness, allowed subnets."""
