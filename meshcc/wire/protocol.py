@@ -1,0 +1,617 @@
+"""Sans-IO codec for the distcc 3.4 wire protocol (versions 1, 2 and 3).
+
+Bytes in, events out (``RequestReader``, ``ReplyReader``); values in, bytes out
+(``encode_*``). No sockets, files or asyncio, so the blocking client and the
+asyncio server share it unchanged (the h11 model).
+
+Framing: every field is a 12-byte header, 4 ASCII letters + 8 hex digits (we
+emit lowercase, accept either case as distcc's ``strtoul`` does). For string
+and bulk tokens the value is a byte length and that many body bytes follow.
+Every length is checked against ``Limits`` as soon as its header is parsed, so
+an oversized token fails before any of its body is awaited or allocated.
+
+Import cost matters (the compile wrapper imports this on every compile), so
+the module uses only builtins: no ``dataclasses`` (~7 ms with ``inspect``) and
+no ``typing`` at run time. Events and ``Limits`` are small frozen classes with
+``__slots__`` that behave like frozen slotted dataclasses (eq, repr, hash,
+``__match_args__``).
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    from collections.abc import Generator, Sequence
+    from typing import Literal
+
+__all__ = [
+    "NEED_DATA",
+    "Event",
+    "Limits",
+    "ProtocolError",
+    "PumpFile",
+    "ReplyDepFile",
+    "ReplyEnd",
+    "ReplyObject",
+    "ReplyReader",
+    "ReplyRefused",
+    "ReplyStart",
+    "ReplyStatus",
+    "ReplyStderr",
+    "ReplyStdout",
+    "RequestArgs",
+    "RequestEnd",
+    "RequestReader",
+    "RequestSource",
+    "RequestStart",
+    "encode_pump_files",
+    "encode_refusal",
+    "encode_reply",
+    "encode_request_head",
+    "encode_source",
+    "string_token",
+    "token",
+]
+
+HEADER_LEN = 12
+_MAX_VALUE = 0xFFFFFFFF
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; ``str(e)`` says how (meant for logs)."""
+
+
+class _NeedDataType:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+    def __reduce__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedDataType()
+"""Returned by ``next_event()`` when more bytes must be fed first."""
+
+
+class _Frozen:
+    """Base for immutable slotted value classes (a cheap frozen dataclass)."""
+
+    __slots__ = ()
+    __match_args__: tuple[str, ...] = ()  # the fields, in order
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.__class__, self._values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
+        return f"{self.__class__.__name__}({fields})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{self.__class__.__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{self.__class__.__name__} is immutable")
+
+
+_set = object.__setattr__
+
+
+class Limits(_Frozen):
+    """Upper bounds on every length the readers accept (defaults suit real builds)."""
+
+    __slots__ = (
+        "max_argc",
+        "max_arg_bytes",
+        "max_args_total",
+        "max_body",
+        "max_files",
+        "max_message",
+    )
+    __match_args__ = __slots__
+    max_argc: int
+    max_arg_bytes: int  # one ARGV / CDIR / NAME / LINK string
+    max_args_total: int  # all ARGV bytes together
+    max_body: int  # one bulk body as on the wire (DOTI, DOTO, SERR, SOUT, FILE, DOTD)
+    max_files: int  # protocol 3 NFIL
+    max_message: int  # meshcc ERRM text
+
+    def __init__(
+        self,
+        max_argc: int = 4096,
+        max_arg_bytes: int = 64 * 1024,
+        max_args_total: int = 1024 * 1024,
+        max_body: int = 256 * 1024 * 1024,
+        max_files: int = 65536,
+        max_message: int = 64 * 1024,
+    ) -> None:
+        for name, value in zip(
+            self.__match_args__,
+            (max_argc, max_arg_bytes, max_args_total, max_body, max_files, max_message),
+        ):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"Limits.{name} must be a non-negative int, got {value!r}")
+            _set(self, name, value)
+
+    def replace(self, **changes: int) -> Limits:
+        """A copy with some fields changed (``dataclasses.replace`` equivalent)."""
+        values = {n: getattr(self, n) for n in self.__match_args__}
+        unknown = changes.keys() - values.keys()
+        if unknown:
+            raise TypeError(f"unknown Limits field(s): {', '.join(sorted(unknown))}")
+        values.update(changes)
+        return Limits(**values)
+
+
+_DEFAULT_LIMITS = Limits()
+
+
+# ---------------------------------------------------------------- events
+
+
+class RequestStart(_Frozen):
+    """``DIST``: a request in protocol ``version`` (1, 2 or 3) begins."""
+
+    __slots__ = ("version",)
+    __match_args__ = __slots__
+    version: int
+
+    def __init__(self, version: int) -> None:
+        _set(self, "version", version)
+
+
+class RequestArgs(_Frozen):
+    """All ``ARGV`` strings read; ``cwd`` is the ``CDIR`` of a v3 request, else None."""
+
+    __slots__ = ("argv", "cwd")
+    __match_args__ = __slots__
+    argv: list[bytes]
+    cwd: bytes | None
+
+    def __init__(self, argv: list[bytes], cwd: bytes | None = None) -> None:
+        _set(self, "argv", argv)
+        _set(self, "cwd", cwd)
+
+
+class PumpFile(_Frozen):
+    """One v3 file entry: ``NAME`` then ``FILE`` (LZO body) or ``LINK`` (target text)."""
+
+    __slots__ = ("name", "kind", "data")
+    __match_args__ = __slots__
+    name: bytes
+    kind: Literal["FILE", "LINK"]
+    data: bytes
+
+    def __init__(self, name: bytes, kind: Literal["FILE", "LINK"], data: bytes) -> None:
+        _set(self, "name", name)
+        _set(self, "kind", kind)
+        _set(self, "data", data)
+
+
+class RequestSource(_Frozen):
+    """``DOTI`` body as on the wire (LZO for v2); ends a v1/v2 request."""
+
+    __slots__ = ("data",)
+    __match_args__ = __slots__
+    data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        _set(self, "data", data)
+
+
+class RequestEnd(_Frozen):
+    """The request is complete (after RequestSource, or the last PumpFile in v3)."""
+
+    __slots__ = ()
+    __match_args__ = ()
+
+
+class ReplyStart(_Frozen):
+    """``DONE``: the reply begins; ``version`` equals the request's."""
+
+    __slots__ = ("version",)
+    __match_args__ = __slots__
+    version: int
+
+    def __init__(self, version: int) -> None:
+        _set(self, "version", version)
+
+
+class ReplyStatus(_Frozen):
+    """``STAT``: the compiler's raw wait status (exit << 8 | signal)."""
+
+    __slots__ = ("wait_status",)
+    __match_args__ = __slots__
+    wait_status: int
+
+    def __init__(self, wait_status: int) -> None:
+        _set(self, "wait_status", wait_status)
+
+
+class _Body(_Frozen):
+    __slots__ = ("data",)
+    __match_args__ = __slots__
+    data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        _set(self, "data", data)
+
+
+class ReplyStderr(_Body):
+    """``SERR`` body as on the wire."""
+
+    __slots__ = ()
+
+
+class ReplyStdout(_Body):
+    """``SOUT`` body as on the wire."""
+
+    __slots__ = ()
+
+
+class ReplyObject(_Body):
+    """``DOTO`` body as on the wire (empty on a failed compile)."""
+
+    __slots__ = ()
+
+
+class ReplyDepFile(_Body):
+    """``DOTD`` body as on the wire (v3, successful compiles only)."""
+
+    __slots__ = ()
+
+
+class ReplyEnd(_Frozen):
+    """The reply is complete."""
+
+    __slots__ = ()
+    __match_args__ = ()
+
+
+class ReplyRefused(_Frozen):
+    """meshcc's ``ERRM`` refusal in place of ``DONE``; terminal (no ReplyEnd follows)."""
+
+    __slots__ = ("message",)
+    __match_args__ = __slots__
+    message: str
+
+    def __init__(self, message: str) -> None:
+        _set(self, "message", message)
+
+
+Event = (
+    RequestStart
+    | RequestArgs
+    | PumpFile
+    | RequestSource
+    | RequestEnd
+    | ReplyStart
+    | ReplyStatus
+    | ReplyStderr
+    | ReplyStdout
+    | ReplyObject
+    | ReplyDepFile
+    | ReplyEnd
+    | ReplyRefused
+)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def token(name: bytes, value: int) -> bytes:
+    """One 12-byte header, e.g. ``token(b"DOTI", 26) == b"DOTI0000001a"``."""
+    if len(name) != 4:
+        raise ValueError(f"token name must be 4 bytes, got {name!r}")
+    if not 0 <= value <= _MAX_VALUE:
+        raise ValueError(f"{name.decode('ascii', 'replace')} value {value} out of 32-bit range")
+    return b"%s%08x" % (name, value)
+
+
+def string_token(name: bytes, data: bytes) -> bytes:
+    """Header carrying ``len(data)`` followed by ``data``."""
+    return token(name, len(data)) + data
+
+
+def _check_version(version: int) -> None:
+    if version not in (1, 2, 3):
+        raise ValueError(f"protocol version must be 1, 2 or 3, got {version!r}")
+
+
+def encode_request_head(version: int, argv: Sequence[bytes], *, cwd: bytes | None = None) -> bytes:
+    """``DIST [CDIR] ARGC ARGV...``; ``cwd`` (CDIR) is required for v3, refused otherwise."""
+    _check_version(version)
+    if (version == 3) != (cwd is not None):
+        raise ValueError("cwd (CDIR) must be given for protocol 3 and only for it")
+    parts = [token(b"DIST", version)]
+    if cwd is not None:
+        parts.append(string_token(b"CDIR", cwd))
+    parts.append(token(b"ARGC", len(argv)))
+    parts.extend(string_token(b"ARGV", a) for a in argv)
+    return b"".join(parts)
+
+
+def encode_source(data: bytes) -> bytes:
+    """``DOTI`` with the (already compressed, for v2) source."""
+    return string_token(b"DOTI", data)
+
+
+def encode_pump_files(files: Sequence[tuple[bytes, Literal["FILE", "LINK"], bytes]]) -> bytes:
+    """v3 ``NFIL`` then ``NAME`` + ``FILE``/``LINK`` per ``(name, kind, data)``."""
+    parts = [token(b"NFIL", len(files))]
+    for name, kind, data in files:
+        if kind not in ("FILE", "LINK"):
+            raise ValueError(f"pump file kind must be 'FILE' or 'LINK', got {kind!r}")
+        parts.append(string_token(b"NAME", name))
+        parts.append(string_token(kind.encode("ascii"), data))
+    return b"".join(parts)
+
+
+def encode_reply(
+    version: int,
+    wait_status: int,
+    stderr: bytes,
+    stdout: bytes,
+    obj: bytes | None,
+    *,
+    dotd: bytes | None = None,
+) -> bytes:
+    """``DONE STAT SERR SOUT DOTO`` (+ ``DOTD`` for a successful v3 compile).
+
+    ``obj`` None sends ``DOTO00000000`` as distccd does for a failed compile.
+    Output with a failure status is refused: distcc clients would not read it.
+    """
+    _check_version(version)
+    if wait_status != 0 and obj:
+        raise ValueError("a failed compile (wait_status != 0) cannot carry an object file")
+    if dotd is not None and (version != 3 or wait_status != 0):
+        raise ValueError("DOTD is only sent for a successful protocol 3 compile")
+    parts = [
+        token(b"DONE", version),
+        token(b"STAT", wait_status),
+        string_token(b"SERR", stderr),
+        string_token(b"SOUT", stdout),
+        string_token(b"DOTO", obj or b""),
+    ]
+    if version == 3 and wait_status == 0:
+        parts.append(string_token(b"DOTD", dotd or b""))
+    return b"".join(parts)
+
+
+def encode_refusal(message: str) -> bytes:
+    """meshcc's ``ERRM`` token; the text is cut (on a UTF-8 boundary) to the default limit."""
+    data = message.encode("utf-8", "replace")
+    limit = _DEFAULT_LIMITS.max_message
+    if len(data) > limit:
+        data = data[:limit].decode("utf-8", "ignore").encode("utf-8")
+    return string_token(b"ERRM", data)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _show(name: bytes) -> str:
+    """A token name for an error message; binary garbage shown as a bytes repr."""
+    if name.isalpha() and name.isascii():
+        return name.decode("ascii")
+    return repr(name)
+
+
+if TYPE_CHECKING:
+    _Parser = Generator["Event | _NeedDataType", None, None]
+
+
+class _Reader:
+    """Shared buffering and token parsing; subclasses provide ``_parse()``."""
+
+    __slots__ = ("_buf", "_eof", "_error", "_parser", "limits")
+    _what = "stream"
+
+    def __init__(self, limits: Limits = _DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        # Unconsumed input. Consuming deletes from the front, which CPython's
+        # bytearray does in O(1) (it moves its start offset), so large bodies
+        # fed in many chunks cost linear time overall.
+        self._buf = bytearray()
+        self._eof = False
+        self._error: ProtocolError | None = None
+        self._parser = self._parse()
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes; call ``next_event()`` until it returns NEED_DATA."""
+        if self._eof:
+            raise ProtocolError("data fed after end of stream")
+        self._buf += data
+
+    def feed_eof(self) -> None:
+        """The peer closed the stream; a truncated message now raises ProtocolError."""
+        self._eof = True
+
+    def next_event(self) -> Event | _NeedDataType:
+        """The next event, or NEED_DATA; raises ProtocolError (and stays failed)."""
+        if self._error is not None:
+            raise ProtocolError(str(self._error))
+        try:
+            return next(self._parser)
+        except ProtocolError as e:
+            self._error = e
+            raise
+
+    # -- helpers used by _parse() via ``yield from``
+
+    def _wait(self, n: int, what: str) -> _Parser:
+        buf = self._buf
+        while len(buf) < n:
+            if self._eof:
+                raise ProtocolError(
+                    f"{self._what} truncated: end of stream in {what} "
+                    f"(have {len(buf)} of {n} bytes)"
+                )
+            yield NEED_DATA
+
+    def _header(self, expected: tuple[bytes, ...]) -> Generator[
+        _NeedDataType, None, tuple[bytes, int]
+    ]:
+        """Read one header whose name is in ``expected``; return (name, value)."""
+        yield from self._wait(HEADER_LEN, f"{'/'.join(_show(e) for e in expected)} token")
+        buf = self._buf
+        name = bytes(buf[:4])
+        digits = bytes(buf[4:HEADER_LEN])
+        del buf[:HEADER_LEN]
+        if name not in expected:
+            want = " or ".join(_show(e) for e in expected)
+            raise ProtocolError(
+                f"protocol derailment: expected {want} token, got {_show(name)}"
+                f" (header {bytes(name + digits)!r})"
+            )
+        if digits.translate(None, _HEX_DIGITS):
+            raise ProtocolError(f"{_show(name)} token value {digits!r} is not 8 hex digits")
+        return name, int(digits, 16)
+
+    def _body(self, name: bytes, length: int, limit: int, limit_name: str) -> Generator[
+        _NeedDataType, None, bytes
+    ]:
+        """Check ``length`` against the limit (before waiting for it), then read it."""
+        if length > limit:
+            raise ProtocolError(
+                f"{_show(name)} length {length} exceeds limit {limit_name}={limit}"
+            )
+        if length == 0:
+            return b""
+        yield from self._wait(length, f"{_show(name)} body")
+        buf = self._buf
+        if len(buf) == length:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            with memoryview(buf) as view:
+                data = view[:length].tobytes()
+            del buf[:length]
+        return data
+
+    def _string(self, name: bytes, limit: int, limit_name: str) -> Generator[
+        _NeedDataType, None, bytes
+    ]:
+        tok, length = yield from self._header((name,))
+        return (yield from self._body(tok, length, limit, limit_name))
+
+    def _finished(self) -> _Parser:
+        """After the last event: only EOF or silence is acceptable."""
+        while True:
+            if self._buf:
+                raise ProtocolError(
+                    f"{len(self._buf)} unexpected byte(s) after end of {self._what}: "
+                    f"{bytes(self._buf[:16])!r}"
+                )
+            yield NEED_DATA
+
+    def _parse(self) -> _Parser:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class RequestReader(_Reader):
+    """Server side: parses one distcc request (v1, v2 or v3) into events."""
+
+    __slots__ = ()
+    _what = "request"
+
+    def _parse(self) -> _Parser:
+        lim = self.limits
+        _, version = yield from self._header((b"DIST",))
+        if version not in (1, 2, 3):
+            raise ProtocolError(
+                f"unsupported protocol version {version} (DIST must be 1, 2 or 3)"
+            )
+        yield RequestStart(version)
+
+        cwd = None
+        if version == 3:
+            cwd = yield from self._string(b"CDIR", lim.max_arg_bytes, "max_arg_bytes")
+
+        _, argc = yield from self._header((b"ARGC",))
+        if argc > lim.max_argc:
+            raise ProtocolError(f"ARGC {argc} exceeds limit max_argc={lim.max_argc}")
+        if argc == 0:
+            raise ProtocolError("ARGC is 0: a request needs at least the compiler name")
+        argv: list[bytes] = []
+        total = 0
+        for _ in range(argc):
+            tok, length = yield from self._header((b"ARGV",))
+            if length > lim.max_arg_bytes:
+                raise ProtocolError(
+                    f"ARGV length {length} exceeds limit max_arg_bytes={lim.max_arg_bytes}"
+                )
+            total += length
+            if total > lim.max_args_total:
+                raise ProtocolError(
+                    f"ARGV total length {total} exceeds limit "
+                    f"max_args_total={lim.max_args_total}"
+                )
+            argv.append((yield from self._body(tok, length, lim.max_arg_bytes, "max_arg_bytes")))
+        yield RequestArgs(argv, cwd)
+
+        if version < 3:
+            tok, length = yield from self._header((b"DOTI",))
+            yield RequestSource((yield from self._body(tok, length, lim.max_body, "max_body")))
+        else:
+            _, nfil = yield from self._header((b"NFIL",))
+            if nfil > lim.max_files:
+                raise ProtocolError(f"NFIL {nfil} exceeds limit max_files={lim.max_files}")
+            for _ in range(nfil):
+                name = yield from self._string(b"NAME", lim.max_arg_bytes, "max_arg_bytes")
+                tok, length = yield from self._header((b"FILE", b"LINK"))
+                if tok == b"FILE":
+                    data = yield from self._body(tok, length, lim.max_body, "max_body")
+                    yield PumpFile(name, "FILE", data)
+                else:
+                    data = yield from self._body(tok, length, lim.max_arg_bytes, "max_arg_bytes")
+                    yield PumpFile(name, "LINK", data)
+        yield RequestEnd()
+        yield from self._finished()
+
+
+class ReplyReader(_Reader):
+    """Client side: parses the reply to a request made in protocol ``version``."""
+
+    __slots__ = ("version",)
+    _what = "reply"
+
+    def __init__(self, version: int, limits: Limits = _DEFAULT_LIMITS) -> None:
+        _check_version(version)
+        self.version = version
+        super().__init__(limits)
+
+    def _parse(self) -> _Parser:
+        lim = self.limits
+        tok, value = yield from self._header((b"DONE", b"ERRM"))
+        if tok == b"ERRM":
+            data = yield from self._body(tok, value, lim.max_message, "max_message")
+            yield ReplyRefused(data.decode("utf-8", "replace"))
+            yield from self._finished()
+            return
+        if value != self.version:
+            raise ProtocolError(
+                f"reply version {value} does not match request version {self.version}"
+            )
+        yield ReplyStart(value)
+
+        _, status = yield from self._header((b"STAT",))
+        yield ReplyStatus(status)
+        for name, event in ((b"SERR", ReplyStderr), (b"SOUT", ReplyStdout), (b"DOTO", ReplyObject)):
+            tok, length = yield from self._header((name,))
+            yield event((yield from self._body(tok, length, lim.max_body, "max_body")))
+        if self.version == 3 and status == 0:
+            tok, length = yield from self._header((b"DOTD",))
+            yield ReplyDepFile((yield from self._body(tok, length, lim.max_body, "max_body")))
+        yield ReplyEnd()
+        yield from self._finished()
