@@ -46,9 +46,9 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 # The README's test command adds the deb-src entry that `apt-get source` needs.
 README_HINT = (
-    "run the test suite with the command given in README.md (section 'Running the tests'): "
-    "it adds a deb-src entry (/etc/apt/sources.list.d/meshcc-tests-src.sources) and runs "
-    "`apt-get update` so that `apt-get source` works"
+    "run the tests with the README's command, `bash tests/run.sh` (as root): it adds a deb-src "
+    "entry (/etc/apt/sources.list.d/meshcc-tests-src.sources), runs `apt-get update` and "
+    "installs dpkg-dev, so that `apt-get source` works"
 )
 
 # distccd and meshcc write the same job summary layout (distcc's serve.c:dcc_job_summary).
