@@ -1,0 +1,259 @@
+"""The compile server's rules: which received command lines it runs, and how it rewrites them.
+
+The server runs the compiler on text the client already preprocessed, inside a per-job
+temp dir. Anything that would load or run code, read files on the server, or write files
+the protocol cannot return (or outside the job dir) is refused with a short sentence
+naming the option. The client calls :func:`refusal` on what it would send, so it keeps
+such jobs local up front with the same reason.
+
+Public API::
+
+    refusal(argv: list[str]) -> str | None
+        None if the server may run argv (argv[0] is the compiler, not checked here: the
+        toolchain map does that), else the reason.
+    rewrite_for_job(argv: list[str], input_path: str, output_path: str, *,
+                    hide_source_lines: bool = True) -> list[str]
+        The argv to execute: the source replaced by input_path, the -o value by output_path
+        (appended if missing), -x c/c++/objective-c(++) forced to their *-cpp-output forms,
+        and (by default) ``-fno-diagnostics-show-caret`` appended. Raises ValueError if argv
+        has no source; call it only after refusal(argv) returned None.
+    scan_source_refusal(data: bytes) -> str | None
+        Cheap best-effort scan of the received preprocessed text for assembler directives
+        and pragmas that read server files.
+
+Deliberate choice: an absolute or '..' source or -o name is *not* refused. Those names are
+never used for file access on the server (both are replaced by rewrite_for_job), and CMake
+passes absolute source paths in every compile, so refusing them would make every CMake
+build run locally. Options that derive other output names (-dumpdir, -dumpbase, -auxbase)
+are not rewritten, so those are refused when absolute or containing '..'.
+
+Why ``hide_source_lines``: gcc prints the source line under a diagnostic by reading the
+file named in the line markers from disk, so a crafted ``# 1 "/home/x/.netrc"`` marker
+followed by a syntax error would echo server files back in stderr. A received path that
+does not exist on the server already shows no source line, so little is lost.
+"""
+
+from meshcc.compiler import args as _args
+
+__all__ = ["refusal", "rewrite_for_job", "scan_source_refusal", "ALLOWED_LANGUAGES"]
+
+# Languages the server accepts after -x. The plain ones are rewritten to *-cpp-output.
+ALLOWED_LANGUAGES = frozenset(("cpp-output", "c++-cpp-output", "objective-c-cpp-output",
+                               "objective-c++-cpp-output", "none",
+                               "c", "c++", "objective-c", "objective-c++"))
+_D_ALLOWED = frozenset(("-dA", "-dp", "-dP"))
+_AUX_NAMES = frozenset(("-dumpdir", "-dumpbase", "-dumpbase-ext", "-auxbase",
+                        "-auxbase-strip"))
+_PROFILE = ("-fprofile-", "--coverage", "-ftest-coverage", "-fauto-profile",
+            "-fbranch-probabilities")
+_EXTRA_FILE = {
+    "-gsplit-dwarf": "writes a .dwo file beside the object that the protocol cannot return",
+    "-fstack-usage": "writes a .su file beside the object that the protocol cannot return",
+    "-fcallgraph-info": "writes a .ci file beside the object that the protocol cannot return",
+    "-fsave-optimization-record": "writes an optimization record file that the protocol "
+                                  "cannot return",
+}
+
+
+def _assembler_option_refusal(opt: str, shown: str) -> str | None:
+    """One option handed to the assembler (a piece of -Wa, or an -Xassembler value)."""
+    if opt.startswith("@"):
+        return f"{shown} makes the assembler read a response file from the server's disk"
+    if opt.startswith("-a") or opt.startswith("--MD") or opt.startswith("-o"):
+        return f"{shown} makes the assembler write a listing, dependency or output file"
+    return None
+
+
+def _path_escapes(path: str) -> bool:
+    return path.startswith("/") or ".." in path.split("/")
+
+
+def _option_refusal(argv: list[str]) -> str | None:
+    """Refusals for single options, before the structural scan in args."""
+    n = len(argv)
+    i = 1
+    while i < n:
+        a = argv[i]
+        i += 1
+        nxt = argv[i] if i < n else ""
+        if a[:1] == "@":
+            return f"{a}: response files would be read from the server's disk"
+        if a[:1] != "-":
+            continue
+        if a.startswith(("-fplugin=", "-fplugin-arg-", "-fplugin")):
+            return f"{a} loads code into the compiler"
+        if a.startswith("-iplugindir"):
+            return f"{a} points the compiler at a plugin directory on the server"
+        if a.startswith(("-specs", "--specs")):
+            return f"{a} reads a specs file, which can run any program"
+        if a == "-wrapper":
+            return "-wrapper runs the compiler's programs through another command"
+        if a.startswith("-B") or a.startswith("--prefix"):
+            return f"{a} makes the compiler run programs from another directory"
+        if a.startswith("-Wa,"):
+            for piece in a[4:].split(","):
+                r = _assembler_option_refusal(piece, a)
+                if r:
+                    return r
+            continue
+        if a == "-Xassembler":
+            r = _assembler_option_refusal(nxt, f"-Xassembler {nxt}")
+            if r:
+                return r
+            i += 1
+            continue
+        if a == "-aux-info" or a.startswith("-aux-info"):
+            return f"{a} writes an extra file"
+        if a.startswith(("-save-temps", "--save-temps")):
+            return f"{a} writes intermediate files"
+        if a.startswith("-fdump-"):
+            return f"{a} writes compiler dump files"
+        if a in _AUX_NAMES:
+            if _path_escapes(nxt):
+                return f"{a} {nxt} would put auxiliary files outside the job directory"
+            i += 1
+            continue
+        if a.startswith("-d") and len(a) > 2:
+            if a in _D_ALLOWED:
+                continue
+            if a.startswith("-dump"):
+                return f"{a} prints information instead of compiling"
+            return f"{a} writes compiler dump files"
+        if a.startswith("-fopt-info") and "=" in a:
+            return f"{a} writes optimization notes to a file"
+        if a.startswith(_PROFILE):
+            return f"{a} reads or writes profile data files"
+        if a in _EXTRA_FILE:
+            return f"{a} {_EXTRA_FILE[a]}"
+        if a.startswith("-fcallgraph-info"):
+            return f"{a} writes a .ci file beside the object that the protocol cannot return"
+        if a.startswith("-fdiagnostics-"):
+            if "file" in a or "sarif" in a:
+                return f"{a} writes diagnostics to a file"
+            if a.startswith("-fdiagnostics-generate-patch"):
+                return f"{a} prints patches built from files on the server"
+            continue
+        if a.startswith("-time="):
+            return f"{a} writes a timing file"
+        if a.startswith("-Wp,") or a == "-Xpreprocessor":
+            return f"{a} passes options to the preprocessor, which runs on the client"
+        if a.startswith(("-include", "-imacros", "--include", "--imacros")):
+            return f"{a} reads a file; preprocessing happens on the client"
+        if a in ("-fno-preprocessed", "-fdirectives-only"):
+            return f"{a} would run the preprocessor on the server, reading server files"
+        if a.startswith(("-fmodule-mapper", "-fmodules-ts", "-fmodule-header",
+                         "-fmodule-only", "-fdeps-")):
+            return f"{a}: C++ modules read and write files outside the job"
+        if a.startswith("-fself-test"):
+            return f"{a} reads files on the server"
+        if a[1:2] == "M":
+            return f"{a}: dependency options belong to the client's preprocessor run"
+        if a == "-E":
+            return "-E only preprocesses; preprocessing happens on the client"
+        if a == "-x" or a.startswith("-x"):
+            lang = nxt if a == "-x" else a[2:]
+            if lang not in ALLOWED_LANGUAGES:
+                return f"-x {lang}: only preprocessed C, C++ and Objective-C are compiled"
+            if a == "-x":
+                i += 1
+            continue
+        if a in _args._SEPARATE or a == "-o":
+            i += 1
+    return None
+
+
+def refusal(argv: list[str]) -> str | None:
+    """None if the server may run this command line, else a short reason naming the option.
+
+    Covers the option rules above plus everything :func:`meshcc.compiler.args.analyse`
+    would keep local (distcc's table: -march=native, two sources, no -c, conftest.*, ...).
+    """
+    if not argv:
+        return "empty command line"
+    r = _option_refusal(argv)
+    if r:
+        return r
+    job = _args.Job(list(argv), list(argv))
+    r = _args._scan(job, client=False)
+    if r:
+        # args phrases its reasons for the client ("..., so it runs locally").
+        return r[:-len(", so it runs locally")] if r.endswith(", so it runs locally") else r
+    return None
+
+
+def rewrite_for_job(argv: list[str], input_path: str, output_path: str, *,
+                    hide_source_lines: bool = True) -> list[str]:
+    """Point argv at the job's files and force the preprocessed-input languages.
+
+    A stock distcc client sends ``-x c`` unchanged; compiling the received text as C would
+    run the preprocessor on the server, and a crafted ``#include "/etc/shadow"`` would then
+    read server files. Only the first source and every -o value are replaced (refusal()
+    has already ensured there is at most one of each).
+    """
+    out = [argv[0]]
+    n = len(argv)
+    i = 1
+    replaced_source = False
+    saw_output = False
+    while i < n:
+        a = argv[i]
+        i += 1
+        if a[:1] != "-" or a == "-":
+            if not replaced_source and _args._suffix(a) in _args.SOURCE_SUFFIXES:
+                out.append(input_path)
+                replaced_source = True
+            else:
+                out.append(a)
+        elif a == "-o":
+            out += ("-o", output_path)
+            i += 1
+            saw_output = True
+        elif a.startswith("-o"):
+            out += ("-o", output_path)
+            saw_output = True
+        elif a == "-x":
+            if i < n:
+                out += ("-x", _args.CPP_OUTPUT_LANGUAGE.get(argv[i], argv[i]))
+            i += 1
+        elif a.startswith("-x"):
+            out.append("-x" + _args.CPP_OUTPUT_LANGUAGE.get(a[2:], a[2:]))
+        else:
+            out.append(a)
+            if a in _args._SEPARATE:
+                if i < n:
+                    out.append(argv[i])
+                i += 1
+    if not replaced_source:
+        raise ValueError("no source file in the command line")
+    if not saw_output:
+        out += ("-o", output_path)
+    if hide_source_lines:
+        out.append("-fno-diagnostics-show-caret")
+    return out
+
+
+# Assembler directives (case-insensitive in GNU as) and a pragma that open server files.
+_INCLUDE_FOLLOW = frozenset(b' \t\\"')
+
+
+def scan_source_refusal(data: bytes) -> str | None:
+    """Refuse preprocessed text that would make the compiler read files on the server.
+
+    A best-effort substring test (string concatenation or assembler macros can hide a
+    directive): ``.incbin`` copies any file into the object, ``.include`` echoes a file's
+    lines in assembler errors, ``#pragma GCC pch_preprocess`` opens a file as a PCH.
+    Running the compiler without access to private files is the real protection.
+    """
+    if b"pch_preprocess" in data:
+        return "the source uses #pragma GCC pch_preprocess, which opens a file on the server"
+    low = data.lower()
+    if b".incbin" in low:
+        return "the source uses the assembler directive .incbin, which reads a file on the server"
+    pos = low.find(b".include")
+    while pos >= 0:
+        nxt = low[pos + 8:pos + 9]
+        if not nxt or nxt[0] in _INCLUDE_FOLLOW:
+            return ("the source uses the assembler directive .include, which reads a file "
+                    "on the server")
+        pos = low.find(b".include", pos + 8)
+    return None
