@@ -1,0 +1,359 @@
+"""Tests for meshcc.compression: codecs, bounds, and LZO1X interop with liblzo2."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshcc.compression import (
+    Codec,
+    CompressionError,
+    available,
+    codec_for_protocol,
+    compress,
+    decompress,
+)
+from meshcc.compression import _lzoscan
+
+BIG = 1 << 40  # a max_size that never binds
+
+# ---------------------------------------------------------------- liblzo2 via ctypes (tests only)
+
+
+def _load_liblzo2():
+    for name in ("/usr/lib/x86_64-linux-gnu/liblzo2.so.2", ctypes.util.find_library("lzo2")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.lzo_version.restype = ctypes.c_uint
+        # lzo_init() is a macro: __lzo_init_v2(LZO_VERSION, sizeof(short), sizeof(int),
+        # sizeof(long), sizeof(lzo_uint32_t), sizeof(lzo_uint), lzo_sizeof_dict_t,
+        # sizeof(char *), sizeof(lzo_voidp), sizeof(lzo_callback_t)); the library
+        # checks these against its own ABI and returns LZO_E_OK (0) on a match.
+        p = ctypes.sizeof(ctypes.c_void_p)
+        sizes = (
+            ctypes.sizeof(ctypes.c_short),
+            ctypes.sizeof(ctypes.c_int),
+            ctypes.sizeof(ctypes.c_long),
+            4,
+            ctypes.sizeof(ctypes.c_size_t),
+            p,
+            p,
+            p,
+            6 * p,  # lzo_callback_t: 4 pointers + 2 lzo_xint (pointer-sized here)
+        )
+        if lib.__lzo_init_v2(ctypes.c_uint(lib.lzo_version()), *sizes) != 0:
+            continue
+        return lib
+    return None
+
+
+LIBLZO2 = _load_liblzo2()
+needs_liblzo2 = pytest.mark.skipif(
+    LIBLZO2 is None, reason="liblzo2.so.2 not found (Debian package liblzo2-2); CI installs it"
+)
+
+
+def lzo1x_1_compress(data: bytes) -> bytes:
+    """What distcc's miniLZO sends: lzo1x_1_compress of the whole body."""
+    assert LIBLZO2 is not None
+    dst = ctypes.create_string_buffer(len(data) + len(data) // 16 + 64 + 3)
+    dst_len = ctypes.c_size_t(len(dst))
+    wrkmem = ctypes.create_string_buffer(16384 * ctypes.sizeof(ctypes.c_void_p))
+    rc = LIBLZO2.lzo1x_1_compress(data, ctypes.c_size_t(len(data)), dst, ctypes.byref(dst_len), wrkmem)
+    assert rc == 0
+    return dst.raw[: dst_len.value]
+
+
+def lzo1x_decompress_safe(data: bytes, capacity: int) -> tuple[int, bytes]:
+    """What distcc's receiver runs; returns (lzo error code, output)."""
+    assert LIBLZO2 is not None
+    dst = ctypes.create_string_buffer(max(capacity, 1))
+    dst_len = ctypes.c_size_t(capacity)
+    rc = LIBLZO2.lzo1x_decompress_safe(data, ctypes.c_size_t(len(data)), dst, ctypes.byref(dst_len), None)
+    return rc, dst.raw[: dst_len.value]
+
+
+# ---------------------------------------------------------------- sample data and crafted streams
+
+
+def _source_like(n: int) -> bytes:
+    words = [b"int", b"static", b"return", b"struct", b"(", b")", b";\n", b"{", b"}", b"x", b"  "]
+    rnd = __import__("random").Random(n)
+    return b" ".join(rnd.choice(words) for _ in range(n))[:n]
+
+
+SAMPLES = [
+    b"a",
+    b"ab" * 3,
+    b"\0" * 100_000,
+    os.urandom(5000),
+    bytes(range(256)) * 64,
+    _source_like(200_000),
+]
+END = b"\x11\x00\x00"  # M4 with distance 0: end of stream
+
+
+def lzo_zero_bomb(zero_bytes: int, last: int = 1) -> tuple[bytes, int]:
+    """A hand-made LZO1X stream: one literal 0, then an M3 match at distance 1 whose
+    extended length uses ``zero_bytes`` zero bytes (255 output bytes each)."""
+    stream = b"\x12\x00" + b"\x20" + b"\x00" * zero_bytes + bytes([last]) + b"\x00\x00" + END
+    size = 1 + 31 + 255 * zero_bytes + last + 2
+    return stream, size
+
+
+# ---------------------------------------------------------------- basics
+
+
+def test_codec_for_protocol() -> None:
+    assert codec_for_protocol(1) is Codec.NONE
+    assert codec_for_protocol(2) is Codec.LZO
+    assert codec_for_protocol(3) is Codec.LZO
+    with pytest.raises(ValueError):
+        codec_for_protocol(4)
+
+
+def test_available() -> None:
+    assert available(Codec.NONE)
+    assert available(Codec.LZO)
+    assert available(Codec.LZ4)
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+def test_empty_special_case(codec: Codec) -> None:
+    assert compress(codec, b"") == b""
+    assert decompress(codec, b"", 0) == b""
+
+
+def test_lzo_empty_stream_is_accepted_too() -> None:
+    # lzo1x_1 of b"" is 11 00 00; distcc never sends it but it is valid LZO1X.
+    assert decompress(Codec.LZO, END, 10) == b""
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+@pytest.mark.parametrize("data", SAMPLES, ids=lambda d: f"{len(d)}B")
+def test_round_trip_samples(codec: Codec, data: bytes) -> None:
+    packed = compress(codec, data)
+    assert decompress(codec, packed, len(data)) == data
+
+
+@settings(max_examples=200)
+@given(codec=st.sampled_from(list(Codec)), data=st.binary(max_size=5000))
+def test_round_trip_any(codec: Codec, data: bytes) -> None:
+    packed = compress(codec, data)
+    assert decompress(codec, packed, len(data)) == data
+    if data:
+        with pytest.raises(CompressionError):
+            decompress(codec, packed, len(data) - 1)
+
+
+def test_lz4_frame_stores_size() -> None:
+    data = b"hello world " * 100
+    packed = compress(Codec.LZ4, data)
+    assert int.from_bytes(packed[:4], "little") == len(data)
+
+
+# ---------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize("codec", list(Codec))
+def test_over_max_size_is_rejected(codec: Codec) -> None:
+    data = b"\0" * 1_000_000
+    packed = compress(codec, data)
+    with pytest.raises(CompressionError):
+        decompress(codec, packed, 999_999)
+    assert decompress(codec, packed, 1_000_000) == data
+
+
+def test_lzo_bomb_rejected_before_decompressing(monkeypatch) -> None:
+    stream, size = lzo_zero_bomb(400_000)  # ~400 kB expanding to ~100 MB
+    assert size > 100_000_000
+
+    import lzallright
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the decoder must not run on a bomb")
+
+    monkeypatch.setattr(lzallright.LZOCompressor, "decompress", boom)
+    with pytest.raises(CompressionError, match="expands to more than 1000000 bytes"):
+        decompress(Codec.LZO, stream, 1_000_000)
+
+
+def test_lzo_crafted_stream_exact_size() -> None:
+    stream, size = lzo_zero_bomb(1000, last=7)
+    assert _lzoscan.decompressed_size(stream, BIG) == size
+    out = decompress(Codec.LZO, stream, size)
+    assert out == b"\0" * size
+    with pytest.raises(CompressionError):
+        decompress(Codec.LZO, stream, size - 1)
+
+
+@needs_liblzo2
+def test_lzo_crafted_stream_is_real_lzo1x() -> None:
+    stream, size = lzo_zero_bomb(1000, last=7)
+    assert lzo1x_decompress_safe(stream, size) == (0, b"\0" * size)
+
+
+def test_lzo_compressed_zeros_bomb() -> None:
+    n = 50_000_000
+    packed = compress(Codec.LZO, b"\0" * n)
+    assert len(packed) * 256 > 1_000_000  # so the scanner runs
+    with pytest.raises(CompressionError, match="expands to more than"):
+        decompress(Codec.LZO, packed, 1_000_000)
+
+
+def test_lz4_declared_size_checked_before_allocating(monkeypatch) -> None:
+    import lz4.block
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the decoder must not run")
+
+    monkeypatch.setattr(lz4.block, "decompress", boom)
+    with pytest.raises(CompressionError, match="declares 4294967295 bytes"):
+        decompress(Codec.LZ4, b"\xff\xff\xff\xff\x00", 1 << 20)
+
+
+def test_small_bodies_skip_the_scan(monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("no scan expected")
+
+    monkeypatch.setattr(_lzoscan, "decompressed_size", boom)
+    data = _source_like(10_000)
+    assert decompress(Codec.LZO, compress(Codec.LZO, data), 256 * 1024 * 1024) == data
+
+
+# ---------------------------------------------------------------- corrupt input
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x00",
+        b"\xff" * 10,
+        b"\x12\x00",  # no end marker
+        END + b"zz",  # trailing bytes
+        b"\x20\x00\x00" + END,  # match before any output (lookbehind overrun)
+    ],
+)
+@pytest.mark.parametrize("max_size", [1, BIG])  # with and without the scan
+def test_lzo_corrupt_input(bad: bytes, max_size: int) -> None:
+    with pytest.raises(CompressionError):
+        decompress(Codec.LZO, bad, max_size)
+
+
+def test_lzo_truncated_and_extended_streams() -> None:
+    data = _source_like(20_000)
+    packed = compress(Codec.LZO, data)
+    for cut in (1, 2, len(packed) // 2, len(packed) - 1):
+        for max_size in (10, BIG):
+            with pytest.raises(CompressionError):
+                decompress(Codec.LZO, packed[:cut], max_size)
+    with pytest.raises(CompressionError, match="after the end marker"):
+        decompress(Codec.LZO, packed + b"\0", BIG)
+    with pytest.raises(CompressionError, match="after the end marker"):
+        decompress(Codec.LZO, packed + b"\0", len(data))  # scanned path
+
+
+@pytest.mark.parametrize("bad", [b"\x01", b"\x01\x00\x00\x00", b"\x10\x00\x00\x00\xff\xff", b"\x00\x00\x00\x00\x00"])
+def test_lz4_corrupt_input(bad: bytes) -> None:
+    with pytest.raises(CompressionError):
+        decompress(Codec.LZ4, bad, 1 << 20)
+
+
+@settings(max_examples=500)
+@given(codec=st.sampled_from([Codec.LZO, Codec.LZ4]), data=st.binary(min_size=1, max_size=300))
+def test_garbage_only_raises_compression_error(codec: Codec, data: bytes) -> None:
+    try:
+        out = decompress(codec, data, 10_000)
+    except CompressionError:
+        return
+    assert len(out) <= 10_000
+
+
+# ---------------------------------------------------------------- the LZO1X scanner
+
+
+@settings(max_examples=300)
+@given(data=st.binary(min_size=1, max_size=300))
+def test_scanner_agrees_with_decoder_on_garbage(data: bytes) -> None:
+    """Whenever lzallright accepts a stream, the scanner reports its exact size."""
+    import lzallright
+
+    try:
+        out = lzallright.LZOCompressor.decompress(data)
+    except lzallright.LZOError:
+        return
+    assert _lzoscan.decompressed_size(data, BIG) == len(out)
+
+
+@settings(max_examples=200)
+@given(data=st.binary(min_size=1, max_size=4000) | st.builds(_source_like, st.integers(1, 20000)))
+def test_scanner_exact_on_lzallright_output(data: bytes) -> None:
+    packed = compress(Codec.LZO, data)
+    assert _lzoscan.decompressed_size(packed, BIG) == len(data)
+    assert _lzoscan.decompressed_size(packed, len(data)) == len(data)
+    with pytest.raises(_lzoscan.LzoTooLarge):
+        _lzoscan.decompressed_size(packed, len(data) - 1)
+
+
+# ---------------------------------------------------------------- interop with liblzo2 (distcc's LZO)
+
+
+@needs_liblzo2
+@pytest.mark.parametrize("data", SAMPLES, ids=lambda d: f"{len(d)}B")
+def test_liblzo2_reads_ours(data: bytes) -> None:
+    packed = compress(Codec.LZO, data)
+    assert lzo1x_decompress_safe(packed, len(data)) == (0, data)
+
+
+@needs_liblzo2
+@pytest.mark.parametrize("data", SAMPLES, ids=lambda d: f"{len(d)}B")
+def test_we_read_liblzo2(data: bytes) -> None:
+    packed = lzo1x_1_compress(data)
+    assert _lzoscan.decompressed_size(packed, BIG) == len(data)
+    assert decompress(Codec.LZO, packed, len(data)) == data
+    assert decompress(Codec.LZO, packed, BIG) == data
+    if len(packed) * 256 > len(data) - 1:
+        with pytest.raises(CompressionError):
+            decompress(Codec.LZO, packed, len(data) - 1)
+
+
+@needs_liblzo2
+@settings(max_examples=200)
+@given(data=st.binary(min_size=1, max_size=4000) | st.builds(_source_like, st.integers(1, 20000)))
+def test_liblzo2_interop_both_ways(data: bytes) -> None:
+    theirs = lzo1x_1_compress(data)
+    assert decompress(Codec.LZO, theirs, len(data)) == data
+    assert _lzoscan.decompressed_size(theirs, BIG) == len(data)
+    ours = compress(Codec.LZO, data)
+    assert lzo1x_decompress_safe(ours, len(data)) == (0, data)
+
+
+@needs_liblzo2
+def test_liblzo2_empty_input_is_the_3_byte_stream() -> None:
+    # Why distcc special-cases empty files: lzo1x_1 would emit 11 00 00.
+    assert lzo1x_1_compress(b"") == END
+
+
+# ---------------------------------------------------------------- laziness
+
+
+def test_import_is_lazy() -> None:
+    code = (
+        "import sys; import meshcc.compression as c; "
+        "assert c.compress(c.Codec.NONE, b'x') == b'x'; "
+        "print(','.join(m for m in ('lzallright', 'lz4', 'lz4.block', 're', 'meshcc.compression._lzoscan')"
+        " if m in sys.modules and m != 're'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
