@@ -386,7 +386,9 @@ def test_error_is_sticky_and_feed_after_eof_is_error() -> None:
     with pytest.raises(ProtocolError, match="expected DIST"):
         r.next_event()
     r = RequestReader()
+    r.feed(b"")
     r.feed_eof()
+    r.feed(b"")  # a transport may pass on recv()'s b"" at EOF
     with pytest.raises(ProtocolError, match="after end of stream"):
         r.feed(b"DIST")
 
@@ -546,6 +548,13 @@ def test_events_are_frozen_values() -> None:
     assert hash(ev) == hash(RequestSource(b"x"))
     assert repr(ReplyStderr(b"e")) == "ReplyStderr(data=b'e')"
     assert repr(NEED_DATA) == "NEED_DATA"
+    import copy
+    import pickle
+
+    for value in (ev, RequestArgs([b"gcc"], b"/"), RequestEnd(), Limits(max_body=3), NEED_DATA):
+        assert pickle.loads(pickle.dumps(value)) == value
+        assert copy.deepcopy(value) == value
+    assert pickle.loads(pickle.dumps(NEED_DATA)) is NEED_DATA
     match PumpFile(b"n", "LINK", b"t"):
         case PumpFile(name, "LINK", target):
             assert (name, target) == (b"n", b"t")

@@ -97,6 +97,10 @@ class _Frozen:
         fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
         return f"{self.__class__.__name__}({fields})"
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        # pickle/copy would otherwise restore slots through __setattr__.
+        return (self.__class__, self._values())
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{self.__class__.__name__} is immutable")
 
@@ -430,6 +434,8 @@ class _Reader:
     def feed(self, data: bytes) -> None:
         """Append received bytes; call ``next_event()`` until it returns NEED_DATA."""
         if self._eof:
+            if not data:
+                return
             raise ProtocolError("data fed after end of stream")
         self._buf += data
 
