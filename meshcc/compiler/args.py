@@ -188,6 +188,8 @@ def _scan(job: Job, client: bool) -> str:
         if a[:1] != "-" or a == "-":
             if a == "-":
                 reason = reason or "the source is read from standard input ('-'), so it runs locally"
+            elif not a:
+                reason = reason or "an empty argument is not a file name, so it runs locally"
             elif a[0] == "@" and client:
                 reason = reason or (f"{a} is a response file; meshcc does not expand response "
                                     "files for remote compiles, so it runs locally")
