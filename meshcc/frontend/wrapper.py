@@ -1,0 +1,778 @@
+"""The compile client: ``meshcc-gcc``, ``meshcc-g++``, ``meshcc gcc ...``, masquerade links.
+
+One short process per compile, thousands per build, so start-up cost matters more than
+anything else here: only builtins and meshcc's own small modules are imported, local-only
+commands ``exec`` the real compiler as soon as the verdict is known, and everything the
+remote path needs (sockets, compression) is imported only on that path.
+
+distcc 3.4 semantics, with these deliberate differences (see the report in git history):
+a cpp failure is final (the local compile would fail the same way); a remote compile
+error is retried locally without penalising the host unless the local result differs;
+with ``DISTCC_BACKOFF_PERIOD=0`` at most 3 remote attempts are made (distcc master);
+``-MD``/``-MMD`` .d files land where plain gcc puts them (args.cpp_argv).
+
+The real output path is only ever written by renaming a complete temp file that sits
+beside it, so an interrupted or failed job never leaves a truncated object behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+try:  # the C module: `signal` proper would import enum on the hot path
+    import _signal as _sig
+except ImportError:  # pragma: no cover - non-CPython
+    import signal as _sig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
+    from meshcc.compiler.args import Job
+    from meshcc.frontend.slots import Slot
+    from meshcc.transport.client import Reply
+
+# distcc exit codes (exitcode.h)
+EXIT_DISTCC_FAILED = 100
+EXIT_BAD_ARGUMENTS = 101
+EXIT_IO_ERROR = 107
+EXIT_BAD_HOSTSPEC = 106
+EXIT_COMPILER_MISSING = 110
+EXIT_RECURSION = 111
+EXIT_NO_HOSTS = 116
+
+MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
+
+# argv[0] basenames of the console scripts and the compiler each one runs.
+SCRIPT_COMPILERS = {"meshcc-gcc": "gcc", "meshcc-g++": "g++", "meshcc-cc": "cc", "meshcc-c++": "c++"}
+_IMPLICIT_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".cp", ".c++", ".C", ".i", ".ii", ".m",
+                      ".mm", ".mi", ".mii", ".M", ".s", ".S", ".o")
+
+_PID = os.getpid()
+_T0 = time.monotonic()
+
+
+class _Interrupted(BaseException):
+    """Raised from our SIGINT/SIGTERM/SIGHUP handler so cleanup runs before we die."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Exit(Exception):
+    """Leave main() with this exit code (after cleanup)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Log:
+    """Verbose log lines (``meshcc[PID] ...``) and warnings, to $DISTCC_LOG or stderr."""
+
+    __slots__ = ("verbose", "path", "_fd")
+
+    def __init__(self, environ: os._Environ[str]) -> None:
+        self.verbose = environ.get("MESHCC_VERBOSE") == "1" or environ.get("DISTCC_VERBOSE") == "1"
+        self.path = environ.get("DISTCC_LOG") or None
+        self._fd = -1
+
+    def _out(self) -> int:
+        if self.path is None:
+            return 2
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            except OSError:
+                self.path = None
+                return 2
+        return self._fd
+
+    def debug(self, msg: str) -> None:
+        if self.verbose:
+            ms = (time.monotonic() - _T0) * 1000
+            _write(self._out(), f"meshcc[{_PID}] {ms:.1f}ms {msg}\n".encode(errors="replace"))
+
+    def warn(self, msg: str) -> None:
+        """A one-line warning the user should see (to DISTCC_LOG instead when that is set)."""
+        line = f"meshcc: {msg}\n" if not self.verbose else f"meshcc[{_PID}] warning: {msg}\n"
+        _write(self._out(), line.encode(errors="replace"))
+
+    def error(self, msg: str) -> None:
+        """A fatal error: always on stderr (and in DISTCC_LOG too)."""
+        line = f"meshcc: error: {msg}\n".encode(errors="replace")
+        if self.path is not None and self._out() != 2:
+            _write(self._fd, line)
+        _write(2, line)
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        except OSError:
+            return  # stderr/stdout gone: nothing sensible left to do
+        view = view[n:]
+
+
+# --------------------------------------------------------------------------- compiler lookup
+
+
+def _which(name: str, path: str, skip_real: str | None = None) -> str | None:
+    """First executable ``name`` on ``path`` (not resolving to ``skip_real``)."""
+    if "/" in name:
+        return name
+    for d in path.split(os.pathsep):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            if skip_real is not None and os.path.realpath(cand) == skip_real:
+                continue
+            return cand
+    return None
+
+
+def _masquerade_path(link: str, path: str) -> str:
+    """PATH without every entry up to and including the directory holding our link."""
+    here = os.path.dirname(os.path.abspath(link))
+    entries = path.split(os.pathsep)
+    for i, d in enumerate(entries):
+        try:
+            if os.path.abspath(d or ".") == here or os.path.samefile(d or ".", here):
+                return os.pathsep.join(entries[i + 1:])
+        except OSError:
+            continue
+    return path
+
+
+class _Invocation:
+    """How we were called: the compiler to run and the full compiler argv."""
+
+    __slots__ = ("compiler", "argv", "exec_path")
+
+    def __init__(self, compiler: str, argv: list[str], exec_path: str) -> None:
+        self.compiler = compiler
+        self.argv = argv  # argv[0] is the compiler name as the user would type it
+        self.exec_path = exec_path  # what to exec (a name for PATH lookup, or a path)
+
+
+def _invocation(argv: Sequence[str], environ: os._Environ[str]) -> _Invocation:
+    """Work out the compiler from argv[0] (script name, ``meshcc``, or a masquerade link)."""
+    arg0 = argv[0] if argv else "meshcc"
+    base = os.path.basename(arg0)
+    if base in SCRIPT_COMPILERS:
+        cc = SCRIPT_COMPILERS[base]
+        return _Invocation(cc, [cc, *argv[1:]], cc)
+    if base == "meshcc" or base.startswith("meshcc."):
+        rest = list(argv[1:])
+        if not rest or rest[0].startswith("-") or rest[0].endswith(_IMPLICIT_SUFFIXES):
+            return _Invocation("cc", ["cc", *rest], "cc")  # implicit mode, like distcc
+        return _Invocation(rest[0], rest, rest[0])
+    # Masquerade: argv[0] is the compiler's name and our link sits in a PATH directory.
+    path = _masquerade_path(arg0, environ.get("PATH", os.defpath))
+    environ["PATH"] = path  # children (cpp, the compiler's own lookups) use the trimmed PATH
+    me = os.path.realpath(arg0)
+    real = _which(base, path, skip_real=me)
+    if real is None:
+        if _which(base, path) is not None:
+            raise _Fatal(f"{base} on PATH is this wrapper again; cannot find the real {base}",
+                         EXIT_RECURSION)
+        raise _Fatal(f"cannot find the real compiler {base!r} on PATH after {os.path.dirname(arg0)}",
+                     EXIT_COMPILER_MISSING)
+    return _Invocation(base, [base, *argv[1:]], real)
+
+
+class _Fatal(Exception):
+    """A user-facing error that ends the run with ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- local execution
+
+
+def _restore_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; the compiler must get the defaults back."""
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        num = getattr(_sig, name, None)
+        if num is not None:
+            _sig.signal(num, _sig.SIG_DFL)
+
+
+def _exec_local(inv: _Invocation, slot: Slot | None) -> None:
+    """Replace this process with the real compiler (the slot lock, if any, stays held)."""
+    if slot is not None:
+        slot.keep_across_exec()
+    _restore_signals()
+    try:
+        if "/" in inv.exec_path:
+            os.execv(inv.exec_path, inv.argv)
+        os.execvp(inv.exec_path, inv.argv)
+    except OSError as e:
+        if slot is not None:
+            slot.release()
+        raise _Fatal(f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING) from None
+
+
+_SPAWN_SIGDEF = tuple(getattr(_sig, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(_sig, n))
+
+
+def _spawn(exec_path: str, argv: list[str], file_actions: Sequence[tuple] = ()) -> int:
+    """posix_spawn (no fork of this interpreter, no subprocess import); default signals."""
+    fn = os.posix_spawn if "/" in exec_path else os.posix_spawnp
+    return fn(exec_path, argv, os.environ, file_actions=file_actions, setsigdef=_SPAWN_SIGDEF)
+
+
+def _exit_code(wait_status: int) -> int:
+    """Shell convention: the exit code, or 128 + signal."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    if os.WIFEXITED(wait_status):
+        return os.WEXITSTATUS(wait_status)
+    return EXIT_DISTCC_FAILED
+
+
+# --------------------------------------------------------------------------- the job
+
+
+class _CppFailed(Exception):
+    """The local preprocessor failed: show its stderr and exit with its code (no retry)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _GoLocal(Exception):
+    """Compile locally now (quietly: the compiler itself will explain any problem)."""
+
+
+class _Run:
+    """One distributable compile: its temp files, children and slots, so cleanup is total."""
+
+    def __init__(self, inv: _Invocation, job: Job, log: _Log) -> None:
+        env = os.environ
+        self.inv = inv
+        self.job = job
+        self.log = log
+        self.env = env
+        self.temps: list[str] = []
+        self.children: list[int] = []
+        self.slots: list[Slot] = []
+        self.keep_temps = env.get("DISTCC_SAVE_TEMPS") == "1"
+        self.fallback = env.get("DISTCC_FALLBACK", "1") != "0"
+        self.cpp_pid = 0
+        self.cpp_err_fd = -1
+        self.cpp_out: str | None = None
+        self.cpp_stderr = b""
+        self.cpp_status: int | None = None
+        self.cpp_slot: Slot | None = None
+        self.cpp_ms = 0.0
+
+    # -------------------------------------------------------------- cleanup
+
+    def cleanup(self, signum: int = 0, keep: Slot | None = None) -> None:
+        """Kill children, remove temp files, release slots (except ``keep``)."""
+        for pid in self.children:
+            try:
+                os.kill(pid, signum or _sig.SIGTERM)
+            except OSError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        self.children.clear()
+        if self.cpp_err_fd >= 0:
+            os.close(self.cpp_err_fd)
+            self.cpp_err_fd = -1
+        for path in self.temps:
+            if self.keep_temps and not signum and path == self.cpp_out:
+                continue
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.temps.clear()
+        for slot in self.slots:
+            if slot is not keep:
+                slot.release()
+        self.slots = [keep] if keep is not None and keep in self.slots else []
+
+    def release(self, slot: Slot | None) -> None:
+        if slot is not None:
+            slot.release()
+            if slot in self.slots:
+                self.slots.remove(slot)
+
+    def temp(self, directory: str, prefix: str, suffix: str) -> tuple[str, int]:
+        """Create a private temp file (O_EXCL, mode 0600) and remember it for cleanup."""
+        for _ in range(100):
+            path = f"{directory}/{prefix}{os.urandom(4).hex()}{suffix}"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            self.temps.append(path)
+            return path, fd
+        raise FileExistsError(f"cannot create a unique temp file in {directory}")
+
+    # -------------------------------------------------------------- preprocessing
+
+    def start_cpp(self) -> None:
+        """Run the local preprocessor in the background: stdout to $TMPDIR, stderr captured."""
+        from meshcc.compiler import args
+
+        tmpdir = self.env.get("TMPDIR") or "/tmp"
+        try:
+            out, out_fd = self.temp(tmpdir, "meshcc_", self.job.temp_suffix)
+        except OSError as e:
+            raise _Fatal(f"cannot create a temp file in {tmpdir}: {e.strerror or e}",
+                         EXIT_IO_ERROR) from None
+        self.cpp_out = out
+        cpp = args.cpp_argv(self.job)
+        r, w = os.pipe()
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out_fd, 1),
+            (os.POSIX_SPAWN_DUP2, w, 2),
+        ]
+        self.cpp_ms = time.monotonic()
+        try:
+            pid = _spawn(self.inv.exec_path, cpp, actions)
+        except OSError as e:
+            os.close(r)
+            raise _Fatal(f"cannot run {self.inv.exec_path}: {e.strerror}",
+                         EXIT_COMPILER_MISSING) from None
+        finally:
+            os.close(w)
+            os.close(out_fd)
+        self.cpp_pid = pid
+        self.cpp_err_fd = r
+        self.children.append(pid)
+        self.log.debug(f"cpp started (pid {pid}): {' '.join(cpp)} > {out}")
+
+    def wait_cpp(self) -> int:
+        """Collect cpp's stderr and status (once); returns its exit code (0 = ok)."""
+        if self.cpp_status is None:
+            chunks = []
+            while True:
+                data = os.read(self.cpp_err_fd, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+            os.close(self.cpp_err_fd)
+            self.cpp_err_fd = -1
+            self.cpp_stderr = b"".join(chunks)
+            _, self.cpp_status = os.waitpid(self.cpp_pid, 0)
+            self.children.remove(self.cpp_pid)
+            self.cpp_ms = (time.monotonic() - self.cpp_ms) * 1000
+            self.release(self.cpp_slot)  # distcc frees the cpp slot before sending DOTI
+            self.cpp_slot = None
+            self.log.debug(f"cpp finished in {self.cpp_ms:.1f} ms, exit {_exit_code(self.cpp_status)}")
+        return _exit_code(self.cpp_status)
+
+    def stop_cpp(self) -> None:
+        """Kill a still-running cpp (we are about to compile locally anyway)."""
+        if self.cpp_pid and self.cpp_status is None:
+            try:
+                os.kill(self.cpp_pid, _sig.SIGTERM)
+            except OSError:
+                pass
+            if self.cpp_err_fd >= 0:
+                os.close(self.cpp_err_fd)
+                self.cpp_err_fd = -1
+            try:
+                _, self.cpp_status = os.waitpid(self.cpp_pid, 0)
+            except OSError:
+                self.cpp_status = 0
+            self.children.remove(self.cpp_pid)
+        self.release(self.cpp_slot)
+        self.cpp_slot = None
+
+    def source_bytes(self) -> bytes:
+        path = self.cpp_out if self.cpp_out is not None else self.job.source
+        assert path is not None
+        with open(path, "rb") as f:
+            return f.read()
+
+    # -------------------------------------------------------------- results
+
+    def write_output(self, path: str, data: bytes) -> None:
+        """Atomically replace ``path``: complete temp file beside it, then rename."""
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)  # distcc creates missing parents too
+        tmp, fd = self.temp(directory, f".{os.path.basename(path)}.meshcc-", ".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self.temps.remove(tmp)
+
+    # -------------------------------------------------------------- local compiles
+
+    def exec_local(self, slot: Slot | None) -> None:
+        """Clean up everything but ``slot`` and become the real compiler (never returns)."""
+        self.cleanup(keep=slot)
+        _exec_local(self.inv, slot)
+
+    def run_local(self, slot: Slot | None) -> int:
+        """Compile locally as a child (so the result can be compared); returns its exit code."""
+        self.cleanup(keep=slot)
+        try:
+            pid = _spawn(self.inv.exec_path, self.inv.argv)
+        except OSError as e:
+            raise _Fatal(f"cannot run {self.inv.exec_path}: {e.strerror}",
+                         EXIT_COMPILER_MISSING) from None
+        self.children.append(pid)
+        _, status = os.waitpid(pid, 0)
+        self.children.remove(pid)
+        return _exit_code(status)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _shuffle(items: list) -> None:
+    """``--randomize`` without importing random: Fisher-Yates over os.urandom."""
+    for i in range(len(items) - 1, 0, -1):
+        j = int.from_bytes(os.urandom(4), "little") % (i + 1)
+        items[i], items[j] = items[j], items[i]
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise _Interrupted(signum)
+
+
+def _local_slot(log: _Log, lockdir: str | None, nslots: int) -> Slot | None:
+    """Wait for a ``cpu_localhost_N`` slot; None (and go on unlocked) if locking is broken."""
+    if lockdir is None:
+        return None
+    from meshcc.frontend import slots
+
+    pause = slots.env_int(os.environ, "DISTCC_PAUSE_TIME_MSEC", slots.DEFAULT_PAUSE_MSEC)
+    try:
+        slot = slots.lock_local(lockdir, nslots, pause, log.debug)
+    except slots.DistccDirError as e:
+        log.warn(str(e))
+        return None
+    log.debug(f"holding local slot {slot.index} of {nslots}")
+    return slot
+
+
+def _hosts_or_none(env: os._Environ[str]) -> object | None:
+    """The host list only for its --localslots settings; None on any problem."""
+    hosts = env.get("DISTCC_HOSTS")
+    if hosts is not None and "--localslots" not in hosts:
+        return None  # the defaults apply; skip parsing (local-only jobs must start fast)
+    try:
+        try:
+            from meshcc.compiler import hostspec
+        except ImportError:  # TEMPORARY SHIM until meshcc.compiler.hostspec lands
+            from meshcc.frontend import _hostspec_shim as hostspec  # type: ignore[no-redef]
+
+        return hostspec.load_hosts(env)
+    except Exception:  # noqa: BLE001 - a bad list is reported on distributable jobs only
+        return None
+
+
+def _localslots(hostlist: object | None, cpp: bool = False) -> int:
+    default = 8 if cpp else 4
+    value = getattr(hostlist, "localslots_cpp" if cpp else "localslots", None)
+    return value if isinstance(value, int) and value > 0 else default
+
+
+def _remote(run: _Run, host: object, argv: list[bytes], io_timeout: float, client: object) -> Reply:
+    """Send the job to ``host`` (overlapping connect and request head with cpp) and read
+    the reply. Raises client.TransportError / client.Refused / _CppFailed / _GoLocal."""
+    version = min(getattr(host, "protocol", 1) or 1, 2)  # ',cpp' hosts get plain protocol 2
+    conn = client.Connection(host.host, host.port, version, io_timeout)  # type: ignore[attr-defined]
+    log = run.log
+    t0 = time.monotonic()
+    try:
+        conn.connect()
+        conn.send_head(argv)
+        log.debug(f"connected to {conn.where} (protocol {version}) in "
+                  f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent")
+        if run.cpp_pid:
+            code = run.wait_cpp()
+            if code:
+                raise _CppFailed(code)
+        try:
+            data = run.source_bytes()
+        except OSError as e:
+            log.debug(f"cannot read the source to send: {e.strerror}")
+            raise _GoLocal() from None
+        t1 = time.monotonic()
+        conn.send_source(data)
+        reply = conn.read_reply()
+        log.debug(f"{conn.where}: sent {len(data)} bytes, reply status {reply.status:#x}, "
+                  f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms")
+        return reply
+    finally:
+        conn.close()
+
+
+def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
+    """Run a distributable job remotely if a host takes it, else locally.
+
+    Returns the exit code, or execs the compiler and never returns.
+    """
+    from meshcc.compiler import args
+    from meshcc.frontend import slots
+
+    try:
+        from meshcc.compiler import hostspec
+    except ImportError:  # TEMPORARY SHIM until meshcc.compiler.hostspec lands
+        from meshcc.frontend import _hostspec_shim as hostspec  # type: ignore[no-redef]
+    from meshcc.transport import client
+
+    env = os.environ
+    run = _Run(inv, job, log)
+    src = job.source or "?"
+
+    try:
+        io_timeout = client.parse_io_timeout(env.get("DISTCC_IO_TIMEOUT"))
+    except ValueError as e:
+        raise _Fatal(str(e), EXIT_BAD_ARGUMENTS) from None
+
+    try:
+        lockdir = slots.lock_dir(slots.distcc_dir(env))
+    except slots.DistccDirError as e:
+        if not run.fallback:
+            raise _Fatal(f"{e}; not compiling {src} locally (DISTCC_FALLBACK=0)",
+                         EXIT_DISTCC_FAILED) from None
+        log.warn(f"{e}; compiling {src} locally")
+        run.exec_local(None)
+        raise AssertionError("not reached")  # pragma: no cover
+
+    try:
+        hostlist = hostspec.load_hosts(env)
+    except hostspec.HostSpecError as e:
+        msg = (str(e).strip().splitlines() or ["bad host list"])[0]
+        if not run.fallback:
+            raise _Fatal(f"{msg}; not compiling {src} locally (DISTCC_FALLBACK=0)",
+                         EXIT_BAD_HOSTSPEC) from None
+        log.warn(f"{msg}; compiling {src} locally")
+        run.exec_local(_local_slot(log, lockdir, slots.DEFAULT_LOCALSLOTS))
+        raise AssertionError("not reached")  # pragma: no cover
+
+    hosts = []
+    for h in hostlist.hosts:
+        if h.kind == "ssh":
+            log.debug(f"skipping {h.spec}: meshcc's client does not do ssh hosts")
+        else:
+            hosts.append(h)
+    if getattr(hostlist, "randomize", False):
+        _shuffle(hosts)
+    period = slots.env_int(env, "DISTCC_BACKOFF_PERIOD", slots.DEFAULT_BACKOFF_PERIOD)
+    pause = slots.env_int(env, "DISTCC_PAUSE_TIME_MSEC", slots.DEFAULT_PAUSE_MSEC)
+
+    for signum in (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP):
+        _sig.signal(signum, _on_signal)
+
+    remote_argv = [os.fsencode(a) for a in args.remote_argv(job)]
+    failed: set[str] = set()
+    attempts = 0
+    last_failure = ""
+    try:
+        while True:
+            usable = slots.usable_hosts(lockdir, hosts, period, exclude=failed)
+            if not usable:
+                break
+            if period <= 0 and attempts >= MAX_REMOTE_ATTEMPTS_NO_BACKOFF:
+                log.debug(f"giving up after {attempts} remote attempts (backoff disabled)")
+                break
+            host, slot = slots.lock_first_free(lockdir, usable, pause, log.debug)
+            run.slots.append(slot)
+            if host.kind == "localhost":
+                log.debug(f"picked localhost slot {slot.index}: compiling {src} locally")
+                run.exec_local(slot)
+            attempts += 1
+            log.debug(f"picked {host.spec} slot {slot.index} for {src}")
+            if not job.preprocessed and not run.cpp_pid:
+                nslots = _localslots(hostlist, cpp=True)
+                run.cpp_slot = _local_slot(log, lockdir, nslots)
+                if run.cpp_slot is not None:
+                    run.slots.append(run.cpp_slot)
+                run.start_cpp()
+            try:
+                reply = _remote(run, host, remote_argv, io_timeout, client)
+            except (client.TransportError, client.Refused) as e:
+                if isinstance(e, client.Refused):
+                    why = f"refused: {e.reason}"
+                    log.debug(f"{host.spec} refused {src}: {e.reason}")
+                else:
+                    why = str(e)
+                    log.debug(f"{host.spec} failed: {why}")
+                last_failure = f"{host.spec} ({why})"
+                if period > 0:
+                    slots.mark_backoff(lockdir, host.lock_name)
+                    failed.add(host.lock_name)
+                run.release(slot)
+                continue
+            except _CppFailed as e:
+                _write(2, run.cpp_stderr)
+                return e.code
+            except _GoLocal:
+                run.release(slot)
+                run.exec_local(_local_slot(log, lockdir, _localslots(hostlist)))
+            return _handle_reply(run, host, slot, reply, lockdir, hostlist)
+
+        # No host (left): compile locally, or fail if fallback is disabled.
+        run.stop_cpp()
+        if last_failure:
+            what = f"failed to distribute {src} to {last_failure}"
+        elif hosts:
+            what = f"no usable host for {src} (all down or backed off)"
+        else:
+            what = f"no hosts to distribute {src} to"
+        if not run.fallback:
+            raise _Fatal(f"{what}; not compiling locally (DISTCC_FALLBACK=0)", EXIT_NO_HOSTS)
+        log.warn(f"{what}, compiling locally")
+        run.exec_local(_local_slot(log, lockdir, _localslots(hostlist)))
+        raise AssertionError("not reached")  # pragma: no cover
+    except _Interrupted as e:
+        run.cleanup(e.signum)
+        _sig.signal(e.signum, _sig.SIG_DFL)
+        os.kill(_PID, e.signum)
+        return 128 + e.signum
+    finally:
+        run.cleanup()
+
+
+def _handle_reply(run: _Run, host: object, slot: Slot, reply: Reply, lockdir: str,
+                  hostlist: object) -> int:
+    """distcc 3.4's decision tree after the remote compiler ran."""
+    from meshcc.frontend import slots
+
+    log = run.log
+    job = run.job
+    status = reply.status
+    code = _exit_code(status)
+    lock_name = host.lock_name  # type: ignore[attr-defined]
+    spec = host.spec  # type: ignore[attr-defined]
+    if status == 0:
+        assert job.output is not None
+        try:
+            run.write_output(job.output, reply.obj)
+        except OSError as e:
+            if not run.fallback:
+                raise _Fatal(f"cannot write {job.output}: {e.strerror or e}", EXIT_IO_ERROR) from None
+            log.warn(f"cannot write {job.output}: {e.strerror or e}; compiling locally")
+            run.release(slot)
+            run.exec_local(_local_slot(log, lockdir, _localslots(hostlist)))
+        _write(2, run.cpp_stderr + reply.stderr)
+        if reply.stdout:
+            _write(1, reply.stdout)
+        slots.clear_backoff(lockdir, lock_name)
+        log.debug(f"{job.source} compiled on {spec}: {job.output} ({len(reply.obj)} bytes)")
+        return 0
+
+    signalled = os.WIFSIGNALED(status)
+    if signalled:
+        slots.mark_backoff(lockdir, lock_name)  # a crashing remote compiler is suspect
+    skip_retry = "DISTCC_SKIP_LOCAL_RETRY" in run.env and not signalled
+    if skip_retry or not run.fallback:
+        log.debug(f"remote compile on {spec} failed with exit {code}; no local retry")
+        _write(2, run.cpp_stderr + reply.stderr)
+        if reply.stdout:
+            _write(1, reply.stdout)
+        return code
+    # Retry locally; the user sees only the local run's diagnostics (each exactly once).
+    log.debug(f"remote compile of {job.source} on {spec} failed with exit {code}; "
+              "retrying locally")
+    run.release(slot)
+    local = _local_slot(log, lockdir, _localslots(hostlist))
+    if local is not None:
+        run.slots.append(local)
+    local_code = run.run_local(local)
+    if local_code != code and not signalled:
+        # The host disagreed with the local compiler: avoid it for a while (distcc's "dislike";
+        # the same result locally means the source was at fault, so the host is innocent).
+        log.debug(f"local compile exited {local_code}, remote {code}: backing off {spec}")
+        slots.mark_backoff(lockdir, lock_name)
+    return local_code
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Compile as distcc would; returns the exit code (or execs the compiler)."""
+    if argv is None:
+        argv = sys.argv
+    env = os.environ
+    log = _Log(env)
+    try:
+        inv = _invocation(argv, env)
+        level = env.get("_DISTCC_SAFEGUARD", "")
+        depth = int(level) if level.isdigit() else 0
+        env["_DISTCC_SAFEGUARD"] = str(depth + 1)
+        if depth > 0:
+            log.debug(f"_DISTCC_SAFEGUARD={depth}: running {inv.compiler} directly")
+            _exec_local(inv, None)
+
+        from meshcc.compiler import args
+
+        job = args.analyse(inv.argv)
+        if not job.distributable:
+            log.debug(f"{job.reason}; compiling locally")
+            return _local_only(inv, job, log)
+        return _distribute(inv, job, log)
+    except _Fatal as e:
+        log.error(str(e))
+        return e.code
+    except KeyboardInterrupt:
+        return 128 + 2
+
+
+def _local_only(inv: _Invocation, job: Job, log: _Log) -> int:
+    """A job that must run here: take a local slot (cpp slot for -E) and exec the compiler."""
+    from meshcc.frontend import slots
+
+    env = os.environ
+    try:
+        lockdir = slots.lock_dir(slots.distcc_dir(env))
+    except slots.DistccDirError as e:
+        log.warn(f"{e}; compiling without a slot lock")
+        lockdir = None
+    cpp = "-E" in job.argv
+    slot = _local_slot(log, lockdir, _localslots(_hosts_or_none(env), cpp))
+    _exec_local(inv, slot)
+    return EXIT_COMPILER_MISSING  # not reached
+
+
+def main_gcc() -> int:
+    return main(sys.argv)
+
+
+def main_gxx() -> int:
+    return main(sys.argv)
+
+
+def main_cc() -> int:
+    return main(sys.argv)
+
+
+def main_cxx() -> int:
+    return main(sys.argv)

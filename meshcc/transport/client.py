@@ -1,0 +1,309 @@
+"""Blocking distcc-protocol client connection for the compile wrapper.
+
+Plain sockets with socket timeouts: the wrapper does one job per process, so there is
+nothing to multiplex and no reason to pay for asyncio or selectors at start-up.
+
+Outcomes are kept apart because the wrapper acts differently on each:
+
+- :class:`TransportError`: the host could not do the job (connect refused or timed out,
+  reset, EOF before a complete reply, protocol error, IO timeout). Back off, try another.
+- :class:`Refused`: the server said why it would not run the job (meshcc's ERRM). Same
+  handling as a transport failure, but the reason is shown to the user.
+- :class:`Reply`: the compiler ran remotely; its wait status, output and object.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from meshcc.wire import protocol as wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
+CONNECT_TIMEOUT = 4.0  # distcc's fixed dcc_connect_timeout
+DEFAULT_IO_TIMEOUT = 300.0
+RECV_SIZE = 256 * 1024
+# After a failed send, how long to wait for an ERRM the server may have sent before closing.
+REFUSAL_GRACE = 2.0
+
+# distcc exit codes (exitcode.h) used to classify transport failures.
+EXIT_CONNECT_FAILED = 103
+EXIT_IO_ERROR = 107
+EXIT_TRUNCATED = 108
+EXIT_PROTOCOL_ERROR = 109
+EXIT_TIMEOUT = 118
+
+
+class TransportError(Exception):
+    """The host failed to do the job; ``str(e)`` is a short reason, ``exit_code`` distcc's code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_IO_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Refused(Exception):
+    """The server refused the job and said why (meshcc ERRM)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Reply:
+    """A complete reply: the remote compiler's wait status and its (decompressed) outputs."""
+
+    __slots__ = ("status", "stderr", "stdout", "obj", "depfile")
+
+    def __init__(
+        self, status: int, stderr: bytes, stdout: bytes, obj: bytes, depfile: bytes | None
+    ) -> None:
+        self.status = status
+        self.stderr = stderr
+        self.stdout = stdout
+        self.obj = obj
+        self.depfile = depfile
+
+
+def parse_io_timeout(value: str | None) -> float:
+    """``DISTCC_IO_TIMEOUT`` in seconds; ValueError (a user-facing message) if not > 0."""
+    if value is None or value == "":
+        return DEFAULT_IO_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} must be a positive number of seconds")
+    return seconds
+
+
+def _describe(e: OSError) -> str:
+    """A short reason for a socket error ("Connection refused", "timed out")."""
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return e.strerror or str(e) or type(e).__name__
+
+
+class Connection:
+    """One compile job on one TCP connection (distcc protocol ``version`` 1 or 2)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        version: int,
+        io_timeout: float = DEFAULT_IO_TIMEOUT,
+        limits: wire.Limits | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        if version not in (1, 2):
+            raise ValueError(f"protocol {version} is not supported by this client")
+        self.host = host
+        self.port = port
+        self.version = version
+        self.io_timeout = io_timeout
+        self.connect_timeout = connect_timeout
+        self.limits = limits if limits is not None else wire.Limits()
+        self.sock: socket.socket | None = None
+        self._send_error: OSError | None = None
+
+    @property
+    def where(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    # ------------------------------------------------------------------ connect
+
+    def connect(self) -> None:
+        """Try each address getaddrinfo gives, each with the fixed connect timeout."""
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise TransportError(
+                f"cannot resolve {self.host}: {e.strerror}", EXIT_CONNECT_FAILED
+            ) from None
+        last: OSError | None = None
+        for family, kind, proto, _, addr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.connect_timeout)
+                sock.connect(addr)
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(self.io_timeout)
+            self.sock = sock
+            return
+        why = "no address" if last is None else _describe(last)
+        if isinstance(last, TimeoutError):
+            why = f"connect timed out after {self.connect_timeout:g}s"
+        raise TransportError(f"connect failed: {why}", EXIT_CONNECT_FAILED)
+
+    # ------------------------------------------------------------------ send
+
+    def _send(self, data: bytes) -> None:
+        """Send, remembering (not raising) a broken pipe so a pending ERRM can still be read."""
+        if self._send_error is not None:
+            return
+        assert self.sock is not None
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise TransportError(
+                f"IO timeout ({self.io_timeout:g}s) while sending", EXIT_TIMEOUT
+            ) from None
+        except OSError as e:
+            if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED):
+                self._send_error = e
+                return
+            raise TransportError(f"send failed: {_describe(e)}") from None
+
+    def send_head(self, argv: Sequence[bytes]) -> None:
+        """DIST + ARGC + ARGVs; sent while cpp still runs, as distcc does."""
+        try:
+            head = wire.encode_request_head(self.version, argv)
+        except (ValueError, wire.ProtocolError) as e:
+            raise TransportError(f"cannot encode request: {e}", EXIT_PROTOCOL_ERROR) from None
+        self._send(head)
+
+    def send_source(self, data: bytes) -> None:
+        """DOTI with the preprocessed source, LZO-compressed for protocol 2."""
+        if self.version >= 2 and data:
+            from meshcc import compression
+
+            try:
+                data = compression.compress(compression.codec_for_protocol(self.version), data)
+            except compression.CompressionError as e:
+                raise TransportError(f"cannot compress source: {e}", EXIT_IO_ERROR) from None
+        if len(data) > self.limits.max_body:
+            raise TransportError(
+                f"preprocessed source is {len(data)} bytes, over the {self.limits.max_body} limit",
+                EXIT_PROTOCOL_ERROR,
+            )
+        self._send(wire.token(b"DOTI", len(data)))
+        self._send(data)
+        if self._send_error is not None:
+            self._raise_after_send_error()
+
+    def _raise_after_send_error(self) -> None:
+        """The peer closed while we sent: report its ERRM if it left one, else a transport error."""
+        err = self._send_error
+        assert err is not None and self.sock is not None
+        try:
+            self.sock.settimeout(min(REFUSAL_GRACE, self.io_timeout))
+            self.read_reply()
+        except Refused:
+            raise
+        except TransportError:
+            pass
+        raise TransportError(f"connection lost while sending: {_describe(err)}")
+
+    # ------------------------------------------------------------------ receive
+
+    def read_reply(self) -> Reply:
+        """Read and decompress the whole reply; raises TransportError or Refused."""
+        sock = self.sock
+        assert sock is not None
+        reader = wire.ReplyReader(self.version, self.limits)
+        status = -1
+        stderr = stdout = obj = b""
+        depfile: bytes | None = None
+        eof = False
+        while True:
+            try:
+                event = reader.next_event()
+            except wire.ProtocolError as e:
+                if eof:
+                    raise TransportError(
+                        f"server closed the connection early ({e})", EXIT_TRUNCATED
+                    ) from None
+                raise TransportError(
+                    f"protocol error: {e}", EXIT_PROTOCOL_ERROR
+                ) from None
+            if event is wire.NEED_DATA:
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except TimeoutError:
+                    raise TransportError(
+                        f"IO timeout ({sock.gettimeout():g}s) waiting for the reply",
+                        EXIT_TIMEOUT,
+                    ) from None
+                except OSError as e:
+                    raise TransportError(
+                        f"receive failed: {_describe(e)}"
+                    ) from None
+                if data:
+                    reader.feed(data)
+                else:
+                    eof = True
+                    reader.feed_eof()
+                continue
+            kind = type(event)
+            if kind is wire.ReplyStatus:
+                status = event.wait_status  # type: ignore[union-attr]
+            elif kind is wire.ReplyStderr:
+                stderr = event.data  # type: ignore[union-attr]
+            elif kind is wire.ReplyStdout:
+                stdout = event.data  # type: ignore[union-attr]
+            elif kind is wire.ReplyObject:
+                obj = event.data  # type: ignore[union-attr]
+            elif kind is wire.ReplyDepFile:
+                depfile = event.data  # type: ignore[union-attr]
+            elif kind is wire.ReplyRefused:
+                raise Refused(event.message or "no reason given")  # type: ignore[union-attr]
+            elif kind is wire.ReplyEnd:
+                break
+        if self.version >= 2:
+            stderr, stdout, obj = (self._decompress(b) for b in (stderr, stdout, obj))
+            if depfile:
+                depfile = self._decompress(depfile)
+        return Reply(status, stderr, stdout, obj, depfile)
+
+    def _decompress(self, body: bytes) -> bytes:
+        if not body:
+            return body
+        from meshcc import compression
+
+        try:
+            return compression.decompress(
+                compression.codec_for_protocol(self.version), body, self.limits.max_body
+            )
+        except compression.CompressionError as e:
+            raise TransportError(
+                f"bad compressed data: {e}", EXIT_PROTOCOL_ERROR
+            ) from None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def compile_remote(
+    host: str,
+    port: int,
+    version: int,
+    argv: Sequence[bytes],
+    source: bytes,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
+) -> Reply:
+    """One whole job without overlap (for tools and tests); the wrapper uses Connection."""
+    with Connection(host, port, version, io_timeout) as conn:
+        conn.connect()
+        conn.send_head(argv)
+        conn.send_source(source)
+        return conn.read_reply()
