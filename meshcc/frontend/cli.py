@@ -1,0 +1,165 @@
+"""``meshcc SUBCOMMAND``: argparse front end for the long-running and admin commands.
+
+Each subcommand registers its options in ``_add_<name>`` and names a handler
+module imported only when it runs, so ``meshcc --help`` stays quick and a new
+command (``hosts``, ``doctor``, ``setup``) is one more table entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from meshcc import __version__
+from meshcc.frontend.logsetup import LOG_LEVELS
+
+DEFAULT_PORT = 3632
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``--allow``: IPv4/IPv6 address or CIDR; a bare address means /32 or /128."""
+    text = value.strip()
+    if text.startswith("[") and "]" in text:  # [::1] or [::1]/128
+        inner, _, rest = text[1:].partition("]")
+        text = inner + rest
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an IP address or network; use e.g. 192.168.1.0/24, "
+            "10.0.0.5 or fd00::/8"
+        ) from None
+
+
+def _int_in(lo: int, hi: int | None, what: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {value!r}")
+        if n < lo or (hi is not None and n > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, not {n}")
+        return n
+
+    return parse
+
+
+def _seconds(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}")
+    if s < 0 or s != s or s == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {value!r}")
+    return s
+
+
+def _level(value: str) -> str:
+    if value.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {value!r}; use one of: {', '.join(LOG_LEVELS)}"
+        )
+    return value.lower()
+
+
+def default_jobs() -> int:
+    """distccd's default: CPUs available to this process + 2."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return cpus + 2
+
+
+# ---------------------------------------------------------------- subcommands
+
+
+def _add_daemon(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--listen", metavar="ADDR",
+        help="address to listen on (default: all addresses, IPv4 and IPv6)",
+    )  # fmt: skip
+    p.add_argument(
+        "-p", "--port", type=_int_in(1, 65535, "--port"), default=DEFAULT_PORT,
+        help=f"TCP port for compile jobs (default {DEFAULT_PORT})",
+    )  # fmt: skip
+    p.add_argument(
+        "-a", "--allow", metavar="CIDR", type=parse_network, action="append", default=[],
+        help="allow clients from this address or network (repeatable; default: loopback and "
+        "the subnets of this machine's own interfaces)",
+    )  # fmt: skip
+    p.add_argument(
+        "-j", "--jobs", type=_int_in(1, None, "--jobs"), default=None,
+        help=f"maximum concurrent compiles (default: CPUs + 2 = {default_jobs()})",
+    )  # fmt: skip
+    p.add_argument(
+        "-N", "--nice", type=int, default=5,
+        help="niceness increment for the daemon and its compilers (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-level", type=_level, default="notice", metavar="LEVEL",
+        help="emerg, alert, crit, error, warning, notice (default), info or debug",
+    )  # fmt: skip
+    p.add_argument("--log-file", metavar="FILE", help="append the log to FILE (default: stderr)")
+    p.add_argument(
+        "--compiler", metavar="PATH", action="append", default=[],
+        help="offer exactly this compiler (repeatable); default: the gcc family on PATH",
+    )  # fmt: skip
+    p.add_argument(
+        "--user", metavar="USER",
+        help="user to run as when started as root (default: meshcc if it exists, else nobody)",
+    )  # fmt: skip
+    p.add_argument(
+        "--job-lifetime", type=_seconds, default=0.0, metavar="SECS",
+        help="kill a compile that runs longer than SECS (default 0: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--io-timeout", type=_seconds, default=300.0, metavar="SECS",
+        help="drop a client that sends or reads nothing for SECS (default 300, as distcc)",
+    )  # fmt: skip
+
+
+def _run_daemon(ns: argparse.Namespace) -> int:
+    from meshcc.frontend import daemon
+
+    return daemon.run(daemon.DaemonOptions.from_namespace(ns))
+
+
+# name -> (help, add-arguments, handler)
+COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "daemon": ("run the compile server (distccd-compatible)", _add_daemon, _run_daemon),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshcc",
+        description="Distributed C/C++ build mesh, wire-compatible with distcc. "
+        "Compile with `meshcc COMPILER ARGS...` or the meshcc-gcc/meshcc-g++ wrappers.",
+    )
+    parser.add_argument("--version", action="version", version=f"meshcc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    handler = getattr(ns, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(handler(ns))
