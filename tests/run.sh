@@ -24,5 +24,6 @@ apt-get install -y -qq --no-install-recommends \
     distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv >/dev/null
 
 python3 -m venv .venv
-.venv/bin/pip install --quiet --upgrade -e '.[test]'
+# compat mode: a plain .pth path entry, no import-hook finder on every start-up
+.venv/bin/pip install --quiet --upgrade -e '.[test]' --config-settings editable_mode=compat
 exec .venv/bin/python -m pytest "$@"
