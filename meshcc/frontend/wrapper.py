@@ -485,10 +485,7 @@ def _hosts_or_none(env: os._Environ[str]) -> object | None:
     if hosts is not None and "--localslots" not in hosts:
         return None  # the defaults apply; skip parsing (local-only jobs must start fast)
     try:
-        try:
-            from meshcc.compiler import hostspec
-        except ImportError:  # TEMPORARY SHIM until meshcc.compiler.hostspec lands
-            from meshcc.frontend import _hostspec_shim as hostspec  # type: ignore[no-redef]
+        from meshcc.compiler import hostspec
 
         return hostspec.load_hosts(env)
     except Exception:  # noqa: BLE001 - a bad list is reported on distributable jobs only
@@ -537,13 +534,8 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
 
     Returns the exit code, or execs the compiler and never returns.
     """
-    from meshcc.compiler import args
+    from meshcc.compiler import args, hostspec
     from meshcc.frontend import slots
-
-    try:
-        from meshcc.compiler import hostspec
-    except ImportError:  # TEMPORARY SHIM until meshcc.compiler.hostspec lands
-        from meshcc.frontend import _hostspec_shim as hostspec  # type: ignore[no-redef]
     from meshcc.transport import client
 
     env = os.environ
@@ -578,8 +570,8 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
 
     hosts = []
     for h in hostlist.hosts:
-        if h.kind == "ssh":
-            log.debug(f"skipping {h.spec}: meshcc's client does not do ssh hosts")
+        if h.kind != "localhost" and not h.supported:
+            log.debug(f"skipping {h.spec}: {h.unsupported_reason}")
         else:
             hosts.append(h)
     if getattr(hostlist, "randomize", False):
