@@ -221,6 +221,8 @@ class Daemon:
     stderr_path: Path
     workdir: Path
     argv: list[str]
+    # Parent of the daemon's job directories (its TMPDIR), None for distccd (uses /tmp).
+    tmp_dir: Path | None = None
 
     def host_spec(self, lzo: bool = False, cpp: bool = False) -> str:
         """DISTCC_HOSTS entry for this server: ``127.0.0.1:PORT[,lzo]`` (``,cpp,lzo`` = protocol 3)."""
@@ -288,6 +290,11 @@ class Daemon:
         # Workers may outlive the leader briefly; make sure nothing of the group is left.
         self._signal_group(signal.SIGKILL)
         return self.proc.returncode
+
+    def cleanup(self) -> None:
+        """Remove what the fixture created outside tmp_path (the daemon's TMPDIR)."""
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL the whole group (simulates a crash; no goodbye)."""
@@ -368,9 +375,14 @@ def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
             argv += ["--compiler", compiler]
         argv += list(extra_args)
         env = _clean_env()
-        env["TMPDIR"] = str(workdir / "tmp")
-        (workdir / "tmp").mkdir()
+        # As root the daemon drops to an unprivileged user, which cannot enter pytest's 0700
+        # tmp_path; Python's tempfile would then silently fall back to /tmp. A sticky
+        # world-writable dir of our own keeps the job directories observable.
+        tmp_dir = Path(tempfile.mkdtemp(prefix="meshccd-jobs-"))
+        os.chmod(tmp_dir, 0o1777)
+        env["TMPDIR"] = str(tmp_dir)
         daemon = _spawn("meshcc", argv, workdir, port, log_path, env)
+        daemon.tmp_dir = tmp_dir
         started.append(daemon)
         _wait_listening(daemon)
         return daemon
@@ -378,6 +390,7 @@ def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
     yield start
     for daemon in started:
         daemon.stop()
+        daemon.cleanup()
 
 
 @pytest.fixture

@@ -60,8 +60,7 @@ def _compiled_sources(make_output: str) -> Counter[str]:
 
 
 def _objects(tree: Path) -> dict[str, str]:
-    hashes = hash_objects(tree, "*.o") | hash_objects(tree, "*.lo")
-    return hashes
+    return hash_objects(tree, "*.o") | hash_objects(tree, "*.lo")
 
 
 def _wait_tmp_empty(tmp: Path, timeout: float = 10.0) -> list[str]:
@@ -119,6 +118,7 @@ def test_zlib_objects_identical_to_local_build(
     cc = "meshcc-gcc" if client == "meshcc-gcc" else "distcc gcc"
     if client == "meshcc-gcc":
         assert shutil.which("meshcc-gcc", path=env["PATH"]), "meshcc-gcc not on the venv PATH"
+    tmp_mtime = daemon.tmp_dir.stat().st_mtime_ns if daemon.tmp_dir else 0
     dist_out = _make(tree, env, f"CC={cc}")
     assert _compiled_sources(dist_out) == expected_sources, "the two builds ran different compiles"
 
@@ -141,6 +141,11 @@ def test_zlib_objects_identical_to_local_build(
     # 4. The programs linked from distributed objects (locally, through the client) work.
     proc = run(["./example"], cwd=tree, env=local_env)
     assert "inflate with dictionary: hello, hello!" in proc.stdout
-    if server == "meshcc":
-        left = _wait_tmp_empty(daemon.workdir / "tmp")
+    # 5. meshcc ran the jobs in its TMPDIR (its mtime moved) and removed every job directory.
+    if daemon.tmp_dir is not None:
+        left = _wait_tmp_empty(daemon.tmp_dir)
         assert not left, f"meshcc daemon left job files in its TMPDIR: {left}"
+        assert daemon.tmp_dir.stat().st_mtime_ns > tmp_mtime, (
+            f"no job directory was ever created in the daemon's TMPDIR {daemon.tmp_dir}\n"
+            f"{daemon.diagnostics()}"
+        )
