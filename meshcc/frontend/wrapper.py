@@ -728,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         job = args.analyse(inv.argv)
         if not job.distributable:
-            log.debug(f"{job.reason}; compiling locally")
+            log.debug(f"local-only: {job.reason}")
             return _local_only(inv, job, log)
         return _distribute(inv, job, log)
     except _Fatal as e:
