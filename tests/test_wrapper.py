@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -202,6 +203,27 @@ def test_distccd_object_identical(distccd: Callable[..., Daemon], client_env: di
     assert len(server.wait_for_jobs(3)) == 3, server.diagnostics()
 
 
+def test_output_symlink_and_dev_null(distccd: Callable[..., Daemon], client_env: dict[str, str],
+                                     proj: Path, tmp_path: Path) -> None:
+    server = distccd()
+    env = env_with(client_env, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0")
+    null = tmp_path / "null"
+    os.mkfifo(null)  # a non-regular output, like /dev/null, must be written in place
+    reader = subprocess.Popen(["cat", str(null)], stdout=subprocess.PIPE)
+    res = run([meshcc(), "-c", "src/foo.c", "-o", str(null)], env, proj)
+    out, _ = reader.communicate(timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert null.is_fifo() and out.startswith(b"\x7fELF")
+    real = tmp_path / "real.o"
+    real.write_bytes(b"old")
+    (proj / "link.o").symlink_to(real)
+    res = run([meshcc(), "-c", "src/foo.c", "-o", "link.o"], env, proj)
+    assert res.returncode == 0, res.stderr
+    assert (proj / "link.o").is_symlink()  # written through, like gcc does
+    assert real.read_bytes() == local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
+    assert len(server.wait_for_jobs(2)) == 2
+
+
 def test_distccd_dash_S(distccd: Callable[..., Daemon], client_env: dict[str, str],
                         proj: Path) -> None:
     server = distccd()
@@ -354,6 +376,65 @@ def test_server_dies_mid_job(fake_server: Callable[..., FakeServer], client_env:
     assert server.requests, "the client never sent a complete request"
     assert (proj / "foo.o").read_bytes() == local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
     assert f"failed to distribute src/foo.c to {server.spec}" in res.stderr
+    no_temp_litter(proj, client_env)
+
+
+def test_remote_signal_retries_locally(fake_server: Callable[..., FakeServer],
+                                      client_env: dict[str, str], proj: Path) -> None:
+    def crash(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(wire.encode_reply(1, 11, b"cc1: internal compiler error: Segmentation fault\n",
+                                       b"", None))
+
+    server = fake_server(crash)
+    env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_SKIP_LOCAL_RETRY="1")
+    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
+    assert res.returncode == 0, res.stderr
+    assert server.connections == 1
+    assert "Segmentation fault" not in res.stderr  # only the local run's diagnostics
+    assert (proj / "foo.o").read_bytes() == local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
+    backoff = Path(client_env["DISTCC_DIR"]) / "lock" / f"backoff_tcp_127.0.0.1_{server.port}_0"
+    assert backoff.exists()  # a crashing remote compiler is suspect
+
+
+def test_remote_error_local_success_backs_off_host(fake_server: Callable[..., FakeServer],
+                                                   client_env: dict[str, str], proj: Path) -> None:
+    """The remote compiler failed where the local one succeeds: the host is to blame."""
+    def fail(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(wire.encode_reply(1, 1 << 8, b"as: unknown option\n", b"", None))
+
+    server = fake_server(fail)
+    env = env_with(client_env, DISTCC_HOSTS=server.spec)
+    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
+    assert res.returncode == 0, res.stderr
+    assert "unknown option" not in res.stderr and res.stderr == ""
+    assert (proj / "foo.o").exists()
+    backoff = Path(client_env["DISTCC_DIR"]) / "lock" / f"backoff_tcp_127.0.0.1_{server.port}_0"
+    assert backoff.exists()
+
+
+def test_sigterm_mid_job_cleans_up(fake_server: Callable[..., FakeServer],
+                                   client_env: dict[str, str], proj: Path) -> None:
+    release = threading.Event()
+    server = fake_server(lambda conn, req: release.wait(30))
+    env = env_with(client_env, DISTCC_HOSTS=server.spec)
+    (proj / "foo.o").write_bytes(b"old object, complete")
+    proc = subprocess.Popen([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env=env, cwd=proj,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not server.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.requests, "the request never arrived"
+        assert list(Path(client_env["TMPDIR"]).glob("meshcc_*"))  # the .i exists meanwhile
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM  # died by the signal, as the shell expects
+    assert (proj / "foo.o").read_bytes() == b"old object, complete"
     no_temp_litter(proj, client_env)
 
 

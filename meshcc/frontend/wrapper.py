@@ -18,6 +18,7 @@ beside it, so an interrupted or failed job never leaves a truncated object behin
 from __future__ import annotations
 
 import os
+import stat as _stat  # already loaded by os at start-up
 import sys
 import time
 
@@ -410,16 +411,35 @@ class _Run:
     # -------------------------------------------------------------- results
 
     def write_output(self, path: str, data: bytes) -> None:
-        """Atomically replace ``path``: complete temp file beside it, then rename."""
+        """Atomically replace ``path``: complete temp file beside it, then rename.
+
+        A symlink is followed (gcc writes through it); a non-regular target such as
+        ``-o /dev/null`` is written in place, never replaced by a file.
+        """
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is not None and _stat.S_ISLNK(st.st_mode):
+            path = os.path.realpath(path)
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None
+        if st is not None and not _stat.S_ISREG(st.st_mode):
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            return
         directory = os.path.dirname(path) or "."
         if not os.path.isdir(directory):
             os.makedirs(directory, exist_ok=True)  # distcc creates missing parents too
         tmp, fd = self.temp(directory, f".{os.path.basename(path)}.meshcc-", ".tmp")
         try:
             os.fchmod(fd, 0o666 & ~_umask())
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -444,6 +464,12 @@ class _Run:
         _, status = os.waitpid(pid, 0)
         self.children.remove(pid)
         return _exit_code(status)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _umask() -> int:
@@ -734,8 +760,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Fatal as e:
         log.error(str(e))
         return e.code
-    except KeyboardInterrupt:
-        return 128 + 2
+    except KeyboardInterrupt:  # e.g. while waiting for a local slot: die by the signal
+        _sig.signal(_sig.SIGINT, _sig.SIG_DFL)
+        os.kill(_PID, _sig.SIGINT)
+        return 128 + _sig.SIGINT
 
 
 def _local_only(inv: _Invocation, job: Job, log: _Log) -> int:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 CONNECT_TIMEOUT = 4.0  # distcc's fixed dcc_connect_timeout
 DEFAULT_IO_TIMEOUT = 300.0
 RECV_SIZE = 256 * 1024
+_MSG_MORE = getattr(_socket, "MSG_MORE", 0)
 # After a failed send, how long to wait for an ERRM the server may have sent before closing.
 REFUSAL_GRACE = 2.0
 
@@ -152,13 +153,17 @@ class Connection:
 
     # ------------------------------------------------------------------ send
 
-    def _send(self, data: bytes) -> None:
-        """Send, remembering (not raising) a broken pipe so a pending ERRM can still be read."""
+    def _send(self, data: bytes, more: bool = False) -> None:
+        """Send, remembering (not raising) a broken pipe so a pending ERRM can still be read.
+
+        ``more``: more data follows at once (MSG_MORE), so a token header is not sent as a
+        tiny packet of its own despite TCP_NODELAY.
+        """
         if self._send_error is not None:
             return
         assert self.sock is not None
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(data, _MSG_MORE if more else 0)
         except TimeoutError:
             raise TransportError(
                 f"IO timeout ({self.io_timeout:g}s) while sending", EXIT_TIMEOUT
@@ -191,7 +196,7 @@ class Connection:
                 f"preprocessed source is {len(data)} bytes, over the {self.limits.max_body} limit",
                 EXIT_PROTOCOL_ERROR,
             )
-        self._send(wire.token(b"DOTI", len(data)))
+        self._send(wire.token(b"DOTI", len(data)), more=bool(data))
         self._send(data)
         if self._send_error is not None:
             self._raise_after_send_error()
