@@ -339,6 +339,35 @@ def test_server_down_falls_back_locally(client_env: dict[str, str], proj: Path) 
     assert backoff.exists()
 
 
+def test_connect_timeout(client_env: dict[str, str], proj: Path) -> None:
+    """A host that never answers the SYN (full accept queue): the fixed 4 s connect timeout,
+    then a local compile."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue so further SYNs are dropped
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    time.sleep(0.2)
+    try:
+        env = env_with(client_env, DISTCC_HOSTS=f"127.0.0.1:{port}")
+        res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj, timeout=60)
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()
+    assert res.returncode == 0, res.stderr
+    assert "connect timed out after 4s" in res.stderr
+    assert (proj / "foo.o").exists()
+
+
 def test_fallback_disabled_server_down(client_env: dict[str, str], proj: Path) -> None:
     port = closed_port()
     env = env_with(client_env, DISTCC_HOSTS=f"127.0.0.1:{port}", DISTCC_FALLBACK="0")

@@ -5,11 +5,13 @@ anything else here: only builtins and meshcc's own small modules are imported, l
 commands ``exec`` the real compiler as soon as the verdict is known, and everything the
 remote path needs (sockets, compression) is imported only on that path.
 
-distcc 3.4 semantics, with these deliberate differences (see the report in git history):
-a cpp failure is final (the local compile would fail the same way); a remote compile
-error is retried locally without penalising the host unless the local result differs;
-with ``DISTCC_BACKOFF_PERIOD=0`` at most 3 remote attempts are made (distcc master);
-``-MD``/``-MMD`` .d files land where plain gcc puts them (args.cpp_argv).
+distcc 3.4 semantics, with these deliberate differences: a cpp failure is final (the
+local compile would fail the same way); a remote compile error is retried locally and
+the host is backed off only if the local result differs (distcc backs off first and
+forgives later); with ``DISTCC_BACKOFF_PERIOD=0`` at most 3 remote attempts are made
+(distcc master's fix); ``-MD``/``-MMD`` .d files land where plain gcc puts them
+(args.cpp_argv); ``,down`` hosts are skipped rather than waited for; ssh and ``,auth``
+hosts are skipped (no such transport here); ``,cpp`` hosts are sent protocol 2.
 
 The real output path is only ever written by renaming a complete temp file that sits
 beside it, so an interrupted or failed job never leaves a truncated object behind.
@@ -703,7 +705,8 @@ def _handle_reply(run: _Run, host: object, slot: Slot, reply: Reply, lockdir: st
         if reply.stdout:
             _write(1, reply.stdout)
         slots.clear_backoff(lockdir, lock_name)
-        log.debug(f"{job.source} compiled on {spec}: {job.output} ({len(reply.obj)} bytes)")
+        log.debug(f"{job.source} compiled on {spec}: {job.output} ({len(reply.obj)} bytes); "
+                  f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms")
         return 0
 
     signalled = os.WIFSIGNALED(status)

@@ -146,9 +146,11 @@ class Connection:
             sock.settimeout(self.io_timeout)
             self.sock = sock
             return
-        why = "no address" if last is None else _describe(last)
         if isinstance(last, TimeoutError):
-            why = f"connect timed out after {self.connect_timeout:g}s"
+            raise TransportError(
+                f"connect timed out after {self.connect_timeout:g}s", EXIT_CONNECT_FAILED
+            )
+        why = "no address" if last is None else _describe(last)
         raise TransportError(f"connect failed: {why}", EXIT_CONNECT_FAILED)
 
     # ------------------------------------------------------------------ send
