@@ -150,7 +150,14 @@ def _no_new_privs() -> None:
 
 def _check_tmpdir() -> str:
     """The job temp dir parent must be writable by the (possibly dropped) user."""
+    tempfile.tempdir = None  # decide as the user we run as now, not as root
     parent = tempfile.gettempdir()
+    wanted = os.environ.get("TMPDIR")
+    if wanted and os.path.realpath(wanted) != os.path.realpath(parent):
+        log.warning(
+            "TMPDIR %s is not usable by uid %d; job directories go to %s instead",
+            wanted, os.geteuid(), parent,
+        )  # fmt: skip
     try:
         probe = tempfile.mkdtemp(prefix="meshccd_check_", dir=parent)
         os.rmdir(probe)
@@ -185,7 +192,7 @@ def _setup(opts: DaemonOptions) -> tuple[socket.socket, ToolchainRegistry, Serve
     logsetup.configure(level, stream, to_file=stream is not None)
 
     try:
-        sock = bind_listener(opts.listen, opts.port)
+        sock = bind_listener(opts.listen, opts.port, listen=False)
     except OSError as e:
         where = f"{opts.listen or 'all addresses'} port {opts.port}"
         raise _Fatal(f"cannot listen on {where}: {e.strerror or e}", EXIT_BIND_FAILED) from None

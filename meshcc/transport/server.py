@@ -161,18 +161,22 @@ def _format_client(addr: IPAddress, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
-def bind_listener(address: str | None, port: int, backlog: int = 1024) -> socket.socket:
-    """A listening TCP socket; ``None`` = all addresses, dual-stack ``::`` else ``0.0.0.0``.
+def bind_listener(
+    address: str | None, port: int, backlog: int = 1024, *, listen: bool = True
+) -> socket.socket:
+    """A bound TCP socket; ``None`` = all addresses, dual-stack ``::`` else ``0.0.0.0``.
 
-    Raises OSError (the daemon turns it into exit 102, as distccd's "bind failed").
+    With ``listen=False`` the socket is only bound (so a busy port fails early) and
+    ``CompileServer.start`` listens once the daemon is ready: a client that can connect
+    is then always served. Raises OSError (the daemon exits 102, distccd's "bind failed").
     """
     if address is None:
         try:
-            sock = _listen_on(socket.AF_INET6, ("::", port), backlog, dual_stack=True)
+            sock = _listen_on(socket.AF_INET6, ("::", port), backlog, listen, dual_stack=True)
         except OSError as e:
             if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
                 raise
-            sock = _listen_on(socket.AF_INET, ("0.0.0.0", port), backlog)
+            sock = _listen_on(socket.AF_INET, ("0.0.0.0", port), backlog, listen)
         return sock
     try:
         infos = socket.getaddrinfo(
@@ -182,11 +186,15 @@ def bind_listener(address: str | None, port: int, backlog: int = 1024) -> socket
     except socket.gaierror as e:
         raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve listen address {address!r}: {e}")
     family, _, _, _, sockaddr = infos[0]
-    return _listen_on(family, sockaddr, backlog)
+    return _listen_on(family, sockaddr, backlog, listen)
 
 
 def _listen_on(
-    family: int, sockaddr: tuple, backlog: int, dual_stack: bool = False  # type: ignore[type-arg]
+    family: int,
+    sockaddr: tuple,  # type: ignore[type-arg]
+    backlog: int,
+    listen: bool,
+    dual_stack: bool = False,
 ) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -194,7 +202,8 @@ def _listen_on(
         if dual_stack:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -281,7 +290,7 @@ class CompileServer:
     # -- lifecycle
 
     async def start(self, sock: socket.socket) -> None:
-        """Start accepting on an already bound and listening socket."""
+        """Listen (backlog 1024) and start accepting on a bound socket."""
         self._server = await asyncio.start_server(
             self._on_connection, sock=sock, limit=_READ_CHUNK, backlog=1024
         )
