@@ -47,7 +47,8 @@ _PLAIN_NAMES = frozenset({"cc", "c++", "c89-gcc", "c99-gcc"})
 # Wrappers that would run the compile through themselves (and so recurse).
 _WRAPPER_NAMES = frozenset({"distcc", "ccache", "sccache", "icecc", "buildcache"})
 _MASQ_DIR_PARTS = frozenset({"distcc", "ccache", "sccache", "icecc", "buildcache"})
-_VERSION_IN_TEXT = re.compile(r"\d+\.\d+(?:\.\d+)*")
+_VERSION_IN_TEXT = re.compile(r"\d+\.\d+(?:\.\d+)*")  # "2.40" in `as --version`
+_GCC_VERSION = re.compile(r"\d+(?:\.\d+)*")  # gcc 7+ -dumpversion may print just "12"
 
 
 class ToolchainError(Exception):
@@ -281,8 +282,8 @@ def probe(path: str, timeout: float = PROBE_TIMEOUT) -> Probe:
     except ToolchainError:
         version = _run([path, "-dumpversion"], timeout)
     target = _run([path, "-dumpmachine"], timeout)
-    if not version or not _VERSION_IN_TEXT.fullmatch(version.split()[0]):
-        raise ToolchainError(f"{path}: -dumpfullversion printed {version!r}, not a gcc version")
+    if not version or not _GCC_VERSION.fullmatch(version.split()[0]):
+        raise ToolchainError(f"{path}: printed version {version!r}, not a gcc version")
     if not target or any(c.isspace() for c in target):
         raise ToolchainError(f"{path}: -dumpmachine printed {target!r}, not a target triplet")
     assembler = _assembler_of(path, timeout)
