@@ -1,0 +1,433 @@
+"""The ``Mesh`` service the daemon owns: announce, browse, track, judge.
+
+API (all in the daemon's event loop)::
+
+    mesh = Mesh(MeshConfig(interfaces=("eth0",), allow=(), accept_unverified=False),
+                toolchains=registry.toolchains, port=3632, jobs=8)
+    await mesh.start()        # InterfaceError for a bad --interface; never fails otherwise:
+                              # with no usable interface (or mDNS unavailable) discovery is
+                              # off, said once in the log, and the daemon keeps serving
+    mesh.status               # MeshStatus: discovery on/off and why, node id, interfaces,
+                              # allowed networks (use for the server's access list too)
+    mesh.snapshot()           # [PeerState]: every known peer, live or not
+    mesh.explain(fp)          # [Verdict]: every peer in/out for ClientCompiler fp, with the
+                              # reason; included first, best first (fp None: no compiler check)
+    mesh.hosts_line(fp)       # "10.0.0.2:3632/8,lzo [fd00::3]:3632/4,lzo" (distcc grammar)
+    mesh.report_job_result("10.0.0.2:3632", ok=False)           # lease outcome; by key or
+    mesh.report_job_result(key, ok=False, connect_failed=True)  # host spec; False if unknown
+    mesh.set_load(busy_jobs)  # optional: republish free slots (≥ 30 s apart, big changes only)
+    await mesh.stop()         # goodbyes (peers drop us in ms), sockets closed
+
+Allowed subnets: ``--allow`` replaces the default, which is the subnets of the interfaces
+the mesh runs on. The same networks should guard the compile server (plus loopback, for
+the box's own clients); ``mesh.status.allowed`` is what to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from meshcc import __version__
+from meshcc.mesh import netif
+from meshcc.mesh.liveness import LivenessLoop, ProbeFn, tcp_probe
+from meshcc.mesh.matching import (
+    ClientCompiler,
+    MatchPolicy,
+    Verdict,
+    hosts_line,
+    judge_all,
+    pick_address,
+)
+from meshcc.mesh.netif import Interface, IPNetwork, Selection
+from meshcc.mesh.peers import Liveness, LivenessTimings, PeerState, PeerTable
+from meshcc.mesh.records import (
+    MESHCC_TYPE,
+    DistccId,
+    LocalNode,
+    PeerRecord,
+    RecordError,
+    ToolchainInfo,
+    build_distcc_services,
+    build_meshcc_service,
+    instance_label,
+    node_id,
+    parse_distcc,
+    parse_meshcc,
+    random_node_id,
+)
+
+__all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
+
+log = logging.getLogger("meshcc.mesh")
+NOTICE = 25
+
+_PROBE = object()  # sentinel: run `cc -dumpversion/-dumpmachine` at start
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """The mesh's options (``meshcc daemon`` flags)."""
+
+    interfaces: tuple[str, ...] = ()  # --interface (repeatable); () = default selection
+    allow: tuple[IPNetwork, ...] = ()  # --allow; () = subnets of the chosen interfaces
+    accept_unverified: bool = False  # --accept-unverified: use stock distccd peers
+    hostname: str | None = None  # announced host name; None = socket.gethostname()
+    timings: LivenessTimings = field(default_factory=LivenessTimings)
+    resolve_timeout_s: float = 1.5
+    republish_min_interval_s: float = 30.0
+    default_cc: str = "cc"  # described by the _distcc._tcp record, as distccd does
+
+
+@dataclass(frozen=True, slots=True)
+class MeshStatus:
+    """What the mesh is doing, for logs, ``meshcc hosts --explain`` and the control socket."""
+
+    discovery: bool
+    off_reason: str | None
+    node_id: str | None
+    instance: str | None
+    interfaces: tuple[str, ...]
+    addresses: tuple[str, ...]
+    allowed: tuple[IPNetwork, ...]
+    allowed_source: str  # "--allow" or "interfaces"
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "discovery": self.discovery,
+            "off_reason": self.off_reason,
+            "node_id": self.node_id,
+            "instance": self.instance,
+            "interfaces": list(self.interfaces),
+            "addresses": list(self.addresses),
+            "allowed": [str(n) for n in self.allowed],
+            "allowed_source": self.allowed_source,
+            "warnings": list(self.warnings),
+        }
+
+
+async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId | None:
+    """First words of ``cc -dumpmachine`` / ``cc -dumpversion``, as distccd announces them."""
+    env = dict(os.environ, LC_ALL="C")
+
+    async def first_word(flag: str) -> str | None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                cc, flag, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+        except OSError:
+            return None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return None
+        words = out.decode("utf-8", "replace").split()
+        return words[0] if proc.returncode == 0 and words else None
+
+    machine, version = await asyncio.gather(
+        first_word("-dumpmachine"), first_word("-dumpversion")
+    )
+    return DistccId(machine, version) if machine and version else None
+
+
+def _default_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _default_caps() -> frozenset[str]:
+    from meshcc import compression
+
+    caps = {"errm"}
+    if compression.available(compression.Codec.LZO):
+        caps.add("lzo")
+    if compression.available(compression.Codec.LZ4):
+        caps.add("lz4")
+    return frozenset(caps)
+
+
+class Mesh:
+    """Announcement + peer table + liveness for one daemon (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        toolchains: Iterable[object],
+        port: int,
+        jobs: int,
+        *,
+        cpus: int | None = None,
+        protocols: tuple[int, ...] = (1, 2),
+        caps: frozenset[str] | None = None,
+        distcc_id: DistccId | None | object = _PROBE,
+        node_id: str | None = None,
+        probe: ProbeFn = tcp_probe,
+        list_interfaces: Callable[[], Sequence[Interface]] = netif.list_interfaces,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.port = port
+        self.jobs = jobs
+        self.cpus = cpus or _default_cpus()
+        self.toolchains = tuple(
+            t if isinstance(t, ToolchainInfo) else ToolchainInfo.from_toolchain(t)
+            for t in toolchains
+        )
+        self.protocols = protocols
+        self.caps = caps
+        self._distcc_id = distcc_id
+        self._node_id = node_id
+        self._probe = probe
+        self._list_interfaces = list_interfaces
+        self._policy = MatchPolicy(config.allow, accept_unverified=config.accept_unverified)
+        self.table = PeerTable(
+            config.timings,
+            clock=clock,
+            wallclock=wallclock,
+            address_for=lambda r: pick_address(r, self._policy),
+        )
+        self._status = MeshStatus(False, "not started", None, None, (), (), config.allow,
+                                  "--allow" if config.allow else "interfaces")  # fmt: skip
+        self._node: LocalNode | None = None
+        self._discovery: object | None = None  # discovery.Discovery (imported lazily)
+        self._loop: LivenessLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._own_names: set[str] = set()
+        self._names: dict[tuple[str, str], str] = {}  # (type, instance) -> table key
+        self._unreadable: dict[str, str] = {}  # instance -> why its record was ignored
+        self._busy: int | None = None
+        self._published_free: int | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Choose interfaces, announce, browse, probe. See the module docstring."""
+        interfaces = list(self._list_interfaces())
+        selection: Selection = netif.select_interfaces(interfaces, self.config.interfaces)
+        warnings = list(selection.warnings)
+        for w in warnings:
+            log.warning("%s", w)
+        allowed = self.config.allow or netif.networks_of(selection.chosen)
+        own = frozenset(
+            (str(i.ip).split("%")[0], self.port)
+            for iface in interfaces
+            for i in (*iface.ipv4, *iface.ipv6)
+        )
+        self._policy = MatchPolicy(allowed, own, self.config.accept_unverified)
+        hostname = self.config.hostname or socket.gethostname()
+        nid = self._node_id
+        if nid is None:
+            macs, machine_id, _ = netif.identity_material(selection.chosen)
+            nid = node_id(macs, self.port, machine_id, hostname) if macs else random_node_id()
+        addresses = tuple(selection.ipv4_addresses)
+
+        def status(on: bool, why: str | None, instance: str | None = None) -> MeshStatus:
+            return MeshStatus(
+                on, why, nid, instance, tuple(i.name for i in selection.chosen), addresses,
+                allowed, "--allow" if self.config.allow else "interfaces", tuple(warnings),
+            )  # fmt: skip
+
+        if selection.off_reason is not None:
+            self._status = status(False, selection.off_reason)
+            log.warning(
+                "discovery is off: %s; this daemon still serves compiles", selection.off_reason
+            )
+            return
+
+        distcc_id = self._distcc_id
+        if distcc_id is _PROBE:
+            distcc_id = await probe_default_cc(self.config.default_cc)
+            if distcc_id is None:
+                warnings.append(
+                    f"`{self.config.default_cc} -dumpversion/-dumpmachine` failed: the "
+                    "_distcc._tcp record has no subtype, so `distcc +zeroconf` clients will "
+                    "not list this daemon"
+                )
+                log.warning("%s", warnings[-1])
+        assert distcc_id is None or isinstance(distcc_id, DistccId)
+        self._node = LocalNode(
+            node_id=nid,
+            hostname=hostname,
+            port=self.port,
+            cpus=self.cpus,
+            jobs=self.jobs,
+            toolchains=self.toolchains,
+            meshcc_version=__version__,
+            protocols=self.protocols,
+            caps=self.caps if self.caps is not None else _default_caps(),
+            distcc_id=distcc_id,
+        )
+        meshcc_spec, txt_warnings = build_meshcc_service(self._node)
+        for w in txt_warnings:
+            warnings.append(w)
+            log.warning("%s", w)
+        distcc_specs = build_distcc_services(self._node)
+        self._own_names = {meshcc_spec.name, *(spec.name for spec in distcc_specs)}
+
+        from meshcc.mesh.discovery import Discovery
+
+        discovery = Discovery(
+            list(addresses), self._on_event, resolve_timeout_s=self.config.resolve_timeout_s
+        )
+        try:
+            await discovery.start([meshcc_spec, *distcc_specs])
+        except OSError as e:
+            why = f"cannot use mDNS on {', '.join(addresses)}: {e.strerror or e}"
+            self._status = status(False, why)
+            log.warning("discovery is off: %s; this daemon still serves compiles", why)
+            return
+        self._discovery = discovery
+        self._status = status(True, None, instance_label(self._node))
+        log.log(
+            NOTICE, "announcing %s on %s (%s) port %d; peers allowed from (%s): %s",
+            instance_label(self._node), ", ".join(self._status.interfaces),
+            ", ".join(addresses), self.port, self._status.allowed_source,
+            ", ".join(str(n) for n in allowed) or "nothing",
+        )  # fmt: skip
+        self._loop = LivenessLoop(self.table, self._probe, on_change=self._on_liveness)
+        self._tasks = [asyncio.create_task(self._loop.run(), name="meshcc-liveness")]
+        if self.config.republish_min_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._republish(), name="meshcc-republish"))
+
+    async def stop(self) -> None:
+        """Stop probing; goodbyes so peers drop us at once; close the mDNS sockets."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        discovery, self._discovery = self._discovery, None
+        if discovery is not None:
+            await discovery.stop()  # type: ignore[attr-defined]
+        self._status = MeshStatus(False, "stopped", self._status.node_id, self._status.instance,
+                                  (), (), self._status.allowed, self._status.allowed_source)  # fmt: skip
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def status(self) -> MeshStatus:
+        return self._status
+
+    @property
+    def policy(self) -> MatchPolicy:
+        return self._policy
+
+    def snapshot(self) -> list[PeerState]:
+        """Every known peer with its liveness (ours, not mDNS's)."""
+        return self.table.snapshot()
+
+    def explain(self, fingerprint: ClientCompiler | None) -> list[Verdict]:
+        """Every peer, in or out for this compiler, with the reason; included first, best first."""
+        return judge_all(fingerprint, self.table.snapshot(), self._policy)
+
+    def hosts_line(self, fingerprint: ClientCompiler | None) -> str:
+        """DISTCC_HOSTS entries of the matching, live, allowed peers, best first."""
+        return hosts_line(self.explain(fingerprint))
+
+    def unreadable(self) -> dict[str, str]:
+        """Announcements ignored because their record could not be read, and why."""
+        return dict(self._unreadable)
+
+    # ------------------------------------------------------------ inputs from the daemon
+
+    def report_job_result(self, peer: str, ok: bool, *, connect_failed: bool = False) -> bool:
+        """A lease's outcome on ``peer`` (table key or ``ADDR:PORT`` spec); False if unknown."""
+        key = self.table.find(peer)
+        if key is None:
+            return False
+        self.table.report_job(key, ok, connect_failed=connect_failed)
+        if connect_failed and self._loop is not None:
+            self._loop.wake()
+        return True
+
+    def set_load(self, busy_jobs: int) -> None:
+        """Jobs running here now; republished as ``free`` at most every 30 s, on big changes."""
+        self._busy = max(0, busy_jobs)
+
+    # ------------------------------------------------------------ internals
+
+    def _on_event(self, event: object) -> None:
+        from meshcc.mesh.discovery import ServiceGone, ServiceSeen
+
+        if isinstance(event, ServiceGone):
+            key = self._names.pop((event.type_, event.name), None)
+            self._unreadable.pop(event.name, None)
+            if key is not None and key not in self._names.values():
+                if self.table.remove(key):
+                    log.info("peer %s left (goodbye)", event.name)
+            return
+        if not isinstance(event, ServiceSeen) or event.name in self._own_names:
+            return
+        try:
+            parse = parse_meshcc if event.type_ == MESHCC_TYPE else parse_distcc
+            record = parse(event.name, event.properties, event.addresses, event.port, event.server)
+        except RecordError as e:
+            if self._unreadable.get(event.name) != str(e):
+                log.info("ignoring %s: %s", event.name, e)
+            self._unreadable[event.name] = str(e)
+            return
+        self._unreadable.pop(event.name, None)
+        if self._is_self(record):
+            return
+        old = self._names.get((event.type_, event.name))
+        self._names[(event.type_, event.name)] = record.key
+        if old is not None and old != record.key and old not in self._names.values():
+            self.table.remove(old)
+        new = record.key not in self.table
+        if self.table.upsert(record) and self._loop is not None:
+            self._loop.wake()
+        if new and record.key in self.table:
+            log.info("peer %s announced at %s", record.host,
+                     ", ".join(f"{a}:{record.port}" for a in record.addresses))  # fmt: skip
+
+    def _is_self(self, record: PeerRecord) -> bool:
+        node = self._node
+        if node is None:
+            return False
+        if record.node_id is not None and record.node_id == node.node_id:
+            return True
+        # A stale record of an earlier run of this daemon (e.g. a random id): our own endpoint.
+        eps = {(a.split("%")[0], p) for a, p in record.endpoints()}
+        return bool(eps) and eps <= self._policy.own_endpoints
+
+    def _on_liveness(self, key: str, liveness: Liveness | None) -> None:
+        state = self.table.state(key)
+        if state is None:
+            return
+        r = state.record
+        if liveness is Liveness.UP:
+            log.info("peer %s (%s:%d) is up", r.host, pick_address(r, self._policy), r.port)
+        elif liveness is Liveness.DOWN:
+            log.log(NOTICE, "peer %s (port %d) is not responding: %s", r.host, r.port,
+                    state.down_detail or "probe failed")  # fmt: skip
+
+    async def _republish(self) -> None:
+        """Republish free slots rarely: every update is 3 multicast packets to every box."""
+        while True:
+            await asyncio.sleep(self.config.republish_min_interval_s)
+            if self._busy is None or self._node is None or self._discovery is None:
+                continue
+            free = max(0, self.jobs - self._busy)
+            last = self._published_free if self._published_free is not None else self.jobs
+            if abs(free - last) < max(2, self.jobs // 4):
+                continue
+            spec, _ = build_meshcc_service(self._node, free=free)
+            try:
+                await self._discovery.update(spec)  # type: ignore[attr-defined]
+                self._published_free = free
+            except Exception as e:  # never let a republish failure stop the loop
+                log.debug("republishing free slots failed: %r", e)
+
