@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import LOOPBACK, Daemon, free_port, port_accepts
+
 from meshcc import compression
 from meshcc.transport.server import (
     JobResult,
@@ -393,8 +393,8 @@ def test_x_language_cannot_reprocess_includes(lang: str, meshcc_daemon, tmp_path
     secret.write_text("int leaked_secret_symbol = 42;\n")
     daemon = meshcc_daemon(*ROOT)
     gcc = "gcc" if lang == "c" else "g++"
-    reply = send_job(daemon.port, [gcc, "-x", lang, "-c", "hello.c", "-o", "hello.o"],
-                     f'#include "{secret}"\n#include "/etc/hostname"\nint main(void) {{ return 0; }}\n')  # fmt: skip
+    source = f'#include "{secret}"\n#include "/etc/hostname"\nint main(void) {{ return 0; }}\n'
+    reply = send_job(daemon.port, [gcc, "-x", lang, "-c", "hello.c", "-o", "hello.o"], source)
     assert reply.refused is not None or reply.status != 0, "the server preprocessed the input"
     assert b"leaked_secret_symbol" not in reply.obj + reply.stderr
     hostname = Path("/etc/hostname").read_text().strip().encode()
@@ -516,7 +516,7 @@ def test_job_lifetime_kills_compiler(meshcc_daemon, tmp_path: Path) -> None:
 def _interval_pairs(events: str) -> list[tuple[float, float]]:
     starts = [float(line.split()[1]) for line in events.splitlines() if line.startswith("start")]
     ends = [float(line.split()[1]) for line in events.splitlines() if line.startswith("end")]
-    return sorted(zip(sorted(starts), sorted(ends)))
+    return sorted(zip(sorted(starts), sorted(ends), strict=True))
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -552,6 +552,7 @@ def test_sigterm_lets_running_job_finish(meshcc_daemon, tmp_path: Path) -> None:
     )
     t.start()
     wait_for(lambda: (d / "pid").exists(), what="compiler start")
+    idle = socket.create_connection((LOOPBACK, daemon.port))  # never sends: must not block exit
     os.kill(daemon.proc.pid, signal.SIGTERM)  # the daemon only, not its group
     wait_for(lambda: "SIGTERM received" in daemon.log_text(), what="signal logged")
     assert not port_accepts(daemon.port), "still accepting after SIGTERM"
@@ -559,6 +560,8 @@ def test_sigterm_lets_running_job_finish(meshcc_daemon, tmp_path: Path) -> None:
     (reply,) = result
     assert reply.status == 0 and reply.obj.startswith(b"\x7fELF")
     assert daemon.proc.wait(15) == 0
+    assert idle.recv(10) == b""
+    idle.close()
     assert [j.result for j in daemon.jobs()] == ["COMPILE_OK"]
     assert "daemon stopped" in daemon.log_text()
 
@@ -635,7 +638,9 @@ def test_ipv4_mapped_addresses_checked_as_ipv4() -> None:
 def test_summary_line_layout() -> None:
     s = JobSummary("127.0.0.1:4000", JobResult.COMPILE_OK, time_ms=12, compiler="gcc",
                    source="a.c")  # fmt: skip
-    assert s.line() == "client: 127.0.0.1:4000 COMPILE_OK exit:0 sig:0 core:0 ret:0 time:12ms gcc a.c"
+    assert s.line() == (
+        "client: 127.0.0.1:4000 COMPILE_OK exit:0 sig:0 core:0 ret:0 time:12ms gcc a.c"
+    )
     s = JobSummary("127.0.0.1:4000", JobResult.OTHER, ret=113, compiler="gcc", source="a.c")
     assert s.line() == "client: 127.0.0.1:4000 OTHER exit:0 sig:0 core:0 ret:113 time:0ms"
 

@@ -42,7 +42,9 @@ def _int_in(lo: int, hi: int | None, what: str) -> Callable[[str], int]:
         try:
             n = int(value, 10)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {value!r}")
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a whole number, not {value!r}"
+            ) from None
         if n < lo or (hi is not None and n > hi):
             bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise argparse.ArgumentTypeError(f"{what} must be {bound}, not {n}")
@@ -55,7 +57,7 @@ def _seconds(value: str) -> float:
     try:
         s = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}") from None
     if s < 0 or s != s or s == float("inf"):
         raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {value!r}")
     return s

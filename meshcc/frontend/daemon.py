@@ -97,7 +97,8 @@ def default_allowed_networks() -> list[IPNetwork]:
         for ip in adapter.ips:
             addr = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
             try:
-                net = ipaddress.ip_network(f"{addr.split('%')[0]}/{ip.network_prefix}", strict=False)
+                text = f"{addr.split('%')[0]}/{ip.network_prefix}"
+                net = ipaddress.ip_network(text, strict=False)
             except ValueError:
                 continue
             if net.network_address.is_loopback or net in nets:
@@ -133,7 +134,9 @@ def _drop_privileges(requested: str | None) -> str | None:
         os.setgid(pw.pw_gid)
         os.setuid(pw.pw_uid)
     except OSError as e:
-        raise _Fatal(f"cannot switch to user {name}: {e.strerror or e}", EXIT_SETUID_FAILED)
+        raise _Fatal(
+            f"cannot switch to user {name}: {e.strerror or e}", EXIT_SETUID_FAILED
+        ) from None
     _no_new_privs()
     default = " (default)" if requested is None else ""
     return f"dropped root privileges: running as user {name}{default} (uid {pw.pw_uid})"

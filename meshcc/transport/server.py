@@ -25,7 +25,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshcc import compression
@@ -184,7 +184,9 @@ def bind_listener(
             flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV,
         )  # fmt: skip
     except socket.gaierror as e:
-        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve listen address {address!r}: {e}")
+        raise OSError(
+            errno.EADDRNOTAVAIL, f"cannot resolve listen address {address!r}: {e}"
+        ) from None
     family, _, _, _, sockaddr = infos[0]
     return _listen_on(family, sockaddr, backlog, listen)
 
@@ -350,8 +352,8 @@ class CompileServer:
         summary = JobSummary(_format_client(addr, int(peer[1])))
         tmpdir: str | None = None
         log_summary = True
-        # The read slot is held from the first byte read until a job slot is granted,
-        # so at most (reading slots + jobs) requests sit in memory at once.
+        # A read slot is held from the first byte until a job slot is granted, so at most
+        # (reading slots + jobs) requests sit in memory; idle connections hold none.
         read_slot = _Slot(self._read_slots)
         try:
             if not client_allowed(addr, self.config.allowed):
@@ -363,13 +365,22 @@ class CompileServer:
                     ret=EXIT_ACCESS_DENIED,
                 )
             log.info("connection from %s", summary.client)
-            await read_slot.acquire()
-            request, log_summary = await self._read_phase(reader, summary)
-            if request is None:
+            first = await self._first_chunk(reader, summary)
+            if not first:
+                log_summary = False  # not a job: a probe, or the daemon is stopping
                 return
+            await read_slot.acquire()
+            request = await self._read_phase(reader, summary, first)
             async with self._job_slots:
                 read_slot.release()
-                tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
+                try:
+                    tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
+                except OSError as e:
+                    log.error("cannot create a job directory: %s", e)
+                    raise _Refuse(
+                        f"the server cannot create a job directory: {e.strerror or e}",
+                        ret=EXIT_IO_ERROR,
+                    ) from None
                 outcome = await self._compile(request, tmpdir, reader, summary)
             summary.result = outcome.result
             summary.ret = outcome.ret
@@ -395,12 +406,42 @@ class CompileServer:
             if log_summary:
                 log.log(NOTICE, "%s", summary.line())
 
+    async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
+        """The first bytes of a request; b"" if none come (closed, stalled or stopping).
+
+        Until then the connection is idle: it holds no read slot, and a stopping daemon
+        closes it rather than wait for a request that may never come.
+        """
+        read = asyncio.ensure_future(reader.read(_READ_CHUNK))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {read, stop}, timeout=self.config.io_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+        if read in done:
+            try:
+                chunk = read.result()
+            except OSError:
+                chunk = b""
+            if not chunk:
+                log.info("client %s closed without sending a request", summary.client)
+            return chunk
+        read.cancel()
+        if self._stopping.is_set():
+            log.info("client %s: closing idle connection, the daemon is stopping", summary.client)
+        else:
+            log.info("client %s sent nothing for %gs; closing", summary.client,
+                     self.config.io_timeout)  # fmt: skip
+        return b""
+
     async def _read_phase(
-        self, reader: asyncio.StreamReader, summary: JobSummary
-    ) -> tuple[_Request | None, bool]:
-        """Read and vet the whole request; (None, False) for a connection without one."""
+        self, reader: asyncio.StreamReader, summary: JobSummary, first: bytes
+    ) -> _Request:
+        """Read and vet the whole request (starting with the bytes already received)."""
         rr = wire.RequestReader(self.config.limits)
-        got_bytes = False
+        rr.feed(first)
         eof = False
         version = 0
         argv: list[str] = []
@@ -413,17 +454,15 @@ class CompileServer:
                 event = rr.next_event()
             except wire.ProtocolError as e:
                 if eof and "truncated" in str(e):
-                    if not got_bytes:
-                        log.info("client %s closed without sending a request", summary.client)
-                        return None, False
-                    raise _Gone(f"truncated request: {e}", JobResult.OTHER, EXIT_TRUNCATED)
+                    raise _Gone(
+                        f"truncated request: {e}", JobResult.OTHER, EXIT_TRUNCATED
+                    ) from None
                 raise _Refuse(
                     f"protocol error: {e}", JobResult.REJ_BAD_REQ, EXIT_PROTOCOL_ERROR
                 ) from None
             if event is wire.NEED_DATA:
                 chunk = await self._read(reader, "reading the request")
                 if chunk:
-                    got_bytes = True
                     rr.feed(chunk)
                 else:
                     eof = True
@@ -439,7 +478,7 @@ class CompileServer:
                 data = await self._decode_source(version, event.data)
             elif isinstance(event, wire.RequestEnd):
                 assert resolved is not None
-                return _Request(version, argv, resolved, source, suffix, out_suffix, data), True
+                return _Request(version, argv, resolved, source, suffix, out_suffix, data)
             else:  # PumpFile: unreachable once v3 is refused
                 raise _Refuse(PUMP_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
 
@@ -518,8 +557,14 @@ class CompileServer:
         stem = _job_stem(req.source)
         input_name = stem + req.suffix
         output_name = stem + req.output_suffix
-        with open(os.path.join(tmpdir, input_name), "wb") as f:
-            f.write(req.data)
+        try:
+            with open(os.path.join(tmpdir, input_name), "wb") as f:
+                f.write(req.data)
+        except OSError as e:
+            log.error("client %s: cannot write the job's input: %s", summary.client, e)
+            raise _Refuse(
+                f"the server cannot store the source: {e.strerror or e}", ret=EXIT_IO_ERROR
+            ) from None
         req.data = b""  # free it while the compiler runs
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
