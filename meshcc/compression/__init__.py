@@ -1,8 +1,10 @@
 """Layer 2: body compression for the wire (none, LZO1X for distcc, LZ4 for meshcc peers).
 
 - ``Codec.LZO``: one raw LZO1X block per body, as distcc protocols 2 and 3 send
-  (no header, no uncompressed size); via ``lzallright``, whose output liblzo2
-  and distcc's miniLZO decompress, and which reads their ``lzo1x_1`` output.
+  (no header, no uncompressed size). Compressed with the system liblzo2's
+  ``lzo1x_1`` when it is installed (fast, and byte-identical to distcc), else with
+  ``lzallright``, whose output liblzo2 and distcc's miniLZO decompress; always
+  decompressed with ``lzallright``, bounded by the ``_lzoscan`` length scanner.
 - ``Codec.LZ4``: meshcc-to-meshcc only. A 4-byte little-endian uncompressed size,
   then one LZ4 block (the ``lz4.block`` ``store_size`` layout), so the size is
   checked against ``max_size`` before anything is allocated.
@@ -35,6 +37,7 @@ _LZ4_MAX = 0x7E000000  # LZ4_MAX_INPUT_SIZE: larger inputs cannot be one block
 
 _lzo_compressor = None
 _lzallright = None
+_liblzo2: object = None  # None: not tried yet; False: absent
 _lz4_block = None
 
 
@@ -88,13 +91,24 @@ def compress(codec: Codec, data: bytes) -> bytes:
     if codec is Codec.NONE:
         return bytes(data)
     if codec is Codec.LZO:
-        _lzo()
-        return _lzo_compressor.compress(data)  # type: ignore[union-attr]
+        return _lzo_compress(data)
     if codec is Codec.LZ4:
         if len(data) > _LZ4_MAX:
             raise CompressionError(f"{len(data)} bytes is too large for one LZ4 block")
         return _lz4().compress(data, store_size=True)
     raise ValueError(f"not a Codec: {codec!r}")
+
+
+def _lzo_compress(data: bytes) -> bytes:
+    global _liblzo2
+    if _liblzo2 is None:
+        from . import _liblzo
+
+        _liblzo2 = _liblzo.load() or False
+    if _liblzo2:
+        return _liblzo2.compress(data)  # type: ignore[attr-defined]
+    _lzo()
+    return _lzo_compressor.compress(data)  # type: ignore[union-attr]
 
 
 def decompress(codec: Codec, data: bytes, max_size: int) -> bytes:
