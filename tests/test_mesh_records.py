@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from meshcc.compiler.toolchain import Driver, Toolchain
 from meshcc.mesh import netif
 from meshcc.mesh.records import (
     DISTCC_TYPE,
@@ -236,7 +235,7 @@ def test_explicit_interfaces() -> None:
         netif.select_interfaces(all_, ["wlan0"])
 
 
-def test_identity_material_uses_non_loopback_macs(tmp_path: object) -> None:
+def test_identity_material_uses_non_loopback_macs() -> None:
     macs, machine_id, _host = netif.identity_material(
         interfaces("lo", "eth0"), machine_id_path="/nonexistent/machine-id"
     )

@@ -179,10 +179,10 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
     if not others:
         why = "no multicast-capable interface (only loopback)"
     else:
-        detail = "; ".join(
-            f"{i.name}: " + ("down" if not i.up else "no multicast" if not i.multicast else "no IPv4")
-            for i in others
-        )
+        def why_not(i: Interface) -> str:
+            return "down" if not i.up else "no multicast" if not i.multicast else "no IPv4"
+
+        detail = "; ".join(f"{i.name}: {why_not(i)}" for i in others)
         why = f"no usable multicast-capable interface ({detail})"
     return Selection((), why + "; use --interface NAME to choose one")
 
@@ -195,7 +195,8 @@ def networks_of(interfaces: Iterable[Interface]) -> tuple[IPNetwork, ...]:
             if i4.network not in nets:
                 nets.append(i4.network)
         for i6 in iface.ipv6:
-            net6 = ipaddress.IPv6Network(f"{str(i6.ip).split('%')[0]}/{i6.network.prefixlen}", strict=False)
+            bare = str(i6.ip).split("%")[0]
+            net6 = ipaddress.IPv6Network(f"{bare}/{i6.network.prefixlen}", strict=False)
             if net6 not in nets:
                 nets.append(net6)
     return tuple(nets)

@@ -164,13 +164,14 @@ class PeerTable:
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        address_for: Callable[[PeerRecord], str | None] = lambda r: r.addresses[0] if r.addresses else None,
+        address_for: Callable[[PeerRecord], str | None] | None = None,
     ) -> None:
         self.timings = timings
         self._clock = clock
         self._wallclock = wallclock
         self._rng = rng or random.Random()
-        self._address_for = address_for
+        # Which address to probe (None: none we may use). Matching supplies the real rule.
+        self._address_for = address_for or (lambda r: r.addresses[0] if r.addresses else None)
         self._entries: dict[str, _Entry] = {}
         self._shadowed: dict[str, PeerRecord] = {}  # distcc records of meshcc daemons
 

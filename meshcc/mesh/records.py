@@ -119,7 +119,7 @@ class ToolchainInfo:
 
 @dataclass(frozen=True, slots=True)
 class DistccId:
-    """What stock distccd announces about its default ``cc``: first words of -dumpmachine/-dumpversion."""
+    """What distccd announces of its default ``cc``: first words of -dumpmachine/-dumpversion."""
 
     machine: str
     version: str
@@ -199,7 +199,8 @@ def node_id(macs: Iterable[str], port: int, machine_id: str = "", hostname: str 
     material = "|".join(
         [",".join(sorted({m.lower() for m in macs})), str(port), machine_id.strip(), hostname]
     )
-    return hashlib.blake2b(material.encode(), digest_size=_ID_BYTES, person=b"meshcc-node").hexdigest()
+    digest = hashlib.blake2b(material.encode(), digest_size=_ID_BYTES, person=b"meshcc-node")
+    return digest.hexdigest()
 
 
 def random_node_id() -> str:
@@ -232,7 +233,8 @@ def _distcc_sanitize(text: str) -> str:
 
 def distcc_subtype(ident: DistccId) -> str:
     """distcc's ``dcc_make_dnssd_subtype``: ``_<machine>--<version>._sub._distcc._tcp.local.``."""
-    return f"_{_distcc_sanitize(ident.machine)}--{_distcc_sanitize(ident.version)}._sub.{DISTCC_TYPE}"
+    machine, version = _distcc_sanitize(ident.machine), _distcc_sanitize(ident.version)
+    return f"_{machine}--{version}._sub.{DISTCC_TYPE}"
 
 
 # ---------------------------------------------------------------- TXT building
@@ -266,7 +268,9 @@ def _encode_toolchain(tc: ToolchainInfo, names: Sequence[str]) -> str:
 
 def txt_size(props: Mapping[str, str | None]) -> int:
     """Wire size of a TXT record: one length byte + ``key=value`` per string."""
-    return sum(1 + len(k.encode()) + (0 if v is None else 1 + len(v.encode())) for k, v in props.items())
+    return sum(
+        1 + len(k.encode()) + (0 if v is None else 1 + len(v.encode())) for k, v in props.items()
+    )
 
 
 def meshcc_txt(node: LocalNode, free: int | None = None) -> tuple[dict[str, str], list[str]]:
@@ -347,13 +351,14 @@ def build_distcc_services(node: LocalNode) -> list[ServiceSpec]:
     client browses one of the two PTRs, so it lists each daemon once).
     """
     label, props = instance_label(node), distcc_txt(node)
-    specs = [ServiceSpec(DISTCC_TYPE, f"{label}.{DISTCC_TYPE}", server_name(node), node.port, props)]
+    server = server_name(node)
+    specs = [ServiceSpec(DISTCC_TYPE, f"{label}.{DISTCC_TYPE}", server, node.port, props)]
     if node.distcc_id is not None:
         specs.append(
             ServiceSpec(
                 distcc_subtype(node.distcc_id),
                 f"{label}{_SUBTYPE_SUFFIX}.{DISTCC_TYPE}",
-                server_name(node),
+                server,
                 node.port,
                 dict(props),
             )
@@ -386,7 +391,8 @@ def _decode_toolchain(text: str) -> ToolchainInfo:
     decoded = tuple(
         target + n[1:] if n.startswith("~-") else n for n in names.split(",") if n
     )
-    return ToolchainInfo(driver, version, target, None if binutils in ("", "-") else binutils, decoded)
+    known = None if binutils in ("", "-") else binutils
+    return ToolchainInfo(driver, version, target, known, decoded)
 
 
 def parse_meshcc(
@@ -455,7 +461,8 @@ def parse_distcc(
         toolchains = (ToolchainInfo("cc", version, machine, None, ("cc",)),)
     dversion = props.get("distcc")
     # distcc >= 2.18 speaks protocol 2 (LZO); 3.x always does.
-    modern = bool(dversion and dversion.split(".")[0].isdigit() and int(dversion.split(".")[0]) >= 3)
+    major = (dversion or "").split(".")[0]
+    modern = major.isdigit() and int(major) >= 3
     return PeerRecord(
         key=f"d:{instance}",
         kind=PeerKind.DISTCC,

@@ -312,8 +312,9 @@ class Mesh:
         discovery, self._discovery = self._discovery, None
         if discovery is not None:
             await discovery.stop()  # type: ignore[attr-defined]
-        self._status = MeshStatus(False, "stopped", self._status.node_id, self._status.instance,
-                                  (), (), self._status.allowed, self._status.allowed_source)  # fmt: skip
+        old = self._status
+        self._status = MeshStatus(False, "stopped", old.node_id, old.instance, (), (),
+                                  old.allowed, old.allowed_source)  # fmt: skip
 
     # ------------------------------------------------------------ queries
 
