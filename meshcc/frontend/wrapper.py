@@ -783,19 +783,3 @@ def _local_only(inv: _Invocation, job: Job, log: _Log) -> int:
     slot = _local_slot(log, lockdir, _localslots(_hosts_or_none(env), cpp))
     _exec_local(inv, slot)
     return EXIT_COMPILER_MISSING  # not reached
-
-
-def main_gcc() -> int:
-    return main(sys.argv)
-
-
-def main_gxx() -> int:
-    return main(sys.argv)
-
-
-def main_cc() -> int:
-    return main(sys.argv)
-
-
-def main_cxx() -> int:
-    return main(sys.argv)
