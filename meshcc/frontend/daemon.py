@@ -142,6 +142,27 @@ def _drop_privileges(requested: str | None) -> str | None:
     return f"dropped root privileges: running as user {name}{default} (uid {pw.pw_uid})"
 
 
+def _preload() -> None:
+    """Import now whatever jobs import lazily: after the drop to an unprivileged user the
+    Python installation may be unreadable (e.g. a Python under /root), and a lazy import
+    would then fail in the middle of a job. Each codec is run once to load its backend."""
+    import asyncio.subprocess  # noqa: F401
+    import concurrent.futures.thread  # noqa: F401
+    import ctypes  # noqa: F401
+    import pwd  # noqa: F401
+
+    from meshcc import compression
+
+    for codec in compression.Codec:
+        if codec is compression.Codec.NONE or not compression.available(codec):
+            continue
+        try:
+            sample = compression.compress(codec, b"meshcc warm-up " * 64)
+            compression.decompress(codec, sample, 1 << 16)
+        except Exception as e:  # a broken codec must not stop the daemon; jobs will say why
+            log.warning("compression %s does not work: %s", codec.value, e)
+
+
 def _no_new_privs() -> None:
     """PR_SET_NO_NEW_PRIVS, as distccd does: setuid binaries cannot regain root."""
     with contextlib.suppress(Exception):
@@ -204,6 +225,7 @@ def _setup(opts: DaemonOptions) -> tuple[socket.socket, ToolchainRegistry, Serve
         if opts.nice:
             with contextlib.suppress(OSError):
                 os.nice(opts.nice)
+        _preload()
         note = _drop_privileges(opts.user)
         if note:
             log.log(logging.INFO if note.startswith("dropped") else logging.WARNING, "%s", note)

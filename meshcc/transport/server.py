@@ -352,6 +352,7 @@ class CompileServer:
         summary = JobSummary(_format_client(addr, int(peer[1])))
         tmpdir: str | None = None
         log_summary = True
+        replying = False  # once reply bytes may be on the wire, no ERRM can follow
         # A read slot is held from the first byte until a job slot is granted, so at most
         # (reading slots + jobs) requests sit in memory; idle connections hold none.
         read_slot = _Slot(self._read_slots)
@@ -384,7 +385,9 @@ class CompileServer:
                 outcome = await self._compile(request, tmpdir, reader, summary)
             summary.result = outcome.result
             summary.ret = outcome.ret
-            await self._send_reply(writer, request, outcome)
+            reply = await self._encode_reply(request, outcome)
+            replying = True
+            await self._write_reply(writer, reply)
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
             log.warning("client %s: job refused: %s", summary.client, r.reason)
@@ -392,9 +395,11 @@ class CompileServer:
         except _Gone as g:
             summary.result, summary.ret = g.result, g.ret
             log.warning("client %s: %s", summary.client, g.why)
-        except Exception:  # a bug: keep serving, but say so loudly
+        except Exception as e:  # a bug: keep serving, but say so loudly
             summary.result, summary.ret = JobResult.OTHER, 100
             log.exception("client %s: internal error while serving the job", summary.client)
+            if not replying:
+                await self._refuse(reader, writer, f"internal error in the server: {e!r}")
         finally:
             read_slot.release()
             if tmpdir is not None:
@@ -662,9 +667,7 @@ class CompileServer:
             )  # fmt: skip
         return _Outcome(0, stderr, stdout, obj, JobResult.COMPILE_OK)
 
-    async def _send_reply(
-        self, writer: asyncio.StreamWriter, req: _Request, out: _Outcome
-    ) -> None:
+    async def _encode_reply(self, req: _Request, out: _Outcome) -> bytes:
         codec = compression.codec_for_protocol(req.version)
 
         def encode() -> bytes:
@@ -676,7 +679,9 @@ class CompileServer:
                 compression.compress(codec, out.obj) if out.obj is not None else None,
             )
 
-        reply = await asyncio.to_thread(encode) if codec is not compression.Codec.NONE else encode()
+        return await asyncio.to_thread(encode) if codec is not compression.Codec.NONE else encode()
+
+    async def _write_reply(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
         try:
             writer.write(reply)
             await asyncio.wait_for(writer.drain(), self.config.io_timeout)
