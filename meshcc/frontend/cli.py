@@ -128,17 +128,79 @@ def _add_daemon(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+    p.add_argument(
+        "-i", "--interface", metavar="IFACE", action="append", default=[],
+        help="announce and browse on this interface (repeatable; default: every up, "
+        "multicast-capable, non-virtual interface)",
+    )  # fmt: skip
+    p.add_argument(
+        "--accept-unverified", action="store_true",
+        help="also use stock `distccd --zeroconf` peers, whose binutils version is unknown",
+    )  # fmt: skip
+    p.add_argument(
+        "--socket", metavar="PATH",
+        help="control socket for local clients (default: $MESHCC_SOCKET, else "
+        "/run/meshcc/control.sock as root, else $XDG_RUNTIME_DIR/meshcc/control.sock)",
+    )  # fmt: skip
+    p.add_argument(
+        "--write-hosts", metavar="FILE",
+        help="keep a distcc hosts file (e.g. /etc/distcc/hosts) listing the peers that match "
+        "the local `cc`, for stock distcc and Portage",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-discovery", action="store_true",
+        help="neither announce nor browse (serve compiles only)",
+    )  # fmt: skip
+
+
 def _run_daemon(ns: argparse.Namespace) -> int:
     from meshcc.frontend import daemon
 
     return daemon.run(daemon.DaemonOptions.from_namespace(ns))
 
 
+def _add_hosts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cc", metavar="COMPILER", default="cc",
+        help="list peers matching this compiler, as you invoke it (name on PATH or path; "
+        "default cc)",
+    )  # fmt: skip
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--explain", action="store_true",
+                     help="show every peer seen, in or out, and why")  # fmt: skip
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--browse-time", type=_seconds, default=2.5, metavar="SECS",
+        help="without a local daemon, browse the network this long (default 2.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "-i", "--interface", metavar="IFACE", action="append", default=[],
+        help="without a local daemon: browse on this interface (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "-a", "--allow", metavar="CIDR", type=parse_network, action="append", default=[],
+        help="without a local daemon: accept peers from this network (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--accept-unverified", action="store_true",
+        help="without a local daemon: include stock distccd peers (binutils unknown)",
+    )  # fmt: skip
+
+
+def _run_hosts(ns: argparse.Namespace) -> int:
+    from meshcc.frontend import hosts_cmd
+
+    return hosts_cmd.run(ns)
+
+
 # name -> (help, add-arguments, handler)
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ] = {
-    "daemon": ("run the compile server (distccd-compatible)", _add_daemon, _run_daemon),
+    "daemon": ("run the compile server, the mesh and the control socket", _add_daemon,
+               _run_daemon),
+    "hosts": ("print the DISTCC_HOSTS line of the live, matching peers", _add_hosts,
+              _run_hosts),
 }
 
 

@@ -1,9 +1,18 @@
-"""``meshcc daemon``: compose the compile server (and, later, the mesh) into one process.
+"""``meshcc daemon``: the compile server, the mesh and the control socket in one process.
 
-Start-up order follows distccd: open the log and bind while still root, drop to
-the service user, then probe compilers as that user (the daemon only ever runs
-what it probed). Misconfiguration ends with one clear line and distccd's exit
-codes (102 bind failed, 110 no compiler), never a traceback.
+Start-up order follows distccd: open the log, bind the compile port and the control
+socket, and import everything while still root; drop to the service user; then probe
+compilers as that user (the daemon only ever runs what it probed) and start the mesh.
+Misconfiguration ends with one clear line and distccd's exit codes (102 bind failed,
+110 no compiler), never a traceback.
+
+Allowed subnets: ``--allow`` if given, else the subnets of the interfaces the mesh runs
+on (``mesh.status.allowed``); the same networks guard the peer table and the compile
+server, which also always accepts loopback (this box's own clients).
+
+A daemon listening on loopback only (``--listen 127.0.0.1``: tests, benchmarks) has no
+discovery (nobody could reach it) and opens a control socket only when ``--socket`` or
+``$MESHCC_SOCKET`` names one, so it never takes over the box's default socket.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -26,7 +36,9 @@ from meshcc import __version__
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
 from meshcc.frontend import logsetup
 from meshcc.frontend.cli import default_jobs
+from meshcc.frontend.hostsfile import HostsFile
 from meshcc.transport.server import CompileServer, IPNetwork, ServerConfig, bind_listener
+from meshcc.wire import control
 
 log = logging.getLogger("meshcc.daemon")
 
@@ -57,6 +69,11 @@ class DaemonOptions:
     user: str | None = None
     job_lifetime: float = 0.0
     io_timeout: float = 300.0
+    interfaces: tuple[str, ...] = ()
+    accept_unverified: bool = False
+    socket: str | None = None
+    write_hosts: str | None = None
+    discovery: bool = True
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
@@ -72,7 +89,21 @@ class DaemonOptions:
             user=ns.user,
             job_lifetime=ns.job_lifetime,
             io_timeout=ns.io_timeout,
+            interfaces=tuple(getattr(ns, "interface", ()) or ()),
+            accept_unverified=bool(getattr(ns, "accept_unverified", False)),
+            socket=getattr(ns, "socket", None),
+            write_hosts=getattr(ns, "write_hosts", None),
+            discovery=not getattr(ns, "no_discovery", False),
         )
+
+    def loopback_only(self) -> bool:
+        """``--listen`` names a loopback address: no peer could reach this daemon."""
+        if not self.listen:
+            return False
+        try:
+            return ipaddress.ip_address(self.listen.strip("[]")).is_loopback
+        except ValueError:
+            return self.listen == "localhost"
 
 
 class _Fatal(Exception):
@@ -149,7 +180,23 @@ def _preload() -> None:
     import asyncio.subprocess  # noqa: F401
     import concurrent.futures.thread  # noqa: F401
     import ctypes  # noqa: F401
+    import encodings.idna  # noqa: F401  (host names)
     import pwd  # noqa: F401
+
+    import msgpack  # noqa: F401
+
+    # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
+    import meshcc.frontend.control_server  # noqa: F401
+    import meshcc.mesh.matching  # noqa: F401
+    import meshcc.mesh.service  # noqa: F401
+    import meshcc.wire.control  # noqa: F401
+
+    try:
+        import ifaddr  # noqa: F401
+
+        import meshcc.mesh.discovery  # noqa: F401  (imports zeroconf and zeroconf.asyncio)
+    except Exception as e:  # the daemon still serves compiles; the mesh will say it is off
+        log.warning("cannot import the mDNS modules: %s", e)
 
     from meshcc import compression
 
@@ -203,7 +250,45 @@ def _describe_listener(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
 
 
-def _setup(opts: DaemonOptions) -> tuple[socket.socket, ToolchainRegistry, ServerConfig]:
+@dataclass(slots=True)
+class _Prepared:
+    """What :func:`_setup` made while root, for :func:`_serve`."""
+
+    sock: socket.socket
+    registry: ToolchainRegistry
+    config: ServerConfig
+    jobs: int
+    control_sock: socket.socket | None
+    control_path: str | None
+    hosts_file: HostsFile | None
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.control_sock is not None:
+            self.control_sock.close()
+
+
+def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None]:
+    """The control socket (before the privilege drop); (None, None) when there is none."""
+    from meshcc.frontend.control_server import ControlSocketError, open_control_socket
+
+    explicit = opts.socket or os.environ.get("MESHCC_SOCKET")
+    if opts.loopback_only() and not explicit:
+        log.log(logsetup.NOTICE, "no control socket: listening on loopback only "
+                "(pass --socket PATH to open one)")  # fmt: skip
+        return None, None
+    path = control.daemon_socket_path(opts.socket)
+    try:
+        return open_control_socket(path), path
+    except ControlSocketError as e:
+        if explicit:
+            raise _Fatal(f"control socket: {e}", EXIT_FAILURE) from None
+        log.warning("no control socket (%s); compiles are still served, but local clients "
+                    "and `meshcc hosts` cannot reach this daemon", e)  # fmt: skip
+        return None, None
+
+
+def _setup(opts: DaemonOptions) -> _Prepared:
     level = logsetup.parse_level(opts.log_level)
     stream: TextIO | None = None
     if opts.log_file:
@@ -221,7 +306,17 @@ def _setup(opts: DaemonOptions) -> tuple[socket.socket, ToolchainRegistry, Serve
         where = f"{opts.listen or 'all addresses'} port {opts.port}"
         raise _Fatal(f"cannot listen on {where}: {e.strerror or e}", EXIT_BIND_FAILED) from None
 
+    control_sock: socket.socket | None = None
     try:
+        control_sock, control_path = _open_control(opts)
+        hosts_file: HostsFile | None = None
+        if opts.write_hosts:
+            hosts_file = HostsFile(opts.write_hosts)
+            try:
+                hosts_file.prepare()
+            except OSError as e:
+                raise _Fatal(f"--write-hosts {opts.write_hosts}: {e.strerror or e}",
+                             EXIT_FAILURE) from None  # fmt: skip
         if opts.nice:
             with contextlib.suppress(OSError):
                 os.nice(opts.nice)
@@ -247,10 +342,9 @@ def _setup(opts: DaemonOptions) -> tuple[socket.socket, ToolchainRegistry, Serve
                 EXIT_COMPILER_MISSING,
             )
 
-        allowed = tuple(opts.allow) or tuple(default_allowed_networks())
         jobs = opts.jobs or default_jobs()
         config = ServerConfig(
-            allowed=allowed,
+            allowed=LOOPBACK_NETWORKS,  # widened in _serve once the mesh chose interfaces
             jobs=jobs,
             io_timeout=opts.io_timeout or 300.0,
             job_lifetime=opts.job_lifetime,
@@ -265,18 +359,93 @@ def _setup(opts: DaemonOptions) -> tuple[socket.socket, ToolchainRegistry, Serve
         lifetime = f"{opts.job_lifetime:g}s" if opts.job_lifetime else "unlimited"
         log.log(logsetup.NOTICE, "allowing up to %d concurrent jobs (job lifetime %s), "
                 "job directories in %s", jobs, lifetime, tmp_parent)  # fmt: skip
-        source = "--allow" if opts.allow else "default"
-        log.log(logsetup.NOTICE, "allowing clients from (%s): %s", source,
-                ", ".join(str(n) for n in allowed))  # fmt: skip
-        return sock, registry, config
+        return _Prepared(sock, registry, config, jobs, control_sock, control_path, hosts_file)
     except BaseException:
         sock.close()
+        if control_sock is not None:
+            control_sock.close()
         raise
 
 
-async def _serve(sock: socket.socket, registry: ToolchainRegistry, config: ServerConfig) -> None:
-    server = CompileServer(registry, config)
-    await server.start(sock)
+def _server_allowed(opts: DaemonOptions, mesh_allowed: Sequence[IPNetwork]) -> list[IPNetwork]:
+    """Loopback plus --allow, else the mesh's networks, else every interface's subnet."""
+    nets: list[IPNetwork] = list(LOOPBACK_NETWORKS)
+    chosen = list(opts.allow) or list(mesh_allowed)
+    if not chosen and not opts.loopback_only():
+        chosen = default_allowed_networks()
+    for n in chosen:
+        if n not in nets:
+            nets.append(n)
+    return nets
+
+
+async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
+    from meshcc.frontend.control_server import ControlServer
+    from meshcc.mesh.netif import InterfaceError
+    from meshcc.mesh.service import Mesh, MeshConfig
+
+    disabled: str | None = None
+    if opts.loopback_only():
+        disabled = f"listening on {opts.listen} only (loopback)"
+    elif not opts.discovery:
+        disabled = "--no-discovery"
+    mesh = Mesh(
+        MeshConfig(interfaces=opts.interfaces, allow=opts.allow,
+                   accept_unverified=opts.accept_unverified, disabled=disabled),
+        prep.registry.toolchains, opts.port, prep.jobs,
+    )  # fmt: skip
+    try:
+        await mesh.start()
+    except InterfaceError as e:
+        log.error("%s", e)
+        return EXIT_FAILURE
+    st = mesh.status
+    if not st.discovery and disabled is not None:
+        log.log(logsetup.NOTICE, "discovery is off: %s", disabled)
+    allowed = _server_allowed(opts, st.allowed)
+    config = prep.config
+    config = dataclasses.replace(config, allowed=tuple(allowed))
+    source = "--allow" if opts.allow else ("interfaces" if st.allowed else "default")
+    log.log(logsetup.NOTICE, "allowing clients from (%s, plus loopback): %s", source,
+            ", ".join(str(n) for n in allowed))  # fmt: skip
+
+    server = CompileServer(prep.registry, config)
+    await server.start(prep.sock)
+
+    def status() -> dict[str, object]:
+        s = mesh.status
+        return {
+            "ok": True,
+            "version": __version__,
+            "node": s.node_id or socket.gethostname(),
+            "discovery": s.discovery,
+            "off_reason": s.off_reason,
+            "interfaces": list(s.interfaces),
+            "addresses": list(s.addresses),
+            "allowed": [str(n) for n in s.allowed],
+            "allowed_source": s.allowed_source,
+            "warnings": list(s.warnings),
+            "peers": len(mesh.snapshot()),
+            "jobs": prep.jobs,
+            "running": server.running_compiles,
+            "port": opts.port,
+            "socket": prep.control_path,
+            "leases": control_server.broker.held,
+            "queued": len(control_server.broker.waiters),
+        }
+
+    control_server = ControlServer(mesh, status, path=prep.control_path or "")
+    if prep.control_sock is not None:
+        await control_server.start(prep.control_sock)
+        log.log(logsetup.NOTICE, "control socket %s", prep.control_path)
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(_report_load(mesh, server), name="meshcc-load")
+    ]
+    if prep.hosts_file is not None:
+        tasks.append(asyncio.create_task(
+            _keep_hosts_file(prep.hosts_file, mesh, control_server), name="meshcc-hosts-file"
+        ))  # fmt: skip
+
     loop = asyncio.get_running_loop()
     signals_seen = 0
 
@@ -298,28 +467,70 @@ async def _serve(sock: socket.socket, registry: ToolchainRegistry, config: Serve
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    await server.serve_until_stopped()
+    try:
+        await server.serve_until_stopped()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await control_server.stop()
+        await mesh.stop()
     log.log(logsetup.NOTICE, "daemon stopped")
+    return EXIT_OK
+
+
+async def _report_load(mesh: object, server: CompileServer) -> None:
+    """Feed the running-job count to the mesh (it republishes free slots rarely)."""
+    while True:
+        mesh.set_load(server.running_compiles)  # type: ignore[attr-defined]
+        await asyncio.sleep(5.0)
+
+
+async def _keep_hosts_file(hosts_file: HostsFile, mesh: object, ctl: object) -> None:
+    """Rewrite ``--write-hosts`` whenever the local default compiler's line changes."""
+    from meshcc.frontend.control_server import FingerprintError, _which
+
+    fp = None
+    cc = "cc"
+    path = _which(cc)
+    if path is None:
+        log.warning("--write-hosts: no `cc` on PATH; listing live peers without a "
+                    "compiler check")  # fmt: skip
+    else:
+        try:
+            fp = await ctl.fingerprints.get(cc, path)  # type: ignore[attr-defined]
+            log.info("--write-hosts %s: peers matching %s", hosts_file.path, fp.describe())
+        except FingerprintError as e:
+            log.warning("--write-hosts: %s; listing live peers without a compiler check", e)
+    while True:
+        line = mesh.hosts_line(fp)  # type: ignore[attr-defined]
+        try:
+            if hosts_file.update(line, fp.describe() if fp else None):
+                log.info("--write-hosts %s: %s", hosts_file.path, line or "(no peers)")
+        except OSError as e:
+            log.warning("--write-hosts %s: %s", hosts_file.path, e.strerror or e)
+        await asyncio.sleep(0.5)
 
 
 def run(opts: DaemonOptions) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code (0, or distccd's failure codes)."""
     logsetup.configure(logsetup.parse_level(opts.log_level))  # stderr until the log opens
     try:
-        sock, registry, config = _setup(opts)
+        prep = _setup(opts)
     except _Fatal as e:
         log.error("%s", e)
         handlers = logging.getLogger("meshcc").handlers
         if handlers and getattr(handlers[0], "stream", sys.stderr) is not sys.stderr:
             print(f"meshcc daemon: error: {e}", file=sys.stderr)  # tell whoever started us
         return e.code
+    code = EXIT_OK
     try:
-        asyncio.run(_serve(sock, registry, config))
+        code = asyncio.run(_serve(prep, opts))
     except KeyboardInterrupt:
         pass
     finally:
-        sock.close()
-    return EXIT_OK
+        prep.close()
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

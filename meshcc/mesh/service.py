@@ -83,6 +83,8 @@ class MeshConfig:
     resolve_timeout_s: float = 1.5
     republish_min_interval_s: float = 30.0
     default_cc: str = "cc"  # described by the _distcc._tcp record, as distccd does
+    announce: bool = True  # False: browse only (``meshcc hosts`` without a daemon)
+    disabled: str | None = None  # discovery off for this reason (interfaces still chosen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +243,16 @@ class Mesh:
                 allowed, "--allow" if self.config.allow else "interfaces", tuple(warnings),
             )  # fmt: skip
 
-        if selection.off_reason is not None:
-            self._status = status(False, selection.off_reason)
-            log.warning(
-                "discovery is off: %s; this daemon still serves compiles", selection.off_reason
-            )
+        off_reason = self.config.disabled or selection.off_reason
+        if off_reason is not None:
+            self._status = status(False, off_reason)
+            if self.config.announce:
+                log.warning("discovery is off: %s; this daemon still serves compiles", off_reason)
             return
 
+        if not self.config.announce:
+            await self._start_browsing(addresses, status)
+            return
         distcc_id = self._distcc_id
         if distcc_id is _PROBE:
             distcc_id = await probe_default_cc(self.config.default_cc)
@@ -302,6 +307,26 @@ class Mesh:
         self._tasks = [asyncio.create_task(self._loop.run(), name="meshcc-liveness")]
         if self.config.republish_min_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._republish(), name="meshcc-republish"))
+
+    async def _start_browsing(
+        self, addresses: tuple[str, ...], status: Callable[..., MeshStatus]
+    ) -> None:
+        """Browse-only mode: track peers without announcing ourselves."""
+        from meshcc.mesh.discovery import Discovery
+
+        discovery = Discovery(
+            list(addresses), self._on_event, resolve_timeout_s=self.config.resolve_timeout_s
+        )
+        try:
+            await discovery.start([])
+        except OSError as e:
+            self._status = status(False, f"cannot use mDNS on {', '.join(addresses)}: "
+                                  f"{e.strerror or e}")  # fmt: skip
+            return
+        self._discovery = discovery
+        self._status = status(True, None)
+        self._loop = LivenessLoop(self.table, self._probe, on_change=self._on_liveness)
+        self._tasks = [asyncio.create_task(self._loop.run(), name="meshcc-liveness")]
 
     async def stop(self) -> None:
         """Stop probing; goodbyes so peers drop us at once; close the mDNS sockets."""

@@ -321,6 +321,11 @@ class CompileServer:
     def active_connections(self) -> int:
         return len(self._connections)
 
+    @property
+    def running_compiles(self) -> int:
+        """Compilers running now (the mesh republishes free slots from it)."""
+        return self._running_compiles
+
     # -- a connection
 
     async def _on_connection(
@@ -365,11 +370,11 @@ class CompileServer:
                     f"client address {addr} is not allowed by this server's access list",
                     ret=EXIT_ACCESS_DENIED,
                 )
-            log.info("connection from %s", summary.client)
             first = await self._first_chunk(reader, summary)
             if not first:
                 log_summary = False  # not a job: a probe, or the daemon is stopping
                 return
+            log.info("connection from %s", summary.client)
             await read_slot.acquire()
             request = await self._read_phase(reader, summary, first)
             async with self._job_slots:
@@ -430,8 +435,8 @@ class CompileServer:
                 chunk = read.result()
             except OSError:
                 chunk = b""
-            if not chunk:
-                log.info("client %s closed without sending a request", summary.client)
+            if not chunk:  # a liveness probe (connect + close): not worth an INFO line
+                log.debug("client %s closed without sending a request", summary.client)
             return chunk
         read.cancel()
         if self._stopping.is_set():
