@@ -125,7 +125,8 @@ def _spawn(kind: str, argv: list[str], workdir: Path, port: int, log: Path, env:
             return daemon
         time.sleep(0.05)
     daemon.stop()
-    raise HarnessError(f"{kind} did not listen on {LOOPBACK}:{port} within 10 s\n{daemon.log_text()}")
+    raise HarnessError(
+        f"{kind} did not listen on {LOOPBACK}:{port} within 10 s\n{daemon.log_text()}")
 
 
 def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:

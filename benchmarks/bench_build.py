@@ -120,7 +120,9 @@ def _run_quiet(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> Non
                              + log.read_text(errors="replace")[-3000:])
 
 
-def _timed_make(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, float, int]:
+def _timed_make(
+    cmd: list[str], cwd: Path, env: dict[str, str], log: Path
+) -> tuple[float, float, int]:
     """Run make; return (wall s, user+sys s of make and all it waited for, exit status)."""
     with open(log, "wb") as out:
         start = time.perf_counter()
@@ -232,7 +234,8 @@ def bench_startup(args: argparse.Namespace, work: Path) -> dict:
     """Median wall of local-only commands: plain gcc vs meshcc-gcc (and distcc for context)."""
     d = work / "startup"
     d.mkdir()
-    (d / "tiny.c").write_text("#include <stddef.h>\nint main(void) { return (int)sizeof(size_t) - 8; }\n")
+    (d / "tiny.c").write_text(
+        "#include <stddef.h>\nint main(void) { return (int)sizeof(size_t) - 8; }\n")
     env = h.client_env(d / "state")
     daemon = h.start_meshcc(work / "meshccd-startup", 2)
     try:
@@ -303,7 +306,8 @@ def report(build: dict | None, startup: dict | None) -> str:
                          f"{extra:+7.1f} {remote:>9s} {objs:>5s}  {target}")
             if w["objects_differing"]:
                 lines.append(f"    objects differing from local: {w['objects_differing'][:8]}")
-        lines.append("  (x distcc: vs distcc -> distccd with the same protocol; +ms/job: client CPU "
+        lines.append("  (x distcc: vs distcc -> distccd with the same protocol; +ms/job: client "
+                     "CPU "
                      "per job minus distcc's; remote: COMPILE_OK jobs in the daemon's log, min "
                      "over reps; objs: objects byte-identical to the local build)")
     if startup:

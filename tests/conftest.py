@@ -7,7 +7,8 @@ Fixtures
 --------
 ``meshcc_daemon``  factory ``start(*extra_args, allow=("127.0.0.1",), jobs=None, compilers=())``
                    -> :class:`Daemon` running ``python -m meshcc daemon`` on 127.0.0.1.
-``distccd``        factory ``start(*extra_args, allow=("127.0.0.1",), jobs=None)`` -> :class:`Daemon`
+``distccd``        factory ``start(*extra_args, allow=("127.0.0.1",), jobs=None)``
+                   -> :class:`Daemon`
                    running stock distccd 3.4 on 127.0.0.1.
 ``client_env``     ``dict`` environment for a compile client: fresh DISTCC_DIR, no DISTCC_HOSTS,
                    private TMPDIR, the venv's bin dir first on PATH.
@@ -225,7 +226,7 @@ class Daemon:
     tmp_dir: Path | None = None
 
     def host_spec(self, lzo: bool = False, cpp: bool = False) -> str:
-        """DISTCC_HOSTS entry for this server: ``127.0.0.1:PORT[,lzo]`` (``,cpp,lzo`` = protocol 3)."""
+        """DISTCC_HOSTS entry: ``127.0.0.1:PORT[,lzo]`` (``cpp=True``: ``,cpp,lzo``, protocol 3)."""
         spec = f"{LOOPBACK}:{self.port}"
         if cpp:
             return spec + ",cpp,lzo"
@@ -350,7 +351,7 @@ def _clean_env() -> dict[str, str]:
 
 @pytest.fixture
 def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Daemon]]:
-    """Factory starting `python -m meshcc daemon` on 127.0.0.1; every daemon is stopped at the end."""
+    """Factory starting `python -m meshcc daemon` on 127.0.0.1; all are stopped at the end."""
     started: list[Daemon] = []
 
     def start(
