@@ -367,16 +367,27 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         raise
 
 
-def _server_allowed(opts: DaemonOptions, mesh_allowed: Sequence[IPNetwork]) -> list[IPNetwork]:
-    """Loopback plus --allow, else the mesh's networks, else every interface's subnet."""
+def _server_allowed(
+    opts: DaemonOptions, mesh_allowed: Sequence[IPNetwork]
+) -> tuple[list[IPNetwork], str]:
+    """The compile server's access list and where it came from.
+
+    ``--allow`` replaces the default exactly (as distccd's). The default is loopback plus
+    the mesh's networks (the subnets of the interfaces it runs on), else every
+    interface's subnet; a daemon listening on loopback only allows loopback only.
+    """
+    if opts.allow:
+        return list(opts.allow), "--allow"
     nets: list[IPNetwork] = list(LOOPBACK_NETWORKS)
-    chosen = list(opts.allow) or list(mesh_allowed)
-    if not chosen and not opts.loopback_only():
-        chosen = default_allowed_networks()
+    if opts.loopback_only():
+        return nets, "default"
+    chosen, source = list(mesh_allowed), "interfaces"
+    if not chosen:
+        chosen, source = default_allowed_networks(), "default"
     for n in chosen:
         if n not in nets:
             nets.append(n)
-    return nets
+    return nets, source
 
 
 async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
@@ -402,11 +413,9 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     st = mesh.status
     if not st.discovery and disabled is not None:
         log.log(logsetup.NOTICE, "discovery is off: %s", disabled)
-    allowed = _server_allowed(opts, st.allowed)
-    config = prep.config
-    config = dataclasses.replace(config, allowed=tuple(allowed))
-    source = "--allow" if opts.allow else ("interfaces" if st.allowed else "default")
-    log.log(logsetup.NOTICE, "allowing clients from (%s, plus loopback): %s", source,
+    allowed, source = _server_allowed(opts, st.allowed)
+    config = dataclasses.replace(prep.config, allowed=tuple(allowed))
+    log.log(logsetup.NOTICE, "allowing clients from (%s): %s", source,
             ", ".join(str(n) for n in allowed))  # fmt: skip
 
     server = CompileServer(prep.registry, config)

@@ -1,0 +1,181 @@
+"""Helpers for tests that run real ``meshcc daemon`` processes (loopback or netns hosts).
+
+* :func:`private_dir` — a directory the daemon can still use after dropping to ``nobody``.
+* :class:`Meshd` — one daemon (argv, its socket, log file, TMPDIR) inside a netns
+  :class:`netns.Host`, or on loopback in the test's own namespace (discovery off).
+* :func:`request` / :class:`ControlConn` — talk to a control socket directly (Unix sockets
+  are filesystem objects, reachable from any network namespace).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from meshcc.wire import control
+
+import netns
+
+PORT = 3632
+
+
+def private_dir(prefix: str) -> Path:
+    """A fresh 0777 directory under /tmp (the daemon runs as nobody after the drop)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    d.chmod(0o777)
+    return d
+
+
+class ControlConn:
+    """A blocking control-socket connection (one lease, or several status/hosts)."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 20.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(os.fspath(path))
+        self.reader = control.MessageReader()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.sendall(control.encode(msg))
+
+    def recv(self) -> dict[str, Any] | None:
+        """The next message, or None when the daemon closed the connection."""
+        while True:
+            msg = self.reader.next_message()
+            if msg is not None:
+                return msg
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.reader.feed(data)
+
+    def ask(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.send(msg)
+        reply = self.recv()
+        assert reply is not None, f"daemon closed the connection after {msg}"
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ControlConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def request(path: str | os.PathLike[str], msg: dict[str, Any]) -> dict[str, Any]:
+    with ControlConn(path) as c:
+        return c.ask(msg)
+
+
+class Meshd:
+    """One ``meshcc daemon``; in ``host``'s namespace, or on loopback when host is None."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        host: netns.Host | None = None,
+        *args: str,
+        name: str = "d",
+        port: int = PORT,
+    ) -> None:
+        self.host = host
+        self.name = name
+        self.port = port
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o777)
+        (self.dir / "tmp").mkdir(exist_ok=True)
+        (self.dir / "tmp").chmod(0o1777)
+        self.socket = self.dir / "run" / "control.sock"
+        self.log = self.dir / "daemon.log"
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "meshcc", "daemon", "--port", str(self.port),
+                "--socket", str(self.socket), "--log-level", "info", "--log-file", str(self.log)]
+        if self.host is None:
+            argv += ["--listen", "127.0.0.1", "--allow", "127.0.0.1"]
+        return argv + list(self.args)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, TMPDIR=str(self.dir / "tmp"))
+        env.pop("MESHCC_SOCKET", None)
+        return env
+
+    def start(self, wait: bool = True) -> Meshd:
+        argv = self.argv()
+        kw: dict[str, Any] = dict(env=self.env(), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if self.host is None:
+            self.proc = subprocess.Popen(argv, start_new_session=True, **kw)
+        else:
+            self.proc = self.host.popen(argv, **kw)
+        self.started = time.monotonic()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name}: daemon exited {self.proc.returncode}\n"
+                                     f"{self.log_text()}\n{self.stderr()}")
+            try:
+                return request(self.socket, control.status_request())["ok"] is True
+            except OSError:
+                return False
+
+        netns.wait_for(ready, timeout, what=f"{self.name}'s control socket")
+
+    def status(self) -> dict[str, Any]:
+        return request(self.socket, control.status_request())
+
+    def hosts(self, cc: str | None = "gcc") -> dict[str, Any]:
+        path = None if cc is None else os.path.realpath(cc) if "/" in cc else f"/usr/bin/{cc}"
+        return request(self.socket, control.hosts_request(cc, path))
+
+    def cli(self, *args: str, inside: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """``meshcc ARGS`` pointed at this daemon (MESHCC_SOCKET); in the netns if inside."""
+        env = dict(os.environ, MESHCC_SOCKET=str(self.socket))
+        argv = [sys.executable, "-m", "meshcc", *args]
+        if inside and self.host is not None:
+            return self.host.run(argv, env=env, **kw)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL, **kw)  # fmt: skip
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stderr(self) -> str:
+        if self.proc is None or self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
