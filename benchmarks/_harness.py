@@ -59,6 +59,7 @@ def client_env(state_dir: Path, hosts: str | None = None) -> dict[str, str]:
     env["DISTCC_DIR"] = str(distcc_dir)
     env["TMPDIR"] = str(tmp)
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)])
+    env["MESHCC_SOCKET"] = str(state_dir / "no-meshcc-daemon.sock")  # never the box's daemon
     env["DISTCC_FALLBACK"] = "0"  # a silent local compile must not count as a remote one
     if hosts is not None:
         env["DISTCC_HOSTS"] = hosts

@@ -11,7 +11,8 @@ Fixtures
                    -> :class:`Daemon`
                    running stock distccd 3.4 on 127.0.0.1.
 ``client_env``     ``dict`` environment for a compile client: fresh DISTCC_DIR, no DISTCC_HOSTS,
-                   private TMPDIR, the venv's bin dir first on PATH.
+                   private TMPDIR, the venv's bin dir first on PATH, MESHCC_SOCKET pointing
+                   nowhere (no box-wide daemon).
 ``zlib_source``    (session) pristine zlib source tree from ``apt-get source zlib``, cached in
                    ``/var/cache/meshcc-tests``; never modify it, copy it with :func:`copy_tree`.
 ``zlib_tree``      a private, writable copy of ``zlib_source`` under ``tmp_path``.
@@ -437,7 +438,11 @@ def client_env(tmp_path: Path) -> dict[str, str]:
     """Environment for compile clients: fresh DISTCC_DIR, no hosts, private TMPDIR, venv on PATH.
 
     All DISTCC_*/MESHCC_* variables of the calling shell are dropped so a developer's setup
-    cannot change what a test exercises; tests set the ones they need.
+    cannot change what a test exercises; tests set the ones they need. MESHCC_SOCKET names a
+    control socket nobody listens on (an explicit choice: the client never falls back to the
+    box-wide daemon, whose peers are real hosts); a test that starts a daemon with
+    ``--socket`` overrides it. Tests must set DISTCC_HOSTS (loopback) before compiling: without
+    it clients read ``$DISTCC_DIR/hosts`` and then ``/etc/distcc/hosts``.
     """
     env = _clean_env()
     distcc_dir = tmp_path / "distcc-dir"
@@ -447,6 +452,7 @@ def client_env(tmp_path: Path) -> dict[str, str]:
     env["DISTCC_DIR"] = str(distcc_dir)
     env["TMPDIR"] = str(tmpdir)
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)])
+    env["MESHCC_SOCKET"] = str(tmp_path / "no-meshcc-daemon.sock")
     return env
 
 
