@@ -15,7 +15,6 @@ why) or on an error.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
@@ -201,6 +200,8 @@ def run(ns: argparse.Namespace) -> int:
         return EXIT_EMPTY
     line = str(reply.get("line") or "")
     if ns.json:
+        import json
+
         reply = dict(reply, source=where)
         print(json.dumps(reply, indent=2, sort_keys=True))
     elif ns.explain:

@@ -7,26 +7,30 @@ front, since syslog is not there to add one). Level names are distccd's, so
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import TextIO
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import TextIO
+
+# `logging` is imported only when a log is configured: the CLI imports LOG_LEVELS for
+# argparse, and `meshcc hosts` must start fast (logging + its imports cost ~6 ms).
 NOTICE = 25
-logging.addLevelName(NOTICE, "NOTICE")
+_CRITICAL, _ERROR, _WARNING, _INFO, _DEBUG = 50, 40, 30, 20, 10  # logging's values
 
 LOG_LEVELS: dict[str, int] = {
-    "emerg": logging.CRITICAL,
-    "alert": logging.CRITICAL,
-    "crit": logging.CRITICAL,
-    "critical": logging.CRITICAL,
-    "error": logging.ERROR,
-    "err": logging.ERROR,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
+    "emerg": _CRITICAL,
+    "alert": _CRITICAL,
+    "crit": _CRITICAL,
+    "critical": _CRITICAL,
+    "error": _ERROR,
+    "err": _ERROR,
+    "warning": _WARNING,
+    "warn": _WARNING,
     "notice": NOTICE,
     "note": NOTICE,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
+    "info": _INFO,
+    "debug": _DEBUG,
 }
 
 _STREAM_FORMAT = "meshcc[%(process)d] %(levelname)s: %(message)s"
@@ -50,6 +54,9 @@ def open_log_file(path: str) -> TextIO:
 
 def configure(level: int, stream: TextIO | None = None, *, to_file: bool = False) -> None:
     """Send the ``meshcc`` loggers to ``stream`` (default stderr) at ``level``."""
+    import logging
+
+    logging.addLevelName(NOTICE, "NOTICE")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(logging.Formatter(_FILE_FORMAT if to_file else _STREAM_FORMAT))
     root = logging.getLogger("meshcc")
