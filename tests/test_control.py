@@ -234,7 +234,8 @@ def test_status_hosts_and_local_lease_with_discovery_off(loop_daemon: Meshd) -> 
     for key in ("version", "node", "interfaces", "allowed", "peers", "jobs", "running"):
         assert key in st
     assert st["peers"] == 0 and st["running"] == 0
-    assert os.stat(loop_daemon.socket).st_mode & 0o777 == 0o666
+    assert os.stat(loop_daemon.socket).st_mode & 0o777 == 0o666  # any local user
+    assert os.stat(loop_daemon.socket.parent).st_mode & 0o777 == 0o755
 
     hosts = loop_daemon.hosts("gcc")
     assert hosts["ok"] is True and hosts["line"] == "" and hosts["verdicts"] == []

@@ -59,13 +59,13 @@ def open_control_socket(path: str) -> socket.socket:
     not fight over one socket (the second keeps serving compiles without one).
     """
     parent = os.path.dirname(os.path.abspath(path)) or "/"
-    per_user = os.geteuid() != 0 or not parent.startswith("/run/")
+    # Root's daemon serves every local user: 0755. A user's own daemon: 0700.
+    mode = 0o755 if os.geteuid() == 0 else 0o700
     try:
-        os.makedirs(parent, mode=0o700 if per_user and parent.startswith("/tmp/") else 0o755,
-                    exist_ok=True)  # fmt: skip
+        os.makedirs(parent, mode=mode, exist_ok=True)
     except OSError as e:
         raise ControlSocketError(f"cannot create {parent}: {e.strerror or e}") from None
-    if parent.startswith("/tmp/meshcc-"):
+    if os.geteuid() != 0 and parent.startswith("/tmp/meshcc-"):
         # A per-user dir in a shared /tmp: must be ours and private (or someone could
         # interpose a socket and hand our compiles to any host).
         st = os.lstat(parent)

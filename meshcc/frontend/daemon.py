@@ -450,10 +450,12 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(_report_load(mesh, server), name="meshcc-load")
     ]
-    if prep.hosts_file is not None:
+    if st.discovery:
         tasks.append(asyncio.create_task(
-            _keep_hosts_file(prep.hosts_file, mesh, control_server), name="meshcc-hosts-file"
+            _watch_default_cc(mesh, control_server, prep.hosts_file), name="meshcc-watch"
         ))  # fmt: skip
+    elif prep.hosts_file is not None:
+        _write_hosts(prep.hosts_file, "", None)
 
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -495,29 +497,52 @@ async def _report_load(mesh: object, server: CompileServer) -> None:
         await asyncio.sleep(5.0)
 
 
-async def _keep_hosts_file(hosts_file: HostsFile, mesh: object, ctl: object) -> None:
-    """Rewrite ``--write-hosts`` whenever the local default compiler's line changes."""
+def _write_hosts(hosts_file: HostsFile, line: str, compiler: str | None) -> None:
+    try:
+        if hosts_file.update(line, compiler):
+            log.info("--write-hosts %s: %s", hosts_file.path, line or "(no peers)")
+    except OSError as e:
+        log.warning("--write-hosts %s: %s", hosts_file.path, e.strerror or e)
+
+
+async def _watch_default_cc(mesh: object, ctl: object, hosts_file: HostsFile | None) -> None:
+    """Judge the peers for the local ``cc`` twice a second: log who is in or out and why
+    (once per change), and keep ``--write-hosts`` current."""
     from meshcc.frontend.control_server import FingerprintError, _which
 
     fp = None
-    cc = "cc"
-    path = _which(cc)
+    path = _which("cc")
     if path is None:
-        log.warning("--write-hosts: no `cc` on PATH; listing live peers without a "
-                    "compiler check")  # fmt: skip
+        log.warning("no `cc` on PATH: peers are listed without a compiler check")
     else:
         try:
-            fp = await ctl.fingerprints.get(cc, path)  # type: ignore[attr-defined]
-            log.info("--write-hosts %s: peers matching %s", hosts_file.path, fp.describe())
+            fp = await ctl.fingerprints.get("cc", path)  # type: ignore[attr-defined]
         except FingerprintError as e:
-            log.warning("--write-hosts: %s; listing live peers without a compiler check", e)
+            log.warning("%s; peers are listed without a compiler check", e)
+    compiler = fp.describe() if fp is not None else None
+    seen: dict[str, tuple[bool, str]] = {}
     while True:
-        line = mesh.hosts_line(fp)  # type: ignore[attr-defined]
-        try:
-            if hosts_file.update(line, fp.describe() if fp else None):
-                log.info("--write-hosts %s: %s", hosts_file.path, line or "(no peers)")
-        except OSError as e:
-            log.warning("--write-hosts %s: %s", hosts_file.path, e.strerror or e)
+        verdicts = mesh.explain(fp)  # type: ignore[attr-defined]
+        current: dict[str, tuple[bool, str]] = {}
+        for v in verdicts:
+            r = v.peer.record
+            # The reason of an included peer carries its free slots: not a change.
+            state = (v.included, "" if v.included else v.reason)
+            current[r.key] = state
+            if seen.get(r.key) != state:
+                where = v.address or ", ".join(r.addresses) or "?"
+                if v.included:
+                    log.info("peer %s (%s) is in for %s", r.host, where, compiler or "any cc")
+                else:
+                    log.info("peer %s (%s) is excluded%s: %s", r.host, where,
+                             f" for {fp.name}" if fp else "", v.reason)  # fmt: skip
+        for key in seen.keys() - current.keys():
+            log.info("peer %s is gone", key)
+        seen = current
+        if hosts_file is not None:
+            from meshcc.mesh.matching import hosts_line
+
+            _write_hosts(hosts_file, hosts_line(verdicts), compiler)
         await asyncio.sleep(0.5)
 
 

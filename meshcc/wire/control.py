@@ -41,8 +41,11 @@ Replies (daemon -> client)::
 
 Leases: a granted slot is held for exactly as long as the client's connection stays open;
 closing it (or dying) frees the slot. Before closing, the client sends one ``done``
-message with the outcome (``connect_failed``: the TCP connect to the peer failed, so the
-daemon marks it down at once). ``done`` has no reply. One lease per connection: after
+message with the outcome: ``ok`` true when the peer served the job (a compile error in
+the user's code is still ok: the peer did its work), false when the peer failed it
+(refusal, protocol error, lost connection; repeated failures back the peer off);
+``connect_failed`` true when the TCP connect itself failed, so the daemon marks the peer
+down at once. ``done`` has no reply. One lease per connection: after
 ``done`` the daemon closes its side.
 
 Import cost matters (compile clients import this): builtins + msgpack only.
