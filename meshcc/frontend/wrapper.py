@@ -13,6 +13,15 @@ forgives later); with ``DISTCC_BACKOFF_PERIOD=0`` at most 3 remote attempts are 
 (args.cpp_argv); ``,down`` hosts are skipped rather than waited for; ssh and ``,auth``
 hosts are skipped (no such transport here); ``,cpp`` hosts are sent protocol 2.
 
+Where a job goes: an explicit ``DISTCC_HOSTS`` always wins (distcc semantics); else, if
+a local ``meshcc daemon`` answers on its control socket, a lease from it (a peer whose
+toolchain matches the compiler we were invoked as, and the name to send it; the daemon
+queues the request while every matching slot is busy, and the wait is bounded by
+``DISTCC_IO_TIMEOUT``); else ``$DISTCC_DIR/hosts`` and ``/etc/distcc/hosts``. Either way
+the job is run by the same code: failures, retries, local fallback, diagnostics and exit
+codes do not depend on where the host came from. Local compiles always use distcc's
+local slot locks; the daemon only hands out remote slots.
+
 The real output path is only ever written by renaming a complete temp file that sits
 beside it, so an interrupted or failed job never leaves a truncated object behind.
 """
@@ -34,8 +43,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Sequence
 
     from meshcc.compiler.args import Job
+    from typing import Any
+
     from meshcc.frontend.slots import Slot
     from meshcc.transport.client import Reply
+    from meshcc.transport.control_client import Control
 
 # distcc exit codes (exitcode.h)
 EXIT_DISTCC_FAILED = 100
@@ -47,6 +59,7 @@ EXIT_RECURSION = 111
 EXIT_NO_HOSTS = 116
 
 MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
+MAX_LEASE_ATTEMPTS = 3  # leases tried per job before compiling locally
 
 # argv[0] basenames of the console scripts and the compiler each one runs.
 SCRIPT_COMPILERS = {"meshcc-gcc": "gcc", "meshcc-g++": "g++", "meshcc-cc": "cc", "meshcc-c++": "c++"}
@@ -272,7 +285,8 @@ class _Run:
         self.env = env
         self.temps: list[str] = []
         self.children: list[int] = []
-        self.slots: list[Slot] = []
+        self.slots: list[Slot | Control] = []  # a lease from the daemon is slot-like too
+        self.lockdir: str | None = None
         self.keep_temps = env.get("DISTCC_SAVE_TEMPS") == "1"
         self.fallback = env.get("DISTCC_FALLBACK", "1") != "0"
         self.cpp_pid = 0
@@ -285,8 +299,8 @@ class _Run:
 
     # -------------------------------------------------------------- cleanup
 
-    def cleanup(self, signum: int = 0, keep: Slot | None = None) -> None:
-        """Kill children, remove temp files, release slots (except ``keep``)."""
+    def cleanup(self, signum: int = 0, keep: Slot | None = None, hold: Any = None) -> None:
+        """Kill children, remove temp files, release slots (except ``keep`` and ``hold``)."""
         for pid in self.children:
             try:
                 os.kill(pid, signum or _sig.SIGTERM)
@@ -309,11 +323,11 @@ class _Run:
                 pass
         self.temps.clear()
         for slot in self.slots:
-            if slot is not keep:
+            if slot is not keep and slot is not hold:
                 slot.release()
-        self.slots = [keep] if keep is not None and keep in self.slots else []
+        self.slots = [s for s in self.slots if s is keep or s is hold]
 
-    def release(self, slot: Slot | None) -> None:
+    def release(self, slot: Slot | Control | None) -> None:
         if slot is not None:
             slot.release()
             if slot in self.slots:
@@ -454,9 +468,10 @@ class _Run:
         self.cleanup(keep=slot)
         _exec_local(self.inv, slot)
 
-    def run_local(self, slot: Slot | None) -> int:
-        """Compile locally as a child (so the result can be compared); returns its exit code."""
-        self.cleanup(keep=slot)
+    def run_local(self, slot: Slot | None, hold: Any = None) -> int:
+        """Compile locally as a child (so the result can be compared); returns its exit code.
+        ``hold``: a remote slot (a lease) to keep until the comparison is done."""
+        self.cleanup(keep=slot, hold=hold)
         try:
             pid = _spawn(self.inv.exec_path, self.inv.argv)
         except OSError as e:
@@ -557,12 +572,243 @@ def _remote(run: _Run, host: object, argv: list[bytes], io_timeout: float, clien
         conn.close()
 
 
+class _ListPool:
+    """Hosts from ``DISTCC_HOSTS`` or the host files, as distcc uses them: slot lock files
+    pick the host (breadth-first, list order is preference), backoff files remember failures
+    (shared with stock distcc clients on this box)."""
+
+    def __init__(self, run: _Run, hostlist: Any) -> None:
+        from meshcc.frontend import slots
+
+        env = run.env
+        self.run = run
+        self.hostlist = hostlist
+        self.hosts = []
+        for h in hostlist.hosts:
+            if h.kind != "localhost" and not h.supported:
+                run.log.debug(f"skipping {h.spec}: {h.unsupported_reason}")
+            else:
+                self.hosts.append(h)
+        if getattr(hostlist, "randomize", False):
+            _shuffle(self.hosts)
+        self.period = slots.env_int(env, "DISTCC_BACKOFF_PERIOD", slots.DEFAULT_BACKOFF_PERIOD)
+        self.pause = slots.env_int(env, "DISTCC_PAUSE_TIME_MSEC", slots.DEFAULT_PAUSE_MSEC)
+        self.failed: set[str] = set()
+        self.attempts = 0
+        self.last_failure = ""
+
+    def localslots(self, cpp: bool = False) -> int:
+        return _localslots(self.hostlist, cpp)
+
+    def acquire(self) -> tuple[Any, Slot] | None:
+        """Wait for a slot on the first usable host; None when no host is left to try."""
+        from meshcc.frontend import slots
+
+        run = self.run
+        lockdir = run.lockdir
+        assert lockdir is not None
+        usable = slots.usable_hosts(lockdir, self.hosts, self.period, exclude=self.failed)
+        if not usable:
+            return None
+        if self.period <= 0 and self.attempts >= MAX_REMOTE_ATTEMPTS_NO_BACKOFF:
+            run.log.debug(f"giving up after {self.attempts} remote attempts (backoff disabled)")
+            return None
+        host: Any
+        host, slot = slots.lock_first_free(lockdir, usable, self.pause, run.log.debug)
+        run.slots.append(slot)
+        if host.kind == "localhost":
+            run.log.debug(f"picked localhost slot {slot.index}: compiling {run.job.source} locally")
+            run.exec_local(slot)
+        self.attempts += 1
+        run.log.debug(f"picked {host.spec} slot {slot.index} for {run.job.source}")
+        return host, slot
+
+    def failed_on(self, host: Any, slot: Any, why: str, connect_failed: bool) -> None:
+        """The host could not do the job: back it off (unless disabled), free its slot."""
+        from meshcc.frontend import slots
+
+        self.last_failure = f"{host.spec} ({why})"
+        if self.period > 0:
+            assert self.run.lockdir is not None
+            slots.mark_backoff(self.run.lockdir, host.lock_name)
+            self.failed.add(host.lock_name)
+        self.run.release(slot)
+
+    def finish(self, host: Any, slot: Any, verdict: bool | None) -> None:
+        """The job is over on ``host``: True = it worked (forgive), False = dislike it
+        (back off), None = no opinion. Frees the slot."""
+        from meshcc.frontend import slots
+
+        lockdir = self.run.lockdir
+        assert lockdir is not None
+        if verdict is True:
+            slots.clear_backoff(lockdir, host.lock_name)
+        elif verdict is False:
+            slots.mark_backoff(lockdir, host.lock_name)
+        self.run.release(slot)
+
+    def before_local_retry(self, slot: Any) -> None:
+        """distcc frees the remote slot before retrying locally; nothing is held."""
+        self.run.release(slot)
+        return None
+
+    def nothing_left(self, src: str) -> tuple[str, bool]:
+        """Why no host did the job, and whether that is quiet (verbose-only)."""
+        if self.last_failure:
+            return f"failed to distribute {src} to {self.last_failure}", False
+        if self.hosts:
+            return f"no usable host for {src} (all down or backed off)", False
+        return f"no hosts to distribute {src} to", False
+
+
+class _Leased:
+    """A peer leased from the daemon, shaped like a ``hostspec.Host`` for ``_remote``."""
+
+    __slots__ = ("host", "port", "protocol", "compiler", "peer", "where", "spec")
+
+    def __init__(self, answer: dict[str, object]) -> None:
+        host, port, protocol, compiler = (answer["host"], answer["port"], answer["protocol"],
+                                          answer["compiler"])
+        if not (isinstance(host, str) and host and type(port) is int and 0 < port < 65536
+                and protocol in (1, 2, 3) and isinstance(compiler, str) and compiler):
+            raise ValueError("bad lease")
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        self.compiler = compiler
+        self.peer = str(answer.get("peer") or "")
+        self.where = where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.spec = f"{where} ({self.peer})" if self.peer and self.peer != where else where
+
+
+class _LeasePool:
+    """Peers leased from the local meshcc daemon (``meshcc.transport.control_client``).
+
+    Each attempt is one control connection; a granted lease is held (as a slot in
+    ``run.slots``) for the whole remote job, so the daemon counts the peer slot busy until
+    ``done`` and close. A failed peer is reported (``ok`` false, ``connect_failed``) and
+    another lease asked for, at most MAX_LEASE_ATTEMPTS times. Local compiles are not the
+    daemon's business: they keep distcc's local slot locks.
+    """
+
+    def __init__(self, run: _Run, first: Control | None, path: str, cc: str, cc_path: str,
+                 io_timeout: float) -> None:
+        self.run = run
+        self.next_conn = first
+        self.path = path
+        self.cc = cc
+        self.cc_path = cc_path
+        self.io_timeout = io_timeout
+        self.attempts = 0
+        self.last_failure = ""  # a leased peer that failed
+        self.local_reason = ""  # the daemon said: compile locally
+        self.daemon_failure = ""  # the daemon itself failed us
+        self._hostlist: Any = False
+
+    def localslots(self, cpp: bool = False) -> int:
+        """--localslots from the distcc host files, if any set it (read only when needed)."""
+        if self._hostlist is False:
+            self._hostlist = _hosts_or_none(self.run.env)
+        return _localslots(self._hostlist, cpp)
+
+    def acquire(self) -> tuple[_Leased, Control] | None:
+        """Ask the daemon for a peer (waiting while all are busy); None: compile locally."""
+        from meshcc.transport import control_client as cc
+
+        run = self.run
+        if self.attempts >= MAX_LEASE_ATTEMPTS:
+            run.log.debug(f"giving up after {self.attempts} leased attempts")
+            return None
+        conn, self.next_conn = self.next_conn, None
+        t0 = time.monotonic()
+        try:
+            if conn is None:
+                conn = cc.Control.connect(self.path)
+            answer = conn.lease(self.cc, self.cc_path, run.job.source or "", self.io_timeout)
+        except (cc.NoDaemon, cc.ControlError) as e:
+            if conn is not None:
+                conn.close()
+            self.daemon_failure = f"meshcc daemon at {self.path}: {e}"
+            return None
+        ms = (time.monotonic() - t0) * 1000
+        if answer.get("ok") is True:
+            try:
+                target = _Leased(answer)
+            except (KeyError, ValueError):
+                conn.close()
+                self.daemon_failure = f"meshcc daemon sent a malformed lease {answer!r}"
+                return None
+            run.slots.append(conn)
+            self.attempts += 1
+            run.log.debug(f"leased {target.where} (compiler {target.compiler}) from the meshcc "
+                          f"daemon in {ms:.1f} ms (peer {target.peer or '?'})")
+            return target, conn
+        conn.close()
+        if answer.get("local") is True:
+            self.local_reason = str(answer.get("reason") or "no matching peer")
+        else:
+            self.daemon_failure = f"meshcc daemon error: {answer.get('error') or answer!r}"
+        return None
+
+    def failed_on(self, host: Any, lease: Any, why: str, connect_failed: bool) -> None:
+        """Tell the daemon the peer failed (it may drop it at once) and end the lease."""
+        self.last_failure = f"{host.spec} ({why})"
+        lease.ok = False
+        lease.connect_failed = connect_failed
+        lease.reason = why
+        self.run.release(lease)
+
+    def finish(self, host: Any, lease: Any, verdict: bool | None) -> None:
+        """End the lease; ``verdict`` False reports the peer as bad (crash, wrong result)."""
+        if verdict is False:
+            lease.ok = False
+            why = "the remote compiler crashed or disagreed with the local one"
+            lease.reason = why
+        self.run.release(lease)
+
+    def before_local_retry(self, lease: Any) -> Any:
+        """Keep the lease through the local retry: only its result tells whether the peer
+        was at fault (rare path: compile errors)."""
+        return lease
+
+    def nothing_left(self, src: str) -> tuple[str, bool]:
+        if self.last_failure:
+            return f"failed to distribute {src} to {self.last_failure}", False
+        if self.daemon_failure:
+            return f"{self.daemon_failure}; not distributing {src}", False
+        # "No matching live peer" is the daemon's normal answer on a lone box: verbose only.
+        return f"meshcc daemon: {self.local_reason} (for {src})", True
+
+
+def _lease_pool(run: _Run, inv: _Invocation, io_timeout: float) -> _LeasePool | None:
+    """The daemon's lease pool if a daemon answers on its control socket, else None (then
+    the distcc host files apply). With no daemon this costs a failed connect per path."""
+    from meshcc.transport import control_client as cc
+
+    log = run.log
+    try:
+        conn = cc.connect(run.env)
+    except cc.NoDaemon as e:
+        log.debug(str(e))
+        return None
+    except cc.ControlError as e:
+        log.warn(f"meshcc daemon: {e}; using the distcc host files")
+        return None
+    exe = inv.exec_path
+    if "/" not in exe:
+        exe = _which(exe, run.env.get("PATH", os.defpath)) or exe
+    return _LeasePool(run, conn, conn.path, inv.compiler, os.path.abspath(exe), io_timeout)
+
+
 def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     """Run a distributable job remotely if a host takes it, else locally.
 
+    Hosts: an explicit ``DISTCC_HOSTS`` always wins (as for distcc); else a lease from
+    the local meshcc daemon if one answers; else ``$DISTCC_DIR/hosts``,
+    ``/etc/distcc/hosts``. Whatever the source, the job itself is handled by the same code.
     Returns the exit code, or execs the compiler and never returns.
     """
-    from meshcc.compiler import args, hostspec
+    from meshcc.compiler import args
     from meshcc.frontend import slots
     from meshcc.transport import client
 
@@ -584,59 +830,45 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         log.warn(f"{e}; compiling {src} locally")
         run.exec_local(None)
         raise AssertionError("not reached")  # pragma: no cover
+    run.lockdir = lockdir
 
-    try:
-        hostlist = hostspec.load_hosts(env)
-    except hostspec.HostSpecError as e:
-        msg = (str(e).strip().splitlines() or ["bad host list"])[0]
-        if not run.fallback:
-            raise _Fatal(f"{msg}; not compiling {src} locally (DISTCC_FALLBACK=0)",
-                         EXIT_BAD_HOSTSPEC) from None
-        log.warn(f"{msg}; compiling {src} locally")
-        run.exec_local(_local_slot(log, lockdir, slots.DEFAULT_LOCALSLOTS))
-        raise AssertionError("not reached")  # pragma: no cover
+    pool: _ListPool | _LeasePool | None = None
+    if "DISTCC_HOSTS" not in env:
+        pool = _lease_pool(run, inv, io_timeout)
+    if pool is None:
+        from meshcc.compiler import hostspec
 
-    hosts = []
-    for h in hostlist.hosts:
-        if h.kind != "localhost" and not h.supported:
-            log.debug(f"skipping {h.spec}: {h.unsupported_reason}")
-        else:
-            hosts.append(h)
-    if getattr(hostlist, "randomize", False):
-        _shuffle(hosts)
-    period = slots.env_int(env, "DISTCC_BACKOFF_PERIOD", slots.DEFAULT_BACKOFF_PERIOD)
-    pause = slots.env_int(env, "DISTCC_PAUSE_TIME_MSEC", slots.DEFAULT_PAUSE_MSEC)
+        try:
+            hostlist = hostspec.load_hosts(env)
+        except hostspec.HostSpecError as e:
+            msg = (str(e).strip().splitlines() or ["bad host list"])[0]
+            if not run.fallback:
+                raise _Fatal(f"{msg}; not compiling {src} locally (DISTCC_FALLBACK=0)",
+                             EXIT_BAD_HOSTSPEC) from None
+            log.warn(f"{msg}; compiling {src} locally")
+            run.exec_local(_local_slot(log, lockdir, slots.DEFAULT_LOCALSLOTS))
+            raise AssertionError("not reached")  # pragma: no cover
+        pool = _ListPool(run, hostlist)
 
     for signum in (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP):
         _sig.signal(signum, _on_signal)
 
     remote_argv = [os.fsencode(a) for a in args.remote_argv(job)]
-    failed: set[str] = set()
-    attempts = 0
-    last_failure = ""
     try:
         while True:
-            usable = slots.usable_hosts(lockdir, hosts, period, exclude=failed)
-            if not usable:
+            picked = pool.acquire()
+            if picked is None:
                 break
-            if period <= 0 and attempts >= MAX_REMOTE_ATTEMPTS_NO_BACKOFF:
-                log.debug(f"giving up after {attempts} remote attempts (backoff disabled)")
-                break
-            host, slot = slots.lock_first_free(lockdir, usable, pause, log.debug)
-            run.slots.append(slot)
-            if host.kind == "localhost":
-                log.debug(f"picked localhost slot {slot.index}: compiling {src} locally")
-                run.exec_local(slot)
-            attempts += 1
-            log.debug(f"picked {host.spec} slot {slot.index} for {src}")
+            host, slot = picked
             if not job.preprocessed and not run.cpp_pid:
-                nslots = _localslots(hostlist, cpp=True)
-                run.cpp_slot = _local_slot(log, lockdir, nslots)
+                run.cpp_slot = _local_slot(log, lockdir, pool.localslots(cpp=True))
                 if run.cpp_slot is not None:
                     run.slots.append(run.cpp_slot)
                 run.start_cpp()
+            name = getattr(host, "compiler", None)  # a lease names the peer's compiler
+            argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
             try:
-                reply = _remote(run, host, remote_argv, io_timeout, client)
+                reply = _remote(run, host, argv, io_timeout, client)
             except (client.TransportError, client.Refused) as e:
                 if isinstance(e, client.Refused):
                     why = f"refused: {e.reason}"
@@ -644,32 +876,28 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
                 else:
                     why = str(e)
                     log.debug(f"{host.spec} failed: {why}")
-                last_failure = f"{host.spec} ({why})"
-                if period > 0:
-                    slots.mark_backoff(lockdir, host.lock_name)
-                    failed.add(host.lock_name)
-                run.release(slot)
+                connect_failed = getattr(e, "exit_code", 0) == client.EXIT_CONNECT_FAILED
+                pool.failed_on(host, slot, why, connect_failed)
                 continue
             except _CppFailed as e:
+                pool.finish(host, slot, None)
                 _write(2, run.cpp_stderr)
                 return e.code
             except _GoLocal:
-                run.release(slot)
-                run.exec_local(_local_slot(log, lockdir, _localslots(hostlist)))
-            return _handle_reply(run, host, slot, reply, lockdir, hostlist)
+                pool.finish(host, slot, None)
+                run.exec_local(_local_slot(log, lockdir, pool.localslots()))
+            return _handle_reply(run, pool, host, slot, reply)
 
         # No host (left): compile locally, or fail if fallback is disabled.
         run.stop_cpp()
-        if last_failure:
-            what = f"failed to distribute {src} to {last_failure}"
-        elif hosts:
-            what = f"no usable host for {src} (all down or backed off)"
-        else:
-            what = f"no hosts to distribute {src} to"
+        what, quiet = pool.nothing_left(src)
         if not run.fallback:
             raise _Fatal(f"{what}; not compiling locally (DISTCC_FALLBACK=0)", EXIT_NO_HOSTS)
-        log.warn(f"{what}, compiling locally")
-        run.exec_local(_local_slot(log, lockdir, _localslots(hostlist)))
+        if quiet:
+            log.debug(f"{what}; compiling locally")
+        else:
+            log.warn(f"{what}, compiling locally")
+        run.exec_local(_local_slot(log, lockdir, pool.localslots()))
         raise AssertionError("not reached")  # pragma: no cover
     except _Interrupted as e:
         run.cleanup(e.signum)
@@ -680,41 +908,39 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         run.cleanup()
 
 
-def _handle_reply(run: _Run, host: object, slot: Slot, reply: Reply, lockdir: str,
-                  hostlist: object) -> int:
+def _handle_reply(run: _Run, pool: _ListPool | _LeasePool, host: Any, slot: Any,
+                  reply: Reply) -> int:
     """distcc 3.4's decision tree after the remote compiler ran."""
-    from meshcc.frontend import slots
-
     log = run.log
     job = run.job
+    lockdir = run.lockdir
     status = reply.status
     code = _exit_code(status)
-    lock_name = host.lock_name  # type: ignore[attr-defined]
-    spec = host.spec  # type: ignore[attr-defined]
+    spec = host.spec
     if status == 0:
         assert job.output is not None
         try:
             run.write_output(job.output, reply.obj)
         except OSError as e:
             if not run.fallback:
-                raise _Fatal(f"cannot write {job.output}: {e.strerror or e}", EXIT_IO_ERROR) from None
+                raise _Fatal(f"cannot write {job.output}: {e.strerror or e}",
+                             EXIT_IO_ERROR) from None
             log.warn(f"cannot write {job.output}: {e.strerror or e}; compiling locally")
-            run.release(slot)
-            run.exec_local(_local_slot(log, lockdir, _localslots(hostlist)))
+            pool.finish(host, slot, None)
+            run.exec_local(_local_slot(log, lockdir, pool.localslots()))
         _write(2, run.cpp_stderr + reply.stderr)
         if reply.stdout:
             _write(1, reply.stdout)
-        slots.clear_backoff(lockdir, lock_name)
+        pool.finish(host, slot, True)
         log.debug(f"{job.source} compiled on {spec}: {job.output} ({len(reply.obj)} bytes); "
                   f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms")
         return 0
 
-    signalled = os.WIFSIGNALED(status)
-    if signalled:
-        slots.mark_backoff(lockdir, lock_name)  # a crashing remote compiler is suspect
+    signalled = os.WIFSIGNALED(status)  # a crashing remote compiler is suspect
     skip_retry = "DISTCC_SKIP_LOCAL_RETRY" in run.env and not signalled
     if skip_retry or not run.fallback:
         log.debug(f"remote compile on {spec} failed with exit {code}; no local retry")
+        pool.finish(host, slot, False if signalled else None)
         _write(2, run.cpp_stderr + reply.stderr)
         if reply.stdout:
             _write(1, reply.stdout)
@@ -722,16 +948,16 @@ def _handle_reply(run: _Run, host: object, slot: Slot, reply: Reply, lockdir: st
     # Retry locally; the user sees only the local run's diagnostics (each exactly once).
     log.debug(f"remote compile of {job.source} on {spec} failed with exit {code}; "
               "retrying locally")
-    run.release(slot)
-    local = _local_slot(log, lockdir, _localslots(hostlist))
+    held = pool.before_local_retry(slot)
+    local = _local_slot(log, lockdir, pool.localslots())
     if local is not None:
         run.slots.append(local)
-    local_code = run.run_local(local)
+    local_code = run.run_local(local, hold=held)
     if local_code != code and not signalled:
         # The host disagreed with the local compiler: avoid it for a while (distcc's "dislike";
         # the same result locally means the source was at fault, so the host is innocent).
         log.debug(f"local compile exited {local_code}, remote {code}: backing off {spec}")
-        slots.mark_backoff(lockdir, lock_name)
+    pool.finish(host, slot, False if signalled or local_code != code else None)
     return local_code
 
 

@@ -1,0 +1,188 @@
+"""End to end: a real project built through a mesh of `meshcc daemon`s that found each other.
+
+Four "machines" (network namespaces on one bridge, tests/netns.py), each running its own
+`meshcc daemon` (own control socket, TMPDIR and log): the build host, two peers with the
+same gcc, and one peer whose only compiler is a wrapper around gcc that reports another
+version (-dumpfullversion 12.9.9): a toolchain mismatch the mesh must exclude. Once the
+build host's `meshcc hosts` lists exactly the two matching peers, zlib is built on the build
+host with `CC=meshcc-gcc make -j8` (no DISTCC_HOSTS: every host choice comes from leases)
+and again with stock `distcc` and `DISTCC_HOSTS="$(meshcc hosts)"`. Every object must be
+byte-identical to a local build, every compile must show up as COMPILE_OK on a matching
+peer (DISTCC_FALLBACK=0: no silent local compile), and the mismatched peer must get none.
+
+All traffic stays on the test LAN (no route out of the namespaces). Time bounds are only
+against hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import netns
+from conftest import VENV_BIN, copy_tree, parse_job_summaries, run
+from meshd import Meshd, private_dir
+from netns import Lan
+from netns_fixtures import lan  # noqa: F401 - fixture
+from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources, _objects
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(netns.unavailable_reason() is not None,
+                       reason=str(netns.unavailable_reason())),
+]
+
+JOBS = "-j8"
+PEER_JOBS = "4"
+ODD_GCC = """#!/bin/sh
+# gcc, claiming to be another version: a toolchain the mesh must not match with 12.2.0.
+for a in "$@"; do
+  case "$a" in
+    -dumpfullversion) echo 12.9.9; exit 0 ;;
+    -dumpversion) echo 12.9.9; exit 0 ;;
+  esac
+done
+exec /usr/bin/gcc "$@"
+"""
+
+
+def _jobs(d: Meshd, result: str | None = "COMPILE_OK") -> list:
+    return [j for j in parse_job_summaries(d.log_text()) if result in (None, j.result)]
+
+
+def _wait_jobs(daemons: list[Meshd], count: int, timeout: float = 20.0) -> int:
+    """Total COMPILE_OK jobs on ``daemons`` once it reaches ``count`` (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        total = sum(len(_jobs(d)) for d in daemons)
+        if total >= count or time.monotonic() > deadline:
+            return total
+        time.sleep(0.1)
+
+
+def _diagnostics(daemons: list[Meshd]) -> str:
+    return "\n".join(f"--- {d.name} log ---\n{d.log_text()[-6000:]}" for d in daemons)
+
+
+def _make(host: netns.Host, tree: Path, env: dict[str, str], *overrides: str) -> str:
+    proc = host.run(["make", JOBS, "-f", "Makefile", "-f", "objects.mk", *overrides, TARGET],
+                    cwd=tree, env=env, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, (f"make failed ({proc.returncode})\n--- stdout ---\n"
+                                  f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc.stdout
+
+
+def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path,  # noqa: F811
+                               tmp_path: Path) -> None:
+    net = lan()
+    names = ("build", "p1", "p2", "odd")
+    hosts = {n: net.add_host(n) for n in names}
+    work = private_dir("meshcc-build-")
+    try:
+        _run_mesh_build(hosts, work, zlib_source, tmp_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
+                    tmp_path: Path) -> None:
+    odd_gcc = work / "odd-bin" / "gcc"
+    odd_gcc.parent.mkdir()
+    odd_gcc.write_text(ODD_GCC)
+    odd_gcc.chmod(0o755)
+    odd_gcc.parent.chmod(0o755)
+    common = ("--interface", "eth0", "--jobs", PEER_JOBS)
+    daemons = {
+        "build": Meshd(work, hosts["build"], *common, name="build"),
+        "p1": Meshd(work, hosts["p1"], *common, name="p1"),
+        "p2": Meshd(work, hosts["p2"], *common, name="p2"),
+        "odd": Meshd(work, hosts["odd"], *common, "--compiler", str(odd_gcc), name="odd"),
+    }
+    for d in daemons.values():
+        d.start()
+    build, p1, p2, odd = (daemons[n] for n in ("build", "p1", "p2", "odd"))
+    everyone = list(daemons.values())
+
+    # 1. The mesh assembles: `meshcc hosts` on the build host lists exactly the matching peers.
+    want = {hosts["p1"].address, hosts["p2"].address}
+
+    def listed() -> str | None:
+        res = build.cli("hosts", "--cc", "gcc", inside=True)
+        got = {tok.split(":")[0] for tok in res.stdout.split()}
+        return res.stdout.strip() if res.returncode == 0 and got == want else None
+
+    try:
+        line = netns.wait_for(listed, 60, 0.25, "the build host's meshcc hosts to list p1 and p2")
+    except TimeoutError:
+        explain = build.cli("hosts", "--cc", "gcc", "--explain", inside=True)
+        pytest.fail(f"{explain.stdout}\n{explain.stderr}\n{_diagnostics(everyone)}")
+    explain = build.cli("hosts", "--cc", "gcc", "--explain", inside=True)
+    assert hosts["odd"].address in explain.stdout, explain.stdout  # seen, and excluded
+    print(f"mesh assembled; meshcc hosts: {line}\n{explain.stdout}")
+
+    # 2. Reference: a plain local build (same flags, same directory).
+    tree = copy_tree(zlib_source, tmp_path / "zlib")
+    (tree / "objects.mk").write_text(OBJECTS_MK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
+    (tmp_path / "distcc-dir").mkdir()
+    (tmp_path / "client-tmp").mkdir()
+    env.update(DISTCC_DIR=str(tmp_path / "distcc-dir"), TMPDIR=str(tmp_path / "client-tmp"),
+               PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]))
+    run(["./configure"], cwd=tree, env=dict(env, CC="gcc"))
+    local_out = run(["make", JOBS, "-f", "Makefile", "-f", "objects.mk", TARGET], cwd=tree,
+                    env=env).stdout
+    reference = _objects(tree)
+    expected = _compiled_sources(local_out)
+    n = sum(expected.values())
+    assert len(reference) >= 30 and n == len(reference), (expected, sorted(reference))
+
+    def rebuild(cc: str, extra_env: dict[str, str]) -> None:
+        run(["make", "-f", "Makefile", "clean"], cwd=tree, env=env)
+        assert _objects(tree) == {}
+        out = _make(hosts["build"], tree, dict(env, DISTCC_FALLBACK="0", **extra_env), f"CC={cc}")
+        assert _compiled_sources(out) == expected, "the builds ran different compiles"
+        got = _objects(tree)
+        assert sorted(got) == sorted(reference), "object file sets differ"
+        differing = sorted(k for k in reference if got[k] != reference[k])
+        assert not differing, f"objects differ from the local build ({cc}): {differing}"
+
+    # 3. One verbose compile first: the lease and where it came from.
+    res = hosts["build"].run(["meshcc-gcc", "-c", "adler32.c", "-o", "/dev/null"], cwd=tree,
+                             env=dict(env, MESHCC_SOCKET=str(build.socket), DISTCC_VERBOSE="1",
+                                      DISTCC_FALLBACK="0"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "from the meshcc daemon in" in res.stderr, res.stderr
+    assert any(f"leased {a}:" in res.stderr for a in want), res.stderr
+    print(res.stderr)
+
+    # 4. meshcc-gcc, hosts from leases only (MESHCC_SOCKET = the build host's daemon).
+    assert shutil.which("meshcc-gcc", path=env["PATH"])
+    rebuild("meshcc-gcc", {"MESHCC_SOCKET": str(build.socket)})
+    total = _wait_jobs([p1, p2], n + 1)
+    ran = Counter(j.input for d in (p1, p2) for j in _jobs(d))
+    ran["adler32.c"] -= 1  # the verbose compile
+    assert total == n + 1 and ran == expected, (
+        f"peers' COMPILE_OK jobs != the build's compiles: missing {dict(expected - ran)}, "
+        f"extra {dict(ran - expected)}\n{_diagnostics(everyone)}")
+    per_peer = {d.name: len(_jobs(d)) for d in (p1, p2)}
+    print(f"meshcc-gcc: {n} compiles, per peer {per_peer}")
+    assert all(per_peer.values()), f"a matching peer got no job: {per_peer}"
+    assert not _jobs(odd, None), "the mismatched peer was sent jobs"
+    assert not _jobs(build, None), "the build host's own daemon compiled (leases exclude it)"
+    failed = [j for d in (p1, p2) for j in _jobs(d, None) if j.result != "COMPILE_OK"]
+    assert not failed, failed
+
+    # 5. Stock distcc with DISTCC_HOSTS="$(meshcc hosts)".
+    before = {d.name: len(_jobs(d)) for d in (p1, p2)}
+    rebuild("distcc gcc", {"DISTCC_HOSTS": line})
+    total = _wait_jobs([p1, p2], sum(before.values()) + n)
+    after = {d.name: len(_jobs(d)) for d in (p1, p2)}
+    assert total == sum(before.values()) + n, (before, after, _diagnostics(everyone))
+    print(f"distcc: per peer {dict((k, after[k] - before[k]) for k in after)}")
+    assert not _jobs(odd, None), "the mismatched peer was sent jobs by distcc"
