@@ -1,10 +1,12 @@
 """Layer 2: body compression for the wire (none, LZO1X for distcc, LZ4 for meshcc peers).
 
 - ``Codec.LZO``: one raw LZO1X block per body, as distcc protocols 2 and 3 send
-  (no header, no uncompressed size). Compressed with the system liblzo2's
-  ``lzo1x_1`` when it is installed (fast, and byte-identical to distcc), else with
-  ``lzallright``, whose output liblzo2 and distcc's miniLZO decompress; always
-  decompressed with ``lzallright``, bounded by the ``_lzoscan`` length scanner.
+  (no header, no uncompressed size). Compressed with ``lzallright`` (whose output
+  liblzo2 and distcc's miniLZO decompress), or for large bodies with the system
+  liblzo2's ``lzo1x_1`` when it is installed: lzallright's only level costs ~21 us/KB
+  while loading liblzo2 through ctypes costs ~6 ms once, so liblzo2 pays off from
+  ~256 KiB (typical C++ translation units). Always decompressed with ``lzallright``,
+  bounded by the ``_lzoscan`` length scanner.
 - ``Codec.LZ4``: meshcc-to-meshcc only. A 4-byte little-endian uncompressed size,
   then one LZ4 block (the ``lz4.block`` ``store_size`` layout), so the size is
   checked against ``max_size`` before anything is allocated.
@@ -17,15 +19,17 @@ imports this package on every compile and most compiles never need LZ4.
 
 from __future__ import annotations
 
-import enum
-
 __all__ = ["Codec", "CompressionError", "available", "codec_for_protocol", "compress", "decompress"]
 
 
-class Codec(enum.Enum):
+class Codec:
+    """Body codecs, as plain string constants: ``enum`` would cost the compile wrapper
+    ~6 ms of imports on every distributed job."""
+
     NONE = "none"
     LZO = "lzo"
     LZ4 = "lz4"
+    ALL = (NONE, LZO, LZ4)
 
 
 class CompressionError(Exception):
@@ -38,6 +42,7 @@ _LZ4_MAX = 0x7E000000  # LZ4_MAX_INPUT_SIZE: larger inputs cannot be one block
 _lzo_compressor = None
 _lzallright = None
 _liblzo2: object = None  # None: not tried yet; False: absent
+LIBLZO2_MIN_BYTES = 256 * 1024  # below this lzallright is cheaper than loading liblzo2
 _lz4_block = None
 
 
@@ -64,7 +69,7 @@ def _lz4():  # -> module lz4.block
     return _lz4_block
 
 
-def codec_for_protocol(version: int) -> Codec:
+def codec_for_protocol(version: int) -> str:
     """The body codec distcc uses for a protocol version (1: none, 2 and 3: LZO1X)."""
     if version == 1:
         return Codec.NONE
@@ -73,26 +78,26 @@ def codec_for_protocol(version: int) -> Codec:
     raise ValueError(f"no distcc protocol version {version!r} (expected 1, 2 or 3)")
 
 
-def available(codec: Codec) -> bool:
+def available(codec: str) -> bool:
     """Whether ``codec`` can be used here (its module imports)."""
-    if codec is Codec.NONE:
+    if codec == Codec.NONE:
         return True
     try:
-        (_lzo if codec is Codec.LZO else _lz4)()
+        (_lzo if codec == Codec.LZO else _lz4)()
     except CompressionError:
         return False
     return True
 
 
-def compress(codec: Codec, data: bytes) -> bytes:
+def compress(codec: str, data: bytes) -> bytes:
     """Compress one body; ``b""`` stays ``b""``."""
     if not data:
         return b""
-    if codec is Codec.NONE:
+    if codec == Codec.NONE:
         return bytes(data)
-    if codec is Codec.LZO:
+    if codec == Codec.LZO:
         return _lzo_compress(data)
-    if codec is Codec.LZ4:
+    if codec == Codec.LZ4:
         if len(data) > _LZ4_MAX:
             raise CompressionError(f"{len(data)} bytes is too large for one LZ4 block")
         return _lz4().compress(data, store_size=True)
@@ -101,17 +106,17 @@ def compress(codec: Codec, data: bytes) -> bytes:
 
 def _lzo_compress(data: bytes) -> bytes:
     global _liblzo2
-    if _liblzo2 is None:
+    if len(data) >= LIBLZO2_MIN_BYTES and _liblzo2 is None:
         from . import _liblzo
 
         _liblzo2 = _liblzo.load() or False
-    if _liblzo2:
+    if len(data) >= LIBLZO2_MIN_BYTES and _liblzo2:
         return _liblzo2.compress(data)  # type: ignore[attr-defined]
     _lzo()
     return _lzo_compressor.compress(data)  # type: ignore[union-attr]
 
 
-def decompress(codec: Codec, data: bytes, max_size: int) -> bytes:
+def decompress(codec: str, data: bytes, max_size: int) -> bytes:
     """Decompress one body, refusing invalid data and output over ``max_size`` bytes.
 
     The size is known before any output is allocated: LZ4 stores it, and an
@@ -119,13 +124,13 @@ def decompress(codec: Codec, data: bytes, max_size: int) -> bytes:
     """
     if not data:
         return b""
-    if codec is Codec.NONE:
+    if codec == Codec.NONE:
         if len(data) > max_size:
             raise CompressionError(f"body of {len(data)} bytes exceeds the limit of {max_size}")
         return bytes(data)
-    if codec is Codec.LZO:
+    if codec == Codec.LZO:
         return _decompress_lzo(data, max_size)
-    if codec is Codec.LZ4:
+    if codec == Codec.LZ4:
         return _decompress_lz4(data, max_size)
     raise ValueError(f"not a Codec: {codec!r}")
 

@@ -388,6 +388,10 @@ class CompileServer:
                         ret=EXIT_IO_ERROR,
                     ) from None
                 outcome = await self._compile(request, tmpdir, reader, summary)
+                # Outputs are in memory: clean up before replying, so a client that has
+                # its reply never sees the job directory (and the slot frees clean).
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                tmpdir = None
             summary.result = outcome.result
             summary.ret = outcome.ret
             reply = await self._encode_reply(request, outcome)
@@ -535,7 +539,7 @@ class CompileServer:
     async def _decode_source(self, version: int, body: bytes) -> bytes:
         codec = compression.codec_for_protocol(version)
         try:
-            if codec is compression.Codec.NONE:
+            if codec == compression.Codec.NONE:
                 data = body
                 if len(data) > self.config.max_source:
                     raise compression.CompressionError(
@@ -684,7 +688,7 @@ class CompileServer:
                 compression.compress(codec, out.obj) if out.obj is not None else None,
             )
 
-        return await asyncio.to_thread(encode) if codec is not compression.Codec.NONE else encode()
+        return await asyncio.to_thread(encode) if codec != compression.Codec.NONE else encode()
 
     async def _write_reply(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
         try:
