@@ -200,14 +200,14 @@ def _preload() -> None:
 
     from meshcc import compression
 
-    for codec in compression.Codec:
-        if codec is compression.Codec.NONE or not compression.available(codec):
+    for codec in compression.Codec.ALL:
+        if codec == compression.Codec.NONE or not compression.available(codec):
             continue
         try:
             sample = compression.compress(codec, b"meshcc warm-up " * 64)
             compression.decompress(codec, sample, 1 << 16)
         except Exception as e:  # a broken codec must not stop the daemon; jobs will say why
-            log.warning("compression %s does not work: %s", codec.value, e)
+            log.warning("compression %s does not work: %s", codec, e)
 
 
 def _no_new_privs() -> None:
