@@ -40,6 +40,9 @@ from pathlib import Path
 
 import pytest
 
+# The network-namespace LAN fixtures (`lan`) and the `netns` marker.
+pytest_plugins = ["netns_fixtures"]
+
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
