@@ -27,7 +27,6 @@ from meshcc.wire import control
 import netns
 from meshd import ControlConn, Meshd, private_dir, request
 from netns import Lan
-from netns_fixtures import lan  # noqa: F401
 
 GCC = "/usr/bin/gcc"
 

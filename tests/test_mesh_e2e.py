@@ -29,7 +29,6 @@ from meshcc.mesh.records import DistccId, distcc_subtype
 import netns
 from meshd import Meshd, private_dir
 from netns import Lan
-from netns_fixtures import lan  # noqa: F401
 
 pytestmark = [
     pytest.mark.netns,

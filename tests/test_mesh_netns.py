@@ -25,7 +25,6 @@ import pytest
 import netns
 from netns import Host, Lan
 
-from netns_fixtures import lan  # noqa: F401
 
 pytestmark = [
     pytest.mark.netns,

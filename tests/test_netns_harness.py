@@ -20,7 +20,6 @@ import netns
 from netns import Host, Lan, readline, wait_for
 
 # Explicit import so this module also works before conftest.py loads the plugin; harmless after.
-from netns_fixtures import lan  # noqa: F401
 
 pytestmark = [
     pytest.mark.netns,
