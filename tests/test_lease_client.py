@@ -188,6 +188,8 @@ def test_codec_rejects_ext_and_bad_utf8() -> None:
         cc.unpack_one(msgpack.packb(msgpack.ExtType(1, b"x")))
     with pytest.raises(cc.ControlError):
         cc.unpack_one(b"\xa2\xff\xfe")
+    with pytest.raises(cc.ControlError, match="too deep"):
+        cc.unpack_one(b"\x91" * 60000 + b"\xc0")  # no RecursionError
 
 
 @pytest.mark.parametrize("env", [

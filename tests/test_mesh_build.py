@@ -29,7 +29,6 @@ import netns
 from conftest import VENV_BIN, copy_tree, parse_job_summaries, run
 from meshd import Meshd, private_dir
 from netns import Lan
-from netns_fixtures import lan  # noqa: F401 - fixture
 from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources, _objects
 
 pytestmark = [
@@ -78,7 +77,7 @@ def _make(host: netns.Host, tree: Path, env: dict[str, str], *overrides: str) ->
     return proc.stdout
 
 
-def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path,  # noqa: F811
+def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path,
                                tmp_path: Path) -> None:
     net = lan()
     names = ("build", "p1", "p2", "odd")
@@ -186,3 +185,50 @@ def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
     assert total == sum(before.values()) + n, (before, after, _diagnostics(everyone))
     print(f"distcc: per peer {dict((k, after[k] - before[k]) for k in after)}")
     assert not _jobs(odd, None), "the mismatched peer was sent jobs by distcc"
+
+
+def test_peer_killed_mid_build_never_fails_a_compile(lan: Callable[..., Lan],
+                                                     tmp_path: Path) -> None:
+    """kill -9 a peer (no goodbye, mDNS still lists it): compiles keep succeeding remotely
+    (DISTCC_FALLBACK=0). A lease that still names the dead peer fails to connect; the client
+    reports it (done: connect_failed) and takes the next lease, and the daemon drops the peer
+    at once instead of waiting for its own probe."""
+    net = lan()
+    hosts = {n: net.add_host(n) for n in ("build", "p1", "p2")}
+    work = private_dir("meshcc-kill-")
+    try:
+        common = ("--interface", "eth0", "--jobs", "2")
+        build, p1, p2 = (Meshd(work, hosts[n], *common, name=n).start() for n in hosts)
+        want = {hosts["p1"].address, hosts["p2"].address}
+
+        def listed() -> bool:
+            res = build.cli("hosts", "--cc", "gcc", inside=True)
+            return {t.split(":")[0] for t in res.stdout.split()} == want
+
+        netns.wait_for(listed, 60, 0.25, "p1 and p2 listed on the build host")
+        src = tmp_path / "k.c"
+        src.write_text("int k(int x) { return x * 3; }\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
+        (tmp_path / "dd").mkdir()
+        env.update(DISTCC_DIR=str(tmp_path / "dd"), MESHCC_SOCKET=str(build.socket),
+                   DISTCC_FALLBACK="0", DISTCC_VERBOSE="1",
+                   PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]))
+        p1.kill9()
+        dead = f"{hosts['p1'].address}:"
+        hit_dead = False
+        for i in range(8):
+            res = hosts["build"].run(["meshcc-gcc", "-c", str(src), "-o", str(tmp_path / "k.o")],
+                                     env=env)  # fmt: skip
+            assert res.returncode == 0, res.stderr + build.log_text()
+            leased = [ln for ln in res.stderr.splitlines() if " leased " in ln]
+            assert leased and f"leased {hosts['p2'].address}:" in leased[-1], res.stderr
+            if any(dead in ln for ln in leased):
+                hit_dead = True
+                assert "connect failed" in res.stderr
+                assert len(leased) == 2, res.stderr  # the dead one, then p2
+        assert _wait_jobs([p2], 8) == 8, p2.log_text()  # logged just after each reply
+        if hit_dead:
+            assert "(connect failed)" in build.log_text(), build.log_text()
+        print(f"a lease named the killed peer: {hit_dead}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 SYSTEM_SOCKET = "/run/meshcc/control.sock"
 CONNECT_TIMEOUT = 4.0
 MAX_MESSAGE = 64 * 1024  # an answer is a few dozen bytes; anything this big is garbage
+MAX_DEPTH = 32  # our messages are flat maps; a deeper answer is garbage, not a stack overflow
 MAX_STRING = 16 * 1024  # the daemon rejects longer request strings (meshcc.wire.control)
 _RECV_SIZE = 4096
 # connect() errors that mean "no daemon here" (quietly use the host files instead).
@@ -127,11 +128,14 @@ def _head(out: bytearray, n: int, fix: int | None, fix_limit: int,
     raise ValueError("msgpack object too long")
 
 
-def unpack_one(buf: bytes | bytearray, pos: int = 0) -> tuple[object, int]:
+def unpack_one(buf: bytes | bytearray, pos: int = 0, depth: int = 0) -> tuple[object, int]:
     """Decode one object at ``pos``; returns (object, end). _Short if ``buf`` ends early,
-    ControlError on anything outside the subset (ext types, invalid UTF-8, bad map keys)."""
+    ControlError on anything outside the subset (ext types, invalid UTF-8, bad map keys,
+    nesting deeper than MAX_DEPTH)."""
     if pos >= len(buf):
         raise _Short()
+    if depth > MAX_DEPTH:
+        raise ControlError("msgpack nesting too deep")
     b = buf[pos]
     pos += 1
     if b < 0x80:
@@ -141,9 +145,9 @@ def unpack_one(buf: bytes | bytearray, pos: int = 0) -> tuple[object, int]:
     if 0xA0 <= b <= 0xBF:
         return _str(buf, pos, b & 0x1F)
     if 0x80 <= b <= 0x8F:
-        return _map(buf, pos, b & 0x0F)
+        return _map(buf, pos, b & 0x0F, depth)
     if 0x90 <= b <= 0x9F:
-        return _array(buf, pos, b & 0x0F)
+        return _array(buf, pos, b & 0x0F, depth)
     if b == 0xC0:
         return None, pos
     if b == 0xC2:
@@ -165,10 +169,10 @@ def unpack_one(buf: bytes | bytearray, pos: int = 0) -> tuple[object, int]:
         return bytes(_take(buf, pos + size, n)), pos + size + n
     if b in (0xDE, 0xDF):
         size = 2 << (b - 0xDE)
-        return _map(buf, pos + size, int.from_bytes(_take(buf, pos, size), "big"))
+        return _map(buf, pos + size, int.from_bytes(_take(buf, pos, size), "big"), depth)
     if b in (0xDC, 0xDD):
         size = 2 << (b - 0xDC)
-        return _array(buf, pos + size, int.from_bytes(_take(buf, pos, size), "big"))
+        return _array(buf, pos + size, int.from_bytes(_take(buf, pos, size), "big"), depth)
     if b in (0xCA, 0xCB):
         import struct
 
@@ -190,20 +194,21 @@ def _str(buf: bytes | bytearray, pos: int, n: int) -> tuple[str, int]:
         raise ControlError("invalid UTF-8 in a msgpack string") from None
 
 
-def _map(buf: bytes | bytearray, pos: int, n: int) -> tuple[dict[object, object], int]:
+def _map(buf: bytes | bytearray, pos: int, n: int, depth: int
+         ) -> tuple[dict[object, object], int]:
     result: dict[object, object] = {}
     for _ in range(n):
-        key, pos = unpack_one(buf, pos)
+        key, pos = unpack_one(buf, pos, depth + 1)
         if isinstance(key, (dict, list)):
             raise ControlError("unhashable msgpack map key")
-        result[key], pos = unpack_one(buf, pos)
+        result[key], pos = unpack_one(buf, pos, depth + 1)
     return result, pos
 
 
-def _array(buf: bytes | bytearray, pos: int, n: int) -> tuple[list[object], int]:
+def _array(buf: bytes | bytearray, pos: int, n: int, depth: int) -> tuple[list[object], int]:
     items = []
     for _ in range(n):
-        item, pos = unpack_one(buf, pos)
+        item, pos = unpack_one(buf, pos, depth + 1)
         items.append(item)
     return items, pos
 
@@ -258,7 +263,7 @@ class Control:
     ``done`` and closes, returning the peer's slot to the daemon.
     """
 
-    __slots__ = ("sock", "path", "_buf", "ok", "connect_failed", "reason", "lock_name")
+    __slots__ = ("sock", "path", "_buf", "ok", "connect_failed", "reason")
 
     def __init__(self, sock: _socket.socket, path: str) -> None:
         self.sock: _socket.socket | None = sock
@@ -267,7 +272,6 @@ class Control:
         self.ok = True  # outcome reported by release(); the wrapper sets it on failure
         self.connect_failed = False
         self.reason = ""
-        self.lock_name = "meshcc-lease"
 
     @classmethod
     def connect(cls, path: str, timeout: float = CONNECT_TIMEOUT, shared_tmp: bool = False
@@ -315,7 +319,8 @@ class Control:
                 else:
                     del self._buf[:end]
                     if not isinstance(answer, dict):
-                        raise ControlError(f"meshcc daemon sent {type(answer).__name__}, not a map")
+                        raise ControlError(
+                            f"meshcc daemon sent {type(answer).__name__}, not a map")
                     return answer
             if len(self._buf) > MAX_MESSAGE:
                 raise ControlError("meshcc daemon sent an oversized message")
