@@ -1,27 +1,26 @@
 """Process plumbing for the benchmarks: loopback daemons and cached Debian sources.
 
 Standalone on purpose (no pytest import): benchmarks run outside the test suite. Mirrors the
-behaviour of tests/conftest.py's fixtures. Everything binds and talks to 127.0.0.1 only.
+behaviour of tests/conftest.py's fixtures and shares their pytest-free helpers (tests/harness.py). Everything binds and talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import harness as _shared  # noqa: E402 - the pytest-free helpers shared with the tests
+from harness import LOOPBACK, SOURCE_CACHE, free_port, port_accepts  # noqa: E402,F401
+
 VENV_BIN = Path(sys.executable).parent
-SOURCE_CACHE = Path(os.environ.get("MESHCC_TEST_CACHE", "/var/cache/meshcc-tests"))
 _JOB_RE = re.compile(r"client: \S+ (?P<result>[A-Z_]+) exit:")
 
 
@@ -29,19 +28,14 @@ class HarnessError(RuntimeError):
     """A daemon or tool could not be set up; the message says what to look at."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def port_accepts(port: int) -> bool:
+def apt_source(package: str) -> Path:
+    """The cached Debian source tree of PACKAGE (tests/harness.py), as a HarnessError."""
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        return _shared.apt_source(package)
+    except RuntimeError as e:
+        raise HarnessError(str(e)) from None
+
+
 
 
 def clean_env() -> dict[str, str]:
@@ -156,30 +150,3 @@ def start_distccd(workdir: Path, jobs: int, *extra: str) -> Daemon:
     env = clean_env()
     env.pop("TMPDIR", None)
     return _spawn("distccd", argv, workdir, port, log, env, log)
-
-
-def apt_source(package: str, cache: Path = SOURCE_CACHE) -> Path:
-    """`apt-get source PACKAGE` once into cache/PACKAGE (atomic rename, flock); return the tree."""
-    pkg_dir = cache / package
-    stamp = pkg_dir / ".complete"
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f".{package}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            return pkg_dir / stamp.read_text().strip()
-        if pkg_dir.exists():
-            shutil.rmtree(pkg_dir)
-        work = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=cache))
-        os.chmod(work, 0o755)
-        proc = subprocess.run(["apt-get", "source", "--only-source", package], cwd=work,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              errors="replace")
-        trees = [p for p in work.iterdir() if p.is_dir()]
-        if proc.returncode != 0 or len(trees) != 1:
-            shutil.rmtree(work, ignore_errors=True)
-            raise HarnessError(
-                f"`apt-get source {package}` failed; run `bash tests/run.sh` once (it configures "
-                f"deb-src and installs dpkg-dev):\n{proc.stdout}{proc.stderr}")
-        (work / ".complete").write_text(trees[0].name + "\n")
-        work.rename(pkg_dir)
-        return pkg_dir / trees[0].name

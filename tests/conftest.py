@@ -23,13 +23,9 @@ Helpers: :func:`free_port`, :func:`copy_tree`, :func:`apt_source`, :func:`run`,
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,53 +36,31 @@ from pathlib import Path
 
 import pytest
 
+from harness import (  # noqa: F401 - re-exported for the test modules
+    LOOPBACK,
+    SOURCE_CACHE,
+    JobSummary,
+    apt_source,
+    copy_tree,
+    free_port,
+    hash_objects,
+    parse_job_summaries,
+    port_accepts,
+)
+
 # The network-namespace LAN fixtures (`lan`) and the `netns` marker.
 pytest_plugins = ["netns_fixtures"]
 
-LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-SOURCE_CACHE = Path(os.environ.get("MESHCC_TEST_CACHE", "/var/cache/meshcc-tests"))
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 # The README's test command adds the deb-src entry that `apt-get source` needs.
-README_HINT = (
-    "run the tests with the README's command, `bash tests/run.sh` (as root): it adds a deb-src "
-    "entry (/etc/apt/sources.list.d/meshcc-tests-src.sources), runs `apt-get update` and "
-    "installs dpkg-dev, so that `apt-get source` works"
-)
 
 # distccd and meshcc write the same job summary layout (distcc's serve.c:dcc_job_summary).
-_JOB_RE = re.compile(
-    r"client: (?P<client>\S+) (?P<result>[A-Z_]+) exit:(?P<exit>-?\d+) sig:(?P<sig>\d+) "
-    r"core:(?P<core>\d+) ret:(?P<ret>\d+) time:(?P<time>\d+)ms ?(?P<rest>.*)$"
-)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    """True if a TCP connect to host:port succeeds (used to wait for a daemon to listen)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def copy_tree(src: Path | str, dst: Path | str) -> Path:
-    """Copy a source tree (symlinks kept, timestamps preserved) so a build never touches `src`."""
-    dst = Path(dst)
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
 
 
 def run(
@@ -116,100 +90,6 @@ def run(
             pytrace=False,
         )
     return proc
-
-
-def hash_objects(root: Path | str, pattern: str = "*.o") -> dict[str, str]:
-    """Map every file matching `pattern` under `root` (relative path) to its sha256 hex."""
-    root = Path(root)
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob(pattern))
-        if p.is_file()
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class JobSummary:
-    """One distccd-style job summary line (``client: IP:PORT RESULT exit:.. time:NNms cc file``)."""
-
-    client: str
-    result: str
-    exit: int
-    sig: int
-    core: int
-    ret: int
-    time_ms: int
-    compiler: str | None
-    input: str | None
-
-
-def parse_job_summaries(text: str) -> list[JobSummary]:
-    """Parse every job summary line in a meshcc or distccd log."""
-    jobs: list[JobSummary] = []
-    for line in text.splitlines():
-        m = _JOB_RE.search(line)
-        if not m:
-            continue
-        rest = m["rest"].strip()
-        compiler, _, source = rest.partition(" ")
-        jobs.append(
-            JobSummary(
-                client=m["client"],
-                result=m["result"],
-                exit=int(m["exit"]),
-                sig=int(m["sig"]),
-                core=int(m["core"]),
-                ret=int(m["ret"]),
-                time_ms=int(m["time"]),
-                compiler=compiler or None,
-                input=source or None,
-            )
-        )
-    return jobs
-
-
-def apt_source(package: str, cache: Path = SOURCE_CACHE) -> Path:
-    """Fetch and unpack `apt-get source PACKAGE` once into `cache/PACKAGE`; return the tree.
-
-    Unpacks into a temporary directory and renames it into place, under an flock, so
-    concurrent sessions and interrupted runs never see a half-extracted tree.
-    """
-    pkg_dir = cache / package
-    stamp = pkg_dir / ".complete"
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f".{package}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            return pkg_dir / stamp.read_text().strip()
-        if pkg_dir.exists():
-            shutil.rmtree(pkg_dir)
-        work = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=cache))
-        # _apt cannot write into a root-only mkdtemp dir; let it, to avoid the sandbox warning.
-        os.chmod(work, 0o755)
-        proc = subprocess.run(
-            ["apt-get", "source", "--only-source", package],
-            cwd=work,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-        )
-        if proc.returncode != 0:
-            shutil.rmtree(work, ignore_errors=True)
-            output = proc.stdout + proc.stderr
-            hint = (
-                README_HINT
-                if "deb-src" in output or "Unable to find a source package" in output
-                else "see apt-get's output"
-            )
-            raise RuntimeError(f"`apt-get source {package}` failed ({hint}):\n{output}")
-        trees = [p for p in work.iterdir() if p.is_dir()]
-        if len(trees) != 1:
-            shutil.rmtree(work, ignore_errors=True)
-            raise RuntimeError(f"`apt-get source {package}` produced {trees}, expected one tree")
-        (work / ".complete").write_text(trees[0].name + "\n")
-        work.rename(pkg_dir)
-        return pkg_dir / trees[0].name
 
 
 # --------------------------------------------------------------------------- daemons
