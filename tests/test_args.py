@@ -1,7 +1,6 @@
 """Tests for meshcc.compiler.args: distcc 3.4's scan rules, meshcc's extras, and the cpp/remote
 command lines, checked against real gcc where it matters (dependency files, objects)."""
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

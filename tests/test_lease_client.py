@@ -8,7 +8,6 @@ daemon whose job log must show them; nothing leaves 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import VENV_BIN, Daemon, free_port
+from conftest import Daemon, free_port
 from meshcc.transport import control_client as cc
 from meshcc.wire import control
 from meshcc.wire import protocol as wire

@@ -130,7 +130,7 @@ def test_mesh_of_daemons(lan: Callable[..., Lan]) -> None:  # noqa: F811
         p = a.cli("hosts", "--explain", inside=True)
         assert p.returncode == 0, p.stderr
         assert "12.9.0" in p.stdout and "outside allowed" in p.stdout and "out" in p.stdout
-        assert f"DISTCC_HOSTS: " in p.stdout
+        assert "DISTCC_HOSTS: " in p.stdout
         js = json.loads(a.cli("hosts", "--json").stdout)
         assert _entries(js["line"]) == {addr["b"], addr["c"]} and len(js["verdicts"]) == 4
 

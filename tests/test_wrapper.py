@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from conftest import VENV_BIN, Daemon, free_port
-from meshcc.frontend import slots
 from meshcc.wire import protocol as wire
 
 GOOD_C = """\

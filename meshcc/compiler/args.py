@@ -41,7 +41,6 @@ ones are not analysed and run locally; and anything :func:`meshcc.compiler.polic
 would refuse on the server stays local with the server's reason.
 """
 
-import os
 
 __all__ = ["Job", "analyse", "cpp_argv", "remote_argv", "expand_wp",
            "SOURCE_SUFFIXES", "PREPROCESSED_SUFFIXES", "CPP_OUTPUT_LANGUAGE"]
