@@ -193,6 +193,23 @@ def _run_hosts(ns: argparse.Namespace) -> int:
     return hosts_cmd.run(ns)
 
 
+def _delegate(module: str) -> tuple[
+    Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
+]:
+    """(add-arguments, handler) of a command living in ``meshcc.frontend.<module>``, which
+    provides ``add_arguments(parser)`` and ``run(namespace) -> int`` and keeps its
+    module-level imports light (the parser is built for every command)."""
+    import importlib
+
+    def add(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(f"meshcc.frontend.{module}").add_arguments(p)
+
+    def run(ns: argparse.Namespace) -> int:
+        return int(importlib.import_module(f"meshcc.frontend.{module}").run(ns))
+
+    return add, run
+
+
 # name -> (help, add-arguments, handler)
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -201,6 +218,11 @@ COMMANDS: dict[
                _run_daemon),
     "hosts": ("print the DISTCC_HOSTS line of the live, matching peers", _add_hosts,
               _run_hosts),
+    "doctor": ("check why compiles are (not) distributed, with a fix for each problem",
+               *_delegate("doctor")),
+    "setup": ("configure Portage or a masquerade directory for the mesh", *_delegate("setup_cmd")),
+    "zipapp": ("build meshcc.pyz, a single file that runs with a bare python3 >= 3.11",
+               *_delegate("zipapp_cmd")),
 }
 
 
