@@ -109,7 +109,12 @@ def _add_daemon(p: argparse.ArgumentParser) -> None:
         "--log-level", type=_level, default="notice", metavar="LEVEL",
         help="emerg, alert, crit, error, warning, notice (default), info or debug",
     )  # fmt: skip
-    p.add_argument("--log-file", metavar="FILE", help="append the log to FILE (default: stderr)")
+    p.add_argument(
+        "--log-file", metavar="FILE",
+        help="append the log to FILE (default: the journal under systemd, stderr when "
+        "someone reads it, else syslog)",
+    )  # fmt: skip
+    p.add_argument("--log-stderr", action="store_true", help="log to stderr, never syslog")
     p.add_argument(
         "--compiler", metavar="PATH", action="append", default=[],
         help="offer exactly this compiler (repeatable); default: the gcc family on PATH",

@@ -65,6 +65,7 @@ class DaemonOptions:
     nice: int = 5
     log_level: str = "notice"
     log_file: str | None = None
+    log_stderr: bool = False
     compilers: tuple[str, ...] = ()
     user: str | None = None
     job_lifetime: float = 0.0
@@ -85,6 +86,7 @@ class DaemonOptions:
             nice=ns.nice,
             log_level=ns.log_level,
             log_file=ns.log_file,
+            log_stderr=bool(getattr(ns, "log_stderr", False)),
             compilers=tuple(ns.compiler),
             user=ns.user,
             job_lifetime=ns.job_lifetime,
@@ -298,7 +300,10 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             raise _Fatal(
                 f"cannot open log file {opts.log_file}: {e.strerror or e}", EXIT_FAILURE
             ) from None
-    logsetup.configure(level, stream, to_file=stream is not None)
+    if stream is not None:
+        logsetup.configure(level, stream, to_file=True)
+    else:  # the journal, stderr or syslog, as suits how we were started
+        logsetup.configure_default(level, force_stderr=opts.log_stderr)
 
     try:
         sock = bind_listener(opts.listen, opts.port, listen=False)
