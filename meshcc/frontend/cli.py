@@ -17,6 +17,7 @@ from meshcc import __version__
 from meshcc.frontend.logsetup import LOG_LEVELS
 
 DEFAULT_PORT = 3632
+DEFAULT_STATUS_PORT = 3633
 
 
 # ---------------------------------------------------------------- value parsers
@@ -91,6 +92,12 @@ def _add_daemon(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-p", "--port", type=_int_in(1, 65535, "--port"), default=DEFAULT_PORT,
         help=f"TCP port for compile jobs (default {DEFAULT_PORT})",
+    )  # fmt: skip
+    p.add_argument(
+        "--status-port", type=_int_in(0, 65535, "--status-port"), default=None, metavar="N",
+        help=f"HTTP status port serving this daemon's meshcc.pyz, its sha256 and /bootstrap "
+        f"(default {DEFAULT_STATUS_PORT}, as distccd's stats port; off when listening on "
+        "loopback only; 0 = off)",
     )  # fmt: skip
     p.add_argument(
         "-a", "--allow", metavar="CIDR", type=parse_network, action="append", default=[],

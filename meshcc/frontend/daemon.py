@@ -35,7 +35,7 @@ from typing import TextIO
 from meshcc import __version__
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
 from meshcc.frontend import logsetup
-from meshcc.frontend.cli import default_jobs
+from meshcc.frontend.cli import DEFAULT_STATUS_PORT, default_jobs
 from meshcc.frontend.hostsfile import HostsFile
 from meshcc.transport.server import CompileServer, IPNetwork, ServerConfig, bind_listener
 from meshcc.wire import control
@@ -60,6 +60,7 @@ class DaemonOptions:
 
     listen: str | None = None
     port: int = 3632
+    status_port: int | None = None  # None: 3633, unless listening on loopback only
     allow: tuple[IPNetwork, ...] = ()
     jobs: int | None = None
     nice: int = 5
@@ -81,6 +82,7 @@ class DaemonOptions:
         return cls(
             listen=ns.listen,
             port=ns.port,
+            status_port=getattr(ns, "status_port", None),
             allow=tuple(ns.allow),
             jobs=ns.jobs,
             nice=ns.nice,
@@ -189,6 +191,7 @@ def _preload() -> None:
 
     # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
     import meshcc.frontend.control_server  # noqa: F401
+    import meshcc.frontend.status_http  # noqa: F401
     import meshcc.mesh.matching  # noqa: F401
     import meshcc.mesh.service  # noqa: F401
     import meshcc.wire.control  # noqa: F401
@@ -263,9 +266,14 @@ class _Prepared:
     control_sock: socket.socket | None
     control_path: str | None
     hosts_file: HostsFile | None
+    status_sock: socket.socket | None = None
+    pyz: bytes | None = None
+    pyz_error: str = ""
 
     def close(self) -> None:
         self.sock.close()
+        if self.status_sock is not None:
+            self.status_sock.close()
         if self.control_sock is not None:
             self.control_sock.close()
 
@@ -290,6 +298,45 @@ def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None
         return None, None
 
 
+def _open_status(opts: DaemonOptions) -> socket.socket | None:
+    """The status port's socket (bound while root), or None when it is off. A port busy
+    by default is a warning (compiles matter more); one asked for explicitly is fatal."""
+    port = opts.status_port
+    if port is None:
+        port = 0 if opts.loopback_only() else DEFAULT_STATUS_PORT
+    if port == 0:
+        return None
+    if port == opts.port:
+        raise _Fatal(f"--status-port {port} is the compile port; pick another (default "
+                     f"{DEFAULT_STATUS_PORT}) or 0 for none", EXIT_BIND_FAILED)  # fmt: skip
+    try:
+        return bind_listener(opts.listen, port, listen=False)
+    except OSError as e:
+        where = f"{opts.listen or 'all addresses'} port {port}"
+        if opts.status_port is not None:
+            raise _Fatal(f"cannot listen on {where} (--status-port): {e.strerror or e}",
+                         EXIT_BIND_FAILED) from None  # fmt: skip
+        log.warning("no status port: cannot listen on %s (%s); meshcc.pyz is not served "
+                    "(--status-port N to pick another, 0 to silence this)", where,
+                    e.strerror or e)  # fmt: skip
+        return None
+
+
+def _build_pyz() -> tuple[bytes | None, str]:
+    """meshcc.pyz for the status port, made once while still root (the installation may
+    be unreadable after the drop): (bytes, "") or (None, why not)."""
+    from meshcc.frontend import zipapp
+
+    try:
+        data, source = zipapp.artefact()
+    except (zipapp.ZipappError, OSError) as e:
+        log.warning("meshcc.pyz is not served: %s", e)
+        return None, str(e)
+    log.info("meshcc.pyz: %d bytes, sha256 %s (%s)", len(data),
+             zipapp.sha256_line(data).split()[0], source)  # fmt: skip
+    return data, ""
+
+
 def _setup(opts: DaemonOptions) -> _Prepared:
     level = logsetup.parse_level(opts.log_level)
     stream: TextIO | None = None
@@ -312,7 +359,10 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         raise _Fatal(f"cannot listen on {where}: {e.strerror or e}", EXIT_BIND_FAILED) from None
 
     control_sock: socket.socket | None = None
+    status_sock: socket.socket | None = None
     try:
+        status_sock = _open_status(opts)
+        pyz, pyz_error = _build_pyz() if status_sock is not None else (None, "")
         control_sock, control_path = _open_control(opts)
         hosts_file: HostsFile | None = None
         if opts.write_hosts:
@@ -364,9 +414,17 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         lifetime = f"{opts.job_lifetime:g}s" if opts.job_lifetime else "unlimited"
         log.log(logsetup.NOTICE, "allowing up to %d concurrent jobs (job lifetime %s), "
                 "job directories in %s", jobs, lifetime, tmp_parent)  # fmt: skip
-        return _Prepared(sock, registry, config, jobs, control_sock, control_path, hosts_file)
+        from meshcc import compression
+
+        if not compression.available(compression.Codec.LZO):
+            log.log(logsetup.NOTICE, "LZO unavailable (no lzallright): serving distcc "
+                    "protocol 1 only")  # fmt: skip
+        return _Prepared(sock, registry, config, jobs, control_sock, control_path, hosts_file,
+                         status_sock, pyz, pyz_error)  # fmt: skip
     except BaseException:
         sock.close()
+        if status_sock is not None:
+            status_sock.close()
         if control_sock is not None:
             control_sock.close()
         raise
@@ -449,6 +507,14 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         }
 
     control_server = ControlServer(mesh, status, path=prep.control_path or "")
+    status_server = None
+    if prep.status_sock is not None:
+        from meshcc.frontend.status_http import StatusServer
+
+        status_server = StatusServer(prep.pyz, status, allowed, pyz_error=prep.pyz_error)
+        await status_server.start(prep.status_sock)
+        log.log(logsetup.NOTICE, "status port %s: GET / /meshcc.pyz /meshcc.pyz.sha256 "
+                "/bootstrap", _describe_listener(prep.status_sock))  # fmt: skip
     if prep.control_sock is not None:
         await control_server.start(prep.control_sock)
         log.log(logsetup.NOTICE, "control socket %s", prep.control_path)
@@ -490,6 +556,8 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await control_server.stop()
+        if status_server is not None:
+            await status_server.stop()
         await mesh.stop()
     log.log(logsetup.NOTICE, "daemon stopped")
     return EXIT_OK

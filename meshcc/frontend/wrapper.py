@@ -545,6 +545,11 @@ def _remote(run: _Run, host: object, argv: list[bytes], io_timeout: float, clien
     """Send the job to ``host`` (overlapping connect and request head with cpp) and read
     the reply. Raises client.TransportError / client.Refused / _CppFailed / _GoLocal."""
     version = min(getattr(host, "protocol", 1) or 1, 2)  # ',cpp' hosts get plain protocol 2
+    if version == 2 and not _lzo_available():
+        # meshcc.pyz (no lzallright): the same job, uncompressed; every distccd serves v1.
+        version = 1
+        run.log.debug(f"no LZO here (lzallright missing, e.g. meshcc.pyz): sending "
+                      f"{host.host}:{host.port} distcc protocol 1 instead of 2")  # type: ignore[attr-defined]
     conn = client.Connection(host.host, host.port, version, io_timeout)  # type: ignore[attr-defined]
     log = run.log
     t0 = time.monotonic()
@@ -570,6 +575,12 @@ def _remote(run: _Run, host: object, argv: list[bytes], io_timeout: float, clien
         return reply
     finally:
         conn.close()
+
+
+def _lzo_available() -> bool:
+    from meshcc import compression
+
+    return compression.available(compression.Codec.LZO)
 
 
 class _ListPool:

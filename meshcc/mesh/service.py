@@ -161,6 +161,14 @@ def _default_caps() -> frozenset[str]:
     return frozenset(caps)
 
 
+def _default_protocols() -> tuple[int, ...]:
+    """distcc protocol 2 is LZO-compressed: without lzallright (meshcc.pyz) serve 1 only,
+    so peers list this daemon without ``,lzo``."""
+    from meshcc import compression
+
+    return (1, 2) if compression.available(compression.Codec.LZO) else (1,)
+
+
 class Mesh:
     """Announcement + peer table + liveness for one daemon (see the module docstring)."""
 
@@ -172,7 +180,7 @@ class Mesh:
         jobs: int,
         *,
         cpus: int | None = None,
-        protocols: tuple[int, ...] = (1, 2),
+        protocols: tuple[int, ...] | None = None,
         caps: frozenset[str] | None = None,
         distcc_id: DistccId | None | object = _PROBE,
         node_id: str | None = None,
@@ -272,7 +280,7 @@ class Mesh:
             jobs=self.jobs,
             toolchains=self.toolchains,
             meshcc_version=__version__,
-            protocols=self.protocols,
+            protocols=self.protocols if self.protocols is not None else _default_protocols(),
             caps=self.caps if self.caps is not None else _default_caps(),
             distcc_id=distcc_id,
         )

@@ -66,6 +66,9 @@ EXIT_NO_SUCH_FILE = 115
 EXIT_TIMEOUT = 118
 
 PUMP_REFUSAL = "pump mode (',cpp') is not supported; use ',lzo'"
+NO_LZO_REFUSAL = (
+    "this daemon has no LZO support (pure-Python meshcc.pyz); use the host without ,lzo"
+)
 
 _READ_CHUNK = 256 * 1024
 
@@ -288,6 +291,8 @@ class CompileServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._running_compiles = 0
+        # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
+        self.lzo = compression.available(compression.Codec.LZO)
 
     # -- lifecycle
 
@@ -486,6 +491,8 @@ class CompileServer:
                 version = event.version
                 if version == 3:
                     raise _Refuse(PUMP_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
+                if version == 2 and not self.lzo:
+                    raise _Refuse(NO_LZO_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
             elif isinstance(event, wire.RequestArgs):
                 argv, resolved, source, suffix, out_suffix = self._vet_args(event.argv, summary)
             elif isinstance(event, wire.RequestSource):

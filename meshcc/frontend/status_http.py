@@ -1,0 +1,201 @@
+"""The daemon's status port (distccd's stats port, 3633): a tiny HTTP/1.0 responder.
+
+It exists so that a box with nothing but ``python3`` can join the mesh with one command:
+any daemon hands out its own meshcc.pyz. Paths (GET only):
+
+- ``/meshcc.pyz``         the zipapp bytes (built once at start, kept in memory)
+- ``/meshcc.pyz.sha256``  ``<hex>  meshcc.pyz`` (``sha256sum -c`` format)
+- ``/bootstrap``          a short Python script: fetch both, verify, write, say what next
+- ``/``                   a plain-text status page
+
+The same allowed networks as the compile port guard it (a refused client is logged and
+the connection closed without a byte, as distccd does); requests are bounded in size
+and time. No new dependency: asyncio streams and a hand-written response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Sequence
+
+from meshcc.transport.server import IPNetwork, client_allowed, normalize_client_ip
+
+log = logging.getLogger("meshcc.status")
+
+MAX_REQUEST = 8192  # request line + headers
+REQUEST_TIMEOUT = 10.0  # to send the request
+SEND_TIMEOUT = 120.0  # to take the whole reply (a pyz is ~250 KiB)
+
+BOOTSTRAP = '''\
+# meshcc bootstrap, served by the meshcc daemon at {base}
+# Fetches meshcc.pyz and its sha256 from that peer, checks one against the other,
+# writes it (mode 0755) and prints the next command. The hash proves the download is
+# intact, not who sent it: use this on a LAN you trust.
+def _meshcc_bootstrap():
+    import hashlib, os, sys, urllib.request
+    base = {base!r}
+    if sys.version_info < (3, 11):
+        sys.exit("meshcc.pyz needs Python 3.11 or newer, this is " + sys.version.split()[0])
+    dest = os.environ.get("MESHCC_PYZ")
+    if not dest:
+        bindir = "/usr/local/bin"
+        dest = os.path.join(bindir, "meshcc.pyz") if os.access(bindir, os.W_OK) else "meshcc.pyz"
+    try:
+        data = urllib.request.urlopen(base + "/meshcc.pyz", timeout=60).read()
+        line = urllib.request.urlopen(base + "/meshcc.pyz.sha256", timeout=60).read()
+    except OSError as e:
+        sys.exit(f"meshcc bootstrap: cannot download from {{base}}: {{e}}")
+    want = line.decode("ascii", "replace").split()[0] if line.split() else ""
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        sys.exit(f"meshcc bootstrap: sha256 mismatch ({{got}} != {{want}}); nothing written")
+    tmp = dest + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dest)
+    print(f"meshcc.pyz ({{len(data)}} bytes, sha256 {{got}}) verified and written to {{dest}}")
+    print(f"next: python3 {{dest}} daemon")
+_meshcc_bootstrap()
+'''
+
+
+class StatusServer:
+    """Serves the status page, meshcc.pyz, its hash and the bootstrap script."""
+
+    def __init__(
+        self,
+        pyz: bytes | None,
+        status: Callable[[], dict[str, object]],
+        allowed: Sequence[IPNetwork],
+        *,
+        pyz_error: str = "",
+    ) -> None:
+        self.pyz = pyz
+        self.pyz_error = pyz_error
+        self.sha256 = hashlib.sha256(pyz).hexdigest() if pyz is not None else ""
+        self.status = status
+        self.allowed = tuple(allowed)
+        self._server: asyncio.Server | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_server(self._on_connection, sock=sock)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            await self._serve(reader, writer)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except Exception as e:  # one bad request must never take the daemon down
+            log.warning("status port: %s", e)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
+        try:
+            addr = normalize_client_ip(str(peer[0]))
+        except ValueError:
+            addr = ipaddress.ip_address("0.0.0.0")
+        client = f"[{addr}]:{peer[1]}" if addr.version == 6 else f"{addr}:{peer[1]}"
+        if not client_allowed(addr, self.allowed):
+            log.info("status port: refused %s (not in the allowed networks)", client)
+            return
+        head = await asyncio.wait_for(self._read_head(reader), REQUEST_TIMEOUT)
+        if head is None:
+            await self._reply(writer, 400, b"bad request\n")
+            return
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            await self._reply(writer, 400, b"bad request\n")
+            return
+        method, target = parts[0], parts[1].decode("ascii", "replace").split("?", 1)[0]
+        if method != b"GET":
+            await self._reply(writer, 405, b"only GET\n", extra="Allow: GET\r\n")
+            return
+        ctype = "text/plain; charset=utf-8"
+        if target in ("/meshcc.pyz", "/meshcc.pyz.sha256") and self.pyz is None:
+            await self._reply(writer, 503, f"meshcc.pyz is not available: {self.pyz_error}\n"
+                              .encode())  # fmt: skip
+            return
+        if target == "/meshcc.pyz":
+            assert self.pyz is not None
+            body, ctype = self.pyz, "application/zip"
+        elif target == "/meshcc.pyz.sha256":
+            body = f"{self.sha256}  meshcc.pyz\n".encode()
+        elif target == "/bootstrap":
+            body = BOOTSTRAP.format(base=self._base_url(writer)).encode()
+            ctype = "text/x-python; charset=utf-8"
+        elif target == "/":
+            body = self._status_page().encode()
+        else:
+            await self._reply(writer, 404, b"not found; try /, /meshcc.pyz, "
+                              b"/meshcc.pyz.sha256 or /bootstrap\n")  # fmt: skip
+            return
+        await self._reply(writer, 200, body, ctype=ctype)
+        log.info("status port: %s fetched %s (%d bytes)", client, target, len(body))
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
+        data = b""
+        while b"\r\n\r\n" not in data and b"\n\n" not in data:
+            chunk = await reader.read(MAX_REQUEST + 1 - len(data))
+            if not chunk:
+                return data if data.endswith((b"\r\n", b"\n")) and data.strip() else None
+            data += chunk
+            if len(data) > MAX_REQUEST:
+                return None
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+    @staticmethod
+    def _base_url(writer: asyncio.StreamWriter) -> str:
+        """http://ADDR:PORT as the client reached us (never the client's Host header)."""
+        sockname = writer.get_extra_info("sockname") or ("127.0.0.1", 3633)
+        try:
+            addr = normalize_client_ip(str(sockname[0]))
+        except ValueError:
+            addr = ipaddress.ip_address("127.0.0.1")
+        host = f"[{addr}]" if addr.version == 6 else str(addr)
+        return f"http://{host}:{sockname[1]}"
+
+    def _status_page(self) -> str:
+        st = self.status()
+        lines = [f"meshcc {st.get('version', '?')} on {st.get('node', '?')}"]
+        for key in ("peers", "jobs", "running", "port", "discovery"):
+            if key in st:
+                lines.append(f"{key}: {st[key]}")
+        if self.pyz is not None:
+            lines.append(f"meshcc.pyz: {len(self.pyz)} bytes, sha256 {self.sha256} "
+                         "(GET /meshcc.pyz, /meshcc.pyz.sha256, /bootstrap)")  # fmt: skip
+        else:
+            lines.append(f"meshcc.pyz: not available ({self.pyz_error})")
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    async def _reply(
+        writer: asyncio.StreamWriter, code: int, body: bytes, *,
+        ctype: str = "text/plain; charset=utf-8", extra: str = "",
+    ) -> None:  # fmt: skip
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  503: "Service Unavailable"}[code]  # fmt: skip
+        head = (f"HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n")  # fmt: skip
+        writer.write(head.encode("ascii") + body)
+        await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
+        if writer.can_write_eof():
+            writer.write_eof()
