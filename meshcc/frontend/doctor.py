@@ -349,8 +349,7 @@ def exclusion_fix(reason: str, label: str) -> str:
     if "≠" in reason:
         return ("install the same gcc version on both boxes, or compile with a compiler both "
                 "offer (`meshcc hosts --explain --cc gcc-N` shows what each offers)")
-    if reason.startswith("no compiler for target") or reason.startswith("no gcc for") or \
-            reason.startswith("no g++ for"):
+    if reason.startswith(("no compiler for target", "no gcc for", "no g++ for")):
         return "install a compiler for this target on the peer (its daemon offers every gcc on PATH)"
     if "announces no compiler" in reason:
         return "install gcc on the peer, or start its daemon with --compiler PATH"
@@ -380,8 +379,8 @@ def check_peers(report: Report, reply: Mapping[str, object], cc: str) -> None:
                    f"({source}): every compile runs here", "see the excluded peers below")
     else:
         slots = sum(int((v.get("peer") or {}).get("limit") or 0) for v in inc)  # type: ignore[union-attr]
-        report.add("peers", OK, f"{len(verdicts)} seen, {len(inc)} usable for {compiler} "
-                   f"({slots} job slots): {reply.get('line')}", line=reply.get("line"),
+        report.add("peers", OK, f"{len(verdicts)} seen ({source}), {len(inc)} usable for "
+                   f"{compiler} ({slots} job slots): {reply.get('line')}", line=reply.get("line"),
                    included=len(inc), seen=len(verdicts))  # fmt: skip
     for v in exc:
         label = _peer_label(v)
@@ -561,7 +560,7 @@ def _assignments(text: str, key: str) -> list[str]:
     import shlex
 
     out = []
-    for m in re.finditer(rf"^\s*(?:export\s+)?{key}=(.*)$", text, re.M):
+    for m in re.finditer(rf"^\s*(?:export\s+)?{key}=(.*)$", text, re.MULTILINE):
         try:
             words = shlex.split(m.group(1), comments=True)
         except ValueError:
