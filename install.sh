@@ -8,8 +8,23 @@
 #   ./install.sh            as root: /opt/meshcc, commands in /usr/local/bin
 #                           as a user: ~/.local/share/meshcc, commands in ~/.local/bin
 #   PREFIX=DIR BINDIR=DIR ./install.sh
+#   ./install.sh --systemd  (or INSTALL_SYSTEMD=1; as root) also installs the systemd unit,
+#                           its ExecStart pointing at this venv's meshcc, and the meshcc
+#                           user (sysusers.d); then: systemctl enable --now meshcc
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
+systemd=${INSTALL_SYSTEMD:-0}
+for arg in "$@"; do
+    case $arg in
+        --systemd) systemd=1 ;;
+        -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+if [ "$systemd" = 1 ] && [ "$(id -u)" != 0 ]; then
+    echo "install.sh: --systemd installs a system service: run it as root" >&2
+    exit 1
+fi
 if [ "$(id -u)" = 0 ]; then
     : "${PREFIX:=/opt/meshcc}" "${BINDIR:=/usr/local/bin}"
 else
@@ -32,3 +47,24 @@ for cmd in meshcc meshcc-gcc meshcc-g++ meshcc-cc meshcc-c++; do
 done
 echo "meshcc installed in $PREFIX; commands linked into $BINDIR"
 case ":$PATH:" in *":$BINDIR:"*) ;; *) echo "note: $BINDIR is not on your PATH" >&2 ;; esac
+
+if [ "$systemd" = 1 ]; then
+    unitdir=${SYSTEMD_UNITDIR:-/etc/systemd/system}
+    sysusersdir=${SYSUSERSDIR:-/etc/sysusers.d}
+    mkdir -p "$unitdir" "$sysusersdir"
+    sed "s|^ExecStart=/usr/bin/meshcc |ExecStart=$PREFIX/bin/meshcc |" \
+        "$here/systemd/meshcc.service" > "$unitdir/meshcc.service"
+    chmod 644 "$unitdir/meshcc.service"
+    install -m 644 "$here/systemd/meshcc.sysusers" "$sysusersdir/meshcc.conf"
+    if command -v systemd-sysusers >/dev/null 2>&1; then
+        systemd-sysusers "$sysusersdir/meshcc.conf"
+    elif ! id meshcc >/dev/null 2>&1; then
+        useradd --system --user-group --no-create-home --home-dir / \
+            --shell /usr/sbin/nologin --comment "meshcc distributed compile daemon" meshcc
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+    fi
+    echo "systemd unit installed as $unitdir/meshcc.service; start it with:" \
+        "systemctl enable --now meshcc"
+fi
