@@ -162,7 +162,8 @@ def test_status_port_on_loopback(pyz: Path, tmp_path: Path) -> None:
         assert f"python3 {dest} daemon" in p.stdout
         # A client with LZO asking for protocol 2 gets the reason, not an obscure failure.
         (tmp_path / "x.c").write_text(SOURCE)
-        p = subprocess.run([sys.executable, "-m", "meshcc", "gcc", "-c", "x.c"], cwd=tmp_path,
+        meshcc = str(Path(sys.executable).parent / "meshcc")
+        p = subprocess.run([meshcc, "gcc", "-c", "x.c"], cwd=tmp_path,
                            env=dict(os.environ, DISTCC_HOSTS=f"127.0.0.1:{port},lzo",
                                     DISTCC_FALLBACK="0", MESHCC_SOCKET=str(tmp_path / "none")),
                            capture_output=True, text=True, timeout=60)  # fmt: skip
