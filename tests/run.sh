@@ -19,9 +19,10 @@ SRC
 fi
 apt-get update -qq
 # distcc: the real protocol peer (client and distccd); liblzo2-2: LZO interop check;
-# dpkg-dev: apt-get source; iproute2: network namespaces for the mesh tests.
+# dpkg-dev: apt-get source; iproute2: network namespaces for the mesh tests;
+# systemd, shellcheck: checking the service files (systemd-analyze verify, sysusers).
 apt-get install -y -qq --no-install-recommends \
-    distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv >/dev/null
+    distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck >/dev/null
 
 python3 -m venv .venv
 # compat mode: a plain .pth path entry, no import-hook finder on every start-up
