@@ -17,7 +17,6 @@ import difflib
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -423,7 +422,7 @@ def render_block(opts: str, note: str) -> str:
 
 _BLOCK_RE = re.compile(
     r"^" + re.escape(BEGIN.split(" (")[0]) + r"\b[^\n]*\n.*?^" + re.escape(END) + r"[^\n]*(?:\n|\Z)",
-    re.M | re.S,
+    re.MULTILINE | re.DOTALL,
 )
 
 
@@ -449,16 +448,17 @@ def _overrides(text: str) -> list[str]:
         return []
     after = text[m.end():]
     return [f"{v} is set again after the meshcc block; the later value wins"
-            for v in ("MAKEOPTS", "FEATURES") if re.search(rf"^\s*{v}\s*=", after, re.M)]
+            for v in ("MAKEOPTS", "FEATURES") if re.search(rf"^\s*{v}\s*=", after, re.MULTILINE)]
 
 
 # ---------------------------------------------------------------- hosts file
 
 
-def hosts_text(line: str, root: str) -> str:
-    keep = "/etc/distcc/hosts" if root == "/" else os.path.join(root, "etc/distcc/hosts")
+def hosts_text(line: str) -> str:
+    """The snapshot we write; the same peers give the same bytes (no timestamp)."""
     return (HOSTS_HEADER
-            + f"# Keep it current: meshcc daemon --write-hosts {keep}\n"
+            + "# Refresh: run 'meshcc setup portage' again. Once meshcc runs on this system,\n"
+            + "# `meshcc daemon --write-hosts /etc/distcc/hosts` keeps it current.\n"
             + (line + "\n" if line else "# (no matching peers when written: distcc compiles "
                "locally)\n"))  # fmt: skip
 
@@ -507,27 +507,36 @@ def setup_portage(ns: argparse.Namespace) -> int:
     old_text = (conf.old or b"").decode("utf-8", "surrogateescape")
     new_conf = with_block(old_text, block).encode("utf-8", "surrogateescape")
 
-    # The hosts file: leave a daemon-maintained one alone.
+    # The hosts file. On / a daemon-maintained one is left alone; for another root the
+    # daemon here (a LiveCD's) matches its own `cc`, not the root's gcc: write a snapshot.
     hosts_new: bytes | None = None
     hosts_msg = ""
-    daemon_keeps = (view.daemon is not None and hosts.old is not None
-                    and hosts.old.startswith(DAEMON_HOSTS_HEADER.encode()))  # fmt: skip
+    by_daemon = hosts.old is not None and hosts.old.startswith(DAEMON_HOSTS_HEADER.encode())
     wh = view.status.get("write_hosts")
-    if view.daemon is not None and isinstance(wh, str) and os.path.abspath(wh) == hosts.path:
-        daemon_keeps = True
-    if daemon_keeps:
+    if isinstance(wh, str) and os.path.abspath(wh) == hosts.path:
+        by_daemon = True
+    line = " ".join(str(v.get("host_spec")) for v in matching if v.get("host_spec"))
+    if root == "/" and by_daemon and view.daemon is not None:
         hosts_msg = f"{hosts.label}: kept current by the meshcc daemon (--write-hosts)"
     elif view.daemon is not None:
-        line = " ".join(str(v.get("host_spec")) for v in matching if v.get("host_spec"))
-        hosts_new = hosts_text(line, root).encode()
-        keep = "/etc/distcc/hosts" if root == "/" else hosts.path
-        hosts_msg = (f"{hosts.label}: a snapshot of the mesh; to keep it current run "
-                     f"`meshcc daemon --write-hosts {keep}` (or add --write-hosts to the "
-                     "service's options)")  # fmt: skip
+        hosts_new = hosts_text(line).encode()
+        if root == "/":
+            hosts_msg = (f"{hosts.label}: a snapshot of the mesh; to keep it current run the "
+                         "daemon with `--write-hosts /etc/distcc/hosts`")  # fmt: skip
+        else:
+            hosts_msg = (f"{hosts.label}: a snapshot of the peers matching this root's gcc; "
+                         "run this command again to refresh it (after the install, the "
+                         "system's own `meshcc daemon --write-hosts /etc/distcc/hosts` keeps it "
+                         "current)")  # fmt: skip
+            if by_daemon:
+                hosts_msg += ("\nwarning: a meshcc daemon with --write-hosts writes this file; "
+                              "it lists peers for its own `cc`, not for this root: stop it "
+                              "from writing there")  # fmt: skip
     else:
-        hosts_msg = (f"{hosts.label}: not written ({view.why_none}); start "
-                     f"`meshcc daemon --write-hosts {hosts.path if root != '/' else '/etc/distcc/hosts'}`"
-                     " so distcc finds the peers")  # fmt: skip
+        hosts_msg = (f"{hosts.label}: not written ({view.why_none}); start `meshcc daemon` "
+                     "and run this again")  # fmt: skip
+        if root == "/":
+            hosts_msg += " (or run it with --write-hosts /etc/distcc/hosts)"
 
     # Show, then write.
     changes = [(conf, new_conf)] + ([(hosts, hosts_new)] if hosts_new is not None else [])
