@@ -453,7 +453,7 @@ def _check_masquerade(report: Report, cc: str, path: str, why: str,
         report.add("masquerade", WARN, f"{cc} on PATH is stock distcc ({path}): it reads "
                    "DISTCC_HOSTS or the host files, never the meshcc daemon",
                    "keep /etc/distcc/hosts current with `meshcc daemon --write-hosts "
-                   "/etc/distcc/hosts`, or put meshcc's masquerade first on PATH")  # fmt: skip
+                   "/etc/distcc/hosts`, or put a meshcc masquerade directory first on PATH (`meshcc setup masquerade DIR`)")  # fmt: skip
     else:
         report.add("masquerade", OK, f"{cc} on PATH is meshcc ({path}): {why}")
 
@@ -586,7 +586,7 @@ def check_portage(report: Report, path: str, reply: Mapping[str, object] | None,
                 features.add(tok)
     if "distcc" not in features:
         report.add("portage", WARN, f"{path}: FEATURES lacks distcc: emerge compiles locally",
-                   f"add FEATURES=\"distcc\" to {path} (or run `meshcc setup`)")  # fmt: skip
+                   f"add FEATURES=\"distcc\" to {path} (or run `meshcc setup portage`)")  # fmt: skip
         return
     if not os.path.exists(hosts_file):
         report.add("portage", WARN, f"{path}: FEATURES=distcc but {hosts_file} does not exist: "
