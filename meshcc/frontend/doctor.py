@@ -382,6 +382,10 @@ def check_peers(report: Report, reply: Mapping[str, object], cc: str) -> None:
         report.add("peers", OK, f"{len(verdicts)} seen ({source}), {len(inc)} usable for "
                    f"{compiler} ({slots} job slots): {reply.get('line')}", line=reply.get("line"),
                    included=len(inc), seen=len(verdicts))  # fmt: skip
+    if reply.get("note"):
+        report.add("compiler", WARN, f"the daemon could not fingerprint {cc}: {reply['note']}; "
+                   "peers were judged on liveness and subnets only",
+                   "check the compiler with `meshcc doctor --cc PATH`")  # fmt: skip
     for v in exc:
         label = _peer_label(v)
         reason = str(v.get("reason") or "no reason given")
