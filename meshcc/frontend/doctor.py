@@ -25,7 +25,6 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 _TAG = {OK: "[ OK ]", WARN: "[WARN]", FAIL: "[FAIL]"}
@@ -35,15 +34,22 @@ REPLY_TIMEOUT_S = 30.0  # the first hosts request for a compiler probes it
 _WRAPPER_COMMANDS = frozenset({"meshcc", "distcc", "ccache", "sccache", "icecc"})
 
 
-@dataclass
 class Check:
-    """One verdict: what was checked, what was found, and the fix when not OK."""
+    """One verdict: what was checked, what was found, and the fix when not OK.
 
-    name: str
-    status: str
-    found: str
-    fix: str = ""
-    details: dict[str, object] = field(default_factory=dict)
+    (Plain classes here: dataclasses costs milliseconds to import, and every CLI command
+    imports this module to build its parser.)"""
+
+    def __init__(self, name: str, status: str, found: str, fix: str = "",
+                 details: dict[str, object] | None = None) -> None:
+        self.name = name
+        self.status = status
+        self.found = found
+        self.fix = fix
+        self.details = details or {}
+
+    def __repr__(self) -> str:
+        return f"Check({self.name!r}, {self.status!r}, {self.found!r})"
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {"check": self.name, "status": self.status, "found": self.found}
@@ -60,11 +66,11 @@ class Check:
         return line
 
 
-@dataclass
 class Report:
     """The checks in order; FAIL anywhere means exit status 1."""
 
-    checks: list[Check] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
 
     def add(self, name: str, status: str, found: str, fix: str = "", **details: object) -> Check:
         c = Check(name, status, found, fix, dict(details))
@@ -221,11 +227,11 @@ def check_environment(report: Report, env: Mapping[str, str], system_hosts: str)
                        f"{path}` maintain it")  # fmt: skip
 
 
-@dataclass
 class _Daemon:
-    path: str
-    status: dict[str, object]
-    conn: object
+    def __init__(self, path: str, status: dict[str, object], conn: object) -> None:
+        self.path = path
+        self.status = status
+        self.conn = conn
 
 
 def check_daemon(report: Report, env: Mapping[str, str]) -> _Daemon | None:
