@@ -58,9 +58,10 @@ def build(out: Path) -> str:
 
 @pytest.fixture(scope="module")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """meshcc.pyz in a directory every user can read (the daemon drops to nobody)."""
+    """meshcc.pyz in a directory only root can read, like /root/meshcc.pyz: the daemon
+    drops to nobody, so everything it needs must be imported before the drop."""
     d = private_dir("meshcc-pyz-")
-    d.chmod(0o755)
+    d.chmod(0o700)
     out = d / "meshcc.pyz"
     build(out)
     return out
@@ -245,6 +246,7 @@ def test_pyz_daemon_on_a_lan(lan: Callable[..., Lan], pyz: Path) -> None:
         assert a.log_text().count("COMPILE_OK") == 2
         assert "LZO unavailable (no lzallright)" in a.log_text()
         assert "refused" in a.log_text()  # C's fetch
+        assert "Traceback" not in a.log_text() and "cannot import" not in a.log_text()
 
         # B (venv meshcc) lists A without ',lzo': A announces protocol 1 only.
         def a_listed() -> str | None:
