@@ -152,3 +152,17 @@ def test_hosts_fast_path_imports_neither_zeroconf_nor_asyncio(fake_daemon: Any) 
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=30)  # fmt: skip
     assert p.returncode == 0 and p.stderr.strip() == "[]", p.stderr
+
+
+def test_python_dash_m_meshcc_is_the_explicit_wrapper(tmp_path: Path) -> None:
+    """`python -m meshcc gcc -c x.c` compiles like `meshcc gcc -c x.c` (argv[0] is
+    __main__.py there, which must not be taken for a compiler or masquerade link)."""
+    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
+    env.update(DISTCC_HOSTS="localhost", DISTCC_DIR=str(tmp_path), MESHCC_VERBOSE="1")
+    res = subprocess.run([sys.executable, "-m", "meshcc", "gcc", "-c", "x.c", "-o", "x.o"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "picked localhost" in res.stderr, res.stderr
+    subprocess.run(["gcc", "-c", "x.c", "-o", "ref.o"], cwd=tmp_path, check=True)
+    assert (tmp_path / "x.o").read_bytes() == (tmp_path / "ref.o").read_bytes()
