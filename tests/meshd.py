@@ -1,6 +1,8 @@
 """Helpers for tests that run real ``meshcc daemon`` processes (loopback or netns hosts).
 
 * :func:`private_dir` — a directory the daemon can still use after dropping to ``nobody``.
+* :func:`mismatched_gcc` — a real gcc that reports another version: a toolchain the mesh
+  must exclude.
 * :class:`Meshd` — one daemon (argv, its socket, log file, TMPDIR) inside a netns
   :class:`netns.Host`, or on loopback in the test's own namespace (discovery off).
 * :func:`request` / :class:`ControlConn` — talk to a control socket directly (Unix sockets
@@ -24,6 +26,27 @@ from meshcc.wire import control
 import netns
 
 PORT = 3632
+
+_MISMATCHED_GCC = """#!/bin/sh
+# gcc, claiming to be version {version}: a toolchain the mesh must not match with the real one.
+for a in "$@"; do
+  case "$a" in
+    -dumpfullversion) echo {version}; exit 0 ;;
+    -dumpversion) echo {short}; exit 0 ;;
+  esac
+done
+exec /usr/bin/gcc "$@"
+"""
+
+
+def mismatched_gcc(directory: Path, version: str = "12.9.0") -> Path:
+    """Write ``directory/gcc``: the real gcc, except that it reports ``version``."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    gcc = directory / "gcc"
+    gcc.write_text(_MISMATCHED_GCC.format(version=version, short=version.split(".")[0]))
+    gcc.chmod(0o755)
+    return gcc
 
 
 def private_dir(prefix: str) -> Path:

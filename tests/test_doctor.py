@@ -21,7 +21,7 @@ from typing import Any
 
 import netns
 import pytest
-from meshd import Meshd, private_dir
+from meshd import Meshd, mismatched_gcc, private_dir
 from netns import Lan
 
 from meshcc.frontend import doctor
@@ -273,15 +273,6 @@ def test_json_output(fake: Callable[..., FakeDaemon], tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the issue's proof
 
 
-FAKE_GCC = """#!/bin/sh
-for a in "$@"; do
-  case "$a" in
-    -dumpfullversion) echo 12.9.0; exit 0;;
-    -dumpversion) echo 12; exit 0;;
-  esac
-done
-exec /usr/bin/gcc "$@"
-"""
 
 
 def _real_gcc_version() -> str:
@@ -295,15 +286,12 @@ def _real_gcc_version() -> str:
 def test_doctor_in_a_namespace_mesh(lan: Callable[..., Lan]) -> None:
     net = lan()
     work = private_dir("meshcc-doctor-")
-    fake = work / "fakegcc"
-    fake.mkdir(mode=0o755)
-    (fake / "gcc").write_text(FAKE_GCC)
-    (fake / "gcc").chmod(0o755)
+    fake_gcc = mismatched_gcc(work / "fakegcc", "12.9.0")
     ha, hb, hd, hf = (net.add_host(n) for n in "abdf")
     iface = ("--interface", "eth0")
     a = Meshd(work, ha, *iface, name="a")
     b = Meshd(work, hb, *iface, name="b")
-    d = Meshd(work, hd, *iface, "--compiler", str(fake / "gcc"), name="d")
+    d = Meshd(work, hd, *iface, "--compiler", str(fake_gcc), name="d")
     daemons = [a, b, d]
     try:
         for m in daemons:

@@ -27,7 +27,7 @@ import pytest
 
 import netns
 from conftest import VENV_BIN, copy_tree, parse_job_summaries, run
-from meshd import Meshd, private_dir
+from meshd import Meshd, mismatched_gcc, private_dir
 from netns import Lan
 from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources, _objects
 
@@ -39,16 +39,6 @@ pytestmark = [
 
 JOBS = "-j8"
 PEER_JOBS = "4"
-ODD_GCC = """#!/bin/sh
-# gcc, claiming to be another version: a toolchain the mesh must not match with 12.2.0.
-for a in "$@"; do
-  case "$a" in
-    -dumpfullversion) echo 12.9.9; exit 0 ;;
-    -dumpversion) echo 12.9.9; exit 0 ;;
-  esac
-done
-exec /usr/bin/gcc "$@"
-"""
 
 
 def _jobs(d: Meshd, result: str | None = "COMPILE_OK") -> list:
@@ -91,11 +81,7 @@ def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path,
 
 def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
                     tmp_path: Path) -> None:
-    odd_gcc = work / "odd-bin" / "gcc"
-    odd_gcc.parent.mkdir()
-    odd_gcc.write_text(ODD_GCC)
-    odd_gcc.chmod(0o755)
-    odd_gcc.parent.chmod(0o755)
+    odd_gcc = mismatched_gcc(work / "odd-bin", "12.9.9")
     common = ("--interface", "eth0", "--jobs", PEER_JOBS)
     daemons = {
         "build": Meshd(work, hosts["build"], *common, name="build"),

@@ -27,7 +27,7 @@ import pytest
 from meshcc.mesh.records import DistccId, distcc_subtype
 
 import netns
-from meshd import Meshd, private_dir
+from meshd import Meshd, mismatched_gcc, private_dir
 from netns import Lan
 
 pytestmark = [
@@ -37,15 +37,6 @@ pytestmark = [
     ),
 ]
 
-FAKE_GCC = """#!/bin/sh
-for a in "$@"; do
-  case "$a" in
-    -dumpfullversion) echo 12.9.0; exit 0;;
-    -dumpversion) echo 12; exit 0;;
-  esac
-done
-exec /usr/bin/gcc "$@"
-"""
 
 BROWSE_DISTCC = r"""
 import sys, time
@@ -80,10 +71,7 @@ def _local_distcc_id() -> DistccId:
 def test_mesh_of_daemons(lan: Callable[..., Lan]) -> None:  # noqa: F811
     net = lan()
     work = private_dir("meshcc-e2e-")
-    fake = work / "fakegcc"
-    fake.mkdir(mode=0o755)
-    (fake / "gcc").write_text(FAKE_GCC)
-    (fake / "gcc").chmod(0o755)
+    fake_gcc = mismatched_gcc(work / "fakegcc", "12.9.0")
     hosts_file = work / "a" / "distcc" / "hosts"
 
     ha, hb, hc, hd = (net.add_host(n) for n in "abcd")
@@ -93,7 +81,7 @@ def test_mesh_of_daemons(lan: Callable[..., Lan]) -> None:  # noqa: F811
     a = Meshd(work, ha, *iface, "--write-hosts", str(hosts_file), name="a")
     b = Meshd(work, hb, *iface, "--jobs", "3", name="b")
     c = Meshd(work, hc, *iface, name="c")
-    d = Meshd(work, hd, *iface, "--compiler", str(fake / "gcc"), name="d")
+    d = Meshd(work, hd, *iface, "--compiler", str(fake_gcc), name="d")
     e = Meshd(work, he, *iface, name="e")
     daemons = [a, b, c, d, e]
     try:
@@ -135,7 +123,7 @@ def test_mesh_of_daemons(lan: Callable[..., Lan]) -> None:  # noqa: F811
         assert _entries(js["line"]) == {addr["b"], addr["c"]} and len(js["verdicts"]) == 4
 
         # d matches nobody (its gcc differs), e sees nobody (nothing in its subnet).
-        p = d.cli("hosts", "--cc", str(fake / "gcc"), inside=True)
+        p = d.cli("hosts", "--cc", str(fake_gcc), inside=True)
         assert p.returncode == 1 and "no matching peers: 4 seen, all excluded" in p.stderr, p.stderr
         p = e.cli("hosts", inside=True)
         assert p.returncode == 1 and "see --explain" in p.stderr, p.stderr

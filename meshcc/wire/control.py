@@ -57,6 +57,8 @@ import os
 
 import msgpack
 
+from .protocol import _Frozen  # the immutable value-class base both codecs share
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
@@ -167,33 +169,14 @@ class MessageReader:
 # ---------------------------------------------------------------- value records
 
 
-class _Record:
+class _Record(_Frozen):
     """A tiny immutable record (dataclasses cost ~7 ms to import; clients start often)."""
 
     __slots__ = ()
-    __match_args__: tuple[str, ...] = ()
 
     def __init__(self, *values: object) -> None:
         for name, value in zip(self.__match_args__, values, strict=True):
             object.__setattr__(self, name, value)
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, n) for n in self.__match_args__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((self.__class__, self._values()))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
-        return f"{self.__class__.__name__}({fields})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{self.__class__.__name__} is immutable")
 
 
 class StatusRequest(_Record):
