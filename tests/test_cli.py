@@ -166,3 +166,27 @@ def test_python_dash_m_meshcc_is_the_explicit_wrapper(tmp_path: Path) -> None:
     assert "picked localhost" in res.stderr, res.stderr
     subprocess.run(["gcc", "-c", "x.c", "-o", "ref.o"], cwd=tmp_path, check=True)
     assert (tmp_path / "x.o").read_bytes() == (tmp_path / "ref.o").read_bytes()
+
+
+def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
+    import io
+
+    def tc(driver: str, version: str = "12.2.0") -> dict[str, object]:
+        return {"driver": driver, "version": version, "target": "x86_64-linux-gnu",
+                "binutils": "2.40"}
+
+    def verdict(node: str, tcs: list[dict[str, object]], included: bool) -> dict[str, object]:
+        peer = {"host": "box", "node_id": node, "addresses": ["10.0.0.1"], "toolchains": tcs}
+        return {"peer": peer, "included": included, "reason": "why",
+                "host_spec": f"10.0.0.{len(node)}:3632/4,lzo"}
+
+    reply = {"status": {"discovery": True, "interfaces": ["eth0"], "allowed": ["10.0.0.0/24"]},
+             "line": "10.0.0.6:3632/4,lzo",
+             "verdicts": [verdict("abcdef0123", [tc("gcc"), tc("g++"), tc("gcc"), tc("gcc")], True),
+                          verdict("123456789a", [tc("gcc", "13.2.0")], False)]}
+    out = io.StringIO()
+    hosts_cmd.print_explain(reply, "test", out)
+    text = out.getvalue()
+    assert "gcc, g++ 12.2.0 x86_64-linux-gnu bu 2.40  in" in text
+    assert text.count("12.2.0") == 1  # c89-gcc/c99-gcc style duplicates folded
+    assert "box#abcdef" in text and "box#123456" in text  # same hostname, distinct peers

@@ -125,12 +125,29 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
 
 
 def _toolchains(peer: dict[str, object]) -> str:
-    tcs = peer.get("toolchains") or []
-    parts = []
-    for t in tcs:  # type: ignore[union-attr]
-        parts.append(f"{t.get('driver')} {t.get('version')} {t.get('target')} "
-                     f"bu {t.get('binutils') or '?'}")  # fmt: skip
-    return "; ".join(parts) or "-"
+    """``gcc, g++ 12.2.0 x86_64-linux-gnu bu 2.40``: drivers grouped by fingerprint (a box's
+    gcc, c89-gcc and c99-gcc are one gcc), in the order the peer announced them."""
+    groups: dict[tuple[object, object, object], list[str]] = {}
+    for t in peer.get("toolchains") or []:  # type: ignore[union-attr]
+        drivers = groups.setdefault((t.get("version"), t.get("target"), t.get("binutils")), [])
+        if t.get("driver") not in drivers:
+            drivers.append(str(t.get("driver")))
+    return "; ".join(
+        f"{', '.join(drivers)} {version} {target} bu {binutils or '?'}"
+        for (version, target, binutils), drivers in groups.items()
+    ) or "-"
+
+
+def _host_names(verdicts: list[dict[str, object]]) -> list[str]:
+    """Each peer's host name, with its node id when several peers share the name (boxes
+    cloned from one image keep the hostname but are distinct peers)."""
+    hosts = [str((v.get("peer") or {}).get("host")) for v in verdicts]  # type: ignore[union-attr]
+    names = []
+    for v, host in zip(verdicts, hosts, strict=True):
+        peer = v.get("peer") or {}
+        node = str(peer.get("node_id") or "")  # type: ignore[union-attr]
+        names.append(f"{host}#{node[:6]}" if hosts.count(host) > 1 and node else host)
+    return names
 
 
 def empty_reason(reply: dict[str, object]) -> str:
@@ -160,11 +177,12 @@ def print_explain(reply: dict[str, object], where: str, out: object = sys.stdout
         f"compiler:  {reply.get('compiler') or 'any (no compiler check)'}",
     ]
     rows = [("HOST", "ADDRESS", "TOOLCHAINS", "USE", "REASON")]
-    for v in reply.get("verdicts") or []:  # type: ignore[union-attr]
+    verdicts = list(reply.get("verdicts") or [])  # type: ignore[call-overload]
+    for v, name in zip(verdicts, _host_names(verdicts), strict=True):
         peer = v.get("peer") or {}
         addr = v.get("host_spec") or ", ".join(peer.get("addresses") or []) or "-"
         kind = "" if peer.get("kind") != "distcc" else " (distccd)"
-        rows.append((f"{peer.get('host')}{kind}", addr, _toolchains(peer),
+        rows.append((f"{name}{kind}", addr, _toolchains(peer),
                      "in" if v.get("included") else "out", v.get("reason") or ""))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
