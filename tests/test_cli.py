@@ -117,7 +117,9 @@ def test_hosts_prints_line_explain_and_json(fake_daemon: Any) -> None:
              "compiler": "gcc (gcc 12.2.0, x86_64-linux-gnu, binutils 2.40)", "note": None}
     replies += [reply, reply, reply]
     p = _hosts(path, "--cc", "gcc")
-    assert p.returncode == 0 and p.stdout == "10.0.0.2:3632/4,lzo\n" and p.stderr == ""
+    # the peers, then this box's own share, as distcc users list it
+    assert p.returncode == 0 and p.stdout == "10.0.0.2:3632/4,lzo localhost/2\n"
+    assert p.stderr == ""
     assert got[0]["op"] == "hosts" and got[0]["cc"] == "gcc"
     assert os.path.isabs(got[0]["cc_path"])
     p = _hosts(path, "--explain")
@@ -125,9 +127,11 @@ def test_hosts_prints_line_explain_and_json(fake_daemon: Any) -> None:
     lines = p.stdout.splitlines()
     assert any(ln.startswith("HOST") and "REASON" in ln for ln in lines)
     assert any("10.0.0.3" in ln and " out " in ln and "13.1.0" in ln for ln in lines)
-    assert "DISTCC_HOSTS: 10.0.0.2:3632/4,lzo" in p.stdout
+    assert "DISTCC_HOSTS: 10.0.0.2:3632/4,lzo localhost/2" in p.stdout
     p = _hosts(path, "--json")
-    assert json.loads(p.stdout)["line"] == "10.0.0.2:3632/4,lzo"
+    js = json.loads(p.stdout)
+    assert js["line"] == "10.0.0.2:3632/4,lzo"  # the peers alone
+    assert js["distcc_hosts"] == "10.0.0.2:3632/4,lzo localhost/2"
 
 
 def test_hosts_empty_line_exits_1_with_reason(fake_daemon: Any) -> None:

@@ -155,7 +155,7 @@ def test_block_diff_idempotent_undo(tmp_path: Path, fake_daemon: str) -> None:
     assert "+++ b/etc/portage/make.conf" in out and '+MAKEOPTS="-j33 -l4"' in out
     assert "matches 2 peers" in out
     hosts = (root / "etc/distcc/hosts").read_text()
-    assert "10.0.0.8:3632/10 10.0.0.4:3632/6\n" in hosts
+    assert "10.0.0.8:3632/10 10.0.0.4:3632/6 localhost/2\n" in hosts
     assert "--write-hosts" in out and "PORTAGE_TMPDIR" in out
 
     after = snapshot(root)

@@ -613,9 +613,10 @@ async def _watch_default_cc(mesh: object, ctl: object, hosts_file: HostsFile | N
             log.info("peer %s is gone", key)
         seen = current
         if hosts_file is not None:
+            from meshcc.frontend.hosts_cmd import with_localhost
             from meshcc.mesh.matching import hosts_line
 
-            _write_hosts(hosts_file, hosts_line(verdicts), compiler)
+            _write_hosts(hosts_file, with_localhost(hosts_line(verdicts)), compiler)
         await asyncio.sleep(0.5)
 
 

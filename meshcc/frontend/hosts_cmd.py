@@ -124,6 +124,17 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
 # ---------------------------------------------------------------- output
 
 
+LOCAL_SLOTS = 2  # distcc's default share for `localhost`
+
+
+def with_localhost(peers_line: str) -> str:
+    """What a distcc user puts in DISTCC_HOSTS or a hosts file: the peers, best first, then
+    this box as ``localhost/2`` (distcc's default share), so its own CPU compiles too
+    instead of only preprocessing. Empty when no peer matches: distcc then compiles
+    locally by itself."""
+    return f"{peers_line} localhost/{LOCAL_SLOTS}" if peers_line else ""
+
+
 def _toolchains(peer: dict[str, object]) -> str:
     """``gcc, g++ 12.2.0 x86_64-linux-gnu bu 2.40``: drivers grouped by fingerprint (a box's
     gcc, c89-gcc and c99-gcc are one gcc), in the order the peer announced them."""
@@ -190,7 +201,7 @@ def print_explain(reply: dict[str, object], where: str, out: object = sys.stdout
                      + r[4])  # fmt: skip
     if len(rows) == 1:
         lines.append("(no peers seen)")
-    lines.append(f"DISTCC_HOSTS: {reply.get('line') or '(empty)'}")
+    lines.append(f"DISTCC_HOSTS: {with_localhost(str(reply.get('line') or '')) or '(empty)'}")
     print("\n".join(lines), file=out)  # type: ignore[arg-type]
 
 
@@ -216,11 +227,11 @@ def run(ns: argparse.Namespace) -> int:
         print(f"meshcc hosts: {reply.get('error') or 'the daemon refused the request'}",
               file=sys.stderr)  # fmt: skip
         return EXIT_EMPTY
-    line = str(reply.get("line") or "")
+    line = with_localhost(str(reply.get("line") or ""))
     if ns.json:
         import json
 
-        reply = dict(reply, source=where)
+        reply = dict(reply, source=where, distcc_hosts=line)
         print(json.dumps(reply, indent=2, sort_keys=True))
     elif ns.explain:
         print_explain(reply, where)

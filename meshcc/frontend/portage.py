@@ -515,7 +515,10 @@ def setup_portage(ns: argparse.Namespace) -> int:
     wh = view.status.get("write_hosts")
     if isinstance(wh, str) and os.path.abspath(wh) == hosts.path:
         by_daemon = True
-    line = " ".join(str(v.get("host_spec")) for v in matching if v.get("host_spec"))
+    from meshcc.frontend.hosts_cmd import with_localhost
+
+    line = with_localhost(" ".join(str(v.get("host_spec")) for v in matching
+                                   if v.get("host_spec")))
     if root == "/" and by_daemon and view.daemon is not None:
         hosts_msg = f"{hosts.label}: kept current by the meshcc daemon (--write-hosts)"
     elif view.daemon is not None:
