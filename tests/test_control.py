@@ -152,9 +152,10 @@ def test_broker_spreads_queues_fifo_and_serves_on_release() -> None:
         grants = [await broker.acquire(FP) for _ in range(3)]
         assert [g.key for g in grants] == ["m:bb", "m:a", "m:bb"]  # freest first
         assert grants[0].protocol == 2 and grants[0].compiler == "gcc"
-        w1 = asyncio.ensure_future(broker.acquire(FP))
-        w2 = asyncio.ensure_future(broker.acquire(FP))
-        w3 = asyncio.ensure_future(broker.acquire(FP))
+        # local_ok=False (DISTCC_FALLBACK=0): peers only, so these wait in line
+        w1 = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        w2 = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        w3 = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
         await asyncio.sleep(0)
         assert len(broker.waiters) == 3 and not w1.done()
         w2.cancel()  # a client that gives up leaves the line
@@ -164,6 +165,25 @@ def test_broker_spreads_queues_fifo_and_serves_on_release() -> None:
         broker.release("m:bb")
         assert (await w3).key == "m:bb" and not broker.waiters
         assert broker.held == 3
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_broker_hands_out_this_box_share_when_peers_are_busy() -> None:
+    async def scenario() -> None:
+        broker = LeaseBroker(FakeMesh([_verdict("a", 1)]), local_slots=2)
+        assert (await broker.acquire(FP)).key == "m:a"
+        own = [await broker.acquire(FP) for _ in range(2)]  # the peer is busy: our share
+        assert all(isinstance(g, Local) and g.held and "busy" in g.reason for g in own)
+        queued = asyncio.ensure_future(broker.acquire(FP))  # share used up too: wait
+        await asyncio.sleep(0)
+        assert not queued.done() and broker.held == 3
+        broker.release("localhost")  # a local compile ended
+        got = await queued
+        assert isinstance(got, Local) and got.held
+        broker.release("m:a")
+        assert (await broker.acquire(FP)).key == "m:a"  # peers first again
         broker.stop()
 
     asyncio.run(scenario())
@@ -330,7 +350,8 @@ def test_leases_queue_fifo_and_a_killed_client_frees_its_slot(
             peer = netns.readline(holder, 20).strip()
             assert peer.startswith("m:")
             with ControlConn(a.socket, timeout=30) as waiting:
-                waiting.send(control.lease_request("gcc", GCC, "queued.c"))
+                # local_ok=False: no share of a's own, so the request must queue for b
+                waiting.send(control.lease_request("gcc", GCC, "queued.c", local_ok=False))
                 netns.wait_for(lambda: a.status()["queued"] == 1, 10, what="request queued")
                 assert a.status()["leases"] == 1
                 holder.send_signal(signal.SIGKILL)  # the kernel closes its socket

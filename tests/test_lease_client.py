@@ -302,8 +302,9 @@ def test_lease_used_with_the_peers_compiler_name(
     [lease] = conn.messages("lease")
     assert lease["cc"] == "gcc" and lease["source"] == "src/foo.c"
     assert lease["cc_path"] == shutil.which("gcc", path=env["PATH"])
+    # DISTCC_FALLBACK=0: the client must not be handed this box's own share
     assert control.decode_request(lease) == control.LeaseRequest("gcc", lease["cc_path"],
-                                                                 "src/foo.c")
+                                                                 "src/foo.c", local_ok=False)
     no_temp_litter(proj, client_env)
 
 
@@ -348,6 +349,34 @@ def test_local_answer_compiles_locally(fake_control: Callable[..., FakeControl],
     assert not (proj / "foo.o").exists()
     conns = ctl.wait_closed(3)
     assert [c.kinds() for c in conns] == [["lease", "closed"]] * 3  # no lease, so no "done"
+
+
+def test_own_share_is_held_by_the_local_compiler(fake_control: Callable[..., FakeControl],
+                                                 client_env: dict[str, str], proj: Path) -> None:
+    """Peers busy, this box's share free: the client compiles here and the compiler itself
+    holds the lease connection (inherited across exec), so the daemon counts the slot busy
+    exactly as long as the compile runs."""
+    why = "all 2 matching peers are busy: compiling here (this box's share)"
+    ctl = fake_control([control.lease_local(why, hold=True)])
+    bindir = proj / "bin"
+    bindir.mkdir()
+    fds = proj / "compiler-fds.txt"
+    (bindir / "gcc").write_text(  # records its open fds when it compiles (not for -E)
+        f'#!/bin/sh\ncase " $* " in *" -E "*) ;; *) ls -l /proc/$$/fd > "{fds}" ;; esac\n'
+        'exec /usr/bin/gcc "$@"\n')
+    (bindir / "gcc").chmod(0o755)
+    env = lease_env(client_env, ctl, DISTCC_VERBOSE="1")
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    ref = local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
+    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
+    assert res.returncode == 0, res.stderr
+    assert why in res.stderr and "compiling locally" in res.stderr
+    assert (proj / "foo.o").read_bytes() == ref
+    assert "socket:[" in fds.read_text()  # the compiler held the daemon connection
+    [conn] = ctl.wait_closed(1)
+    [lease] = conn.messages("lease")
+    assert lease["local_ok"] is True  # fallback allowed, so our own share may be offered
+    assert "holding local slot" not in res.stderr  # the daemon's count replaces distcc's locks
 
 
 def test_local_answer_uses_local_slot_locks(fake_control: Callable[..., FakeControl],

@@ -209,9 +209,15 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Local:
-    """No peer for this compiler: the client compiles locally."""
+    """Compile locally: no peer for this compiler, or (``held``) one of this box's own
+    slots while every matching peer is busy, counted until the client's connection closes."""
 
     reason: str
+    held: bool = False
+
+
+LOCAL_KEY = "localhost"  # in_use key of this box's own share
+LOCAL_SLOTS = 2  # distcc's default share for `localhost`, as `meshcc hosts` lists it
 
 
 @dataclass(slots=True, eq=False)
@@ -219,6 +225,7 @@ class _Waiter:
     fp: ClientCompiler
     future: asyncio.Future[Grant | Local]
     since: float
+    local_ok: bool = True
 
 
 def no_peer_reason(verdicts: list[Verdict], off_reason: str | None) -> str:
@@ -233,8 +240,10 @@ def no_peer_reason(verdicts: list[Verdict], off_reason: str | None) -> str:
 class LeaseBroker:
     """Counts slots per peer and serves waiting requests in FIFO order."""
 
-    def __init__(self, mesh: object, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, mesh: object, *, clock: Callable[[], float] = time.monotonic,
+                 local_slots: int = LOCAL_SLOTS) -> None:
         self.mesh = mesh
+        self.local_slots = local_slots
         self.in_use: dict[str, int] = {}
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self._clock = clock
@@ -248,7 +257,7 @@ class LeaseBroker:
         status = getattr(self.mesh, "status", None)
         return getattr(status, "off_reason", None)
 
-    def _pick(self, verdicts: list[Verdict]) -> Grant | Local | None:
+    def _pick(self, verdicts: list[Verdict], local_ok: bool = True) -> Grant | Local | None:
         """A free slot on the best peer; Local if nothing matches; None if all are busy."""
         best: tuple[tuple[int, int, int], Verdict] | None = None
         matching = 0
@@ -266,6 +275,12 @@ class LeaseBroker:
         if matching == 0:
             return Local(no_peer_reason(verdicts, self._off_reason()))
         if best is None:
+            # Every matching peer is busy: this box compiles its own share too (peers
+            # first, then `localhost/2`, as distcc walks its host list), else wait.
+            if local_ok and self.in_use.get(LOCAL_KEY, 0) < self.local_slots:
+                self.in_use[LOCAL_KEY] = self.in_use.get(LOCAL_KEY, 0) + 1
+                return Local(f"all {matching} matching peers are busy: compiling here "
+                             "(this box's share)", held=True)  # fmt: skip
             return None
         v = best[1]
         r = v.peer.record
@@ -273,13 +288,14 @@ class LeaseBroker:
         return Grant(r.key, v.address or "", r.port, 2 if r.lzo else 1,
                      v.remote_name or "")  # fmt: skip
 
-    async def acquire(self, fp: ClientCompiler) -> Grant | Local:
+    async def acquire(self, fp: ClientCompiler, local_ok: bool = True) -> Grant | Local:
         """A grant now, Local now, or (all busy) wait in line; cancel-safe."""
         if not self.waiters:
-            got = self._pick(self.mesh.explain(fp))  # type: ignore[attr-defined]
+            got = self._pick(self.mesh.explain(fp), local_ok)  # type: ignore[attr-defined]
             if got is not None:
                 return got
-        waiter = _Waiter(fp, asyncio.get_running_loop().create_future(), self._clock())
+        waiter = _Waiter(fp, asyncio.get_running_loop().create_future(), self._clock(),
+                         local_ok)
         self.waiters.append(waiter)
         self._ensure_ticking()
         try:
@@ -289,6 +305,8 @@ class LeaseBroker:
                 got = waiter.future.result()
                 if isinstance(got, Grant):
                     self.release(got.key)  # granted just as the client went away
+                elif got.held:
+                    self.release(LOCAL_KEY)
             with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)
             raise
@@ -305,20 +323,20 @@ class LeaseBroker:
     def dispatch(self) -> None:
         """Serve waiters in order while slots last (one explain per distinct compiler)."""
         verdicts: dict[ClientCompiler, list[Verdict]] = {}
-        exhausted: set[ClientCompiler] = set()
+        exhausted: set[tuple[ClientCompiler, bool]] = set()
         for waiter in list(self.waiters):
             if waiter.future.done():
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
                 continue
-            if waiter.fp in exhausted:
+            if (waiter.fp, waiter.local_ok) in exhausted:
                 continue
             vs = verdicts.get(waiter.fp)
             if vs is None:
                 vs = verdicts[waiter.fp] = self.mesh.explain(waiter.fp)  # type: ignore[attr-defined]
-            got = self._pick(vs)
+            got = self._pick(vs, waiter.local_ok)
             if got is None:
-                exhausted.add(waiter.fp)
+                exhausted.add((waiter.fp, waiter.local_ok))
                 continue
             self.waiters.remove(waiter)
             waiter.future.set_result(got)
@@ -419,7 +437,7 @@ class ControlServer:
             fp = await self.fingerprints.get(req.cc, req.cc_path)
         except FingerprintError as e:
             return Local(str(e))
-        return await self.broker.acquire(fp)
+        return await self.broker.acquire(fp, req.local_ok)
 
     # -- one connection
 
@@ -514,6 +532,19 @@ class ControlServer:
             log.debug("control: %s left while waiting for a lease", who)
             return
         got = lease.result()
+        if isinstance(got, Local) and got.held:
+            try:
+                log.debug("control: %s compiles %s here (own share): %s", who, req.source,
+                          got.reason)  # fmt: skip
+                writer.write(control.encode(control.lease_local(got.reason, hold=True)))
+                await writer.drain()
+                await eof  # the local compiler holds the connection while it runs
+            except (control.ControlError, ConnectionError, _Closed):
+                pass
+            finally:
+                eof.cancel()
+                self.broker.release(LOCAL_KEY)
+            return
         if isinstance(got, Local):
             eof.cancel()
             log.debug("control: %s compiles %s locally: %s", who, req.source, got.reason)

@@ -663,6 +663,8 @@ class _ListPool:
         self.run.release(slot)
         return None
 
+    local_share = None  # only the daemon hands out counted local slots
+
     def nothing_left(self, src: str) -> tuple[str, bool]:
         """Why no host did the job, and whether that is quiet (verbose-only)."""
         if self.last_failure:
@@ -713,6 +715,7 @@ class _LeasePool:
         self.attempts = 0
         self.last_failure = ""  # a leased peer that failed
         self.local_reason = ""  # the daemon said: compile locally
+        self.local_share: Control | None = None  # ...in one of this box's counted slots
         self.daemon_failure = ""  # the daemon itself failed us
         self._hostlist: Any = False
 
@@ -735,7 +738,8 @@ class _LeasePool:
         try:
             if conn is None:
                 conn = cc.Control.connect(self.path)
-            answer = conn.lease(self.cc, self.cc_path, run.job.source or "", self.io_timeout)
+            answer = conn.lease(self.cc, self.cc_path, run.job.source or "", self.io_timeout,
+                                local_ok=run.fallback)
         except (cc.NoDaemon, cc.ControlError) as e:
             if conn is not None:
                 conn.close()
@@ -754,10 +758,14 @@ class _LeasePool:
             run.log.debug(f"leased {target.where} (compiler {target.compiler}) from the meshcc "
                           f"daemon in {ms:.1f} ms (peer {target.peer or '?'})")
             return target, conn
-        conn.close()
         if answer.get("local") is True:
             self.local_reason = str(answer.get("reason") or "no matching peer")
-        else:
+            if answer.get("hold") is True:  # this box's own share: held while we compile
+                self.local_share = conn
+                run.slots.append(conn)
+                return None
+        conn.close()
+        if answer.get("local") is not True:
             self.daemon_failure = f"meshcc daemon error: {answer.get('error') or answer!r}"
         return None
 
@@ -908,7 +916,7 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
             log.debug(f"{what}; compiling locally")
         else:
             log.warn(f"{what}, compiling locally")
-        run.exec_local(_local_slot(log, lockdir, pool.localslots()))
+        run.exec_local(pool.local_share or _local_slot(log, lockdir, pool.localslots()))
         raise AssertionError("not reached")  # pragma: no cover
     except _Interrupted as e:
         run.cleanup(e.signum)

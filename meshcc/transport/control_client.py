@@ -335,9 +335,12 @@ class Control:
                 raise ControlError("meshcc daemon closed the connection without answering")
             self._buf += data
 
-    def lease(self, cc: str, cc_path: str, source: str, timeout: float) -> dict[str, object]:
-        """Ask for a peer slot for one compile (may wait while every matching peer is busy)."""
+    def lease(self, cc: str, cc_path: str, source: str, timeout: float, local_ok: bool = True
+              ) -> dict[str, object]:
+        """Ask for a peer slot for one compile (may wait while every matching peer is busy).
+        ``local_ok`` False: never hand out this box's own share (DISTCC_FALLBACK=0)."""
         return self.request({"op": "lease", "cc": cc, "cc_path": cc_path, "source": source,
+                             "local_ok": local_ok,
                              "v": 1}, timeout)
 
     def release(self) -> None:
@@ -361,8 +364,11 @@ class Control:
             self.sock.close()
             self.sock = None
 
-    def keep_across_exec(self) -> None:  # pragma: no cover - never passed to exec
-        pass
+    def keep_across_exec(self) -> None:
+        """A held local share: the exec'd compiler inherits the connection, so the daemon
+        counts the slot busy exactly as long as the compiler runs."""
+        if self.sock is not None:
+            os.set_inheritable(self.sock.fileno(), True)
 
     def __repr__(self) -> str:
         return f"Control({self.path!r})"

@@ -17,7 +17,9 @@ absent = 1); unknown extra fields are ignored so old daemons accept newer client
 
     {"op": "status"}
     {"op": "hosts", "cc": str|None, "cc_path": str|None}
-    {"op": "lease", "cc": str, "cc_path": str, "source": str}
+    {"op": "lease", "cc": str, "cc_path": str, "source": str, "local_ok": bool}
+        # local_ok (default true): the client may be given this box's own share; false
+        # when it must not compile locally (DISTCC_FALLBACK=0): it then waits for a peer
     {"op": "done", "ok": bool, "connect_failed": bool, "reason": str}   # on a lease connection
 
 Replies (daemon -> client)::
@@ -35,8 +37,13 @@ Replies (daemon -> client)::
     lease  -> {"ok": true, "host": str, "port": int, "protocol": 1|2, "compiler": str,
                "peer": str}                       # a slot on that peer is yours
            |  {"ok": false, "local": true, "reason": str}    # no matching live peer: compile here
-           |  (nothing yet)   # matching peers exist but every slot is busy: the daemon queues
-                              # the request (FIFO) and answers when a slot frees; just wait
+           |  {"ok": false, "local": true, "reason": str, "hold": true}
+                              # every matching peer is busy but this box's own share (2 slots,
+                              # distcc's `localhost/2`) is free: compile here and keep the
+                              # connection open while the compiler runs (closing frees it)
+           |  (nothing yet)   # matching peers exist and every slot, ours included, is busy:
+                              # the daemon queues the request (FIFO) and answers when a slot
+                              # frees; just wait
     any    -> {"ok": false, "error": str}         # bad request; the daemon may close after it
 
 Leases: a granted slot is held for exactly as long as the client's connection stays open;
@@ -192,11 +199,15 @@ class HostsRequest(_Record):
 
 
 class LeaseRequest(_Record):
-    __slots__ = ("cc", "cc_path", "source")
+    __slots__ = ("cc", "cc_path", "source", "local_ok")
     __match_args__ = __slots__
     cc: str
     cc_path: str
     source: str
+    local_ok: bool  # may the daemon hand out this box's own share (False: DISTCC_FALLBACK=0)
+
+    def __init__(self, cc: str, cc_path: str, source: str, local_ok: bool = True) -> None:
+        super().__init__(cc, cc_path, source, local_ok)
 
 
 class DoneMessage(_Record):
@@ -245,8 +256,10 @@ def hosts_request(cc: str | None = None, cc_path: str | None = None) -> dict[str
     return _versioned({"op": "hosts", "cc": cc, "cc_path": cc_path})
 
 
-def lease_request(cc: str, cc_path: str, source: str) -> dict[str, object]:
-    return _versioned({"op": "lease", "cc": cc, "cc_path": cc_path, "source": source})
+def lease_request(cc: str, cc_path: str, source: str, local_ok: bool = True
+                  ) -> dict[str, object]:
+    return _versioned({"op": "lease", "cc": cc, "cc_path": cc_path, "source": source,
+                       "local_ok": local_ok})
 
 
 def done_message(ok: bool, connect_failed: bool = False, reason: str = "") -> dict[str, object]:
@@ -261,8 +274,14 @@ def lease_granted(
             "compiler": compiler, "peer": peer}  # fmt: skip
 
 
-def lease_local(reason: str) -> dict[str, object]:
-    return {"ok": False, "local": True, "reason": reason}
+def lease_local(reason: str, hold: bool = False) -> dict[str, object]:
+    """Compile locally. ``hold``: this is one of the box's own counted slots (its share
+    while every matching peer is busy); the client keeps the connection open while its
+    local compiler runs, and closing it frees the slot."""
+    msg: dict[str, object] = {"ok": False, "local": True, "reason": reason}
+    if hold:
+        msg["hold"] = True
+    return msg
 
 
 def error_reply(error: str) -> dict[str, object]:
@@ -313,7 +332,7 @@ def decode_request(msg: Mapping[str, object]) -> Request:
             raise ControlError("lease: field 'cc' is empty")
         if not cc_path.startswith("/"):
             raise ControlError(f"lease: cc_path must be an absolute path, not {cc_path!r}")
-        return LeaseRequest(cc, cc_path, source)
+        return LeaseRequest(cc, cc_path, source, msg.get("local_ok") is not False)
     if op == "done":
         reason = _str(msg, "reason", optional=True) or ""
         return DoneMessage(_bool(msg, "ok", False), _bool(msg, "connect_failed", False), reason)
