@@ -25,9 +25,9 @@ RESTRICT="test"
 #
 # LZO (distcc protocol 2, ",lzo" hosts) is decompressed with lzallright, a Rust
 # extension that ::gentoo does not package; with USE=lzo it comes from an overlay
-# (or build it with: pip install --user lzallright). Without it, meshcc serves distcc
-# protocol 1 and compresses with LZ4 between meshcc peers; stock distcc clients must use
-# hosts without ",lzo". dev-libs/lzo speeds up LZO compression of large sources.
+# (or build it with: pip install --user lzallright). Without it, meshcc serves and
+# speaks distcc protocol 1 only (uncompressed), and says so; stock distcc clients must
+# use hosts without ",lzo". dev-libs/lzo speeds up LZO compression of large sources.
 RDEPEND="
 	acct-group/meshcc
 	acct-user/meshcc
@@ -56,8 +56,9 @@ pkg_postinst() {
 	elog "Set the daemon's options in /etc/conf.d/meshcc (MESHCC_OPTS), then:"
 	elog "  OpenRC:  rc-update add meshcc default && rc-service meshcc start"
 	elog "  systemd: systemctl enable --now meshcc"
-	elog "To let Portage use the mesh: add --write-hosts /etc/distcc/hosts to"
-	elog "MESHCC_OPTS and FEATURES=\"distcc\" to make.conf."
+	elog "To let Portage use the mesh: meshcc setup portage (FEATURES, MAKEOPTS and"
+	elog "/etc/distcc/hosts), and --write-hosts /etc/distcc/hosts in MESHCC_OPTS to keep"
+	elog "the hosts file following the mesh. When nothing is distributed: meshcc doctor."
 	if ! use lzo; then
 		elog "Without USE=lzo, stock distcc clients must not use ',lzo' hosts."
 	fi
