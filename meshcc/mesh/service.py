@@ -153,11 +153,11 @@ def _default_cpus() -> int:
 def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
+    # Only what the compile server speaks today: "lz4" joins once the transport negotiates
+    # it (peers would otherwise trust a capability this daemon cannot serve).
     caps = {"errm"}
     if compression.available(compression.Codec.LZO):
         caps.add("lzo")
-    if compression.available(compression.Codec.LZ4):
-        caps.add("lz4")
     return frozenset(caps)
 
 
