@@ -129,8 +129,8 @@ def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "meshccd.log"
-    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--port", str(port),
-            "--allow", LOOPBACK, "--jobs", str(jobs), "--log-file", str(log),
+    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery",
+            "--port", str(port), "--allow", LOOPBACK, "--jobs", str(jobs), "--log-file", str(log),
             "--log-level", "info", *extra]
     env = clean_env()
     env.pop("TMPDIR", None)  # like distccd: job dirs in /tmp, writable by the dropped user

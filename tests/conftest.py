@@ -249,7 +249,9 @@ def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         log_path = workdir / "meshccd.log"
         argv = [
             sys.executable, "-m", "meshcc", "daemon",
-            "--listen", LOOPBACK, "--port", str(port),
+            # --no-discovery as well: whatever a test adds (another --listen), no mDNS
+            # may reach this machine's real interfaces
+            "--listen", LOOPBACK, "--no-discovery", "--port", str(port),
             "--log-file", str(log_path), "--log-level", "info",
         ]  # fmt: skip
         for cidr in allow:

@@ -194,3 +194,16 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
     assert "gcc, g++ 12.2.0 x86_64-linux-gnu bu 2.40  in" in text
     assert text.count("12.2.0") == 1  # c89-gcc/c99-gcc style duplicates folded
     assert "box#abcdef" in text and "box#123456" in text  # same hostname, distinct peers
+
+
+@pytest.mark.parametrize("listen, loopback", [
+    ("127.0.0.1", True), ("127.3.4.5", True), ("::1", True), ("[::1]", True),
+    ("::ffff:127.0.0.1", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("::ffff:10.0.0.1", False),
+])
+def test_loopback_listen_turns_discovery_off(listen: str, loopback: bool) -> None:
+    """A daemon listening on loopback only (IPv4-mapped included) announces nothing."""
+    from meshcc.frontend.daemon import DaemonOptions
+
+    ns = cli.build_parser().parse_args(["daemon", "--listen", listen])
+    assert DaemonOptions.from_namespace(ns).loopback_only() is loopback

@@ -167,7 +167,7 @@ def _run_daemon(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", "127.0.0.1",
+        argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", "127.0.0.1", "--no-discovery",
                 "--port", str(s.getsockname()[1]), "--allow", "127.0.0.1", *args]  # fmt: skip
         return subprocess.run(argv, check=False, text=True, timeout=60, stdin=subprocess.DEVNULL,
                               **kw)  # fmt: skip

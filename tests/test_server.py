@@ -570,7 +570,7 @@ def test_sigterm_lets_running_job_finish(meshcc_daemon, tmp_path: Path) -> None:
 
 
 def _daemon_cmd(*args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK,
+    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery",
             "--port", str(port or free_port()), "--allow", LOOPBACK, *ROOT, *args]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)  # fmt: skip
@@ -595,7 +595,7 @@ def test_bad_compiler_exits_110(compiler: str) -> None:
 
 def test_no_compilers_on_path_exits_110(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))
-    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK,
+    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery",
             "--port", str(free_port()), *ROOT]  # fmt: skip
     p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 110 and "no compilers found" in p.stderr, p.stderr

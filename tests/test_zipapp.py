@@ -130,7 +130,7 @@ def test_status_port_on_loopback(pyz: Path, tmp_path: Path) -> None:
     log = work / "d.log"
     env = bare_env(work, TMPDIR=str(work / "tmp"))
     proc = subprocess.Popen(
-        [BARE_PYTHON, "-I", "-S", str(pyz), "daemon", "--listen", "127.0.0.1", "--port",
+        [BARE_PYTHON, "-I", "-S", str(pyz), "daemon", "--listen", "127.0.0.1", "--no-discovery", "--port",
          str(port), "--status-port", str(sport), "--log-level", "info", "--log-file", str(log)],
         cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, start_new_session=True,

@@ -105,9 +105,11 @@ class DaemonOptions:
         if not self.listen:
             return False
         try:
-            return ipaddress.ip_address(self.listen.strip("[]")).is_loopback
+            addr = ipaddress.ip_address(self.listen.strip("[]"))
         except ValueError:
             return self.listen == "localhost"
+        mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+        return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class _Fatal(Exception):
