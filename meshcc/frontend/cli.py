@@ -171,6 +171,18 @@ def _run_daemon(ns: argparse.Namespace) -> int:
     return daemon.run(daemon.DaemonOptions.from_namespace(ns))
 
 
+def add_browse_options(p: argparse.ArgumentParser) -> None:
+    """How to browse when no local daemon answers (``hosts`` and ``doctor``)."""
+    p.add_argument(
+        "--browse-time", type=_seconds, default=2.5, metavar="SECS",
+        help="without a local daemon, browse the network this long (default 2.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "-i", "--interface", metavar="IFACE", action="append", default=[],
+        help="without a local daemon: browse on this interface (repeatable)",
+    )  # fmt: skip
+
+
 def _add_hosts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cc", metavar="COMPILER", default="cc",
@@ -181,14 +193,7 @@ def _add_hosts(p: argparse.ArgumentParser) -> None:
     out.add_argument("--explain", action="store_true",
                      help="show every peer seen, in or out, and why")  # fmt: skip
     out.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--browse-time", type=_seconds, default=2.5, metavar="SECS",
-        help="without a local daemon, browse the network this long (default 2.5)",
-    )  # fmt: skip
-    p.add_argument(
-        "-i", "--interface", metavar="IFACE", action="append", default=[],
-        help="without a local daemon: browse on this interface (repeatable)",
-    )  # fmt: skip
+    add_browse_options(p)
     p.add_argument(
         "-a", "--allow", metavar="CIDR", type=parse_network, action="append", default=[],
         help="without a local daemon: accept peers from this network (repeatable)",

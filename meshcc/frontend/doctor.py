@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -100,18 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cc", metavar="COMPILER",
         help="check this compiler, as you invoke it (default: the command's compiler, else cc)",
     )  # fmt: skip
+    from meshcc.frontend.cli import add_browse_options
+
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument(
-        "--browse-time", type=float, default=2.5, metavar="SECS",
-        help="without a local daemon, browse the network this long (default 2.5)",
-    )  # fmt: skip
+    add_browse_options(parser)
     parser.add_argument(
         "--no-browse", action="store_true",
         help="without a local daemon, do not browse the network (skip the peer checks)",
-    )  # fmt: skip
-    parser.add_argument(
-        "-i", "--interface", metavar="IFACE", action="append", default=[],
-        help="without a local daemon: browse on this interface (repeatable)",
     )  # fmt: skip
     parser.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
@@ -123,9 +117,6 @@ def run(ns: argparse.Namespace) -> int:
     command = list(ns.command or [])
     if command[:1] == ["--"]:
         command = command[1:]
-    if ns.browse_time < 0:
-        print("meshcc doctor: --browse-time must be 0 or more", file=sys.stderr)
-        return 2
     report = diagnose(os.environ, cc=ns.cc, command=command, browse_time=ns.browse_time,
                       browse=not ns.no_browse, interfaces=tuple(ns.interface))  # fmt: skip
     if ns.json:

@@ -100,25 +100,22 @@ def distcc_dir(environ: Mapping[str, str]) -> str:
             raise DistccDirError(f"DISTCC_DIR {top} is not a directory (create it or unset it)")
         return top
     home = environ.get("HOME") or os.path.expanduser("~")
-    top = os.path.join(home, ".distcc")
-    try:
-        os.mkdir(top, 0o777)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise DistccDirError(f"cannot create {top}: {e.strerror}") from None
-    return top
+    return _mkdir(os.path.join(home, ".distcc"), "")
 
 
 def lock_dir(top: str) -> str:
     """``TOP/lock``, created on demand like distcc does."""
-    path = os.path.join(top, "lock")
+    return _mkdir(os.path.join(top, "lock"), "lock directory ")
+
+
+def _mkdir(path: str, what: str) -> str:
+    """``path``, created if missing; DistccDirError saying why it cannot be."""
     try:
         os.mkdir(path, 0o777)
     except FileExistsError:
         pass
     except OSError as e:
-        raise DistccDirError(f"cannot create lock directory {path}: {e.strerror}") from None
+        raise DistccDirError(f"cannot create {what}{path}: {e.strerror}") from None
     return path
 
 
