@@ -48,7 +48,7 @@ def _median(xs: list[float]) -> float:
 
 def import_costs(runs: int) -> dict[str, float]:
     """Median cumulative import time (ms) of a module after the wrapper's usual imports."""
-    pre = ("import os, meshcc.frontend.wrapper, meshcc.compiler.args, meshcc.frontend.slots, "
+    pre = ("import os, meshcc.client.wrapper, meshcc.compiler.args, meshcc.client.slots, "
            "meshcc.transport.client; ")
     result = {}
     for module in ("meshcc.transport.control_client", "msgpack"):

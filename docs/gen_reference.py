@@ -4,7 +4,7 @@
     python docs/gen_reference.py            # rewrite docs/reference.md
     python docs/gen_reference.py --check    # exit 1 if docs/reference.md is out of date
 
-Every subcommand of ``meshcc.frontend.cli.build_parser()`` and every option is rendered
+Every subcommand of ``meshcc.cli.main.build_parser()`` and every option is rendered
 from the parser itself; the compile client's environment variables (which no parser
 knows about) are kept as data here. tests/test_docs.py fails when the committed file
 differs from this script's output: after changing an option, rerun the script.
@@ -118,7 +118,7 @@ def render() -> str:
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "1000"  # one-line usage, whatever the terminal
     try:
-        from meshcc.frontend.cli import build_parser
+        from meshcc.cli.main import build_parser
 
         parser = build_parser()
         lines = [INTRO, "## Commands", "", "| command | what it does |", "| --- | --- |"]

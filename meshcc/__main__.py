@@ -2,7 +2,7 @@
 
 import sys
 
-from meshcc.frontend.entry import main
+from meshcc.cli.entry import main
 
 # argv[0] is this file's path; the wrapper reads argv[0] to tell `meshcc gcc -c x.c`
 # (explicit mode) from a masquerade link, so name the command it stands for.

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from meshcc.frontend import cli, entry, hosts_cmd
+from meshcc.cli import entry
+from meshcc.cli import hosts as hosts_cmd
+from meshcc.cli import main as cli
 from meshcc.wire import control
 
 
@@ -27,7 +29,7 @@ def test_daemon_mesh_options_parse() -> None:
         ["daemon", "--interface", "eth0", "-i", "eth1", "--accept-unverified",
          "--socket", "/tmp/x.sock", "--write-hosts", "/etc/distcc/hosts", "--allow", "10.0.0.0/8"]
     )  # fmt: skip
-    from meshcc.frontend.daemon import DaemonOptions
+    from meshcc.daemon.options import DaemonOptions
 
     opts = DaemonOptions.from_namespace(ns)
     assert opts.interfaces == ("eth0", "eth1") and opts.accept_unverified
@@ -149,7 +151,7 @@ def test_hosts_empty_line_exits_1_with_reason(fake_daemon: Any) -> None:
 def test_hosts_fast_path_imports_neither_zeroconf_nor_asyncio(fake_daemon: Any) -> None:
     path, replies, _ = fake_daemon
     replies.append({"ok": True, "line": "10.0.0.2:3632/4", "verdicts": [], "status": STATUS})
-    code = ("import sys; from meshcc.frontend.entry import main; sys.argv=['meshcc','hosts'];"
+    code = ("import sys; from meshcc.cli.entry import main; sys.argv=['meshcc','hosts'];"
             "rc = main(); bad = [m for m in ('zeroconf', 'asyncio', 'ifaddr', 'logging') "
             "if m in sys.modules]; print(bad, file=sys.stderr); sys.exit(rc)")  # fmt: skip
     env = dict(os.environ, MESHCC_SOCKET=path)
@@ -203,7 +205,7 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
 ])
 def test_loopback_listen_turns_discovery_off(listen: str, loopback: bool) -> None:
     """A daemon listening on loopback only (IPv4-mapped included) announces nothing."""
-    from meshcc.frontend.daemon import DaemonOptions
+    from meshcc.daemon.options import DaemonOptions
 
     ns = cli.build_parser().parse_args(["daemon", "--listen", listen])
     assert DaemonOptions.from_namespace(ns).loopback_only() is loopback

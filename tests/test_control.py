@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from meshcc.frontend.control_server import FingerprintCache, FingerprintError, LeaseBroker, Local
-from meshcc.mesh.matching import ClientCompiler, Verdict
+from meshcc.compiler.fingerprints import ClientCompiler, FingerprintCache, FingerprintError
+from meshcc.mesh.leases import LeaseBroker, Local
+from meshcc.mesh.matching import Verdict
 from meshcc.mesh.peers import Liveness, PeerState
 from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
 from meshcc.wire import control
@@ -138,9 +139,16 @@ def _verdict(host: str, jobs: int, included: bool = True, failures: int = 0) -> 
     return Verdict(st, included, "ok" if included else "gcc 12.2.0 ≠ 13", rec.addresses[0], "gcc")
 
 
+class FakeStatus:
+    off_reason: str | None = None
+
+
 class FakeMesh:
+    """The broker's view of the mesh (meshcc.mesh.leases.PeerView) with fixed verdicts."""
+
     def __init__(self, verdicts: list[Verdict]) -> None:
         self.verdicts = verdicts
+        self.status = FakeStatus()
 
     def explain(self, fp: ClientCompiler | None) -> list[Verdict]:
         return list(self.verdicts)

@@ -28,7 +28,7 @@ def test_reference_is_generated_from_the_cli() -> None:
 
 
 def test_reference_covers_every_command_and_option() -> None:
-    from meshcc.frontend.cli import build_parser
+    from meshcc.cli.main import build_parser
 
     text = (DOCS / "reference.md").read_text(encoding="utf-8")
     gen = _generator()

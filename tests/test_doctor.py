@@ -24,7 +24,7 @@ import pytest
 from meshd import Meshd, mismatched_gcc, private_dir
 from netns import Lan
 
-from meshcc.frontend import doctor
+from meshcc.cli import doctor
 from meshcc.wire import control
 
 

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from meshcc.compiler.hostspec import (DEFAULT_PORT, HostSpecError, load_hosts, parse_hosts)
+from meshcc.compiler.hostspec import HostSpecError, load_hosts, parse_hosts
+from meshcc.defaults import DISTCC_PORT
 
 DISTCC = shutil.which("distcc")
 
@@ -35,7 +36,7 @@ def test_man_page_example_multi_line():
            "  # cartman is down\n  distant/3,lzo\n")
     assert len(hl.hosts) == 4
     d = hl.hosts[3]
-    assert (d.host, d.limit, d.lzo, d.protocol, d.port) == ("distant", 3, True, 2, DEFAULT_PORT)
+    assert (d.host, d.limit, d.lzo, d.protocol, d.port) == ("distant", 3, True, 2, DISTCC_PORT)
     assert hl.total_limit == 22
 
 

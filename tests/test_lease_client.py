@@ -201,7 +201,7 @@ def test_socket_paths_match_the_daemon_side(env: dict[str, str]) -> None:
 
 def test_wrapper_does_not_import_msgpack(tmp_path: Path) -> None:
     """The client's lean path: its own msgpack subset, not the msgpack package."""
-    code = ("import sys; from meshcc.frontend import wrapper; from meshcc.transport import "
+    code = ("import sys; from meshcc.client import wrapper; from meshcc.transport import "
             "control_client; print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('msgpack', 'datetime', 'asyncio', 'zeroconf', 'ifaddr', 'logging', 'argparse')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcc.frontend import logsetup
+from meshcc.daemon import logsetup
 
 LEVELS = [  # (distccd level name, syslog priority meshcc sends for a record at that level)
     ("crit", 2), ("error", 3), ("warning", 4), ("notice", 5), ("info", 6), ("debug", 7),
@@ -153,7 +153,8 @@ def test_pipe_or_tty_stderr_stays_stderr(tmp_path: Path) -> None:
 
 
 def test_daemon_options_and_cli() -> None:
-    from meshcc.frontend import cli, daemon
+    from meshcc.cli import main as cli
+    from meshcc.daemon import options as daemon
 
     ns = cli.build_parser().parse_args(["daemon", "--log-stderr"])
     assert daemon.DaemonOptions.from_namespace(ns).log_stderr is True

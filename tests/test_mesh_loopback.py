@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from meshcc.compiler.toolchain import Driver, Toolchain
-from meshcc.mesh.matching import ClientCompiler
+from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.mesh.peers import Liveness, LivenessTimings
 from meshcc.mesh.records import DistccId, PeerKind
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.compiler.toolchain import Driver, Toolchain
 from meshcc.mesh.matching import (
-    ClientCompiler,
     MatchPolicy,
     format_host_spec,
     hosts_line,

@@ -150,7 +150,7 @@ def test_confd_parses_and_sets_empty_opts() -> None:
 
 
 def test_confd_examples_are_valid_daemon_options() -> None:
-    from meshcc.frontend import cli
+    from meshcc.cli import main as cli
 
     line = next(x for x in CONFD.read_text().splitlines() if x.startswith("#MESHCC_OPTS="))
     opts = line.split("=", 1)[1].strip('"').split()

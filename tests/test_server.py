@@ -24,12 +24,8 @@ import pytest
 from conftest import LOOPBACK, Daemon, free_port, port_accepts
 
 from meshcc import compression
-from meshcc.transport.server import (
-    JobResult,
-    JobSummary,
-    client_allowed,
-    normalize_client_ip,
-)
+from meshcc.transport.addresses import client_allowed, normalize_client_ip
+from meshcc.transport.server import JobResult, JobSummary
 from meshcc.wire import protocol as wire
 
 ROOT = ("--user", "root")
@@ -646,7 +642,8 @@ def test_summary_line_layout() -> None:
 
 
 def test_entry_dispatch_table_matches_cli() -> None:
-    from meshcc.frontend import cli, entry
+    from meshcc.cli import entry
+    from meshcc.cli import main as cli
 
     assert entry.COMMANDS == frozenset(cli.COMMANDS)
     p = subprocess.run([sys.executable, "-m", "meshcc", "--version"], capture_output=True,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from meshcc.frontend import slots
+from meshcc.client import slots
 
 HOLDER = r"""
 import sys, time
-from meshcc.frontend import slots
+from meshcc.client import slots
 lockdir, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 held = [slots.try_lock(lockdir, name, i) for i in range(n)]
 print(" ".join("1" if h else "0" for h in held), flush=True)

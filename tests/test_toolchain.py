@@ -82,7 +82,7 @@ def test_find_compilers_skips_masquerades_and_first_on_path_wins(tmp_path: Path)
     cc_dir.mkdir()
     os.symlink(script(tmp_path / "bin" / "ccache", "#!/bin/sh\n"), cc_dir / "cc")
     wrap = tmp_path / "venv"
-    script(wrap / "gcc-12", "#!/usr/bin/python3\nfrom meshcc.frontend.wrapper import main\n")
+    script(wrap / "gcc-12", "#!/usr/bin/python3\nfrom meshcc.client.wrapper import main\n")
 
     path = os.pathsep.join(map(str, [masq, cc_dir, wrap, "relative/dir", real]))
     found, skipped = find_compilers(path)

@@ -77,7 +77,7 @@ def test_build_is_deterministic(pyz: Path, tmp_path: Path) -> None:
         names = zf.namelist()
     assert names == sorted(names[:1]) + sorted(names[1:]) and names[0] == "__main__.py"
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")]
-    assert {"meshcc/frontend/entry.py", "zeroconf/asyncio.py", "ifaddr/_posix.py",
+    assert {"meshcc/cli/entry.py", "zeroconf/asyncio.py", "ifaddr/_posix.py",
             "msgpack/fallback.py"} <= set(names)  # fmt: skip
     assert not [n for n in names if n.startswith(("lz4/", "lzallright/"))]
 

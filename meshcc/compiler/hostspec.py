@@ -39,16 +39,17 @@ not be empty and a port must be 1-65535.
 
 import os
 
-__all__ = ["HostSpecError", "Host", "HostList", "parse_hosts", "load_hosts",
-           "DEFAULT_PORT", "DEFAULT_TCP_LIMIT", "DEFAULT_LOCALHOST_LIMIT",
-           "SYSTEM_HOSTS_FILE"]
+from meshcc.defaults import (
+    DISTCC_PORT,
+    LOCAL_SLOTS,
+    LOCAL_SLOTS_CPP,
+    LOCALHOST_SHARE,
+    SSH_HOST_LIMIT,
+    TCP_HOST_LIMIT,
+)
 
-DEFAULT_PORT = 3632
-DEFAULT_TCP_LIMIT = 4          # "a bit higher than the local limit to allow for files in transit"
-DEFAULT_SSH_LIMIT = 4
-DEFAULT_LOCALHOST_LIMIT = 2
-DEFAULT_LOCALSLOTS = 4
-DEFAULT_LOCALSLOTS_CPP = 8
+__all__ = ["HostSpecError", "Host", "HostList", "parse_hosts", "load_hosts", "SYSTEM_HOSTS_FILE"]
+
 SYSTEM_HOSTS_FILE = "/etc/distcc/hosts"
 _SEPARATORS = " #\t\n\f\r"
 _HOST_END = "/:,=" + _SEPARATORS   # a TCP host name runs up to one of these
@@ -126,8 +127,8 @@ class HostList:
 
     def __init__(self, source: str) -> None:
         self.hosts: list[Host] = []
-        self.localslots = DEFAULT_LOCALSLOTS
-        self.localslots_cpp = DEFAULT_LOCALSLOTS_CPP
+        self.localslots = LOCAL_SLOTS
+        self.localslots_cpp = LOCAL_SLOTS_CPP
         self.randomize = False
         self.zeroconf = False
         self.zeroconf_index: int | None = None
@@ -221,7 +222,7 @@ def _options(cur: _Cursor, host: Host) -> None:
 
 
 def _parse_localhost(cur: _Cursor) -> Host:
-    limit = DEFAULT_LOCALHOST_LIMIT
+    limit = LOCALHOST_SHARE
     cur.pos = len("localhost")
     if cur.peek() == "/":
         limit = cur.mult()
@@ -238,7 +239,7 @@ def _parse_ssh(cur: _Cursor) -> Host:
     name = cur.until("/:,")
     if not name:
         raise cur.error("missing host name after '@'")
-    limit = DEFAULT_SSH_LIMIT
+    limit = SSH_HOST_LIMIT
     if cur.peek() == "/":
         limit = cur.mult()
     command = None
@@ -268,7 +269,7 @@ def _parse_tcp(cur: _Cursor) -> Host:
         if cur.peek() == ":" and ":" in cur.tok[cur.pos + 1:].split(",")[0].split("/")[0]:
             raise cur.error("IPv6 addresses must be written in brackets, e.g. [::1]:3632")
     limit = None
-    port = DEFAULT_PORT
+    port = DISTCC_PORT
     if cur.peek() in ("/", "="):
         limit = cur.mult()
     if cur.peek() == ":":
@@ -282,7 +283,7 @@ def _parse_tcp(cur: _Cursor) -> Host:
             limit = cur.mult()
     elif cur.peek() not in ("", ","):
         raise cur.error(f"unexpected {cur.tok[cur.pos:]!r} after the host name")
-    host = Host("tcp", name, cur.tok, DEFAULT_TCP_LIMIT if limit is None else limit, port=port)
+    host = Host("tcp", name, cur.tok, TCP_HOST_LIMIT if limit is None else limit, port=port)
     _options(cur, host)
     return host
 

@@ -291,7 +291,8 @@ def probe(path: str, timeout: float = PROBE_TIMEOUT) -> Probe:
     return Probe(version.split()[0], target, binutils, assembler)
 
 
-def _driver_for(names: Iterable[str], realpath: str) -> Driver:
+def driver_for(names: Iterable[str], realpath: str) -> Driver:
+    """gcc, g++ or cc, from the names a compiler is invoked as and its real file name."""
     candidates = [os.path.basename(realpath), *names]
     for n in candidates:
         if n == "c++" or "g++" in n or n.endswith("++"):
@@ -423,7 +424,7 @@ class ToolchainRegistry:
                     version=pr.version,
                     target=pr.target,
                     binutils=pr.binutils,
-                    driver=_driver_for(g.names, real),
+                    driver=driver_for(g.names, real),
                     paths=tuple(g.paths),
                     assembler=pr.assembler,
                 )

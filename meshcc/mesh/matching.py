@@ -25,45 +25,23 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from meshcc.mesh.netif import IPNetwork
+from meshcc.compiler.fingerprints import ClientCompiler
+from meshcc.defaults import LOCALHOST_SHARE
+from meshcc.transport.addresses import IPNetwork
 from meshcc.mesh.peers import Liveness, PeerState
 from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
 
 __all__ = [
-    "ClientCompiler",
     "MatchPolicy",
     "Verdict",
     "format_host_spec",
     "hosts_line",
+    "with_localhost",
     "judge",
     "judge_all",
     "pick_address",
     "toolchain_verdict",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCompiler:
-    """The compiler a client was invoked as, and its fingerprint."""
-
-    name: str  # as invoked: gcc-13, aarch64-linux-gnu-gcc, g++, cc
-    version: str  # -dumpfullversion
-    target: str  # -dumpmachine
-    binutils: str | None
-    driver: str = "gcc"  # gcc, g++ or cc (cc = unknown: any driver)
-
-    @classmethod
-    def from_toolchain(cls, tc: object, invoked: str | None = None) -> ClientCompiler:
-        """From a probed :class:`meshcc.compiler.toolchain.Toolchain`."""
-        info = ToolchainInfo.from_toolchain(tc)
-        name = invoked or (info.names[0] if info.names else str(getattr(tc, "path", "cc")))
-        return cls(name, info.version, info.target, info.binutils, info.driver)
-
-    def describe(self) -> str:
-        return (
-            f"{self.name} (gcc {self.version}, {self.target}, "
-            f"binutils {self.binutils or 'unknown'})"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,3 +235,11 @@ def judge_all(
 def hosts_line(verdicts: Iterable[Verdict]) -> str:
     """DISTCC_HOSTS text of the included peers, in the given (ranked) order."""
     return " ".join(v.host_spec for v in verdicts if v.included and v.host_spec)
+
+
+def with_localhost(peers_line: str) -> str:
+    """What a distcc user puts in DISTCC_HOSTS or a hosts file: the peers, best first, then
+    this box as ``localhost/2`` (distcc's default share), so its own CPU compiles too
+    instead of only preprocessing. Empty when no peer matches: distcc then compiles
+    locally by itself."""
+    return f"{peers_line} localhost/{LOCALHOST_SHARE}" if peers_line else ""

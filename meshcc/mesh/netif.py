@@ -19,11 +19,12 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from meshcc.transport.addresses import IPNetwork
+
 __all__ = [
     "IFF_LOOPBACK",
     "IFF_MULTICAST",
     "IFF_UP",
-    "IPNetwork",
     "Interface",
     "InterfaceError",
     "Selection",
@@ -33,7 +34,6 @@ __all__ = [
     "select_interfaces",
 ]
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8

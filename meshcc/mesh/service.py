@@ -34,7 +34,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from meshcc import __version__
+from meshcc import __version__, hostos
+from meshcc.loglevels import NOTICE
 from meshcc.mesh import netif
 from meshcc.mesh.liveness import LivenessLoop, ProbeFn, tcp_probe
 from meshcc.mesh.matching import (
@@ -45,7 +46,8 @@ from meshcc.mesh.matching import (
     judge_all,
     pick_address,
 )
-from meshcc.mesh.netif import Interface, IPNetwork, Selection
+from meshcc.mesh.netif import Interface, Selection
+from meshcc.transport.addresses import IPNetwork
 from meshcc.mesh.peers import Liveness, LivenessTimings, PeerState, PeerTable
 from meshcc.mesh.records import (
     MESHCC_TYPE,
@@ -66,8 +68,6 @@ from meshcc.mesh.records import (
 __all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
 
 log = logging.getLogger("meshcc.mesh")
-NOTICE = 25
-
 _PROBE = object()  # sentinel: run `cc -dumpversion/-dumpmachine` at start
 
 
@@ -143,11 +143,6 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
     return DistccId(machine, version) if machine and version else None
 
 
-def _default_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _default_caps() -> frozenset[str]:
@@ -192,7 +187,7 @@ class Mesh:
         self.config = config
         self.port = port
         self.jobs = jobs
-        self.cpus = cpus or _default_cpus()
+        self.cpus = cpus or hostos.cpu_count()
         self.toolchains = tuple(
             t if isinstance(t, ToolchainInfo) else ToolchainInfo.from_toolchain(t)
             for t in toolchains

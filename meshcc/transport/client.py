@@ -20,6 +20,13 @@ import errno
 import _socket
 
 from meshcc.wire import protocol as wire
+from meshcc.exitcodes import (
+    EXIT_CONNECT_FAILED,
+    EXIT_IO_ERROR,
+    EXIT_PROTOCOL_ERROR,
+    EXIT_TIMEOUT,
+    EXIT_TRUNCATED,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,11 +40,6 @@ _MSG_MORE = getattr(_socket, "MSG_MORE", 0)
 REFUSAL_GRACE = 2.0
 
 # distcc exit codes (exitcode.h) used to classify transport failures.
-EXIT_CONNECT_FAILED = 103
-EXIT_IO_ERROR = 107
-EXIT_TRUNCATED = 108
-EXIT_PROTOCOL_ERROR = 109
-EXIT_TIMEOUT = 118
 
 
 class TransportError(Exception):

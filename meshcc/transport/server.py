@@ -28,42 +28,37 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from meshcc import compression
+from meshcc import compression, hostos
 from meshcc.compiler import args as cargs
 from meshcc.compiler import policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
+from meshcc.loglevels import NOTICE
+from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, normalize_client_ip
 from meshcc.wire import protocol as wire
+from meshcc.exitcodes import (
+    EXIT_ACCESS_DENIED,
+    EXIT_BAD_ARGUMENTS,
+    EXIT_COMPILER_MISSING,
+    EXIT_IO_ERROR,
+    EXIT_NO_SUCH_FILE,
+    EXIT_PROTOCOL_ERROR,
+    EXIT_TIMEOUT,
+    EXIT_TRUNCATED,
+)
 
 __all__ = [
-    "NOTICE",
     "CompileServer",
-    "IPNetwork",
     "JobResult",
     "JobSummary",
     "ServerConfig",
     "bind_listener",
-    "client_allowed",
-    "normalize_client_ip",
 ]
 
-NOTICE = 25
-"""distccd's default log level sits between INFO and WARNING; job summaries use it."""
-logging.addLevelName(NOTICE, "NOTICE")
 
 log = logging.getLogger("meshcc.server")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # distcc's exit codes (src/exitcode.h) as used in STAT and the summary's ret:.
-EXIT_BAD_ARGUMENTS = 101
-EXIT_IO_ERROR = 107
-EXIT_TRUNCATED = 108
-EXIT_PROTOCOL_ERROR = 109
-EXIT_COMPILER_MISSING = 110
-EXIT_ACCESS_DENIED = 113
-EXIT_NO_SUCH_FILE = 115
-EXIT_TIMEOUT = 118
 
 PUMP_REFUSAL = "pump mode (',cpp') is not supported; use ',lzo'"
 NO_LZO_REFUSAL = (
@@ -113,7 +108,7 @@ class ServerConfig:
     """Everything the server needs besides the toolchains; defaults suit a real box."""
 
     allowed: tuple[IPNetwork, ...]
-    jobs: int = (os.cpu_count() or 1) + 2
+    jobs: int = field(default_factory=lambda: hostos.cpu_count() + 2)
     limits: wire.Limits = field(default_factory=wire.Limits)
     io_timeout: float = 300.0  # one read or write (distcc's DISTCC_IO_TIMEOUT)
     job_lifetime: float = 0.0  # 0 = no limit on a compile
@@ -130,27 +125,6 @@ class ServerConfig:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def normalize_client_ip(host: str) -> IPAddress:
-    """The client's address, IPv4-mapped IPv6 (``::ffff:a.b.c.d``) turned into IPv4."""
-    addr = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def client_allowed(addr: IPAddress, allowed: Iterable[IPNetwork]) -> bool:
-    """True if ``addr`` (already normalized) is inside one of the allowed networks."""
-    mapped = (
-        ipaddress.IPv6Address(f"::ffff:{addr}") if isinstance(addr, ipaddress.IPv4Address) else None
-    )
-    for net in allowed:
-        if addr.version == net.version and addr in net:
-            return True
-        if mapped is not None and net.version == 6 and mapped in net:
-            return True
-    return False
 
 
 def _job_stem(source: str) -> str:

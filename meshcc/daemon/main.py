@@ -32,84 +32,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from meshcc import __version__
+from meshcc import __version__, hostos
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
-from meshcc.frontend import logsetup
-from meshcc.frontend.cli import DEFAULT_STATUS_PORT, default_jobs
-from meshcc.frontend.hostsfile import HostsFile
-from meshcc.transport.server import CompileServer, IPNetwork, ServerConfig, bind_listener
+from meshcc.daemon import logsetup
+from meshcc.daemon.options import DaemonOptions, default_jobs
+from meshcc.defaults import STATUS_PORT
+from meshcc.daemon.hostsfile import HostsFile
+from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
+from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
 from meshcc.wire import control
+from meshcc.exitcodes import (
+    EXIT_BIND_FAILED,
+    EXIT_COMPILER_MISSING,
+    EXIT_DISTCC_FAILED,
+    EXIT_SETUID_FAILED,
+)
 
 log = logging.getLogger("meshcc.daemon")
 
 EXIT_OK = 0
-EXIT_FAILURE = 100
-EXIT_BIND_FAILED = 102
-EXIT_COMPILER_MISSING = 110
-EXIT_SETUID_FAILED = 112
 
-LOOPBACK_NETWORKS: tuple[IPNetwork, ...] = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonOptions:
-    """The daemon's settings, as parsed from ``meshcc daemon`` options."""
-
-    listen: str | None = None
-    port: int = 3632
-    status_port: int | None = None  # None: 3633, unless listening on loopback only
-    allow: tuple[IPNetwork, ...] = ()
-    jobs: int | None = None
-    nice: int = 5
-    log_level: str = "notice"
-    log_file: str | None = None
-    log_stderr: bool = False
-    compilers: tuple[str, ...] = ()
-    user: str | None = None
-    job_lifetime: float = 0.0
-    io_timeout: float = 300.0
-    interfaces: tuple[str, ...] = ()
-    accept_unverified: bool = False
-    socket: str | None = None
-    write_hosts: str | None = None
-    discovery: bool = True
-
-    @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
-        return cls(
-            listen=ns.listen,
-            port=ns.port,
-            status_port=getattr(ns, "status_port", None),
-            allow=tuple(ns.allow),
-            jobs=ns.jobs,
-            nice=ns.nice,
-            log_level=ns.log_level,
-            log_file=ns.log_file,
-            log_stderr=bool(getattr(ns, "log_stderr", False)),
-            compilers=tuple(ns.compiler),
-            user=ns.user,
-            job_lifetime=ns.job_lifetime,
-            io_timeout=ns.io_timeout,
-            interfaces=tuple(getattr(ns, "interface", ()) or ()),
-            accept_unverified=bool(getattr(ns, "accept_unverified", False)),
-            socket=getattr(ns, "socket", None),
-            write_hosts=getattr(ns, "write_hosts", None),
-            discovery=not getattr(ns, "no_discovery", False),
-        )
-
-    def loopback_only(self) -> bool:
-        """``--listen`` names a loopback address: no peer could reach this daemon."""
-        if not self.listen:
-            return False
-        try:
-            addr = ipaddress.ip_address(self.listen.strip("[]"))
-        except ValueError:
-            return self.listen == "localhost"
-        mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
-        return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class _Fatal(Exception):
@@ -192,8 +134,8 @@ def _preload() -> None:
     import msgpack  # noqa: F401
 
     # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
-    import meshcc.frontend.control_server  # noqa: F401
-    import meshcc.frontend.status_http  # noqa: F401
+    import meshcc.daemon.control_server  # noqa: F401
+    import meshcc.daemon.status_http  # noqa: F401
     import meshcc.mesh.matching  # noqa: F401
     import meshcc.mesh.service  # noqa: F401
     import meshcc.wire.control  # noqa: F401
@@ -243,7 +185,7 @@ def _check_tmpdir() -> str:
         raise _Fatal(
             f"cannot create job directories in {parent} as uid {os.geteuid()}: "
             f"{e.strerror or e}; set TMPDIR or --user",
-            EXIT_FAILURE,
+            EXIT_DISTCC_FAILED,
         ) from None
     return parent
 
@@ -282,7 +224,7 @@ class _Prepared:
 
 def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None]:
     """The control socket (before the privilege drop); (None, None) when there is none."""
-    from meshcc.frontend.control_server import ControlSocketError, open_control_socket
+    from meshcc.transport.control_socket import ControlSocketError, open_control_socket
 
     explicit = opts.socket or os.environ.get("MESHCC_SOCKET")
     if opts.loopback_only() and not explicit:
@@ -294,7 +236,7 @@ def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None
         return open_control_socket(path), path
     except ControlSocketError as e:
         if explicit:
-            raise _Fatal(f"control socket: {e}", EXIT_FAILURE) from None
+            raise _Fatal(f"control socket: {e}", EXIT_DISTCC_FAILED) from None
         log.warning("no control socket (%s); compiles are still served, but local clients "
                     "and `meshcc hosts` cannot reach this daemon", e)  # fmt: skip
         return None, None
@@ -305,12 +247,12 @@ def _open_status(opts: DaemonOptions) -> socket.socket | None:
     by default is a warning (compiles matter more); one asked for explicitly is fatal."""
     port = opts.status_port
     if port is None:
-        port = 0 if opts.loopback_only() else DEFAULT_STATUS_PORT
+        port = 0 if opts.loopback_only() else STATUS_PORT
     if port == 0:
         return None
     if port == opts.port:
         raise _Fatal(f"--status-port {port} is the compile port; pick another (default "
-                     f"{DEFAULT_STATUS_PORT}) or 0 for none", EXIT_BIND_FAILED)  # fmt: skip
+                     f"{STATUS_PORT}) or 0 for none", EXIT_BIND_FAILED)  # fmt: skip
     try:
         return bind_listener(opts.listen, port, listen=False)
     except OSError as e:
@@ -327,7 +269,7 @@ def _open_status(opts: DaemonOptions) -> socket.socket | None:
 def _build_pyz() -> tuple[bytes | None, str]:
     """meshcc.pyz for the status port, made once while still root (the installation may
     be unreadable after the drop): (bytes, "") or (None, why not)."""
-    from meshcc.frontend import zipapp
+    from meshcc.daemon import zipapp
 
     try:
         data, source = zipapp.artefact()
@@ -347,7 +289,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             stream = logsetup.open_log_file(opts.log_file)
         except OSError as e:
             raise _Fatal(
-                f"cannot open log file {opts.log_file}: {e.strerror or e}", EXIT_FAILURE
+                f"cannot open log file {opts.log_file}: {e.strerror or e}", EXIT_DISTCC_FAILED
             ) from None
     if stream is not None:
         logsetup.configure(level, stream, to_file=True)
@@ -373,7 +315,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
                 hosts_file.prepare()
             except OSError as e:
                 raise _Fatal(f"--write-hosts {opts.write_hosts}: {e.strerror or e}",
-                             EXIT_FAILURE) from None  # fmt: skip
+                             EXIT_DISTCC_FAILED) from None  # fmt: skip
         if opts.nice:
             with contextlib.suppress(OSError):
                 os.nice(opts.nice)
@@ -456,7 +398,7 @@ def _server_allowed(
 
 
 async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
-    from meshcc.frontend.control_server import ControlServer
+    from meshcc.daemon.control_server import ControlServer
     from meshcc.mesh.netif import InterfaceError
     from meshcc.mesh.service import Mesh, MeshConfig
 
@@ -474,7 +416,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         await mesh.start()
     except InterfaceError as e:
         log.error("%s", e)
-        return EXIT_FAILURE
+        return EXIT_DISTCC_FAILED
     st = mesh.status
     if not st.discovery and disabled is not None:
         log.log(logsetup.NOTICE, "discovery is off: %s", disabled)
@@ -511,7 +453,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     control_server = ControlServer(mesh, status, path=prep.control_path or "")
     status_server = None
     if prep.status_sock is not None:
-        from meshcc.frontend.status_http import StatusServer
+        from meshcc.daemon.status_http import StatusServer
 
         status_server = StatusServer(prep.pyz, status, allowed, pyz_error=prep.pyz_error)
         await status_server.start(prep.status_sock)
@@ -583,10 +525,11 @@ def _write_hosts(hosts_file: HostsFile, line: str, compiler: str | None) -> None
 async def _watch_default_cc(mesh: object, ctl: object, hosts_file: HostsFile | None) -> None:
     """Judge the peers for the local ``cc`` twice a second: log who is in or out and why
     (once per change), and keep ``--write-hosts`` current."""
-    from meshcc.frontend.control_server import FingerprintError, _which
+    from meshcc.compiler.fingerprints import FingerprintError
 
     fp = None
-    path = _which("cc")
+    found = hostos.which("cc")
+    path = os.path.abspath(found) if found is not None else None
     if path is None:
         log.warning("no `cc` on PATH: peers are listed without a compiler check")
     else:
@@ -615,8 +558,7 @@ async def _watch_default_cc(mesh: object, ctl: object, hosts_file: HostsFile | N
             log.info("peer %s is gone", key)
         seen = current
         if hosts_file is not None:
-            from meshcc.frontend.hosts_cmd import with_localhost
-            from meshcc.mesh.matching import hosts_line
+            from meshcc.mesh.matching import hosts_line, with_localhost
 
             _write_hosts(hosts_file, with_localhost(hosts_line(verdicts)), compiler)
         await asyncio.sleep(0.5)
@@ -645,6 +587,11 @@ def run(opts: DaemonOptions) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``meshcc daemon ARGS`` without the rest of the CLI (for tests and embedding)."""
-    from meshcc.frontend import cli
+    import argparse
 
-    return cli.main(["daemon", *(argv if argv is not None else sys.argv[1:])])
+    from meshcc.daemon import options
+
+    parser = argparse.ArgumentParser(prog="meshcc daemon")
+    options.add_arguments(parser)
+    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return run(options.DaemonOptions.from_namespace(ns))

@@ -1,6 +1,6 @@
 """``meshcc zipapp [-o FILE]``: write meshcc.pyz, one file that runs with a bare python3.
 
-The build logic lives in :mod:`meshcc.frontend.zipapp` (the daemon serves the same bytes
+The build logic lives in :mod:`meshcc.daemon.zipapp` (the daemon serves the same bytes
 on its status port); this module only parses options, so ``meshcc --help`` stays quick.
 """
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from meshcc.frontend import zipapp
+    from meshcc.daemon import zipapp
 
     try:
         data, source = zipapp.artefact()

@@ -34,7 +34,7 @@ if sys.version_info < (3, 11):
 if sys.argv and sys.argv[0].endswith(".pyz"):
     sys.argv[0] = "meshcc.pyz"
 
-from meshcc.frontend.entry import main
+from meshcc.cli.entry import main
 
 sys.exit(main())
 '''

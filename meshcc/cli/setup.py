@@ -7,7 +7,7 @@ stage3 whose GCC matches no peer silently compiles everything locally. Every run
 a unified diff first; the first run saves the original files so ``--undo`` restores them
 byte for byte. ``setup masquerade DIR`` makes distcc-style masquerade links to ``meshcc``.
 
-The mesh part is in :mod:`meshcc.frontend.portage`; module-level imports stay light
+The mesh part is in :mod:`meshcc.cli.portage`; module-level imports stay light
 because the CLI parser is built for every command.
 """
 
@@ -61,7 +61,7 @@ def run(ns: argparse.Namespace) -> int:
     if what is None:
         ns.setup_parser.print_help(sys.stderr)
         return 2
-    from meshcc.frontend import portage
+    from meshcc.cli import portage
 
     try:
         if what == "portage":

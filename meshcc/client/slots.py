@@ -34,8 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_BACKOFF_PERIOD = 60  # seconds (distcc's dcc_backoff_period)
 DEFAULT_PAUSE_MSEC = 1000  # distcc's DISTCC_PAUSE_TIME_MSEC default
-DEFAULT_LOCALSLOTS = 4
-DEFAULT_LOCALSLOTS_CPP = 8
 LOCALHOST = "localhost"
 
 

@@ -1,7 +1,7 @@
 """The ``meshcc`` command: subcommands go to the CLI, anything else is a compile.
 
 ``meshcc daemon ...`` (and ``--help``/``--version``) dispatch to
-:mod:`meshcc.frontend.cli`; ``meshcc COMPILER ARGS...`` is the compile wrapper,
+:mod:`meshcc.cli.main`; ``meshcc COMPILER ARGS...`` is the compile wrapper,
 imported lazily so a compile never pays for argparse or the daemon's imports.
 """
 
@@ -19,9 +19,9 @@ def main() -> int:
     """Entry point of the ``meshcc`` console script and ``python -m meshcc``."""
     argv = sys.argv
     if len(argv) < 2 or argv[1] in COMMANDS or argv[1] in _CLI_FLAGS:
-        from meshcc.frontend import cli
+        from meshcc.cli import main as cli
 
         return cli.main(argv[1:])
-    from meshcc.frontend.wrapper import main as wrapper_main
+    from meshcc.client.wrapper import main as wrapper_main
 
     return wrapper_main(argv)

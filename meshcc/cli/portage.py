@@ -19,6 +19,8 @@ import re
 import shutil
 import sys
 import tempfile
+
+from meshcc import hostos
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -146,7 +148,7 @@ def read_root_gcc(root: str) -> RootGcc:
 def probe_local_gcc(cc: str) -> tuple[RootGcc, str]:
     """``--root /``: run the real compiler (fingerprint, absolute path)."""
     from meshcc.compiler import toolchain
-    from meshcc.frontend.hosts_cmd import HostsError, resolve_cc
+    from meshcc.cli.hosts import HostsError, resolve_cc
 
     try:
         path = resolve_cc(cc)
@@ -181,7 +183,7 @@ class MeshView:
 
 def ask_mesh(cc: str | None = None, cc_path: str | None = None) -> MeshView:
     """The daemon's ``hosts`` reply without a compiler check (we match ourselves)."""
-    from meshcc.frontend.hosts_cmd import HostsError, _connect, ask_daemon
+    from meshcc.cli.hosts import HostsError, _connect, ask_daemon
     from meshcc.wire import control
 
     paths = control.client_socket_paths()
@@ -212,13 +214,6 @@ def matches(peer: dict[str, object], gcc: RootGcc) -> bool:
     want = (gcc.version, gcc.target, gcc.binutils)
     return any(_fingerprint(t) == want for t in peer.get("toolchains") or []  # type: ignore[union-attr]
                if isinstance(t, dict))  # fmt: skip
-
-
-def local_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def makeopts(local: int, peer_cpus: Sequence[int]) -> str:
@@ -492,7 +487,7 @@ def setup_portage(ns: argparse.Namespace) -> int:
     except SetupError as e:
         gcc_note = str(e)
     view = ask_mesh()
-    local = ns.local_cpus if ns.local_cpus and ns.local_cpus > 0 else local_cpus()
+    local = ns.local_cpus if ns.local_cpus and ns.local_cpus > 0 else hostos.cpu_count()
     live = view.live_peers()
     matching = [v for v in live if gcc is not None and matches(v["peer"], gcc)]  # type: ignore[arg-type]
     cpus = [int(v["peer"].get("cpus") or 1) for v in matching]  # type: ignore[union-attr]
@@ -515,7 +510,7 @@ def setup_portage(ns: argparse.Namespace) -> int:
     wh = view.status.get("write_hosts")
     if isinstance(wh, str) and os.path.abspath(wh) == hosts.path:
         by_daemon = True
-    from meshcc.frontend.hosts_cmd import with_localhost
+    from meshcc.mesh.matching import with_localhost
 
     line = with_localhost(" ".join(str(v.get("host_spec")) for v in matching
                                    if v.get("host_spec")))

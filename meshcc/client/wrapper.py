@@ -33,6 +33,19 @@ import stat as _stat  # already loaded by os at start-up
 import sys
 import time
 
+from meshcc.defaults import LOCAL_SLOTS, LOCAL_SLOTS_CPP
+from meshcc.exitcodes import (
+    EXIT_BAD_ARGUMENTS,
+    EXIT_BAD_HOSTSPEC,
+    EXIT_COMPILER_MISSING,
+    EXIT_CONNECT_FAILED,
+    EXIT_DISTCC_FAILED,
+    EXIT_IO_ERROR,
+    EXIT_NO_HOSTS,
+    EXIT_RECURSION,
+)
+from meshcc.hostos import which
+
 try:  # the C module: `signal` proper would import enum on the hot path
     import _signal as _sig
 except ImportError:  # pragma: no cover - non-CPython
@@ -45,18 +58,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.compiler.args import Job
     from typing import Any
 
-    from meshcc.frontend.slots import Slot
+    from meshcc.client.slots import Slot
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
 
-# distcc exit codes (exitcode.h)
-EXIT_DISTCC_FAILED = 100
-EXIT_BAD_ARGUMENTS = 101
-EXIT_IO_ERROR = 107
-EXIT_BAD_HOSTSPEC = 106
-EXIT_COMPILER_MISSING = 110
-EXIT_RECURSION = 111
-EXIT_NO_HOSTS = 116
 
 MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
 MAX_LEASE_ATTEMPTS = 3  # leases tried per job before compiling locally
@@ -143,19 +148,6 @@ def _write(fd: int, data: bytes) -> None:
 # --------------------------------------------------------------------------- compiler lookup
 
 
-def _which(name: str, path: str, skip_real: str | None = None) -> str | None:
-    """First executable ``name`` on ``path`` (not resolving to ``skip_real``)."""
-    if "/" in name:
-        return name
-    for d in path.split(os.pathsep):
-        cand = os.path.join(d or ".", name)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            if skip_real is not None and os.path.realpath(cand) == skip_real:
-                continue
-            return cand
-    return None
-
-
 def _masquerade_path(link: str, path: str) -> str:
     """PATH without every entry up to and including the directory holding our link."""
     here = os.path.dirname(os.path.abspath(link))
@@ -196,9 +188,9 @@ def _invocation(argv: Sequence[str], environ: os._Environ[str]) -> _Invocation:
     path = _masquerade_path(arg0, environ.get("PATH", os.defpath))
     environ["PATH"] = path  # children (cpp, the compiler's own lookups) use the trimmed PATH
     me = os.path.realpath(arg0)
-    real = _which(base, path, skip_real=me)
+    real = which(base, path, skip_real=me)
     if real is None:
-        if _which(base, path) is not None:
+        if which(base, path) is not None:
             raise _Fatal(f"{base} on PATH is this wrapper again; cannot find the real {base}",
                          EXIT_RECURSION)
         raise _Fatal(f"cannot find the real compiler {base!r} on PATH after {os.path.dirname(arg0)}",
@@ -510,7 +502,7 @@ def _local_slot(log: _Log, lockdir: str | None, nslots: int) -> Slot | None:
     """Wait for a ``cpu_localhost_N`` slot; None (and go on unlocked) if locking is broken."""
     if lockdir is None:
         return None
-    from meshcc.frontend import slots
+    from meshcc.client import slots
 
     pause = slots.env_int(os.environ, "DISTCC_PAUSE_TIME_MSEC", slots.DEFAULT_PAUSE_MSEC)
     try:
@@ -536,7 +528,7 @@ def _hosts_or_none(env: os._Environ[str]) -> object | None:
 
 
 def _localslots(hostlist: object | None, cpp: bool = False) -> int:
-    default = 8 if cpp else 4
+    default = LOCAL_SLOTS_CPP if cpp else LOCAL_SLOTS
     value = getattr(hostlist, "localslots_cpp" if cpp else "localslots", None)
     return value if isinstance(value, int) and value > 0 else default
 
@@ -589,7 +581,7 @@ class _ListPool:
     (shared with stock distcc clients on this box)."""
 
     def __init__(self, run: _Run, hostlist: Any) -> None:
-        from meshcc.frontend import slots
+        from meshcc.client import slots
 
         env = run.env
         self.run = run
@@ -613,7 +605,7 @@ class _ListPool:
 
     def acquire(self) -> tuple[Any, Slot] | None:
         """Wait for a slot on the first usable host; None when no host is left to try."""
-        from meshcc.frontend import slots
+        from meshcc.client import slots
 
         run = self.run
         lockdir = run.lockdir
@@ -636,7 +628,7 @@ class _ListPool:
 
     def failed_on(self, host: Any, slot: Any, why: str, connect_failed: bool) -> None:
         """The host could not do the job: back it off (unless disabled), free its slot."""
-        from meshcc.frontend import slots
+        from meshcc.client import slots
 
         self.last_failure = f"{host.spec} ({why})"
         if self.period > 0:
@@ -648,7 +640,7 @@ class _ListPool:
     def finish(self, host: Any, slot: Any, verdict: bool | None) -> None:
         """The job is over on ``host``: True = it worked (forgive), False = dislike it
         (back off), None = no opinion. Frees the slot."""
-        from meshcc.frontend import slots
+        from meshcc.client import slots
 
         lockdir = self.run.lockdir
         assert lockdir is not None
@@ -815,7 +807,7 @@ def _lease_pool(run: _Run, inv: _Invocation, io_timeout: float) -> _LeasePool | 
         return None
     exe = inv.exec_path
     if "/" not in exe:
-        exe = _which(exe, run.env.get("PATH", os.defpath)) or exe
+        exe = which(exe, run.env.get("PATH", os.defpath)) or exe
     return _LeasePool(run, conn, conn.path, inv.compiler, os.path.abspath(exe), io_timeout)
 
 
@@ -828,7 +820,7 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     Returns the exit code, or execs the compiler and never returns.
     """
     from meshcc.compiler import args
-    from meshcc.frontend import slots
+    from meshcc.client import slots
     from meshcc.transport import client
 
     env = os.environ
@@ -865,7 +857,7 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
                 raise _Fatal(f"{msg}; not compiling {src} locally (DISTCC_FALLBACK=0)",
                              EXIT_BAD_HOSTSPEC) from None
             log.warn(f"{msg}; compiling {src} locally")
-            run.exec_local(_local_slot(log, lockdir, slots.DEFAULT_LOCALSLOTS))
+            run.exec_local(_local_slot(log, lockdir, LOCAL_SLOTS))
             raise AssertionError("not reached")  # pragma: no cover
         pool = _ListPool(run, hostlist)
 
@@ -895,7 +887,7 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
                 else:
                     why = str(e)
                     log.debug(f"{host.spec} failed: {why}")
-                connect_failed = getattr(e, "exit_code", 0) == client.EXIT_CONNECT_FAILED
+                connect_failed = getattr(e, "exit_code", 0) == EXIT_CONNECT_FAILED
                 pool.failed_on(host, slot, why, connect_failed)
                 continue
             except _CppFailed as e:
@@ -1016,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _local_only(inv: _Invocation, job: Job, log: _Log) -> int:
     """A job that must run here: take a local slot (cpp slot for -E) and exec the compiler."""
-    from meshcc.frontend import slots
+    from meshcc.client import slots
 
     env = os.environ
     try:

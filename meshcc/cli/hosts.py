@@ -37,10 +37,11 @@ def resolve_cc(cc: str) -> str:
         if not os.path.isfile(path):
             raise HostsError(f"--cc {cc}: no such file")
         return path
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        cand = os.path.join(d or ".", cc)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return os.path.abspath(cand)
+    from meshcc import hostos
+
+    found = hostos.which(cc)
+    if found is not None:
+        return os.path.abspath(found)
     raise HostsError(f"--cc {cc}: not found on PATH")
 
 
@@ -84,9 +85,9 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
     import logging
 
     from meshcc.compiler import toolchain
-    from meshcc.frontend import logsetup
-    from meshcc.frontend.control_server import _driver
-    from meshcc.mesh.matching import ClientCompiler, hosts_line
+    from meshcc.daemon import logsetup
+    from meshcc.compiler.fingerprints import ClientCompiler
+    from meshcc.mesh.matching import hosts_line
     from meshcc.mesh.netif import InterfaceError
     from meshcc.mesh.service import Mesh, MeshConfig
 
@@ -95,9 +96,7 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
         probe = toolchain.probe(cc_path)
     except toolchain.ToolchainError as e:
         raise HostsError(f"--cc {cc}: not a usable gcc: {e}") from None
-    name = os.path.basename(cc)
-    fp = ClientCompiler(name, probe.version, probe.target, probe.binutils,
-                        _driver(name, os.path.realpath(cc_path)))  # fmt: skip
+    fp = ClientCompiler.from_probe(cc, os.path.realpath(cc_path), probe)
 
     async def run() -> dict[str, object]:
         mesh = Mesh(MeshConfig(interfaces=tuple(ns.interface), allow=tuple(ns.allow),
@@ -122,17 +121,6 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
 
 
 # ---------------------------------------------------------------- output
-
-
-LOCAL_SLOTS = 2  # distcc's default share for `localhost`
-
-
-def with_localhost(peers_line: str) -> str:
-    """What a distcc user puts in DISTCC_HOSTS or a hosts file: the peers, best first, then
-    this box as ``localhost/2`` (distcc's default share), so its own CPU compiles too
-    instead of only preprocessing. Empty when no peer matches: distcc then compiles
-    locally by itself."""
-    return f"{peers_line} localhost/{LOCAL_SLOTS}" if peers_line else ""
 
 
 def _toolchains(peer: dict[str, object]) -> str:
@@ -176,6 +164,8 @@ def empty_reason(reply: dict[str, object]) -> str:
 
 
 def print_explain(reply: dict[str, object], where: str, out: object = sys.stdout) -> None:
+    from meshcc.mesh.matching import with_localhost
+
     st = reply.get("status") or {}
     assert isinstance(st, dict)
     disc = "on" if st.get("discovery") else f"off ({st.get('off_reason')})"
@@ -206,6 +196,8 @@ def print_explain(reply: dict[str, object], where: str, out: object = sys.stdout
 
 
 def run(ns: argparse.Namespace) -> int:
+    from meshcc.mesh.matching import with_localhost
+
     try:
         cc_path = resolve_cc(ns.cc)
         paths = control.client_socket_paths()

@@ -23,7 +23,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 
-from meshcc.transport.server import IPNetwork, client_allowed, normalize_client_ip
+from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip
 
 log = logging.getLogger("meshcc.status")
 

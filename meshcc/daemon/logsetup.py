@@ -30,9 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
     from typing import TextIO
 
-# `logging` is imported only when a log is configured: the CLI imports LOG_LEVELS for
-# argparse, and `meshcc hosts` must start fast (logging + its imports cost ~6 ms).
-NOTICE = 25
+from meshcc.loglevels import NOTICE
+
 _CRITICAL, _ERROR, _WARNING, _INFO, _DEBUG = 50, 40, 30, 20, 10  # logging's values
 
 LOG_LEVELS: dict[str, int] = {
@@ -99,7 +98,6 @@ def configure(level: int, stream: TextIO | None = None, *, to_file: bool = False
     """Send the ``meshcc`` loggers to ``stream`` (default stderr) at ``level``."""
     import logging
 
-    logging.addLevelName(NOTICE, "NOTICE")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(logging.Formatter(_FILE_FORMAT if to_file else _STREAM_FORMAT))
     _install(handler, level)

@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cc", metavar="COMPILER",
         help="check this compiler, as you invoke it (default: the command's compiler, else cc)",
     )  # fmt: skip
-    from meshcc.frontend.cli import add_browse_options
+    from meshcc.cli.main import add_browse_options
 
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_browse_options(parser)
@@ -288,7 +288,7 @@ def _daemon_hosts(report: Report, d: _Daemon, cc: str, cc_path: str | None
 def _browse(report: Report, cc: str, cc_path: str | None, seconds: float,
             interfaces: tuple[str, ...]) -> dict[str, object] | None:
     """No daemon: what a browse of ``seconds`` sees (meshcc hosts' code)."""
-    from meshcc.frontend import hosts_cmd
+    from meshcc.cli import hosts as hosts_cmd
 
     ns = argparse.Namespace(interface=list(interfaces), allow=[], accept_unverified=False,
                             browse_time=seconds)  # fmt: skip
@@ -395,13 +395,10 @@ def check_peers(report: Report, reply: Mapping[str, object], cc: str) -> None:
 
 
 def _which(name: str, env: Mapping[str, str]) -> str | None:
-    if "/" in name:
-        return os.path.abspath(name) if os.path.isfile(name) else None
-    for d in env.get("PATH", os.defpath).split(os.pathsep):
-        cand = os.path.join(d or ".", name)
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return os.path.abspath(cand)
-    return None
+    from meshcc import hostos
+
+    found = hostos.which(name, env.get("PATH", os.defpath))
+    return os.path.abspath(found) if found is not None and os.path.isfile(found) else None
 
 
 def check_compiler(report: Report, cc: str, env: Mapping[str, str]) -> tuple[str | None, bool]:
@@ -598,7 +595,9 @@ def check_portage(report: Report, path: str, reply: Mapping[str, object] | None,
     if reply is None:
         report.add("portage", OK, f"{path}: FEATURES has distcc; MAKEOPTS={makeopts or '(unset)'}")
         return
-    local = os.cpu_count() or 1
+    from meshcc import hostos
+
+    local = hostos.cpu_count()
     remote = sum(int((v.get("peer") or {}).get("limit") or 0)  # type: ignore[union-attr]
                  for v in reply.get("verdicts") or [] if v.get("included"))  # type: ignore[union-attr]
     total = local + remote

@@ -1,0 +1,1 @@
+"""The admin commands: `meshcc hosts|doctor|setup|zipapp`."""

@@ -1,0 +1,1 @@
+"""The compile client: meshcc-gcc, meshcc-g++, masquerade links and `meshcc gcc ...`."""

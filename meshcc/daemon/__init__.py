@@ -1,0 +1,1 @@
+"""`meshcc daemon`: the compile server, the mesh, the control socket and the status port."""

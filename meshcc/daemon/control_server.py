@@ -1,0 +1,277 @@
+"""The daemon's local control socket server: status, hosts lines and compile leases.
+
+Protocol: :mod:`meshcc.wire.control`; this is its I/O side in the daemon's loop. Binding
+the socket is :mod:`meshcc.transport.control_socket`, fingerprinting a client's compiler
+:mod:`meshcc.compiler.fingerprints`, choosing the peer :mod:`meshcc.mesh.leases`. A lease
+is freed when its connection closes, whatever the client did (a ``kill -9`` closes the
+socket in the kernel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from meshcc import hostos
+from meshcc.compiler.fingerprints import ClientCompiler, FingerprintCache, FingerprintError
+from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local
+from meshcc.transport.control_socket import describe_peer
+from meshcc.wire import control
+
+log = logging.getLogger("meshcc.control")
+
+MAX_CONNECTIONS = 4096
+IDLE_TIMEOUT_S = 60.0  # a connection that holds no lease and sends nothing is closed
+_READ_CHUNK = 64 * 1024
+
+
+class ControlServer:
+    """Serves :mod:`meshcc.wire.control` requests on the daemon's Unix socket."""
+
+    def __init__(
+        self,
+        mesh: object,
+        status: Callable[[], dict[str, object]],
+        *,
+        fingerprints: FingerprintCache | None = None,
+        path: str = "",
+    ) -> None:
+        self.mesh = mesh
+        self.status = status
+        self.fingerprints = fingerprints or FingerprintCache()
+        self.broker = LeaseBroker(mesh)
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_unix_server(self._on_connection, sock=sock)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.broker.stop()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    # -- requests that need the mesh
+
+    async def hosts(self, req: control.HostsRequest) -> dict[str, object]:
+        fp: ClientCompiler | None = None
+        compiler: str | None = None
+        cc_path = req.cc_path
+        if req.cc and not cc_path:
+            cc_path = _find_on_path(req.cc)
+            if cc_path is None:
+                return control.error_reply(f"{req.cc}: not found on the daemon's PATH")
+        if cc_path:
+            try:
+                fp = await self.fingerprints.get(req.cc or cc_path, cc_path)
+            except FingerprintError as e:
+                return control.error_reply(str(e))
+            compiler = fp.describe()
+        verdicts = self.mesh.explain(fp)  # type: ignore[attr-defined]
+        from meshcc.mesh.matching import hosts_line
+
+        return {
+            "ok": True,
+            "line": hosts_line(verdicts),
+            "verdicts": [v.to_dict() for v in verdicts],
+            "status": self.status(),
+            "compiler": compiler,
+            "note": None,
+        }
+
+    async def lease(self, req: control.LeaseRequest) -> Grant | Local:
+        try:
+            fp = await self.fingerprints.get(req.cc, req.cc_path)
+        except FingerprintError as e:
+            return Local(str(e))
+        return await self.broker.acquire(fp, req.local_ok)
+
+    # -- one connection
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        who = describe_peer(writer.get_extra_info("socket"))
+        if len(self._connections) >= MAX_CONNECTIONS:
+            log.warning("control: refusing %s: %d connections already open", who,
+                        len(self._connections))  # fmt: skip
+            with contextlib.suppress(Exception):
+                writer.write(control.encode(control.error_reply("too many connections")))
+            writer.close()
+            return
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer, who)
+        except ConnectionError:
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("control: internal error serving %s", who)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str
+    ) -> None:
+        msgs = control.MessageReader()
+
+        async def send(msg: dict[str, object]) -> None:
+            writer.write(control.encode(msg))
+            await writer.drain()
+
+        while True:
+            try:
+                msg = await self._next(reader, msgs, IDLE_TIMEOUT_S)
+            except control.ControlError as e:
+                log.warning("control: closing connection from %s: %s", who, e)
+                with contextlib.suppress(Exception):
+                    await send(control.error_reply(str(e)))
+                return
+            if msg is None:
+                return
+            try:
+                req = control.decode_request(msg)
+            except control.ControlError as e:
+                log.warning("control: closing connection from %s: %s", who, e)
+                await send(control.error_reply(str(e)))
+                return
+            if isinstance(req, control.StatusRequest):
+                await send(self.status())
+            elif isinstance(req, control.HostsRequest):
+                await send(await self.hosts(req))
+            elif isinstance(req, control.LeaseRequest):
+                await self._lease(req, reader, writer, msgs, who)
+                return
+            else:
+                log.warning("control: closing connection from %s: 'done' without a lease", who)
+                await send(control.error_reply("'done' without a lease"))
+                return
+
+    async def _lease(
+        self,
+        req: control.LeaseRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        msgs: control.MessageReader,
+        who: str,
+    ) -> None:
+        # Wait for the lease while watching the socket: a client that dies in the queue
+        # must leave it at once.
+        lease = asyncio.ensure_future(self.lease(req))
+        eof = asyncio.ensure_future(self._wait_eof(reader, msgs))
+        try:
+            await asyncio.wait({lease, eof}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not lease.done():
+                lease.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lease
+        if not lease.done() or lease.cancelled():
+            if eof.done() and not eof.cancelled() and eof.exception() is not None:
+                log.warning("control: closing connection from %s: %s", who, eof.exception())
+            eof.cancel()
+            log.debug("control: %s left while waiting for a lease", who)
+            return
+        got = lease.result()
+        if isinstance(got, Local) and got.held:
+            try:
+                log.debug("control: %s compiles %s here (own share): %s", who, req.source,
+                          got.reason)  # fmt: skip
+                writer.write(control.encode(control.lease_local(got.reason, hold=True)))
+                await writer.drain()
+                await eof  # the local compiler holds the connection while it runs
+            except (control.ControlError, ConnectionError):
+                pass
+            finally:
+                eof.cancel()
+                self.broker.release(LOCAL_KEY)
+            return
+        if isinstance(got, Local):
+            eof.cancel()
+            log.debug("control: %s compiles %s locally: %s", who, req.source, got.reason)
+            writer.write(control.encode(control.lease_local(got.reason)))
+            await writer.drain()
+            return
+        try:
+            log.debug("control: %s leases %s for %s (%s)", who, got.key, req.source, req.cc)
+            writer.write(control.encode(control.lease_granted(got.host, got.port, got.protocol, got.compiler, got.key)))
+            await writer.drain()
+            done = await eof  # held until 'done' or the connection closes
+        except control.ControlError as e:
+            log.warning("control: closing connection from %s: %s", who, e)
+            done = None
+        except ConnectionError:
+            done = None
+        finally:
+            eof.cancel()
+            self.broker.release(got.key)
+        if isinstance(done, control.DoneMessage):
+            self.mesh.report_job_result(  # type: ignore[attr-defined]
+                got.key, done.ok, connect_failed=done.connect_failed
+            )
+            if not done.ok:
+                log.info("job %s on %s failed%s: %s", req.source, got.host,
+                         " (connect failed)" if done.connect_failed else "",
+                         done.reason or "no reason given")  # fmt: skip
+
+    async def _wait_eof(
+        self, reader: asyncio.StreamReader, msgs: control.MessageReader
+    ) -> control.DoneMessage | None:
+        """The lease's 'done' message, or None when the client closes without one."""
+        while True:
+            msg = await self._next(reader, msgs, None)
+            if msg is None:
+                return None
+            req = control.decode_request(msg)
+            if isinstance(req, control.DoneMessage):
+                return req
+            raise control.ControlError(f"only 'done' may follow a lease, not {msg.get('op')!r}")
+
+    @staticmethod
+    async def _next(
+        reader: asyncio.StreamReader, msgs: control.MessageReader, timeout: float | None
+    ) -> dict[str, object] | None:
+        while True:
+            msg = msgs.next_message()
+            if msg is not None:
+                return msg
+            try:
+                data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
+            except TimeoutError:
+                return None
+            except OSError as e:
+                if e.errno in (errno.ECONNRESET, errno.EPIPE):
+                    return None
+                raise
+            if not data:
+                return None
+            msgs.feed(data)
+
+
+
+def _find_on_path(name: str) -> str | None:
+    """A ``hosts`` request's bare compiler name, looked up on the daemon's PATH."""
+    found = hostos.which(name, os.environ.get("PATH", "/usr/bin:/bin"))
+    return os.path.abspath(found) if found is not None else None

@@ -1,0 +1,211 @@
+"""``meshcc daemon``'s options: parsing them (argparse) and the settings they make.
+
+distccd's options keep distccd's names and meanings (``--port``, ``--allow``, ``-j``,
+``-N``, ``--log-level``, ``--user``, ``--job-lifetime``); the mesh adds its own. The value
+parsers are shared with the admin commands (``meshcc hosts --allow``, ``--browse-time``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshcc import hostos
+from meshcc.defaults import DISTCC_PORT, STATUS_PORT
+from meshcc.transport.addresses import IPNetwork
+
+
+def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``--allow``: IPv4/IPv6 address or CIDR; a bare address means /32 or /128."""
+    text = value.strip()
+    if text.startswith("[") and "]" in text:  # [::1] or [::1]/128
+        inner, _, rest = text[1:].partition("]")
+        text = inner + rest
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an IP address or network; use e.g. 192.168.1.0/24, "
+            "10.0.0.5 or fd00::/8"
+        ) from None
+
+
+def int_in(lo: int, hi: int | None, what: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a whole number, not {value!r}"
+            ) from None
+        if n < lo or (hi is not None and n > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, not {n}")
+        return n
+
+    return parse
+
+
+def seconds(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}") from None
+    if s < 0 or s != s or s == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {value!r}")
+    return s
+
+
+def _level(value: str) -> str:
+    from meshcc.daemon.logsetup import LOG_LEVELS  # logging: not for `meshcc hosts`
+
+    if value.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {value!r}; use one of: {', '.join(LOG_LEVELS)}"
+        )
+    return value.lower()
+
+
+def default_jobs() -> int:
+    """distccd's default: CPUs available to this process + 2."""
+    return hostos.cpu_count() + 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``meshcc daemon``'s options: distccd's, plus the mesh's."""
+    p.add_argument(
+        "--listen", metavar="ADDR",
+        help="address to listen on (default: all addresses, IPv4 and IPv6)",
+    )  # fmt: skip
+    p.add_argument(
+        "-p", "--port", type=int_in(1, 65535, "--port"), default=DISTCC_PORT,
+        help=f"TCP port for compile jobs (default {DISTCC_PORT})",
+    )  # fmt: skip
+    p.add_argument(
+        "--status-port", type=int_in(0, 65535, "--status-port"), default=None, metavar="N",
+        help=f"HTTP status port serving this daemon's meshcc.pyz, its sha256 and /bootstrap "
+        f"(default {STATUS_PORT}, as distccd's stats port; off when listening on "
+        "loopback only; 0 = off)",
+    )  # fmt: skip
+    p.add_argument(
+        "-a", "--allow", metavar="CIDR", type=parse_network, action="append", default=[],
+        help="allow clients from this address or network (repeatable; default: loopback and "
+        "the subnets of this machine's own interfaces)",
+    )  # fmt: skip
+    p.add_argument(
+        "-j", "--jobs", type=int_in(1, None, "--jobs"), default=None,
+        help=f"maximum concurrent compiles (default: CPUs + 2 = {default_jobs()})",
+    )  # fmt: skip
+    p.add_argument(
+        "-N", "--nice", type=int, default=5,
+        help="niceness increment for the daemon and its compilers (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-level", type=_level, default="notice", metavar="LEVEL",
+        help="emerg, alert, crit, error, warning, notice (default), info or debug",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-file", metavar="FILE",
+        help="append the log to FILE (default: the journal under systemd, stderr when "
+        "someone reads it, else syslog)",
+    )  # fmt: skip
+    p.add_argument("--log-stderr", action="store_true", help="log to stderr, never syslog")
+    p.add_argument(
+        "--compiler", metavar="PATH", action="append", default=[],
+        help="offer exactly this compiler (repeatable); default: the gcc family on PATH",
+    )  # fmt: skip
+    p.add_argument(
+        "--user", metavar="USER",
+        help="user to run as when started as root (default: meshcc if it exists, else nobody)",
+    )  # fmt: skip
+    p.add_argument(
+        "--job-lifetime", type=seconds, default=0.0, metavar="SECS",
+        help="kill a compile that runs longer than SECS (default 0: no limit)",
+    )  # fmt: skip
+    p.add_argument(
+        "--io-timeout", type=seconds, default=300.0, metavar="SECS",
+        help="drop a client that sends or reads nothing for SECS (default 300, as distcc)",
+    )  # fmt: skip
+    p.add_argument(
+        "-i", "--interface", metavar="IFACE", action="append", default=[],
+        help="announce and browse on this interface (repeatable; default: every up, "
+        "multicast-capable, non-virtual interface)",
+    )  # fmt: skip
+    p.add_argument(
+        "--accept-unverified", action="store_true",
+        help="also use stock `distccd --zeroconf` peers, whose binutils version is unknown",
+    )  # fmt: skip
+    p.add_argument(
+        "--socket", metavar="PATH",
+        help="control socket for local clients (default: $MESHCC_SOCKET, else "
+        "/run/meshcc/control.sock as root, else $XDG_RUNTIME_DIR/meshcc/control.sock)",
+    )  # fmt: skip
+    p.add_argument(
+        "--write-hosts", metavar="FILE",
+        help="keep a distcc hosts file (e.g. /etc/distcc/hosts) listing the peers that match "
+        "the local `cc`, for stock distcc and Portage",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-discovery", action="store_true",
+        help="neither announce nor browse (serve compiles only)",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """The daemon's settings, as parsed from ``meshcc daemon`` options."""
+
+    listen: str | None = None
+    port: int = DISTCC_PORT
+    status_port: int | None = None  # None: 3633, unless listening on loopback only
+    allow: tuple[IPNetwork, ...] = ()
+    jobs: int | None = None
+    nice: int = 5
+    log_level: str = "notice"
+    log_file: str | None = None
+    log_stderr: bool = False
+    compilers: tuple[str, ...] = ()
+    user: str | None = None
+    job_lifetime: float = 0.0
+    io_timeout: float = 300.0
+    interfaces: tuple[str, ...] = ()
+    accept_unverified: bool = False
+    socket: str | None = None
+    write_hosts: str | None = None
+    discovery: bool = True
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
+        return cls(
+            listen=ns.listen,
+            port=ns.port,
+            status_port=getattr(ns, "status_port", None),
+            allow=tuple(ns.allow),
+            jobs=ns.jobs,
+            nice=ns.nice,
+            log_level=ns.log_level,
+            log_file=ns.log_file,
+            log_stderr=bool(getattr(ns, "log_stderr", False)),
+            compilers=tuple(ns.compiler),
+            user=ns.user,
+            job_lifetime=ns.job_lifetime,
+            io_timeout=ns.io_timeout,
+            interfaces=tuple(getattr(ns, "interface", ()) or ()),
+            accept_unverified=bool(getattr(ns, "accept_unverified", False)),
+            socket=getattr(ns, "socket", None),
+            write_hosts=getattr(ns, "write_hosts", None),
+            discovery=not getattr(ns, "no_discovery", False),
+        )
+
+    def loopback_only(self) -> bool:
+        """``--listen`` names a loopback address: no peer could reach this daemon."""
+        if not self.listen:
+            return False
+        try:
+            addr = ipaddress.ip_address(self.listen.strip("[]"))
+        except ValueError:
+            return self.listen == "localhost"
+        mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+        return addr.is_loopback or (mapped is not None and mapped.is_loopback)

@@ -1,0 +1,85 @@
+"""The daemon's end of the local control socket: bind it safely, say who is calling.
+
+:func:`open_control_socket` runs *before* the daemon drops root (the directory may be
+root-only to create). The socket is mode 0666 so every local user can connect; a per-user
+daemon's directory in a shared ``/tmp`` must be a private directory of its own, the same
+rule its clients apply before trusting a socket there
+(:func:`meshcc.transport.control_client.is_private_dir`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import struct
+
+
+class ControlSocketError(Exception):
+    """The control socket cannot be opened; ``str(e)`` says why (one line for the log)."""
+
+
+def open_control_socket(path: str) -> socket.socket:
+    """Bind and listen on ``path`` (creating its directory); replace a stale socket.
+
+    A live daemon already answering on ``path`` is a ControlSocketError: two daemons must
+    not fight over one socket (the second keeps serving compiles without one).
+    """
+    parent = os.path.dirname(os.path.abspath(path)) or "/"
+    # Root's daemon serves every local user: 0755. A user's own daemon: 0700.
+    mode = 0o755 if os.geteuid() == 0 else 0o700
+    try:
+        os.makedirs(parent, mode=mode, exist_ok=True)
+    except OSError as e:
+        raise ControlSocketError(f"cannot create {parent}: {e.strerror or e}") from None
+    if os.geteuid() != 0 and parent.startswith("/tmp/meshcc-"):
+        # A per-user dir in a shared /tmp: must be ours and private (or someone could
+        # interpose a socket and hand our compiles to any host).
+        st = os.lstat(parent)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ControlSocketError(f"{parent} is not a directory owned by uid {os.geteuid()}")
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ControlSocketError(f"cannot use {path}: {e.strerror or e}") from None
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlSocketError(f"{path} exists and is not a socket; remove it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale: its daemon is gone
+        else:
+            raise ControlSocketError(f"another meshcc daemon is answering on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)  # any local user may ask for status or a lease
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise ControlSocketError(f"cannot listen on {path}: {e.strerror or e}") from None
+    return sock
+
+
+def describe_peer(sock: socket.socket | None) -> str:
+    """``pid N uid U`` of a local client, for the log."""
+    if sock is None:
+        return "?"
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", creds)
+        return f"pid {pid} uid {uid}"
+    except OSError:
+        return "?"
