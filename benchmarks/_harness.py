@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import harness as _shared  # noqa: E402 - the pytest-free helpers shared with the tests
-from harness import LOOPBACK, SOURCE_CACHE, free_port, port_accepts  # noqa: E402,F401
+import harness as _shared
+from harness import LOOPBACK, SOURCE_CACHE, free_port, port_accepts  # noqa: F401
 
 VENV_BIN = Path(sys.executable).parent
 _JOB_RE = re.compile(r"client: \S+ (?P<result>[A-Z_]+) exit:")
@@ -34,8 +34,6 @@ def apt_source(package: str) -> Path:
         return _shared.apt_source(package)
     except RuntimeError as e:
         raise HarnessError(str(e)) from None
-
-
 
 
 def clean_env() -> dict[str, str]:
@@ -104,24 +102,40 @@ class Daemon:
             pass
 
 
-def _spawn(kind: str, argv: list[str], workdir: Path, port: int, log: Path, env: dict[str, str],
-           out_path: Path) -> Daemon:
+def _spawn(
+    kind: str,
+    argv: list[str],
+    workdir: Path,
+    port: int,
+    log: Path,
+    env: dict[str, str],
+    out_path: Path,
+) -> Daemon:
     with open(out_path, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     daemon = Daemon(kind, proc, port, log, argv)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise HarnessError(
                 f"{kind} exited ({proc.returncode}) before listening: {' '.join(argv)}\n"
-                f"{out_path.read_text(errors='replace')[-4000:]}\n{daemon.log_text()[-4000:]}")
+                f"{out_path.read_text(errors='replace')[-4000:]}\n{daemon.log_text()[-4000:]}"
+            )
         if port_accepts(port):
             return daemon
         time.sleep(0.05)
     daemon.stop()
     raise HarnessError(
-        f"{kind} did not listen on {LOOPBACK}:{port} within 10 s\n{daemon.log_text()}")
+        f"{kind} did not listen on {LOOPBACK}:{port} within 10 s\n{daemon.log_text()}"
+    )
 
 
 def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:
@@ -129,9 +143,26 @@ def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "meshccd.log"
-    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery",
-            "--port", str(port), "--allow", LOOPBACK, "--jobs", str(jobs), "--log-file", str(log),
-            "--log-level", "info", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "meshcc",
+        "daemon",
+        "--listen",
+        LOOPBACK,
+        "--no-discovery",
+        "--port",
+        str(port),
+        "--allow",
+        LOOPBACK,
+        "--jobs",
+        str(jobs),
+        "--log-file",
+        str(log),
+        "--log-level",
+        "info",
+        *extra,
+    ]
     env = clean_env()
     env.pop("TMPDIR", None)  # like distccd: job dirs in /tmp, writable by the dropped user
     return _spawn("meshcc", argv, workdir, port, log, env, workdir / "meshccd.out")
@@ -144,9 +175,23 @@ def start_distccd(workdir: Path, jobs: int, *extra: str) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "distccd.log"
-    argv = ["distccd", "--daemon", "--no-detach", "--log-stderr", "--log-level", "info",
-            "--listen", LOOPBACK, "--port", str(port), "--allow", LOOPBACK,
-            "--jobs", str(jobs), *extra]
+    argv = [
+        "distccd",
+        "--daemon",
+        "--no-detach",
+        "--log-stderr",
+        "--log-level",
+        "info",
+        "--listen",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--allow",
+        LOOPBACK,
+        "--jobs",
+        str(jobs),
+        *extra,
+    ]
     env = clean_env()
     env.pop("TMPDIR", None)
     return _spawn("distccd", argv, workdir, port, log, env, log)

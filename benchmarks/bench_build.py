@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _harness as h  # noqa: E402
+import _harness as h
 
 TARGET_WALL_RATIO = 1.15  # meshcc-gcc -> meshcc wall vs distcc -> distccd
 TARGET_CPU_RATIO = 1.5  # meshcc-gcc client CPU per job vs distcc's
@@ -113,11 +113,14 @@ class WayResult:
 
 def _run_quiet(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
     with open(log, "ab") as out:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
     if proc.returncode:
-        raise h.HarnessError(f"{' '.join(cmd)} failed ({proc.returncode}), see {log}:\n"
-                             + log.read_text(errors="replace")[-3000:])
+        raise h.HarnessError(
+            f"{' '.join(cmd)} failed ({proc.returncode}), see {log}:\n"
+            + log.read_text(errors="replace")[-3000:]
+        )
 
 
 def _timed_make(
@@ -126,8 +129,9 @@ def _timed_make(
     """Run make; return (wall s, user+sys s of make and all it waited for, exit status)."""
     with open(log, "wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -135,8 +139,11 @@ def _timed_make(
 
 
 def _hash_objects(tree: Path) -> dict[str, str]:
-    return {str(p.relative_to(tree)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(tree.rglob("*.o")) if p.is_file()}
+    return {
+        str(p.relative_to(tree)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(tree.rglob("*.o"))
+        if p.is_file()
+    }
 
 
 def _wait_jobs(daemon: h.Daemon, target: int, timeout: float = 5.0) -> int:
@@ -170,8 +177,12 @@ def bench_build(args: argparse.Namespace, work: Path) -> dict:
 
     ways = [Way("gcc", None, 0)]
     for proto in args.protocols:
-        ways += [Way("distcc", "distccd", proto), Way("meshcc-gcc", "meshcc", proto),
-                 Way("distcc", "meshcc", proto), Way("meshcc-gcc", "distccd", proto)]
+        ways += [
+            Way("distcc", "distccd", proto),
+            Way("meshcc-gcc", "meshcc", proto),
+            Way("distcc", "meshcc", proto),
+            Way("meshcc-gcc", "distccd", proto),
+        ]
     ways = [w for w in ways if w.key in args.ways]
     daemons: dict[str, h.Daemon] = {}
     if any(w.server == "distccd" for w in ways):
@@ -181,7 +192,7 @@ def bench_build(args: argparse.Namespace, work: Path) -> dict:
     results = {w: WayResult(w.label, w.client, w.server, w.protocol) for w in ways}
     try:
         for rep in range(args.reps):
-            order = ways[rep % len(ways):] + ways[: rep % len(ways)]  # rotate against order bias
+            order = ways[rep % len(ways) :] + ways[: rep % len(ways)]  # rotate against order bias
             for way in order:
                 res = results[way]
                 if res.error:
@@ -195,8 +206,10 @@ def bench_build(args: argparse.Namespace, work: Path) -> dict:
                 log = work / f"make-{way.client}-{way.server}-p{way.protocol}-{rep}.log"
                 wall, cpu, rc = _timed_make([*make, f"CC={way.cc}", *project.build], tree, env, log)
                 if rc != 0:
-                    res.error = f"make exited {rc}; tail of {log}:\n" + log.read_text(
-                        errors="replace")[-2500:]
+                    res.error = (
+                        f"make exited {rc}; tail of {log}:\n"
+                        + log.read_text(errors="replace")[-2500:]
+                    )
                     print(f"  {way.label}: FAILED (see {log})", flush=True)
                     continue
                 remote = (_wait_jobs(daemon, before + n_jobs) - before) if daemon else 0
@@ -205,27 +218,45 @@ def bench_build(args: argparse.Namespace, work: Path) -> dict:
                 res.remote_jobs.append(remote)
                 if res.objects_identical is None:
                     got = _hash_objects(tree)
-                    res.objects_differing = sorted(k for k in reference | got
-                                                   if reference.get(k) != got.get(k))
+                    res.objects_differing = sorted(
+                        k for k in reference | got if reference.get(k) != got.get(k)
+                    )
                     res.objects_identical = not res.objects_differing
-                print(f"  rep {rep + 1}/{args.reps} {way.label:32s} wall {wall:6.2f}s "
-                      f"cpu {cpu:6.2f}s remote {remote}/{n_jobs if daemon else 0}", flush=True)
+                print(
+                    f"  rep {rep + 1}/{args.reps} {way.label:32s} wall {wall:6.2f}s "
+                    f"cpu {cpu:6.2f}s remote {remote}/{n_jobs if daemon else 0}",
+                    flush=True,
+                )
     finally:
         for d in daemons.values():
             d.stop()
 
-    return {"project": project.package, "source": str(pristine), "jobs_flag": jobs,
-            "compile_jobs": n_jobs, "reps": args.reps,
-            "ways": [asdict(r) | {"wall_median": r.wall(), "cpu_per_job": r.cpu_per_job(n_jobs)}
-                     for r in results.values()]}
+    return {
+        "project": project.package,
+        "source": str(pristine),
+        "jobs_flag": jobs,
+        "compile_jobs": n_jobs,
+        "reps": args.reps,
+        "ways": [
+            asdict(r) | {"wall_median": r.wall(), "cpu_per_job": r.cpu_per_job(n_jobs)}
+            for r in results.values()
+        ],
+    }
 
 
 def _median_ms(cmd: list[str], env: dict[str, str], cwd: Path, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
         times.append((time.perf_counter() - t) * 1000)
     return times
 
@@ -235,7 +266,8 @@ def bench_startup(args: argparse.Namespace, work: Path) -> dict:
     d = work / "startup"
     d.mkdir()
     (d / "tiny.c").write_text(
-        "#include <stddef.h>\nint main(void) { return (int)sizeof(size_t) - 8; }\n")
+        "#include <stddef.h>\nint main(void) { return (int)sizeof(size_t) - 8; }\n"
+    )
     env = h.client_env(d / "state")
     daemon = h.start_meshcc(work / "meshccd-startup", 2)
     try:
@@ -261,11 +293,16 @@ def bench_startup(args: argparse.Namespace, work: Path) -> dict:
     finally:
         daemon.stop()
     med = {k: statistics.median(v) for k, v in samples.items()}
-    return {"runs": len(samples["gcc -E"]), "median_ms": med,
-            "added_ms": {"meshcc-gcc -E": med["meshcc-gcc -E"] - med["gcc -E"],
-                         "distcc gcc -E": med["distcc gcc -E"] - med["gcc -E"],
-                         "meshcc-gcc link": med["meshcc-gcc link"] - med["gcc link"],
-                         "distcc gcc link": med["distcc gcc link"] - med["gcc link"]}}
+    return {
+        "runs": len(samples["gcc -E"]),
+        "median_ms": med,
+        "added_ms": {
+            "meshcc-gcc -E": med["meshcc-gcc -E"] - med["gcc -E"],
+            "distcc gcc -E": med["distcc gcc -E"] - med["gcc -E"],
+            "meshcc-gcc link": med["meshcc-gcc link"] - med["gcc link"],
+            "distcc gcc link": med["distcc gcc link"] - med["gcc link"],
+        },
+    }
 
 
 def _verdict(ok: bool) -> str:
@@ -276,12 +313,19 @@ def report(build: dict | None, startup: dict | None) -> str:
     lines: list[str] = []
     if build:
         n = build["compile_jobs"]
-        lines.append(f"\n{build['project']}: {n} compile jobs, make -j{build['jobs_flag']}, "
-                     f"median of {build['reps']}, all on 127.0.0.1")
-        base = {w["protocol"]: w for w in build["ways"]
-                if w["client"] == "distcc" and w["server"] == "distccd"}
-        hdr = (f"{'way':32s} {'wall s':>7s} {'x distcc':>8s} {'cpu/job ms':>10s} "
-               f"{'x distcc':>8s} {'+ms/job':>7s} {'remote':>9s} {'objs':>5s}  target")
+        lines.append(
+            f"\n{build['project']}: {n} compile jobs, make -j{build['jobs_flag']}, "
+            f"median of {build['reps']}, all on 127.0.0.1"
+        )
+        base = {
+            w["protocol"]: w
+            for w in build["ways"]
+            if w["client"] == "distcc" and w["server"] == "distccd"
+        }
+        hdr = (
+            f"{'way':32s} {'wall s':>7s} {'x distcc':>8s} {'cpu/job ms':>10s} "
+            f"{'x distcc':>8s} {'+ms/job':>7s} {'remote':>9s} {'objs':>5s}  target"
+        )
         lines += [hdr, "-" * len(hdr)]
         for w in build["ways"]:
             if w["error"]:
@@ -299,17 +343,23 @@ def report(build: dict | None, startup: dict | None) -> str:
             if w["client"] == "meshcc-gcc":
                 target = f"cpu/job <= {TARGET_CPU_RATIO}x: {_verdict(cr <= TARGET_CPU_RATIO)}"
                 if w["server"] == "meshcc":
-                    target = (f"wall <= {TARGET_WALL_RATIO}x: {_verdict(wr <= TARGET_WALL_RATIO)}; "
-                              + target)
+                    target = (
+                        f"wall <= {TARGET_WALL_RATIO}x: {_verdict(wr <= TARGET_WALL_RATIO)}; "
+                        + target
+                    )
             extra = cpu - bc if bc else float("nan")  # absolute, not diluted by shared work
-            lines.append(f"{w['way']:32s} {wall:7.2f} {wr:8.2f} {cpu:10.1f} {cr:8.2f} "
-                         f"{extra:+7.1f} {remote:>9s} {objs:>5s}  {target}")
+            lines.append(
+                f"{w['way']:32s} {wall:7.2f} {wr:8.2f} {cpu:10.1f} {cr:8.2f} "
+                f"{extra:+7.1f} {remote:>9s} {objs:>5s}  {target}"
+            )
             if w["objects_differing"]:
                 lines.append(f"    objects differing from local: {w['objects_differing'][:8]}")
-        lines.append("  (x distcc: vs distcc -> distccd with the same protocol; +ms/job: client "
-                     "CPU "
-                     "per job minus distcc's; remote: COMPILE_OK jobs in the daemon's log, min "
-                     "over reps; objs: objects byte-identical to the local build)")
+        lines.append(
+            "  (x distcc: vs distcc -> distccd with the same protocol; +ms/job: client "
+            "CPU "
+            "per job minus distcc's; remote: COMPILE_OK jobs in the daemon's log, min "
+            "over reps; objs: objects byte-identical to the local build)"
+        )
     if startup:
         lines.append(f"\nlocal-only startup, median of {startup['runs']} runs (ms)")
         for k, v in startup["median_ms"].items():
@@ -334,8 +384,9 @@ def precompile_meshcc() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise h.HarnessError("meshcc is not importable from this interpreter")
     pkg = list(spec.submodule_search_locations)[0]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", pkg], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", pkg], check=True, stdout=subprocess.DEVNULL
+    )
     return pkg
 
 
@@ -343,12 +394,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--project", choices=sorted(PROJECTS), default="xz-utils")
     p.add_argument("--reps", type=int, default=3, help="repetitions per way (median reported)")
-    p.add_argument("-j", "--jobs", type=int, default=2 * (os.cpu_count() or 1),
-                   help="make -j, daemons' --jobs and the host limit (default 2x CPUs)")
-    p.add_argument("--protocols", default="2",
-                   help="comma list of distcc protocols for the remote ways: 2 (,lzo), 1")
-    p.add_argument("--ways", default=",".join(ALL_WAYS),
-                   help=f"comma list, subset of {','.join(ALL_WAYS)}")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=2 * (os.cpu_count() or 1),
+        help="make -j, daemons' --jobs and the host limit (default 2x CPUs)",
+    )
+    p.add_argument(
+        "--protocols",
+        default="2",
+        help="comma list of distcc protocols for the remote ways: 2 (,lzo), 1",
+    )
+    p.add_argument(
+        "--ways", default=",".join(ALL_WAYS), help=f"comma list, subset of {','.join(ALL_WAYS)}"
+    )
     p.add_argument("--startup-runs", type=int, default=50)
     p.add_argument("--no-build", action="store_true", help="only the startup benchmark")
     p.add_argument("--no-startup", action="store_true", help="only the build benchmark")

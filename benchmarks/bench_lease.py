@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _harness as h  # noqa: E402
-from bench_build import precompile_meshcc  # noqa: E402
+import _harness as h
+from bench_build import precompile_meshcc
 
 TINY = "#include <stddef.h>\nint tiny(void) { return (int)sizeof(size_t); }\n"
 
@@ -48,8 +48,10 @@ def _median(xs: list[float]) -> float:
 
 def import_costs(runs: int) -> dict[str, float]:
     """Median cumulative import time (ms) of a module after the wrapper's usual imports."""
-    pre = ("import os, meshcc.client.wrapper, meshcc.compiler.args, meshcc.client.slots, "
-           "meshcc.transport.client; ")
+    pre = (
+        "import os, meshcc.client.wrapper, meshcc.compiler.args, meshcc.client.slots, "
+        "meshcc.transport.client; "
+    )
     result = {}
     for module in ("meshcc.transport.control_client", "msgpack"):
         samples = []
@@ -93,8 +95,10 @@ def in_process(sock: Path, runs: int, work: Path) -> dict[str, float]:
     gcc = shutil.which("gcc") or "/usr/bin/gcc"
     empty = work / "xdg"
     empty.mkdir()
-    envs = {"no daemon, default paths": {"XDG_RUNTIME_DIR": str(empty)},
-            "no daemon, MESHCC_SOCKET missing": {"MESHCC_SOCKET": str(work / "missing.sock")}}
+    envs = {
+        "no daemon, default paths": {"XDG_RUNTIME_DIR": str(empty)},
+        "no daemon, MESHCC_SOCKET missing": {"MESHCC_SOCKET": str(work / "missing.sock")},
+    }
     out: dict[str, float] = {}
     for name, env in envs.items():
         samples = []
@@ -138,12 +142,18 @@ def end_to_end(sock: Path, runs: int, work: Path) -> dict[str, float]:
     lease_env = dict(base, MESHCC_SOCKET=str(sock))
     cmds = {
         "gcc -c": (["gcc", "-c", "tiny.c", "-o", "tiny.o"], base),
-        "meshcc-gcc -c, DISTCC_HOSTS=localhost": (["meshcc-gcc", "-c", "tiny.c", "-o", "tiny.o"],
-                                                  hosts_env),
-        "meshcc-gcc -c, no daemon, hosts file": (["meshcc-gcc", "-c", "tiny.c", "-o", "tiny.o"],
-                                                 nodaemon_env),
-        "meshcc-gcc -c, daemon says local": (["meshcc-gcc", "-c", "tiny.c", "-o", "tiny.o"],
-                                             lease_env),
+        "meshcc-gcc -c, DISTCC_HOSTS=localhost": (
+            ["meshcc-gcc", "-c", "tiny.c", "-o", "tiny.o"],
+            hosts_env,
+        ),
+        "meshcc-gcc -c, no daemon, hosts file": (
+            ["meshcc-gcc", "-c", "tiny.c", "-o", "tiny.o"],
+            nodaemon_env,
+        ),
+        "meshcc-gcc -c, daemon says local": (
+            ["meshcc-gcc", "-c", "tiny.c", "-o", "tiny.o"],
+            lease_env,
+        ),
         "gcc -E": (["gcc", "-E", "tiny.c", "-o", "tiny.i"], base),
         "meshcc-gcc -E (local-only)": (["meshcc-gcc", "-E", "tiny.c", "-o", "tiny.i"], hosts_env),
         "python -c pass": ([sys.executable, "-c", "pass"], base),
@@ -152,8 +162,15 @@ def end_to_end(sock: Path, runs: int, work: Path) -> dict[str, float]:
 
     def once(cmd: list[str], env: dict[str, str]) -> float:
         t = time.perf_counter()
-        subprocess.run(cmd, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            cmd,
+            cwd=d,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
         return (time.perf_counter() - t) * 1000
 
     for cmd, env in cmds.values():  # warm-up; fails loudly if a command is broken
@@ -164,8 +181,9 @@ def end_to_end(sock: Path, runs: int, work: Path) -> dict[str, float]:
     return {k: _median(v) for k, v in samples.items()}
 
 
-def report(imports: dict[str, float], micro: dict[str, float], e2e: dict[str, float],
-           runs: int) -> str:
+def report(
+    imports: dict[str, float], micro: dict[str, float], e2e: dict[str, float], runs: int
+) -> str:
     lines = [f"import, fresh interpreter after the wrapper's own imports (median of {runs}, ms)"]
     for k, v in imports.items():
         lines.append(f"  {k:<58} {v:7.2f}")
@@ -209,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(report(imports, micro, e2e, args.runs))
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": args.runs, "import_ms": imports,
-                                               "in_process_us": micro, "end_to_end_ms": e2e},
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "runs": args.runs,
+                    "import_ms": imports,
+                    "in_process_us": micro,
+                    "end_to_end_ms": e2e,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

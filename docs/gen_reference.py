@@ -22,27 +22,56 @@ OUTPUT = Path(__file__).resolve().parent / "reference.md"
 
 # (variable, meaning). Read by the compile client (meshcc-gcc & co., `meshcc COMPILER …`).
 CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
-    ("DISTCC_HOSTS", ("host list in distcc's grammar (`host[:port][/limit][,lzo]`, `[IPv6]`, "
-     "`localhost/N`, `--localslots=N`, `--localslots_cpp=N`, `--randomize`, `#` comments). "
-     "When set it always wins: the local daemon is not asked")),
-    ("MESHCC_SOCKET", ("the local daemon's control socket; when set, the only one tried "
-     "(default: `/run/meshcc/control.sock`, then `$XDG_RUNTIME_DIR/meshcc/control.sock` or "
-     "`/tmp/meshcc-$UID/control.sock`)")),
-    ("DISTCC_DIR", ("state directory (default `~/.distcc`): slot lock files shared with stock "
-     "distcc clients, backoff files, and `hosts`, read when no daemon answers")),
-    ("DISTCC_FALLBACK", ("`0`: fail (exit 116) instead of compiling locally when no host can "
-     "take a job")),
+    (
+        "DISTCC_HOSTS",
+        (
+            "host list in distcc's grammar (`host[:port][/limit][,lzo]`, `[IPv6]`, "
+            "`localhost/N`, `--localslots=N`, `--localslots_cpp=N`, `--randomize`, `#` comments). "
+            "When set it always wins: the local daemon is not asked"
+        ),
+    ),
+    (
+        "MESHCC_SOCKET",
+        (
+            "the local daemon's control socket; when set, the only one tried "
+            "(default: `/run/meshcc/control.sock`, then `$XDG_RUNTIME_DIR/meshcc/control.sock` or "
+            "`/tmp/meshcc-$UID/control.sock`)"
+        ),
+    ),
+    (
+        "DISTCC_DIR",
+        (
+            "state directory (default `~/.distcc`): slot lock files shared with stock "
+            "distcc clients, backoff files, and `hosts`, read when no daemon answers"
+        ),
+    ),
+    (
+        "DISTCC_FALLBACK",
+        ("`0`: fail (exit 116) instead of compiling locally when no host can take a job"),
+    ),
     ("DISTCC_SKIP_LOCAL_RETRY", "set: a failed remote compile is final, no local retry"),
     ("DISTCC_BACKOFF_PERIOD", "seconds a failed host is avoided (default 60)"),
-    ("DISTCC_IO_TIMEOUT", ("seconds of network silence, remote compile included, before giving "
-     "up on a host (default 300); also bounds the wait for a daemon lease")),
-    ("DISTCC_PAUSE_TIME_MSEC", ("milliseconds between retries while every slot is busy "
-     "(default 1000)")),
+    (
+        "DISTCC_IO_TIMEOUT",
+        (
+            "seconds of network silence, remote compile included, before giving "
+            "up on a host (default 300); also bounds the wait for a daemon lease"
+        ),
+    ),
+    (
+        "DISTCC_PAUSE_TIME_MSEC",
+        ("milliseconds between retries while every slot is busy (default 1000)"),
+    ),
     ("MESHCC_VERBOSE, DISTCC_VERBOSE", "`1`: log every decision, e.g. why a job ran locally"),
     ("DISTCC_LOG", "write the verbose log and warnings to this file instead of stderr"),
     ("DISTCC_SAVE_TEMPS", "`1`: keep the preprocessed temp file"),
-    ("_DISTCC_SAFEGUARD", ("set by the client for the compiler it runs; a nested client runs "
-     "the compiler directly (no recursion through masquerade links)")),
+    (
+        "_DISTCC_SAFEGUARD",
+        (
+            "set by the client for the compiler it runs; a nested client runs "
+            "the compiler directly (no recursion through masquerade links)"
+        ),
+    ),
 ]
 
 INTRO = """\
@@ -95,15 +124,17 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpars
     return out
 
 
-def _command(title: str, help_text: str, parser: argparse.ArgumentParser, level: str
-             ) -> list[str]:
+def _command(title: str, help_text: str, parser: argparse.ArgumentParser, level: str) -> list[str]:
     """One command's section: description, usage, options; then its own subcommands."""
     lines = [f"{level} {title}", ""]
     if help_text:
         lines += [help_text[:1].upper() + help_text[1:].rstrip(".") + ".", ""]
     lines += ["```", _usage(parser), "```", ""]
-    rows = [a for a in parser._actions
-            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+    rows = [
+        a
+        for a in parser._actions
+        if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+    ]
     if rows:
         lines += ["| option | meaning |", "| --- | --- |"]
         lines += [f"| {_flags(a)} | {_md(_help(a))} |" for a in rows]
@@ -128,10 +159,17 @@ def render() -> str:
         lines += ["", "Global options: `meshcc --version`, `meshcc --help`.", ""]
         for name, help_text, sub in subs:
             lines += _command(f"meshcc {name}", help_text, sub, "##")
-        lines += ["## Compile client environment", "",
-                  ("Read by `meshcc-gcc`, `meshcc-g++`, `meshcc COMPILER …` and masquerade links; "
-                  "the names and meanings are distcc 3.4's where distcc has them."), "",
-                  "| variable | meaning |", "| --- | --- |"]  # fmt: skip
+        lines += [
+            "## Compile client environment",
+            "",
+            (
+                "Read by `meshcc-gcc`, `meshcc-g++`, `meshcc COMPILER …` and masquerade links; "
+                "the names and meanings are distcc 3.4's where distcc has them."
+            ),
+            "",
+            "| variable | meaning |",
+            "| --- | --- |",
+        ]
         for var, meaning in CLIENT_ENVIRONMENT:
             names = ", ".join(f"`{v.strip()}`" for v in var.split(","))
             lines.append(f"| {names} | {_md(meaning)} |")

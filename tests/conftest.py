@@ -248,12 +248,22 @@ def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         port = free_port()
         log_path = workdir / "meshccd.log"
         argv = [
-            sys.executable, "-m", "meshcc", "daemon",
+            sys.executable,
+            "-m",
+            "meshcc",
+            "daemon",
             # --no-discovery as well: whatever a test adds (another --listen), no mDNS
             # may reach this machine's real interfaces
-            "--listen", LOOPBACK, "--no-discovery", "--port", str(port),
-            "--log-file", str(log_path), "--log-level", "info",
-        ]  # fmt: skip
+            "--listen",
+            LOOPBACK,
+            "--no-discovery",
+            "--port",
+            str(port),
+            "--log-file",
+            str(log_path),
+            "--log-level",
+            "info",
+        ]
         for cidr in allow:
             argv += ["--allow", cidr]
         if jobs is not None:
@@ -297,9 +307,19 @@ def distccd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
         workdir = tmp_path_factory.mktemp("distccd")
         port = free_port()
         argv = [
-            "distccd", "--daemon", "--no-detach", "--log-stderr", "--log-level", "info",
-            "--listen", LOOPBACK, "--port", str(port), "--jobs", str(jobs or 4),
-        ]  # fmt: skip
+            "distccd",
+            "--daemon",
+            "--no-detach",
+            "--log-stderr",
+            "--log-level",
+            "info",
+            "--listen",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--jobs",
+            str(jobs or 4),
+        ]
         for cidr in allow:
             argv += ["--allow", cidr]
         argv += list(extra_args)

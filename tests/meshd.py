@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshcc.wire import control
-
 import netns
+from meshcc.wire import control
 
 PORT = 3632
 
@@ -44,7 +43,7 @@ def mismatched_gcc(directory: Path, version: str = "12.9.0") -> Path:
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     directory.chmod(0o755)
     gcc = directory / "gcc"
-    gcc.write_text(_MISMATCHED_GCC.format(version=version, short=version.split(".")[0]))
+    gcc.write_text(_MISMATCHED_GCC.format(version=version, short=version.split(".", maxsplit=1)[0]))
     gcc.chmod(0o755)
     return gcc
 
@@ -125,8 +124,20 @@ class Meshd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "meshcc", "daemon", "--port", str(self.port),
-                "--socket", str(self.socket), "--log-level", "info", "--log-file", str(self.log)]
+        argv = [
+            sys.executable,
+            "-m",
+            "meshcc",
+            "daemon",
+            "--port",
+            str(self.port),
+            "--socket",
+            str(self.socket),
+            "--log-level",
+            "info",
+            "--log-file",
+            str(self.log),
+        ]
         if self.host is None:
             argv += ["--listen", "127.0.0.1", "--allow", "127.0.0.1"]
         return argv + list(self.args)
@@ -138,8 +149,12 @@ class Meshd:
 
     def start(self, wait: bool = True) -> Meshd:
         argv = self.argv()
-        kw: dict[str, Any] = dict(env=self.env(), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        kw: dict[str, Any] = dict(
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         if self.host is None:
             self.proc = subprocess.Popen(argv, start_new_session=True, **kw)
         else:
@@ -152,8 +167,10 @@ class Meshd:
     def wait_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.name}: daemon exited {self.proc.returncode}\n"
-                                     f"{self.log_text()}\n{self.stderr()}")
+                raise AssertionError(
+                    f"{self.name}: daemon exited {self.proc.returncode}\n"
+                    f"{self.log_text()}\n{self.stderr()}"
+                )
             try:
                 return request(self.socket, control.status_request())["ok"] is True
             except OSError:
@@ -174,8 +191,15 @@ class Meshd:
         argv = [sys.executable, "-m", "meshcc", *args]
         if inside and self.host is not None:
             return self.host.run(argv, env=env, **kw)
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL, **kw)  # fmt: skip
+        return subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            **kw,
+        )
 
     def log_text(self) -> str:
         try:

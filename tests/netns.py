@@ -264,7 +264,9 @@ class Host:
     program itself). Processes started with :meth:`popen` are reaped on teardown.
     """
 
-    def __init__(self, lan: Lan, name: str, ns: str, port: str, interfaces: list[ipaddress.IPv4Interface]):
+    def __init__(
+        self, lan: Lan, name: str, ns: str, port: str, interfaces: list[ipaddress.IPv4Interface]
+    ):
         self.lan = lan
         self.name = name
         self.ns = ns
@@ -384,7 +386,9 @@ class Host:
             return False
         return True
 
-    def probe(self, address: str, port: int, timeout: float = 0.5) -> Literal["open", "refused", "unreachable", "timeout"]:
+    def probe(
+        self, address: str, port: int, timeout: float = 0.5
+    ) -> Literal["open", "refused", "unreachable", "timeout"]:
         """Classify a TCP connect from this host: tells "peer down" from "path cut" in failure tests.
 
         ``refused`` means the packet reached a live kernel with nothing listening;
@@ -499,8 +503,10 @@ class Lan:
             _ip("netns", "add", self.switch_ns)
             # The switch is pure layer 2: no IPv6 (so no RS/MLD/DAD from br0 or its ports) and
             # no multicast snooping (a dumb switch floods mDNS to every port, predictably).
-            self._sysctl(self.switch_ns, {"net/ipv6/conf/all/disable_ipv6": 1,
-                                          "net/ipv6/conf/default/disable_ipv6": 1})
+            self._sysctl(
+                self.switch_ns,
+                {"net/ipv6/conf/all/disable_ipv6": 1, "net/ipv6/conf/default/disable_ipv6": 1},
+            )
             self._add_bridge("br0")
         except BaseException:
             self.close()
@@ -529,7 +535,9 @@ class Lan:
         script = "; ".join(f"echo {v} > /proc/sys/{k}" for k, v in values.items())
         proc = subprocess.run(
             ["ip", "netns", "exec", ns, "sh", "-ec", script],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise NetnsError(f"sysctl in {ns} failed: {proc.stderr.strip()}")
@@ -551,7 +559,9 @@ class Lan:
                 return ipaddress.IPv4Interface(f"{ip}/{self.subnet.prefixlen}")
         raise NetnsError(f"no free address left in {self.subnet}")
 
-    def add_host(self, name: str, address: str | None = None, *, extra_addresses: Sequence[str] = ()) -> Host:
+    def add_host(
+        self, name: str, address: str | None = None, *, extra_addresses: Sequence[str] = ()
+    ) -> Host:
         """Create host `name` (namespace ``mcc<runid>-<name>``) plugged into the switch.
 
         `address` is ``"IP/prefix"`` in any subnet (e.g. ``"10.78.0.11/24"`` for a host that
@@ -561,7 +571,9 @@ class Lan:
         if self._closed:
             raise NetnsError("LAN already closed")
         if not _NAME_RE.match(name):
-            raise ValueError(f"host name {name!r}: use 1-20 of [a-z0-9-], not starting/ending with '-'")
+            raise ValueError(
+                f"host name {name!r}: use 1-20 of [a-z0-9-], not starting/ending with '-'"
+            )
         if name in self.hosts:
             raise ValueError(f"host {name!r} already exists")
         interfaces = [ipaddress.IPv4Interface(address) if address else self._next_address()]
@@ -578,7 +590,20 @@ class Lan:
         self.hosts[name] = host  # registered first so close() cleans up a half-built host
         _ip("netns", "add", ns)
         # Both veth ends are created directly inside their namespaces: never in the root one.
-        _ip("link", "add", IFNAME, "netns", ns, "type", "veth", "peer", "name", port, "netns", self.switch_ns)
+        _ip(
+            "link",
+            "add",
+            IFNAME,
+            "netns",
+            ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            self.switch_ns,
+        )
         # DAD off before the link comes up, so the kernel's fe80:: address is usable at once.
         self._sysctl(ns, {f"net/ipv6/conf/{IFNAME}/accept_dad": 0})
         _ip(

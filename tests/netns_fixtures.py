@@ -21,7 +21,9 @@ import netns
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "netns: builds network namespaces (root and iproute2 needed)")
+    config.addinivalue_line(
+        "markers", "netns: builds network namespaces (root and iproute2 needed)"
+    )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

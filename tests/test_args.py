@@ -20,6 +20,7 @@ def A(cmd: str) -> args.Job:
 
 # --- distributable basics -------------------------------------------------------------------
 
+
 def test_simple_compile():
     j = A("gcc -O2 -c hello.c -o hello.o")
     assert j.distributable and j.reason == ""
@@ -43,12 +44,25 @@ def test_joined_output():
     assert j.output == "obj/x.o" and j.output_given
 
 
-@pytest.mark.parametrize("src,suffix,pre", [
-    ("a.c", ".i", False), ("a.i", ".i", True), ("a.cc", ".ii", False), ("a.cpp", ".ii", False),
-    ("a.cxx", ".ii", False), ("a.cp", ".ii", False), ("a.c++", ".ii", False),
-    ("a.C", ".ii", False), ("a.ii", ".ii", True), ("a.m", ".mi", False), ("a.mi", ".mi", True),
-    ("a.mm", ".mii", False), ("a.M", ".mii", False), ("a.mii", ".mii", True),
-])
+@pytest.mark.parametrize(
+    "src,suffix,pre",
+    [
+        ("a.c", ".i", False),
+        ("a.i", ".i", True),
+        ("a.cc", ".ii", False),
+        ("a.cpp", ".ii", False),
+        ("a.cxx", ".ii", False),
+        ("a.cp", ".ii", False),
+        ("a.c++", ".ii", False),
+        ("a.C", ".ii", False),
+        ("a.ii", ".ii", True),
+        ("a.m", ".mi", False),
+        ("a.mi", ".mi", True),
+        ("a.mm", ".mii", False),
+        ("a.M", ".mii", False),
+        ("a.mii", ".mii", True),
+    ],
+)
 def test_source_suffixes(src, suffix, pre):
     j = A(f"gcc -c {src}")
     assert j.distributable, j.reason
@@ -84,53 +98,69 @@ def test_wp_expansion():
 
 
 def test_kernel_style_command():
-    cmd = ("gcc -Wp,-MMD,fs/.open.o.d -nostdinc -I./arch/x86/include -I./include "
-           "-include ./include/linux/kconfig.h -D__KERNEL__ -fno-strict-aliasing -Wall -O2 "
-           "-fno-PIE -mcmodel=kernel -DKBUILD_MODNAME=\"open\" -c -o fs/open.o fs/open.c")
+    cmd = (
+        "gcc -Wp,-MMD,fs/.open.o.d -nostdinc -I./arch/x86/include -I./include "
+        "-include ./include/linux/kconfig.h -D__KERNEL__ -fno-strict-aliasing -Wall -O2 "
+        '-fno-PIE -mcmodel=kernel -DKBUILD_MODNAME="open" -c -o fs/open.o fs/open.c'
+    )
     j = A(cmd)
     assert j.distributable, j.reason
-    assert remote_argv(j) == ["gcc", "-fno-strict-aliasing", "-Wall", "-O2", "-fno-PIE",
-                              "-mcmodel=kernel", "-c", "-o", "fs/open.o", "fs/open.c"]
+    assert remote_argv(j) == [
+        "gcc",
+        "-fno-strict-aliasing",
+        "-Wall",
+        "-O2",
+        "-fno-PIE",
+        "-mcmodel=kernel",
+        "-c",
+        "-o",
+        "fs/open.o",
+        "fs/open.c",
+    ]
 
 
 # --- distcc 3.4's local-only table ------------------------------------------------------------
 
-@pytest.mark.parametrize("cmd,word", [
-    ("gcc -E a.c", "-E"),
-    ("gcc -M -c a.c", "-M"),
-    ("gcc -MM -c a.c", "-MM"),
-    ("gcc -MMX -c a.c", "-MMX"),
-    ("gcc -march=native -c a.c", "-march=native"),
-    ("gcc -mtune=native -c a.c", "-mtune=native"),
-    ("gcc -mcpu=native -c a.c", "-mcpu=native"),
-    ("gcc -Wa,-adhln=a.lst -c a.c", "-Wa,-adhln=a.lst"),
-    ("gcc -Wa,--MD,a.d -c a.c", "-Wa,--MD,a.d"),
-    ("gcc -specs=x.specs -c a.c", "-specs=x.specs"),
-    ("gcc -fprofile-arcs -c a.c", "-fprofile-arcs"),
-    ("gcc -ftest-coverage -c a.c", "-ftest-coverage"),
-    ("gcc --coverage -c a.c", "--coverage"),
-    ("gcc -fprofile-generate=dir -c a.c", "-fprofile-generate"),
-    ("gcc -fprofile-use -c a.c", "-fprofile-use"),
-    ("gcc -fauto-profile=x -c a.c", "-fauto-profile"),
-    ("gcc -fprofile-correction -c a.c", "-fprofile-correction"),
-    ("gcc -frepo -c a.c", "-frepo"),
-    ("gcc -x assembler -c a.c", "-x assembler"),
-    ("gcc -xassembler-with-cpp -c a.c", "-x assembler-with-cpp"),
-    ("gcc -x go -c a.c", "-x go"),
-    ("gcc -drtl -c a.c", "-drtl"),
-    ("gcc -c a.c b.c", "a.c, b.c"),
-    ("gcc a.c -o a", "-c"),
-    ("gcc -c a.s", "a.s"),
-    ("gcc -c a.S", "a.S"),
-    ("gcc -c a.cu", "a.cu"),
-    ("gcc -c a.CPP", "a.CPP"),
-    ("gcc -c", "source"),
-    ("gcc -c conftest.c", "conftest.c"),
-    ("gcc -c tmp.conftest.c", "tmp.conftest.c"),
-    ("gcc -c a.c -o -", "-o -"),
-    ("gcc -c a.c -o x.o -o y.o", "-o"),
-    ("gcc -c a.c x.o", "x.o"),
-])
+
+@pytest.mark.parametrize(
+    "cmd,word",
+    [
+        ("gcc -E a.c", "-E"),
+        ("gcc -M -c a.c", "-M"),
+        ("gcc -MM -c a.c", "-MM"),
+        ("gcc -MMX -c a.c", "-MMX"),
+        ("gcc -march=native -c a.c", "-march=native"),
+        ("gcc -mtune=native -c a.c", "-mtune=native"),
+        ("gcc -mcpu=native -c a.c", "-mcpu=native"),
+        ("gcc -Wa,-adhln=a.lst -c a.c", "-Wa,-adhln=a.lst"),
+        ("gcc -Wa,--MD,a.d -c a.c", "-Wa,--MD,a.d"),
+        ("gcc -specs=x.specs -c a.c", "-specs=x.specs"),
+        ("gcc -fprofile-arcs -c a.c", "-fprofile-arcs"),
+        ("gcc -ftest-coverage -c a.c", "-ftest-coverage"),
+        ("gcc --coverage -c a.c", "--coverage"),
+        ("gcc -fprofile-generate=dir -c a.c", "-fprofile-generate"),
+        ("gcc -fprofile-use -c a.c", "-fprofile-use"),
+        ("gcc -fauto-profile=x -c a.c", "-fauto-profile"),
+        ("gcc -fprofile-correction -c a.c", "-fprofile-correction"),
+        ("gcc -frepo -c a.c", "-frepo"),
+        ("gcc -x assembler -c a.c", "-x assembler"),
+        ("gcc -xassembler-with-cpp -c a.c", "-x assembler-with-cpp"),
+        ("gcc -x go -c a.c", "-x go"),
+        ("gcc -drtl -c a.c", "-drtl"),
+        ("gcc -c a.c b.c", "a.c, b.c"),
+        ("gcc a.c -o a", "-c"),
+        ("gcc -c a.s", "a.s"),
+        ("gcc -c a.S", "a.S"),
+        ("gcc -c a.cu", "a.cu"),
+        ("gcc -c a.CPP", "a.CPP"),
+        ("gcc -c", "source"),
+        ("gcc -c conftest.c", "conftest.c"),
+        ("gcc -c tmp.conftest.c", "tmp.conftest.c"),
+        ("gcc -c a.c -o -", "-o -"),
+        ("gcc -c a.c -o x.o -o y.o", "-o"),
+        ("gcc -c a.c x.o", "x.o"),
+    ],
+)
 def test_distcc_local_rules(cmd, word):
     j = A(cmd)
     assert not j.distributable
@@ -149,36 +179,40 @@ def test_x_prefix_rule_not_applied_to_headers():
 
 # --- meshcc's own local rules ------------------------------------------------------------------
 
-@pytest.mark.parametrize("cmd,word,why", [
-    ("gcc -gsplit-dwarf -c a.c", "-gsplit-dwarf", ".dwo"),
-    ("gcc -save-temps -c a.c", "-save-temps", "intermediate"),
-    ("gcc -save-temps=obj -c a.c", "-save-temps=obj", "intermediate"),
-    ("gcc @args.rsp", "@args.rsp", "response file"),
-    ("gcc -c a.c @more.rsp", "@more.rsp", "response file"),
-    ("gcc -fplugin=./p.so -c a.c", "-fplugin=./p.so", "load code"),
-    ("gcc -fplugin-arg-p-x=1 -c a.c", "-fplugin-arg-p-x=1", "load code"),
-    ("gcc -iplugindir=/x -c a.c", "-iplugindir=/x", "plugin"),
-    ("gcc -wrapper gdb,--args -c a.c", "-wrapper", "another command"),
-    ("gcc -B/opt/x/ -c a.c", "-B/opt/x/", "programs"),
-    ("gcc -aux-info a.aux -c a.c", "-aux-info", "extra file"),
-    ("gcc -fdump-tree-all -c a.c", "-fdump-tree-all", "dump"),
-    ("gcc -fstack-usage -c a.c", "-fstack-usage", ".su"),
-    ("gcc -fcallgraph-info -c a.c", "-fcallgraph-info", ".ci"),
-    ("gcc -fopt-info-vec=v.txt -c a.c", "-fopt-info-vec=v.txt", "file"),
-    ("gcc -fdiagnostics-format=json-file -c a.c", "json-file", "file"),
-    ("gcc -time=t.log -c a.c", "-time=t.log", "timing"),
-    ("gcc -Wa,-o,x.o -c a.c", "-Wa,-o,x.o", "assembler"),
-    ("gcc -Xassembler -adhln -c a.c", "-adhln", "assembler"),
-    ("gcc -Wa,@asm.rsp -c a.c", "-Wa,@asm.rsp", "response file"),
-    ("gcc -fno-preprocessed -c a.c", "-fno-preprocessed", "preprocessor"),
-    ("gcc -fdirectives-only -c a.c", "-fdirectives-only", "preprocessor"),
-    ("gcc -dumpdir /tmp/ -c a.c", "-dumpdir /tmp/", "outside"),
-    ("gcc -dumpbase ../x -c a.c", "-dumpbase ../x", "outside"),
-    ("gcc -c a.c --output=a.o", "--output=a.o", "long option"),
-    ("gcc -fsyntax-only -c a.c", "-fsyntax-only", "no object"),
-    ("gcc -### -c a.c", "-###", "prints"),
-    ("gcc -fmodules-ts -c a.cc", "-fmodules-ts", "modules"),
-])
+
+@pytest.mark.parametrize(
+    "cmd,word,why",
+    [
+        ("gcc -gsplit-dwarf -c a.c", "-gsplit-dwarf", ".dwo"),
+        ("gcc -save-temps -c a.c", "-save-temps", "intermediate"),
+        ("gcc -save-temps=obj -c a.c", "-save-temps=obj", "intermediate"),
+        ("gcc @args.rsp", "@args.rsp", "response file"),
+        ("gcc -c a.c @more.rsp", "@more.rsp", "response file"),
+        ("gcc -fplugin=./p.so -c a.c", "-fplugin=./p.so", "load code"),
+        ("gcc -fplugin-arg-p-x=1 -c a.c", "-fplugin-arg-p-x=1", "load code"),
+        ("gcc -iplugindir=/x -c a.c", "-iplugindir=/x", "plugin"),
+        ("gcc -wrapper gdb,--args -c a.c", "-wrapper", "another command"),
+        ("gcc -B/opt/x/ -c a.c", "-B/opt/x/", "programs"),
+        ("gcc -aux-info a.aux -c a.c", "-aux-info", "extra file"),
+        ("gcc -fdump-tree-all -c a.c", "-fdump-tree-all", "dump"),
+        ("gcc -fstack-usage -c a.c", "-fstack-usage", ".su"),
+        ("gcc -fcallgraph-info -c a.c", "-fcallgraph-info", ".ci"),
+        ("gcc -fopt-info-vec=v.txt -c a.c", "-fopt-info-vec=v.txt", "file"),
+        ("gcc -fdiagnostics-format=json-file -c a.c", "json-file", "file"),
+        ("gcc -time=t.log -c a.c", "-time=t.log", "timing"),
+        ("gcc -Wa,-o,x.o -c a.c", "-Wa,-o,x.o", "assembler"),
+        ("gcc -Xassembler -adhln -c a.c", "-adhln", "assembler"),
+        ("gcc -Wa,@asm.rsp -c a.c", "-Wa,@asm.rsp", "response file"),
+        ("gcc -fno-preprocessed -c a.c", "-fno-preprocessed", "preprocessor"),
+        ("gcc -fdirectives-only -c a.c", "-fdirectives-only", "preprocessor"),
+        ("gcc -dumpdir /tmp/ -c a.c", "-dumpdir /tmp/", "outside"),
+        ("gcc -dumpbase ../x -c a.c", "-dumpbase ../x", "outside"),
+        ("gcc -c a.c --output=a.o", "--output=a.o", "long option"),
+        ("gcc -fsyntax-only -c a.c", "-fsyntax-only", "no object"),
+        ("gcc -### -c a.c", "-###", "prints"),
+        ("gcc -fmodules-ts -c a.cc", "-fmodules-ts", "modules"),
+    ],
+)
 def test_meshcc_local_rules(cmd, word, why):
     j = A(cmd)
     assert not j.distributable
@@ -214,26 +248,32 @@ def test_absolute_source_distributable():
 
 # --- remote_argv ------------------------------------------------------------------------------
 
+
 def test_remote_argv_strip_rules():
-    cmd = ("gcc -DA=1 -D B -UC -U D -Iinc -I inc2 -Llib -L lib2 -lm -l z -MF x.d -MTt -MT t2 "
-           "-MQ q -include h.h -imacros m.h -iprefix p -iwithprefix w -isystem s -isystemS2 "
-           "-iwithprefixbefore wb -idirafter da -Wl,-O1 -stdlib=libc++ -undef -nostdinc "
-           "-nostdinc++ -MD -MMD -MG -MP -iquote q -O2 -g -c a.c -o a.o")
+    cmd = (
+        "gcc -DA=1 -D B -UC -U D -Iinc -I inc2 -Llib -L lib2 -lm -l z -MF x.d -MTt -MT t2 "
+        "-MQ q -include h.h -imacros m.h -iprefix p -iwithprefix w -isystem s -isystemS2 "
+        "-iwithprefixbefore wb -idirafter da -Wl,-O1 -stdlib=libc++ -undef -nostdinc "
+        "-nostdinc++ -MD -MMD -MG -MP -iquote q -O2 -g -c a.c -o a.o"
+    )
     j = A(cmd)
     assert j.distributable, j.reason
     assert remote_argv(j) == ["gcc", "-iquote", "q", "-O2", "-g", "-c", "a.c", "-o", "a.o"]
 
 
-@pytest.mark.parametrize("given,sent", [
-    (["-x", "c"], ["-x", "cpp-output"]),
-    (["-x", "c++"], ["-x", "c++-cpp-output"]),
-    (["-x", "objective-c"], ["-x", "objective-c-cpp-output"]),
-    (["-x", "objective-c++"], ["-x", "objective-c++-cpp-output"]),
-    (["-xc"], ["-xcpp-output"]),
-    (["-xc++"], ["-xc++-cpp-output"]),
-    (["-x", "cpp-output"], ["-x", "cpp-output"]),
-    (["-x", "none"], ["-x", "none"]),
-])
+@pytest.mark.parametrize(
+    "given,sent",
+    [
+        (["-x", "c"], ["-x", "cpp-output"]),
+        (["-x", "c++"], ["-x", "c++-cpp-output"]),
+        (["-x", "objective-c"], ["-x", "objective-c-cpp-output"]),
+        (["-x", "objective-c++"], ["-x", "objective-c++-cpp-output"]),
+        (["-xc"], ["-xcpp-output"]),
+        (["-xc++"], ["-xc++-cpp-output"]),
+        (["-x", "cpp-output"], ["-x", "cpp-output"]),
+        (["-x", "none"], ["-x", "none"]),
+    ],
+)
 def test_remote_argv_language_rewrite(given, sent):
     j = analyse(["gcc", *given, "-c", "a.c"])
     assert j.distributable, j.reason
@@ -246,15 +286,18 @@ def test_remote_argv_keeps_source_mode_and_output():
 
 
 def test_remote_argv_passes_policy():
-    for cmd in ("gcc -O2 -g -fPIC -DX -Iinc -MD -c a.c -o a.o",
-                "g++ -std=c++17 -x c++ -include pch.h -c a.cpp",
-                "gcc -Wp,-MD,a.d -c a.c"):
+    for cmd in (
+        "gcc -O2 -g -fPIC -DX -Iinc -MD -c a.c -o a.o",
+        "g++ -std=c++17 -x c++ -include pch.h -c a.cpp",
+        "gcc -Wp,-MD,a.d -c a.c",
+    ):
         j = A(cmd)
         assert j.distributable
         assert policy.refusal(remote_argv(j)) is None
 
 
 # --- cpp_argv ---------------------------------------------------------------------------------
+
 
 def test_cpp_argv_basic():
     j = A("gcc -O2 -DX -c src/a.c -o obj/a.o")
@@ -273,16 +316,24 @@ def test_cpp_argv_keeps_wp_for_cc1():
     assert cpp_argv(j) == ["gcc", "-Wp,-MD,obj/.a.o.d", "-E", "src/a.c"]
 
 
-@pytest.mark.parametrize("path,expect", [
-    ("obj/foo.o", "obj/foo.d"), ("foo.obj", "foo.d"), ("foo", "foo.d"),
-    ("dir.x/foo", "dir.x/foo.d"), ("obj/foo.o.x", "obj/foo.o.d"), (".hidden", ".d"),
-    ("foo.", "foo.d"),
-])
+@pytest.mark.parametrize(
+    "path,expect",
+    [
+        ("obj/foo.o", "obj/foo.d"),
+        ("foo.obj", "foo.d"),
+        ("foo", "foo.d"),
+        ("dir.x/foo", "dir.x/foo.d"),
+        ("obj/foo.o.x", "obj/foo.o.d"),
+        (".hidden", ".d"),
+        ("foo.", "foo.d"),
+    ],
+)
 def test_replace_suffix_matches_gcc_rule(path, expect):
     assert args._replace_suffix(path, ".d") == expect
 
 
 # --- real gcc: .d files from cpp_argv equal plain gcc's ------------------------------------
+
 
 def _tree(root: Path) -> None:
     for d in ("src", "obj", "dir.x", "deps", "out"):
@@ -346,8 +397,9 @@ def test_dep_file_matches_plain_gcc(tmp_path, cmd):
     subprocess.run(argv, cwd=plain, check=True)
     j = analyse(argv)
     assert j.distributable, j.reason
-    res = subprocess.run(cpp_argv(j), cwd=ours, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, check=True)
+    res = subprocess.run(
+        cpp_argv(j), cwd=ours, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True
+    )
     assert res.stderr == b""
     want, got = _dfiles(plain, j.output), _dfiles(ours)
     assert want, "plain gcc wrote no .d file"
@@ -368,16 +420,20 @@ def test_dep_file_with_space_in_name(tmp_path, name):
 
 # --- real gcc: the whole client/server pipeline gives the same object ------------------------
 
+
 @needs_gcc
-@pytest.mark.parametrize("cmd", [
-    "gcc -O2 -Wall -DFOO=2 -Isrc -c src/foo.c -o obj/foo.o",
-    "gcc -O2 -g -c src/foo.c -o obj/foo.o",
-    "gcc -x c -O1 -MD -c src/foo.c",
-    "gcc -xc -O2 -c src/foo.c -o obj/foo.o",
-    "g++ -O2 -c src/foo.cc -o obj/foo.o",
-    "gcc -O2 -S src/foo.c -o out/foo.s",
-    "gcc -O2 -flto -c src/foo.c -o obj/foo.o",
-])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "gcc -O2 -Wall -DFOO=2 -Isrc -c src/foo.c -o obj/foo.o",
+        "gcc -O2 -g -c src/foo.c -o obj/foo.o",
+        "gcc -x c -O1 -MD -c src/foo.c",
+        "gcc -xc -O2 -c src/foo.c -o obj/foo.o",
+        "g++ -O2 -c src/foo.cc -o obj/foo.o",
+        "gcc -O2 -S src/foo.c -o out/foo.s",
+        "gcc -O2 -flto -c src/foo.c -o obj/foo.o",
+    ],
+)
 def test_pipeline_matches_local_compile(tmp_path, cmd):
     argv = cmd.split()
     client = tmp_path / "client"
@@ -412,9 +468,19 @@ def test_pipeline_matches_local_compile(tmp_path, cmd):
 
 # --- robustness -------------------------------------------------------------------------------
 
+
 def test_never_raises_on_odd_input():
-    for argv in (["gcc"], ["gcc", "-o"], ["gcc", "-x"], ["gcc", "-MF"], ["gcc", "-c", "-"],
-                 ["gcc", ""], ["gcc", "-"], ["gcc", "-c", "a.c", "-o", ""], []):
+    for argv in (
+        ["gcc"],
+        ["gcc", "-o"],
+        ["gcc", "-x"],
+        ["gcc", "-MF"],
+        ["gcc", "-c", "-"],
+        ["gcc", ""],
+        ["gcc", "-"],
+        ["gcc", "-c", "a.c", "-o", ""],
+        [],
+    ):
         j = analyse(argv)
         assert isinstance(j.reason, str)
         if argv and j.distributable:
@@ -427,16 +493,48 @@ def test_repr_mentions_fields():
 
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 except ImportError:  # pragma: no cover
     given = None
 
 if given is not None:
-    _TOKENS = st.sampled_from([
-        "-c", "-S", "-E", "-o", "x.o", "a.c", "b.cc", "-x", "c", "c++", "-xc", "-MD", "-MF",
-        "d.d", "-MT", "t", "-Wp,-MD,w.d", "-O2", "-g", "-DX", "-I", "inc", "-include", "h.h",
-        "-fplugin=p", "@r", "-march=native", "-", "conftest.c", "-Wa,-a", "-flto", "--x",
-    ])
+    _TOKENS = st.sampled_from(
+        [
+            "-c",
+            "-S",
+            "-E",
+            "-o",
+            "x.o",
+            "a.c",
+            "b.cc",
+            "-x",
+            "c",
+            "c++",
+            "-xc",
+            "-MD",
+            "-MF",
+            "d.d",
+            "-MT",
+            "t",
+            "-Wp,-MD,w.d",
+            "-O2",
+            "-g",
+            "-DX",
+            "-I",
+            "inc",
+            "-include",
+            "h.h",
+            "-fplugin=p",
+            "@r",
+            "-march=native",
+            "-",
+            "conftest.c",
+            "-Wa,-a",
+            "-flto",
+            "--x",
+        ]
+    )
 
     @settings(max_examples=300, deadline=None)
     @given(st.lists(_TOKENS, max_size=10))

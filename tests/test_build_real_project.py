@@ -135,8 +135,9 @@ def test_zlib_objects_identical_to_local_build(
         f"missing: {dict(expected_sources - remote_sources)}\n"
         f"extra: {dict(remote_sources - expected_sources)}\n{daemon.diagnostics()}"
     )
-    failed = [j for j in daemon.jobs()
-              if j.result.startswith("COMPILE_") and j.result != "COMPILE_OK"]
+    failed = [
+        j for j in daemon.jobs() if j.result.startswith("COMPILE_") and j.result != "COMPILE_OK"
+    ]
     assert not failed, f"daemon reported failed compiles: {failed}\n{daemon.diagnostics()}"
 
     # 4. The programs linked from distributed objects (locally, through the client) work.

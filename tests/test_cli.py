@@ -26,9 +26,21 @@ from meshcc.wire import control
 
 def test_daemon_mesh_options_parse() -> None:
     ns = cli.build_parser().parse_args(
-        ["daemon", "--interface", "eth0", "-i", "eth1", "--accept-unverified",
-         "--socket", "/tmp/x.sock", "--write-hosts", "/etc/distcc/hosts", "--allow", "10.0.0.0/8"]
-    )  # fmt: skip
+        [
+            "daemon",
+            "--interface",
+            "eth0",
+            "-i",
+            "eth1",
+            "--accept-unverified",
+            "--socket",
+            "/tmp/x.sock",
+            "--write-hosts",
+            "/etc/distcc/hosts",
+            "--allow",
+            "10.0.0.0/8",
+        ]
+    )
     from meshcc.daemon.options import DaemonOptions
 
     opts = DaemonOptions.from_namespace(ns)
@@ -61,16 +73,34 @@ def test_resolve_cc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _verdict(host: str, addr: str, included: bool, reason: str) -> dict[str, Any]:
     return {
-        "peer": {"host": host, "kind": "meshcc", "addresses": [addr], "key": f"m:{host}",
-                 "toolchains": [{"driver": "gcc", "version": "12.2.0",
-                                 "target": "x86_64-linux-gnu", "binutils": "2.40"}]},
-        "included": included, "reason": reason,
+        "peer": {
+            "host": host,
+            "kind": "meshcc",
+            "addresses": [addr],
+            "key": f"m:{host}",
+            "toolchains": [
+                {
+                    "driver": "gcc",
+                    "version": "12.2.0",
+                    "target": "x86_64-linux-gnu",
+                    "binutils": "2.40",
+                }
+            ],
+        },
+        "included": included,
+        "reason": reason,
         "host_spec": f"{addr}:3632/4,lzo" if included else None,
-    }  # fmt: skip
+    }
 
 
-STATUS = {"ok": True, "discovery": True, "off_reason": None, "interfaces": ["eth0"],
-          "allowed": ["10.0.0.0/24"], "allowed_source": "interfaces"}  # fmt: skip
+STATUS = {
+    "ok": True,
+    "discovery": True,
+    "off_reason": None,
+    "interfaces": ["eth0"],
+    "allowed": ["10.0.0.0/24"],
+    "allowed_source": "interfaces",
+}
 
 
 @pytest.fixture
@@ -107,16 +137,29 @@ def fake_daemon(tmp_path: Path) -> Iterator[tuple[str, list[dict[str, Any]], lis
 
 def _hosts(path: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, MESHCC_SOCKET=path)
-    return subprocess.run([sys.executable, "-m", "meshcc", "hosts", *args], env=env,
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "meshcc", "hosts", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_hosts_prints_line_explain_and_json(fake_daemon: Any) -> None:
     path, replies, got = fake_daemon
-    vs = [_verdict("b", "10.0.0.2", True, "matches"),
-          _verdict("c", "10.0.0.3", False, "gcc 12.2.0 ≠ 13.1.0")]  # fmt: skip
-    reply = {"ok": True, "line": "10.0.0.2:3632/4,lzo", "verdicts": vs, "status": STATUS,
-             "compiler": "gcc (gcc 12.2.0, x86_64-linux-gnu, binutils 2.40)", "note": None}
+    vs = [
+        _verdict("b", "10.0.0.2", True, "matches"),
+        _verdict("c", "10.0.0.3", False, "gcc 12.2.0 ≠ 13.1.0"),
+    ]
+    reply = {
+        "ok": True,
+        "line": "10.0.0.2:3632/4,lzo",
+        "verdicts": vs,
+        "status": STATUS,
+        "compiler": "gcc (gcc 12.2.0, x86_64-linux-gnu, binutils 2.40)",
+        "note": None,
+    }
     replies += [reply, reply, reply]
     p = _hosts(path, "--cc", "gcc")
     # the peers, then this box's own share, as distcc users list it
@@ -151,12 +194,15 @@ def test_hosts_empty_line_exits_1_with_reason(fake_daemon: Any) -> None:
 def test_hosts_fast_path_imports_neither_zeroconf_nor_asyncio(fake_daemon: Any) -> None:
     path, replies, _ = fake_daemon
     replies.append({"ok": True, "line": "10.0.0.2:3632/4", "verdicts": [], "status": STATUS})
-    code = ("import sys; from meshcc.cli.entry import main; sys.argv=['meshcc','hosts'];"
-            "rc = main(); bad = [m for m in ('zeroconf', 'asyncio', 'ifaddr', 'logging') "
-            "if m in sys.modules]; print(bad, file=sys.stderr); sys.exit(rc)")  # fmt: skip
+    code = (
+        "import sys; from meshcc.cli.entry import main; sys.argv=['meshcc','hosts'];"
+        "rc = main(); bad = [m for m in ('zeroconf', 'asyncio', 'ifaddr', 'logging') "
+        "if m in sys.modules]; print(bad, file=sys.stderr); sys.exit(rc)"
+    )
     env = dict(os.environ, MESHCC_SOCKET=path)
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=30)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+    )
     assert p.returncode == 0 and p.stderr.strip() == "[]", p.stderr
 
 
@@ -166,8 +212,14 @@ def test_python_dash_m_meshcc_is_the_explicit_wrapper(tmp_path: Path) -> None:
     (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
     env.update(DISTCC_HOSTS="localhost", DISTCC_DIR=str(tmp_path), MESHCC_VERBOSE="1")
-    res = subprocess.run([sys.executable, "-m", "meshcc", "gcc", "-c", "x.c", "-o", "x.o"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "meshcc", "gcc", "-c", "x.c", "-o", "x.o"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert "picked localhost" in res.stderr, res.stderr
     subprocess.run(["gcc", "-c", "x.c", "-o", "ref.o"], cwd=tmp_path, check=True)
@@ -178,18 +230,30 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
     import io
 
     def tc(driver: str, version: str = "12.2.0") -> dict[str, object]:
-        return {"driver": driver, "version": version, "target": "x86_64-linux-gnu",
-                "binutils": "2.40"}
+        return {
+            "driver": driver,
+            "version": version,
+            "target": "x86_64-linux-gnu",
+            "binutils": "2.40",
+        }
 
     def verdict(node: str, tcs: list[dict[str, object]], included: bool) -> dict[str, object]:
         peer = {"host": "box", "node_id": node, "addresses": ["10.0.0.1"], "toolchains": tcs}
-        return {"peer": peer, "included": included, "reason": "why",
-                "host_spec": f"10.0.0.{len(node)}:3632/4,lzo"}
+        return {
+            "peer": peer,
+            "included": included,
+            "reason": "why",
+            "host_spec": f"10.0.0.{len(node)}:3632/4,lzo",
+        }
 
-    reply = {"status": {"discovery": True, "interfaces": ["eth0"], "allowed": ["10.0.0.0/24"]},
-             "line": "10.0.0.6:3632/4,lzo",
-             "verdicts": [verdict("abcdef0123", [tc("gcc"), tc("g++"), tc("gcc"), tc("gcc")], True),
-                          verdict("123456789a", [tc("gcc", "13.2.0")], False)]}
+    reply = {
+        "status": {"discovery": True, "interfaces": ["eth0"], "allowed": ["10.0.0.0/24"]},
+        "line": "10.0.0.6:3632/4,lzo",
+        "verdicts": [
+            verdict("abcdef0123", [tc("gcc"), tc("g++"), tc("gcc"), tc("gcc")], True),
+            verdict("123456789a", [tc("gcc", "13.2.0")], False),
+        ],
+    }
     out = io.StringIO()
     hosts_cmd.print_explain(reply, "test", out)
     text = out.getvalue()
@@ -198,11 +262,21 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
     assert "box#abcdef" in text and "box#123456" in text  # same hostname, distinct peers
 
 
-@pytest.mark.parametrize("listen, loopback", [
-    ("127.0.0.1", True), ("127.3.4.5", True), ("::1", True), ("[::1]", True),
-    ("::ffff:127.0.0.1", True), ("localhost", True),
-    ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("::ffff:10.0.0.1", False),
-])
+@pytest.mark.parametrize(
+    "listen, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.3.4.5", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+    ],
+)
 def test_loopback_listen_turns_discovery_off(listen: str, loopback: bool) -> None:
     """A daemon listening on loopback only (IPv4-mapped included) announces nothing."""
     from meshcc.daemon.options import DaemonOptions

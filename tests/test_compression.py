@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from meshcc.compression import (
     Codec,
     CompressionError,
+    _lzoscan,
     available,
     codec_for_protocol,
     compress,
     decompress,
 )
-from meshcc.compression import _lzoscan
 
 BIG = 1 << 40  # a max_size that never binds
 
@@ -70,7 +70,9 @@ def lzo1x_1_compress(data: bytes) -> bytes:
     dst = ctypes.create_string_buffer(len(data) + len(data) // 16 + 64 + 3)
     dst_len = ctypes.c_size_t(len(dst))
     wrkmem = ctypes.create_string_buffer(16384 * ctypes.sizeof(ctypes.c_void_p))
-    rc = LIBLZO2.lzo1x_1_compress(data, ctypes.c_size_t(len(data)), dst, ctypes.byref(dst_len), wrkmem)
+    rc = LIBLZO2.lzo1x_1_compress(
+        data, ctypes.c_size_t(len(data)), dst, ctypes.byref(dst_len), wrkmem
+    )
     assert rc == 0
     return dst.raw[: dst_len.value]
 
@@ -80,7 +82,9 @@ def lzo1x_decompress_safe(data: bytes, capacity: int) -> tuple[int, bytes]:
     assert LIBLZO2 is not None
     dst = ctypes.create_string_buffer(max(capacity, 1))
     dst_len = ctypes.c_size_t(capacity)
-    rc = LIBLZO2.lzo1x_decompress_safe(data, ctypes.c_size_t(len(data)), dst, ctypes.byref(dst_len), None)
+    rc = LIBLZO2.lzo1x_decompress_safe(
+        data, ctypes.c_size_t(len(data)), dst, ctypes.byref(dst_len), None
+    )
     return rc, dst.raw[: dst_len.value]
 
 
@@ -264,7 +268,9 @@ def test_lzo_truncated_and_extended_streams() -> None:
         decompress(Codec.LZO, packed + b"\0", len(data))  # scanned path
 
 
-@pytest.mark.parametrize("bad", [b"\x01", b"\x01\x00\x00\x00", b"\x10\x00\x00\x00\xff\xff", b"\x00\x00\x00\x00\x00"])
+@pytest.mark.parametrize(
+    "bad", [b"\x01", b"\x01\x00\x00\x00", b"\x10\x00\x00\x00\xff\xff", b"\x00\x00\x00\x00\x00"]
+)
 def test_lz4_corrupt_input(bad: bytes) -> None:
     with pytest.raises(CompressionError):
         decompress(Codec.LZ4, bad, 1 << 20)

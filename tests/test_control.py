@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 
+import netns
 from meshcc.compiler.fingerprints import ClientCompiler, FingerprintCache, FingerprintError
 from meshcc.mesh.leases import LeaseBroker, Local
 from meshcc.mesh.matching import Verdict
 from meshcc.mesh.peers import Liveness, PeerState
 from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
 from meshcc.wire import control
-
-import netns
 from meshd import ControlConn, Meshd, private_dir, request
 from netns import Lan
 
@@ -104,9 +103,7 @@ def test_requests_and_replies_decode() -> None:
     assert control.decode_lease_reply(control.lease_local("no peers")) == control.LeaseLocal(
         "no peers", False
     )
-    assert control.decode_lease_reply(control.error_reply("bad")) == control.LeaseLocal(
-        "bad", True
-    )
+    assert control.decode_lease_reply(control.error_reply("bad")) == control.LeaseLocal("bad", True)
     with pytest.raises(control.ControlError):
         control.decode_lease_reply({"ok": True, "host": "x", "port": 0})
 
@@ -121,8 +118,9 @@ def test_socket_paths() -> None:
     assert control.daemon_socket_path(uid=7, env={}) == "/tmp/meshcc-7/control.sock"
     assert control.client_socket_paths(uid=7, env={"MESHCC_SOCKET": "/e"}) == ["/e"]
     assert control.client_socket_paths(uid=7, env={}) == [
-        "/run/meshcc/control.sock", "/tmp/meshcc-7/control.sock",
-    ]  # fmt: skip
+        "/run/meshcc/control.sock",
+        "/tmp/meshcc-7/control.sock",
+    ]
 
 
 # ---------------------------------------------------------------- broker (no I/O)
@@ -132,9 +130,19 @@ FP = ClientCompiler("gcc", "12.2.0", "x86_64-linux-gnu", "2.40")
 
 def _verdict(host: str, jobs: int, included: bool = True, failures: int = 0) -> Verdict:
     tc = ToolchainInfo("gcc", "12.2.0", "x86_64-linux-gnu", "2.40", ("gcc",))
-    rec = PeerRecord(f"m:{host}", PeerKind.MESHCC, f"{host}._meshcc._tcp.local.", host,
-                     (f"10.0.0.{len(host)}",), 3632, 2, jobs, (tc,), protocols=(1, 2),
-                     caps=frozenset({"lzo"}))  # fmt: skip
+    rec = PeerRecord(
+        f"m:{host}",
+        PeerKind.MESHCC,
+        f"{host}._meshcc._tcp.local.",
+        host,
+        (f"10.0.0.{len(host)}",),
+        3632,
+        2,
+        jobs,
+        (tc,),
+        protocols=(1, 2),
+        caps=frozenset({"lzo"}),
+    )
     st = PeerState(rec, Liveness.UP, 0.0, 0.0, None, None, 0.001, 0, failures, 0, None)
     return Verdict(st, included, "ok" if included else "gcc 12.2.0 ≠ 13", rec.addresses[0], "gcc")
 
@@ -340,7 +348,7 @@ time.sleep(600)
 
 @pytest.mark.netns
 def test_leases_queue_fifo_and_a_killed_client_frees_its_slot(
-    lan: Callable[..., Lan],  # noqa: F811
+    lan: Callable[..., Lan],
 ) -> None:
     net = lan()
     ha, hb = net.add_host("a"), net.add_host("b")
@@ -349,11 +357,15 @@ def test_leases_queue_fifo_and_a_killed_client_frees_its_slot(
     b = Meshd(work, hb, "--interface", "eth0", "--jobs", "1", name="b")
     try:
         a.start(), b.start()
-        netns.wait_for(lambda: f"{hb.address}:3632/1" in a.hosts()["line"], 20,
-                       what="b (1 job) in a's hosts line")  # fmt: skip
+        netns.wait_for(
+            lambda: f"{hb.address}:3632/1" in a.hosts()["line"],
+            20,
+            what="b (1 job) in a's hosts line",
+        )
 
-        holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(a.socket)],
-                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+        holder = subprocess.Popen(
+            [sys.executable, "-c", LEASE_HOLDER, str(a.socket)], stdout=subprocess.PIPE, text=True
+        )
         try:
             peer = netns.readline(holder, 20).strip()
             assert peer.startswith("m:")

@@ -35,7 +35,9 @@ SOURCE = "int answer(void) { return 42; }\n"
 
 
 @pytest.fixture
-def slow_daemon(meshcc_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterator[tuple[Daemon, Path]]:
+def slow_daemon(
+    meshcc_daemon: Callable[..., Daemon], tmp_path: Path
+) -> Iterator[tuple[Daemon, Path]]:
     marker = tmp_path / "compiling"
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -49,14 +51,22 @@ def slow_daemon(meshcc_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterato
 
 def _start_compile(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     tool = os.path.join(os.path.dirname(sys.executable), "meshcc-gcc")
-    return subprocess.Popen([tool, "-O2", "-c", "answer.c", "-o", "answer.o"], cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [tool, "-O2", "-c", "answer.c", "-o", "answer.o"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert proc.poll() is None, f"client ended before the remote compile started: {proc.communicate()}"
+        assert proc.poll() is None, (
+            f"client ended before the remote compile started: {proc.communicate()}"
+        )
         assert time.monotonic() < deadline, "the remote compile never started"
         time.sleep(0.05)
 

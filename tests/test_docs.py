@@ -24,7 +24,8 @@ def _generator() -> ModuleType:
 def test_reference_is_generated_from_the_cli() -> None:
     committed = (DOCS / "reference.md").read_text(encoding="utf-8")
     assert committed == _generator().render(), (
-        "docs/reference.md is out of date: run `python docs/gen_reference.py` and commit it")
+        "docs/reference.md is out of date: run `python docs/gen_reference.py` and commit it"
+    )
 
 
 def test_reference_covers_every_command_and_option() -> None:

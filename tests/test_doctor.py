@@ -19,32 +19,72 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import netns
 import pytest
+
+import netns
+from meshcc.cli import doctor
+from meshcc.wire import control
 from meshd import Meshd, mismatched_gcc, private_dir
 from netns import Lan
 
-from meshcc.cli import doctor
-from meshcc.wire import control
-
 
 def _peer(host: str, addr: str, version: str = "12.2.0", limit: int = 4) -> dict[str, Any]:
-    return {"key": f"k-{addr}", "kind": "meshcc", "host": host, "addresses": [addr],
-            "port": 3632, "limit": limit, "free": limit, "cpus": 2, "toolchains": [
-                {"driver": "gcc", "version": version, "target": "x86_64-linux-gnu",
-                 "binutils": "2.40", "names": ["gcc"]}]}  # fmt: skip
+    return {
+        "key": f"k-{addr}",
+        "kind": "meshcc",
+        "host": host,
+        "addresses": [addr],
+        "port": 3632,
+        "limit": limit,
+        "free": limit,
+        "cpus": 2,
+        "toolchains": [
+            {
+                "driver": "gcc",
+                "version": version,
+                "target": "x86_64-linux-gnu",
+                "binutils": "2.40",
+                "names": ["gcc"],
+            }
+        ],
+    }
 
 
-STATUS = {"ok": True, "version": "0.test", "node": "n", "discovery": True, "off_reason": None,
-          "interfaces": ["eth0"], "allowed": ["10.0.0.0/24"], "allowed_source": "interfaces",
-          "peers": 3, "jobs": 6, "running": 0, "warnings": []}  # fmt: skip
+STATUS = {
+    "ok": True,
+    "version": "0.test",
+    "node": "n",
+    "discovery": True,
+    "off_reason": None,
+    "interfaces": ["eth0"],
+    "allowed": ["10.0.0.0/24"],
+    "allowed_source": "interfaces",
+    "peers": 3,
+    "jobs": 6,
+    "running": 0,
+    "warnings": [],
+}
 VERDICTS = [
-    {"peer": _peer("good", "10.0.0.2"), "included": True, "reason": "matches; 4 jobs",
-     "host_spec": "10.0.0.2:3632/4,lzo", "unverified": False},
-    {"peer": _peer("old", "10.0.0.3", "12.9.0"), "included": False,
-     "reason": "gcc 12.2.0 ≠ 12.9.0", "host_spec": "10.0.0.3:3632/4,lzo", "unverified": False},
-    {"peer": _peer("far", "10.9.0.4"), "included": False,
-     "reason": "announced from 10.9.0.4, outside allowed 10.0.0.0/24", "host_spec": None},
+    {
+        "peer": _peer("good", "10.0.0.2"),
+        "included": True,
+        "reason": "matches; 4 jobs",
+        "host_spec": "10.0.0.2:3632/4,lzo",
+        "unverified": False,
+    },
+    {
+        "peer": _peer("old", "10.0.0.3", "12.9.0"),
+        "included": False,
+        "reason": "gcc 12.2.0 ≠ 12.9.0",
+        "host_spec": "10.0.0.3:3632/4,lzo",
+        "unverified": False,
+    },
+    {
+        "peer": _peer("far", "10.9.0.4"),
+        "included": False,
+        "reason": "announced from 10.9.0.4, outside allowed 10.0.0.0/24",
+        "host_spec": None,
+    },
 ]
 
 
@@ -84,9 +124,14 @@ class FakeDaemon:
                         reply = self.status
                     else:
                         line = " ".join(v["host_spec"] for v in self.verdicts if v["included"])
-                        reply = {"ok": True, "line": line, "verdicts": self.verdicts,
-                                 "status": self.status, "compiler": "gcc (gcc 12.2.0)",
-                                 "note": None}  # fmt: skip
+                        reply = {
+                            "ok": True,
+                            "line": line,
+                            "verdicts": self.verdicts,
+                            "status": self.status,
+                            "compiler": "gcc (gcc 12.2.0)",
+                            "note": None,
+                        }
                     conn.sendall(control.encode(reply))
 
     def close(self) -> None:
@@ -97,8 +142,9 @@ class FakeDaemon:
 def fake(tmp_path: Path) -> Iterator[Callable[..., FakeDaemon]]:
     made: list[FakeDaemon] = []
 
-    def start(status: dict[str, Any] = STATUS, verdicts: list[dict[str, Any]] = VERDICTS
-              ) -> FakeDaemon:
+    def start(
+        status: dict[str, Any] = STATUS, verdicts: list[dict[str, Any]] = VERDICTS
+    ) -> FakeDaemon:
         d = FakeDaemon(tmp_path / f"control{len(made)}.sock", status, verdicts)
         made.append(d)
         return d
@@ -134,9 +180,14 @@ def test_verdicts_against_fake_daemon(fake: Callable[..., FakeDaemon], tmp_path:
     assert report.ok, text
     assert _by(report, "daemon")[0].status == doctor.OK and str(d.path) in text
     assert "[ OK ] discovery: on; interfaces: eth0" in text
-    assert "3 seen (daemon on " in text and "1 usable for gcc (gcc 12.2.0) (4 job slots): 10.0.0.2:3632/4,lzo" in text
+    assert (
+        "3 seen (daemon on " in text
+        and "1 usable for gcc (gcc 12.2.0) (4 job slots): 10.0.0.2:3632/4,lzo" in text
+    )
     old, far = _by(report, "excluded peer")
-    assert old.status == doctor.WARN and "old at 10.0.0.3:3632/4,lzo: gcc 12.2.0 ≠ 12.9.0" in old.found
+    assert (
+        old.status == doctor.WARN and "old at 10.0.0.3:3632/4,lzo: gcc 12.2.0 ≠ 12.9.0" in old.found
+    )
     assert "same gcc version" in old.fix
     assert "outside allowed" in far.found and "--allow CIDR" in far.fix
     assert "[WARN] excluded peer: old at" in text and "\n       fix: install the same gcc" in text
@@ -147,9 +198,13 @@ def test_verdicts_against_fake_daemon(fake: Callable[..., FakeDaemon], tmp_path:
 
 
 def test_all_excluded_and_discovery_off(fake: Callable[..., FakeDaemon], tmp_path: Path) -> None:
-    off = dict(STATUS, discovery=False, interfaces=[],
-               off_reason="no usable multicast-capable interface (only loopback); "
-                          "use --interface NAME to choose one")  # fmt: skip
+    off = dict(
+        STATUS,
+        discovery=False,
+        interfaces=[],
+        off_reason="no usable multicast-capable interface (only loopback); "
+        "use --interface NAME to choose one",
+    )
     d = fake(off, VERDICTS[1:])
     report = _diagnose(_env(d.path), tmp_path, cc="gcc")
     assert not report.ok
@@ -160,29 +215,42 @@ def test_all_excluded_and_discovery_off(fake: Callable[..., FakeDaemon], tmp_pat
     assert peers.status == doctor.FAIL and "2 seen, none can take" in peers.found
 
 
-@pytest.mark.parametrize("reason, want", [
-    ("binutils unknown (stock distccd) — pass --accept-unverified", "--accept-unverified"),
-    ("not responding since 10:00:00 (connection refused)", "TCP port 3632"),
-    ("backed off after 3 failed jobs (until 10:01:00)", "daemon log"),
-    ("binutils 2.40 ≠ 2.41", "same binutils"),
-    ("no compiler for target aarch64-linux-gnu (offers x86_64-linux-gnu)", "install a compiler"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "reason, want",
+    [
+        ("binutils unknown (stock distccd) — pass --accept-unverified", "--accept-unverified"),
+        ("not responding since 10:00:00 (connection refused)", "TCP port 3632"),
+        ("backed off after 3 failed jobs (until 10:01:00)", "daemon log"),
+        ("binutils 2.40 ≠ 2.41", "same binutils"),
+        (
+            "no compiler for target aarch64-linux-gnu (offers x86_64-linux-gnu)",
+            "install a compiler",
+        ),
+    ],
+)
 def test_exclusion_fixes(reason: str, want: str) -> None:
     assert want in doctor.exclusion_fix(reason, "p at 10.0.0.9")
 
 
 def test_no_daemon_fails_with_fix(tmp_path: Path) -> None:
     env = _env(tmp_path / "nothing.sock")
-    p = subprocess.run([sys.executable, "-m", "meshcc", "doctor", "--no-browse"], env=env, check=False,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "meshcc", "doctor", "--no-browse"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     assert "[FAIL] daemon: no meshcc daemon answers" in p.stdout
     assert "fix: start it: `meshcc daemon`" in p.stdout and "Traceback" not in p.stderr
 
 
 def test_command_local_and_why(tmp_path: Path) -> None:
-    report = _diagnose(_env(tmp_path / "x.sock"), tmp_path,
-                       command=["gcc", "-march=native", "-c", "x.c"])  # fmt: skip
+    report = _diagnose(
+        _env(tmp_path / "x.sock"), tmp_path, command=["gcc", "-march=native", "-c", "x.c"]
+    )
     cmd = _by(report, "command")[0]
     assert cmd.status == doctor.WARN and "runs locally: -march=native" in cmd.found
     assert "explicit -march" in cmd.fix
@@ -230,8 +298,10 @@ def test_ccache_masquerade(tmp_path: Path) -> None:
     report = _diagnose(env, tmp_path, cc="gcc")
     m = _by(report, "masquerade")[0]
     assert m.status == doctor.WARN and "CCACHE_PREFIX=meshcc" in m.fix
-    assert "/usr/bin/gcc" in _by(report, "compiler")[0].found or "gcc 1" in m.found + \
-        _by(report, "compiler")[0].found
+    assert (
+        "/usr/bin/gcc" in _by(report, "compiler")[0].found
+        or "gcc 1" in m.found + _by(report, "compiler")[0].found
+    )
 
 
 def test_hosts_file_and_portage_against_mesh(tmp_path: Path) -> None:
@@ -264,8 +334,14 @@ def test_hosts_file_and_portage_against_mesh(tmp_path: Path) -> None:
 
 def test_json_output(fake: Callable[..., FakeDaemon], tmp_path: Path) -> None:
     d = fake()
-    p = subprocess.run([sys.executable, "-m", "meshcc", "doctor", "--json", "--cc", "gcc"],
-                       env=_env(d.path), check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "meshcc", "doctor", "--json", "--cc", "gcc"],
+        env=_env(d.path),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     js = json.loads(p.stdout)
     assert any(c["check"] == "excluded peer" and "12.9.0" in c["found"] for c in js["checks"])
 
@@ -273,16 +349,14 @@ def test_json_output(fake: Callable[..., FakeDaemon], tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the proof
 
 
-
-
 def _real_gcc_version() -> str:
-    return subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["gcc", "-dumpfullversion"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(netns.unavailable_reason() is not None,
-                    reason=str(netns.unavailable_reason()))  # fmt: skip
+@pytest.mark.skipif(netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason()))
 def test_doctor_in_a_namespace_mesh(lan: Callable[..., Lan]) -> None:
     net = lan()
     work = private_dir("meshcc-doctor-")
@@ -301,8 +375,9 @@ def test_doctor_in_a_namespace_mesh(lan: Callable[..., Lan]) -> None:
 
         def sees_both() -> bool:
             v = a.hosts()["verdicts"]
-            return {x["peer"]["addresses"][0] for x in v} >= {hb.address, hd.address} and \
-                any(x["included"] for x in v)
+            return {x["peer"]["addresses"][0] for x in v} >= {hb.address, hd.address} and any(
+                x["included"] for x in v
+            )
 
         netns.wait_for(sees_both, 20, what="a to see b and d")
         p = a.cli("doctor", "--cc", "gcc", inside=True)
@@ -326,8 +401,9 @@ def test_doctor_in_a_namespace_mesh(lan: Callable[..., Lan]) -> None:
         # No daemon on f: FAIL with the fix, and it still browses and sees the mesh.
         env = dict(os.environ, MESHCC_SOCKET=str(work / "nothing.sock"))
         env.pop("DISTCC_HOSTS", None)
-        p = hf.run([sys.executable, "-m", "meshcc", "doctor", "--cc", "gcc",
-                    "--browse-time", "3"], env=env)  # fmt: skip
+        p = hf.run(
+            [sys.executable, "-m", "meshcc", "doctor", "--cc", "gcc", "--browse-time", "3"], env=env
+        )
         assert p.returncode == 1, p.stdout + p.stderr
         assert "[FAIL] daemon: no meshcc daemon answers" in p.stdout
         assert "fix: start it: `meshcc daemon`" in p.stdout

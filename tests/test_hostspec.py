@@ -17,23 +17,40 @@ def P(text: str):
 
 
 def test_man_page_example_one_line():
-    hl = P("localhost/2 @bigman/16:/opt/bin/distccd oldmachine:4200/1 # cartman is down distant/3,lzo")
-    assert [h.spec for h in hl.hosts] == ["localhost/2", "@bigman/16:/opt/bin/distccd",
-                                          "oldmachine:4200/1"]
+    hl = P(
+        "localhost/2 @bigman/16:/opt/bin/distccd oldmachine:4200/1 # cartman is down distant/3,lzo"
+    )
+    assert [h.spec for h in hl.hosts] == [
+        "localhost/2",
+        "@bigman/16:/opt/bin/distccd",
+        "oldmachine:4200/1",
+    ]
     lo, ssh, tcp = hl.hosts
     assert (lo.kind, lo.limit, lo.lock_name) == ("localhost", 2, "localhost")
-    assert (ssh.kind, ssh.user, ssh.host, ssh.limit, ssh.command) == \
-        ("ssh", "", "bigman", 16, "/opt/bin/distccd")
+    assert (ssh.kind, ssh.user, ssh.host, ssh.limit, ssh.command) == (
+        "ssh",
+        "",
+        "bigman",
+        16,
+        "/opt/bin/distccd",
+    )
     assert ssh.lock_name == "ssh_bigman" and not ssh.supported and "SSH" in ssh.unsupported_reason
-    assert (tcp.kind, tcp.host, tcp.port, tcp.limit, tcp.protocol) == \
-        ("tcp", "oldmachine", 4200, 1, 1)
+    assert (tcp.kind, tcp.host, tcp.port, tcp.limit, tcp.protocol) == (
+        "tcp",
+        "oldmachine",
+        4200,
+        1,
+        1,
+    )
     assert tcp.lock_name == "tcp_oldmachine_4200"
     assert hl.total_limit == 19
 
 
 def test_man_page_example_multi_line():
-    hl = P("localhost/2 @bigman/16:/opt/bin/distccd oldmachine:4200/1\n"
-           "  # cartman is down\n  distant/3,lzo\n")
+    hl = P(
+        "localhost/2 @bigman/16:/opt/bin/distccd oldmachine:4200/1\n"
+        "  # cartman is down\n  distant/3,lzo\n"
+    )
     assert len(hl.hosts) == 4
     d = hl.hosts[3]
     assert (d.host, d.limit, d.lzo, d.protocol, d.port) == ("distant", 3, True, 2, DISTCC_PORT)
@@ -42,8 +59,15 @@ def test_man_page_example_multi_line():
 
 def test_ipv6_pump():
     (h,) = P("[::1]:4000/3,lzo,cpp").hosts
-    assert (h.kind, h.host, h.port, h.limit, h.lzo, h.cpp, h.protocol) == \
-        ("tcp", "::1", 4000, 3, True, True, 3)
+    assert (h.kind, h.host, h.port, h.limit, h.lzo, h.cpp, h.protocol) == (
+        "tcp",
+        "::1",
+        4000,
+        3,
+        True,
+        True,
+        3,
+    )
     assert h.lock_name == "tcp_::1_4000"
 
 
@@ -52,12 +76,25 @@ def test_oldstyle_limit_before_port():
     assert (h.host, h.port, h.limit, h.protocol) == ("10.0.0.1", 4000, 5, 2)
 
 
-@pytest.mark.parametrize("spec,limit,port", [
-    ("box", 4, 3632), ("box/7", 7, 3632), ("box=7", 7, 3632), ("box:99", 4, 99),
-    ("box:99/7", 7, 99), ("box/7:99", 7, 99), ("box=7:99", 7, 99), ("box:99=7", 7, 99),
-    ("[fe80::1]", 4, 3632), ("[fe80::1]/2", 2, 3632), ("[fe80::1]:1/2", 2, 1),
-    ("127.0.0.1", 4, 3632), ("localhost:3632", 4, 3632), ("localhost,lzo", 4, 3632),
-])
+@pytest.mark.parametrize(
+    "spec,limit,port",
+    [
+        ("box", 4, 3632),
+        ("box/7", 7, 3632),
+        ("box=7", 7, 3632),
+        ("box:99", 4, 99),
+        ("box:99/7", 7, 99),
+        ("box/7:99", 7, 99),
+        ("box=7:99", 7, 99),
+        ("box:99=7", 7, 99),
+        ("[fe80::1]", 4, 3632),
+        ("[fe80::1]/2", 2, 3632),
+        ("[fe80::1]:1/2", 2, 1),
+        ("127.0.0.1", 4, 3632),
+        ("localhost:3632", 4, 3632),
+        ("localhost,lzo", 4, 3632),
+    ],
+)
 def test_tcp_forms(spec, limit, port):
     (h,) = P(spec).hosts
     assert (h.kind, h.limit, h.port, h.spec) == ("tcp", limit, port, spec)
@@ -79,8 +116,14 @@ def test_options():
 
 def test_ssh_forms():
     (h,) = P("me@box/3:/usr/bin/distccd,lzo").hosts
-    assert (h.kind, h.user, h.host, h.limit, h.command, h.lzo) == \
-        ("ssh", "me", "box", 3, "/usr/bin/distccd", True)
+    assert (h.kind, h.user, h.host, h.limit, h.command, h.lzo) == (
+        "ssh",
+        "me",
+        "box",
+        3,
+        "/usr/bin/distccd",
+        True,
+    )
     (h,) = P("@box").hosts
     assert (h.user, h.host, h.limit, h.command) == ("", "box", 4, None)
 
@@ -103,31 +146,34 @@ def test_comments_and_whitespace():
     assert [h.host for h in hl.hosts] == ["a", "c", "d"]
 
 
-@pytest.mark.parametrize("text,problem", [
-    ("", "contained no hosts"),
-    ("  # only a comment\n", "contained no hosts"),
-    ("box:99999", "port must be 1-65535"),
-    ("box:0", "port must be 1-65535"),
-    ("box:", "port must be a number"),
-    ("box:12x", "unexpected"),
-    ("box,cpp", "needs ',lzo'"),
-    ("box,gzip", "unknown option ',gzip'"),
-    ("box,,lzo", "unknown option"),
-    ("box/0", "at least 1"),
-    ("box/x", "must be a number"),
-    ("box/2:1/3", "given twice"),
-    ("fe80::1", "brackets"),
-    ("[::1", "missing ']'"),
-    ("[]", "IPv6"),
-    ("u@", "missing host name"),
-    ("@h:", "missing command"),
-    ("localhost/0", "at least 1"),
-    ("localhost/2x", "localhost/N"),
-    ("--localslots", "needs a value"),
-    ("--localslots=0", "at least 1"),
-    ("--bogus", "unknown option"),
-    ("box,auth=", "service name"),
-])
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("", "contained no hosts"),
+        ("  # only a comment\n", "contained no hosts"),
+        ("box:99999", "port must be 1-65535"),
+        ("box:0", "port must be 1-65535"),
+        ("box:", "port must be a number"),
+        ("box:12x", "unexpected"),
+        ("box,cpp", "needs ',lzo'"),
+        ("box,gzip", "unknown option ',gzip'"),
+        ("box,,lzo", "unknown option"),
+        ("box/0", "at least 1"),
+        ("box/x", "must be a number"),
+        ("box/2:1/3", "given twice"),
+        ("fe80::1", "brackets"),
+        ("[::1", "missing ']'"),
+        ("[]", "IPv6"),
+        ("u@", "missing host name"),
+        ("@h:", "missing command"),
+        ("localhost/0", "at least 1"),
+        ("localhost/2x", "localhost/N"),
+        ("--localslots", "needs a value"),
+        ("--localslots=0", "at least 1"),
+        ("--bogus", "unknown option"),
+        ("box,auth=", "service name"),
+    ],
+)
 def test_errors(text, problem):
     with pytest.raises(HostSpecError) as ei:
         parse_hosts(text, "DISTCC_HOSTS")
@@ -143,6 +189,7 @@ def test_error_names_file_source(tmp_path):
 
 
 # --- lookup order -----------------------------------------------------------------------------
+
 
 def test_load_prefers_env_even_empty(tmp_path):
     (tmp_path / "hosts").write_text("fromfile")
@@ -191,7 +238,11 @@ AGREE = [
     # reference grammar and the --localslots=N form suggest, so it is not compared here.)
     "a:4000/3 b,down c,auth=svc localhost:3632 localhost,lzo [::1] [::1]/2",
     "--randomize --localslots=3 --localslots_cpp=9 x/2",
-    "a/0", "a,cpp", "a,,lzo", "u@", "a:12x",
+    "a/0",
+    "a,cpp",
+    "a,,lzo",
+    "u@",
+    "a:12x",
 ]
 
 
@@ -213,18 +264,25 @@ def test_agrees_with_distcc(tmp_path, text):
 
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 except ImportError:  # pragma: no cover
     given = None
 
 if given is not None:
     _name = st.from_regex(r"[a-z][a-z0-9.-]{0,15}", fullmatch=True).filter(
-        lambda s: s != "localhost")
+        lambda s: s != "localhost"
+    )
     _opts = st.lists(st.sampled_from([",lzo", ",down", ",auth", ",auth=svc"]), max_size=3)
 
     @settings(max_examples=200, deadline=None)
-    @given(_name, st.one_of(st.none(), st.integers(1, 65535)),
-           st.one_of(st.none(), st.integers(1, 999)), st.booleans(), _opts)
+    @given(
+        _name,
+        st.one_of(st.none(), st.integers(1, 65535)),
+        st.one_of(st.none(), st.integers(1, 999)),
+        st.booleans(),
+        _opts,
+    )
     def test_property_tcp_roundtrip(name, port, limit, before, opts):
         spec = name
         lim = f"/{limit}" if limit else ""
@@ -234,8 +292,13 @@ if given is not None:
             spec += (f":{port}" if port else "") + lim
         spec += "".join(opts)
         (h,) = P(spec).hosts
-        assert (h.kind, h.host, h.port, h.limit, h.spec) == \
-            ("tcp", name, port or 3632, limit or 4, spec)
+        assert (h.kind, h.host, h.port, h.limit, h.spec) == (
+            "tcp",
+            name,
+            port or 3632,
+            limit or 4,
+            spec,
+        )
         assert h.lzo == (",lzo" in opts) and h.protocol == (2 if h.lzo else 1)
         assert h.lock_name == f"tcp_{name}_{port or 3632}"
 

@@ -106,8 +106,11 @@ class FakeControl:
                     if msg.get("op") != "lease":
                         continue
                     with self.lock:
-                        answer = (self.script.pop(0) if self.script
-                                  else control.lease_local("script done"))
+                        answer = (
+                            self.script.pop(0)
+                            if self.script
+                            else control.lease_local("script done")
+                        )
                     if callable(answer):
                         answer = answer(msg)
                     if answer is not HANG:
@@ -138,8 +141,9 @@ def fake_control(tmp_path: Path) -> Iterator[Callable[[list[Any]], FakeControl]]
         each.close()
 
 
-def grant(port: int, compiler: str = "gcc", protocol: int = 1, host: str = "127.0.0.1",
-          peer: str = "") -> dict[str, Any]:
+def grant(
+    port: int, compiler: str = "gcc", protocol: int = 1, host: str = "127.0.0.1", peer: str = ""
+) -> dict[str, Any]:
     return control.lease_granted(host, port, protocol, compiler, peer or f"{host}:{port}")
 
 
@@ -161,10 +165,15 @@ def assert_lease_cycle(conn: Conn, ok: bool, connect_failed: bool = False) -> di
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.text()
-    | st.binary() | st.floats(allow_nan=False),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.text()
+    | st.binary()
+    | st.floats(allow_nan=False),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -191,19 +200,28 @@ def test_codec_rejects_ext_and_bad_utf8() -> None:
         cc.unpack_one(b"\x91" * 60000 + b"\xc0")  # no RecursionError
 
 
-@pytest.mark.parametrize("env", [
-    {}, {"MESHCC_SOCKET": "/x/y.sock"}, {"MESHCC_SOCKET": ""}, {"XDG_RUNTIME_DIR": "/run/user/7"},
-    {"XDG_RUNTIME_DIR": "relative"}, {"XDG_RUNTIME_DIR": "/run/user/7", "MESHCC_SOCKET": "/s"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MESHCC_SOCKET": "/x/y.sock"},
+        {"MESHCC_SOCKET": ""},
+        {"XDG_RUNTIME_DIR": "/run/user/7"},
+        {"XDG_RUNTIME_DIR": "relative"},
+        {"XDG_RUNTIME_DIR": "/run/user/7", "MESHCC_SOCKET": "/s"},
+    ],
+)
 def test_socket_paths_match_the_daemon_side(env: dict[str, str]) -> None:
     assert cc.socket_paths(env) == control.client_socket_paths(env=env)
 
 
 def test_wrapper_does_not_import_msgpack(tmp_path: Path) -> None:
     """The client's lean path: its own msgpack subset, not the msgpack package."""
-    code = ("import sys; from meshcc.client import wrapper; from meshcc.transport import "
-            "control_client; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('msgpack', 'datetime', 'asyncio', 'zeroconf', 'ifaddr', 'logging', 'argparse')))")
+    code = (
+        "import sys; from meshcc.client import wrapper; from meshcc.transport import "
+        "control_client; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('msgpack', 'datetime', 'asyncio', 'zeroconf', 'ifaddr', 'logging', 'argparse')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -211,8 +229,9 @@ def test_wrapper_does_not_import_msgpack(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- host choice
 
 
-def test_no_socket_uses_host_files(distccd: Callable[..., Daemon], client_env: dict[str, str],
-                                   proj: Path, tmp_path: Path) -> None:
+def test_no_socket_uses_host_files(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path, tmp_path: Path
+) -> None:
     """No daemon listening (missing file, or a stale socket file): distcc's host files."""
     server = distccd()
     Path(client_env["DISTCC_DIR"], "hosts").write_text(server.host_spec() + "\n")
@@ -221,8 +240,9 @@ def test_no_socket_uses_host_files(distccd: Callable[..., Daemon], client_env: d
     s.bind(str(stale))
     s.close()  # the file stays, nobody listens: ECONNREFUSED
     for n, sock_path in enumerate([tmp_path / "missing.sock", stale], 1):
-        env = env_with(client_env, MESHCC_SOCKET=str(sock_path), DISTCC_FALLBACK="0",
-                       DISTCC_VERBOSE="1")
+        env = env_with(
+            client_env, MESHCC_SOCKET=str(sock_path), DISTCC_FALLBACK="0", DISTCC_VERBOSE="1"
+        )
         res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
         assert res.returncode == 0, res.stderr
         assert f"no meshcc daemon at {sock_path}" in res.stderr
@@ -231,9 +251,9 @@ def test_no_socket_uses_host_files(distccd: Callable[..., Daemon], client_env: d
         assert len(server.wait_for_jobs(n)) == n, server.diagnostics()
 
 
-def test_default_paths_absent_uses_host_files(distccd: Callable[..., Daemon],
-                                              client_env: dict[str, str], proj: Path,
-                                              tmp_path: Path) -> None:
+def test_default_paths_absent_uses_host_files(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path, tmp_path: Path
+) -> None:
     """Without MESHCC_SOCKET the default paths are tried: /run/meshcc (stale or missing
     here), then $XDG_RUNTIME_DIR/meshcc (missing)."""
     try:
@@ -244,8 +264,9 @@ def test_default_paths_absent_uses_host_files(distccd: Callable[..., Daemon],
         pytest.skip(f"a meshcc daemon answers on {cc.SYSTEM_SOCKET} on this machine")
     server = distccd()
     Path(client_env["DISTCC_DIR"], "hosts").write_text(server.host_spec() + "\n")
-    env = env_with(client_env, XDG_RUNTIME_DIR=str(tmp_path), DISTCC_FALLBACK="0",
-                   DISTCC_VERBOSE="1")
+    env = env_with(
+        client_env, XDG_RUNTIME_DIR=str(tmp_path), DISTCC_FALLBACK="0", DISTCC_VERBOSE="1"
+    )
     del env["MESHCC_SOCKET"]
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
     assert res.returncode == 0, res.stderr
@@ -253,9 +274,12 @@ def test_default_paths_absent_uses_host_files(distccd: Callable[..., Daemon],
     assert len(server.wait_for_jobs(1)) == 1
 
 
-def test_distcc_hosts_wins_over_the_daemon(distccd: Callable[..., Daemon],
-                                           fake_control: Callable[..., FakeControl],
-                                           client_env: dict[str, str], proj: Path) -> None:
+def test_distcc_hosts_wins_over_the_daemon(
+    distccd: Callable[..., Daemon],
+    fake_control: Callable[..., FakeControl],
+    client_env: dict[str, str],
+    proj: Path,
+) -> None:
     server = distccd()
     ctl = fake_control([grant(free_port())])
     env = lease_env(client_env, ctl, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0")
@@ -265,8 +289,9 @@ def test_distcc_hosts_wins_over_the_daemon(distccd: Callable[..., Daemon],
     assert ctl.conns == [], "the client asked the daemon despite DISTCC_HOSTS"
 
 
-def test_local_only_jobs_never_ask_the_daemon(fake_control: Callable[..., FakeControl],
-                                              client_env: dict[str, str], proj: Path) -> None:
+def test_local_only_jobs_never_ask_the_daemon(
+    fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     ctl = fake_control([])
     env = lease_env(client_env, ctl)
     res = run([meshcc(), "-E", "src/foo.c", "-o", "foo.i"], env, proj)
@@ -283,18 +308,26 @@ def test_local_only_jobs_never_ask_the_daemon(fake_control: Callable[..., FakeCo
 @pytest.mark.parametrize("kind", ["distccd", "meshcc"])
 @pytest.mark.parametrize("protocol", [1, 2])
 def test_lease_used_with_the_peers_compiler_name(
-        kind: str, protocol: int, distccd: Callable[..., Daemon],
-        meshcc_daemon: Callable[..., Daemon], fake_control: Callable[..., FakeControl],
-        client_env: dict[str, str], proj: Path) -> None:
+    kind: str,
+    protocol: int,
+    distccd: Callable[..., Daemon],
+    meshcc_daemon: Callable[..., Daemon],
+    fake_control: Callable[..., FakeControl],
+    client_env: dict[str, str],
+    proj: Path,
+) -> None:
     server = distccd() if kind == "distccd" else meshcc_daemon(compilers=[f"/usr/bin/{ALT_NAME}"])
     ctl = fake_control([grant(server.port, ALT_NAME, protocol)])
     env = lease_env(client_env, ctl, DISTCC_FALLBACK="0", DISTCC_VERBOSE="1")
     res = run([meshcc(), "-O2", "-c", "src/foo.c", "-o", "foo.o"], env, proj)
     assert res.returncode == 0, res.stderr + server.diagnostics()
-    assert (proj / "foo.o").read_bytes() == local_object(proj, "gcc", ["-O2", "-c", "src/foo.c"],
-                                                         "r.o")
-    assert f"leased 127.0.0.1:{server.port} (compiler {ALT_NAME}) from the meshcc daemon in " \
+    assert (proj / "foo.o").read_bytes() == local_object(
+        proj, "gcc", ["-O2", "-c", "src/foo.c"], "r.o"
+    )
+    assert (
+        f"leased 127.0.0.1:{server.port} (compiler {ALT_NAME}) from the meshcc daemon in "
         in res.stderr
+    )
     [job] = server.wait_for_jobs(1)
     assert job.compiler == ALT_NAME and job.input and job.input.endswith("foo.c"), job
     [conn] = ctl.wait_closed(1)
@@ -303,14 +336,18 @@ def test_lease_used_with_the_peers_compiler_name(
     assert lease["cc"] == "gcc" and lease["source"] == "src/foo.c"
     assert lease["cc_path"] == shutil.which("gcc", path=env["PATH"])
     # DISTCC_FALLBACK=0: the client must not be handed this box's own share
-    assert control.decode_request(lease) == control.LeaseRequest("gcc", lease["cc_path"],
-                                                                 "src/foo.c", local_ok=False)
+    assert control.decode_request(lease) == control.LeaseRequest(
+        "gcc", lease["cc_path"], "src/foo.c", local_ok=False
+    )
     no_temp_litter(proj, client_env)
 
 
 def test_lease_held_during_the_job_and_released_after(
-        fake_server: Callable[..., FakeServer], fake_control: Callable[..., FakeControl],
-        client_env: dict[str, str], proj: Path) -> None:
+    fake_server: Callable[..., FakeServer],
+    fake_control: Callable[..., FakeControl],
+    client_env: dict[str, str],
+    proj: Path,
+) -> None:
     seen: list[list[str]] = []
 
     def reply(conn: socket.socket, request: bytes) -> None:
@@ -328,8 +365,9 @@ def test_lease_held_during_the_job_and_released_after(
     assert_lease_cycle(ctl.wait_closed(1)[0], ok=True)
 
 
-def test_local_answer_compiles_locally(fake_control: Callable[..., FakeControl],
-                                       client_env: dict[str, str], proj: Path) -> None:
+def test_local_answer_compiles_locally(
+    fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     why = "no live peer offers gcc 12.2.0 for x86_64-linux-gnu"
     ctl = fake_control([control.lease_local(why)] * 3)
     ref = local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
@@ -337,22 +375,29 @@ def test_local_answer_compiles_locally(fake_control: Callable[..., FakeControl],
     assert res.returncode == 0 and res.stderr == "", res.stderr  # quiet: normal on a lone box
     assert (proj / "foo.o").read_bytes() == ref
     (proj / "foo.o").unlink()
-    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
-              lease_env(client_env, ctl, DISTCC_VERBOSE="1"), proj)
+    res = run(
+        [meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
+        lease_env(client_env, ctl, DISTCC_VERBOSE="1"),
+        proj,
+    )
     assert res.returncode == 0, res.stderr
     assert why in res.stderr and "compiling locally" in res.stderr
     assert (proj / "foo.o").read_bytes() == ref
     (proj / "foo.o").unlink()
-    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
-              lease_env(client_env, ctl, DISTCC_FALLBACK="0"), proj)
+    res = run(
+        [meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
+        lease_env(client_env, ctl, DISTCC_FALLBACK="0"),
+        proj,
+    )
     assert res.returncode == 116 and why in res.stderr and "DISTCC_FALLBACK=0" in res.stderr
     assert not (proj / "foo.o").exists()
     conns = ctl.wait_closed(3)
     assert [c.kinds() for c in conns] == [["lease", "closed"]] * 3  # no lease, so no "done"
 
 
-def test_own_share_is_held_by_the_local_compiler(fake_control: Callable[..., FakeControl],
-                                                 client_env: dict[str, str], proj: Path) -> None:
+def test_own_share_is_held_by_the_local_compiler(
+    fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     """Peers busy, this box's share free: the client compiles here and the compiler itself
     holds the lease connection (inherited across exec), so the daemon counts the slot busy
     exactly as long as the compile runs."""
@@ -363,7 +408,8 @@ def test_own_share_is_held_by_the_local_compiler(fake_control: Callable[..., Fak
     fds = proj / "compiler-fds.txt"
     (bindir / "gcc").write_text(  # records its open fds when it compiles (not for -E)
         f'#!/bin/sh\ncase " $* " in *" -E "*) ;; *) ls -l /proc/$$/fd > "{fds}" ;; esac\n'
-        'exec /usr/bin/gcc "$@"\n')
+        'exec /usr/bin/gcc "$@"\n'
+    )
     (bindir / "gcc").chmod(0o755)
     env = lease_env(client_env, ctl, DISTCC_VERBOSE="1")
     env["PATH"] = f"{bindir}:{env['PATH']}"
@@ -379,8 +425,9 @@ def test_own_share_is_held_by_the_local_compiler(fake_control: Callable[..., Fak
     assert "holding local slot" not in res.stderr  # the daemon's count replaces distcc's locks
 
 
-def test_local_answer_uses_local_slot_locks(fake_control: Callable[..., FakeControl],
-                                            client_env: dict[str, str], proj: Path) -> None:
+def test_local_answer_uses_local_slot_locks(
+    fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     """The daemon does not queue local jobs: distcc's cpu_localhost_N locks do."""
     ctl = fake_control([control.lease_local("none")])
     env = lease_env(client_env, ctl, DISTCC_VERBOSE="1")
@@ -392,15 +439,22 @@ def test_local_answer_uses_local_slot_locks(fake_control: Callable[..., FakeCont
 
 @pytest.mark.parametrize("failure", ["connect-refused", "errm-refusal", "eof"])
 def test_failed_peer_reported_and_next_lease_used(
-        failure: str, distccd: Callable[..., Daemon], fake_server: Callable[..., FakeServer],
-        fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path) -> None:
+    failure: str,
+    distccd: Callable[..., Daemon],
+    fake_server: Callable[..., FakeServer],
+    fake_control: Callable[..., FakeControl],
+    client_env: dict[str, str],
+    proj: Path,
+) -> None:
     good = distccd()
     if failure == "connect-refused":
         bad_port = free_port()
     else:
+
         def refuse(conn: socket.socket, request: bytes) -> None:
             if failure == "errm-refusal":
                 conn.sendall(wire.encode_refusal("compiler gcc is not offered here"))
+
         bad_port = fake_server(refuse).port
     ctl = fake_control([grant(bad_port, peer="bad"), grant(good.port, peer="good")])
     env = lease_env(client_env, ctl, DISTCC_FALLBACK="0")
@@ -419,8 +473,9 @@ def test_failed_peer_reported_and_next_lease_used(
     assert not list((Path(client_env["DISTCC_DIR"]) / "lock").glob("backoff_*"))
 
 
-def test_every_lease_fails_then_local_once(fake_control: Callable[..., FakeControl],
-                                           client_env: dict[str, str], proj: Path) -> None:
+def test_every_lease_fails_then_local_once(
+    fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     dead = [free_port() for _ in range(5)]
     ctl = fake_control([grant(p) for p in dead])
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], lease_env(client_env, ctl), proj)
@@ -434,16 +489,22 @@ def test_every_lease_fails_then_local_once(fake_control: Callable[..., FakeContr
         assert_lease_cycle(c, ok=False, connect_failed=True)
 
     ctl2 = fake_control([grant(p) for p in dead])
-    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo2.o"],
-              lease_env(client_env, ctl2, DISTCC_FALLBACK="0"), proj)
+    res = run(
+        [meshcc(), "-c", "src/foo.c", "-o", "foo2.o"],
+        lease_env(client_env, ctl2, DISTCC_FALLBACK="0"),
+        proj,
+    )
     assert res.returncode == 116, res.stderr
     assert "DISTCC_FALLBACK=0" in res.stderr and not (proj / "foo2.o").exists()
     no_temp_litter(proj, client_env)
 
 
 def test_remote_compile_error_retried_locally_holding_the_lease(
-        distccd: Callable[..., Daemon], fake_control: Callable[..., FakeControl],
-        client_env: dict[str, str], proj: Path) -> None:
+    distccd: Callable[..., Daemon],
+    fake_control: Callable[..., FakeControl],
+    client_env: dict[str, str],
+    proj: Path,
+) -> None:
     """Same user-visible behaviour as with a host list: the error once, gcc's exit code; the
     lease ends after the local retry showed the peer was right (ok true)."""
     server = distccd()
@@ -456,9 +517,12 @@ def test_remote_compile_error_retried_locally_holding_the_lease(
     assert_lease_cycle(ctl.wait_closed(1)[0], ok=True)
 
 
-def test_remote_crash_reports_the_peer(fake_server: Callable[..., FakeServer],
-                                       fake_control: Callable[..., FakeControl],
-                                       client_env: dict[str, str], proj: Path) -> None:
+def test_remote_crash_reports_the_peer(
+    fake_server: Callable[..., FakeServer],
+    fake_control: Callable[..., FakeControl],
+    client_env: dict[str, str],
+    proj: Path,
+) -> None:
     def crash(conn: socket.socket, request: bytes) -> None:
         conn.sendall(wire.encode_reply(1, 11, b"cc1: internal compiler error\n", b"", None))
 
@@ -471,8 +535,9 @@ def test_remote_crash_reports_the_peer(fake_server: Callable[..., FakeServer],
     assert_lease_cycle(ctl.wait_closed(1)[0], ok=False)
 
 
-def test_daemon_that_never_answers_is_bounded(fake_control: Callable[..., FakeControl],
-                                              client_env: dict[str, str], proj: Path) -> None:
+def test_daemon_that_never_answers_is_bounded(
+    fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     ctl = fake_control([HANG])
     env = lease_env(client_env, ctl, DISTCC_IO_TIMEOUT="1")
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj, timeout=60)
@@ -482,12 +547,14 @@ def test_daemon_that_never_answers_is_bounded(fake_control: Callable[..., FakeCo
     assert [c.kinds() for c in ctl.wait_closed(1)] == [["lease", "closed"]]
 
 
-@pytest.mark.parametrize("answer", [control.error_reply("lease: unknown compiler"),
-                                    {"ok": True, "host": "127.0.0.1"}, b"garbage"],
-                         ids=["error", "malformed-grant", "not-a-map"])
+@pytest.mark.parametrize(
+    "answer",
+    [control.error_reply("lease: unknown compiler"), {"ok": True, "host": "127.0.0.1"}, b"garbage"],
+    ids=["error", "malformed-grant", "not-a-map"],
+)
 def test_daemon_errors_compile_locally_with_a_warning(
-        answer: Any, fake_control: Callable[..., FakeControl], client_env: dict[str, str],
-        proj: Path) -> None:
+    answer: Any, fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     ctl = fake_control([answer])
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], lease_env(client_env, ctl), proj)
     assert res.returncode == 0, res.stderr
@@ -496,13 +563,18 @@ def test_daemon_errors_compile_locally_with_a_warning(
     assert (proj / "foo.o").exists()
 
 
-def test_interrupted_while_queued_frees_everything(fake_control: Callable[..., FakeControl],
-                                                   client_env: dict[str, str], proj: Path) -> None:
+def test_interrupted_while_queued_frees_everything(
+    fake_control: Callable[..., FakeControl], client_env: dict[str, str], proj: Path
+) -> None:
     """SIGTERM while waiting in the daemon's queue: the client dies by the signal at once and
     the daemon sees the connection close (no lease, nothing to report)."""
     ctl = fake_control([HANG])
-    proc = subprocess.Popen([meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
-                            env=lease_env(client_env, ctl), cwd=proj, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
+        env=lease_env(client_env, ctl),
+        cwd=proj,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 20
     while not (ctl.conns and ctl.conns[0].messages("lease")) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -512,8 +584,9 @@ def test_interrupted_while_queued_frees_everything(fake_control: Callable[..., F
     no_temp_litter(proj, client_env)
 
 
-@pytest.mark.parametrize("mode,trusted", [(0o700, True), (0o755, True), (0o777, False),
-                                          (0o1777, False)])
+@pytest.mark.parametrize(
+    "mode,trusted", [(0o700, True), (0o755, True), (0o777, False), (0o1777, False)]
+)
 def test_guessed_tmp_path_must_be_a_private_dir(tmp_path: Path, mode: int, trusted: bool) -> None:
     """The per-user default in the shared /tmp is used only if its directory is ours and
     writable by nobody else (else anyone could steer our compiles)."""
@@ -554,7 +627,8 @@ def loopback_meshd() -> Iterator[Any]:
 
 
 def test_real_daemon_answers_local_and_the_client_compiles_here(
-        loopback_meshd: Any, client_env: dict[str, str], proj: Path) -> None:
+    loopback_meshd: Any, client_env: dict[str, str], proj: Path
+) -> None:
     """Our msgpack subset against the daemon's msgpack: the request is understood (its
     reason names the probed compiler's situation), the answer decoded, the job done locally."""
     env = lease_env(client_env, loopback_meshd.socket, DISTCC_VERBOSE="1")
@@ -563,8 +637,11 @@ def test_real_daemon_answers_local_and_the_client_compiles_here(
     assert "meshcc daemon: " in res.stderr and "discovery is off" in res.stderr, res.stderr
     assert "compiling locally" in res.stderr and "warning" not in res.stderr
     assert (proj / "foo.o").read_bytes() == local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
-    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
-              lease_env(client_env, loopback_meshd.socket, DISTCC_FALLBACK="0"), proj)
+    res = run(
+        [meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
+        lease_env(client_env, loopback_meshd.socket, DISTCC_FALLBACK="0"),
+        proj,
+    )
     assert res.returncode == 116 and "discovery is off" in res.stderr
     st = loopback_meshd.status()
     assert st["leases"] == 0 and st["queued"] == 0  # nothing left held

@@ -15,8 +15,13 @@ import pytest
 from meshcc.daemon import logsetup
 
 LEVELS = [  # (distccd level name, syslog priority meshcc sends for a record at that level)
-    ("crit", 2), ("error", 3), ("warning", 4), ("notice", 5), ("info", 6), ("debug", 7),
-]  # fmt: skip
+    ("crit", 2),
+    ("error", 3),
+    ("warning", 4),
+    ("notice", 5),
+    ("info", 6),
+    ("debug", 7),
+]
 
 
 def _emit_all() -> None:
@@ -51,8 +56,20 @@ def _journal_env(f: object) -> dict[str, str]:
 
 def test_level_names_are_distccds() -> None:
     assert set(logsetup.LOG_LEVELS) == set(logsetup.SYSLOG_PRIORITIES)
-    for name in ("emerg", "alert", "crit", "critical", "error", "err", "warning", "warn",
-                 "notice", "note", "info", "debug"):  # fmt: skip
+    for name in (
+        "emerg",
+        "alert",
+        "crit",
+        "critical",
+        "error",
+        "err",
+        "warning",
+        "warn",
+        "notice",
+        "note",
+        "info",
+        "debug",
+    ):
         assert name in logsetup.LOG_LEVELS
     for name, prio in LEVELS:
         assert logsetup.syslog_priority(logsetup.parse_level(name)) == prio
@@ -68,16 +85,21 @@ def test_journal_stream_gets_priority_prefixes(tmp_path: Path) -> None:
         f.seek(0)
         lines = f.read().splitlines()
     assert lines[:6] == [
-        "<2>CRITICAL: a crit line", "<3>ERROR: a error line", "<4>WARNING: a warning line",
-        "<5>NOTICE: a notice line", "<6>INFO: a info line", "<7>DEBUG: a debug line",
-    ]  # fmt: skip
+        "<2>CRITICAL: a crit line",
+        "<3>ERROR: a error line",
+        "<4>WARNING: a warning line",
+        "<5>NOTICE: a notice line",
+        "<6>INFO: a info line",
+        "<7>DEBUG: a debug line",
+    ]
     assert lines[6:] == ["<3>ERROR: two", "<3>lines"]
 
 
 def test_journal_level_threshold(tmp_path: Path) -> None:
     with open(tmp_path / "stderr", "w+") as f:
-        logsetup.configure_default(logsetup.parse_level("notice"), stream=f,
-                                   environ=_journal_env(f))  # fmt: skip
+        logsetup.configure_default(
+            logsetup.parse_level("notice"), stream=f, environ=_journal_env(f)
+        )
         _emit_all()
         f.seek(0)
         assert [line[:3] for line in f.read().splitlines()] == ["<2>", "<3>", "<4>", "<5>"]
@@ -98,8 +120,9 @@ def test_journal_stream_of_another_file_is_not_the_journal(tmp_path: Path) -> No
 def test_syslog_when_stderr_is_dev_null(syslog_socket: tuple[str, socket.socket]) -> None:
     path, sock = syslog_socket
     with open(os.devnull, "w") as null:
-        where = logsetup.configure_default(logging.DEBUG, stream=null, environ={},
-                                           syslog_address=path)  # fmt: skip
+        where = logsetup.configure_default(
+            logging.DEBUG, stream=null, environ={}, syslog_address=path
+        )
         assert where == "syslog"
         _emit_all()
     got = [sock.recv(4096) for _ in LEVELS]
@@ -110,14 +133,14 @@ def test_syslog_when_stderr_is_dev_null(syslog_socket: tuple[str, socket.socket]
         assert msg.rstrip(b"\0").decode().endswith(f"a {name} line")
 
 
-def test_syslog_missing_falls_back_to_stderr_with_one_warning(tmp_path: Path,
-                                                              monkeypatch) -> None:
+def test_syslog_missing_falls_back_to_stderr_with_one_warning(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(logsetup, "_warned_no_syslog", False)
     monkeypatch.setattr(logsetup, "choose_destination", lambda *a, **k: "syslog")
     with open(tmp_path / "stderr", "w+") as f:
         for _ in range(2):  # the daemon configures twice (before and after opening the log)
-            where = logsetup.configure_default(logging.INFO, stream=f, environ={},
-                                               syslog_address=str(tmp_path / "no-log"))  # fmt: skip
+            where = logsetup.configure_default(
+                logging.INFO, stream=f, environ={}, syslog_address=str(tmp_path / "no-log")
+            )
             assert where == "stderr"
         logging.getLogger("meshcc.test").log(logsetup.NOTICE, "still logged")
         f.seek(0)
@@ -130,8 +153,9 @@ def test_syslog_missing_falls_back_to_stderr_with_one_warning(tmp_path: Path,
 def test_log_stderr_forces_stderr(syslog_socket: tuple[str, socket.socket], tmp_path: Path) -> None:
     path, sock = syslog_socket
     with open(os.devnull, "w") as null:
-        where = logsetup.configure_default(logging.INFO, force_stderr=True, stream=null,
-                                           environ={}, syslog_address=path)  # fmt: skip
+        where = logsetup.configure_default(
+            logging.INFO, force_stderr=True, stream=null, environ={}, syslog_address=path
+        )
     assert where == "stderr"
     sock.settimeout(0.2)
     logging.getLogger("meshcc.test").warning("not to syslog")
@@ -168,10 +192,23 @@ def _run_daemon(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", "127.0.0.1", "--no-discovery",
-                "--port", str(s.getsockname()[1]), "--allow", "127.0.0.1", *args]  # fmt: skip
-        return subprocess.run(argv, check=False, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                              **kw)  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "meshcc",
+            "daemon",
+            "--listen",
+            "127.0.0.1",
+            "--no-discovery",
+            "--port",
+            str(s.getsockname()[1]),
+            "--allow",
+            "127.0.0.1",
+            *args,
+        ]
+        return subprocess.run(
+            argv, check=False, text=True, timeout=60, stdin=subprocess.DEVNULL, **kw
+        )
 
 
 def test_daemon_under_journal_writes_prefixed_lines(tmp_path: Path) -> None:

@@ -33,8 +33,9 @@ from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources, _obje
 
 pytestmark = [
     pytest.mark.netns,
-    pytest.mark.skipif(netns.unavailable_reason() is not None,
-                       reason=str(netns.unavailable_reason())),
+    pytest.mark.skipif(
+        netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason())
+    ),
 ]
 
 JOBS = "-j8"
@@ -60,15 +61,20 @@ def _diagnostics(daemons: list[Meshd]) -> str:
 
 
 def _make(host: netns.Host, tree: Path, env: dict[str, str], *overrides: str) -> str:
-    proc = host.run(["make", JOBS, "-f", "Makefile", "-f", "objects.mk", *overrides, TARGET],
-                    cwd=tree, env=env, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, (f"make failed ({proc.returncode})\n--- stdout ---\n"
-                                  f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    proc = host.run(
+        ["make", JOBS, "-f", "Makefile", "-f", "objects.mk", *overrides, TARGET],
+        cwd=tree,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (
+        f"make failed ({proc.returncode})\n--- stdout ---\n"
+        f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    )
     return proc.stdout
 
 
-def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path,
-                               tmp_path: Path) -> None:
+def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path, tmp_path: Path) -> None:
     net = lan()
     names = ("build", "p1", "p2", "odd")
     hosts = {n: net.add_host(n) for n in names}
@@ -79,8 +85,9 @@ def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
-                    tmp_path: Path) -> None:
+def _run_mesh_build(
+    hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: Path
+) -> None:
     odd_gcc = mismatched_gcc(work / "odd-bin", "12.9.9")
     common = ("--interface", "eth0", "--jobs", PEER_JOBS)
     daemons = {
@@ -119,11 +126,15 @@ def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
     (tmp_path / "distcc-dir").mkdir()
     (tmp_path / "client-tmp").mkdir()
-    env.update(DISTCC_DIR=str(tmp_path / "distcc-dir"), TMPDIR=str(tmp_path / "client-tmp"),
-               PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]))
+    env.update(
+        DISTCC_DIR=str(tmp_path / "distcc-dir"),
+        TMPDIR=str(tmp_path / "client-tmp"),
+        PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
+    )
     run(["./configure"], cwd=tree, env=dict(env, CC="gcc"))
-    local_out = run(["make", JOBS, "-f", "Makefile", "-f", "objects.mk", TARGET], cwd=tree,
-                    env=env).stdout
+    local_out = run(
+        ["make", JOBS, "-f", "Makefile", "-f", "objects.mk", TARGET], cwd=tree, env=env
+    ).stdout
     reference = _objects(tree)
     expected = _compiled_sources(local_out)
     n = sum(expected.values())
@@ -140,9 +151,11 @@ def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
         assert not differing, f"objects differ from the local build ({cc}): {differing}"
 
     # 3. One verbose compile first: the lease and where it came from.
-    res = hosts["build"].run(["meshcc-gcc", "-c", "adler32.c", "-o", "/dev/null"], cwd=tree,
-                             env=dict(env, MESHCC_SOCKET=str(build.socket), DISTCC_VERBOSE="1",
-                                      DISTCC_FALLBACK="0"))  # fmt: skip
+    res = hosts["build"].run(
+        ["meshcc-gcc", "-c", "adler32.c", "-o", "/dev/null"],
+        cwd=tree,
+        env=dict(env, MESHCC_SOCKET=str(build.socket), DISTCC_VERBOSE="1", DISTCC_FALLBACK="0"),
+    )
     assert res.returncode == 0, res.stderr
     assert "from the meshcc daemon in" in res.stderr, res.stderr
     assert any(f"leased {a}:" in res.stderr for a in want), res.stderr
@@ -156,7 +169,8 @@ def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
     ran["adler32.c"] -= 1  # the verbose compile
     assert total == n + 1 and ran == expected, (
         f"peers' COMPILE_OK jobs != the build's compiles: missing {dict(expected - ran)}, "
-        f"extra {dict(ran - expected)}\n{_diagnostics(everyone)}")
+        f"extra {dict(ran - expected)}\n{_diagnostics(everyone)}"
+    )
     per_peer = {d.name: len(_jobs(d)) for d in (p1, p2)}
     print(f"meshcc-gcc: {n} compiles, per peer {per_peer}")
     assert all(per_peer.values()), f"a matching peer got no job: {per_peer}"
@@ -177,8 +191,9 @@ def _run_mesh_build(hosts: dict[str, netns.Host], work: Path, zlib_source: Path,
     assert not _jobs(odd, None), "the mismatched peer was sent jobs by distcc"
 
 
-def test_peer_killed_mid_build_never_fails_a_compile(lan: Callable[..., Lan],
-                                                     tmp_path: Path) -> None:
+def test_peer_killed_mid_build_never_fails_a_compile(
+    lan: Callable[..., Lan], tmp_path: Path
+) -> None:
     """kill -9 a peer (no goodbye, mDNS still lists it): compiles keep succeeding remotely
     (DISTCC_FALLBACK=0). A lease that still names the dead peer fails to connect; the client
     reports it (done: connect_failed) and takes the next lease, and the daemon drops the peer
@@ -200,15 +215,20 @@ def test_peer_killed_mid_build_never_fails_a_compile(lan: Callable[..., Lan],
         src.write_text("int k(int x) { return x * 3; }\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
         (tmp_path / "dd").mkdir()
-        env.update(DISTCC_DIR=str(tmp_path / "dd"), MESHCC_SOCKET=str(build.socket),
-                   DISTCC_FALLBACK="0", DISTCC_VERBOSE="1",
-                   PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]))
+        env.update(
+            DISTCC_DIR=str(tmp_path / "dd"),
+            MESHCC_SOCKET=str(build.socket),
+            DISTCC_FALLBACK="0",
+            DISTCC_VERBOSE="1",
+            PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
+        )
         p1.kill9()
         dead = f"{hosts['p1'].address}:"
         hit_dead = False
         for i in range(8):
-            res = hosts["build"].run(["meshcc-gcc", "-c", str(src), "-o", str(tmp_path / "k.o")],
-                                     env=env)  # fmt: skip
+            res = hosts["build"].run(
+                ["meshcc-gcc", "-c", str(src), "-o", str(tmp_path / "k.o")], env=env
+            )
             assert res.returncode == 0, res.stderr + build.log_text()
             leased = [ln for ln in res.stderr.splitlines() if " leased " in ln]
             assert leased and f"leased {hosts['p2'].address}:" in leased[-1], res.stderr

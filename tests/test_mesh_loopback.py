@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from meshcc.compiler.toolchain import Driver, Toolchain
 from meshcc.compiler.fingerprints import ClientCompiler
+from meshcc.compiler.toolchain import Driver, Toolchain
 from meshcc.mesh.peers import Liveness, LivenessTimings
 from meshcc.mesh.records import DistccId, PeerKind
 
@@ -34,22 +34,32 @@ INNER = os.environ.get("MESHCC_TEST_PRIVATE_NETNS") == "1"
 REPO = Path(__file__).resolve().parent.parent
 
 
-
 def inner(fn: Callable[..., None]) -> Callable[..., None]:
     """Marks a test that runs only inside the namespace (see the end of the module)."""
     return fn
+
 
 FAST = LivenessTimings(
     up_interval_s=0.2, retry_s=0.05, down_interval_s=0.2, connect_timeout_s=0.5, jitter=0.0
 )
 GCC12 = Toolchain(
-    path="/usr/bin/gcc", realpath="/usr/bin/x86_64-linux-gnu-gcc-12", names=("gcc", "cc", "gcc-12"),
-    version="12.2.0", target="x86_64-linux-gnu", binutils="2.40", driver=Driver.GCC,
-)  # fmt: skip
+    path="/usr/bin/gcc",
+    realpath="/usr/bin/x86_64-linux-gnu-gcc-12",
+    names=("gcc", "cc", "gcc-12"),
+    version="12.2.0",
+    target="x86_64-linux-gnu",
+    binutils="2.40",
+    driver=Driver.GCC,
+)
 GCC13 = Toolchain(
-    path="/usr/bin/gcc-13", realpath="/usr/bin/gcc-13", names=("gcc-13",),
-    version="13.2.0", target="x86_64-linux-gnu", binutils="2.40", driver=Driver.GCC,
-)  # fmt: skip
+    path="/usr/bin/gcc-13",
+    realpath="/usr/bin/gcc-13",
+    names=("gcc-13",),
+    version="13.2.0",
+    target="x86_64-linux-gnu",
+    binutils="2.40",
+    driver=Driver.GCC,
+)
 CLIENT12 = ClientCompiler("gcc", "12.2.0", "x86_64-linux-gnu", "2.40", "gcc")
 CLIENT13 = ClientCompiler("gcc-13", "13.2.0", "x86_64-linux-gnu", "2.40", "gcc")
 
@@ -67,8 +77,12 @@ def test_loopback_meshes_in_private_netns() -> None:
     )
     proc = subprocess.run(
         ["unshare", "--net", "sh", "-c", script],
-        cwd=REPO / "tests", env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO / "tests",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert " passed" in out and "skipped" not in out.split("short test summary")[-1], out
@@ -168,16 +182,20 @@ def test_inner_default_interfaces_turn_discovery_off(caplog: pytest.LogCaptureFi
 def test_inner_meshes_find_each_other_and_match_toolchains() -> None:
     async def main() -> None:
         t0 = time.monotonic()
-        async with mesh_node(GCC12, jobs=6) as (a, la), mesh_node(GCC12, GCC13, jobs=3) as (
-            b, lb
-        ), mesh_node(GCC13, jobs=2) as (c, lc):
+        async with (
+            mesh_node(GCC12, jobs=6) as (a, la),
+            mesh_node(GCC12, GCC13, jobs=3) as (b, lb),
+            mesh_node(GCC13, jobs=2) as (c, lc),
+        ):
             assert a.status.discovery and a.status.interfaces == ("lo",)
             took = await wait_for(
                 lambda: all(len(m.hosts_line(None).split()) == 2 for m in (a, b, c)),
                 what="every mesh to list the two others",
             )
-            print(f"all three meshes saw each other {took:.3f}s after the last start "
-                  f"({time.monotonic() - t0:.3f}s after the first)")  # fmt: skip
+            print(
+                f"all three meshes saw each other {took:.3f}s after the last start "
+                f"({time.monotonic() - t0:.3f}s after the first)"
+            )
             # gcc 12 is on a and b: a's line for gcc 12 has b only, with its limit and lzo
             assert a.hosts_line(CLIENT12) == f"127.0.0.1:{lb.port}/3,lzo"
             assert c.hosts_line(CLIENT13) == f"127.0.0.1:{lb.port}/3,lzo"
@@ -254,16 +272,24 @@ def test_inner_stock_distccd_peer_and_stock_browsers() -> None:
             port=fake.port,
             parsed_addresses=["127.0.0.1"],
             server="oldbox.local.",
-            properties={"txtvers": "1", "cpus": "2", "jobs": "4", "distcc": "3.4",
-                        "gnuhost": "x86_64-pc-linux-gnu", "cc_version": "12",
-                        "cc_machine": "x86_64-linux-gnu"},
-        )  # fmt: skip
+            properties={
+                "txtvers": "1",
+                "cpus": "2",
+                "jobs": "4",
+                "distcc": "3.4",
+                "gnuhost": "x86_64-pc-linux-gnu",
+                "cc_version": "12",
+                "cc_machine": "x86_64-linux-gnu",
+            },
+        )
         await (await zc.async_register_service(info, cooperating_responders=True))
         seen: dict[str, dict[str, dict[str, str | None]]] = {"base": {}, "sub": {}}
         browsers = []
 
         def collect(kind: str) -> Callable[..., None]:
-            def handler(zeroconf: object, service_type: str, name: str, state_change: object) -> None:
+            def handler(
+                zeroconf: object, service_type: str, name: str, state_change: object
+            ) -> None:
                 if state_change is not ServiceStateChange.Added:
                     return
 
@@ -277,11 +303,17 @@ def test_inner_stock_distccd_peer_and_stock_browsers() -> None:
             return handler
 
         try:
-            async with mesh_node(GCC12) as (a, la), mesh_node(GCC12, accept_unverified=True) as (
-                b, lb
+            async with (
+                mesh_node(GCC12) as (a, la),
+                mesh_node(GCC12, accept_unverified=True) as (b, lb),
             ):
-                await wait_for(lambda: len(a.snapshot()) == 2 and all(
-                    p.liveness is Liveness.UP for p in a.snapshot()), what="a to see b and oldbox")
+                await wait_for(
+                    lambda: (
+                        len(a.snapshot()) == 2
+                        and all(p.liveness is Liveness.UP for p in a.snapshot())
+                    ),
+                    what="a to see b and oldbox",
+                )
                 v = {x.peer.record.host: x for x in a.explain(CLIENT12)}
                 old = v["distcc@oldbox"]
                 assert not old.included and old.unverified
@@ -290,25 +322,42 @@ def test_inner_stock_distccd_peer_and_stock_browsers() -> None:
                     " — pass --accept-unverified"
                 )
                 assert a.hosts_line(CLIENT12) == f"127.0.0.1:{lb.port}/4,lzo"
-                await wait_for(lambda: any(
-                    p.record.kind is PeerKind.DISTCC and p.liveness is Liveness.UP
-                    for p in b.snapshot()), what="b to confirm oldbox")
+                await wait_for(
+                    lambda: any(
+                        p.record.kind is PeerKind.DISTCC and p.liveness is Liveness.UP
+                        for p in b.snapshot()
+                    ),
+                    what="b to confirm oldbox",
+                )
                 # accepted when asked for, ranked after verified peers
                 assert b.hosts_line(CLIENT12) == (
                     f"127.0.0.1:{la.port}/4,lzo 127.0.0.1:{fake.port}/4,lzo"
                 )
                 # Browsers started now see the daemons only through answers to their queries.
-                browsers.append(AsyncServiceBrowser(
-                    zc.zeroconf, ["_distcc._tcp.local."], handlers=[collect("base")]))
-                browsers.append(AsyncServiceBrowser(zc.zeroconf, [subtype], handlers=[collect("sub")]))
+                browsers.append(
+                    AsyncServiceBrowser(
+                        zc.zeroconf, ["_distcc._tcp.local."], handlers=[collect("base")]
+                    )
+                )
+                browsers.append(
+                    AsyncServiceBrowser(zc.zeroconf, [subtype], handlers=[collect("sub")])
+                )
                 base_name = f"{a.status.instance}._distcc._tcp.local."
                 sub_name = f"{a.status.instance}-cc._distcc._tcp.local."
-                await wait_for(lambda: base_name in seen["base"] and sub_name in seen["sub"],
-                               what="late browsers to find a")  # fmt: skip
+                await wait_for(
+                    lambda: base_name in seen["base"] and sub_name in seen["sub"],
+                    what="late browsers to find a",
+                )
                 assert sub_name not in seen["base"] and base_name not in seen["sub"]
                 for props in (seen["base"][base_name], seen["sub"][sub_name]):
                     assert list(props) == [
-                        "txtvers", "cpus", "jobs", "distcc", "gnuhost", "cc_version", "cc_machine"
+                        "txtvers",
+                        "cpus",
+                        "jobs",
+                        "distcc",
+                        "gnuhost",
+                        "cc_version",
+                        "cc_machine",
                     ]
                     assert props["cc_version"] == "12" and props["jobs"] == "4"
                     assert props["cc_machine"] == "x86_64-linux-gnu"

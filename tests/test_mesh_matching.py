@@ -38,22 +38,45 @@ def peer(
     **kw: object,
 ) -> PeerState:
     rec_args: dict[str, object] = dict(
-        key=f"m:{host}", kind=kind, instance=f"{host}._meshcc._tcp.local.", host=host,
-        addresses=addrs, port=3632, cpus=4, jobs=6, toolchains=tcs, node_id=host,
-        protocols=(1, 2), caps=frozenset({"lzo"}),
-    )  # fmt: skip
+        key=f"m:{host}",
+        kind=kind,
+        instance=f"{host}._meshcc._tcp.local.",
+        host=host,
+        addresses=addrs,
+        port=3632,
+        cpus=4,
+        jobs=6,
+        toolchains=tcs,
+        node_id=host,
+        protocols=(1, 2),
+        caps=frozenset({"lzo"}),
+    )
     state_args: dict[str, object] = dict(
-        liveness=liveness, first_seen=0.0, last_ok=None, down_since=None, down_detail=None,
-        rtt_s=0.001, probe_failures=0, job_failures=0, backoffs=0, backoff_until=None,
-    )  # fmt: skip
+        liveness=liveness,
+        first_seen=0.0,
+        last_ok=None,
+        down_since=None,
+        down_detail=None,
+        rtt_s=0.001,
+        probe_failures=0,
+        job_failures=0,
+        backoffs=0,
+        backoff_until=None,
+    )
     for k, v in kw.items():
         (state_args if k in state_args else rec_args)[k] = v
     return PeerState(record=PeerRecord(**rec_args), **state_args)  # type: ignore[arg-type]
 
 
 def stock(version: str = "12", machine: str = "x86_64-linux-gnu", **kw: object) -> PeerState:
-    return peer("distcc@old", kind=PeerKind.DISTCC, verified=False, node_id=None,
-                tcs=(ToolchainInfo("cc", version, machine, None, ("cc",)),), **kw)  # fmt: skip
+    return peer(
+        "distcc@old",
+        kind=PeerKind.DISTCC,
+        verified=False,
+        node_id=None,
+        tcs=(ToolchainInfo("cc", version, machine, None, ("cc",)),),
+        **kw,
+    )
 
 
 def reason(p: PeerState, fp: ClientCompiler | None = CLIENT, policy: MatchPolicy = POLICY) -> str:
@@ -72,8 +95,12 @@ def test_exact_match_is_in_with_remote_name() -> None:
 def test_invoked_name_not_offered_maps_to_one_that_is() -> None:
     fp = ClientCompiler("x86_64-linux-gnu-gcc-12", "12.2.0", "x86_64-linux-gnu", "2.40", "gcc")
     assert judge(fp, peer(), POLICY).remote_name == "gcc"
-    assert judge(ClientCompiler("c++", "12.2.0", "x86_64-linux-gnu", "2.40", "g++"),
-                 peer(), POLICY).remote_name == "c++"  # fmt: skip
+    assert (
+        judge(
+            ClientCompiler("c++", "12.2.0", "x86_64-linux-gnu", "2.40", "g++"), peer(), POLICY
+        ).remote_name
+        == "c++"
+    )
 
 
 def test_version_mismatch() -> None:
@@ -84,7 +111,9 @@ def test_version_mismatch() -> None:
 
 def test_target_mismatch_for_a_cross_compiler() -> None:
     fp = ClientCompiler("aarch64-linux-gnu-gcc", "13.2.0", "aarch64-linux-gnu", "2.40", "gcc")
-    assert reason(peer(), fp) == "no compiler for target aarch64-linux-gnu (offers x86_64-linux-gnu)"
+    assert (
+        reason(peer(), fp) == "no compiler for target aarch64-linux-gnu (offers x86_64-linux-gnu)"
+    )
     assert judge(fp, peer(tcs=(GCC12, CROSS)), POLICY).included
 
 
@@ -143,10 +172,9 @@ def test_address_choice_prefers_ipv4_and_brackets_ipv6() -> None:
 
 def test_liveness_and_backoff_reasons() -> None:
     down_at = time.mktime((2025, 1, 1, 12, 1, 3, 0, 0, -1))
-    assert reason(peer(liveness=Liveness.DOWN, down_since=down_at,
-                       down_detail="connection refused")) == (
-        "not responding since 12:01:03 (connection refused)"
-    )  # fmt: skip
+    assert reason(
+        peer(liveness=Liveness.DOWN, down_since=down_at, down_detail="connection refused")
+    ) == ("not responding since 12:01:03 (connection refused)")
     assert reason(peer(liveness=Liveness.PENDING)) == "announced, reachability not yet confirmed"
     until = time.mktime((2025, 1, 1, 12, 6, 0, 0, 0, -1))
     assert reason(peer(job_failures=3, backoff_until=until)) == (
@@ -171,8 +199,12 @@ def test_ranking_and_hosts_line() -> None:
     ]
     verdicts = judge_all(CLIENT, peers, POLICY)
     assert [v.peer.record.host for v in verdicts if v.included] == [
-        "big", "v6", "small", "busy", "flaky",
-    ]  # fmt: skip
+        "big",
+        "v6",
+        "small",
+        "busy",
+        "flaky",
+    ]
     assert [v.peer.record.host for v in verdicts if not v.included] == ["dead", "old"]
     assert hosts_line(verdicts) == (
         "10.77.0.3:3632/16,lzo [fd00::8]:3632/4,lzo 10.77.0.2:3632/2,lzo "
@@ -187,9 +219,15 @@ def test_unverified_rank_after_verified() -> None:
 
 
 def test_client_compiler_from_toolchain() -> None:
-    tc = Toolchain(path="/usr/bin/g++", realpath="/usr/bin/x86_64-linux-gnu-g++-12",
-                   names=("g++", "c++"), version="12.2.0", target="x86_64-linux-gnu",
-                   binutils="2.40", driver=Driver.GXX)  # fmt: skip
+    tc = Toolchain(
+        path="/usr/bin/g++",
+        realpath="/usr/bin/x86_64-linux-gnu-g++-12",
+        names=("g++", "c++"),
+        version="12.2.0",
+        target="x86_64-linux-gnu",
+        binutils="2.40",
+        driver=Driver.GXX,
+    )
     fp = ClientCompiler.from_toolchain(tc, "c++")
     assert fp == ClientCompiler("c++", "12.2.0", "x86_64-linux-gnu", "2.40", "g++")
     assert ClientCompiler.from_toolchain(tc).name == "g++"

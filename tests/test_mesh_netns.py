@@ -25,7 +25,6 @@ import pytest
 import netns
 from netns import Host, Lan
 
-
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(
@@ -105,9 +104,14 @@ class Node:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or self.proc.poll() is not None:
-                err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
-                pytest.fail(f"{self.host.name}: no {what} within {timeout}s; last view "
-                            f"{self.latest}\n{err}")  # fmt: skip
+                err = (
+                    self.proc.stderr.read()
+                    if self.proc.poll() is not None and self.proc.stderr
+                    else ""
+                )
+                pytest.fail(
+                    f"{self.host.name}: no {what} within {timeout}s; last view {self.latest}\n{err}"
+                )
             try:
                 at, msg = self.lines.get(timeout=left)
             except queue.Empty:
@@ -180,14 +184,23 @@ def test_announcements_from_outside_allowed_subnets_are_ignored(lan: LanFactory)
     a = Node(ha, "4")  # default: allowed = the subnets of eth0 (10.77.0.0/24 + link-local)
     c = Node(hc, "4")
     d = Node(hd, "4", "10.77.0.11/32")  # --allow replaces the default: only a
-    a.wait(lambda v: any(e[0] and e[1] is None for e in v["explain"]) and
-           f"{hd.address}:{PORT}/" in v["hosts"], 20, "c listed as outside, d in")  # fmt: skip
+    a.wait(
+        lambda v: (
+            any(e[0] and e[1] is None for e in v["explain"])
+            and f"{hd.address}:{PORT}/" in v["hosts"]
+        ),
+        20,
+        "c listed as outside, d in",
+    )
     [outside] = [e for e in a.latest["explain"] if e[1] is None]
     assert not outside[2]
     assert outside[3].startswith(f"announced from {hc.address}, outside allowed 10.77.0.0/24")
     assert a.latest["hosts"] == f"{hd.address}:{PORT}/4,lzo"
-    d.wait(lambda v: v["hosts"] == f"{ha.address}:{PORT}/4,lzo" and len(v["explain"]) == 2,
-           20, "d to list only a")  # fmt: skip
+    d.wait(
+        lambda v: v["hosts"] == f"{ha.address}:{PORT}/4,lzo" and len(v["explain"]) == 2,
+        20,
+        "d to list only a",
+    )
     assert d.status["allowed"] == ["10.77.0.11/32"] and d.status["allowed_source"] == "--allow"
     for n in (a, c, d):
         n.terminate()

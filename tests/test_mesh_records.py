@@ -29,18 +29,30 @@ from meshcc.mesh.records import (
     txt_size,
 )
 
-GCC = ToolchainInfo("gcc", "12.2.0", "x86_64-linux-gnu", "2.40",
-                    ("gcc", "cc", "gcc-12", "x86_64-linux-gnu-gcc", "x86_64-linux-gnu-gcc-12"))  # fmt: skip
+GCC = ToolchainInfo(
+    "gcc",
+    "12.2.0",
+    "x86_64-linux-gnu",
+    "2.40",
+    ("gcc", "cc", "gcc-12", "x86_64-linux-gnu-gcc", "x86_64-linux-gnu-gcc-12"),
+)
 GXX = ToolchainInfo("g++", "12.2.0", "x86_64-linux-gnu", "2.40", ("g++", "c++"))
 CROSS = ToolchainInfo("gcc", "13.2.0", "aarch64-linux-gnu", None, ("aarch64-linux-gnu-gcc-13",))
 
 
 def node(*tcs: ToolchainInfo, **kw: object) -> LocalNode:
     args: dict[str, object] = dict(
-        node_id="0123456789ab", hostname="build-box.lan", port=3632, cpus=8, jobs=10,
-        toolchains=tcs or (GCC, GXX, CROSS), meshcc_version="0.1.0", protocols=(1, 2),
-        caps=frozenset({"lzo", "lz4", "errm"}), distcc_id=DistccId("x86_64-linux-gnu", "12"),
-    )  # fmt: skip
+        node_id="0123456789ab",
+        hostname="build-box.lan",
+        port=3632,
+        cpus=8,
+        jobs=10,
+        toolchains=tcs or (GCC, GXX, CROSS),
+        meshcc_version="0.1.0",
+        protocols=(1, 2),
+        caps=frozenset({"lzo", "lz4", "errm"}),
+        distcc_id=DistccId("x86_64-linux-gnu", "12"),
+    )
     args.update(kw)
     return LocalNode(**args)  # type: ignore[arg-type]
 
@@ -59,9 +71,14 @@ def test_distcc_records_keys_order_and_subtype_instance() -> None:
     assert base.type_ == DISTCC_TYPE
     assert sub.type_ == "_x86-64-linux-gnu--12._sub._distcc._tcp.local."
     assert list(base.properties.items()) == [
-        ("txtvers", "1"), ("cpus", "8"), ("jobs", "10"), ("distcc", "3.4"),
-        ("gnuhost", "x86_64-linux-gnu"), ("cc_version", "12"), ("cc_machine", "x86_64-linux-gnu"),
-    ]  # fmt: skip
+        ("txtvers", "1"),
+        ("cpus", "8"),
+        ("jobs", "10"),
+        ("distcc", "3.4"),
+        ("gnuhost", "x86_64-linux-gnu"),
+        ("cc_version", "12"),
+        ("cc_machine", "x86_64-linux-gnu"),
+    ]
     assert sub.properties == base.properties
     assert base.name == "meshcc@build-box-0123456789ab._distcc._tcp.local."
     assert sub.name == "meshcc@build-box-0123456789ab-cc._distcc._tcp.local."
@@ -92,10 +109,16 @@ def test_meshcc_record_round_trip() -> None:
 
 def test_every_txt_string_within_255_bytes_and_total_within_budget() -> None:
     many = tuple(
-        ToolchainInfo("gcc", f"{v}.1.0", f"{arch}-unknown-linux-gnu", "2.41",
-                      tuple(f"{arch}-unknown-linux-gnu-gcc-{v}-alias{i}" for i in range(12)))
-        for v in (10, 11, 12, 13, 14) for arch in ("x86_64", "aarch64", "riscv64")
-    )  # fmt: skip
+        ToolchainInfo(
+            "gcc",
+            f"{v}.1.0",
+            f"{arch}-unknown-linux-gnu",
+            "2.41",
+            tuple(f"{arch}-unknown-linux-gnu-gcc-{v}-alias{i}" for i in range(12)),
+        )
+        for v in (10, 11, 12, 13, 14)
+        for arch in ("x86_64", "aarch64", "riscv64")
+    )
     spec, warnings = build_meshcc_service(node(*many))
     assert all(len(f"{k}={v}".encode()) <= 255 for k, v in spec.properties.items())
     assert txt_size(spec.properties) <= TXT_BUDGET
@@ -105,8 +128,13 @@ def test_every_txt_string_within_255_bytes_and_total_within_budget() -> None:
 
 
 def test_one_huge_toolchain_is_trimmed_to_255() -> None:
-    big = ToolchainInfo("gcc", "12.2.0", "x86_64-linux-gnu", "2.40",
-                        tuple(f"gcc-wrapper-name-{i:03d}" for i in range(40)))  # fmt: skip
+    big = ToolchainInfo(
+        "gcc",
+        "12.2.0",
+        "x86_64-linux-gnu",
+        "2.40",
+        tuple(f"gcc-wrapper-name-{i:03d}" for i in range(40)),
+    )
     spec, warnings = build_meshcc_service(node(big))
     assert len("t0=" + spec.properties["t0"]) <= 255
     assert any("only" in w for w in warnings)
@@ -128,8 +156,12 @@ def test_unreadable_meshcc_records_say_why(props: dict[str, str], why: str) -> N
 
 
 def test_newer_schema_is_read_for_known_keys() -> None:
-    rec = parse_meshcc("x._meshcc._tcp.local.", {"v": "2", "id": "abcdef", "future": "yes",
-                       "t0": GCC_TXT}, ["10.0.0.2"], 3632)  # fmt: skip
+    rec = parse_meshcc(
+        "x._meshcc._tcp.local.",
+        {"v": "2", "id": "abcdef", "future": "yes", "t0": GCC_TXT},
+        ["10.0.0.2"],
+        3632,
+    )
     assert rec.schema == 2 and rec.toolchains[0].version == "12.2.0"
 
 
@@ -137,8 +169,15 @@ GCC_TXT = "gcc;12.2.0;x86_64-linux-gnu;2.40;gcc"
 
 
 def test_parse_stock_distcc_record() -> None:
-    props = {"txtvers": "1", "cpus": "4", "jobs": "6", "distcc": "3.4",
-             "gnuhost": "x86_64-pc-linux-gnu", "cc_version": "12", "cc_machine": "x86_64-linux-gnu"}  # fmt: skip
+    props = {
+        "txtvers": "1",
+        "cpus": "4",
+        "jobs": "6",
+        "distcc": "3.4",
+        "gnuhost": "x86_64-pc-linux-gnu",
+        "cc_version": "12",
+        "cc_machine": "x86_64-linux-gnu",
+    }
     rec = parse_distcc("distcc@old._distcc._tcp.local.", props, ["10.0.0.9"], 3632)
     assert rec.key == "d:distcc@old._distcc._tcp.local." and rec.kind is PeerKind.DISTCC
     assert rec.host == "distcc@old" and not rec.verified and rec.lzo
@@ -148,7 +187,12 @@ def test_parse_stock_distcc_record() -> None:
 
 @pytest.mark.parametrize(
     "props, limit",
-    [({"cpus": "4"}, 4), ({"cpus": "4", "jobs": "0"}, 6), ({"cpus": "2", "jobs": "-1"}, 4), ({}, 4)],
+    [
+        ({"cpus": "4"}, 4),
+        ({"cpus": "4", "jobs": "0"}, 6),
+        ({"cpus": "2", "jobs": "-1"}, 4),
+        ({}, 4),
+    ],
 )
 def test_distcc_limit_rules(props: dict[str, str], limit: int) -> None:
     """distcc's zeroconf.c: no jobs key -> 4; jobs <= 0 -> cpus + 2."""
@@ -178,9 +222,11 @@ def test_names_are_valid_labels_and_contain_the_id() -> None:
 
 def adapter(name: str, index: int, *ips: tuple[object, int]) -> SimpleNamespace:
     return SimpleNamespace(
-        nice_name=name, name=name, index=index,
+        nice_name=name,
+        name=name,
+        index=index,
         ips=[SimpleNamespace(ip=ip, network_prefix=prefix) for ip, prefix in ips],
-    )  # fmt: skip
+    )
 
 
 FLAGS = {"lo": 0x9, "eth0": 0x1003, "eth1": 0x1002, "tun0": 0x91, "docker0": 0x1003}
@@ -195,9 +241,7 @@ def interfaces(*names: str) -> list[netif.Interface]:
         "tun0": adapter("tun0", 4, ("10.8.0.2", 24)),
         "docker0": adapter("docker0", 5, ("172.17.0.1", 16)),
     }
-    return netif.list_interfaces(
-        [table[n] for n in names], flags_of=FLAGS.get, mac_of=MACS.get
-    )
+    return netif.list_interfaces([table[n] for n in names], flags_of=FLAGS.get, mac_of=MACS.get)
 
 
 def test_list_interfaces_reads_addresses_flags_macs() -> None:
@@ -213,8 +257,9 @@ def test_default_selection_up_multicast_non_loopback() -> None:
     assert [i.name for i in sel.chosen] == ["eth0"]  # eth1 down, tun0 no multicast
     assert sel.ipv4_addresses == ["10.77.0.11"]
     assert netif.networks_of(sel.chosen) == (
-        ipaddress.ip_network("10.77.0.0/24"), ipaddress.ip_network("fe80::/64"),
-    )  # fmt: skip
+        ipaddress.ip_network("10.77.0.0/24"),
+        ipaddress.ip_network("fe80::/64"),
+    )
 
 
 def test_only_loopback_turns_discovery_off_with_a_reason() -> None:

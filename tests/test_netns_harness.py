@@ -23,7 +23,9 @@ from netns import Host, Lan, readline, wait_for
 
 pytestmark = [
     pytest.mark.netns,
-    pytest.mark.skipif(netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason())),
+    pytest.mark.skipif(
+        netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason())
+    ),
 ]
 
 LanFactory = Callable[..., Lan]
@@ -107,7 +109,9 @@ sys.exit(asyncio.run(main()))
 
 def start_echo(host: Host, port: int = 7007, address: str | None = None) -> subprocess.Popen[str]:
     """Start the echo server on `host` and wait (bounded) for its "ready" line."""
-    proc = host.python_popen(ECHO_SERVER, address or host.address, str(port), stdout=subprocess.PIPE, text=True)
+    proc = host.python_popen(
+        ECHO_SERVER, address or host.address, str(port), stdout=subprocess.PIPE, text=True
+    )
     assert readline(proc).strip() == "ready", "echo server did not start"
     return proc
 
@@ -134,7 +138,9 @@ def test_hosts_talk_over_the_bridge_and_root_namespace_is_untouched(lan: LanFact
     # ...and from the test process through a socket living in b's namespace.
     assert echo_in_process(b, a.address, payload=b"in-process") == b"in-process"
 
-    if any(os.access(os.path.join(d, "ping"), os.X_OK) for d in os.environ.get("PATH", "").split(":")):
+    if any(
+        os.access(os.path.join(d, "ping"), os.X_OK) for d in os.environ.get("PATH", "").split(":")
+    ):
         assert b.run(["ping", "-c1", "-W1", a.address]).returncode == 0
 
 
@@ -174,19 +180,38 @@ def test_ipv6_link_local_works_without_waiting_for_dad(lan: LanFactory) -> None:
     assert ll.startswith("fe80:") and b.ifindex == 2  # lo is 1 in a fresh namespace
     start_echo(a, address="::")
     scoped = f"{ll}%eth0"  # scope = the *connecting* host's interface
-    assert wait_for(lambda: echo_in_process(b, scoped, payload=b"v6"), timeout=10, what="v6 echo") == b"v6"
+    assert (
+        wait_for(lambda: echo_in_process(b, scoped, payload=b"v6"), timeout=10, what="v6 echo")
+        == b"v6"
+    )
 
 
 def test_zeroconf_discovery_across_the_bridge(lan: LanFactory) -> None:
     net = lan()
     a, b = net.add_host("a"), net.add_host("b")
     outsider = net.add_host("outsider", "10.78.0.11/24")  # same wire, other subnet
-    reg = a.python_popen(ZC_REGISTER, a.address, "node-a", SERVICE_TYPE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reg = a.python_popen(
+        ZC_REGISTER,
+        a.address,
+        "node-a",
+        SERVICE_TYPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert readline(reg, timeout=15).strip() == "registered"
 
     want = f"node-a.{SERVICE_TYPE}"
     browsers = {
-        h.name: h.python_popen(ZC_BROWSE, SERVICE_TYPE, want, "10", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        h.name: h.python_popen(
+            ZC_BROWSE,
+            SERVICE_TYPE,
+            want,
+            "10",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for h in (b, outsider)
     }
     for name, proc in browsers.items():

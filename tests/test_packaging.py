@@ -45,16 +45,30 @@ def test_unit_hardening_directives() -> None:
     u = _unit()
     s = "[Service]"
     want = {
-        "Type": "simple", "User": "meshcc", "Group": "meshcc", "NoNewPrivileges": "yes",
-        "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectSystem": "strict",
-        "ProtectHome": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
-        "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
-        "LockPersonality": "yes", "RestrictRealtime": "yes", "RestrictSUIDSGID": "yes",
-        "MemoryDenyWriteExecute": "yes", "SystemCallArchitectures": "native",
-        "CapabilityBoundingSet": "", "AmbientCapabilities": "", "Restart": "on-failure",
+        "Type": "simple",
+        "User": "meshcc",
+        "Group": "meshcc",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
+        "LockPersonality": "yes",
+        "RestrictRealtime": "yes",
+        "RestrictSUIDSGID": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "SystemCallArchitectures": "native",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+        "Restart": "on-failure",
         "RuntimeDirectory": "meshcc",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
-    }  # fmt: skip
+    }
     for key, value in want.items():
         assert u.get(s + key) == [value], key
     assert "-/etc/default/meshcc" in u[s + "EnvironmentFile"]
@@ -72,13 +86,23 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     copy = tmp_path / "meshcc.service"
     copy.write_text(text.replace("ExecStart=/usr/bin/meshcc ", f"ExecStart={MESHCC} ", 1))
     assert copy.read_text() != text
-    p = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
-                       text=True, timeout=120, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     assert "meshcc.service" not in p.stderr, p.stderr  # no warnings about our unit
 
-    p = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(copy)],
-                       capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if p.returncode == 0 or "exposure level" in p.stdout:
         m = re.search(r"exposure level for \S+: (\d+\.\d+)", p.stdout)
         assert m and float(m.group(1)) <= 3.0, p.stdout[-400:]
@@ -87,8 +111,13 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 @needs(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
 def test_sysusers_creates_meshcc_in_a_scratch_root(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
-    p = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)],
-                       capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
     passwd = (tmp_path / "etc" / "passwd").read_text()
     group = (tmp_path / "etc" / "group").read_text()
@@ -106,9 +135,14 @@ def test_openrc_script_parses() -> None:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
             assert p.returncode == 0, (sh, p.stderr)
     text = INITD.read_text()
-    for line in ('command="/usr/bin/meshcc"', 'command_background="yes"',
-                 'command_user="meshcc:meshcc"', "need net", "use logger",
-                 "checkpath --directory --owner meshcc:meshcc --mode 0755 /run/meshcc"):  # fmt: skip
+    for line in (
+        'command="/usr/bin/meshcc"',
+        'command_background="yes"',
+        'command_user="meshcc:meshcc"',
+        "need net",
+        "use logger",
+        "checkpath --directory --owner meshcc:meshcc --mode 0755 /run/meshcc",
+    ):
         assert line in text, line
     assert "${MESHCC_OPTS}" in text and "pidfile=" in text
 
@@ -116,15 +150,15 @@ def test_openrc_script_parses() -> None:
 def test_openrc_start_pre_finds_write_hosts(tmp_path: Path) -> None:
     """Run start_pre with checkpath stubbed: it prepares /run/meshcc and the hosts file."""
     calls = tmp_path / "calls"
-    script = (
-        f"checkpath() {{ echo \"$*\" >> {calls}; }}\n"
-        f". {INITD}\n"
-        "start_pre\n"
+    script = f'checkpath() {{ echo "$*" >> {calls}; }}\n. {INITD}\nstart_pre\n'
+    env = dict(
+        os.environ,
+        MESHCC_OPTS="--jobs 4 --write-hosts /etc/distcc/hosts -i eth0",
+        RC_SVCNAME="meshcc",
     )
-    env = dict(os.environ, MESHCC_OPTS="--jobs 4 --write-hosts /etc/distcc/hosts -i eth0",
-               RC_SVCNAME="meshcc")  # fmt: skip
-    p = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
-                       timeout=30, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert p.returncode == 0, p.stderr
     assert calls.read_text().splitlines() == [
         "--directory --owner meshcc:meshcc --mode 0755 /run/meshcc",
@@ -133,16 +167,23 @@ def test_openrc_start_pre_finds_write_hosts(tmp_path: Path) -> None:
     ]
     calls.unlink()
     env["MESHCC_OPTS"] = "--jobs 4"
-    p = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
-                       timeout=30, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert p.returncode == 0, p.stderr
     assert calls.read_text().splitlines() == [
-        "--directory --owner meshcc:meshcc --mode 0755 /run/meshcc"]
+        "--directory --owner meshcc:meshcc --mode 0755 /run/meshcc"
+    ]
 
 
 def test_confd_parses_and_sets_empty_opts() -> None:
-    p = subprocess.run(["sh", "-c", f'. {CONFD} && printf "[%s]" "$MESHCC_OPTS"'],
-                       capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["sh", "-c", f'. {CONFD} && printf "[%s]" "$MESHCC_OPTS"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert p.returncode == 0 and p.stdout == "[]", p.stderr
     text = CONFD.read_text()
     for example in ("--allow", "--jobs", "--write-hosts /etc/distcc/hosts", "--interface"):
@@ -160,19 +201,30 @@ def test_confd_examples_are_valid_daemon_options() -> None:
 
 def test_ebuilds_parse() -> None:
     assert {p.relative_to(GENTOO).as_posix() for p in EBUILDS} == {
-        "acct-group/meshcc/meshcc-0.ebuild", "acct-user/meshcc/meshcc-0.ebuild",
+        "acct-group/meshcc/meshcc-0.ebuild",
+        "acct-user/meshcc/meshcc-0.ebuild",
         "dev-util/meshcc/meshcc-0.1.0.ebuild",
-    }  # fmt: skip
+    }
     for ebuild in EBUILDS:
-        p = subprocess.run(["bash", "-n", str(ebuild)], capture_output=True, text=True,
-                           timeout=30, check=False)  # fmt: skip
+        p = subprocess.run(
+            ["bash", "-n", str(ebuild)], capture_output=True, text=True, timeout=30, check=False
+        )
         assert p.returncode == 0, (ebuild, p.stderr)
         assert "EAPI=8" in ebuild.read_text()
     main = (GENTOO / "dev-util/meshcc/meshcc-0.1.0.ebuild").read_text()
-    for needle in ("DISTUTILS_USE_PEP517=setuptools", "PYTHON_COMPAT=( python3_{11..13} )",
-                   "inherit distutils-r1 systemd", "dev-python/zeroconf", "dev-python/ifaddr",
-                   "dev-python/msgpack", "dev-python/lz4", "acct-user/meshcc",
-                   "newinitd", "newconfd", "systemd_dounit systemd/meshcc.service"):  # fmt: skip
+    for needle in (
+        "DISTUTILS_USE_PEP517=setuptools",
+        "PYTHON_COMPAT=( python3_{11..13} )",
+        "inherit distutils-r1 systemd",
+        "dev-python/zeroconf",
+        "dev-python/ifaddr",
+        "dev-python/msgpack",
+        "dev-python/lz4",
+        "acct-user/meshcc",
+        "newinitd",
+        "newconfd",
+        "systemd_dounit systemd/meshcc.service",
+    ):
         assert needle in main, needle
 
 
@@ -190,12 +242,19 @@ def test_ebuild_dependencies_match_pyproject() -> None:
 def test_shellcheck() -> None:
     # SC2034: OpenRC/ebuild variables are read by openrc-run/portage; SC3043: openrc-run's
     # sh has `local`; SC2154: variables portage sets (FILESDIR, PYTHON_USEDEP, ...).
-    checks = [(["-s", "sh", "-e", "SC2034,SC3043"], [INITD, CONFD]),
-              (["-s", "sh"], [ROOT / "install.sh"]),
-              (["-s", "bash", "-e", "SC2034,SC2154"], EBUILDS)]  # fmt: skip
+    checks = [
+        (["-s", "sh", "-e", "SC2034,SC3043"], [INITD, CONFD]),
+        (["-s", "sh"], [ROOT / "install.sh"]),
+        (["-s", "bash", "-e", "SC2034,SC2154"], EBUILDS),
+    ]
     for flags, files in checks:
-        p = subprocess.run(["shellcheck", *flags, *map(str, files)], capture_output=True,
-                           text=True, timeout=60, check=False)  # fmt: skip
+        p = subprocess.run(
+            ["shellcheck", *flags, *map(str, files)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert p.returncode == 0, p.stdout
 
 
@@ -210,11 +269,21 @@ def test_metadata_xml_well_formed() -> None:
 
 
 def test_install_sh_parses_and_keeps_default() -> None:
-    p = subprocess.run(["sh", "-n", str(ROOT / "install.sh")], capture_output=True,
-                       text=True, timeout=30, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["sh", "-n", str(ROOT / "install.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert p.returncode == 0, p.stderr
-    p = subprocess.run(["sh", str(ROOT / "install.sh"), "--bogus"], capture_output=True,
-                       text=True, timeout=30, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["sh", str(ROOT / "install.sh"), "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert p.returncode == 2 and "unknown option" in p.stderr
     text = (ROOT / "install.sh").read_text()
-    assert 'systemd=${INSTALL_SYSTEMD:-0}' in text  # off unless asked for
+    assert "systemd=${INSTALL_SYSTEMD:-0}" in text  # off unless asked for

@@ -116,15 +116,18 @@ def test_refused(extra, word):
     assert not r.endswith("locally")
 
 
-@pytest.mark.parametrize("cmd,word", [
-    ("gcc -O2 -c a.c b.c -o a.o", "more than one source"),
-    ("gcc -O2 a.c -o a.o", "-c or -S"),
-    ("gcc -O2 -c a.s -o a.o", "a.s"),
-    ("gcc -O2 -c -o a.o", "no C"),
-    ("gcc -c conftest.c -o conftest.o", "conftest.c"),
-    ("gcc -c a.c -o -", "-o -"),
-    ("gcc -c a.c x.o -o a.o", "x.o"),
-])
+@pytest.mark.parametrize(
+    "cmd,word",
+    [
+        ("gcc -O2 -c a.c b.c -o a.o", "more than one source"),
+        ("gcc -O2 a.c -o a.o", "-c or -S"),
+        ("gcc -O2 -c a.s -o a.o", "a.s"),
+        ("gcc -O2 -c -o a.o", "no C"),
+        ("gcc -c conftest.c -o conftest.o", "conftest.c"),
+        ("gcc -c a.c -o -", "-o -"),
+        ("gcc -c a.c x.o -o a.o", "x.o"),
+    ],
+)
 def test_structural_refusals(cmd, word):
     r = R(cmd)
     assert r is not None and word in r, r
@@ -152,9 +155,9 @@ SAFE = [
     "gcc -Wa,--noexecstack -Wa,-mrelax-relocations=no -Xassembler --gdwarf-5 -c a.c -o a.o",
     "gcc -fopt-info-vec -fdiagnostics-color=always -fdiagnostics-show-caret -c a.c -o a.o",
     "gcc -fdebug-prefix-map=/a=/b -ffile-prefix-map=/x=. -c a.c -o a.o",
-    "gcc -c a.c",                                  # no -o: the server appends one
+    "gcc -c a.c",  # no -o: the server appends one
     "gcc -c /home/user/proj/src/a.c -o CMakeFiles/t.dir/src/a.c.o",  # CMake: absolute source
-    "gcc -c ../src/a.c -o ../obj/a.o",             # names are replaced, never used
+    "gcc -c ../src/a.c -o ../obj/a.o",  # names are replaced, never used
     "gcc -I/usr/include/x -isystem /opt/inc -c a.c -o a.o",
     "gcc -fprofile-info-section -c a.c -o a.o".replace("-fprofile-info-section ", ""),
     "gcc -fno-profile-arcs -c a.c -o a.o",
@@ -172,9 +175,11 @@ def test_empty():
 
 # --- rewrite_for_job --------------------------------------------------------------------------
 
+
 def test_rewrite_basic():
-    got = rewrite_for_job("gcc -O2 -c hello.c -o hello.o".split(), "/j/in.i", "/j/out.o",
-                          hide_source_lines=False)
+    got = rewrite_for_job(
+        "gcc -O2 -c hello.c -o hello.o".split(), "/j/in.i", "/j/out.o", hide_source_lines=False
+    )
     assert got == ["gcc", "-O2", "-c", "/j/in.i", "-o", "/j/out.o"]
 
 
@@ -184,21 +189,25 @@ def test_rewrite_appends_output_and_caret_flag():
 
 
 def test_rewrite_joined_output():
-    got = rewrite_for_job(["gcc", "-c", "a.c", "-oa.o"], "/j/in.i", "/j/o.o",
-                          hide_source_lines=False)
+    got = rewrite_for_job(
+        ["gcc", "-c", "a.c", "-oa.o"], "/j/in.i", "/j/o.o", hide_source_lines=False
+    )
     assert got == ["gcc", "-c", "/j/in.i", "-o", "/j/o.o"]
 
 
-@pytest.mark.parametrize("given,forced", [
-    (["-x", "c"], ["-x", "cpp-output"]),
-    (["-x", "c++"], ["-x", "c++-cpp-output"]),
-    (["-x", "objective-c"], ["-x", "objective-c-cpp-output"]),
-    (["-x", "objective-c++"], ["-x", "objective-c++-cpp-output"]),
-    (["-xc"], ["-xcpp-output"]),
-    (["-xobjective-c++"], ["-xobjective-c++-cpp-output"]),
-    (["-x", "cpp-output"], ["-x", "cpp-output"]),
-    (["-x", "none"], ["-x", "none"]),
-])
+@pytest.mark.parametrize(
+    "given,forced",
+    [
+        (["-x", "c"], ["-x", "cpp-output"]),
+        (["-x", "c++"], ["-x", "c++-cpp-output"]),
+        (["-x", "objective-c"], ["-x", "objective-c-cpp-output"]),
+        (["-x", "objective-c++"], ["-x", "objective-c++-cpp-output"]),
+        (["-xc"], ["-xcpp-output"]),
+        (["-xobjective-c++"], ["-xobjective-c++-cpp-output"]),
+        (["-x", "cpp-output"], ["-x", "cpp-output"]),
+        (["-x", "none"], ["-x", "none"]),
+    ],
+)
 def test_rewrite_forces_preprocessed_language(given, forced):
     argv = ["gcc", *given, "-c", "a.c", "-o", "a.o"]
     assert refusal(argv) is None
@@ -242,32 +251,40 @@ def test_caret_lines_do_not_echo_server_files(tmp_path):
     res = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode != 0 and "SECRET_TOKEN_XYZ" not in res.stderr
     # and without the hardening gcc would have shown it (the test is meaningful)
-    run = rewrite_for_job(["gcc", "-c", "a.c"], str(inp), str(tmp_path / "o.o"),
-                          hide_source_lines=False)
+    run = rewrite_for_job(
+        ["gcc", "-c", "a.c"], str(inp), str(tmp_path / "o.o"), hide_source_lines=False
+    )
     res = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True)
     assert "SECRET_TOKEN_XYZ" in res.stderr
 
 
 # --- scan_source_refusal ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,word", [
-    (b'__asm__(".incbin \\"/etc/shadow\\"");', ".incbin"),
-    (b'asm(".INCBIN \\"/etc/shadow\\"");', ".incbin"),
-    (b'asm(".include \\"/etc/passwd\\"");', ".include"),
-    (b'asm(".include\\t\\"/etc/passwd\\"");', ".include"),
-    (b'#pragma GCC pch_preprocess "/etc/passwd"\nint x;', "pch_preprocess"),
-])
+
+@pytest.mark.parametrize(
+    "text,word",
+    [
+        (b'__asm__(".incbin \\"/etc/shadow\\"");', ".incbin"),
+        (b'asm(".INCBIN \\"/etc/shadow\\"");', ".incbin"),
+        (b'asm(".include \\"/etc/passwd\\"");', ".include"),
+        (b'asm(".include\\t\\"/etc/passwd\\"");', ".include"),
+        (b'#pragma GCC pch_preprocess "/etc/passwd"\nint x;', "pch_preprocess"),
+    ],
+)
 def test_scan_refuses(text, word):
     r = scan_source_refusal(b"int a;\n" + text + b"\nint b;\n")
     assert r is not None and word in r
 
 
-@pytest.mark.parametrize("text", [
-    b"",
-    b"int main(void) { return 0; }\n",
-    b'# 1 "/usr/include/stdio.h" 1 3 4\nextern int printf(const char *, ...);\n',
-    b"bool f(S s) { return s.includes(3) || s.include_dirs; }\n",
-    b'const char *m = "see the include directory";\n',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"",
+        b"int main(void) { return 0; }\n",
+        b'# 1 "/usr/include/stdio.h" 1 3 4\nextern int printf(const char *, ...);\n',
+        b"bool f(S s) { return s.includes(3) || s.include_dirs; }\n",
+        b'const char *m = "see the include directory";\n',
+    ],
+)
 def test_scan_allows(text):
     assert scan_source_refusal(text) is None

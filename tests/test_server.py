@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import LOOPBACK, Daemon, free_port, port_accepts
 
+from conftest import LOOPBACK, Daemon, free_port, port_accepts
 from meshcc import compression
 from meshcc.transport.addresses import client_allowed, normalize_client_ip
 from meshcc.transport.server import JobResult, JobSummary
@@ -100,9 +100,12 @@ def request_bytes(argv: list[str], source: str | bytes, version: int = 1) -> byt
 
 
 def send_job(
-    port: int, argv: list[str], source: str | bytes = HELLO_C, version: int = 1,
+    port: int,
+    argv: list[str],
+    source: str | bytes = HELLO_C,
+    version: int = 1,
     timeout: float = 30.0,
-) -> Reply:  # fmt: skip
+) -> Reply:
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
         s.sendall(request_bytes(argv, source, version))
         return read_reply(s, version)
@@ -199,9 +202,14 @@ def distcc_env(client_env: dict[str, str], daemon: Daemon, lzo: bool) -> dict[st
 
 def run_cmd(argv: list[str], cwd: Path, env: dict[str, str] | None = None):
     return subprocess.run(
-        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        argv,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- stock distcc
@@ -238,8 +246,9 @@ def test_stock_distcc_client_objects_identical_to_local(
 @pytest.mark.parametrize("lzo", [False, True], ids=["protocol1", "protocol2-lzo"])
 def test_stock_distcc_compile_error(lzo: bool, meshcc_daemon, client_env, hello: Path) -> None:
     daemon = meshcc_daemon()
-    p = run_cmd(["distcc", "gcc", "-c", "bad.c", "-o", "bad.o"], hello,
-                distcc_env(client_env, daemon, lzo))  # fmt: skip
+    p = run_cmd(
+        ["distcc", "gcc", "-c", "bad.c", "-o", "bad.o"], hello, distcc_env(client_env, daemon, lzo)
+    )
     assert p.returncode == 1, p.stderr
     assert "undeclared_thing" in p.stderr and "error" in p.stderr
     assert not (hello / "bad.o").exists()
@@ -258,8 +267,11 @@ def test_ipv4_mapped_client_on_dual_stack_socket(meshcc_daemon, client_env, hell
         probe.close()
     daemon = meshcc_daemon("--listen", "::ffff:127.0.0.1")
     assert "listening on [::ffff:127.0.0.1]" in daemon.log_text()
-    p = run_cmd(["distcc", "gcc", "-c", "hello.c", "-o", "hello.o"], hello,
-                distcc_env(client_env, daemon, False))  # fmt: skip
+    p = run_cmd(
+        ["distcc", "gcc", "-c", "hello.c", "-o", "hello.o"],
+        hello,
+        distcc_env(client_env, daemon, False),
+    )
     assert p.returncode == 0, p.stderr
     (job,) = daemon.wait_for_jobs(1)
     assert job.client.startswith("127.0.0.1:")
@@ -274,8 +286,11 @@ def test_disallowed_client_refused(meshcc_daemon, client_env, hello: Path) -> No
     reply = send_job(daemon.port, ["gcc", "-c", "hello.c", "-o", "hello.o"])
     assert reply.refused is not None and "not allowed" in reply.refused
     assert "127.0.0.1" in reply.refused
-    p = run_cmd(["distcc", "gcc", "-c", "hello.c", "-o", "hello.o"], hello,
-                distcc_env(client_env, daemon, False))  # fmt: skip
+    p = run_cmd(
+        ["distcc", "gcc", "-c", "hello.c", "-o", "hello.o"],
+        hello,
+        distcc_env(client_env, daemon, False),
+    )
     assert p.returncode != 0 and not (hello / "hello.o").exists()
     jobs = summaries_after(daemon, 2)  # distcc may try the host more than once
     assert len(jobs) >= 2 and {(j.result, j.ret) for j in jobs} == {("OTHER", 113)}
@@ -307,15 +322,16 @@ def _payloads(tmp: Path) -> dict[str, Path]:
     # -B: gcc looks for as/cc1 in this directory first.
     bdir = tmp / "bdir"
     bdir.mkdir()
-    write_script(bdir / "as", f"#!/bin/sh\ntouch {markers}/B-ran\nexec /usr/bin/as \"$@\"\n")
+    write_script(bdir / "as", f'#!/bin/sh\ntouch {markers}/B-ran\nexec /usr/bin/as "$@"\n')
     # -fplugin: a shared object whose constructor runs as soon as gcc dlopens it.
     (tmp / "evil.c").write_text(
         "#include <stdio.h>\n__attribute__((constructor)) static void pwn(void) {"
         f' FILE *f = fopen("{markers}/plugin-ran", "w"); if (f) fclose(f); }}\n'
         "int plugin_is_GPL_compatible; int plugin_init(void) { return 0; }\n"
     )
-    subprocess.run([GCC, "-shared", "-fPIC", "-o", str(tmp / "evil.so"), str(tmp / "evil.c")],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        [GCC, "-shared", "-fPIC", "-o", str(tmp / "evil.so"), str(tmp / "evil.c")], check=True
+    )
     # @file: a response file smuggling -wrapper.
     (tmp / "args.rsp").write_text(f"-wrapper {tmp}/wrap.sh\n")
     # -specs: a specs file adding -wrapper to every command.
@@ -566,10 +582,24 @@ def test_sigterm_lets_running_job_finish(meshcc_daemon, tmp_path: Path) -> None:
 
 
 def _daemon_cmd(*args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery",
-            "--port", str(port or free_port()), "--allow", LOOPBACK, *ROOT, *args]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "meshcc",
+        "daemon",
+        "--listen",
+        LOOPBACK,
+        "--no-discovery",
+        "--port",
+        str(port or free_port()),
+        "--allow",
+        LOOPBACK,
+        *ROOT,
+        *args,
+    ]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
 
 
 def test_port_in_use_exits_102_with_one_line() -> None:
@@ -591,8 +621,18 @@ def test_bad_compiler_exits_110(compiler: str) -> None:
 
 def test_no_compilers_on_path_exits_110(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))
-    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery",
-            "--port", str(free_port()), *ROOT]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "meshcc",
+        "daemon",
+        "--listen",
+        LOOPBACK,
+        "--no-discovery",
+        "--port",
+        str(free_port()),
+        *ROOT,
+    ]
     p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 110 and "no compilers found" in p.stderr, p.stderr
 
@@ -632,8 +672,7 @@ def test_ipv4_mapped_addresses_checked_as_ipv4() -> None:
 
 
 def test_summary_line_layout() -> None:
-    s = JobSummary("127.0.0.1:4000", JobResult.COMPILE_OK, time_ms=12, compiler="gcc",
-                   source="a.c")  # fmt: skip
+    s = JobSummary("127.0.0.1:4000", JobResult.COMPILE_OK, time_ms=12, compiler="gcc", source="a.c")
     assert s.line() == (
         "client: 127.0.0.1:4000 COMPILE_OK exit:0 sig:0 core:0 ret:0 time:12ms gcc a.c"
     )
@@ -646,6 +685,7 @@ def test_entry_dispatch_table_matches_cli() -> None:
     from meshcc.cli import main as cli
 
     assert entry.COMMANDS == frozenset(cli.COMMANDS)
-    p = subprocess.run([sys.executable, "-m", "meshcc", "--version"], capture_output=True,
-                       text=True, timeout=30)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "meshcc", "--version"], capture_output=True, text=True, timeout=30
+    )
     assert p.returncode == 0 and p.stdout.startswith("meshcc ")

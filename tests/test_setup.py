@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, run
 
+from conftest import VENV_BIN, run
 from meshcc.wire import control
 
 MESHCC = str(VENV_BIN / "meshcc")
@@ -38,19 +38,33 @@ LC_MESSAGES=C.utf8
 """
 
 
-def _peer(host: str, cpus: int, version: str, included: bool = True,
-          binutils: str = "2.41") -> dict[str, object]:  # fmt: skip
+def _peer(
+    host: str, cpus: int, version: str, included: bool = True, binutils: str = "2.41"
+) -> dict[str, object]:
     return {
-        "peer": {"key": f"m:{host}", "host": host, "cpus": cpus, "verified": True,
-                 "kind": "meshcc", "addresses": ["127.0.0.1"],
-                 "toolchains": [{"driver": d, "version": version, "target": CHOST,
-                                 "binutils": binutils, "names": [d]}
-                                for d in ("gcc", "g++")]},
+        "peer": {
+            "key": f"m:{host}",
+            "host": host,
+            "cpus": cpus,
+            "verified": True,
+            "kind": "meshcc",
+            "addresses": ["127.0.0.1"],
+            "toolchains": [
+                {
+                    "driver": d,
+                    "version": version,
+                    "target": CHOST,
+                    "binutils": binutils,
+                    "names": [d],
+                }
+                for d in ("gcc", "g++")
+            ],
+        },
         "included": included,
         "reason": "" if included else "backed off",
         "address": "127.0.0.1",
         "host_spec": f"10.0.0.{cpus}:3632/{cpus + 2}",
-    }  # fmt: skip
+    }
 
 
 PEERS = [
@@ -90,10 +104,18 @@ def fake_daemon(tmp_path: Path) -> Iterator[str]:
                 if msg is None:
                     continue
                 line = " ".join(str(p["host_spec"]) for p in PEERS if p["included"])
-                conn.sendall(control.encode({
-                    "ok": True, "line": line, "verdicts": PEERS, "compiler": None, "note": None,
-                    "status": {"ok": True, "discovery": True, "peers": len(PEERS)},
-                }))  # fmt: skip
+                conn.sendall(
+                    control.encode(
+                        {
+                            "ok": True,
+                            "line": line,
+                            "verdicts": PEERS,
+                            "compiler": None,
+                            "note": None,
+                            "status": {"ok": True, "discovery": True, "peers": len(PEERS)},
+                        }
+                    )
+                )
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -103,14 +125,15 @@ def fake_daemon(tmp_path: Path) -> Iterator[str]:
     srv.close()
 
 
-def make_root(tmp_path: Path, gcc: str = "13.2.1", make_conf: bytes | None = STAGE3_MAKE_CONF
-              ) -> Path:  # fmt: skip
+def make_root(
+    tmp_path: Path, gcc: str = "13.2.1", make_conf: bytes | None = STAGE3_MAKE_CONF
+) -> Path:
     """A scratch stage3: make.conf and Gentoo's gcc/binutils layout (nothing runnable)."""
     root = tmp_path / "gentoo"
     (root / "etc/portage").mkdir(parents=True)
     if make_conf is not None:
         (root / "etc/portage/make.conf").write_bytes(make_conf)
-    major = gcc.split(".")[0]
+    major = gcc.split(".", maxsplit=1)[0]
     (root / "etc/env.d/gcc").mkdir(parents=True)
     (root / f"etc/env.d/gcc/config-{CHOST}").write_text(f"CURRENT={CHOST}-{major}\n")
     (root / "etc/env.d/binutils").mkdir(parents=True)
@@ -125,8 +148,11 @@ def make_root(tmp_path: Path, gcc: str = "13.2.1", make_conf: bytes | None = STA
 def setup(root: Path, sock: str, *args: str, check: bool = True) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
     env["MESHCC_SOCKET"] = sock
-    proc = run([MESHCC, "setup", "portage", "--root", str(root), "--local-cpus", "4", *args],
-               env=env, check=check)  # fmt: skip
+    proc = run(
+        [MESHCC, "setup", "portage", "--root", str(root), "--local-cpus", "4", *args],
+        env=env,
+        check=check,
+    )
     return proc.stdout + proc.stderr
 
 
@@ -145,7 +171,7 @@ def test_block_diff_idempotent_undo(tmp_path: Path, fake_daemon: str) -> None:
     conf = (root / "etc/portage/make.conf").read_bytes()
     # N = 2 x (4 local + 8 + 4 on the two live 13.2.1 peers) + 1; M = 4 local cores.
     assert conf.startswith(STAGE3_MAKE_CONF)
-    block = conf[len(STAGE3_MAKE_CONF):].decode()
+    block = conf[len(STAGE3_MAKE_CONF) :].decode()
     lines = block.splitlines()
     assert lines[0] == ""
     assert lines[1] == "# BEGIN meshcc (managed by 'meshcc setup portage'; remove with --undo)"
@@ -275,15 +301,18 @@ def test_masquerade_links_and_compile(tmp_path: Path, meshcc_daemon, client_env)
     daemon = meshcc_daemon()
     src = tmp_path / "hello.c"
     src.write_text('#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n')
-    env = dict(client_env, DISTCC_HOSTS=daemon.host_spec(),
-               PATH=f"{masq}{os.pathsep}{client_env['PATH']}")  # fmt: skip
-    run(["gcc", "-O2", "-c", str(src), "-o", str(tmp_path / "mesh.o")], env=env,
-        cwd=tmp_path)  # fmt: skip
+    env = dict(
+        client_env, DISTCC_HOSTS=daemon.host_spec(), PATH=f"{masq}{os.pathsep}{client_env['PATH']}"
+    )
+    run(["gcc", "-O2", "-c", str(src), "-o", str(tmp_path / "mesh.o")], env=env, cwd=tmp_path)
     assert len(daemon.wait_for_jobs(1)) == 1, daemon.diagnostics()
     plain = shutil.which("gcc", path=client_env["PATH"])
     assert plain is not None
-    run([plain, "-O2", "-c", str(src), "-o", str(tmp_path / "plain.o")], env=client_env,
-        cwd=tmp_path)  # fmt: skip
+    run(
+        [plain, "-O2", "-c", str(src), "-o", str(tmp_path / "plain.o")],
+        env=client_env,
+        cwd=tmp_path,
+    )
     assert (tmp_path / "mesh.o").read_bytes() == (tmp_path / "plain.o").read_bytes()
 
 

@@ -30,8 +30,12 @@ class Holder:
     """A child process holding slots 0..n-1 of ``name`` (as a second compile client would)."""
 
     def __init__(self, lockdir: str, name: str, n: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, lockdir, name, str(n)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, lockdir, name, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         self.got = self.proc.stdout.readline().split()
 
@@ -106,8 +110,14 @@ def test_breadth_first_selection(lockdir: str) -> None:
     for _ in range(6):
         host, slot = slots.lock_first_free(lockdir, hosts, sleep=_no_sleep)
         got.append((host.lock_name, slot.index))
-    assert got == [("tcp_a_1", 0), ("tcp_b_1", 0), ("tcp_c_1", 0),
-                   ("tcp_a_1", 1), ("tcp_b_1", 1), ("tcp_b_1", 2)]
+    assert got == [
+        ("tcp_a_1", 0),
+        ("tcp_b_1", 0),
+        ("tcp_c_1", 0),
+        ("tcp_a_1", 1),
+        ("tcp_b_1", 1),
+        ("tcp_b_1", 2),
+    ]
     for name, index in got:
         slots._held.pop(f"{lockdir}/cpu_{name}_{index}")
 
@@ -126,8 +136,9 @@ def test_waits_while_all_busy(lockdir: str) -> None:
             holder.release()
 
     try:
-        host, slot = slots.lock_first_free(lockdir, [H("tcp_busy_1", 1)], pause_msec=250,
-                                           sleep=fake_sleep)
+        host, slot = slots.lock_first_free(
+            lockdir, [H("tcp_busy_1", 1)], pause_msec=250, sleep=fake_sleep
+        )
     finally:
         if holder.proc.poll() is None:
             holder.release()
@@ -145,12 +156,16 @@ def test_stock_distcc_and_meshcc_share_slots(tmp_path: Path) -> None:
     assert all(held)
     (tmp_path / "x.c").write_text("int x;\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTCC_")}
-    env.update(DISTCC_DIR=str(distcc_dir), DISTCC_HOSTS="localhost/1",
-               DISTCC_PAUSE_TIME_MSEC="50")
+    env.update(DISTCC_DIR=str(distcc_dir), DISTCC_HOSTS="localhost/1", DISTCC_PAUSE_TIME_MSEC="50")
     # distcc's local-only path (-c with conftest.c is local) takes a cpu_localhost slot.
     (tmp_path / "conftest.c").write_text("int y;\n")
-    proc = subprocess.Popen(["distcc", "gcc", "-c", "conftest.c"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["distcc", "gcc", "-c", "conftest.c"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         time.sleep(1.0)
         assert proc.poll() is None, "distcc compiled although every local slot was held"

@@ -29,15 +29,20 @@ def script(path: Path, text: str) -> Path:
     return path
 
 
-def fake_gcc(path: Path, version: str = "13.2.1", target: str = "aarch64-linux-gnu",
-             as_name: str = "fakeas", dumpfull: bool = True) -> Path:  # fmt: skip
+def fake_gcc(
+    path: Path,
+    version: str = "13.2.1",
+    target: str = "aarch64-linux-gnu",
+    as_name: str = "fakeas",
+    dumpfull: bool = True,
+) -> Path:
     """A shell script answering gcc's probe options like a cross gcc would."""
     full = f"echo {version}" if dumpfull else "exit 1"
     return script(
         path,
-        "#!/bin/sh\ncase \"$1\" in\n"
+        '#!/bin/sh\ncase "$1" in\n'
         f"  -dumpfullversion) {full};;\n"
-        f"  -dumpversion) echo {version.split('.')[0]};;\n"
+        f"  -dumpversion) echo {version.split('.', maxsplit=1)[0]};;\n"
         f"  -dumpmachine) echo {target};;\n"
         f"  -print-prog-name=as) echo {as_name};;\n"
         "  *) exit 1;;\nesac\n",
@@ -46,20 +51,50 @@ def fake_gcc(path: Path, version: str = "13.2.1", target: str = "aarch64-linux-g
 
 @pytest.mark.parametrize(
     "name",
-    ["gcc", "g++", "cc", "c++", "gcc-12", "g++-12", "gcc-13.2", "x86_64-linux-gnu-gcc",
-     "x86_64-linux-gnu-g++-12", "aarch64-linux-gnu-gcc-13", "arm-none-eabi-gcc",
-     "x86_64-pc-linux-gnu-g++", "c89-gcc", "c99-gcc"],
-)  # fmt: skip
+    [
+        "gcc",
+        "g++",
+        "cc",
+        "c++",
+        "gcc-12",
+        "g++-12",
+        "gcc-13.2",
+        "x86_64-linux-gnu-gcc",
+        "x86_64-linux-gnu-g++-12",
+        "aarch64-linux-gnu-gcc-13",
+        "arm-none-eabi-gcc",
+        "x86_64-pc-linux-gnu-g++",
+        "c89-gcc",
+        "c99-gcc",
+    ],
+)
 def test_offered_names(name: str) -> None:
     assert is_compiler_name(name)
 
 
 @pytest.mark.parametrize(
     "name",
-    ["gcc-ar", "gcc-nm", "gcc-ranlib", "gcc-ar-12", "x86_64-linux-gnu-gcc-ar",
-     "x86_64-linux-gnu-gcc-nm-12", "x86_64-linux-gnu-gcc-ranlib", "gcov", "gcc-12-foo",
-     "clang", "sh", "distcc", "ccache", "gccgo", "c++filt", "gcc.sh", "", "gcc-"],
-)  # fmt: skip
+    [
+        "gcc-ar",
+        "gcc-nm",
+        "gcc-ranlib",
+        "gcc-ar-12",
+        "x86_64-linux-gnu-gcc-ar",
+        "x86_64-linux-gnu-gcc-nm-12",
+        "x86_64-linux-gnu-gcc-ranlib",
+        "gcov",
+        "gcc-12-foo",
+        "clang",
+        "sh",
+        "distcc",
+        "ccache",
+        "gccgo",
+        "c++filt",
+        "gcc.sh",
+        "",
+        "gcc-",
+    ],
+)
 def test_not_offered_names(name: str) -> None:
     assert not is_compiler_name(name)
 
@@ -152,9 +187,22 @@ def test_registry_groups_names_by_realpath_and_resolves(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "requested",
-    ["/bin/sh", "../gcc", "./gcc", "bin/gcc", "g++", "gcc-ar", "/usr/bin/g++", "/usr/bin/",
-     "/usr/bin/x/gcc", "/usr/local/bin/gcc", "", "gcc\0", "/usr/bin//gcc"],
-)  # fmt: skip
+    [
+        "/bin/sh",
+        "../gcc",
+        "./gcc",
+        "bin/gcc",
+        "g++",
+        "gcc-ar",
+        "/usr/bin/g++",
+        "/usr/bin/",
+        "/usr/bin/x/gcc",
+        "/usr/local/bin/gcc",
+        "",
+        "gcc\0",
+        "/usr/bin//gcc",
+    ],
+)
 def test_registry_refusals_list_what_is_offered(requested: str, tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -187,9 +235,13 @@ def test_from_paths(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("path", "words"),
-    [("/nonexistent/gcc", "no such file"), ("/etc/passwd", "not executable"),
-     ("/bin/true", "not a working gcc"), ("no-such-compiler-xyz", "not found on PATH")],
-)  # fmt: skip
+    [
+        ("/nonexistent/gcc", "no such file"),
+        ("/etc/passwd", "not executable"),
+        ("/bin/true", "not a working gcc"),
+        ("no-such-compiler-xyz", "not found on PATH"),
+    ],
+)
 def test_from_paths_errors(path: str, words: str) -> None:
     with pytest.raises(ToolchainError) as e:
         ToolchainRegistry.from_paths([path])

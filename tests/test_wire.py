@@ -262,14 +262,18 @@ def test_request_round_trip_any_chunking(version, argv, source, sizes) -> None:
     argv=st.lists(st.binary(max_size=30), min_size=1, max_size=6),
     cwd=st.binary(max_size=30),
     files=st.lists(
-        st.tuples(st.binary(max_size=30), st.sampled_from(["FILE", "LINK"]), st.binary(max_size=200)),
+        st.tuples(
+            st.binary(max_size=30), st.sampled_from(["FILE", "LINK"]), st.binary(max_size=200)
+        ),
         max_size=6,
     ),
     sizes=st.lists(st.integers(1, 100), max_size=10),
 )
 def test_request_v3_round_trip_any_chunking(argv, cwd, files, sizes) -> None:
     wire = request_bytes(3, argv, cwd=cwd, files=files)
-    assert feed_chunks(RequestReader(), wire, sizes) == request_events(3, argv, cwd=cwd, files=files)
+    assert feed_chunks(RequestReader(), wire, sizes) == request_events(
+        3, argv, cwd=cwd, files=files
+    )
 
 
 @pytest.mark.parametrize("case", range(len(REQUESTS)))
@@ -307,15 +311,36 @@ def test_request_byte_by_byte(case: int) -> None:
         (b"DIST00000001ARGC00000000", "ARGC is 0"),
         (b"DIST00000001ARGC00001001", "ARGC 4097 exceeds limit max_argc=4096"),
         (b"DIST00000001ARGCffffffff", "max_argc"),
-        (b"DIST00000001ARGC00000001ARGVffffffff", "ARGV length 4294967295 exceeds limit max_arg_bytes"),
-        (b"DIST00000001ARGC00000001ARGV00000000DOTIffffffff", "DOTI length 4294967295 exceeds limit max_body"),
+        (
+            b"DIST00000001ARGC00000001ARGVffffffff",
+            "ARGV length 4294967295 exceeds limit max_arg_bytes",
+        ),
+        (
+            b"DIST00000001ARGC00000001ARGV00000000DOTIffffffff",
+            "DOTI length 4294967295 exceeds limit max_body",
+        ),
         (b"DIST00000001ARGC00000001ARGV00000000DOTO00000000", "expected DOTI token, got DOTO"),
         (b"DIST00000003CDIRffffffff", "CDIR length 4294967295 exceeds limit max_arg_bytes"),
-        (b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFILffffffff", "NFIL 4294967295 exceeds limit max_files"),
-        (b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAMEffffffff", "NAME length"),
-        (b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAME00000000FILEffffffff", "FILE length 4294967295 exceeds limit max_body"),
-        (b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAME00000000LINKffffffff", "LINK length 4294967295 exceeds limit max_arg_bytes"),
-        (b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAME00000000DOTI00000000", "expected FILE or LINK token, got DOTI"),
+        (
+            b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFILffffffff",
+            "NFIL 4294967295 exceeds limit max_files",
+        ),
+        (
+            b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAMEffffffff",
+            "NAME length",
+        ),
+        (
+            b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAME00000000FILEffffffff",
+            "FILE length 4294967295 exceeds limit max_body",
+        ),
+        (
+            b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAME00000000LINKffffffff",
+            "LINK length 4294967295 exceeds limit max_arg_bytes",
+        ),
+        (
+            b"DIST00000003CDIR00000000ARGC00000001ARGV00000000NFIL00000001NAME00000000DOTI00000000",
+            "expected FILE or LINK token, got DOTI",
+        ),
         (b"DIST00000001ARGC00000001ARGV00000000DOTI00000000X", "unexpected byte"),
         (b"DIST\x00\x01\x02\x03\x04\x05\x06\x07", "not 8 hex digits"),
         (b"\xff\xfe\xfd\xfc00000001", "expected DIST token, got b'"),
@@ -482,7 +507,9 @@ def test_reply_v3_requires_dotd_on_success() -> None:
 def test_reply_refused() -> None:
     for version in (1, 2, 3):
         wire = encode_refusal("-fplugin= is not allowed ✗")
-        assert drain(feed(ReplyReader(version), wire)) == [ReplyRefused("-fplugin= is not allowed ✗")]
+        assert drain(feed(ReplyReader(version), wire)) == [
+            ReplyRefused("-fplugin= is not allowed ✗")
+        ]
     # invalid UTF-8 is shown, not fatal
     assert drain(feed(ReplyReader(1), b"ERRM00000002\xff!")) == [ReplyRefused("\ufffd!")]
     r = ReplyReader(1)
@@ -514,7 +541,10 @@ def test_reply_truncated_at_every_cut_point(case: int) -> None:
         (b"DONE00000001STAT00000000SERRffffffff", "SERR length 4294967295 exceeds limit max_body"),
         (b"DONE00000001STAT00000000SERR00000000SOUTffffffff", "SOUT length"),
         (b"DONE00000001STAT00000000SERR00000000SOUT00000000DOTOffffffff", "DOTO length"),
-        (b"DONE00000003STAT00000000SERR00000000SOUT00000000DOTO00000000DOTDffffffff", "DOTD length"),
+        (
+            b"DONE00000003STAT00000000SERR00000000SOUT00000000DOTO00000000DOTDffffffff",
+            "DOTD length",
+        ),
         (b"DONE00000001STAT00000000SOUT00000000", "expected SERR token, got SOUT"),
         (b"DONE00000001STAT00000000SERR00000000SOUT00000000DOTO00000000DOTD", "unexpected byte"),
     ],
@@ -529,7 +559,9 @@ def test_reply_errors(wire: bytes, match: str) -> None:
 
 
 @settings(max_examples=400)
-@given(st.sampled_from([1, 2, 3]), st.binary(max_size=200), st.lists(st.integers(1, 50), max_size=8))
+@given(
+    st.sampled_from([1, 2, 3]), st.binary(max_size=200), st.lists(st.integers(1, 50), max_size=8)
+)
 def test_reply_garbage_only_raises_protocol_error(version, data, sizes) -> None:
     try:
         feed_chunks(ReplyReader(version, Limits(max_body=1000)), data, sizes)

@@ -37,7 +37,7 @@ std::string join(const std::vector<std::string>& v) {
 }
 """
 BAD_C = "int main(void) { return undeclared_thing; }\n"
-WARN_C = '#warning from the preprocessor\nint w(void) { return 1; }\n'
+WARN_C = "#warning from the preprocessor\nint w(void) { return 1; }\n"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -49,10 +49,19 @@ def meshcc(tool: str = "meshcc-gcc") -> str:
     return str(path)
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, errors="replace", timeout=timeout)
+def run(
+    argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -172,13 +181,22 @@ def no_temp_litter(proj: Path, client_env: dict[str, str]) -> None:
 @pytest.mark.parametrize("lzo", [False, True], ids=["protocol1", "protocol2"])
 @pytest.mark.parametrize(
     "tool,compiler,source,obj",
-    [("meshcc-gcc", "gcc", "src/foo.c", "obj/foo.o"),
-     ("meshcc-g++", "g++", "src/bar.cpp", "obj/bar.o")],
+    [
+        ("meshcc-gcc", "gcc", "src/foo.c", "obj/foo.o"),
+        ("meshcc-g++", "g++", "src/bar.cpp", "obj/bar.o"),
+    ],
     ids=["gcc", "g++"],
 )
-def test_distccd_object_identical(distccd: Callable[..., Daemon], client_env: dict[str, str],
-                                  proj: Path, lzo: bool, tool: str, compiler: str, source: str,
-                                  obj: str) -> None:
+def test_distccd_object_identical(
+    distccd: Callable[..., Daemon],
+    client_env: dict[str, str],
+    proj: Path,
+    lzo: bool,
+    tool: str,
+    compiler: str,
+    source: str,
+    obj: str,
+) -> None:
     server = distccd()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(lzo=lzo), DISTCC_FALLBACK="0")
     args = ["-O2", "-c", source]
@@ -202,8 +220,9 @@ def test_distccd_object_identical(distccd: Callable[..., Daemon], client_env: di
     assert len(server.wait_for_jobs(3)) == 3, server.diagnostics()
 
 
-def test_output_symlink_and_dev_null(distccd: Callable[..., Daemon], client_env: dict[str, str],
-                                     proj: Path, tmp_path: Path) -> None:
+def test_output_symlink_and_dev_null(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path, tmp_path: Path
+) -> None:
     server = distccd()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0")
     null = tmp_path / "null"
@@ -223,8 +242,9 @@ def test_output_symlink_and_dev_null(distccd: Callable[..., Daemon], client_env:
     assert len(server.wait_for_jobs(2)) == 2
 
 
-def test_distccd_dash_S(distccd: Callable[..., Daemon], client_env: dict[str, str],
-                        proj: Path) -> None:
+def test_distccd_dash_S(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(lzo=True), DISTCC_FALLBACK="0")
     res = run([meshcc(), "-O1", "-S", "src/foo.c"], env, proj)  # no -o: foo.s in cwd
@@ -236,7 +256,8 @@ def test_distccd_dash_S(distccd: Callable[..., Daemon], client_env: dict[str, st
 
 
 def test_distccd_output_without_dir_and_preprocessed_input(
-        distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path) -> None:
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0")
     subprocess.run(["gcc", "-E", "src/foo.c", "-o", "foo.i"], cwd=proj, check=True)
@@ -251,9 +272,9 @@ def test_distccd_output_without_dir_and_preprocessed_input(
 
 @pytest.mark.parametrize("dep", ["-MD", "-MMD"])
 @pytest.mark.parametrize("with_o", [True, False], ids=["with-o", "no-o"])
-def test_dependency_files_like_plain_gcc(distccd: Callable[..., Daemon],
-                                         client_env: dict[str, str], proj: Path, dep: str,
-                                         with_o: bool) -> None:
+def test_dependency_files_like_plain_gcc(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path, dep: str, with_o: bool
+) -> None:
     server = distccd()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(lzo=True), DISTCC_FALLBACK="0")
     out = ["-o", "obj/foo.o"] if with_o else []
@@ -273,8 +294,9 @@ def test_dependency_files_like_plain_gcc(distccd: Callable[..., Daemon],
     assert len(server.wait_for_jobs(1)) == 1
 
 
-def test_compile_error_reported_once(distccd: Callable[..., Daemon],
-                                     client_env: dict[str, str], proj: Path) -> None:
+def test_compile_error_reported_once(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     plain = run(["gcc", "-c", "src/bad.c", "-o", "obj-bad.o"], client_env, proj)
     assert plain.returncode != 0
@@ -298,8 +320,9 @@ def test_compile_error_reported_once(distccd: Callable[..., Daemon],
     no_temp_litter(proj, client_env)
 
 
-def test_cpp_warning_shown_once_on_remote_success(distccd: Callable[..., Daemon],
-                                                  client_env: dict[str, str], proj: Path) -> None:
+def test_cpp_warning_shown_once_on_remote_success(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0")
     res = run([meshcc(), "-c", "src/warn.c", "-o", "warn.o"], env, proj)
@@ -308,8 +331,9 @@ def test_cpp_warning_shown_once_on_remote_success(distccd: Callable[..., Daemon]
     assert len(server.wait_for_jobs(1)) == 1
 
 
-def test_cpp_failure_is_final(distccd: Callable[..., Daemon], client_env: dict[str, str],
-                              proj: Path) -> None:
+def test_cpp_failure_is_final(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     (proj / "src" / "noinc.c").write_text('#include "missing_header.h"\nint x;\n')
     plain = run(["gcc", "-c", "src/noinc.c", "-o", "n.o"], client_env, proj)
@@ -379,8 +403,15 @@ def test_fallback_disabled_server_down(client_env: dict[str, str], proj: Path) -
 
 
 def _truncated_doto(conn: socket.socket, request: bytes) -> None:
-    conn.sendall(wire.token(b"DONE", 1) + wire.token(b"STAT", 0) + wire.token(b"SERR", 0)
-                 + wire.token(b"SOUT", 0) + wire.token(b"DOTO", 5000) + b"\x7fELF" + b"x" * 100)
+    conn.sendall(
+        wire.token(b"DONE", 1)
+        + wire.token(b"STAT", 0)
+        + wire.token(b"SERR", 0)
+        + wire.token(b"SOUT", 0)
+        + wire.token(b"DOTO", 5000)
+        + b"\x7fELF"
+        + b"x" * 100
+    )
 
 
 def _reset_mid_reply(conn: socket.socket, request: bytes) -> None:
@@ -392,10 +423,17 @@ def _close_without_reply(conn: socket.socket, request: bytes) -> None:
     pass
 
 
-@pytest.mark.parametrize("behaviour", [_truncated_doto, _reset_mid_reply, _close_without_reply],
-                         ids=["truncated-doto", "reset", "eof"])
-def test_server_dies_mid_job(fake_server: Callable[..., FakeServer], client_env: dict[str, str],
-                             proj: Path, behaviour: Callable[[socket.socket, bytes], None]) -> None:
+@pytest.mark.parametrize(
+    "behaviour",
+    [_truncated_doto, _reset_mid_reply, _close_without_reply],
+    ids=["truncated-doto", "reset", "eof"],
+)
+def test_server_dies_mid_job(
+    fake_server: Callable[..., FakeServer],
+    client_env: dict[str, str],
+    proj: Path,
+    behaviour: Callable[[socket.socket, bytes], None],
+) -> None:
     server = fake_server(behaviour)
     env = env_with(client_env, DISTCC_HOSTS=server.spec)
     (proj / "foo.o").write_bytes(b"old object")
@@ -407,11 +445,15 @@ def test_server_dies_mid_job(fake_server: Callable[..., FakeServer], client_env:
     no_temp_litter(proj, client_env)
 
 
-def test_remote_signal_retries_locally(fake_server: Callable[..., FakeServer],
-                                      client_env: dict[str, str], proj: Path) -> None:
+def test_remote_signal_retries_locally(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     def crash(conn: socket.socket, request: bytes) -> None:
-        conn.sendall(wire.encode_reply(1, 11, b"cc1: internal compiler error: Segmentation fault\n",
-                                       b"", None))
+        conn.sendall(
+            wire.encode_reply(
+                1, 11, b"cc1: internal compiler error: Segmentation fault\n", b"", None
+            )
+        )
 
     server = fake_server(crash)
     env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_SKIP_LOCAL_RETRY="1")
@@ -424,9 +466,11 @@ def test_remote_signal_retries_locally(fake_server: Callable[..., FakeServer],
     assert backoff.exists()  # a crashing remote compiler is suspect
 
 
-def test_remote_error_local_success_backs_off_host(fake_server: Callable[..., FakeServer],
-                                                   client_env: dict[str, str], proj: Path) -> None:
+def test_remote_error_local_success_backs_off_host(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     """The remote compiler failed where the local one succeeds: the host is to blame."""
+
     def fail(conn: socket.socket, request: bytes) -> None:
         conn.sendall(wire.encode_reply(1, 1 << 8, b"as: unknown option\n", b"", None))
 
@@ -440,15 +484,21 @@ def test_remote_error_local_success_backs_off_host(fake_server: Callable[..., Fa
     assert backoff.exists()
 
 
-def test_sigterm_mid_job_cleans_up(fake_server: Callable[..., FakeServer],
-                                   client_env: dict[str, str], proj: Path) -> None:
+def test_sigterm_mid_job_cleans_up(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     release = threading.Event()
     server = fake_server(lambda conn, req: release.wait(30))
     env = env_with(client_env, DISTCC_HOSTS=server.spec)
     (proj / "foo.o").write_bytes(b"old object, complete")
-    proc = subprocess.Popen([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env=env, cwd=proj,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [meshcc(), "-c", "src/foo.c", "-o", "foo.o"],
+        env=env,
+        cwd=proj,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 20
         while not server.requests and time.monotonic() < deadline:
@@ -466,8 +516,9 @@ def test_sigterm_mid_job_cleans_up(fake_server: Callable[..., FakeServer],
     no_temp_litter(proj, client_env)
 
 
-def test_failed_job_never_truncates_old_output(fake_server: Callable[..., FakeServer],
-                                              client_env: dict[str, str], proj: Path) -> None:
+def test_failed_job_never_truncates_old_output(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     server = fake_server(_truncated_doto)
     env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_FALLBACK="0")
     (proj / "foo.o").write_bytes(b"old object, complete")
@@ -478,8 +529,9 @@ def test_failed_job_never_truncates_old_output(fake_server: Callable[..., FakeSe
     no_temp_litter(proj, client_env)
 
 
-def test_refusal_reason_shown(fake_server: Callable[..., FakeServer],
-                              client_env: dict[str, str], proj: Path) -> None:
+def test_refusal_reason_shown(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     def refuse(conn: socket.socket, request: bytes) -> None:
         conn.sendall(wire.encode_refusal("compiler gcc is not offered by this host"))
 
@@ -515,8 +567,7 @@ def test_refusal_before_whole_request_read(client_env: dict[str, str], proj: Pat
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     # A big source so the DOTI cannot fit in socket buffers before the close.
-    (proj / "src" / "big.c").write_text(
-        "".join(f"int v{i} = {i};\n" for i in range(300000)))
+    (proj / "src" / "big.c").write_text("".join(f"int v{i} = {i};\n" for i in range(300000)))
     env = env_with(client_env, DISTCC_HOSTS=f"127.0.0.1:{port}", MESHCC_VERBOSE="1")
     res = run([meshcc(), "-c", "src/big.c", "-o", "big.o"], env, proj)
     srv.close()
@@ -543,8 +594,9 @@ def test_bad_io_timeout(client_env: dict[str, str], proj: Path) -> None:
         assert "DISTCC_IO_TIMEOUT" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_io_timeout_is_a_transport_failure(fake_server: Callable[..., FakeServer],
-                                           client_env: dict[str, str], proj: Path) -> None:
+def test_io_timeout_is_a_transport_failure(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     server = fake_server(lambda conn, req: time.sleep(3))
     env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_IO_TIMEOUT="0.5")
     t0 = time.monotonic()
@@ -566,8 +618,9 @@ def test_missing_distcc_dir(client_env: dict[str, str], proj: Path) -> None:
 # --------------------------------------------------------------------------- backoff
 
 
-def test_backoff_written_and_honoured(fake_server: Callable[..., FakeServer],
-                                      client_env: dict[str, str], proj: Path) -> None:
+def test_backoff_written_and_honoured(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     server = fake_server(_close_without_reply)
     env = env_with(client_env, DISTCC_HOSTS=server.spec)
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
@@ -587,8 +640,9 @@ def test_backoff_written_and_honoured(fake_server: Callable[..., FakeServer],
     assert server.connections == 2
 
 
-def test_success_clears_backoff(distccd: Callable[..., Daemon], client_env: dict[str, str],
-                                proj: Path) -> None:
+def test_success_clears_backoff(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     lockdir = Path(client_env["DISTCC_DIR"]) / "lock"
     lockdir.mkdir()
@@ -602,8 +656,9 @@ def test_success_clears_backoff(distccd: Callable[..., Daemon], client_env: dict
     assert not backoff.exists()
 
 
-def test_backoff_disabled_retries_are_bounded(fake_server: Callable[..., FakeServer],
-                                              client_env: dict[str, str], proj: Path) -> None:
+def test_backoff_disabled_retries_are_bounded(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     server = fake_server(_close_without_reply)
     env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_BACKOFF_PERIOD="0")
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj, timeout=60)
@@ -612,8 +667,9 @@ def test_backoff_disabled_retries_are_bounded(fake_server: Callable[..., FakeSer
     assert not list((Path(client_env["DISTCC_DIR"]) / "lock").glob("backoff_*"))
 
 
-def test_second_host_used_after_first_fails(distccd: Callable[..., Daemon],
-                                            client_env: dict[str, str], proj: Path) -> None:
+def test_second_host_used_after_first_fails(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     hosts = f"127.0.0.1:{closed_port()} {server.host_spec(lzo=True)}"
     env = env_with(client_env, DISTCC_HOSTS=hosts, DISTCC_FALLBACK="0")
@@ -622,8 +678,9 @@ def test_second_host_used_after_first_fails(distccd: Callable[..., Daemon],
     assert len(server.wait_for_jobs(1)) == 1
 
 
-def test_down_hosts_never_chosen(fake_server: Callable[..., FakeServer],
-                                 client_env: dict[str, str], proj: Path) -> None:
+def test_down_hosts_never_chosen(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     server = fake_server(_close_without_reply)
     env = env_with(client_env, DISTCC_HOSTS=server.spec + ",down", DISTCC_FALLBACK="0")
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
@@ -636,14 +693,22 @@ def test_down_hosts_never_chosen(fake_server: Callable[..., FakeServer],
 
 @pytest.mark.parametrize(
     "args,expect_file,reason_word",
-    [(["-E", "src/foo.c", "-o", "foo.i"], "foo.i", "-E"),
-     (["src/foo.c", "-o", "prog"], "prog", "link"),
-     (["-c", "conftest.c"], "conftest.o", "conftest"),
-     (["-march=native", "-c", "src/foo.c", "-o", "nat.o"], "nat.o", "native")],
+    [
+        (["-E", "src/foo.c", "-o", "foo.i"], "foo.i", "-E"),
+        (["src/foo.c", "-o", "prog"], "prog", "link"),
+        (["-c", "conftest.c"], "conftest.o", "conftest"),
+        (["-march=native", "-c", "src/foo.c", "-o", "nat.o"], "nat.o", "native"),
+    ],
     ids=["-E", "link", "conftest", "march-native"],
 )
-def test_local_only(fake_server: Callable[..., FakeServer], client_env: dict[str, str],
-                    proj: Path, args: list[str], expect_file: str, reason_word: str) -> None:
+def test_local_only(
+    fake_server: Callable[..., FakeServer],
+    client_env: dict[str, str],
+    proj: Path,
+    args: list[str],
+    expect_file: str,
+    reason_word: str,
+) -> None:
     server = fake_server(_close_without_reply)
     (proj / "conftest.c").write_text("int main(void) { return 0; }\n")
     env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_FALLBACK="0", MESHCC_VERBOSE="1")
@@ -652,7 +717,9 @@ def test_local_only(fake_server: Callable[..., FakeServer], client_env: dict[str
     assert (proj / expect_file).exists()
     assert server.connections == 0
     verbose = [line for line in res.stderr.splitlines() if line.startswith("meshcc[")]
-    assert any("locally" in line and reason_word.lower() in line.lower() for line in verbose), res.stderr
+    assert any("locally" in line and reason_word.lower() in line.lower() for line in verbose), (
+        res.stderr
+    )
 
 
 def test_local_only_quiet_without_verbose(client_env: dict[str, str], proj: Path) -> None:
@@ -678,8 +745,13 @@ def test_local_only_holds_a_local_slot(client_env: dict[str, str], proj: Path) -
     os.mkfifo(fifo)
     env = env_with(client_env, DISTCC_HOSTS="--localslots=1 127.0.0.1:1")
     # -E with a FIFO as input: the compiler blocks reading it while we inspect the lock.
-    proc = subprocess.Popen([meshcc(), "-x", "c", "-E", str(fifo)], env=env, cwd=proj,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [meshcc(), "-x", "c", "-E", str(fifo)],
+        env=env,
+        cwd=proj,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         lockdir = Path(client_env["DISTCC_DIR"]) / "lock"
         deadline = time.monotonic() + 10
@@ -701,22 +773,29 @@ def _locked_by_other(path: Path) -> bool:
     since POSIX locks never conflict within one process)."""
     if not path.exists():
         return False
-    code = ("import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_WRONLY)\n"
-            "try:\n fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n sys.exit(1)\n")
+    code = (
+        "import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_WRONLY)\n"
+        "try:\n fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n sys.exit(1)\n"
+    )
     return subprocess.run([os.sys.executable, "-c", code, str(path)]).returncode == 1
 
 
 # --------------------------------------------------------------------------- invocation modes
 
 
-def test_masquerade_symlink_finds_real_compiler(distccd: Callable[..., Daemon],
-                                                client_env: dict[str, str], proj: Path) -> None:
+def test_masquerade_symlink_finds_real_compiler(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     masq = proj.parent / "masq"
     masq.mkdir()
     (masq / "gcc").symlink_to(meshcc())
-    env = env_with(client_env, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0",
-                   PATH=f"{masq}:{client_env['PATH']}")
+    env = env_with(
+        client_env,
+        DISTCC_HOSTS=server.host_spec(),
+        DISTCC_FALLBACK="0",
+        PATH=f"{masq}:{client_env['PATH']}",
+    )
     res = run(["gcc", "-c", "src/foo.c", "-o", "foo.o"], env, proj)
     assert res.returncode == 0, res.stderr
     assert len(server.wait_for_jobs(1)) == 1
@@ -725,8 +804,9 @@ def test_masquerade_symlink_finds_real_compiler(distccd: Callable[..., Daemon],
     assert res.returncode == 0, res.stderr
 
 
-def test_explicit_and_implicit_modes(distccd: Callable[..., Daemon],
-                                     client_env: dict[str, str], proj: Path) -> None:
+def test_explicit_and_implicit_modes(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
     server = distccd()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0")
     res = run([meshcc("meshcc"), "gcc", "-c", "src/foo.c", "-o", "a.o"], env, proj)
@@ -737,11 +817,11 @@ def test_explicit_and_implicit_modes(distccd: Callable[..., Daemon],
     assert (proj / "a.o").read_bytes() == (proj / "b.o").read_bytes()
 
 
-def test_safeguard_runs_compiler_directly(fake_server: Callable[..., FakeServer],
-                                          client_env: dict[str, str], proj: Path) -> None:
+def test_safeguard_runs_compiler_directly(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
     server = fake_server(_close_without_reply)
-    env = env_with(client_env, DISTCC_HOSTS=server.spec, _DISTCC_SAFEGUARD="1",
-                   DISTCC_FALLBACK="0")
+    env = env_with(client_env, DISTCC_HOSTS=server.spec, _DISTCC_SAFEGUARD="1", DISTCC_FALLBACK="0")
     res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
     assert res.returncode == 0, res.stderr
     assert server.connections == 0
@@ -751,15 +831,18 @@ def test_safeguard_runs_compiler_directly(fake_server: Callable[..., FakeServer]
 
 
 @pytest.mark.parametrize("lzo", [False, True], ids=["protocol1", "protocol2"])
-def test_meshcc_daemon_object_identical(meshcc_daemon: Callable[..., Daemon],
-                                        client_env: dict[str, str], proj: Path,
-                                        lzo: bool) -> None:
+def test_meshcc_daemon_object_identical(
+    meshcc_daemon: Callable[..., Daemon], client_env: dict[str, str], proj: Path, lzo: bool
+) -> None:
     server = meshcc_daemon()
     env = env_with(client_env, DISTCC_HOSTS=server.host_spec(lzo=lzo), DISTCC_FALLBACK="0")
-    for tool, compiler, src in (("meshcc-gcc", "gcc", "src/foo.c"),
-                                ("meshcc-g++", "g++", "src/bar.cpp")):
+    for tool, compiler, src in (
+        ("meshcc-gcc", "gcc", "src/foo.c"),
+        ("meshcc-g++", "g++", "src/bar.cpp"),
+    ):
         res = run([meshcc(tool), "-O2", "-c", src, "-o", "out.o"], env, proj)
         assert res.returncode == 0, res.stderr + server.diagnostics()
-        assert (proj / "out.o").read_bytes() == local_object(proj, compiler,
-                                                              ["-O2", "-c", src], "r.o")
+        assert (proj / "out.o").read_bytes() == local_object(
+            proj, compiler, ["-O2", "-c", src], "r.o"
+        )
     assert len(server.wait_for_jobs(2)) == 2, server.diagnostics()

@@ -31,9 +31,11 @@ SOURCE = "int twice(int x) { return 2 * x; }\nconst char *who(void) { return __F
 def _bare_reason() -> str | None:
     if not os.access(BARE_PYTHON, os.X_OK):
         return f"{BARE_PYTHON} is missing"
-    p = subprocess.run([BARE_PYTHON, "-I", "-S", "-c",
-                        "import sys; print(sys.version_info >= (3, 11))"],
-                       capture_output=True, text=True)  # fmt: skip
+    p = subprocess.run(
+        [BARE_PYTHON, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 11))"],
+        capture_output=True,
+        text=True,
+    )
     if p.stdout.strip() != "True":
         return f"{BARE_PYTHON} is older than 3.11"
     return None
@@ -49,8 +51,12 @@ def bare_env(home: Path, **extra: str) -> dict[str, str]:
 
 def build(out: Path) -> str:
     """`meshcc zipapp -o out` with the venv's meshcc; the file's sha256."""
-    p = subprocess.run([sys.executable, "-m", "meshcc", "zipapp", "-o", str(out)],
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "meshcc", "zipapp", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert "wrote" in p.stderr and "Traceback" not in p.stderr
     return hashlib.sha256(out.read_bytes()).hexdigest()
@@ -77,8 +83,12 @@ def test_build_is_deterministic(pyz: Path, tmp_path: Path) -> None:
         names = zf.namelist()
     assert names == sorted(names[:1]) + sorted(names[1:]) and names[0] == "__main__.py"
     assert not [n for n in names if "__pycache__" in n or not n.endswith(".py")]
-    assert {"meshcc/cli/entry.py", "zeroconf/asyncio.py", "ifaddr/_posix.py",
-            "msgpack/fallback.py"} <= set(names)  # fmt: skip
+    assert {
+        "meshcc/cli/entry.py",
+        "zeroconf/asyncio.py",
+        "ifaddr/_posix.py",
+        "msgpack/fallback.py",
+    } <= set(names)
     assert not [n for n in names if n.startswith(("lz4/", "lzallright/"))]
 
 
@@ -88,8 +98,14 @@ def test_runs_under_a_bare_python(pyz: Path, tmp_path: Path) -> None:
     env = bare_env(home)
 
     def bare(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([BARE_PYTHON, "-I", "-S", *args], cwd=home, env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [BARE_PYTHON, "-I", "-S", *args],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     for mod in ("zeroconf", "ifaddr", "msgpack", "lz4", "lzallright", "meshcc"):
         p = bare("-c", f"import {mod}")
@@ -101,18 +117,25 @@ def test_runs_under_a_bare_python(pyz: Path, tmp_path: Path) -> None:
     p = bare(str(pyz), "daemon", "--help")
     assert p.returncode == 0 and "--status-port" in p.stdout, p.stderr
     # Pure code paths: zeroconf's .py modules, msgpack's fallback, no LZO.
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import zeroconf._cache as c, msgpack, "
-            "meshcc.mesh.discovery; from meshcc import compression as z; "
-            "print(c.__file__.endswith('.py'), msgpack.Packer.__module__, z.available('lzo'))")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import zeroconf._cache as c, msgpack, "
+        "meshcc.mesh.discovery; from meshcc import compression as z; "
+        "print(c.__file__.endswith('.py'), msgpack.Packer.__module__, z.available('lzo'))"
+    )
     p = bare("-c", code, str(pyz))
     assert p.stdout.split() == ["True", "msgpack.fallback", "False"], p.stderr
     # A pyz copied under another name is still the explicit wrapper.
     (home / "x.c").write_text(SOURCE)
     other = home / "mcc.pyz"
     other.write_bytes(pyz.read_bytes())
-    p = subprocess.run([BARE_PYTHON, "-I", "-S", str(other), "gcc", "-c", "x.c"], cwd=home,
-                       env={**env, "DISTCC_HOSTS": ""}, capture_output=True, text=True,
-                       timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [BARE_PYTHON, "-I", "-S", str(other), "gcc", "-c", "x.c"],
+        cwd=home,
+        env={**env, "DISTCC_HOSTS": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0 and (home / "x.o").exists(), p.stderr
 
 
@@ -130,15 +153,41 @@ def test_status_port_on_loopback(pyz: Path, tmp_path: Path) -> None:
     log = work / "d.log"
     env = bare_env(work, TMPDIR=str(work / "tmp"))
     proc = subprocess.Popen(
-        [BARE_PYTHON, "-I", "-S", str(pyz), "daemon", "--listen", "127.0.0.1", "--no-discovery", "--port",
-         str(port), "--status-port", str(sport), "--log-level", "info", "--log-file", str(log)],
-        cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        [
+            BARE_PYTHON,
+            "-I",
+            "-S",
+            str(pyz),
+            "daemon",
+            "--listen",
+            "127.0.0.1",
+            "--no-discovery",
+            "--port",
+            str(port),
+            "--status-port",
+            str(sport),
+            "--log-level",
+            "info",
+            "--log-file",
+            str(log),
+        ],
+        cwd=work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{sport}"
     try:
-        netns.wait_for(lambda: proc.poll() is not None or "status port" in
-                       (log.read_text() if log.exists() else ""), 30, what="status port")  # fmt: skip
+        netns.wait_for(
+            lambda: (
+                proc.poll() is not None
+                or "status port" in (log.read_text() if log.exists() else "")
+            ),
+            30,
+            what="status port",
+        )
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         data = _get(base + "/meshcc.pyz")
         assert data == pyz.read_bytes()  # this very file, not a rebuild
@@ -155,19 +204,33 @@ def test_status_port_on_loopback(pyz: Path, tmp_path: Path) -> None:
         # The one-liner, with the destination redirected (never /usr/local/bin in a test).
         dest = tmp_path / "got.pyz"
         one_liner = f"import urllib.request as u; exec(u.urlopen('{base}/bootstrap').read())"
-        p = subprocess.run([BARE_PYTHON, "-I", "-S", "-c", one_liner], cwd=tmp_path,
-                           env=bare_env(tmp_path, MESHCC_PYZ=str(dest)),
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        p = subprocess.run(
+            [BARE_PYTHON, "-I", "-S", "-c", one_liner],
+            cwd=tmp_path,
+            env=bare_env(tmp_path, MESHCC_PYZ=str(dest)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 0, p.stderr
         assert dest.read_bytes() == data and os.stat(dest).st_mode & 0o777 == 0o755
         assert f"python3 {dest} daemon" in p.stdout
         # A client with LZO asking for protocol 2 gets the reason, not an obscure failure.
         (tmp_path / "x.c").write_text(SOURCE)
         meshcc = str(Path(sys.executable).parent / "meshcc")
-        p = subprocess.run([meshcc, "gcc", "-c", "x.c"], cwd=tmp_path,
-                           env=dict(os.environ, DISTCC_HOSTS=f"127.0.0.1:{port},lzo",
-                                    DISTCC_FALLBACK="0", MESHCC_SOCKET=str(tmp_path / "none")),
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        p = subprocess.run(
+            [meshcc, "gcc", "-c", "x.c"],
+            cwd=tmp_path,
+            env=dict(
+                os.environ,
+                DISTCC_HOSTS=f"127.0.0.1:{port},lzo",
+                DISTCC_FALLBACK="0",
+                MESHCC_SOCKET=str(tmp_path / "none"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode != 0
         assert "no LZO support (pure-Python meshcc.pyz); use the host without ,lzo" in p.stderr
         text = log.read_text()
@@ -235,10 +298,18 @@ def test_pyz_daemon_on_a_lan(lan: Callable[..., Lan], pyz: Path) -> None:
         for spec in (ha.address, f"{ha.address},lzo"):
             out = src / "remote.o"
             out.unlink(missing_ok=True)
-            env = bare_env(src, DISTCC_HOSTS=spec, DISTCC_FALLBACK="0", DISTCC_VERBOSE="1",
-                           MESHCC_SOCKET=str(src / "none"))  # fmt: skip
-            p = hb.run([BARE_PYTHON, "-I", "-S", str(got), "gcc", "-c", "x.c", "-o", "remote.o"],
-                       cwd=src, env=env)  # fmt: skip
+            env = bare_env(
+                src,
+                DISTCC_HOSTS=spec,
+                DISTCC_FALLBACK="0",
+                DISTCC_VERBOSE="1",
+                MESHCC_SOCKET=str(src / "none"),
+            )
+            p = hb.run(
+                [BARE_PYTHON, "-I", "-S", str(got), "gcc", "-c", "x.c", "-o", "remote.o"],
+                cwd=src,
+                env=env,
+            )
             assert p.returncode == 0, p.stderr
             assert out.read_bytes() == (src / "local.o").read_bytes()
             if spec.endswith(",lzo"):

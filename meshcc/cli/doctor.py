@@ -39,8 +39,14 @@ class Check:
     (Plain classes here: dataclasses costs milliseconds to import, and every CLI command
     imports this module to build its parser.)"""
 
-    def __init__(self, name: str, status: str, found: str, fix: str = "",
-                 details: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        status: str,
+        found: str,
+        fix: str = "",
+        details: dict[str, object] | None = None,
+    ) -> None:
         self.name = name
         self.status = status
         self.found = found
@@ -83,8 +89,11 @@ class Report:
     def render(self) -> str:
         fails = sum(c.status == FAIL for c in self.checks)
         warns = sum(c.status == WARN for c in self.checks)
-        summary = ("all checks passed" if not fails and not warns
-                   else f"{fails} failed, {warns} warning{'s' * (warns != 1)}")  # fmt: skip
+        summary = (
+            "all checks passed"
+            if not fails and not warns
+            else f"{fails} failed, {warns} warning{'s' * (warns != 1)}"
+        )
         return "\n".join([c.render() for c in self.checks] + [f"meshcc doctor: {summary}"])
 
     def to_dict(self) -> dict[str, object]:
@@ -96,29 +105,39 @@ class Report:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--cc", metavar="COMPILER",
+        "--cc",
+        metavar="COMPILER",
         help="check this compiler, as you invoke it (default: the command's compiler, else cc)",
-    )  # fmt: skip
+    )
     from meshcc.cli.main import add_browse_options
 
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_browse_options(parser)
     parser.add_argument(
-        "--no-browse", action="store_true",
+        "--no-browse",
+        action="store_true",
         help="without a local daemon, do not browse the network (skip the peer checks)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND",
         help="a compile command to judge, e.g. `-- gcc -c x.c`: would it be distributed?",
-    )  # fmt: skip
+    )
 
 
 def run(ns: argparse.Namespace) -> int:
     command = list(ns.command or [])
     if command[:1] == ["--"]:
         command = command[1:]
-    report = diagnose(os.environ, cc=ns.cc, command=command, browse_time=ns.browse_time,
-                      browse=not ns.no_browse, interfaces=tuple(ns.interface))  # fmt: skip
+    report = diagnose(
+        os.environ,
+        cc=ns.cc,
+        command=command,
+        browse_time=ns.browse_time,
+        browse=not ns.no_browse,
+        interfaces=tuple(ns.interface),
+    )
     if ns.json:
         import json
 
@@ -139,10 +158,16 @@ def _strip_wrappers(command: Sequence[str]) -> list[str]:
     return cmd
 
 
-def diagnose(env: Mapping[str, str], cc: str | None = None, command: Sequence[str] = (),
-             browse_time: float = 2.5, browse: bool = True,
-             interfaces: tuple[str, ...] = (), system_hosts: str = SYSTEM_HOSTS_FILE,
-             make_conf: str = PORTAGE_MAKE_CONF) -> Report:
+def diagnose(
+    env: Mapping[str, str],
+    cc: str | None = None,
+    command: Sequence[str] = (),
+    browse_time: float = 2.5,
+    browse: bool = True,
+    interfaces: tuple[str, ...] = (),
+    system_hosts: str = SYSTEM_HOSTS_FILE,
+    make_conf: str = PORTAGE_MAKE_CONF,
+) -> Report:
     """Run every check it can; never raises for a broken setup (that is what it reports)."""
     report = Report()
     cmd = _strip_wrappers(command)
@@ -157,11 +182,19 @@ def diagnose(env: Mapping[str, str], cc: str | None = None, command: Sequence[st
     elif browse and probed:
         reply = _browse(report, cc, cc_path, browse_time, interfaces)
     elif not probed:
-        report.add("peers", WARN, "skipped: no usable compiler to match peers against",
-                   "fix the compiler check above")  # fmt: skip
+        report.add(
+            "peers",
+            WARN,
+            "skipped: no usable compiler to match peers against",
+            "fix the compiler check above",
+        )
     else:
-        report.add("peers", WARN, "skipped: no daemon and --no-browse",
-                   "start `meshcc daemon`, or rerun without --no-browse")  # fmt: skip
+        report.add(
+            "peers",
+            WARN,
+            "skipped: no daemon and --no-browse",
+            "start `meshcc daemon`, or rerun without --no-browse",
+        )
     if reply is not None:
         check_discovery(report, reply.get("status") or {})  # type: ignore[arg-type]
         check_peers(report, reply, cc)
@@ -181,23 +214,35 @@ def check_environment(report: Report, env: Mapping[str, str], system_hosts: str)
         try:
             parsed = hostspec.parse_hosts(hosts, "DISTCC_HOSTS")
         except hostspec.HostSpecError as e:
-            report.add("DISTCC_HOSTS", FAIL, f"set to {hosts!r}, which does not parse: {e}",
-                       "correct it (grammar: host[:port][/limit][,lzo], [IPv6], localhost/N) "
-                       "or `unset DISTCC_HOSTS` to use the mesh")  # fmt: skip
+            report.add(
+                "DISTCC_HOSTS",
+                FAIL,
+                f"set to {hosts!r}, which does not parse: {e}",
+                "correct it (grammar: host[:port][/limit][,lzo], [IPv6], localhost/N) "
+                "or `unset DISTCC_HOSTS` to use the mesh",
+            )
         else:
-            report.add("DISTCC_HOSTS", WARN,
-                       f"set ({len(parsed.hosts)} host(s): {hosts.strip() or '(empty)'}); it wins "
-                       "over the mesh: compiles go to these hosts only",
-                       "`unset DISTCC_HOSTS` to use the live mesh, or "
-                       "DISTCC_HOSTS=\"$(meshcc hosts)\" to pin the mesh's current peers",
-                       value=hosts)  # fmt: skip
+            report.add(
+                "DISTCC_HOSTS",
+                WARN,
+                f"set ({len(parsed.hosts)} host(s): {hosts.strip() or '(empty)'}); it wins "
+                "over the mesh: compiles go to these hosts only",
+                "`unset DISTCC_HOSTS` to use the live mesh, or "
+                'DISTCC_HOSTS="$(meshcc hosts)" to pin the mesh\'s current peers',
+                value=hosts,
+            )
     else:
         report.add("DISTCC_HOSTS", OK, "not set: the local daemon's mesh decides")
     if env.get("DISTCC_FALLBACK") == "0":
-        report.add("DISTCC_FALLBACK", WARN, "=0: a compile with no usable host fails (exit 116) "
-                   "instead of running locally", "unset DISTCC_FALLBACK unless you want that")
+        report.add(
+            "DISTCC_FALLBACK",
+            WARN,
+            "=0: a compile with no usable host fails (exit 116) instead of running locally",
+            "unset DISTCC_FALLBACK unless you want that",
+        )
     top = env.get("DISTCC_DIR") or os.path.join(
-        env.get("HOME") or os.path.expanduser("~"), ".distcc")
+        env.get("HOME") or os.path.expanduser("~"), ".distcc"
+    )
     for path in (os.path.join(top, "hosts"), system_hosts):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
@@ -205,17 +250,25 @@ def check_environment(report: Report, env: Mapping[str, str], system_hosts: str)
         except FileNotFoundError:
             continue
         except OSError as e:
-            report.add(f"host file {path}", WARN, f"unreadable: {e.strerror}",
-                       f"fix its permissions (chmod a+r {path})")  # fmt: skip
+            report.add(
+                f"host file {path}",
+                WARN,
+                f"unreadable: {e.strerror}",
+                f"fix its permissions (chmod a+r {path})",
+            )
             continue
         if not any(ln.split("#", 1)[0].strip() for ln in text.splitlines()):
             continue  # empty (e.g. --write-hosts with no peers yet): distcc says "no hosts"
         try:
             hostspec.parse_hosts(text, path)
         except hostspec.HostSpecError as e:
-            report.add(f"host file {path}", FAIL, f"does not parse: {e}",
-                       f"correct {path} (distcc grammar) or let `meshcc daemon --write-hosts "
-                       f"{path}` maintain it")  # fmt: skip
+            report.add(
+                f"host file {path}",
+                FAIL,
+                f"does not parse: {e}",
+                f"correct {path} (distcc grammar) or let `meshcc daemon --write-hosts "
+                f"{path}` maintain it",
+            )
 
 
 class _Daemon:
@@ -234,11 +287,16 @@ def check_daemon(report: Report, env: Mapping[str, str]) -> _Daemon | None:
     try:
         conn = control_client.connect(env)
     except control_client.NoDaemon as e:
-        report.add("daemon", FAIL, f"no meshcc daemon answers ({e}); compiles use "
-                   "DISTCC_HOSTS or the distcc host files, if any",
-                   "start it: `meshcc daemon` (as root it listens on /run/meshcc/control.sock; "
-                   "with systemd: `systemctl enable --now meshcc`), or set MESHCC_SOCKET to "
-                   "its --socket", paths=paths)  # fmt: skip
+        report.add(
+            "daemon",
+            FAIL,
+            f"no meshcc daemon answers ({e}); compiles use "
+            "DISTCC_HOSTS or the distcc host files, if any",
+            "start it: `meshcc daemon` (as root it listens on /run/meshcc/control.sock; "
+            "with systemd: `systemctl enable --now meshcc`), or set MESHCC_SOCKET to "
+            "its --socket",
+            paths=paths,
+        )
         return None
     except control_client.ControlError as e:
         report.add("daemon", FAIL, str(e), "restart the daemon (`meshcc daemon`)", paths=paths)
@@ -251,56 +309,85 @@ def check_daemon(report: Report, env: Mapping[str, str]) -> _Daemon | None:
         return None
     if status.get("ok") is not True:
         conn.close()
-        report.add("daemon", FAIL, f"{conn.path}: refused the status request: "
-                   f"{status.get('error')}", "upgrade meshcc so client and daemon match")
+        report.add(
+            "daemon",
+            FAIL,
+            f"{conn.path}: refused the status request: {status.get('error')}",
+            "upgrade meshcc so client and daemon match",
+        )
         return None
-    report.add("daemon", OK, f"meshcc {status.get('version', '?')} on {conn.path}, "
-               f"{status.get('jobs', '?')} job slots, {status.get('running', 0)} compiles "
-               f"running", socket=conn.path)  # fmt: skip
+    report.add(
+        "daemon",
+        OK,
+        f"meshcc {status.get('version', '?')} on {conn.path}, "
+        f"{status.get('jobs', '?')} job slots, {status.get('running', 0)} compiles "
+        f"running",
+        socket=conn.path,
+    )
     return _Daemon(conn.path, status, conn)
 
 
-def _daemon_hosts(report: Report, d: _Daemon, cc: str, cc_path: str | None
-                  ) -> dict[str, object] | None:
+def _daemon_hosts(
+    report: Report, d: _Daemon, cc: str, cc_path: str | None
+) -> dict[str, object] | None:
     from meshcc.transport import control_client
     from meshcc.wire import control
 
     conn = d.conn
     assert isinstance(conn, control_client.Control)
     try:
-        reply = conn.request(control.hosts_request(cc if cc_path else None, cc_path),
-                             REPLY_TIMEOUT_S)  # fmt: skip
+        reply = conn.request(
+            control.hosts_request(cc if cc_path else None, cc_path), REPLY_TIMEOUT_S
+        )
     except control_client.ControlError as e:
-        report.add("peers", FAIL, f"asking the daemon for peers: {e}",
-                   "restart the daemon (`meshcc daemon`)")  # fmt: skip
+        report.add(
+            "peers",
+            FAIL,
+            f"asking the daemon for peers: {e}",
+            "restart the daemon (`meshcc daemon`)",
+        )
         return None
     finally:
         conn.close()
     if reply.get("ok") is not True:
-        report.add("peers", FAIL, f"the daemon refused: {reply.get('error')}",
-                   "check the compiler with --cc")  # fmt: skip
+        report.add(
+            "peers",
+            FAIL,
+            f"the daemon refused: {reply.get('error')}",
+            "check the compiler with --cc",
+        )
         return None
     reply["source"] = f"daemon on {d.path}"
     reply.setdefault("status", d.status)
     return reply
 
 
-def _browse(report: Report, cc: str, cc_path: str | None, seconds: float,
-            interfaces: tuple[str, ...]) -> dict[str, object] | None:
+def _browse(
+    report: Report, cc: str, cc_path: str | None, seconds: float, interfaces: tuple[str, ...]
+) -> dict[str, object] | None:
     """No daemon: what a browse of ``seconds`` sees (meshcc hosts' code)."""
     from meshcc.cli import hosts as hosts_cmd
 
-    ns = argparse.Namespace(interface=list(interfaces), allow=[], accept_unverified=False,
-                            browse_time=seconds)  # fmt: skip
+    ns = argparse.Namespace(
+        interface=list(interfaces), allow=[], accept_unverified=False, browse_time=seconds
+    )
     try:
         reply = hosts_cmd.browse(ns, cc, cc_path or cc)
     except hosts_cmd.HostsError as e:
-        report.add("discovery", FAIL, f"browsing without a daemon: {e}",
-                   "choose an interface with --interface NAME")  # fmt: skip
+        report.add(
+            "discovery",
+            FAIL,
+            f"browsing without a daemon: {e}",
+            "choose an interface with --interface NAME",
+        )
         return None
     except OSError as e:
-        report.add("discovery", FAIL, f"browsing without a daemon: {e}",
-                   "check the network; choose an interface with --interface NAME")  # fmt: skip
+        report.add(
+            "discovery",
+            FAIL,
+            f"browsing without a daemon: {e}",
+            "check the network; choose an interface with --interface NAME",
+        )
         return None
     reply["source"] = f"browsed for {seconds:g} s (no daemon)"
     return reply
@@ -311,17 +398,28 @@ def check_discovery(report: Report, st: Mapping[str, object]) -> None:
     ifaces = ", ".join(st.get("interfaces") or []) or "none"  # type: ignore[arg-type]
     allowed = ", ".join(st.get("allowed") or []) or "nothing"  # type: ignore[arg-type]
     if st.get("discovery"):
-        report.add("discovery", OK, f"on; interfaces: {ifaces}; allowed subnets: {allowed} "
-                   f"({st.get('allowed_source', '?')})")  # fmt: skip
+        report.add(
+            "discovery",
+            OK,
+            f"on; interfaces: {ifaces}; allowed subnets: {allowed} "
+            f"({st.get('allowed_source', '?')})",
+        )
     else:
         why = st.get("off_reason") or "unknown reason"
-        fix = ("remove --no-discovery from the daemon's command line" if "no-discovery" in str(why)
-               else "restart the daemon with `--interface NAME` (a LAN interface that is up, "
-               "has an IPv4 address and MULTICAST; see `ip -br link`)")  # fmt: skip
+        fix = (
+            "remove --no-discovery from the daemon's command line"
+            if "no-discovery" in str(why)
+            else "restart the daemon with `--interface NAME` (a LAN interface that is up, "
+            "has an IPv4 address and MULTICAST; see `ip -br link`)"
+        )
         report.add("discovery", FAIL, f"off: {why}", fix)
     for w in st.get("warnings") or []:  # type: ignore[union-attr]
-        report.add("discovery", WARN, str(w),
-                   "pick the LAN interface with `meshcc daemon --interface NAME`")  # fmt: skip
+        report.add(
+            "discovery",
+            WARN,
+            str(w),
+            "pick the LAN interface with `meshcc daemon --interface NAME`",
+        )
 
 
 def _peer_label(v: Mapping[str, object]) -> str:
@@ -336,23 +434,33 @@ def _peer_label(v: Mapping[str, object]) -> str:
 def exclusion_fix(reason: str, label: str) -> str:
     """The fix for one matching.judge() reason (its wording is the contract)."""
     if "outside allowed" in reason:
-        return ("if that peer is yours, allow its subnet on both sides: `meshcc daemon "
-                "--allow CIDR` here and on the peer")
+        return (
+            "if that peer is yours, allow its subnet on both sides: `meshcc daemon "
+            "--allow CIDR` here and on the peer"
+        )
     if "--accept-unverified" in reason:
-        return ("run meshcc daemon on that box (it announces its binutils), or accept it "
-                "unverified: `meshcc daemon --accept-unverified`")
+        return (
+            "run meshcc daemon on that box (it announces its binutils), or accept it "
+            "unverified: `meshcc daemon --accept-unverified`"
+        )
     if "≠" in reason and "binutils" in reason:
         return "install the same binutils version on both boxes (objects could differ)"
     if "≠" in reason:
-        return ("install the same gcc version on both boxes, or compile with a compiler both "
-                "offer (`meshcc hosts --explain --cc gcc-N` shows what each offers)")
+        return (
+            "install the same gcc version on both boxes, or compile with a compiler both "
+            "offer (`meshcc hosts --explain --cc gcc-N` shows what each offers)"
+        )
     if reason.startswith(("no compiler for target", "no gcc for", "no g++ for")):
-        return "install a compiler for this target on the peer (its daemon offers every gcc on PATH)"
+        return (
+            "install a compiler for this target on the peer (its daemon offers every gcc on PATH)"
+        )
     if "announces no compiler" in reason:
         return "install gcc on the peer, or start its daemon with --compiler PATH"
     if reason.startswith("not responding"):
-        return (f"check that the daemon on {label} runs and that TCP port 3632 is open in its "
-                "firewall (`nc -zv ADDRESS 3632` from here)")
+        return (
+            f"check that the daemon on {label} runs and that TCP port 3632 is open in its "
+            "firewall (`nc -zv ADDRESS 3632` from here)"
+        )
     if reason.startswith("announced, reachability"):
         return "just seen: rerun in a few seconds"
     if reason.startswith("backed off"):
@@ -368,30 +476,59 @@ def check_peers(report: Report, reply: Mapping[str, object], cc: str) -> None:
     source = reply.get("source", "")
     compiler = reply.get("compiler") or cc
     if not verdicts:
-        report.add("peers", WARN, f"no peers seen ({source})",
-                   "start `meshcc daemon` on the other boxes of this LAN; mDNS needs UDP 5353 "
-                   "multicast between them and compiles TCP 3632")  # fmt: skip
+        report.add(
+            "peers",
+            WARN,
+            f"no peers seen ({source})",
+            "start `meshcc daemon` on the other boxes of this LAN; mDNS needs UDP 5353 "
+            "multicast between them and compiles TCP 3632",
+        )
     elif not inc:
-        report.add("peers", FAIL, f"{len(verdicts)} seen, none can take {compiler} compiles "
-                   f"({source}): every compile runs here", "see the excluded peers below")
+        report.add(
+            "peers",
+            FAIL,
+            f"{len(verdicts)} seen, none can take {compiler} compiles "
+            f"({source}): every compile runs here",
+            "see the excluded peers below",
+        )
     else:
         slots = sum(int((v.get("peer") or {}).get("limit") or 0) for v in inc)  # type: ignore[union-attr]
-        report.add("peers", OK, f"{len(verdicts)} seen ({source}), {len(inc)} usable for "
-                   f"{compiler} ({slots} job slots): {reply.get('line')}", line=reply.get("line"),
-                   included=len(inc), seen=len(verdicts))  # fmt: skip
+        report.add(
+            "peers",
+            OK,
+            f"{len(verdicts)} seen ({source}), {len(inc)} usable for "
+            f"{compiler} ({slots} job slots): {reply.get('line')}",
+            line=reply.get("line"),
+            included=len(inc),
+            seen=len(verdicts),
+        )
     if reply.get("note"):
-        report.add("compiler", WARN, f"the daemon could not fingerprint {cc}: {reply['note']}; "
-                   "peers were judged on liveness and subnets only",
-                   "check the compiler with `meshcc doctor --cc PATH`")  # fmt: skip
+        report.add(
+            "compiler",
+            WARN,
+            f"the daemon could not fingerprint {cc}: {reply['note']}; "
+            "peers were judged on liveness and subnets only",
+            "check the compiler with `meshcc doctor --cc PATH`",
+        )
     for v in exc:
         label = _peer_label(v)
         reason = str(v.get("reason") or "no reason given")
-        report.add("excluded peer", WARN, f"{label}: {reason}", exclusion_fix(reason, label),
-                   peer=label, reason=reason)  # fmt: skip
+        report.add(
+            "excluded peer",
+            WARN,
+            f"{label}: {reason}",
+            exclusion_fix(reason, label),
+            peer=label,
+            reason=reason,
+        )
     for v in inc:
         if v.get("unverified"):
-            report.add("peer", WARN, f"{_peer_label(v)} is used unverified: {v.get('reason')}",
-                       "run meshcc daemon on it so its binutils are checked")  # fmt: skip
+            report.add(
+                "peer",
+                WARN,
+                f"{_peer_label(v)} is used unverified: {v.get('reason')}",
+                "run meshcc daemon on it so its binutils are checked",
+            )
 
 
 def _which(name: str, env: Mapping[str, str]) -> str | None:
@@ -409,8 +546,12 @@ def check_compiler(report: Report, cc: str, env: Mapping[str, str]) -> tuple[str
 
     path = _which(cc, env)
     if path is None:
-        report.add("compiler", FAIL, f"{cc}: not found" + ("" if "/" in cc else " on PATH"),
-                   f"install it or give its path (--cc /usr/bin/{os.path.basename(cc)})")
+        report.add(
+            "compiler",
+            FAIL,
+            f"{cc}: not found" + ("" if "/" in cc else " on PATH"),
+            f"install it or give its path (--cc /usr/bin/{os.path.basename(cc)})",
+        )
         return None, False
     real = path
     masq = toolchain.masquerade_reason(path)
@@ -421,43 +562,65 @@ def check_compiler(report: Report, cc: str, env: Mapping[str, str]) -> tuple[str
     try:
         p = toolchain.probe(real)
     except toolchain.ToolchainError as e:
-        report.add("compiler", FAIL, f"{cc} ({real}) is not a gcc the mesh can match: {e}; "
-                   "its compiles run locally", "use gcc/g++ (clang is not distributed yet)")
+        report.add(
+            "compiler",
+            FAIL,
+            f"{cc} ({real}) is not a gcc the mesh can match: {e}; its compiles run locally",
+            "use gcc/g++ (clang is not distributed yet)",
+        )
         return real, False
     if p.binutils is None:
-        report.add("compiler", WARN, f"{cc} ({real}): gcc {p.version}, {p.target}, binutils "
-                   "unknown (no `as` found)", "install binutils; otherwise peers are used only "
-                   "with --accept-unverified")  # fmt: skip
+        report.add(
+            "compiler",
+            WARN,
+            f"{cc} ({real}): gcc {p.version}, {p.target}, binutils unknown (no `as` found)",
+            "install binutils; otherwise peers are used only with --accept-unverified",
+        )
     else:
-        report.add("compiler", OK, f"{cc} ({real}): gcc {p.version}, {p.target}, binutils "
-                   f"{p.binutils}", path=real, version=p.version, target=p.target,
-                   binutils=p.binutils)  # fmt: skip
+        report.add(
+            "compiler",
+            OK,
+            f"{cc} ({real}): gcc {p.version}, {p.target}, binutils {p.binutils}",
+            path=real,
+            version=p.version,
+            target=p.target,
+            binutils=p.binutils,
+        )
     return real, True
 
 
-def _check_masquerade(report: Report, cc: str, path: str, why: str,
-                      env: Mapping[str, str]) -> None:
+def _check_masquerade(report: Report, cc: str, path: str, why: str, env: Mapping[str, str]) -> None:
     """(i) ccache/distcc/meshcc in front of the compiler on PATH."""
     if "ccache" in why:
         prefix = env.get("CCACHE_PREFIX", "")
         if "meshcc" in prefix or "distcc" in prefix:
-            report.add("masquerade", OK, f"{cc} is ccache ({path}); misses go to "
-                       f"CCACHE_PREFIX={prefix}")  # fmt: skip
+            report.add(
+                "masquerade", OK, f"{cc} is ccache ({path}); misses go to CCACHE_PREFIX={prefix}"
+            )
         else:
-            report.add("masquerade", WARN, f"{cc} on PATH is ccache ({path}) and CCACHE_PREFIX "
-                       "is not meshcc: cache misses compile locally",
-                       "export CCACHE_PREFIX=meshcc")  # fmt: skip
+            report.add(
+                "masquerade",
+                WARN,
+                f"{cc} on PATH is ccache ({path}) and CCACHE_PREFIX "
+                "is not meshcc: cache misses compile locally",
+                "export CCACHE_PREFIX=meshcc",
+            )
     elif "distcc" in why:
-        report.add("masquerade", WARN, f"{cc} on PATH is stock distcc ({path}): it reads "
-                   "DISTCC_HOSTS or the host files, never the meshcc daemon",
-                   "keep /etc/distcc/hosts current with `meshcc daemon --write-hosts "
-                   "/etc/distcc/hosts`, or put a meshcc masquerade directory first on PATH (`meshcc setup masquerade DIR`)")  # fmt: skip
+        report.add(
+            "masquerade",
+            WARN,
+            f"{cc} on PATH is stock distcc ({path}): it reads "
+            "DISTCC_HOSTS or the host files, never the meshcc daemon",
+            "keep /etc/distcc/hosts current with `meshcc daemon --write-hosts "
+            "/etc/distcc/hosts`, or put a meshcc masquerade directory first on PATH (`meshcc setup masquerade DIR`)",
+        )
     else:
         report.add("masquerade", OK, f"{cc} on PATH is meshcc ({path}): {why}")
 
 
-def check_command(report: Report, cmd: Sequence[str], env: Mapping[str, str],
-                  reply: Mapping[str, object] | None) -> None:
+def check_command(
+    report: Report, cmd: Sequence[str], env: Mapping[str, str], reply: Mapping[str, object] | None
+) -> None:
     """(f) Would this command line be distributed, and where; if not, why."""
     from meshcc.compiler import args
 
@@ -468,22 +631,33 @@ def check_command(report: Report, cmd: Sequence[str], env: Mapping[str, str],
     if not job.distributable:
         fix = "nothing to fix: this job must run locally by design"
         if "native" in job.reason:
-            fix = ("use an explicit -march=… (gcc -march=native -Q --help=target | grep march "
-                   "shows this box's) so the job can be distributed")
-        report.add("command", WARN, f"`{shown}` runs locally: {job.reason}", fix,
-                   distributable=False, reason=job.reason)  # fmt: skip
+            fix = (
+                "use an explicit -march=… (gcc -march=native -Q --help=target | grep march "
+                "shows this box's) so the job can be distributed"
+            )
+        report.add(
+            "command",
+            WARN,
+            f"`{shown}` runs locally: {job.reason}",
+            fix,
+            distributable=False,
+            reason=job.reason,
+        )
         return
     if env.get("DISTCC_HOSTS") is not None:
         where = f"one of DISTCC_HOSTS ({env['DISTCC_HOSTS'].strip()})"
     elif reply is not None and reply.get("line"):
         where = f"a peer leased from the mesh ({reply['line']})"
     else:
-        report.add("command", WARN, f"`{shown}` is distributable, but no host can take it: it "
-                   "runs locally", "see the daemon and peer checks above",
-                   distributable=True)  # fmt: skip
+        report.add(
+            "command",
+            WARN,
+            f"`{shown}` is distributable, but no host can take it: it runs locally",
+            "see the daemon and peer checks above",
+            distributable=True,
+        )
         return
-    report.add("command", OK, f"`{shown}` is distributable: it goes to {where}",
-               distributable=True)  # fmt: skip
+    report.add("command", OK, f"`{shown}` is distributable: it goes to {where}", distributable=True)
 
 
 def _hosts_in(text: str) -> list[str]:
@@ -519,19 +693,30 @@ def check_hosts_file(report: Report, path: str, reply: Mapping[str, object] | No
     generated = text.startswith("# Generated by meshcc")
     listed = _hosts_in(text)
     if reply is None:
-        report.add(f"{path}", OK, f"lists {len(listed)} host(s)"
-                   + (", kept by meshcc daemon --write-hosts" if generated else ""))
+        report.add(
+            f"{path}",
+            OK,
+            f"lists {len(listed)} host(s)"
+            + (", kept by meshcc daemon --write-hosts" if generated else ""),
+        )
         return
     inc, seen = _mesh_addresses(reply)
     stale = [h for h in listed if h not in inc and h not in ("localhost", "127.0.0.1")]
     missing = sorted(inc - set(listed))
-    fix = (f"`meshcc daemon --write-hosts {path}` keeps it following the mesh" if not generated
-           else "the daemon rewrites it as peers come and go; is it the daemon's "
-           "--write-hosts file?")  # fmt: skip
+    fix = (
+        f"`meshcc daemon --write-hosts {path}` keeps it following the mesh"
+        if not generated
+        else "the daemon rewrites it as peers come and go; is it the daemon's --write-hosts file?"
+    )
     if stale:
         unknown = [h for h in stale if h not in seen]
-        report.add(path, WARN, f"lists {', '.join(stale)}, not usable in the mesh now"
-                   + (f" ({', '.join(unknown)} not seen at all)" if unknown else ""), fix)
+        report.add(
+            path,
+            WARN,
+            f"lists {', '.join(stale)}, not usable in the mesh now"
+            + (f" ({', '.join(unknown)} not seen at all)" if unknown else ""),
+            fix,
+        )
     elif missing:
         report.add(path, WARN, f"lacks usable mesh peers {', '.join(missing)}", fix)
     else:
@@ -567,8 +752,9 @@ def _assignments(text: str, key: str) -> list[str]:
     return out
 
 
-def check_portage(report: Report, path: str, reply: Mapping[str, object] | None,
-                  hosts_file: str) -> None:
+def check_portage(
+    report: Report, path: str, reply: Mapping[str, object] | None, hosts_file: str
+) -> None:
     """(h) Portage: FEATURES=distcc and a MAKEOPTS -j that uses the mesh (if make.conf exists)."""
     import re
 
@@ -583,13 +769,21 @@ def check_portage(report: Report, path: str, reply: Mapping[str, object] | None,
             elif not tok.startswith("$"):
                 features.add(tok)
     if "distcc" not in features:
-        report.add("portage", WARN, f"{path}: FEATURES lacks distcc: emerge compiles locally",
-                   f"add FEATURES=\"distcc\" to {path} (or run `meshcc setup portage`)")  # fmt: skip
+        report.add(
+            "portage",
+            WARN,
+            f"{path}: FEATURES lacks distcc: emerge compiles locally",
+            f'add FEATURES="distcc" to {path} (or run `meshcc setup portage`)',
+        )
         return
     if not os.path.exists(hosts_file):
-        report.add("portage", WARN, f"{path}: FEATURES=distcc but {hosts_file} does not exist: "
-                   "Portage's distcc has no hosts",
-                   f"`meshcc daemon --write-hosts {hosts_file}`")  # fmt: skip
+        report.add(
+            "portage",
+            WARN,
+            f"{path}: FEATURES=distcc but {hosts_file} does not exist: "
+            "Portage's distcc has no hosts",
+            f"`meshcc daemon --write-hosts {hosts_file}`",
+        )
     makeopts = " ".join(_assignments(text, "MAKEOPTS"))
     m = re.search(r"(?:-j\s*|--jobs[= ]\s*)(\d+)", makeopts)
     if reply is None:
@@ -598,16 +792,31 @@ def check_portage(report: Report, path: str, reply: Mapping[str, object] | None,
     from meshcc import hostos
 
     local = hostos.cpu_count()
-    remote = sum(int((v.get("peer") or {}).get("limit") or 0)  # type: ignore[union-attr]
-                 for v in reply.get("verdicts") or [] if v.get("included"))  # type: ignore[union-attr]
+    remote = sum(
+        int((v.get("peer") or {}).get("limit") or 0)  # type: ignore[union-attr]
+        for v in reply.get("verdicts") or []
+        if v.get("included")
+    )  # type: ignore[union-attr]
     total = local + remote
     if m is None:
-        report.add("portage", WARN, f"{path}: MAKEOPTS has no -j: one job at a time, the mesh "
-                   "idles", f"MAKEOPTS=\"-j{total} -l{local}\" (local CPUs + mesh slots)")
+        report.add(
+            "portage",
+            WARN,
+            f"{path}: MAKEOPTS has no -j: one job at a time, the mesh idles",
+            f'MAKEOPTS="-j{total} -l{local}" (local CPUs + mesh slots)',
+        )
     elif remote and int(m.group(1)) < (total + 1) // 2:
-        report.add("portage", WARN, f"{path}: MAKEOPTS -j{m.group(1)} uses little of the "
-                   f"{total} slots ({local} local CPUs + {remote} mesh slots)",
-                   f"MAKEOPTS=\"-j{total} -l{local}\"")  # fmt: skip
+        report.add(
+            "portage",
+            WARN,
+            f"{path}: MAKEOPTS -j{m.group(1)} uses little of the "
+            f"{total} slots ({local} local CPUs + {remote} mesh slots)",
+            f'MAKEOPTS="-j{total} -l{local}"',
+        )
     else:
-        report.add("portage", OK, f"{path}: FEATURES has distcc, MAKEOPTS -j{m.group(1)} "
-                   f"({local} local CPUs + {remote} mesh slots)")  # fmt: skip
+        report.add(
+            "portage",
+            OK,
+            f"{path}: FEATURES has distcc, MAKEOPTS -j{m.group(1)} "
+            f"({local} local CPUs + {remote} mesh slots)",
+        )

@@ -85,8 +85,8 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
     import logging
 
     from meshcc.compiler import toolchain
-    from meshcc.daemon import logsetup
     from meshcc.compiler.fingerprints import ClientCompiler
+    from meshcc.daemon import logsetup
     from meshcc.mesh.matching import hosts_line
     from meshcc.mesh.netif import InterfaceError
     from meshcc.mesh.service import Mesh, MeshConfig
@@ -99,9 +99,17 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
     fp = ClientCompiler.from_probe(cc, os.path.realpath(cc_path), probe)
 
     async def run() -> dict[str, object]:
-        mesh = Mesh(MeshConfig(interfaces=tuple(ns.interface), allow=tuple(ns.allow),
-                               accept_unverified=ns.accept_unverified, announce=False),
-                    [], port=0, jobs=0)  # fmt: skip
+        mesh = Mesh(
+            MeshConfig(
+                interfaces=tuple(ns.interface),
+                allow=tuple(ns.allow),
+                accept_unverified=ns.accept_unverified,
+                announce=False,
+            ),
+            [],
+            port=0,
+            jobs=0,
+        )
         try:
             await mesh.start()
         except InterfaceError as e:
@@ -114,8 +122,14 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
         finally:
             await mesh.stop()
         st["peers"] = len(verdicts)
-        return {"ok": True, "line": hosts_line(verdicts), "verdicts": [v.to_dict() for v in verdicts],
-                "status": st, "compiler": fp.describe(), "note": None}  # fmt: skip
+        return {
+            "ok": True,
+            "line": hosts_line(verdicts),
+            "verdicts": [v.to_dict() for v in verdicts],
+            "status": st,
+            "compiler": fp.describe(),
+            "note": None,
+        }
 
     return asyncio.run(run())
 
@@ -131,10 +145,13 @@ def _toolchains(peer: dict[str, object]) -> str:
         drivers = groups.setdefault((t.get("version"), t.get("target"), t.get("binutils")), [])
         if t.get("driver") not in drivers:
             drivers.append(str(t.get("driver")))
-    return "; ".join(
-        f"{', '.join(drivers)} {version} {target} bu {binutils or '?'}"
-        for (version, target, binutils), drivers in groups.items()
-    ) or "-"
+    return (
+        "; ".join(
+            f"{', '.join(drivers)} {version} {target} bu {binutils or '?'}"
+            for (version, target, binutils), drivers in groups.items()
+        )
+        or "-"
+    )
 
 
 def _host_names(verdicts: list[dict[str, object]]) -> list[str]:
@@ -183,12 +200,20 @@ def print_explain(reply: dict[str, object], where: str, out: object = sys.stdout
         peer = v.get("peer") or {}
         addr = v.get("host_spec") or ", ".join(peer.get("addresses") or []) or "-"
         kind = "" if peer.get("kind") != "distcc" else " (distccd)"
-        rows.append((f"{name}{kind}", addr, _toolchains(peer),
-                     "in" if v.get("included") else "out", v.get("reason") or ""))  # fmt: skip
+        rows.append(
+            (
+                f"{name}{kind}",
+                addr,
+                _toolchains(peer),
+                "in" if v.get("included") else "out",
+                v.get("reason") or "",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  "
-                     + r[4])  # fmt: skip
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+        )
     if len(rows) == 1:
         lines.append("(no peers seen)")
     lines.append(f"DISTCC_HOSTS: {with_localhost(str(reply.get('line') or '')) or '(empty)'}")
@@ -210,14 +235,19 @@ def run(ns: argparse.Namespace) -> int:
         else:
             reply = browse(ns, ns.cc, cc_path)
             where = f"browsed the network for {ns.browse_time:g} s (no daemon)"
-            print(f"meshcc hosts: no meshcc daemon on {' or '.join(paths)}; browsed the "
-                  f"network for {ns.browse_time:g} s", file=sys.stderr)  # fmt: skip
+            print(
+                f"meshcc hosts: no meshcc daemon on {' or '.join(paths)}; browsed the "
+                f"network for {ns.browse_time:g} s",
+                file=sys.stderr,
+            )
     except HostsError as e:
         print(f"meshcc hosts: {e}", file=sys.stderr)
         return EXIT_EMPTY
     if reply.get("ok") is not True:
-        print(f"meshcc hosts: {reply.get('error') or 'the daemon refused the request'}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"meshcc hosts: {reply.get('error') or 'the daemon refused the request'}",
+            file=sys.stderr,
+        )
         return EXIT_EMPTY
     line = with_localhost(str(reply.get("line") or ""))
     if ns.json:

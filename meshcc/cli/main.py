@@ -33,34 +33,50 @@ def _run_daemon(ns: argparse.Namespace) -> int:
 def add_browse_options(p: argparse.ArgumentParser) -> None:
     """How to browse when no local daemon answers (``hosts`` and ``doctor``)."""
     p.add_argument(
-        "--browse-time", type=seconds, default=2.5, metavar="SECS",
+        "--browse-time",
+        type=seconds,
+        default=2.5,
+        metavar="SECS",
         help="without a local daemon, browse the network this long (default 2.5)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "-i", "--interface", metavar="IFACE", action="append", default=[],
+        "-i",
+        "--interface",
+        metavar="IFACE",
+        action="append",
+        default=[],
         help="without a local daemon: browse on this interface (repeatable)",
-    )  # fmt: skip
+    )
 
 
 def _add_hosts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--cc", metavar="COMPILER", default="cc",
+        "--cc",
+        metavar="COMPILER",
+        default="cc",
         help="list peers matching this compiler, as you invoke it (name on PATH or path; "
         "default cc)",
-    )  # fmt: skip
+    )
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--explain", action="store_true",
-                     help="show every peer seen, in or out, and why")  # fmt: skip
+    out.add_argument(
+        "--explain", action="store_true", help="show every peer seen, in or out, and why"
+    )
     out.add_argument("--json", action="store_true", help="machine-readable output")
     add_browse_options(p)
     p.add_argument(
-        "-a", "--allow", metavar="CIDR", type=parse_network, action="append", default=[],
+        "-a",
+        "--allow",
+        metavar="CIDR",
+        type=parse_network,
+        action="append",
+        default=[],
         help="without a local daemon: accept peers from this network (repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--accept-unverified", action="store_true",
+        "--accept-unverified",
+        action="store_true",
         help="without a local daemon: include stock distccd peers (binutils unknown)",
-    )  # fmt: skip
+    )
 
 
 def _run_hosts(ns: argparse.Namespace) -> int:
@@ -69,9 +85,9 @@ def _run_hosts(ns: argparse.Namespace) -> int:
     return hosts_cmd.run(ns)
 
 
-def _delegate(module: str) -> tuple[
-    Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]
-]:
+def _delegate(
+    module: str,
+) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
     """(add-arguments, handler) of a command living in ``meshcc.cli.<module>``, which
     provides ``add_arguments(parser)`` and ``run(namespace) -> int`` and keeps its
     module-level imports light (the parser is built for every command)."""
@@ -90,15 +106,17 @@ def _delegate(module: str) -> tuple[
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ] = {
-    "daemon": ("run the compile server, the mesh and the control socket", _add_daemon,
-               _run_daemon),
-    "hosts": ("print the DISTCC_HOSTS line of the live, matching peers", _add_hosts,
-              _run_hosts),
-    "doctor": ("check why compiles are (not) distributed, with a fix for each problem",
-               *_delegate("doctor")),
+    "daemon": ("run the compile server, the mesh and the control socket", _add_daemon, _run_daemon),
+    "hosts": ("print the DISTCC_HOSTS line of the live, matching peers", _add_hosts, _run_hosts),
+    "doctor": (
+        "check why compiles are (not) distributed, with a fix for each problem",
+        *_delegate("doctor"),
+    ),
     "setup": ("configure Portage or a masquerade directory for the mesh", *_delegate("setup")),
-    "zipapp": ("build meshcc.pyz, a single file that runs with a bare python3 >= 3.11",
-               *_delegate("zipapp")),
+    "zipapp": (
+        "build meshcc.pyz, a single file that runs with a bare python3 >= 3.11",
+        *_delegate("zipapp"),
+    ),
 }
 
 

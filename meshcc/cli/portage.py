@@ -19,10 +19,10 @@ import re
 import shutil
 import sys
 import tempfile
-
-from meshcc import hostos
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from meshcc import hostos
 
 BEGIN = "# BEGIN meshcc (managed by 'meshcc setup portage'; remove with --undo)"
 END = "# END meshcc"
@@ -102,7 +102,7 @@ def read_root_gcc(root: str) -> RootGcc:
     chost = current = None
     for name in profiles:  # native first: config-<CHOST> whose CURRENT starts with it
         cur = _read_current(os.path.join(envd, name))
-        ch = name[len("config-"):]
+        ch = name[len("config-") :]
         if cur and cur.startswith(ch + "-"):
             chost, current = ch, cur
             break
@@ -113,16 +113,23 @@ def read_root_gcc(root: str) -> RootGcc:
         except OSError:
             chosts = []
         if len(chosts) != 1:
-            raise SetupError(f"cannot tell the GCC of {root}: no {envd}/config-<CHOST> "
-                             "(gcc-config) profile")  # fmt: skip
+            raise SetupError(
+                f"cannot tell the GCC of {root}: no {envd}/config-<CHOST> (gcc-config) profile"
+            )
         chost = chosts[0]
     assert chost is not None
     try:
-        installed = sorted((d for d in os.listdir(os.path.join(libgcc, chost))
-                            if re.fullmatch(r"\d+(?:\.\d+)*", d)), key=_vkey)  # fmt: skip
+        installed = sorted(
+            (
+                d
+                for d in os.listdir(os.path.join(libgcc, chost))
+                if re.fullmatch(r"\d+(?:\.\d+)*", d)
+            ),
+            key=_vkey,
+        )
     except OSError:
         installed = []
-    slot = current[len(chost) + 1:] if current else (installed[-1] if installed else None)
+    slot = current[len(chost) + 1 :] if current else (installed[-1] if installed else None)
     if not slot or not re.fullmatch(r"\d+(?:\.\d+)*", slot):
         raise SetupError(f"cannot tell the GCC of {root}: no {libgcc}/{chost}/<version>")
     # Modern Gentoo installs under /usr/lib/gcc/<CHOST>/13: the full version is in the VDB.
@@ -147,8 +154,8 @@ def read_root_gcc(root: str) -> RootGcc:
 
 def probe_local_gcc(cc: str) -> tuple[RootGcc, str]:
     """``--root /``: run the real compiler (fingerprint, absolute path)."""
-    from meshcc.compiler import toolchain
     from meshcc.cli.hosts import HostsError, resolve_cc
+    from meshcc.compiler import toolchain
 
     try:
         path = resolve_cc(cc)
@@ -212,8 +219,11 @@ def matches(peer: dict[str, object], gcc: RootGcc) -> bool:
     if peer.get("verified") is False:
         return False
     want = (gcc.version, gcc.target, gcc.binutils)
-    return any(_fingerprint(t) == want for t in peer.get("toolchains") or []  # type: ignore[union-attr]
-               if isinstance(t, dict))  # fmt: skip
+    return any(
+        _fingerprint(t) == want
+        for t in peer.get("toolchains") or []  # type: ignore[union-attr]
+        if isinstance(t, dict)
+    )
 
 
 def makeopts(local: int, peer_cpus: Sequence[int]) -> str:
@@ -232,9 +242,13 @@ def offered(view: MeshView) -> list[tuple[tuple[str, str, str | None], int]]:
             continue
         for t in peer.get("toolchains") or []:
             if isinstance(t, dict) and t.get("driver") in ("gcc", "cc", None):
-                count.setdefault(_fingerprint(t), set()).add(str(peer.get("key") or peer.get("host")))
-    return sorted(((fp, len(keys)) for fp, keys in count.items()),
-                  key=lambda x: (-x[1], [-n for n in _vkey(x[0][0])]))  # fmt: skip
+                count.setdefault(_fingerprint(t), set()).add(
+                    str(peer.get("key") or peer.get("host"))
+                )
+    return sorted(
+        ((fp, len(keys)) for fp, keys in count.items()),
+        key=lambda x: (-x[1], [-n for n in _vkey(x[0][0])]),
+    )
 
 
 def mismatch_advice(gcc: RootGcc, view: MeshView) -> list[str]:
@@ -244,24 +258,31 @@ def mismatch_advice(gcc: RootGcc, view: MeshView) -> list[str]:
         return ["no live peer announces a verified GCC; compiles will run locally"]
     lines = []
     for (ver, target, bu), n in offers[:5]:
-        lines.append(f"the mesh offers gcc {ver} ({target}, binutils {bu or 'unknown'}) on "
-                     f"{n} peer{'s' if n != 1 else ''}")  # fmt: skip
+        lines.append(
+            f"the mesh offers gcc {ver} ({target}, binutils {bu or 'unknown'}) on "
+            f"{n} peer{'s' if n != 1 else ''}"
+        )
     (ver, target, bu), _ = offers[0]
     lines.append(f"this root has {gcc.describe()}")
     todo = []
     if target != gcc.target:
-        todo.append(f"no peer builds for {gcc.target}; peers need a {gcc.target} toolchain "
-                    "(crossdev) for this root")  # fmt: skip
+        todo.append(
+            f"no peer builds for {gcc.target}; peers need a {gcc.target} toolchain "
+            "(crossdev) for this root"
+        )
     else:
         if ver != gcc.version:
             todo.append(f"emerge --oneshot =sys-devel/gcc-{ver}* and gcc-config it")
         if bu and bu != gcc.binutils:
             todo.append(f"emerge --oneshot =sys-devel/binutils-{bu}* and binutils-config it")
         if not todo:
-            todo.append("the versions agree but no peer matches exactly; see `meshcc hosts "
-                        "--explain`")  # fmt: skip
-    lines.append("to use the mesh: " + "; ".join(todo) + " (or upgrade the peers); "
-                 "until then Portage builds locally")  # fmt: skip
+            todo.append(
+                "the versions agree but no peer matches exactly; see `meshcc hosts --explain`"
+            )
+    lines.append(
+        "to use the mesh: " + "; ".join(todo) + " (or upgrade the peers); "
+        "until then Portage builds locally"
+    )
     return lines
 
 
@@ -338,10 +359,15 @@ class ManagedFile:
     def diff(self, new: bytes | None) -> str:
         a = (self.old or b"").decode("utf-8", "replace").splitlines(keepends=True)
         b = (new or b"").decode("utf-8", "replace").splitlines(keepends=True)
-        lines = difflib.unified_diff(a, b, "/dev/null" if self.old is None else f"a{self.label}",
-                                     "/dev/null" if new is None else f"b{self.label}")  # fmt: skip
-        return "".join(x if x.endswith("\n") else x + "\n\\ No newline at end of file\n"
-                       for x in lines)  # fmt: skip
+        lines = difflib.unified_diff(
+            a,
+            b,
+            "/dev/null" if self.old is None else f"a{self.label}",
+            "/dev/null" if new is None else f"b{self.label}",
+        )
+        return "".join(
+            x if x.endswith("\n") else x + "\n\\ No newline at end of file\n" for x in lines
+        )
 
     def saved(self) -> bool:
         return os.path.lexists(self.orig_path) or os.path.lexists(self.none_path)
@@ -354,14 +380,18 @@ class ManagedFile:
         if not self.saved():
             if self.old is None:
                 rel = "".join(_rel(self.root, d) + "\n" for d in created)
-                _write_atomic(self.none_path, ("# meshcc setup: this file did not exist; created "
-                                               "dirs:\n" + rel).encode(), 0o644)  # fmt: skip
+                _write_atomic(
+                    self.none_path,
+                    ("# meshcc setup: this file did not exist; created dirs:\n" + rel).encode(),
+                    0o644,
+                )
             else:
                 try:
                     shutil.copy2(self.path, self.orig_path)
                 except OSError as e:
-                    raise SetupError(f"cannot save {self.path} to {self.orig_path}: "
-                                     f"{e.strerror or e}") from None  # fmt: skip
+                    raise SetupError(
+                        f"cannot save {self.path} to {self.orig_path}: {e.strerror or e}"
+                    ) from None
         mode = 0o644
         if self.old is not None:
             mode = os.stat(self.path).st_mode & 0o7777
@@ -410,13 +440,19 @@ def make_conf_path(root: str) -> str:
 
 
 def render_block(opts: str, note: str) -> str:
-    return (f"{BEGIN}\n# {note}\n"
-            "# Portage runs distcc with DISTCC_DIR=${PORTAGE_TMPDIR}/portage/.distcc itself.\n"
-            f'FEATURES="${{FEATURES}} distcc"\nMAKEOPTS="{opts}"\n{END}\n')  # fmt: skip
+    return (
+        f"{BEGIN}\n# {note}\n"
+        "# Portage runs distcc with DISTCC_DIR=${PORTAGE_TMPDIR}/portage/.distcc itself.\n"
+        f'FEATURES="${{FEATURES}} distcc"\nMAKEOPTS="{opts}"\n{END}\n'
+    )
 
 
 _BLOCK_RE = re.compile(
-    r"^" + re.escape(BEGIN.split(" (")[0]) + r"\b[^\n]*\n.*?^" + re.escape(END) + r"[^\n]*(?:\n|\Z)",
+    r"^"
+    + re.escape(BEGIN.split(" (", maxsplit=1)[0])
+    + r"\b[^\n]*\n.*?^"
+    + re.escape(END)
+    + r"[^\n]*(?:\n|\Z)",
     re.MULTILINE | re.DOTALL,
 )
 
@@ -441,9 +477,12 @@ def _overrides(text: str) -> list[str]:
     m = _BLOCK_RE.search(text)
     if not m:
         return []
-    after = text[m.end():]
-    return [f"{v} is set again after the meshcc block; the later value wins"
-            for v in ("MAKEOPTS", "FEATURES") if re.search(rf"^\s*{v}\s*=", after, re.MULTILINE)]
+    after = text[m.end() :]
+    return [
+        f"{v} is set again after the meshcc block; the later value wins"
+        for v in ("MAKEOPTS", "FEATURES")
+        if re.search(rf"^\s*{v}\s*=", after, re.MULTILINE)
+    ]
 
 
 # ---------------------------------------------------------------- hosts file
@@ -451,11 +490,12 @@ def _overrides(text: str) -> list[str]:
 
 def hosts_text(line: str) -> str:
     """The snapshot we write; the same peers give the same bytes (no timestamp)."""
-    return (HOSTS_HEADER
-            + "# Refresh: run 'meshcc setup portage' again. Once meshcc runs on this system,\n"
-            + "# `meshcc daemon --write-hosts /etc/distcc/hosts` keeps it current.\n"
-            + (line + "\n" if line else "# (no matching peers when written: distcc compiles "
-               "locally)\n"))  # fmt: skip
+    return (
+        HOSTS_HEADER
+        + "# Refresh: run 'meshcc setup portage' again. Once meshcc runs on this system,\n"
+        + "# `meshcc daemon --write-hosts /etc/distcc/hosts` keeps it current.\n"
+        + (line + "\n" if line else "# (no matching peers when written: distcc compiles locally)\n")
+    )
 
 
 # ---------------------------------------------------------------- setup portage
@@ -495,8 +535,10 @@ def setup_portage(ns: argparse.Namespace) -> int:
     if view.daemon is None:
         note = f"-j from {local} local cores only (no mesh daemon when written)"
     else:
-        note = (f"-j = 2 x ({local} local + {sum(cpus)} cores on {len(matching)} matching "
-                f"peer{'s' if len(matching) != 1 else ''}) + 1; -l = local cores")  # fmt: skip
+        note = (
+            f"-j = 2 x ({local} local + {sum(cpus)} cores on {len(matching)} matching "
+            f"peer{'s' if len(matching) != 1 else ''}) + 1; -l = local cores"
+        )
     block = render_block(opts, note)
 
     old_text = (conf.old or b"").decode("utf-8", "surrogateescape")
@@ -512,27 +554,34 @@ def setup_portage(ns: argparse.Namespace) -> int:
         by_daemon = True
     from meshcc.mesh.matching import with_localhost
 
-    line = with_localhost(" ".join(str(v.get("host_spec")) for v in matching
-                                   if v.get("host_spec")))
+    line = with_localhost(" ".join(str(v.get("host_spec")) for v in matching if v.get("host_spec")))
     if root == "/" and by_daemon and view.daemon is not None:
         hosts_msg = f"{hosts.label}: kept current by the meshcc daemon (--write-hosts)"
     elif view.daemon is not None:
         hosts_new = hosts_text(line).encode()
         if root == "/":
-            hosts_msg = (f"{hosts.label}: a snapshot of the mesh; to keep it current run the "
-                         "daemon with `--write-hosts /etc/distcc/hosts`")  # fmt: skip
+            hosts_msg = (
+                f"{hosts.label}: a snapshot of the mesh; to keep it current run the "
+                "daemon with `--write-hosts /etc/distcc/hosts`"
+            )
         else:
-            hosts_msg = (f"{hosts.label}: a snapshot of the peers matching this root's gcc; "
-                         "run this command again to refresh it (after the install, the "
-                         "system's own `meshcc daemon --write-hosts /etc/distcc/hosts` keeps it "
-                         "current)")  # fmt: skip
+            hosts_msg = (
+                f"{hosts.label}: a snapshot of the peers matching this root's gcc; "
+                "run this command again to refresh it (after the install, the "
+                "system's own `meshcc daemon --write-hosts /etc/distcc/hosts` keeps it "
+                "current)"
+            )
             if by_daemon:
-                hosts_msg += ("\nwarning: a meshcc daemon with --write-hosts writes this file; "
-                              "it lists peers for its own `cc`, not for this root: stop it "
-                              "from writing there")  # fmt: skip
+                hosts_msg += (
+                    "\nwarning: a meshcc daemon with --write-hosts writes this file; "
+                    "it lists peers for its own `cc`, not for this root: stop it "
+                    "from writing there"
+                )
     else:
-        hosts_msg = (f"{hosts.label}: not written ({view.why_none}); start `meshcc daemon` "
-                     "and run this again")  # fmt: skip
+        hosts_msg = (
+            f"{hosts.label}: not written ({view.why_none}); start `meshcc daemon` "
+            "and run this again"
+        )
         if root == "/":
             hosts_msg += " (or run it with --write-hosts /etc/distcc/hosts)"
 
@@ -554,18 +603,24 @@ def setup_portage(ns: argparse.Namespace) -> int:
         _say("--dry-run: nothing written")
 
     _say("")
-    _say(f"MAKEOPTS=\"{opts}\": {note}")
+    _say(f'MAKEOPTS="{opts}": {note}')
     if view.daemon is None:
-        _say(f"note: {view.why_none}; start `meshcc daemon` and run this again to size "
-             "MAKEOPTS for the mesh")  # fmt: skip
+        _say(
+            f"note: {view.why_none}; start `meshcc daemon` and run this again to size "
+            "MAKEOPTS for the mesh"
+        )
     else:
-        _say(f"mesh: {len(live)} live peer{'s' if len(live) != 1 else ''}, "
-             f"{len(matching)} matching this root's compiler (daemon on {view.daemon})")
+        _say(
+            f"mesh: {len(live)} live peer{'s' if len(live) != 1 else ''}, "
+            f"{len(matching)} matching this root's compiler (daemon on {view.daemon})"
+        )
     if gcc is None:
         _say(f"toolchain: not checked: {gcc_note}")
     elif matching:
-        _say(f"toolchain: {gcc.describe()} matches {len(matching)} peer"
-             f"{'s' if len(matching) != 1 else ''}")  # fmt: skip
+        _say(
+            f"toolchain: {gcc.describe()} matches {len(matching)} peer"
+            f"{'s' if len(matching) != 1 else ''}"
+        )
     elif view.daemon is not None:
         _say(f"toolchain: no live peer matches this root's {gcc.describe()}:")
         for line in mismatch_advice(gcc, view):
@@ -577,10 +632,14 @@ def setup_portage(ns: argparse.Namespace) -> int:
         _say(f"warning: {conf.label}: {w}")
     if not os.path.lexists(os.path.join(root, "usr/bin/distcc")):
         where = "inside the chroot " if root != "/" else ""
-        _say("FEATURES=distcc needs the distcc client: run `emerge --oneshot sys-devel/distcc` "
-             f"{where}first (it builds locally)")  # fmt: skip
-    _say("Portage sets DISTCC_DIR=${PORTAGE_TMPDIR}/portage/.distcc itself (sandbox-friendly); "
-         "nothing to do.")  # fmt: skip
+        _say(
+            "FEATURES=distcc needs the distcc client: run `emerge --oneshot sys-devel/distcc` "
+            f"{where}first (it builds locally)"
+        )
+    _say(
+        "Portage sets DISTCC_DIR=${PORTAGE_TMPDIR}/portage/.distcc itself (sandbox-friendly); "
+        "nothing to do."
+    )
     if conf.saved() or (changed and not ns.dry_run):
         _say(f"undo: meshcc setup portage{'' if root == '/' else ' --root ' + root} --undo")
     return 0
@@ -600,7 +659,8 @@ def _undo(root: str, files: list[ManagedFile], dry_run: bool) -> int:
             _say(f"{f.label}: {how}")
         elif f.old is not None and _BLOCK_RE.search(f.old.decode("utf-8", "surrogateescape")):
             new = without_block(f.old.decode("utf-8", "surrogateescape")).encode(
-                "utf-8", "surrogateescape")
+                "utf-8", "surrogateescape"
+            )
             sys.stdout.write(f.diff(new))
             any_change = True
             if not dry_run:
@@ -636,8 +696,11 @@ def setup_masquerade(ns: argparse.Namespace) -> int:
 
     d = os.path.abspath(ns.dir)
     target = launcher()
-    path_env = os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
-                               if p and os.path.abspath(p) != d)  # fmt: skip
+    path_env = os.pathsep.join(
+        p
+        for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if p and os.path.abspath(p) != d
+    )
     found, _skipped = toolchain.find_compilers(path_env)
     names = sorted(n for n, _p in found if n not in _SKIP_NAMES)
     if not names:
@@ -653,8 +716,7 @@ def setup_masquerade(ns: argparse.Namespace) -> int:
             todo.append((n, "replace"))
         elif os.path.lexists(link):
             if not ns.force:
-                raise SetupError(f"{link} exists and is not a symlink; move it away or use "
-                                 "--force")  # fmt: skip
+                raise SetupError(f"{link} exists and is not a symlink; move it away or use --force")
             todo.append((n, "replace"))
         else:
             todo.append((n, "create"))
@@ -671,12 +733,16 @@ def setup_masquerade(ns: argparse.Namespace) -> int:
         except OSError as e:
             raise SetupError(f"cannot create {link}: {e.strerror or e}") from None
     if todo:
-        _say(f"{d}: {len(todo)} link{'s' if len(todo) != 1 else ''} -> {target}: "
-             + " ".join(n for n, _ in todo))
+        _say(
+            f"{d}: {len(todo)} link{'s' if len(todo) != 1 else ''} -> {target}: "
+            + " ".join(n for n, _ in todo)
+        )
     else:
         _say(f"{d}: up to date ({len(names)} links -> {target})")
     _say(f"use it:  export PATH={d}:$PATH")
-    _say("then every `gcc`/`cc`/`g++` a build runs goes through meshcc (make, cmake, "
-         "./configure without CC=...). Portage with FEATURES=distcc needs none of this: it "
-         "puts distcc's own /usr/lib/distcc/bin first on PATH.")  # fmt: skip
+    _say(
+        "then every `gcc`/`cc`/`g++` a build runs goes through meshcc (make, cmake, "
+        "./configure without CC=...). Portage with FEATURES=distcc needs none of this: it "
+        "puts distcc's own /usr/lib/distcc/bin first on PATH."
+    )
     return 0

@@ -31,18 +31,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "mesh. Shows a diff first; running it again only updates the numbers; --undo "
         "restores the original files byte for byte.",
     )
-    p.add_argument("--root", default="/", metavar="DIR",
-                   help="the system to configure, e.g. /mnt/gentoo during an install "
-                        "(default: /)")  # fmt: skip
+    p.add_argument(
+        "--root",
+        default="/",
+        metavar="DIR",
+        help="the system to configure, e.g. /mnt/gentoo during an install (default: /)",
+    )
     p.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
-    p.add_argument("--undo", action="store_true",
-                   help="restore make.conf and the hosts file as they were before the "
-                        "first run")  # fmt: skip
-    p.add_argument("--cc", default="gcc", metavar="NAME",
-                   help="with --root /: the compiler to check against the mesh "
-                        "(default: gcc)")  # fmt: skip
-    p.add_argument("--local-cpus", type=int, default=None, metavar="N",
-                   help="cores of the box that will run emerge (default: this box's)")
+    p.add_argument(
+        "--undo",
+        action="store_true",
+        help="restore make.conf and the hosts file as they were before the first run",
+    )
+    p.add_argument(
+        "--cc",
+        default="gcc",
+        metavar="NAME",
+        help="with --root /: the compiler to check against the mesh (default: gcc)",
+    )
+    p.add_argument(
+        "--local-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cores of the box that will run emerge (default: this box's)",
+    )
     m = sub.add_parser(
         "masquerade",
         help="make a directory of gcc/g++/cc/c++ links to meshcc for PATH-based use",
@@ -51,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "PATH and every build that runs `gcc` goes through the mesh.",
     )
     m.add_argument("dir", metavar="DIR")
-    m.add_argument("--force", action="store_true",
-                   help="replace files in DIR that are not symlinks")  # fmt: skip
+    m.add_argument(
+        "--force", action="store_true", help="replace files in DIR that are not symlinks"
+    )
     parser.set_defaults(setup_parser=parser)
 
 
@@ -76,4 +90,3 @@ def run(ns: argparse.Namespace) -> int:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         print(f"meshcc setup {what}:{where}: {e.strerror or e}", file=sys.stderr)
         return EXIT_ERROR
-

@@ -12,9 +12,12 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-o", "--output", metavar="FILE", default="meshcc.pyz",
+        "-o",
+        "--output",
+        metavar="FILE",
+        default="meshcc.pyz",
         help="where to write the zipapp (default ./meshcc.pyz; - for stdout)",
-    )  # fmt: skip
+    )
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -35,7 +38,10 @@ def run(ns: argparse.Namespace) -> int:
         print(f"meshcc zipapp: cannot write {ns.output}: {e.strerror or e}", file=sys.stderr)
         return 1
     digest = zipapp.sha256_line(data).split()[0]
-    print(f"wrote {ns.output} ({len(data) // 1024} KiB, sha256 {digest}; {source})\n"
-          f"run it with: python3 {ns.output} daemon   (any python3 >= 3.11, nothing else "
-          "needed; distcc protocol 1 only, no LZO)", file=sys.stderr)  # fmt: skip
+    print(
+        f"wrote {ns.output} ({len(data) // 1024} KiB, sha256 {digest}; {source})\n"
+        f"run it with: python3 {ns.output} daemon   (any python3 >= 3.11, nothing else "
+        "needed; distcc protocol 1 only, no LZO)",
+        file=sys.stderr,
+    )
     return 0

@@ -48,7 +48,7 @@ _held: dict[str, int] = {}
 class Slot:
     """One held slot lock. ``release()`` closes the fd, which drops the lock."""
 
-    __slots__ = ("path", "fd", "lock_name", "index")
+    __slots__ = ("fd", "index", "lock_name", "path")
 
     def __init__(self, path: str, fd: int, lock_name: str, index: int) -> None:
         self.path = path

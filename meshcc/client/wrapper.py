@@ -54,11 +54,10 @@ except ImportError:  # pragma: no cover - non-CPython
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Sequence
-
-    from meshcc.compiler.args import Job
     from typing import Any
 
     from meshcc.client.slots import Slot
+    from meshcc.compiler.args import Job
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
 
@@ -67,9 +66,31 @@ MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabl
 MAX_LEASE_ATTEMPTS = 3  # leases tried per job before compiling locally
 
 # argv[0] basenames of the console scripts and the compiler each one runs.
-SCRIPT_COMPILERS = {"meshcc-gcc": "gcc", "meshcc-g++": "g++", "meshcc-cc": "cc", "meshcc-c++": "c++"}
-_IMPLICIT_SUFFIXES = (".c", ".cc", ".cpp", ".cxx", ".cp", ".c++", ".C", ".i", ".ii", ".m",
-                      ".mm", ".mi", ".mii", ".M", ".s", ".S", ".o")
+SCRIPT_COMPILERS = {
+    "meshcc-gcc": "gcc",
+    "meshcc-g++": "g++",
+    "meshcc-cc": "cc",
+    "meshcc-c++": "c++",
+}
+_IMPLICIT_SUFFIXES = (
+    ".c",
+    ".cc",
+    ".cpp",
+    ".cxx",
+    ".cp",
+    ".c++",
+    ".C",
+    ".i",
+    ".ii",
+    ".m",
+    ".mm",
+    ".mi",
+    ".mii",
+    ".M",
+    ".s",
+    ".S",
+    ".o",
+)
 
 _PID = os.getpid()
 _T0 = time.monotonic()
@@ -97,7 +118,7 @@ class _Exit(Exception):
 class _Log:
     """Verbose log lines (``meshcc[PID] ...``) and warnings, to $DISTCC_LOG or stderr."""
 
-    __slots__ = ("verbose", "path", "_fd")
+    __slots__ = ("_fd", "path", "verbose")
 
     def __init__(self, environ: os._Environ[str]) -> None:
         self.verbose = environ.get("MESHCC_VERBOSE") == "1" or environ.get("DISTCC_VERBOSE") == "1"
@@ -155,7 +176,7 @@ def _masquerade_path(link: str, path: str) -> str:
     for i, d in enumerate(entries):
         try:
             if os.path.abspath(d or ".") == here or os.path.samefile(d or ".", here):
-                return os.pathsep.join(entries[i + 1:])
+                return os.pathsep.join(entries[i + 1 :])
         except OSError:
             continue
     return path
@@ -164,7 +185,7 @@ def _masquerade_path(link: str, path: str) -> str:
 class _Invocation:
     """How we were called: the compiler to run and the full compiler argv."""
 
-    __slots__ = ("compiler", "argv", "exec_path")
+    __slots__ = ("argv", "compiler", "exec_path")
 
     def __init__(self, compiler: str, argv: list[str], exec_path: str) -> None:
         self.compiler = compiler
@@ -191,10 +212,13 @@ def _invocation(argv: Sequence[str], environ: os._Environ[str]) -> _Invocation:
     real = which(base, path, skip_real=me)
     if real is None:
         if which(base, path) is not None:
-            raise _Fatal(f"{base} on PATH is this wrapper again; cannot find the real {base}",
-                         EXIT_RECURSION)
-        raise _Fatal(f"cannot find the real compiler {base!r} on PATH after {os.path.dirname(arg0)}",
-                     EXIT_COMPILER_MISSING)
+            raise _Fatal(
+                f"{base} on PATH is this wrapper again; cannot find the real {base}", EXIT_RECURSION
+            )
+        raise _Fatal(
+            f"cannot find the real compiler {base!r} on PATH after {os.path.dirname(arg0)}",
+            EXIT_COMPILER_MISSING,
+        )
     return _Invocation(base, [base, *argv[1:]], real)
 
 
@@ -232,8 +256,11 @@ def _exec_local(inv: _Invocation, slot: Slot | None) -> None:
         raise _Fatal(f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING) from None
 
 
-_SPAWN_SIGDEF = tuple(getattr(_sig, n) for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP")
-                      if hasattr(_sig, n))
+_SPAWN_SIGDEF = tuple(
+    getattr(_sig, n)
+    for n in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP")
+    if hasattr(_sig, n)
+)
 
 
 def _spawn(exec_path: str, argv: list[str], file_actions: Sequence[tuple] = ()) -> int:
@@ -347,8 +374,9 @@ class _Run:
         try:
             out, out_fd = self.temp(tmpdir, "meshcc_", self.job.temp_suffix)
         except OSError as e:
-            raise _Fatal(f"cannot create a temp file in {tmpdir}: {e.strerror or e}",
-                         EXIT_IO_ERROR) from None
+            raise _Fatal(
+                f"cannot create a temp file in {tmpdir}: {e.strerror or e}", EXIT_IO_ERROR
+            ) from None
         self.cpp_out = out
         cpp = args.cpp_argv(self.job)
         r, w = os.pipe()
@@ -362,8 +390,9 @@ class _Run:
             pid = _spawn(self.inv.exec_path, cpp, actions)
         except OSError as e:
             os.close(r)
-            raise _Fatal(f"cannot run {self.inv.exec_path}: {e.strerror}",
-                         EXIT_COMPILER_MISSING) from None
+            raise _Fatal(
+                f"cannot run {self.inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING
+            ) from None
         finally:
             os.close(w)
             os.close(out_fd)
@@ -389,7 +418,9 @@ class _Run:
             self.cpp_ms = (time.monotonic() - self.cpp_ms) * 1000
             self.release(self.cpp_slot)  # distcc frees the cpp slot before sending DOTI
             self.cpp_slot = None
-            self.log.debug(f"cpp finished in {self.cpp_ms:.1f} ms, exit {_exit_code(self.cpp_status)}")
+            self.log.debug(
+                f"cpp finished in {self.cpp_ms:.1f} ms, exit {_exit_code(self.cpp_status)}"
+            )
         return _exit_code(self.cpp_status)
 
     def stop_cpp(self) -> None:
@@ -467,8 +498,9 @@ class _Run:
         try:
             pid = _spawn(self.inv.exec_path, self.inv.argv)
         except OSError as e:
-            raise _Fatal(f"cannot run {self.inv.exec_path}: {e.strerror}",
-                         EXIT_COMPILER_MISSING) from None
+            raise _Fatal(
+                f"cannot run {self.inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING
+            ) from None
         self.children.append(pid)
         _, status = os.waitpid(pid, 0)
         self.children.remove(pid)
@@ -478,7 +510,7 @@ class _Run:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _umask() -> int:
@@ -540,16 +572,20 @@ def _remote(run: _Run, host: object, argv: list[bytes], io_timeout: float, clien
     if version == 2 and not _lzo_available():
         # meshcc.pyz (no lzallright): the same job, uncompressed; every distccd serves v1.
         version = 1
-        run.log.debug(f"no LZO here (lzallright missing, e.g. meshcc.pyz): sending "
-                      f"{host.host}:{host.port} distcc protocol 1 instead of 2")  # type: ignore[attr-defined]
+        run.log.debug(
+            f"no LZO here (lzallright missing, e.g. meshcc.pyz): sending "
+            f"{host.host}:{host.port} distcc protocol 1 instead of 2"
+        )  # type: ignore[attr-defined]
     conn = client.Connection(host.host, host.port, version, io_timeout)  # type: ignore[attr-defined]
     log = run.log
     t0 = time.monotonic()
     try:
         conn.connect()
         conn.send_head(argv)
-        log.debug(f"connected to {conn.where} (protocol {version}) in "
-                  f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent")
+        log.debug(
+            f"connected to {conn.where} (protocol {version}) in "
+            f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
+        )
         if run.cpp_pid:
             code = run.wait_cpp()
             if code:
@@ -562,8 +598,10 @@ def _remote(run: _Run, host: object, argv: list[bytes], io_timeout: float, clien
         t1 = time.monotonic()
         conn.send_source(data)
         reply = conn.read_reply()
-        log.debug(f"{conn.where}: sent {len(data)} bytes, reply status {reply.status:#x}, "
-                  f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms")
+        log.debug(
+            f"{conn.where}: sent {len(data)} bytes, reply status {reply.status:#x}, "
+            f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms"
+        )
         return reply
     finally:
         conn.close()
@@ -653,7 +691,6 @@ class _ListPool:
     def before_local_retry(self, slot: Any) -> None:
         """distcc frees the remote slot before retrying locally; nothing is held."""
         self.run.release(slot)
-        return None
 
     local_share = None  # only the daemon hands out counted local slots
 
@@ -669,13 +706,24 @@ class _ListPool:
 class _Leased:
     """A peer leased from the daemon, shaped like a ``hostspec.Host`` for ``_remote``."""
 
-    __slots__ = ("host", "port", "protocol", "compiler", "peer", "where", "spec")
+    __slots__ = ("compiler", "host", "peer", "port", "protocol", "spec", "where")
 
     def __init__(self, answer: dict[str, object]) -> None:
-        host, port, protocol, compiler = (answer["host"], answer["port"], answer["protocol"],
-                                          answer["compiler"])
-        if not (isinstance(host, str) and host and type(port) is int and 0 < port < 65536
-                and protocol in (1, 2, 3) and isinstance(compiler, str) and compiler):
+        host, port, protocol, compiler = (
+            answer["host"],
+            answer["port"],
+            answer["protocol"],
+            answer["compiler"],
+        )
+        if not (
+            isinstance(host, str)
+            and host
+            and type(port) is int
+            and 0 < port < 65536
+            and protocol in (1, 2, 3)
+            and isinstance(compiler, str)
+            and compiler
+        ):
             raise ValueError("bad lease")
         self.host = host
         self.port = port
@@ -696,8 +744,9 @@ class _LeasePool:
     daemon's business: they keep distcc's local slot locks.
     """
 
-    def __init__(self, run: _Run, first: Control | None, path: str, cc: str, cc_path: str,
-                 io_timeout: float) -> None:
+    def __init__(
+        self, run: _Run, first: Control | None, path: str, cc: str, cc_path: str, io_timeout: float
+    ) -> None:
         self.run = run
         self.next_conn = first
         self.path = path
@@ -730,8 +779,9 @@ class _LeasePool:
         try:
             if conn is None:
                 conn = cc.Control.connect(self.path)
-            answer = conn.lease(self.cc, self.cc_path, run.job.source or "", self.io_timeout,
-                                local_ok=run.fallback)
+            answer = conn.lease(
+                self.cc, self.cc_path, run.job.source or "", self.io_timeout, local_ok=run.fallback
+            )
         except (cc.NoDaemon, cc.ControlError) as e:
             if conn is not None:
                 conn.close()
@@ -747,8 +797,10 @@ class _LeasePool:
                 return None
             run.slots.append(conn)
             self.attempts += 1
-            run.log.debug(f"leased {target.where} (compiler {target.compiler}) from the meshcc "
-                          f"daemon in {ms:.1f} ms (peer {target.peer or '?'})")
+            run.log.debug(
+                f"leased {target.where} (compiler {target.compiler}) from the meshcc "
+                f"daemon in {ms:.1f} ms (peer {target.peer or '?'})"
+            )
             return target, conn
         if answer.get("local") is True:
             self.local_reason = str(answer.get("reason") or "no matching peer")
@@ -819,8 +871,8 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     ``/etc/distcc/hosts``. Whatever the source, the job itself is handled by the same code.
     Returns the exit code, or execs the compiler and never returns.
     """
-    from meshcc.compiler import args
     from meshcc.client import slots
+    from meshcc.compiler import args
     from meshcc.transport import client
 
     env = os.environ
@@ -836,8 +888,9 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         lockdir = slots.lock_dir(slots.distcc_dir(env))
     except slots.DistccDirError as e:
         if not run.fallback:
-            raise _Fatal(f"{e}; not compiling {src} locally (DISTCC_FALLBACK=0)",
-                         EXIT_DISTCC_FAILED) from None
+            raise _Fatal(
+                f"{e}; not compiling {src} locally (DISTCC_FALLBACK=0)", EXIT_DISTCC_FAILED
+            ) from None
         log.warn(f"{e}; compiling {src} locally")
         run.exec_local(None)
         raise AssertionError("not reached")  # pragma: no cover
@@ -854,8 +907,9 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         except hostspec.HostSpecError as e:
             msg = (str(e).strip().splitlines() or ["bad host list"])[0]
             if not run.fallback:
-                raise _Fatal(f"{msg}; not compiling {src} locally (DISTCC_FALLBACK=0)",
-                             EXIT_BAD_HOSTSPEC) from None
+                raise _Fatal(
+                    f"{msg}; not compiling {src} locally (DISTCC_FALLBACK=0)", EXIT_BAD_HOSTSPEC
+                ) from None
             log.warn(f"{msg}; compiling {src} locally")
             run.exec_local(_local_slot(log, lockdir, LOCAL_SLOTS))
             raise AssertionError("not reached")  # pragma: no cover
@@ -919,8 +973,9 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         run.cleanup()
 
 
-def _handle_reply(run: _Run, pool: _ListPool | _LeasePool, host: Any, slot: Any,
-                  reply: Reply) -> int:
+def _handle_reply(
+    run: _Run, pool: _ListPool | _LeasePool, host: Any, slot: Any, reply: Reply
+) -> int:
     """distcc 3.4's decision tree after the remote compiler ran."""
     log = run.log
     job = run.job
@@ -934,8 +989,9 @@ def _handle_reply(run: _Run, pool: _ListPool | _LeasePool, host: Any, slot: Any,
             run.write_output(job.output, reply.obj)
         except OSError as e:
             if not run.fallback:
-                raise _Fatal(f"cannot write {job.output}: {e.strerror or e}",
-                             EXIT_IO_ERROR) from None
+                raise _Fatal(
+                    f"cannot write {job.output}: {e.strerror or e}", EXIT_IO_ERROR
+                ) from None
             log.warn(f"cannot write {job.output}: {e.strerror or e}; compiling locally")
             pool.finish(host, slot, None)
             run.exec_local(_local_slot(log, lockdir, pool.localslots()))
@@ -943,8 +999,10 @@ def _handle_reply(run: _Run, pool: _ListPool | _LeasePool, host: Any, slot: Any,
         if reply.stdout:
             _write(1, reply.stdout)
         pool.finish(host, slot, True)
-        log.debug(f"{job.source} compiled on {spec}: {job.output} ({len(reply.obj)} bytes); "
-                  f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms")
+        log.debug(
+            f"{job.source} compiled on {spec}: {job.output} ({len(reply.obj)} bytes); "
+            f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms"
+        )
         return 0
 
     signalled = os.WIFSIGNALED(status)  # a crashing remote compiler is suspect
@@ -957,8 +1015,7 @@ def _handle_reply(run: _Run, pool: _ListPool | _LeasePool, host: Any, slot: Any,
             _write(1, reply.stdout)
         return code
     # Retry locally; the user sees only the local run's diagnostics (each exactly once).
-    log.debug(f"remote compile of {job.source} on {spec} failed with exit {code}; "
-              "retrying locally")
+    log.debug(f"remote compile of {job.source} on {spec} failed with exit {code}; retrying locally")
     held = pool.before_local_retry(slot)
     local = _local_slot(log, lockdir, pool.localslots())
     if local is not None:

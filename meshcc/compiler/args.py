@@ -41,65 +41,212 @@ ones are not analysed and run locally; and anything :func:`meshcc.compiler.polic
 would refuse on the server stays local with the server's reason.
 """
 
-
-__all__ = ["Job", "analyse", "cpp_argv", "remote_argv", "expand_wp",
-           "SOURCE_SUFFIXES", "PREPROCESSED_SUFFIXES", "CPP_OUTPUT_LANGUAGE"]
+__all__ = [
+    "CPP_OUTPUT_LANGUAGE",
+    "PREPROCESSED_SUFFIXES",
+    "SOURCE_SUFFIXES",
+    "Job",
+    "analyse",
+    "cpp_argv",
+    "expand_wp",
+    "remote_argv",
+]
 
 # distcc's filename.c:dcc_is_source list; case-sensitive. .s/.S are never distributed.
-SOURCE_SUFFIXES = frozenset((".i", ".ii", ".c", ".cc", ".cpp", ".cxx", ".cp", ".c++",
-                             ".C", ".m", ".mm", ".mi", ".mii", ".M"))
+SOURCE_SUFFIXES = frozenset(
+    (
+        ".i",
+        ".ii",
+        ".c",
+        ".cc",
+        ".cpp",
+        ".cxx",
+        ".cp",
+        ".c++",
+        ".C",
+        ".m",
+        ".mm",
+        ".mi",
+        ".mii",
+        ".M",
+    )
+)
 PREPROCESSED_SUFFIXES = frozenset((".i", ".ii", ".mi", ".mii"))
 # distcc's dcc_preproc_exten.
-_TEMP_SUFFIX = {".c": ".i", ".i": ".i",
-                ".cc": ".ii", ".cpp": ".ii", ".cxx": ".ii", ".cp": ".ii", ".c++": ".ii",
-                ".C": ".ii", ".ii": ".ii",
-                ".m": ".mi", ".mi": ".mi",
-                ".mm": ".mii", ".M": ".mii", ".mii": ".mii"}
+_TEMP_SUFFIX = {
+    ".c": ".i",
+    ".i": ".i",
+    ".cc": ".ii",
+    ".cpp": ".ii",
+    ".cxx": ".ii",
+    ".cp": ".ii",
+    ".c++": ".ii",
+    ".C": ".ii",
+    ".ii": ".ii",
+    ".m": ".mi",
+    ".mi": ".mi",
+    ".mm": ".mii",
+    ".M": ".mii",
+    ".mii": ".mii",
+}
 # The language a server must use for text that has already been preprocessed.
-CPP_OUTPUT_LANGUAGE = {"c": "cpp-output", "c++": "c++-cpp-output",
-                       "objective-c": "objective-c-cpp-output",
-                       "objective-c++": "objective-c++-cpp-output"}
-_LANG_TEMP_SUFFIX = {"c": ".i", "cpp-output": ".i", "c++": ".ii", "c++-cpp-output": ".ii",
-                     "objective-c": ".mi", "objective-c-cpp-output": ".mi",
-                     "objective-c++": ".mii", "objective-c++-cpp-output": ".mii"}
+CPP_OUTPUT_LANGUAGE = {
+    "c": "cpp-output",
+    "c++": "c++-cpp-output",
+    "objective-c": "objective-c-cpp-output",
+    "objective-c++": "objective-c++-cpp-output",
+}
+_LANG_TEMP_SUFFIX = {
+    "c": ".i",
+    "cpp-output": ".i",
+    "c++": ".ii",
+    "c++-cpp-output": ".ii",
+    "objective-c": ".mi",
+    "objective-c-cpp-output": ".mi",
+    "objective-c++": ".mii",
+    "objective-c++-cpp-output": ".mii",
+}
 _OK_LANGUAGES = frozenset(_LANG_TEMP_SUFFIX) | {"none"}
 
 # Options whose value is the next argument (so that value is not an input file).
-_SEPARATE = frozenset((
-    "-D", "-U", "-I", "-L", "-l", "-A", "-MF", "-MT", "-MQ", "-include", "-imacros",
-    "-iprefix", "-iwithprefix", "-iwithprefixbefore", "-isystem", "-idirafter", "-iquote",
-    "-isysroot", "-imultilib", "-imultiarch", "-Xpreprocessor", "-Xassembler", "-Xlinker",
-    "-aux-info", "-T", "-u", "-e", "-z", "--param", "-wrapper", "-dumpdir", "-dumpbase",
-    "-dumpbase-ext", "-B", "-specs", "--sysroot", "--specs", "--prefix", "-auxbase",
-))
+_SEPARATE = frozenset(
+    (
+        "-D",
+        "-U",
+        "-I",
+        "-L",
+        "-l",
+        "-A",
+        "-MF",
+        "-MT",
+        "-MQ",
+        "-include",
+        "-imacros",
+        "-iprefix",
+        "-iwithprefix",
+        "-iwithprefixbefore",
+        "-isystem",
+        "-idirafter",
+        "-iquote",
+        "-isysroot",
+        "-imultilib",
+        "-imultiarch",
+        "-Xpreprocessor",
+        "-Xassembler",
+        "-Xlinker",
+        "-aux-info",
+        "-T",
+        "-u",
+        "-e",
+        "-z",
+        "--param",
+        "-wrapper",
+        "-dumpdir",
+        "-dumpbase",
+        "-dumpbase-ext",
+        "-B",
+        "-specs",
+        "--sysroot",
+        "--specs",
+        "--prefix",
+        "-auxbase",
+    )
+)
 # Long options we understand; any other '--' spelling is not analysed and runs locally.
-_KNOWN_LONG = ("--param", "--sysroot", "--no-sysroot-suffix", "--coverage", "--save-temps",
-               "--specs", "--prefix")
+_KNOWN_LONG = (
+    "--param",
+    "--sysroot",
+    "--no-sysroot-suffix",
+    "--coverage",
+    "--save-temps",
+    "--specs",
+    "--prefix",
+)
 
 _ALLOWED_M = frozenset(("-MD", "-MMD", "-MG", "-MP"))
-_PROFILE_PREFIXES = ("-fprofile-arcs", "-ftest-coverage", "--coverage", "-fprofile-generate",
-                     "-fprofile-use", "-fauto-profile", "-fprofile-correction",
-                     "-fbranch-probabilities")
+_PROFILE_PREFIXES = (
+    "-fprofile-arcs",
+    "-ftest-coverage",
+    "--coverage",
+    "-fprofile-generate",
+    "-fprofile-use",
+    "-fauto-profile",
+    "-fprofile-correction",
+    "-fbranch-probabilities",
+)
 _NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
-_PRINT_ONLY = ("-###", "-print-", "--print-", "-dumpversion", "-dumpfullversion",
-               "-dumpmachine", "-dumpspecs", "--help", "--version", "--target-help")
+_PRINT_ONLY = (
+    "-###",
+    "-print-",
+    "--print-",
+    "-dumpversion",
+    "-dumpfullversion",
+    "-dumpmachine",
+    "-dumpspecs",
+    "--help",
+    "--version",
+    "--target-help",
+)
 
 # strip.c:dcc_strip_local_args, plus preprocessor-only joined forms and -Xpreprocessor.
-_STRIP_WITH_ARG = frozenset((
-    "-D", "-I", "-U", "-L", "-l", "-MF", "-MT", "-MQ", "-include", "-imacros", "-iprefix",
-    "-iwithprefix", "-isystem", "-iwithprefixbefore", "-idirafter", "-Xpreprocessor",
-))
-_STRIP_PREFIXES = ("-Wp,", "-Wl,", "-D", "-U", "-I", "-l", "-L", "-MF", "-MT", "-MQ",
-                   "-isystem", "-stdlib", "-include", "-imacros", "-iprefix", "-iwithprefix",
-                   "-idirafter")
+_STRIP_WITH_ARG = frozenset(
+    (
+        "-D",
+        "-I",
+        "-U",
+        "-L",
+        "-l",
+        "-MF",
+        "-MT",
+        "-MQ",
+        "-include",
+        "-imacros",
+        "-iprefix",
+        "-iwithprefix",
+        "-isystem",
+        "-iwithprefixbefore",
+        "-idirafter",
+        "-Xpreprocessor",
+    )
+)
+_STRIP_PREFIXES = (
+    "-Wp,",
+    "-Wl,",
+    "-D",
+    "-U",
+    "-I",
+    "-l",
+    "-L",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-isystem",
+    "-stdlib",
+    "-include",
+    "-imacros",
+    "-iprefix",
+    "-iwithprefix",
+    "-idirafter",
+)
 _STRIP_EXACT = frozenset(("-undef", "-nostdinc", "-nostdinc++", "-MD", "-MMD", "-MG", "-MP"))
 
 
 class Job:
     """The result of :func:`analyse`; see the module docstring for the fields."""
 
-    __slots__ = ("argv", "orig_argv", "distributable", "reason", "source", "output",
-                 "output_given", "mode", "preprocessed", "temp_suffix", "language")
+    __slots__ = (
+        "argv",
+        "distributable",
+        "language",
+        "mode",
+        "orig_argv",
+        "output",
+        "output_given",
+        "preprocessed",
+        "reason",
+        "source",
+        "temp_suffix",
+    )
 
     def __init__(self, argv: list[str], orig_argv: list[str]) -> None:
         self.argv = argv
@@ -121,7 +268,7 @@ class Job:
 
 def _suffix(path: str) -> str:
     """The suffix of the last path component, from its last dot ('' if none)."""
-    base = path[path.rfind("/") + 1:]
+    base = path[path.rfind("/") + 1 :]
     dot = base.rfind(".")
     return base[dot:] if dot >= 0 else ""
 
@@ -186,12 +333,16 @@ def _scan(job: Job, client: bool) -> str:
         i += 1
         if a[:1] != "-" or a == "-":
             if a == "-":
-                reason = reason or "the source is read from standard input ('-'), so it runs locally"
+                reason = (
+                    reason or "the source is read from standard input ('-'), so it runs locally"
+                )
             elif not a:
                 reason = reason or "an empty argument is not a file name, so it runs locally"
             elif a[0] == "@" and client:
-                reason = reason or (f"{a} is a response file; meshcc does not expand response "
-                                    "files for remote compiles, so it runs locally")
+                reason = reason or (
+                    f"{a} is a response file; meshcc does not expand response "
+                    "files for remote compiles, so it runs locally"
+                )
             elif _suffix(a) in SOURCE_SUFFIXES:
                 if not sources:
                     job.language = lang
@@ -231,8 +382,10 @@ def _scan(job: Job, client: bool) -> str:
             else:
                 lang = a[2:]
             if lang not in _OK_LANGUAGES:
-                reason = (f"-x {lang}: only C, C++ and Objective-C are compiled remotely, "
-                          "so it runs locally")
+                reason = (
+                    f"-x {lang}: only C, C++ and Objective-C are compiled remotely, "
+                    "so it runs locally"
+                )
             elif lang == "none":
                 lang = None
         elif a == "-E":
@@ -248,7 +401,9 @@ def _scan(job: Job, client: bool) -> str:
             reason = f"{a} depends on this machine's CPU, so it runs locally"
         elif a.startswith("-Wa,"):
             if _wa_local(a):
-                reason = f"{a} asks the assembler for a listing or dependency file, so it runs locally"
+                reason = (
+                    f"{a} asks the assembler for a listing or dependency file, so it runs locally"
+                )
         elif a.startswith(("-specs", "--specs")):
             reason = f"{a} reads a local specs file, so it runs locally"
             if a in _SEPARATE:
@@ -264,12 +419,16 @@ def _scan(job: Job, client: bool) -> str:
         elif a == "-fsyntax-only":
             reason = "-fsyntax-only produces no object, so it runs locally"
         elif client and a == "-gsplit-dwarf":
-            reason = ("-gsplit-dwarf writes a .dwo file beside the object that the protocol "
-                      "cannot return, so it runs locally")
+            reason = (
+                "-gsplit-dwarf writes a .dwo file beside the object that the protocol "
+                "cannot return, so it runs locally"
+            )
         elif client and a.startswith(("-save-temps", "--save-temps")):
             reason = f"{a} keeps intermediate files beside the output, so it runs locally"
         elif client and a.startswith("-fplugin"):
-            reason = f"{a}: servers refuse options that load code into the compiler, so it runs locally"
+            reason = (
+                f"{a}: servers refuse options that load code into the compiler, so it runs locally"
+            )
         elif c1 == "-" and not a.startswith(_KNOWN_LONG):
             reason = f"{a}: long option spellings are not analysed, so it runs locally"
         elif a in _SEPARATE:
@@ -297,7 +456,7 @@ def _scan(job: Job, client: bool) -> str:
     if sources:
         src = job.source = sources[0]
         sfx = _suffix(src)
-        base = src[src.rfind("/") + 1:]
+        base = src[src.rfind("/") + 1 :]
         if not reason and base.startswith(("conftest.", "tmp.conftest.")):
             reason = f"{src} is an autoconf test, so it runs locally"
         src_lang = job.language
@@ -331,6 +490,7 @@ def analyse(argv: list[str]) -> Job:
     reason = _scan(job, client=True)
     if not reason:
         from meshcc.compiler import policy  # lazy: policy imports this module
+
         refused = policy.refusal(remote_argv(job))
         if refused:
             reason = refused if refused.endswith("locally") else refused + ", so it runs locally"
@@ -399,7 +559,7 @@ def cpp_argv(job: Job) -> list[str]:
             if job.output_given and job.output is not None:
                 dep = _replace_suffix(job.output, ".d")
             elif job.source is not None:
-                base = job.source[job.source.rfind("/") + 1:]
+                base = job.source[job.source.rfind("/") + 1 :]
                 dep = _replace_suffix(base, ".d")
             else:
                 dep = None

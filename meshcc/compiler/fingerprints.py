@@ -73,9 +73,7 @@ class FingerprintCache:
     _cache: collections.OrderedDict[_CacheKey, toolchain.Probe | str] = field(
         default_factory=collections.OrderedDict
     )
-    _inflight: dict[_CacheKey, asyncio.Future[toolchain.Probe | str]] = field(
-        default_factory=dict
-    )
+    _inflight: dict[_CacheKey, asyncio.Future[toolchain.Probe | str]] = field(default_factory=dict)
 
     async def get(self, cc: str, cc_path: str) -> ClientCompiler:
         """The fingerprint of ``cc_path`` invoked as ``cc``; FingerprintError if unusable."""

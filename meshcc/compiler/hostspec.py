@@ -48,11 +48,11 @@ from meshcc.defaults import (
     TCP_HOST_LIMIT,
 )
 
-__all__ = ["HostSpecError", "Host", "HostList", "parse_hosts", "load_hosts", "SYSTEM_HOSTS_FILE"]
+__all__ = ["SYSTEM_HOSTS_FILE", "Host", "HostList", "HostSpecError", "load_hosts", "parse_hosts"]
 
 SYSTEM_HOSTS_FILE = "/etc/distcc/hosts"
 _SEPARATORS = " #\t\n\f\r"
-_HOST_END = "/:,=" + _SEPARATORS   # a TCP host name runs up to one of these
+_HOST_END = "/:,=" + _SEPARATORS  # a TCP host name runs up to one of these
 
 
 class HostSpecError(ValueError):
@@ -62,11 +62,31 @@ class HostSpecError(ValueError):
 class Host:
     """One entry of a host list."""
 
-    __slots__ = ("kind", "host", "port", "limit", "lzo", "cpp", "down", "auth", "auth_name",
-                 "user", "command", "spec")
+    __slots__ = (
+        "auth",
+        "auth_name",
+        "command",
+        "cpp",
+        "down",
+        "host",
+        "kind",
+        "limit",
+        "lzo",
+        "port",
+        "spec",
+        "user",
+    )
 
-    def __init__(self, kind: str, host: str, spec: str, limit: int, port: int | None = None,
-                 user: str | None = None, command: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        host: str,
+        spec: str,
+        limit: int,
+        port: int | None = None,
+        user: str | None = None,
+        command: str | None = None,
+    ) -> None:
         self.kind = kind
         self.host = host
         self.port = port
@@ -108,8 +128,10 @@ class Host:
         return not self.unsupported_reason
 
     def __repr__(self) -> str:
-        return f"Host({self.spec!r}, kind={self.kind!r}, host={self.host!r}, port={self.port}, " \
-               f"limit={self.limit}, protocol={self.protocol})"
+        return (
+            f"Host({self.spec!r}, kind={self.kind!r}, host={self.host!r}, port={self.port}, "
+            f"limit={self.limit}, protocol={self.protocol})"
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Host):
@@ -122,8 +144,15 @@ class Host:
 class HostList:
     """A parsed host list with its global options."""
 
-    __slots__ = ("hosts", "localslots", "localslots_cpp", "randomize", "zeroconf",
-                 "zeroconf_index", "source")
+    __slots__ = (
+        "hosts",
+        "localslots",
+        "localslots_cpp",
+        "randomize",
+        "source",
+        "zeroconf",
+        "zeroconf_index",
+    )
 
     def __init__(self, source: str) -> None:
         self.hosts: list[Host] = []
@@ -139,9 +168,11 @@ class HostList:
         return sum(h.limit for h in self.hosts)
 
     def __repr__(self) -> str:
-        return (f"HostList(source={self.source!r}, hosts={self.hosts!r}, "
-                f"localslots={self.localslots}, localslots_cpp={self.localslots_cpp}, "
-                f"randomize={self.randomize}, zeroconf={self.zeroconf})")
+        return (
+            f"HostList(source={self.source!r}, hosts={self.hosts!r}, "
+            f"localslots={self.localslots}, localslots_cpp={self.localslots_cpp}, "
+            f"randomize={self.randomize}, zeroconf={self.zeroconf})"
+        )
 
 
 def _tokens(text: str) -> list[str]:
@@ -158,7 +189,7 @@ def _tokens(text: str) -> list[str]:
 class _Cursor:
     """A tiny reader over one token, with errors that name the token."""
 
-    __slots__ = ("tok", "pos", "source")
+    __slots__ = ("pos", "source", "tok")
 
     def __init__(self, tok: str, source: str) -> None:
         self.tok = tok
@@ -169,7 +200,7 @@ class _Cursor:
         return HostSpecError(f"{self.source}: {self.tok!r}: {what}")
 
     def peek(self) -> str:
-        return self.tok[self.pos:self.pos + 1]
+        return self.tok[self.pos : self.pos + 1]
 
     def number(self, what: str) -> int:
         start = self.pos
@@ -177,7 +208,7 @@ class _Cursor:
             self.pos += 1
         if self.pos == start:
             raise self.error(f"{what} must be a number")
-        return int(self.tok[start:self.pos])
+        return int(self.tok[start : self.pos])
 
     def mult(self) -> int:
         """MULT = ('/' | '=') decimal > 0; the caller has seen the '/' or '='."""
@@ -191,14 +222,14 @@ class _Cursor:
         start = self.pos
         while self.pos < len(self.tok) and self.tok[self.pos] not in stops:
             self.pos += 1
-        return self.tok[start:self.pos]
+        return self.tok[start : self.pos]
 
 
 def _options(cur: _Cursor, host: Host) -> None:
     """OPTIONS = { ',lzo' | ',cpp' | ',down' | ',auth' ['=' NAME] }, to the end of the token."""
     while cur.pos < len(cur.tok):
         if cur.peek() != ",":
-            raise cur.error(f"unexpected {cur.tok[cur.pos:]!r}; options start with ','")
+            raise cur.error(f"unexpected {cur.tok[cur.pos :]!r}; options start with ','")
         cur.pos += 1
         word = cur.until(",=")
         if word == "lzo":
@@ -227,8 +258,10 @@ def _parse_localhost(cur: _Cursor) -> Host:
     if cur.peek() == "/":
         limit = cur.mult()
     if cur.pos != len(cur.tok):
-        raise cur.error("only 'localhost' or 'localhost/N' is the local host; use 127.0.0.1 "
-                        "for a TCP connection")
+        raise cur.error(
+            "only 'localhost' or 'localhost/N' is the local host; use 127.0.0.1 "
+            "for a TCP connection"
+        )
     return Host("localhost", "localhost", cur.tok, limit)
 
 
@@ -266,7 +299,7 @@ def _parse_tcp(cur: _Cursor) -> Host:
         name = cur.until(_HOST_END)
         if not name:
             raise cur.error("missing host name")
-        if cur.peek() == ":" and ":" in cur.tok[cur.pos + 1:].split(",")[0].split("/")[0]:
+        if cur.peek() == ":" and ":" in cur.tok[cur.pos + 1 :].split(",")[0].split("/")[0]:
             raise cur.error("IPv6 addresses must be written in brackets, e.g. [::1]:3632")
     limit = None
     port = DISTCC_PORT
@@ -282,7 +315,7 @@ def _parse_tcp(cur: _Cursor) -> Host:
                 raise cur.error("job limit given twice")
             limit = cur.mult()
     elif cur.peek() not in ("", ","):
-        raise cur.error(f"unexpected {cur.tok[cur.pos:]!r} after the host name")
+        raise cur.error(f"unexpected {cur.tok[cur.pos :]!r} after the host name")
     host = Host("tcp", name, cur.tok, TCP_HOST_LIMIT if limit is None else limit, port=port)
     _options(cur, host)
     return host
@@ -294,7 +327,7 @@ def _parse_slots(cur: _Cursor, name: str) -> int:
         raise cur.error(f"{name} needs a value, e.g. {name}=4")
     n = cur.mult()
     if cur.pos != len(cur.tok):
-        raise cur.error(f"unexpected {cur.tok[cur.pos:]!r} after the number")
+        raise cur.error(f"unexpected {cur.tok[cur.pos :]!r} after the number")
     return n
 
 
@@ -313,8 +346,9 @@ def parse_hosts(text: str, source: str = "DISTCC_HOSTS") -> HostList:
             result.zeroconf = True
             result.zeroconf_index = len(result.hosts)
         elif tok.startswith(("-", "+")):
-            raise cur.error("unknown option (known: --randomize, --localslots=N, "
-                            "--localslots_cpp=N, +zeroconf)")
+            raise cur.error(
+                "unknown option (known: --randomize, --localslots=N, --localslots_cpp=N, +zeroconf)"
+            )
         elif tok == "localhost" or tok.startswith("localhost/"):
             result.hosts.append(_parse_localhost(cur))
         elif "@" in tok:
@@ -326,8 +360,9 @@ def parse_hosts(text: str, source: str = "DISTCC_HOSTS") -> HostList:
     return result
 
 
-def load_hosts(environ: "os._Environ[str] | dict[str, str] | None" = None,
-               system_file: str = SYSTEM_HOSTS_FILE) -> HostList:
+def load_hosts(
+    environ: "os._Environ[str] | dict[str, str] | None" = None, system_file: str = SYSTEM_HOSTS_FILE
+) -> HostList:
     """Find and parse the host list the way distcc 3.4 does (``system_file`` is for tests)."""
     env = os.environ if environ is None else environ
     if "DISTCC_HOSTS" in env:
@@ -345,5 +380,8 @@ def load_hosts(environ: "os._Environ[str] | dict[str, str] | None" = None,
         except OSError:
             continue
         return parse_hosts(text, path)
-    raise HostSpecError("no hosts: set DISTCC_HOSTS, write " + " or ".join(tried)
-                        + ", or run `meshcc daemon` so that peers are found automatically")
+    raise HostSpecError(
+        "no hosts: set DISTCC_HOSTS, write "
+        + " or ".join(tried)
+        + ", or run `meshcc daemon` so that peers are found automatically"
+    )

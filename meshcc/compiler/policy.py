@@ -35,23 +35,37 @@ does not exist on the server already shows no source line, so little is lost.
 
 from meshcc.compiler import args as _args
 
-__all__ = ["refusal", "rewrite_for_job", "scan_source_refusal", "ALLOWED_LANGUAGES"]
+__all__ = ["ALLOWED_LANGUAGES", "refusal", "rewrite_for_job", "scan_source_refusal"]
 
 # Languages the server accepts after -x. The plain ones are rewritten to *-cpp-output.
-ALLOWED_LANGUAGES = frozenset(("cpp-output", "c++-cpp-output", "objective-c-cpp-output",
-                               "objective-c++-cpp-output", "none",
-                               "c", "c++", "objective-c", "objective-c++"))
+ALLOWED_LANGUAGES = frozenset(
+    (
+        "cpp-output",
+        "c++-cpp-output",
+        "objective-c-cpp-output",
+        "objective-c++-cpp-output",
+        "none",
+        "c",
+        "c++",
+        "objective-c",
+        "objective-c++",
+    )
+)
 _D_ALLOWED = frozenset(("-dA", "-dp", "-dP"))
-_AUX_NAMES = frozenset(("-dumpdir", "-dumpbase", "-dumpbase-ext", "-auxbase",
-                        "-auxbase-strip"))
-_PROFILE = ("-fprofile-", "--coverage", "-ftest-coverage", "-fauto-profile",
-            "-fbranch-probabilities")
+_AUX_NAMES = frozenset(("-dumpdir", "-dumpbase", "-dumpbase-ext", "-auxbase", "-auxbase-strip"))
+_PROFILE = (
+    "-fprofile-",
+    "--coverage",
+    "-ftest-coverage",
+    "-fauto-profile",
+    "-fbranch-probabilities",
+)
 _EXTRA_FILE = {
     "-gsplit-dwarf": "writes a .dwo file beside the object that the protocol cannot return",
     "-fstack-usage": "writes a .su file beside the object that the protocol cannot return",
     "-fcallgraph-info": "writes a .ci file beside the object that the protocol cannot return",
     "-fsave-optimization-record": "writes an optimization record file that the protocol "
-                                  "cannot return",
+    "cannot return",
 }
 
 
@@ -141,8 +155,9 @@ def _option_refusal(argv: list[str]) -> str | None:
             return f"{a} reads a file; preprocessing happens on the client"
         if a in ("-fno-preprocessed", "-fdirectives-only"):
             return f"{a} would run the preprocessor on the server, reading server files"
-        if a.startswith(("-fmodule-mapper", "-fmodules-ts", "-fmodule-header",
-                         "-fmodule-only", "-fdeps-")):
+        if a.startswith(
+            ("-fmodule-mapper", "-fmodules-ts", "-fmodule-header", "-fmodule-only", "-fdeps-")
+        ):
             return f"{a}: C++ modules read and write files outside the job"
         if a.startswith("-fself-test"):
             return f"{a} reads files on the server"
@@ -177,12 +192,13 @@ def refusal(argv: list[str]) -> str | None:
     r = _args._scan(job, client=False)
     if r:
         # args phrases its reasons for the client ("..., so it runs locally").
-        return r[:-len(", so it runs locally")] if r.endswith(", so it runs locally") else r
+        return r[: -len(", so it runs locally")] if r.endswith(", so it runs locally") else r
     return None
 
 
-def rewrite_for_job(argv: list[str], input_path: str, output_path: str, *,
-                    hide_source_lines: bool = True) -> list[str]:
+def rewrite_for_job(
+    argv: list[str], input_path: str, output_path: str, *, hide_source_lines: bool = True
+) -> list[str]:
     """Point argv at the job's files and force the preprocessed-input languages.
 
     A stock distcc client sends ``-x c`` unchanged; compiling the received text as C would
@@ -251,9 +267,10 @@ def scan_source_refusal(data: bytes) -> str | None:
         return "the source uses the assembler directive .incbin, which reads a file on the server"
     pos = low.find(b".include")
     while pos >= 0:
-        nxt = low[pos + 8:pos + 9]
+        nxt = low[pos + 8 : pos + 9]
         if not nxt or nxt[0] in _INCLUDE_FOLLOW:
-            return ("the source uses the assembler directive .include, which reads a file "
-                    "on the server")
+            return (
+                "the source uses the assembler directive .include, which reads a file on the server"
+            )
         pos = low.find(b".include", pos + 8)
     return None

@@ -464,7 +464,7 @@ class ToolchainRegistry:
             return Resolved(tc, requested, requested)
         for prefix in ("/usr/bin/", "/bin/"):
             if requested.startswith(prefix):
-                name = requested[len(prefix):]
+                name = requested[len(prefix) :]
                 hit = self._by_name.get(name) if "/" not in name else None
                 if hit is not None:
                     return Resolved(hit[0], hit[1], requested)

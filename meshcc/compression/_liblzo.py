@@ -39,8 +39,17 @@ def _abi_ok(lib: ctypes.CDLL) -> bool:
     """lzo_init(): the library checks our idea of its ABI (type sizes) against its own."""
     lib.lzo_version.restype = ctypes.c_uint
     p = ctypes.sizeof(ctypes.c_void_p)
-    sizes = (ctypes.sizeof(ctypes.c_short), ctypes.sizeof(ctypes.c_int),
-             ctypes.sizeof(ctypes.c_long), 4, ctypes.sizeof(ctypes.c_size_t), p, p, p, 6 * p)
+    sizes = (
+        ctypes.sizeof(ctypes.c_short),
+        ctypes.sizeof(ctypes.c_int),
+        ctypes.sizeof(ctypes.c_long),
+        4,
+        ctypes.sizeof(ctypes.c_size_t),
+        p,
+        p,
+        p,
+        6 * p,
+    )
     return lib.__lzo_init_v2(ctypes.c_uint(lib.lzo_version()), *sizes) == 0
 
 

@@ -111,8 +111,9 @@ class ControlServer:
         assert task is not None
         who = describe_peer(writer.get_extra_info("socket"))
         if len(self._connections) >= MAX_CONNECTIONS:
-            log.warning("control: refusing %s: %d connections already open", who,
-                        len(self._connections))  # fmt: skip
+            log.warning(
+                "control: refusing %s: %d connections already open", who, len(self._connections)
+            )
             with contextlib.suppress(Exception):
                 writer.write(control.encode(control.error_reply("too many connections")))
             writer.close()
@@ -197,8 +198,9 @@ class ControlServer:
         got = lease.result()
         if isinstance(got, Local) and got.held:
             try:
-                log.debug("control: %s compiles %s here (own share): %s", who, req.source,
-                          got.reason)  # fmt: skip
+                log.debug(
+                    "control: %s compiles %s here (own share): %s", who, req.source, got.reason
+                )
                 writer.write(control.encode(control.lease_local(got.reason, hold=True)))
                 await writer.drain()
                 await eof  # the local compiler holds the connection while it runs
@@ -216,7 +218,11 @@ class ControlServer:
             return
         try:
             log.debug("control: %s leases %s for %s (%s)", who, got.key, req.source, req.cc)
-            writer.write(control.encode(control.lease_granted(got.host, got.port, got.protocol, got.compiler, got.key)))
+            writer.write(
+                control.encode(
+                    control.lease_granted(got.host, got.port, got.protocol, got.compiler, got.key)
+                )
+            )
             await writer.drain()
             done = await eof  # held until 'done' or the connection closes
         except control.ControlError as e:
@@ -232,9 +238,13 @@ class ControlServer:
                 got.key, done.ok, connect_failed=done.connect_failed
             )
             if not done.ok:
-                log.info("job %s on %s failed%s: %s", req.source, got.host,
-                         " (connect failed)" if done.connect_failed else "",
-                         done.reason or "no reason given")  # fmt: skip
+                log.info(
+                    "job %s on %s failed%s: %s",
+                    req.source,
+                    got.host,
+                    " (connect failed)" if done.connect_failed else "",
+                    done.reason or "no reason given",
+                )
 
     async def _wait_eof(
         self, reader: asyncio.StreamReader, msgs: control.MessageReader
@@ -268,7 +278,6 @@ class ControlServer:
             if not data:
                 return None
             msgs.feed(data)
-
 
 
 def _find_on_path(name: str) -> str | None:

@@ -70,8 +70,12 @@ class HostsFile:
             raise PermissionError(13, f"cannot create files in {os.path.dirname(self.path)}")
         if not self._in_place_noted:
             self._in_place_noted = True
-            log.info("--write-hosts: %s is not writable by uid %d; rewriting %s in place",
-                     os.path.dirname(self.path), os.geteuid(), self.path)  # fmt: skip
+            log.info(
+                "--write-hosts: %s is not writable by uid %d; rewriting %s in place",
+                os.path.dirname(self.path),
+                os.geteuid(),
+                self.path,
+            )
         os.pwrite(self._fd, data, 0)
         os.ftruncate(self._fd, len(data))
 

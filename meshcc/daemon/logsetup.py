@@ -59,9 +59,19 @@ LOG_DAEMON = 3  # syslog facility "daemon", as distccd uses
 
 # Syslog priorities, the scale distccd's level names come from (<syslog.h>).
 SYSLOG_PRIORITIES: dict[str, int] = {
-    "emerg": 0, "alert": 1, "crit": 2, "critical": 2, "error": 3, "err": 3,
-    "warning": 4, "warn": 4, "notice": 5, "note": 5, "info": 6, "debug": 7,
-}  # fmt: skip
+    "emerg": 0,
+    "alert": 1,
+    "crit": 2,
+    "critical": 2,
+    "error": 3,
+    "err": 3,
+    "warning": 4,
+    "warn": 4,
+    "notice": 5,
+    "note": 5,
+    "info": 6,
+    "debug": 7,
+}
 
 
 def syslog_priority(levelno: int) -> int:
@@ -197,8 +207,9 @@ def configure_default(
     global _warned_no_syslog
     logging.addLevelName(NOTICE, "NOTICE")
     out = sys.stderr if stream is None else stream
-    where = choose_destination(out, os.environ if environ is None else environ,
-                               force_stderr=force_stderr)  # fmt: skip
+    where = choose_destination(
+        out, os.environ if environ is None else environ, force_stderr=force_stderr
+    )
     if where == "journal":
         handler: logging.Handler = logging.StreamHandler(out)
         handler.setFormatter(_JournalFormatter())  # type: ignore[arg-type]
@@ -213,8 +224,8 @@ def configure_default(
             if not _warned_no_syslog:
                 _warned_no_syslog = True
                 logging.getLogger("meshcc.log").warning(
-                    "cannot log to syslog at %s (%s): logging to stderr", address,
-                    e.strerror or e)  # fmt: skip
+                    "cannot log to syslog at %s (%s): logging to stderr", address, e.strerror or e
+                )
             return "stderr"
         handler.setFormatter(logging.Formatter(_SYSLOG_FORMAT))
         _install(handler, level)

@@ -35,23 +35,22 @@ from typing import TextIO
 from meshcc import __version__, hostos
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
 from meshcc.daemon import logsetup
+from meshcc.daemon.hostsfile import HostsFile
 from meshcc.daemon.options import DaemonOptions, default_jobs
 from meshcc.defaults import STATUS_PORT
-from meshcc.daemon.hostsfile import HostsFile
-from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
-from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
-from meshcc.wire import control
 from meshcc.exitcodes import (
     EXIT_BIND_FAILED,
     EXIT_COMPILER_MISSING,
     EXIT_DISTCC_FAILED,
     EXIT_SETUID_FAILED,
 )
+from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
+from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
+from meshcc.wire import control
 
 log = logging.getLogger("meshcc.daemon")
 
 EXIT_OK = 0
-
 
 
 class _Fatal(Exception):
@@ -134,11 +133,11 @@ def _preload() -> None:
     import msgpack  # noqa: F401
 
     # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
-    import meshcc.daemon.control_server  # noqa: F401
-    import meshcc.daemon.status_http  # noqa: F401
-    import meshcc.mesh.matching  # noqa: F401
-    import meshcc.mesh.service  # noqa: F401
-    import meshcc.wire.control  # noqa: F401
+    import meshcc.daemon.control_server
+    import meshcc.daemon.status_http
+    import meshcc.mesh.matching
+    import meshcc.mesh.service
+    import meshcc.wire.control
 
     try:
         import ifaddr  # noqa: F401
@@ -176,8 +175,10 @@ def _check_tmpdir() -> str:
     if wanted and os.path.realpath(wanted) != os.path.realpath(parent):
         log.warning(
             "TMPDIR %s is not usable by uid %d; job directories go to %s instead",
-            wanted, os.geteuid(), parent,
-        )  # fmt: skip
+            wanted,
+            os.geteuid(),
+            parent,
+        )
     try:
         probe = tempfile.mkdtemp(prefix="meshccd_check_", dir=parent)
         os.rmdir(probe)
@@ -228,8 +229,10 @@ def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None
 
     explicit = opts.socket or os.environ.get("MESHCC_SOCKET")
     if opts.loopback_only() and not explicit:
-        log.log(logsetup.NOTICE, "no control socket: listening on loopback only "
-                "(pass --socket PATH to open one)")  # fmt: skip
+        log.log(
+            logsetup.NOTICE,
+            "no control socket: listening on loopback only (pass --socket PATH to open one)",
+        )
         return None, None
     path = control.daemon_socket_path(opts.socket)
     try:
@@ -237,8 +240,11 @@ def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None
     except ControlSocketError as e:
         if explicit:
             raise _Fatal(f"control socket: {e}", EXIT_DISTCC_FAILED) from None
-        log.warning("no control socket (%s); compiles are still served, but local clients "
-                    "and `meshcc hosts` cannot reach this daemon", e)  # fmt: skip
+        log.warning(
+            "no control socket (%s); compiles are still served, but local clients "
+            "and `meshcc hosts` cannot reach this daemon",
+            e,
+        )
         return None, None
 
 
@@ -251,18 +257,25 @@ def _open_status(opts: DaemonOptions) -> socket.socket | None:
     if port == 0:
         return None
     if port == opts.port:
-        raise _Fatal(f"--status-port {port} is the compile port; pick another (default "
-                     f"{STATUS_PORT}) or 0 for none", EXIT_BIND_FAILED)  # fmt: skip
+        raise _Fatal(
+            f"--status-port {port} is the compile port; pick another (default "
+            f"{STATUS_PORT}) or 0 for none",
+            EXIT_BIND_FAILED,
+        )
     try:
         return bind_listener(opts.listen, port, listen=False)
     except OSError as e:
         where = f"{opts.listen or 'all addresses'} port {port}"
         if opts.status_port is not None:
-            raise _Fatal(f"cannot listen on {where} (--status-port): {e.strerror or e}",
-                         EXIT_BIND_FAILED) from None  # fmt: skip
-        log.warning("no status port: cannot listen on %s (%s); meshcc.pyz is not served "
-                    "(--status-port N to pick another, 0 to silence this)", where,
-                    e.strerror or e)  # fmt: skip
+            raise _Fatal(
+                f"cannot listen on {where} (--status-port): {e.strerror or e}", EXIT_BIND_FAILED
+            ) from None
+        log.warning(
+            "no status port: cannot listen on %s (%s); meshcc.pyz is not served "
+            "(--status-port N to pick another, 0 to silence this)",
+            where,
+            e.strerror or e,
+        )
         return None
 
 
@@ -276,8 +289,12 @@ def _build_pyz() -> tuple[bytes | None, str]:
     except (zipapp.ZipappError, OSError) as e:
         log.warning("meshcc.pyz is not served: %s", e)
         return None, str(e)
-    log.info("meshcc.pyz: %d bytes, sha256 %s (%s)", len(data),
-             zipapp.sha256_line(data).split()[0], source)  # fmt: skip
+    log.info(
+        "meshcc.pyz: %d bytes, sha256 %s (%s)",
+        len(data),
+        zipapp.sha256_line(data).split()[0],
+        source,
+    )
     return data, ""
 
 
@@ -314,8 +331,9 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             try:
                 hosts_file.prepare()
             except OSError as e:
-                raise _Fatal(f"--write-hosts {opts.write_hosts}: {e.strerror or e}",
-                             EXIT_DISTCC_FAILED) from None  # fmt: skip
+                raise _Fatal(
+                    f"--write-hosts {opts.write_hosts}: {e.strerror or e}", EXIT_DISTCC_FAILED
+                ) from None
         if opts.nice:
             with contextlib.suppress(OSError):
                 os.nice(opts.nice)
@@ -348,23 +366,48 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             io_timeout=opts.io_timeout or 300.0,
             job_lifetime=opts.job_lifetime,
         )
-        log.log(logsetup.NOTICE, "meshcc %s daemon listening on %s", __version__,
-                _describe_listener(sock))  # fmt: skip
+        log.log(
+            logsetup.NOTICE,
+            "meshcc %s daemon listening on %s",
+            __version__,
+            _describe_listener(sock),
+        )
         for tc in registry.toolchains:
             log.log(
-                logsetup.NOTICE, "compiler %s: gcc %s, target %s, binutils %s (names: %s)",
-                tc.path, tc.version, tc.target, tc.binutils or "unknown", ", ".join(tc.names),
-            )  # fmt: skip
+                logsetup.NOTICE,
+                "compiler %s: gcc %s, target %s, binutils %s (names: %s)",
+                tc.path,
+                tc.version,
+                tc.target,
+                tc.binutils or "unknown",
+                ", ".join(tc.names),
+            )
         lifetime = f"{opts.job_lifetime:g}s" if opts.job_lifetime else "unlimited"
-        log.log(logsetup.NOTICE, "allowing up to %d concurrent jobs (job lifetime %s), "
-                "job directories in %s", jobs, lifetime, tmp_parent)  # fmt: skip
+        log.log(
+            logsetup.NOTICE,
+            "allowing up to %d concurrent jobs (job lifetime %s), job directories in %s",
+            jobs,
+            lifetime,
+            tmp_parent,
+        )
         from meshcc import compression
 
         if not compression.available(compression.Codec.LZO):
-            log.log(logsetup.NOTICE, "LZO unavailable (no lzallright): serving distcc "
-                    "protocol 1 only")  # fmt: skip
-        return _Prepared(sock, registry, config, jobs, control_sock, control_path, hosts_file,
-                         status_sock, pyz, pyz_error)  # fmt: skip
+            log.log(
+                logsetup.NOTICE, "LZO unavailable (no lzallright): serving distcc protocol 1 only"
+            )
+        return _Prepared(
+            sock,
+            registry,
+            config,
+            jobs,
+            control_sock,
+            control_path,
+            hosts_file,
+            status_sock,
+            pyz,
+            pyz_error,
+        )
     except BaseException:
         sock.close()
         if status_sock is not None:
@@ -408,10 +451,16 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     elif not opts.discovery:
         disabled = "--no-discovery"
     mesh = Mesh(
-        MeshConfig(interfaces=opts.interfaces, allow=opts.allow,
-                   accept_unverified=opts.accept_unverified, disabled=disabled),
-        prep.registry.toolchains, opts.port, prep.jobs,
-    )  # fmt: skip
+        MeshConfig(
+            interfaces=opts.interfaces,
+            allow=opts.allow,
+            accept_unverified=opts.accept_unverified,
+            disabled=disabled,
+        ),
+        prep.registry.toolchains,
+        opts.port,
+        prep.jobs,
+    )
     try:
         await mesh.start()
     except InterfaceError as e:
@@ -422,8 +471,12 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         log.log(logsetup.NOTICE, "discovery is off: %s", disabled)
     allowed, source = _server_allowed(opts, st.allowed)
     config = dataclasses.replace(prep.config, allowed=tuple(allowed))
-    log.log(logsetup.NOTICE, "allowing clients from (%s): %s", source,
-            ", ".join(str(n) for n in allowed))  # fmt: skip
+    log.log(
+        logsetup.NOTICE,
+        "allowing clients from (%s): %s",
+        source,
+        ", ".join(str(n) for n in allowed),
+    )
 
     server = CompileServer(prep.registry, config)
     await server.start(prep.sock)
@@ -457,8 +510,11 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
 
         status_server = StatusServer(prep.pyz, status, allowed, pyz_error=prep.pyz_error)
         await status_server.start(prep.status_sock)
-        log.log(logsetup.NOTICE, "status port %s: GET / /meshcc.pyz /meshcc.pyz.sha256 "
-                "/bootstrap", _describe_listener(prep.status_sock))  # fmt: skip
+        log.log(
+            logsetup.NOTICE,
+            "status port %s: GET / /meshcc.pyz /meshcc.pyz.sha256 /bootstrap",
+            _describe_listener(prep.status_sock),
+        )
     if prep.control_sock is not None:
         await control_server.start(prep.control_sock)
         log.log(logsetup.NOTICE, "control socket %s", prep.control_path)
@@ -466,9 +522,11 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         asyncio.create_task(_report_load(mesh, server), name="meshcc-load")
     ]
     if st.discovery:
-        tasks.append(asyncio.create_task(
-            _watch_default_cc(mesh, control_server, prep.hosts_file), name="meshcc-watch"
-        ))  # fmt: skip
+        tasks.append(
+            asyncio.create_task(
+                _watch_default_cc(mesh, control_server, prep.hosts_file), name="meshcc-watch"
+            )
+        )
     elif prep.hosts_file is not None:
         _write_hosts(prep.hosts_file, "", None)
 
@@ -483,12 +541,15 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             log.log(
                 logsetup.NOTICE,
                 "%s received: no new connections; waiting for %d connection(s) to finish "
-                "(send it again to abort them)", name, server.active_connections,
-            )  # fmt: skip
+                "(send it again to abort them)",
+                name,
+                server.active_connections,
+            )
             server.request_stop()
         else:
-            log.warning("%s received again: aborting %d connection(s)", name,
-                        server.active_connections)  # fmt: skip
+            log.warning(
+                "%s received again: aborting %d connection(s)", name, server.active_connections
+            )
             server.abort()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -552,8 +613,13 @@ async def _watch_default_cc(mesh: object, ctl: object, hosts_file: HostsFile | N
                 if v.included:
                     log.info("peer %s (%s) is in for %s", r.host, where, compiler or "any cc")
                 else:
-                    log.info("peer %s (%s) is excluded%s: %s", r.host, where,
-                             f" for {fp.name}" if fp else "", v.reason)  # fmt: skip
+                    log.info(
+                        "peer %s (%s) is excluded%s: %s",
+                        r.host,
+                        where,
+                        f" for {fp.name}" if fp else "",
+                        v.reason,
+                    )
         for key in seen.keys() - current.keys():
             log.info("peer %s is gone", key)
         seen = current
@@ -587,7 +653,6 @@ def run(opts: DaemonOptions) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``meshcc daemon ARGS`` without the rest of the CLI (for tests and embedding)."""
-    import argparse
 
     from meshcc.daemon import options
 

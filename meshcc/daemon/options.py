@@ -76,81 +76,121 @@ def default_jobs() -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``meshcc daemon``'s options: distccd's, plus the mesh's."""
     p.add_argument(
-        "--listen", metavar="ADDR",
+        "--listen",
+        metavar="ADDR",
         help="address to listen on (default: all addresses, IPv4 and IPv6)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "-p", "--port", type=int_in(1, 65535, "--port"), default=DISTCC_PORT,
+        "-p",
+        "--port",
+        type=int_in(1, 65535, "--port"),
+        default=DISTCC_PORT,
         help=f"TCP port for compile jobs (default {DISTCC_PORT})",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--status-port", type=int_in(0, 65535, "--status-port"), default=None, metavar="N",
+        "--status-port",
+        type=int_in(0, 65535, "--status-port"),
+        default=None,
+        metavar="N",
         help=f"HTTP status port serving this daemon's meshcc.pyz, its sha256 and /bootstrap "
         f"(default {STATUS_PORT}, as distccd's stats port; off when listening on "
         "loopback only; 0 = off)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "-a", "--allow", metavar="CIDR", type=parse_network, action="append", default=[],
+        "-a",
+        "--allow",
+        metavar="CIDR",
+        type=parse_network,
+        action="append",
+        default=[],
         help="allow clients from this address or network (repeatable; default: loopback and "
         "the subnets of this machine's own interfaces)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "-j", "--jobs", type=int_in(1, None, "--jobs"), default=None,
+        "-j",
+        "--jobs",
+        type=int_in(1, None, "--jobs"),
+        default=None,
         help=f"maximum concurrent compiles (default: CPUs + 2 = {default_jobs()})",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "-N", "--nice", type=int, default=5,
+        "-N",
+        "--nice",
+        type=int,
+        default=5,
         help="niceness increment for the daemon and its compilers (default 5)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--log-level", type=_level, default="notice", metavar="LEVEL",
+        "--log-level",
+        type=_level,
+        default="notice",
+        metavar="LEVEL",
         help="emerg, alert, crit, error, warning, notice (default), info or debug",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--log-file", metavar="FILE",
+        "--log-file",
+        metavar="FILE",
         help="append the log to FILE (default: the journal under systemd, stderr when "
         "someone reads it, else syslog)",
-    )  # fmt: skip
+    )
     p.add_argument("--log-stderr", action="store_true", help="log to stderr, never syslog")
     p.add_argument(
-        "--compiler", metavar="PATH", action="append", default=[],
+        "--compiler",
+        metavar="PATH",
+        action="append",
+        default=[],
         help="offer exactly this compiler (repeatable); default: the gcc family on PATH",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--user", metavar="USER",
+        "--user",
+        metavar="USER",
         help="user to run as when started as root (default: meshcc if it exists, else nobody)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--job-lifetime", type=seconds, default=0.0, metavar="SECS",
+        "--job-lifetime",
+        type=seconds,
+        default=0.0,
+        metavar="SECS",
         help="kill a compile that runs longer than SECS (default 0: no limit)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--io-timeout", type=seconds, default=300.0, metavar="SECS",
+        "--io-timeout",
+        type=seconds,
+        default=300.0,
+        metavar="SECS",
         help="drop a client that sends or reads nothing for SECS (default 300, as distcc)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "-i", "--interface", metavar="IFACE", action="append", default=[],
+        "-i",
+        "--interface",
+        metavar="IFACE",
+        action="append",
+        default=[],
         help="announce and browse on this interface (repeatable; default: every up, "
         "multicast-capable, non-virtual interface)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--accept-unverified", action="store_true",
+        "--accept-unverified",
+        action="store_true",
         help="also use stock `distccd --zeroconf` peers, whose binutils version is unknown",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--socket", metavar="PATH",
+        "--socket",
+        metavar="PATH",
         help="control socket for local clients (default: $MESHCC_SOCKET, else "
         "/run/meshcc/control.sock as root, else $XDG_RUNTIME_DIR/meshcc/control.sock)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--write-hosts", metavar="FILE",
+        "--write-hosts",
+        metavar="FILE",
         help="keep a distcc hosts file (e.g. /etc/distcc/hosts) listing the peers that match "
         "the local `cc`, for stock distcc and Portage",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--no-discovery", action="store_true",
+        "--no-discovery",
+        action="store_true",
         help="neither announce nor browse (serve compiles only)",
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ MAX_REQUEST = 8192  # request line + headers
 REQUEST_TIMEOUT = 10.0  # to send the request
 SEND_TIMEOUT = 120.0  # to take the whole reply (a pyz is ~250 KiB)
 
-BOOTSTRAP = '''\
+BOOTSTRAP = """\
 # meshcc bootstrap, served by the meshcc daemon at {base}
 # Fetches meshcc.pyz and its sha256 from that peer, checks one against the other,
 # writes it (mode 0755) and prints the next command. The hash proves the download is
@@ -62,7 +62,7 @@ def _meshcc_bootstrap():
     print(f"meshcc.pyz ({{len(data)}} bytes, sha256 {{got}}) verified and written to {{dest}}")
     print(f"next: python3 {{dest}} daemon")
 _meshcc_bootstrap()
-'''
+"""
 
 
 class StatusServer:
@@ -130,8 +130,9 @@ class StatusServer:
             return
         ctype = "text/plain; charset=utf-8"
         if target in ("/meshcc.pyz", "/meshcc.pyz.sha256") and self.pyz is None:
-            await self._reply(writer, 503, f"meshcc.pyz is not available: {self.pyz_error}\n"
-                              .encode())  # fmt: skip
+            await self._reply(
+                writer, 503, f"meshcc.pyz is not available: {self.pyz_error}\n".encode()
+            )
             return
         if target == "/meshcc.pyz":
             assert self.pyz is not None
@@ -144,8 +145,9 @@ class StatusServer:
         elif target == "/":
             body = self._status_page().encode()
         else:
-            await self._reply(writer, 404, b"not found; try /, /meshcc.pyz, "
-                              b"/meshcc.pyz.sha256 or /bootstrap\n")  # fmt: skip
+            await self._reply(
+                writer, 404, b"not found; try /, /meshcc.pyz, /meshcc.pyz.sha256 or /bootstrap\n"
+            )
             return
         await self._reply(writer, 200, body, ctype=ctype)
         log.info("status port: %s fetched %s (%d bytes)", client, target, len(body))
@@ -180,21 +182,34 @@ class StatusServer:
             if key in st:
                 lines.append(f"{key}: {st[key]}")
         if self.pyz is not None:
-            lines.append(f"meshcc.pyz: {len(self.pyz)} bytes, sha256 {self.sha256} "
-                         "(GET /meshcc.pyz, /meshcc.pyz.sha256, /bootstrap)")  # fmt: skip
+            lines.append(
+                f"meshcc.pyz: {len(self.pyz)} bytes, sha256 {self.sha256} "
+                "(GET /meshcc.pyz, /meshcc.pyz.sha256, /bootstrap)"
+            )
         else:
             lines.append(f"meshcc.pyz: not available ({self.pyz_error})")
         return "\n".join(lines) + "\n"
 
     @staticmethod
     async def _reply(
-        writer: asyncio.StreamWriter, code: int, body: bytes, *,
-        ctype: str = "text/plain; charset=utf-8", extra: str = "",
-    ) -> None:  # fmt: skip
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}[code]  # fmt: skip
-        head = (f"HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n")  # fmt: skip
+        writer: asyncio.StreamWriter,
+        code: int,
+        body: bytes,
+        *,
+        ctype: str = "text/plain; charset=utf-8",
+        extra: str = "",
+    ) -> None:
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            503: "Service Unavailable",
+        }[code]
+        head = (
+            f"HTTP/1.0 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
+        )
         writer.write(head.encode("ascii") + body)
         await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
         if writer.can_write_eof():

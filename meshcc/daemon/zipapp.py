@@ -61,8 +61,9 @@ def _package_dir(name: str) -> str:
         raise ZipappError(f"cannot build meshcc.pyz: the {name} package is not installed")
     locations = list(spec.submodule_search_locations)
     if not os.path.isdir(locations[0]):
-        raise ZipappError(f"cannot build meshcc.pyz: {name} is not installed as plain files "
-                          f"({locations[0]})")  # fmt: skip
+        raise ZipappError(
+            f"cannot build meshcc.pyz: {name} is not installed as plain files ({locations[0]})"
+        )
     return locations[0]
 
 

@@ -99,9 +99,7 @@ class Discovery:
         try:
             for spec in services:
                 info = _to_info(spec, self.addresses)
-                announce = await self._azc.async_register_service(
-                    info, cooperating_responders=True
-                )
+                announce = await self._azc.async_register_service(info, cooperating_responders=True)
                 self._keep(announce)
                 self._registered[spec.name] = info
             self._browser = AsyncServiceBrowser(

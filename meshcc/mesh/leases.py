@@ -82,8 +82,13 @@ def no_peer_reason(verdicts: list[Verdict], off_reason: str | None) -> str:
 class LeaseBroker:
     """Counts slots per peer and serves waiting requests in FIFO order."""
 
-    def __init__(self, mesh: PeerView, *, clock: Callable[[], float] = time.monotonic,
-                 local_slots: int = LOCALHOST_SHARE) -> None:
+    def __init__(
+        self,
+        mesh: PeerView,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        local_slots: int = LOCALHOST_SHARE,
+    ) -> None:
         self.mesh = mesh
         self.local_slots = local_slots
         self.in_use: dict[str, int] = {}
@@ -120,14 +125,15 @@ class LeaseBroker:
             # first, then `localhost/2`, as distcc walks its host list), else wait.
             if local_ok and self.in_use.get(LOCAL_KEY, 0) < self.local_slots:
                 self.in_use[LOCAL_KEY] = self.in_use.get(LOCAL_KEY, 0) + 1
-                return Local(f"all {matching} matching peers are busy: compiling here "
-                             "(this box's share)", held=True)  # fmt: skip
+                return Local(
+                    f"all {matching} matching peers are busy: compiling here (this box's share)",
+                    held=True,
+                )
             return None
         v = best[1]
         r = v.peer.record
         self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
-        return Grant(r.key, v.address or "", r.port, 2 if r.lzo else 1,
-                     v.remote_name or "")  # fmt: skip
+        return Grant(r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "")
 
     async def acquire(self, fp: ClientCompiler, local_ok: bool = True) -> Grant | Local:
         """A grant now, Local now, or (all busy) wait in line; cancel-safe."""
@@ -135,8 +141,7 @@ class LeaseBroker:
             got = self._pick(self.mesh.explain(fp), local_ok)  # type: ignore[attr-defined]
             if got is not None:
                 return got
-        waiter = _Waiter(fp, asyncio.get_running_loop().create_future(), self._clock(),
-                         local_ok)
+        waiter = _Waiter(fp, asyncio.get_running_loop().create_future(), self._clock(), local_ok)
         self.waiters.append(waiter)
         self._ensure_ticking()
         try:

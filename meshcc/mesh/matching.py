@@ -27,20 +27,20 @@ from dataclasses import dataclass
 
 from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.defaults import LOCALHOST_SHARE
-from meshcc.transport.addresses import IPNetwork
 from meshcc.mesh.peers import Liveness, PeerState
 from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
+from meshcc.transport.addresses import IPNetwork
 
 __all__ = [
     "MatchPolicy",
     "Verdict",
     "format_host_spec",
     "hosts_line",
-    "with_localhost",
     "judge",
     "judge_all",
     "pick_address",
     "toolchain_verdict",
+    "with_localhost",
 ]
 
 
@@ -129,8 +129,13 @@ def toolchain_verdict(
     """(ok, reason, remote compiler name, unverified) for this compiler on this peer."""
     tcs = record.toolchains
     if not tcs:
-        return (False, "announces no compiler" + (" (stock distccd without cc_version)"
-                if record.kind is PeerKind.DISTCC else ""), None, False)  # fmt: skip
+        return (
+            False,
+            "announces no compiler"
+            + (" (stock distccd without cc_version)" if record.kind is PeerKind.DISTCC else ""),
+            None,
+            False,
+        )
     same_target = [t for t in tcs if t.target == fp.target]
     if not same_target:
         offered = ", ".join(sorted({t.target for t in tcs}))
@@ -146,10 +151,18 @@ def toolchain_verdict(
             return False, f"gcc {fp.version} ≠ {t.version} (stock distccd's cc)", None, False
         loose = "" if t.version == fp.version else f", gcc {t.version} known only as -dumpversion"
         if not accept_unverified:
-            return (False, f"binutils unknown (stock distccd{loose}) — pass --accept-unverified",
-                    None, True)  # fmt: skip
-        return (True, f"unverified stock distccd (binutils unknown{loose}), accepted by "
-                "--accept-unverified", fp.name, True)  # fmt: skip
+            return (
+                False,
+                f"binutils unknown (stock distccd{loose}) — pass --accept-unverified",
+                None,
+                True,
+            )
+        return (
+            True,
+            f"unverified stock distccd (binutils unknown{loose}), accepted by --accept-unverified",
+            fp.name,
+            True,
+        )
 
     versions = [t for t in drivers if t.version == fp.version]
     if not versions:
@@ -161,8 +174,12 @@ def toolchain_verdict(
     if fp.binutils is None or any(t.binutils is None for t in versions):
         where = "here" if fp.binutils is None else "on the peer"
         if accept_unverified:
-            return (True, f"binutils unknown {where}, accepted by --accept-unverified",
-                    _remote_name(fp, versions), True)  # fmt: skip
+            return (
+                True,
+                f"binutils unknown {where}, accepted by --accept-unverified",
+                _remote_name(fp, versions),
+                True,
+            )
         return False, f"binutils unknown {where} — pass --accept-unverified", None, True
     have = ", ".join(sorted({t.binutils or "?" for t in versions}))
     return False, f"binutils {fp.binutils} ≠ {have}", None, False
@@ -196,16 +213,34 @@ def judge(fp: ClientCompiler | None, peer: PeerState, policy: MatchPolicy) -> Ve
             return Verdict(peer, False, why, address, None, unverified)
         note = why
     if peer.liveness is Liveness.PENDING:
-        return Verdict(peer, False, "announced, reachability not yet confirmed", address,
-                       remote_name, unverified)  # fmt: skip
+        return Verdict(
+            peer,
+            False,
+            "announced, reachability not yet confirmed",
+            address,
+            remote_name,
+            unverified,
+        )
     if peer.liveness is Liveness.DOWN:
         detail = f" ({peer.down_detail})" if peer.down_detail else ""
-        return Verdict(peer, False, f"not responding since {_clock_time(peer.down_since)}{detail}",
-                       address, remote_name, unverified)  # fmt: skip
+        return Verdict(
+            peer,
+            False,
+            f"not responding since {_clock_time(peer.down_since)}{detail}",
+            address,
+            remote_name,
+            unverified,
+        )
     if peer.backoff_until is not None:
-        return Verdict(peer, False, f"backed off after {peer.job_failures} failed jobs "
-                       f"(until {_clock_time(peer.backoff_until)})", address, remote_name,
-                       unverified)  # fmt: skip
+        return Verdict(
+            peer,
+            False,
+            f"backed off after {peer.job_failures} failed jobs "
+            f"(until {_clock_time(peer.backoff_until)})",
+            address,
+            remote_name,
+            unverified,
+        )
     free = r.free if r.free is not None else r.limit
     reason = note or (
         f"matches gcc {fp.version} {fp.target} binutils {fp.binutils}" if fp else "up"
@@ -227,8 +262,10 @@ def judge_all(
     """Every peer judged; included ones first, best first; excluded ones after, by name."""
     verdicts = [judge(fp, p, policy) for p in peers]
     inc = sorted((v for v in verdicts if v.included), key=_rank_key)
-    exc = sorted((v for v in verdicts if not v.included),
-                 key=lambda v: (v.peer.record.host, v.peer.record.key))  # fmt: skip
+    exc = sorted(
+        (v for v in verdicts if not v.included),
+        key=lambda v: (v.peer.record.host, v.peer.record.key),
+    )
     return inc + exc
 
 

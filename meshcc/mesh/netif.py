@@ -124,7 +124,7 @@ def list_interfaces(
         adapters = ifaddr.get_adapters()
     result = []
     for ad in adapters:
-        name = str(getattr(ad, "nice_name", None) or getattr(ad, "name"))
+        name = str(getattr(ad, "nice_name", None) or ad.name)
         v4: list[ipaddress.IPv4Interface] = []
         v6: list[ipaddress.IPv6Interface] = []
         for ip in getattr(ad, "ips", ()):
@@ -179,6 +179,7 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
     if not others:
         why = "no multicast-capable interface (only loopback)"
     else:
+
         def why_not(i: Interface) -> str:
             return "down" if not i.up else "no multicast" if not i.multicast else "no IPv4"
 

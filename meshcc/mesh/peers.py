@@ -383,7 +383,7 @@ class PeerTable:
         """The key for a peer key, or an ``ADDR:PORT`` / ``[ADDR]:PORT`` host spec."""
         if spec in self._entries:
             return spec
-        host, _, port = spec.split("/")[0].split(",")[0].rpartition(":")
+        host, _, port = spec.split("/", maxsplit=1)[0].split(",", maxsplit=1)[0].rpartition(":")
         host = host.strip("[]")
         try:
             port_n = int(port)

@@ -105,16 +105,14 @@ class ToolchainInfo:
         driver = getattr(tc, "driver", "cc")
         return cls(
             driver=str(getattr(driver, "value", driver)),
-            version=str(getattr(tc, "version")),
-            target=str(getattr(tc, "target")),
+            version=str(tc.version),
+            target=str(tc.target),
             binutils=getattr(tc, "binutils", None),
             names=tuple(getattr(tc, "names", ())),
         )
 
     def describe(self) -> str:
-        return (
-            f"{self.driver} {self.version} {self.target} binutils {self.binutils or 'unknown'}"
-        )
+        return f"{self.driver} {self.version} {self.target} binutils {self.binutils or 'unknown'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +207,7 @@ def random_node_id() -> str:
 
 
 def _host_label(hostname: str, room: int) -> str:
-    label = re.sub(r"[^a-z0-9-]+", "-", hostname.split(".")[0].lower()).strip("-")
+    label = re.sub(r"[^a-z0-9-]+", "-", hostname.split(".", maxsplit=1)[0].lower()).strip("-")
     return (label[:room].rstrip("-")) or "host"
 
 
@@ -259,7 +257,7 @@ def distcc_txt(node: LocalNode) -> dict[str, str]:
 
 def _encode_names(tc: ToolchainInfo, names: Sequence[str]) -> str:
     prefix = tc.target + "-"
-    return ",".join("~-" + n[len(prefix):] if n.startswith(prefix) else n for n in names)
+    return ",".join("~-" + n[len(prefix) :] if n.startswith(prefix) else n for n in names)
 
 
 def _encode_toolchain(tc: ToolchainInfo, names: Sequence[str]) -> str:
@@ -388,9 +386,7 @@ def _decode_toolchain(text: str) -> ToolchainInfo:
     if len(parts) != 5 or not all(parts[:3]):
         raise RecordError(f"toolchain entry {text!r} is not DRIVER;VERSION;TARGET;BINUTILS;NAMES")
     driver, version, target, binutils, names = parts
-    decoded = tuple(
-        target + n[1:] if n.startswith("~-") else n for n in names.split(",") if n
-    )
+    decoded = tuple(target + n[1:] if n.startswith("~-") else n for n in names.split(",") if n)
     known = None if binutils in ("", "-") else binutils
     return ToolchainInfo(driver, version, target, known, decoded)
 
@@ -415,9 +411,7 @@ def parse_meshcc(
         if raw is None:
             break
         toolchains.append(_decode_toolchain(raw))
-    protocols = tuple(
-        int(p) for p in (props.get("proto") or "1").split(",") if p.strip().isdigit()
-    )
+    protocols = tuple(int(p) for p in (props.get("proto") or "1").split(",") if p.strip().isdigit())
     caps = frozenset(c.strip() for c in (props.get("caps") or "").split(",") if c.strip())
     free = _int(props, "free", -1)
     return PeerRecord(
@@ -479,4 +473,3 @@ def parse_distcc(
         verified=False,
         server=server,
     )
-

@@ -47,7 +47,6 @@ from meshcc.mesh.matching import (
     pick_address,
 )
 from meshcc.mesh.netif import Interface, Selection
-from meshcc.transport.addresses import IPNetwork
 from meshcc.mesh.peers import Liveness, LivenessTimings, PeerState, PeerTable
 from meshcc.mesh.records import (
     MESHCC_TYPE,
@@ -64,6 +63,7 @@ from meshcc.mesh.records import (
     parse_meshcc,
     random_node_id,
 )
+from meshcc.transport.addresses import IPNetwork
 
 __all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
 
@@ -122,9 +122,13 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
     async def first_word(flag: str) -> str | None:
         try:
             proc = await asyncio.create_subprocess_exec(
-                cc, flag, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL, env=env,
-            )  # fmt: skip
+                cc,
+                flag,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
         except OSError:
             return None
         try:
@@ -137,12 +141,8 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
         words = out.decode("utf-8", "replace").split()
         return words[0] if proc.returncode == 0 and words else None
 
-    machine, version = await asyncio.gather(
-        first_word("-dumpmachine"), first_word("-dumpversion")
-    )
+    machine, version = await asyncio.gather(first_word("-dumpmachine"), first_word("-dumpversion"))
     return DistccId(machine, version) if machine and version else None
-
-
 
 
 def _default_caps() -> frozenset[str]:
@@ -177,7 +177,7 @@ class Mesh:
         cpus: int | None = None,
         protocols: tuple[int, ...] | None = None,
         caps: frozenset[str] | None = None,
-        distcc_id: DistccId | None | object = _PROBE,
+        distcc_id: DistccId | object | None = _PROBE,
         node_id: str | None = None,
         probe: ProbeFn = tcp_probe,
         list_interfaces: Callable[[], Sequence[Interface]] = netif.list_interfaces,
@@ -205,8 +205,16 @@ class Mesh:
             wallclock=wallclock,
             address_for=lambda r: pick_address(r, self._policy),
         )
-        self._status = MeshStatus(False, "not started", None, None, (), (), config.allow,
-                                  "--allow" if config.allow else "interfaces")  # fmt: skip
+        self._status = MeshStatus(
+            False,
+            "not started",
+            None,
+            None,
+            (),
+            (),
+            config.allow,
+            "--allow" if config.allow else "interfaces",
+        )
         self._node: LocalNode | None = None
         self._discovery: object | None = None  # discovery.Discovery (imported lazily)
         self._loop: LivenessLoop | None = None
@@ -242,9 +250,16 @@ class Mesh:
 
         def status(on: bool, why: str | None, instance: str | None = None) -> MeshStatus:
             return MeshStatus(
-                on, why, nid, instance, tuple(i.name for i in selection.chosen), addresses,
-                allowed, "--allow" if self.config.allow else "interfaces", tuple(warnings),
-            )  # fmt: skip
+                on,
+                why,
+                nid,
+                instance,
+                tuple(i.name for i in selection.chosen),
+                addresses,
+                allowed,
+                "--allow" if self.config.allow else "interfaces",
+                tuple(warnings),
+            )
 
         off_reason = self.config.disabled or selection.off_reason
         if off_reason is not None:
@@ -301,11 +316,15 @@ class Mesh:
         self._discovery = discovery
         self._status = status(True, None, instance_label(self._node))
         log.log(
-            NOTICE, "announcing %s on %s (%s) port %d; peers allowed from (%s): %s",
-            instance_label(self._node), ", ".join(self._status.interfaces),
-            ", ".join(addresses), self.port, self._status.allowed_source,
+            NOTICE,
+            "announcing %s on %s (%s) port %d; peers allowed from (%s): %s",
+            instance_label(self._node),
+            ", ".join(self._status.interfaces),
+            ", ".join(addresses),
+            self.port,
+            self._status.allowed_source,
             ", ".join(str(n) for n in allowed) or "nothing",
-        )  # fmt: skip
+        )
         self._loop = LivenessLoop(self.table, self._probe, on_change=self._on_liveness)
         self._tasks = [asyncio.create_task(self._loop.run(), name="meshcc-liveness")]
         if self.config.republish_min_interval_s > 0:
@@ -323,8 +342,9 @@ class Mesh:
         try:
             await discovery.start([])
         except OSError as e:
-            self._status = status(False, f"cannot use mDNS on {', '.join(addresses)}: "
-                                  f"{e.strerror or e}")  # fmt: skip
+            self._status = status(
+                False, f"cannot use mDNS on {', '.join(addresses)}: {e.strerror or e}"
+            )
             return
         self._discovery = discovery
         self._status = status(True, None)
@@ -341,8 +361,9 @@ class Mesh:
         if discovery is not None:
             await discovery.stop()  # type: ignore[attr-defined]
         old = self._status
-        self._status = MeshStatus(False, "stopped", old.node_id, old.instance, (), (),
-                                  old.allowed, old.allowed_source)  # fmt: skip
+        self._status = MeshStatus(
+            False, "stopped", old.node_id, old.instance, (), (), old.allowed, old.allowed_source
+        )
 
     # ------------------------------------------------------------ queries
 
@@ -419,8 +440,11 @@ class Mesh:
         if self.table.upsert(record) and self._loop is not None:
             self._loop.wake()
         if new and record.key in self.table:
-            log.info("peer %s announced at %s", record.host,
-                     ", ".join(f"{a}:{record.port}" for a in record.addresses))  # fmt: skip
+            log.info(
+                "peer %s announced at %s",
+                record.host,
+                ", ".join(f"{a}:{record.port}" for a in record.addresses),
+            )
 
     def _is_self(self, record: PeerRecord) -> bool:
         node = self._node
@@ -440,8 +464,13 @@ class Mesh:
         if liveness is Liveness.UP:
             log.info("peer %s (%s:%d) is up", r.host, pick_address(r, self._policy), r.port)
         elif liveness is Liveness.DOWN:
-            log.log(NOTICE, "peer %s (port %d) is not responding: %s", r.host, r.port,
-                    state.down_detail or "probe failed")  # fmt: skip
+            log.log(
+                NOTICE,
+                "peer %s (port %d) is not responding: %s",
+                r.host,
+                r.port,
+                state.down_detail or "probe failed",
+            )
 
     async def _republish(self) -> None:
         """Republish free slots rarely: every update is 3 multicast packets to every box."""
@@ -459,4 +488,3 @@ class Mesh:
                 self._published_free = free
             except Exception as e:  # never let a republish failure stop the loop
                 log.debug("republishing free slots failed: %r", e)
-

@@ -16,10 +16,9 @@ Outcomes are kept apart because the wrapper acts differently on each:
 
 from __future__ import annotations
 
-import errno
 import _socket
+import errno
 
-from meshcc.wire import protocol as wire
 from meshcc.exitcodes import (
     EXIT_CONNECT_FAILED,
     EXIT_IO_ERROR,
@@ -27,6 +26,7 @@ from meshcc.exitcodes import (
     EXIT_TIMEOUT,
     EXIT_TRUNCATED,
 )
+from meshcc.wire import protocol as wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +61,7 @@ class Refused(Exception):
 class Reply:
     """A complete reply: the remote compiler's wait status and its (decompressed) outputs."""
 
-    __slots__ = ("status", "stderr", "stdout", "obj", "depfile")
+    __slots__ = ("depfile", "obj", "status", "stderr", "stdout")
 
     def __init__(
         self, status: int, stderr: bytes, stdout: bytes, obj: bytes, depfile: bytes | None
@@ -237,9 +237,7 @@ class Connection:
                     raise TransportError(
                         f"server closed the connection early ({e})", EXIT_TRUNCATED
                     ) from None
-                raise TransportError(
-                    f"protocol error: {e}", EXIT_PROTOCOL_ERROR
-                ) from None
+                raise TransportError(f"protocol error: {e}", EXIT_PROTOCOL_ERROR) from None
             if event is wire.NEED_DATA:
                 try:
                     data = sock.recv(RECV_SIZE)
@@ -249,9 +247,7 @@ class Connection:
                         EXIT_TIMEOUT,
                     ) from None
                 except OSError as e:
-                    raise TransportError(
-                        f"receive failed: {_describe(e)}"
-                    ) from None
+                    raise TransportError(f"receive failed: {_describe(e)}") from None
                 if data:
                     reader.feed(data)
                 else:
@@ -289,9 +285,7 @@ class Connection:
                 compression.codec_for_protocol(self.version), body, self.limits.max_body
             )
         except compression.CompressionError as e:
-            raise TransportError(
-                f"bad compressed data: {e}", EXIT_PROTOCOL_ERROR
-            ) from None
+            raise TransportError(f"bad compressed data: {e}", EXIT_PROTOCOL_ERROR) from None
 
     def close(self) -> None:
         if self.sock is not None:

@@ -114,8 +114,9 @@ def _pack(obj: object, out: bytearray) -> None:
         raise TypeError(f"cannot msgpack-encode {type(obj).__name__}")
 
 
-def _head(out: bytearray, n: int, fix: int | None, fix_limit: int,
-          codes: tuple[int | None, int, int]) -> None:
+def _head(
+    out: bytearray, n: int, fix: int | None, fix_limit: int, codes: tuple[int | None, int, int]
+) -> None:
     """Length header: fix form if it fits, else the 8/16/32-bit form."""
     if fix is not None and n < fix_limit:
         out.append(fix | n)
@@ -184,7 +185,7 @@ def unpack_one(buf: bytes | bytearray, pos: int = 0, depth: int = 0) -> tuple[ob
 def _take(buf: bytes | bytearray, pos: int, n: int) -> bytes | bytearray:
     if pos + n > len(buf):
         raise _Short()
-    return buf[pos:pos + n]
+    return buf[pos : pos + n]
 
 
 def _str(buf: bytes | bytearray, pos: int, n: int) -> tuple[str, int]:
@@ -194,8 +195,7 @@ def _str(buf: bytes | bytearray, pos: int, n: int) -> tuple[str, int]:
         raise ControlError("invalid UTF-8 in a msgpack string") from None
 
 
-def _map(buf: bytes | bytearray, pos: int, n: int, depth: int
-         ) -> tuple[dict[object, object], int]:
+def _map(buf: bytes | bytearray, pos: int, n: int, depth: int) -> tuple[dict[object, object], int]:
     result: dict[object, object] = {}
     for _ in range(n):
         key, pos = unpack_one(buf, pos, depth + 1)
@@ -252,8 +252,9 @@ def _private_dir(path: str) -> bool:
         st = os.lstat(os.path.dirname(path))
     except OSError:
         return False
-    return (st.st_mode & 0o170000 == 0o040000 and st.st_uid == os.geteuid()
-            and not st.st_mode & 0o022)
+    return (
+        st.st_mode & 0o170000 == 0o040000 and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+    )
 
 
 class Control:
@@ -263,7 +264,7 @@ class Control:
     ``done`` and closes, returning the peer's slot to the daemon.
     """
 
-    __slots__ = ("sock", "path", "_buf", "ok", "connect_failed", "reason")
+    __slots__ = ("_buf", "connect_failed", "ok", "path", "reason", "sock")
 
     def __init__(self, sock: _socket.socket, path: str) -> None:
         self.sock: _socket.socket | None = sock
@@ -274,8 +275,9 @@ class Control:
         self.reason = ""
 
     @classmethod
-    def connect(cls, path: str, timeout: float = CONNECT_TIMEOUT, shared_tmp: bool = False
-                ) -> Control:
+    def connect(
+        cls, path: str, timeout: float = CONNECT_TIMEOUT, shared_tmp: bool = False
+    ) -> Control:
         """Connect to the daemon at ``path``. NoDaemon if none is there (no file, stale
         socket, no permission, or with ``shared_tmp`` a directory that is not ours and
         private); ControlError if one is there but connecting failed otherwise."""
@@ -296,8 +298,9 @@ class Control:
             # put a socket there to steer our compiles. Trust it only if it is ours and
             # private (the daemon creates it so: owned by its user, mode 0700).
             sock.close()
-            raise NoDaemon(f"ignoring {path}: its directory is not owned by us or is "
-                           "writable by others")
+            raise NoDaemon(
+                f"ignoring {path}: its directory is not owned by us or is writable by others"
+            )
         return cls(sock, path)
 
     def request(self, message: dict[str, object], timeout: float) -> dict[str, object]:
@@ -319,8 +322,7 @@ class Control:
                 else:
                     del self._buf[:end]
                     if not isinstance(answer, dict):
-                        raise ControlError(
-                            f"meshcc daemon sent {type(answer).__name__}, not a map")
+                        raise ControlError(f"meshcc daemon sent {type(answer).__name__}, not a map")
                     return answer
             if len(self._buf) > MAX_MESSAGE:
                 raise ControlError("meshcc daemon sent an oversized message")
@@ -328,20 +330,30 @@ class Control:
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError:
                 raise ControlError(
-                    f"no answer from the meshcc daemon within {timeout:g}s") from None
+                    f"no answer from the meshcc daemon within {timeout:g}s"
+                ) from None
             except OSError as e:
                 raise ControlError(f"meshcc daemon connection failed: {e.strerror or e}") from None
             if not data:
                 raise ControlError("meshcc daemon closed the connection without answering")
             self._buf += data
 
-    def lease(self, cc: str, cc_path: str, source: str, timeout: float, local_ok: bool = True
-              ) -> dict[str, object]:
+    def lease(
+        self, cc: str, cc_path: str, source: str, timeout: float, local_ok: bool = True
+    ) -> dict[str, object]:
         """Ask for a peer slot for one compile (may wait while every matching peer is busy).
         ``local_ok`` False: never hand out this box's own share (DISTCC_FALLBACK=0)."""
-        return self.request({"op": "lease", "cc": cc, "cc_path": cc_path, "source": source,
-                             "local_ok": local_ok,
-                             "v": 1}, timeout)
+        return self.request(
+            {
+                "op": "lease",
+                "cc": cc,
+                "cc_path": cc_path,
+                "source": source,
+                "local_ok": local_ok,
+                "v": 1,
+            },
+            timeout,
+        )
 
     def release(self) -> None:
         """Report the outcome (``done``) and close: the lease ends (idempotent, best effort)."""
@@ -351,8 +363,16 @@ class Control:
         self.sock = None
         try:
             sock.settimeout(1.0)
-            sock.sendall(packb({"op": "done", "ok": self.ok, "connect_failed": self.connect_failed,
-                                "reason": self.reason[:MAX_STRING]}))
+            sock.sendall(
+                packb(
+                    {
+                        "op": "done",
+                        "ok": self.ok,
+                        "connect_failed": self.connect_failed,
+                        "reason": self.reason[:MAX_STRING],
+                    }
+                )
+            )
         except OSError:
             pass
         finally:

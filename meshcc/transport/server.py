@@ -25,16 +25,12 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshcc import compression, hostos
 from meshcc.compiler import args as cargs
 from meshcc.compiler import policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
-from meshcc.loglevels import NOTICE
-from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, normalize_client_ip
-from meshcc.wire import protocol as wire
 from meshcc.exitcodes import (
     EXIT_ACCESS_DENIED,
     EXIT_BAD_ARGUMENTS,
@@ -45,6 +41,9 @@ from meshcc.exitcodes import (
     EXIT_TIMEOUT,
     EXIT_TRUNCATED,
 )
+from meshcc.loglevels import NOTICE
+from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, normalize_client_ip
+from meshcc.wire import protocol as wire
 
 __all__ = [
     "CompileServer",
@@ -157,9 +156,11 @@ def bind_listener(
         return sock
     try:
         infos = socket.getaddrinfo(
-            address, port, type=socket.SOCK_STREAM,
+            address,
+            port,
+            type=socket.SOCK_STREAM,
             flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV,
-        )  # fmt: skip
+        )
     except socket.gaierror as e:
         raise OSError(
             errno.EADDRNOTAVAIL, f"cannot resolve listen address {address!r}: {e}"
@@ -342,9 +343,7 @@ class CompileServer:
         read_slot = _Slot(self._read_slots)
         try:
             if not client_allowed(addr, self.config.allowed):
-                log.warning(
-                    "connection from client '%s' denied by access list", summary.client
-                )
+                log.warning("connection from client '%s' denied by access list", summary.client)
                 raise _Refuse(
                     f"client address {addr} is not allowed by this server's access list",
                     ret=EXIT_ACCESS_DENIED,
@@ -425,8 +424,9 @@ class CompileServer:
         if self._stopping.is_set():
             log.info("client %s: closing idle connection, the daemon is stopping", summary.client)
         else:
-            log.info("client %s sent nothing for %gs; closing", summary.client,
-                     self.config.io_timeout)  # fmt: skip
+            log.info(
+                "client %s sent nothing for %gs; closing", summary.client, self.config.io_timeout
+            )
         return b""
 
     async def _read_phase(
@@ -483,13 +483,15 @@ class CompileServer:
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s while {what}; closing",
-                JobResult.CLI_DISCONN, EXIT_IO_ERROR,
-            ) from None  # fmt: skip
+                JobResult.CLI_DISCONN,
+                EXIT_IO_ERROR,
+            ) from None
         except OSError as e:
             raise _Gone(
                 f"connection error while {what}: {e.strerror or e}",
-                JobResult.CLI_DISCONN, EXIT_IO_ERROR,
-            ) from None  # fmt: skip
+                JobResult.CLI_DISCONN,
+                EXIT_IO_ERROR,
+            ) from None
 
     def _vet_args(
         self, raw: list[bytes], summary: JobSummary
@@ -533,8 +535,9 @@ class CompileServer:
         except compression.CompressionError as e:
             raise _Refuse(
                 f"cannot decode the preprocessed source (DOTI): {e}",
-                JobResult.REJ_BAD_REQ, EXIT_PROTOCOL_ERROR,
-            ) from None  # fmt: skip
+                JobResult.REJ_BAD_REQ,
+                EXIT_PROTOCOL_ERROR,
+            ) from None
         why = policy.scan_source_refusal(data)
         if why is not None:
             raise _Refuse(why, ret=EXIT_BAD_ARGUMENTS)
@@ -608,8 +611,9 @@ class CompileServer:
                     raise _Gone(
                         f"client disconnected during the compile ({watch_task.result()}); "
                         "compiler killed",
-                        JobResult.CLI_DISCONN, EXIT_IO_ERROR,
-                    )  # fmt: skip
+                        JobResult.CLI_DISCONN,
+                        EXIT_IO_ERROR,
+                    )
                 stderr = await _finish_reader(err_task, proc.pid)
                 stdout = await _finish_reader(out_task, proc.pid)
                 msg = (
@@ -619,9 +623,13 @@ class CompileServer:
                 log.warning("client %s: %s", summary.client, msg.strip())
                 summary.exit = EXIT_TIMEOUT
                 return _Outcome(
-                    EXIT_TIMEOUT << 8, stderr + msg.encode(), stdout, None,
-                    JobResult.COMPILE_TIMEOUT, EXIT_TIMEOUT,
-                )  # fmt: skip
+                    EXIT_TIMEOUT << 8,
+                    stderr + msg.encode(),
+                    stdout,
+                    None,
+                    JobResult.COMPILE_TIMEOUT,
+                    EXIT_TIMEOUT,
+                )
             stderr = await _finish_reader(err_task, proc.pid)
             stdout = await _finish_reader(out_task, proc.pid)
         finally:
@@ -652,9 +660,13 @@ class CompileServer:
             log.error("client %s: %s", summary.client, msg.strip())
             summary.exit = EXIT_NO_SUCH_FILE
             return _Outcome(
-                EXIT_NO_SUCH_FILE << 8, stderr + msg.encode(), stdout, None,
-                JobResult.COMPILE_ERROR, EXIT_NO_SUCH_FILE,
-            )  # fmt: skip
+                EXIT_NO_SUCH_FILE << 8,
+                stderr + msg.encode(),
+                stdout,
+                None,
+                JobResult.COMPILE_ERROR,
+                EXIT_NO_SUCH_FILE,
+            )
         return _Outcome(0, stderr, stdout, obj, JobResult.COMPILE_OK)
 
     async def _encode_reply(self, req: _Request, out: _Outcome) -> bytes:
@@ -678,13 +690,15 @@ class CompileServer:
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s reading the reply",
-                JobResult.CLI_DISCONN, EXIT_IO_ERROR,
-            ) from None  # fmt: skip
+                JobResult.CLI_DISCONN,
+                EXIT_IO_ERROR,
+            ) from None
         except OSError as e:
             raise _Gone(
                 f"client went away while the reply was sent: {e.strerror or e}",
-                JobResult.CLI_DISCONN, EXIT_IO_ERROR,
-            ) from None  # fmt: skip
+                JobResult.CLI_DISCONN,
+                EXIT_IO_ERROR,
+            ) from None
 
     async def _refuse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reason: str

@@ -125,7 +125,7 @@ def encode(msg: Mapping[str, object]) -> bytes:
 class MessageReader:
     """Bytes in, messages (dicts with str keys) out. After a ControlError it stays failed."""
 
-    __slots__ = ("_unpacker", "_error")
+    __slots__ = ("_error", "_unpacker")
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self._unpacker = msgpack.Unpacker(
@@ -256,22 +256,32 @@ def hosts_request(cc: str | None = None, cc_path: str | None = None) -> dict[str
     return _versioned({"op": "hosts", "cc": cc, "cc_path": cc_path})
 
 
-def lease_request(cc: str, cc_path: str, source: str, local_ok: bool = True
-                  ) -> dict[str, object]:
-    return _versioned({"op": "lease", "cc": cc, "cc_path": cc_path, "source": source,
-                       "local_ok": local_ok})
+def lease_request(cc: str, cc_path: str, source: str, local_ok: bool = True) -> dict[str, object]:
+    return _versioned(
+        {"op": "lease", "cc": cc, "cc_path": cc_path, "source": source, "local_ok": local_ok}
+    )
 
 
 def done_message(ok: bool, connect_failed: bool = False, reason: str = "") -> dict[str, object]:
-    return {"op": "done", "ok": bool(ok), "connect_failed": bool(connect_failed),
-            "reason": reason[:MAX_STRING]}  # fmt: skip
+    return {
+        "op": "done",
+        "ok": bool(ok),
+        "connect_failed": bool(connect_failed),
+        "reason": reason[:MAX_STRING],
+    }
 
 
 def lease_granted(
     host: str, port: int, protocol: int, compiler: str, peer: str
 ) -> dict[str, object]:
-    return {"ok": True, "host": host, "port": port, "protocol": protocol,
-            "compiler": compiler, "peer": peer}  # fmt: skip
+    return {
+        "ok": True,
+        "host": host,
+        "port": port,
+        "protocol": protocol,
+        "compiler": compiler,
+        "peer": peer,
+    }
 
 
 def lease_local(reason: str, hold: bool = False) -> dict[str, object]:
@@ -347,12 +357,16 @@ def decode_lease_reply(msg: Mapping[str, object]) -> LeaseGranted | LeaseLocal:
         host, port, proto = msg.get("host"), msg.get("port"), msg.get("protocol")
         compiler, peer = msg.get("compiler"), msg.get("peer")
         if (
-            not isinstance(host, str) or not host
-            or not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536
+            not isinstance(host, str)
+            or not host
+            or not isinstance(port, int)
+            or isinstance(port, bool)
+            or not 0 < port < 65536
             or proto not in (1, 2, 3)
-            or not isinstance(compiler, str) or not compiler
+            or not isinstance(compiler, str)
+            or not compiler
             or not isinstance(peer, str)
-        ):  # fmt: skip
+        ):
             raise ControlError(f"malformed lease grant: {dict(msg)!r:.200}")
         assert isinstance(proto, int)
         return LeaseGranted(host, port, proto, compiler, peer)

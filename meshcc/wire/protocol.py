@@ -465,9 +465,9 @@ class _Reader:
                 )
             yield NEED_DATA
 
-    def _header(self, expected: tuple[bytes, ...]) -> Generator[
-        _NeedDataType, None, tuple[bytes, int]
-    ]:
+    def _header(
+        self, expected: tuple[bytes, ...]
+    ) -> Generator[_NeedDataType, None, tuple[bytes, int]]:
         """Read one header whose name is in ``expected``; return (name, value)."""
         yield from self._wait(HEADER_LEN, f"{'/'.join(_show(e) for e in expected)} token")
         buf = self._buf
@@ -484,14 +484,12 @@ class _Reader:
             raise ProtocolError(f"{_show(name)} token value {digits!r} is not 8 hex digits")
         return name, int(digits, 16)
 
-    def _body(self, name: bytes, length: int, limit: int, limit_name: str) -> Generator[
-        _NeedDataType, None, bytes
-    ]:
+    def _body(
+        self, name: bytes, length: int, limit: int, limit_name: str
+    ) -> Generator[_NeedDataType, None, bytes]:
         """Check ``length`` against the limit (before waiting for it), then read it."""
         if length > limit:
-            raise ProtocolError(
-                f"{_show(name)} length {length} exceeds limit {limit_name}={limit}"
-            )
+            raise ProtocolError(f"{_show(name)} length {length} exceeds limit {limit_name}={limit}")
         if length == 0:
             return b""
         yield from self._wait(length, f"{_show(name)} body")
@@ -505,9 +503,9 @@ class _Reader:
             del buf[:length]
         return data
 
-    def _string(self, name: bytes, limit: int, limit_name: str) -> Generator[
-        _NeedDataType, None, bytes
-    ]:
+    def _string(
+        self, name: bytes, limit: int, limit_name: str
+    ) -> Generator[_NeedDataType, None, bytes]:
         tok, length = yield from self._header((name,))
         return (yield from self._body(tok, length, limit, limit_name))
 
@@ -535,9 +533,7 @@ class RequestReader(_Reader):
         lim = self.limits
         _, version = yield from self._header((b"DIST",))
         if version not in (1, 2, 3):
-            raise ProtocolError(
-                f"unsupported protocol version {version} (DIST must be 1, 2 or 3)"
-            )
+            raise ProtocolError(f"unsupported protocol version {version} (DIST must be 1, 2 or 3)")
         yield RequestStart(version)
 
         cwd = None
@@ -560,8 +556,7 @@ class RequestReader(_Reader):
             total += length
             if total > lim.max_args_total:
                 raise ProtocolError(
-                    f"ARGV total length {total} exceeds limit "
-                    f"max_args_total={lim.max_args_total}"
+                    f"ARGV total length {total} exceeds limit max_args_total={lim.max_args_total}"
                 )
             argv.append((yield from self._body(tok, length, lim.max_arg_bytes, "max_arg_bytes")))
         yield RequestArgs(argv, cwd)
