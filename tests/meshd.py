@@ -172,18 +172,18 @@ class Meshd:
                     f"{self.log_text()}\n{self.stderr()}"
                 )
             try:
-                return request(self.socket, control.status_request())["ok"] is True
+                return request(self.socket, control.StatusRequest().to_message())["ok"] is True
             except OSError:
                 return False
 
         netns.wait_for(ready, timeout, what=f"{self.name}'s control socket")
 
     def status(self) -> dict[str, Any]:
-        return request(self.socket, control.status_request())
+        return request(self.socket, control.StatusRequest().to_message())
 
     def hosts(self, cc: str | None = "gcc") -> dict[str, Any]:
         path = None if cc is None else os.path.realpath(cc) if "/" in cc else f"/usr/bin/{cc}"
-        return request(self.socket, control.hosts_request(cc, path))
+        return request(self.socket, control.HostsRequest(cc, path).to_message())
 
     def cli(self, *args: str, inside: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
         """``meshcc ARGS`` pointed at this daemon (MESHCC_SOCKET); in the netns if inside."""

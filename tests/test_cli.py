@@ -186,7 +186,7 @@ def test_hosts_empty_line_exits_1_with_reason(fake_daemon: Any) -> None:
     p = _hosts(path)
     assert p.returncode == 1
     assert "no matching peers: 2 seen, both excluded; see --explain" in p.stderr
-    replies.append(control.error_reply("gcc: not a usable gcc"))
+    replies.append(control.ErrorReply("gcc: not a usable gcc").to_message())
     p = _hosts(path)
     assert p.returncode == 1 and "not a usable gcc" in p.stderr and "Traceback" not in p.stderr
 
@@ -247,6 +247,7 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
         }
 
     reply = {
+        "ok": True,
         "status": {"discovery": True, "interfaces": ["eth0"], "allowed": ["10.0.0.0/24"]},
         "line": "10.0.0.6:3632/4,lzo",
         "verdicts": [
@@ -255,7 +256,9 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
         ],
     }
     out = io.StringIO()
-    hosts_cmd.print_explain(reply, "test", out)
+    decoded = control.decode_hosts_reply(reply)
+    assert isinstance(decoded, control.HostsReply)
+    hosts_cmd.print_explain(decoded, "test", out)
     text = out.getvalue()
     assert "gcc, g++ 12.2.0 x86_64-linux-gnu bu 2.40  in" in text
     assert text.count("12.2.0") == 1  # c89-gcc/c99-gcc style duplicates folded

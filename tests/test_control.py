@@ -34,8 +34,8 @@ GCC = "/usr/bin/gcc"
 
 
 def test_roundtrip_split_and_back_to_back() -> None:
-    data = control.encode(control.lease_request("gcc-12", GCC, "a.c"))
-    data += control.encode(control.status_request())
+    data = control.encode(control.LeaseRequest("gcc-12", GCC, "a.c").to_message())
+    data += control.encode(control.StatusRequest().to_message())
     r = control.MessageReader()
     for i in range(len(data)):  # one byte at a time
         r.feed(data[i : i + 1])
@@ -91,19 +91,23 @@ def test_invalid_requests(msg: dict[str, object], match: str) -> None:
 
 
 def test_requests_and_replies_decode() -> None:
-    assert control.decode_request(control.hosts_request()) == control.HostsRequest(None, None)
+    assert control.decode_request(control.HostsRequest().to_message()) == control.HostsRequest(
+        None, None
+    )
     assert control.decode_request({"op": "status", "extra": [1]}) == control.StatusRequest()
-    assert control.decode_request(control.done_message(False, True, "refused")) == (
+    assert control.decode_request(control.DoneMessage(False, True, "refused").to_message()) == (
         control.DoneMessage(False, True, "refused")
     )
-    grant = control.lease_granted("10.0.0.2", 3632, 2, "gcc-12", "m:abc")
+    grant = control.LeaseGranted("10.0.0.2", 3632, 2, "gcc-12", "m:abc").to_message()
     assert control.decode_lease_reply(grant) == control.LeaseGranted(
         "10.0.0.2", 3632, 2, "gcc-12", "m:abc"
     )
-    assert control.decode_lease_reply(control.lease_local("no peers")) == control.LeaseLocal(
-        "no peers", False
+    assert control.decode_lease_reply(
+        control.LeaseLocal("no peers").to_message()
+    ) == control.LeaseLocal("no peers", False)
+    assert control.decode_lease_reply(control.ErrorReply("bad").to_message()) == (
+        control.ErrorReply("bad")
     )
-    assert control.decode_lease_reply(control.error_reply("bad")) == control.LeaseLocal("bad", True)
     with pytest.raises(control.ControlError):
         control.decode_lease_reply({"ok": True, "host": "x", "port": 0})
 
@@ -276,11 +280,15 @@ def test_status_hosts_and_local_lease_with_discovery_off(loop_daemon: Meshd) -> 
     assert hosts["ok"] is True and hosts["line"] == "" and hosts["verdicts"] == []
     assert hosts["status"]["discovery"] is False
 
-    reply = request(loop_daemon.socket, control.lease_request("gcc", GCC, "a.c"))
+    reply = request(loop_daemon.socket, control.LeaseRequest("gcc", GCC, "a.c").to_message())
     assert reply["ok"] is False and reply["local"] is True and "discovery is off" in reply["reason"]
-    reply = request(loop_daemon.socket, control.lease_request("true", "/bin/true", "a.c"))
+    reply = request(
+        loop_daemon.socket, control.LeaseRequest("true", "/bin/true", "a.c").to_message()
+    )
     assert reply["local"] is True and "not a usable gcc" in reply["reason"]
-    reply = request(loop_daemon.socket, control.lease_request("gcc", "/nonexistent/gcc", "a.c"))
+    reply = request(
+        loop_daemon.socket, control.LeaseRequest("gcc", "/nonexistent/gcc", "a.c").to_message()
+    )
     assert reply["local"] is True and "No such file" in reply["reason"]
 
     cli = loop_daemon.cli("hosts", "--cc", "gcc")
@@ -321,11 +329,11 @@ def test_bad_messages_close_only_that_connection(loop_daemon: Meshd) -> None:
         assert "unknown op" in c.ask({"op": "reboot"})["error"]
         assert c.recv() is None
     with ControlConn(loop_daemon.socket) as c:
-        assert "without a lease" in c.ask(control.done_message(True))["error"]
+        assert "without a lease" in c.ask(control.DoneMessage(True).to_message())["error"]
     # Still serving, several requests on one connection.
     with ControlConn(loop_daemon.socket) as c:
-        assert c.ask(control.status_request())["ok"] is True
-        assert c.ask(control.hosts_request())["ok"] is True
+        assert c.ask(control.StatusRequest().to_message())["ok"] is True
+        assert c.ask(control.HostsRequest().to_message())["ok"] is True
     netns.wait_for(lambda: "larger than" in loop_daemon.log_text(), 10, what="oversize logged")
     log = loop_daemon.log_text()
     assert "closing connection from pid" in log and "malformed" in log
@@ -337,7 +345,7 @@ LEASE_HOLDER = r"""
 import socket, sys, time
 from meshcc.wire import control
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-s.sendall(control.encode(control.lease_request("gcc", "/usr/bin/gcc", "held.c")))
+s.sendall(control.encode(control.LeaseRequest("gcc", "/usr/bin/gcc", "held.c").to_message()))
 r = control.MessageReader()
 while (m := r.next_message()) is None:
     r.feed(s.recv(65536))
@@ -371,7 +379,9 @@ def test_leases_queue_fifo_and_a_killed_client_frees_its_slot(
             assert peer.startswith("m:")
             with ControlConn(a.socket, timeout=30) as waiting:
                 # local_ok=False: no share of a's own, so the request must queue for b
-                waiting.send(control.lease_request("gcc", GCC, "queued.c", local_ok=False))
+                waiting.send(
+                    control.LeaseRequest("gcc", GCC, "queued.c", local_ok=False).to_message()
+                )
                 netns.wait_for(lambda: a.status()["queued"] == 1, 10, what="request queued")
                 assert a.status()["leases"] == 1
                 holder.send_signal(signal.SIGKILL)  # the kernel closes its socket
@@ -381,7 +391,7 @@ def test_leases_queue_fifo_and_a_killed_client_frees_its_slot(
                 assert grant["host"] == hb.address and grant["port"] == 3632
                 assert grant["protocol"] == 2 and grant["compiler"] == "gcc"
                 assert grant["peer"] == peer
-                waiting.send(control.done_message(True))
+                waiting.send(control.DoneMessage(True).to_message())
                 assert waiting.recv() is None  # one lease per connection
             netns.wait_for(lambda: a.status()["leases"] == 0, 10, what="lease released")
         finally:

@@ -305,7 +305,7 @@ def test_ccache_masquerade(tmp_path: Path) -> None:
 
 
 def test_hosts_file_and_portage_against_mesh(tmp_path: Path) -> None:
-    reply = {"verdicts": VERDICTS, "line": "10.0.0.2:3632/4,lzo"}
+    reply = control.HostsReply("10.0.0.2:3632/4,lzo", VERDICTS, control.StatusReply())
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.2/4 10.0.0.99/8\n")
     r = doctor.Report()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshcc.wire import (
+from meshcc.wire.protocol import (
     NEED_DATA,
     Limits,
     ProtocolError,
@@ -608,7 +608,7 @@ def test_limits_value_class() -> None:
 
 def test_import_is_stdlib_light() -> None:
     code = (
-        "import sys; import meshcc.wire; "
+        "import sys; import meshcc.wire.protocol; "
         "bad = [m for m in ('dataclasses', 'typing', 'asyncio', 'inspect', 'socket') if m in sys.modules]; "
         "print(','.join(bad))"
     )

@@ -25,6 +25,12 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 
+from meshcc.wire import control
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from meshcc.transport.control_client import Control
+
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 _TAG = {OK: "[ OK ]", WARN: "[WARN]", FAIL: "[FAIL]"}
 SYSTEM_HOSTS_FILE = "/etc/distcc/hosts"
@@ -176,11 +182,14 @@ def diagnose(
     mesh = check_daemon(report, env)
     check_environment(report, env, system_hosts)
     cc_path, probed = check_compiler(report, cc, env)
-    reply: dict[str, object] | None = None
+    reply: control.HostsReply | None = None
+    source = ""
     if mesh is not None:
         reply = _daemon_hosts(report, mesh, cc, cc_path)
+        source = f"daemon on {mesh.path}"
     elif browse and probed:
         reply = _browse(report, cc, cc_path, browse_time, interfaces)
+        source = f"browsed for {browse_time:g} s (no daemon)"
     elif not probed:
         report.add(
             "peers",
@@ -196,8 +205,8 @@ def diagnose(
             "start `meshcc daemon`, or rerun without --no-browse",
         )
     if reply is not None:
-        check_discovery(report, reply.get("status") or {})  # type: ignore[arg-type]
-        check_peers(report, reply, cc)
+        check_discovery(report, reply.status)
+        check_peers(report, reply, source, cc)
     if cmd:
         check_command(report, cmd, env, reply)
     check_hosts_file(report, system_hosts, reply)
@@ -272,7 +281,7 @@ def check_environment(report: Report, env: Mapping[str, str], system_hosts: str)
 
 
 class _Daemon:
-    def __init__(self, path: str, status: dict[str, object], conn: object) -> None:
+    def __init__(self, path: str, status: control.StatusReply, conn: Control) -> None:
         self.path = path
         self.status = status
         self.conn = conn
@@ -281,9 +290,8 @@ class _Daemon:
 def check_daemon(report: Report, env: Mapping[str, str]) -> _Daemon | None:
     """(a) The local daemon, found where the compile client looks for it."""
     from meshcc.transport import control_client
-    from meshcc.wire import control
 
-    paths = control_client.socket_paths(env)
+    paths = control.client_socket_paths(env=env)
     try:
         conn = control_client.connect(env)
     except control_client.NoDaemon as e:
@@ -302,26 +310,25 @@ def check_daemon(report: Report, env: Mapping[str, str]) -> _Daemon | None:
         report.add("daemon", FAIL, str(e), "restart the daemon (`meshcc daemon`)", paths=paths)
         return None
     try:
-        status = conn.request(control.status_request(), REPLY_TIMEOUT_S)
+        status = conn.status(REPLY_TIMEOUT_S)
     except control_client.ControlError as e:
         conn.close()
         report.add("daemon", FAIL, f"{conn.path}: {e}", "restart the daemon (`meshcc daemon`)")
         return None
-    if status.get("ok") is not True:
+    if isinstance(status, control.ErrorReply):
         conn.close()
         report.add(
             "daemon",
             FAIL,
-            f"{conn.path}: refused the status request: {status.get('error')}",
+            f"{conn.path}: refused the status request: {status.error}",
             "upgrade meshcc so client and daemon match",
         )
         return None
     report.add(
         "daemon",
         OK,
-        f"meshcc {status.get('version', '?')} on {conn.path}, "
-        f"{status.get('jobs', '?')} job slots, {status.get('running', 0)} compiles "
-        f"running",
+        f"meshcc {status.version or '?'} on {conn.path}, "
+        f"{status.jobs} job slots, {status.running} compiles running",
         socket=conn.path,
     )
     return _Daemon(conn.path, status, conn)
@@ -329,17 +336,11 @@ def check_daemon(report: Report, env: Mapping[str, str]) -> _Daemon | None:
 
 def _daemon_hosts(
     report: Report, d: _Daemon, cc: str, cc_path: str | None
-) -> dict[str, object] | None:
-    from meshcc.transport import control_client
-    from meshcc.wire import control
-
+) -> control.HostsReply | None:
     conn = d.conn
-    assert isinstance(conn, control_client.Control)
     try:
-        reply = conn.request(
-            control.hosts_request(cc if cc_path else None, cc_path), REPLY_TIMEOUT_S
-        )
-    except control_client.ControlError as e:
+        reply = conn.hosts(cc if cc_path else None, cc_path, REPLY_TIMEOUT_S)
+    except control.ControlError as e:
         report.add(
             "peers",
             FAIL,
@@ -349,22 +350,20 @@ def _daemon_hosts(
         return None
     finally:
         conn.close()
-    if reply.get("ok") is not True:
+    if isinstance(reply, control.ErrorReply):
         report.add(
             "peers",
             FAIL,
-            f"the daemon refused: {reply.get('error')}",
+            f"the daemon refused: {reply.error}",
             "check the compiler with --cc",
         )
         return None
-    reply["source"] = f"daemon on {d.path}"
-    reply.setdefault("status", d.status)
     return reply
 
 
 def _browse(
     report: Report, cc: str, cc_path: str | None, seconds: float, interfaces: tuple[str, ...]
-) -> dict[str, object] | None:
+) -> control.HostsReply | None:
     """No daemon: what a browse of ``seconds`` sees (meshcc hosts' code)."""
     from meshcc.cli import hosts as hosts_cmd
 
@@ -389,23 +388,21 @@ def _browse(
             "check the network; choose an interface with --interface NAME",
         )
         return None
-    reply["source"] = f"browsed for {seconds:g} s (no daemon)"
     return reply
 
 
-def check_discovery(report: Report, st: Mapping[str, object]) -> None:
+def check_discovery(report: Report, st: control.StatusReply) -> None:
     """(b) Discovery on? On which interfaces? Why off?"""
-    ifaces = ", ".join(st.get("interfaces") or []) or "none"  # type: ignore[arg-type]
-    allowed = ", ".join(st.get("allowed") or []) or "nothing"  # type: ignore[arg-type]
-    if st.get("discovery"):
+    ifaces = ", ".join(st.interfaces) or "none"
+    allowed = ", ".join(st.allowed) or "nothing"
+    if st.discovery:
         report.add(
             "discovery",
             OK,
-            f"on; interfaces: {ifaces}; allowed subnets: {allowed} "
-            f"({st.get('allowed_source', '?')})",
+            f"on; interfaces: {ifaces}; allowed subnets: {allowed} ({st.allowed_source or '?'})",
         )
     else:
-        why = st.get("off_reason") or "unknown reason"
+        why = st.off_reason or "unknown reason"
         fix = (
             "remove --no-discovery from the daemon's command line"
             if "no-discovery" in str(why)
@@ -413,7 +410,7 @@ def check_discovery(report: Report, st: Mapping[str, object]) -> None:
             "has an IPv4 address and MULTICAST; see `ip -br link`)"
         )
         report.add("discovery", FAIL, f"off: {why}", fix)
-    for w in st.get("warnings") or []:  # type: ignore[union-attr]
+    for w in st.warnings:
         report.add(
             "discovery",
             WARN,
@@ -422,10 +419,24 @@ def check_discovery(report: Report, st: Mapping[str, object]) -> None:
         )
 
 
+def _peer(v: Mapping[str, object]) -> dict[str, object]:
+    peer = v.get("peer")
+    return peer if isinstance(peer, dict) else {}
+
+
+def _addresses(v: Mapping[str, object]) -> list[str]:
+    addrs = _peer(v).get("addresses")
+    return [str(a) for a in addrs] if isinstance(addrs, list) else []
+
+
+def _limit(v: Mapping[str, object]) -> int:
+    limit = _peer(v).get("limit")
+    return limit if isinstance(limit, int) else 0
+
+
 def _peer_label(v: Mapping[str, object]) -> str:
-    peer = v.get("peer") or {}
-    assert isinstance(peer, dict)
-    addrs = peer.get("addresses") or []
+    peer = _peer(v)
+    addrs = _addresses(v)
     addr = v.get("host_spec") or (addrs[0] if addrs else "no address")
     kind = " (stock distccd)" if peer.get("kind") == "distcc" else ""
     return f"{peer.get('host', '?')}{kind} at {addr}"
@@ -468,13 +479,12 @@ def exclusion_fix(reason: str, label: str) -> str:
     return "see `meshcc hosts --explain`"
 
 
-def check_peers(report: Report, reply: Mapping[str, object], cc: str) -> None:
+def check_peers(report: Report, reply: control.HostsReply, source: str, cc: str) -> None:
     """(c)+(d) Peers seen, how many take this compiler, each excluded one and why."""
-    verdicts = [v for v in reply.get("verdicts") or [] if isinstance(v, dict)]  # type: ignore[union-attr]
-    inc = [v for v in verdicts if v.get("included")]
+    verdicts = reply.verdicts
+    inc = reply.included
     exc = [v for v in verdicts if not v.get("included")]
-    source = reply.get("source", "")
-    compiler = reply.get("compiler") or cc
+    compiler = reply.compiler or cc
     if not verdicts:
         report.add(
             "peers",
@@ -492,21 +502,21 @@ def check_peers(report: Report, reply: Mapping[str, object], cc: str) -> None:
             "see the excluded peers below",
         )
     else:
-        slots = sum(int((v.get("peer") or {}).get("limit") or 0) for v in inc)  # type: ignore[union-attr]
+        slots = sum(_limit(v) for v in inc)
         report.add(
             "peers",
             OK,
             f"{len(verdicts)} seen ({source}), {len(inc)} usable for "
-            f"{compiler} ({slots} job slots): {reply.get('line')}",
-            line=reply.get("line"),
+            f"{compiler} ({slots} job slots): {reply.line}",
+            line=reply.line,
             included=len(inc),
             seen=len(verdicts),
         )
-    if reply.get("note"):
+    if reply.note:
         report.add(
             "compiler",
             WARN,
-            f"the daemon could not fingerprint {cc}: {reply['note']}; "
+            f"the daemon could not fingerprint {cc}: {reply.note}; "
             "peers were judged on liveness and subnets only",
             "check the compiler with `meshcc doctor --cc PATH`",
         )
@@ -619,7 +629,7 @@ def _check_masquerade(report: Report, cc: str, path: str, why: str, env: Mapping
 
 
 def check_command(
-    report: Report, cmd: Sequence[str], env: Mapping[str, str], reply: Mapping[str, object] | None
+    report: Report, cmd: Sequence[str], env: Mapping[str, str], reply: control.HostsReply | None
 ) -> None:
     """(f) Would this command line be distributed, and where; if not, why."""
     from meshcc.compiler import args
@@ -646,8 +656,8 @@ def check_command(
         return
     if env.get("DISTCC_HOSTS") is not None:
         where = f"one of DISTCC_HOSTS ({env['DISTCC_HOSTS'].strip()})"
-    elif reply is not None and reply.get("line"):
-        where = f"a peer leased from the mesh ({reply['line']})"
+    elif reply is not None and reply.line:
+        where = f"a peer leased from the mesh ({reply.line})"
     else:
         report.add(
             "command",
@@ -671,19 +681,19 @@ def _hosts_in(text: str) -> list[str]:
     return [h.host for h in hl.hosts if h.kind == "tcp"]
 
 
-def _mesh_addresses(reply: Mapping[str, object]) -> tuple[set[str], set[str]]:
+def _mesh_addresses(reply: control.HostsReply) -> tuple[set[str], set[str]]:
     """(addresses of included peers, every address any peer announced)."""
     inc: set[str] = set()
     seen: set[str] = set()
-    for v in reply.get("verdicts") or []:  # type: ignore[union-attr]
-        addrs = {str(a).split("%")[0] for a in (v.get("peer") or {}).get("addresses") or []}
+    for v in reply.verdicts:
+        addrs = {a.split("%")[0] for a in _addresses(v)}
         seen |= addrs
         if v.get("included"):
             inc |= addrs
     return inc, seen
 
 
-def check_hosts_file(report: Report, path: str, reply: Mapping[str, object] | None) -> None:
+def check_hosts_file(report: Report, path: str, reply: control.HostsReply | None) -> None:
     """(h) /etc/distcc/hosts (read by stock distcc and Portage) against the live mesh."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -753,7 +763,7 @@ def _assignments(text: str, key: str) -> list[str]:
 
 
 def check_portage(
-    report: Report, path: str, reply: Mapping[str, object] | None, hosts_file: str
+    report: Report, path: str, reply: control.HostsReply | None, hosts_file: str
 ) -> None:
     """(h) Portage: FEATURES=distcc and a MAKEOPTS -j that uses the mesh (if make.conf exists)."""
     import re
@@ -792,11 +802,7 @@ def check_portage(
     from meshcc import hostos
 
     local = hostos.cpu_count()
-    remote = sum(
-        int((v.get("peer") or {}).get("limit") or 0)  # type: ignore[union-attr]
-        for v in reply.get("verdicts") or []
-        if v.get("included")
-    )  # type: ignore[union-attr]
+    remote = sum(_limit(v) for v in reply.included)
     total = local + remote
     if m is None:
         report.add(

@@ -1,7 +1,7 @@
 """``meshcc hosts``: the DISTCC_HOSTS line of the live peers that match a compiler.
 
-Asks the local daemon over the control socket (fast path: argparse + msgpack, no
-zeroconf or asyncio). With no daemon it browses the network itself for
+Asks the local daemon over the control socket (fast path: argparse and the control
+client, no zeroconf, asyncio or logging). With no daemon it browses the network itself for
 ``--browse-time`` seconds (a browse-only Mesh: nothing is announced) and says so.
 
 The line lists *remote* peers only, never this box: distcc already compiles its local
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 
 from meshcc.wire import control
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import TextIO
 
 EXIT_OK = 0
 EXIT_EMPTY = 1
@@ -45,41 +48,28 @@ def resolve_cc(cc: str) -> str:
     raise HostsError(f"--cc {cc}: not found on PATH")
 
 
-def _connect(paths: list[str]) -> tuple[socket.socket, str] | None:
-    for path in paths:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(REPLY_TIMEOUT_S)
-        try:
-            s.connect(path)
-        except OSError:
-            s.close()
-            continue
-        return s, path
-    return None
+def ask_daemon(cc: str | None, cc_path: str | None) -> tuple[control.HostsReply, str] | None:
+    """The local daemon's hosts reply for ``cc`` and the socket it came from; None when no
+    daemon answers (HostsError when one answers badly or refuses)."""
+    from meshcc.transport import control_client
 
-
-def ask_daemon(sock: socket.socket, request: dict[str, object]) -> dict[str, object]:
-    """One request, one reply (HostsError on a closed socket or a bad reply)."""
-    reader = control.MessageReader()
     try:
-        sock.sendall(control.encode(request))
-        while True:
-            msg = reader.next_message()
-            if msg is not None:
-                return msg
-            data = sock.recv(65536)
-            if not data:
-                raise HostsError("the daemon closed the connection without answering")
-            reader.feed(data)
-    except TimeoutError:
-        raise HostsError(f"the daemon did not answer within {REPLY_TIMEOUT_S:g}s") from None
-    except OSError as e:
-        raise HostsError(f"talking to the daemon: {e.strerror or e}") from None
+        conn = control_client.connect(os.environ)
+    except control_client.NoDaemon:
+        return None
     except control.ControlError as e:
-        raise HostsError(f"bad reply from the daemon: {e}") from None
+        raise HostsError(str(e)) from None
+    with conn:
+        try:
+            reply = conn.hosts(cc, cc_path, REPLY_TIMEOUT_S)
+        except control.ControlError as e:
+            raise HostsError(f"bad reply from the daemon on {conn.path}: {e}") from None
+    if isinstance(reply, control.ErrorReply):
+        raise HostsError(f"the daemon on {conn.path} refused: {reply.error}")
+    return reply, conn.path
 
 
-def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
+def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> control.HostsReply:
     """No daemon: browse for ``--browse-time`` seconds and judge what was seen."""
     import asyncio
     import logging
@@ -98,7 +88,7 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
         raise HostsError(f"--cc {cc}: not a usable gcc: {e}") from None
     fp = ClientCompiler.from_probe(cc, os.path.realpath(cc_path), probe)
 
-    async def run() -> dict[str, object]:
+    async def run() -> control.HostsReply:
         mesh = Mesh(
             MeshConfig(
                 interfaces=tuple(ns.interface),
@@ -118,18 +108,23 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> dict[str, object]:
             if mesh.status.discovery:
                 await asyncio.sleep(ns.browse_time)
             verdicts = mesh.explain(fp)
-            st = mesh.status.to_dict()
+            st = mesh.status
         finally:
             await mesh.stop()
-        st["peers"] = len(verdicts)
-        return {
-            "ok": True,
-            "line": hosts_line(verdicts),
-            "verdicts": [v.to_dict() for v in verdicts],
-            "status": st,
-            "compiler": fp.describe(),
-            "note": None,
-        }
+        status = control.StatusReply(
+            node=st.node_id or "",
+            discovery=st.discovery,
+            off_reason=st.off_reason,
+            interfaces=st.interfaces,
+            addresses=st.addresses,
+            allowed=[str(n) for n in st.allowed],
+            allowed_source=st.allowed_source,
+            warnings=st.warnings,
+            peers=len(verdicts),
+        )
+        return control.HostsReply(
+            hosts_line(verdicts), [v.to_dict() for v in verdicts], status, fp.describe()
+        )
 
     return asyncio.run(run())
 
@@ -141,7 +136,10 @@ def _toolchains(peer: dict[str, object]) -> str:
     """``gcc, g++ 12.2.0 x86_64-linux-gnu bu 2.40``: drivers grouped by fingerprint (a box's
     gcc, c89-gcc and c99-gcc are one gcc), in the order the peer announced them."""
     groups: dict[tuple[object, object, object], list[str]] = {}
-    for t in peer.get("toolchains") or []:  # type: ignore[union-attr]
+    toolchains = peer.get("toolchains")
+    for t in toolchains if isinstance(toolchains, list) else []:
+        if not isinstance(t, dict):
+            continue
         drivers = groups.setdefault((t.get("version"), t.get("target"), t.get("binutils")), [])
         if t.get("driver") not in drivers:
             drivers.append(str(t.get("driver")))
@@ -157,56 +155,58 @@ def _toolchains(peer: dict[str, object]) -> str:
 def _host_names(verdicts: list[dict[str, object]]) -> list[str]:
     """Each peer's host name, with its node id when several peers share the name (boxes
     cloned from one image keep the hostname but are distinct peers)."""
-    hosts = [str((v.get("peer") or {}).get("host")) for v in verdicts]  # type: ignore[union-attr]
+    hosts = [str(_peer(v).get("host")) for v in verdicts]
     names = []
     for v, host in zip(verdicts, hosts, strict=True):
-        peer = v.get("peer") or {}
-        node = str(peer.get("node_id") or "")  # type: ignore[union-attr]
+        node = str(_peer(v).get("node_id") or "")
         names.append(f"{host}#{node[:6]}" if hosts.count(host) > 1 and node else host)
     return names
 
 
-def empty_reason(reply: dict[str, object]) -> str:
+def empty_reason(reply: control.HostsReply) -> str:
     """Why the line is empty, for stderr."""
-    verdicts = reply.get("verdicts") or []
-    status = reply.get("status") or {}
-    n = len(verdicts)  # type: ignore[arg-type]
+    n = len(reply.verdicts)
     if n == 0:
-        if isinstance(status, dict) and status.get("discovery") is False:
-            return f"no peers: discovery is off ({status.get('off_reason')})"
+        if not reply.status.discovery and reply.status.off_reason:
+            return f"no peers: discovery is off ({reply.status.off_reason})"
         return "no peers seen"
     which = "it is" if n == 1 else ("both" if n == 2 else "all")
     excluded = f"{which} excluded" if n != 1 else "it is excluded"
     return f"no matching peers: {n} seen, {excluded}; see --explain"
 
 
-def print_explain(reply: dict[str, object], where: str, out: object = sys.stdout) -> None:
+def _peer(verdict: dict[str, object]) -> dict[str, object]:
+    peer = verdict.get("peer")
+    return peer if isinstance(peer, dict) else {}
+
+
+def print_explain(reply: control.HostsReply, where: str, out: TextIO = sys.stdout) -> None:
     from meshcc.mesh.matching import with_localhost
 
-    st = reply.get("status") or {}
-    assert isinstance(st, dict)
-    disc = "on" if st.get("discovery") else f"off ({st.get('off_reason')})"
-    ifaces = ", ".join(st.get("interfaces") or []) or "none"
-    allowed = ", ".join(st.get("allowed") or []) or "nothing"
+    st = reply.status
+    disc = "on" if st.discovery else f"off ({st.off_reason})"
     lines = [
         f"source:    {where}",
-        f"discovery: {disc}; interfaces: {ifaces}",
-        f"allowed:   {allowed} ({st.get('allowed_source', '?')})",
-        f"compiler:  {reply.get('compiler') or 'any (no compiler check)'}",
+        f"discovery: {disc}; interfaces: {', '.join(st.interfaces) or 'none'}",
+        f"allowed:   {', '.join(st.allowed) or 'nothing'} ({st.allowed_source or '?'})",
+        f"compiler:  {reply.compiler or 'any (no compiler check)'}",
     ]
     rows = [("HOST", "ADDRESS", "TOOLCHAINS", "USE", "REASON")]
-    verdicts = list(reply.get("verdicts") or [])  # type: ignore[call-overload]
+    verdicts = list(reply.verdicts)
     for v, name in zip(verdicts, _host_names(verdicts), strict=True):
-        peer = v.get("peer") or {}
-        addr = v.get("host_spec") or ", ".join(peer.get("addresses") or []) or "-"
+        peer = _peer(v)
+        addresses = peer.get("addresses")
+        addr = str(v.get("host_spec") or "") or (
+            ", ".join(map(str, addresses)) if isinstance(addresses, list) else ""
+        )
         kind = "" if peer.get("kind") != "distcc" else " (distccd)"
         rows.append(
             (
                 f"{name}{kind}",
-                addr,
+                addr or "-",
                 _toolchains(peer),
                 "in" if v.get("included") else "out",
-                v.get("reason") or "",
+                str(v.get("reason") or ""),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -216,8 +216,8 @@ def print_explain(reply: dict[str, object], where: str, out: object = sys.stdout
         )
     if len(rows) == 1:
         lines.append("(no peers seen)")
-    lines.append(f"DISTCC_HOSTS: {with_localhost(str(reply.get('line') or '')) or '(empty)'}")
-    print("\n".join(lines), file=out)  # type: ignore[arg-type]
+    lines.append(f"DISTCC_HOSTS: {with_localhost(reply.line) or '(empty)'}")
+    print("\n".join(lines), file=out)
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -225,36 +225,28 @@ def run(ns: argparse.Namespace) -> int:
 
     try:
         cc_path = resolve_cc(ns.cc)
-        paths = control.client_socket_paths()
-        conn = _connect(paths)
-        if conn is not None:
-            sock, where = conn
-            with sock:
-                reply = ask_daemon(sock, control.hosts_request(ns.cc, cc_path))
-            where = f"daemon on {where}"
+        asked = ask_daemon(ns.cc, cc_path)
+        if asked is not None:
+            reply, path = asked
+            where = f"daemon on {path}"
         else:
             reply = browse(ns, ns.cc, cc_path)
             where = f"browsed the network for {ns.browse_time:g} s (no daemon)"
+            paths = " or ".join(control.client_socket_paths())
             print(
-                f"meshcc hosts: no meshcc daemon on {' or '.join(paths)}; browsed the "
-                f"network for {ns.browse_time:g} s",
+                f"meshcc hosts: no meshcc daemon on {paths}; browsed the network for "
+                f"{ns.browse_time:g} s",
                 file=sys.stderr,
             )
     except HostsError as e:
         print(f"meshcc hosts: {e}", file=sys.stderr)
         return EXIT_EMPTY
-    if reply.get("ok") is not True:
-        print(
-            f"meshcc hosts: {reply.get('error') or 'the daemon refused the request'}",
-            file=sys.stderr,
-        )
-        return EXIT_EMPTY
-    line = with_localhost(str(reply.get("line") or ""))
+    line = with_localhost(reply.line)
     if ns.json:
         import json
 
-        reply = dict(reply, source=where, distcc_hosts=line)
-        print(json.dumps(reply, indent=2, sort_keys=True))
+        data = dict(reply.to_message(), source=where, distcc_hosts=line)
+        print(json.dumps(data, indent=2, sort_keys=True))
     elif ns.explain:
         print_explain(reply, where)
     else:

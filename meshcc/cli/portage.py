@@ -175,7 +175,6 @@ class MeshView:
     """What the local daemon knows: live peers and, for each, its toolchains and cores."""
 
     daemon: str | None  # control socket path, None when no daemon answered
-    status: dict[str, object] = field(default_factory=dict)
     verdicts: list[dict[str, object]] = field(default_factory=list)
     why_none: str = ""
 
@@ -190,24 +189,18 @@ class MeshView:
 
 def ask_mesh(cc: str | None = None, cc_path: str | None = None) -> MeshView:
     """The daemon's ``hosts`` reply without a compiler check (we match ourselves)."""
-    from meshcc.cli.hosts import HostsError, _connect, ask_daemon
+    from meshcc.cli.hosts import HostsError, ask_daemon
     from meshcc.wire import control
 
-    paths = control.client_socket_paths()
-    conn = _connect(paths)
-    if conn is None:
-        return MeshView(None, why_none=f"no meshcc daemon on {' or '.join(paths)}")
-    sock, where = conn
     try:
-        with sock:
-            reply = ask_daemon(sock, control.hosts_request(cc, cc_path))
+        asked = ask_daemon(cc, cc_path)
     except HostsError as e:
-        return MeshView(None, why_none=f"the daemon on {where}: {e}")
-    if reply.get("ok") is not True:
-        return MeshView(None, why_none=f"the daemon on {where}: {reply.get('error')}")
-    verdicts = [v for v in reply.get("verdicts") or [] if isinstance(v, dict)]  # type: ignore[union-attr]
-    status = reply.get("status") if isinstance(reply.get("status"), dict) else {}
-    return MeshView(where, status, verdicts)  # type: ignore[arg-type]
+        return MeshView(None, why_none=str(e))
+    if asked is None:
+        paths = " or ".join(control.client_socket_paths())
+        return MeshView(None, why_none=f"no meshcc daemon on {paths}")
+    reply, where = asked
+    return MeshView(where, list(reply.verdicts))
 
 
 def _fingerprint(t: dict[str, object]) -> tuple[str, str, str | None]:
@@ -549,9 +542,6 @@ def setup_portage(ns: argparse.Namespace) -> int:
     hosts_new: bytes | None = None
     hosts_msg = ""
     by_daemon = hosts.old is not None and hosts.old.startswith(DAEMON_HOSTS_HEADER.encode())
-    wh = view.status.get("write_hosts")
-    if isinstance(wh, str) and os.path.abspath(wh) == hosts.path:
-        by_daemon = True
     from meshcc.mesh.matching import with_localhost
 
     line = with_localhost(" ".join(str(v.get("host_spec")) for v in matching if v.get("host_spec")))

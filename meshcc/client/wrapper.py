@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.compiler.args import Job
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
+    from meshcc.wire.control import LeaseGranted, LeaseLocal
 
 
 MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
@@ -708,28 +709,12 @@ class _Leased:
 
     __slots__ = ("compiler", "host", "peer", "port", "protocol", "spec", "where")
 
-    def __init__(self, answer: dict[str, object]) -> None:
-        host, port, protocol, compiler = (
-            answer["host"],
-            answer["port"],
-            answer["protocol"],
-            answer["compiler"],
-        )
-        if not (
-            isinstance(host, str)
-            and host
-            and type(port) is int
-            and 0 < port < 65536
-            and protocol in (1, 2, 3)
-            and isinstance(compiler, str)
-            and compiler
-        ):
-            raise ValueError("bad lease")
-        self.host = host
-        self.port = port
-        self.protocol = protocol
-        self.compiler = compiler
-        self.peer = str(answer.get("peer") or "")
+    def __init__(self, grant: LeaseGranted) -> None:
+        self.host = host = grant.host
+        self.port = port = grant.port
+        self.protocol = grant.protocol
+        self.compiler = grant.compiler
+        self.peer = grant.peer
         self.where = where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.spec = f"{where} ({self.peer})" if self.peer and self.peer != where else where
 
@@ -769,6 +754,7 @@ class _LeasePool:
     def acquire(self) -> tuple[_Leased, Control] | None:
         """Ask the daemon for a peer (waiting while all are busy); None: compile locally."""
         from meshcc.transport import control_client as cc
+        from meshcc.wire.control import LeaseGranted, LeaseLocal
 
         run = self.run
         if self.attempts >= MAX_LEASE_ATTEMPTS:
@@ -788,13 +774,8 @@ class _LeasePool:
             self.daemon_failure = f"meshcc daemon at {self.path}: {e}"
             return None
         ms = (time.monotonic() - t0) * 1000
-        if answer.get("ok") is True:
-            try:
-                target = _Leased(answer)
-            except (KeyError, ValueError):
-                conn.close()
-                self.daemon_failure = f"meshcc daemon sent a malformed lease {answer!r}"
-                return None
+        if isinstance(answer, LeaseGranted):
+            target = _Leased(answer)
             run.slots.append(conn)
             self.attempts += 1
             run.log.debug(
@@ -802,15 +783,16 @@ class _LeasePool:
                 f"daemon in {ms:.1f} ms (peer {target.peer or '?'})"
             )
             return target, conn
-        if answer.get("local") is True:
-            self.local_reason = str(answer.get("reason") or "no matching peer")
-            if answer.get("hold") is True:  # this box's own share: held while we compile
+        if isinstance(answer, LeaseLocal):
+            self.local_reason = answer.reason
+            if answer.hold:  # this box's own share: held while we compile
                 self.local_share = conn
                 run.slots.append(conn)
                 return None
+            conn.close()
+            return None
         conn.close()
-        if answer.get("local") is not True:
-            self.daemon_failure = f"meshcc daemon error: {answer.get('error') or answer!r}"
+        self.daemon_failure = f"meshcc daemon error: {answer.error}"
         return None
 
     def failed_on(self, host: Any, lease: Any, why: str, connect_failed: bool) -> None:

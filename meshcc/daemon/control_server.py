@@ -16,10 +16,12 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from meshcc import hostos
 from meshcc.compiler.fingerprints import ClientCompiler, FingerprintCache, FingerprintError
-from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local
+from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local, PeerView
+from meshcc.mesh.matching import hosts_line
 from meshcc.transport.control_socket import describe_peer
 from meshcc.wire import control
 
@@ -30,13 +32,19 @@ IDLE_TIMEOUT_S = 60.0  # a connection that holds no lease and sends nothing is c
 _READ_CHUNK = 64 * 1024
 
 
+class MeshView(PeerView, Protocol):
+    """What the control socket needs of the mesh: judged peers, and lease outcomes."""
+
+    def report_job_result(self, peer: str, ok: bool, *, connect_failed: bool = False) -> bool: ...
+
+
 class ControlServer:
     """Serves :mod:`meshcc.wire.control` requests on the daemon's Unix socket."""
 
     def __init__(
         self,
-        mesh: object,
-        status: Callable[[], dict[str, object]],
+        mesh: MeshView,
+        status: Callable[[], control.StatusReply],
         *,
         fingerprints: FingerprintCache | None = None,
         path: str = "",
@@ -69,31 +77,24 @@ class ControlServer:
 
     # -- requests that need the mesh
 
-    async def hosts(self, req: control.HostsRequest) -> dict[str, object]:
+    async def hosts(self, req: control.HostsRequest) -> control.HostsReply | control.ErrorReply:
         fp: ClientCompiler | None = None
         compiler: str | None = None
         cc_path = req.cc_path
         if req.cc and not cc_path:
             cc_path = _find_on_path(req.cc)
             if cc_path is None:
-                return control.error_reply(f"{req.cc}: not found on the daemon's PATH")
+                return control.ErrorReply(f"{req.cc}: not found on the daemon's PATH")
         if cc_path:
             try:
                 fp = await self.fingerprints.get(req.cc or cc_path, cc_path)
             except FingerprintError as e:
-                return control.error_reply(str(e))
+                return control.ErrorReply(str(e))
             compiler = fp.describe()
-        verdicts = self.mesh.explain(fp)  # type: ignore[attr-defined]
-        from meshcc.mesh.matching import hosts_line
-
-        return {
-            "ok": True,
-            "line": hosts_line(verdicts),
-            "verdicts": [v.to_dict() for v in verdicts],
-            "status": self.status(),
-            "compiler": compiler,
-            "note": None,
-        }
+        verdicts = self.mesh.explain(fp)
+        return control.HostsReply(
+            hosts_line(verdicts), [v.to_dict() for v in verdicts], self.status(), compiler
+        )
 
     async def lease(self, req: control.LeaseRequest) -> Grant | Local:
         try:
@@ -115,7 +116,9 @@ class ControlServer:
                 "control: refusing %s: %d connections already open", who, len(self._connections)
             )
             with contextlib.suppress(Exception):
-                writer.write(control.encode(control.error_reply("too many connections")))
+                writer.write(
+                    control.encode(control.ErrorReply("too many connections").to_message())
+                )
             writer.close()
             return
         self._connections.add(task)
@@ -136,10 +139,10 @@ class ControlServer:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str
     ) -> None:
-        msgs = control.MessageReader()
+        msgs = control.MessageReader(control.MAX_REQUEST, control.MAX_REQUEST_OBJECTS)
 
-        async def send(msg: dict[str, object]) -> None:
-            writer.write(control.encode(msg))
+        async def send(reply: control.Reply) -> None:
+            writer.write(control.encode(reply.to_message()))
             await writer.drain()
 
         while True:
@@ -148,7 +151,7 @@ class ControlServer:
             except control.ControlError as e:
                 log.warning("control: closing connection from %s: %s", who, e)
                 with contextlib.suppress(Exception):
-                    await send(control.error_reply(str(e)))
+                    await send(control.ErrorReply(str(e)))
                 return
             if msg is None:
                 return
@@ -156,7 +159,7 @@ class ControlServer:
                 req = control.decode_request(msg)
             except control.ControlError as e:
                 log.warning("control: closing connection from %s: %s", who, e)
-                await send(control.error_reply(str(e)))
+                await send(control.ErrorReply(str(e)))
                 return
             if isinstance(req, control.StatusRequest):
                 await send(self.status())
@@ -167,7 +170,7 @@ class ControlServer:
                 return
             else:
                 log.warning("control: closing connection from %s: 'done' without a lease", who)
-                await send(control.error_reply("'done' without a lease"))
+                await send(control.ErrorReply("'done' without a lease"))
                 return
 
     async def _lease(
@@ -201,7 +204,7 @@ class ControlServer:
                 log.debug(
                     "control: %s compiles %s here (own share): %s", who, req.source, got.reason
                 )
-                writer.write(control.encode(control.lease_local(got.reason, hold=True)))
+                writer.write(control.encode(control.LeaseLocal(got.reason, hold=True).to_message()))
                 await writer.drain()
                 await eof  # the local compiler holds the connection while it runs
             except (control.ControlError, ConnectionError):
@@ -213,14 +216,16 @@ class ControlServer:
         if isinstance(got, Local):
             eof.cancel()
             log.debug("control: %s compiles %s locally: %s", who, req.source, got.reason)
-            writer.write(control.encode(control.lease_local(got.reason)))
+            writer.write(control.encode(control.LeaseLocal(got.reason).to_message()))
             await writer.drain()
             return
         try:
             log.debug("control: %s leases %s for %s (%s)", who, got.key, req.source, req.cc)
             writer.write(
                 control.encode(
-                    control.lease_granted(got.host, got.port, got.protocol, got.compiler, got.key)
+                    control.LeaseGranted(
+                        got.host, got.port, got.protocol, got.compiler, got.key
+                    ).to_message()
                 )
             )
             await writer.drain()
@@ -234,9 +239,7 @@ class ControlServer:
             eof.cancel()
             self.broker.release(got.key)
         if isinstance(done, control.DoneMessage):
-            self.mesh.report_job_result(  # type: ignore[attr-defined]
-                got.key, done.ok, connect_failed=done.connect_failed
-            )
+            self.mesh.report_job_result(got.key, done.ok, connect_failed=done.connect_failed)
             if not done.ok:
                 log.info(
                     "job %s on %s failed%s: %s",

@@ -130,8 +130,6 @@ def _preload() -> None:
     import encodings.idna  # noqa: F401  (host names)
     import pwd  # noqa: F401
 
-    import msgpack  # noqa: F401
-
     # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
     import meshcc.daemon.control_server
     import meshcc.daemon.status_http
@@ -481,27 +479,26 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     server = CompileServer(prep.registry, config)
     await server.start(prep.sock)
 
-    def status() -> dict[str, object]:
+    def status() -> control.StatusReply:
         s = mesh.status
-        return {
-            "ok": True,
-            "version": __version__,
-            "node": s.node_id or socket.gethostname(),
-            "discovery": s.discovery,
-            "off_reason": s.off_reason,
-            "interfaces": list(s.interfaces),
-            "addresses": list(s.addresses),
-            "allowed": [str(n) for n in s.allowed],
-            "allowed_source": s.allowed_source,
-            "warnings": list(s.warnings),
-            "peers": len(mesh.snapshot()),
-            "jobs": prep.jobs,
-            "running": server.running_compiles,
-            "port": opts.port,
-            "socket": prep.control_path,
-            "leases": control_server.broker.held,
-            "queued": len(control_server.broker.waiters),
-        }
+        return control.StatusReply(
+            version=__version__,
+            node=s.node_id or socket.gethostname(),
+            discovery=s.discovery,
+            off_reason=s.off_reason,
+            interfaces=s.interfaces,
+            addresses=s.addresses,
+            allowed=[str(n) for n in s.allowed],
+            allowed_source=s.allowed_source,
+            warnings=s.warnings,
+            peers=len(mesh.snapshot()),
+            jobs=prep.jobs,
+            running=server.running_compiles,
+            port=opts.port,
+            socket=prep.control_path,
+            leases=control_server.broker.held,
+            queued=len(control_server.broker.waiters),
+        )
 
     control_server = ControlServer(mesh, status, path=prep.control_path or "")
     status_server = None

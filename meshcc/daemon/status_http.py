@@ -23,6 +23,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 
+from meshcc.wire.control import StatusReply
 from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip
 
 log = logging.getLogger("meshcc.status")
@@ -71,7 +72,7 @@ class StatusServer:
     def __init__(
         self,
         pyz: bytes | None,
-        status: Callable[[], dict[str, object]],
+        status: Callable[[], StatusReply],
         allowed: Sequence[IPNetwork],
         *,
         pyz_error: str = "",
@@ -177,10 +178,9 @@ class StatusServer:
 
     def _status_page(self) -> str:
         st = self.status()
-        lines = [f"meshcc {st.get('version', '?')} on {st.get('node', '?')}"]
-        for key in ("peers", "jobs", "running", "port", "discovery"):
-            if key in st:
-                lines.append(f"{key}: {st[key]}")
+        lines = [f"meshcc {st.version} on {st.node}"]
+        lines += [f"peers: {st.peers}", f"jobs: {st.jobs}", f"running: {st.running}"]
+        lines += [f"port: {st.port}", f"discovery: {st.discovery}"]
         if self.pyz is not None:
             lines.append(
                 f"meshcc.pyz: {len(self.pyz)} bytes, sha256 {self.sha256} "

@@ -2,10 +2,9 @@
 
 A box with nothing but ``python3`` (>= 3.11) runs ``python3 meshcc.pyz daemon``. What
 goes in: every ``.py`` of the ``meshcc`` package; ``zeroconf``'s ``.py`` sources (it
-ships them beside its Cython modules and runs without them); ``ifaddr`` (pure); and
-``msgpack``'s pure fallback (its package imports ``fallback`` when ``_cmsgpack`` is
-missing). ``lz4`` and ``lzallright`` are compiled only and stay out: a pyz daemon speaks
-distcc protocol 1 (no LZO) and says so.
+ships them beside its Cython modules and runs without them) and ``ifaddr`` (pure).
+``lzallright`` is compiled only and stays out: a pyz daemon speaks distcc protocol 1
+(no LZO) and says so.
 
 The bytes are deterministic (sorted entries, fixed timestamps and modes, no caches), so
 two builds of the same installation have the same sha256, and a daemon running from a
@@ -45,7 +44,6 @@ _PACKAGES: dict[str, Callable[[str], bool]] = {
     "meshcc": lambda rel: True,
     "zeroconf": lambda rel: True,
     "ifaddr": lambda rel: not os.path.basename(rel).startswith("test_"),
-    "msgpack": lambda rel: rel in ("__init__.py", "exceptions.py", "ext.py", "fallback.py"),
 }
 
 

@@ -1,5 +1,4 @@
 """Layer 1: sans-IO codecs: the distcc wire protocol (``protocol``) and the local control
-protocol (``control``). No sockets, no files."""
+protocol (``control``), on a shared value-record base (``records``). No sockets, no files.
 
-from .protocol import *  # noqa: F403 - the distcc codec is this package's public API
-from .protocol import __all__  # noqa: F401
+Nothing is re-exported here: the compile client imports only the codec it needs."""

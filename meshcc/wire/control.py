@@ -1,19 +1,29 @@
 """Sans-IO codec for the local control socket (daemon <-> compile clients and the CLI).
 
 Transport: a Unix stream socket. Messages are msgpack maps with string keys, sent back to
-back with no extra framing (read them with :class:`MessageReader`, which wraps
-``msgpack.Unpacker``). Every message is at most :data:`MAX_MESSAGE` bytes (1 MiB); a
-message that is larger, not a map, or malformed is a :class:`ControlError` and the
-receiver closes that connection (the daemon logs why). This module does no I/O.
+back with no extra framing (read them with :class:`MessageReader`). Every message is at
+most :data:`MAX_MESSAGE` bytes (1 MiB); a message that is larger, not a map, or malformed is
+a :class:`ControlError` and the receiver closes that connection (the daemon logs why).
+This module does no I/O.
+
+Encoding: the small msgpack subset the protocol uses (nil, bool, int, float, str, bin,
+array, map), implemented here rather than imported: the ``msgpack`` package pulls in
+``datetime``, ``collections`` and ``struct`` (about 4.5 ms per process even with its C
+extension), and the compile client, which starts thousands of times per build, speaks this
+protocol on every compile. Every peer of this codec is meshcc itself, so one implementation
+serves the daemon, the client and the CLI; the tests check it against the real msgpack.
 
 Socket path (:func:`daemon_socket_path`, :func:`client_socket_paths`): ``--socket PATH``,
 else ``$MESHCC_SOCKET``, else ``/run/meshcc/control.sock`` when running as root, else
 ``$XDG_RUNTIME_DIR/meshcc/control.sock``, else ``/tmp/meshcc-$UID/control.sock``. Clients
 try ``$MESHCC_SOCKET`` alone when it is set (an explicit choice never falls back to another
-daemon), else ``/run/meshcc/control.sock`` then the per-user path.
+daemon), else ``/run/meshcc/control.sock`` then the per-user path. A per-user path under
+the shared ``/tmp`` is a guess anyone could plant a socket at: :func:`guessed_in_shared_tmp`
+tells clients to trust it only in a private directory of their own.
 
-Requests (client -> daemon). Every request may carry ``"v": 1`` (protocol version,
-absent = 1); unknown extra fields are ignored so old daemons accept newer clients::
+Requests (client -> daemon), as records :class:`StatusRequest`, :class:`HostsRequest`,
+:class:`LeaseRequest`, :class:`DoneMessage`. Every request may carry ``"v": 1`` (protocol
+version, absent = 1); unknown extra fields are ignored so old daemons accept newer clients::
 
     {"op": "status"}
     {"op": "hosts", "cc": str|None, "cc_path": str|None}
@@ -22,18 +32,18 @@ absent = 1); unknown extra fields are ignored so old daemons accept newer client
         # when it must not compile locally (DISTCC_FALLBACK=0): it then waits for a peer
     {"op": "done", "ok": bool, "connect_failed": bool, "reason": str}   # on a lease connection
 
-Replies (daemon -> client)::
+Replies (daemon -> client), as records :class:`StatusReply`, :class:`HostsReply`,
+:class:`LeaseGranted`, :class:`LeaseLocal`, :class:`ErrorReply`::
 
     status -> {"ok": true, "version": str, "node": str, "discovery": bool,
-               "off_reason": str|None, "interfaces": [str], "allowed": [str],
-               "peers": int, "jobs": int, "running": int,
-               # extra: "socket": str, "port": int, "addresses": [str],
-               #        "leases": int (held now), "queued": int (waiting now),
-               #        "warnings": [str]}
+               "off_reason": str|None, "interfaces": [str], "addresses": [str],
+               "allowed": [str], "allowed_source": str, "warnings": [str],
+               "peers": int, "jobs": int, "running": int, "port": int,
+               "socket": str|None, "leases": int (held now), "queued": int (waiting now)}
     hosts  -> {"ok": true, "line": str, "verdicts": [Verdict.to_dict()], "status": {status},
-               # extra: "compiler": str|None (ClientCompiler.describe() of cc, None when
-               #        no cc was given), "note": str|None (why cc could not be fingerprinted;
-               #        then verdicts judge liveness and subnets only)}
+               "compiler": str|None (ClientCompiler.describe() of cc, None when no cc was
+               given), "note": str|None (why cc could not be fingerprinted; then verdicts
+               judge liveness and subnets only)}
     lease  -> {"ok": true, "host": str, "port": int, "protocol": 1|2, "compiler": str,
                "peer": str}                       # a slot on that peer is yours
            |  {"ok": false, "local": true, "reason": str}    # no matching live peer: compile here
@@ -52,54 +62,55 @@ message with the outcome: ``ok`` true when the peer served the job (a compile er
 the user's code is still ok: the peer did its work), false when the peer failed it
 (refusal, protocol error, lost connection; repeated failures back the peer off);
 ``connect_failed`` true when the TCP connect itself failed, so the daemon marks the peer
-down at once. ``done`` has no reply. One lease per connection: after
-``done`` the daemon closes its side.
-
-Import cost matters (compile clients import this): builtins + msgpack only.
+down at once. ``done`` has no reply. One lease per connection: after ``done`` the daemon
+closes its side.
 """
 
 from __future__ import annotations
 
 import os
 
-import msgpack
-
-from .protocol import _Frozen  # the immutable value-class base both codecs share
+from .records import Frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from typing import NoReturn
 
 __all__ = [
     "MAX_MESSAGE",
     "MAX_STRING",
     "PROTOCOL_VERSION",
+    "ROOT_SOCKET",
     "ControlError",
     "DoneMessage",
+    "ErrorReply",
+    "HostsReply",
     "HostsRequest",
     "LeaseGranted",
     "LeaseLocal",
     "LeaseRequest",
     "MessageReader",
+    "StatusReply",
     "StatusRequest",
     "client_socket_paths",
     "daemon_socket_path",
+    "decode_hosts_reply",
     "decode_lease_reply",
     "decode_request",
-    "done_message",
+    "decode_status_reply",
     "encode",
-    "error_reply",
-    "hosts_request",
-    "lease_granted",
-    "lease_local",
-    "lease_request",
-    "status_request",
+    "guessed_in_shared_tmp",
+    "packb",
+    "unpack_one",
 ]
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 1024 * 1024  # one encoded message, bytes
 MAX_STRING = 16 * 1024  # one string field of a request (paths, names, reasons)
+MAX_REQUEST = 64 * 1024  # a request is a few strings; the daemon reads no more
+MAX_REQUEST_OBJECTS = 64  # a request is a flat map of a few fields
+MAX_DEPTH = 32  # our messages are shallow; deeper is garbage, not a reason to recurse
 SOCKET_NAME = "control.sock"
 ROOT_SOCKET = "/run/meshcc/control.sock"
 
@@ -108,56 +119,250 @@ class ControlError(Exception):
     """A message was malformed, too large or not understood; ``str(e)`` says which."""
 
 
+# ---------------------------------------------------------------- the msgpack subset
+
+
+class _NeedData(Exception):
+    """The buffer ends inside a message: at least ``needed`` bytes are required."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+def packb(obj: object) -> bytes:
+    """msgpack bytes of nil/bool/int/float/str/bytes/list/tuple/dict (ControlError else)."""
+    out = bytearray()
+    _pack(obj, out, 0)
+    return bytes(out)
+
+
+def _pack(obj: object, out: bytearray, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ControlError("message nested too deeply")
+    if obj is None:
+        out.append(0xC0)
+    elif obj is True:
+        out.append(0xC3)
+    elif obj is False:
+        out.append(0xC2)
+    elif isinstance(obj, int):
+        _pack_int(int(obj), out)
+    elif isinstance(obj, str):
+        data = obj.encode("utf-8", "surrogateescape")
+        _pack_length(out, len(data), 0xA0, 32, (0xD9, 0xDA, 0xDB))
+        out += data
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        data = bytes(obj)
+        _pack_length(out, len(data), None, 0, (0xC4, 0xC5, 0xC6))
+        out += data
+    elif isinstance(obj, dict):
+        _pack_length(out, len(obj), 0x80, 16, (None, 0xDE, 0xDF))
+        for key, value in obj.items():
+            _pack(key, out, depth + 1)
+            _pack(value, out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        _pack_length(out, len(obj), 0x90, 16, (None, 0xDC, 0xDD))
+        for value in obj:
+            _pack(value, out, depth + 1)
+    elif isinstance(obj, float):
+        import struct  # no float crosses the compile client's path
+
+        out.append(0xCB)
+        out += struct.pack(">d", obj)
+    else:
+        raise ControlError(f"cannot encode a {type(obj).__name__}")
+
+
+def _pack_int(n: int, out: bytearray) -> None:
+    if 0 <= n < 0x80 or -32 <= n < 0:
+        out += (n & 0xFF).to_bytes(1, "big")
+        return
+    if 0 <= n < 1 << 64:
+        for size, code in ((1, 0xCC), (2, 0xCD), (4, 0xCE), (8, 0xCF)):
+            if n < 1 << (8 * size):
+                out.append(code)
+                out += n.to_bytes(size, "big")
+                return
+    if -(1 << 63) <= n < 0:
+        for size, code in ((1, 0xD0), (2, 0xD1), (4, 0xD2), (8, 0xD3)):
+            if n >= -(1 << (8 * size - 1)):
+                out.append(code)
+                out += n.to_bytes(size, "big", signed=True)
+                return
+    raise ControlError(f"integer {n} does not fit in 64 bits")
+
+
+def _pack_length(
+    out: bytearray, n: int, fix: int | None, fix_limit: int, codes: tuple[int | None, int, int]
+) -> None:
+    """A length header: the fix form if it fits, else the 8/16/32-bit form."""
+    if fix is not None and n < fix_limit:
+        out.append(fix | n)
+        return
+    for size, code in zip((1, 2, 4), codes, strict=True):
+        if code is not None and n < 1 << (8 * size):
+            out.append(code)
+            out += n.to_bytes(size, "big")
+            return
+    raise ControlError("object too long to encode")
+
+
+def unpack_one(
+    buf: bytes | bytearray, pos: int = 0, depth: int = 0, budget: list[int] | None = None
+) -> tuple[object, int]:
+    """Decode the object at ``pos``: (object, end). _NeedData if ``buf`` ends early,
+    ControlError for anything outside the subset (ext types, invalid UTF-8, unhashable
+    map keys, nesting deeper than MAX_DEPTH, more objects than ``budget[0]``)."""
+    if pos >= len(buf):
+        raise _NeedData(pos + 1)
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ControlError("too many objects in one message")
+    if depth > MAX_DEPTH:
+        raise ControlError("message nested too deeply")
+    b = buf[pos]
+    pos += 1
+    if b < 0x80:
+        return b, pos
+    if b >= 0xE0:
+        return b - 0x100, pos
+    if 0xA0 <= b <= 0xBF:
+        return _str(buf, pos, b & 0x1F)
+    if 0x80 <= b <= 0x8F:
+        return _map(buf, pos, b & 0x0F, depth, budget)
+    if 0x90 <= b <= 0x9F:
+        return _array(buf, pos, b & 0x0F, depth, budget)
+    if b == 0xC0:
+        return None, pos
+    if b == 0xC2:
+        return False, pos
+    if b == 0xC3:
+        return True, pos
+    if 0xCC <= b <= 0xCF:
+        size = 1 << (b - 0xCC)
+        return int.from_bytes(_take(buf, pos, size), "big"), pos + size
+    if 0xD0 <= b <= 0xD3:
+        size = 1 << (b - 0xD0)
+        return int.from_bytes(_take(buf, pos, size), "big", signed=True), pos + size
+    if b in (0xD9, 0xDA, 0xDB):
+        size = 1 << (b - 0xD9)
+        return _str(buf, pos + size, int.from_bytes(_take(buf, pos, size), "big"))
+    if b in (0xC4, 0xC5, 0xC6):
+        size = 1 << (b - 0xC4)
+        n = int.from_bytes(_take(buf, pos, size), "big")
+        return bytes(_take(buf, pos + size, n)), pos + size + n
+    if b in (0xDE, 0xDF):
+        size = 2 << (b - 0xDE)
+        n = int.from_bytes(_take(buf, pos, size), "big")
+        return _map(buf, pos + size, n, depth, budget)
+    if b in (0xDC, 0xDD):
+        size = 2 << (b - 0xDC)
+        n = int.from_bytes(_take(buf, pos, size), "big")
+        return _array(buf, pos + size, n, depth, budget)
+    if b in (0xCA, 0xCB):
+        import struct
+
+        size = 4 if b == 0xCA else 8
+        value: float = struct.unpack(">f" if size == 4 else ">d", _take(buf, pos, size))[0]
+        return value, pos + size
+    raise ControlError(f"unsupported msgpack type byte {b:#04x}")
+
+
+def _take(buf: bytes | bytearray, pos: int, n: int) -> bytes | bytearray:
+    if pos + n > len(buf):
+        raise _NeedData(pos + n)
+    return buf[pos : pos + n]
+
+
+def _str(buf: bytes | bytearray, pos: int, n: int) -> tuple[str, int]:
+    try:
+        return bytes(_take(buf, pos, n)).decode("utf-8"), pos + n
+    except UnicodeDecodeError:
+        raise ControlError("invalid UTF-8 in a string") from None
+
+
+def _map(
+    buf: bytes | bytearray, pos: int, n: int, depth: int, budget: list[int] | None
+) -> tuple[dict[object, object], int]:
+    result: dict[object, object] = {}
+    for _ in range(n):
+        key, pos = unpack_one(buf, pos, depth + 1, budget)
+        if isinstance(key, (dict, list)):
+            raise ControlError("unhashable map key")
+        result[key], pos = unpack_one(buf, pos, depth + 1, budget)
+    return result, pos
+
+
+def _array(
+    buf: bytes | bytearray, pos: int, n: int, depth: int, budget: list[int] | None
+) -> tuple[list[object], int]:
+    items = []
+    for _ in range(n):
+        item, pos = unpack_one(buf, pos, depth + 1, budget)
+        items.append(item)
+    return items, pos
+
+
 # ---------------------------------------------------------------- framing
 
 
 def encode(msg: Mapping[str, object]) -> bytes:
     """One message as bytes; ControlError if it is not encodable or larger than 1 MiB."""
-    try:
-        data: bytes = msgpack.packb(msg, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise ControlError(f"cannot encode message: {e}") from None
+    data = packb(dict(msg))
     if len(data) > MAX_MESSAGE:
         raise ControlError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE} byte limit")
     return data
 
 
 class MessageReader:
-    """Bytes in, messages (dicts with str keys) out. After a ControlError it stays failed."""
+    """Bytes in, messages (dicts with str keys) out. After a ControlError it stays failed.
 
-    __slots__ = ("_error", "_unpacker")
+    Decoding restarts from the message's first byte when more data arrives, so the reader
+    waits until the byte count the last attempt ran out at has arrived, and a receiver of
+    untrusted input (the daemon) caps the objects per message (``max_objects``): a
+    dribbling client then costs a bounded amount of work per byte.
+    """
 
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            max_buffer_size=max_message,
-            strict_map_key=True,
-            use_list=True,
-        )
+    __slots__ = ("_buf", "_error", "_max", "_max_objects", "_need")
+
+    def __init__(self, max_message: int = MAX_MESSAGE, max_objects: int | None = None) -> None:
+        self._buf = bytearray()
+        self._max = max_message
+        self._max_objects = max_objects
+        self._need = 1
         self._error: str | None = None
 
     def feed(self, data: bytes) -> None:
         """Buffer ``data``; ControlError when the pending message would exceed the limit."""
         if self._error is not None:
             raise ControlError(self._error)
-        try:
-            self._unpacker.feed(data)
-        except msgpack.BufferFull:
-            self._fail(f"message larger than the {MAX_MESSAGE} byte limit")
+        self._buf += data
+        if len(self._buf) > self._max:
+            self._fail(f"message larger than the {self._max} byte limit")
 
     def next_message(self) -> dict[str, object] | None:
         """The next complete message, or None when more bytes are needed."""
         if self._error is not None:
             raise ControlError(self._error)
-        try:
-            msg = self._unpacker.unpack()
-        except msgpack.OutOfData:
+        if len(self._buf) < self._need:
             return None
-        except Exception as e:  # ExtraData, FormatError, StackError, ValueError, ...
-            self._fail(f"malformed message: {e.__class__.__name__}: {e}")
+        budget = None if self._max_objects is None else [self._max_objects]
+        try:
+            msg, end = unpack_one(self._buf, 0, 0, budget)
+        except _NeedData as e:
+            self._need = e.needed
+            return None
+        except ControlError as e:
+            self._fail(f"malformed message: {e}")
         if not isinstance(msg, dict):
             self._fail(f"expected a map, got {type(msg).__name__}")
-        return msg
+        if not all(isinstance(key, str) for key in msg):
+            self._fail("malformed message: map keys must be strings")
+        del self._buf[:end]
+        self._need = 1
+        return msg  # type: ignore[return-value]  # keys checked to be str just above
 
     def __iter__(self) -> MessageReader:
         return self
@@ -173,135 +378,81 @@ class MessageReader:
         raise ControlError(why)
 
 
-# ---------------------------------------------------------------- value records
+# ---------------------------------------------------------------- requests
 
 
-class _Record(_Frozen):
-    """A tiny immutable record (dataclasses cost ~7 ms to import; clients start often)."""
-
-    __slots__ = ()
-
-    def __init__(self, *values: object) -> None:
-        for name, value in zip(self.__match_args__, values, strict=True):
-            object.__setattr__(self, name, value)
-
-
-class StatusRequest(_Record):
+class StatusRequest(Frozen):
     __slots__ = ()
     __match_args__ = ()
 
+    def to_message(self) -> dict[str, object]:
+        return {"op": "status", "v": PROTOCOL_VERSION}
 
-class HostsRequest(_Record):
+
+class HostsRequest(Frozen):
+    """The DISTCC_HOSTS line for a compiler (None: judge liveness and subnets only)."""
+
     __slots__ = ("cc", "cc_path")
-    __match_args__ = __slots__
+    __match_args__ = ("cc", "cc_path")
     cc: str | None
     cc_path: str | None
 
+    def __init__(self, cc: str | None = None, cc_path: str | None = None) -> None:
+        self._init(cc, cc_path)
 
-class LeaseRequest(_Record):
-    __slots__ = ("cc", "cc_path", "source", "local_ok")
-    __match_args__ = __slots__
+    def to_message(self) -> dict[str, object]:
+        return {"op": "hosts", "cc": self.cc, "cc_path": self.cc_path, "v": PROTOCOL_VERSION}
+
+
+class LeaseRequest(Frozen):
+    """A peer slot for one compile of ``source`` with the compiler at ``cc_path``."""
+
+    __slots__ = ("cc", "cc_path", "local_ok", "source")
+    __match_args__ = ("cc", "cc_path", "source", "local_ok")
     cc: str
     cc_path: str
     source: str
     local_ok: bool  # may the daemon hand out this box's own share (False: DISTCC_FALLBACK=0)
 
     def __init__(self, cc: str, cc_path: str, source: str, local_ok: bool = True) -> None:
-        super().__init__(cc, cc_path, source, local_ok)
+        self._init(cc, cc_path, source, local_ok)
+
+    def to_message(self) -> dict[str, object]:
+        return {
+            "op": "lease",
+            "cc": self.cc,
+            "cc_path": self.cc_path,
+            "source": self.source[:MAX_STRING],
+            "local_ok": self.local_ok,
+            "v": PROTOCOL_VERSION,
+        }
 
 
-class DoneMessage(_Record):
-    __slots__ = ("ok", "connect_failed", "reason")
-    __match_args__ = __slots__
+class DoneMessage(Frozen):
+    """A lease's outcome, sent just before the client closes the lease connection."""
+
+    __slots__ = ("connect_failed", "ok", "reason")
+    __match_args__ = ("ok", "connect_failed", "reason")
     ok: bool
     connect_failed: bool
     reason: str
 
+    def __init__(self, ok: bool, connect_failed: bool = False, reason: str = "") -> None:
+        self._init(bool(ok), bool(connect_failed), reason[:MAX_STRING])
 
-class LeaseGranted(_Record):
-    __slots__ = ("host", "port", "protocol", "compiler", "peer")
-    __match_args__ = __slots__
-    host: str
-    port: int
-    protocol: int
-    compiler: str
-    peer: str
-
-
-class LeaseLocal(_Record):
-    """No lease: compile locally. ``error`` True when the daemon rejected the request."""
-
-    __slots__ = ("reason", "error")
-    __match_args__ = __slots__
-    reason: str
-    error: bool
+    def to_message(self) -> dict[str, object]:
+        return {
+            "op": "done",
+            "ok": self.ok,
+            "connect_failed": self.connect_failed,
+            "reason": self.reason,
+        }
 
 
 Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage
 
 
-# ---------------------------------------------------------------- constructors
-
-
-def _versioned(msg: dict[str, object]) -> dict[str, object]:
-    msg["v"] = PROTOCOL_VERSION
-    return msg
-
-
-def status_request() -> dict[str, object]:
-    return _versioned({"op": "status"})
-
-
-def hosts_request(cc: str | None = None, cc_path: str | None = None) -> dict[str, object]:
-    return _versioned({"op": "hosts", "cc": cc, "cc_path": cc_path})
-
-
-def lease_request(cc: str, cc_path: str, source: str, local_ok: bool = True) -> dict[str, object]:
-    return _versioned(
-        {"op": "lease", "cc": cc, "cc_path": cc_path, "source": source, "local_ok": local_ok}
-    )
-
-
-def done_message(ok: bool, connect_failed: bool = False, reason: str = "") -> dict[str, object]:
-    return {
-        "op": "done",
-        "ok": bool(ok),
-        "connect_failed": bool(connect_failed),
-        "reason": reason[:MAX_STRING],
-    }
-
-
-def lease_granted(
-    host: str, port: int, protocol: int, compiler: str, peer: str
-) -> dict[str, object]:
-    return {
-        "ok": True,
-        "host": host,
-        "port": port,
-        "protocol": protocol,
-        "compiler": compiler,
-        "peer": peer,
-    }
-
-
-def lease_local(reason: str, hold: bool = False) -> dict[str, object]:
-    """Compile locally. ``hold``: this is one of the box's own counted slots (its share
-    while every matching peer is busy); the client keeps the connection open while its
-    local compiler runs, and closing it frees the slot."""
-    msg: dict[str, object] = {"ok": False, "local": True, "reason": reason}
-    if hold:
-        msg["hold"] = True
-    return msg
-
-
-def error_reply(error: str) -> dict[str, object]:
-    return {"ok": False, "error": error}
-
-
-# ---------------------------------------------------------------- validation
-
-
-def _str(msg: Mapping[str, object], key: str, *, optional: bool = False) -> str | None:
+def _str_field(msg: Mapping[str, object], key: str, *, optional: bool = False) -> str | None:
     value = msg.get(key)
     if value is None and optional:
         return None
@@ -314,7 +465,7 @@ def _str(msg: Mapping[str, object], key: str, *, optional: bool = False) -> str 
     return value
 
 
-def _bool(msg: Mapping[str, object], key: str, default: bool) -> bool:
+def _bool_field(msg: Mapping[str, object], key: str, default: bool) -> bool:
     value = msg.get(key, default)
     if not isinstance(value, bool):
         raise ControlError(f"{msg.get('op')!s}: field {key!r} must be true or false")
@@ -325,55 +476,334 @@ def decode_request(msg: Mapping[str, object]) -> Request:
     """A request map as a record; ControlError (with a reason to send back) if invalid."""
     op = msg.get("op")
     v = msg.get("v", PROTOCOL_VERSION)
-    if not isinstance(v, int) or v < 1:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ControlError(f"bad protocol version {v!r}")
     if op == "status":
         return StatusRequest()
     if op == "hosts":
-        cc = _str(msg, "cc", optional=True)
-        cc_path = _str(msg, "cc_path", optional=True)
+        cc = _str_field(msg, "cc", optional=True)
+        cc_path = _str_field(msg, "cc_path", optional=True)
         return HostsRequest(cc or None, cc_path or None)
     if op == "lease":
-        cc = _str(msg, "cc")
-        cc_path = _str(msg, "cc_path")
-        source = _str(msg, "source", optional=True) or ""
-        assert cc is not None and cc_path is not None
+        cc = _str_field(msg, "cc") or ""
+        cc_path = _str_field(msg, "cc_path") or ""
+        source = _str_field(msg, "source", optional=True) or ""
         if not cc:
             raise ControlError("lease: field 'cc' is empty")
         if not cc_path.startswith("/"):
             raise ControlError(f"lease: cc_path must be an absolute path, not {cc_path!r}")
         return LeaseRequest(cc, cc_path, source, msg.get("local_ok") is not False)
     if op == "done":
-        reason = _str(msg, "reason", optional=True) or ""
-        return DoneMessage(_bool(msg, "ok", False), _bool(msg, "connect_failed", False), reason)
+        reason = _str_field(msg, "reason", optional=True) or ""
+        return DoneMessage(
+            _bool_field(msg, "ok", False), _bool_field(msg, "connect_failed", False), reason
+        )
     if isinstance(op, str):
         raise ControlError(f"unknown op {op[:64]!r}")
     raise ControlError("request has no 'op' string")
 
 
-def decode_lease_reply(msg: Mapping[str, object]) -> LeaseGranted | LeaseLocal:
-    """A lease reply as a record; ControlError when it is neither a grant nor a refusal."""
+# ---------------------------------------------------------------- replies
+
+
+class ErrorReply(Frozen):
+    """The daemon rejected the request; ``error`` says why."""
+
+    __slots__ = ("error",)
+    __match_args__ = ("error",)
+    error: str
+
+    def __init__(self, error: str) -> None:
+        self._init(error)
+
+    def to_message(self) -> dict[str, object]:
+        return {"ok": False, "error": self.error}
+
+
+class LeaseGranted(Frozen):
+    """A slot on a peer: send the job to ``host``:``port`` naming ``compiler``."""
+
+    __slots__ = ("compiler", "host", "peer", "port", "protocol")
+    __match_args__ = ("host", "port", "protocol", "compiler", "peer")
+    host: str
+    port: int
+    protocol: int
+    compiler: str
+    peer: str
+
+    def __init__(self, host: str, port: int, protocol: int, compiler: str, peer: str) -> None:
+        self._init(host, port, protocol, compiler, peer)
+
+    def to_message(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "host": self.host,
+            "port": self.port,
+            "protocol": self.protocol,
+            "compiler": self.compiler,
+            "peer": self.peer,
+        }
+
+
+class LeaseLocal(Frozen):
+    """Compile locally. ``hold``: this is one of the box's own counted slots (its share
+    while every matching peer is busy); the client keeps the connection open while its
+    local compiler runs, and closing it frees the slot."""
+
+    __slots__ = ("hold", "reason")
+    __match_args__ = ("reason", "hold")
+    reason: str
+    hold: bool
+
+    def __init__(self, reason: str, hold: bool = False) -> None:
+        self._init(reason, hold)
+
+    def to_message(self) -> dict[str, object]:
+        msg: dict[str, object] = {"ok": False, "local": True, "reason": self.reason}
+        if self.hold:
+            msg["hold"] = True
+        return msg
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode_lease_reply(msg: Mapping[str, object]) -> LeaseGranted | LeaseLocal | ErrorReply:
+    """A lease reply as a record; ControlError when it is none of the three."""
     if msg.get("ok") is True:
         host, port, proto = msg.get("host"), msg.get("port"), msg.get("protocol")
-        compiler, peer = msg.get("compiler"), msg.get("peer")
+        compiler, peer = msg.get("compiler"), msg.get("peer", "")
         if (
             not isinstance(host, str)
             or not host
             or not isinstance(port, int)
-            or isinstance(port, bool)
+            or not _is_int(port)
             or not 0 < port < 65536
+            or not isinstance(proto, int)
             or proto not in (1, 2, 3)
             or not isinstance(compiler, str)
             or not compiler
             or not isinstance(peer, str)
         ):
             raise ControlError(f"malformed lease grant: {dict(msg)!r:.200}")
-        assert isinstance(proto, int)
         return LeaseGranted(host, port, proto, compiler, peer)
+    if msg.get("ok") is False and msg.get("local") is True:
+        reason = msg.get("reason")
+        return LeaseLocal(str(reason or "no reason given"), msg.get("hold") is True)
     if msg.get("ok") is False:
-        reason = msg.get("reason") if msg.get("local") else msg.get("error")
-        return LeaseLocal(str(reason or "no reason given"), not msg.get("local"))
+        return ErrorReply(str(msg.get("error") or "no reason given"))
     raise ControlError(f"malformed lease reply: {dict(msg)!r:.200}")
+
+
+def _str_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(str(item) for item in value)
+
+
+class StatusReply(Frozen):
+    """What the daemon is doing: discovery, peers, job slots, leases."""
+
+    __slots__ = (
+        "addresses",
+        "allowed",
+        "allowed_source",
+        "discovery",
+        "interfaces",
+        "jobs",
+        "leases",
+        "node",
+        "off_reason",
+        "peers",
+        "port",
+        "queued",
+        "running",
+        "socket",
+        "version",
+        "warnings",
+    )
+    __match_args__ = (
+        "version",
+        "node",
+        "discovery",
+        "off_reason",
+        "interfaces",
+        "addresses",
+        "allowed",
+        "allowed_source",
+        "warnings",
+        "peers",
+        "jobs",
+        "running",
+        "port",
+        "socket",
+        "leases",
+        "queued",
+    )
+    version: str
+    node: str
+    discovery: bool
+    off_reason: str | None
+    interfaces: tuple[str, ...]
+    addresses: tuple[str, ...]
+    allowed: tuple[str, ...]
+    allowed_source: str
+    warnings: tuple[str, ...]
+    peers: int
+    jobs: int
+    running: int
+    port: int
+    socket: str | None
+    leases: int
+    queued: int
+
+    def __init__(
+        self,
+        *,
+        version: str = "",
+        node: str = "",
+        discovery: bool = False,
+        off_reason: str | None = None,
+        interfaces: Sequence[str] = (),
+        addresses: Sequence[str] = (),
+        allowed: Sequence[str] = (),
+        allowed_source: str = "",
+        warnings: Sequence[str] = (),
+        peers: int = 0,
+        jobs: int = 0,
+        running: int = 0,
+        port: int = 0,
+        socket: str | None = None,
+        leases: int = 0,
+        queued: int = 0,
+    ) -> None:
+        self._init(
+            version,
+            node,
+            discovery,
+            off_reason,
+            tuple(interfaces),
+            tuple(addresses),
+            tuple(allowed),
+            allowed_source,
+            tuple(warnings),
+            peers,
+            jobs,
+            running,
+            port,
+            socket,
+            leases,
+            queued,
+        )
+
+    def to_message(self) -> dict[str, object]:
+        msg: dict[str, object] = {"ok": True}
+        for name in self.__match_args__:
+            value = getattr(self, name)
+            msg[name] = list(value) if isinstance(value, tuple) else value
+        return msg
+
+    @classmethod
+    def from_message(cls, msg: Mapping[str, object]) -> StatusReply:
+        """Lenient: a missing or mistyped field takes its empty value (an older daemon)."""
+
+        def text(key: str) -> str:
+            value = msg.get(key)
+            return value if isinstance(value, str) else ""
+
+        def number(key: str) -> int:
+            value = msg.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+        off = msg.get("off_reason")
+        sock = msg.get("socket")
+        return cls(
+            version=text("version"),
+            node=text("node"),
+            discovery=msg.get("discovery") is True,
+            off_reason=off if isinstance(off, str) else None,
+            interfaces=_str_list(msg.get("interfaces")),
+            addresses=_str_list(msg.get("addresses")),
+            allowed=_str_list(msg.get("allowed")),
+            allowed_source=text("allowed_source"),
+            warnings=_str_list(msg.get("warnings")),
+            peers=number("peers"),
+            jobs=number("jobs"),
+            running=number("running"),
+            port=number("port"),
+            socket=sock if isinstance(sock, str) else None,
+            leases=number("leases"),
+            queued=number("queued"),
+        )
+
+
+def decode_status_reply(msg: Mapping[str, object]) -> StatusReply | ErrorReply:
+    if msg.get("ok") is True:
+        return StatusReply.from_message(msg)
+    return ErrorReply(str(msg.get("error") or "the daemon refused the request"))
+
+
+class HostsReply(Frozen):
+    """The DISTCC_HOSTS line of the matching live peers and every peer's verdict.
+
+    ``verdicts`` are :meth:`meshcc.mesh.matching.Verdict.to_dict` maps (plain data, as
+    ``meshcc hosts --json`` prints them)."""
+
+    __slots__ = ("compiler", "line", "note", "status", "verdicts")
+    __match_args__ = ("line", "verdicts", "status", "compiler", "note")
+    line: str
+    verdicts: tuple[dict[str, object], ...]
+    status: StatusReply
+    compiler: str | None
+    note: str | None
+
+    def __init__(
+        self,
+        line: str,
+        verdicts: Sequence[dict[str, object]],
+        status: StatusReply,
+        compiler: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        self._init(line, tuple(verdicts), status, compiler, note)
+
+    def to_message(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "line": self.line,
+            "verdicts": list(self.verdicts),
+            "status": self.status.to_message(),
+            "compiler": self.compiler,
+            "note": self.note,
+        }
+
+    @property
+    def included(self) -> list[dict[str, object]]:
+        """The verdicts of the peers in the line, best first."""
+        return [v for v in self.verdicts if v.get("included")]
+
+
+def decode_hosts_reply(msg: Mapping[str, object]) -> HostsReply | ErrorReply:
+    """A hosts reply as a record; ControlError when its line or verdicts are malformed."""
+    if msg.get("ok") is not True:
+        return ErrorReply(str(msg.get("error") or "the daemon refused the request"))
+    line, verdicts, status = msg.get("line"), msg.get("verdicts"), msg.get("status")
+    if not isinstance(line, str) or not isinstance(verdicts, list):
+        raise ControlError(f"malformed hosts reply: {dict(msg)!r:.200}")
+    if not all(isinstance(v, dict) for v in verdicts):
+        raise ControlError("malformed hosts reply: a verdict is not a map")
+    compiler, note = msg.get("compiler"), msg.get("note")
+    return HostsReply(
+        line,
+        verdicts,
+        StatusReply.from_message(status if isinstance(status, dict) else {}),
+        compiler if isinstance(compiler, str) else None,
+        note if isinstance(note, str) else None,
+    )
+
+
+Reply = StatusReply | HostsReply | LeaseGranted | LeaseLocal | ErrorReply
 
 
 # ---------------------------------------------------------------- socket paths
@@ -382,7 +812,7 @@ def decode_lease_reply(msg: Mapping[str, object]) -> LeaseGranted | LeaseLocal:
 def _user_socket(uid: int, env: Mapping[str, str]) -> str:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime and runtime.startswith("/"):
-        return os.path.join(runtime, "meshcc", SOCKET_NAME)
+        return f"{runtime.rstrip('/')}/meshcc/{SOCKET_NAME}"
     return f"/tmp/meshcc-{uid}/{SOCKET_NAME}"
 
 
@@ -406,11 +836,18 @@ def client_socket_paths(
 ) -> list[str]:
     """Where clients look, in order: $MESHCC_SOCKET alone if set, else /run/meshcc, per-user."""
     env = os.environ if env is None else env
-    uid = os.geteuid() if uid is None else uid
-    if env.get("MESHCC_SOCKET"):
-        return [env["MESHCC_SOCKET"]]
-    paths = [ROOT_SOCKET]
-    user = _user_socket(uid, env)
-    if user not in paths:
-        paths.append(user)
-    return paths
+    explicit = env.get("MESHCC_SOCKET")
+    if explicit:
+        return [explicit]
+    user = _user_socket(os.geteuid() if uid is None else uid, env)
+    return [ROOT_SOCKET] if user == ROOT_SOCKET else [ROOT_SOCKET, user]
+
+
+def guessed_in_shared_tmp(path: str, env: Mapping[str, str] | None = None) -> bool:
+    """Is ``path`` a per-user guess under the world-writable /tmp (not chosen by the user)?
+
+    Anyone can create ``/tmp/meshcc-UID`` first and put a socket there to steer another
+    user's compiles; such a path is trusted only in a private directory the caller owns
+    (:func:`meshcc.transport.control_client.is_private_dir`)."""
+    env = os.environ if env is None else env
+    return not env.get("MESHCC_SOCKET") and path.startswith("/tmp/")

@@ -19,6 +19,8 @@ no ``typing`` at run time. Events and ``Limits`` are small frozen classes with
 
 from __future__ import annotations
 
+from .records import Frozen as _Frozen
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from collections.abc import Generator, Sequence
@@ -74,38 +76,6 @@ class _NeedDataType:
 
 NEED_DATA = _NeedDataType()
 """Returned by ``next_event()`` when more bytes must be fed first."""
-
-
-class _Frozen:
-    """Base for immutable slotted value classes (a cheap frozen dataclass)."""
-
-    __slots__ = ()
-    __match_args__: tuple[str, ...] = ()  # the fields, in order
-
-    def _values(self) -> tuple[object, ...]:
-        return tuple(getattr(self, n) for n in self.__match_args__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((self.__class__, self._values()))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
-        return f"{self.__class__.__name__}({fields})"
-
-    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        # pickle/copy would otherwise restore slots through __setattr__.
-        return (self.__class__, self._values())
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{self.__class__.__name__} is immutable")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{self.__class__.__name__} is immutable")
 
 
 _set = object.__setattr__
