@@ -4,8 +4,8 @@ A box with nothing but ``python3`` (>= 3.11) runs ``python3 meshcc.pyz daemon``.
 goes in: every ``.py`` of the ``meshcc`` package; ``zeroconf``'s ``.py`` sources (it
 ships them beside its Cython modules and runs without them); ``ifaddr`` (pure); and
 ``msgpack``'s pure fallback (its package imports ``fallback`` when ``_cmsgpack`` is
-missing). ``lz4`` and ``lzallright`` are compiled only and stay out: a pyz daemon speaks
-distcc protocol 1 (no LZO) and says so.
+missing). ``lzallright`` is compiled only and stays out: a pyz daemon speaks distcc
+protocol 1 (no LZO) and says so.
 
 The bytes are deterministic (sorted entries, fixed timestamps and modes, no caches), so
 two builds of the same installation have the same sha256, and a daemon running from a

@@ -13,7 +13,7 @@ Two services per daemon, both on the same unique instance label and host name:
     ``v`` schema major (a reader ignores keys it does not know; an incompatible change
     would get a new service type), ``id`` node id, ``mv`` meshcc version, ``host``
     display host name, ``cpus``, ``jobs``, ``proto`` distcc protocol versions served
-    (``1,2``), ``caps`` extensions (``lzo``, ``lz4``, ``errm``), optional ``free`` (free job
+    (``1,2``), ``caps`` extensions (``lzo``, ``errm``), optional ``free`` (free job
     slots, republished rarely), and one ``tN`` per toolchain:
     ``DRIVER;VERSION;TARGET;BINUTILS;NAMES`` e.g.
     ``t0=gcc;12.2.0;x86_64-linux-gnu;2.40;gcc,cc,gcc-12,~-gcc,~-gcc-12`` where ``~`` in a

@@ -148,8 +148,7 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
 def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
-    # Only what the compile server speaks today: "lz4" joins once the transport negotiates
-    # it (peers would otherwise trust a capability this daemon cannot serve).
+    # Only what the compile server speaks (peers trust every capability announced).
     caps = {"errm"}
     if compression.available(compression.Codec.LZO):
         caps.add("lzo")
