@@ -99,7 +99,7 @@ class StatusServer:
             await self._serve(reader, writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
-        except Exception as e:  # one bad request must never take the daemon down
+        except Exception as e:  # noqa: BLE001 - one bad request must not take the daemon down
             log.warning("status port: %s", e)
         finally:
             writer.close()

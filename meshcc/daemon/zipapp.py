@@ -17,14 +17,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import zipfile
 from collections.abc import Callable, Iterator
 
 SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = b'''"""meshcc.pyz: `python3 meshcc.pyz daemon|hosts|gcc ...`, with a bare python3 >= 3.11."""
 
-import sys
 
 if sys.version_info < (3, 11):
     sys.exit("meshcc.pyz needs Python 3.11 or newer, not " + sys.version.split()[0])
@@ -149,7 +147,3 @@ def write_pyz(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.stdout.buffer.write(build_pyz())
