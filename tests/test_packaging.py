@@ -219,7 +219,6 @@ def test_ebuilds_parse() -> None:
         "dev-python/zeroconf",
         "dev-python/ifaddr",
         "dev-python/msgpack",
-        "dev-python/lz4",
         "acct-user/meshcc",
         "newinitd",
         "newconfd",

@@ -622,7 +622,8 @@ def _check_masquerade(report: Report, cc: str, path: str, why: str, env: Mapping
             f"{cc} on PATH is stock distcc ({path}): it reads "
             "DISTCC_HOSTS or the host files, never the meshcc daemon",
             "keep /etc/distcc/hosts current with `meshcc daemon --write-hosts "
-            "/etc/distcc/hosts`, or put a meshcc masquerade directory first on PATH (`meshcc setup masquerade DIR`)",
+            "/etc/distcc/hosts`, or put a meshcc masquerade directory first on PATH "
+            "(`meshcc setup masquerade DIR`)",
         )
     else:
         report.add("masquerade", OK, f"{cc} on PATH is meshcc ({path}): {why}")

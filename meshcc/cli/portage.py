@@ -204,7 +204,18 @@ def ask_mesh(cc: str | None = None, cc_path: str | None = None) -> MeshView:
 
 
 def _fingerprint(t: dict[str, object]) -> tuple[str, str, str | None]:
-    return (str(t.get("version")), str(t.get("target")), t.get("binutils"))  # type: ignore[return-value]
+    binutils = t.get("binutils")
+    return (str(t.get("version")), str(t.get("target")), str(binutils) if binutils else None)
+
+
+def _toolchains(peer: dict[str, object]) -> list[dict[str, object]]:
+    toolchains = peer.get("toolchains")
+    return [t for t in toolchains if isinstance(t, dict)] if isinstance(toolchains, list) else []
+
+
+def _peer(verdict: dict[str, object]) -> dict[str, object]:
+    peer = verdict.get("peer")
+    return peer if isinstance(peer, dict) else {}
 
 
 def matches(peer: dict[str, object], gcc: RootGcc) -> bool:
@@ -212,11 +223,12 @@ def matches(peer: dict[str, object], gcc: RootGcc) -> bool:
     if peer.get("verified") is False:
         return False
     want = (gcc.version, gcc.target, gcc.binutils)
-    return any(
-        _fingerprint(t) == want
-        for t in peer.get("toolchains") or []  # type: ignore[union-attr]
-        if isinstance(t, dict)
-    )
+    return any(_fingerprint(t) == want for t in _toolchains(peer))
+
+
+def _cpus(peer: dict[str, object]) -> int:
+    cpus = peer.get("cpus")
+    return cpus if isinstance(cpus, int) and cpus > 0 else 1
 
 
 def makeopts(local: int, peer_cpus: Sequence[int]) -> str:
@@ -522,8 +534,8 @@ def setup_portage(ns: argparse.Namespace) -> int:
     view = ask_mesh()
     local = ns.local_cpus if ns.local_cpus and ns.local_cpus > 0 else hostos.cpu_count()
     live = view.live_peers()
-    matching = [v for v in live if gcc is not None and matches(v["peer"], gcc)]  # type: ignore[arg-type]
-    cpus = [int(v["peer"].get("cpus") or 1) for v in matching]  # type: ignore[union-attr]
+    matching = [v for v in live if gcc is not None and matches(_peer(v), gcc)]
+    cpus = [_cpus(_peer(v)) for v in matching]
     opts = makeopts(local, cpus)
     if view.daemon is None:
         note = f"-j from {local} local cores only (no mesh daemon when written)"

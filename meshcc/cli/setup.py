@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 
 

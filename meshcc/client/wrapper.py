@@ -60,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.compiler.args import Job
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
-    from meshcc.wire.control import LeaseGranted, LeaseLocal
+    from meshcc.wire.control import LeaseGranted
 
 
 MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)

@@ -483,7 +483,7 @@ def analyse(argv: list[str]) -> Job:
     The reason for a local-only verdict is a short sentence naming the option.
     """
     argv = list(argv)
-    job = Job([argv[0]] + expand_wp(argv[1:]) if argv else [], argv)
+    job = Job([argv[0], *expand_wp(argv[1:])] if argv else [], argv)
     if not argv:
         job.reason = "empty command line"
         return job

@@ -124,5 +124,6 @@ class FingerprintCache:
             return (self.probe or toolchain.probe)(path)
         except toolchain.ToolchainError as e:
             return f"not a usable gcc: {e}"
-        except Exception as e:  # never let a strange binary take the daemon down
+        except Exception as e:  # noqa: BLE001 - a strange binary must not take the daemon down;
+            # the reason goes back to the client
             return f"cannot probe {path}: {e!r}"

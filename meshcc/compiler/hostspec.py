@@ -138,6 +138,7 @@ class Host:
             return NotImplemented
         return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
+    # Mutable and compared by value, so unhashable; typeshed types __hash__ as a method.
     __hash__ = None  # type: ignore[assignment]
 
 
@@ -180,9 +181,7 @@ def _tokens(text: str) -> list[str]:
     out = []
     for line in text.splitlines():
         hash_at = line.find("#")
-        if hash_at >= 0:
-            line = line[:hash_at]
-        out += line.split()
+        out += (line[:hash_at] if hash_at >= 0 else line).split()
     return out
 
 

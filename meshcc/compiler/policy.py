@@ -73,7 +73,7 @@ def _assembler_option_refusal(opt: str, shown: str) -> str | None:
     """One option handed to the assembler (a piece of -Wa, or an -Xassembler value)."""
     if opt.startswith("@"):
         return f"{shown} makes the assembler read a response file from the server's disk"
-    if opt.startswith("-a") or opt.startswith("--MD") or opt.startswith("-o"):
+    if opt.startswith(("-a", "--MD", "-o")):
         return f"{shown} makes the assembler write a listing, dependency or output file"
     return None
 
@@ -102,7 +102,7 @@ def _option_refusal(argv: list[str]) -> str | None:
             return f"{a} reads a specs file, which can run any program"
         if a == "-wrapper":
             return "-wrapper runs the compiler's programs through another command"
-        if a.startswith("-B") or a.startswith("--prefix"):
+        if a.startswith(("-B", "--prefix")):
             return f"{a} makes the compiler run programs from another directory"
         if a.startswith("-Wa,"):
             for piece in a[4:].split(","):

@@ -172,10 +172,10 @@ def _path_dirs(path_env: str | None) -> list[str]:
     raw = os.environ.get("PATH", os.defpath) if path_env is None else path_env
     seen: set[str] = set()
     dirs = []
-    for d in raw.split(os.pathsep):
-        if not d or not os.path.isabs(d):  # "" and relative entries mean the cwd: never
+    for entry in raw.split(os.pathsep):
+        if not entry or not os.path.isabs(entry):  # "" and relative entries mean the cwd: never
             continue
-        d = os.path.normpath(d)
+        d = os.path.normpath(entry)
         if d not in seen:
             seen.add(d)
             dirs.append(d)
@@ -221,6 +221,7 @@ def _run(argv: Sequence[str], timeout: float) -> str:
             capture_output=True,
             timeout=timeout,
             env=_probe_env(),
+            check=False,  # the return code is checked below, with stderr in the message
         )
     except FileNotFoundError:
         raise ToolchainError(f"{argv[0]}: no such file") from None

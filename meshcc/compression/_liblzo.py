@@ -15,7 +15,7 @@ import ctypes
 _SONAMES = ("liblzo2.so.2", "liblzo2.so")
 
 
-class _LibLzo2:
+class LibLzo2:
     __slots__ = ("_fn", "_wrkmem")
 
     def __init__(self, lib: ctypes.CDLL) -> None:
@@ -50,16 +50,17 @@ def _abi_ok(lib: ctypes.CDLL) -> bool:
         p,
         6 * p,
     )
-    return lib.__lzo_init_v2(ctypes.c_uint(lib.lzo_version()), *sizes) == 0
+    rc: int = lib.__lzo_init_v2(ctypes.c_uint(lib.lzo_version()), *sizes)  # restype c_int
+    return rc == 0
 
 
-def load() -> _LibLzo2 | None:
+def load() -> LibLzo2 | None:
     """The system liblzo2 compressor, or None when it is absent or unusable."""
     for name in _SONAMES:
         try:
             lib = ctypes.CDLL(name)
             if _abi_ok(lib):
-                return _LibLzo2(lib)
+                return LibLzo2(lib)
         except (OSError, AttributeError):
             continue
     return None

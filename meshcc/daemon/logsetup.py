@@ -21,16 +21,31 @@ service's log lands where the service manager keeps logs:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 
+from meshcc.loglevels import NOTICE  # imports logging and registers the NOTICE level
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    import logging
+    import socket
     from collections.abc import Mapping
-    from typing import TextIO
+    from typing import ClassVar, TextIO
 
-from meshcc.loglevels import NOTICE
+__all__ = [
+    "LOG_DAEMON",
+    "LOG_LEVELS",
+    "NOTICE",
+    "SYSLOG_ADDRESS",
+    "SYSLOG_PRIORITIES",
+    "choose_destination",
+    "configure",
+    "configure_default",
+    "open_log_file",
+    "parse_level",
+    "syslog_priority",
+]
 
 _CRITICAL, _ERROR, _WARNING, _INFO, _DEBUG = 50, 40, 30, 20, 10  # logging's values
 
@@ -106,16 +121,12 @@ def open_log_file(path: str) -> TextIO:
 
 def configure(level: int, stream: TextIO | None = None, *, to_file: bool = False) -> None:
     """Send the ``meshcc`` loggers to ``stream`` (default stderr) at ``level``."""
-    import logging
-
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(logging.Formatter(_FILE_FORMAT if to_file else _STREAM_FORMAT))
     _install(handler, level)
 
 
 def _install(handler: logging.Handler, level: int) -> None:
-    import logging
-
     root = logging.getLogger("meshcc")
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -161,18 +172,16 @@ def choose_destination(
     return "syslog"
 
 
-class _JournalFormatter:
+class _JournalFormatter(logging.Formatter):
     """``<N>`` + the line: journald takes N as the priority (sd-daemon(3))."""
 
     def __init__(self) -> None:
-        import logging
-
-        self._inner = logging.Formatter(_JOURNAL_FORMAT)
+        super().__init__(_JOURNAL_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{syslog_priority(record.levelno)}>"
         # one prefix per line, so a multi-line message (a traceback) keeps its priority
-        return "\n".join(prefix + line for line in self._inner.format(record).split("\n"))
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
 def _syslog_handler(address: str | tuple[str, int]) -> logging.Handler:
@@ -180,12 +189,19 @@ def _syslog_handler(address: str | tuple[str, int]) -> logging.Handler:
     warning); OSError when the socket is not there."""
     import logging.handlers
 
-    handler = logging.handlers.SysLogHandler(address=address, facility=LOG_DAEMON)
-    if isinstance(address, str) and (handler.socket is None or handler.socket.fileno() < 0):
+    class NoticeSysLogHandler(logging.handlers.SysLogHandler):
+        priority_map: ClassVar[dict[str, str]] = {
+            **logging.handlers.SysLogHandler.priority_map,
+            "NOTICE": "notice",
+        }
+
+    handler = NoticeSysLogHandler(address=address, facility=LOG_DAEMON)
+    # typeshed does not declare the handler's socket attribute (None after a failed connect)
+    sock: socket.socket | None = getattr(handler, "socket", None)
+    if isinstance(address, str) and (sock is None or sock.fileno() < 0):
         handler.close()  # some Pythons swallow the connect error: find out what it was
         os.stat(address)  # OSError (ENOENT) when there is no syslog socket at all
         raise OSError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
-    handler.priority_map = {**handler.priority_map, "NOTICE": "notice"}
     return handler
 
 
@@ -202,8 +218,6 @@ def configure_default(
 ) -> str:
     """Log where a service's log belongs (no ``--log-file``); returns the destination used:
     ``journal``, ``stderr`` or ``syslog`` (``stderr`` also when syslog is unreachable)."""
-    import logging
-
     global _warned_no_syslog
     logging.addLevelName(NOTICE, "NOTICE")
     out = sys.stderr if stream is None else stream
@@ -212,7 +226,7 @@ def configure_default(
     )
     if where == "journal":
         handler: logging.Handler = logging.StreamHandler(out)
-        handler.setFormatter(_JournalFormatter())  # type: ignore[arg-type]
+        handler.setFormatter(_JournalFormatter())
         _install(handler, level)
         return where
     if where == "syslog":

@@ -17,10 +17,10 @@ discovery (nobody could reach it) and opens a control socket only when ``--socke
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import ipaddress
 import logging
 import os
@@ -30,7 +30,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from meshcc import __version__, hostos
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
@@ -44,9 +44,14 @@ from meshcc.exitcodes import (
     EXIT_DISTCC_FAILED,
     EXIT_SETUID_FAILED,
 )
+from meshcc.loglevels import NOTICE
 from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
 from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
 from meshcc.wire import control
+
+if TYPE_CHECKING:
+    from meshcc.compiler.fingerprints import FingerprintCache
+    from meshcc.mesh.leases import PeerView
 
 log = logging.getLogger("meshcc.daemon")
 
@@ -68,7 +73,7 @@ def default_allowed_networks() -> list[IPNetwork]:
         import ifaddr
 
         adapters = ifaddr.get_adapters()
-    except Exception as e:  # a broken netlink or missing module must not stop the daemon
+    except Exception as e:  # noqa: BLE001 - a broken netlink or missing module must not stop us
         log.warning("cannot list network interfaces (%s); allowing loopback only", e)
         return nets
     for adapter in adapters:
@@ -124,24 +129,24 @@ def _preload() -> None:
     """Import now whatever jobs import lazily: after the drop to an unprivileged user the
     Python installation may be unreadable (e.g. a Python under /root), and a lazy import
     would then fail in the middle of a job. Each codec is run once to load its backend."""
-    import asyncio.subprocess  # noqa: F401
-    import concurrent.futures.thread  # noqa: F401
-    import ctypes  # noqa: F401
-    import encodings.idna  # noqa: F401  (host names)
-    import pwd  # noqa: F401
-
-    # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
-    import meshcc.daemon.control_server
-    import meshcc.daemon.status_http
-    import meshcc.mesh.matching
-    import meshcc.mesh.service
-    import meshcc.wire.control
-
+    for name in (
+        "asyncio.subprocess",
+        "concurrent.futures.thread",
+        "ctypes",
+        "encodings.idna",  # host names
+        "pwd",
+        # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
+        "meshcc.daemon.control_server",
+        "meshcc.daemon.status_http",
+        "meshcc.mesh.matching",
+        "meshcc.mesh.service",
+        "meshcc.wire.control",
+    ):
+        importlib.import_module(name)
     try:
-        import ifaddr  # noqa: F401
-
-        import meshcc.mesh.discovery  # noqa: F401  (imports zeroconf and zeroconf.asyncio)
-    except Exception as e:  # the daemon still serves compiles; the mesh will say it is off
+        importlib.import_module("ifaddr")
+        importlib.import_module("meshcc.mesh.discovery")  # imports zeroconf, zeroconf.asyncio
+    except Exception as e:  # noqa: BLE001 - compiles are still served; the mesh says it is off
         log.warning("cannot import the mDNS modules: %s", e)
 
     from meshcc import compression
@@ -152,7 +157,7 @@ def _preload() -> None:
         try:
             sample = compression.compress(codec, b"meshcc warm-up " * 64)
             compression.decompress(codec, sample, 1 << 16)
-        except Exception as e:  # a broken codec must not stop the daemon; jobs will say why
+        except Exception as e:  # noqa: BLE001 - a broken codec must not stop us; jobs say why
             log.warning("compression %s does not work: %s", codec, e)
 
 
@@ -215,6 +220,8 @@ class _Prepared:
 
     def close(self) -> None:
         self.sock.close()
+        if self.hosts_file is not None:
+            self.hosts_file.close()
         if self.status_sock is not None:
             self.status_sock.close()
         if self.control_sock is not None:
@@ -228,7 +235,7 @@ def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None
     explicit = opts.socket or os.environ.get("MESHCC_SOCKET")
     if opts.loopback_only() and not explicit:
         log.log(
-            logsetup.NOTICE,
+            NOTICE,
             "no control socket: listening on loopback only (pass --socket PATH to open one)",
         )
         return None, None
@@ -365,14 +372,14 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             job_lifetime=opts.job_lifetime,
         )
         log.log(
-            logsetup.NOTICE,
+            NOTICE,
             "meshcc %s daemon listening on %s",
             __version__,
             _describe_listener(sock),
         )
         for tc in registry.toolchains:
             log.log(
-                logsetup.NOTICE,
+                NOTICE,
                 "compiler %s: gcc %s, target %s, binutils %s (names: %s)",
                 tc.path,
                 tc.version,
@@ -382,7 +389,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             )
         lifetime = f"{opts.job_lifetime:g}s" if opts.job_lifetime else "unlimited"
         log.log(
-            logsetup.NOTICE,
+            NOTICE,
             "allowing up to %d concurrent jobs (job lifetime %s), job directories in %s",
             jobs,
             lifetime,
@@ -391,9 +398,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         from meshcc import compression
 
         if not compression.available(compression.Codec.LZO):
-            log.log(
-                logsetup.NOTICE, "LZO unavailable (no lzallright): serving distcc protocol 1 only"
-            )
+            log.log(NOTICE, "LZO unavailable (no lzallright): serving distcc protocol 1 only")
         return _Prepared(
             sock,
             registry,
@@ -466,11 +471,11 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         return EXIT_DISTCC_FAILED
     st = mesh.status
     if not st.discovery and disabled is not None:
-        log.log(logsetup.NOTICE, "discovery is off: %s", disabled)
+        log.log(NOTICE, "discovery is off: %s", disabled)
     allowed, source = _server_allowed(opts, st.allowed)
     config = dataclasses.replace(prep.config, allowed=tuple(allowed))
     log.log(
-        logsetup.NOTICE,
+        NOTICE,
         "allowing clients from (%s): %s",
         source,
         ", ".join(str(n) for n in allowed),
@@ -508,20 +513,21 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         status_server = StatusServer(prep.pyz, status, allowed, pyz_error=prep.pyz_error)
         await status_server.start(prep.status_sock)
         log.log(
-            logsetup.NOTICE,
+            NOTICE,
             "status port %s: GET / /meshcc.pyz /meshcc.pyz.sha256 /bootstrap",
             _describe_listener(prep.status_sock),
         )
     if prep.control_sock is not None:
         await control_server.start(prep.control_sock)
-        log.log(logsetup.NOTICE, "control socket %s", prep.control_path)
+        log.log(NOTICE, "control socket %s", prep.control_path)
     tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(_report_load(mesh, server), name="meshcc-load")
     ]
     if st.discovery:
         tasks.append(
             asyncio.create_task(
-                _watch_default_cc(mesh, control_server, prep.hosts_file), name="meshcc-watch"
+                _watch_default_cc(mesh, control_server.fingerprints, prep.hosts_file),
+                name="meshcc-watch",
             )
         )
     elif prep.hosts_file is not None:
@@ -536,7 +542,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         name = signal.Signals(signum).name
         if signals_seen == 1:
             log.log(
-                logsetup.NOTICE,
+                NOTICE,
                 "%s received: no new connections; waiting for %d connection(s) to finish "
                 "(send it again to abort them)",
                 name,
@@ -561,14 +567,20 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         if status_server is not None:
             await status_server.stop()
         await mesh.stop()
-    log.log(logsetup.NOTICE, "daemon stopped")
+    log.log(NOTICE, "daemon stopped")
     return EXIT_OK
 
 
-async def _report_load(mesh: object, server: CompileServer) -> None:
+class _LoadSink(Protocol):
+    """Where the daemon reports its running jobs (:meth:`meshcc.mesh.service.Mesh.set_load`)."""
+
+    def set_load(self, busy_jobs: int) -> None: ...
+
+
+async def _report_load(mesh: _LoadSink, server: CompileServer) -> None:
     """Feed the running-job count to the mesh (it republishes free slots rarely)."""
     while True:
-        mesh.set_load(server.running_compiles)  # type: ignore[attr-defined]
+        mesh.set_load(server.running_compiles)
         await asyncio.sleep(5.0)
 
 
@@ -580,7 +592,9 @@ def _write_hosts(hosts_file: HostsFile, line: str, compiler: str | None) -> None
         log.warning("--write-hosts %s: %s", hosts_file.path, e.strerror or e)
 
 
-async def _watch_default_cc(mesh: object, ctl: object, hosts_file: HostsFile | None) -> None:
+async def _watch_default_cc(
+    mesh: PeerView, fingerprints: FingerprintCache, hosts_file: HostsFile | None
+) -> None:
     """Judge the peers for the local ``cc`` twice a second: log who is in or out and why
     (once per change), and keep ``--write-hosts`` current."""
     from meshcc.compiler.fingerprints import FingerprintError
@@ -592,13 +606,13 @@ async def _watch_default_cc(mesh: object, ctl: object, hosts_file: HostsFile | N
         log.warning("no `cc` on PATH: peers are listed without a compiler check")
     else:
         try:
-            fp = await ctl.fingerprints.get("cc", path)  # type: ignore[attr-defined]
+            fp = await fingerprints.get("cc", path)
         except FingerprintError as e:
             log.warning("%s; peers are listed without a compiler check", e)
     compiler = fp.describe() if fp is not None else None
     seen: dict[str, tuple[bool, str]] = {}
     while True:
-        verdicts = mesh.explain(fp)  # type: ignore[attr-defined]
+        verdicts = mesh.explain(fp)
         current: dict[str, tuple[bool, str]] = {}
         for v in verdicts:
             r = v.peer.record
@@ -646,14 +660,3 @@ def run(opts: DaemonOptions) -> int:
     finally:
         prep.close()
     return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``meshcc daemon ARGS`` without the rest of the CLI (for tests and embedding)."""
-
-    from meshcc.daemon import options
-
-    parser = argparse.ArgumentParser(prog="meshcc daemon")
-    options.add_arguments(parser)
-    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    return run(options.DaemonOptions.from_namespace(ns))

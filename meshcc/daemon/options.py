@@ -53,7 +53,7 @@ def seconds(value: str) -> float:
         s = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, not {value!r}") from None
-    if s < 0 or s != s or s == float("inf"):
+    if not 0 <= s < float("inf"):  # also false for NaN
         raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {value!r}")
     return s
 

@@ -23,8 +23,8 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 
-from meshcc.wire.control import StatusReply
 from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip
+from meshcc.wire.control import StatusReply
 
 log = logging.getLogger("meshcc.status")
 
@@ -100,7 +100,7 @@ class StatusServer:
             await self._serve(reader, writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
-        except Exception as e:  # one bad request must never take the daemon down
+        except Exception as e:  # noqa: BLE001 - one bad request must not take the daemon down
             log.warning("status port: %s", e)
         finally:
             writer.close()

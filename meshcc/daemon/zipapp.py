@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import zipfile
 from collections.abc import Callable, Iterator
 
@@ -147,7 +146,3 @@ def write_pyz(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.stdout.buffer.write(build_pyz())

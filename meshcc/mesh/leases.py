@@ -138,7 +138,7 @@ class LeaseBroker:
     async def acquire(self, fp: ClientCompiler, local_ok: bool = True) -> Grant | Local:
         """A grant now, Local now, or (all busy) wait in line; cancel-safe."""
         if not self.waiters:
-            got = self._pick(self.mesh.explain(fp), local_ok)  # type: ignore[attr-defined]
+            got = self._pick(self.mesh.explain(fp), local_ok)
             if got is not None:
                 return got
         waiter = _Waiter(fp, asyncio.get_running_loop().create_future(), self._clock(), local_ok)

@@ -71,7 +71,7 @@ class LivenessLoop:
         async with self._sem:
             try:
                 ok, detail, rtt = await self._probe(target.host, target.port, target.timeout_s)
-            except Exception as e:  # a probe bug must not kill liveness for everyone
+            except Exception as e:  # noqa: BLE001 - a probe bug must not stop liveness for all
                 log.debug("probe of %s:%d raised %r", target.host, target.port, e)
                 ok, detail, rtt = False, f"probe error: {e}", None
         before = self.table.state(target.key)

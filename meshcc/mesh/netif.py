@@ -18,6 +18,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from meshcc.transport.addresses import IPNetwork
 
@@ -112,8 +113,34 @@ def _sys_mac(name: str) -> str | None:
     return mac.lower()
 
 
+class AdapterIP(Protocol):
+    """One address of an :class:`Adapter` (``ifaddr.IP``)."""
+
+    @property
+    def ip(self) -> str | tuple[str, int, int]: ...  # IPv6: (address, flowinfo, scope_id)
+
+    @property
+    def network_prefix(self) -> int: ...
+
+
+class Adapter(Protocol):
+    """What :func:`list_interfaces` reads of a network adapter (``ifaddr.Adapter``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def nice_name(self) -> str: ...
+
+    @property
+    def index(self) -> int | None: ...
+
+    @property
+    def ips(self) -> Sequence[AdapterIP]: ...
+
+
 def list_interfaces(
-    adapters: Iterable[object] | None = None,
+    adapters: Iterable[Adapter] | None = None,
     flags_of: Callable[[str], int | None] = _sys_flags,
     mac_of: Callable[[str], str | None] = _sys_mac,
 ) -> list[Interface]:
@@ -124,10 +151,10 @@ def list_interfaces(
         adapters = ifaddr.get_adapters()
     result = []
     for ad in adapters:
-        name = str(getattr(ad, "nice_name", None) or ad.name)
+        name = ad.nice_name or ad.name
         v4: list[ipaddress.IPv4Interface] = []
         v6: list[ipaddress.IPv6Interface] = []
-        for ip in getattr(ad, "ips", ()):
+        for ip in ad.ips:
             raw, prefix = ip.ip, ip.network_prefix
             try:
                 if isinstance(raw, tuple):  # (address, flowinfo, scope_id)
@@ -140,7 +167,7 @@ def list_interfaces(
         result.append(
             Interface(
                 name=name,
-                index=int(getattr(ad, "index", 0) or 0),
+                index=ad.index or 0,
                 flags=flags_of(name),
                 mac=mac_of(name),
                 ipv4=tuple(v4),

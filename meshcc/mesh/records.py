@@ -13,7 +13,7 @@ Two services per daemon, both on the same unique instance label and host name:
     ``v`` schema major (a reader ignores keys it does not know; an incompatible change
     would get a new service type), ``id`` node id, ``mv`` meshcc version, ``host``
     display host name, ``cpus``, ``jobs``, ``proto`` distcc protocol versions served
-    (``1,2``), ``caps`` extensions (``lzo``, ``lz4``, ``errm``), optional ``free`` (free job
+    (``1,2``), ``caps`` extensions (``lzo``, ``errm``), optional ``free`` (free job
     slots, republished rarely), and one ``tN`` per toolchain:
     ``DRIVER;VERSION;TARGET;BINUTILS;NAMES`` e.g.
     ``t0=gcc;12.2.0;x86_64-linux-gnu;2.40;gcc,cc,gcc-12,~-gcc,~-gcc-12`` where ``~`` in a
@@ -36,7 +36,11 @@ import hashlib
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshcc.compiler.toolchain import Toolchain
 
 __all__ = [
     "DISTCC_TYPE",
@@ -100,15 +104,14 @@ class ToolchainInfo:
     names: tuple[str, ...] = ()
 
     @classmethod
-    def from_toolchain(cls, tc: object) -> ToolchainInfo:
-        """From a :class:`meshcc.compiler.toolchain.Toolchain` (duck-typed)."""
-        driver = getattr(tc, "driver", "cc")
+    def from_toolchain(cls, tc: Toolchain) -> ToolchainInfo:
+        """From one of the daemon's probed toolchains."""
         return cls(
-            driver=str(getattr(driver, "value", driver)),
-            version=str(tc.version),
-            target=str(tc.target),
-            binutils=getattr(tc, "binutils", None),
-            names=tuple(getattr(tc, "names", ())),
+            driver=tc.driver.value,
+            version=tc.version,
+            target=tc.target,
+            binutils=tc.binutils,
+            names=tuple(tc.names),
         )
 
     def describe(self) -> str:
@@ -184,9 +187,6 @@ class PeerRecord:
 
     def endpoints(self) -> frozenset[tuple[str, int]]:
         return frozenset((a, self.port) for a in self.addresses)
-
-    def with_addresses(self, addresses: Sequence[str]) -> PeerRecord:
-        return replace(self, addresses=tuple(addresses))
 
 
 # ---------------------------------------------------------------- identity and names

@@ -27,25 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 from meshcc import __version__, hostos
+from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.loglevels import NOTICE
 from meshcc.mesh import netif
 from meshcc.mesh.liveness import LivenessLoop, ProbeFn, tcp_probe
-from meshcc.mesh.matching import (
-    ClientCompiler,
-    MatchPolicy,
-    Verdict,
-    hosts_line,
-    judge_all,
-    pick_address,
-)
+from meshcc.mesh.matching import MatchPolicy, Verdict, hosts_line, judge_all, pick_address
 from meshcc.mesh.netif import Interface, Selection
 from meshcc.mesh.peers import Liveness, LivenessTimings, PeerState, PeerTable
 from meshcc.mesh.records import (
@@ -65,10 +61,20 @@ from meshcc.mesh.records import (
 )
 from meshcc.transport.addresses import IPNetwork
 
+if TYPE_CHECKING:
+    from meshcc.compiler.toolchain import Toolchain
+    from meshcc.mesh.discovery import Discovery, DiscoveryEvent
+
 __all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
 
 log = logging.getLogger("meshcc.mesh")
-_PROBE = object()  # sentinel: run `cc -dumpversion/-dumpmachine` at start
+
+
+class _Probe(enum.Enum):
+    PROBE = "probe"
+
+
+_PROBE: Final = _Probe.PROBE  # Mesh(distcc_id=...) default: run `cc -dumpversion/-dumpmachine`
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +154,7 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
 def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
-    # Only what the compile server speaks today: "lz4" joins once the transport negotiates
-    # it (peers would otherwise trust a capability this daemon cannot serve).
+    # Only what the compile server speaks (peers trust every capability announced).
     caps = {"errm"}
     if compression.available(compression.Codec.LZO):
         caps.add("lzo")
@@ -170,14 +175,14 @@ class Mesh:
     def __init__(
         self,
         config: MeshConfig,
-        toolchains: Iterable[object],
+        toolchains: Iterable[ToolchainInfo | Toolchain],
         port: int,
         jobs: int,
         *,
         cpus: int | None = None,
         protocols: tuple[int, ...] | None = None,
         caps: frozenset[str] | None = None,
-        distcc_id: DistccId | object | None = _PROBE,
+        distcc_id: DistccId | _Probe | None = _PROBE,
         node_id: str | None = None,
         probe: ProbeFn = tcp_probe,
         list_interfaces: Callable[[], Sequence[Interface]] = netif.list_interfaces,
@@ -216,7 +221,7 @@ class Mesh:
             "--allow" if config.allow else "interfaces",
         )
         self._node: LocalNode | None = None
-        self._discovery: object | None = None  # discovery.Discovery (imported lazily)
+        self._discovery: Discovery | None = None  # imported lazily: it imports zeroconf
         self._loop: LivenessLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._own_names: set[str] = set()
@@ -235,12 +240,11 @@ class Mesh:
         for w in warnings:
             log.warning("%s", w)
         allowed = self.config.allow or netif.networks_of(selection.chosen)
-        own = frozenset(
-            (str(i.ip).split("%")[0], self.port)
-            for iface in interfaces
-            for i in (*iface.ipv4, *iface.ipv6)
-        )
-        self._policy = MatchPolicy(allowed, own, self.config.accept_unverified)
+        own: set[tuple[str, int]] = set()
+        for iface in interfaces:
+            own.update((str(i.ip), self.port) for i in iface.ipv4)
+            own.update((str(i.ip).split("%")[0], self.port) for i in iface.ipv6)
+        self._policy = MatchPolicy(allowed, frozenset(own), self.config.accept_unverified)
         hostname = self.config.hostname or socket.gethostname()
         nid = self._node_id
         if nid is None:
@@ -281,7 +285,6 @@ class Mesh:
                     "not list this daemon"
                 )
                 log.warning("%s", warnings[-1])
-        assert distcc_id is None or isinstance(distcc_id, DistccId)
         self._node = LocalNode(
             node_id=nid,
             hostname=hostname,
@@ -359,7 +362,7 @@ class Mesh:
         await asyncio.gather(*tasks, return_exceptions=True)
         discovery, self._discovery = self._discovery, None
         if discovery is not None:
-            await discovery.stop()  # type: ignore[attr-defined]
+            await discovery.stop()
         old = self._status
         self._status = MeshStatus(
             False, "stopped", old.node_id, old.instance, (), (), old.allowed, old.allowed_source
@@ -370,10 +373,6 @@ class Mesh:
     @property
     def status(self) -> MeshStatus:
         return self._status
-
-    @property
-    def policy(self) -> MatchPolicy:
-        return self._policy
 
     def snapshot(self) -> list[PeerState]:
         """Every known peer with its liveness (ours, not mDNS's)."""
@@ -386,10 +385,6 @@ class Mesh:
     def hosts_line(self, fingerprint: ClientCompiler | None) -> str:
         """DISTCC_HOSTS entries of the matching, live, allowed peers, best first."""
         return hosts_line(self.explain(fingerprint))
-
-    def unreadable(self) -> dict[str, str]:
-        """Announcements ignored because their record could not be read, and why."""
-        return dict(self._unreadable)
 
     # ------------------------------------------------------------ inputs from the daemon
 
@@ -409,7 +404,7 @@ class Mesh:
 
     # ------------------------------------------------------------ internals
 
-    def _on_event(self, event: object) -> None:
+    def _on_event(self, event: DiscoveryEvent) -> None:
         from meshcc.mesh.discovery import ServiceGone, ServiceSeen
 
         if isinstance(event, ServiceGone):
@@ -484,7 +479,7 @@ class Mesh:
                 continue
             spec, _ = build_meshcc_service(self._node, free=free)
             try:
-                await self._discovery.update(spec)  # type: ignore[attr-defined]
+                await self._discovery.update(spec)
                 self._published_free = free
-            except Exception as e:  # never let a republish failure stop the loop
+            except Exception as e:  # noqa: BLE001 - a republish failure must not stop the loop
                 log.debug("republishing free slots failed: %r", e)

@@ -39,8 +39,6 @@ _MSG_MORE = getattr(_socket, "MSG_MORE", 0)
 # After a failed send, how long to wait for an ERRM the server may have sent before closing.
 REFUSAL_GRACE = 2.0
 
-# distcc exit codes (exitcode.h) used to classify transport failures.
-
 
 class TransportError(Exception):
     """The host failed to do the job; ``str(e)`` is a short reason, ``exit_code`` distcc's code."""
@@ -61,16 +59,13 @@ class Refused(Exception):
 class Reply:
     """A complete reply: the remote compiler's wait status and its (decompressed) outputs."""
 
-    __slots__ = ("depfile", "obj", "status", "stderr", "stdout")
+    __slots__ = ("obj", "status", "stderr", "stdout")
 
-    def __init__(
-        self, status: int, stderr: bytes, stdout: bytes, obj: bytes, depfile: bytes | None
-    ) -> None:
+    def __init__(self, status: int, stderr: bytes, stdout: bytes, obj: bytes) -> None:
         self.status = status
         self.stderr = stderr
         self.stdout = stdout
         self.obj = obj
-        self.depfile = depfile
 
 
 def parse_io_timeout(value: str | None) -> float:
@@ -81,7 +76,7 @@ def parse_io_timeout(value: str | None) -> float:
         seconds = float(value)
     except ValueError:
         raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} is not a number of seconds") from None
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+    if not 0 < seconds < float("inf"):  # also false for NaN
         raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} must be a positive number of seconds")
     return seconds
 
@@ -227,7 +222,6 @@ class Connection:
         reader = wire.ReplyReader(self.version, self.limits)
         status = -1
         stderr = stdout = obj = b""
-        depfile: bytes | None = None
         eof = False
         while True:
             try:
@@ -254,26 +248,22 @@ class Connection:
                     eof = True
                     reader.feed_eof()
                 continue
-            kind = type(event)
-            if kind is wire.ReplyStatus:
-                status = event.wait_status  # type: ignore[union-attr]
-            elif kind is wire.ReplyStderr:
-                stderr = event.data  # type: ignore[union-attr]
-            elif kind is wire.ReplyStdout:
-                stdout = event.data  # type: ignore[union-attr]
-            elif kind is wire.ReplyObject:
-                obj = event.data  # type: ignore[union-attr]
-            elif kind is wire.ReplyDepFile:
-                depfile = event.data  # type: ignore[union-attr]
-            elif kind is wire.ReplyRefused:
-                raise Refused(event.message or "no reason given")  # type: ignore[union-attr]
-            elif kind is wire.ReplyEnd:
+            # Protocols 1 and 2 only: no DOTD (ReplyDepFile) can come.
+            if isinstance(event, wire.ReplyStatus):
+                status = event.wait_status
+            elif isinstance(event, wire.ReplyStderr):
+                stderr = event.data
+            elif isinstance(event, wire.ReplyStdout):
+                stdout = event.data
+            elif isinstance(event, wire.ReplyObject):
+                obj = event.data
+            elif isinstance(event, wire.ReplyRefused):
+                raise Refused(event.message or "no reason given")
+            elif isinstance(event, wire.ReplyEnd):
                 break
         if self.version >= 2:
             stderr, stdout, obj = (self._decompress(b) for b in (stderr, stdout, obj))
-            if depfile:
-                depfile = self._decompress(depfile)
-        return Reply(status, stderr, stdout, obj, depfile)
+        return Reply(status, stderr, stdout, obj)
 
     def _decompress(self, body: bytes) -> bytes:
         if not body:
@@ -300,19 +290,3 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def compile_remote(
-    host: str,
-    port: int,
-    version: int,
-    argv: Sequence[bytes],
-    source: bytes,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
-) -> Reply:
-    """One whole job without overlap (for tools and tests); the wrapper uses Connection."""
-    with Connection(host, port, version, io_timeout) as conn:
-        conn.connect()
-        conn.send_head(argv)
-        conn.send_source(source)
-        return conn.read_reply()

@@ -35,6 +35,7 @@ from meshcc.exitcodes import (
     EXIT_ACCESS_DENIED,
     EXIT_BAD_ARGUMENTS,
     EXIT_COMPILER_MISSING,
+    EXIT_DISTCC_FAILED,
     EXIT_IO_ERROR,
     EXIT_NO_SUCH_FILE,
     EXIT_PROTOCOL_ERROR,
@@ -55,9 +56,6 @@ __all__ = [
 
 
 log = logging.getLogger("meshcc.server")
-
-
-# distcc's exit codes (src/exitcode.h) as used in STAT and the summary's ret:.
 
 PUMP_REFUSAL = "pump mode (',cpp') is not supported; use ',lzo'"
 NO_LZO_REFUSAL = (
@@ -171,7 +169,7 @@ def bind_listener(
 
 def _listen_on(
     family: int,
-    sockaddr: tuple,  # type: ignore[type-arg]
+    sockaddr: tuple[object, ...],  # as getaddrinfo gives it for this family
     backlog: int,
     listen: bool,
     dual_stack: bool = False,
@@ -383,7 +381,7 @@ class CompileServer:
             summary.result, summary.ret = g.result, g.ret
             log.warning("client %s: %s", summary.client, g.why)
         except Exception as e:  # a bug: keep serving, but say so loudly
-            summary.result, summary.ret = JobResult.OTHER, 100
+            summary.result, summary.ret = JobResult.OTHER, EXIT_DISTCC_FAILED
             log.exception("client %s: internal error while serving the job", summary.client)
             if not replying:
                 await self._refuse(reader, writer, f"internal error in the server: {e!r}")

@@ -362,7 +362,7 @@ class MessageReader:
             self._fail("malformed message: map keys must be strings")
         del self._buf[:end]
         self._need = 1
-        return msg  # type: ignore[return-value]  # keys checked to be str just above
+        return {str(key): value for key, value in msg.items()}  # keys checked above
 
     def __iter__(self) -> MessageReader:
         return self

@@ -84,7 +84,7 @@ _set = object.__setattr__
 class Limits(_Frozen):
     """Upper bounds on every length the readers accept (defaults suit real builds)."""
 
-    __slots__ = (
+    __match_args__ = (
         "max_argc",
         "max_arg_bytes",
         "max_args_total",
@@ -92,7 +92,7 @@ class Limits(_Frozen):
         "max_files",
         "max_message",
     )
-    __match_args__ = __slots__
+    __slots__ = __match_args__
     max_argc: int
     max_arg_bytes: int  # one ARGV / CDIR / NAME / LINK string
     max_args_total: int  # all ARGV bytes together
@@ -112,6 +112,7 @@ class Limits(_Frozen):
         for name, value in zip(
             self.__match_args__,
             (max_argc, max_arg_bytes, max_args_total, max_body, max_files, max_message),
+            strict=True,
         ):
             if type(value) is not int or value < 0:
                 raise ValueError(f"Limits.{name} must be a non-negative int, got {value!r}")
@@ -136,8 +137,8 @@ _DEFAULT_LIMITS = Limits()
 class RequestStart(_Frozen):
     """``DIST``: a request in protocol ``version`` (1, 2 or 3) begins."""
 
-    __slots__ = ("version",)
-    __match_args__ = __slots__
+    __match_args__ = ("version",)
+    __slots__ = __match_args__
     version: int
 
     def __init__(self, version: int) -> None:
@@ -147,8 +148,8 @@ class RequestStart(_Frozen):
 class RequestArgs(_Frozen):
     """All ``ARGV`` strings read; ``cwd`` is the ``CDIR`` of a v3 request, else None."""
 
-    __slots__ = ("argv", "cwd")
-    __match_args__ = __slots__
+    __match_args__ = ("argv", "cwd")
+    __slots__ = __match_args__
     argv: list[bytes]
     cwd: bytes | None
 
@@ -160,8 +161,8 @@ class RequestArgs(_Frozen):
 class PumpFile(_Frozen):
     """One v3 file entry: ``NAME`` then ``FILE`` (LZO body) or ``LINK`` (target text)."""
 
-    __slots__ = ("name", "kind", "data")
-    __match_args__ = __slots__
+    __match_args__ = ("name", "kind", "data")
+    __slots__ = __match_args__
     name: bytes
     kind: Literal["FILE", "LINK"]
     data: bytes
@@ -175,8 +176,8 @@ class PumpFile(_Frozen):
 class RequestSource(_Frozen):
     """``DOTI`` body as on the wire (LZO for v2); ends a v1/v2 request."""
 
-    __slots__ = ("data",)
-    __match_args__ = __slots__
+    __match_args__ = ("data",)
+    __slots__ = __match_args__
     data: bytes
 
     def __init__(self, data: bytes) -> None:
@@ -193,8 +194,8 @@ class RequestEnd(_Frozen):
 class ReplyStart(_Frozen):
     """``DONE``: the reply begins; ``version`` equals the request's."""
 
-    __slots__ = ("version",)
-    __match_args__ = __slots__
+    __match_args__ = ("version",)
+    __slots__ = __match_args__
     version: int
 
     def __init__(self, version: int) -> None:
@@ -204,8 +205,8 @@ class ReplyStart(_Frozen):
 class ReplyStatus(_Frozen):
     """``STAT``: the compiler's raw wait status (exit << 8 | signal)."""
 
-    __slots__ = ("wait_status",)
-    __match_args__ = __slots__
+    __match_args__ = ("wait_status",)
+    __slots__ = __match_args__
     wait_status: int
 
     def __init__(self, wait_status: int) -> None:
@@ -213,8 +214,8 @@ class ReplyStatus(_Frozen):
 
 
 class _Body(_Frozen):
-    __slots__ = ("data",)
-    __match_args__ = __slots__
+    __match_args__ = ("data",)
+    __slots__ = __match_args__
     data: bytes
 
     def __init__(self, data: bytes) -> None:
@@ -255,8 +256,8 @@ class ReplyEnd(_Frozen):
 class ReplyRefused(_Frozen):
     """meshcc's ``ERRM`` refusal in place of ``DONE``; terminal (no ReplyEnd follows)."""
 
-    __slots__ = ("message",)
-    __match_args__ = __slots__
+    __match_args__ = ("message",)
+    __slots__ = __match_args__
     message: str
 
     def __init__(self, message: str) -> None:
@@ -425,7 +426,7 @@ class _Reader:
 
     # -- helpers used by _parse() via ``yield from``
 
-    def _wait(self, n: int, what: str) -> _Parser:
+    def _wait(self, n: int, what: str) -> Generator[_NeedDataType, None, None]:
         buf = self._buf
         while len(buf) < n:
             if self._eof:
