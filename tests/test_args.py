@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcc.compiler import args, policy
+from meshcc.compiler import args, cmdline, policy
 from meshcc.compiler.args import analyse, cpp_argv, remote_argv
 
 GCC = shutil.which("gcc")
@@ -164,7 +164,7 @@ def test_kernel_style_command():
 def test_distcc_local_rules(cmd, word):
     j = A(cmd)
     assert not j.distributable
-    assert word in j.reason and j.reason.endswith("locally"), j.reason
+    assert word in j.reason and not j.reason.endswith("locally"), j.reason
 
 
 def test_allowed_M_options():
@@ -216,13 +216,13 @@ def test_x_prefix_rule_not_applied_to_headers():
 def test_meshcc_local_rules(cmd, word, why):
     j = A(cmd)
     assert not j.distributable
-    assert word in j.reason and why in j.reason and j.reason.endswith("locally"), j.reason
+    assert word in j.reason and why in j.reason, j.reason
 
 
 def test_policy_reason_reused_by_client():
     j = A("gcc -fdump-rtl-all -c a.c")
     server = policy.refusal(["gcc", "-fdump-rtl-all", "-c", "a.c", "-o", "a.o"])
-    assert server and j.reason.startswith(server)
+    assert server and j.reason == server  # one phrasing for both sides
 
 
 def test_client_preprocessor_options_are_fine():
@@ -329,7 +329,7 @@ def test_cpp_argv_keeps_wp_for_cc1():
     ],
 )
 def test_replace_suffix_matches_gcc_rule(path, expect):
-    assert args._replace_suffix(path, ".d") == expect
+    assert cmdline.replace_suffix(path, ".d") == expect
 
 
 # --- real gcc: .d files from cpp_argv equal plain gcc's ------------------------------------

@@ -1033,7 +1033,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         job = args.analyse(inv.argv)
         if not job.distributable:
-            log.debug(f"local-only: {job.reason}")
+            log.debug(f"runs locally: {job.reason}")
             return _local_only(inv, job, log)
         return _distribute(inv, job, log)
     except _Fatal as e:

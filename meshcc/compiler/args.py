@@ -1,7 +1,8 @@
 """Client-side analysis of a compile command line (distcc 3.4's ``dcc_scan_args`` and more).
 
-This module sits on the compile wrapper's hot path, so it imports only ``os`` (already loaded
-by the interpreter) and, lazily, :mod:`meshcc.compiler.policy`.
+This module sits on the compile wrapper's hot path, so it imports only meshcc's small
+:mod:`meshcc.compiler.cmdline` (the option walk it shares with the server) and, lazily,
+:mod:`meshcc.compiler.policy` (the server's refusals, applied up front).
 
 Public API::
 
@@ -38,157 +39,22 @@ joined ``-xc`` is handled (3.4 inspects the *next* argument); ``-mcpu=native`` i
 too; bare non-source inputs (``bar.s``, ``lib.a``) make the job local instead of being
 ignored; long option spellings (``--output=``, ``--include=`` ...) other than a few known
 ones are not analysed and run locally; and anything :func:`meshcc.compiler.policy.refusal`
-would refuse on the server stays local with the server's reason.
+would refuse on the server stays local with the server's reason. A reason is a short clause
+naming the option (``-E only preprocesses``); the wrapper and ``meshcc doctor`` say that
+the job therefore runs locally.
 """
 
-__all__ = [
-    "CPP_OUTPUT_LANGUAGE",
-    "PREPROCESSED_SUFFIXES",
-    "SOURCE_SUFFIXES",
-    "Job",
-    "analyse",
-    "cpp_argv",
-    "expand_wp",
-    "remote_argv",
-]
-
-# distcc's filename.c:dcc_is_source list; case-sensitive. .s/.S are never distributed.
-SOURCE_SUFFIXES = frozenset(
-    (
-        ".i",
-        ".ii",
-        ".c",
-        ".cc",
-        ".cpp",
-        ".cxx",
-        ".cp",
-        ".c++",
-        ".C",
-        ".m",
-        ".mm",
-        ".mi",
-        ".mii",
-        ".M",
-    )
-)
-PREPROCESSED_SUFFIXES = frozenset((".i", ".ii", ".mi", ".mii"))
-# distcc's dcc_preproc_exten.
-_TEMP_SUFFIX = {
-    ".c": ".i",
-    ".i": ".i",
-    ".cc": ".ii",
-    ".cpp": ".ii",
-    ".cxx": ".ii",
-    ".cp": ".ii",
-    ".c++": ".ii",
-    ".C": ".ii",
-    ".ii": ".ii",
-    ".m": ".mi",
-    ".mi": ".mi",
-    ".mm": ".mii",
-    ".M": ".mii",
-    ".mii": ".mii",
-}
-# The language a server must use for text that has already been preprocessed.
-CPP_OUTPUT_LANGUAGE = {
-    "c": "cpp-output",
-    "c++": "c++-cpp-output",
-    "objective-c": "objective-c-cpp-output",
-    "objective-c++": "objective-c++-cpp-output",
-}
-_LANG_TEMP_SUFFIX = {
-    "c": ".i",
-    "cpp-output": ".i",
-    "c++": ".ii",
-    "c++-cpp-output": ".ii",
-    "objective-c": ".mi",
-    "objective-c-cpp-output": ".mi",
-    "objective-c++": ".mii",
-    "objective-c++-cpp-output": ".mii",
-}
-_OK_LANGUAGES = frozenset(_LANG_TEMP_SUFFIX) | {"none"}
-
-# Options whose value is the next argument (so that value is not an input file).
-_SEPARATE = frozenset(
-    (
-        "-D",
-        "-U",
-        "-I",
-        "-L",
-        "-l",
-        "-A",
-        "-MF",
-        "-MT",
-        "-MQ",
-        "-include",
-        "-imacros",
-        "-iprefix",
-        "-iwithprefix",
-        "-iwithprefixbefore",
-        "-isystem",
-        "-idirafter",
-        "-iquote",
-        "-isysroot",
-        "-imultilib",
-        "-imultiarch",
-        "-Xpreprocessor",
-        "-Xassembler",
-        "-Xlinker",
-        "-aux-info",
-        "-T",
-        "-u",
-        "-e",
-        "-z",
-        "--param",
-        "-wrapper",
-        "-dumpdir",
-        "-dumpbase",
-        "-dumpbase-ext",
-        "-B",
-        "-specs",
-        "--sysroot",
-        "--specs",
-        "--prefix",
-        "-auxbase",
-    )
-)
-# Long options we understand; any other '--' spelling is not analysed and runs locally.
-_KNOWN_LONG = (
-    "--param",
-    "--sysroot",
-    "--no-sysroot-suffix",
-    "--coverage",
-    "--save-temps",
-    "--specs",
-    "--prefix",
+from meshcc.compiler.cmdline import (
+    CPP_OUTPUT_LANGUAGE,
+    SEPARATE,
+    Job,
+    expand_wp,
+    replace_suffix,
+    scan,
 )
 
-_ALLOWED_M = frozenset(("-MD", "-MMD", "-MG", "-MP"))
-_PROFILE_PREFIXES = (
-    "-fprofile-arcs",
-    "-ftest-coverage",
-    "--coverage",
-    "-fprofile-generate",
-    "-fprofile-use",
-    "-fauto-profile",
-    "-fprofile-correction",
-    "-fbranch-probabilities",
-)
-_NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
-_PRINT_ONLY = (
-    "-###",
-    "-print-",
-    "--print-",
-    "-dumpversion",
-    "-dumpfullversion",
-    "-dumpmachine",
-    "-dumpspecs",
-    "--help",
-    "--version",
-    "--target-help",
-)
+__all__ = ["Job", "analyse", "cpp_argv", "expand_wp", "remote_argv"]
 
-# strip.c:dcc_strip_local_args, plus preprocessor-only joined forms and -Xpreprocessor.
 _STRIP_WITH_ARG = frozenset(
     (
         "-D",
@@ -231,252 +97,6 @@ _STRIP_PREFIXES = (
 _STRIP_EXACT = frozenset(("-undef", "-nostdinc", "-nostdinc++", "-MD", "-MMD", "-MG", "-MP"))
 
 
-class Job:
-    """The result of :func:`analyse`; see the module docstring for the fields."""
-
-    __slots__ = (
-        "argv",
-        "distributable",
-        "language",
-        "mode",
-        "orig_argv",
-        "output",
-        "output_given",
-        "preprocessed",
-        "reason",
-        "source",
-        "temp_suffix",
-    )
-
-    def __init__(self, argv: list[str], orig_argv: list[str]) -> None:
-        self.argv = argv
-        self.orig_argv = orig_argv
-        self.distributable = False
-        self.reason = ""
-        self.source: str | None = None
-        self.output: str | None = None
-        self.output_given = False
-        self.mode: str | None = None
-        self.preprocessed = False
-        self.temp_suffix = ".i"
-        self.language: str | None = None
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"Job({fields})"
-
-
-def _suffix(path: str) -> str:
-    """The suffix of the last path component, from its last dot ('' if none)."""
-    base = path[path.rfind("/") + 1 :]
-    dot = base.rfind(".")
-    return base[dot:] if dot >= 0 else ""
-
-
-def _replace_suffix(path: str, new: str) -> str:
-    """gcc's ``%.SUFFIX%*`` rule: cut at the last dot of the last component, then add new."""
-    slash = path.rfind("/")
-    dot = path.rfind(".")
-    if dot > slash:
-        path = path[:dot]
-    return path + new
-
-
-def expand_wp(args: list[str]) -> list[str]:
-    """Split ``-Wp,a,b`` into ``a b``, turning ``-MD f``/``-MMD f`` into ``-MD -MF f``.
-
-    gcc hands ``-Wp`` pieces to cc1, where ``-MD FILE`` takes a file; the driver spelling of
-    that is ``-MD -MF FILE``. Splitting on every comma is what gcc itself does.
-    """
-    if not any(a.startswith("-Wp,") for a in args):
-        return list(args)
-    out: list[str] = []
-    for a in args:
-        if not a.startswith("-Wp,"):
-            out.append(a)
-            continue
-        parts = [p for p in a[4:].split(",") if p]
-        j = 0
-        while j < len(parts):
-            p = parts[j]
-            if p in ("-MD", "-MMD") and j + 1 < len(parts):
-                out += (p, "-MF", parts[j + 1])
-                j += 2
-            else:
-                out.append(p)
-                j += 1
-    return out
-
-
-def _wa_local(a: str) -> bool:
-    """distcc's rule: -Wa with ',-a' (listings) or '--MD' (deps) must be local."""
-    return ",-a" in a or "--MD" in a
-
-
-def _scan(job: Job, client: bool) -> str:
-    """Walk job.argv once, fill job's fields, and return a local-only reason or ''.
-
-    ``client`` adds the client-only rules (response files, -gsplit-dwarf, ...) whose
-    server-side counterparts live in policy.py with server-phrased reasons.
-    """
-    argv = job.argv
-    n = len(argv)
-    reason = ""
-    sources: list[str] = []
-    others: list[str] = []
-    outputs: list[str] = []
-    lang: str | None = None
-    c_flag = s_flag = False
-    i = 1
-    while i < n:
-        a = argv[i]
-        i += 1
-        if a[:1] != "-" or a == "-":
-            if a == "-":
-                reason = (
-                    reason or "the source is read from standard input ('-'), so it runs locally"
-                )
-            elif not a:
-                reason = reason or "an empty argument is not a file name, so it runs locally"
-            elif a[0] == "@" and client:
-                reason = reason or (
-                    f"{a} is a response file; meshcc does not expand response "
-                    "files for remote compiles, so it runs locally"
-                )
-            elif _suffix(a) in SOURCE_SUFFIXES:
-                if not sources:
-                    job.language = lang
-                sources.append(a)
-            else:
-                others.append(a)
-            continue
-        if reason:
-            # Keep scanning only to skip option values; the first reason wins.
-            if a in _SEPARATE or a in ("-o", "-x"):
-                i += 1
-            continue
-        c1 = a[1]
-        if a == "-c":
-            c_flag = True
-        elif a == "-S":
-            s_flag = True
-        elif c1 == "o":
-            if a == "-o":
-                if i >= n:
-                    reason = "-o has no file name, so it runs locally"
-                    continue
-                out = argv[i]
-                i += 1
-            else:
-                out = a[2:]
-            outputs.append(out)
-            if out == "-":
-                reason = "-o - writes the object to standard output, so it runs locally"
-        elif c1 == "x":
-            if a == "-x":
-                if i >= n:
-                    reason = "-x has no language, so it runs locally"
-                    continue
-                lang = argv[i]
-                i += 1
-            else:
-                lang = a[2:]
-            if lang not in _OK_LANGUAGES:
-                reason = (
-                    f"-x {lang}: only C, C++ and Objective-C are compiled remotely, "
-                    "so it runs locally"
-                )
-            elif lang == "none":
-                lang = None
-        elif a == "-E":
-            reason = "-E only preprocesses, so it runs locally"
-        elif c1 == "M":
-            if a in ("-MF", "-MT", "-MQ"):
-                i += 1
-            elif a in _ALLOWED_M or a[:3] in ("-MF", "-MT", "-MQ"):
-                pass
-            else:
-                reason = f"{a} writes dependencies instead of compiling, so it runs locally"
-        elif a in _NATIVE:
-            reason = f"{a} depends on this machine's CPU, so it runs locally"
-        elif a.startswith("-Wa,"):
-            if _wa_local(a):
-                reason = (
-                    f"{a} asks the assembler for a listing or dependency file, so it runs locally"
-                )
-        elif a.startswith(("-specs", "--specs")):
-            reason = f"{a} reads a local specs file, so it runs locally"
-            if a in _SEPARATE:
-                i += 1
-        elif a.startswith(_PROFILE_PREFIXES):
-            reason = f"{a} reads or writes profile data, so it runs locally"
-        elif a == "-frepo":
-            reason = "-frepo writes .rpo files, so it runs locally"
-        elif a.startswith("-dr"):
-            reason = f"{a} writes RTL dump files, so it runs locally"
-        elif a.startswith(_PRINT_ONLY):
-            reason = f"{a} prints information instead of compiling, so it runs locally"
-        elif a == "-fsyntax-only":
-            reason = "-fsyntax-only produces no object, so it runs locally"
-        elif client and a == "-gsplit-dwarf":
-            reason = (
-                "-gsplit-dwarf writes a .dwo file beside the object that the protocol "
-                "cannot return, so it runs locally"
-            )
-        elif client and a.startswith(("-save-temps", "--save-temps")):
-            reason = f"{a} keeps intermediate files beside the output, so it runs locally"
-        elif client and a.startswith("-fplugin"):
-            reason = (
-                f"{a}: servers refuse options that load code into the compiler, so it runs locally"
-            )
-        elif c1 == "-" and not a.startswith(_KNOWN_LONG):
-            reason = f"{a}: long option spellings are not analysed, so it runs locally"
-        elif a in _SEPARATE:
-            i += 1
-
-    if not reason:
-        if len(outputs) > 1:
-            reason = "more than one -o, so it runs locally"
-        elif len(sources) > 1:
-            reason = f"more than one source file ({sources[0]}, {sources[1]}), so it runs locally"
-        elif others:
-            o = others[0]
-            if _suffix(o) in (".s", ".S", ".sx"):
-                reason = f"{o} is assembler source, which is never distributed, so it runs locally"
-            elif _suffix(o) in (".o", ".a", ".so", ".obj", ".lo"):
-                reason = f"{o} is a link input, so it runs locally"
-            else:
-                reason = f"{o} is not a C, C++ or Objective-C source, so it runs locally"
-        elif not (c_flag or s_flag):
-            reason = "no -c or -S, so this links and runs locally"
-        elif not sources:
-            reason = "no C, C++ or Objective-C source file, so it runs locally"
-
-    job.mode = "-S" if s_flag else ("-c" if c_flag else None)
-    if sources:
-        src = job.source = sources[0]
-        sfx = _suffix(src)
-        base = src[src.rfind("/") + 1 :]
-        if not reason and base.startswith(("conftest.", "tmp.conftest.")):
-            reason = f"{src} is an autoconf test, so it runs locally"
-        src_lang = job.language
-        if src_lang is not None:
-            job.temp_suffix = _LANG_TEMP_SUFFIX.get(src_lang, ".i")
-            job.preprocessed = src_lang.endswith("cpp-output")
-        else:
-            job.temp_suffix = _TEMP_SUFFIX.get(sfx, ".i")
-            job.preprocessed = sfx in PREPROCESSED_SUFFIXES
-        if outputs:
-            job.output = outputs[0]
-            job.output_given = True
-        elif job.mode is not None:
-            job.output = _replace_suffix(base, ".s" if job.mode == "-S" else ".o")
-    elif outputs:
-        job.output = outputs[0]
-        job.output_given = True
-    return reason
-
-
 def analyse(argv: list[str]) -> Job:
     """Analyse a compile command; argv[0] is the compiler.
 
@@ -487,13 +107,11 @@ def analyse(argv: list[str]) -> Job:
     if not argv:
         job.reason = "empty command line"
         return job
-    reason = _scan(job, client=True)
+    reason = scan(job, client=True)
     if not reason:
-        from meshcc.compiler import policy  # lazy: policy imports this module
+        from meshcc.compiler import policy  # only for commands that pass the client's rules
 
-        refused = policy.refusal(remote_argv(job))
-        if refused:
-            reason = refused if refused.endswith("locally") else refused + ", so it runs locally"
+        reason = policy.refusal(remote_argv(job)) or ""
     job.reason = reason
     job.distributable = not reason
     return job
@@ -515,7 +133,7 @@ def _driver_dep_flags(args: list[str]) -> tuple[bool, bool, bool]:
         elif a.startswith(("-MT", "-MQ")):
             mt = True
             skip = len(a) == 3
-        elif a in _SEPARATE or a in ("-o", "-x"):
+        elif a in SEPARATE or a in ("-o", "-x"):
             skip = True
         elif a.startswith("-Wp,"):
             # cc1 sees a -MF given here too; the driver's own %b.d loses to it, as to ours.
@@ -549,7 +167,7 @@ def cpp_argv(job: Job) -> list[str]:
             pass
         else:
             out.append(a)
-            if a in _SEPARATE or a == "-x":
+            if a in SEPARATE or a == "-x":
                 if i < n:
                     out.append(args[i])
                 i += 1
@@ -557,10 +175,10 @@ def cpp_argv(job: Job) -> list[str]:
     if md:
         if not mf:
             if job.output_given and job.output is not None:
-                dep = _replace_suffix(job.output, ".d")
+                dep = replace_suffix(job.output, ".d")
             elif job.source is not None:
                 base = job.source[job.source.rfind("/") + 1 :]
-                dep = _replace_suffix(base, ".d")
+                dep = replace_suffix(base, ".d")
             else:
                 dep = None
             if dep is not None:
@@ -601,7 +219,7 @@ def remote_argv(job: Job) -> list[str]:
             i += 1
         else:
             out.append(a)
-            if a in _SEPARATE:
+            if a in SEPARATE:
                 if i < n:
                     out.append(args[i])
                 i += 1

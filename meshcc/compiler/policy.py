@@ -33,7 +33,7 @@ followed by a syntax error would echo server files back in stderr. A received pa
 does not exist on the server already shows no source line, so little is lost.
 """
 
-from meshcc.compiler import args as _args
+from meshcc.compiler import cmdline
 
 __all__ = ["ALLOWED_LANGUAGES", "refusal", "rewrite_for_job", "scan_source_refusal"]
 
@@ -83,7 +83,7 @@ def _path_escapes(path: str) -> bool:
 
 
 def _option_refusal(argv: list[str]) -> str | None:
-    """Refusals for single options, before the structural scan in args."""
+    """Refusals for single options, before the structural scan in cmdline."""
     n = len(argv)
     i = 1
     while i < n:
@@ -172,7 +172,7 @@ def _option_refusal(argv: list[str]) -> str | None:
             if a == "-x":
                 i += 1
             continue
-        if a in _args._SEPARATE or a == "-o":
+        if a in cmdline.SEPARATE or a == "-o":
             i += 1
     return None
 
@@ -188,12 +188,7 @@ def refusal(argv: list[str]) -> str | None:
     r = _option_refusal(argv)
     if r:
         return r
-    job = _args.Job(list(argv), list(argv))
-    r = _args._scan(job, client=False)
-    if r:
-        # args phrases its reasons for the client ("..., so it runs locally").
-        return r[: -len(", so it runs locally")] if r.endswith(", so it runs locally") else r
-    return None
+    return cmdline.scan(cmdline.Job(list(argv), list(argv)), client=False) or None
 
 
 def rewrite_for_job(
@@ -215,7 +210,7 @@ def rewrite_for_job(
         a = argv[i]
         i += 1
         if a[:1] != "-" or a == "-":
-            if not replaced_source and _args._suffix(a) in _args.SOURCE_SUFFIXES:
+            if not replaced_source and cmdline.suffix(a) in cmdline.SOURCE_SUFFIXES:
                 out.append(input_path)
                 replaced_source = True
             else:
@@ -229,13 +224,13 @@ def rewrite_for_job(
             saw_output = True
         elif a == "-x":
             if i < n:
-                out += ("-x", _args.CPP_OUTPUT_LANGUAGE.get(argv[i], argv[i]))
+                out += ("-x", cmdline.CPP_OUTPUT_LANGUAGE.get(argv[i], argv[i]))
             i += 1
         elif a.startswith("-x"):
-            out.append("-x" + _args.CPP_OUTPUT_LANGUAGE.get(a[2:], a[2:]))
+            out.append("-x" + cmdline.CPP_OUTPUT_LANGUAGE.get(a[2:], a[2:]))
         else:
             out.append(a)
-            if a in _args._SEPARATE:
+            if a in cmdline.SEPARATE:
                 if i < n:
                     out.append(argv[i])
                 i += 1
