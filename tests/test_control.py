@@ -8,6 +8,7 @@ on elapsed time.
 from __future__ import annotations
 
 import asyncio
+import threading
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import netns
+from meshcc.compiler import toolchain
 from meshcc.compiler.fingerprints import ClientCompiler, FingerprintCache, FingerprintError
 from meshcc.mesh.leases import LeaseBroker, Local
 from meshcc.mesh.matching import Verdict
@@ -239,6 +241,29 @@ def test_fingerprint_cache_probes_once_and_rejects_non_files(tmp_path: Path) -> 
             await cache.get("cc", str(tmp_path))
         with pytest.raises(FingerprintError, match="No such file"):
             await cache.get("cc", str(tmp_path / "nope"))
+
+    asyncio.run(scenario())
+
+
+def test_fingerprint_probe_survives_a_cancelled_first_caller() -> None:
+    """The client that triggered a probe hangs up; the others still get its result."""
+    release = threading.Event()
+
+    def probe(path: str) -> toolchain.Probe:
+        release.wait(10)
+        return toolchain.Probe("12.2.0", "x86_64-linux-gnu", "2.40", None)
+
+    async def scenario() -> None:
+        cache = FingerprintCache(probe=probe)
+        first = asyncio.ensure_future(cache.get("gcc", GCC))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(cache.get("gcc", GCC))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        release.set()
+        fp = await asyncio.wait_for(second, 10)
+        assert fp.version == "12.2.0" and first.cancelled()
+        assert (await cache.get("gcc", GCC)) == fp  # cached: no second probe needed
 
     asyncio.run(scenario())
 

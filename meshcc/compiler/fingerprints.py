@@ -99,19 +99,25 @@ class FingerprintCache:
         return ClientCompiler.from_probe(cc or cc_path, real, result)
 
     async def _probe_once(self, key: _CacheKey, real: str) -> toolchain.Probe | str:
-        """Probe ``real`` in a worker thread, sharing one probe among concurrent callers."""
+        """Probe ``real`` in a worker thread, sharing one probe among concurrent callers.
+
+        The probe runs as its own task, so a caller that goes away (a client that closed
+        its connection) cancels only its wait, never the probe the others wait for."""
         import asyncio  # only the daemon's loop gets here; `meshcc hosts` imports this module
 
         pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = asyncio.get_running_loop().create_future()
-        self._inflight[key] = pending
+        if pending is None:
+            pending = asyncio.ensure_future(self._probe_and_cache(key, real))
+            self._inflight[key] = pending
+        return await asyncio.shield(pending)
+
+    async def _probe_and_cache(self, key: _CacheKey, real: str) -> toolchain.Probe | str:
+        import asyncio
+
         try:
             result = await asyncio.to_thread(self._probe, real)
         finally:
             del self._inflight[key]
-        pending.set_result(result)
         self._cache[key] = result
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
