@@ -17,6 +17,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def default_jobs() -> int:
+    """distccd's default number of concurrent compiles: usable CPUs + 2."""
+    return cpu_count() + 2
+
+
 def which(name: str, path: str | None = None, *, skip_real: str | None = None) -> str | None:
     """The first executable ``name`` on ``path`` (default ``$PATH``), as the shell finds it.
 

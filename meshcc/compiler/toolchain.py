@@ -13,11 +13,12 @@ from __future__ import annotations
 import enum
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from meshcc import hostos
 
 __all__ = [
     "CompilerRefused",
@@ -263,7 +264,7 @@ def _assembler_of(compiler: str, timeout: float) -> str | None:
         return None
     if os.sep in name:
         return os.path.normpath(name) if os.access(name, os.X_OK) else None
-    return shutil.which(name)
+    return hostos.which(name)
 
 
 def _binutils_version(assembler: str, timeout: float) -> str | None:
@@ -367,7 +368,7 @@ class ToolchainRegistry:
         """Exactly the given compilers (``--compiler``); ToolchainError if one is unusable."""
         found: list[tuple[str, str]] = []
         for p in paths:
-            full = p if os.sep in p else shutil.which(p)
+            full = p if os.sep in p else hostos.which(p)
             if full is None:
                 raise ToolchainError(f"--compiler {p}: not found on PATH")
             full = os.path.abspath(full)

@@ -36,7 +36,7 @@ from meshcc import __version__, hostos
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
 from meshcc.daemon import logsetup
 from meshcc.daemon.hostsfile import HostsFile
-from meshcc.daemon.options import DaemonOptions, default_jobs
+from meshcc.daemon.options import DaemonOptions
 from meshcc.defaults import STATUS_PORT
 from meshcc.exitcodes import (
     EXIT_BIND_FAILED,
@@ -364,7 +364,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
                 EXIT_COMPILER_MISSING,
             )
 
-        jobs = opts.jobs or default_jobs()
+        jobs = opts.jobs or hostos.default_jobs()
         config = ServerConfig(
             allowed=LOOPBACK_NETWORKS,  # widened in _serve once the mesh chose interfaces
             jobs=jobs,

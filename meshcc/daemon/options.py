@@ -68,11 +68,6 @@ def _level(value: str) -> str:
     return value.lower()
 
 
-def default_jobs() -> int:
-    """distccd's default: CPUs available to this process + 2."""
-    return hostos.cpu_count() + 2
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``meshcc daemon``'s options: distccd's, plus the mesh's."""
     p.add_argument(
@@ -111,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int_in(1, None, "--jobs"),
         default=None,
-        help=f"maximum concurrent compiles (default: CPUs + 2 = {default_jobs()})",
+        help=f"maximum concurrent compiles (default: CPUs + 2 = {hostos.default_jobs()})",
     )
     p.add_argument(
         "-N",

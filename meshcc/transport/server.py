@@ -105,7 +105,7 @@ class ServerConfig:
     """Everything the server needs besides the toolchains; defaults suit a real box."""
 
     allowed: tuple[IPNetwork, ...]
-    jobs: int = field(default_factory=lambda: hostos.cpu_count() + 2)
+    jobs: int = field(default_factory=hostos.default_jobs)
     limits: wire.Limits = field(default_factory=wire.Limits)
     io_timeout: float = 300.0  # one read or write (distcc's DISTCC_IO_TIMEOUT)
     job_lifetime: float = 0.0  # 0 = no limit on a compile
