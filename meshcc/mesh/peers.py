@@ -226,7 +226,7 @@ class PeerTable:
                     del self._entries[k]
         existing = self._entries.get(record.key)
         if existing is None:
-            if len(self._entries) >= self.timings.max_peers:
+            if len(self._entries) >= self.timings.max_peers and not self._evict_one():
                 return False
             self._entries[record.key] = _Entry(record, first_seen=now, next_probe=now)
             return True
@@ -237,6 +237,25 @@ class PeerTable:
             existing.next_probe = min(existing.next_probe, now)
             return True
         return False
+
+    def _evict_one(self) -> bool:
+        """The table is full: make room for a newcomer if an entry that is not live can go.
+
+        Live peers are never displaced. The first to go is one our probes never reached (a
+        flood of junk announcements stays unconfirmed), then a down one; stock distccd
+        records (unverified) before meshcc's; the oldest first. So a flood fills the table
+        only with entries that the next real peer displaces, and it displaces the junk
+        that has been waiting longest, not the peers that just arrived."""
+        rank = {Liveness.PENDING: 2, Liveness.DOWN: 1}
+        victims = [
+            (rank[e.liveness], not e.record.verified, -e.first_seen, k)
+            for k, e in self._entries.items()
+            if e.liveness is not Liveness.UP
+        ]
+        if not victims:
+            return False
+        del self._entries[max(victims)[3]]
+        return True
 
     def remove(self, key: str) -> bool:
         """The peer said goodbye (or its PTR expired): forget it, and unhide its distcc record."""

@@ -367,14 +367,59 @@ def build_distcc_services(node: LocalNode) -> list[ServiceSpec]:
 # ---------------------------------------------------------------- parsing
 
 
-def _int(props: Mapping[str, str | None], key: str, default: int) -> int:
+# Every field an announcement carries is bounded: one rogue record must neither take a
+# share of the mesh it cannot have (jobs=10**20) nor break a reply to a client.
+MAX_CPUS = 4096
+MAX_JOBS = 4096
+MAX_ADDRESSES = 16
+MAX_TOOLCHAINS = 64
+MAX_NAMES = 64  # names one toolchain answers to
+MAX_CAPS = 16
+_SHORT_TEXT = 64  # versions, capability names
+_NAME_TEXT = 128  # compiler names, targets, instance labels
+_HOST_TEXT = 255
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+_VERSION_TEXT = re.compile(r"[0-9A-Za-z.+~_-]{1,64}")
+_WORD_TEXT = re.compile(r"[0-9A-Za-z.+~_-]{1,128}")
+_DRIVERS = frozenset(("gcc", "g++", "cc"))
+_PROTOCOLS = frozenset((1, 2, 3))
+
+
+def _int(props: Mapping[str, str | None], key: str, default: int, lo: int, hi: int) -> int:
     raw = props.get(key)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise RecordError(f"TXT {key}={raw!r} is not a number") from None
+    text = raw.strip()
+    if not re.fullmatch(r"-?[0-9]{1,10}", text):
+        raise RecordError(f"TXT {key}={raw[:40]!r} is not a number")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise RecordError(f"TXT {key}={value} is outside {lo}..{hi}")
+    return value
+
+
+def _text(value: str | None, what: str, limit: int, pattern: re.Pattern[str] = _PRINTABLE) -> str:
+    """A printable string of at most ``limit`` characters (RecordError otherwise)."""
+    if value is None:
+        return ""
+    if len(value) > limit:
+        raise RecordError(f"{what} is longer than {limit} characters")
+    if not pattern.fullmatch(value):
+        raise RecordError(f"{what} {value[:40]!r} has characters it may not have")
+    return value
+
+
+def _check_common(instance: str, addresses: Sequence[str], port: int) -> tuple[str, ...]:
+    _text(instance, "the instance name", _HOST_TEXT + len(MESHCC_TYPE))
+    if not 0 < port < 65536:
+        raise RecordError(f"port {port} is not a TCP port")
+    if not addresses:
+        raise RecordError("no address")
+    if len(addresses) > MAX_ADDRESSES:
+        raise RecordError(f"more than {MAX_ADDRESSES} addresses")
+    for a in addresses:
+        _text(a, "an address", 64)
+    return tuple(addresses)
 
 
 def _label_of(instance: str, type_: str) -> str:
@@ -384,11 +429,41 @@ def _label_of(instance: str, type_: str) -> str:
 def _decode_toolchain(text: str) -> ToolchainInfo:
     parts = text.split(";")
     if len(parts) != 5 or not all(parts[:3]):
-        raise RecordError(f"toolchain entry {text!r} is not DRIVER;VERSION;TARGET;BINUTILS;NAMES")
+        raise RecordError(
+            f"toolchain entry {text[:80]!r} is not DRIVER;VERSION;TARGET;BINUTILS;NAMES"
+        )
     driver, version, target, binutils, names = parts
+    if driver not in _DRIVERS:
+        raise RecordError(f"toolchain driver {driver[:20]!r} is not gcc, g++ or cc")
+    _text(version, "a toolchain version", _SHORT_TEXT, _VERSION_TEXT)
+    _text(target, "a toolchain target", _NAME_TEXT, _WORD_TEXT)
+    known = (
+        None
+        if binutils in ("", "-")
+        else _text(binutils, "a binutils version", _SHORT_TEXT, _VERSION_TEXT)
+    )
     decoded = tuple(target + n[1:] if n.startswith("~-") else n for n in names.split(",") if n)
-    known = None if binutils in ("", "-") else binutils
+    if len(decoded) > MAX_NAMES:
+        raise RecordError(f"a toolchain with more than {MAX_NAMES} names")
+    for name in decoded:
+        _text(name, "a compiler name", _NAME_TEXT + _NAME_TEXT, _WORD_TEXT)
     return ToolchainInfo(driver, version, target, known, decoded)
+
+
+def _protocols(raw: str | None) -> tuple[int, ...]:
+    words = [p.strip() for p in (raw or "1").split(",") if p.strip()]
+    if len(words) > len(_PROTOCOLS) or not all(w.isdigit() and int(w) in _PROTOCOLS for w in words):
+        raise RecordError(f"TXT proto={(raw or '')[:20]!r} is not a list of 1, 2 and 3")
+    return tuple(int(w) for w in words) or (1,)
+
+
+def _caps(raw: str | None) -> frozenset[str]:
+    caps = [c.strip() for c in (raw or "").split(",") if c.strip()]
+    if len(caps) > MAX_CAPS:
+        raise RecordError(f"more than {MAX_CAPS} capabilities")
+    for c in caps:
+        _text(c, "a capability", _SHORT_TEXT, _VERSION_TEXT)
+    return frozenset(caps)
 
 
 def parse_meshcc(
@@ -399,35 +474,35 @@ def parse_meshcc(
     server: str | None = None,
 ) -> PeerRecord:
     """A resolved ``_meshcc._tcp`` service -> PeerRecord; RecordError if unusable."""
-    schema = _int(props, "v", 0)
+    schema = _int(props, "v", 0, 0, 1 << 16)
     if schema < 1:
         raise RecordError("meshcc record without a schema version (v=)")
     nid = (props.get("id") or "").strip().lower()
     if not re.fullmatch(r"[0-9a-f]{4,32}", nid):
-        raise RecordError(f"meshcc record with a bad node id {nid!r}")
+        raise RecordError(f"meshcc record with a bad node id {nid[:40]!r}")
+    checked_addresses = _check_common(instance, addresses, port)
     toolchains = []
-    for i in range(64):
+    for i in range(MAX_TOOLCHAINS):
         raw = props.get(f"t{i}")
         if raw is None:
             break
         toolchains.append(_decode_toolchain(raw))
-    protocols = tuple(int(p) for p in (props.get("proto") or "1").split(",") if p.strip().isdigit())
-    caps = frozenset(c.strip() for c in (props.get("caps") or "").split(",") if c.strip())
-    free = _int(props, "free", -1)
+    free = _int(props, "free", -1, -1, MAX_JOBS)
+    host = _text(props.get("host"), "the host name", _HOST_TEXT)
     return PeerRecord(
         key=f"m:{nid}",
         kind=PeerKind.MESHCC,
         instance=instance,
-        host=props.get("host") or _label_of(instance, MESHCC_TYPE),
-        addresses=tuple(addresses),
+        host=host or _label_of(instance, MESHCC_TYPE),
+        addresses=checked_addresses,
         port=port,
-        cpus=_int(props, "cpus", 1),
-        jobs=_int(props, "jobs", 0),
+        cpus=_int(props, "cpus", 1, 1, MAX_CPUS),
+        jobs=_int(props, "jobs", 0, 0, MAX_JOBS),
         toolchains=tuple(toolchains),
         node_id=nid,
-        protocols=protocols or (1,),
-        caps=caps,
-        version=props.get("mv"),
+        protocols=_protocols(props.get("proto")),
+        caps=_caps(props.get("caps")),
+        version=_text(props.get("mv"), "the meshcc version", _SHORT_TEXT) or None,
         free=free if free >= 0 else None,
         verified=all(tc.binutils for tc in toolchains),
         schema=schema,
@@ -447,13 +522,16 @@ def parse_distcc(
     Follows distcc's client: cpus defaults to 1; a missing jobs key means the default limit
     4, jobs <= 0 means cpus+2. The compiler is only the default cc, binutils unknown.
     """
-    cpus = _int(props, "cpus", 1)
-    jobs = _int(props, "jobs", 4) if "jobs" in props else 4
-    machine, version = props.get("cc_machine"), props.get("cc_version")
+    checked_addresses = _check_common(instance, addresses, port)
+    cpus = _int(props, "cpus", 1, 1, MAX_CPUS)
+    # distcc's client reads jobs <= 0 as "cpus + 2"; keep that, within bounds.
+    jobs = _int(props, "jobs", 4, -MAX_JOBS, MAX_JOBS) if "jobs" in props else 4
+    machine = _text(props.get("cc_machine"), "cc_machine", _NAME_TEXT, _WORD_TEXT)
+    version = _text(props.get("cc_version"), "cc_version", _SHORT_TEXT, _VERSION_TEXT)
     toolchains: tuple[ToolchainInfo, ...] = ()
     if machine and version:
         toolchains = (ToolchainInfo("cc", version, machine, None, ("cc",)),)
-    dversion = props.get("distcc")
+    dversion = _text(props.get("distcc"), "the distcc version", _SHORT_TEXT) or None
     # distcc >= 2.18 speaks protocol 2 (LZO); 3.x always does.
     major = (dversion or "").split(".")[0]
     modern = major.isdigit() and int(major) >= 3
@@ -462,7 +540,7 @@ def parse_distcc(
         kind=PeerKind.DISTCC,
         instance=instance,
         host=_label_of(instance, DISTCC_TYPE),
-        addresses=tuple(addresses),
+        addresses=checked_addresses,
         port=port,
         cpus=cpus,
         jobs=jobs,
