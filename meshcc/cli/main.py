@@ -136,8 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as e:
+        if e.code == 2 and args[:1] == ["daemon"]:
+            # distccd exits 101 (EXIT_BAD_ARGUMENTS) on a bad option; init scripts and
+            # service managers key on it. argparse's own 2 stays for the admin commands.
+            from meshcc.exitcodes import EXIT_BAD_ARGUMENTS
+
+            raise SystemExit(EXIT_BAD_ARGUMENTS) from None
+        raise
     handler = getattr(ns, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

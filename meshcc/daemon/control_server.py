@@ -16,20 +16,37 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from meshcc import hostos
 from meshcc.compiler.fingerprints import ClientCompiler, FingerprintCache, FingerprintError
 from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local, PeerView
 from meshcc.mesh.matching import hosts_line
-from meshcc.transport.control_socket import describe_peer
+from meshcc.transport.control_socket import describe_peer, peer_credentials
 from meshcc.wire import control
 
 log = logging.getLogger("meshcc.control")
 
-MAX_CONNECTIONS = 4096
-IDLE_TIMEOUT_S = 60.0  # a connection that holds no lease and sends nothing is closed
 _READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ControlLimits:
+    """Bounds on what local clients can hold: no user starves the others, nothing waits
+    forever on a client that does not read, and the caps stay below the descriptor limit."""
+
+    max_connections: int = 4096
+    max_per_user: int = 2048  # a `make -j N` holds N lease connections at once
+    send_timeout_s: float = 10.0  # a reply the client does not read in time ends it
+    idle_timeout_s: float = 60.0  # a connection that holds no lease and sends nothing
+
+    @classmethod
+    def for_fd_limit(cls, fds: int) -> ControlLimits:
+        """A quarter of the descriptors for local clients, half of that for one user (the
+        rest: compile connections, peer probes, compilers' pipes)."""
+        total = max(64, fds // 4)
+        return cls(max_connections=total, max_per_user=max(32, total // 2))
 
 
 class MeshView(PeerView, Protocol):
@@ -48,14 +65,17 @@ class ControlServer:
         *,
         fingerprints: FingerprintCache | None = None,
         path: str = "",
+        limits: ControlLimits | None = None,
     ) -> None:
         self.mesh = mesh
         self.status = status
         self.fingerprints = fingerprints or FingerprintCache()
         self.broker = LeaseBroker(mesh)
         self.path = path
+        self.limits = limits or ControlLimits()
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._per_user: dict[int, int] = {}
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._on_connection, sock=sock)
@@ -110,28 +130,43 @@ class ControlServer:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        who = describe_peer(writer.get_extra_info("socket"))
-        if len(self._connections) >= MAX_CONNECTIONS:
-            log.warning(
-                "control: refusing %s: %d connections already open", who, len(self._connections)
-            )
+        creds = peer_credentials(writer.get_extra_info("socket"))
+        who = describe_peer(creds)
+        uid = creds[1] if creds is not None else -1
+        refusal = None
+        if len(self._connections) >= self.limits.max_connections:
+            refusal = f"the daemon holds {len(self._connections)} connections, its limit"
+        elif self._per_user.get(uid, 0) >= self.limits.max_per_user:
+            refusal = f"uid {uid} holds {self._per_user[uid]} connections, the per-user limit"
+        if refusal is not None:
+            log.warning("control: refusing %s: %s", who, refusal)
             with contextlib.suppress(Exception):
-                writer.write(
-                    control.encode(control.ErrorReply("too many connections").to_message())
-                )
+                writer.write(control.encode(control.ErrorReply(refusal).to_message()))
             writer.close()
             return
         self._connections.add(task)
+        self._per_user[uid] = self._per_user.get(uid, 0) + 1
         try:
             await self._serve(reader, writer, who)
         except ConnectionError:
             pass
+        except TimeoutError:
+            log.warning(
+                "control: %s did not read its reply within %gs; closing",
+                who,
+                self.limits.send_timeout_s,
+            )
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("control: internal error serving %s", who)
         finally:
             self._connections.discard(task)
+            left = self._per_user.get(uid, 1) - 1
+            if left > 0:
+                self._per_user[uid] = left
+            else:
+                self._per_user.pop(uid, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -142,12 +177,11 @@ class ControlServer:
         msgs = control.MessageReader(control.MAX_REQUEST, control.MAX_REQUEST_OBJECTS)
 
         async def send(reply: control.Reply) -> None:
-            writer.write(control.encode(reply.to_message()))
-            await writer.drain()
+            await self._send(writer, reply)
 
         while True:
             try:
-                msg = await self._next(reader, msgs, IDLE_TIMEOUT_S)
+                msg = await self._next(reader, msgs, self.limits.idle_timeout_s)
             except control.ControlError as e:
                 log.warning("control: closing connection from %s: %s", who, e)
                 with contextlib.suppress(Exception):
@@ -204,10 +238,9 @@ class ControlServer:
                 log.debug(
                     "control: %s compiles %s here (own share): %s", who, req.source, got.reason
                 )
-                writer.write(control.encode(control.LeaseLocal(got.reason, hold=True).to_message()))
-                await writer.drain()
+                await self._send(writer, control.LeaseLocal(got.reason, hold=True))
                 await eof  # the local compiler holds the connection while it runs
-            except (control.ControlError, ConnectionError):
+            except (control.ControlError, ConnectionError, TimeoutError):
                 pass
             finally:
                 eof.cancel()
@@ -216,24 +249,17 @@ class ControlServer:
         if isinstance(got, Local):
             eof.cancel()
             log.debug("control: %s compiles %s locally: %s", who, req.source, got.reason)
-            writer.write(control.encode(control.LeaseLocal(got.reason).to_message()))
-            await writer.drain()
+            await self._send(writer, control.LeaseLocal(got.reason))
             return
         try:
             log.debug("control: %s leases %s for %s (%s)", who, got.key, req.source, req.cc)
-            writer.write(
-                control.encode(
-                    control.LeaseGranted(
-                        got.host, got.port, got.protocol, got.compiler, got.key
-                    ).to_message()
-                )
-            )
-            await writer.drain()
+            grant = control.LeaseGranted(got.host, got.port, got.protocol, got.compiler, got.key)
+            await self._send(writer, grant)
             done = await eof  # held until 'done' or the connection closes
         except control.ControlError as e:
             log.warning("control: closing connection from %s: %s", who, e)
             done = None
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):
             done = None
         finally:
             eof.cancel()
@@ -248,6 +274,12 @@ class ControlServer:
                     " (connect failed)" if done.connect_failed else "",
                     done.reason or "no reason given",
                 )
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: control.Reply) -> None:
+        """Write one reply; TimeoutError when the client does not take it in time (a client
+        that never reads must not hold the daemon's buffers and a task forever)."""
+        writer.write(control.encode(reply.to_message()))
+        await asyncio.wait_for(writer.drain(), self.limits.send_timeout_s)
 
     async def _wait_eof(
         self, reader: asyncio.StreamReader, msgs: control.MessageReader

@@ -24,6 +24,7 @@ import importlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -303,6 +304,27 @@ def _build_pyz() -> tuple[bytes | None, str]:
     return data, ""
 
 
+FD_LIMIT_WANTED = 65536  # descriptors: connections, probes, job pipes, log, sockets
+
+
+def raise_fd_limit(wanted: int = FD_LIMIT_WANTED) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (up to ``wanted``): (old, new).
+
+    systemd and most shells start services with a soft limit of 1024, which a busy LAN
+    (many clients, each with a connection per job, plus the peer probes) exhausts; an
+    exhausted limit fails good compiles with EMFILE. Any process may raise its soft limit
+    up to its hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
 def _setup(opts: DaemonOptions) -> _Prepared:
     level = logsetup.parse_level(opts.log_level)
     stream: TextIO | None = None
@@ -317,6 +339,16 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         logsetup.configure(level, stream, to_file=True)
     else:  # the journal, stderr or syslog, as suits how we were started
         logsetup.configure_default(level, force_stderr=opts.log_stderr)
+
+    old_fds, fds = raise_fd_limit()
+    if fds != old_fds:
+        log.info("raised the open-file limit from %d to %d", old_fds, fds)
+    elif fds < 4096:
+        log.warning(
+            "open-file limit is %d (hard limit); set LimitNOFILE=65536 (systemd) or "
+            "ulimit -n 65536 for a daemon that serves a whole LAN",
+            fds,
+        )
 
     try:
         sock = bind_listener(opts.listen, opts.port, listen=False)
@@ -444,7 +476,7 @@ def _server_allowed(
 
 
 async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
-    from meshcc.daemon.control_server import ControlServer
+    from meshcc.daemon.control_server import ControlLimits, ControlServer
     from meshcc.mesh.netif import InterfaceError
     from meshcc.mesh.service import Mesh, MeshConfig
 
@@ -505,7 +537,13 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             queued=len(control_server.broker.waiters),
         )
 
-    control_server = ControlServer(mesh, status, path=prep.control_path or "")
+    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    control_server = ControlServer(
+        mesh,
+        status,
+        path=prep.control_path or "",
+        limits=ControlLimits.for_fd_limit(fds if fds != resource.RLIM_INFINITY else 1 << 20),
+    )
     status_server = None
     if prep.status_sock is not None:
         from meshcc.daemon.status_http import StatusServer

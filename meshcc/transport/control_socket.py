@@ -73,13 +73,19 @@ def open_control_socket(path: str) -> socket.socket:
     return sock
 
 
-def describe_peer(sock: socket.socket | None) -> str:
-    """``pid N uid U`` of a local client, for the log."""
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a Unix socket, from the kernel
+    (SO_PEERCRED: the client cannot lie about it); None if unknown."""
     if sock is None:
-        return "?"
+        return None
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, _ = struct.unpack("3i", creds)
-        return f"pid {pid} uid {uid}"
     except OSError:
-        return "?"
+        return None
+    pid, uid, _ = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def describe_peer(credentials: tuple[int, int] | None) -> str:
+    """``pid N uid U`` of a local client, for the log."""
+    return "?" if credentials is None else f"pid {credentials[0]} uid {credentials[1]}"

@@ -1,0 +1,79 @@
+"""`meshcc daemon` as a service manager sees it: distccd's exit code for bad options, and a
+descriptor limit raised at start (systemd's default soft limit is 1024)."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import free_port
+
+
+def _daemon_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshcc", "daemon", *args]
+
+
+def test_bad_options_exit_101_as_distccd() -> None:
+    for args in (["--bogus"], ["--port", "0"], ["--jobs", "many"]):
+        p = subprocess.run(_daemon_cmd(*args), capture_output=True, text=True, timeout=60)
+        assert p.returncode == 101, (args, p.returncode, p.stderr)
+        assert "error:" in p.stderr
+    p = subprocess.run(_daemon_cmd("--help"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    p = subprocess.run(
+        [sys.executable, "-m", "meshcc", "hosts", "--bogus"], capture_output=True, timeout=60
+    )
+    assert p.returncode == 2  # the admin commands keep argparse's code
+
+
+def _open_files_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no 'Max open files' line")
+
+
+def test_the_daemon_raises_its_descriptor_limit(tmp_path: Path) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    expect = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    assert expect > 256
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen(
+        _daemon_cmd(
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--no-discovery",
+            "--allow",
+            "127.0.0.1",
+            "--log-file",
+            str(log),
+            "--log-level",
+            "info",
+        ),
+        preexec_fn=low_soft_limit,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "raised the open-file limit" not in (log.read_text() if log.exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert f"from 256 to {expect}" in log.read_text()
+        assert _open_files_limit(proc.pid) == expect
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
