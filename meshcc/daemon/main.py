@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from meshcc import __version__, hostos
+from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
 from meshcc.daemon import logsetup
 from meshcc.daemon.hostsfile import HostsFile
@@ -46,12 +47,13 @@ from meshcc.exitcodes import (
     EXIT_SETUID_FAILED,
 )
 from meshcc.loglevels import NOTICE
+from meshcc.mesh.matching import hosts_line, with_localhost
+from meshcc.supervisor import supervise
 from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
 from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
 from meshcc.wire import control
 
 if TYPE_CHECKING:
-    from meshcc.compiler.fingerprints import FingerprintCache
     from meshcc.mesh.leases import PeerView
 
 log = logging.getLogger("meshcc.daemon")
@@ -126,23 +128,45 @@ def _drop_privileges(requested: str | None) -> str | None:
     return f"dropped root privileges: running as user {name}{default} (uid {pw.pw_uid})"
 
 
+# Standard-library modules that daemon-side code imports inside functions.
+_LAZY_STDLIB = (
+    "asyncio.subprocess",
+    "concurrent.futures.thread",
+    "ctypes",
+    "encodings.idna",  # host names
+    "json",
+    "logging.handlers",
+    "pwd",
+    "re",
+    "shlex",
+    "struct",
+)
+# Programs of their own, never run inside the daemon.
+_NOT_DAEMON = ("meshcc.client", "meshcc.cli", "meshcc.__main__")
+
+
+def daemon_modules() -> list[str]:
+    """Every meshcc module the daemon may import: all of the package but the other programs
+    (listed from the installation, so a module added later is preloaded too)."""
+    import pkgutil
+
+    import meshcc
+
+    names = [m.name for m in pkgutil.walk_packages(meshcc.__path__, "meshcc.")]
+    return sorted(n for n in names if not n.startswith(_NOT_DAEMON))
+
+
 def _preload() -> None:
-    """Import now whatever jobs import lazily: after the drop to an unprivileged user the
-    Python installation may be unreadable (e.g. a Python under /root), and a lazy import
-    would then fail in the middle of a job. Each codec is run once to load its backend."""
-    for name in (
-        "asyncio.subprocess",
-        "concurrent.futures.thread",
-        "ctypes",
-        "encodings.idna",  # host names
-        "pwd",
-        # The mesh and the control socket: zeroconf and ifaddr live in the same installation.
-        "meshcc.daemon.control_server",
-        "meshcc.daemon.status_http",
-        "meshcc.mesh.matching",
-        "meshcc.mesh.service",
-        "meshcc.wire.control",
-    ):
+    """Import now whatever the daemon imports lazily: after the drop to an unprivileged user
+    the installation may be unreadable (a checkout or meshcc.pyz under /root, mode 0700),
+    and a lazy import would then fail in the middle of a job or kill a background task.
+    Every daemon-side meshcc module is imported, whatever imports it. Each codec is run once
+    to load its backend."""
+    for name in _LAZY_STDLIB:
+        importlib.import_module(name)
+    for name in daemon_modules():
+        if name == "meshcc.mesh.discovery":
+            continue  # below: zeroconf may be missing or broken, and that is not fatal
         importlib.import_module(name)
     try:
         importlib.import_module("ifaddr")
@@ -558,14 +582,22 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     if prep.control_sock is not None:
         await control_server.start(prep.control_sock)
         log.log(NOTICE, "control socket %s", prep.control_path)
+    failed: list[str] = []
+
+    def on_fatal(why: str) -> None:
+        failed.append(why)
+        server.abort()
+
     tasks: list[asyncio.Task[None]] = [
-        asyncio.create_task(_report_load(mesh, server), name="meshcc-load")
+        supervise("meshcc-load", lambda: _report_load(mesh, server), log, on_fatal=on_fatal)
     ]
     if st.discovery:
         tasks.append(
-            asyncio.create_task(
-                _watch_default_cc(mesh, control_server.fingerprints, prep.hosts_file),
-                name="meshcc-watch",
+            supervise(
+                "meshcc-watch",
+                lambda: _watch_default_cc(mesh, control_server.fingerprints, prep.hosts_file),
+                log,
+                on_fatal=on_fatal,
             )
         )
     elif prep.hosts_file is not None:
@@ -605,6 +637,9 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         if status_server is not None:
             await status_server.stop()
         await mesh.stop()
+    if failed:
+        log.critical("daemon stopped: %s", failed[0])
+        return EXIT_DISTCC_FAILED
     log.log(NOTICE, "daemon stopped")
     return EXIT_OK
 
@@ -635,7 +670,6 @@ async def _watch_default_cc(
 ) -> None:
     """Judge the peers for the local ``cc`` twice a second: log who is in or out and why
     (once per change), and keep ``--write-hosts`` current."""
-    from meshcc.compiler.fingerprints import FingerprintError
 
     fp = None
     found = hostos.which("cc")
@@ -673,8 +707,6 @@ async def _watch_default_cc(
             log.info("peer %s is gone", key)
         seen = current
         if hosts_file is not None:
-            from meshcc.mesh.matching import hosts_line, with_localhost
-
             _write_hosts(hosts_file, with_localhost(hosts_line(verdicts)), compiler)
         await asyncio.sleep(0.5)
 

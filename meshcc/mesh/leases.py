@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from typing import Protocol
 from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.defaults import LOCALHOST_SHARE
 from meshcc.mesh.matching import Verdict
+from meshcc.supervisor import supervise
+
+log = logging.getLogger("meshcc.leases")
 
 DISPATCH_TICK_S = 0.5
 
@@ -189,7 +193,7 @@ class LeaseBroker:
 
     def _ensure_ticking(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._tick(), name="meshcc-leases")
+            self._task = supervise("meshcc-leases", self._tick, log)
 
     async def _tick(self) -> None:
         """Peers appear, vanish or get backed off while requests wait: look again."""

@@ -59,6 +59,7 @@ from meshcc.mesh.records import (
     parse_meshcc,
     random_node_id,
 )
+from meshcc.supervisor import supervise
 from meshcc.transport.addresses import IPNetwork
 
 if TYPE_CHECKING:
@@ -329,9 +330,9 @@ class Mesh:
             ", ".join(str(n) for n in allowed) or "nothing",
         )
         self._loop = LivenessLoop(self.table, self._probe, on_change=self._on_liveness)
-        self._tasks = [asyncio.create_task(self._loop.run(), name="meshcc-liveness")]
+        self._tasks = [supervise("meshcc-liveness", self._loop.run, log)]
         if self.config.republish_min_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self._republish(), name="meshcc-republish"))
+            self._tasks.append(supervise("meshcc-republish", self._republish, log))
 
     async def _start_browsing(
         self, addresses: tuple[str, ...], status: Callable[..., MeshStatus]
@@ -352,7 +353,7 @@ class Mesh:
         self._discovery = discovery
         self._status = status(True, None)
         self._loop = LivenessLoop(self.table, self._probe, on_change=self._on_liveness)
-        self._tasks = [asyncio.create_task(self._loop.run(), name="meshcc-liveness")]
+        self._tasks = [supervise("meshcc-liveness", self._loop.run, log)]
 
     async def stop(self) -> None:
         """Stop probing; goodbyes so peers drop us at once; close the mDNS sockets."""
