@@ -179,6 +179,32 @@ def test_inner_default_interfaces_turn_discovery_off(caplog: pytest.LogCaptureFi
 
 
 @inner
+def test_inner_distcc_record_only_for_an_offered_cc() -> None:
+    """The _distcc._tcp record describes the daemon's own `cc` (probed by its path), and is
+    not published at all when the daemon does not offer one: stock clients name `cc`."""
+    from meshcc.mesh.records import MESHCC_TYPE
+    from meshcc.mesh.service import Mesh, MeshConfig
+
+    async def main() -> None:
+        for toolchains, published in (((GCC13,), False), ((GCC12,), True)):
+            mesh = Mesh(
+                MeshConfig(interfaces=("lo",), timings=FAST), toolchains, port=3632, jobs=2
+            )
+            await mesh.start()
+            try:
+                names = mesh._own_names
+                distcc = [n for n in names if not n.endswith(MESHCC_TYPE)]
+                warned = any("offers no `cc`" in w for w in mesh.status.warnings)
+                assert bool(distcc) is published and warned is not published, (names, toolchains)
+                if published:  # probed through the offered cc: a subtype record too
+                    assert len(distcc) == 2
+            finally:
+                await mesh.stop()
+
+    run(main)
+
+
+@inner
 def test_inner_meshes_find_each_other_and_match_toolchains() -> None:
     async def main() -> None:
         t0 = time.monotonic()

@@ -194,9 +194,20 @@ class Mesh:
         self.port = port
         self.jobs = jobs
         self.cpus = cpus or hostos.cpu_count()
+        toolchains = tuple(toolchains)
         self.toolchains = tuple(
             t if isinstance(t, ToolchainInfo) else ToolchainInfo.from_toolchain(t)
             for t in toolchains
+        )
+        # The _distcc._tcp record describes the compiler a stock client's job names (its
+        # `cc`): the one this daemon offers under that name, probed by its own path.
+        self._distcc_cc: str | None = next(
+            (
+                t.path if not isinstance(t, ToolchainInfo) else config.default_cc
+                for t in toolchains
+                if config.default_cc in t.names
+            ),
+            None,
         )
         self.protocols = protocols
         self.caps = caps
@@ -277,11 +288,21 @@ class Mesh:
             await self._start_browsing(addresses, status)
             return
         distcc_id = self._distcc_id
-        if distcc_id is _PROBE:
-            distcc_id = await probe_default_cc(self.config.default_cc)
+        publish_distcc = True
+        if distcc_id is _PROBE and self._distcc_cc is None:
+            publish_distcc, distcc_id = False, None
+            warnings.append(
+                f"this daemon offers no `{self.config.default_cc}`, the compiler stock distcc "
+                "clients name: no _distcc._tcp record is published (meshcc clients and "
+                "`meshcc hosts` still find it)"
+            )
+            log.warning("%s", warnings[-1])
+        elif distcc_id is _PROBE:
+            assert self._distcc_cc is not None
+            distcc_id = await probe_default_cc(self._distcc_cc)
             if distcc_id is None:
                 warnings.append(
-                    f"`{self.config.default_cc} -dumpversion/-dumpmachine` failed: the "
+                    f"`{self._distcc_cc} -dumpversion/-dumpmachine` failed: the "
                     "_distcc._tcp record has no subtype, so `distcc +zeroconf` clients will "
                     "not list this daemon"
                 )
@@ -302,7 +323,7 @@ class Mesh:
         for w in txt_warnings:
             warnings.append(w)
             log.warning("%s", w)
-        distcc_specs = build_distcc_services(self._node)
+        distcc_specs = build_distcc_services(self._node) if publish_distcc else []
         self._own_names = {meshcc_spec.name, *(spec.name for spec in distcc_specs)}
 
         from meshcc.mesh.discovery import Discovery
