@@ -232,7 +232,7 @@ def test_fingerprint_cache_probes_once_and_rejects_non_files(tmp_path: Path) -> 
         return Probe("12.2.0", "x86_64-linux-gnu", "2.40", "/usr/bin/as")
 
     async def scenario() -> None:
-        cache = FingerprintCache(max_entries=2, probe=probe)  # type: ignore[arg-type]
+        cache = FingerprintCache(max_entries=2, probe=probe, check_trust=False)  # type: ignore[arg-type]
         fps = await asyncio.gather(*(cache.get("gcc-12", GCC) for _ in range(5)))
         assert len(calls) == 1 and fps[0] == ClientCompiler(
             "gcc-12", "12.2.0", "x86_64-linux-gnu", "2.40", "gcc"

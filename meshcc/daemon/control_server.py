@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshcc import hostos
-from meshcc.compiler.fingerprints import ClientCompiler, FingerprintCache, FingerprintError
+from meshcc.compiler.fingerprints import (
+    ClientCompiler,
+    FingerprintCache,
+    FingerprintError,
+    ProbeLimit,
+    UntrustedCompiler,
+)
 from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local, PeerView
 from meshcc.mesh.matching import hosts_line
 from meshcc.transport.control_socket import describe_peer, peer_credentials
@@ -97,7 +103,9 @@ class ControlServer:
 
     # -- requests that need the mesh
 
-    async def hosts(self, req: control.HostsRequest) -> control.HostsReply | control.ErrorReply:
+    async def hosts(
+        self, req: control.HostsRequest, uid: int | None = None
+    ) -> control.HostsReply | control.ErrorReply:
         fp: ClientCompiler | None = None
         compiler: str | None = None
         cc_path = req.cc_path
@@ -107,7 +115,7 @@ class ControlServer:
                 return control.ErrorReply(f"{req.cc}: not found on the daemon's PATH")
         if cc_path:
             try:
-                fp = await self.fingerprints.get(req.cc or cc_path, cc_path)
+                fp = await self.fingerprints.get(req.cc or cc_path, cc_path, uid)
             except FingerprintError as e:
                 return control.ErrorReply(str(e))
             compiler = fp.describe()
@@ -116,9 +124,16 @@ class ControlServer:
             hosts_line(verdicts), [v.to_dict() for v in verdicts], self.status(), compiler
         )
 
-    async def lease(self, req: control.LeaseRequest) -> Grant | Local:
+    async def lease(
+        self, req: control.LeaseRequest, uid: int | None = None
+    ) -> Grant | Local | control.ErrorReply:
+        """A slot for the job; an ErrorReply (which the client prints) when the daemon will
+        not run the named compiler or this user has too many probes in flight; Local
+        (quietly) when the compiler is simply not a gcc the mesh can match."""
         try:
-            fp = await self.fingerprints.get(req.cc, req.cc_path)
+            fp = await self.fingerprints.get(req.cc, req.cc_path, uid)
+        except (UntrustedCompiler, ProbeLimit) as e:
+            return control.ErrorReply(str(e))
         except FingerprintError as e:
             return Local(str(e))
         return await self.broker.acquire(fp, req.local_ok)
@@ -147,7 +162,7 @@ class ControlServer:
         self._connections.add(task)
         self._per_user[uid] = self._per_user.get(uid, 0) + 1
         try:
-            await self._serve(reader, writer, who)
+            await self._serve(reader, writer, who, uid)
         except ConnectionError:
             pass
         except TimeoutError:
@@ -172,7 +187,7 @@ class ControlServer:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str, uid: int
     ) -> None:
         msgs = control.MessageReader(control.MAX_REQUEST, control.MAX_REQUEST_OBJECTS)
 
@@ -198,9 +213,9 @@ class ControlServer:
             if isinstance(req, control.StatusRequest):
                 await send(self.status())
             elif isinstance(req, control.HostsRequest):
-                await send(await self.hosts(req))
+                await send(await self.hosts(req, uid))
             elif isinstance(req, control.LeaseRequest):
-                await self._lease(req, reader, writer, msgs, who)
+                await self._lease(req, reader, writer, msgs, who, uid)
                 return
             else:
                 log.warning("control: closing connection from %s: 'done' without a lease", who)
@@ -214,10 +229,11 @@ class ControlServer:
         writer: asyncio.StreamWriter,
         msgs: control.MessageReader,
         who: str,
+        uid: int,
     ) -> None:
         # Wait for the lease while watching the socket: a client that dies in the queue
         # must leave it at once.
-        lease = asyncio.ensure_future(self.lease(req))
+        lease = asyncio.ensure_future(self.lease(req, uid))
         eof = asyncio.ensure_future(self._wait_eof(reader, msgs))
         try:
             await asyncio.wait({lease, eof}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,6 +249,11 @@ class ControlServer:
             log.debug("control: %s left while waiting for a lease", who)
             return
         got = lease.result()
+        if isinstance(got, control.ErrorReply):
+            eof.cancel()
+            log.warning("control: %s: lease for %s refused: %s", who, req.cc_path, got.error)
+            await self._send(writer, got)
+            return
         if isinstance(got, Local) and got.held:
             try:
                 log.debug(
