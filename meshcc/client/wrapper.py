@@ -104,14 +104,6 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
-class _Exit(Exception):
-    """Leave main() with this exit code (after cleanup)."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
 # --------------------------------------------------------------------------- output
 
 
