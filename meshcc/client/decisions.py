@@ -26,9 +26,7 @@ locally and the host backed off only if the local result differs; with backoff d
 most :data:`MAX_REMOTE_ATTEMPTS_NO_BACKOFF` remote attempts are made.
 
 Where hosts come from is the wrapper's business: distcc's host list and lock files, or
-leases from the local daemon. Both are a :class:`HostPool`, and what they hand out while a
-job runs (a slot lock, a lease) is :class:`Held`; these protocols exist for the type
-checker only, so that ``typing`` is never imported at run time.
+leases from the local daemon, both a :class:`meshcc.client.hostpool.HostPool`.
 
 Imported only on the distributable path and kept as light as the wrapper: plain classes
 with ``__slots__``, no dataclasses or enum.
@@ -49,57 +47,6 @@ from meshcc.exitcodes import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Mapping
-    from typing import Protocol, TypeVar
-
-    class Held(Protocol):
-        """Something held for one job that others are waiting for: a distcc slot lock
-        (``slots.Slot``) or a lease from the local daemon (``control_client.Control``)."""
-
-        def release(self) -> None:
-            """Give it back (idempotent)."""
-
-        def keep_across_exec(self) -> None:
-            """Let the compiler this process is about to exec hold it for its whole run."""
-
-    class Target(Protocol):
-        """Where a job can be sent: a ``hostspec.Host`` or a leased peer."""
-
-        @property
-        def host(self) -> str: ...
-        @property
-        def port(self) -> int | None: ...
-        @property
-        def protocol(self) -> int: ...
-        @property
-        def spec(self) -> str: ...
-
-    TargetT = TypeVar("TargetT", bound=Target)
-    HeldT = TypeVar("HeldT", bound=Held)
-
-    class HostPool(Protocol[TargetT, HeldT]):
-        """Where hosts come from: distcc's host list and lock files, or the daemon's leases."""
-
-        @property
-        def local_share(self) -> Held | None:
-            """A slot of this box's own that the pool handed out for a local compile."""
-
-        def localslots(self, cpp: bool = False) -> int:
-            """How many local compiles (or local preprocessors) may run at once."""
-
-        def acquire(self) -> tuple[TargetT, HeldT] | None:
-            """The next host to try and what holds it; None when no host is left."""
-
-        def failed_on(self, host: TargetT, held: HeldT, why: str, connect_failed: bool) -> None:
-            """``host`` did not do the job (a :class:`TryNextHost`); free ``held``."""
-
-        def finish(self, host: TargetT, held: HeldT, verdict: bool | None) -> None:
-            """The job is over on ``host``: record ``verdict``, free ``held``."""
-
-        def before_local_retry(self, held: HeldT) -> Held | None:
-            """Free ``held`` before a :class:`RetryLocally`, or return it to keep it."""
-
-        def nothing_left(self, src: str) -> tuple[str, bool]:
-            """Why no host did the job, and whether that is normal (say it quietly)."""
 
 
 MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
@@ -142,7 +89,7 @@ class Settings:
 
 
 class TryNextHost:
-    """The host failed us: report it to the pool and ask the pool for another."""
+    """The host failed us: report it to the pool (``HostPool.failed_on``), ask for another."""
 
     __slots__ = ("connect_failed", "why")
 

@@ -46,16 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Sequence
     from typing import Any, NoReturn, TypeVar
 
-    from meshcc.client.decisions import (
-        CompileLocally,
-        Fail,
-        Finish,
-        Held,
-        HostPool,
-        Plan,
-        Settings,
-        Target,
-    )
+    from meshcc.client.decisions import CompileLocally, Fail, Finish, Plan, Settings
+    from meshcc.client.hostpool import Held, HeldT, HostPool, Target, TargetT
     from meshcc.client.slots import Slot
     from meshcc.compiler.args import Job
     from meshcc.compiler.hostspec import Host, HostList
@@ -63,8 +55,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.transport.control_client import Control
 
     T = TypeVar("T")
-    TargetT = TypeVar("TargetT", bound=Target)
-    HeldT = TypeVar("HeldT", bound=Held)
 else:
     try:  # the C module: `signal` proper would import enum on the hot path
         import _signal as _sig
