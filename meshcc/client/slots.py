@@ -22,14 +22,19 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Iterable, Mapping, Sequence
-    from typing import Protocol
+    from typing import Protocol, TypeVar
 
     class HostLike(Protocol):
         """What slot selection needs from a ``hostspec.Host``."""
 
-        lock_name: str
-        limit: int
-        down: bool
+        @property
+        def lock_name(self) -> str: ...
+        @property
+        def limit(self) -> int: ...
+        @property
+        def down(self) -> bool: ...
+
+    HostT = TypeVar("HostT", bound=HostLike)
 
 
 DEFAULT_BACKOFF_PERIOD = 60  # seconds (distcc's dcc_backoff_period)
@@ -80,7 +85,7 @@ class Slot:
 
 
 def env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    """An integer setting; a missing or unparsable value gives the default (like atoi-ish distcc)."""
+    """An integer setting; a missing or unparsable value gives the default (as distcc's atoi)."""
     value = environ.get(name)
     if value is None or not value.strip():
         return default
@@ -137,11 +142,11 @@ def try_lock(lockdir: str, lock_name: str, index: int) -> Slot | None:
 
 def lock_first_free(
     lockdir: str,
-    hosts: Sequence[HostLike],
+    hosts: Sequence[HostT],
     pause_msec: int = DEFAULT_PAUSE_MSEC,
     log: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> tuple[HostLike, Slot]:
+) -> tuple[HostT, Slot]:
     """Lock a slot breadth-first (slot 0 of every host, then slot 1, ...), waiting while all
     are busy. List order is preference, as in distcc. ``hosts`` must not be empty.
     """
@@ -223,11 +228,11 @@ def clear_backoff(lockdir: str, lock_name: str) -> None:
 
 def usable_hosts(
     lockdir: str,
-    hosts: Iterable[HostLike],
+    hosts: Iterable[HostT],
     period: float,
     exclude: Iterable[str] = (),
     now: float | None = None,
-) -> list[HostLike]:
+) -> list[HostT]:
     """Hosts that may be tried now: not ``,down``, not excluded, not backed off."""
     skip = set(exclude)
     if now is None:

@@ -11,7 +11,9 @@ the host is backed off only if the local result differs (distcc backs off first 
 forgives later); with ``DISTCC_BACKOFF_PERIOD=0`` at most 3 remote attempts are made
 (distcc master's fix); ``-MD``/``-MMD`` .d files land where plain gcc puts them
 (args.cpp_argv); ``,down`` hosts are skipped rather than waited for; ssh and ``,auth``
-hosts are skipped (no such transport here); ``,cpp`` hosts are sent protocol 2.
+hosts are skipped (no such transport here); ``,cpp`` hosts are sent protocol 2. The
+retry, backoff and fallback rules live in :mod:`meshcc.client.decisions` (pure,
+unit-tested); this module does the I/O they call for.
 
 Where a job goes: an explicit ``DISTCC_HOSTS`` always wins (distcc semantics); else, if
 a local ``meshcc daemon`` answers on its control socket, a lease from it (a peer whose
@@ -34,36 +36,33 @@ import sys
 import time
 
 from meshcc.defaults import LOCAL_SLOTS, LOCAL_SLOTS_CPP
-from meshcc.exitcodes import (
-    EXIT_BAD_ARGUMENTS,
-    EXIT_BAD_HOSTSPEC,
-    EXIT_COMPILER_MISSING,
-    EXIT_CONNECT_FAILED,
-    EXIT_DISTCC_FAILED,
-    EXIT_IO_ERROR,
-    EXIT_NO_HOSTS,
-    EXIT_RECURSION,
-)
-from meshcc.hostos import which
 
-try:  # the C module: `signal` proper would import enum on the hot path
-    import _signal as _sig
-except ImportError:  # pragma: no cover - non-CPython
-    import signal as _sig
+# meshcc.exitcodes and meshcc.hostos are imported where they are used: error paths and
+# masquerade or daemon lookups only (each module import costs ~0.1 ms on every compile).
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    import signal as _sig
     from collections.abc import Sequence
-    from typing import Any
+    from typing import Any, NoReturn, TypeVar
 
+    from meshcc.client.decisions import CompileLocally, Fail, Finish, Plan, Settings
+    from meshcc.client.hostpool import Held, HeldT, HostPool, Target, TargetT
     from meshcc.client.slots import Slot
     from meshcc.compiler.args import Job
+    from meshcc.compiler.hostspec import Host, HostList
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
     from meshcc.wire.control import LeaseGranted
 
+    T = TypeVar("T")
+else:
+    try:  # the C module: `signal` proper would import enum on the hot path
+        import _signal as _sig
+    except ImportError:  # pragma: no cover - non-CPython
+        import signal as _sig
 
-MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
+
 MAX_LEASE_ATTEMPTS = 3  # leases tried per job before compiling locally
 
 # argv[0] basenames of the console scripts and the compiler each one runs.
@@ -103,14 +102,6 @@ class _Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-class _Exit(Exception):
-    """Leave main() with this exit code (after cleanup)."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 # --------------------------------------------------------------------------- output
@@ -212,6 +203,8 @@ def _invocation(argv: Sequence[str], environ: os._Environ[str]) -> _Invocation:
     me = os.path.realpath(arg0)
     real = which(base, path, skip_real=me)
     if real is None:
+        from meshcc.exitcodes import EXIT_COMPILER_MISSING, EXIT_RECURSION
+
         if which(base, path) is not None:
             raise _Fatal(
                 f"{base} on PATH is this wrapper again; cannot find the real {base}", EXIT_RECURSION
@@ -221,6 +214,13 @@ def _invocation(argv: Sequence[str], environ: os._Environ[str]) -> _Invocation:
             EXIT_COMPILER_MISSING,
         )
     return _Invocation(base, [base, *argv[1:]], real)
+
+
+def which(name: str, path: str | None = None, *, skip_real: str | None = None) -> str | None:
+    """:func:`meshcc.hostos.which`, imported when first needed."""
+    from meshcc.hostos import which
+
+    return which(name, path, skip_real=skip_real)
 
 
 class _Fatal(Exception):
@@ -242,7 +242,7 @@ def _restore_signals() -> None:
             _sig.signal(num, _sig.SIG_DFL)
 
 
-def _exec_local(inv: _Invocation, slot: Slot | None) -> None:
+def _exec_local(inv: _Invocation, slot: Held | None) -> NoReturn:
     """Replace this process with the real compiler (the slot lock, if any, stays held)."""
     if slot is not None:
         slot.keep_across_exec()
@@ -250,11 +250,31 @@ def _exec_local(inv: _Invocation, slot: Slot | None) -> None:
     try:
         if "/" in inv.exec_path:
             os.execv(inv.exec_path, inv.argv)
-        os.execvp(inv.exec_path, inv.argv)
+        _execvp(inv.exec_path, inv.argv)
     except OSError as e:
+        from meshcc.exitcodes import EXIT_COMPILER_MISSING
+
         if slot is not None:
             slot.release()
         raise _Fatal(f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING) from None
+
+
+def _execvp(name: str, argv: list[str]) -> NoReturn:
+    """``os.execvp`` without its ``import warnings`` (in ``os.get_exec_path``; ~0.3 ms on
+    every compile): the same ``$PATH`` search (``os.defpath`` if unset) and the same error,
+    the first one other than "not found" if any."""
+    first: OSError | None = None
+    last: OSError = FileNotFoundError(2, "No such file or directory", name)
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        try:
+            os.execv(os.path.join(directory, name), argv)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            last = e
+        except OSError as e:
+            last = e
+            if first is None:
+                first = e
+    raise first if first is not None else last
 
 
 _SPAWN_SIGDEF = tuple(
@@ -264,19 +284,10 @@ _SPAWN_SIGDEF = tuple(
 )
 
 
-def _spawn(exec_path: str, argv: list[str], file_actions: Sequence[tuple] = ()) -> int:
+def _spawn(exec_path: str, argv: list[str], file_actions: Sequence[tuple[Any, ...]] = ()) -> int:
     """posix_spawn (no fork of this interpreter, no subprocess import); default signals."""
     fn = os.posix_spawn if "/" in exec_path else os.posix_spawnp
     return fn(exec_path, argv, os.environ, file_actions=file_actions, setsigdef=_SPAWN_SIGDEF)
-
-
-def _exit_code(wait_status: int) -> int:
-    """Shell convention: the exit code, or 128 + signal."""
-    if os.WIFSIGNALED(wait_status):
-        return 128 + os.WTERMSIG(wait_status)
-    if os.WIFEXITED(wait_status):
-        return os.WEXITSTATUS(wait_status)
-    return EXIT_DISTCC_FAILED
 
 
 # --------------------------------------------------------------------------- the job
@@ -297,7 +308,7 @@ class _GoLocal(Exception):
 class _Run:
     """One distributable compile: its temp files, children and slots, so cleanup is total."""
 
-    def __init__(self, inv: _Invocation, job: Job, log: _Log) -> None:
+    def __init__(self, inv: _Invocation, job: Job, log: _Log, settings: Settings) -> None:
         env = os.environ
         self.inv = inv
         self.job = job
@@ -305,10 +316,10 @@ class _Run:
         self.env = env
         self.temps: list[str] = []
         self.children: list[int] = []
-        self.slots: list[Slot | Control] = []  # a lease from the daemon is slot-like too
+        self.slots: list[Held] = []  # slot locks, and leases from the daemon
         self.lockdir: str | None = None
         self.keep_temps = env.get("DISTCC_SAVE_TEMPS") == "1"
-        self.fallback = env.get("DISTCC_FALLBACK", "1") != "0"
+        self.fallback = settings.fallback
         self.cpp_pid = 0
         self.cpp_err_fd = -1
         self.cpp_out: str | None = None
@@ -319,7 +330,7 @@ class _Run:
 
     # -------------------------------------------------------------- cleanup
 
-    def cleanup(self, signum: int = 0, keep: Slot | None = None, hold: Any = None) -> None:
+    def cleanup(self, signum: int = 0, keep: Held | None = None, hold: Held | None = None) -> None:
         """Kill children, remove temp files, release slots (except ``keep`` and ``hold``)."""
         for pid in self.children:
             try:
@@ -347,7 +358,7 @@ class _Run:
                 slot.release()
         self.slots = [s for s in self.slots if s is keep or s is hold]
 
-    def release(self, slot: Slot | Control | None) -> None:
+    def release(self, slot: Held | None) -> None:
         if slot is not None:
             slot.release()
             if slot in self.slots:
@@ -370,6 +381,7 @@ class _Run:
     def start_cpp(self) -> None:
         """Run the local preprocessor in the background: stdout to $TMPDIR, stderr captured."""
         from meshcc.compiler import args
+        from meshcc.exitcodes import EXIT_COMPILER_MISSING, EXIT_IO_ERROR
 
         tmpdir = self.env.get("TMPDIR") or "/tmp"
         try:
@@ -404,6 +416,8 @@ class _Run:
 
     def wait_cpp(self) -> int:
         """Collect cpp's stderr and status (once); returns its exit code (0 = ok)."""
+        from meshcc.client.decisions import exit_code
+
         if self.cpp_status is None:
             chunks = []
             while True:
@@ -420,9 +434,9 @@ class _Run:
             self.release(self.cpp_slot)  # distcc frees the cpp slot before sending DOTI
             self.cpp_slot = None
             self.log.debug(
-                f"cpp finished in {self.cpp_ms:.1f} ms, exit {_exit_code(self.cpp_status)}"
+                f"cpp finished in {self.cpp_ms:.1f} ms, exit {exit_code(self.cpp_status)}"
             )
-        return _exit_code(self.cpp_status)
+        return exit_code(self.cpp_status)
 
     def stop_cpp(self) -> None:
         """Kill a still-running cpp (we are about to compile locally anyway)."""
@@ -487,14 +501,17 @@ class _Run:
 
     # -------------------------------------------------------------- local compiles
 
-    def exec_local(self, slot: Slot | None) -> None:
+    def exec_local(self, slot: Held | None) -> NoReturn:
         """Clean up everything but ``slot`` and become the real compiler (never returns)."""
         self.cleanup(keep=slot)
         _exec_local(self.inv, slot)
 
-    def run_local(self, slot: Slot | None, hold: Any = None) -> int:
+    def run_local(self, slot: Held | None, hold: Held | None = None) -> int:
         """Compile locally as a child (so the result can be compared); returns its exit code.
         ``hold``: a remote slot (a lease) to keep until the comparison is done."""
+        from meshcc.client.decisions import exit_code
+        from meshcc.exitcodes import EXIT_COMPILER_MISSING
+
         self.cleanup(keep=slot, hold=hold)
         try:
             pid = _spawn(self.inv.exec_path, self.inv.argv)
@@ -505,7 +522,7 @@ class _Run:
         self.children.append(pid)
         _, status = os.waitpid(pid, 0)
         self.children.remove(pid)
-        return _exit_code(status)
+        return exit_code(status)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -520,7 +537,7 @@ def _umask() -> int:
     return mask
 
 
-def _shuffle(items: list) -> None:
+def _shuffle(items: list[T]) -> None:
     """``--randomize`` without importing random: Fisher-Yates over os.urandom."""
     for i in range(len(items) - 1, 0, -1):
         j = int.from_bytes(os.urandom(4), "little") % (i + 1)
@@ -566,18 +583,20 @@ def _localslots(hostlist: object | None, cpp: bool = False) -> int:
     return value if isinstance(value, int) and value > 0 else default
 
 
-def _remote(run: _Run, host: object, argv: list[bytes], io_timeout: float, client: object) -> Reply:
+def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Reply:
     """Send the job to ``host`` (overlapping connect and request head with cpp) and read
     the reply. Raises client.TransportError / client.Refused / _CppFailed / _GoLocal."""
-    version = min(getattr(host, "protocol", 1) or 1, 2)  # ',cpp' hosts get plain protocol 2
-    if version == 2 and not _lzo_available():
-        # meshcc.pyz (no lzallright): the same job, uncompressed; every distccd serves v1.
-        version = 1
+    from meshcc.client.decisions import wire_version
+    from meshcc.transport import client
+
+    version, no_lzo = wire_version(host.protocol, _lzo_available)
+    if no_lzo:
         run.log.debug(
             f"no LZO here (lzallright missing, e.g. meshcc.pyz): sending "
             f"{host.host}:{host.port} distcc protocol 1 instead of 2"
-        )  # type: ignore[attr-defined]
-    conn = client.Connection(host.host, host.port, version, io_timeout)  # type: ignore[attr-defined]
+        )
+    assert host.port is not None  # only localhost has none, and it never gets here
+    conn = client.Connection(host.host, host.port, version, io_timeout)
     log = run.log
     t0 = time.monotonic()
     try:
@@ -619,13 +638,13 @@ class _ListPool:
     pick the host (breadth-first, list order is preference), backoff files remember failures
     (shared with stock distcc clients on this box)."""
 
-    def __init__(self, run: _Run, hostlist: Any) -> None:
+    def __init__(self, run: _Run, hostlist: HostList) -> None:
         from meshcc.client import slots
 
         env = run.env
         self.run = run
         self.hostlist = hostlist
-        self.hosts = []
+        self.hosts: list[Host] = []
         for h in hostlist.hosts:
             if h.kind != "localhost" and not h.supported:
                 run.log.debug(f"skipping {h.spec}: {h.unsupported_reason}")
@@ -642,9 +661,9 @@ class _ListPool:
     def localslots(self, cpp: bool = False) -> int:
         return _localslots(self.hostlist, cpp)
 
-    def acquire(self) -> tuple[Any, Slot] | None:
+    def acquire(self) -> tuple[Host, Slot] | None:
         """Wait for a slot on the first usable host; None when no host is left to try."""
-        from meshcc.client import slots
+        from meshcc.client import decisions, slots
 
         run = self.run
         lockdir = run.lockdir
@@ -652,10 +671,9 @@ class _ListPool:
         usable = slots.usable_hosts(lockdir, self.hosts, self.period, exclude=self.failed)
         if not usable:
             return None
-        if self.period <= 0 and self.attempts >= MAX_REMOTE_ATTEMPTS_NO_BACKOFF:
+        if not decisions.may_try_host(self.attempts, self.period):
             run.log.debug(f"giving up after {self.attempts} remote attempts (backoff disabled)")
             return None
-        host: Any
         host, slot = slots.lock_first_free(lockdir, usable, self.pause, run.log.debug)
         run.slots.append(slot)
         if host.kind == "localhost":
@@ -665,20 +683,21 @@ class _ListPool:
         run.log.debug(f"picked {host.spec} slot {slot.index} for {run.job.source}")
         return host, slot
 
-    def failed_on(self, host: Any, slot: Any, why: str, connect_failed: bool) -> None:
+    def failed_on(self, host: Host, slot: Slot, why: str, connect_failed: bool) -> None:
         """The host could not do the job: back it off (unless disabled), free its slot."""
-        from meshcc.client import slots
+        from meshcc.client import decisions, slots
 
         self.last_failure = f"{host.spec} ({why})"
-        if self.period > 0:
+        if decisions.backs_off(self.period):
             assert self.run.lockdir is not None
             slots.mark_backoff(self.run.lockdir, host.lock_name)
             self.failed.add(host.lock_name)
         self.run.release(slot)
 
-    def finish(self, host: Any, slot: Any, verdict: bool | None) -> None:
+    def finish(self, host: Host, slot: Slot, verdict: bool | None) -> None:
         """The job is over on ``host``: True = it worked (forgive), False = dislike it
-        (back off), None = no opinion. Frees the slot."""
+        (back off), None = no opinion (decisions.FORGIVE, BACK_OFF, NO_OPINION). Frees the
+        slot."""
         from meshcc.client import slots
 
         lockdir = self.run.lockdir
@@ -689,7 +708,7 @@ class _ListPool:
             slots.mark_backoff(lockdir, host.lock_name)
         self.run.release(slot)
 
-    def before_local_retry(self, slot: Any) -> None:
+    def before_local_retry(self, slot: Slot) -> None:
         """distcc frees the remote slot before retrying locally; nothing is held."""
         self.run.release(slot)
 
@@ -697,11 +716,9 @@ class _ListPool:
 
     def nothing_left(self, src: str) -> tuple[str, bool]:
         """Why no host did the job, and whether that is quiet (verbose-only)."""
-        if self.last_failure:
-            return f"failed to distribute {src} to {self.last_failure}", False
-        if self.hosts:
-            return f"no usable host for {src} (all down or backed off)", False
-        return f"no hosts to distribute {src} to", False
+        from meshcc.client.decisions import host_list_exhausted
+
+        return host_list_exhausted(src, self.last_failure, bool(self.hosts))
 
 
 class _Leased:
@@ -795,7 +812,7 @@ class _LeasePool:
         self.daemon_failure = f"meshcc daemon error: {answer.error}"
         return None
 
-    def failed_on(self, host: Any, lease: Any, why: str, connect_failed: bool) -> None:
+    def failed_on(self, host: _Leased, lease: Control, why: str, connect_failed: bool) -> None:
         """Tell the daemon the peer failed (it may drop it at once) and end the lease."""
         self.last_failure = f"{host.spec} ({why})"
         lease.ok = False
@@ -803,7 +820,7 @@ class _LeasePool:
         lease.reason = why
         self.run.release(lease)
 
-    def finish(self, host: Any, lease: Any, verdict: bool | None) -> None:
+    def finish(self, host: _Leased, lease: Control, verdict: bool | None) -> None:
         """End the lease; ``verdict`` False reports the peer as bad (crash, wrong result)."""
         if verdict is False:
             lease.ok = False
@@ -811,18 +828,16 @@ class _LeasePool:
             lease.reason = why
         self.run.release(lease)
 
-    def before_local_retry(self, lease: Any) -> Any:
+    def before_local_retry(self, lease: Control) -> Control:
         """Keep the lease through the local retry: only its result tells whether the peer
         was at fault (rare path: compile errors)."""
         return lease
 
     def nothing_left(self, src: str) -> tuple[str, bool]:
-        if self.last_failure:
-            return f"failed to distribute {src} to {self.last_failure}", False
-        if self.daemon_failure:
-            return f"{self.daemon_failure}; not distributing {src}", False
-        # "No matching live peer" is the daemon's normal answer on a lone box: verbose only.
-        return f"meshcc daemon: {self.local_reason} (for {src})", True
+        """Why no lease did the job, and whether that is quiet (verbose-only)."""
+        from meshcc.client.decisions import leases_exhausted
+
+        return leases_exhausted(src, self.last_failure, self.daemon_failure, self.local_reason)
 
 
 def _lease_pool(run: _Run, inv: _Invocation, io_timeout: float) -> _LeasePool | None:
@@ -850,16 +865,18 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
 
     Hosts: an explicit ``DISTCC_HOSTS`` always wins (as for distcc); else a lease from
     the local meshcc daemon if one answers; else ``$DISTCC_DIR/hosts``,
-    ``/etc/distcc/hosts``. Whatever the source, the job itself is handled by the same code.
+    ``/etc/distcc/hosts``. Whatever the source, the job itself is handled by the same code
+    (:func:`_run_job`), and every decision on the way is :mod:`meshcc.client.decisions`'.
     Returns the exit code, or execs the compiler and never returns.
     """
-    from meshcc.client import slots
-    from meshcc.compiler import args
+    from meshcc.client import decisions, slots
+    from meshcc.exitcodes import EXIT_BAD_ARGUMENTS
     from meshcc.transport import client
 
     env = os.environ
-    run = _Run(inv, job, log)
-    src = job.source or "?"
+    settings = decisions.Settings.from_environ(env)
+    plan = decisions.Plan(settings, job.source or "?")
+    run = _Run(inv, job, log, settings)
 
     try:
         io_timeout = client.parse_io_timeout(env.get("DISTCC_IO_TIMEOUT"))
@@ -867,36 +884,33 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         raise _Fatal(str(e), EXIT_BAD_ARGUMENTS) from None
 
     try:
-        lockdir = slots.lock_dir(slots.distcc_dir(env))
-    except slots.DistccDirError as e:
-        if not run.fallback:
-            raise _Fatal(
-                f"{e}; not compiling {src} locally (DISTCC_FALLBACK=0)", EXIT_DISTCC_FAILED
-            ) from None
-        log.warn(f"{e}; compiling {src} locally")
-        run.exec_local(None)
-        raise AssertionError("not reached")  # pragma: no cover
-    run.lockdir = lockdir
+        run.lockdir = slots.lock_dir(slots.distcc_dir(env))
+    except slots.DistccDirError as e:  # no lock directory, so no local slot either
+        _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
-    pool: _ListPool | _LeasePool | None = None
     if "DISTCC_HOSTS" not in env:
-        pool = _lease_pool(run, inv, io_timeout)
-    if pool is None:
-        from meshcc.compiler import hostspec
+        leases = _lease_pool(run, inv, io_timeout)
+        if leases is not None:
+            return _run_job(run, leases, plan, io_timeout)
 
-        try:
-            hostlist = hostspec.load_hosts(env)
-        except hostspec.HostSpecError as e:
-            msg = (str(e).strip().splitlines() or ["bad host list"])[0]
-            if not run.fallback:
-                raise _Fatal(
-                    f"{msg}; not compiling {src} locally (DISTCC_FALLBACK=0)", EXIT_BAD_HOSTSPEC
-                ) from None
-            log.warn(f"{msg}; compiling {src} locally")
-            run.exec_local(_local_slot(log, lockdir, LOCAL_SLOTS))
-            raise AssertionError("not reached")  # pragma: no cover
-        pool = _ListPool(run, hostlist)
+    from meshcc.compiler import hostspec
 
+    try:
+        hostlist = hostspec.load_hosts(env)
+    except hostspec.HostSpecError as e:
+        why = (str(e).strip().splitlines() or ["bad host list"])[0]
+        _compile_locally(run, plan.bad_host_list(why), None)
+    return _run_job(run, _ListPool(run, hostlist), plan, io_timeout)
+
+
+def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: float) -> int:
+    """Try hosts from ``pool`` until one compiles the job, then finish as ``plan`` says."""
+    from meshcc.compiler import args
+    from meshcc.transport import client
+
+    job = run.job
+    log = run.log
+    src = job.source or "?"
     for signum in (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP):
         _sig.signal(signum, _on_signal)
 
@@ -906,46 +920,33 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
             picked = pool.acquire()
             if picked is None:
                 break
-            host, slot = picked
+            host, held = picked
             if not job.preprocessed and not run.cpp_pid:
-                run.cpp_slot = _local_slot(log, lockdir, pool.localslots(cpp=True))
+                run.cpp_slot = _local_slot(log, run.lockdir, pool.localslots(cpp=True))
                 if run.cpp_slot is not None:
                     run.slots.append(run.cpp_slot)
                 run.start_cpp()
             name = getattr(host, "compiler", None)  # a lease names the peer's compiler
             argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
             try:
-                reply = _remote(run, host, argv, io_timeout, client)
-            except (client.TransportError, client.Refused) as e:
-                if isinstance(e, client.Refused):
-                    why = f"refused: {e.reason}"
-                    log.debug(f"{host.spec} refused {src}: {e.reason}")
-                else:
-                    why = str(e)
-                    log.debug(f"{host.spec} failed: {why}")
-                connect_failed = getattr(e, "exit_code", 0) == EXIT_CONNECT_FAILED
-                pool.failed_on(host, slot, why, connect_failed)
-                continue
+                reply = _remote(run, host, argv, io_timeout)
+            except client.Refused as e:
+                log.debug(f"{host.spec} refused {src}: {e.reason}")
+                retry = plan.refused(e.reason)
+            except client.TransportError as e:
+                log.debug(f"{host.spec} failed: {e}")
+                retry = plan.transport_failed(str(e), e.exit_code)
             except _CppFailed as e:
-                pool.finish(host, slot, None)
-                _write(2, run.cpp_stderr)
-                return e.code
+                return _finish(run, pool, host, held, plan.cpp_failed(e.code), None)
             except _GoLocal:
-                pool.finish(host, slot, None)
-                run.exec_local(_local_slot(log, lockdir, pool.localslots()))
-            return _handle_reply(run, pool, host, slot, reply)
+                _compile_locally(run, plan.source_unreadable(), pool, host, held)
+            else:
+                return _handle_reply(run, pool, plan, host, held, reply)
+            pool.failed_on(host, held, retry.why, retry.connect_failed)
 
         # No host (left): compile locally, or fail if fallback is disabled.
         run.stop_cpp()
-        what, quiet = pool.nothing_left(src)
-        if not run.fallback:
-            raise _Fatal(f"{what}; not compiling locally (DISTCC_FALLBACK=0)", EXIT_NO_HOSTS)
-        if quiet:
-            log.debug(f"{what}; compiling locally")
-        else:
-            log.warn(f"{what}, compiling locally")
-        run.exec_local(pool.local_share or _local_slot(log, lockdir, pool.localslots()))
-        raise AssertionError("not reached")  # pragma: no cover
+        _compile_locally(run, plan.no_host_left(*pool.nothing_left(src)), pool)
     except _Interrupted as e:
         run.cleanup(e.signum)
         _sig.signal(e.signum, _sig.SIG_DFL)
@@ -956,59 +957,101 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
 
 
 def _handle_reply(
-    run: _Run, pool: _ListPool | _LeasePool, host: Any, slot: Any, reply: Reply
+    run: _Run,
+    pool: HostPool[TargetT, HeldT],
+    plan: Plan,
+    host: TargetT,
+    held: HeldT,
+    reply: Reply,
 ) -> int:
-    """distcc 3.4's decision tree after the remote compiler ran."""
+    """The remote compiler ran: deliver its result, or retry locally, as ``plan`` says."""
+    from meshcc.client import decisions
+
     log = run.log
     job = run.job
-    lockdir = run.lockdir
-    status = reply.status
-    code = _exit_code(status)
-    spec = host.spec
-    if status == 0:
+    act = plan.replied(reply.status)
+    if isinstance(act, decisions.Deliver):
         assert job.output is not None
         try:
             run.write_output(job.output, reply.obj)
         except OSError as e:
-            if not run.fallback:
-                raise _Fatal(
-                    f"cannot write {job.output}: {e.strerror or e}", EXIT_IO_ERROR
-                ) from None
-            log.warn(f"cannot write {job.output}: {e.strerror or e}; compiling locally")
-            pool.finish(host, slot, None)
-            run.exec_local(_local_slot(log, lockdir, pool.localslots()))
+            unwritable = plan.output_unwritable(job.output, e.strerror or str(e))
+            _compile_locally(run, unwritable, pool, host, held)
         _write(2, run.cpp_stderr + reply.stderr)
         if reply.stdout:
             _write(1, reply.stdout)
-        pool.finish(host, slot, True)
+        code = _finish(run, pool, host, held, plan.delivered(), reply)
         log.debug(
-            f"{job.source} compiled on {spec}: {job.output} ({len(reply.obj)} bytes); "
+            f"{job.source} compiled on {host.spec}: {job.output} ({len(reply.obj)} bytes); "
             f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms"
         )
-        return 0
+        return code
 
-    signalled = os.WIFSIGNALED(status)  # a crashing remote compiler is suspect
-    skip_retry = "DISTCC_SKIP_LOCAL_RETRY" in run.env and not signalled
-    if skip_retry or not run.fallback:
-        log.debug(f"remote compile on {spec} failed with exit {code}; no local retry")
-        pool.finish(host, slot, False if signalled else None)
+    if isinstance(act, decisions.Finish):
+        log.debug(f"remote compile on {host.spec} failed with exit {act.code}; no local retry")
+        return _finish(run, pool, host, held, act, reply)
+
+    # Retry locally; the user sees only the local run's diagnostics (each exactly once).
+    log.debug(
+        f"remote compile of {job.source} on {host.spec} failed with exit {act.remote_code}; "
+        "retrying locally"
+    )
+    kept = pool.before_local_retry(held)
+    local = _local_slot(log, run.lockdir, pool.localslots())
+    if local is not None:
+        run.slots.append(local)
+    local_code = run.run_local(local, hold=kept)
+    return _finish(run, pool, host, held, plan.retried_locally(local_code), None)
+
+
+def _finish(
+    run: _Run,
+    pool: HostPool[TargetT, HeldT],
+    host: TargetT,
+    held: HeldT,
+    act: Finish,
+    reply: Reply | None,
+) -> int:
+    """Carry out a :class:`~meshcc.client.decisions.Finish`: verdict, diagnostics, code."""
+    from meshcc.client import decisions
+
+    if act.note:
+        run.log.debug(f"{act.note}: backing off {host.spec}")
+    pool.finish(host, held, act.verdict)
+    if act.show == decisions.SHOW_CPP:
+        _write(2, run.cpp_stderr)
+    elif act.show == decisions.SHOW_ALL:
+        assert reply is not None
         _write(2, run.cpp_stderr + reply.stderr)
         if reply.stdout:
             _write(1, reply.stdout)
-        return code
-    # Retry locally; the user sees only the local run's diagnostics (each exactly once).
-    log.debug(f"remote compile of {job.source} on {spec} failed with exit {code}; retrying locally")
-    held = pool.before_local_retry(slot)
-    local = _local_slot(log, lockdir, pool.localslots())
-    if local is not None:
-        run.slots.append(local)
-    local_code = run.run_local(local, hold=held)
-    if local_code != code and not signalled:
-        # The host disagreed with the local compiler: avoid it for a while (distcc's "dislike";
-        # the same result locally means the source was at fault, so the host is innocent).
-        log.debug(f"local compile exited {local_code}, remote {code}: backing off {spec}")
-    pool.finish(host, slot, False if signalled or local_code != code else None)
-    return local_code
+    return act.code
+
+
+def _compile_locally(
+    run: _Run,
+    act: CompileLocally | Fail,
+    pool: HostPool[TargetT, HeldT] | None,
+    host: TargetT | None = None,
+    held: HeldT | None = None,
+) -> NoReturn:
+    """Carry out a :class:`~meshcc.client.decisions.CompileLocally` (exec the compiler in a
+    local slot, or the pool's own local share) or a :class:`~.decisions.Fail`. ``host``
+    and ``held``: the host the job was on, which gets the action's verdict first."""
+    from meshcc.client.decisions import Fail
+
+    if isinstance(act, Fail):
+        raise _Fatal(act.message, act.code)
+    if act.message:
+        if act.warn:
+            run.log.warn(act.message)
+        else:
+            run.log.debug(act.message)
+    if pool is None:
+        run.exec_local(_local_slot(run.log, run.lockdir, LOCAL_SLOTS))
+    if host is not None and held is not None:
+        pool.finish(host, held, act.verdict)
+    run.exec_local(pool.local_share or _local_slot(run.log, run.lockdir, pool.localslots()))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -1034,7 +1077,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         job = args.analyse(inv.argv)
         if not job.distributable:
             log.debug(f"runs locally: {job.reason}")
-            return _local_only(inv, job, log)
+            _local_only(inv, job, log)
         return _distribute(inv, job, log)
     except _Fatal as e:
         log.error(str(e))
@@ -1045,7 +1088,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + _sig.SIGINT
 
 
-def _local_only(inv: _Invocation, job: Job, log: _Log) -> int:
+def _local_only(inv: _Invocation, job: Job, log: _Log) -> NoReturn:
     """A job that must run here: take a local slot (cpp slot for -E) and exec the compiler."""
     from meshcc.client import slots
 
@@ -1058,4 +1101,3 @@ def _local_only(inv: _Invocation, job: Job, log: _Log) -> int:
     cpp = "-E" in job.argv
     slot = _local_slot(log, lockdir, _localslots(_hosts_or_none(env), cpp))
     _exec_local(inv, slot)
-    return EXIT_COMPILER_MISSING  # not reached
