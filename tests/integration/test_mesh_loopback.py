@@ -31,7 +31,7 @@ from meshcc.mesh.peers import Liveness, LivenessTimings
 from meshcc.mesh.records import DistccId, PeerKind
 
 INNER = os.environ.get("MESHCC_TEST_PRIVATE_NETNS") == "1"
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 
 
 def inner(fn: Callable[..., None]) -> Callable[..., None]:
@@ -77,7 +77,7 @@ def test_loopback_meshes_in_private_netns() -> None:
     )
     proc = subprocess.run(
         ["unshare", "--net", "sh", "-c", script],
-        cwd=REPO / "tests",
+        cwd=HERE,
         env=env,
         capture_output=True,
         text=True,

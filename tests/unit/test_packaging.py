@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "meshcc.service"
 SYSUSERS = ROOT / "systemd" / "meshcc.sysusers"
 GENTOO = ROOT / "packaging" / "gentoo"
