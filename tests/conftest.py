@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from harness import (  # noqa: F401 - re-exported for the test modules
     LOOPBACK,
@@ -61,6 +62,16 @@ from meshcc.wire import protocol as wire
 
 # The network-namespace LAN fixtures (`lan`) and the `netns` marker.
 pytest_plugins = ["netns_fixtures"]
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (tests/run.sh sets "ci"):
+# - "dev" (default): new random examples every run, and failures saved in .hypothesis/ are
+#   replayed first, so a failure found once keeps failing until it is fixed;
+# - "ci": the same examples on every run (derandomize) and no example database read or
+#   written, so a verdict depends only on the code under test; no per-example deadline on
+#   machines busy with other work. A failure prints the blob that reproduces it.
+settings.register_profile("dev")
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -395,6 +395,25 @@ if given is not None:
         ]
     )
 
+    # The options (of the tokens above, and -MQ, which cpp_argv adds) that take the next word
+    # as their argument, as gcc reads them: in `gcc -c -I -c a.c` the second -c is -I's
+    # directory, not a second mode option; in `gcc -c a.c -o -c -MD` it is the output's name.
+    _TAKES_ARG = frozenset({"-o", "-x", "-MF", "-MT", "-MQ", "-I", "-include"})
+
+    def _read_as_options(argv: list[str]) -> list[str]:
+        """argv[1:] without the words that are another option's argument."""
+        words: list[str] = []
+        is_argument = False
+        for word in argv[1:]:
+            if not is_argument:
+                words.append(word)
+            is_argument = not is_argument and word in _TAKES_ARG
+        return words
+
+    def test_read_as_options_skips_option_arguments():
+        assert _read_as_options(["gcc", "-c", "-I", "-c", "a.c"]) == ["-c", "-I", "a.c"]
+        assert _read_as_options(["gcc", "-o", "-o", "-o", "x"]) == ["-o", "-o"]
+
     @settings(max_examples=300, deadline=None)
     @given(st.lists(_TOKENS, max_size=10))
     def test_property_consistency(tokens):
@@ -403,8 +422,15 @@ if given is not None:
         if j.distributable:
             sent = remote_argv(j)
             assert policy.refusal(sent) is None
-            assert j.source in sent and j.mode in sent
-            assert sent.count("-o") == 1
-            cpp = cpp_argv(j)
+            options = _read_as_options(sent)
+            assert j.source in options and j.mode in options
+            assert options.count("-o") == 1
+            cpp = _read_as_options(cpp_argv(j))
             assert "-E" in cpp and "-c" not in cpp and "-S" not in cpp
             assert "-o" not in cpp
+
+    def test_property_consistency_mode_word_as_an_option_argument():
+        """Hypothesis found this one: the -c after -I is the include directory's name."""
+        j = analyse(["gcc", "-c", "-I", "-c", "a.c"])
+        assert j.distributable and j.mode == "-c" and j.source == "a.c"
+        assert "-c" not in _read_as_options(cpp_argv(j))
