@@ -126,7 +126,7 @@ def test_pipeline_matches_local_compile(tmp_path, cmd):
     assert j.distributable, j.reason
     want_obj = (client / j.output).read_bytes()
     want_deps = _dfiles(client, j.output)
-    for p in list(want_deps) + [j.output]:
+    for p in [*want_deps, j.output]:
         (client / p).unlink()
     pre = subprocess.run(cpp_argv(j), cwd=client, stdout=subprocess.PIPE, check=True).stdout
     # "server": a different directory, the received argv rewritten for the job's files

@@ -219,7 +219,7 @@ def test_inner_kill_without_goodbye_then_restart_on_same_port() -> None:
     """The SIGKILL case: mDNS keeps the peer and sends no event on restart; probes notice."""
 
     async def main() -> None:
-        async with mesh_node(GCC12) as (a, _la), mesh_node(GCC12) as (b, lb):
+        async with mesh_node(GCC12) as (a, _la), mesh_node(GCC12) as (_b, lb):
             spec = f"127.0.0.1:{lb.port}/4,lzo"
             await wait_for(lambda: a.hosts_line(CLIENT12) == spec, what="a to list b")
             port = lb.port
@@ -239,7 +239,7 @@ def test_inner_kill_without_goodbye_then_restart_on_same_port() -> None:
 def test_inner_goodbye_removes_peer_and_failed_jobs_back_off() -> None:
     async def main() -> None:
         async with mesh_node(GCC12) as (a, _la):
-            async with mesh_node(GCC12) as (b, lb):
+            async with mesh_node(GCC12) as (_b, lb):
                 spec = f"127.0.0.1:{lb.port}/4,lzo"
                 await wait_for(lambda: a.hosts_line(CLIENT12) == spec, what="a to list b")
                 for _ in range(3):

@@ -218,7 +218,7 @@ def test_load_system_file(tmp_path):
 
 
 def test_load_nothing(tmp_path):
-    with pytest.raises(HostSpecError, match="no hosts: set DISTCC_HOSTS.*meshcc daemon"):
+    with pytest.raises(HostSpecError, match=r"no hosts: set DISTCC_HOSTS.*meshcc daemon"):
         load_hosts({"DISTCC_DIR": str(tmp_path)}, system_file=str(tmp_path / "none"))
 
 

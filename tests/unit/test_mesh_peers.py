@@ -33,20 +33,20 @@ class Clock:
 
 
 def rec(nid: str = "aaaaaa", addr: str = "10.0.0.2", port: int = 3632, **kw: object) -> PeerRecord:
-    args: dict[str, object] = dict(
-        key=f"m:{nid}",
-        kind=PeerKind.MESHCC,
-        instance=f"meshcc@h-{nid}._meshcc._tcp.local.",
-        host=f"h-{nid}",
-        addresses=(addr,),
-        port=port,
-        cpus=4,
-        jobs=6,
-        toolchains=(GCC,),
-        node_id=nid,
-        protocols=(1, 2),
-        caps=frozenset({"lzo"}),
-    )
+    args: dict[str, object] = {
+        "key": f"m:{nid}",
+        "kind": PeerKind.MESHCC,
+        "instance": f"meshcc@h-{nid}._meshcc._tcp.local.",
+        "host": f"h-{nid}",
+        "addresses": (addr,),
+        "port": port,
+        "cpus": 4,
+        "jobs": 6,
+        "toolchains": (GCC,),
+        "node_id": nid,
+        "protocols": (1, 2),
+        "caps": frozenset({"lzo"}),
+    }
     args.update(kw)
     return PeerRecord(**args)  # type: ignore[arg-type]
 

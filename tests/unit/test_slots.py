@@ -137,7 +137,7 @@ def test_waits_while_all_busy(lockdir: str) -> None:
             holder.release()
 
     try:
-        host, slot = slots.lock_first_free(
+        _host, slot = slots.lock_first_free(
             lockdir, [H("tcp_busy_1", 1)], pause_msec=250, sleep=fake_sleep
         )
     finally:
