@@ -1,7 +1,8 @@
 """Process plumbing for the benchmarks: loopback daemons and cached Debian sources.
 
 Standalone on purpose (no pytest import): benchmarks run outside the test suite. Mirrors the
-behaviour of tests/conftest.py's fixtures and shares their pytest-free helpers (tests/harness.py). Everything binds and talks to 127.0.0.1 only.
+behaviour of tests/conftest.py's fixtures and shares their pytest-free helpers
+(tests/harness.py). Everything binds and talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ def bench_startup(args: argparse.Namespace, work: Path) -> dict:
             "python -c pass": [sys.executable, "-c", "pass"],
         }
         samples: dict[str, list[float]] = {k: [] for k in commands}
-        for name, cmd in commands.items():  # warm-up; also fails loudly if a command is broken
+        for cmd in commands.values():  # warm-up; also fails loudly if a command is broken
             _median_ms(cmd, env, d, 3)
         # Interleave in chunks so drifting machine load hits every command alike.
         for _ in range(max(1, args.startup_runs // 5)):
@@ -383,7 +383,7 @@ def precompile_meshcc() -> str:
     spec = importlib.util.find_spec("meshcc")
     if spec is None or not spec.submodule_search_locations:
         raise h.HarnessError("meshcc is not importable from this interpreter")
-    pkg = list(spec.submodule_search_locations)[0]
+    pkg = next(iter(spec.submodule_search_locations))
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", pkg], check=True, stdout=subprocess.DEVNULL
     )

@@ -64,12 +64,12 @@ def measure(rounds: int, latency_runs: int) -> dict[str, list[float]]:
                 daemons.append(b)
                 spec = f"{hb.address}:"
                 b.start(wait=False)
-                seen = _wait(lambda: spec in a.hosts()["line"], 30, f"b{i} in a's line")
+                seen = _wait(lambda s=spec: s in a.hosts()["line"], 30, f"b{i} in a's line")
                 out["appear_s"].append(seen - b.started)
                 b.wait_ready()
                 b.kill9()
                 killed = time.monotonic()
-                gone = _wait(lambda: spec not in a.hosts()["line"], 60, f"b{i} dropped")
+                gone = _wait(lambda s=spec: s not in a.hosts()["line"], 60, f"b{i} dropped")
                 out["kill9_gone_s"].append(gone - killed)
                 hb.kill_all()
             # One live peer so the line is not empty, then time the whole command.

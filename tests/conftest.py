@@ -16,9 +16,17 @@ Fixtures
 ``zlib_source``    (session) pristine zlib source tree from ``apt-get source zlib``, cached in
                    ``/var/cache/meshcc-tests``; never modify it, copy it with :func:`copy_tree`.
 ``zlib_tree``      a private, writable copy of ``zlib_source`` under ``tmp_path``.
+``proj``           a small C/C++ tree (``src/foo.c``, ``foo.h``, ``bar.cpp``, ``bad.c``,
+                   ``warn.c``) for the compile-client tests.
+``fake_server``    factory ``make(behaviour) -> FakeServer``: a loopback distcc server that
+                   reads a whole request, then misbehaves as told; all closed at the end.
 
 Helpers: :func:`free_port`, :func:`copy_tree`, :func:`apt_source`, :func:`run`,
-:func:`hash_objects`, :func:`parse_job_summaries`.
+:func:`hash_objects`, :func:`parse_job_summaries`, :class:`Daemon`, :class:`FakeServer`.
+
+This is the tree's only conftest.py (tests/unit and tests/integration have none): test modules
+import the helpers above by name (``from conftest import Daemon``), and pytest imports every
+directory's conftest.py as the same module name ``conftest``.
 """
 
 from __future__ import annotations
@@ -26,15 +34,18 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from harness import (  # noqa: F401 - re-exported for the test modules
     LOOPBACK,
@@ -47,9 +58,20 @@ from harness import (  # noqa: F401 - re-exported for the test modules
     parse_job_summaries,
     port_accepts,
 )
+from meshcc.wire import protocol as wire
 
 # The network-namespace LAN fixtures (`lan`) and the `netns` marker.
 pytest_plugins = ["netns_fixtures"]
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (tests/run.sh sets "ci"):
+# - "dev" (default): new random examples every run, and failures saved in .hypothesis/ are
+#   replayed first, so a failure found once keeps failing until it is fixed;
+# - "ci": the same examples on every run (derandomize) and no example database read or
+#   written, so a verdict depends only on the code under test; no per-example deadline on
+#   machines busy with other work. A failure prints the blob that reproduces it.
+settings.register_profile("dev")
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -374,3 +396,109 @@ def zlib_source() -> Path:
 def zlib_tree(zlib_source: Path, tmp_path: Path) -> Path:
     """A private writable copy of the zlib tree for one test's build."""
     return copy_tree(zlib_source, tmp_path / "zlib")
+
+
+# --------------------------------------------------------------------------- compile clients
+# Shared by integration/test_wrapper.py and integration/test_lease_client.py.
+
+GOOD_C = """\
+#include <stdio.h>
+#include "foo.h"
+int foo(int x) { return x * FOO_FACTOR; }
+int main(void) { printf("%d\\n", foo(3)); return 0; }
+"""
+FOO_H = "#define FOO_FACTOR 7\n"
+GOOD_CXX = """\
+#include <string>
+#include <vector>
+std::string join(const std::vector<std::string>& v) {
+    std::string r; for (auto& s : v) r += s; return r;
+}
+"""
+BAD_C = "int main(void) { return undeclared_thing; }\n"
+WARN_C = "#warning from the preprocessor\nint w(void) { return 1; }\n"
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    """A small tree: src/foo.c (+ foo.h), src/bar.cpp, src/bad.c, src/warn.c, obj/."""
+    root = tmp_path / "proj"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "foo.c").write_text(GOOD_C)
+    (root / "src" / "foo.h").write_text(FOO_H)
+    (root / "src" / "bar.cpp").write_text(GOOD_CXX)
+    (root / "src" / "bad.c").write_text(BAD_C)
+    (root / "src" / "warn.c").write_text(WARN_C)
+    return root
+
+
+class FakeServer:
+    """A loopback TCP server that reads a whole distcc request and then misbehaves on purpose.
+
+    ``behaviour(conn, request_bytes)`` decides what is sent back. Counts connections.
+    """
+
+    def __init__(self, behaviour: Callable[[socket.socket, bytes], None]) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[list[bytes]] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(30)
+                reader = wire.RequestReader()
+                raw = b""
+                argv: list[bytes] = []
+                try:
+                    while True:
+                        ev = reader.next_event()
+                        if ev is wire.NEED_DATA:
+                            data = conn.recv(65536)
+                            if not data:
+                                break
+                            raw += data
+                            reader.feed(data)
+                            continue
+                        if isinstance(ev, wire.RequestArgs):
+                            argv = ev.argv
+                        if isinstance(ev, wire.RequestEnd):
+                            self.requests.append(argv)
+                            self.behaviour(conn, raw)
+                            break
+                except (OSError, wire.ProtocolError):
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+    @property
+    def spec(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[[Callable[[socket.socket, bytes], None]], FakeServer]]:
+    servers: list[FakeServer] = []
+
+    def make(behaviour: Callable[[socket.socket, bytes], None]) -> FakeServer:
+        s = FakeServer(behaviour)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()

@@ -149,12 +149,12 @@ class Meshd:
 
     def start(self, wait: bool = True) -> Meshd:
         argv = self.argv()
-        kw: dict[str, Any] = dict(
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        kw: dict[str, Any] = {
+            "env": self.env(),
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.PIPE,
+        }
         if self.host is None:
             self.proc = subprocess.Popen(argv, start_new_session=True, **kw)
         else:

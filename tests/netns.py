@@ -389,7 +389,7 @@ class Host:
     def probe(
         self, address: str, port: int, timeout: float = 0.5
     ) -> Literal["open", "refused", "unreachable", "timeout"]:
-        """Classify a TCP connect from this host: tells "peer down" from "path cut" in failure tests.
+        """Classify a TCP connect from this host: "peer down" vs "path cut" in failure tests.
 
         ``refused`` means the packet reached a live kernel with nothing listening;
         ``unreachable`` is ENETUNREACH/EHOSTUNREACH (no route, or ARP gave up).

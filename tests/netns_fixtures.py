@@ -8,7 +8,9 @@ Provides
                    down when the test ends, pass or fail. Skips the test (with the reason) when
                    not root or ``ip`` is missing.
 marker ``netns``   for tests that build namespaces (select with ``-m netns`` / ``-m "not netns"``).
-session start      removes stale ``mcc*`` namespaces whose owner process is gone (a crashed run).
+collection end     removes stale ``mcc*`` namespaces whose owner process is gone (a crashed
+                   run), when the session will run namespace tests (a unit-test run never
+                   touches the machine's namespaces).
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Clear leftovers of a crashed run before anything else creates namespaces."""
-    if netns.unavailable_reason() is None:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Clear leftovers of a crashed run before any selected test creates namespaces."""
+    builds_namespaces = any(
+        item.get_closest_marker("netns") is not None or "lan" in getattr(item, "fixturenames", ())
+        for item in session.items
+    )
+    if builds_namespaces and netns.unavailable_reason() is None:
         netns.sweep_stale()
 
 

@@ -23,20 +23,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Daemon, free_port
+from conftest import Daemon, FakeServer, free_port
 from meshcc.transport import control_client as cc
 from meshcc.wire import control
 from meshcc.wire import protocol as wire
-from test_wrapper import (  # noqa: F401 - fixtures
-    FakeServer,
-    env_with,
-    fake_server,
-    local_object,
-    meshcc,
-    no_temp_litter,
-    proj,
-    run,
-)
+from test_wrapper import env_with, local_object, meshcc, no_temp_litter, run
 
 HANG = object()  # script entry: accept the request, never answer
 REAL_GCC = shutil.which("gcc") or "/usr/bin/gcc"

@@ -31,7 +31,7 @@ from meshcc.mesh.peers import Liveness, LivenessTimings
 from meshcc.mesh.records import DistccId, PeerKind
 
 INNER = os.environ.get("MESHCC_TEST_PRIVATE_NETNS") == "1"
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 
 
 def inner(fn: Callable[..., None]) -> Callable[..., None]:
@@ -77,7 +77,7 @@ def test_loopback_meshes_in_private_netns() -> None:
     )
     proc = subprocess.run(
         ["unshare", "--net", "sh", "-c", script],
-        cwd=REPO / "tests",
+        cwd=HERE,
         env=env,
         capture_output=True,
         text=True,
@@ -187,9 +187,7 @@ def test_inner_distcc_record_only_for_an_offered_cc() -> None:
 
     async def main() -> None:
         for toolchains, published in (((GCC13,), False), ((GCC12,), True)):
-            mesh = Mesh(
-                MeshConfig(interfaces=("lo",), timings=FAST), toolchains, port=3632, jobs=2
-            )
+            mesh = Mesh(MeshConfig(interfaces=("lo",), timings=FAST), toolchains, port=3632, jobs=2)
             await mesh.start()
             try:
                 names = mesh._own_names
@@ -245,7 +243,7 @@ def test_inner_kill_without_goodbye_then_restart_on_same_port() -> None:
     """The SIGKILL case: mDNS keeps the peer and sends no event on restart; probes notice."""
 
     async def main() -> None:
-        async with mesh_node(GCC12) as (a, _la), mesh_node(GCC12) as (b, lb):
+        async with mesh_node(GCC12) as (a, _la), mesh_node(GCC12) as (_b, lb):
             spec = f"127.0.0.1:{lb.port}/4,lzo"
             await wait_for(lambda: a.hosts_line(CLIENT12) == spec, what="a to list b")
             port = lb.port
@@ -265,7 +263,7 @@ def test_inner_kill_without_goodbye_then_restart_on_same_port() -> None:
 def test_inner_goodbye_removes_peer_and_failed_jobs_back_off() -> None:
     async def main() -> None:
         async with mesh_node(GCC12) as (a, _la):
-            async with mesh_node(GCC12) as (b, lb):
+            async with mesh_node(GCC12) as (_b, lb):
                 spec = f"127.0.0.1:{lb.port}/4,lzo"
                 await wait_for(lambda: a.hosts_line(CLIENT12) == spec, what="a to list b")
                 for _ in range(3):

@@ -5,7 +5,6 @@ this process's event loop; the clients are plain blocking sockets in threads."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import tempfile
 import time

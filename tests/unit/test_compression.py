@@ -287,7 +287,7 @@ def test_scanner_exact_on_lzallright_output(data: bytes) -> None:
         _lzoscan.decompressed_size(packed, len(data) - 1)
 
 
-# ---------------------------------------------------------------- interop with liblzo2 (distcc's LZO)
+# ------------------------------------------------------------ interop with liblzo2 (distcc's LZO)
 
 
 @needs_liblzo2
@@ -333,7 +333,8 @@ def test_import_is_lazy() -> None:
     code = (
         "import sys; import meshcc.compression as c; "
         "assert c.compress(c.Codec.NONE, b'x') == b'x'; "
-        "print(','.join(m for m in ('lzallright', 're', 'meshcc.compression._lzoscan')"
+        "print(','.join(m for m in "
+        "('lzallright', 're', 'meshcc.compression._lzoscan')"
         " if m in sys.modules and m != 're'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

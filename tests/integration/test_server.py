@@ -563,7 +563,7 @@ def test_sigterm_lets_running_job_finish(meshcc_daemon, tmp_path: Path) -> None:
         )
     )
     t.start()
-    wait_for(lambda: (d / "pid").exists(), what="compiler start")
+    wait_for((d / "pid").exists, what="compiler start")
     idle = socket.create_connection((LOOPBACK, daemon.port))  # never sends: must not block exit
     os.kill(daemon.proc.pid, signal.SIGTERM)  # the daemon only, not its group
     wait_for(lambda: "SIGTERM received" in daemon.log_text(), what="signal logged")

@@ -78,7 +78,7 @@ def request_events(version: int, argv, source: bytes = b"", cwd=None, files=()) 
         events += [PumpFile(n, k, d) for n, k, d in files]
     else:
         events.append(RequestSource(source))
-    return events + [RequestEnd()]
+    return [*events, RequestEnd()]
 
 
 def reply_events(version, status, err, out, obj, dotd=None) -> list:
@@ -91,7 +91,7 @@ def reply_events(version, status, err, out, obj, dotd=None) -> list:
     ]
     if version == 3 and status == 0:
         events.append(ReplyDepFile(dotd or b""))
-    return events + [ReplyEnd()]
+    return [*events, ReplyEnd()]
 
 
 ARGV = [b"gcc", b"-O2", b"-c", b"hello.c", b"-o", b"hello.o"]
@@ -500,7 +500,7 @@ def test_reply_version_mismatch() -> None:
 def test_reply_v3_requires_dotd_on_success() -> None:
     r = ReplyReader(3)
     r.feed(encode_reply(2, 0, b"", b"", b"o").replace(b"DONE00000002", b"DONE00000003"))
-    with pytest.raises(ProtocolError, match="truncated.*DOTD"):
+    with pytest.raises(ProtocolError, match=r"truncated.*DOTD"):
         drain(r)
 
 
@@ -609,7 +609,8 @@ def test_limits_value_class() -> None:
 def test_import_is_stdlib_light() -> None:
     code = (
         "import sys; import meshcc.wire.protocol; "
-        "bad = [m for m in ('dataclasses', 'typing', 'asyncio', 'inspect', 'socket') if m in sys.modules]; "
+        "bad = [m for m in ('dataclasses', 'typing', 'asyncio', 'inspect', 'socket') "
+        "if m in sys.modules]; "
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -225,7 +225,7 @@ def test_peer_killed_mid_build_never_fails_a_compile(
         p1.kill9()
         dead = f"{hosts['p1'].address}:"
         hit_dead = False
-        for i in range(8):
+        for _i in range(8):
             res = hosts["build"].run(
                 ["meshcc-gcc", "-c", str(src), "-o", str(tmp_path / "k.o")], env=env
             )

@@ -1,12 +1,11 @@
-"""Where the daemon logs without --log-file: the journal, stderr or syslog, at distccd's levels."""
+"""Where the daemon logs without --log-file: the journal, stderr or syslog, at distccd's levels
+(a real daemon's start-up logging: integration/test_logsetup_daemon.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,48 +184,3 @@ def test_daemon_options_and_cli() -> None:
     ns = cli.build_parser().parse_args(["daemon"])
     opts = daemon.DaemonOptions.from_namespace(ns)
     assert opts.log_stderr is False and opts.log_file is None
-
-
-def _run_daemon(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
-    """A daemon that fails at once (port taken), so its start-up logging is observable."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        argv = [
-            sys.executable,
-            "-m",
-            "meshcc",
-            "daemon",
-            "--listen",
-            "127.0.0.1",
-            "--no-discovery",
-            "--port",
-            str(s.getsockname()[1]),
-            "--allow",
-            "127.0.0.1",
-            *args,
-        ]
-        return subprocess.run(
-            argv, check=False, text=True, timeout=60, stdin=subprocess.DEVNULL, **kw
-        )
-
-
-def test_daemon_under_journal_writes_prefixed_lines(tmp_path: Path) -> None:
-    err = tmp_path / "stderr"
-    with open(err, "w") as f:
-        env = dict(os.environ, **_journal_env(f))
-        p = _run_daemon([], stdout=subprocess.DEVNULL, stderr=f, env=env)
-    assert p.returncode == 102
-    lines = err.read_text().splitlines()
-    assert any(line.startswith("<3>ERROR: cannot listen") for line in lines), lines
-
-
-def test_daemon_log_file_unchanged(tmp_path: Path) -> None:
-    logf = tmp_path / "log"
-    env = dict(os.environ, JOURNAL_STREAM="1:1")
-    p = _run_daemon(["--log-file", str(logf)], capture_output=True, env=env)
-    assert p.returncode == 102
-    text = logf.read_text()
-    assert " ERROR: cannot listen" in text and "<3>" not in text
-    assert text.split(" meshcc[")[0][:4].isdigit()  # timestamped, as before
-    assert "cannot listen" in p.stderr  # and whoever started us still hears about it

@@ -41,25 +41,27 @@ def test_the_daemon_raises_its_descriptor_limit(tmp_path: Path) -> None:
     expect = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
     assert expect > 256
 
-    def low_soft_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-
     log = tmp_path / "daemon.log"
+    limit = f"--nofile=256:{'unlimited' if hard == resource.RLIM_INFINITY else hard}"
     proc = subprocess.Popen(
-        _daemon_cmd(
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-            "--no-discovery",
-            "--allow",
-            "127.0.0.1",
-            "--log-file",
-            str(log),
-            "--log-level",
-            "info",
-        ),
-        preexec_fn=low_soft_limit,
+        [
+            "prlimit",
+            limit,
+            "--",
+            *_daemon_cmd(
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--no-discovery",
+                "--allow",
+                "127.0.0.1",
+                "--log-file",
+                str(log),
+                "--log-level",
+                "info",
+            ),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

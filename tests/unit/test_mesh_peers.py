@@ -1,4 +1,5 @@
-"""meshcc.mesh.peers (state machine, fake clock) and liveness (asyncio loop, fake probes)."""
+"""meshcc.mesh.peers (state machine, fake clock) and liveness (asyncio loop, fake probes; the
+real TCP probe: integration/test_mesh_tcp_probe.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 
 import pytest
 
-from meshcc.mesh.liveness import LivenessLoop, tcp_probe
+from meshcc.mesh.liveness import LivenessLoop
 from meshcc.mesh.peers import Liveness, LivenessTimings, PeerTable, ProbeTarget
 from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
 
@@ -32,20 +33,20 @@ class Clock:
 
 
 def rec(nid: str = "aaaaaa", addr: str = "10.0.0.2", port: int = 3632, **kw: object) -> PeerRecord:
-    args: dict[str, object] = dict(
-        key=f"m:{nid}",
-        kind=PeerKind.MESHCC,
-        instance=f"meshcc@h-{nid}._meshcc._tcp.local.",
-        host=f"h-{nid}",
-        addresses=(addr,),
-        port=port,
-        cpus=4,
-        jobs=6,
-        toolchains=(GCC,),
-        node_id=nid,
-        protocols=(1, 2),
-        caps=frozenset({"lzo"}),
-    )
+    args: dict[str, object] = {
+        "key": f"m:{nid}",
+        "kind": PeerKind.MESHCC,
+        "instance": f"meshcc@h-{nid}._meshcc._tcp.local.",
+        "host": f"h-{nid}",
+        "addresses": (addr,),
+        "port": port,
+        "cpus": 4,
+        "jobs": 6,
+        "toolchains": (GCC,),
+        "node_id": nid,
+        "protocols": (1, 2),
+        "caps": frozenset({"lzo"}),
+    }
     args.update(kw)
     return PeerRecord(**args)  # type: ignore[arg-type]
 
@@ -299,17 +300,3 @@ def test_liveness_loop_drives_probes_and_reports_changes() -> None:
     asyncio.run(asyncio.wait_for(main(), 20))
     assert [s for _, s in changes] == [Liveness.UP, Liveness.DOWN, Liveness.UP]
     assert len(calls) >= 4
-
-
-def test_tcp_probe_on_loopback() -> None:
-    async def main() -> None:
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        ok, detail, rtt = await tcp_probe("127.0.0.1", port, 1.0)
-        assert ok and detail is None and rtt is not None
-        server.close()
-        await server.wait_closed()
-        ok, detail, _ = await tcp_probe("127.0.0.1", port, 1.0)
-        assert not ok and detail == "connection refused"
-
-    asyncio.run(main())

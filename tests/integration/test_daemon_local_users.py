@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from meshd import Meshd, private_dir, request
 
 from meshcc.compiler.fingerprints import untrusted_reason
 from meshcc.wire import control
+from meshd import Meshd, private_dir, request
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates a user account: needs root")
 
@@ -72,8 +72,16 @@ def _fake_compiler(directory: Path, marker: Path, fifo: str = "") -> Path:
 def _as_user(user: pwd.struct_passwd, code: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run Python ``code`` as ``user`` (no root, no capabilities)."""
     return subprocess.run(
-        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-        + [sys.executable, "-c", code, *args],
+        [
+            "setpriv",
+            f"--reuid={user.pw_uid}",
+            f"--regid={user.pw_gid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            code,
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _generator() -> ModuleType:

@@ -41,18 +41,18 @@ CROSS = ToolchainInfo("gcc", "13.2.0", "aarch64-linux-gnu", None, ("aarch64-linu
 
 
 def node(*tcs: ToolchainInfo, **kw: object) -> LocalNode:
-    args: dict[str, object] = dict(
-        node_id="0123456789ab",
-        hostname="build-box.lan",
-        port=3632,
-        cpus=8,
-        jobs=10,
-        toolchains=tcs or (GCC, GXX, CROSS),
-        meshcc_version="0.1.0",
-        protocols=(1, 2),
-        caps=frozenset({"lzo", "lz4", "errm"}),
-        distcc_id=DistccId("x86_64-linux-gnu", "12"),
-    )
+    args: dict[str, object] = {
+        "node_id": "0123456789ab",
+        "hostname": "build-box.lan",
+        "port": 3632,
+        "cpus": 8,
+        "jobs": 10,
+        "toolchains": tcs or (GCC, GXX, CROSS),
+        "meshcc_version": "0.1.0",
+        "protocols": (1, 2),
+        "caps": frozenset({"lzo", "lz4", "errm"}),
+        "distcc_id": DistccId("x86_64-linux-gnu", "12"),
+    }
     args.update(kw)
     return LocalNode(**args)  # type: ignore[arg-type]
 
@@ -276,7 +276,7 @@ def test_explicit_interfaces() -> None:
     sel = netif.select_interfaces(all_, ["eth1", "lo"])
     assert [i.name for i in sel.chosen] == ["eth1", "lo"]
     assert any("down" in w for w in sel.warnings) and any("loopback" in w for w in sel.warnings)
-    with pytest.raises(netif.InterfaceError, match="no such interface.*have: eth0, eth1, lo"):
+    with pytest.raises(netif.InterfaceError, match=r"no such interface.*have: eth0, eth1, lo"):
         netif.select_interfaces(all_, ["wlan0"])
 
 

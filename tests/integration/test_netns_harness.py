@@ -33,7 +33,8 @@ LanFactory = Callable[..., Lan]
 # A one-connection-at-a-time TCP echo server: argv = address port; prints "ready" once listening.
 ECHO_SERVER = """
 import socket, sys
-srv = socket.create_server((sys.argv[1], int(sys.argv[2])), family=socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])), family=family)
 print("ready", flush=True)
 while True:
     conn, _ = srv.accept()

@@ -37,32 +37,32 @@ def peer(
     kind: PeerKind = PeerKind.MESHCC,
     **kw: object,
 ) -> PeerState:
-    rec_args: dict[str, object] = dict(
-        key=f"m:{host}",
-        kind=kind,
-        instance=f"{host}._meshcc._tcp.local.",
-        host=host,
-        addresses=addrs,
-        port=3632,
-        cpus=4,
-        jobs=6,
-        toolchains=tcs,
-        node_id=host,
-        protocols=(1, 2),
-        caps=frozenset({"lzo"}),
-    )
-    state_args: dict[str, object] = dict(
-        liveness=liveness,
-        first_seen=0.0,
-        last_ok=None,
-        down_since=None,
-        down_detail=None,
-        rtt_s=0.001,
-        probe_failures=0,
-        job_failures=0,
-        backoffs=0,
-        backoff_until=None,
-    )
+    rec_args: dict[str, object] = {
+        "key": f"m:{host}",
+        "kind": kind,
+        "instance": f"{host}._meshcc._tcp.local.",
+        "host": host,
+        "addresses": addrs,
+        "port": 3632,
+        "cpus": 4,
+        "jobs": 6,
+        "toolchains": tcs,
+        "node_id": host,
+        "protocols": (1, 2),
+        "caps": frozenset({"lzo"}),
+    }
+    state_args: dict[str, object] = {
+        "liveness": liveness,
+        "first_seen": 0.0,
+        "last_ok": None,
+        "down_since": None,
+        "down_detail": None,
+        "rtt_s": 0.001,
+        "probe_failures": 0,
+        "job_failures": 0,
+        "backoffs": 0,
+        "backoff_until": None,
+    }
     for k, v in kw.items():
         (state_args if k in state_args else rec_args)[k] = v
     return PeerState(record=PeerRecord(**rec_args), **state_args)  # type: ignore[arg-type]

@@ -14,31 +14,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import VENV_BIN, Daemon, free_port
+from conftest import VENV_BIN, Daemon, FakeServer, free_port
 from meshcc.wire import protocol as wire
-
-GOOD_C = """\
-#include <stdio.h>
-#include "foo.h"
-int foo(int x) { return x * FOO_FACTOR; }
-int main(void) { printf("%d\\n", foo(3)); return 0; }
-"""
-FOO_H = "#define FOO_FACTOR 7\n"
-GOOD_CXX = """\
-#include <string>
-#include <vector>
-std::string join(const std::vector<std::string>& v) {
-    std::string r; for (auto& s : v) r += s; return r;
-}
-"""
-BAD_C = "int main(void) { return undeclared_thing; }\n"
-WARN_C = "#warning from the preprocessor\nint w(void) { return 1; }\n"
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -64,19 +46,6 @@ def run(
     )
 
 
-@pytest.fixture
-def proj(tmp_path: Path) -> Path:
-    """A small tree: src/foo.c (+ foo.h), src/bar.cpp, src/bad.c, src/warn.c, obj/."""
-    root = tmp_path / "proj"
-    (root / "src").mkdir(parents=True)
-    (root / "src" / "foo.c").write_text(GOOD_C)
-    (root / "src" / "foo.h").write_text(FOO_H)
-    (root / "src" / "bar.cpp").write_text(GOOD_CXX)
-    (root / "src" / "bad.c").write_text(BAD_C)
-    (root / "src" / "warn.c").write_text(WARN_C)
-    return root
-
-
 def local_object(proj: Path, compiler: str, args: list[str], out: str) -> bytes:
     """What plain gcc makes of the same command (written to a scratch name)."""
     res = subprocess.run([compiler, *args, "-o", out], cwd=proj, capture_output=True, text=True)
@@ -90,78 +59,6 @@ def env_with(client_env: dict[str, str], **kw: str) -> dict[str, str]:
     env = dict(client_env)
     env.update(kw)
     return env
-
-
-class FakeServer:
-    """A loopback TCP server that reads a whole distcc request and then misbehaves on purpose.
-
-    ``behaviour(conn, request_bytes)`` decides what is sent back. Counts connections.
-    """
-
-    def __init__(self, behaviour: Callable[[socket.socket, bytes], None]) -> None:
-        self.behaviour = behaviour
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.requests: list[list[bytes]] = []
-        self._stop = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.settimeout(30)
-                reader = wire.RequestReader()
-                raw = b""
-                argv: list[bytes] = []
-                try:
-                    while True:
-                        ev = reader.next_event()
-                        if ev is wire.NEED_DATA:
-                            data = conn.recv(65536)
-                            if not data:
-                                break
-                            raw += data
-                            reader.feed(data)
-                            continue
-                        if isinstance(ev, wire.RequestArgs):
-                            argv = ev.argv
-                        if isinstance(ev, wire.RequestEnd):
-                            self.requests.append(argv)
-                            self.behaviour(conn, raw)
-                            break
-                except (OSError, wire.ProtocolError):
-                    pass
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
-
-    @property
-    def spec(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-def fake_server() -> Iterator[Callable[[Callable[[socket.socket, bytes], None]], FakeServer]]:
-    servers: list[FakeServer] = []
-
-    def make(behaviour: Callable[[socket.socket, bytes], None]) -> FakeServer:
-        s = FakeServer(behaviour)
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 def closed_port() -> int:
@@ -763,7 +660,7 @@ def test_local_only_holds_a_local_slot(client_env: dict[str, str], proj: Path) -
     finally:
         with open(fifo, "w") as f:
             f.write("int x;\n")
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert not _locked_by_other(lockdir / "cpu_localhost_0")
 
