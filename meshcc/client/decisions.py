@@ -225,6 +225,13 @@ class Plan:
         """The preprocessed source cannot be read back: the compiler will explain, locally."""
         return CompileLocally("", warn=False)
 
+    def empty_object(self) -> TryNextHost:
+        """The server said the compile worked but sent no object: a broken or hostile
+        server (gcc never writes an empty object); never write a 0-byte output for it."""
+        return TryNextHost(
+            "the server reported success but sent an empty object file", connect_failed=False
+        )
+
     def replied(self, wait_status: int) -> Deliver | Finish | RetryLocally:
         """The remote compiler ran and exited with ``wait_status`` (distcc's STAT)."""
         self.remote_status = wait_status

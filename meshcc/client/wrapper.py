@@ -941,7 +941,10 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
             except _GoLocal:
                 _compile_locally(run, plan.source_unreadable(), pool, host, held)
             else:
-                return _handle_reply(run, pool, plan, host, held, reply)
+                if reply.status != 0 or reply.obj:
+                    return _handle_reply(run, pool, plan, host, held, reply)
+                log.debug(f"{host.spec} sent an empty object for {src}")
+                retry = plan.empty_object()
             pool.failed_on(host, held, retry.why, retry.connect_failed)
 
         # No host (left): compile locally, or fail if fallback is disabled.

@@ -49,11 +49,16 @@ class TransportError(Exception):
 
 
 class Refused(Exception):
-    """The server refused the job and said why (meshcc ERRM)."""
+    """The server refused the job and said why (meshcc ERRM).
+
+    ``reason`` is the server's text with control characters escaped: it is printed on the
+    user's terminal, and a hostile server must not be able to drive that terminal (the
+    remote compiler's own stderr, which users expect byte for byte, is another matter)."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
+        super().__init__(shown)
+        self.reason = shown
 
 
 class Reply:

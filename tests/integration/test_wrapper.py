@@ -445,6 +445,46 @@ def test_refusal_reason_shown(
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
+def test_refusal_text_cannot_drive_the_terminal(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
+    """A hostile server's refusal is printed with its control characters escaped."""
+
+    def refuse(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(wire.encode_refusal("busy\x1b]0;pwned\x07\x1b[2J\nfake: line"))
+
+    server = fake_server(refuse)
+    env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_BACKOFF_PERIOD="0")
+    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr
+    assert "busy\\x1b]0;pwned\\x07\\x1b[2J\\nfake: line" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_success_with_an_empty_object_is_a_remote_failure(
+    fake_server: Callable[..., FakeServer], client_env: dict[str, str], proj: Path
+) -> None:
+    """Status 0 and a 0-byte object: never written as the output; compiled locally instead
+    (or, without fallback, the old output stays and distcc's 116 is returned)."""
+
+    def empty(conn: socket.socket, request: bytes) -> None:
+        conn.sendall(wire.encode_reply(1, 0, b"", b"", b""))
+
+    server = fake_server(empty)
+    env = env_with(client_env, DISTCC_HOSTS=server.spec, DISTCC_BACKOFF_PERIOD="0")
+    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
+    assert res.returncode == 0, res.stderr
+    assert "empty object file" in res.stderr
+    assert (proj / "foo.o").read_bytes() == local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
+    (proj / "foo.o").write_bytes(b"old object, complete")
+    env = env_with(env, DISTCC_FALLBACK="0")
+    res = run([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
+    assert res.returncode == 116, res.stderr
+    assert (proj / "foo.o").read_bytes() == b"old object, complete"
+    no_temp_litter(proj, client_env)
+
+
 def test_refusal_before_whole_request_read(client_env: dict[str, str], proj: Path) -> None:
     """A server that refuses after the head and closes without reading DOTI: the client's
     send may fail (EPIPE/ECONNRESET) but the ERRM reason must still come through."""

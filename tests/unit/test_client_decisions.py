@@ -334,3 +334,9 @@ def test_exit_code_of_a_stopped_process() -> None:
     stopped = (19 << 8) | 0x7F  # WIFSTOPPED: neither exited nor signalled
     assert not os.WIFEXITED(stopped) and not os.WIFSIGNALED(stopped)
     assert d.exit_code(stopped) == EXIT_DISTCC_FAILED
+
+
+def test_an_empty_object_for_a_successful_compile_is_a_host_failure() -> None:
+    act = d.Plan(DEFAULT, "a.c").empty_object()
+    assert isinstance(act, d.TryNextHost) and not act.connect_failed
+    assert "empty object" in act.why

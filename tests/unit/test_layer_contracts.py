@@ -56,6 +56,7 @@ CLEAN = {
     "defaults.py": "",
     "hostos.py": "",
     "loglevels.py": "",
+    "supervisor.py": "import asyncio\nimport logging\n",
 }
 
 # One of each violation, added to the clean tree (lazy imports, inside functions, on purpose).
