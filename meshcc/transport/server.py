@@ -1,12 +1,28 @@
 """The asyncio compile server: distcc protocols 1 and 2, one job per connection.
 
 Per connection: check the client address, read the request with the bounded
-sans-IO codec (every read under an IO timeout), resolve the compiler against
-the probed toolchains, apply the server policy, then compile in a private temp
-dir under a ``--jobs`` semaphore while watching the client socket, and reply.
-A refused job gets meshcc's ``ERRM`` reason before the close (distccd just
-closes), and every connection that carried a request ends with one
-distccd-style job summary line.
+sans-IO codec, resolve the compiler against the probed toolchains, apply the
+server policy, then compile in a private temp dir under a ``--jobs`` semaphore
+while watching the client socket, and reply. A refused job gets meshcc's
+``ERRM`` reason before the close (distccd just closes), and every connection
+that carried a request ends with one distccd-style job summary line.
+
+No client can hold the server hostage (a stalled or slow connection never
+delays another client's compile):
+
+- The request header (``DIST`` .. the last ``ARGV``) must arrive within
+  ``header_timeout`` of its first byte. The wait between the arguments and the
+  source (the client runs its preprocessor) may last ``io_timeout``. A source
+  body must keep flowing: no ``body_stall`` seconds without a byte, and on
+  average at least ``body_min_rate`` bytes/s after the first ``body_stall``
+  seconds. Only body bytes count against the memory budget for requests
+  (``body_memory``); nothing else waits for a slot before its job is complete.
+- The server accepts connections itself, one at a time, below a total cap and
+  a per-address cap derived from the descriptor limit. At a cap it sheds the
+  oldest idle connection (no request bytes yet, or waiting for the source),
+  then stalled headers and bodies; when every connection is doing real work it
+  stops accepting, so the excess waits in the kernel's accept queue.
+- Shedding and deadline drops are logged at most once per reason per interval.
 
 Only the daemon imports this module (it is the only user of asyncio).
 """
@@ -14,12 +30,14 @@ Only the daemon imports this module (it is the only user of asyncio).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import errno
 import ipaddress
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -52,6 +70,7 @@ __all__ = [
     "JobSummary",
     "ServerConfig",
     "bind_listener",
+    "connection_caps",
 ]
 
 
@@ -63,6 +82,17 @@ NO_LZO_REFUSAL = (
 )
 
 _READ_CHUNK = 256 * 1024
+# A connection's stream buffer pauses the socket above twice this, so an idle or stalled
+# connection holds at most ~2 x 64 KiB + one 256 KiB recv of data in the daemon.
+_STREAM_LIMIT = 64 * 1024
+_BACKLOG = 1024  # the kernel's accept queue: where clients wait while the server is full
+# How long a connection must have been in its phase before a cap may shed it: a client
+# accepted in a burst may have its request in the socket already (not idle, only unread),
+# a real header arrives within a round trip, and a body that flows never pauses this long.
+_SHED_MIN_AGE = 0.5
+_SHED_HEADER_AGE = 1.0
+_SHED_BODY_STALL = 1.0
+_LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
 
 
 class JobResult(enum.Enum):
@@ -100,6 +130,21 @@ class JobSummary:
         return text
 
 
+def connection_caps(fds: int) -> tuple[int, int]:
+    """(total, per client address) compile connections for a soft descriptor limit.
+
+    A quarter of the descriptors (the control socket gets another quarter; the rest is for
+    compilers' pipes, job files, peer probes and the status port), at most 4096 (memory),
+    and a quarter of that for one address, so one host cannot take every place."""
+    total = max(16, min(4096, fds // 4))
+    return total, max(8, total // 4)
+
+
+def _soft_fd_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything the server needs besides the toolchains; defaults suit a real box."""
@@ -109,16 +154,26 @@ class ServerConfig:
     limits: wire.Limits = field(default_factory=wire.Limits)
     io_timeout: float = 300.0  # one read or write (distcc's DISTCC_IO_TIMEOUT)
     job_lifetime: float = 0.0  # 0 = no limit on a compile
-    max_reading: int | None = None  # requests read at once; None = max(4, jobs)
+    header_timeout: float = 10.0  # DIST..ARGV complete, from its first byte (<= io_timeout)
+    body_stall: float = 10.0  # longest wait for a byte of the source (<= io_timeout)
+    body_min_rate: int = 16 * 1024  # bytes/s on average, after the first body_stall seconds
+    body_memory: int = 256 * 1024 * 1024  # request bodies held at once (one may exceed it)
+    max_connections: int | None = None  # None: connection_caps(soft RLIMIT_NOFILE)
+    max_per_address: int | None = None  # None: connection_caps(soft RLIMIT_NOFILE)
     max_source: int = 1024 * 1024 * 1024  # decompressed DOTI
     max_output: int = 16 * 1024 * 1024  # compiler stdout / stderr kept, each
     drain_bytes: int = 8 * 1024 * 1024  # discarded after a refusal before closing
     drain_seconds: float = 2.0
     tmpdir: str | None = None  # None = $TMPDIR (tempfile's rules)
 
-    @property
-    def reading_slots(self) -> int:
-        return self.max_reading if self.max_reading is not None else max(4, self.jobs)
+    def caps(self) -> tuple[int, int]:
+        """(total, per address) connection caps, derived from the descriptor limit if unset."""
+        total, per_address = connection_caps(_soft_fd_limit())
+        if self.max_connections is not None:
+            total = self.max_connections
+        if self.max_per_address is not None:
+            per_address = self.max_per_address
+        return max(1, total), max(1, min(per_address, total))
 
 
 # ---------------------------------------------------------------- helpers
@@ -195,21 +250,37 @@ def _listen_on(
 class _Refuse(Exception):
     """Abort the job: log, send ERRM(reason), close."""
 
-    def __init__(self, reason: str, result: JobResult = JobResult.OTHER, ret: int = 0) -> None:
+    def __init__(
+        self,
+        reason: str,
+        result: JobResult = JobResult.OTHER,
+        ret: int = 0,
+        *,
+        throttle: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.result = result
         self.ret = ret
+        self.throttle = throttle  # log through the rate limiter under this reason
 
 
 class _Gone(Exception):
     """The client went away or stalled; nothing more can be sent."""
 
-    def __init__(self, why: str, result: JobResult = JobResult.CLI_DISCONN, ret: int = 0) -> None:
+    def __init__(
+        self,
+        why: str,
+        result: JobResult = JobResult.CLI_DISCONN,
+        ret: int = 0,
+        *,
+        throttle: str | None = None,
+    ) -> None:
         super().__init__(why)
         self.why = why
         self.result = result
         self.ret = ret
+        self.throttle = throttle  # log through the rate limiter under this reason
 
 
 @dataclass(slots=True)
@@ -233,23 +304,117 @@ class _Outcome:
     ret: int = 0
 
 
-class _Slot:
-    """One connection's claim on a semaphore, released at most once."""
+class _Phase(enum.IntEnum):
+    """Where a connection is; the order is the shedding order at a cap (lowest first)."""
 
-    __slots__ = ("_sem", "held")
+    CLOSING = 0  # refused, draining before the close
+    IDLE = 1  # connected, no request bytes yet
+    WAITING_SOURCE = 2  # arguments read, the client is preprocessing
+    HEADER = 3  # DIST..ARGV arriving (shed only once older than _SHED_HEADER_AGE)
+    BODY = 4  # the source arriving (shed only after _SHED_BODY_STALL without a byte)
+    BUSY = 5  # waiting for memory or a job slot, compiling, replying: never shed
 
-    def __init__(self, sem: asyncio.Semaphore) -> None:
-        self._sem = sem
-        self.held = False
 
-    async def acquire(self) -> None:
-        await self._sem.acquire()
-        self.held = True
+_SHEDDABLE = (_Phase.CLOSING, _Phase.IDLE, _Phase.WAITING_SOURCE, _Phase.HEADER, _Phase.BODY)
 
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._sem.release()
+
+@dataclass(eq=False, slots=True)
+class _Conn:
+    """The server's view of one accepted connection (for caps and shedding)."""
+
+    addr: IPAddress
+    client: str
+    since: float  # when it entered its phase (BODY: its last byte)
+    phase: _Phase = _Phase.IDLE
+    writer: asyncio.StreamWriter | None = None
+    shed: str | None = None  # why the server closed it to make room
+    budget: int = 0  # bytes of body memory it holds
+
+
+class _Budget:
+    """Bytes of request bodies in memory, shared by all connections; FIFO waiters.
+
+    A request bigger than the whole budget is let in when nothing else holds any."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def fits(self, n: int) -> bool:
+        return not self._waiters and (self.used == 0 or self.used + n <= self.size)
+
+    def take_now(self, n: int) -> None:
+        self.used += n
+
+    async def take(self, n: int) -> None:
+        if self.fits(n):
+            self.used += n
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.give(n)  # granted, but the taker went away
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            n, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if self.used != 0 and self.used + n > self.size:
+                return
+            self._waiters.popleft()
+            self.used += n
+            fut.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
+class _Throttled:
+    """At most one log line per reason per interval; the next line counts the skipped ones."""
+
+    def __init__(self, interval: float = _LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return
+        self._last[key] = now
+        skipped = self._skipped.pop(key, 0)
+        if skipped:
+            msg += " (and %d more like this since the last such line)"
+            args = (*args, skipped)
+        log.log(level, msg, *args)
+
+
+@dataclass(slots=True)
+class _BodyClock:
+    """A source transfer's progress, for the rate floor."""
+
+    start: float
+    received: int = 0
+    paused: float = 0.0  # time spent waiting for the body budget (not the client's fault)
 
 
 class CompileServer:
@@ -259,11 +424,22 @@ class CompileServer:
         self.registry = registry
         self.config = config
         self._job_slots = asyncio.Semaphore(config.jobs)
-        self._read_slots = asyncio.Semaphore(config.reading_slots)
-        self._server: asyncio.Server | None = None
+        self._budget = _Budget(config.body_memory)
+        self.max_connections, self.max_per_address = config.caps()
+        self._header_timeout = min(config.header_timeout, config.io_timeout)
+        self._body_stall = min(config.body_stall, config.io_timeout)
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        # Counted connections (shed ones leave at once), by phase in age order, by address.
+        self._phases: dict[_Phase, dict[_Conn, None]] = {p: {} for p in _Phase}
+        self._by_addr: dict[IPAddress, dict[_Conn, None]] = {}
+        self._counted = 0
+        self._room = asyncio.Event()  # a connection ended or became sheddable
+        self._throttled = _Throttled()
         self._stopping = asyncio.Event()
         self._running_compiles = 0
+        self.shed_count = 0
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
 
@@ -271,15 +447,32 @@ class CompileServer:
 
     async def start(self, sock: socket.socket) -> None:
         """Listen (backlog 1024) and start accepting on a bound socket."""
-        self._server = await asyncio.start_server(
-            self._on_connection, sock=sock, limit=_READ_CHUNK, backlog=1024
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
+        self._listener = sock
+        self._accept_task = asyncio.ensure_future(self._accept_loop(sock))
+        log.info(
+            "compile connections: at most %d, %d per client address (open-file limit %d); "
+            "request header within %gs, source at >= %d bytes/s",
+            self.max_connections,
+            self.max_per_address,
+            _soft_fd_limit(),
+            self._header_timeout,
+            self.config.body_min_rate,
         )
 
     def request_stop(self) -> None:
         """Stop accepting; jobs in progress run to completion."""
-        if self._server is not None:
-            self._server.close()
+        self._stop_accepting()
         self._stopping.set()
+
+    def _stop_accepting(self) -> None:
+        """Cancel the accept loop; it closes the listening socket as it ends."""
+        if self._accept_task is not None and not self._accept_task.done():
+            self._accept_task.cancel()
+        elif self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def abort(self) -> None:
         """Cancel every connection (compilers are killed, temp dirs removed)."""
@@ -290,8 +483,9 @@ class CompileServer:
     async def serve_until_stopped(self) -> None:
         """Run until ``request_stop()``, then wait for the connections in progress."""
         await self._stopping.wait()
-        if self._server is not None:
-            self._server.close()
+        self._stop_accepting()
+        if self._accept_task is not None:
+            await asyncio.gather(self._accept_task, return_exceptions=True)
         while self._connections:
             await asyncio.gather(*list(self._connections), return_exceptions=True)
 
@@ -300,45 +494,218 @@ class CompileServer:
         return len(self._connections)
 
     @property
+    def counted_connections(self) -> int:
+        """Connections held against the caps (shed ones no longer count)."""
+        return self._counted
+
+    @property
     def running_compiles(self) -> int:
         """Compilers running now (the mesh republishes free slots from it)."""
         return self._running_compiles
 
+    # -- accepting, caps and shedding
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept one connection at a time, only when there is room for it: at the total cap
+        the oldest idle connection is shed, and when none can be, nothing is accepted (the
+        kernel queues the clients) until a connection ends or becomes idle."""
+        try:
+            await self._accept_until_cancelled(sock)
+        finally:
+            sock.close()
+            self._listener = None
+
+    async def _accept_until_cancelled(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._wait_for_room(sock)
+                conn_sock, peer = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._throttled.log(
+                        logging.ERROR,
+                        "accept-resources",
+                        "cannot accept a connection: %s (%d connections open); retrying",
+                        e.strerror or e,
+                        self._counted,
+                    )
+                    await asyncio.sleep(0.1)
+                elif e.errno not in (errno.ECONNABORTED, errno.EAGAIN, errno.EINTR, errno.EPROTO):
+                    log.error("accept failed: %s", e.strerror or e)
+                    await asyncio.sleep(0.1)
+                continue
+            except Exception:  # a bug: say so, keep accepting
+                log.exception("internal error in the accept loop")
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                self._admit(conn_sock, peer)
+            except Exception:
+                log.exception("internal error admitting a connection")
+                conn_sock.close()
+
+    async def _wait_for_room(self, sock: socket.socket) -> None:
+        """Return when a connection may be accepted: below the cap, or, at the cap, once a
+        client is waiting and an idle (or stalled) connection has been shed for it."""
+        paused = False
+        while self._counted >= self.max_connections:
+            await _readable(sock)  # shed nobody until somebody needs the place
+            if self._counted < self.max_connections:
+                break
+            if self._shed_one(None, f"the server holds {self._counted} connections, its limit"):
+                continue
+            if not paused:
+                paused = True
+                self._throttled.log(
+                    logging.WARNING,
+                    "paused",
+                    "all %d compile connections are busy; new clients wait in the accept "
+                    "queue until one ends",
+                    self._counted,
+                )
+            self._room.clear()
+            # Stalled bodies become sheddable with time, not with an event: look again soon.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), _SHED_BODY_STALL)
+
+    def _admit(self, conn_sock: socket.socket, peer: object) -> None:
+        try:
+            host, port = peer[0], peer[1]  # type: ignore[index]
+            addr = normalize_client_ip(str(host))
+        except (ValueError, TypeError, IndexError):
+            addr, port = ipaddress.ip_address("0.0.0.0"), 0
+        conn = _Conn(addr, _format_client(addr, int(port)), time.monotonic())
+        refusal = None
+        same = self._by_addr.get(addr)
+        if same is not None and len(same) >= self.max_per_address:
+            why = f"client {addr} holds {len(same)} connections, the per-address limit"
+            if not self._shed_one(addr, why):
+                refusal = (
+                    f"too many connections from {addr} ({len(same)}, the server's per-address "
+                    "limit); try again later"
+                )
+        self._count(conn)
+        task = asyncio.ensure_future(self._on_connection(conn_sock, conn, refusal))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    def _count(self, conn: _Conn) -> None:
+        self._phases[conn.phase][conn] = None
+        self._by_addr.setdefault(conn.addr, {})[conn] = None
+        self._counted += 1
+
+    def _uncount(self, conn: _Conn) -> None:
+        if self._phases[conn.phase].pop(conn, False) is None:
+            same = self._by_addr[conn.addr]
+            del same[conn]
+            if not same:
+                del self._by_addr[conn.addr]
+            self._counted -= 1
+            self._room.set()
+
+    def _set_phase(self, conn: _Conn, phase: _Phase) -> None:
+        """Move a counted connection to a phase (to the young end of that phase's order)."""
+        if conn.shed is not None:
+            return
+        del self._phases[conn.phase][conn]
+        conn.phase = phase
+        conn.since = time.monotonic()
+        self._phases[phase][conn] = None
+        if phase in (_Phase.CLOSING, _Phase.IDLE, _Phase.WAITING_SOURCE):
+            self._room.set()
+
+    def _victim(self, addr: IPAddress | None) -> _Conn | None:
+        """The connection to shed: the oldest in the lowest sheddable phase (headers and
+        bodies only once they look stalled); ``addr``: only that address's."""
+        now = time.monotonic()
+        for phase in _SHEDDABLE:
+            grace = {_Phase.HEADER: _SHED_HEADER_AGE, _Phase.BODY: _SHED_BODY_STALL}.get(
+                phase, _SHED_MIN_AGE
+            )
+            for conn in self._phases[phase]:  # oldest first
+                if now - conn.since < grace:
+                    break  # the rest are younger
+                if addr is None or conn.addr == addr:
+                    return conn
+        return None
+
+    def _shed_one(self, addr: IPAddress | None, why: str) -> bool:
+        conn = self._victim(addr)
+        if conn is None:
+            return False
+        self._shed(conn, why)
+        return True
+
+    def _shed(self, conn: _Conn, why: str) -> None:
+        """Close a connection to make room: ERRM (a client that is not sending can read it),
+        then the close; its task sees end-of-stream and ends quietly."""
+        what = {
+            _Phase.CLOSING: "a refused connection",
+            _Phase.IDLE: "an idle connection",
+            _Phase.WAITING_SOURCE: "a connection waiting for its source",
+            _Phase.HEADER: "a stalled request header",
+            _Phase.BODY: "a stalled source transfer",
+        }.get(conn.phase, "a connection")
+        age = time.monotonic() - conn.since
+        self._uncount(conn)
+        conn.shed = f"{why}; closed {what} ({age:.1f}s in that state)"
+        self.shed_count += 1
+        self._throttled.log(
+            logging.WARNING,
+            f"shed-{conn.phase.name}",
+            "shedding %s from %s: %s",
+            what,
+            conn.client,
+            why,
+        )
+        if conn.writer is not None:
+            with contextlib.suppress(Exception):
+                conn.writer.write(wire.encode_refusal(f"the server is full ({why}); closed {what}"))
+            conn.writer.transport.close()  # flushes the ERRM, then closes: the fd is freed
+
     # -- a connection
 
     async def _on_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, conn_sock: socket.socket, conn: _Conn, refusal: str | None
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._stopping.is_set():
-            writer.close()
-            return
-        self._connections.add(task)
         try:
-            await self._serve_connection(reader, writer)
+            if self._stopping.is_set():
+                conn_sock.close()
+                return
+            try:
+                reader, writer = await asyncio.open_connection(sock=conn_sock, limit=_STREAM_LIMIT)
+            except OSError as e:
+                log.debug("client %s: connection lost at once: %s", conn.client, e)
+                conn_sock.close()
+                return
+            conn.writer = writer
+            if conn.shed is not None:  # shed before its streams existed
+                writer.transport.close()
+                return
+            await self._serve_connection(reader, writer, conn, refusal)
         finally:
-            self._connections.discard(task)
+            self._uncount(conn)
 
     async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: _Conn,
+        refusal: str | None = None,
     ) -> None:
         started = time.monotonic()
         sock = writer.get_extra_info("socket")
-        peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            addr = normalize_client_ip(str(peer[0]))
-        except ValueError:
-            addr = ipaddress.ip_address("0.0.0.0")
-        summary = JobSummary(_format_client(addr, int(peer[1])))
+        addr = conn.addr
+        summary = JobSummary(conn.client)
         tmpdir: str | None = None
         log_summary = True
+        throttle: str | None = None
         replying = False  # once reply bytes may be on the wire, no ERRM can follow
-        # A read slot is held from the first byte until a job slot is granted, so at most
-        # (reading slots + jobs) requests sit in memory; idle connections hold none.
-        read_slot = _Slot(self._read_slots)
         try:
             if not client_allowed(addr, self.config.allowed):
                 log.warning("connection from client '%s' denied by access list", summary.client)
@@ -346,15 +713,22 @@ class CompileServer:
                     f"client address {addr} is not allowed by this server's access list",
                     ret=EXIT_ACCESS_DENIED,
                 )
+            if refusal is not None:
+                raise _Refuse(refusal, throttle="per-address")
+            # The first bytes of a connection: until they come it is idle (no slot, no
+            # deadline but the IO timeout, first to be shed at a cap).
             first = await self._first_chunk(reader, summary)
             if not first:
-                log_summary = False  # not a job: a probe, or the daemon is stopping
+                log_summary = False  # not a job: a probe, shed, or the daemon is stopping
                 return
+            self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
-            await read_slot.acquire()
-            request = await self._read_phase(reader, summary, first)
+            request = await self._read_phase(reader, summary, first, conn)
+            self._set_phase(conn, _Phase.BUSY)
             async with self._job_slots:
-                read_slot.release()
+                # The job's memory is now bounded by the job slots: free the body budget.
+                self._budget.give(conn.budget)
+                conn.budget = 0
                 try:
                     tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
                 except OSError as e:
@@ -375,18 +749,44 @@ class CompileServer:
             await self._write_reply(writer, reply)
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
-            log.warning("client %s: job refused: %s", summary.client, r.reason)
-            await self._refuse(reader, writer, r.reason)
+            throttle = r.throttle
+            if conn.shed is not None:  # closed to make room while it was being refused
+                throttle = "shed"
+            elif throttle is not None:
+                self._throttled.log(
+                    logging.WARNING,
+                    throttle,
+                    "client %s: job refused: %s",
+                    summary.client,
+                    r.reason,
+                )
+            else:
+                log.warning("client %s: job refused: %s", summary.client, r.reason)
+            if conn.shed is None:
+                self._set_phase(conn, _Phase.CLOSING)
+                await self._refuse(reader, writer, r.reason)
         except _Gone as g:
             summary.result, summary.ret = g.result, g.ret
-            log.warning("client %s: %s", summary.client, g.why)
+            throttle = g.throttle
+            if conn.shed is not None:
+                throttle = "shed"
+                log_summary = summary.compiler is not None  # a job (ARGV read) was shed
+            elif throttle is not None:
+                self._throttled.log(
+                    logging.WARNING, throttle, "client %s: %s", summary.client, g.why
+                )
+            else:
+                log.warning("client %s: %s", summary.client, g.why)
         except Exception as e:  # a bug: keep serving, but say so loudly
             summary.result, summary.ret = JobResult.OTHER, EXIT_DISTCC_FAILED
             log.exception("client %s: internal error while serving the job", summary.client)
             if not replying:
                 await self._refuse(reader, writer, f"internal error in the server: {e!r}")
         finally:
-            read_slot.release()
+            if conn.budget:
+                self._budget.give(conn.budget)
+                conn.budget = 0
+            self._uncount(conn)
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
             writer.close()
@@ -394,12 +794,15 @@ class CompileServer:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             summary.time_ms = int((time.monotonic() - started) * 1000)
             if log_summary:
-                log.log(NOTICE, "%s", summary.line())
+                if throttle is None:
+                    log.log(NOTICE, "%s", summary.line())
+                else:  # dropped by a deadline or shed: a flood of them is one line
+                    self._throttled.log(NOTICE, f"summary-{throttle}", "%s", summary.line())
 
     async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).
 
-        Until then the connection is idle: it holds no read slot, and a stopping daemon
+        Until then the connection is idle: it holds no memory budget, and a stopping daemon
         closes it rather than wait for a request that may never come.
         """
         read = asyncio.ensure_future(reader.read(_READ_CHUNK))
@@ -422,29 +825,38 @@ class CompileServer:
         if self._stopping.is_set():
             log.info("client %s: closing idle connection, the daemon is stopping", summary.client)
         else:
-            log.info(
-                "client %s sent nothing for %gs; closing", summary.client, self.config.io_timeout
+            self._throttled.log(
+                logging.INFO,
+                "idle-timeout",
+                "client %s sent nothing for %gs; closing",
+                summary.client,
+                self.config.io_timeout,
             )
         return b""
 
     async def _read_phase(
-        self, reader: asyncio.StreamReader, summary: JobSummary, first: bytes
+        self, reader: asyncio.StreamReader, summary: JobSummary, first: bytes, conn: _Conn
     ) -> _Request:
         """Read and vet the whole request (starting with the bytes already received)."""
         rr = wire.RequestReader(self.config.limits)
         rr.feed(first)
+        fed = len(first)
         eof = False
         version = 0
         argv: list[str] = []
         resolved: Resolved | None = None
         source = suffix = out_suffix = ""
         data = b""
+        header_deadline = time.monotonic() + self._header_timeout
+        body = _BodyClock(time.monotonic())
 
         while True:
             try:
                 event = rr.next_event()
             except wire.ProtocolError as e:
                 if eof and "truncated" in str(e):
+                    if conn.shed is not None:
+                        raise _Gone(conn.shed, JobResult.OTHER, EXIT_TRUNCATED) from None
                     raise _Gone(
                         f"truncated request: {e}", JobResult.OTHER, EXIT_TRUNCATED
                     ) from None
@@ -452,8 +864,16 @@ class CompileServer:
                     f"protocol error: {e}", JobResult.REJ_BAD_REQ, EXIT_PROTOCOL_ERROR
                 ) from None
             if event is wire.NEED_DATA:
-                chunk = await self._read(reader, "reading the request")
+                if conn.phase is _Phase.HEADER:
+                    chunk = await self._read_header(reader, header_deadline)
+                elif conn.phase is _Phase.WAITING_SOURCE:
+                    chunk = await self._read(reader, "waiting for the source")
+                    if chunk:
+                        self._start_body(conn, body, len(chunk))
+                else:
+                    chunk = await self._read_body(reader, conn, body)
                 if chunk:
+                    fed += len(chunk)
                     rr.feed(chunk)
                 else:
                     eof = True
@@ -467,13 +887,115 @@ class CompileServer:
                     raise _Refuse(NO_LZO_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
             elif isinstance(event, wire.RequestArgs):
                 argv, resolved, source, suffix, out_suffix = self._vet_args(event.argv, summary)
+                # DIST + ARGC + every ARGV; whatever came beyond them is the source already.
+                header = 2 * wire.HEADER_LEN + sum(wire.HEADER_LEN + len(a) for a in event.argv)
+                if fed > header:
+                    self._start_body(conn, body, fed - header)
+                else:
+                    self._set_phase(conn, _Phase.WAITING_SOURCE)
             elif isinstance(event, wire.RequestSource):
+                self._set_phase(conn, _Phase.BUSY)
                 data = await self._decode_source(version, event.data)
             elif isinstance(event, wire.RequestEnd):
                 assert resolved is not None
                 return _Request(version, argv, resolved, source, suffix, out_suffix, data)
             else:  # PumpFile: unreachable once v3 is refused
                 raise _Refuse(PUMP_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
+
+    def _start_body(self, conn: _Conn, body: _BodyClock, received: int) -> None:
+        """The source began to arrive: its bytes so far count against the body budget."""
+        self._set_phase(conn, _Phase.BODY)
+        body.start = time.monotonic()
+        body.received = received
+        self._budget.take_now(received)
+        conn.budget += received
+
+    async def _read_header(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+        except TimeoutError:
+            raise _Refuse(
+                f"the request header (DIST..ARGV) did not arrive within "
+                f"{self._header_timeout:g}s of its first byte",
+                JobResult.CLI_DISCONN,
+                EXIT_IO_ERROR,
+                throttle="header-deadline",
+            ) from None
+        except OSError as e:
+            raise _Gone(
+                f"connection error while reading the request: {e.strerror or e}",
+                JobResult.CLI_DISCONN,
+                EXIT_IO_ERROR,
+            ) from None
+
+    async def _read_body(
+        self, reader: asyncio.StreamReader, conn: _Conn, body: _BodyClock
+    ) -> bytes:
+        """One chunk of the source, under the body budget, the stall limit and the rate floor.
+
+        Waiting for memory is the server's doing: that time does not count against the
+        client, and the connection is not sheddable meanwhile."""
+        if self._budget.fits(_READ_CHUNK):
+            self._budget.take_now(_READ_CHUNK)
+        else:
+            self._set_phase(conn, _Phase.BUSY)
+            waited = time.monotonic()
+            self._shed_stalled_bodies()
+            await self._budget.take(_READ_CHUNK)
+            body.paused += time.monotonic() - waited
+            self._set_phase(conn, _Phase.BODY)
+        chunk = b""
+        try:
+            now = time.monotonic()
+            floor = (
+                body.start
+                + body.paused
+                + self._body_stall
+                + body.received / max(1, self.config.body_min_rate)
+            )
+            timeout = min(self._body_stall, floor - now)
+            try:
+                if timeout <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
+            except TimeoutError:
+                if time.monotonic() - conn.since >= self._body_stall - 0.01:
+                    why = (
+                        f"client stalled for {self._body_stall:g}s while sending the source; "
+                        "closing"
+                    )
+                else:
+                    rate = body.received / max(1e-3, time.monotonic() - body.start - body.paused)
+                    why = (
+                        f"client sent the source too slowly ({rate:.0f} bytes/s, the floor is "
+                        f"{self.config.body_min_rate} bytes/s); closing"
+                    )
+                raise _Gone(why, JobResult.CLI_DISCONN, EXIT_IO_ERROR, throttle="body") from None
+            except OSError as e:
+                raise _Gone(
+                    f"connection error while reading the source: {e.strerror or e}",
+                    JobResult.CLI_DISCONN,
+                    EXIT_IO_ERROR,
+                ) from None
+        finally:
+            self._budget.give(_READ_CHUNK - len(chunk))
+        conn.budget += len(chunk)
+        body.received += len(chunk)
+        if chunk and conn.shed is None:  # progress: to the young end of the BODY order
+            self._set_phase(conn, _Phase.BODY)
+        return chunk
+
+    def _shed_stalled_bodies(self) -> None:
+        """Someone waits for body memory: stalled bodies that hold some give it back."""
+        now = time.monotonic()
+        for conn in list(self._phases[_Phase.BODY]):
+            if now - conn.since < _SHED_BODY_STALL:
+                break
+            if conn.budget:
+                self._shed(conn, "request bodies fill the server's memory budget")
 
     async def _read(self, reader: asyncio.StreamReader, what: str) -> bytes:
         try:
@@ -483,6 +1005,7 @@ class CompileServer:
                 f"client stalled for {self.config.io_timeout:g}s while {what}; closing",
                 JobResult.CLI_DISCONN,
                 EXIT_IO_ERROR,
+                throttle="io-timeout",
             ) from None
         except OSError as e:
             raise _Gone(
@@ -719,6 +1242,22 @@ class CompileServer:
                 total += len(chunk)
         except (OSError, TimeoutError):
             pass
+
+
+async def _readable(sock: socket.socket) -> None:
+    """Wait until a listening socket has a connection to accept."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(sock.fileno())
 
 
 async def _read_bounded(stream: asyncio.StreamReader | None, cap: int) -> bytes:
