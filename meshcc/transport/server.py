@@ -858,7 +858,10 @@ class CompileServer:
                     if conn.shed is not None:
                         raise _Gone(conn.shed, JobResult.OTHER, EXIT_TRUNCATED) from None
                     raise _Gone(
-                        f"truncated request: {e}", JobResult.OTHER, EXIT_TRUNCATED
+                        f"truncated request: {e}",
+                        JobResult.OTHER,
+                        EXIT_TRUNCATED,
+                        throttle="truncated",  # many clients closing mid-request: no flood
                     ) from None
                 raise _Refuse(
                     f"protocol error: {e}", JobResult.REJ_BAD_REQ, EXIT_PROTOCOL_ERROR
@@ -929,6 +932,7 @@ class CompileServer:
                 f"connection error while reading the request: {e.strerror or e}",
                 JobResult.CLI_DISCONN,
                 EXIT_IO_ERROR,
+                throttle="connection-error",
             ) from None
 
     async def _read_body(
@@ -979,6 +983,7 @@ class CompileServer:
                     f"connection error while reading the source: {e.strerror or e}",
                     JobResult.CLI_DISCONN,
                     EXIT_IO_ERROR,
+                    throttle="connection-error",
                 ) from None
         finally:
             self._budget.give(_READ_CHUNK - len(chunk))
@@ -1012,6 +1017,7 @@ class CompileServer:
                 f"connection error while {what}: {e.strerror or e}",
                 JobResult.CLI_DISCONN,
                 EXIT_IO_ERROR,
+                throttle="connection-error",
             ) from None
 
     def _vet_args(
