@@ -92,6 +92,9 @@ _BACKLOG = 1024  # the kernel's accept queue: where clients wait while the serve
 _SHED_MIN_AGE = 0.5
 _SHED_HEADER_AGE = 1.0
 _SHED_BODY_STALL = 1.0
+# A request header beyond this many bytes (real ones are a few hundred; wire.Limits allows
+# about 1 MiB) reads further bytes only against the body budget, like a source body.
+_HEADER_FREE = 64 * 1024
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
 
 
@@ -334,25 +337,31 @@ class _Conn:
 class _Budget:
     """Bytes of request bodies in memory, shared by all connections; FIFO waiters.
 
-    A request bigger than the whole budget is let in when nothing else holds any."""
+    ``held`` is what the taker already holds: a request bigger than the whole budget is let
+    in when nothing else holds any (it never waits for itself)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.used = 0
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._waiters: collections.deque[tuple[int, int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
 
-    def fits(self, n: int) -> bool:
-        return not self._waiters and (self.used == 0 or self.used + n <= self.size)
+    def _room_for(self, n: int, held: int) -> bool:
+        return self.used <= held or self.used + n <= self.size
+
+    def fits(self, n: int, held: int = 0) -> bool:
+        return not self._waiters and self._room_for(n, held)
 
     def take_now(self, n: int) -> None:
         self.used += n
 
-    async def take(self, n: int) -> None:
-        if self.fits(n):
+    async def take(self, n: int, held: int = 0) -> None:
+        if self.fits(n, held):
             self.used += n
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, fut)
+        entry = (n, held, fut)
         self._waiters.append(entry)
         try:
             await fut
@@ -371,11 +380,11 @@ class _Budget:
 
     def _wake(self) -> None:
         while self._waiters:
-            n, fut = self._waiters[0]
+            n, held, fut = self._waiters[0]
             if fut.done():
                 self._waiters.popleft()
                 continue
-            if self.used != 0 and self.used + n > self.size:
+            if not self._room_for(n, held):
                 return
             self._waiters.popleft()
             self.used += n
@@ -868,7 +877,9 @@ class CompileServer:
                 ) from None
             if event is wire.NEED_DATA:
                 if conn.phase is _Phase.HEADER:
-                    chunk = await self._read_header(reader, header_deadline)
+                    chunk = await self._read_header(
+                        reader, header_deadline, conn if fed >= _HEADER_FREE else None
+                    )
                 elif conn.phase is _Phase.WAITING_SOURCE:
                     chunk = await self._read(reader, "waiting for the source")
                     if chunk:
@@ -913,12 +924,25 @@ class CompileServer:
         self._budget.take_now(received)
         conn.budget += received
 
-    async def _read_header(self, reader: asyncio.StreamReader, deadline: float) -> bytes:
-        remaining = deadline - time.monotonic()
+    async def _read_header(
+        self, reader: asyncio.StreamReader, deadline: float, charge: _Conn | None
+    ) -> bytes:
+        """More of the request header, before its deadline; ``charge``: a large header,
+        whose further bytes are read only against (and charged to) the body budget."""
+        reserved = 0
+        chunk = b""
         try:
+            if charge is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._budget.take(_READ_CHUNK, charge.budget), remaining)
+                reserved = _READ_CHUNK
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            return await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+            chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+            return chunk
         except TimeoutError:
             raise _Refuse(
                 f"the request header (DIST..ARGV) did not arrive within "
@@ -934,6 +958,11 @@ class CompileServer:
                 EXIT_IO_ERROR,
                 throttle="connection-error",
             ) from None
+        finally:
+            if reserved:
+                self._budget.give(reserved - len(chunk))
+                assert charge is not None
+                charge.budget += len(chunk)
 
     async def _read_body(
         self, reader: asyncio.StreamReader, conn: _Conn, body: _BodyClock
@@ -942,13 +971,13 @@ class CompileServer:
 
         Waiting for memory is the server's doing: that time does not count against the
         client, and the connection is not sheddable meanwhile."""
-        if self._budget.fits(_READ_CHUNK):
+        if self._budget.fits(_READ_CHUNK, conn.budget):
             self._budget.take_now(_READ_CHUNK)
         else:
             self._set_phase(conn, _Phase.BUSY)
             waited = time.monotonic()
             self._shed_stalled_bodies()
-            await self._budget.take(_READ_CHUNK)
+            await self._budget.take(_READ_CHUNK, conn.budget)
             body.paused += time.monotonic() - waited
             self._set_phase(conn, _Phase.BODY)
         chunk = b""

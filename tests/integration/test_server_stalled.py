@@ -456,3 +456,30 @@ def test_shed_and_deadline_lines_are_rate_limited(in_process, caplog) -> None:
             s.close()
     lines = [r for r in caplog.records if "shedding" in r.getMessage()]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+
+
+def test_large_header_and_body_are_read_against_the_body_budget(in_process) -> None:
+    """A header far beyond the usual few hundred bytes (here ~90 KB of -D options) still
+    compiles: its bytes past the free allowance are read against the body budget, which
+    one request may exceed when it is alone; so does a source bigger than the budget."""
+    srv = in_process(body_memory=64 * 1024)
+    defines = [f"-DBIG{i}={'x' * 30000}".encode() for i in range(3)]
+    argv = [b"gcc", *defines, b"-c", b"hello.c", b"-o", b"hello.o"]
+    with socket.create_connection((LOOPBACK, srv.port), timeout=HANG) as s:
+        data = wire.encode_request_head(1, argv) + wire.encode_source(HELLO_C.encode())
+        for i in range(0, len(data), 16384):  # in pieces: the header is read in several
+            s.sendall(data[i : i + 16384])
+            time.sleep(0.02)
+        got = read_reply(s)
+    assert isinstance(got, wire.ReplyObject) and got.data.startswith(b"\x7fELF"), got
+    # and a source five times the budget, in pieces, never waits for its own bytes
+    big = "/*" + "y" * 320_000 + "*/\n" + HELLO_C
+    with socket.create_connection((LOOPBACK, srv.port), timeout=HANG) as s:
+        data = request(big)
+        for i in range(0, len(data), 65536):
+            s.sendall(data[i : i + 65536])
+            time.sleep(0.02)
+        got = read_reply(s)
+    assert isinstance(got, wire.ReplyObject) and got.data.startswith(b"\x7fELF"), got
+    wait_until(lambda: srv.call(lambda s: s.counted_connections) == 0, "connections closed")
+    assert srv.call(lambda s: s._budget.used) == 0  # every byte given back
