@@ -9,7 +9,9 @@ measures, polling host a's control socket every 10 ms:
 
 * appear  — a new daemon's process start -> listed in a's hosts line (target <= 2 s);
   includes Python start-up and the daemon's compiler probing;
-* kill -9 — SIGKILL of a listed daemon -> gone from a's line (target <= 10 s);
+* kill -9 — SIGKILL of a listed daemon -> gone from a's line (target <= 2 s: meshcc peers
+  are PINGed every 1 s ± 20 % and a refused connection is final; was 3.3 s with 3 s
+  connect+close probes and two failures);
 * hosts   — ``meshcc hosts`` wall time against a running daemon, the whole process
   (median of --latency-runs; target <= 100 ms).
 
@@ -97,7 +99,7 @@ def measure(rounds: int, latency_runs: int) -> dict[str, list[float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5, help="appear/kill rounds (default 5)")
+    ap.add_argument("--rounds", type=int, default=10, help="appear/kill rounds (default 10)")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
     ns = ap.parse_args()
@@ -108,7 +110,7 @@ def main() -> int:
     res = measure(ns.rounds, ns.latency_runs)
     rows = [
         ("daemon start -> listed by a peer", res["appear_s"], "s", 2.0),
-        ("kill -9 -> removed from a peer's line", res["kill9_gone_s"], "s", 10.0),
+        ("kill -9 -> removed from a peer's line", res["kill9_gone_s"], "s", 2.0),
         ("`meshcc hosts` with a running daemon", res["hosts_ms"], "ms", 100.0),
     ]
     print(f"{'figure':40} {'median':>8} {'min':>8} {'max':>8}  target")
