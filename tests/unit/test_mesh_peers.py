@@ -412,3 +412,39 @@ def test_liveness_loop_drives_probes_and_reports_changes() -> None:
     asyncio.run(asyncio.wait_for(main(), 20))
     assert [s for _, s in changes] == [Liveness.UP, Liveness.DOWN, Liveness.UP]
     assert len(calls) >= 4
+
+
+def test_liveness_loop_never_probes_stock_distccd() -> None:
+    """The driver only ever gets meshcc targets: a stock distccd is up on its announcement,
+    down on a client's connect failure, and back on trust, without a single probe."""
+    fast = LivenessTimings(
+        up_interval_s=0.02, retry_s=0.01, down_interval_s=0.02, distcc_readmit_s=0.05, jitter=0.0
+    )
+    calls: list[ProbeTarget] = []
+
+    async def fake_probe(target: ProbeTarget) -> tuple[bool, str | None, float]:
+        calls.append(target)
+        return True, None, 0.001
+
+    async def main() -> None:
+        table = PeerTable(fast)
+        loop = LivenessLoop(table, fake_probe)
+        task = asyncio.create_task(loop.run())
+        table.upsert(rec(caps=frozenset({"ping"})))
+        table.upsert(distcc_rec(addr="10.0.0.9"))
+        loop.wake()
+        key = "d:distcc@h._distcc._tcp.local."
+        await asyncio.sleep(0.1)
+        table.report_job(key, False, connect_failed=True)
+        loop.wake()
+        assert state(table, key) is Liveness.DOWN
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if state(table, key) is Liveness.UP:
+                break
+        assert state(table, key) is Liveness.UP  # re-admitted on trust
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert calls and {(t.host, t.method) for t in calls} == {("10.0.0.2", "ping")}
