@@ -80,29 +80,37 @@ async def tcp_probe(host: str, port: int, timeout_s: float) -> ProbeResult:
 
 
 async def ping_probe(host: str, port: int, timeout_s: float) -> ProbeResult:
-    """PING host:port and wait for PONG (or ERRM / close: an older meshcc) within timeout_s."""
+    """PING host:port and wait for PONG (or ERRM / close: an older meshcc) within timeout_s.
+
+    One deadline for the connect and the reply (``asyncio.timeout``: no task per step, the
+    prober runs up to ``max_probe_rate`` of these a second)."""
     started = time.monotonic()
-    deadline = started + timeout_s
-    conn = await _connect(host, port, timeout_s)
-    if isinstance(conn, ProbeResult):
-        return conn
-    reader, writer = conn
     got = b""
     verdict: str | None = None
+    writer: asyncio.StreamWriter | None = None
     try:
-        writer.write(wire.PROBE_REQUEST)
-        while verdict is None:
-            chunk = await asyncio.wait_for(reader.read(64), max(0.0, deadline - time.monotonic()))
-            got += chunk
-            verdict = wire.classify_probe_reply(got, eof=not chunk)
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(wire.PROBE_REQUEST)
+            while verdict is None:
+                chunk = await reader.read(64)
+                got += chunk
+                verdict = wire.classify_probe_reply(got, eof=not chunk)
     except TimeoutError:
+        if writer is None:
+            return ProbeResult(False, f"no answer within {timeout_s:g}s")
         return ProbeResult(False, f"connected, but no reply within {timeout_s:g}s")
+    except ConnectionRefusedError:
+        return ProbeResult(False, "connection refused", final=True)
     except OSError as e:
+        if writer is None:
+            return ProbeResult(False, e.strerror or str(e))
         # A reset after the connect: something listens and closed on us (alive).
         verdict = "closed"
         log.debug("probe of %s:%d: %s after connect", host, port, e.strerror or e)
     finally:
-        await _close(writer, max(0.1, deadline - time.monotonic()))
+        if writer is not None:
+            writer.close()  # the transport closes the socket on the next loop turn
     rtt = time.monotonic() - started
     if verdict == "other":
         return ProbeResult(False, f"not a meshcc reply: {got[:12]!r}")
