@@ -350,6 +350,11 @@ class CompileServer:
             if not first:
                 log_summary = False  # not a job: a probe, or the daemon is stopping
                 return
+            if wire.is_probe(first):  # a meshcc peer's liveness probe: answer, no job
+                log_summary = False
+                log.debug("client %s: liveness probe", summary.client)
+                writer.write(wire.PROBE_REPLY)
+                return
             log.info("connection from %s", summary.client)
             await read_slot.acquire()
             request = await self._read_phase(reader, summary, first)
