@@ -38,7 +38,7 @@ from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
 from meshcc.daemon import logsetup
 from meshcc.daemon.hostsfile import HostsFile
-from meshcc.daemon.options import DaemonOptions
+from meshcc.daemon.settings import DaemonOptions
 from meshcc.defaults import STATUS_PORT
 from meshcc.exitcodes import (
     EXIT_BIND_FAILED,

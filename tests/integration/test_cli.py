@@ -41,7 +41,7 @@ def test_daemon_mesh_options_parse() -> None:
             "10.0.0.0/8",
         ]
     )
-    from meshcc.daemon.options import DaemonOptions
+    from meshcc.daemon.settings import DaemonOptions
 
     opts = DaemonOptions.from_namespace(ns)
     assert opts.interfaces == ("eth0", "eth1") and opts.accept_unverified
@@ -282,7 +282,7 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
 )
 def test_loopback_listen_turns_discovery_off(listen: str, loopback: bool) -> None:
     """A daemon listening on loopback only (IPv4-mapped included) announces nothing."""
-    from meshcc.daemon.options import DaemonOptions
+    from meshcc.daemon.settings import DaemonOptions
 
     ns = cli.build_parser().parse_args(["daemon", "--listen", listen])
     assert DaemonOptions.from_namespace(ns).loopback_only() is loopback
