@@ -196,7 +196,8 @@ def test_hosts_fast_path_imports_neither_zeroconf_nor_asyncio(fake_daemon: Any) 
     replies.append({"ok": True, "line": "10.0.0.2:3632/4", "verdicts": [], "status": STATUS})
     code = (
         "import sys; from meshcc.cli.entry import main; sys.argv=['meshcc','hosts'];"
-        "rc = main(); bad = [m for m in ('zeroconf', 'asyncio', 'ifaddr', 'logging') "
+        "rc = main(); bad = [m for m in ('zeroconf', 'asyncio', 'ifaddr', 'logging', "
+        "'dataclasses', 'meshcc.mesh.peers', 'meshcc.daemon.settings') "
         "if m in sys.modules]; print(bad, file=sys.stderr); sys.exit(rc)"
     )
     env = dict(os.environ, MESHCC_SOCKET=path)
