@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +48,16 @@ def mismatched_gcc(directory: Path, version: str = "12.9.0") -> Path:
     gcc.write_text(_MISMATCHED_GCC.format(version=version, short=version.split(".", maxsplit=1)[0]))
     gcc.chmod(0o755)
     return gcc
+
+
+def trusted_dir(prefix: str) -> Path:
+    """A fresh 0755 root-owned directory under /run: a compiler placed there is as
+    trustworthy as /usr/bin's, so a daemon agrees to run it when a client names it
+    (anything under the world-writable /tmp is refused). Removed at exit."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/run"))
+    d.chmod(0o755)
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def private_dir(prefix: str) -> Path:

@@ -181,7 +181,7 @@ def _peer(verdict: dict[str, object]) -> dict[str, object]:
 
 
 def print_explain(reply: control.HostsReply, where: str, out: TextIO = sys.stdout) -> None:
-    from meshcc.mesh.matching import with_localhost
+    from meshcc.compiler.hostspec import with_localhost
 
     st = reply.status
     disc = "on" if st.discovery else f"off ({st.off_reason})"
@@ -221,7 +221,7 @@ def print_explain(reply: control.HostsReply, where: str, out: TextIO = sys.stdou
 
 
 def run(ns: argparse.Namespace) -> int:
-    from meshcc.mesh.matching import with_localhost
+    from meshcc.compiler.hostspec import with_localhost
 
     try:
         cc_path = resolve_cc(ns.cc)

@@ -25,7 +25,7 @@ def _add_daemon(p: argparse.ArgumentParser) -> None:
 
 def _run_daemon(ns: argparse.Namespace) -> int:
     from meshcc.daemon import main as daemon
-    from meshcc.daemon.options import DaemonOptions
+    from meshcc.daemon.settings import DaemonOptions
 
     return daemon.run(DaemonOptions.from_namespace(ns))
 

@@ -554,7 +554,7 @@ def setup_portage(ns: argparse.Namespace) -> int:
     hosts_new: bytes | None = None
     hosts_msg = ""
     by_daemon = hosts.old is not None and hosts.old.startswith(DAEMON_HOSTS_HEADER.encode())
-    from meshcc.mesh.matching import with_localhost
+    from meshcc.compiler.hostspec import with_localhost
 
     line = with_localhost(" ".join(str(v.get("host_spec")) for v in matching if v.get("host_spec")))
     if root == "/" and by_daemon and view.daemon is not None:

@@ -384,3 +384,11 @@ def load_hosts(
         + " or ".join(tried)
         + ", or run `meshcc daemon` so that peers are found automatically"
     )
+
+
+def with_localhost(peers_line: str) -> str:
+    """What a distcc user puts in DISTCC_HOSTS or a hosts file: the peers, best first, then
+    this box as ``localhost/2`` (distcc's default share), so its own CPU compiles too
+    instead of only preprocessing. Empty when no peer matches: distcc then compiles
+    locally by itself."""
+    return f"{peers_line} localhost/{LOCALHOST_SHARE}" if peers_line else ""

@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 from meshcc import __version__, hostos
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
+from meshcc.compiler.hostspec import with_localhost
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
 from meshcc.daemon import logsetup
 from meshcc.daemon.hostsfile import HostsFile
-from meshcc.daemon.options import DaemonOptions
+from meshcc.daemon.settings import DaemonOptions
 from meshcc.defaults import STATUS_PORT
 from meshcc.exitcodes import (
     EXIT_BIND_FAILED,
@@ -47,7 +48,7 @@ from meshcc.exitcodes import (
     EXIT_SETUID_FAILED,
 )
 from meshcc.loglevels import NOTICE
-from meshcc.mesh.matching import hosts_line, with_localhost
+from meshcc.mesh.matching import hosts_line
 from meshcc.supervisor import supervise
 from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
 from meshcc.transport.server import CompileServer, ServerConfig, bind_listener

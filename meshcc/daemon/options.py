@@ -1,4 +1,8 @@
-"""``meshcc daemon``'s options: parsing them (argparse) and the settings they make.
+"""``meshcc daemon``'s command-line options (argparse) and the value parsers they share.
+
+Light to import: the ``meshcc`` command builds every subcommand's parser on each run,
+``meshcc hosts`` included, so the settings record the options make (a dataclass) lives in
+:mod:`meshcc.daemon.settings`, imported only when the daemon starts.
 
 distccd's options keep distccd's names and meanings (``--port``, ``--allow``, ``-j``,
 ``-N``, ``--log-level``, ``--user``, ``--job-lifetime``); the mesh adds its own. The value
@@ -10,11 +14,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from meshcc import hostos
 from meshcc.defaults import DISTCC_PORT, STATUS_PORT
-from meshcc.transport.addresses import IPNetwork
 
 
 def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -186,61 +188,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="neither announce nor browse (serve compiles only)",
     )
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonOptions:
-    """The daemon's settings, as parsed from ``meshcc daemon`` options."""
-
-    listen: str | None = None
-    port: int = DISTCC_PORT
-    status_port: int | None = None  # None: 3633, unless listening on loopback only
-    allow: tuple[IPNetwork, ...] = ()
-    jobs: int | None = None
-    nice: int = 5
-    log_level: str = "notice"
-    log_file: str | None = None
-    log_stderr: bool = False
-    compilers: tuple[str, ...] = ()
-    user: str | None = None
-    job_lifetime: float = 0.0
-    io_timeout: float = 300.0
-    interfaces: tuple[str, ...] = ()
-    accept_unverified: bool = False
-    socket: str | None = None
-    write_hosts: str | None = None
-    discovery: bool = True
-
-    @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
-        return cls(
-            listen=ns.listen,
-            port=ns.port,
-            status_port=getattr(ns, "status_port", None),
-            allow=tuple(ns.allow),
-            jobs=ns.jobs,
-            nice=ns.nice,
-            log_level=ns.log_level,
-            log_file=ns.log_file,
-            log_stderr=bool(getattr(ns, "log_stderr", False)),
-            compilers=tuple(ns.compiler),
-            user=ns.user,
-            job_lifetime=ns.job_lifetime,
-            io_timeout=ns.io_timeout,
-            interfaces=tuple(getattr(ns, "interface", ()) or ()),
-            accept_unverified=bool(getattr(ns, "accept_unverified", False)),
-            socket=getattr(ns, "socket", None),
-            write_hosts=getattr(ns, "write_hosts", None),
-            discovery=not getattr(ns, "no_discovery", False),
-        )
-
-    def loopback_only(self) -> bool:
-        """``--listen`` names a loopback address: no peer could reach this daemon."""
-        if not self.listen:
-            return False
-        try:
-            addr = ipaddress.ip_address(self.listen.strip("[]"))
-        except ValueError:
-            return self.listen == "localhost"
-        mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
-        return addr.is_loopback or (mapped is not None and mapped.is_loopback)

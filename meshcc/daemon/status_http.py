@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 
 from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip
@@ -31,6 +32,7 @@ log = logging.getLogger("meshcc.status")
 MAX_REQUEST = 8192  # request line + headers
 REQUEST_TIMEOUT = 10.0  # to send the request
 SEND_TIMEOUT = 120.0  # to take the whole reply (a pyz is ~250 KiB)
+MAX_CONNECTIONS = 64  # a status page and a pyz download each take one; more is an attack
 
 BOOTSTRAP = """\
 # meshcc bootstrap, served by the meshcc daemon at {base}
@@ -83,6 +85,8 @@ class StatusServer:
         self.status = status
         self.allowed = tuple(allowed)
         self._server: asyncio.Server | None = None
+        self._open = 0
+        self._refused_logged = 0.0
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_server(self._on_connection, sock=sock)
@@ -96,6 +100,15 @@ class StatusServer:
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            # Idle or slow status clients must never take the descriptors compiles need.
+            now = time.monotonic()
+            if now - self._refused_logged > 60:
+                self._refused_logged = now
+                log.warning("status port: %d connections open; closing new ones", self._open)
+            writer.close()
+            return
+        self._open += 1
         try:
             await self._serve(reader, writer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -103,6 +116,7 @@ class StatusServer:
         except Exception as e:  # noqa: BLE001 - one bad request must not take the daemon down
             log.warning("status port: %s", e)
         finally:
+            self._open -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from meshcc.compiler.fingerprints import ClientCompiler
-from meshcc.defaults import LOCALHOST_SHARE
 from meshcc.mesh.peers import Liveness, PeerState
 from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
 from meshcc.transport.addresses import IPNetwork
@@ -40,7 +39,6 @@ __all__ = [
     "judge_all",
     "pick_address",
     "toolchain_verdict",
-    "with_localhost",
 ]
 
 
@@ -272,11 +270,3 @@ def judge_all(
 def hosts_line(verdicts: Iterable[Verdict]) -> str:
     """DISTCC_HOSTS text of the included peers, in the given (ranked) order."""
     return " ".join(v.host_spec for v in verdicts if v.included and v.host_spec)
-
-
-def with_localhost(peers_line: str) -> str:
-    """What a distcc user puts in DISTCC_HOSTS or a hosts file: the peers, best first, then
-    this box as ``localhost/2`` (distcc's default share), so its own CPU compiles too
-    instead of only preprocessing. Empty when no peer matches: distcc then compiles
-    locally by itself."""
-    return f"{peers_line} localhost/{LOCALHOST_SHARE}" if peers_line else ""

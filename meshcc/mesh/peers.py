@@ -1,25 +1,44 @@
 """The live peer table: mDNS announcements are hints, reachability is ours to confirm.
 
 Theory of operation. Browse events (resolved records, goodbyes) go in through
-:meth:`PeerTable.upsert` / :meth:`PeerTable.remove`; liveness comes from cheap TCP connect
-probes that the async driver (liveness.py) runs for whatever :meth:`PeerTable.due` hands
-out and reports back with :meth:`PeerTable.probe_done`; the daemon's lease handling adds
-job outcomes with :meth:`PeerTable.report_job`. The table never sleeps or does I/O: it
-takes its clocks from the constructor, so tests drive it with a fake clock.
+:meth:`PeerTable.upsert` / :meth:`PeerTable.remove`; liveness comes from cheap probes that
+the async driver (liveness.py) runs for whatever :meth:`PeerTable.due` hands out and
+reports back with :meth:`PeerTable.probe_done`; the daemon's lease handling adds job
+outcomes with :meth:`PeerTable.report_job`. The table never sleeps or does I/O: it takes
+its clocks from the constructor, so tests drive it with a fake clock.
 
 Why: a peer killed without a goodbye stays in mDNS caches for ≥ 1125 s, and one that
-restarts under the same name produces no browser event at all (zeroconf.md A7). So:
+restarts under the same name produces no browser event at all (zeroconf.md A7). So, for
+**meshcc peers** (probed through meshcc's own channel, see liveness.py):
 
 * every peer is in ``PENDING`` until a probe succeeds; only ``UP`` peers are used;
-* ``UP`` peers are probed every ``up_interval_s``; a failure is re-checked after
-  ``retry_s``; ``fail_threshold`` consecutive failures mean ``DOWN``. A client's connect
-  failure (``report_job(..., connect_failed=True)``) marks it ``DOWN`` at once.
-  Worst case kill -9 -> DOWN (with the defaults, a host that times out):
-  3 + 1 (timeout) + 0.5 + 1 = 5.5 s; a refused connection: ≤ 3.5 s. Target: 10 s;
+* ``UP`` peers are probed every ``up_interval_s`` (± ``jitter``); a refused connection is
+  final (the peer's kernel says nothing listens: ``DOWN`` at once); any other failure is
+  re-checked after ``retry_s`` and ``fail_threshold`` consecutive failures mean ``DOWN``.
+  A client's connect failure (``report_job(..., connect_failed=True)``) marks it ``DOWN``
+  at once. kill -9 -> DOWN with the defaults: ≤ 1.2 s (interval + jitter) + one RTT; a
+  host that vanished (probes time out): ≤ 1.2 + 1 + 0.25 + 1 = 3.45 s;
+* probes are per peer and bounded: at most ``max_probe_rate`` per second from this
+  daemon (a token bucket, bursts of a tenth of a second's worth), so on a LAN with more
+  meshcc peers than that the interval stretches (``peers / max_probe_rate``) instead of
+  the load growing; jitter desynchronises them;
 * ``DOWN`` peers stay in the table (explained as "not responding since …") and keep being
   probed every ``down_interval_s`` for as long as mDNS lists them, so a restart with no
   mDNS event is noticed within that interval (target 5 s). A goodbye (``remove``) drops
-  the peer; mDNS cache expiry does too, which bounds the probing of long-dead peers;
+  the peer; mDNS cache expiry does too, which bounds the probing of long-dead peers.
+
+**Stock distccd peers are never connected to by the table**: distccd forks (or wakes a
+preforked child) for every connection and logs ``ERROR: client did not provide distcc
+magic fairy dust`` for anything that is not a job. They are ``UP`` on their announcement
+(avahi withdraws a distccd's record with a goodbye when the process exits, even on
+SIGKILL, so a dead distccd on a live box leaves the list in milliseconds); a client's
+connect failure marks one ``DOWN`` at once; it is trusted again after
+``distcc_readmit_s`` (doubling on each repeat, up to ``distcc_readmit_max_s``), as distcc's
+own client backs a failed host off, or at once when its record changes. A box that dies
+without a goodbye therefore stays listed until the first client fails to connect to it
+(that job is retried elsewhere or locally), and costs one failed connect per re-admission
+until mDNS expires its record. Announced-only entries are not proof of life: a full table
+evicts them before probe-confirmed peers;
 * ``job_fail_threshold`` consecutive failed jobs back a peer off for ``backoff_s``,
   doubling per repeated back-off up to ``backoff_max_s``; after the period the peer gets
   one more chance; a good job resets it (distcc's 60 s backoff, made adaptive);
@@ -53,14 +72,17 @@ class Liveness(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LivenessTimings:
-    """All in seconds. Defaults meet kill -9 -> removal ≤ 10 s and restart -> back ≤ 5 s."""
+    """All in seconds. Defaults meet kill -9 -> removal ≤ 2 s and restart -> back ≤ 5 s."""
 
-    up_interval_s: float = 3.0
-    retry_s: float = 0.5
+    up_interval_s: float = 1.0
+    retry_s: float = 0.25
     down_interval_s: float = 2.0
-    connect_timeout_s: float = 1.0
-    fail_threshold: int = 2
-    jitter: float = 0.1  # ± fraction applied to the intervals, so probes do not synchronise
+    connect_timeout_s: float = 1.0  # the whole probe: connect and the reply
+    fail_threshold: int = 2  # failures other than a refused connection
+    jitter: float = 0.2  # ± fraction applied to the intervals, so probes do not synchronise
+    max_probe_rate: float = 100.0  # probes per second this daemon starts, at most
+    distcc_readmit_s: float = 60.0  # stock distccd a client could not reach: trusted again
+    distcc_readmit_max_s: float = 600.0
     job_fail_threshold: int = 3
     backoff_s: float = 60.0
     backoff_max_s: float = 600.0
@@ -69,12 +91,17 @@ class LivenessTimings:
 
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:
-    """One probe to run: connect to (host, port) within the timeout."""
+    """One probe to run on (host, port) within the timeout.
+
+    ``method`` is ``"ping"`` for peers announcing the ``ping`` capability (PING/PONG on the
+    compile port), ``"connect"`` for older meshcc peers (connect and close, which they log
+    at DEBUG only)."""
 
     key: str
     host: str
     port: int
     timeout_s: float
+    method: str = "connect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +119,7 @@ class PeerState:
     job_failures: int
     backoffs: int
     backoff_until: float | None  # set only while backed off
+    confirmed: bool = False  # reached by a probe or a job (not only announced)
 
     @property
     def key(self) -> str:
@@ -134,6 +162,7 @@ class PeerState:
             "rtt_s": self.rtt_s,
             "job_failures": self.job_failures,
             "backoff_until": self.backoff_until,
+            "confirmed": self.confirmed,
         }
 
 
@@ -152,6 +181,11 @@ class _Entry:
     job_failures: int = 0
     backoffs: int = 0
     backoff_until: float | None = None
+    confirmed: bool = False
+    readmits: int = 0  # stock distccd: consecutive connect failures reported by clients
+
+
+_NEVER = float("inf")
 
 
 class PeerTable:
@@ -174,6 +208,12 @@ class PeerTable:
         self._address_for = address_for or (lambda r: r.addresses[0] if r.addresses else None)
         self._entries: dict[str, _Entry] = {}
         self._shadowed: dict[str, PeerRecord] = {}  # distcc records of meshcc daemons
+        # Token bucket for probes: max_probe_rate per second, bursts of a tenth of that.
+        self._budget = self._burst()
+        self._budget_at = clock()
+
+    def _burst(self) -> float:
+        return max(1.0, self.timings.max_probe_rate / 10)
 
     # -- helpers
 
@@ -228,10 +268,22 @@ class PeerTable:
         if existing is None:
             if len(self._entries) >= self.timings.max_peers and not self._evict_one():
                 return False
-            self._entries[record.key] = _Entry(record, first_seen=now, next_probe=now)
+            entry = _Entry(record, first_seen=now, next_probe=now)
+            if record.kind is PeerKind.DISTCC:
+                # Never probed (see the module docstring): up on its announcement.
+                entry.liveness, entry.next_probe = Liveness.UP, _NEVER
+            self._entries[record.key] = entry
             return True
         moved = existing.record.endpoints() != eps
+        changed = existing.record != record
         existing.record = record
+        if record.kind is PeerKind.DISTCC:
+            if existing.liveness is not Liveness.UP and (moved or changed):
+                # A new announcement of a distccd we saw fail: take it at its word.
+                existing.liveness, existing.next_probe = Liveness.UP, _NEVER
+                existing.down_since = existing.down_detail = None
+                existing.readmits = 0
+            return False
         if existing.liveness is not Liveness.UP or moved:
             # An announcement from a peer we think is down may mean it is back: check now.
             existing.next_probe = min(existing.next_probe, now)
@@ -246,11 +298,11 @@ class PeerTable:
         records (unverified) before meshcc's; the oldest first. So a flood fills the table
         only with entries that the next real peer displaces, and it displaces the junk
         that has been waiting longest, not the peers that just arrived."""
-        rank = {Liveness.PENDING: 2, Liveness.DOWN: 1}
+        rank = {Liveness.PENDING: 3, Liveness.DOWN: 2, Liveness.UP: 1}  # UP: announced only
         victims = [
             (rank[e.liveness], not e.record.verified, -e.first_seen, k)
             for k, e in self._entries.items()
-            if e.liveness is not Liveness.UP
+            if e.liveness is not Liveness.UP or not e.confirmed
         ]
         if not victims:
             return False
@@ -273,24 +325,46 @@ class PeerTable:
 
     # -- liveness
 
+    def _interval(self, base: float) -> float:
+        """``base``, stretched so the probes of all meshcc peers stay ≤ max_probe_rate/s."""
+        n = sum(1 for e in self._entries.values() if e.record.kind is PeerKind.MESHCC)
+        rate = self.timings.max_probe_rate
+        return max(base, n / rate) if rate > 0 else base
+
+    def _refill(self, now: float) -> None:
+        rate = self.timings.max_probe_rate
+        if rate > 0:
+            self._budget = min(self._burst(), self._budget + (now - self._budget_at) * rate)
+        self._budget_at = now
+
     def due(self) -> list[ProbeTarget]:
-        """Probes to start now; each entry is marked in flight until probe_done()."""
+        """Probes to start now (at most the rate budget); each is in flight until probe_done()."""
         now = self._clock()
+        self._refill(now)
+        limited = self.timings.max_probe_rate > 0
         targets = []
         for key, e in self._entries.items():
             if e.probing or e.next_probe > now:
                 continue
+            if e.record.kind is PeerKind.DISTCC:
+                # Never probed: its re-admission time has come (see report_job).
+                e.liveness, e.next_probe = Liveness.UP, _NEVER
+                continue
+            if limited and self._budget < 1.0:
+                continue  # over budget: stays due, next_wakeup() says when to come back
             host = self._address_for(e.record)
             if host is None:  # nothing we may connect to (outside allowed subnets)
                 e.next_probe = now + self.timings.down_interval_s * 5
                 continue
             e.probing = True
+            self._budget -= 1.0
             targets.append(
                 ProbeTarget(
                     key=key,
                     host=host,
                     port=e.record.port,
                     timeout_s=self.timings.connect_timeout_s,
+                    method="ping" if "ping" in e.record.caps else "connect",
                 )
             )
         return targets
@@ -298,12 +372,29 @@ class PeerTable:
     def next_wakeup(self) -> float | None:
         """Monotonic time of the next due probe (None when the table is empty)."""
         times = [e.next_probe for e in self._entries.values() if not e.probing]
-        return min(times) if times else None
+        nxt = min(times) if times else None
+        if nxt is None or nxt == _NEVER:
+            return None
+        rate = self.timings.max_probe_rate
+        if rate > 0 and self._budget < 1.0:
+            # Waiting for budget (refilled lazily in due()).
+            now = self._clock()
+            self._refill(now)
+            nxt = max(nxt, now + (1.0 - self._budget) / rate)
+        return nxt
 
     def probe_done(
-        self, target: ProbeTarget, ok: bool, detail: str | None = None, rtt_s: float | None = None
+        self,
+        target: ProbeTarget,
+        ok: bool,
+        detail: str | None = None,
+        rtt_s: float | None = None,
+        *,
+        final: bool = False,
     ) -> Liveness | None:
-        """Record a probe outcome; returns the peer's new liveness (None if it is gone)."""
+        """Record a probe outcome; returns the peer's new liveness (None if it is gone).
+
+        ``final``: the failure needs no re-check (the connection was refused)."""
         e = self._entries.get(target.key)
         if e is None:
             return None
@@ -319,12 +410,13 @@ class PeerTable:
             e.down_since = None
             e.down_detail = None
             e.probe_failures = 0
+            e.confirmed = True
             e.rtt_s = rtt_s
-            e.next_probe = now + self._jittered(t.up_interval_s)
+            e.next_probe = now + self._jittered(self._interval(t.up_interval_s))
             return e.liveness
         e.probe_failures += 1
         e.down_detail = detail
-        if e.liveness is Liveness.UP and e.probe_failures < t.fail_threshold:
+        if e.liveness is Liveness.UP and e.probe_failures < t.fail_threshold and not final:
             if e.down_since is None:
                 e.down_since = now  # first failure: what "not responding since" reports
             e.next_probe = now + t.retry_s
@@ -333,7 +425,7 @@ class PeerTable:
             if e.down_since is None:
                 e.down_since = now
             e.liveness = Liveness.DOWN
-        e.next_probe = now + self._jittered(t.down_interval_s)
+        e.next_probe = now + self._jittered(self._interval(t.down_interval_s))
         return e.liveness
 
     # -- job outcomes (lease handling)
@@ -350,8 +442,17 @@ class PeerTable:
                 e.liveness = Liveness.DOWN
                 e.down_since = now
                 e.down_detail = "a client could not connect"
-            e.next_probe = min(e.next_probe, now + t.retry_s)
+                if e.record.kind is PeerKind.DISTCC:
+                    # Not probed: trusted again after distcc's kind of back-off.
+                    period = t.distcc_readmit_s * (2 ** min(e.readmits, 16))
+                    e.next_probe = now + min(t.distcc_readmit_max_s, period)
+                    e.readmits += 1
+                    return
+            if e.record.kind is not PeerKind.DISTCC:
+                e.next_probe = min(e.next_probe, now + t.retry_s)
             return
+        e.confirmed = True  # a job reached it
+        e.readmits = 0
         if ok:
             e.job_failures = 0
             e.backoffs = 0
@@ -392,6 +493,7 @@ class PeerTable:
             job_failures=max(e.job_failures, self.timings.job_fail_threshold if backoff else 0),
             backoffs=e.backoffs,
             backoff_until=self._wall(backoff),
+            confirmed=e.confirmed,
         )
 
     def snapshot(self) -> list[PeerState]:

@@ -40,7 +40,7 @@ from meshcc import __version__, hostos
 from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.loglevels import NOTICE
 from meshcc.mesh import netif
-from meshcc.mesh.liveness import LivenessLoop, ProbeFn, tcp_probe
+from meshcc.mesh.liveness import LivenessLoop, ProbeFn, peer_probe
 from meshcc.mesh.matching import MatchPolicy, Verdict, hosts_line, judge_all, pick_address
 from meshcc.mesh.netif import Interface, Selection
 from meshcc.mesh.peers import Liveness, LivenessTimings, PeerState, PeerTable
@@ -155,8 +155,9 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
 def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
-    # Only what the compile server speaks (peers trust every capability announced).
-    caps = {"errm"}
+    # Only what the compile server speaks (peers trust every capability announced):
+    # ERRM refusals, and the PING/PONG liveness probe (peers then probe us with it).
+    caps = {"errm", "ping"}
     if compression.available(compression.Codec.LZO):
         caps.add("lzo")
     return frozenset(caps)
@@ -185,7 +186,7 @@ class Mesh:
         caps: frozenset[str] | None = None,
         distcc_id: DistccId | _Probe | None = _PROBE,
         node_id: str | None = None,
-        probe: ProbeFn = tcp_probe,
+        probe: ProbeFn = peer_probe,
         list_interfaces: Callable[[], Sequence[Interface]] = netif.list_interfaces,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,

@@ -730,6 +730,11 @@ class CompileServer:
             if not first:
                 log_summary = False  # not a job: a probe, shed, or the daemon is stopping
                 return
+            if wire.is_probe(first):  # a meshcc peer's liveness probe: answer, no job
+                log_summary = False
+                log.debug("client %s: liveness probe", summary.client)
+                writer.write(wire.PROBE_REPLY)
+                return
             self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
             request = await self._read_phase(reader, summary, first, conn)

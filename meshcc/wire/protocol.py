@@ -15,6 +15,16 @@ the module uses only builtins: no ``dataclasses`` (~7 ms with ``inspect``) and
 no ``typing`` at run time. Events and ``Limits`` are small frozen classes with
 ``__slots__`` that behave like frozen slotted dataclasses (eq, repr, hash,
 ``__match_args__``).
+
+Liveness probe (meshcc extension, announced as the ``ping`` capability): a meshcc
+daemon checks a meshcc peer by connecting to its compile port and sending the single
+token ``PING00000001`` (``PROBE_REQUEST``) instead of ``DIST``. A server that knows it
+answers ``PONG00000001`` (``PROBE_REPLY``) and closes: no job, no job or read slot, no
+fork, logged at DEBUG only. ``classify_probe_reply`` judges what came back: ``PONG`` is the
+explicit answer; an ``ERRM`` refusal or a plain close (an older meshcc without the hook)
+still proves a daemon is accepting. Stock distcc never sees these tokens: meshcc sends
+``PING`` only to peers that announce ``ping``, and no distcc client sends it, so nothing a
+stock client reads can be mistaken for one.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
 __all__ = [
     "NEED_DATA",
+    "PROBE_REPLY",
+    "PROBE_REQUEST",
     "Event",
     "Limits",
     "ProtocolError",
@@ -46,11 +58,13 @@ __all__ = [
     "RequestReader",
     "RequestSource",
     "RequestStart",
+    "classify_probe_reply",
     "encode_pump_files",
     "encode_refusal",
     "encode_reply",
     "encode_request_head",
     "encode_source",
+    "is_probe",
     "string_token",
     "token",
 ]
@@ -370,6 +384,38 @@ def encode_refusal(message: str) -> bytes:
     if len(data) > limit:
         data = data[:limit].decode("utf-8", "ignore").encode("utf-8")
     return string_token(b"ERRM", data)
+
+
+# ---------------------------------------------------------------- liveness probe
+
+PROBE_REQUEST = b"PING00000001"
+"""What a meshcc prober sends (version 1 of the probe)."""
+
+PROBE_REPLY = b"PONG00000001"
+"""What a meshcc server answers to ``PROBE_REQUEST`` before closing."""
+
+
+def is_probe(first: bytes) -> bool:
+    """True if a connection's first bytes are a liveness probe (not a distcc request)."""
+    return first[:HEADER_LEN] == PROBE_REQUEST
+
+
+def classify_probe_reply(data: bytes, eof: bool) -> str | None:
+    """Judge a probe's answer so far: None while undecided (need more bytes, no EOF).
+
+    ``"pong"`` the explicit reply; ``"errm"`` a meshcc refusal (an older daemon reading
+    PING as a bad request); ``"closed"`` EOF with nothing (an older daemon, or a server
+    that closes on anything unexpected); ``"other"`` anything else.
+    """
+    head = data[:HEADER_LEN]
+    if len(head) == HEADER_LEN:
+        if head == PROBE_REPLY:
+            return "pong"
+        return "errm" if head[:4] == b"ERRM" else "other"
+    if not eof:
+        prefixes = (PROBE_REPLY[: len(head)], b"ERRM"[: len(head)])
+        return None if head[:4] in (p[:4] for p in prefixes) else "other"
+    return "closed" if not head else "other"
 
 
 # ---------------------------------------------------------------- decoding

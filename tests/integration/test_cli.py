@@ -41,7 +41,7 @@ def test_daemon_mesh_options_parse() -> None:
             "10.0.0.0/8",
         ]
     )
-    from meshcc.daemon.options import DaemonOptions
+    from meshcc.daemon.settings import DaemonOptions
 
     opts = DaemonOptions.from_namespace(ns)
     assert opts.interfaces == ("eth0", "eth1") and opts.accept_unverified
@@ -196,7 +196,8 @@ def test_hosts_fast_path_imports_neither_zeroconf_nor_asyncio(fake_daemon: Any) 
     replies.append({"ok": True, "line": "10.0.0.2:3632/4", "verdicts": [], "status": STATUS})
     code = (
         "import sys; from meshcc.cli.entry import main; sys.argv=['meshcc','hosts'];"
-        "rc = main(); bad = [m for m in ('zeroconf', 'asyncio', 'ifaddr', 'logging') "
+        "rc = main(); bad = [m for m in ('zeroconf', 'asyncio', 'ifaddr', 'logging', "
+        "'dataclasses', 'meshcc.mesh.peers', 'meshcc.daemon.settings') "
         "if m in sys.modules]; print(bad, file=sys.stderr); sys.exit(rc)"
     )
     env = dict(os.environ, MESHCC_SOCKET=path)
@@ -282,7 +283,7 @@ def test_explain_groups_toolchains_and_tells_cloned_hosts_apart() -> None:
 )
 def test_loopback_listen_turns_discovery_off(listen: str, loopback: bool) -> None:
     """A daemon listening on loopback only (IPv4-mapped included) announces nothing."""
-    from meshcc.daemon.options import DaemonOptions
+    from meshcc.daemon.settings import DaemonOptions
 
     ns = cli.build_parser().parse_args(["daemon", "--listen", listen])
     assert DaemonOptions.from_namespace(ns).loopback_only() is loopback

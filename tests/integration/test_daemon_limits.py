@@ -79,3 +79,67 @@ def test_the_daemon_raises_its_descriptor_limit(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_idle_status_port_connections_are_capped(tmp_path: Path) -> None:
+    """Connections that never send a request hold at most MAX_CONNECTIONS descriptors;
+    further ones are closed at once, and a real request is served once one frees up."""
+    import socket
+
+    from meshcc.daemon.status_http import MAX_CONNECTIONS
+
+    port, status_port = free_port(), free_port()
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen(
+        _daemon_cmd(
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--status-port",
+            str(status_port),
+            "--no-discovery",
+            "--allow",
+            "127.0.0.1",
+            "--log-file",
+            str(log),
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    idle: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", status_port), timeout=5))
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        idle += [
+            socket.create_connection(("127.0.0.1", status_port), timeout=5)
+            for _ in range(MAX_CONNECTIONS - 1)
+        ]
+        time.sleep(0.5)  # the daemon has accepted them all
+        extra = socket.create_connection(("127.0.0.1", status_port), timeout=5)
+        assert extra.recv(100) == b"", "a connection beyond the cap was kept"
+        extra.close()
+        idle.pop().close()
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", status_port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.0 200"), reply[:100]
+        assert "closing new ones" in log.read_text()
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -24,7 +24,7 @@ import pytest
 import netns
 from meshcc.cli import doctor
 from meshcc.wire import control
-from meshd import Meshd, mismatched_gcc, private_dir
+from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir
 from netns import Lan
 
 
@@ -360,7 +360,7 @@ def _real_gcc_version() -> str:
 def test_doctor_in_a_namespace_mesh(lan: Callable[..., Lan]) -> None:
     net = lan()
     work = private_dir("meshcc-doctor-")
-    fake_gcc = mismatched_gcc(work / "fakegcc", "12.9.0")
+    fake_gcc = mismatched_gcc(trusted_dir("meshcc-fakegcc-"), "12.9.0")
     ha, hb, hd, hf = (net.add_host(n) for n in "abdf")
     iface = ("--interface", "eth0")
     a = Meshd(work, ha, *iface, name="a")

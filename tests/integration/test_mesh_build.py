@@ -27,7 +27,7 @@ import pytest
 
 import netns
 from conftest import VENV_BIN, copy_tree, parse_job_summaries, run
-from meshd import Meshd, mismatched_gcc, private_dir
+from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir
 from netns import Lan
 from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources, _objects
 
@@ -88,7 +88,7 @@ def test_zlib_through_the_mesh(lan: Callable[..., Lan], zlib_source: Path, tmp_p
 def _run_mesh_build(
     hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: Path
 ) -> None:
-    odd_gcc = mismatched_gcc(work / "odd-bin", "12.9.9")
+    odd_gcc = mismatched_gcc(trusted_dir("meshcc-odd-bin-"), "12.9.9")
     common = ("--interface", "eth0", "--jobs", PEER_JOBS)
     daemons = {
         "build": Meshd(work, hosts["build"], *common, name="build"),

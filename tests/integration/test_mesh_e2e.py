@@ -26,7 +26,7 @@ import pytest
 
 import netns
 from meshcc.mesh.records import DistccId, distcc_subtype
-from meshd import Meshd, mismatched_gcc, private_dir
+from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir
 from netns import Lan
 
 pytestmark = [
@@ -71,7 +71,7 @@ def _local_distcc_id() -> DistccId:
 def test_mesh_of_daemons(lan: Callable[..., Lan]) -> None:
     net = lan()
     work = private_dir("meshcc-e2e-")
-    fake_gcc = mismatched_gcc(work / "fakegcc", "12.9.0")
+    fake_gcc = mismatched_gcc(trusted_dir("meshcc-fakegcc-"), "12.9.0")
     hosts_file = work / "a" / "distcc" / "hosts"
 
     ha, hb, hc, hd = (net.add_host(n) for n in "abcd")

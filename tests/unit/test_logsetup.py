@@ -177,7 +177,7 @@ def test_pipe_or_tty_stderr_stays_stderr(tmp_path: Path) -> None:
 
 def test_daemon_options_and_cli() -> None:
     from meshcc.cli import main as cli
-    from meshcc.daemon import options as daemon
+    from meshcc.daemon import settings as daemon
 
     ns = cli.build_parser().parse_args(["daemon", "--log-stderr"])
     assert daemon.DaemonOptions.from_namespace(ns).log_stderr is True

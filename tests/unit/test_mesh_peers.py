@@ -261,6 +261,118 @@ def test_snapshot_is_json_safe(table: PeerTable) -> None:
     assert data["liveness"] == "up" and data["toolchains"][0]["version"] == "12.2.0"
 
 
+# --------------------------------------------------------------------------- per-kind policy
+
+
+def test_kill9_refused_is_down_within_2s_with_default_jitter(clock: Clock) -> None:
+    """A SIGKILLed meshcc daemon on a live box: the next probe is refused, and that is final."""
+    for seed in range(50):
+        table = PeerTable(clock=clock, wallclock=clock.wall, rng=random.Random(seed))
+        table.upsert(rec())
+        probe_all(table, ok=True)
+        killed = clock()  # right after a good probe: the worst case
+        while state(table) is not Liveness.DOWN:
+            nxt = table.next_wakeup()
+            assert nxt is not None
+            clock.advance(max(0.0, nxt - clock()))
+            for target in table.due():
+                table.probe_done(target, False, "connection refused", final=True)
+        assert clock() - killed <= 2.0 - 0.5  # room for an RTT and the poll of a listing
+        s = table.state("m:aaaaaa")
+        assert s is not None and s.probe_failures == 1
+
+
+def test_timeouts_still_need_two_failures(table: PeerTable, clock: Clock) -> None:
+    table.upsert(rec())
+    probe_all(table, ok=True)
+    clock.advance(T.up_interval_s)
+    probe_all(table, ok=False, detail="no answer within 1s")
+    assert state(table) is Liveness.UP
+    clock.advance(T.retry_s)
+    probe_all(table, ok=False, detail="no answer within 1s")
+    assert state(table) is Liveness.DOWN
+
+
+def test_probe_method_follows_the_ping_capability(table: PeerTable) -> None:
+    table.upsert(rec("aaaaaa", "10.0.0.2", caps=frozenset({"lzo", "errm", "ping"})))
+    table.upsert(rec("bbbbbb", "10.0.0.3"))  # an older meshcc: connect + close
+    methods = {t.key: t.method for t in table.due()}
+    assert methods == {"m:aaaaaa": "ping", "m:bbbbbb": "connect"}
+
+
+def test_probe_rate_is_bounded_on_a_big_lan(clock: Clock) -> None:
+    """300 meshcc peers: this daemon starts ≤ max_probe_rate probes a second (after the
+    first round), spread out by jitter instead of in bursts."""
+    table = PeerTable(clock=clock, wallclock=clock.wall, rng=random.Random(3))
+    for i in range(300):
+        table.upsert(rec(f"{i:06x}", f"10.0.{i // 250}.{i % 250 + 1}"))
+    probe_all(table, ok=True)  # the first round: everybody at once
+    per_second: dict[int, int] = {}
+    start = clock()
+    while clock() - start < 60:
+        clock.advance(0.01)
+        n = len(probe_all(table, ok=True))
+        second = int(clock() - start)
+        per_second[second] = per_second.get(second, 0) + n
+    busiest = max(per_second.values())
+    assert busiest <= table.timings.max_probe_rate * 1.1 + 1  # the bucket's burst
+    assert sum(per_second.values()) >= 60 * 300 / (300 / table.timings.max_probe_rate) * 0.7
+
+
+def test_stock_distccd_is_never_probed(table: PeerTable, clock: Clock) -> None:
+    table.upsert(distcc_rec())
+    assert state(table, "d:distcc@h._distcc._tcp.local.") is Liveness.UP  # on its announcement
+    for _ in range(600):
+        assert table.due() == []
+        clock.advance(1.0)
+    assert table.next_wakeup() is None
+    s = table.state("d:distcc@h._distcc._tcp.local.")
+    assert s is not None and not s.confirmed
+
+
+def test_stock_distccd_connect_failure_then_readmitted_with_backoff(
+    table: PeerTable, clock: Clock
+) -> None:
+    key = "d:distcc@h._distcc._tcp.local."
+    table.upsert(distcc_rec())
+    periods = []
+    for _ in range(5):
+        table.report_job(key, False, connect_failed=True)
+        assert state(table, key) is Liveness.DOWN
+        failed = clock()
+        while state(table, key) is Liveness.DOWN:
+            nxt = table.next_wakeup()
+            assert nxt is not None
+            clock.advance(max(0.0, nxt - clock()))
+            assert table.due() == []  # re-admitted on trust: never a connection
+        periods.append(clock() - failed)
+    assert periods == [60.0, 120.0, 240.0, 480.0, 600.0]
+    table.report_job(key, True)  # a job got through: the back-off starts over
+    table.report_job(key, False, connect_failed=True)
+    nxt = table.next_wakeup()
+    assert nxt is not None and nxt - clock() == 60.0
+
+
+def test_stock_distccd_new_announcement_readmits_at_once(table: PeerTable) -> None:
+    key = "d:distcc@h._distcc._tcp.local."
+    table.upsert(distcc_rec())
+    table.report_job(key, False, connect_failed=True)
+    assert state(table, key) is Liveness.DOWN
+    table.upsert(distcc_rec())  # the same record again (a cache refresh): no news
+    assert state(table, key) is Liveness.DOWN
+    table.upsert(distcc_rec(addr="10.0.0.7"))  # it moved: back at once
+    assert state(table, key) is Liveness.UP
+
+
+def test_full_table_evicts_announced_only_before_confirmed(clock: Clock) -> None:
+    table = PeerTable(LivenessTimings(max_peers=2, jitter=0.0), clock=clock, wallclock=clock.wall)
+    table.upsert(rec())
+    probe_all(table, ok=True)  # confirmed by a probe
+    table.upsert(distcc_rec(addr="10.0.0.9"))  # announced only
+    assert table.upsert(rec("bbbbbb", "10.0.0.3"))
+    assert sorted(table.keys()) == ["m:aaaaaa", "m:bbbbbb"]
+
+
 # --------------------------------------------------------------------------- asyncio driver
 
 
@@ -270,9 +382,9 @@ def test_liveness_loop_drives_probes_and_reports_changes() -> None:
     calls: list[str] = []
     changes: list[tuple[str, Liveness | None]] = []
 
-    async def fake_probe(host: str, port: int, timeout: float) -> tuple[bool, str | None, float]:
-        calls.append(host)
-        return alive[host], None if alive[host] else "connection refused", 0.001
+    async def fake_probe(target: ProbeTarget) -> tuple[bool, str | None, float]:
+        calls.append(target.host)
+        return alive[target.host], None if alive[target.host] else "connection refused", 0.001
 
     async def main() -> None:
         table = PeerTable(fast)
@@ -300,3 +412,39 @@ def test_liveness_loop_drives_probes_and_reports_changes() -> None:
     asyncio.run(asyncio.wait_for(main(), 20))
     assert [s for _, s in changes] == [Liveness.UP, Liveness.DOWN, Liveness.UP]
     assert len(calls) >= 4
+
+
+def test_liveness_loop_never_probes_stock_distccd() -> None:
+    """The driver only ever gets meshcc targets: a stock distccd is up on its announcement,
+    down on a client's connect failure, and back on trust, without a single probe."""
+    fast = LivenessTimings(
+        up_interval_s=0.02, retry_s=0.01, down_interval_s=0.02, distcc_readmit_s=0.05, jitter=0.0
+    )
+    calls: list[ProbeTarget] = []
+
+    async def fake_probe(target: ProbeTarget) -> tuple[bool, str | None, float]:
+        calls.append(target)
+        return True, None, 0.001
+
+    async def main() -> None:
+        table = PeerTable(fast)
+        loop = LivenessLoop(table, fake_probe)
+        task = asyncio.create_task(loop.run())
+        table.upsert(rec(caps=frozenset({"ping"})))
+        table.upsert(distcc_rec(addr="10.0.0.9"))
+        loop.wake()
+        key = "d:distcc@h._distcc._tcp.local."
+        await asyncio.sleep(0.1)
+        table.report_job(key, False, connect_failed=True)
+        loop.wake()
+        assert state(table, key) is Liveness.DOWN
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if state(table, key) is Liveness.UP:
+                break
+        assert state(table, key) is Liveness.UP  # re-admitted on trust
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert calls and {(t.host, t.method) for t in calls} == {("10.0.0.2", "ping")}

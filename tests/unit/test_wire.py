@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from meshcc.wire.protocol import (
     NEED_DATA,
+    PROBE_REPLY,
+    PROBE_REQUEST,
     Limits,
     ProtocolError,
     PumpFile,
@@ -29,11 +31,13 @@ from meshcc.wire.protocol import (
     RequestReader,
     RequestSource,
     RequestStart,
+    classify_probe_reply,
     encode_pump_files,
     encode_refusal,
     encode_reply,
     encode_request_head,
     encode_source,
+    is_probe,
     string_token,
     token,
 )
@@ -615,3 +619,39 @@ def test_import_is_stdlib_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# ---------------------------------------------------------------- liveness probe
+
+
+def test_probe_tokens_are_headers_and_not_a_request() -> None:
+    assert PROBE_REQUEST == token(b"PING", 1) and PROBE_REPLY == token(b"PONG", 1)
+    assert is_probe(PROBE_REQUEST) and is_probe(PROBE_REQUEST + b"trailing")
+    for other in (b"", PROBE_REQUEST[:11], encode_request_head(1, [b"gcc"]), token(b"PING", 2)):
+        assert not is_probe(other)
+    # A distcc server (or an older meshcc) reading PING sees a derailed request.
+    rr = RequestReader()
+    rr.feed(PROBE_REQUEST)
+    with pytest.raises(ProtocolError, match="expected DIST token, got PING"):
+        rr.next_event()
+
+
+@pytest.mark.parametrize(
+    ("data", "eof", "verdict"),
+    [
+        (PROBE_REPLY, False, "pong"),
+        (PROBE_REPLY + b"x", True, "pong"),
+        (encode_refusal("protocol error"), False, "errm"),
+        (b"", True, "closed"),
+        (b"", False, None),
+        (PROBE_REPLY[:5], False, None),
+        (b"ER", False, None),
+        (PROBE_REPLY[:5], True, "other"),
+        (b"HTTP/1.1 400", False, "other"),
+        (b"X", False, "other"),
+    ],
+)
+def test_probe_reply_classification(data: bytes, eof: bool, verdict: str | None) -> None:
+    assert classify_probe_reply(data, eof) == verdict
+    if verdict in ("pong", "errm"):  # byte at a time: undecided until the 12th byte
+        assert all(classify_probe_reply(data[:i], False) is None for i in range(12))
