@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import select
+import signal
 import socket
 import statistics
 import sys
@@ -267,6 +268,8 @@ def main() -> int:
     ap.add_argument("--no-distccd", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    # SIGTERM (timeout(1), a CI runner) unwinds through the finally that stops the daemons.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     fds = raise_fd_limit()
     if fds < args.stalled + 100:
         print(f"open-file limit {fds} is too low for {args.stalled} connections", file=sys.stderr)
