@@ -717,10 +717,17 @@ class CompileServer:
         replying = False  # once reply bytes may be on the wire, no ERRM can follow
         try:
             if not client_allowed(addr, self.config.allowed):
-                log.warning("connection from client '%s' denied by access list", summary.client)
+                # A peer outside our --allow probes us every second: one line per interval.
+                self._throttled.log(
+                    logging.WARNING,
+                    "access-list",
+                    "connection from client '%s' denied by access list",
+                    summary.client,
+                )
                 raise _Refuse(
                     f"client address {addr} is not allowed by this server's access list",
                     ret=EXIT_ACCESS_DENIED,
+                    throttle="access-list",
                 )
             if refusal is not None:
                 raise _Refuse(refusal, throttle="per-address")

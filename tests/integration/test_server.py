@@ -292,8 +292,10 @@ def test_disallowed_client_refused(meshcc_daemon, client_env, hello: Path) -> No
         distcc_env(client_env, daemon, False),
     )
     assert p.returncode != 0 and not (hello / "hello.o").exists()
-    jobs = summaries_after(daemon, 2)  # distcc may try the host more than once
-    assert len(jobs) >= 2 and {(j.result, j.ret) for j in jobs} == {("OTHER", 113)}
+    # Refusals by the access list are logged once per interval (a peer outside --allow may
+    # probe every second): the first job's summary is there, later ones are counted.
+    jobs = summaries_after(daemon, 1)
+    assert len(jobs) >= 1 and {(j.result, j.ret) for j in jobs} == {("OTHER", 113)}
     assert "denied by access list" in daemon.log_text()
 
 
