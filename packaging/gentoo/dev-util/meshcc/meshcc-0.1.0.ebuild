@@ -32,7 +32,6 @@ RDEPEND="
 	acct-group/meshcc
 	acct-user/meshcc
 	>=dev-python/ifaddr-0.2[${PYTHON_USEDEP}]
-	>=dev-python/msgpack-1.0[${PYTHON_USEDEP}]
 	>=dev-python/zeroconf-0.131[${PYTHON_USEDEP}]
 	lzo? (
 		dev-libs/lzo:2
