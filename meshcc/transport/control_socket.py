@@ -15,6 +15,9 @@ import socket
 import stat
 import struct
 
+from meshcc.transport.control_client import is_private_dir
+from meshcc.wire.control import guessed_in_shared_tmp
+
 
 class ControlSocketError(Exception):
     """The control socket cannot be opened; ``str(e)`` says why (one line for the log)."""
@@ -33,14 +36,17 @@ def open_control_socket(path: str) -> socket.socket:
         os.makedirs(parent, mode=mode, exist_ok=True)
     except OSError as e:
         raise ControlSocketError(f"cannot create {parent}: {e.strerror or e}") from None
-    if os.geteuid() != 0 and parent.startswith("/tmp/meshcc-"):
-        # A per-user dir in a shared /tmp: must be ours and private (or someone could
-        # interpose a socket and hand our compiles to any host).
+    if os.geteuid() != 0 and guessed_in_shared_tmp(path):
+        # A per-user dir in a shared /tmp: must be ours and private, by the very rule our
+        # clients apply before trusting a socket there (or someone could interpose one).
         st = os.lstat(parent)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            raise ControlSocketError(f"{parent} is not a directory owned by uid {os.geteuid()}")
-        with contextlib.suppress(OSError):
-            os.chmod(parent, 0o700)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            with contextlib.suppress(OSError):
+                os.chmod(parent, 0o700)
+        if not is_private_dir(parent):
+            raise ControlSocketError(
+                f"{parent} is not a private directory owned by uid {os.geteuid()}"
+            )
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -194,3 +194,37 @@ def test_probes_never_hold_up_compiles(daemon: Meshd, tmp_path: Path) -> None:
         for t in threads:
             t.join(30)
         shutil.rmtree(tools, ignore_errors=True)
+
+
+OPEN_AS_USER = """
+import sys
+from meshcc.transport.control_socket import ControlSocketError, open_control_socket
+try:
+    open_control_socket(sys.argv[1]).close()
+    print("opened")
+except ControlSocketError as e:
+    print("refused:", e)
+"""
+
+
+def test_a_per_user_daemon_will_not_listen_in_a_directory_someone_else_planted(
+    local_user: pwd.struct_passwd,
+) -> None:
+    """Another user (here root) made /tmp/meshcc-UID first: the user's daemon refuses it,
+    as its clients refuse to trust a socket there; in its own private directory it listens."""
+    planted = Path(f"/tmp/meshcc-{local_user.pw_uid}")
+    shutil.rmtree(planted, ignore_errors=True)
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    try:
+        p = _as_user(local_user, OPEN_AS_USER, str(planted / "control.sock"))
+        assert p.stdout.startswith("refused:") and "not a private directory" in p.stdout, (
+            p.stdout + p.stderr
+        )
+        shutil.rmtree(planted)
+        p = _as_user(local_user, OPEN_AS_USER, str(planted / "control.sock"))
+        assert p.stdout.strip() == "opened", p.stdout + p.stderr
+        assert planted.stat().st_uid == local_user.pw_uid
+        assert planted.stat().st_mode & 0o777 == 0o700
+    finally:
+        shutil.rmtree(planted, ignore_errors=True)
