@@ -31,22 +31,75 @@ else
     : "${PREFIX:=$HOME/.local/share/meshcc}" "${BINDIR:=$HOME/.local/bin}"
 fi
 python=${PYTHON:-python3}
+
+# Prerequisites: python3 (>= 3.11) with venv/ensurepip, and gcc (the daemon offers the
+# compilers it finds). As root on Debian/Ubuntu they are installed; otherwise the exact
+# command is printed.
+missing=""
+if ! command -v "$python" >/dev/null 2>&1; then
+    missing="python3 python3-venv"
+elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing="python3-venv"
+fi
+command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+missing=${missing# }
+if [ -n "$missing" ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            echo "install.sh: installing $missing (apt-get)"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            # shellcheck disable=SC2086 # a list of package names
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+        else
+            echo "install.sh: meshcc needs $missing first; as root run:" >&2
+            echo "    apt-get install -y $missing" >&2
+            exit 1
+        fi
+    elif command -v emerge >/dev/null 2>&1; then
+        echo "install.sh: meshcc needs dev-lang/python (3.11 or newer) and sys-devel/gcc:" \
+            "emerge --ask --noreplace dev-lang/python sys-devel/gcc" >&2
+        exit 1
+    else
+        echo "install.sh: meshcc needs $missing (Python >= 3.11 with venv, and gcc)" >&2
+        exit 1
+    fi
+fi
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    echo "install.sh: meshcc needs Python >= 3.11 ($python is $("$python" -V 2>&1))" >&2
+    echo "install.sh: meshcc needs Python >= 3.11; $python is $("$python" -V 2>&1)" >&2
     exit 1
 fi
-if ! "$python" -m venv --help >/dev/null 2>&1; then
-    echo "install.sh: '$python -m venv' is unavailable; on Debian/Ubuntu: apt-get install python3-venv" >&2
-    exit 1
-fi
+
+# Build out of the checkout (pip would write build/ and *.egg-info into it, which fails in
+# a read-only or foreign checkout); a failed venv leaves nothing half-made behind.
+build=$(mktemp -d "${TMPDIR:-/tmp}/meshcc-install.XXXXXX")
+fresh_prefix=0
+[ -e "$PREFIX" ] || fresh_prefix=1
+cleanup() {
+    status=$?
+    rm -rf "$build"
+    if [ "$status" != 0 ] && [ "$fresh_prefix" = 1 ]; then rm -rf "$PREFIX"; fi
+}
+trap cleanup EXIT
+(cd "$here" && tar -cf - --exclude=.git --exclude=.venv --exclude=build \
+    --exclude='*.egg-info' --exclude=__pycache__ --exclude='.*_cache' --exclude=.hypothesis .) |
+    tar -xf - -C "$build"
+chmod -R u+w "$build" # a read-only checkout gives read-only copies
 "$python" -m venv "$PREFIX"
-"$PREFIX/bin/pip" install --quiet --upgrade "$here"
+"$PREFIX/bin/pip" install --quiet --upgrade "$build"
 mkdir -p "$BINDIR"
 for cmd in meshcc meshcc-gcc meshcc-g++ meshcc-cc meshcc-c++; do
     ln -sf "$PREFIX/bin/$cmd" "$BINDIR/$cmd"
 done
 echo "meshcc installed in $PREFIX; commands linked into $BINDIR"
-case ":$PATH:" in *":$BINDIR:"*) ;; *) echo "note: $BINDIR is not on your PATH" >&2 ;; esac
+case ":$PATH:" in
+    *":$BINDIR:"*) ;;
+    *)
+        echo "note: $BINDIR is not on your PATH yet. For this shell:" >&2
+        echo "    export PATH=\"$BINDIR:\$PATH\"" >&2
+        echo "and for every login: echo 'export PATH=\"$BINDIR:\$PATH\"' >> ~/.profile" >&2
+        echo "(or run it by its full path now: $BINDIR/meshcc daemon)" >&2
+        ;;
+esac
 
 if [ "$systemd" = 1 ]; then
     unitdir=${SYSTEMD_UNITDIR:-/etc/systemd/system}
