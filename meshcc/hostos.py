@@ -22,6 +22,15 @@ def default_jobs() -> int:
     return cpu_count() + 2
 
 
+def open_files_limit() -> int:
+    """The soft RLIMIT_NOFILE (an unlimited one counted as 2**20): what connection caps
+    are derived from."""
+    import resource  # the compile client never asks
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
 def which(name: str, path: str | None = None, *, skip_real: str | None = None) -> str | None:
     """The first executable ``name`` on ``path`` (default ``$PATH``), as the shell finds it.
 

@@ -419,23 +419,18 @@ def check_discovery(report: Report, st: control.StatusReply) -> None:
         )
 
 
-def _peer(v: Mapping[str, object]) -> dict[str, object]:
-    peer = v.get("peer")
-    return peer if isinstance(peer, dict) else {}
-
-
 def _addresses(v: Mapping[str, object]) -> list[str]:
-    addrs = _peer(v).get("addresses")
+    addrs = control.verdict_peer(v).get("addresses")
     return [str(a) for a in addrs] if isinstance(addrs, list) else []
 
 
 def _limit(v: Mapping[str, object]) -> int:
-    limit = _peer(v).get("limit")
+    limit = control.verdict_peer(v).get("limit")
     return limit if isinstance(limit, int) else 0
 
 
 def _peer_label(v: Mapping[str, object]) -> str:
-    peer = _peer(v)
+    peer = control.verdict_peer(v)
     addrs = _addresses(v)
     addr = v.get("host_spec") or (addrs[0] if addrs else "no address")
     kind = " (stock distccd)" if peer.get("kind") == "distcc" else ""

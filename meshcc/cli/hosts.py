@@ -111,17 +111,7 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> control.HostsReply:
             st = mesh.status
         finally:
             await mesh.stop()
-        status = control.StatusReply(
-            node=st.node_id or "",
-            discovery=st.discovery,
-            off_reason=st.off_reason,
-            interfaces=st.interfaces,
-            addresses=st.addresses,
-            allowed=[str(n) for n in st.allowed],
-            allowed_source=st.allowed_source,
-            warnings=st.warnings,
-            peers=len(verdicts),
-        )
+        status = st.reply(peers=len(verdicts))
         return control.HostsReply(
             hosts_line(verdicts), [v.to_dict() for v in verdicts], status, fp.describe()
         )
@@ -155,10 +145,10 @@ def _toolchains(peer: dict[str, object]) -> str:
 def _host_names(verdicts: list[dict[str, object]]) -> list[str]:
     """Each peer's host name, with its node id when several peers share the name (boxes
     cloned from one image keep the hostname but are distinct peers)."""
-    hosts = [str(_peer(v).get("host")) for v in verdicts]
+    hosts = [str(control.verdict_peer(v).get("host")) for v in verdicts]
     names = []
     for v, host in zip(verdicts, hosts, strict=True):
-        node = str(_peer(v).get("node_id") or "")
+        node = str(control.verdict_peer(v).get("node_id") or "")
         names.append(f"{host}#{node[:6]}" if hosts.count(host) > 1 and node else host)
     return names
 
@@ -175,11 +165,6 @@ def empty_reason(reply: control.HostsReply) -> str:
     return f"no matching peers: {n} seen, {excluded}; see --explain"
 
 
-def _peer(verdict: dict[str, object]) -> dict[str, object]:
-    peer = verdict.get("peer")
-    return peer if isinstance(peer, dict) else {}
-
-
 def print_explain(reply: control.HostsReply, where: str, out: TextIO = sys.stdout) -> None:
     from meshcc.compiler.hostspec import with_localhost
 
@@ -194,7 +179,7 @@ def print_explain(reply: control.HostsReply, where: str, out: TextIO = sys.stdou
     rows = [("HOST", "ADDRESS", "TOOLCHAINS", "USE", "REASON")]
     verdicts = list(reply.verdicts)
     for v, name in zip(verdicts, _host_names(verdicts), strict=True):
-        peer = _peer(v)
+        peer = control.verdict_peer(v)
         addresses = peer.get("addresses")
         addr = str(v.get("host_spec") or "") or (
             ", ".join(map(str, addresses)) if isinstance(addresses, list) else ""

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from meshcc import hostos
+from meshcc.wire import control
 
 BEGIN = "# BEGIN meshcc (managed by 'meshcc setup portage'; remove with --undo)"
 END = "# END meshcc"
@@ -190,7 +191,6 @@ class MeshView:
 def ask_mesh(cc: str | None = None, cc_path: str | None = None) -> MeshView:
     """The daemon's ``hosts`` reply without a compiler check (we match ourselves)."""
     from meshcc.cli.hosts import HostsError, ask_daemon
-    from meshcc.wire import control
 
     try:
         asked = ask_daemon(cc, cc_path)
@@ -211,11 +211,6 @@ def _fingerprint(t: dict[str, object]) -> tuple[str, str, str | None]:
 def _toolchains(peer: dict[str, object]) -> list[dict[str, object]]:
     toolchains = peer.get("toolchains")
     return [t for t in toolchains if isinstance(t, dict)] if isinstance(toolchains, list) else []
-
-
-def _peer(verdict: dict[str, object]) -> dict[str, object]:
-    peer = verdict.get("peer")
-    return peer if isinstance(peer, dict) else {}
 
 
 def matches(peer: dict[str, object], gcc: RootGcc) -> bool:
@@ -534,8 +529,8 @@ def setup_portage(ns: argparse.Namespace) -> int:
     view = ask_mesh()
     local = ns.local_cpus if ns.local_cpus and ns.local_cpus > 0 else hostos.cpu_count()
     live = view.live_peers()
-    matching = [v for v in live if gcc is not None and matches(_peer(v), gcc)]
-    cpus = [_cpus(_peer(v)) for v in matching]
+    matching = [v for v in live if gcc is not None and matches(control.verdict_peer(v), gcc)]
+    cpus = [_cpus(control.verdict_peer(v)) for v in matching]
     opts = makeopts(local, cpus)
     if view.daemon is None:
         note = f"-j from {local} local cores only (no mesh daemon when written)"

@@ -542,17 +542,9 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     await server.start(prep.sock)
 
     def status() -> control.StatusReply:
-        s = mesh.status
-        return control.StatusReply(
+        return mesh.status.reply(
             version=__version__,
-            node=s.node_id or socket.gethostname(),
-            discovery=s.discovery,
-            off_reason=s.off_reason,
-            interfaces=s.interfaces,
-            addresses=s.addresses,
-            allowed=[str(n) for n in s.allowed],
-            allowed_source=s.allowed_source,
-            warnings=s.warnings,
+            node=mesh.status.node_id or socket.gethostname(),
             peers=len(mesh.snapshot()),
             jobs=prep.jobs,
             running=server.running_compiles,
@@ -562,12 +554,11 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             queued=len(control_server.broker.waiters),
         )
 
-    fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     control_server = ControlServer(
         mesh,
         status,
         path=prep.control_path or "",
-        limits=ControlLimits.for_fd_limit(fds if fds != resource.RLIM_INFINITY else 1 << 20),
+        limits=ControlLimits.for_fd_limit(hostos.open_files_limit()),
     )
     status_server = None
     if prep.status_sock is not None:

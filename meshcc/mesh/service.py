@@ -61,6 +61,7 @@ from meshcc.mesh.records import (
 )
 from meshcc.supervisor import supervise
 from meshcc.transport.addresses import IPNetwork
+from meshcc.wire.control import StatusReply
 
 if TYPE_CHECKING:
     from meshcc.compiler.toolchain import Toolchain
@@ -120,6 +121,40 @@ class MeshStatus:
             "allowed_source": self.allowed_source,
             "warnings": list(self.warnings),
         }
+
+    def reply(
+        self,
+        *,
+        node: str | None = None,
+        version: str = "",
+        peers: int = 0,
+        jobs: int = 0,
+        running: int = 0,
+        port: int = 0,
+        socket: str | None = None,
+        leases: int = 0,
+        queued: int = 0,
+    ) -> StatusReply:
+        """This status as the control protocol's status reply, with what only the daemon
+        knows (version, job slots, leases); ``node`` defaults to the node id."""
+        return StatusReply(
+            version=version,
+            node=node if node is not None else self.node_id or "",
+            discovery=self.discovery,
+            off_reason=self.off_reason,
+            interfaces=self.interfaces,
+            addresses=self.addresses,
+            allowed=[str(n) for n in self.allowed],
+            allowed_source=self.allowed_source,
+            warnings=self.warnings,
+            peers=peers,
+            jobs=jobs,
+            running=running,
+            port=port,
+            socket=socket,
+            leases=leases,
+            queued=queued,
+        )
 
 
 async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId | None:

@@ -37,7 +37,6 @@ import errno
 import ipaddress
 import logging
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -143,11 +142,6 @@ def connection_caps(fds: int) -> tuple[int, int]:
     return total, max(8, total // 4)
 
 
-def _soft_fd_limit() -> int:
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
-
-
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything the server needs besides the toolchains; defaults suit a real box."""
@@ -171,7 +165,7 @@ class ServerConfig:
 
     def caps(self) -> tuple[int, int]:
         """(total, per address) connection caps, derived from the descriptor limit if unset."""
-        total, per_address = connection_caps(_soft_fd_limit())
+        total, per_address = connection_caps(hostos.open_files_limit())
         if self.max_connections is not None:
             total = self.max_connections
         if self.max_per_address is not None:
@@ -465,7 +459,7 @@ class CompileServer:
             "request header within %gs, source at >= %d bytes/s",
             self.max_connections,
             self.max_per_address,
-            _soft_fd_limit(),
+            hostos.open_files_limit(),
             self._header_timeout,
             self.config.body_min_rate,
         )

@@ -103,6 +103,7 @@ __all__ = [
     "guessed_in_shared_tmp",
     "packb",
     "unpack_one",
+    "verdict_peer",
 ]
 
 PROTOCOL_VERSION = 1
@@ -782,6 +783,12 @@ class HostsReply(Frozen):
     def included(self) -> list[dict[str, object]]:
         """The verdicts of the peers in the line, best first."""
         return [v for v in self.verdicts if v.get("included")]
+
+
+def verdict_peer(verdict: Mapping[str, object]) -> dict[str, object]:
+    """The ``peer`` map of one of :attr:`HostsReply.verdicts` ({} if it has none)."""
+    peer = verdict.get("peer")
+    return peer if isinstance(peer, dict) else {}
 
 
 def decode_hosts_reply(msg: Mapping[str, object]) -> HostsReply | ErrorReply:

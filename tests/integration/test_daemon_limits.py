@@ -29,6 +29,34 @@ def test_bad_options_exit_101_as_distccd() -> None:
     assert p.returncode == 2  # the admin commands keep argparse's code
 
 
+def _start_loopback_daemon(
+    log: Path, *extra: str, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """A daemon on 127.0.0.1 only (no discovery), logging to ``log``; ``prefix`` wraps it."""
+    argv = _daemon_cmd(
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--no-discovery",
+        "--allow",
+        "127.0.0.1",
+        "--log-file",
+        str(log),
+        *extra,
+    )
+    return subprocess.Popen([*prefix, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def _open_files_limit(pid: int) -> int:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -43,28 +71,7 @@ def test_the_daemon_raises_its_descriptor_limit(tmp_path: Path) -> None:
 
     log = tmp_path / "daemon.log"
     limit = f"--nofile=256:{'unlimited' if hard == resource.RLIM_INFINITY else hard}"
-    proc = subprocess.Popen(
-        [
-            "prlimit",
-            limit,
-            "--",
-            *_daemon_cmd(
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                str(free_port()),
-                "--no-discovery",
-                "--allow",
-                "127.0.0.1",
-                "--log-file",
-                str(log),
-                "--log-level",
-                "info",
-            ),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_loopback_daemon(log, "--log-level", "info", prefix=("prlimit", limit, "--"))
     try:
         deadline = time.monotonic() + 30
         while "raised the open-file limit" not in (log.read_text() if log.exists() else ""):
@@ -73,12 +80,7 @@ def test_the_daemon_raises_its_descriptor_limit(tmp_path: Path) -> None:
         assert f"from 256 to {expect}" in log.read_text()
         assert _open_files_limit(proc.pid) == expect
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
 
 
 def test_idle_status_port_connections_are_capped(tmp_path: Path) -> None:
@@ -88,25 +90,9 @@ def test_idle_status_port_connections_are_capped(tmp_path: Path) -> None:
 
     from meshcc.daemon.status_http import MAX_CONNECTIONS
 
-    port, status_port = free_port(), free_port()
+    status_port = free_port()
     log = tmp_path / "daemon.log"
-    proc = subprocess.Popen(
-        _daemon_cmd(
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--status-port",
-            str(status_port),
-            "--no-discovery",
-            "--allow",
-            "127.0.0.1",
-            "--log-file",
-            str(log),
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_loopback_daemon(log, "--status-port", str(status_port))
     idle: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 30
@@ -137,9 +123,4 @@ def test_idle_status_port_connections_are_capped(tmp_path: Path) -> None:
     finally:
         for s in idle:
             s.close()
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _stop(proc)
