@@ -102,7 +102,14 @@ class CcacheSetup:
                 f"--ccache: cannot create the cache directory {self.dir}: {e.strerror or e}",
                 EXIT_DISTCC_FAILED,
             ) from None
-        os.chown(self.dir, uid, gid)
+        try:
+            os.chown(self.dir, uid, gid)
+        except OSError as e:
+            raise CcacheError(
+                f"--ccache: cannot give the cache directory {self.dir} to uid {uid}: "
+                f"{e.strerror or e}",
+                EXIT_DISTCC_FAILED,
+            ) from None
 
     def ready(self) -> CcacheRun:
         """As the user compilers run as: find ccache, check the cache dir, write its
@@ -182,7 +189,8 @@ class CcacheSetup:
 
     def _own_dir(self) -> None:
         """Create the dir (0700) if missing; refuse one another user owns or others may
-        write: a planted object there would go to every client."""
+        write: a planted object there would go to every client. Those refusals exit 101
+        (bad options), which the systemd unit does not restart: only the admin fixes them."""
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             st = os.stat(self.dir)
@@ -194,18 +202,18 @@ class CcacheSetup:
                 EXIT_DISTCC_FAILED,
             ) from None
         if not stat.S_ISDIR(st.st_mode):
-            raise CcacheError(f"--ccache-dir {self.dir} is not a directory", EXIT_DISTCC_FAILED)
+            raise CcacheError(f"--ccache-dir {self.dir} is not a directory", EXIT_BAD_ARGUMENTS)
         if st.st_uid != os.geteuid():
             raise CcacheError(
                 f"--ccache: the cache directory {self.dir} belongs to uid {st.st_uid}, not to "
                 f"uid {os.geteuid()} that runs the compilers; chown -R it to that user or "
                 "choose another --ccache-dir",
-                EXIT_DISTCC_FAILED,
+                EXIT_BAD_ARGUMENTS,
             )
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise CcacheError(
                 f"--ccache: others may write the cache directory {self.dir} (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}), so anyone could plant objects that go to "
                 f"every client; chmod 0700 {self.dir}",
-                EXIT_DISTCC_FAILED,
+                EXIT_BAD_ARGUMENTS,
             )

@@ -341,7 +341,7 @@ def test_cache_dir_others_may_write_is_refused(cache_dir: Path) -> None:
     if os.geteuid() == 0:
         os.chown(cache_dir, pwd.getpwnam("nobody").pw_uid, -1)
     p = _daemon_cmd("--ccache", "--ccache-dir", str(cache_dir))
-    assert p.returncode == 100, p.stderr
+    assert p.returncode == 101, p.stderr
     assert "others may write the cache directory" in _one_error(p)
 
 
@@ -349,7 +349,7 @@ def test_cache_dir_others_may_write_is_refused(cache_dir: Path) -> None:
 def test_cache_dir_of_another_user_is_refused(cache_dir: Path) -> None:
     cache_dir.mkdir(mode=0o700)  # root's; the daemon runs as nobody
     p = _daemon_cmd("--ccache", "--ccache-dir", str(cache_dir))
-    assert p.returncode == 100, p.stderr
+    assert p.returncode == 101, p.stderr
     line = _one_error(p)
     assert "belongs to uid 0" in line and "chown" in line
 
