@@ -48,6 +48,7 @@ _PLAIN_NAMES = frozenset({"cc", "c++", "c89-gcc", "c99-gcc"})
 # Wrappers that would run the compile through themselves (and so recurse).
 _WRAPPER_NAMES = frozenset({"distcc", "ccache", "sccache", "icecc", "buildcache"})
 _MASQ_DIR_PARTS = frozenset({"distcc", "ccache", "sccache", "icecc", "buildcache"})
+_CACHE_WRAPPERS = frozenset({"ccache", "sccache", "buildcache"})  # run the real compiler
 _VERSION_IN_TEXT = re.compile(r"\d+\.\d+(?:\.\d+)*")  # "2.40" in `as --version`
 _GCC_VERSION = re.compile(r"\d+(?:\.\d+)*")  # gcc 7+ -dumpversion may print just "12"
 
@@ -155,13 +156,36 @@ def _is_meshcc_script(path: str) -> bool:
 
 
 def masquerade_reason(path: str) -> str | None:
-    """Why running ``path`` would recurse into a wrapper (None if it is a real compiler)."""
+    """Why ``path`` is a wrapper, not a compiler the daemon can offer (None if it is one).
+
+    Distributing wrappers (distcc, icecc) would send the job on again. Compiler caches
+    (ccache, sccache, buildcache) find the real compiler themselves and do not recurse; the
+    daemon must not offer them because it would probe and announce the cache's identity,
+    not the compiler's (``meshcc daemon --ccache`` runs the real compiler through ccache).
+    """
     real = os.path.realpath(path)
     base = os.path.basename(real)
+    if base == "ccache":
+        return (
+            f"it is ccache's masquerade link (to {real}), not a compiler: the daemon would "
+            "run and fingerprint ccache instead of the gcc behind it; offer the real compiler "
+            "and add --ccache to cache remote jobs with ccache"
+        )
+    if base in _CACHE_WRAPPERS:
+        return (
+            f"it is the {base} compiler cache ({real}), not a compiler: the daemon would run "
+            f"and fingerprint {base} instead of the gcc behind it; offer the real compiler"
+        )
     if base in _WRAPPER_NAMES:
         return f"it is the {base} wrapper ({real}), running it would recurse"
     parts = set(os.path.dirname(os.path.abspath(path)).split(os.sep))
     masq = parts & _MASQ_DIR_PARTS
+    if "ccache" in masq:
+        return (
+            f"it is in a ccache masquerade directory ({os.path.dirname(path)}): the daemon "
+            "would fingerprint the wrapper, not the gcc behind it; offer the real compiler "
+            "and add --ccache to cache remote jobs with ccache"
+        )
     if masq:
         return f"it is in a {sorted(masq)[0]} masquerade directory"
     if _is_meshcc_script(real):
@@ -208,6 +232,17 @@ def find_compilers(path_env: str | None = None) -> tuple[list[tuple[str, str]], 
                 continue
             found[name] = full
     return list(found.items()), skipped
+
+
+def _real_compiler_hint(wrapper: str, reason: str) -> str:
+    """For a ccache masquerade: the command that offers the compiler behind it, cached."""
+    if "--ccache" not in reason:
+        return ""
+    name = os.path.basename(wrapper)
+    real = dict(find_compilers()[0]).get(name)
+    if real is None:
+        return ""
+    return f" (e.g. meshcc daemon --ccache --compiler {real})"
 
 
 # ---------------------------------------------------------------- probing
@@ -378,7 +413,7 @@ class ToolchainRegistry:
                 raise ToolchainError(f"--compiler {p}: not executable")
             reason = masquerade_reason(full)
             if reason is not None:
-                raise ToolchainError(f"--compiler {p}: {reason}")
+                raise ToolchainError(f"--compiler {p}: {reason}{_real_compiler_hint(full, reason)}")
             found.append((os.path.basename(full), full))
         return cls._probe_all(found, [], timeout=timeout, strict=True)
 

@@ -29,7 +29,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TextIO
 
@@ -37,7 +37,7 @@ from meshcc import __version__, hostos
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.hostspec import with_localhost
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
-from meshcc.daemon import logsetup
+from meshcc.daemon import ccache, logsetup
 from meshcc.daemon.hostsfile import HostsFile
 from meshcc.daemon.settings import DaemonOptions
 from meshcc.defaults import STATUS_PORT
@@ -94,8 +94,11 @@ def default_allowed_networks() -> list[IPNetwork]:
     return nets
 
 
-def _drop_privileges(requested: str | None) -> str | None:
-    """When root, switch to the service user; returns a line to log (None if nothing to say)."""
+def _drop_privileges(
+    requested: str | None, before: Callable[[int, int], None] | None = None
+) -> str | None:
+    """When root, switch to the service user; returns a line to log (None if nothing to say).
+    ``before(uid, gid)`` runs as root just before the switch (to hand that user a dir)."""
     if os.geteuid() != 0:
         if requested:
             return f"not started as root, so --user {requested} is ignored"
@@ -116,6 +119,8 @@ def _drop_privileges(requested: str | None) -> str | None:
         raise _Fatal(f"--user {name}: no such user", EXIT_SETUID_FAILED) from None
     if pw.pw_uid == 0:
         return f"running as root because --user {name} was given; compilers run as root too"
+    if before is not None:
+        before(pw.pw_uid, pw.pw_gid)
     try:
         os.setgroups([])
         os.setgid(pw.pw_gid)
@@ -400,7 +405,10 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             with contextlib.suppress(OSError):
                 os.nice(opts.nice)
         _preload()
-        note = _drop_privileges(opts.user)
+        cache = None
+        if opts.ccache or opts.ccache_dir or opts.ccache_size:
+            cache = ccache.CcacheSetup(opts)
+        note = _drop_privileges(opts.user, cache.claim if cache else None)
         if note:
             log.log(logging.INFO if note.startswith("dropped") else logging.WARNING, "%s", note)
         tmp_parent = _check_tmpdir()
@@ -414,6 +422,9 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             raise _Fatal(str(e), EXIT_COMPILER_MISSING) from None
         for skipped in registry.skipped:
             log.info("not offering %s: %s", skipped.path, skipped.reason)
+        hint = ccache.discovery_hint(registry.skipped, cache is not None)
+        if hint:
+            log.log(NOTICE, "%s", hint)
         if not registry.toolchains:
             raise _Fatal(
                 "no compilers found: no gcc, g++, cc or c++ on PATH "
@@ -427,6 +438,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             jobs=jobs,
             io_timeout=opts.io_timeout or 300.0,
             job_lifetime=opts.job_lifetime,
+            ccache=cache.ready() if cache else None,
         )
         log.log(
             NOTICE,
@@ -564,7 +576,9 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     if prep.status_sock is not None:
         from meshcc.daemon.status_http import StatusServer
 
-        status_server = StatusServer(prep.pyz, status, allowed, pyz_error=prep.pyz_error)
+        status_server = StatusServer(
+            prep.pyz, status, allowed, pyz_error=prep.pyz_error, cache_line=server.cache_line
+        )
         await status_server.start(prep.status_sock)
         log.log(
             NOTICE,
@@ -708,7 +722,7 @@ def run(opts: DaemonOptions) -> int:
     logsetup.configure(logsetup.parse_level(opts.log_level))  # stderr until the log opens
     try:
         prep = _setup(opts)
-    except _Fatal as e:
+    except (_Fatal, ccache.CcacheError) as e:
         log.error("%s", e)
         handlers = logging.getLogger("meshcc").handlers
         if handlers and getattr(handlers[0], "stream", sys.stderr) is not sys.stderr:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 from collections.abc import Callable
 
 from meshcc import hostos
@@ -68,6 +69,20 @@ def _level(value: str) -> str:
             f"unknown log level {value!r}; use one of: {', '.join(LOG_LEVELS)}"
         )
     return value.lower()
+
+
+_SIZE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[kMGT]i?)?")
+
+
+def cache_size(value: str) -> str:
+    """``--ccache-size``: ccache's size syntax (5G, 500M, 2Ti, 0 = no limit), checked here so
+    a typo fails at start rather than in every job."""
+    text = value.strip()
+    if not _SIZE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a cache size; use e.g. 5G, 500M, 2Ti or 0 (no limit)"
+        )
+    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,6 +152,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="offer exactly this compiler (repeatable); default: the gcc family on PATH",
+    )
+    p.add_argument(
+        "--ccache",
+        nargs="?",
+        const="ccache",
+        default=None,
+        metavar="PATH",
+        help="run remote jobs through ccache (PATH: which ccache; default: ccache on PATH), "
+        "with a cache this daemon owns",
+    )
+    p.add_argument(
+        "--ccache-dir",
+        metavar="DIR",
+        help="--ccache's cache directory (default: $CACHE_DIRECTORY/ccache under systemd, "
+        "/var/cache/meshcc/ccache as root, else ~/.cache/meshcc/ccache)",
+    )
+    p.add_argument(
+        "--ccache-size",
+        type=cache_size,
+        metavar="SIZE",
+        help="--ccache's maximum cache size, e.g. 20G (default 5G; 0 = no limit)",
     )
     p.add_argument(
         "--user",

@@ -24,6 +24,9 @@ class DaemonOptions:
     log_file: str | None = None
     log_stderr: bool = False
     compilers: tuple[str, ...] = ()
+    ccache: str | None = None  # --ccache [PATH]: the ccache to run jobs through
+    ccache_dir: str | None = None
+    ccache_size: str | None = None
     user: str | None = None
     job_lifetime: float = 0.0
     io_timeout: float = 300.0
@@ -46,6 +49,9 @@ class DaemonOptions:
             log_file=ns.log_file,
             log_stderr=bool(getattr(ns, "log_stderr", False)),
             compilers=tuple(ns.compiler),
+            ccache=getattr(ns, "ccache", None),
+            ccache_dir=getattr(ns, "ccache_dir", None),
+            ccache_size=getattr(ns, "ccache_size", None),
             user=ns.user,
             job_lifetime=ns.job_lifetime,
             io_timeout=ns.io_timeout,

@@ -78,8 +78,10 @@ class StatusServer:
         allowed: Sequence[IPNetwork],
         *,
         pyz_error: str = "",
+        cache_line: Callable[[], str | None] | None = None,
     ) -> None:
         self.pyz = pyz
+        self.cache_line = cache_line  # --ccache: hits and misses (CompileServer.cache_line)
         self.pyz_error = pyz_error
         self.sha256 = hashlib.sha256(pyz).hexdigest() if pyz is not None else ""
         self.status = status
@@ -195,6 +197,9 @@ class StatusServer:
         lines = [f"meshcc {st.version} on {st.node}"]
         lines += [f"peers: {st.peers}", f"jobs: {st.jobs}", f"running: {st.running}"]
         lines += [f"port: {st.port}", f"discovery: {st.discovery}"]
+        cache = self.cache_line() if self.cache_line is not None else None
+        if cache is not None:
+            lines.append(cache)
         if self.pyz is not None:
             lines.append(
                 f"meshcc.pyz: {len(self.pyz)} bytes, sha256 {self.sha256} "

@@ -64,11 +64,13 @@ from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, nor
 from meshcc.wire import protocol as wire
 
 __all__ = [
+    "CcacheRun",
     "CompileServer",
     "JobResult",
     "JobSummary",
     "ServerConfig",
     "bind_listener",
+    "ccache_verdict",
     "connection_caps",
 ]
 
@@ -121,6 +123,7 @@ class JobSummary:
     time_ms: int = 0
     compiler: str | None = None
     source: str | None = None
+    cache: str | None = None  # --ccache: hit, miss or uncached; None without ccache
 
     def line(self) -> str:
         text = (
@@ -129,7 +132,43 @@ class JobSummary:
         )
         if self.result in (JobResult.COMPILE_OK, JobResult.COMPILE_ERROR):
             text += f" {self.compiler or '?'} {self.source or '?'}"
+        if self.cache is not None:  # last, so distccd's layout before it parses unchanged
+            text += f" cache:{self.cache}"
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class CcacheRun:
+    """How jobs run through ccache (``meshcc daemon --ccache``), as the daemon set it up.
+
+    A job runs ``ccache /abs/real/gcc ARGS`` (ccache's compiler-as-first-argument form), so
+    the compiler that runs, and the one the mesh fingerprinted, is the probed one. ``env``
+    replaces every inherited ``CCACHE_*`` variable: the cache dir and the config file the
+    daemon wrote (``CCACHE_CONFIGPATH`` also keeps the system's /etc/ccache.conf out, so a
+    box-wide ``prefix_command`` or ``hard_link`` never applies to remote jobs)."""
+
+    path: str  # the ccache executable, absolute
+    env: tuple[tuple[str, str], ...]
+    describe: str = ""  # for the status page: where the cache is and its size
+
+
+# Per-job statistics file (ccache's stats_log, 4.4+): one job's counter names, so hits and
+# misses are counted per job even when many run at once. A dot name: no job stem has one.
+_CCACHE_STATS = ".ccache-stats"
+
+
+def ccache_verdict(stats_log: str) -> str:
+    """hit, miss or uncached, from the counter names one ccache run wrote to its stats_log.
+
+    A hit is ``direct_cache_hit`` or ``preprocessed_cache_hit``; ``cache_miss`` means the
+    compiler ran and its result was stored; anything else (a failed compile, an option
+    ccache does not cache) ran the compiler without the cache."""
+    words = {w.strip() for w in stats_log.splitlines() if w and not w.startswith("#")}
+    if words & {"direct_cache_hit", "preprocessed_cache_hit"}:
+        return "hit"
+    if "cache_miss" in words:
+        return "miss"
+    return "uncached"
 
 
 def connection_caps(fds: int) -> tuple[int, int]:
@@ -162,6 +201,7 @@ class ServerConfig:
     drain_bytes: int = 8 * 1024 * 1024  # discarded after a refusal before closing
     drain_seconds: float = 2.0
     tmpdir: str | None = None  # None = $TMPDIR (tempfile's rules)
+    ccache: CcacheRun | None = None  # --ccache: run jobs through ccache
 
     def caps(self) -> tuple[int, int]:
         """(total, per address) connection caps, derived from the descriptor limit if unset."""
@@ -443,6 +483,7 @@ class CompileServer:
         self._stopping = asyncio.Event()
         self._running_compiles = 0
         self.shed_count = 0
+        self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
 
@@ -505,6 +546,17 @@ class CompileServer:
     def running_compiles(self) -> int:
         """Compilers running now (the mesh republishes free slots from it)."""
         return self._running_compiles
+
+    def cache_line(self) -> str | None:
+        """The status page's ccache line (None without --ccache)."""
+        cc = self.config.ccache
+        if cc is None:
+            return None
+        n = self.cache_counts
+        return (
+            f"ccache: {n['hit']} hits, {n['miss']} misses, {n['uncached']} uncached "
+            f"since start ({cc.describe or cc.path})"
+        )
 
     # -- accepting, caps and shedding
 
@@ -1128,9 +1180,20 @@ class CompileServer:
         req.data = b""  # free it while the compiler runs
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
+        env = dict(os.environ)
+        ccache = self.config.ccache
+        stats_path = os.path.join(tmpdir, _CCACHE_STATS)
+        if ccache is not None:
+            # Every name of one toolchain (gcc, cc, x86_64-linux-gnu-gcc: stock distcc sends
+            # the triplet name) is one binary; ccache hashes the name it is given, so give
+            # it the toolchain's own path, and a job from any client finds the others.
+            job_argv[0] = req.resolved.toolchain.path
+            job_argv.insert(0, ccache.path)
+            env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
+            env.update(ccache.env)
+            env["CCACHE_STATSLOG"] = stats_path
         log.debug("client %s: running %s in %s", summary.client, " ".join(job_argv), tmpdir)
 
-        env = dict(os.environ)
         try:
             level = max(0, int(env.get("_DISTCC_SAFEGUARD", "0")))
         except ValueError:
@@ -1206,6 +1269,8 @@ class CompileServer:
 
         rc = proc.returncode
         assert rc is not None
+        if ccache is not None:
+            self._count_cache(summary, stats_path)
         if rc < 0:
             summary.sig = -rc
             status = -rc & 0x7F
@@ -1230,6 +1295,19 @@ class CompileServer:
                 EXIT_NO_SUCH_FILE,
             )
         return _Outcome(0, stderr, stdout, obj, JobResult.COMPILE_OK)
+
+    def _count_cache(self, summary: JobSummary, stats_path: str) -> None:
+        """Record what ccache did for this job (its own stats file: exact under concurrency)."""
+        try:
+            with open(stats_path, encoding="utf-8", errors="replace") as f:
+                text = f.read(64 * 1024)
+        except OSError:
+            text = ""  # ccache died before counting: it ran no cached compile
+        summary.cache = ccache_verdict(text)
+        self.cache_counts[summary.cache] += 1
+        if summary.cache == "uncached":
+            counters = " ".join(w for w in text.split() if not w.startswith("#"))
+            log.debug("client %s: ccache did not cache: %s", summary.client, counters or "-")
 
     async def _encode_reply(self, req: _Request, out: _Outcome) -> bytes:
         codec = compression.codec_for_protocol(req.version)
