@@ -11,8 +11,12 @@ node rather than an error: it keeps discovery, the control socket (leases for a 
 own compiler, e.g. a chroot's gcc, fingerprinted on request), ``--write-hosts`` and the
 status port with ``meshcc.pyz``, but opens no compile port and announces no compile
 service (no ``_distcc._tcp`` record; its ``_meshcc._tcp`` record lists no toolchain, so
-meshcc peers show it as "offers no compilers" and never list it). Only discovery finding
-nothing makes a node mesh-only: ``--compiler`` naming something unusable stays fatal.
+meshcc peers show it as "offers no compilers" and never list it). Its leases work as on
+any node: matching peers first, then this box's own share (``localhost/2``), which the
+client compiles with its own compiler, on this box's cores: the daemon runs nothing. Only
+discovery finding nothing makes a node mesh-only: ``--compiler`` naming something
+unusable stays fatal, and so does a node with nothing to offer (no control socket, no
+status port, no ``--write-hosts``: e.g. ``--listen 127.0.0.1`` alone).
 
 Allowed subnets: ``--allow`` if given, else the subnets of the interfaces the mesh runs
 on (``mesh.status.allowed``); the same networks guard the peer table and the compile
