@@ -8,6 +8,10 @@ The line lists *remote* peers only, never this box: distcc already compiles its 
 share (``localhost`` slots are implicit in distcc's default localslots), and listing
 ourselves would make distcc send jobs over TCP to our own daemon.
 
+On a box with no ``cc`` at all (a LiveCD: its daemon is a mesh-only node) the default
+``--cc cc`` cannot be checked: the peers are listed without a compiler check, and stderr
+says so. A ``--cc`` given by name or path that does not exist is still an error.
+
 Exit status: 0 when the line has at least one host; 1 when it is empty (stderr says
 why) or on an error.
 """
@@ -69,8 +73,12 @@ def ask_daemon(cc: str | None, cc_path: str | None) -> tuple[control.HostsReply,
     return reply, conn.path
 
 
-def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> control.HostsReply:
-    """No daemon: browse for ``--browse-time`` seconds and judge what was seen."""
+DEFAULT_CC = "cc"  # the --cc default (cli/main.py)
+
+
+def browse(ns: argparse.Namespace, cc: str, cc_path: str | None) -> control.HostsReply:
+    """No daemon: browse for ``--browse-time`` seconds and judge what was seen
+    (``cc_path`` None: no compiler check)."""
     import asyncio
     import logging
 
@@ -82,11 +90,13 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> control.HostsReply:
     from meshcc.mesh.service import Mesh, MeshConfig
 
     logsetup.configure(logging.WARNING)
-    try:
-        probe = toolchain.probe(cc_path)
-    except toolchain.ToolchainError as e:
-        raise HostsError(f"--cc {cc}: not a usable gcc: {e}") from None
-    fp = ClientCompiler.from_probe(cc, os.path.realpath(cc_path), probe)
+    fp: ClientCompiler | None = None
+    if cc_path is not None:
+        try:
+            probe = toolchain.probe(cc_path)
+        except toolchain.ToolchainError as e:
+            raise HostsError(f"--cc {cc}: not a usable gcc: {e}") from None
+        fp = ClientCompiler.from_probe(cc, os.path.realpath(cc_path), probe)
 
     async def run() -> control.HostsReply:
         mesh = Mesh(
@@ -113,7 +123,10 @@ def browse(ns: argparse.Namespace, cc: str, cc_path: str) -> control.HostsReply:
             await mesh.stop()
         status = st.reply(peers=len(verdicts))
         return control.HostsReply(
-            hosts_line(verdicts), [v.to_dict() for v in verdicts], status, fp.describe()
+            hosts_line(verdicts),
+            [v.to_dict() for v in verdicts],
+            status,
+            fp.describe() if fp is not None else None,
         )
 
     return asyncio.run(run())
@@ -209,8 +222,20 @@ def run(ns: argparse.Namespace) -> int:
     from meshcc.compiler.hostspec import with_localhost
 
     try:
-        cc_path = resolve_cc(ns.cc)
-        asked = ask_daemon(ns.cc, cc_path)
+        cc: str | None = ns.cc
+        cc_path: str | None
+        try:
+            cc_path = resolve_cc(ns.cc)
+        except HostsError:
+            if ns.cc != DEFAULT_CC:
+                raise
+            cc = cc_path = None
+            print(
+                f"meshcc hosts: no `{DEFAULT_CC}` on PATH (a box without a compiler): peers "
+                "are listed without a compiler check; pass --cc PATH to check one",
+                file=sys.stderr,
+            )
+        asked = ask_daemon(cc, cc_path)
         if asked is not None:
             reply, path = asked
             where = f"daemon on {path}"

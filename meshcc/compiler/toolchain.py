@@ -290,7 +290,9 @@ def _safeguard_level(env: dict[str, str]) -> int:
 
 
 def _assembler_of(compiler: str, timeout: float) -> str | None:
-    """The assembler the compiler runs: -print-prog-name=as, bare names via PATH."""
+    """The assembler the compiler runs: -print-prog-name=as, bare names via PATH, else
+    beside the compiler (a client's gcc under a scratch or chroot root, probed by a daemon
+    whose PATH has no binutils, e.g. a LiveCD's: its own ``as`` is the one it runs)."""
     try:
         name = _run([compiler, "-print-prog-name=as"], timeout)
     except ToolchainError:
@@ -299,7 +301,12 @@ def _assembler_of(compiler: str, timeout: float) -> str | None:
         return None
     if os.sep in name:
         return os.path.normpath(name) if os.access(name, os.X_OK) else None
-    return hostos.which(name)
+    found = hostos.which(name)
+    if found is None:
+        beside = os.path.join(os.path.dirname(compiler), name)
+        if os.path.isabs(beside) and os.path.isfile(beside) and os.access(beside, os.X_OK):
+            return beside
+    return found
 
 
 def _binutils_version(assembler: str, timeout: float) -> str | None:

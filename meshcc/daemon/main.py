@@ -4,7 +4,19 @@ Start-up order follows distccd: open the log, bind the compile port and the cont
 socket, and import everything while still root; drop to the service user; then probe
 compilers as that user (the daemon only ever runs what it probed) and start the mesh.
 Misconfiguration ends with one clear line and distccd's exit codes (102 bind failed,
-110 no compiler), never a traceback.
+110 a ``--compiler`` that cannot be used), never a traceback.
+
+A box with no compiler at all (a LiveCD before the stage3's gcc exists) is a *mesh-only*
+node rather than an error: it keeps discovery, the control socket (leases for a client's
+own compiler, e.g. a chroot's gcc, fingerprinted on request), ``--write-hosts`` and the
+status port with ``meshcc.pyz``, but opens no compile port and announces no compile
+service (no ``_distcc._tcp`` record; its ``_meshcc._tcp`` record lists no toolchain, so
+meshcc peers show it as "offers no compilers" and never list it). Its leases work as on
+any node: matching peers first, then this box's own share (``localhost/2``), which the
+client compiles with its own compiler, on this box's cores: the daemon runs nothing. Only
+discovery finding nothing makes a node mesh-only: ``--compiler`` naming something
+unusable stays fatal, and so does a node with nothing to offer (no control socket, no
+status port, no ``--write-hosts``: e.g. ``--listen 127.0.0.1`` alone).
 
 Allowed subnets: ``--allow`` if given, else the subnets of the interfaces the mesh runs
 on (``mesh.status.allowed``); the same networks guard the peer table and the compile
@@ -238,7 +250,7 @@ def _describe_listener(sock: socket.socket) -> str:
 class _Prepared:
     """What :func:`_setup` made while root, for :func:`_serve`."""
 
-    sock: socket.socket
+    sock: socket.socket | None  # None: a mesh-only node (no compiler), no compile port
     registry: ToolchainRegistry
     config: ServerConfig
     jobs: int
@@ -250,7 +262,8 @@ class _Prepared:
     pyz_error: str = ""
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         if self.hosts_file is not None:
             self.hosts_file.close()
         if self.status_sock is not None:
@@ -426,10 +439,39 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         if hint:
             log.log(NOTICE, "%s", hint)
         if not registry.toolchains:
-            raise _Fatal(
-                "no compilers found: no gcc, g++, cc or c++ on PATH "
-                f"({os.environ.get('PATH', '')}); install gcc or use --compiler PATH",
-                EXIT_COMPILER_MISSING,
+            # Only discovery gets here (--compiler raised above): a mesh-only node, unless
+            # it would have nothing at all to offer.
+            if control_sock is None and status_sock is None and hosts_file is None:
+                raise _Fatal(
+                    "no compilers found: no gcc, g++, cc or c++ on PATH "
+                    f"({os.environ.get('PATH', '')}), and with no control socket, status "
+                    "port or --write-hosts a mesh-only node has nothing to offer; install "
+                    "gcc or use --compiler PATH",
+                    EXIT_COMPILER_MISSING,
+                )
+            sock.close()
+            log.log(
+                NOTICE,
+                "meshcc %s daemon: mesh-only node, offering no compiles: no gcc, g++, cc "
+                "or c++ on PATH (%s). Discovery, the control socket (leases for local "
+                "clients' own compilers), --write-hosts and the status port still work; "
+                "port %d stays closed and no compile service is announced. Install gcc "
+                "and restart, or pass --compiler PATH, to offer compiles.",
+                __version__,
+                os.environ.get("PATH", ""),
+                opts.port,
+            )
+            return _Prepared(
+                None,
+                registry,
+                ServerConfig(allowed=LOOPBACK_NETWORKS, jobs=0),
+                0,
+                control_sock,
+                control_path,
+                hosts_file,
+                status_sock,
+                pyz,
+                pyz_error,
             )
 
         jobs = opts.jobs or hostos.default_jobs()
@@ -481,7 +523,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             pyz_error,
         )
     except BaseException:
-        sock.close()
+        sock.close()  # closing twice (mesh-only, then a failure) is harmless
         if status_sock is not None:
             status_sock.close()
         if control_sock is not None:
@@ -545,13 +587,17 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     config = dataclasses.replace(prep.config, allowed=tuple(allowed))
     log.log(
         NOTICE,
-        "allowing clients from (%s): %s",
+        "allowing %s from (%s): %s",
+        "clients" if prep.sock is not None else "status-port clients",
         source,
         ", ".join(str(n) for n in allowed),
     )
 
-    server = CompileServer(prep.registry, config)
-    await server.start(prep.sock)
+    server: CompileServer | None = None
+    if prep.sock is not None:
+        server = CompileServer(prep.registry, config)
+        await server.start(prep.sock)
+    stopped = asyncio.Event()  # a mesh-only node has no server to wait for
 
     def status() -> control.StatusReply:
         return mesh.status.reply(
@@ -559,7 +605,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             node=mesh.status.node_id or socket.gethostname(),
             peers=len(mesh.snapshot()),
             jobs=prep.jobs,
-            running=server.running_compiles,
+            running=server.running_compiles if server is not None else 0,
             port=opts.port,
             socket=prep.control_path,
             leases=control_server.broker.held,
@@ -592,11 +638,18 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
 
     def on_fatal(why: str) -> None:
         failed.append(why)
-        server.abort()
+        if server is not None:
+            server.abort()
+        stopped.set()
 
-    tasks: list[asyncio.Task[None]] = [
-        supervise("meshcc-load", lambda: _report_load(mesh, server), log, on_fatal=on_fatal)
-    ]
+    tasks: list[asyncio.Task[None]] = []
+    if server is not None:
+        compile_server = server
+        tasks.append(
+            supervise(
+                "meshcc-load", lambda: _report_load(mesh, compile_server), log, on_fatal=on_fatal
+            )
+        )
     if st.discovery:
         tasks.append(
             supervise(
@@ -616,7 +669,10 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         nonlocal signals_seen
         signals_seen += 1
         name = signal.Signals(signum).name
-        if signals_seen == 1:
+        if server is None:
+            log.log(NOTICE, "%s received: stopping", name)
+            stopped.set()
+        elif signals_seen == 1:
             log.log(
                 NOTICE,
                 "%s received: no new connections; waiting for %d connection(s) to finish "
@@ -634,7 +690,10 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await server.serve_until_stopped()
+        if server is not None:
+            await server.serve_until_stopped()
+        else:
+            await stopped.wait()
     finally:
         for task in tasks:
             task.cancel()

@@ -6,12 +6,16 @@ the compiler it was invoked as (``gcc-13``, ``aarch64-linux-gnu-gcc``, ``g++``),
 failure is the reason printed by ``meshcc hosts --explain``):
 
 1. it announced an address inside the allowed subnets (that is not one of ours);
-2. it offers a toolchain with the same driver (gcc/g++), target triplet, full version and
+2. it offers a compiler at all: a meshcc daemon that announces no toolchain is a
+   *mesh-only* node (a LiveCD without gcc: discovery, leases and ``meshcc.pyz`` only, no
+   compile service behind its port), out for every client, with or without a compiler
+   check;
+3. it offers a toolchain with the same driver (gcc/g++), target triplet, full version and
    binutils version. Stock distccd peers announce only their default ``cc`` and no binutils
    (and often only the major version): they are *unverified* and out unless
    ``accept_unverified``;
-3. our own probes confirm it is reachable (``UP``);
-4. it is not backed off after repeated failed jobs.
+4. our own probes confirm it is reachable (``UP``);
+5. it is not backed off after repeated failed jobs.
 
 Ranking, best first: fewer recent job failures, more free slots (the peer's published
 ``free``, else its job limit), then more jobs, lower probe RTT, then name, so the line is
@@ -31,12 +35,14 @@ from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
 from meshcc.transport.addresses import IPNetwork
 
 __all__ = [
+    "MESH_ONLY_REASON",
     "MatchPolicy",
     "Verdict",
     "format_host_spec",
     "hosts_line",
     "judge",
     "judge_all",
+    "mesh_only",
     "pick_address",
     "toolchain_verdict",
 ]
@@ -121,11 +127,24 @@ def _drivers_compatible(client: str, peer: str) -> bool:
     return client == peer or "cc" in (client, peer)
 
 
+MESH_ONLY_REASON = (
+    "offers no compilers (a mesh-only meshcc daemon, e.g. a LiveCD without gcc: it "
+    "announces no compiler)"
+)
+
+
+def mesh_only(record: PeerRecord) -> bool:
+    """A meshcc daemon that announced no toolchain: it runs no compile server."""
+    return record.kind is PeerKind.MESHCC and not record.toolchains
+
+
 def toolchain_verdict(
     fp: ClientCompiler, record: PeerRecord, accept_unverified: bool
 ) -> tuple[bool, str, str | None, bool]:
     """(ok, reason, remote compiler name, unverified) for this compiler on this peer."""
     tcs = record.toolchains
+    if mesh_only(record):
+        return False, MESH_ONLY_REASON, None, False
     if not tcs:
         return (
             False,
@@ -205,6 +224,8 @@ def judge(fp: ClientCompiler | None, peer: PeerState, policy: MatchPolicy) -> Ve
     remote_name: str | None = None
     unverified = False
     note = ""
+    if mesh_only(r):  # even without a compiler check: nothing serves compiles there
+        return Verdict(peer, False, MESH_ONLY_REASON, address)
     if fp is not None:
         ok, why, remote_name, unverified = toolchain_verdict(fp, r, policy.accept_unverified)
         if not ok:

@@ -350,6 +350,12 @@ class PeerTable:
                 # Never probed: its re-admission time has come (see report_job).
                 e.liveness, e.next_probe = Liveness.UP, _NEVER
                 continue
+            if not e.record.toolchains:
+                # A mesh-only meshcc daemon (no gcc): no compile server listens on its
+                # port, so a probe would only mark it down. It is never a host
+                # (matching.py); a new announcement with toolchains schedules a probe.
+                e.next_probe = _NEVER
+                continue
             if limited and self._budget < 1.0:
                 continue  # over budget: stays due, next_wakeup() says when to come back
             host = self._address_for(e.record)

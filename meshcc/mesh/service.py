@@ -317,7 +317,7 @@ class Mesh:
         if off_reason is not None:
             self._status = status(False, off_reason)
             if self.config.announce:
-                log.warning("discovery is off: %s; this daemon still serves compiles", off_reason)
+                log.warning("discovery is off: %s; %s", off_reason, self._still())
             return
 
         if not self.config.announce:
@@ -325,7 +325,17 @@ class Mesh:
             return
         distcc_id = self._distcc_id
         publish_distcc = True
-        if distcc_id is _PROBE and self._distcc_cc is None:
+        if not self.toolchains:
+            # A mesh-only node (no gcc): it announces _meshcc._tcp with no toolchain, so
+            # meshcc peers see it and say why it is no host, and no _distcc._tcp record,
+            # which stock `distcc +zeroconf` would take as a compile server.
+            publish_distcc, distcc_id = False, None
+            warnings.append(
+                "this daemon offers no compilers (mesh-only): no _distcc._tcp record; peers "
+                "see it but never list it as a compile host"
+            )
+            log.log(NOTICE, "%s", warnings[-1])
+        elif distcc_id is _PROBE and self._distcc_cc is None:
             publish_distcc, distcc_id = False, None
             warnings.append(
                 f"this daemon offers no `{self.config.default_cc}`, the compiler stock distcc "
@@ -372,7 +382,7 @@ class Mesh:
         except OSError as e:
             why = f"cannot use mDNS on {', '.join(addresses)}: {e.strerror or e}"
             self._status = status(False, why)
-            log.warning("discovery is off: %s; this daemon still serves compiles", why)
+            log.warning("discovery is off: %s; %s", why, self._still())
             return
         self._discovery = discovery
         self._status = status(True, None, instance_label(self._node))
@@ -390,6 +400,12 @@ class Mesh:
         self._tasks = [supervise("meshcc-liveness", self._loop.run, log)]
         if self.config.republish_min_interval_s > 0:
             self._tasks.append(supervise("meshcc-republish", self._republish, log))
+
+    def _still(self) -> str:
+        """What a daemon whose discovery is off still does, for the warning."""
+        if self.toolchains:
+            return "this daemon still serves compiles"
+        return "this mesh-only daemon (no compilers) finds no peers"
 
     async def _start_browsing(
         self, addresses: tuple[str, ...], status: Callable[..., MeshStatus]

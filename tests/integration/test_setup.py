@@ -254,6 +254,44 @@ def test_toolchain_mismatch_names_the_mesh_versions(tmp_path: Path, fake_daemon:
     assert 'MAKEOPTS="-j9 -l4"' in (root / "etc/portage/make.conf").read_text()
 
 
+def test_unreadable_root_gcc_writes_no_empty_host_list(tmp_path: Path, fake_daemon: str) -> None:
+    """No gcc-config profile and no usr/lib/gcc (an unpacked-but-broken root, or not a
+    stage3): with matching peers live, the hosts file is not replaced by an empty one,
+    MAKEOPTS says it counted the local cores only, and the exit status says so too."""
+    root = make_root(tmp_path)
+    shutil.rmtree(root / "etc/env.d/gcc")
+    shutil.rmtree(root / "usr/lib/gcc")
+    (root / "etc/distcc").mkdir()
+    old_hosts = b"# by hand\n10.0.0.9/8,lzo\n"
+    (root / "etc/distcc/hosts").write_bytes(old_hosts)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
+    env["MESHCC_SOCKET"] = fake_daemon
+    argv = [MESHCC, "setup", "portage", "--root", str(root), "--local-cpus", "4"]
+    proc = run(argv, env=env, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out
+    assert "Traceback" not in out
+    assert "warning: cannot check this root's toolchain (cannot tell the GCC of" in out
+    assert "gcc-config) profile" in out
+    assert "used instead: 4 local cores for MAKEOPTS and no host list" in out
+    assert f"the mesh offers gcc 13.2.1 ({CHOST}, binutils 2.41) on 2 peers" in out
+    assert "/etc/distcc/hosts: left as it was: this root's gcc could not be read" in out
+    assert (root / "etc/distcc/hosts").read_bytes() == old_hosts
+    conf = (root / "etc/portage/make.conf").read_text()
+    assert 'MAKEOPTS="-j9 -l4"' in conf
+    assert "-j from 4 local cores only (this root's gcc could not be read)" in conf
+    # Without a hosts file: none is created (an empty one would read as "no peer matches").
+    (root / "etc/distcc/hosts").unlink()
+    proc = run(argv, env=env, check=False)
+    assert proc.returncode == 3 and "/etc/distcc/hosts: not created" in proc.stdout
+    assert not (root / "etc/distcc/hosts").exists()
+    # Once the root's gcc is readable, the peers that match it are listed (exit 0).
+    fixed = make_root(tmp_path / "fixed")
+    proc = run([*argv[:4], str(fixed), *argv[5:]], env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "10.0.0.8:3632/10 10.0.0.4:3632/6" in (fixed / "etc/distcc/hosts").read_text()
+
+
 def test_no_daemon_uses_local_cores(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     out = setup(root, str(tmp_path / "nobody.sock"))
