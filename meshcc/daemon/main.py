@@ -623,7 +623,11 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         from meshcc.daemon.status_http import StatusServer
 
         status_server = StatusServer(
-            prep.pyz, status, allowed, pyz_error=prep.pyz_error, cache_line=server.cache_line
+            prep.pyz,
+            status,
+            allowed,
+            pyz_error=prep.pyz_error,
+            cache_line=server.cache_line if server is not None else None,
         )
         await status_server.start(prep.status_sock)
         log.log(
