@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MAKEOPTS=-jN -lM with N = 2 x the cores of this box and the matching live peers + 1, "
         "M = local cores), write ROOT/etc/distcc/hosts, and check ROOT's GCC against the "
         "mesh. Shows a diff first; running it again only updates the numbers; --undo "
-        "restores the original files byte for byte.",
+        "restores the original files byte for byte. Exit status: 0 done, 1 error, 3 "
+        "make.conf written but ROOT's GCC could not be read, so no peer was listed and "
+        "the hosts file was left as it was.",
     )
     p.add_argument(
         "--root",
