@@ -303,12 +303,24 @@ def _read_cache(path: str, key: str) -> list[str] | None:
     return exp or None
 
 
-def _write_cache(path: str, key: str, exp: list[str]) -> None:
-    """Write atomically (temp file beside it, then rename); any failure only loses the cache."""
+def _write_cache(path: str, key: str, exp: list[str], *, make_top: bool = False) -> None:
+    """Write atomically (temp file beside it, then rename); any failure only loses the cache.
+
+    Like distcc, a missing ``$DISTCC_DIR`` is not created (only ``~/.distcc``, with
+    ``make_top``): a typo must not scatter directories.
+    """
     d = os.path.dirname(path)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        if make_top:
+            try:
+                os.mkdir(os.path.dirname(d), 0o777)
+            except FileExistsError:
+                pass
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(f"{_CACHE_MAGIC}\n{key}\n\n" + "".join(t + "\n" for t in exp))
@@ -362,7 +374,7 @@ def resolve(
         if exp is not None:
             return exp, True
     exp = probe(compiler, argv)
-    _write_cache(path, key, exp)
+    _write_cache(path, key, exp, make_top=not environ.get("DISTCC_DIR"))
     return exp, False
 
 

@@ -200,3 +200,12 @@ def test_cache_write_failure_is_silent(tmp_path: Path) -> None:
     blocker.write_text("")
     native._write_cache(str(blocker / "native" / "x"), "k", ["-march=k8"])  # no exception
     assert blocker.read_text() == ""
+
+
+def test_missing_distcc_dir_is_not_created_but_home_one_is(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    native._write_cache(str(missing / "native" / "x"), "k", ["-march=k8"])
+    assert not missing.exists()
+    home = tmp_path / ".distcc"
+    native._write_cache(str(home / "native" / "x"), "k", ["-march=k8"], make_top=True)
+    assert native._read_cache(str(home / "native" / "x"), "k") == ["-march=k8"]
