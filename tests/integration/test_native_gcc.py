@@ -181,3 +181,36 @@ def test_unresolvable_native_stays_local_with_the_reason(
     assert server.connections == 0
     assert "runs locally: -march=native cannot be resolved for a remote compile" in p.stderr
     assert "mycc: error: no" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "gcc -O2 -march=native -c v.c",
+        "gcc -Wp,-MD,v.d -march=native -mtune=native -DX=1 -I. -c v.c -o out/v.o",
+        "g++ -x c++ -march=native -O2 -c j.cc",
+        "gcc -march=native -D -march=native -c v.c",
+    ],
+)
+def test_analyse_equals_a_full_analysis_of_the_resolved_line(src: Path, cmd: str) -> None:
+    """native.analyse skips re-walking the ~100 resolved words; that must change nothing."""
+    from meshcc.compiler import args
+
+    argv = cmd.split()
+    env = {"DISTCC_DIR": str(src), "PATH": os.environ["PATH"]}
+    job = native.analyse(argv[0], argv, env)
+    exp, _ = native.resolve(argv[0], argv, env)
+    full = args.analyse(native.rewrite(argv, exp))
+    assert job.distributable and full.distributable, (job.reason, full.reason)
+    assert job.argv == full.argv
+    assert args.remote_argv(job) == args.remote_argv(full)
+    assert job.orig_argv == argv  # the local preprocessor runs the user's own command
+    assert "-march=native" in args.cpp_argv(job)
+    assert not any(a in native.NATIVE for a in args.remote_argv(job))
+
+
+def test_local_for_another_reason_is_not_resolved(tmp_path: Path) -> None:
+    env = {"DISTCC_DIR": str(tmp_path), "PATH": os.environ["PATH"]}
+    job = native.analyse("gcc", ["gcc", "-march=native", "v.o", "-o", "prog"], env)
+    assert not job.distributable and job.reason == "v.o is a link input"
+    assert not (tmp_path / "native").exists()  # no probe was run for a link
