@@ -167,8 +167,9 @@ def expansion(with_native: list[str], without: list[str]) -> list[str]:
         k += 1
     if not out:
         raise NativeError("the driver expanded native to nothing")
-    if not any(w.startswith(("-march=", "-mtune=")) for w in out):
-        raise NativeError("the expansion names no -march= or -mtune=")
+    if not any(w.startswith(("-march=", "-mtune=", "-mcpu=")) for w in out):
+        # (-mcpu=: what AArch64's driver expands -mcpu=native to, e.g. -mcpu=neoverse-n1+crc)
+        raise NativeError("the expansion names no -march=, -mtune= or -mcpu=")
     return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GOOD_CXX, VENV_BIN, FakeServer
+from conftest import GOOD_CXX, VENV_BIN, Daemon, FakeServer
 from meshcc.compiler import native
 
 VECTOR_C = """\
@@ -214,3 +214,27 @@ def test_local_for_another_reason_is_not_resolved(tmp_path: Path) -> None:
     job = native.analyse("gcc", ["gcc", "-march=native", "v.o", "-o", "prog"], env)
     assert not job.distributable and job.reason == "v.o is a link input"
     assert not (tmp_path / "native").exists()  # no probe was run for a link
+
+
+def test_stock_distcc_native_is_refused_by_the_daemon(
+    meshcc_daemon: Callable[..., Daemon], client_env: dict[str, str], src: Path
+) -> None:
+    """distcc 3.4 keeps -march/-mtune=native local but sends -mcpu=native (on x86 the
+    deprecated alias of -mtune=native): the daemon must not compile it for *its* CPU."""
+    daemon = meshcc_daemon()
+    env = dict(client_env, DISTCC_HOSTS=daemon.host_spec(), DISTCC_VERBOSE="1")
+    p = subprocess.run(
+        ["distcc", "gcc", "-O2", "-mcpu=native", "-c", "v.c", "-o", "v.o"],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    ref = _obj(src, ["gcc", "-O2", "-mcpu=native", "-c", "v.c"], "ref.o")
+    assert hashlib.sha256((src / "v.o").read_bytes()).hexdigest() == ref
+    assert daemon.jobs("COMPILE_OK") == []
+    assert "-mcpu=native would select the server's CPU" in daemon.log_text(), (
+        daemon.diagnostics() + p.stderr[-2000:]
+    )
