@@ -47,6 +47,7 @@ imports only ``os`` and meshcc's argv modules, and subprocess only to probe.
 from __future__ import annotations
 
 import os
+import stat as _stat  # already loaded by os at start-up
 
 from meshcc.compiler import args, cmdline
 
@@ -202,11 +203,14 @@ def records_options(argv: list[str]) -> str | None:
     """The option that makes gcc write its option list into the output, or None.
 
     -g (any level but 0) records them in DW_AT_producer unless -gno-record-gcc-switches
-    comes later; -frecord-gcc-switches in a section; -flto in the LTO option section.
+    comes later; -frecord-gcc-switches in a section; -flto in the LTO option section;
+    -fverbose-asm in an "options passed" comment of -S output. Any -g option that is not
+    a known off switch counts as debug info: when unsure, the job stays local.
     """
     debug: str | None = None
     record_dwarf = True
     record_section: str | None = None
+    verbose_asm: str | None = None
     lto: str | None = None
     for a, value in _words(argv):
         if value or not a.startswith(("-g", "-f")):
@@ -223,13 +227,17 @@ def records_options(argv: list[str]) -> str | None:
             record_section = a
         elif a == "-fno-record-gcc-switches":
             record_section = None
+        elif a == "-fverbose-asm":
+            verbose_asm = a
+        elif a == "-fno-verbose-asm":
+            verbose_asm = None
         elif a.startswith("-flto") and a != "-flto-report":
             lto = None if a == "-fno-lto" else a
         elif a == "-fno-lto":
             lto = None
     if debug is not None and record_dwarf:
         return debug
-    return record_section or lto
+    return record_section or lto or verbose_asm
 
 
 # --------------------------------------------------------------------------- I/O
@@ -258,7 +266,7 @@ def _find(exec_path: str, environ: Mapping[str, str]) -> tuple[str, os.stat_resu
             st = os.stat(path)
         except OSError:
             continue
-        if st.st_mode & 0o111 and not os.path.isdir(path):
+        if st.st_mode & 0o111 and _stat.S_ISREG(st.st_mode):
             return path, st
     raise NativeError(f"cannot find {exec_path} to ask it what native means")
 

@@ -90,15 +90,26 @@ def test_in_place_substitution_would_be_wrong(src: Path) -> None:
     assert _obj(src, in_place, "p.o") != _obj(src, argv, "n.o")
 
 
-def test_g_with_native_params_would_differ_so_it_stays_local(src: Path) -> None:
-    """The one order the driver cannot reproduce: explicit --param lands after -g -O2."""
-    argv = "gcc -O2 -g -march=native -c v.c".split()
+@pytest.mark.parametrize(
+    ("cmd", "option"),
+    [
+        ("gcc -O2 -g -march=native -c v.c", "-g"),
+        ("gcc -O2 -frecord-gcc-switches -march=native -c v.c", "-frecord-gcc-switches"),
+        ("gcc -O2 -flto -march=native -c v.c", "-flto"),
+        ("gcc -O2 -fverbose-asm -march=native -S v.c", "-fverbose-asm"),
+    ],
+)
+def test_recorded_options_with_native_params_would_differ_so_they_stay_local(
+    src: Path, cmd: str, option: str
+) -> None:
+    """The one order the driver cannot reproduce: explicit --param lands after -g -O2 -f..."""
+    argv = cmd.split()
     exp = native.probe("gcc", argv)
     assert any(t.startswith("--param=") for t in exp), exp
     assert _obj(src, native.rewrite(argv, exp), "r.o") != _obj(src, argv, "n.o")
     job = native.analyse("gcc", argv, {"DISTCC_DIR": str(src), "PATH": os.environ["PATH"]})
     assert not job.distributable
-    assert "-march=native with -g" in job.reason and "--param" in job.reason
+    assert f"-march=native with {option}:" in job.reason and "--param" in job.reason
 
 
 def test_cache_first_probe_then_hit_then_corrupt(tmp_path: Path) -> None:

@@ -171,6 +171,8 @@ def test_rewrite_puts_the_expansion_first_and_drops_every_native() -> None:
         ("-flto", "-flto"),
         ("-flto=auto -fno-lto", None),
         ("-D -g", None),
+        ("-S -fverbose-asm", "-fverbose-asm"),
+        ("-fverbose-asm -fno-verbose-asm", None),
     ],
 )
 def test_records_options(args: str, records: str | None) -> None:
