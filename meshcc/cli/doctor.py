@@ -628,18 +628,20 @@ def check_command(
     report: Report, cmd: Sequence[str], env: Mapping[str, str], reply: control.HostsReply | None
 ) -> None:
     """(f) Would this command line be distributed, and where; if not, why."""
-    from meshcc.compiler import args
+    from meshcc.compiler import args, native
 
-    job = args.analyse(list(cmd))
+    job = native.analyse(cmd[0], list(cmd), env) if cmd else args.analyse([])
     shown = " ".join(cmd)
     if len(shown) > 120:
         shown = shown[:117] + "..."
     if not job.distributable:
         fix = "nothing to fix: this job must run locally by design"
-        if "native" in job.reason:
+        if "records the options" in job.reason:
+            # Not "use -march=<name>": that builds different code (see meshcc.compiler.native).
             fix = (
-                "use an explicit -march=… (gcc -march=native -Q --help=target | grep march "
-                "shows this box's) so the job can be distributed"
+                "nothing to fix: it stays local so the object is byte-identical; an explicit "
+                "-mtune=… beside -march=native distributes it (native then adds no --param) "
+                "but tunes differently"
             )
         report.add(
             "command",
@@ -663,7 +665,19 @@ def check_command(
             distributable=True,
         )
         return
-    report.add("command", OK, f"`{shown}` is distributable: it goes to {where}", distributable=True)
+    resolved = ""
+    if any(a in native.NATIVE for a in cmd):
+        march = next((a for a in job.argv if a.startswith(("-march=", "-mtune="))), "")
+        resolved = (
+            f" (meshcc sends {march} and the other options this CPU's native means, "
+            "the exact list the local gcc gives cc1)"
+        )
+    report.add(
+        "command",
+        OK,
+        f"`{shown}` is distributable: it goes to {where}{resolved}",
+        distributable=True,
+    )
 
 
 def _hosts_in(text: str) -> list[str]:
@@ -782,6 +796,20 @@ def check_portage(
             f'add FEATURES="distcc" to {path} (or run `meshcc setup portage`)',
         )
         return
+    from meshcc.cli.portage import native_flags
+
+    natives = native_flags(text)
+    if natives:
+        # Not "use -march=<name>": that builds different code than native does.
+        report.add(
+            "portage",
+            WARN,
+            f"{path}: {', '.join(natives)}: FEATURES=distcc runs stock distcc, which "
+            "compiles every -march=native job locally",
+            "meshcc's own client (meshcc-gcc, a `meshcc setup masquerade` directory) "
+            "resolves -march=native and distributes those compiles byte-identically; "
+            "Portage's distcc cannot, so keep native and accept local compiles under emerge",
+        )
     if not os.path.exists(hosts_file):
         report.add(
             "portage",

@@ -488,6 +488,46 @@ def _overrides(text: str) -> list[str]:
     ]
 
 
+_NATIVE_RE = re.compile(
+    r"^\s*(?:export\s+)?(COMMON_FLAGS|CFLAGS|CXXFLAGS|FCFLAGS|FFLAGS|OBJCFLAGS|OBJCXXFLAGS)"
+    r"\s*=\s*(.*)$",
+    re.MULTILINE,
+)
+
+
+def native_flags(text: str) -> list[str]:
+    """``VAR (-march=native)`` for each make.conf flags variable that names a native CPU."""
+    found: list[str] = []
+    for m in _NATIVE_RE.finditer(text):
+        words = [w for w in re.split(r"[\s\"']+", m.group(2).split("#", 1)[0]) if w]
+        natives = [w for w in words if w in ("-march=native", "-mtune=native", "-mcpu=native")]
+        if natives:
+            found.append(f"{m.group(1)} ({' '.join(dict.fromkeys(natives))})")
+    return found
+
+
+def native_note(text: str) -> list[str]:
+    """What -march=native in make.conf means for the mesh, or [] if no flag names native.
+
+    Honest about who resolves it: meshcc's own client does (meshcc.compiler.native);
+    the stock distcc that Portage's FEATURES=distcc runs keeps every such compile local.
+    Never the old advice to spell out -march=<name>: that builds different code.
+    """
+    found = native_flags(text)
+    if not found:
+        return []
+    return [
+        f"-march=native in make.conf: {', '.join(found)}",
+        "  meshcc handles it: its client (meshcc-gcc, or a `meshcc setup masquerade` "
+        "directory) resolves native into the exact option list this box's gcc gives cc1 and "
+        "sends that, so the objects are byte-identical to a local build (compiles with -g, "
+        "-frecord-gcc-switches or -flto stay local: gcc records the options in the object)",
+        "  but FEATURES=distcc makes Portage run stock distcc (/usr/lib/distcc/bin first on "
+        "PATH), which compiles every -march=native job locally: with these flags emerge "
+        "sends no C/C++ compile to the mesh through distcc",
+    ]
+
+
 # ---------------------------------------------------------------- hosts file
 
 
@@ -652,6 +692,8 @@ def setup_portage(ns: argparse.Namespace) -> int:
     _say(hosts_msg)
     for w in _overrides(new_conf.decode("utf-8", "surrogateescape")):
         _say(f"warning: {conf.label}: {w}")
+    for line in native_note(new_conf.decode("utf-8", "surrogateescape")):
+        _say(line)
     if not os.path.lexists(os.path.join(root, "usr/bin/distcc")):
         where = "inside the chroot " if root != "/" else ""
         _say(

@@ -1078,6 +1078,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from meshcc.compiler import args
 
         job = args.analyse(inv.argv)
+        if job.reason and any(a.endswith("=native") for a in inv.argv):
+            from meshcc.compiler import native  # resolved once per box, then cached
+
+            job = native.analyse(inv.exec_path, inv.argv, env, log.debug)
         if not job.distributable:
             log.debug(f"runs locally: {job.reason}")
             _local_only(inv, job, log)

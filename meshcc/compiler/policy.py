@@ -11,6 +11,8 @@ Public API::
     refusal(argv: list[str]) -> str | None
         None if the server may run argv (argv[0] is the compiler, not checked here: the
         toolchain map does that), else the reason.
+    NATIVE_REFUSAL: str
+        The server's reason for ``-march=native`` and friends (format with the option).
     rewrite_for_job(argv: list[str], input_path: str, output_path: str, *,
                     hide_source_lines: bool = True) -> list[str]
         The argv to execute: the source replaced by input_path, the -o value by output_path
@@ -27,6 +29,12 @@ passes absolute source paths in every compile, so refusing them would make every
 build run locally. Options that derive other output names (-dumpdir, -dumpbase, -auxbase)
 are not rewritten, so those are refused when absolute or containing '..'.
 
+Why ``native`` is refused although meshcc clients distribute ``-march=native``: on the
+server it would mean the *server's* CPU. A meshcc client resolves it before sending
+(:mod:`meshcc.compiler.native`: the exact options the client's driver gives cc1), so only
+an unresolved ``native`` (a stock distcc client with ``-mcpu=native``, say) reaches this
+rule, and the client then compiles locally.
+
 Why ``hide_source_lines``: gcc prints the source line under a diagnostic by reading the
 file named in the line markers from disk, so a crafted ``# 1 "/home/x/.netrc"`` marker
 followed by a syntax error would echo server files back in stderr. A received path that
@@ -35,7 +43,19 @@ does not exist on the server already shows no source line, so little is lost.
 
 from meshcc.compiler import cmdline
 
-__all__ = ["ALLOWED_LANGUAGES", "refusal", "rewrite_for_job", "scan_source_refusal"]
+__all__ = [
+    "ALLOWED_LANGUAGES",
+    "NATIVE_REFUSAL",
+    "refusal",
+    "rewrite_for_job",
+    "scan_source_refusal",
+]
+
+NATIVE_REFUSAL = (
+    "{} would select the server's CPU, not the client's; a meshcc client sends the "
+    "options it resolves to instead"
+)
+_NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
 
 # Languages the server accepts after -x. The plain ones are rewritten to *-cpp-output.
 ALLOWED_LANGUAGES = frozenset(
@@ -94,6 +114,8 @@ def _option_refusal(argv: list[str]) -> str | None:
             return f"{a}: response files would be read from the server's disk"
         if a[:1] != "-":
             continue
+        if a in _NATIVE:
+            return NATIVE_REFUSAL.format(a)
         if a.startswith(("-fplugin=", "-fplugin-arg-", "-fplugin")):
             return f"{a} loads code into the compiler"
         if a.startswith("-iplugindir"):
@@ -181,7 +203,8 @@ def refusal(argv: list[str]) -> str | None:
     """None if the server may run this command line, else a short reason naming the option.
 
     Covers the option rules above plus everything :func:`meshcc.compiler.args.analyse`
-    would keep local (distcc's table: -march=native, two sources, no -c, conftest.*, ...).
+    would keep local (distcc's table: two sources, no -c, conftest.*, ...); an unresolved
+    ``-march=native`` (or -mtune/-mcpu) is refused: see the module docstring.
     """
     if not argv:
         return "empty command line"

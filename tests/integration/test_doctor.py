@@ -249,12 +249,22 @@ def test_no_daemon_fails_with_fix(tmp_path: Path) -> None:
 
 def test_command_local_and_why(tmp_path: Path) -> None:
     report = _diagnose(
-        _env(tmp_path / "x.sock"), tmp_path, command=["gcc", "-march=native", "-c", "x.c"]
+        _env(tmp_path / "x.sock"), tmp_path, command=["gcc", "-march=native", "-g", "-c", "x.c"]
     )
     cmd = _by(report, "command")[0]
-    assert cmd.status == doctor.WARN and "runs locally: -march=native" in cmd.found
-    assert "explicit -march" in cmd.fix
+    assert cmd.status == doctor.WARN and "runs locally: -march=native with -g" in cmd.found
+    # Never the old advice: a bare -march=<name> builds different code than native.
+    assert "explicit -march" not in cmd.fix and "byte-identical" in cmd.fix
     assert "gcc (" in _by(report, "compiler")[0].found  # the command's compiler is checked
+
+
+def test_command_march_native_is_distributable(tmp_path: Path) -> None:
+    env = dict(_env(tmp_path / "x.sock"), DISTCC_HOSTS="127.0.0.1:1")
+    report = _diagnose(env, tmp_path, command=["gcc", "-O2", "-march=native", "-c", "x.c"])
+    cmd = _by(report, "command")[0]
+    assert cmd.status == doctor.OK, cmd
+    assert "is distributable" in cmd.found and "meshcc sends -march=" in cmd.found
+    assert "-march=native" not in cmd.found.split("meshcc sends", 1)[1]
 
 
 def test_command_distributable_with_distcc_hosts(tmp_path: Path) -> None:
@@ -331,6 +341,17 @@ def test_hosts_file_and_portage_against_mesh(tmp_path: Path) -> None:
     doctor.check_portage(r, str(conf), reply, str(hosts))
     assert r.checks[0].status == doctor.OK, r.render()
 
+    # -march=native: Portage's stock distcc keeps those compiles local; said, never
+    # "use -march=<name>" (that builds different code).
+    conf.write_text('COMMON_FLAGS="-O2 -pipe -march=native"\nFEATURES="distcc"\nMAKEOPTS="-j64"\n')
+    r = doctor.Report()
+    doctor.check_portage(r, str(conf), reply, str(hosts))
+    warn = [c for c in r.checks if c.status == doctor.WARN]
+    assert len(warn) == 1, r.render()
+    assert "COMMON_FLAGS (-march=native)" in warn[0].found and "locally" in warn[0].found
+    assert "byte-identically" in warn[0].fix and "-march=<" not in warn[0].fix
+    assert r.checks[-1].status == doctor.OK  # the MAKEOPTS verdict is still given
+
 
 def test_json_output(fake: Callable[..., FakeDaemon], tmp_path: Path) -> None:
     d = fake()
@@ -392,9 +413,9 @@ def test_doctor_in_a_namespace_mesh(lan: Callable[..., Lan]) -> None:
         assert "2 seen (daemon on " in out and "1 usable for gcc" in out and hb.address in out
         assert p.returncode == 0, out
 
-        # The command line: -march=native stays local, and doctor says why.
-        p = a.cli("doctor", "--", "gcc", "-march=native", "-c", "x.c", inside=True)
-        assert "runs locally: -march=native" in p.stdout, p.stdout
+        # The command line: -march=native -g stays local, and doctor says why.
+        p = a.cli("doctor", "--", "gcc", "-march=native", "-g", "-c", "x.c", inside=True)
+        assert "runs locally: -march=native with -g" in p.stdout, p.stdout
         p = a.cli("doctor", "--", "gcc", "-O2", "-c", "x.c", inside=True)
         assert "is distributable: it goes to a peer leased from the mesh" in p.stdout, p.stdout
 

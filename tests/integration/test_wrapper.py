@@ -634,7 +634,8 @@ def test_down_hosts_never_chosen(
         (["-E", "src/foo.c", "-o", "foo.i"], "foo.i", "-E"),
         (["src/foo.c", "-o", "prog"], "prog", "link"),
         (["-c", "conftest.c"], "conftest.o", "conftest"),
-        (["-march=native", "-c", "src/foo.c", "-o", "nat.o"], "nat.o", "native"),
+        # -march=native itself is distributed (test_native_gcc.py); with -g it stays local.
+        (["-march=native", "-g", "-c", "src/foo.c", "-o", "nat.o"], "nat.o", "native"),
     ],
     ids=["-E", "link", "conftest", "march-native"],
 )
