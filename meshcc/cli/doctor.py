@@ -328,7 +328,12 @@ def check_daemon(report: Report, env: Mapping[str, str]) -> _Daemon | None:
         "daemon",
         OK,
         f"meshcc {status.version or '?'} on {conn.path}, "
-        f"{status.jobs} job slots, {status.running} compiles running",
+        + (
+            f"{status.jobs} job slots, {status.running} compiles running"
+            if status.jobs
+            else "a mesh-only node (no compiler here: it finds peers and grants leases, "
+            "and compiles nothing itself)"
+        ),
         socket=conn.path,
     )
     return _Daemon(conn.path, status, conn)
@@ -555,7 +560,9 @@ def check_compiler(report: Report, cc: str, env: Mapping[str, str]) -> tuple[str
             "compiler",
             FAIL,
             f"{cc}: not found" + ("" if "/" in cc else " on PATH"),
-            f"install it or give its path (--cc /usr/bin/{os.path.basename(cc)})",
+            f"install it or give its path (--cc /usr/bin/{os.path.basename(cc)}; on a LiveCD, "
+            f"the chroot's: --cc /mnt/gentoo/usr/bin/{os.path.basename(cc)}, or check the "
+            "stage3 with meshcc setup portage --root /mnt/gentoo --dry-run)",
         )
         return None, False
     real = path

@@ -154,6 +154,13 @@ def test_a_daemon_without_a_compiler_is_a_useful_mesh_only_node(
         )
         assert p.returncode == 0, p.stderr
         assert "no `cc` on PATH" in p.stderr and hb.address in p.stdout
+        # `meshcc doctor` there names the node for what it is and points at the chroot.
+        p = hl.run(
+            ["/usr/bin/env", f"PATH={live.bare_path}", sys.executable, "-m", "meshcc", "doctor"],
+            env=dict(os.environ, MESHCC_SOCKET=str(live.socket)),
+        )
+        assert "a mesh-only node" in p.stdout, p.stdout
+        assert "--cc /mnt/gentoo/usr/bin/cc" in p.stdout, p.stdout
 
         # b never lists live; --explain says why.
         def live_seen() -> dict[str, object] | None:
