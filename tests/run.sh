@@ -31,7 +31,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # distcc: the real protocol peer (client and distccd); liblzo2-2: LZO interop check;
 # dpkg-dev: apt-get source; iproute2: network namespaces for the mesh tests;
 # systemd, shellcheck: checking the service files (systemd-analyze verify, sysusers).
-packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck)
+packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck openssh-server)
 missing=()
 for pkg in "${packages[@]}"; do
     # "ii": wanted and installed; anything else (absent, removed, half-installed) installs
