@@ -20,8 +20,10 @@ kills whatever else ran in its namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -54,6 +56,7 @@ class SshLan:
     ssh_config: Path
     logged: Path  # on the server: `meshcc daemon --log-file LOG --log-level info "$@"`
     log: Path
+    distccd_link: Path  # on the server: distccd -> the meshcc script
 
     def env(self, base: dict[str, str], hosts: str) -> dict[str, str]:
         env = dict(base)
@@ -110,12 +113,14 @@ def ssh_lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLan]:
             f'#!/bin/sh\nexec {MESHCC} daemon --log-file {log} --log-level info "$@"\n',
             0o755,
         )
+        (d / "bin").mkdir()
+        (d / "bin" / "distccd").symlink_to(MESHCC)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         with open(d / "sshd.out", "wb") as out:
             sshd = srv.popen([SSHD, "-D", "-e", "-f", sshd_config], stdout=out, stderr=out)
         try:
             cli.wait_tcp(22, srv.address, timeout=20)
-            yield SshLan(srv, cli, d, ssh_config, logged, log)
+            yield SshLan(srv, cli, d, ssh_config, logged, log, d / "bin" / "distccd")
         finally:
             sshd.terminate()
             try:
@@ -155,7 +160,8 @@ def _shown(proc: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize("lzo", ["", ",lzo"])
 def test_stock_distcc_to_meshcc_inetd(ssh_lan, client_env, work, lzo):
     """Stock distcc 3.4 with ``@host:COMMAND``: COMMAND is the plain ``meshcc`` script (so
-    distcc runs ``meshcc --inetd --enable-tcp-insecure``), or a script adding a log file."""
+    distcc runs ``meshcc --inetd --enable-tcp-insecure``), a script adding a log file, or a
+    ``distccd`` link to ``meshcc``."""
     lan = ssh_lan
     env = lan.env(client_env, f"@{lan.srv.address}:{MESHCC}{lzo}")
     env["DISTCC_VERBOSE"] = "1"
@@ -174,6 +180,13 @@ def test_stock_distcc_to_meshcc_inetd(ssh_lan, client_env, work, lzo):
     ok = _summaries(lan, "COMPILE_OK")
     assert len(ok) == before + 1, lan.log_text()
     assert ok[-1].startswith(f"ssh:{lan.cli.address}:"), lan.log_text()  # sshd's SSH_CLIENT
+
+    # A box whose `distccd` is a link to meshcc serves distcc's default command line.
+    (work / "hello.o").unlink()
+    env["DISTCC_HOSTS"] = f"@{lan.srv.address}:{lan.distccd_link}{lzo}"
+    proc = _compile(lan, env, work, "distcc", "gcc", "-O2", "-c", "hello.c", "-o", "hello.o")
+    assert proc.returncode == 0, _shown(proc)
+    assert (work / "hello.o").read_bytes() == (work / "ref.o").read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -268,25 +281,32 @@ def test_io_timeout_kills_a_stuck_ssh(client_env, work, tmp_path):
     """A DISTCC_SSH that never answers: after DISTCC_IO_TIMEOUT the job compiles locally and
     the ssh child is gone (killed and reaped, not left running). No sshd needed."""
     pidfile = tmp_path / "ssh.pid"
-    fake = _write(
-        tmp_path / "stuck-ssh", f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 600\n", 0o755
+    fake = _write(  # stderr away from ours, so a survivor cannot hold the test's pipe open
+        tmp_path / "stuck-ssh",
+        f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 600 2>/dev/null\n",
+        0o755,
     )
     env = dict(client_env, DISTCC_HOSTS="@nowhere", DISTCC_SSH=str(fake))
     env["DISTCC_IO_TIMEOUT"] = "1"
     env["MESHCC_VERBOSE"] = "1"
-    proc = subprocess.run(
-        ["meshcc-gcc", "-O2", "-c", "hello.c", "-o", "hello.o"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, _shown(proc)
-    assert (work / "hello.o").read_bytes() == (work / "ref.o").read_bytes()
-    assert "IO timeout" in proc.stderr, _shown(proc)
-    pid = int(pidfile.read_text())
-    assert not Path(f"/proc/{pid}").exists(), f"ssh child {pid} outlived the compile"
+    try:
+        proc = subprocess.run(
+            ["meshcc-gcc", "-O2", "-c", "hello.c", "-o", "hello.o"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, _shown(proc)
+        assert (work / "hello.o").read_bytes() == (work / "ref.o").read_bytes()
+        assert "IO timeout" in proc.stderr, _shown(proc)
+        pid = int(pidfile.read_text())
+        assert not Path(f"/proc/{pid}").exists(), f"ssh child {pid} outlived the compile"
+    finally:
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 def test_inetd_on_a_tcp_socket_applies_the_access_list(tmp_path):
