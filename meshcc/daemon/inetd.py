@@ -220,7 +220,8 @@ async def _serve(ch: _Channel, registry: ToolchainRegistry, config: ServerConfig
 
 
 def run(opts: DaemonOptions) -> int:
-    """Serve one job on stdin/stdout; 0 once it was served (whatever the compiler said)."""
+    """Serve one job on stdin/stdout, then end the process with status 0 (whatever the
+    compiler said); returns only when it cannot serve (distcc's exit code)."""
     try:
         ch = _take_channel()
     except OSError as e:
@@ -247,4 +248,9 @@ def run(opts: DaemonOptions) -> int:
     )
     log.debug("serving one job for %s (pid %d)", ch.client, os.getpid())
     asyncio.run(_serve(ch, registry, config))
-    return 0
+    # The client waits for ssh, which waits for this process to exit: skip the interpreter's
+    # teardown (measured: 40-100 ms with the server's modules loaded, 5 ms without it). The
+    # job is over, its directory gone; only the log needs flushing.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)

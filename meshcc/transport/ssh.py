@@ -27,7 +27,7 @@ import _socket
 import os
 import time
 
-from meshcc.exitcodes import EXIT_CONNECT_FAILED
+from meshcc.exitcodes import EXIT_CONNECT_FAILED, EXIT_TIMEOUT
 from meshcc.transport.client import DEFAULT_IO_TIMEOUT, Connection, Refused, TransportError
 
 TYPE_CHECKING = False
@@ -170,8 +170,9 @@ class SshConnection(Connection):
         return reply
 
     def _explain(self, e: TransportError) -> TransportError:
-        """Add how ssh ended to a failure (the channel broke because ssh exited, usually)."""
-        status = self._wait(STATUS_WAIT)
+        """Add how ssh ended to a failure (the channel broke because ssh exited, usually;
+        after an IO timeout it is still running, and close() stops it at once)."""
+        status = self._wait(0.0 if e.exit_code == EXIT_TIMEOUT else STATUS_WAIT)
         if status is None:
             return e
         code = e.exit_code
