@@ -684,7 +684,8 @@ class CompileServer:
         stdout), with every check, limit and summary line of an accepted connection.
         ``addr`` None: a channel the access list does not apply to, as distccd's inetd mode
         treats a pipe from sshd (ssh authenticated the user; there is no client address)."""
-        conn = _Conn(addr or _NO_ADDRESS, client, time.monotonic(), trusted=addr is None)
+        counted_as = _NO_ADDRESS if addr is None else addr
+        conn = _Conn(counted_as, client, time.monotonic(), trusted=addr is None)
         self._count(conn)
         try:
             await self._serve_connection(reader, writer, conn)
