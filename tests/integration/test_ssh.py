@@ -271,3 +271,35 @@ def test_ssh_failure_falls_back_locally(ssh_lan, client_env, work):
     assert "ssh exited with status 255" in proc.stderr, _shown(proc)
     locks = os.listdir(Path(env["DISTCC_DIR"]) / "lock")
     assert f"backoff_ssh_{lan.srv.address}_0" in locks, locks
+
+
+def test_parallel_jobs_share_the_ssh_host(ssh_lan, client_env, tmp_path):
+    """As under `make -j`: more compiles at once than the host's /LIMIT. Each takes one of
+    distcc's cpu_ssh slots (waiting for one when all are busy), runs its own ssh session,
+    and every object comes back byte-identical; none falls back (DISTCC_FALLBACK=0)."""
+    lan = ssh_lan
+    w = tmp_path / "par"
+    w.mkdir()
+    names = [f"unit{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        (w / f"{name}.c").write_text(f"int {name}(int x) {{ return x * {i + 3} - {i}; }}\n")
+        subprocess.run(["gcc", "-O2", "-c", f"{name}.c", "-o", f"{name}.ref"], cwd=w, check=True)
+    env = lan.env(client_env, f"@{lan.srv.address}/3:{lan.logged},lzo")
+    env["DISTCC_PAUSE_TIME_MSEC"] = "50"
+    before = len(_summaries(lan, "COMPILE_OK"))
+    procs = [
+        lan.cli.popen(
+            ["meshcc-gcc", "-O2", "-c", f"{name}.c", "-o", f"{name}.o"],
+            cwd=w,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    results = [(p.communicate(timeout=180), p.returncode) for p in procs]
+    for ((_, err), code), name in zip(results, names, strict=True):
+        assert code == 0, f"{name}: exit {code}\n{err}"
+        assert (w / f"{name}.o").read_bytes() == (w / f"{name}.ref").read_bytes(), name
+    assert len(_summaries(lan, "COMPILE_OK")) == before + len(names), lan.log_text()
