@@ -31,7 +31,9 @@ step() { printf '\n=== %s\n' "$*"; }
 # distcc: the real protocol peer (client and distccd); liblzo2-2: LZO interop check;
 # dpkg-dev: apt-get source; iproute2: network namespaces for the mesh tests;
 # systemd, shellcheck: checking the service files (systemd-analyze verify, sysusers).
-packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck ccache)
+# ccache: the daemon's --ccache; openssh-server: a real sshd for @host specs and --inetd.
+packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck ccache
+    openssh-server)
 missing=()
 for pkg in "${packages[@]}"; do
     # "ii": wanted and installed; anything else (absent, removed, half-installed) installs

@@ -1,7 +1,10 @@
 """The ``meshcc`` command: subcommands go to the CLI, anything else is a compile.
 
 ``meshcc daemon ...`` (and ``--help``/``--version``) dispatch to
-:mod:`meshcc.cli.main`; ``meshcc COMPILER ARGS...`` is the compile wrapper,
+:mod:`meshcc.cli.main`; so does ``meshcc --inetd ...``, which is ``meshcc daemon --inetd
+...``: the command line distcc runs over ssh for a host ``@HOST:meshcc`` (or for
+``@HOST`` where ``distccd`` is a link to ``meshcc``). ``meshcc COMPILER ARGS...`` is the
+compile wrapper,
 imported lazily so a compile never pays for argparse or the daemon's imports.
 """
 
@@ -22,6 +25,10 @@ def main() -> int:
         from meshcc.cli import main as cli
 
         return cli.main(argv[1:])
+    if argv[1] == "--inetd":  # distcc's SSH command line: `@host:meshcc`, or distccd -> meshcc
+        from meshcc.cli import main as cli
+
+        return cli.main(["daemon", *argv[1:]])
     from meshcc.client.wrapper import main as wrapper_main
 
     return wrapper_main(argv)

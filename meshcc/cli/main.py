@@ -24,8 +24,13 @@ def _add_daemon(p: argparse.ArgumentParser) -> None:
 
 
 def _run_daemon(ns: argparse.Namespace) -> int:
-    from meshcc.daemon import main as daemon
     from meshcc.daemon.settings import DaemonOptions
+
+    if ns.inetd:  # one job on stdin/stdout: none of the daemon's start-up
+        from meshcc.daemon import inetd
+
+        return inetd.run(DaemonOptions.from_namespace(ns))
+    from meshcc.daemon import main as daemon
 
     return daemon.run(DaemonOptions.from_namespace(ns))
 

@@ -10,8 +10,9 @@ local compile would fail the same way); a remote compile error is retried locall
 the host is backed off only if the local result differs (distcc backs off first and
 forgives later); with ``DISTCC_BACKOFF_PERIOD=0`` at most 3 remote attempts are made
 (distcc master's fix); ``-MD``/``-MMD`` .d files land where plain gcc puts them
-(args.cpp_argv); ``,down`` hosts are skipped rather than waited for; ssh and ``,auth``
-hosts are skipped (no such transport here); ``,cpp`` hosts are sent protocol 2. The
+(args.cpp_argv); ``,down`` hosts are skipped rather than waited for; ``,auth`` hosts
+are skipped (no GSS-API here); ``,cpp`` hosts are sent protocol 2. SSH hosts (``@host``)
+go through :mod:`meshcc.transport.ssh`, imported only for them. The
 retry, backoff and fallback rules live in :mod:`meshcc.client.decisions` (pure,
 unit-tested); this module does the I/O they call for.
 
@@ -593,10 +594,17 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
     if no_lzo:
         run.log.debug(
             f"no LZO here (lzallright missing, e.g. meshcc.pyz): sending "
-            f"{host.host}:{host.port} distcc protocol 1 instead of 2"
+            f"{host.spec} distcc protocol 1 instead of 2"
         )
-    assert host.port is not None  # only localhost has none, and it never gets here
-    conn = client.Connection(host.host, host.port, version, io_timeout)
+    conn: client.Connection
+    if getattr(host, "kind", "tcp") == "ssh":  # a hostspec.Host (leases are TCP)
+        from meshcc.transport import ssh
+
+        user, command = getattr(host, "user", None), getattr(host, "command", None)
+        conn = ssh.SshConnection(host.host, user, command, version, run.env, io_timeout)
+    else:
+        assert host.port is not None  # only localhost has none, and it never gets here
+        conn = client.Connection(host.host, host.port, version, io_timeout)
     log = run.log
     t0 = time.monotonic()
     try:

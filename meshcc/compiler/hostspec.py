@@ -11,11 +11,11 @@ Public API::
         protocol: int                   1, 2 (,lzo) or 3 (,cpp,lzo)
         lzo, cpp, down, auth: bool
         auth_name: str | None           ,auth=NAME
-        user: str | None                ssh user ('' for '@host')
-        command: str | None             ssh remote distccd command
+        user: str | None                ssh user ('' for '@host': ssh's default)
+        command: str | None             ssh remote command (None: distcc's default, distccd)
         spec: str                       the token as written
         lock_name: str (property)       distcc's lock stem: tcp_HOST_PORT, ssh_HOST, localhost
-        supported: bool (property)      False for ssh and ,auth (meshcc has no such transport)
+        supported: bool (property)      False for ,auth (meshcc has no GSS-API)
         unsupported_reason: str         '' when supported
     class HostList:
         hosts: list[Host]
@@ -32,9 +32,16 @@ Public API::
         DISTCC_HOSTS if set (even empty), else $DISTCC_DIR/hosts (DISTCC_DIR defaults to
         ~/.distcc), else /etc/distcc/hosts.
 
+SSH hosts (``[USER]@HOST[/LIMIT][:COMMAND][,OPTIONS]``, any token with an ``@``) are read as
+distcc reads them: USER is everything before the first ``@`` (empty: ssh's default), HOST
+runs to ``/``, ``:`` or ``,``, COMMAND (the remote server, default ``distccd``) runs to
+``,``, an empty COMMAND means the default, and the limit defaults to 4.
+
 Deliberate differences: ``--localslots=0`` is an error here (distcc silently reparses it as a
 TCP host called "--localslots=0"); ``--randomize`` must be the whole token; a hostname must
-not be empty and a port must be 1-65535.
+not be empty and a port must be 1-65535; ``=N`` is a limit for SSH hosts too (distcc makes
+it part of the host name); an SSH host name may not start with ``-`` (ssh would read it as
+an option) nor contain a second ``@``.
 """
 
 import os
@@ -117,8 +124,6 @@ class Host:
 
     @property
     def unsupported_reason(self) -> str:
-        if self.kind == "ssh":
-            return f"{self.spec}: meshcc has no SSH transport; run `meshcc daemon` there instead"
         if self.auth:
             return f"{self.spec}: GSS-API authentication (,auth) is not supported by meshcc"
         return ""
@@ -268,18 +273,20 @@ def _parse_ssh(cur: _Cursor) -> Host:
     at = cur.tok.index("@")
     user = cur.tok[:at]
     cur.pos = at + 1
-    name = cur.until("/:,")
+    name = cur.until("/:,=")
     if not name:
         raise cur.error("missing host name after '@'")
+    if name.startswith("-"):
+        raise cur.error("an SSH host name cannot start with '-' (ssh would take it as an option)")
+    if "@" in name:
+        raise cur.error("more than one '@'; write USER@HOST")
     limit = SSH_HOST_LIMIT
-    if cur.peek() == "/":
+    if cur.peek() in ("/", "="):
         limit = cur.mult()
     command = None
     if cur.peek() == ":":
         cur.pos += 1
-        command = cur.until(",")
-        if not command:
-            raise cur.error("missing command after ':'")
+        command = cur.until(",") or None  # distcc: an empty command is the default one
     host = Host("ssh", name, cur.tok, limit, user=user, command=command)
     _options(cur, host)
     return host

@@ -224,3 +224,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="neither announce nor browse (serve compiles only)",
     )
+    p.add_argument(
+        "--inetd",
+        action="store_true",
+        help="serve one job on stdin/stdout and exit, as `distccd --inetd`: what an SSH host "
+        "(`DISTCC_HOSTS=@box:meshcc`) runs; no listener, mesh, control socket or status port",
+    )
+    p.add_argument(
+        "--enable-tcp-insecure",
+        action="store_true",
+        help="accepted for distccd's command line (distcc passes it over SSH) and ignored: "
+        "meshcc always runs only the compilers it probed",
+    )

@@ -35,6 +35,7 @@ class DaemonOptions:
     socket: str | None = None
     write_hosts: str | None = None
     discovery: bool = True
+    inetd: bool = False  # serve one job on stdin/stdout (meshcc.daemon.inetd)
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
@@ -60,6 +61,7 @@ class DaemonOptions:
             socket=getattr(ns, "socket", None),
             write_hosts=getattr(ns, "write_hosts", None),
             discovery=not getattr(ns, "no_discovery", False),
+            inetd=bool(getattr(ns, "inetd", False)),
         )
 
     def loopback_only(self) -> bool:

@@ -97,6 +97,7 @@ _SHED_BODY_STALL = 1.0
 # about 1 MiB) reads further bytes only against the body budget, like a source body.
 _HEADER_FREE = 64 * 1024
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
+_NO_ADDRESS = ipaddress.ip_address("0.0.0.0")  # counts a stream that has no client address
 
 
 class JobResult(enum.Enum):
@@ -366,6 +367,7 @@ class _Conn:
     writer: asyncio.StreamWriter | None = None
     shed: str | None = None  # why the server closed it to make room
     budget: int = 0  # bytes of body memory it holds
+    trusted: bool = False  # a channel the access list does not apply to (ssh: serve_stream)
 
 
 class _Budget:
@@ -723,6 +725,25 @@ class CompileServer:
 
     # -- a connection
 
+    async def serve_stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str,
+        addr: IPAddress | None,
+    ) -> None:
+        """Serve one job on streams the caller opened (``meshcc daemon --inetd``: stdin and
+        stdout), with every check, limit and summary line of an accepted connection.
+        ``addr`` None: a channel the access list does not apply to, as distccd's inetd mode
+        treats a pipe from sshd (ssh authenticated the user; there is no client address)."""
+        counted_as = _NO_ADDRESS if addr is None else addr
+        conn = _Conn(counted_as, client, time.monotonic(), trusted=addr is None)
+        self._count(conn)
+        try:
+            await self._serve_connection(reader, writer, conn)
+        finally:
+            self._uncount(conn)
+
     async def _on_connection(
         self, conn_sock: socket.socket, conn: _Conn, refusal: str | None
     ) -> None:
@@ -762,7 +783,7 @@ class CompileServer:
         throttle: str | None = None
         replying = False  # once reply bytes may be on the wire, no ERRM can follow
         try:
-            if not client_allowed(addr, self.config.allowed):
+            if not conn.trusted and not client_allowed(addr, self.config.allowed):
                 # A peer outside our --allow probes us every second: one line per interval.
                 self._throttled.log(
                     logging.WARNING,

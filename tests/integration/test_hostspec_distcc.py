@@ -28,6 +28,8 @@ AGREE = [
     "a,,lzo",
     "u@",
     "a:12x",
+    "me@box/3:/usr/bin/distccd,lzo @b: @c,down u@d/2,lzo,cpp",
+    "@box:/opt/bin/distccd/3 @e/7",
 ]
 
 

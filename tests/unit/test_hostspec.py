@@ -29,7 +29,7 @@ def test_man_page_example_one_line():
         16,
         "/opt/bin/distccd",
     )
-    assert ssh.lock_name == "ssh_bigman" and not ssh.supported and "SSH" in ssh.unsupported_reason
+    assert ssh.lock_name == "ssh_bigman" and ssh.supported and not ssh.unsupported_reason
     assert (tcp.kind, tcp.host, tcp.port, tcp.limit, tcp.protocol) == (
         "tcp",
         "oldmachine",
@@ -121,6 +121,12 @@ def test_ssh_forms():
     )
     (h,) = P("@box").hosts
     assert (h.user, h.host, h.limit, h.command) == ("", "box", 4, None)
+    (h,) = P("@box:").hosts  # distcc: an empty command is the default one
+    assert (h.host, h.command) == ("box", None)
+    (h,) = P("u@box=5,down").hosts
+    assert (h.user, h.host, h.limit, h.down, h.protocol) == ("u", "box", 5, True, 1)
+    (h,) = P("@box:/opt/bin/distccd/3").hosts  # the command runs to ',': '/3' is in it
+    assert (h.limit, h.command) == (4, "/opt/bin/distccd/3")
 
 
 def test_global_options():
@@ -160,7 +166,10 @@ def test_comments_and_whitespace():
         ("[::1", "missing ']'"),
         ("[]", "IPv6"),
         ("u@", "missing host name"),
-        ("@h:", "missing command"),
+        ("@-oProxyCommand=x", "cannot start with '-'"),
+        ("a@b@c", "more than one '@'"),
+        ("@h/0", "at least 1"),
+        ("@h,gzip", "unknown option"),
         ("localhost/0", "at least 1"),
         ("localhost/2x", "localhost/N"),
         ("--localslots", "needs a value"),
