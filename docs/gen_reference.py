@@ -52,6 +52,14 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
     ("DISTCC_SKIP_LOCAL_RETRY", "set: a failed remote compile is final, no local retry"),
     ("DISTCC_BACKOFF_PERIOD", "seconds a failed host is avoided (default 60)"),
     (
+        "DISTCC_SSH",
+        (
+            "the ssh command for `[user]@host[/N][:COMMAND]` hosts, split on spaces (default "
+            "`ssh`); the remote side runs `COMMAND --inetd --enable-tcp-insecure` (COMMAND "
+            "default `distccd`; `@box:meshcc` for a meshcc box)"
+        ),
+    ),
+    (
         "DISTCC_IO_TIMEOUT",
         (
             "seconds of network silence, remote compile included, before giving "
