@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class Snapshot:
     dirs: Sequence[StateDir]
     cpus: int | None  # this box's cores
     first_seen: Mapping[int, float] = field(default_factory=dict)  # pid -> when seen first
+    hostname: str = ""  # this box's name, for its row (the daemon reports its node id)
 
 
 def _opt_int(value: object) -> int | None:
@@ -246,6 +248,7 @@ def collect(
         dirs=seen,
         cpus=os.cpu_count(),
         first_seen=dict(first_seen),
+        hostname=socket.gethostname(),
     )
 
 
@@ -419,15 +422,20 @@ def _dirs_note(dirs: Sequence[StateDir]) -> str:
 def _peer_rows(snap: Snapshot, st: Mapping[str, object]) -> tuple[list[str], str]:
     """The peer table's rows (this box first) and the mesh totals line."""
     own = own_load(st)
-    node = distccstate.printable(str(st.get("node") or "this box"))
+    name = snap.hostname or str(st.get("node") or "this box")
     addresses = st.get("addresses")
     port = _int(st.get("port"))
-    first = str(addresses[0]) if isinstance(addresses, list) and addresses else ""
-    own_addr = (f"[{first}]" if ":" in first else first) + (f":{port}" if first else "")
+    # announced addresses only mean something with discovery on; else just the port
+    first = (
+        str(addresses[0])
+        if st.get("discovery") is True and isinstance(addresses, list) and addresses
+        else ""
+    )
+    own_addr = (f"[{first}]" if ":" in first else first) + (f":{port}" if port else "")
     rows = [
         _row(
             (
-                f"{node} (here)",
+                distccstate.printable(name),
                 distccstate.printable(own_addr) or "-",
                 _num(snap.cpus),
                 _num(_opt_int(st.get("jobs"))),
@@ -436,7 +444,7 @@ def _peer_rows(snap: Snapshot, st: Mapping[str, object]) -> tuple[list[str], str
                 _num(own.free),
                 human_rate(own.speed),
                 "-",
-                "up",
+                "here",
                 "-",
             ),
             PEER_COLUMNS,
@@ -512,7 +520,8 @@ def _draw(stdscr: curses.window, lines: Sequence[Line]) -> None:
             pass
     if len(lines) > height > 0:
         try:
-            stdscr.addnstr(height - 1, 0, f"... {len(lines) - height + 1} more lines", width - 1)
+            more = f"... {len(lines) - height + 1} more lines (a taller window shows them)"
+            stdscr.addnstr(height - 1, 0, more.ljust(width), max(0, width - 1))
         except curses.error:
             pass
     stdscr.refresh()

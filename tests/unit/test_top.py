@@ -239,6 +239,7 @@ def _snap(**kw: object) -> top.Snapshot:
         "compiles": [],
         "dirs": [top.StateDir("/root/.distcc", "", 0)],
         "cpus": 2,
+        "hostname": "alpha.lan",
     }
     base.update(kw)
     return top.Snapshot(**base)  # type: ignore[arg-type]
@@ -268,8 +269,8 @@ def test_render_header_and_peers_without_live_load() -> None:
         "HOST", "ADDRESS", "CPUS", "JOBS", "RUN", "WAIT", "FREE", "SPEED", "HELD", "STATE",
         "TOOLCHAINS",
     ]  # fmt: skip
-    assert _cells(lines, "alpha")[:11] == [
-        "alpha", "(here)", "10.77.0.11:3632", "2", "4", "1", "-", "-", "-", "-", "up",
+    assert _cells(lines, "alpha.lan")[:11] == [
+        "alpha.lan", "10.77.0.11:3632", "2", "4", "1", "-", "-", "-", "-", "here", "-",
     ]  # fmt: skip
     beta = _cells(lines, "beta")
     assert beta[:10] == ["beta", "10.77.0.12:3632", "8", "10", "-", "-", "-", "-", "-", "up"]
@@ -284,7 +285,7 @@ def test_render_shows_live_load_when_the_daemon_reports_it() -> None:
     assert _cells(lines, "beta")[:10] == [
         "beta", "10.77.0.12:3632", "8", "10", "3", "5", "0", "3.3M/s", "2", "up",
     ]  # fmt: skip
-    assert _cells(lines, "alpha")[5:10] == ["1", "-", "1", "879K/s", "-"]
+    assert _cells(lines, "alpha.lan")[4:9] == ["1", "-", "1", "879K/s", "-"]
     assert "running 4, waiting 7" in lines[1]
 
 
