@@ -1,6 +1,7 @@
 """``meshcc top``'s pure parts: the distcc state-file reader (records packed here by
 distcc's layout, struct dcc_task_state from distcc 3.4's src/state.h) and the rendering of
-a snapshot. The live screen, a real daemon and real distcc jobs: integration/test_top.py."""
+a snapshot. The live screen, a real daemon and real distcc jobs:
+integration/test_top_terminal.py."""
 
 from __future__ import annotations
 
