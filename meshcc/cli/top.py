@@ -419,10 +419,24 @@ def _dirs_note(dirs: Sequence[StateDir]) -> str:
     return f"  [state: {', '.join(parts)}]" if parts else ""
 
 
+def _names(snap: Snapshot, st: Mapping[str, object]) -> list[str]:
+    """Host names for this box and each peer, with the node id's start where a name repeats
+    (boxes cloned from one image, containers, namespaces: one hostname, distinct peers)."""
+    rows = [(snap.hostname or "this box", str(st.get("node") or ""))]
+    for verdict in snap.verdicts:
+        peer = control.verdict_peer(verdict)
+        rows.append((str(peer.get("host") or "?"), str(peer.get("node_id") or "")))
+    hosts = [host for host, _node in rows]
+    return [
+        distccstate.printable(f"{host}#{node[:6]}" if hosts.count(host) > 1 and node else host)
+        for host, node in rows
+    ]
+
+
 def _peer_rows(snap: Snapshot, st: Mapping[str, object]) -> tuple[list[str], str]:
     """The peer table's rows (this box first) and the mesh totals line."""
     own = own_load(st)
-    name = snap.hostname or str(st.get("node") or "this box")
+    names = _names(snap, st)
     addresses = st.get("addresses")
     port = _int(st.get("port"))
     # announced addresses only mean something with discovery on; else just the port
@@ -435,7 +449,7 @@ def _peer_rows(snap: Snapshot, st: Mapping[str, object]) -> tuple[list[str], str
     rows = [
         _row(
             (
-                distccstate.printable(name),
+                names[0],
                 distccstate.printable(own_addr) or "-",
                 _num(snap.cpus),
                 _num(_opt_int(st.get("jobs"))),
@@ -455,7 +469,7 @@ def _peer_rows(snap: Snapshot, st: Mapping[str, object]) -> tuple[list[str], str
     running: list[int | None] = [own.running]
     waiting: list[int | None] = [_opt_int(st.get("queued"))]
     up = 0
-    for verdict in snap.verdicts:
+    for verdict, name in zip(snap.verdicts, names[1:], strict=True):
         peer = control.verdict_peer(verdict)
         load = peer_load(verdict)
         cpus, jobs = _opt_int(peer.get("cpus")), _opt_int(peer.get("jobs"))
@@ -470,7 +484,7 @@ def _peer_rows(snap: Snapshot, st: Mapping[str, object]) -> tuple[list[str], str
         rows.append(
             _row(
                 (
-                    distccstate.printable(str(peer.get("host") or "?")) + kind,
+                    name + kind,
                     distccstate.printable(_peer_address(verdict, peer)),
                     _num(cpus),
                     _num(jobs),

@@ -340,6 +340,19 @@ def test_render_without_daemon_still_shows_local_compiles() -> None:
     assert _cells(lines, "77")[:4] == ["77", "Compile", "f77.c", "10.77.0.12[1]"]
 
 
+def test_render_tells_peers_with_one_hostname_apart() -> None:
+    twins = [
+        _verdict("vm", "10.77.0.12", peer={"node_id": "b755753e9155"}),
+        _verdict("vm", "10.77.0.13", peer={"node_id": "e244371832fb"}),
+        _verdict("other", "10.77.0.14", peer={"node_id": "0123456789ab"}),
+    ]
+    lines = _text(_snap(verdicts=twins, hostname="vm", status=_status(node="c0ffee000000")))
+    assert _cells(lines, "vm#c0ffee")[9] == "here"
+    assert _cells(lines, "vm#b75575")[0:2] == ["vm#b75575", "10.77.0.12:3632"]
+    assert _cells(lines, "vm#e24437")[0:2] == ["vm#e24437", "10.77.0.13:3632"]
+    assert _cells(lines, "other")[0:2] == ["other", "10.77.0.14:3632"]
+
+
 def test_render_clips_long_cells_and_escapes_names() -> None:
     v = _verdict(
         "a-very-long-host-name-indeed.example", "10.77.0.12", peer={"host": "x\x1b]0;t\x07"}
