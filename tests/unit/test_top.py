@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcc.cli import distccstate, top
+from meshcc.cli import distccstate, topview
 from meshcc.cli.distccstate import Compile
 
 # distcc's struct, written out field by field (not taken from the module under test):
@@ -230,7 +230,7 @@ def _compile(pid: int, phase: int, mtime: float, host: str = "10.77.0.12") -> Co
     return Compile(pid, f"f{pid}.c", host, 1, phase, mtime, f"/x/binstate_{pid}")
 
 
-def _snap(**kw: object) -> top.Snapshot:
+def _snap(**kw: object) -> topview.Snapshot:
     base: dict[str, object] = {
         "at": NOW,
         "socket": "/run/meshcc/control.sock",
@@ -238,16 +238,16 @@ def _snap(**kw: object) -> top.Snapshot:
         "verdicts": [],
         "daemon_error": None,
         "compiles": [],
-        "dirs": [top.StateDir("/root/.distcc", "", 0)],
+        "dirs": [topview.StateDir("/root/.distcc", "", 0)],
         "cpus": 2,
         "hostname": "alpha.lan",
     }
     base.update(kw)
-    return top.Snapshot(**base)  # type: ignore[arg-type]
+    return topview.Snapshot(**base)  # type: ignore[arg-type]
 
 
-def _text(snap: top.Snapshot) -> list[str]:
-    return top.render_text(snap).splitlines()
+def _text(snap: topview.Snapshot) -> list[str]:
+    return topview.render_text(snap).splitlines()
 
 
 def _cells(lines: list[str], first: str) -> list[str]:
@@ -326,8 +326,8 @@ def test_render_without_daemon_still_shows_local_compiles() -> None:
         daemon_error="no meshcc daemon answers (no meshcc daemon at /x: No such file)",
         compiles=[_compile(77, 5, NOW)],
         dirs=[
-            top.StateDir("/h/.distcc", "absent"),
-            top.StateDir("/p/.distcc", "Permission denied"),
+            topview.StateDir("/h/.distcc", "absent"),
+            topview.StateDir("/p/.distcc", "Permission denied"),
         ],
     )
     lines = _text(snap)
@@ -364,17 +364,21 @@ def test_render_clips_long_cells_and_escapes_names() -> None:
 
 
 def test_human_units() -> None:
-    assert [top.human_rate(v) for v in (None, 0, 999, 1500, 3_500_000, 5 * 1024**4)] == [
+    assert [topview.human_rate(v) for v in (None, 0, 999, 1500, 3_500_000, 5 * 1024**4)] == [
         "-", "0B/s", "999B/s", "1.5K/s", "3.3M/s", "5120G/s",
     ]  # fmt: skip
-    assert [top.human_age(s) for s in (-1, 0.04, 59.9, 61, 3599, 7322)] == [
+    assert [topview.human_age(s) for s in (-1, 0.04, 59.9, 61, 3599, 7322)] == [
         "0.0s", "0.0s", "59.9s", "1m01s", "59m59s", "2h02m",
     ]  # fmt: skip
 
 
 def test_peer_load_is_the_one_place_reading_live_fields() -> None:
-    assert top.peer_load({"peer": {"free": 3}}) == top.Load(free=3)
-    assert top.peer_load({"peer": {}, "load": {"running": 1, "speed": 0}}) == top.Load(running=1)
-    assert top.peer_load({"peer": {}, "load": "junk"}) == top.Load()
-    assert top.own_load({"running": 2, "free": 0}) == top.Load(running=2)  # no load channel
-    assert top.own_load({"running": 2, "free": 0, "loads": []}) == top.Load(running=2, free=0)
+    assert topview.peer_load({"peer": {"free": 3}}) == topview.Load(free=3)
+    assert topview.peer_load({"peer": {}, "load": {"running": 1, "speed": 0}}) == topview.Load(
+        running=1
+    )
+    assert topview.peer_load({"peer": {}, "load": "junk"}) == topview.Load()
+    assert topview.own_load({"running": 2, "free": 0}) == topview.Load(running=2)  # no load channel
+    assert topview.own_load({"running": 2, "free": 0, "loads": []}) == topview.Load(
+        running=2, free=0
+    )
