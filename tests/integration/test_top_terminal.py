@@ -226,10 +226,16 @@ def test_top_in_tmux_shows_a_live_build_and_quits_cleanly(
         assert job.poll() is None, (job.communicate(), daemon.log_text())
 
         # What distcc's own monitor sees, and what top's plain snapshot says of the job.
-        mon = subprocess.run(
-            ["distccmon-text"], env=env, capture_output=True, text=True, timeout=20
+        # (the client notes its Compile phase just after sending: poll, the server may be
+        # a hair faster)
+        def monitor() -> str:
+            return subprocess.run(
+                ["distccmon-text"], env=env, capture_output=True, text=True, timeout=20
+            ).stdout
+
+        netns.wait_for(
+            lambda: f"{job.pid}  Compile     hello.c" in monitor(), 10, what="distccmon-text"
         )
-        assert f"{job.pid}  Compile     hello.c" in mon.stdout, mon
         once = daemon.cli("top", "--once", "--distcc-dir", env["DISTCC_DIR"])
         assert once.returncode == 0, once.stderr
         row = next(line for line in once.stdout.splitlines() if line.split()[:1] == [str(job.pid)])
