@@ -108,6 +108,10 @@ class Tmux:
         """Is a full-screen program's screen up (curses' smcup, undone by rmcup)?"""
         return self._tmux("display-message", "-p", "-t", "top", "#{alternate_on}").strip() == "1"
 
+    def pane_pid(self) -> int:
+        """The pid of the pane's shell."""
+        return int(self._tmux("display-message", "-p", "-t", "top", "#{pane_pid}").strip())
+
     def resize(self, width: int, height: int) -> None:
         self._tmux("resize-window", "-t", "top", "-x", str(width), "-y", str(height))
 
@@ -143,6 +147,20 @@ def terminal(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Tmux]]:
     yield start
     for t in made:
         t.kill()
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return found
 
 
 def _shell_is_back(tmux: Tmux) -> None:
@@ -296,6 +314,14 @@ def test_top_in_tmux_shows_a_live_build_and_quits_cleanly(
         _shell_is_back(tmux)
         tmux.type("echo status=$?")
         tmux.wait(lambda s: "status=0" in s, 10, "top's exit status")
+
+        # So does SIGTERM (a service manager, `kill`): the terminal is restored too.
+        tmux.type(f"clear; {sys.executable} -m meshcc top -d 0.3; echo status=$?")
+        tmux.wait(lambda s: f"daemon {node}" in s, 20, "top a third time")
+        [top_pid] = _children(tmux.pane_pid())
+        os.kill(top_pid, signal.SIGTERM)
+        _shell_is_back(tmux)
+        tmux.wait(lambda s: "status=0" in s, 10, "top's exit status after SIGTERM")
     finally:
         gate.unlink(missing_ok=True)
         if job.poll() is None:
