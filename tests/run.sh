@@ -33,7 +33,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # systemd, shellcheck: checking the service files (systemd-analyze verify, sysusers).
 # ccache: the daemon's --ccache; openssh-server: a real sshd for @host specs and --inetd.
 packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck ccache
-    openssh-server)
+    openssh-server tmux) # tmux: `meshcc top` driven in a real terminal (test_top_terminal.py)
 missing=()
 for pkg in "${packages[@]}"; do
     # "ii": wanted and installed; anything else (absent, removed, half-installed) installs

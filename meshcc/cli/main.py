@@ -2,7 +2,7 @@
 
 Each subcommand registers its options in ``_add_<name>`` and names a handler
 module imported only when it runs, so ``meshcc --help`` stays quick and a new
-command (``hosts``, ``doctor``, ``setup``) is one more table entry.
+command (``hosts``, ``doctor``, ``setup``, ``top``) is one more table entry.
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ COMMANDS: dict[
         *_delegate("doctor"),
     ),
     "setup": ("configure Portage or a masquerade directory for the mesh", *_delegate("setup")),
+    "top": ("live view of the mesh's peers and this box's compiles", *_delegate("top")),
     "zipapp": (
         "build meshcc.pyz, a single file that runs with a bare python3 >= 3.11",
         *_delegate("zipapp"),
