@@ -298,7 +298,8 @@ class Mesh:
         if nid is None:
             macs, machine_id, _ = netif.identity_material(selection.chosen)
             nid = node_id(macs, self.port, machine_id, hostname) if macs else random_node_id()
-        addresses = tuple(selection.ipv4_addresses)
+        addresses = tuple(selection.announce_addresses)  # IPv4, or IPv6 on IPv6-only links
+        mdns_interfaces = selection.mdns_interfaces
 
         def status(on: bool, why: str | None, instance: str | None = None) -> MeshStatus:
             return MeshStatus(
@@ -321,7 +322,7 @@ class Mesh:
             return
 
         if not self.config.announce:
-            await self._start_browsing(addresses, status)
+            await self._start_browsing(addresses, mdns_interfaces, status)
             return
         distcc_id = self._distcc_id
         publish_distcc = True
@@ -375,7 +376,10 @@ class Mesh:
         from meshcc.mesh.discovery import Discovery
 
         discovery = Discovery(
-            list(addresses), self._on_event, resolve_timeout_s=self.config.resolve_timeout_s
+            list(addresses),
+            self._on_event,
+            interfaces=mdns_interfaces,
+            resolve_timeout_s=self.config.resolve_timeout_s,
         )
         try:
             await discovery.start([meshcc_spec, *distcc_specs])
@@ -408,13 +412,19 @@ class Mesh:
         return "this mesh-only daemon (no compilers) finds no peers"
 
     async def _start_browsing(
-        self, addresses: tuple[str, ...], status: Callable[..., MeshStatus]
+        self,
+        addresses: tuple[str, ...],
+        mdns_interfaces: Sequence[str | int],
+        status: Callable[..., MeshStatus],
     ) -> None:
         """Browse-only mode: track peers without announcing ourselves."""
         from meshcc.mesh.discovery import Discovery
 
         discovery = Discovery(
-            list(addresses), self._on_event, resolve_timeout_s=self.config.resolve_timeout_s
+            list(addresses),
+            self._on_event,
+            interfaces=mdns_interfaces,
+            resolve_timeout_s=self.config.resolve_timeout_s,
         )
         try:
             await discovery.start([])
