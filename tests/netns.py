@@ -519,6 +519,7 @@ class Lan:
         self.switch_ns = PREFIX + self.runid
         self.hosts: dict[str, Host] = {}
         self._bridges = ["br0"]
+        self._cables: list[tuple[str, str]] = []
         self._closed = False
         _live_lans.add(self)
         try:
@@ -658,6 +659,28 @@ class Lan:
         )
         _ip(netns=self.switch_ns, batch=[f"link set {port} master br0", f"link set {port} up"])
         return host
+
+    # ---- a second link
+
+    def cable(self, a: Host, b: Host, ifname: str = "eth1") -> tuple[str, str]:
+        """Plug a veth straight from `a` to `b` (off the switch): another link for both.
+
+        Each end gets only a fixed link-local address (``nodad``: usable at once, besides
+        the kernel's own), returned as ``(a's, b's)`` without scope. Why: fe80::/64 exists
+        on every link, so a test of "this link only" needs a second one. The veth goes
+        with the namespaces on teardown.
+        """
+        n = len(self._cables) + 1
+        self._cables.append((a.name, b.name))
+        ends = (f"fe80::77:{n}:a", f"fe80::77:{n}:b")
+        _ip("link", "add", ifname, "netns", a.ns, "type", "veth", "peer", "name", ifname,
+            "netns", b.ns)  # fmt: skip
+        for host, addr in ((a, ends[0]), (b, ends[1])):
+            _ip(
+                netns=host.ns,
+                batch=[f"addr add {addr}/64 dev {ifname} nodad", f"link set {ifname} up"],
+            )
+        return ends
 
     # ---- partitions
 

@@ -15,6 +15,8 @@ hosts line) fails here instead of passing by accident.
   and ``c`` killed (no goodbye: the IPv6 probe notices) drop out of ``a``'s line.
 * Link-local-only LAN, two hosts: the hosts line names the peer as ``[fe80::…%eth0]``
   (the scope is required to dial it), and meshcc-gcc and stock distcc compile through it.
+  A second link straight between the two (``Lan.cable``) carries the same fe80::/64: a
+  compile arriving over it is refused, since only the mesh's own link is allowed.
 
 Waits are bounded against hangs only; nothing is timed.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,6 +91,7 @@ def _compile_both_ways(
     """meshcc-gcc (leases from ``daemon``) and stock distcc (DISTCC_HOSTS from ``meshcc
     hosts``, localhost removed) each compile ``SOURCE`` on a peer; objects equal a local
     compile's."""
+    tmp.mkdir(exist_ok=True)
     src = tmp / "point.c"
     src.write_text(SOURCE)
     env = _client_env(tmp)
@@ -188,6 +192,7 @@ def test_ipv6_link_local_only_lan(lan: Callable[..., Lan], tmp_path: Path) -> No
     for h in (ha, hb):
         _no_ipv4(h)
         assert h.address.startswith("fe80:")
+    a_eth1, _ = net.cable(ha, hb)  # a second link between a and b, off the LAN
     work = private_dir("meshcc-v6ll-")
     a = Meshd(work, ha, "-i", "eth0", name="a")
     b = Meshd(work, hb, "-i", "eth0", "--jobs", "2", name="b")
@@ -199,7 +204,33 @@ def test_ipv6_link_local_only_lan(lan: Callable[..., Lan], tmp_path: Path) -> No
         scoped = {f"{hb.address}%eth0"}
         netns.wait_for(_lists(a, scoped), 30, 0.2, "a to list b by its scoped fe80:: address")
         assert f"[{hb.address}%eth0]:3632/2,lzo" in a.hosts()["line"]
-        _compile_both_ways(ha, a, [b], scoped, tmp_path)
+        _compile_both_ways(ha, a, [b], scoped, tmp_path / "ab")
+
+        # fe80::/64 is on every link: a admits b's compiles over the LAN (eth0), and
+        # refuses the same request arriving over another link (a cable a-b, eth1).
+        (tmp_path / "ba").mkdir()
+        env = _client_env(tmp_path / "ba")
+        src = tmp_path / "ab" / "point.c"
+
+        def distcc_to(hosts: str) -> subprocess.CompletedProcess[str]:
+            argv = ["distcc", "gcc", "-c", str(src), "-o", str(tmp_path / "ba" / "p.o")]
+            return hb.run(argv, env=dict(env, DISTCC_HOSTS=hosts))
+
+        before = _ok_jobs(a)
+        res = distcc_to(f"[{ha.address}%eth0]:3632/2,lzo")
+        assert res.returncode == 0, res.stderr + a.log_text()[-3000:]
+        netns.wait_for(lambda: _ok_jobs(a) > before, 10, what="a's job from b over eth0")
+        res = distcc_to(f"[{a_eth1}%eth1]:3632/2,lzo")
+        assert res.returncode != 0, res.stderr
+
+        def denied() -> bool:  # b's source address on eth1 is the kernel's choice
+            lines = a.log_text().splitlines()
+            return any("%eth1]:" in ln and "denied by access list" in ln for ln in lines)
+
+        try:
+            netns.wait_for(denied, 10, what="a to deny b's compile from the other link")
+        except TimeoutError as e:
+            pytest.fail(f"{e}\n{res.stderr}\n{a.log_text()[-3000:]}")
     finally:
         for m in (a, b):
             m.stop()
