@@ -9,7 +9,8 @@ hosts line) fails here instead of passing by accident.
 
 * ULA LAN, three hosts: ``a`` runs with ``-i eth0`` (which used to abort: "no IPv4
   address"), ``b`` and ``c`` choose their interface by default. Each lists the other two as
-  ``[fd77::N]:3632/LIMIT,lzo``; a compile from ``a`` through ``meshcc-gcc`` (leases) and
+  ``[fd77::N]:3632/LIMIT,lzo`` (and ``meshcc hosts`` on a fourth box without a daemon
+  browses them over IPv6); a compile from ``a`` through ``meshcc-gcc`` (leases) and
   through stock distcc 3.4 (``DISTCC_HOSTS`` from ``meshcc hosts``) runs on a peer
   (DISTCC_FALLBACK=0) and gives the same bytes as a local compile; ``b`` stopped (goodbye)
   and ``c`` killed (no goodbye: the IPv6 probe notices) drop out of ``a``'s line.
@@ -27,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,8 +134,8 @@ def _lists(me: Meshd, want: set[str]) -> Callable[[], bool]:
 
 def test_ipv6_only_ula_lan(lan: Callable[..., Lan], tmp_path: Path) -> None:
     net = lan(ipv6_only=True)
-    ha, hb, hc = (net.add_host(n) for n in "abc")
-    for h in (ha, hb, hc):
+    ha, hb, hc, hd = (net.add_host(n) for n in "abcd")  # d: no daemon
+    for h in (ha, hb, hc, hd):
         _no_ipv4(h)
     work = private_dir("meshcc-v6-")
     a = Meshd(work, ha, "-i", "eth0", "--jobs", "2", name="a")
@@ -165,6 +167,12 @@ def test_ipv6_only_ula_lan(lan: Callable[..., Lan], tmp_path: Path) -> None:
         p = a.cli("hosts", "--cc", "gcc", inside=True)
         assert p.returncode == 0 and p.stdout.strip().endswith(" localhost/2"), p
         assert "peer" in a.log_text() and "is up" in a.log_text()  # verified by a probe
+
+        # A box without a daemon: `meshcc hosts` browses over IPv6 by itself.
+        env = dict(os.environ, MESHCC_SOCKET=str(work / "nothing.sock"))
+        p = hd.run([sys.executable, "-m", "meshcc", "hosts", "--cc", "gcc"], env=env)
+        assert p.returncode == 0 and "browsed the network" in p.stderr, p.stderr
+        assert _hosts_of(p.stdout) == set(addr.values()), p.stdout
 
         # 3. Compiles from a, over IPv6, on b or c.
         _compile_both_ways(ha, a, [b, c], {addr["b"], addr["c"]}, tmp_path)
