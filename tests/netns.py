@@ -15,7 +15,8 @@ Layout of one :class:`Lan` (``<runid>`` = ``<pid>x<seq>``, unique per live proce
 
 An IPv6-only LAN (``Lan(ipv6_only=True)``): eth0 gets no IPv4 address and no IPv4 route
 at all, only ``fd77::N/64`` (a ULA, ``nodad``: usable at once) next to its fe80:: address;
-``Lan(ipv6_only=True, ipv6_subnet=None)`` leaves eth0 with the link-local address alone.
+``Lan(ipv6_only=True, ipv6_subnet=None)`` leaves eth0 with the link-local address alone;
+``dad_transmits=N`` turns duplicate address detection on (addresses tentative for ~N s).
 
 Interface names (eth0, pN, brN) stay far below the 15-character limit whatever the host name.
 Stale namespaces of a crashed run are recognised by the dead owner pid in their name and
@@ -503,6 +504,7 @@ class Lan:
         *,
         ipv6_only: bool = False,
         ipv6_subnet: str | None = DEFAULT_IPV6_SUBNET,
+        dad_transmits: int = 0,
     ) -> None:
         global _swept
         reason = unavailable_reason()
@@ -512,6 +514,9 @@ class Lan:
             _swept = True
             sweep_stale()
         self.ipv6_only = ipv6_only
+        # 0: DAD off, IPv6 addresses usable at once. N: real DAD with N probes (~N s
+        # tentative after add_host): what a daemon started at boot or on link-up meets.
+        self.dad_transmits = dad_transmits
         self.subnet: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network(subnet)
         if ipv6_only and ipv6_subnet is not None:
             self.subnet = ipaddress.IPv6Network(ipv6_subnet)
@@ -642,13 +647,17 @@ class Lan:
             self.switch_ns,
         )
         # DAD off before the link comes up, so the kernel's fe80:: address is usable at once.
-        self._sysctl(ns, {f"net/ipv6/conf/{IFNAME}/accept_dad": 0})
+        dad = {f"net/ipv6/conf/{IFNAME}/accept_dad": 1 if self.dad_transmits else 0}
+        if self.dad_transmits:
+            dad[f"net/ipv6/conf/{IFNAME}/dad_transmits"] = self.dad_transmits
+        self._sysctl(ns, dad)
         _ip(
             netns=ns,
             batch=[
                 "link set lo up",
                 *(
-                    f"addr add {i} dev {IFNAME}" + (" nodad" if i.version == 6 else "")
+                    f"addr add {i} dev {IFNAME}"
+                    + (" nodad" if i.version == 6 and not self.dad_transmits else "")
                     for i in interfaces
                 ),
                 f"link set {IFNAME} up",

@@ -9,6 +9,9 @@ PTR expiry), and hands them to a callback; it decides nothing about peers.
   IPv4 addresses, and interface indexes where mDNS runs over IPv6 (an interface without
   IPv4; see netif.py). The IP version follows the list: V4Only for IPv4 addresses alone
   (every dual-stack or IPv4 LAN, as before), V6Only for indexes alone, All for a mix.
+* Before opening IPv6 sockets it waits (up to ``dad_wait_s``) for duplicate address
+  detection on the addresses it binds and announces: a tentative address cannot be
+  bound, and python-zeroconf then only logs it and stays deaf and mute on that link.
 * Resolved addresses are ordered for dialing: IPv4, then routable IPv6 (global, ULA),
   then link-local IPv6 with its scope, the interface the answer came in on, by name
   (``fe80::1%eth0``: getaddrinfo takes it, and so does distcc's host grammar); a
@@ -36,6 +39,7 @@ from typing import Any
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from meshcc.mesh import netif
 from meshcc.mesh.records import DISTCC_TYPE, MESHCC_TYPE, ServiceSpec
 
 __all__ = ["Discovery", "DiscoveryEvent", "ServiceGone", "ServiceSeen"]
@@ -114,8 +118,9 @@ def _to_info(spec: ServiceSpec, addresses: Sequence[str]) -> ServiceInfo:
 class Discovery:
     """Announce ``addresses`` and browse, over ``interfaces`` (default: the addresses).
 
-    ``interfaces`` lists IPv4 addresses and IPv6 interface indexes (ints): mDNS over IPv6
-    on those links. ``addresses`` are what the A/AAAA records carry (no scopes)."""
+    ``interfaces`` lists IPv4 addresses and, for mDNS over IPv6 on a link, that link's
+    IPv6 (link-local) address or its index. ``addresses`` are what the A/AAAA records
+    carry (no scopes). ``tentative`` lists the addresses still in DAD (injectable)."""
 
     def __init__(
         self,
@@ -125,6 +130,8 @@ class Discovery:
         interfaces: Sequence[str | int] | None = None,
         browse_types: Sequence[str] = (MESHCC_TYPE, DISTCC_TYPE),
         resolve_timeout_s: float = 1.5,
+        dad_wait_s: float = 5.0,
+        tentative: Callable[[], set[ipaddress.IPv6Address]] = netif.tentative_ipv6,
     ) -> None:
         if not addresses:
             raise ValueError("Discovery needs at least one interface address")
@@ -133,6 +140,8 @@ class Discovery:
         self._on_event = on_event
         self._browse_types = list(browse_types)
         self._resolve_timeout_ms = resolve_timeout_s * 1000
+        self._dad_wait_s = dad_wait_s
+        self._tentative = tentative
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._resolving: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -142,6 +151,7 @@ class Discovery:
 
     async def start(self, services: Sequence[ServiceSpec]) -> None:
         """Open the mDNS sockets, register ``services``, start browsing (OSError if impossible)."""
+        await self._wait_dad()
         try:
             self._azc = AsyncZeroconf(
                 interfaces=list(self.interfaces), ip_version=_ip_version(self.interfaces)
@@ -189,6 +199,27 @@ class Discovery:
                 await azc.async_close()
 
     # -- internals
+
+    async def _wait_dad(self) -> None:
+        """Wait until no IPv6 address we bind or announce is tentative (bounded)."""
+        ours = set()
+        for text in (*self.addresses, *(i for i in self.interfaces if isinstance(i, str))):
+            if ":" in text:
+                ours.add(ipaddress.IPv6Address(text.split("%", 1)[0]))
+        if not ours:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._dad_wait_s
+        while pending := ours & self._tentative():
+            if loop.time() >= deadline:
+                log.warning(
+                    "IPv6 duplicate address detection has not finished for %s after %g s; "
+                    "mDNS may not work on that link (a duplicate address on the LAN?)",
+                    ", ".join(sorted(map(str, pending))),
+                    self._dad_wait_s,
+                )
+                return
+            await asyncio.sleep(0.1)
 
     def _keep(self, aw: object) -> None:
         if isinstance(aw, asyncio.Future):

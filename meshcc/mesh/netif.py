@@ -129,9 +129,15 @@ class Selection:
 
     @property
     def mdns_interfaces(self) -> list[str | int]:
-        """python-zeroconf's ``interfaces=``: IPv4 addresses, and interface indexes for
-        IPv6 (joining ff02::fb needs the index)."""
-        v6 = [iface.index for iface in self.chosen if iface.mdns_ipv6 and iface.index]
+        """python-zeroconf's ``interfaces=``: IPv4 addresses and, for mDNS over IPv6, the
+        interface's link-local address (python-zeroconf joins ff02::fb on its interface
+        and sends from it: stable, unlike a SLAAC privacy address that expires), or its
+        index when it has none (python-zeroconf then sends from its first address)."""
+        v6: list[str | int] = []
+        for iface in self.chosen:
+            if iface.mdns_ipv6:
+                ll = iface.link_local_ipv6
+                v6.append(_bare(ll[0]) if ll else iface.index)
         return [*self.ipv4_addresses, *dict.fromkeys(v6)]
 
 
@@ -141,6 +147,32 @@ MAX_ANNOUNCED = MAX_ADDRESSES  # the most a peer accepts in one record
 def _bare(i: ipaddress.IPv6Interface) -> str:
     """The address without its ``%scope``."""
     return str(i.ip).split("%", 1)[0]
+
+
+IFA_F_TENTATIVE = 0x40  # linux/if_addr.h: duplicate address detection still running
+_IF_INET6 = "/proc/net/if_inet6"
+
+
+def tentative_ipv6(path: str = _IF_INET6) -> set[ipaddress.IPv6Address]:
+    """IPv6 addresses still in duplicate address detection (Linux; empty elsewhere).
+
+    Why: a tentative address cannot be bound, so mDNS started in the second or so after
+    a link comes up (a boot, a plugged cable) would bind nothing and stay silent for
+    good. Lines read ``<32 hex> <ifindex> <prefix> <scope> <flags> <name>``."""
+    found: set[ipaddress.IPv6Address] = set()
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        try:
+            if len(fields) >= 5 and int(fields[4], 16) & IFA_F_TENTATIVE:
+                found.add(ipaddress.IPv6Address(int(fields[0], 16)))
+        except ValueError:
+            continue
+    return found
 
 
 def _read_sys(name: str, leaf: str) -> str | None:

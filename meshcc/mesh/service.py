@@ -187,6 +187,11 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
     return DistccId(machine, version) if machine and version else None
 
 
+def _endpoint(address: str, port: int) -> str:
+    """``10.0.0.2:3632`` or ``[fd00::2]:3632`` for logs."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
@@ -522,7 +527,7 @@ class Mesh:
             log.info(
                 "peer %s announced at %s",
                 record.host,
-                ", ".join(f"{a}:{record.port}" for a in record.addresses),
+                ", ".join(_endpoint(a, record.port) for a in record.addresses),
             )
 
     def _is_self(self, record: PeerRecord) -> bool:
@@ -541,7 +546,8 @@ class Mesh:
             return
         r = state.record
         if liveness is Liveness.UP:
-            log.info("peer %s (%s:%d) is up", r.host, pick_address(r, self._policy), r.port)
+            where = _endpoint(pick_address(r, self._policy) or "?", r.port)
+            log.info("peer %s (%s) is up", r.host, where)
         elif liveness is Liveness.DOWN:
             log.log(
                 NOTICE,

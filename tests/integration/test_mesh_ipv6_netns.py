@@ -246,3 +246,30 @@ def test_ipv6_link_local_only_lan(lan: Callable[..., Lan], tmp_path: Path) -> No
             if "Traceback" in m.log_text():
                 pytest.fail(f"{m.name} logged a traceback:\n{m.log_text()}")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_daemons_started_during_dad_still_find_each_other(lan: Callable[..., Lan]) -> None:
+    """A daemon started while its IPv6 addresses are still tentative (boot, link-up): a
+    tentative address cannot be bound, so mDNS opened at once would stay mute for good."""
+    net = lan(ipv6_only=True, dad_transmits=3)  # ~3 s of DAD after each add_host
+    ha, hb = net.add_host("a"), net.add_host("b")
+    work = private_dir("meshcc-v6dad-")
+    a = Meshd(work, ha, "-i", "eth0", name="a")
+    b = Meshd(work, hb, "-i", "eth0", name="b")
+    try:
+        for h in (ha, hb):  # the premise: DAD is still running as the daemons start
+            out = h.run(["ip", "-6", "addr", "show", "dev", "eth0", "tentative"]).stdout
+            assert h.address in out, out
+        a.start(wait=False)
+        b.start(wait=False)
+        a.wait_ready()
+        b.wait_ready()
+        netns.wait_for(_lists(a, {hb.address}), 30, 0.2, "a to list b")
+        netns.wait_for(_lists(b, {ha.address}), 30, 0.2, "b to list a")
+    finally:
+        for m in (a, b):
+            m.stop()
+        for m in (a, b):
+            if "Traceback" in m.log_text():
+                pytest.fail(f"{m.name} logged a traceback:\n{m.log_text()}")
+        shutil.rmtree(work, ignore_errors=True)

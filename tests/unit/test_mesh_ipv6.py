@@ -5,7 +5,10 @@ check's link comparison uses the real ``lo`` (index 1 everywhere on Linux)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -51,13 +54,13 @@ def test_ipv6_only_interface_is_chosen_by_default_and_by_name() -> None:
         assert sel.warnings == ()
         # Routable first, then link-local, never scoped: receivers scope by their link.
         assert sel.announce_addresses == ["fd77::b", "2001:db8::b", "fe80::a"]
-        assert sel.mdns_interfaces == [2]  # IPv6 mDNS joins ff02::fb by interface index
+        assert sel.mdns_interfaces == ["fe80::a"]  # IPv6 mDNS on the link-local address
 
 
 def test_dual_stack_keeps_ipv4_mdns_and_ipv4_records() -> None:
     sel = netif.select_interfaces(ifaces(LO, DUAL, V6ONLY))
     assert [i.name for i in sel.chosen] == ["eth2", "eth0"]
-    assert sel.mdns_interfaces == ["10.77.0.11", 2]  # eth2 over IPv4 as before; eth0 over v6
+    assert sel.mdns_interfaces == ["10.77.0.11", "fe80::a"]  # eth2 over IPv4 as before
     assert sel.announce_addresses == ["10.77.0.11", "fd77::b", "2001:db8::b", "fe80::a"]
     only_dual = netif.select_interfaces(ifaces(LO, DUAL))
     assert only_dual.mdns_interfaces == ["10.77.0.11"]
@@ -71,7 +74,12 @@ def test_link_local_only_interfaces_only_when_nothing_better() -> None:
     # ... but a link-local-only LAN still gets discovery, and -i takes such a link.
     sel = netif.select_interfaces(ifaces(LO, LL_ONLY))
     assert [i.name for i in sel.chosen] == ["eth1"] and sel.announce_addresses == ["fe80::c"]
-    assert netif.select_interfaces(ifaces(LO, DUAL, LL_ONLY), ["eth1"]).mdns_interfaces == [3]
+    assert netif.select_interfaces(ifaces(LO, DUAL, LL_ONLY), ["eth1"]).mdns_interfaces == [
+        "fe80::c"
+    ]
+    # No link-local address (addr_gen_mode none): python-zeroconf gets the index.
+    no_ll = adapter("eth4", 6, (("fd79::1", 0, 0), 64))
+    assert netif.select_interfaces(ifaces(LO, no_ll)).mdns_interfaces == [6]
 
 
 def test_interface_without_any_address_is_refused_by_name_and_explained() -> None:
@@ -128,3 +136,56 @@ def test_peer_ip_takes_the_scope_from_the_socket_address() -> None:
     assert str(peer_ip(("10.0.0.5", 1))[0]) == "10.0.0.5"
     with pytest.raises(ValueError):
         peer_ip(None)
+
+
+IF_INET6 = """\
+00000000000000000000000000000001 01 80 10 80       lo
+fe800000000000000000000000000001 02 40 20 c0     eth0
+fd770000000000000000000000000001 02 40 00 40     eth0
+fd770000000000000000000000000002 02 40 00 80     eth0
+garbage
+"""
+
+
+def test_tentative_ipv6_reads_the_dad_flag(tmp_path: Path) -> None:
+    f = tmp_path / "if_inet6"
+    f.write_text(IF_INET6)
+    assert netif.tentative_ipv6(str(f)) == {
+        ipaddress.IPv6Address("fe80::1"),
+        ipaddress.IPv6Address("fd77::1"),
+    }
+    assert netif.tentative_ipv6(str(tmp_path / "missing")) == set()
+
+
+def test_discovery_waits_for_dad_then_gives_up_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+
+    def tentative_for(n: int) -> Callable[[], set[ipaddress.IPv6Address]]:
+        def check() -> set[ipaddress.IPv6Address]:
+            calls.append(1)
+            return {ipaddress.IPv6Address("fd77::1")} if len(calls) <= n else set()
+
+        return check
+
+    d = discovery.Discovery(
+        ["fd77::1", "fe80::1"], lambda e: None, interfaces=["fe80::1"], tentative=tentative_for(3)
+    )
+    asyncio.run(d._wait_dad())
+    assert len(calls) == 4  # polled until DAD finished
+
+    calls.clear()
+    stuck = discovery.Discovery(
+        ["fd77::1"],
+        lambda e: None,
+        dad_wait_s=0.3,
+        tentative=lambda: {ipaddress.IPv6Address("fd77::1")},
+    )
+    asyncio.run(stuck._wait_dad())
+    assert "duplicate address detection has not finished for fd77::1" in caplog.text
+
+    ipv4 = discovery.Discovery(["10.0.0.1"], lambda e: None, tentative=tentative_for(10**6))
+    calls.clear()
+    asyncio.run(ipv4._wait_dad())
+    assert calls == []  # nothing of ours is IPv6: no wait, not even a look
