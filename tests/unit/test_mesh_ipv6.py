@@ -189,3 +189,23 @@ def test_discovery_waits_for_dad_then_gives_up_with_a_warning(
     calls.clear()
     asyncio.run(ipv4._wait_dad())
     assert calls == []  # nothing of ours is IPv6: no wait, not even a look
+
+
+def test_daemon_fallback_allow_list_scopes_link_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The allow list of a daemon whose mesh chose no interface: every interface's subnets,
+    with fe80::/64 per link, never a bare fe80::/64 that would admit every link."""
+    from meshcc.daemon import main
+
+    machine = ifaces(LO, V6ONLY, DUAL)
+    monkeypatch.setattr(netif, "list_interfaces", lambda: machine)
+    got = [str(n) for n in main.default_allowed_networks()]
+    assert got == [
+        "127.0.0.0/8",
+        "::1/128",
+        "fe80::%eth0/64",
+        "fd77::/64",
+        "2001:db8::/64",
+        "10.77.0.0/24",
+        "fe80::%eth2/64",
+        "fd78::/64",
+    ]
