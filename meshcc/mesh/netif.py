@@ -111,6 +111,9 @@ class Selection:
     chosen: tuple[Interface, ...]
     off_reason: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    # Link-local addresses found on more than one interface (VLANs on one NIC share its
+    # MAC, hence its fe80:: address): they cannot name a link.
+    shared_link_local: frozenset[str] = frozenset()
 
     @property
     def ipv4_addresses(self) -> list[str]:
@@ -132,12 +135,15 @@ class Selection:
         """python-zeroconf's ``interfaces=``: IPv4 addresses and, for mDNS over IPv6, the
         interface's link-local address (python-zeroconf joins ff02::fb on its interface
         and sends from it: stable, unlike a SLAAC privacy address that expires), or its
-        index when it has none (python-zeroconf then sends from its first address)."""
+        index when it has none or shares it with another interface (python-zeroconf maps
+        an address to the first interface holding it; given an index it sends from that
+        interface's first address)."""
         v6: list[str | int] = []
         for iface in self.chosen:
             if iface.mdns_ipv6:
-                ll = iface.link_local_ipv6
-                v6.append(_bare(ll[0]) if ll else iface.index)
+                ll = [_bare(i) for i in iface.link_local_ipv6]
+                ll = [a for a in ll if a not in self.shared_link_local]
+                v6.append(ll[0] if ll else iface.index)
         return [*self.ipv4_addresses, *dict.fromkeys(v6)]
 
 
@@ -286,13 +292,13 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
             elif not iface.multicast:
                 warnings.append(f"interface {n} is not multicast-capable; discovery may not work")
             chosen.append(iface)
-        return Selection(tuple(chosen), None, tuple(warnings))
+        return Selection(tuple(chosen), None, tuple(warnings), _shared_link_local(interfaces))
     usable = [i for i in interfaces if i.up and i.multicast and not i.loopback]
     chosen = [i for i in usable if i.ipv4 or i.routable_ipv6]
     if not chosen:  # a link-local-only IPv6 LAN (bridge ports etc. never win over a real NIC)
         chosen = [i for i in usable if i.link_local_ipv6]
     if chosen:
-        return Selection(tuple(chosen))
+        return Selection(tuple(chosen), shared_link_local=_shared_link_local(interfaces))
     others = [i for i in interfaces if not i.loopback]
     if not others:
         why = "no multicast-capable interface (only loopback)"
@@ -306,6 +312,14 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
         detail = "; ".join(f"{i.name}: {why_not(i)}" for i in others)
         why = f"no usable multicast-capable interface ({detail})"
     return Selection((), why + "; use --interface NAME to choose one")
+
+
+def _shared_link_local(interfaces: Sequence[Interface]) -> frozenset[str]:
+    seen: dict[str, int] = {}
+    for iface in interfaces:
+        for a in {_bare(i) for i in iface.link_local_ipv6}:
+            seen[a] = seen.get(a, 0) + 1
+    return frozenset(a for a, n in seen.items() if n > 1)
 
 
 def networks_of(interfaces: Iterable[Interface]) -> tuple[IPNetwork, ...]:

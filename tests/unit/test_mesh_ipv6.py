@@ -77,6 +77,11 @@ def test_link_local_only_interfaces_only_when_nothing_better() -> None:
     assert netif.select_interfaces(ifaces(LO, DUAL, LL_ONLY), ["eth1"]).mdns_interfaces == [
         "fe80::c"
     ]
+    # A VLAN on eth0 shares its MAC, hence its fe80:: address: that names no link, so
+    # python-zeroconf gets the index.
+    vlan = adapter("eth0.10", 7, (("fe80::a", 0, 7), 64), (("fd80::1", 0, 0), 64))
+    sel = netif.select_interfaces(ifaces(LO, V6ONLY, vlan), ["eth0.10"])
+    assert sel.mdns_interfaces == [7] and sel.announce_addresses == ["fd80::1", "fe80::a"]
     # No link-local address (addr_gen_mode none): python-zeroconf gets the index.
     no_ll = adapter("eth4", 6, (("fd79::1", 0, 0), 64))
     assert netif.select_interfaces(ifaces(LO, no_ll)).mdns_interfaces == [6]
