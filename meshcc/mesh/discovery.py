@@ -6,9 +6,10 @@ PTR expiry), and hands them to a callback; it decides nothing about peers.
 
 * One ``AsyncZeroconf`` inside the daemon's loop, bound to an explicit list of
   interfaces (never ``InterfaceChoice.All``, which would include loopback and every NIC):
-  IPv4 addresses, and interface indexes where mDNS runs over IPv6 (an interface without
-  IPv4; see netif.py). The IP version follows the list: V4Only for IPv4 addresses alone
-  (every dual-stack or IPv4 LAN, as before), V6Only for indexes alone, All for a mix.
+  IPv4 addresses and, where mDNS runs over IPv6 (an interface without IPv4; see
+  netif.py), that link's link-local address or its index. The IP version follows the
+  list: V4Only for IPv4 addresses alone (every dual-stack or IPv4 LAN, as before),
+  V6Only for IPv6 entries alone, All for a mix.
 * Before opening IPv6 sockets it waits (up to ``dad_wait_s``) for duplicate address
   detection on the addresses it binds and announces: a tentative address cannot be
   bound, and python-zeroconf then only logs it and stays deaf and mute on that link.
