@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
-import ipaddress
 import logging
 import os
 import resource
@@ -83,25 +82,18 @@ class _Fatal(Exception):
 
 
 def default_allowed_networks() -> list[IPNetwork]:
-    """Loopback plus the subnets of this machine's own non-loopback interface addresses."""
+    """Loopback plus the subnets of this machine's own non-loopback interface addresses
+    (a link-local one scoped to its interface: ``fe80::%eth0/64``, see netif.networks_of)."""
+    from meshcc.mesh import netif
+
     nets: list[IPNetwork] = list(LOOPBACK_NETWORKS)
     try:
-        import ifaddr
-
-        adapters = ifaddr.get_adapters()
+        interfaces = netif.list_interfaces()
     except Exception as e:  # noqa: BLE001 - a broken netlink or missing module must not stop us
         log.warning("cannot list network interfaces (%s); allowing loopback only", e)
         return nets
-    for adapter in adapters:
-        for ip in adapter.ips:
-            addr = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            try:
-                text = f"{addr.split('%')[0]}/{ip.network_prefix}"
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                continue
-            if net.network_address.is_loopback or net in nets:
-                continue
+    for net in netif.networks_of(i for i in interfaces if not i.loopback):
+        if not net.network_address.is_loopback and net not in nets:
             nets.append(net)
     return nets
 

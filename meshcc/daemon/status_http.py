@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip
+from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip, peer_ip
 from meshcc.wire.control import StatusReply
 
 log = logging.getLogger("meshcc.status")
@@ -126,7 +126,7 @@ class StatusServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
         try:
-            addr = normalize_client_ip(str(peer[0]))
+            addr = peer_ip(peer)[0]
         except ValueError:
             addr = ipaddress.ip_address("0.0.0.0")
         client = f"[{addr}]:{peer[1]}" if addr.version == 6 else f"{addr}:{peer[1]}"

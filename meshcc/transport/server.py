@@ -60,7 +60,7 @@ from meshcc.exitcodes import (
     EXIT_TRUNCATED,
 )
 from meshcc.loglevels import NOTICE
-from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, normalize_client_ip
+from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, peer_ip
 from meshcc.wire import protocol as wire
 
 __all__ = [
@@ -630,8 +630,7 @@ class CompileServer:
 
     def _admit(self, conn_sock: socket.socket, peer: object) -> None:
         try:
-            host, port = peer[0], peer[1]  # type: ignore[index]
-            addr = normalize_client_ip(str(host))
+            addr, port = peer_ip(peer)
         except (ValueError, TypeError, IndexError):
             addr, port = ipaddress.ip_address("0.0.0.0"), 0
         conn = _Conn(addr, _format_client(addr, int(port)), time.monotonic())
