@@ -112,6 +112,10 @@ COMMANDS: dict[
         "check why compiles are (not) distributed, with a fix for each problem",
         *_delegate("doctor"),
     ),
+    "stats": (
+        "how this box's compiles ended (remote, local, fallback, refused, busy) and why",
+        *_delegate("stats"),
+    ),
     "setup": ("configure Portage or a masquerade directory for the mesh", *_delegate("setup")),
     "zipapp": (
         "build meshcc.pyz, a single file that runs with a bare python3 >= 3.11",
