@@ -59,8 +59,10 @@ def ask(message: bytes, control_path: str | None = None) -> dict[str, Any]:
     tried = []
     for ctl in paths:
         path = wire.report_socket_path(ctl)
-        if not os.path.exists(path):
-            tried.append(f"{path}: no such socket")
+        try:
+            os.stat(path)
+        except OSError as e:
+            tried.append(f"{path}: {e.strerror or e}")
             continue
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
