@@ -76,11 +76,11 @@ def report(outcome: str, host: str = "", reason: str = "") -> None:
     if env.get("MESHCC_STATS") == "0":
         return
     try:
-        data = encode(outcome, host, reason)
         for control in control_paths(env):
             path = report_socket_path(control)
             if not _trusted(path, env):
                 continue
+            data = encode(outcome, host, reason)
             import _socket  # loaded already on the lease path; only paid when a daemon is up
 
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)

@@ -253,3 +253,63 @@ def test_status_json_is_derived_from_the_status_reply() -> None:
     assert doc["ccache"] == {"hit": 2, "miss": 1, "uncached": 0}
     clients = doc["clients"]
     assert isinstance(clients, dict) and clients["totals"]["remote"] == 1
+
+
+# ---------------------------------------------------------------- the client's classification
+
+
+class _Pool:
+    def __init__(self, **kw: object) -> None:
+        self.local_share: object | None = None
+        self.local_reason = ""
+        self.daemon_failure = ""
+        self.__dict__.update(kw)
+
+
+class _Host:
+    host = "10.0.0.7"
+    port = 3632
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
+    got: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(client_outcome, "report", lambda *a: got.append(a))
+    monkeypatch.setattr(client_outcome, "_last_failure", None)
+    return got
+
+
+def test_a_refusal_is_reported_with_the_servers_reason(sent: list[Any]) -> None:
+    from meshcc.client.decisions import CompileLocally
+
+    client_outcome.failed_on(_Host(), "refused: -fplugin= is not allowed for x.c")
+    client_outcome.compiled_locally(CompileLocally("...", True), _Pool(), "x.c")
+    assert sent == [("refused", "10.0.0.7:3632", "-fplugin= is not allowed for (source)")]
+
+
+def test_a_transport_failure_is_a_fallback_on_that_host(sent: list[Any]) -> None:
+    from meshcc.client.decisions import CompileLocally
+
+    client_outcome.failed_on(_Host(), "connect failed: Connection refused")
+    client_outcome.compiled_locally(CompileLocally("...", True), _Pool(), "x.c")
+    assert sent == [("fallback", "10.0.0.7:3632", "connect failed: Connection refused")]
+
+
+def test_the_daemons_answers_are_busy_or_fallback(sent: list[Any]) -> None:
+    from meshcc.client.decisions import CompileLocally, Fail
+
+    act = CompileLocally("meshcc daemon: ... (for y.c); compiling locally", False)
+    client_outcome.compiled_locally(
+        act, _Pool(local_share=object(), local_reason="all busy"), "y.c"
+    )
+    client_outcome.compiled_locally(act, _Pool(local_reason="no peers"), "y.c")
+    client_outcome.compiled_locally(act, _Pool(daemon_failure="daemon gone"), "y.c")
+    client_outcome.compiled_locally(act, None, "y.c")
+    client_outcome.compiled_locally(Fail(109, "no hosts for y.c"), None, "y.c")
+    assert sent == [
+        ("busy", "", "meshcc daemon: all busy"),
+        ("fallback", "", "meshcc daemon: no peers"),
+        ("fallback", "", "daemon gone"),
+        ("fallback", "", "meshcc daemon: ... (for (source)); compiling locally"),
+        ("failed", "", "no hosts for (source)"),
+    ]
