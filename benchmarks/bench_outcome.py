@@ -81,9 +81,7 @@ def end_to_end(work: Path, sock: str, runs: int) -> dict[str, float]:
     for _ in range(runs):
         for name, env in ways.items():
             t = time.perf_counter()
-            subprocess.run(
-                [gcc, "-E", "tiny.c", "-o", "/dev/null"], env=env, cwd=work, check=True
-            )
+            subprocess.run([gcc, "-E", "tiny.c", "-o", "/dev/null"], env=env, cwd=work, check=True)
             times[name].append((time.perf_counter() - t) * 1000)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -160,9 +158,7 @@ def main() -> int:
                     raise h.HarnessError("no outcome socket")
                 time.sleep(0.05)
             results["report() us, daemon up"] = client_in_process(sock, 1000)
-            results["import _socket ms (local-only run, daemon up)"] = import_socket_ms(
-                args.runs
-            )
+            results["import _socket ms (local-only run, daemon up)"] = import_socket_ms(args.runs)
             results["meshcc-gcc -E median ms"] = end_to_end(work, sock, args.runs)
             results["daemon CPU us per record"] = daemon_cost(daemon.proc.pid, sock, 4000)
         finally:
