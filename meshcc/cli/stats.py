@@ -124,6 +124,11 @@ def render(snap: dict[str, Any]) -> str:
             f"distributed {remote} of {distributable} distributable compiles "
             f"({100 * remote / distributable:.0f}%)"
         )
+    attempts = snap.get("failed_attempts") or []
+    if attempts:
+        lines.append("failed attempts by host (a compile may then have succeeded elsewhere):")
+        for a in attempts:
+            lines.append(f"  {a.get('count', 0):>7}  {a.get('host', '?')} ({a.get('kind', '?')})")
     dropped = snap.get("dropped") or {}
     if dropped:
         text = ", ".join(f"{k} {v}" for k, v in dropped.items())

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from meshcc.wire.outcome import encode, report_socket_path
+from meshcc.wire.outcome import encode, encode_attempt, report_socket_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,7 +71,12 @@ def _trusted(path: str, env: Mapping[str, str]) -> bool:
 
 
 def report(outcome: str, host: str = "", reason: str = "") -> None:
-    """Send one record to the first daemon socket there; never raises, never blocks."""
+    """Send one outcome record to the first daemon socket there; never raises or blocks."""
+    _send(outcome, host, reason)
+
+
+def _send(outcome: str | None, host: str, reason: str) -> None:
+    """``outcome`` None: a failed attempt (:func:`meshcc.wire.outcome.encode_attempt`)."""
     env = os.environ
     if env.get("MESHCC_STATS") == "0":
         return
@@ -80,7 +85,10 @@ def report(outcome: str, host: str = "", reason: str = "") -> None:
             path = report_socket_path(control)
             if not _trusted(path, env):
                 continue
-            data = encode(outcome, host, reason)
+            if outcome is None:
+                data = encode_attempt(host, reason)
+            else:
+                data = encode(outcome, host, reason)
             import _socket  # loaded already on the lease path; only paid when a daemon is up
 
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
@@ -106,9 +114,11 @@ def host_name(host: object) -> str:
 
 
 def failed_on(host: object, why: str) -> None:
-    """A host could not do the job (the wrapper tries the next one, or compiles here)."""
+    """A host could not do the job (the wrapper tries the next one, or compiles here):
+    remembered for this compile's outcome, and counted against the host at once."""
     global _last_failure
     _last_failure = (host_name(host), why)
+    _send(None, *_last_failure)
 
 
 def compiled_locally(act: CompileLocally | Fail, pool: object, source: str | None) -> None:

@@ -160,6 +160,7 @@ class OutcomeView(Protocol):
     def snapshot(self) -> dict[str, object]: ...
 
     counts: dict[tuple[str, str, str], int]
+    attempts: dict[tuple[str, str], int]
     dropped: dict[str, int]
 
 
@@ -246,6 +247,18 @@ class Telemetry:
             if probes is None
             else {"ok": probes.ok, "failed": probes.failed, "seconds": probes.hist.to_dict()},
         }
+
+    def summary_lines(self) -> list[str]:
+        """Two lines for the plain-text status page: served jobs, this box's compiles."""
+        lines = []
+        stats = getattr(self.server, "stats", None)
+        if stats is not None:
+            served = ", ".join(f"{n} {o}" for o, n in stats.jobs.items() if n) or "none yet"
+            lines.append(f"served jobs: {served}")
+        if self.outcomes is not None:
+            mine = ", ".join(f"{n} {o}" for o, n in self.outcomes.totals().items() if n)
+            lines.append(f"this box's compiles: {mine or 'none reported yet'} (meshcc stats)")
+        return lines
 
     # -- Prometheus / OpenMetrics
 
@@ -394,6 +407,17 @@ class Telemetry:
             "This box's compiles by outcome (remote, local, fallback, refused, busy, failed, "
             "cpp_error) and the host that did or failed them, as the compile clients report.",
             [("_total", (("outcome", o), ("host", h)), n) for (o, h), n in sorted(by.items())],
+        )
+        out.family(
+            "meshcc_client_failed_attempts",
+            "counter",
+            "Attempts of this box's compiles that a host failed: refused (the server said "
+            "why) or error (connect, protocol, lost connection); the compile may then have "
+            "succeeded elsewhere.",
+            [
+                ("_total", (("host", h), ("kind", k)), n)
+                for (h, k), n in sorted(oc.attempts.items())
+            ],
         )
         out.family(
             "meshcc_client_reports_dropped",

@@ -75,12 +75,14 @@ class OutcomeCounts:
         self._clock = clock or time.monotonic
         self.since = time.time()
         self.counts: dict[tuple[str, str, str], int] = {}
+        self.attempts: dict[tuple[str, str], int] = {}  # failed attempts: (host, kind)
         self.dropped: dict[str, int] = {}
         self.uids: dict[int, _Bucket] = {}
 
     def reset(self) -> None:
         self.since = time.time()
         self.counts.clear()
+        self.attempts.clear()
         self.dropped.clear()
         for b in self.uids.values():
             b.accepted = b.dropped = 0
@@ -117,6 +119,19 @@ class OutcomeCounts:
             return False
         b.tokens -= 1.0
         b.accepted += 1
+        if outcome == wire.ATTEMPT:
+            kind = "refused" if reason.startswith("refused: ") else "error"
+            attempts = self.attempts
+            akey = (
+                (host, kind)
+                if (host, kind) in attempts or len(attempts) < MAX_KEYS
+                else (
+                    OTHER,
+                    kind,
+                )
+            )
+            attempts[akey] = attempts.get(akey, 0) + 1
+            return True
         key = (outcome, host, reason)
         counts = self.counts
         if key in counts:
@@ -144,6 +159,10 @@ class OutcomeCounts:
             "totals": self.totals(),
             "entries": [
                 {"outcome": o, "host": h, "reason": r, "count": n} for (o, h, r), n in rows
+            ],
+            "failed_attempts": [
+                {"host": h, "kind": k, "count": n}
+                for (h, k), n in sorted(self.attempts.items(), key=lambda kv: (-kv[1], kv[0]))
             ],
             "dropped": dict(sorted(self.dropped.items())),
             "uids": {

@@ -228,6 +228,7 @@ class StatusServer:
         cache = self.cache_line() if self.cache_line is not None else None
         if cache is not None:
             lines.append(cache)
+        lines += self.telemetry.summary_lines()
         lines.append("more: GET /status.json (JSON), /metrics (Prometheus)")
         if self.pyz is not None:
             lines.append(

@@ -13,6 +13,10 @@ Messages (UTF-8, at most :data:`MAX_DATAGRAM` bytes; anything else is dropped an
   reply). ``outcome`` is one of :data:`OUTCOMES`; ``host`` the peer that did or failed the
   job (may be empty); ``reason`` why it ended so (may be empty). Tabs and line breaks in a
   field become spaces; fields are cut to :data:`MAX_HOST` / :data:`MAX_REASON` bytes.
+- ``F1<TAB>host<TAB>reason``: one failed attempt on a host (refused, connect failed, lost
+  connection...), sent as it happens: the compile may still succeed on another host, so
+  this counts per-host failures, not compiles. ``reason`` starts with ``refused: `` for a
+  server's refusal. Decoded as ``(ATTEMPT, host, reason)``.
 - ``Q1``: the totals, please (``meshcc stats``; the reply is JSON, see
   :mod:`meshcc.daemon.outcomes`), sent from a bound (auto-bound) socket to get the answer.
 - ``R1``: reset the totals (root or the daemon's own user only); the reply is JSON.
@@ -32,6 +36,7 @@ Outcomes (one per compile, the last thing that decided where it ran):
 from __future__ import annotations
 
 __all__ = [
+    "ATTEMPT",
     "MAX_DATAGRAM",
     "MAX_HOST",
     "MAX_REASON",
@@ -41,6 +46,7 @@ __all__ = [
     "OutcomeError",
     "decode",
     "encode",
+    "encode_attempt",
     "report_socket_path",
 ]
 
@@ -51,6 +57,7 @@ QUERY = b"Q1"
 RESET = b"R1"
 SUFFIX = ".stats"
 
+ATTEMPT = "attempt"  # decode()'s first field for an F1 record (not an outcome)
 OUTCOMES = ("remote", "local", "fallback", "refused", "busy", "failed", "cpp_error")
 _OUTCOME_SET = frozenset(OUTCOMES)
 _TRANS = str.maketrans({"\t": " ", "\n": " ", "\r": " ", "\0": " "})
@@ -86,8 +93,14 @@ def encode(outcome: str, host: str = "", reason: str = "") -> bytes:
     )
 
 
+def encode_attempt(host: str, reason: str) -> bytes:
+    """One failed attempt on ``host``."""
+    return b"F1\t" + _field(host, MAX_HOST) + b"\t" + _field(reason, MAX_REASON)
+
+
 def decode(data: bytes) -> tuple[str, str, str] | bytes:
-    """(outcome, host, reason) of a record, or :data:`QUERY` / :data:`RESET`.
+    """(outcome, host, reason) of a record, (:data:`ATTEMPT`, host, reason) of a failed
+    attempt, or :data:`QUERY` / :data:`RESET`.
 
     OutcomeError (with a short label: ``oversized``, ``malformed``, ``unknown-outcome``)
     for anything else: the daemon counts drops by that label."""
@@ -96,13 +109,15 @@ def decode(data: bytes) -> tuple[str, str, str] | bytes:
     if data in (QUERY, RESET):
         return data
     parts = data.split(b"\t")
-    if len(parts) != 4 or parts[0] != b"O1":
+    if len(parts) == 3 and parts[0] == b"F1":
+        parts.insert(1, ATTEMPT.encode())
+    elif len(parts) != 4 or parts[0] != b"O1":
         raise OutcomeError("malformed")
     try:
         outcome, host, reason = (p.decode("utf-8") for p in parts[1:])
     except UnicodeDecodeError:
         raise OutcomeError("malformed") from None
-    if outcome not in _OUTCOME_SET:
+    if outcome not in _OUTCOME_SET and (outcome != ATTEMPT or parts[0] != b"F1"):
         raise OutcomeError("unknown-outcome")
     if len(parts[2]) > MAX_HOST or len(parts[3]) > MAX_REASON:
         raise OutcomeError("oversized")

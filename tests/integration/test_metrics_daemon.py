@@ -149,6 +149,9 @@ def test_outcomes_stats_metrics_and_status_json(
     assert f"{dead}: connect failed" in text
     assert "distributed 2 of 5 distributable compiles" in text, text
 
+    failed = {(a["host"], a["kind"]): a["count"] for a in snap["failed_attempts"]}
+    assert failed == {(here, "refused"): 3, (dead, "error"): 1}, failed
+
     # ---- /metrics, both formats
     ctype, body = _get(status_port, "/metrics")
     assert ctype.startswith("text/plain; version=0.0.4")
@@ -168,6 +171,15 @@ def test_outcomes_stats_metrics_and_status_json(
         assert s[("meshcc_client_jobs_total", (("host", here), ("outcome", "remote")))] == 2
         assert s[("meshcc_client_jobs_total", (("host", dead), ("outcome", "fallback")))] == 1
         assert s[("meshcc_client_jobs_total", (("host", here), ("outcome", "refused")))] == 1
+        assert (
+            s[("meshcc_client_failed_attempts_total", (("host", here), ("kind", "refused")))] == 3
+        )
+        assert s[("meshcc_client_failed_attempts_total", (("host", dead), ("kind", "error")))] == 1
+
+    # ---- the plain-text page sums it up
+    _, page = _get(status_port, "/")
+    assert "served jobs: 2 compile_ok, 3 refused" in page, page
+    assert "this box's compiles: 2 remote, 2 local, 2 fallback, 1 refused, 1 cpp_error" in page
 
     # ---- /status.json
     ctype, body = _get(status_port, "/status.json")

@@ -57,6 +57,26 @@ def test_bad_datagrams_are_labelled(data: bytes, label: str) -> None:
         wire.decode(data)
 
 
+def test_failed_attempt_record() -> None:
+    data = wire.encode_attempt("h:1", "refused: no")
+    assert wire.decode(data) == (wire.ATTEMPT, "h:1", "refused: no")
+    with pytest.raises(wire.OutcomeError, match="unknown-outcome"):
+        wire.decode(b"O1\tattempt\th\tr")  # only an F1 record is an attempt
+
+
+def test_failed_attempts_are_counted_per_host_and_kind() -> None:
+    counts = outcomes.OutcomeCounts(Clock())
+    counts.add(0, wire.ATTEMPT, "a:1", "refused: x")
+    counts.add(0, wire.ATTEMPT, "a:1", "refused: y")
+    counts.add(0, wire.ATTEMPT, "a:1", "connect failed")
+    assert counts.attempts == {("a:1", "refused"): 2, ("a:1", "error"): 1}
+    assert sum(counts.totals().values()) == 0, "an attempt is not a compile"
+    for i in range(outcomes.MAX_KEYS + 5):
+        counts.add(0, wire.ATTEMPT, f"h{i}", "x")
+    assert len(counts.attempts) == outcomes.MAX_KEYS + 1
+    assert counts.attempts[(outcomes.OTHER, "error")] == 7
+
+
 def test_unknown_outcome_is_not_encoded() -> None:
     with pytest.raises(ValueError, match="unknown outcome"):
         wire.encode("teleported")
@@ -275,6 +295,7 @@ class _Host:
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
     got: list[tuple[str, str, str]] = []
     monkeypatch.setattr(client_outcome, "report", lambda *a: got.append(a))
+    monkeypatch.setattr(client_outcome, "_send", lambda *a: got.append(("attempt", *a[1:])))
     monkeypatch.setattr(client_outcome, "_last_failure", None)
     return got
 
@@ -284,7 +305,10 @@ def test_a_refusal_is_reported_with_the_servers_reason(sent: list[Any]) -> None:
 
     client_outcome.failed_on(_Host(), "refused: -fplugin= is not allowed for x.c")
     client_outcome.compiled_locally(CompileLocally("...", True), _Pool(), "x.c")
-    assert sent == [("refused", "10.0.0.7:3632", "-fplugin= is not allowed for (source)")]
+    assert sent == [
+        ("attempt", "10.0.0.7:3632", "refused: -fplugin= is not allowed for x.c"),
+        ("refused", "10.0.0.7:3632", "-fplugin= is not allowed for (source)"),
+    ]
 
 
 def test_a_transport_failure_is_a_fallback_on_that_host(sent: list[Any]) -> None:
@@ -292,7 +316,7 @@ def test_a_transport_failure_is_a_fallback_on_that_host(sent: list[Any]) -> None
 
     client_outcome.failed_on(_Host(), "connect failed: Connection refused")
     client_outcome.compiled_locally(CompileLocally("...", True), _Pool(), "x.c")
-    assert sent == [("fallback", "10.0.0.7:3632", "connect failed: Connection refused")]
+    assert sent[1:] == [("fallback", "10.0.0.7:3632", "connect failed: Connection refused")]
 
 
 def test_the_daemons_answers_are_busy_or_fallback(sent: list[Any]) -> None:
