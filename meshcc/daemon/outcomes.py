@@ -43,6 +43,7 @@ RATE = 2000.0  # records per second per uid (a make -j64 of tiny files stays wel
 BURST = 20000.0
 QUERY_RATE = 20.0
 BATCH = 256
+MAX_REPLY = 160 * 1024  # one datagram; the kernel's default socket buffer takes ~208 KiB
 OTHER = "(other reasons)"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _ANCILLARY = socket.CMSG_SPACE(_UCRED.size)
@@ -273,4 +274,18 @@ class OutcomeReceiver:
         else:
             reply = {"ok": True, **counts.snapshot()}
         with contextlib.suppress(OSError):
-            self.sock.sendto(json.dumps(reply).encode(), socket.MSG_DONTWAIT, addr)
+            self.sock.sendto(_fit(reply), socket.MSG_DONTWAIT, addr)
+
+
+def _fit(reply: dict[str, object]) -> bytes:
+    """``reply`` as JSON in one datagram: the smallest entries go first if it is too big
+    (marked ``"truncated": true``; the totals are always whole)."""
+    data = json.dumps(reply, ensure_ascii=False).encode()
+    while len(data) > MAX_REPLY:
+        reply["truncated"] = True
+        for key in ("entries", "failed_attempts"):
+            rows = reply.get(key)
+            if isinstance(rows, list):
+                reply[key] = rows[: len(rows) // 2]
+        data = json.dumps(reply, ensure_ascii=False).encode()
+    return data

@@ -4,6 +4,7 @@ parsed by prometheus_client's own parsers, the outcome codec, the daemon's bound
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from typing import Any
 
@@ -139,6 +140,18 @@ def test_distinct_reasons_are_capped_but_totals_stay_exact() -> None:
     assert len(counts.counts) == outcomes.MAX_KEYS + 1
     assert counts.counts[("fallback", "", outcomes.OTHER)] == 100
     assert counts.totals()["fallback"] == outcomes.MAX_KEYS + 100
+
+
+def test_the_largest_query_reply_fits_one_datagram() -> None:
+    counts = outcomes.OutcomeCounts(Clock())
+    for i in range(outcomes.MAX_KEYS + 10):
+        counts.add(i % 50, "fallback", "h" * wire.MAX_HOST, f"{i} " + "\u00e9" * wire.MAX_REASON)
+        counts.add(i % 50, wire.ATTEMPT, f"{i}" + "h" * wire.MAX_HOST, "x")
+    data = outcomes._fit({"ok": True, **counts.snapshot()})
+    assert len(data) <= outcomes.MAX_REPLY
+    reply = json.loads(data)
+    assert reply["totals"]["fallback"] == outcomes.MAX_KEYS + 10
+    assert reply.get("truncated") is True or len(reply["entries"]) == outcomes.MAX_KEYS + 1
 
 
 def test_tracked_uids_are_capped() -> None:
