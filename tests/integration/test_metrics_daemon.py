@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from conftest import free_port
+from meshcc.daemon import outcomes
 from meshcc.wire import outcome as wire
 from meshd import Meshd, private_dir
 from test_wrapper import env_with, meshcc, run
@@ -220,6 +222,22 @@ def test_outcome_socket_bounds(daemon: tuple[Meshd, int]) -> None:
     _, body = _get(status_port, "/metrics")
     s = _samples(body, om=False)
     assert s[("meshcc_client_reports_dropped_total", (("reason", "oversized"),))] == 1
+
+    # one user's flood: every record arrives (blocking sends), no more than the bucket
+    # allows is counted, the rest is dropped and counted as such
+    records = int(outcomes.BURST) + 10000
+    data = wire.encode("remote", "flood:1", "")
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for _ in range(records):
+            s.sendto(data, path)
+    elapsed = time.monotonic() - started
+    snap = json.loads(_stats(d, "--json").stdout)
+    me = snap["uids"][str(os.geteuid())]
+    flood = next(e["count"] for e in snap["entries"] if e["host"] == "flood:1")
+    assert flood + snap["dropped"].get("rate", 0) == records
+    assert flood <= outcomes.BURST + outcomes.RATE * (elapsed + 1.0), (flood, elapsed)
+    assert me["dropped"] == snap["dropped"].get("rate", 0)
 
     # only root or the daemon's user resets; anyone else is told why
     p = subprocess.run(
