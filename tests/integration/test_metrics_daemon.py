@@ -15,9 +15,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
-from conftest import free_port
+from conftest import Daemon, free_port
 from meshcc.daemon import outcomes
 from meshcc.wire import outcome as wire
 from meshd import Meshd, private_dir
@@ -276,3 +277,30 @@ def test_stats_without_a_daemon_says_so(tmp_path: Path) -> None:
     )
     assert p.returncode == 1
     assert "no meshcc daemon answered" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ccache_results_in_metrics_and_json(
+    meshcc_daemon: Callable[..., Daemon], client_env: dict[str, str], proj: Path
+) -> None:
+    """Two identical jobs on a --ccache daemon: one miss, one hit, in both views."""
+    parent = Path(tempfile.mkdtemp(prefix="meshcc-metrics-ccache-"))
+    try:
+        os.chmod(parent, 0o755)  # the dropped user must traverse it
+        status_port = free_port()
+        d = meshcc_daemon(
+            "--ccache", "--ccache-dir", str(parent / "c"), "--status-port", str(status_port)
+        )
+        env = env_with(client_env, DISTCC_HOSTS=d.host_spec(), DISTCC_FALLBACK="0")
+        for out in ("a.o", "b.o"):
+            r = run([meshcc(), "-c", "src/foo.c", "-o", out], env, proj)
+            assert r.returncode == 0, r.stderr
+        for om, accept in ((False, None), (True, "application/openmetrics-text")):
+            s = _samples(_get(status_port, "/metrics", accept)[1], om)
+            assert s[("meshcc_ccache_jobs_total", (("result", "miss"),))] == 1
+            assert s[("meshcc_ccache_jobs_total", (("result", "hit"),))] == 1
+            assert s[("meshcc_ccache_jobs_total", (("result", "uncached"),))] == 0
+        doc = json.loads(_get(status_port, "/status.json")[1])
+        assert doc["ccache"] == {"hit": 1, "miss": 1, "uncached": 0}
+        assert doc["clients"] is None, "no control socket: no outcome socket either"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
