@@ -29,7 +29,7 @@ from meshcc.wire.outcome import encode, encode_attempt, report_socket_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from meshcc.client.decisions import CompileLocally, Fail
 
@@ -101,6 +101,15 @@ def _send(outcome: str | None, host: str, reason: str) -> None:
                 sock.close()
     except Exception:  # noqa: BLE001 - a statistic must never fail a compile
         pass
+
+
+def without_files(reason: str, argv: Sequence[str]) -> str:
+    """``reason`` with the file names of ``argv`` in it replaced by FILE ("x.o is a link
+    input" -> "FILE is a link input"), so that counts group by reason, not by file."""
+    for a in argv[1:]:
+        if len(a) > 2 and a[0] != "-" and ("." in a or "/" in a) and a in reason:
+            reason = reason.replace(a, "FILE")
+    return reason
 
 
 def host_name(host: object) -> str:

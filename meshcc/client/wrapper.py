@@ -146,11 +146,13 @@ class _Log:
         _write(2, line)
 
 
-def _report(kind: str, host: object, reason: str = "") -> None:
-    """This compile's outcome, for ``meshcc stats`` (:mod:`meshcc.client.outcome`)."""
+def _report(kind: str, host: object, reason: str = "", argv: Sequence[str] = ()) -> None:
+    """This compile's outcome, for ``meshcc stats`` (:mod:`meshcc.client.outcome`);
+    ``argv``: file names in ``reason`` become FILE, so reasons group across files."""
     from meshcc.client import outcome
 
-    outcome.report(kind, host if isinstance(host, str) else outcome.host_name(host), reason)
+    name = host if isinstance(host, str) else outcome.host_name(host)
+    outcome.report(kind, name, outcome.without_files(reason, argv))
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -1101,7 +1103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = native.analyse(inv.exec_path, inv.argv, env, log.debug)
         if not job.distributable:
             log.debug(f"runs locally: {job.reason}")
-            _report("local", "", job.reason or "")
+            _report("local", "", job.reason, inv.argv)
             _local_only(inv, job, log)
         return _distribute(inv, job, log)
     except _Fatal as e:

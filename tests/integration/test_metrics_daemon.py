@@ -135,7 +135,7 @@ def test_outcomes_stats_metrics_and_status_json(
     rows = {(e["outcome"], e["host"], e["reason"]): e["count"] for e in snap["entries"]}
     assert rows[("remote", here, "")] == 2
     assert rows[("local", "", "-E only preprocesses")] == 1
-    assert any(o == "local" and "link" in r for (o, _, r) in rows), rows
+    assert rows[("local", "", "FILE is a link input")] == 1, rows
     (refusal,) = [(h, r) for (o, h, r) in rows if o == "refused"]
     assert refusal[0] == here and "is not a compiler this server probed" in refusal[1]
     assert any(o == "fallback" and h == dead and "Connection refused" in r for o, h, r in rows)

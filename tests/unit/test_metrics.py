@@ -350,3 +350,15 @@ def test_the_daemons_answers_are_busy_or_fallback(sent: list[Any]) -> None:
         ("fallback", "", "meshcc daemon: ... (for (source)); compiling locally"),
         ("failed", "", "no hosts for (source)"),
     ]
+
+
+def test_file_names_leave_the_local_reasons() -> None:
+    argv = ["gcc", "-o", "prog", "main.o", "lib/util.o", "-lm"]
+    assert client_outcome.without_files("main.o is a link input", argv) == "FILE is a link input"
+    two = ["gcc", "-c", "a.c", "b.c"]
+    assert client_outcome.without_files("more than one source file (a.c, b.c)", two) == (
+        "more than one source file (FILE, FILE)"
+    )
+    assert client_outcome.without_files("-E only preprocesses", ["gcc", "-E", "x.c"]) == (
+        "-E only preprocesses"
+    )
