@@ -13,7 +13,23 @@ request's ``Accept`` asks for ``application/openmetrics-text``; both are written
 ship in meshcc.pyz too). The tests parse both with prometheus_client's parsers.
 
 ``/status.json`` has a stable, versioned schema (``"schema": 1``): new keys may be added,
-none removed or changed in meaning without bumping it.
+none removed or changed in meaning without bumping it. Schema 1::
+
+    schema: 1
+    <every field of the control socket's StatusReply but "peers">: version, node,
+        discovery, off_reason, interfaces, addresses, allowed, allowed_source, warnings,
+        jobs (slots), running, port, socket, leases (held), queued (waiting for a lease)
+    started, uptime_s: float            this daemon's start (Unix time), seconds since
+    waiting: int                        served jobs waiting for a job slot
+    toolchains: [{path, version, target, binutils, names}]
+    served: {jobs: {outcome: n}, bytes_in, bytes_out, compile_seconds: {count, sum,
+             buckets: [[le, n]...]}, shed} | null (no compile port)
+    ccache: {hit, miss, uncached} | null (no --ccache)
+    clients: meshcc stats' snapshot {schema, since, totals, entries, failed_attempts,
+             dropped, uids} | null (no outcome socket)
+    peer_count: int
+    peers: [{key, host, addresses, port, kind, liveness, rtt_s, probe_failures,
+             job_failures, backed_off, jobs, free, probes: {ok, failed, seconds} | null}]
 """
 
 from __future__ import annotations
