@@ -117,6 +117,10 @@ COMMANDS: dict[
         "check why compiles are (not) distributed, with a fix for each problem",
         *_delegate("doctor"),
     ),
+    "stats": (
+        "how this box's compiles ended (remote, local, fallback, refused, busy) and why",
+        *_delegate("stats"),
+    ),
     "setup": ("configure Portage or a masquerade directory for the mesh", *_delegate("setup")),
     "top": ("live view of the mesh's peers and this box's compiles", *_delegate("top")),
     "zipapp": (

@@ -147,6 +147,15 @@ class _Log:
         _write(2, line)
 
 
+def _report(kind: str, host: object, reason: str = "", argv: Sequence[str] = ()) -> None:
+    """This compile's outcome, for ``meshcc stats`` (:mod:`meshcc.client.outcome`);
+    ``argv``: file names in ``reason`` become FILE, so reasons group across files."""
+    from meshcc.client import outcome
+
+    name = host if isinstance(host, str) else outcome.host_name(host)
+    outcome.report(kind, name, outcome.without_files(reason, argv))
+
+
 def _write(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -686,6 +695,7 @@ class _ListPool:
         run.slots.append(slot)
         if host.kind == "localhost":
             run.log.debug(f"picked localhost slot {slot.index}: compiling {run.job.source} locally")
+            _report("local", "localhost", "the host list picked localhost")
             run.exec_local(slot)
         self.attempts += 1
         run.log.debug(f"picked {host.spec} slot {slot.index} for {run.job.source}")
@@ -945,6 +955,7 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
                 log.debug(f"{host.spec} failed: {e}")
                 retry = plan.transport_failed(str(e), e.exit_code)
             except _CppFailed as e:
+                _report("cpp_error", host, f"preprocessor exited {e.code}")
                 return _finish(run, pool, host, held, plan.cpp_failed(e.code), None)
             except _GoLocal:
                 _compile_locally(run, plan.source_unreadable(), pool, host, held)
@@ -953,6 +964,9 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
                     return _handle_reply(run, pool, plan, host, held, reply)
                 log.debug(f"{host.spec} sent an empty object for {src}")
                 retry = plan.empty_object()
+            from meshcc.client import outcome
+
+            outcome.failed_on(host, retry.why)
             pool.failed_on(host, held, retry.why, retry.connect_failed)
 
         # No host (left): compile locally, or fail if fallback is disabled.
@@ -992,6 +1006,7 @@ def _handle_reply(
         if reply.stdout:
             _write(1, reply.stdout)
         code = _finish(run, pool, host, held, plan.delivered(), reply)
+        _report("remote", host)
         log.debug(
             f"{job.source} compiled on {host.spec}: {job.output} ({len(reply.obj)} bytes); "
             f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms"
@@ -1000,6 +1015,7 @@ def _handle_reply(
 
     if isinstance(act, decisions.Finish):
         log.debug(f"remote compile on {host.spec} failed with exit {act.code}; no local retry")
+        _report("remote", host, f"compile error (exit {act.code})")
         return _finish(run, pool, host, held, act, reply)
 
     # Retry locally; the user sees only the local run's diagnostics (each exactly once).
@@ -1012,6 +1028,7 @@ def _handle_reply(
     if local is not None:
         run.slots.append(local)
     local_code = run.run_local(local, hold=kept)
+    _report("fallback", host, f"remote compile exited {act.remote_code}; compiled again here")
     return _finish(run, pool, host, held, plan.retried_locally(local_code), None)
 
 
@@ -1049,8 +1066,10 @@ def _compile_locally(
     """Carry out a :class:`~meshcc.client.decisions.CompileLocally` (exec the compiler in a
     local slot, or the pool's own local share) or a :class:`~.decisions.Fail`. ``host``
     and ``held``: the host the job was on, which gets the action's verdict first."""
+    from meshcc.client import outcome
     from meshcc.client.decisions import Fail
 
+    outcome.compiled_locally(act, pool, run.job.source)
     if isinstance(act, Fail):
         raise _Fatal(act.message, act.code)
     if act.message:
@@ -1092,6 +1111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = native.analyse(inv.exec_path, inv.argv, env, log.debug)
         if not job.distributable:
             log.debug(f"runs locally: {job.reason}")
+            _report("local", "", job.reason, inv.argv)
             _local_only(inv, job, log)
         return _distribute(inv, job, log)
     except _Fatal as e:

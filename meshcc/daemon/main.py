@@ -48,7 +48,7 @@ from meshcc import __version__, hostos
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.hostspec import with_localhost
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
-from meshcc.daemon import ccache, logsetup
+from meshcc.daemon import ccache, logsetup, outcomes
 from meshcc.daemon.hostsfile import HostsFile
 from meshcc.daemon.settings import DaemonOptions
 from meshcc.defaults import STATUS_PORT
@@ -64,6 +64,7 @@ from meshcc.supervisor import supervise
 from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
 from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
 from meshcc.wire import control
+from meshcc.wire.outcome import report_socket_path
 
 if TYPE_CHECKING:
     from meshcc.mesh.leases import PeerView
@@ -252,10 +253,13 @@ class _Prepared:
     status_sock: socket.socket | None = None
     pyz: bytes | None = None
     pyz_error: str = ""
+    report_sock: socket.socket | None = None  # compile clients' outcomes (meshcc stats)
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
+        if self.report_sock is not None:
+            self.report_sock.close()
         if self.hosts_file is not None:
             self.hosts_file.close()
         if self.status_sock is not None:
@@ -393,10 +397,13 @@ def _setup(opts: DaemonOptions) -> _Prepared:
 
     control_sock: socket.socket | None = None
     status_sock: socket.socket | None = None
+    report_sock: socket.socket | None = None
     try:
         status_sock = _open_status(opts)
         pyz, pyz_error = _build_pyz() if status_sock is not None else (None, "")
         control_sock, control_path = _open_control(opts)
+        if control_path is not None:
+            report_sock = outcomes.open_report_socket(control_path)
         hosts_file: HostsFile | None = None
         if opts.write_hosts:
             hosts_file = HostsFile(opts.write_hosts)
@@ -464,6 +471,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
                 status_sock,
                 pyz,
                 pyz_error,
+                report_sock,
             )
 
         jobs = opts.jobs or hostos.default_jobs()
@@ -513,6 +521,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             status_sock,
             pyz,
             pyz_error,
+            report_sock,
         )
     except BaseException:
         sock.close()  # closing twice (mesh-only, then a failure) is harmless
@@ -520,6 +529,8 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             status_sock.close()
         if control_sock is not None:
             control_sock.close()
+        if report_sock is not None:
+            report_sock.close()
         raise
 
 
@@ -548,6 +559,8 @@ def _server_allowed(
 
 async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     from meshcc.daemon.control_server import ControlLimits, ControlServer
+    from meshcc.daemon.metrics import ProbeStats, Telemetry
+    from meshcc.mesh.liveness import peer_probe
     from meshcc.mesh.netif import InterfaceError
     from meshcc.mesh.service import Mesh, MeshConfig
 
@@ -566,6 +579,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         prep.registry.toolchains,
         opts.port,
         prep.jobs,
+        probe=(probes := ProbeStats()).wrap(peer_probe),  # per-peer RTT and failures
     )
     try:
         await mesh.start()
@@ -610,6 +624,22 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         path=prep.control_path or "",
         limits=ControlLimits.for_fd_limit(hostos.open_files_limit()),
     )
+    counts = outcomes.OutcomeCounts()
+    receiver = None
+    if prep.report_sock is not None and prep.control_path is not None:
+        receiver = outcomes.OutcomeReceiver(
+            counts, prep.report_sock, report_socket_path(prep.control_path)
+        )
+        receiver.start()
+    telemetry = Telemetry(
+        status,
+        server=server,
+        ccache=server is not None and server.config.ccache is not None,
+        peers=mesh.snapshot,
+        toolchains=prep.registry.toolchains,
+        probes=probes,
+        outcomes=counts if receiver is not None else None,
+    )
     status_server = None
     if prep.status_sock is not None:
         from meshcc.daemon.status_http import StatusServer
@@ -620,11 +650,12 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             allowed,
             pyz_error=prep.pyz_error,
             cache_line=server.cache_line if server is not None else None,
+            telemetry=telemetry,
         )
         await status_server.start(prep.status_sock)
         log.log(
             NOTICE,
-            "status port %s: GET / /meshcc.pyz /meshcc.pyz.sha256 /bootstrap",
+            "status port %s: GET / /status.json /metrics /meshcc.pyz /meshcc.pyz.sha256 /bootstrap",
             _describe_listener(prep.status_sock),
         )
     if prep.control_sock is not None:
@@ -695,6 +726,8 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await control_server.stop()
+        if receiver is not None:
+            receiver.stop()
         if status_server is not None:
             await status_server.stop()
         await mesh.stop()

@@ -104,7 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int_in(0, 65535, "--status-port"),
         default=None,
         metavar="N",
-        help=f"HTTP status port serving this daemon's meshcc.pyz, its sha256 and /bootstrap "
+        help=f"HTTP status port: a status page, /status.json, /metrics (Prometheus), this "
+        "daemon's meshcc.pyz, its sha256 and /bootstrap "
         f"(default {STATUS_PORT}, as distccd's stats port; off when listening on "
         "loopback only; 0 = off)",
     )

@@ -61,6 +61,7 @@ from meshcc.exitcodes import (
 )
 from meshcc.loglevels import NOTICE
 from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, peer_ip
+from meshcc.transport.jobstats import JobStats
 from meshcc.wire import protocol as wire
 
 __all__ = [
@@ -125,6 +126,17 @@ class JobSummary:
     compiler: str | None = None
     source: str | None = None
     cache: str | None = None  # --ccache: hit, miss or uncached; None without ccache
+    refused: bool = False  # turned down with a reason (ERRM); for JobStats, not the line
+    bytes_in: int = 0  # request bytes read
+    bytes_out: int = 0  # reply bytes written
+    compile_s: float | None = None  # the compiler's run time, if it ran
+
+    @property
+    def outcome(self) -> str:
+        """The ``meshcc_jobs_total`` label (:mod:`meshcc.transport.jobstats`)."""
+        if self.refused and self.result is JobResult.OTHER:
+            return "refused"
+        return self.result.value.lower()
 
     def line(self) -> str:
         text = (
@@ -486,6 +498,7 @@ class CompileServer:
         self._running_compiles = 0
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
+        self.stats = JobStats()  # /metrics and /status.json
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
 
@@ -812,7 +825,7 @@ class CompileServer:
             log.info("connection from %s", summary.client)
             request = await self._read_phase(reader, summary, first, conn)
             self._set_phase(conn, _Phase.BUSY)
-            async with self._job_slots:
+            async with self.stats.slot(self._job_slots):
                 # The job's memory is now bounded by the job slots: free the body budget.
                 self._budget.give(conn.budget)
                 conn.budget = 0
@@ -832,10 +845,12 @@ class CompileServer:
             summary.result = outcome.result
             summary.ret = outcome.ret
             reply = await self._encode_reply(request, outcome)
+            summary.bytes_out = len(reply)
             replying = True
             await self._write_reply(writer, reply)
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
+            summary.refused = True
             throttle = r.throttle
             if conn.shed is not None:  # closed to make room while it was being refused
                 throttle = "shed"
@@ -881,6 +896,9 @@ class CompileServer:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             summary.time_ms = int((time.monotonic() - started) * 1000)
             if log_summary:
+                self.stats.record(
+                    summary.outcome, summary.bytes_in, summary.bytes_out, summary.compile_s
+                )
                 if throttle is None:
                     log.log(NOTICE, "%s", summary.line())
                 else:  # dropped by a deadline or shed: a flood of them is one line
@@ -927,7 +945,7 @@ class CompileServer:
         """Read and vet the whole request (starting with the bytes already received)."""
         rr = wire.RequestReader(self.config.limits)
         rr.feed(first)
-        fed = len(first)
+        fed = summary.bytes_in = len(first)
         eof = False
         version = 0
         argv: list[str] = []
@@ -966,6 +984,7 @@ class CompileServer:
                     chunk = await self._read_body(reader, conn, body)
                 if chunk:
                     fed += len(chunk)
+                    summary.bytes_in = fed
                     rr.feed(chunk)
                 else:
                     eof = True
@@ -1240,6 +1259,7 @@ class CompileServer:
             )
 
         self._running_compiles += 1
+        ran = time.monotonic()
         out_task = asyncio.ensure_future(_read_bounded(proc.stdout, self.config.max_output))
         err_task = asyncio.ensure_future(_read_bounded(proc.stderr, self.config.max_output))
         wait_task = asyncio.ensure_future(proc.wait())
@@ -1279,6 +1299,7 @@ class CompileServer:
             stdout = await _finish_reader(out_task, proc.pid)
         finally:
             self._running_compiles -= 1
+            summary.compile_s = time.monotonic() - ran
             watch_task.cancel()
             if proc.returncode is None:  # cancelled (second signal): no orphans
                 _kill_group(proc.pid)
