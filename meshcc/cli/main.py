@@ -162,4 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(handler(ns))
+    try:
+        return int(handler(ns))
+    except BrokenPipeError:
+        # `meshcc stats --json | head`: the reader left, which is no error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
