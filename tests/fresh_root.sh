@@ -73,8 +73,8 @@ if [ "${1:-}" = --inside ]; then
     echo "packages install.sh had apt install: $(paste -sd' ' /tmp/packages.install)"
 
     # The README's `meshcc daemon`, with no option, in a network namespace of its own
-    # (made by fresh_root.sh on the host: lo and a dummy LAN interface, nothing that leaves
-    # this box), until its control socket answers `meshcc hosts`.
+    # (made by fresh_root.sh on the host: lo and a veth pair standing in for a LAN, nothing
+    # that leaves it), until its control socket answers `meshcc hosts`.
     phase "meshcc daemon (network namespace), until meshcc hosts answers"
     nsenter --net="$netns_file" meshcc daemon > /tmp/meshcc-daemon.log 2>&1 &
     daemon=$!
@@ -95,6 +95,14 @@ if [ "${1:-}" = --inside ]; then
     done
     if kill -0 "$daemon" 2>/dev/null; then
         kill -TERM "$daemon"
+        for _ in $(seq 150); do
+            kill -0 "$daemon" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$daemon" 2>/dev/null; then
+            echo "meshcc daemon still runs 30 s after SIGTERM: killing it" >&2
+            kill -KILL "$daemon"
+        fi
     fi
     daemon_status=0
     wait "$daemon" || daemon_status=$?
