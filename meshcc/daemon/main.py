@@ -209,7 +209,15 @@ def _no_new_privs() -> None:
 def _check_tmpdir() -> str:
     """The job temp dir parent must be writable by the (possibly dropped) user."""
     tempfile.tempdir = None  # decide as the user we run as now, not as root
-    parent = tempfile.gettempdir()
+    try:
+        parent = tempfile.gettempdir()
+    except FileNotFoundError:  # no candidate ($TMPDIR, /tmp, /var/tmp, /usr/tmp, cwd) works
+        raise _Fatal(
+            f"cannot create job directories as uid {os.geteuid()}: none of $TMPDIR, /tmp, "
+            "/var/tmp, /usr/tmp or the current directory is writable by it; set TMPDIR to "
+            "a directory it can write, or choose another --user",
+            EXIT_DISTCC_FAILED,
+        ) from None
     wanted = os.environ.get("TMPDIR")
     if wanted and os.path.realpath(wanted) != os.path.realpath(parent):
         log.warning(
