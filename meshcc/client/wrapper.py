@@ -35,6 +35,7 @@ import stat as _stat  # already loaded by os at start-up
 import sys
 import time
 
+from meshcc.client import state as _state
 from meshcc.defaults import LOCAL_SLOTS, LOCAL_SLOTS_CPP
 
 # meshcc.exitcodes and meshcc.hostos are imported where they are used: error paths and
@@ -43,7 +44,7 @@ from meshcc.defaults import LOCAL_SLOTS, LOCAL_SLOTS_CPP
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import signal as _sig
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any, NoReturn, TypeVar
 
     from meshcc.client.decisions import CompileLocally, Fail, Finish, Plan, Settings
@@ -243,7 +244,10 @@ def _restore_signals() -> None:
 
 
 def _exec_local(inv: _Invocation, slot: Held | None) -> NoReturn:
-    """Replace this process with the real compiler (the slot lock, if any, stays held)."""
+    """Replace this process with the real compiler (the slot lock, if any, stays held);
+    while a distcc state file is kept, run it as a child instead (:func:`_run_local`)."""
+    if _state.active():
+        _run_local(inv, slot)
     if slot is not None:
         slot.keep_across_exec()
     _restore_signals()
@@ -257,6 +261,56 @@ def _exec_local(inv: _Invocation, slot: Held | None) -> NoReturn:
         if slot is not None:
             slot.release()
         raise _Fatal(f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING) from None
+
+
+class _Exit(Exception):
+    """End the run with ``code`` (a local compiler run as a child has finished)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _run_local(inv: _Invocation, slot: Held | None) -> NoReturn:
+    """Compile locally as a child, as distcc does, so the state file can be removed when
+    the compiler is done (after an exec nobody would). A SIGINT/SIGTERM/SIGHUP is passed on
+    to the compiler; we then exit as it did, by the same signal if it died of one."""
+    from meshcc.exitcodes import EXIT_COMPILER_MISSING
+
+    _state.note(_state.COMPILE, "localhost", getattr(slot, "index", 0))
+    for signum in (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP):
+        _sig.signal(signum, _on_signal)
+    try:
+        try:
+            pid = _spawn(inv.exec_path, inv.argv)
+        except OSError as e:
+            raise _Fatal(
+                f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING
+            ) from None
+        while True:
+            try:
+                status = os.waitpid(pid, 0)[1]
+                break
+            except _Interrupted as e:
+                os.kill(pid, e.signum)  # the compiler decides; we report what it did
+    finally:
+        _state.end()
+        if slot is not None:
+            slot.release()
+    if os.WIFSIGNALED(status):
+        _die_by(os.WTERMSIG(status))
+        raise _Exit(128 + os.WTERMSIG(status))
+    raise _Exit(os.WEXITSTATUS(status))
+
+
+def _die_by(signum: int) -> None:
+    """End this process by ``signum`` (default action), as a shell would see it."""
+    _state.end()
+    try:
+        _sig.signal(signum, _sig.SIG_DFL)
+        os.kill(_PID, signum)
+    except (OSError, ValueError):  # pragma: no cover - uncatchable or odd signal
+        pass
 
 
 def _execvp(name: str, argv: list[str]) -> NoReturn:
@@ -319,6 +373,7 @@ class _Run:
         self.slots: list[Held] = []  # slot locks, and leases from the daemon
         self.lockdir: str | None = None
         self.keep_temps = env.get("DISTCC_SAVE_TEMPS") == "1"
+        self.server_stderr: str | None = None  # kept with DISTCC_SAVE_TEMPS=1
         self.fallback = settings.fallback
         self.cpp_pid = 0
         self.cpp_err_fd = -1
@@ -346,7 +401,7 @@ class _Run:
             os.close(self.cpp_err_fd)
             self.cpp_err_fd = -1
         for path in self.temps:
-            if self.keep_temps and not signum and path == self.cpp_out:
+            if self.keep_temps and not signum and path in (self.cpp_out, self.server_stderr):
                 continue
             try:
                 os.unlink(path)
@@ -385,7 +440,7 @@ class _Run:
 
         tmpdir = self.env.get("TMPDIR") or "/tmp"
         try:
-            out, out_fd = self.temp(tmpdir, "meshcc_", self.job.temp_suffix)
+            out, out_fd = self.temp(tmpdir, "distcc_", self.job.temp_suffix)
         except OSError as e:
             raise _Fatal(
                 f"cannot create a temp file in {tmpdir}: {e.strerror or e}", EXIT_IO_ERROR
@@ -456,6 +511,22 @@ class _Run:
         self.release(self.cpp_slot)
         self.cpp_slot = None
 
+    def save_server_stderr(self, data: bytes) -> None:
+        """DISTCC_SAVE_TEMPS=1: keep what the server sent on stderr where distcc keeps it,
+        ``$TMPDIR/distcc_server_stderr_XXXXXXXX.txt`` (rewritten by each attempt)."""
+        try:
+            if self.server_stderr is None:
+                tmpdir = self.env.get("TMPDIR") or "/tmp"
+                self.server_stderr, fd = self.temp(tmpdir, "distcc_server_stderr_", ".txt")
+            else:
+                fd = os.open(self.server_stderr, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log.debug(f"cannot save the server's stderr: {e}")
+
     def source_bytes(self) -> bytes:
         path = self.cpp_out if self.cpp_out is not None else self.job.source
         assert path is not None
@@ -513,6 +584,7 @@ class _Run:
         from meshcc.exitcodes import EXIT_COMPILER_MISSING
 
         self.cleanup(keep=slot, hold=hold)
+        _state.note(_state.COMPILE, "localhost", getattr(slot, "index", 0))
         try:
             pid = _spawn(self.inv.exec_path, self.inv.argv)
         except OSError as e:
@@ -556,7 +628,7 @@ def _local_slot(log: _Log, lockdir: str | None, nslots: int) -> Slot | None:
 
     pause = slots.env_int(os.environ, "DISTCC_PAUSE_TIME_MSEC", slots.DEFAULT_PAUSE_MSEC)
     try:
-        slot = slots.lock_local(lockdir, nslots, pause, log.debug)
+        slot = slots.lock_local(lockdir, nslots, pause, _blocked(log, "localhost"))
     except slots.DistccDirError as e:
         log.warn(str(e))
         return None
@@ -583,9 +655,10 @@ def _localslots(hostlist: object | None, cpp: bool = False) -> int:
     return value if isinstance(value, int) and value > 0 else default
 
 
-def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Reply:
+def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: float) -> Reply:
     """Send the job to ``host`` (overlapping connect and request head with cpp) and read
-    the reply. Raises client.TransportError / client.Refused / _CppFailed / _GoLocal."""
+    the reply, noting distcc's phases in the state file (``slot``: the host slot we hold).
+    Raises client.TransportError / client.Refused / _CppFailed / _GoLocal."""
     from meshcc.client.decisions import wire_version
     from meshcc.transport import client
 
@@ -599,7 +672,9 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
     conn = client.Connection(host.host, host.port, version, io_timeout)
     log = run.log
     t0 = time.monotonic()
+    note = _state.note
     try:
+        note(_state.CONNECT, host.host, slot)
         conn.connect()
         conn.send_head(argv)
         log.debug(
@@ -607,6 +682,8 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
             f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
         )
         if run.cpp_pid:
+            if run.cpp_status is None:
+                note(_state.CPP, "localhost", getattr(run.cpp_slot, "index", 0))
             code = run.wait_cpp()
             if code:
                 raise _CppFailed(code)
@@ -616,8 +693,12 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
             log.debug(f"cannot read the source to send: {e.strerror}")
             raise _GoLocal() from None
         t1 = time.monotonic()
+        note(_state.SEND, host.host, slot)
         conn.send_source(data)
-        reply = conn.read_reply()
+        note(_state.COMPILE)
+        reply = conn.read_reply(on_data=_note_receive)
+        if run.keep_temps:
+            run.save_server_stderr(reply.stderr)
         log.debug(
             f"{conn.where}: sent {len(data)} bytes, reply status {reply.status:#x}, "
             f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms"
@@ -625,6 +706,20 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
         return reply
     finally:
         conn.close()
+
+
+def _note_receive() -> None:
+    _state.note(_state.RECEIVE)
+
+
+def _blocked(log: _Log, host: str | None = None) -> Callable[[str], None]:
+    """A log callback for the slot waits: every slot is busy, so the job is Blocked."""
+
+    def note(msg: str) -> None:
+        _state.note(_state.BLOCKED, host)
+        log.debug(msg)
+
+    return note
 
 
 def _lzo_available() -> bool:
@@ -674,7 +769,7 @@ class _ListPool:
         if not decisions.may_try_host(self.attempts, self.period):
             run.log.debug(f"giving up after {self.attempts} remote attempts (backoff disabled)")
             return None
-        host, slot = slots.lock_first_free(lockdir, usable, self.pause, run.log.debug)
+        host, slot = slots.lock_first_free(lockdir, usable, self.pause, _blocked(run.log))
         run.slots.append(slot)
         if host.kind == "localhost":
             run.log.debug(f"picked localhost slot {slot.index}: compiling {run.job.source} locally")
@@ -724,7 +819,7 @@ class _ListPool:
 class _Leased:
     """A peer leased from the daemon, shaped like a ``hostspec.Host`` for ``_remote``."""
 
-    __slots__ = ("compiler", "host", "peer", "port", "protocol", "spec", "where")
+    __slots__ = ("compiler", "host", "peer", "port", "protocol", "slot", "spec", "where")
 
     def __init__(self, grant: LeaseGranted) -> None:
         self.host = host = grant.host
@@ -734,6 +829,7 @@ class _Leased:
         self.peer = grant.peer
         self.where = where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.spec = f"{where} ({self.peer})" if self.peer and self.peer != where else where
+        self.slot = 0  # distcc's slot number for the monitors (see _LeasePool.acquire)
 
 
 class _LeasePool:
@@ -779,6 +875,7 @@ class _LeasePool:
             return None
         conn, self.next_conn = self.next_conn, None
         t0 = time.monotonic()
+        _state.note(_state.BLOCKED)  # the daemon queues us while every matching slot is busy
         try:
             if conn is None:
                 conn = cc.Control.connect(self.path)
@@ -794,6 +891,8 @@ class _LeasePool:
         if isinstance(answer, LeaseGranted):
             target = _Leased(answer)
             run.slots.append(conn)
+            if _state.active():
+                target.slot = self._slot_number(target)
             self.attempts += 1
             run.log.debug(
                 f"leased {target.where} (compiler {target.compiler}) from the meshcc "
@@ -811,6 +910,26 @@ class _LeasePool:
         conn.close()
         self.daemon_failure = f"meshcc daemon error: {answer.error}"
         return None
+
+    def _slot_number(self, target: _Leased) -> int:
+        """A slot number for the monitors: the first free distcc lock ``cpu_tcp_HOST_PORT_N``
+        of the peer, held with the lease, so jobs on one peer show distinct slots (and stock
+        distcc clients on this box count the slot as busy, as it is)."""
+        from meshcc.client import slots
+
+        lockdir = self.run.lockdir
+        if lockdir is None:
+            return 0
+        name = f"tcp_{target.host}_{target.port}"
+        for index in range(1024):
+            try:
+                held = slots.try_lock(lockdir, name, index)
+            except slots.DistccDirError:
+                return 0
+            if held is not None:
+                self.run.slots.append(held)
+                return index
+        return 0
 
     def failed_on(self, host: _Leased, lease: Control, why: str, connect_failed: bool) -> None:
         """Tell the daemon the peer failed (it may drop it at once) and end the lease."""
@@ -884,7 +1003,10 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         raise _Fatal(str(e), EXIT_BAD_ARGUMENTS) from None
 
     try:
-        run.lockdir = slots.lock_dir(slots.distcc_dir(env))
+        top = slots.distcc_dir(env)
+        _state.begin(top, job.source)
+        _state.note(_state.STARTUP)
+        run.lockdir = slots.lock_dir(top)
     except slots.DistccDirError as e:  # no lock directory, so no local slot either
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
@@ -915,6 +1037,8 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
         _sig.signal(signum, _on_signal)
 
     remote_argv = [os.fsencode(a) for a in args.remote_argv(job)]
+    if run.keep_temps:  # distcc makes this file before choosing a host
+        run.save_server_stderr(b"")
     try:
         while True:
             picked = pool.acquire()
@@ -928,8 +1052,10 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
                 run.start_cpp()
             name = getattr(host, "compiler", None)  # a lease names the peer's compiler
             argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
+            # a distcc slot lock's number, else the one a lease was given
+            slot = int(getattr(held, "index", getattr(host, "slot", 0)))
             try:
-                reply = _remote(run, host, argv, io_timeout)
+                reply = _remote(run, host, slot, argv, io_timeout)
             except client.Refused as e:
                 log.debug(f"{host.spec} refused {src}: {e.reason}")
                 retry = plan.refused(e.reason)
@@ -952,8 +1078,7 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
         _compile_locally(run, plan.no_host_left(*pool.nothing_left(src)), pool)
     except _Interrupted as e:
         run.cleanup(e.signum)
-        _sig.signal(e.signum, _sig.SIG_DFL)
-        os.kill(_PID, e.signum)
+        _die_by(e.signum)
         return 128 + e.signum
     finally:
         run.cleanup()
@@ -1082,13 +1207,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.debug(f"runs locally: {job.reason}")
             _local_only(inv, job, log)
         return _distribute(inv, job, log)
+    except _Exit as e:
+        return e.code
     except _Fatal as e:
         log.error(str(e))
         return e.code
     except KeyboardInterrupt:  # e.g. while waiting for a local slot: die by the signal
-        _sig.signal(_sig.SIGINT, _sig.SIG_DFL)
-        os.kill(_PID, _sig.SIGINT)
+        _die_by(_sig.SIGINT)
         return 128 + _sig.SIGINT
+    finally:
+        _state.end()  # distcc's atexit(dcc_remove_state_file)
 
 
 def _local_only(inv: _Invocation, job: Job, log: _Log) -> NoReturn:
@@ -1097,7 +1225,9 @@ def _local_only(inv: _Invocation, job: Job, log: _Log) -> NoReturn:
 
     env = os.environ
     try:
-        lockdir = slots.lock_dir(slots.distcc_dir(env))
+        top = slots.distcc_dir(env)
+        _state.begin(top, job.source)  # Compile (or Blocked) is noted once we have a slot
+        lockdir = slots.lock_dir(top)
     except slots.DistccDirError as e:
         log.warn(f"{e}; compiling without a slot lock")
         lockdir = None
