@@ -71,14 +71,14 @@ def record(pid: int, file: str, host: str, slot: int, phase: int) -> bytes:
     )
 
 
-def begin(top: str, source: str | None, phase: int = STARTUP) -> None:
+def begin(top: str, source: str | None) -> None:
     """Start this process's record in ``top``/state (``top`` is $DISTCC_DIR or ~/.distcc)
-    for the input ``source`` (None: no input, e.g. a link) and write ``phase``."""
+    for the input ``source`` (None: no input, e.g. a link). The file is written by the
+    first :func:`note`."""
     global _path, _head
     pid = os.getpid()
     _path = f"{top}/state/{PREFIX}{pid}"
     _head = record(pid, source or "", "", 0, 0)[: 3 * _W + NAME_LEN]
-    note(phase)
 
 
 def active() -> bool:
