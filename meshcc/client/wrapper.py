@@ -278,6 +278,8 @@ def _run_local(inv: _Invocation, slot: Held | None) -> NoReturn:
     from meshcc.exitcodes import EXIT_COMPILER_MISSING
 
     _state.note(_state.COMPILE, "localhost", getattr(slot, "index", 0))
+    if slot is not None:  # a daemon's share: the compiler holds the connection too
+        slot.keep_across_exec()
     for signum in (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP):
         _sig.signal(signum, _on_signal)
     try:
