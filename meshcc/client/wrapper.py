@@ -280,21 +280,44 @@ def _run_local(inv: _Invocation, slot: Held | None) -> NoReturn:
     _state.note(_state.COMPILE, "localhost", getattr(slot, "index", 0))
     if slot is not None:  # a daemon's share: the compiler holds the connection too
         slot.keep_across_exec()
-    for signum in (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP):
+    forwarded = (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP)
+    for signum in forwarded:
         _sig.signal(signum, _on_signal)
+    pid = 0
+    status = -1
     try:
-        try:
-            pid = _spawn(inv.exec_path, inv.argv)
-        except OSError as e:
-            raise _Fatal(
-                f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING
-            ) from None
-        while True:
+        while status < 0:
             try:
+                if not pid:
+                    # Blocked while spawning, so a signal is never taken between the child's
+                    # birth and ``pid`` being known (the child starts with nothing blocked).
+                    _sig.pthread_sigmask(_sig.SIG_BLOCK, forwarded)
+                    try:
+                        fn = os.posix_spawn if "/" in inv.exec_path else os.posix_spawnp
+                        pid = fn(
+                            inv.exec_path,
+                            inv.argv,
+                            os.environ,
+                            setsigdef=_SPAWN_SIGDEF,
+                            setsigmask=(),
+                        )
+                    except OSError as e:
+                        raise _Fatal(
+                            f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING
+                        ) from None
+                    finally:
+                        _sig.pthread_sigmask(_sig.SIG_UNBLOCK, forwarded)  # may raise now
                 status = os.waitpid(pid, 0)[1]
-                break
             except _Interrupted as e:
-                os.kill(pid, e.signum)  # the compiler decides; we report what it did
+                if not pid:  # nothing started: just go, by that signal
+                    _die_by(e.signum)
+                    raise _Exit(128 + e.signum) from None
+                try:
+                    os.kill(pid, e.signum)  # the compiler decides; we report what it did
+                except OSError:
+                    pass
+            except ChildProcessError:  # reaped just before a signal: status unknown
+                status = 1 << 8
     finally:
         _state.end()
         if slot is not None:
