@@ -325,7 +325,10 @@ def _run_local(inv: _Invocation, slot: Held | None) -> NoReturn:
     if os.WIFSIGNALED(status):
         _die_by(os.WTERMSIG(status))
         raise _Exit(128 + os.WTERMSIG(status))
-    raise _Exit(os.WEXITSTATUS(status))
+    # Like the exec this replaces: nothing is left to do (everything above was cleaned up
+    # before the compiler started, all output is unbuffered), so skip the interpreter's
+    # teardown (several ms on every local compile).
+    os._exit(os.WEXITSTATUS(status))
 
 
 def _die_by(signum: int) -> None:
