@@ -70,8 +70,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-state-"))
     port = free_port()
     distccd = subprocess.Popen(
-        ["distccd", "--daemon", "--no-detach", "--log-stderr", "--listen", "127.0.0.1"]
-        + ["--port", str(port), "--allow", "127.0.0.1", "--jobs", "2"],
+        [
+            *("distccd", "--daemon", "--no-detach", "--log-stderr", "--listen", "127.0.0.1"),
+            *("--port", str(port), "--allow", "127.0.0.1", "--jobs", "2"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
