@@ -2,8 +2,10 @@
 
 One short process per compile, thousands per build, so start-up cost matters more than
 anything else here: only builtins and meshcc's own small modules are imported, local-only
-commands ``exec`` the real compiler as soon as the verdict is known, and everything the
-remote path needs (sockets, compression) is imported only on that path.
+commands run the real compiler as soon as the verdict is known (as a child, as distcc
+does, so that distcc's state file for ``distccmon-text`` goes when it ends; ``exec`` when
+there is no state file), and everything the remote path needs (sockets, compression) is
+imported only on that path.
 
 distcc 3.4 semantics, with these deliberate differences: a cpp failure is final (the
 local compile would fail the same way); a remote compile error is retried locally and
@@ -847,7 +849,7 @@ class _ListPool:
 class _Leased:
     """A peer leased from the daemon, shaped like a ``hostspec.Host`` for ``_remote``."""
 
-    __slots__ = ("compiler", "host", "peer", "port", "protocol", "slot", "spec", "where")
+    __slots__ = ("compiler", "host", "lock", "peer", "port", "protocol", "slot", "spec", "where")
 
     def __init__(self, grant: LeaseGranted) -> None:
         self.host = host = grant.host
@@ -858,6 +860,7 @@ class _Leased:
         self.where = where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.spec = f"{where} ({self.peer})" if self.peer and self.peer != where else where
         self.slot = 0  # distcc's slot number for the monitors (see _LeasePool.acquire)
+        self.lock: Slot | None = None  # the distcc lock file that number stands for
 
 
 class _LeasePool:
@@ -956,6 +959,7 @@ class _LeasePool:
                 return 0
             if held is not None:
                 self.run.slots.append(held)
+                target.lock = held
                 return index
         return 0
 
@@ -966,6 +970,7 @@ class _LeasePool:
         lease.connect_failed = connect_failed
         lease.reason = why
         self.run.release(lease)
+        self.run.release(host.lock)
 
     def finish(self, host: _Leased, lease: Control, verdict: bool | None) -> None:
         """End the lease; ``verdict`` False reports the peer as bad (crash, wrong result)."""
@@ -974,6 +979,7 @@ class _LeasePool:
             why = "the remote compiler crashed or disagreed with the local one"
             lease.reason = why
         self.run.release(lease)
+        self.run.release(host.lock)
 
     def before_local_retry(self, lease: Control) -> Control:
         """Keep the lease through the local retry: only its result tells whether the peer

@@ -303,6 +303,35 @@ def test_make_build_shows_every_job_with_host_and_slot(
     no_temp_litter(proj, env)
 
 
+def test_a_job_waiting_for_a_slot_is_blocked(
+    distccd: Callable[..., Daemon],
+    proxies: Callable[[Daemon], HoldingProxy],
+    procs: list[Popen],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """One slot (host/1), two jobs: one compiles on the host, the other shows Blocked."""
+    proxy = proxies(distccd())
+    proj = make_project(tmp_path / "proj")
+    env = env_with(client_env, DISTCC_HOSTS=f"127.0.0.1:{proxy.port}/1")
+    for name in SOURCES[:2]:
+        procs.append(start([meshcc(), "-c", name], env, proj))
+    jobs = wait_monitor(
+        env,
+        lambda js: sorted(j.phase for j in js) == ["Blocked", "Compile"],
+        "one job compiling, one blocked",
+        procs,
+    )
+    [running] = [j for j in jobs if j.phase == "Compile"]
+    assert (running.host, running.slot) == ("127.0.0.1", 0)
+    proxy.release()
+    for p in procs:
+        code, err = finish(p)
+        assert code == 0, err
+    assert proxy.connections == 2 and proxy.errors == []
+    assert state_files(env) == []
+
+
 def test_leased_jobs_show_the_peer_and_distinct_slots(
     meshcc_daemon: Callable[..., Daemon],
     proxies: Callable[[Daemon], HoldingProxy],
