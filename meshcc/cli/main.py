@@ -11,8 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from meshcc import __version__
-from meshcc.daemon.options import parse_network, seconds
+from meshcc.daemon.options import VersionAction, parse_network, seconds
 
 # ---------------------------------------------------------------- subcommands
 
@@ -136,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distributed C/C++ build mesh, wire-compatible with distcc. "
         "Compile with `meshcc COMPILER ARGS...` or the meshcc-gcc/meshcc-g++ wrappers.",
     )
-    parser.add_argument("--version", action="version", version=f"meshcc {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
