@@ -2,16 +2,7 @@
 
 Every distcc 3.4 client process (and ``meshcc-gcc``, which writes the same files so the
 stock monitors see it) keeps ``$DISTCC_DIR/state/binstate_<pid>``: one raw, native-endian
-``struct dcc_task_state`` (distcc's src/state.h)::
-
-    size_t struct_size;        /* sizeof the struct: 296 on LP64 */
-    unsigned long magic;       /* 0x44494800, "DIH\\0" */
-    unsigned long cpid;        /* the client's pid */
-    char file[128];            /* the input's basename, NUL-terminated */
-    char host[128];            /* where it goes: "localhost", "10.0.0.2", ... */
-    int slot;                  /* which of that host's slots */
-    enum dcc_phase curr_phase; /* Startup .. Done, below */
-    struct dcc_task_state *next;  /* meaningless in the file */
+``struct dcc_task_state``, whose layout is :mod:`meshcc.wire.distccstate`.
 
 Reading follows distcc's own monitor (src/mon.c) so meshcc top lists exactly the jobs
 ``distccmon-text`` lists: only ``binstate_*`` names; a file whose size, ``struct_size`` or
@@ -34,23 +25,15 @@ printable is replaced, so a crafted name cannot send escape sequences to the ter
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
+
+from meshcc.wire.distccstate import DONE, PHASES, PREFIX, SIZE
+from meshcc.wire.distccstate import parse as parse_record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Mapping
 
-PREFIX = "binstate_"
-MAGIC = 0x44494800  # DCC_STATE_MAGIC
-# Native sizes and alignment, as the C compiler laid the struct out for the local distcc.
-RECORD = struct.Struct("@NLL128s128siiP")
-NAME_LEN = 128
-
-# enum dcc_phase, in order (the numbers are the file format); names as dcc_get_phase_name.
-PHASES = ("Startup", "Blocked", "Connect", "Preprocess", "Send", "Compile", "Receive", "Done")
-COMPILE = 5
-DONE = 7
 MAX_PID = 1 << 22  # the kernel's pid_max ceiling (PID_MAX_LIMIT on 64-bit)
 CLOCK_SLACK_S = 2.0  # /proc's boot time has whole seconds; a process's start is fuzzy
 MAX_FILES = 4096  # a state dir with more entries than any build runs at once is junk
@@ -78,21 +61,14 @@ def printable(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _cstring(raw: bytes) -> str:
-    return printable(raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
-
-
 def parse(data: bytes) -> tuple[int, str, str, int, int] | None:
-    """(pid, file, host, slot, phase) of one state file's bytes; None when distccmon would
-    skip it (short, wrong size field or magic)."""
-    if len(data) != RECORD.size:
+    """(pid, file, host, slot, phase) of one state file's bytes, names made printable;
+    None when distccmon would skip it (short, wrong size field or magic)."""
+    rec = parse_record(data)
+    if rec is None:
         return None
-    size, magic, pid, file, host, slot, phase, _next = RECORD.unpack(data)
-    if size != RECORD.size or magic != MAGIC:
-        return None
-    if not 0 <= phase <= DONE:  # distcc: "curr_phase > DCC_PHASE_DONE" shows as Compile
-        phase = COMPILE
-    return pid, _cstring(file), _cstring(host), slot, phase
+    pid, file, host, slot, phase = rec
+    return pid, printable(file), printable(host), slot, phase
 
 
 def pid_alive(pid: int) -> bool:
@@ -178,7 +154,7 @@ def _read_one(
         st = os.fstat(fd)
         if st.st_mode & 0o170000 != 0o100000:  # a regular file only
             return None
-        data = os.read(fd, RECORD.size + 1)
+        data = os.read(fd, SIZE + 1)
     except OSError:
         return None
     finally:

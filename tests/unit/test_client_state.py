@@ -1,4 +1,5 @@
-"""meshcc.client.state: distcc's binstate_<pid> record, byte for byte.
+"""meshcc.client.state and meshcc.wire.distccstate: distcc's binstate_<pid> record, byte for
+byte, written and read back.
 
 The layout is checked against the C struct as the platform lays it out (``struct`` in
 native mode mirrors the C compiler's sizes and alignment): struct dcc_task_state is
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from meshcc.client import state
+from meshcc.wire import distccstate as fmt
 
 C_LAYOUT = struct.Struct("@NLL128s128siiP")
 
@@ -28,15 +30,15 @@ def _no_record() -> Iterator[None]:
 
 
 def test_size_is_the_c_struct_size() -> None:
-    assert state.SIZE == C_LAYOUT.size
+    assert fmt.SIZE == C_LAYOUT.size
     if struct.calcsize("P") == 8:
-        assert state.SIZE == 296  # x86_64, as distcc 3.4 writes it
+        assert fmt.SIZE == 296  # x86_64, as distcc 3.4 writes it
 
 
 def test_record_matches_the_c_layout() -> None:
-    data = state.record(4242, "src/dir/foo.c", "10.0.0.7", 3, state.SEND)
+    data = fmt.record(4242, "src/dir/foo.c", "10.0.0.7", 3, state.SEND)
     size, magic, pid, file, host, slot, phase, nxt = C_LAYOUT.unpack(data)
-    assert (size, magic, pid, slot, phase, nxt) == (state.SIZE, 0x44494800, 4242, 3, 4, 0)
+    assert (size, magic, pid, slot, phase, nxt) == (fmt.SIZE, 0x44494800, 4242, 3, 4, 0)
     assert file == b"foo.c".ljust(128, b"\0")  # the basename, as dcc_note_state keeps
     assert host == b"10.0.0.7".ljust(128, b"\0")
 
@@ -47,7 +49,7 @@ def test_phase_numbers_are_distccs_enum() -> None:
 
 
 def test_long_names_are_truncated_and_nul_terminated() -> None:
-    data = state.record(1, "x" * 300 + ".c", "h" * 200, 0, 0)
+    data = fmt.record(1, "x" * 300 + ".c", "h" * 200, 0, 0)
     _, _, _, file, host, *_ = C_LAYOUT.unpack(data)
     assert file[-1:] == b"\0" and file[:127] == b"x" * 127
     assert host[-1:] == b"\0" and host[:127] == b"h" * 127
@@ -78,3 +80,12 @@ def test_unusable_state_dir_turns_monitoring_off(tmp_path: Path) -> None:
     state.begin(str(tmp_path), "x.c")
     state.note(state.STARTUP)  # no exception: a monitor never fails a compile
     assert not state.active()
+
+
+def test_what_is_written_reads_back() -> None:
+    data = fmt.record(4242, "src/foo.c", "10.0.0.7", 3, fmt.RECEIVE)
+    assert fmt.parse(data) == (4242, "foo.c", "10.0.0.7", 3, fmt.RECEIVE)
+    assert fmt.parse(data[:-1]) is None  # short: skipped
+    assert fmt.parse(b"\0" * fmt.SIZE) is None  # wrong size field and magic
+    late = fmt.record(1, "x.c", "h", 0, 99)
+    assert fmt.parse(late) == (1, "x.c", "h", 0, fmt.COMPILE)  # past Done: as distccmon
