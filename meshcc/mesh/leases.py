@@ -1,11 +1,24 @@
 """Lease scheduling: which peer slot a local compile client gets, and who waits.
 
 The daemon's control socket asks this broker for a slot on a peer whose toolchain matches
-the client's compiler. Per-peer slots are the peer's announced job limit, counted here; the
-free-est peer among the best-ranked wins (fewest recent failures first). When every
-matching peer is busy the client gets this box's own share (distcc's ``localhost/2``), and
-when that is taken too, requests wait in FIFO order; a release, or the 0.5 s tick (peers
-that appear or vanish meanwhile), serves them. No I/O here beyond the event loop's timer.
+the client's compiler. Requests wait in FIFO order when nothing is free; a release, a
+load record from a peer (``dispatch``), or the 0.5 s tick serves them. No I/O here beyond
+the event loop's timer.
+
+With the live-load channel (``load``: a :class:`meshcc.mesh.load.LoadBook`), the mesh is
+one machine: a peer that speaks it is used only up to the *share* it promised this
+daemon (its slots, fairly divided among every box that wants them, its own clients
+included), so the leases on one box never exceed its jobs whoever grants them. This box
+is one more candidate on the same terms (its share of its own slots, its measured
+speed), and the choice is :func:`meshcc.mesh.load.choose`: power of two choices weighted
+by free slots and speed. After every change the broker tells the book what it holds and
+wants on each peer (``on_demand``: the channel sends it). Peers without the channel
+(stock distccd, older meshcc, or silent for the stale time) are counted as before: their
+announced limit minus this daemon's own leases.
+
+Without a load book (discovery off) the old order holds: the free-est peer among the
+best-ranked (fewest recent failures first); when every matching peer is busy, this box's
+own share (distcc's ``localhost/2``).
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +35,7 @@ from typing import Protocol
 
 from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.defaults import LOCALHOST_SHARE
+from meshcc.mesh.load import Candidate, LoadBook, choose
 from meshcc.mesh.matching import Verdict
 from meshcc.supervisor import supervise
 
@@ -92,9 +107,15 @@ class LeaseBroker:
         *,
         clock: Callable[[], float] = time.monotonic,
         local_slots: int = LOCALHOST_SHARE,
+        load: LoadBook | None = None,
+        on_demand: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.mesh = mesh
         self.local_slots = local_slots
+        self.load = load
+        self.on_demand = on_demand
+        self.rng = rng or random.Random()
         self.in_use: dict[str, int] = {}
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self._clock = clock
@@ -107,8 +128,61 @@ class LeaseBroker:
     def _off_reason(self) -> str | None:
         return self.mesh.status.off_reason
 
+    def _take(self, v: Verdict) -> Grant:
+        r = v.peer.record
+        self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
+        return Grant(r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "")
+
+    def _take_local(self, why: str) -> Local:
+        self.in_use[LOCAL_KEY] = self.in_use.get(LOCAL_KEY, 0) + 1
+        return Local(why, held=True)
+
+    def local_free(self) -> int:
+        """This box's own slots its clients may take now."""
+        held = self.in_use.get(LOCAL_KEY, 0)
+        if self.load is None:
+            return self.local_slots - held
+        return self.load.local_share() - held
+
+    def peer_free(self, v: Verdict) -> tuple[int, float]:
+        """(slots this daemon may still take on the peer, its speed; 0 unknown)."""
+        r = v.peer.record
+        mine = self.in_use.get(r.key, 0)
+        if self.load is not None and r.key in self.load:
+            live = self.load.live(r.key)
+            if live is not None:
+                return live.share - mine, float(live.speed)
+            if self.load.awaiting(r.key):
+                return 0, 0.0  # its first share is a round trip away
+        return r.limit - mine, 0.0
+
+    def _pick_mesh(self, verdicts: list[Verdict], local_ok: bool) -> Grant | Local | None:
+        """The whole mesh, this box included, as candidates of one weighted choice."""
+        assert self.load is not None
+        cands: list[Candidate] = []
+        usable: list[Verdict] = []
+        for v in verdicts:
+            if not v.included or v.address is None:
+                continue
+            free, speed = self.peer_free(v)
+            cands.append(Candidate(v.peer.record.key, free, speed, v.peer.job_failures))
+            usable.append(v)
+        if not usable:
+            return Local(no_peer_reason(verdicts, self._off_reason()))
+        if local_ok:
+            cands.append(Candidate(LOCAL_KEY, self.local_free(), float(self.load.speed)))
+        i = choose(cands, self.rng)
+        if i < 0:
+            return None
+        if i == len(usable):
+            n = len(usable)
+            return self._take_local(f"this box's own share is the best of {n + 1} candidates")
+        return self._take(usable[i])
+
     def _pick(self, verdicts: list[Verdict], local_ok: bool = True) -> Grant | Local | None:
         """A free slot on the best peer; Local if nothing matches; None if all are busy."""
+        if self.load is not None:
+            return self._pick_mesh(verdicts, local_ok)
         best: tuple[tuple[int, int, int], Verdict] | None = None
         matching = 0
         for rank, v in enumerate(verdicts):
@@ -128,25 +202,22 @@ class LeaseBroker:
             # Every matching peer is busy: this box compiles its own share too (peers
             # first, then `localhost/2`, as distcc walks its host list), else wait.
             if local_ok and self.in_use.get(LOCAL_KEY, 0) < self.local_slots:
-                self.in_use[LOCAL_KEY] = self.in_use.get(LOCAL_KEY, 0) + 1
-                return Local(
-                    f"all {matching} matching peers are busy: compiling here (this box's share)",
-                    held=True,
+                return self._take_local(
+                    f"all {matching} matching peers are busy: compiling here (this box's share)"
                 )
             return None
-        v = best[1]
-        r = v.peer.record
-        self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
-        return Grant(r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "")
+        return self._take(best[1])
 
     async def acquire(self, fp: ClientCompiler, local_ok: bool = True) -> Grant | Local:
         """A grant now, Local now, or (all busy) wait in line; cancel-safe."""
         if not self.waiters:
             got = self._pick(self.mesh.explain(fp), local_ok)
             if got is not None:
+                self._publish()
                 return got
         waiter = _Waiter(fp, asyncio.get_running_loop().create_future(), self._clock(), local_ok)
         self.waiters.append(waiter)
+        self._publish()
         self._ensure_ticking()
         try:
             return await waiter.future
@@ -159,6 +230,7 @@ class LeaseBroker:
                     self.release(LOCAL_KEY)
             with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)
+            self._publish()
             raise
 
     def release(self, key: str) -> None:
@@ -169,6 +241,40 @@ class LeaseBroker:
             self.in_use.pop(key, None)
         if self.waiters:
             self.dispatch()
+        else:
+            self._publish()
+
+    def _publish(self, verdicts: dict[ClientCompiler, list[Verdict]] | None = None) -> None:
+        """Tell the load book what this daemon holds and wants on each peer (and here)."""
+        load = self.load
+        if load is None:
+            return
+        want: dict[str, int] = {}
+        local_want = 0
+        verdicts = verdicts if verdicts is not None else {}
+        for waiter in self.waiters:
+            if waiter.future.done():
+                continue
+            vs = verdicts.get(waiter.fp)
+            if vs is None:
+                vs = verdicts[waiter.fp] = self.mesh.explain(waiter.fp)
+            for v in vs:
+                if v.included and v.address is not None:
+                    k = v.peer.record.key
+                    want[k] = want.get(k, 0) + 1
+            local_want += waiter.local_ok
+        for key, n in self.in_use.items():
+            if key != LOCAL_KEY:
+                load.set_demand(key, n, n + want.pop(key, 0))
+        for key, n in want.items():
+            load.set_demand(key, 0, n)
+        for key in load.keys():
+            if key not in self.in_use and key not in want:
+                load.set_demand(key, 0, 0)
+        held = self.in_use.get(LOCAL_KEY, 0)
+        load.set_local(held=held, want=held + local_want)
+        if self.on_demand is not None:
+            self.on_demand()
 
     def dispatch(self) -> None:
         """Serve waiters in order while slots last (one explain per distinct compiler)."""
@@ -190,6 +296,7 @@ class LeaseBroker:
                 continue
             self.waiters.remove(waiter)
             waiter.future.set_result(got)
+        self._publish(verdicts)
 
     def _ensure_ticking(self) -> None:
         if self._task is None or self._task.done():

@@ -482,6 +482,10 @@ class CompileServer:
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
         self._running_compiles = 0
+        # Totals for the mesh's speed figure (bytes of preprocessed source compiled, and
+        # seconds of compiler wall time): read-only for others.
+        self.compiled_bytes = 0
+        self.compile_seconds = 0.0
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
@@ -546,6 +550,12 @@ class CompileServer:
     def running_compiles(self) -> int:
         """Compilers running now (the mesh republishes free slots from it)."""
         return self._running_compiles
+
+    @property
+    def queued_jobs(self) -> int:
+        """Requests read and waiting for a job slot (or memory) now: busy connections
+        that are not compiling. Counts the few replying too: an estimate, for the mesh."""
+        return max(0, len(self._phases[_Phase.BUSY]) - self._running_compiles)
 
     def cache_line(self) -> str | None:
         """The status page's ccache line (None without --ccache)."""
@@ -1177,6 +1187,7 @@ class CompileServer:
             raise _Refuse(
                 f"the server cannot store the source: {e.strerror or e}", ret=EXIT_IO_ERROR
             ) from None
+        job_bytes = len(req.data)
         req.data = b""  # free it while the compiler runs
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
@@ -1220,6 +1231,7 @@ class CompileServer:
             )
 
         self._running_compiles += 1
+        started = time.monotonic()
         out_task = asyncio.ensure_future(_read_bounded(proc.stdout, self.config.max_output))
         err_task = asyncio.ensure_future(_read_bounded(proc.stderr, self.config.max_output))
         wait_task = asyncio.ensure_future(proc.wait())
@@ -1259,6 +1271,9 @@ class CompileServer:
             stdout = await _finish_reader(out_task, proc.pid)
         finally:
             self._running_compiles -= 1
+            if proc.returncode == 0:
+                self.compiled_bytes += job_bytes
+                self.compile_seconds += time.monotonic() - started
             watch_task.cancel()
             if proc.returncode is None:  # cancelled (second signal): no orphans
                 _kill_group(proc.pid)
