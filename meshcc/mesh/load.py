@@ -67,6 +67,7 @@ class LoadTimings:
     max_send_rate: float = 1000.0  # datagrams per second this daemon sends, at most
     max_recv_rate: float = 200.0  # records per second accepted from one peer, at most
     max_pending: int = 64  # unacknowledged promises kept per peer (older: folded into one)
+    forget_s: float = 30.0  # a silent peer's commitment is released after this at the latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +220,11 @@ class _Remote:
     def fresh(self, now: float, stale_s: float) -> bool:
         return self.got_at is not None and now - self.got_at <= stale_s
 
-    def committed(self, now: float, stale_s: float) -> int:
+    def committed(self, now: float, forget_s: float) -> int:
         """Slots of ours it may be using: what it holds, or any share it may still act on.
-        A peer silent for ``stale_s`` is taken as gone (it stops trusting our shares then
-        too: see :meth:`LoadBook.live`)."""
-        if not self.fresh(now, stale_s):
+        A silent peer keeps its last commitment (its clients may still hold those slots)
+        until it leaves the peer list (probes say it is down) or ``forget_s`` passes."""
+        if self.got_at is None or now - self.got_at > forget_s:
             return 0
         pending = max((s for _, s in self.pending), default=0)
         return max(self.their_held, self.acked_share, pending)
@@ -261,6 +262,9 @@ class LoadBook:
     def now(self) -> float:
         return self._clock()
 
+    def _burst(self) -> float:
+        return max(1.0, self.timings.max_recv_rate / 10)
+
     # -- peers
 
     def set_peers(self, peers: Iterable[RemotePeer]) -> None:
@@ -271,10 +275,12 @@ class LoadBook:
             seen.add(p.key)
             r = self._remotes.get(p.key)
             if r is None:
-                self._remotes[p.key] = _Remote(p, since=now, tokens=1.0, tokens_at=now)
+                self._remotes[p.key] = _Remote(p, since=now, tokens=self._burst(), tokens_at=now)
             elif r.peer != p:
                 if r.peer.node != p.node:
-                    self._remotes[p.key] = _Remote(p, since=now, tokens=1.0, tokens_at=now)
+                    self._remotes[p.key] = _Remote(
+                        p, since=now, tokens=self._burst(), tokens_at=now
+                    )
                 else:
                     r.peer = p
         for key in set(self._remotes) - seen:
@@ -310,7 +316,7 @@ class LoadBook:
             return None
         now = self._clock()
         rate = self.timings.max_recv_rate
-        r.tokens = min(max(1.0, rate / 10), r.tokens + (now - r.tokens_at) * rate)
+        r.tokens = min(self._burst(), r.tokens + (now - r.tokens_at) * rate)
         r.tokens_at = now
         if r.tokens < 1.0:
             self._reject("rate")
@@ -374,7 +380,9 @@ class LoadBook:
 
     def _capacity(self, now: float) -> int:
         """Our slots minus work no lease accounts for (stock distcc clients' jobs)."""
-        leased = sum(r.their_held for r in self._remotes.values() if r.fresh(now, self._stale))
+        leased = sum(
+            r.their_held for r in self._remotes.values() if r.fresh(now, self.timings.forget_s)
+        )
         unleased = max(0, self.running + self.queued - leased)
         return max(0, self.jobs - unleased)
 
@@ -383,15 +391,27 @@ class LoadBook:
         return self.timings.stale_s
 
     def _targets(self, now: float) -> dict[str, int]:
+        """Each client's fair share: water-filling of the wants, then what is left over
+        spread over the clients that hold or want anything (headroom: their next request
+        is granted at once, without a round trip to ask for more)."""
         demands = {k: r.their_want for k, r in self._remotes.items() if r.fresh(now, self._stale)}
         demands[LOCAL] = min(self.local_want, self.jobs)
         held = {k: self._remotes[k].their_held for k in demands if k != LOCAL}
         held[LOCAL] = self.local_held
-        return water_fill(self._capacity(now), demands, held)
+        capacity = self._capacity(now)
+        alloc = water_fill(capacity, demands, held)
+        left = capacity - sum(alloc.values())
+        active = {k: capacity for k, d in demands.items() if d > 0 or held[k] > 0}
+        if left > 0 and active:
+            for k, extra in water_fill(left, active, held).items():
+                alloc[k] += extra
+        return alloc
 
     def _room_for(self, key: str, now: float) -> int:
         """Slots we may promise ``key`` now: capacity minus everyone else's commitment."""
-        others = sum(r.committed(now, self._stale) for k, r in self._remotes.items() if k != key)
+        others = sum(
+            r.committed(now, self.timings.forget_s) for k, r in self._remotes.items() if k != key
+        )
         if key != LOCAL:
             others += self.local_held
         return max(0, self._capacity(now) - others)
@@ -405,12 +425,14 @@ class LoadBook:
     def leased(self) -> int:
         """Leases peers' clients hold on this box now (as they last reported)."""
         now = self._clock()
-        return sum(r.their_held for r in self._remotes.values() if r.fresh(now, self._stale))
+        return sum(
+            r.their_held for r in self._remotes.values() if r.fresh(now, self.timings.forget_s)
+        )
 
     def free(self) -> int:
         """Our slots nobody holds or has been promised."""
         now = self._clock()
-        used = sum(r.committed(now, self._stale) for r in self._remotes.values())
+        used = sum(r.committed(now, self.timings.forget_s) for r in self._remotes.values())
         return max(0, self._capacity(now) - used - self.local_held)
 
     # -- what the broker asks
