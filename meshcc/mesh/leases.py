@@ -140,8 +140,8 @@ class LeaseBroker:
     def local_free(self) -> int:
         """This box's own slots its clients may take now."""
         held = self.in_use.get(LOCAL_KEY, 0)
-        if self.load is None:
-            return self.local_slots - held
+        if self.load is None or self.load.jobs == 0:
+            return self.local_slots - held  # no compile server here: distcc's localhost/2
         return self.load.local_share() - held
 
     def peer_free(self, v: Verdict) -> tuple[int, float]:
@@ -154,7 +154,21 @@ class LeaseBroker:
                 return live.share - mine, float(live.speed)
             if self.load.awaiting(r.key):
                 return 0, 0.0  # its first share is a round trip away
+        elif self.load is not None and "load" in r.caps and ":" not in (v.address or ":"):
+            return 0, 0.0  # just came up: the channel adds it on its next round
         return r.limit - mine, 0.0
+
+    def _share_coming(self, v: Verdict) -> bool:
+        """A peer that will promise us a slot within a round trip: its first record is on
+        its way, or it has unpromised slots (our demand reaches it with the next record)."""
+        assert self.load is not None
+        key = v.peer.record.key
+        if key not in self.load:
+            return "load" in v.peer.record.caps and ":" not in (v.address or ":")
+        if self.load.awaiting(key):
+            return True
+        live = self.load.live(key)
+        return live is not None and live.free > 0
 
     def _pick_mesh(self, verdicts: list[Verdict], local_ok: bool) -> Grant | Local | None:
         """The whole mesh, this box included, as candidates of one weighted choice."""
@@ -169,6 +183,18 @@ class LeaseBroker:
             usable.append(v)
         if not usable:
             return Local(no_peer_reason(verdicts, self._off_reason()))
+        if self.load.jobs == 0:
+            # A mesh-only box serves no slots: its own share is the last resort, as
+            # distcc's `localhost/2` (peers first, even one whose share is on its way).
+            i = choose(cands, self.rng)
+            if i >= 0:
+                return self._take(usable[i])
+            waiting = any(self._share_coming(v) for v in usable)
+            if local_ok and not waiting and self.local_free() > 0:
+                return self._take_local(
+                    f"all {len(usable)} matching peers are busy: compiling here (this box's share)"
+                )
+            return None
         if local_ok:
             cands.append(Candidate(LOCAL_KEY, self.local_free(), float(self.load.speed)))
         i = choose(cands, self.rng)

@@ -26,7 +26,6 @@ __all__ = ["LoadChannel", "bind_load_socket"]
 log = logging.getLogger("meshcc.mesh")
 
 POLL_S = 0.1  # this box's own figures are looked at this often
-PEERS_S = 0.25  # the peer list is rebuilt from the table at most this often
 
 
 def bind_load_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
@@ -102,14 +101,11 @@ class LoadChannel:
         self._wake.set()  # it may need an ack, or our shares changed
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        peers_at = -1.0
         last_figures: tuple[int, int, int] | None = None
         while True:
-            now = loop.time()
-            if now - peers_at >= PEERS_S:
-                self.book.set_peers(self._peers())
-                peers_at = now
+            # Every round (rounds are >= min_interval_s apart): a peer that just came up is
+            # in the book before the broker's next look, which waits for it meanwhile.
+            self.book.set_peers(self._peers())
             if self.figures is not None:
                 running, queued, speed = self.figures()
                 if (running, queued, speed) != last_figures:
