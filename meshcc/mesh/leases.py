@@ -35,7 +35,7 @@ from typing import Protocol
 
 from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.defaults import LOCALHOST_SHARE
-from meshcc.mesh.load import Candidate, LoadBook, choose
+from meshcc.mesh.load import Candidate, Demand, LoadBook, choose
 from meshcc.mesh.matching import Verdict
 from meshcc.supervisor import supervise
 
@@ -115,6 +115,8 @@ class LeaseBroker:
         self.local_slots = local_slots
         self.load = load
         self.on_demand = on_demand
+        if load is not None:
+            load.demand_source = self.demand
         self.rng = rng or random.Random()
         self.in_use: dict[str, int] = {}
         self.waiters: collections.deque[_Waiter] = collections.deque()
@@ -142,7 +144,7 @@ class LeaseBroker:
         held = self.in_use.get(LOCAL_KEY, 0)
         if self.load is None or self.load.jobs == 0:
             return self.local_slots - held  # no compile server here: distcc's localhost/2
-        return self.load.local_share() - held
+        return self.load.local_share(asking=1) - held
 
     def peer_free(self, v: Verdict) -> tuple[int, float]:
         """(slots this daemon may still take on the peer, its speed; 0 unknown)."""
@@ -270,42 +272,75 @@ class LeaseBroker:
         else:
             self._publish()
 
-    def _publish(self, verdicts: dict[ClientCompiler, list[Verdict]] | None = None) -> None:
-        """Tell the load book what this daemon holds and wants on each peer (and here)."""
-        load = self.load
-        if load is None:
-            return
-        want: dict[str, int] = {}
-        local_want = 0
-        verdicts = verdicts if verdicts is not None else {}
-        for waiter in self.waiters:
-            if waiter.future.done():
+    def _spread(self, n: int, verdicts: list[Verdict], want: dict[str, int]) -> None:
+        """Ask for ``n`` waiting requests where they would go: the fastest peers first, up
+        to what each could give us now (its unpromised slots and our unused share); what
+        is left is claimed on the fastest peers again, up to their jobs, so a contended
+        fast peer is shared fairly instead of every peer being asked for everything
+        (promises to a client that does not use them idle slots others wait for)."""
+        peers = []
+        for v in verdicts:
+            if not v.included or v.address is None:
                 continue
-            vs = verdicts.get(waiter.fp)
-            if vs is None:
-                vs = verdicts[waiter.fp] = self.mesh.explain(waiter.fp)
-            for v in vs:
-                if v.included and v.address is not None:
-                    k = v.peer.record.key
-                    want[k] = want.get(k, 0) + 1
-            local_want += waiter.local_ok
-        for key, n in self.in_use.items():
-            if key != LOCAL_KEY:
-                load.set_demand(key, n, n + want.pop(key, 0))
-        for key, n in want.items():
-            load.set_demand(key, 0, n)
-        for key in load.keys():
-            if key not in self.in_use and key not in want:
-                load.set_demand(key, 0, 0)
-        held = self.in_use.get(LOCAL_KEY, 0)
-        load.set_local(held=held, want=held + local_want)
+            r = v.peer.record
+            free, speed = self.peer_free(v)
+            live = self.load.live(r.key) if self.load is not None else None
+            could = free + (live.free if live is not None else 0)
+            peers.append((speed, could, r.limit, r.key))
+        known = sorted(p[0] for p in peers if p[0] > 0)
+        typical = known[len(known) // 2] if known else 1.0
+        peers.sort(key=lambda p: (-(p[0] or typical), -p[1], p[3]))
+        left = n
+        for _, could, _, key in peers:
+            give = min(left, max(0, could))
+            if give:
+                want[key] = want.get(key, 0) + give
+                left -= give
+        for _, _, limit, key in peers:
+            if left <= 0:
+                break
+            give = min(left, limit)
+            want[key] = want.get(key, 0) + give
+            left -= give
+
+    def _publish(self, verdicts: dict[ClientCompiler, list[Verdict]] | None = None) -> None:
+        """Something changed: this box's own holds go to the book at once (its local share
+        is computed from them), and the channel is poked; what this daemon holds and wants
+        on each peer is computed when the channel sends (:meth:`demand`), once per round."""
+        if self.load is None:
+            return
+        self.load.set_local(held=self.in_use.get(LOCAL_KEY, 0))
         if self.on_demand is not None:
             self.on_demand()
+
+    def demand(self) -> Demand:
+        """What this daemon holds and wants on each peer, and here: {key: (held, want)},
+        local held, local want (the load book calls it before each round of records)."""
+        want: dict[str, int] = {}
+        local_want = 0
+        verdicts: dict[ClientCompiler, list[Verdict]] = {}
+        waiting: collections.Counter[ClientCompiler] = collections.Counter()
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiting[waiter.fp] += 1
+                local_want += waiter.local_ok
+        for fp, n in waiting.items():  # one pass per compiler, not per waiter
+            vs = verdicts.get(fp)
+            if vs is None:
+                vs = verdicts[fp] = self.mesh.explain(fp)
+            self._spread(n, vs, want)
+        out = {key: (n, n + want.pop(key, 0)) for key, n in self.in_use.items()}
+        out.pop(LOCAL_KEY, None)
+        for key, n in want.items():
+            out[key] = (0, n)
+        held = self.in_use.get(LOCAL_KEY, 0)
+        return out, held, held + local_want
 
     def dispatch(self) -> None:
         """Serve waiters in order while slots last (one explain per distinct compiler)."""
         verdicts: dict[ClientCompiler, list[Verdict]] = {}
         exhausted: set[tuple[ClientCompiler, bool]] = set()
+        served = False
         for waiter in list(self.waiters):
             if waiter.future.done():
                 with contextlib.suppress(ValueError):
@@ -322,7 +357,9 @@ class LeaseBroker:
                 continue
             self.waiters.remove(waiter)
             waiter.future.set_result(got)
-        self._publish(verdicts)
+            served = True
+        if served:
+            self._publish()
 
     def _ensure_ticking(self) -> None:
         if self._task is None or self._task.done():

@@ -47,6 +47,7 @@ from meshcc.wire import load as wire
 __all__ = [
     "LOCAL",
     "Candidate",
+    "Demand",
     "LoadBook",
     "LoadTimings",
     "PeerLoad",
@@ -57,6 +58,9 @@ __all__ = [
 ]
 
 LOCAL = "localhost"  # the key of this box's own share (leases.LOCAL_KEY)
+
+Demand = tuple[dict[str, tuple[int, int]], int, int]
+"""{peer key: (held, want)}, local held, local want: what this daemon's clients use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +262,8 @@ class LoadBook:
         self.local_held = 0
         self.local_want = 0
         self.rejected: dict[str, int] = {}  # reason -> count (status, debugging)
+        # The broker's demand, asked for once per round of records (None: set_demand()).
+        self.demand_source: Callable[[], Demand] | None = None
 
     def now(self) -> float:
         return self._clock()
@@ -390,12 +396,12 @@ class LoadBook:
     def _stale(self) -> float:
         return self.timings.stale_s
 
-    def _targets(self, now: float) -> dict[str, int]:
+    def _targets(self, now: float, asking: int = 0) -> dict[str, int]:
         """Each client's fair share: water-filling of the wants, then what is left over
         spread over the clients that hold or want anything (headroom: their next request
         is granted at once, without a round trip to ask for more)."""
         demands = {k: r.their_want for k, r in self._remotes.items() if r.fresh(now, self._stale)}
-        demands[LOCAL] = min(self.local_want, self.jobs)
+        demands[LOCAL] = min(max(self.local_want, self.local_held + asking), self.jobs)
         held = {k: self._remotes[k].their_held for k in demands if k != LOCAL}
         held[LOCAL] = self.local_held
         capacity = self._capacity(now)
@@ -416,10 +422,11 @@ class LoadBook:
             others += self.local_held
         return max(0, self._capacity(now) - others)
 
-    def local_share(self) -> int:
-        """Slots this box's own clients may hold on it (its share, as any client's)."""
+    def local_share(self, asking: int = 0) -> int:
+        """Slots this box's own clients may hold on it (its share, as any client's), counting
+        ``asking`` more requests as wanted: the local client needs no round trip to ask."""
         now = self._clock()
-        target = self._targets(now).get(LOCAL, 0)
+        target = self._targets(now, asking).get(LOCAL, 0)
         return max(self.local_held, min(target, self._room_for(LOCAL, now)))
 
     def leased(self) -> int:
@@ -473,16 +480,25 @@ class LoadBook:
 
     def outgoing(self) -> list[tuple[str, int, bytes]]:
         """Datagrams to send now: (address, port, bytes)."""
+        if self.demand_source is not None:
+            per_peer, local_held, local_want = self.demand_source()
+            for key, r in self._remotes.items():
+                r.my_held, r.my_want = per_peer.get(key, (0, 0))
+            self.set_local(held=local_held, want=local_want)
         now = self._clock()
         interval = self._interval()
         targets = self._targets(now)
-        free = self.free()
+        forget = self.timings.forget_s
+        capacity = self._capacity(now)
+        committed = {k: r.committed(now, forget) for k, r in self._remotes.items()}
+        total = sum(committed.values()) + self.local_held  # kept current as we promise
+        free = max(0, capacity - total)
         out = []
         for key, r in self._remotes.items():
             since = now - r.sent_at
             if since < interval:
                 continue
-            share = min(targets.get(key, 0), self._room_for(key, now))
+            share = min(targets.get(key, 0), max(0, capacity - (total - committed[key])))
             mine = (self.jobs, self.running, self.queued, free, self.speed)
             fields: tuple[int, ...] = (*mine, r.my_held, r.my_want, share)
             if fields == r.last_sent and not r.must_ack and since < self.timings.heartbeat_s:
@@ -509,6 +525,9 @@ class LoadBook:
                     # Fold the oldest into the next: keep the larger promise.
                     (_, s0), (q1, s1) = r.pending[0], r.pending[1]
                     r.pending[:2] = [(q1, max(s0, s1))]
+                now_committed = r.committed(now, forget)
+                total += now_committed - committed[key]
+                committed[key] = now_committed
             r.sent_at, r.last_sent, r.must_ack = now, fields, False
             out.append((r.peer.address, r.peer.port, wire.encode(rec)))
         return out

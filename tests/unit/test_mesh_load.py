@@ -348,7 +348,7 @@ def test_broker_waits_for_a_share_then_uses_peer_and_own_box() -> None:
         first = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
         await asyncio.sleep(0)
         assert not first.done()  # s has promised nothing yet: wait, do not guess
-        assert a._remotes["m:s"].my_want == 1  # the demand is what a tells s
+        assert broker.demand() == ({"m:s": (0, 1)}, 0, 0)  # what a tells s in its next record
         net.settle()
         broker.dispatch()
         got = await asyncio.wait_for(first, 1)
