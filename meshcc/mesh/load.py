@@ -437,10 +437,10 @@ class LoadBook:
         )
 
     def free(self) -> int:
-        """Our slots nobody holds or has been promised."""
+        """Our idle slots: nobody holds them (a promise not used yet still counts as free:
+        the promise moves to whoever asks, after one acknowledged round)."""
         now = self._clock()
-        used = sum(r.committed(now, self.timings.forget_s) for r in self._remotes.values())
-        return max(0, self._capacity(now) - used - self.local_held)
+        return max(0, self._capacity(now) - self.leased() - self.local_held)
 
     # -- what the broker asks
 
@@ -492,7 +492,7 @@ class LoadBook:
         capacity = self._capacity(now)
         committed = {k: r.committed(now, forget) for k, r in self._remotes.items()}
         total = sum(committed.values()) + self.local_held  # kept current as we promise
-        free = max(0, capacity - total)
+        free = self.free()
         out = []
         for key, r in self._remotes.items():
             since = now - r.sent_at

@@ -5,7 +5,8 @@ the mDNS announcement already tells every peer where to send, and a firewall rul
 the compile port reads naturally as "3632 tcp+udp"). The loop wakes on a change
 (:meth:`LoadChannel.poke`, e.g. the broker's demand), at least every ``POLL_S`` to pick
 up this box's own figures (running compiles), and sends what :meth:`LoadBook.outgoing`
-says; rounds are at least ``min_interval_s`` apart, so bursts of changes coalesce.
+says; rounds are at least ``min_interval_s`` apart, so bursts of changes coalesce, and a
+change after a quiet spell goes out at once.
 A received record goes to the book (which checks it) and, if accepted, to ``on_update``
 (the broker re-dispatches: a share may have grown).
 """
@@ -122,7 +123,11 @@ class LoadChannel:
             self._wake.clear()
             nxt = self.book.next_due()
             delay = POLL_S if nxt is None else min(POLL_S, max(0.0, nxt - self.book.now()))
+            last = self.book.now()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            # Coalesce a burst of changes into one round per interval.
-            await asyncio.sleep(self.book.timings.min_interval_s)
+            # A change after a quiet spell goes at once; a burst of changes coalesces
+            # into one round per min_interval_s.
+            rest = last + self.book.timings.min_interval_s - self.book.now()
+            if rest > 0:
+                await asyncio.sleep(rest)

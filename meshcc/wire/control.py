@@ -40,8 +40,8 @@ Replies (daemon -> client), as records :class:`StatusReply`, :class:`HostsReply`
                "allowed": [str], "allowed_source": str, "warnings": [str],
                "peers": int, "jobs": int, "running": int, "port": int,
                "socket": str|None, "leases": int (held now), "queued": int (waiting now),
-               "free": int (this box's slots nobody holds or was promised; live-load
-               channel, else 0), "speed": int (measured: bytes of preprocessed source per
+               "free": int (this box's idle slots: no lease from any box holds them;
+               live-load channel, else 0), "speed": int (measured: bytes of preprocessed source per
                second per job, 0 unknown), "leased": int (slots peers' clients hold here),
                "loads": [PeerLoadInfo]}   # each peer's live load, fresh records only:
                # {"key", "host", "jobs", "running", "queued", "free", "speed", "share"

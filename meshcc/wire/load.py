@@ -13,7 +13,7 @@ One datagram, one record, fixed layout (network byte order), 42 bytes in version
     running  H   compilers running on the sender now
     queued   H   compile connections waiting for a slot on the sender, plus lease requests
                  waiting in its broker
-    free     H   the sender's slots nobody holds or is promised (mesh-wide figure)
+    free     H   the sender's idle slots (no lease holds them, from any box; mesh-wide)
     speed    I   the sender's measured speed: bytes of preprocessed source compiled per
                  second of compiler wall time, per job (EWMA); 0 = not measured yet
     held     H   leases the sender's clients hold on the recipient now
