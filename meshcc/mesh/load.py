@@ -335,6 +335,7 @@ class LoadBook:
             # The peer restarted: whatever it held or was promised is gone.
             r.pending.clear()
             r.acked_share = 0
+            r.ack = 0
         cap = r.peer.jobs if r.peer.jobs > 0 else rec.jobs
         r.boot, r.seq, r.got_at = rec.boot, rec.seq, now
         r.jobs = min(rec.jobs, cap)
@@ -346,7 +347,7 @@ class LoadBook:
         r.share = min(rec.share, r.jobs)
         r.their_held = min(rec.held, self.jobs)
         r.their_want = min(max(rec.want, r.their_held), self.jobs)
-        if rec.ack >= r.ack:
+        if rec.ack_boot == self.boot and rec.ack >= r.ack:
             r.ack = rec.ack
             acked = [s for q, s in r.pending if q <= rec.ack]
             if acked:
@@ -509,6 +510,7 @@ class LoadBook:
                 self.boot,
                 self._seq,
                 ack=r.seq if r.boot is not None else 0,
+                ack_boot=r.boot or 0,
                 jobs=self.jobs,
                 running=self.running,
                 queued=self.queued,

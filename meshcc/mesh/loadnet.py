@@ -27,6 +27,7 @@ __all__ = ["LoadChannel", "bind_load_socket"]
 log = logging.getLogger("meshcc.mesh")
 
 POLL_S = 0.1  # this box's own figures are looked at this often
+PEERS_S = 0.1  # the peer list is rebuilt from the table at most this often
 
 
 def bind_load_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
@@ -102,11 +103,14 @@ class LoadChannel:
         self._wake.set()  # it may need an ack, or our shares changed
 
     async def _run(self) -> None:
+        peers_at = -float("inf")
         last_figures: tuple[int, int, int] | None = None
         while True:
-            # Every round (rounds are >= min_interval_s apart): a peer that just came up is
-            # in the book before the broker's next look, which waits for it meanwhile.
-            self.book.set_peers(self._peers())
+            # A peer that just came up is in the book within PEERS_S; the broker waits
+            # for it meanwhile (leases.py) rather than guess its free slots.
+            if self.book.now() - peers_at >= PEERS_S:
+                self.book.set_peers(self._peers())
+                peers_at = self.book.now()
             if self.figures is not None:
                 running, queued, speed = self.figures()
                 if (running, queued, speed) != last_figures:

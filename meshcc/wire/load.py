@@ -1,6 +1,6 @@
 """Sans-IO codec of the load record daemons exchange over UDP (the live-load channel).
 
-One datagram, one record, fixed layout (network byte order), 42 bytes in version 1::
+One datagram, one record, fixed layout (network byte order), 46 bytes in version 1::
 
     magic    4s  b"MSHL"
     version  B   1 (a reader refuses a higher major: LoadError "version")
@@ -9,6 +9,8 @@ One datagram, one record, fixed layout (network byte order), 42 bytes in version
     boot     I   random per daemon start: a restart resets the sequence
     seq      I   sender's datagram counter (per boot), for ordering and acks
     ack      I   highest seq of the *recipient's* records the sender has applied
+    ackboot  I   the recipient's boot that ``ack`` refers to (an ack from before the
+                 recipient restarted acknowledges nothing)
     jobs     H   the sender's job slots (its --jobs; never trusted beyond its announcement)
     running  H   compilers running on the sender now
     queued   H   compile connections waiting for a slot on the sender, plus lease requests
@@ -21,7 +23,7 @@ One datagram, one record, fixed layout (network byte order), 42 bytes in version
                  serve (its demand), capped at the recipient's jobs
     share    H   slots the recipient's clients may hold on the sender (its allotment)
 
-Everything after the first 42 bytes is ignored (a later minor version may append fields);
+Everything after the first 46 bytes is ignored (a later minor version may append fields);
 a datagram over :data:`MAX_DATAGRAM` bytes is refused. This module does no I/O.
 """
 
@@ -36,7 +38,7 @@ __all__ = ["MAGIC", "MAX_DATAGRAM", "VERSION", "LoadError", "LoadRecord", "decod
 MAGIC = b"MSHL"
 VERSION = 1
 MAX_DATAGRAM = 512
-_LAYOUT = struct.Struct(">4sBB6sIIIHHHHIHHH")
+_LAYOUT = struct.Struct(">4sBB6sIIIIHHHHIHHH")
 SIZE = _LAYOUT.size
 _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
@@ -56,6 +58,7 @@ class LoadRecord(Frozen):
 
     __slots__ = (
         "ack",
+        "ack_boot",
         "boot",
         "free",
         "held",
@@ -73,6 +76,7 @@ class LoadRecord(Frozen):
         "boot",
         "seq",
         "ack",
+        "ack_boot",
         "jobs",
         "running",
         "queued",
@@ -86,6 +90,7 @@ class LoadRecord(Frozen):
     boot: int
     seq: int
     ack: int
+    ack_boot: int
     jobs: int
     running: int
     queued: int
@@ -102,6 +107,7 @@ class LoadRecord(Frozen):
         seq: int,
         *,
         ack: int = 0,
+        ack_boot: int = 0,
         jobs: int = 0,
         running: int = 0,
         queued: int = 0,
@@ -111,7 +117,9 @@ class LoadRecord(Frozen):
         want: int = 0,
         share: int = 0,
     ) -> None:
-        self._init(node, boot, seq, ack, jobs, running, queued, free, speed, held, want, share)
+        self._init(
+            node, boot, seq, ack, ack_boot, jobs, running, queued, free, speed, held, want, share
+        )
 
 
 def _node_bytes(node: str) -> bytes:
@@ -141,6 +149,7 @@ def encode(rec: LoadRecord) -> bytes:
         u32(rec.boot),
         u32(rec.seq),
         u32(rec.ack),
+        u32(rec.ack_boot),
         u16(rec.jobs),
         u16(rec.running),
         u16(rec.queued),
@@ -164,9 +173,24 @@ def decode(data: bytes) -> LoadRecord:
         raise LoadError("version", f"version {data[4]}, this daemon reads {VERSION}")
     if len(data) < SIZE:
         raise LoadError("size", f"{len(data)} bytes, a version {VERSION} record has {SIZE}")
-    (_, _, _, node, boot, seq, ack, jobs, running, queued, free, speed, held, want, share) = (
-        _LAYOUT.unpack_from(data)
-    )
+    (
+        _,
+        _,
+        _,
+        node,
+        boot,
+        seq,
+        ack,
+        ack_boot,
+        jobs,
+        running,
+        queued,
+        free,
+        speed,
+        held,
+        want,
+        share,
+    ) = _LAYOUT.unpack_from(data)
     if free > jobs or share > jobs:
         # Figures the sender's own jobs bound; over them is a broken or hostile sender.
         raise LoadError("field", f"free {free} / share {share} beyond jobs {jobs}")
@@ -175,6 +199,7 @@ def decode(data: bytes) -> LoadRecord:
         boot,
         seq,
         ack=ack,
+        ack_boot=ack_boot,
         jobs=jobs,
         running=running,
         queued=queued,

@@ -44,6 +44,7 @@ def records(draw: st.DrawFn) -> wire.LoadRecord:
         draw(u32),
         draw(u32),
         ack=draw(u32),
+        ack_boot=draw(u32),
         jobs=jobs,
         running=draw(u16),
         queued=draw(u16),
@@ -58,7 +59,7 @@ def records(draw: st.DrawFn) -> wire.LoadRecord:
 @given(records())
 def test_record_round_trip(rec: wire.LoadRecord) -> None:
     data = wire.encode(rec)
-    assert len(data) == wire.SIZE == 42
+    assert len(data) == wire.SIZE == 46
     assert wire.decode(data) == rec
     assert wire.decode(data + b"later minor fields") == rec  # appended fields are ignored
 
@@ -74,7 +75,7 @@ def test_decode_never_raises_anything_but_load_error(data: bytes) -> None:
 def test_decode_rejects_with_reasons() -> None:
     good = wire.encode(wire.LoadRecord("0123456789ab", 1, 1, jobs=4, free=2, share=3))
     cases = {
-        "size": [good[:41], good[:3], good + bytes(wire.MAX_DATAGRAM)],
+        "size": [good[:45], good[:3], good + bytes(wire.MAX_DATAGRAM)],
         "magic": [b"DIST" + good[4:]],
         "version": [good[:4] + b"\x02" + good[5:]],
     }
@@ -84,7 +85,7 @@ def test_decode_rejects_with_reasons() -> None:
                 wire.decode(data)
             assert e.value.reason == reason
     over = bytearray(good)
-    over[30:32] = (5).to_bytes(2, "big")  # free 5 > jobs 4
+    over[34:36] = (5).to_bytes(2, "big")  # free 5 > jobs 4
     with pytest.raises(wire.LoadError, match="beyond jobs"):
         wire.decode(bytes(over))
     with pytest.raises(wire.LoadError, match="hex"):
@@ -271,6 +272,24 @@ def test_receive_trusts_only_known_peers_at_their_addresses() -> None:
     restart = wire.LoadRecord(IDS["a"], 8, 1, jobs=2)  # new boot: seq starts again
     assert s.receive(wire.encode(restart), ADDR["a"]) == "m:a"
     assert {"source", "unknown", "size", "old"} <= set(s.rejected)
+
+
+def test_an_ack_from_before_a_restart_acknowledges_nothing() -> None:
+    net = Net(jobs=4)
+    a, s = net.books["a"], net.books["s"]
+    a.set_demand("m:s", 0, 4)
+    net.settle()
+    old_boot = s.boot
+    stale_ack = wire.LoadRecord(IDS["a"], a.boot, 10_000, ack=10_000, ack_boot=old_boot, want=4)
+    # s restarts (a new book, a new boot) and promises a its share again.
+    s2 = LoadBook(IDS["s"], 4, clock=net.clock, rng=random.Random("s2"))
+    s2.set_peers([RemotePeer("m:a", IDS["a"], ADDR["a"], 3632, 2, frozenset({ADDR["a"]}))])
+    s2.receive(wire.encode(wire.LoadRecord(IDS["a"], a.boot, 9_000, want=4)), ADDR["a"])
+    assert s2.outgoing()
+    promised = s2._remotes["m:a"].pending
+    assert promised and promised[-1][1] > 0
+    s2.receive(wire.encode(stale_ack), ADDR["a"])  # acks seq 10000 of the *old* s
+    assert s2._remotes["m:a"].pending == promised  # the new promise still counts
 
 
 def test_receive_is_rate_limited_per_peer() -> None:
