@@ -571,14 +571,15 @@ class Mesh:
         self.load_channel = channel
 
     def _load_peers(self) -> list[RemotePeer]:
-        """The peers the channel talks to: meshcc peers announcing ``load``, with an
-        allowed IPv4 address, confirmed live (or mesh-only: they only ever lease)."""
+        """The peers the channel talks to: meshcc peers announcing ``load`` with an allowed
+        IPv4 address, whatever our probes say of their compile port: as clients of ours
+        their records are proof of life enough (waiting for our probe to confirm them
+        would let them fall back to guessing our free slots meanwhile), and the table
+        drops them when mDNS does."""
         out = []
         for st in self.table.snapshot():
             r = st.record
             if r.kind is not PeerKind.MESHCC or "load" not in r.caps or r.node_id is None:
-                continue
-            if r.toolchains and st.liveness is not Liveness.UP:
                 continue
             address = pick_address(r, self._policy)
             if address is None or ":" in address:

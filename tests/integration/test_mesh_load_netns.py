@@ -60,13 +60,16 @@ def test_load_is_seen_mesh_wide_and_leases_never_exceed_jobs(lan: Callable[..., 
         for m in daemons:
             m.wait_ready()
 
+        last: dict[str, object] = {}
+
         # 1. b sees s's live load: 2 jobs, 2 free; in its status and in `hosts --json`.
         def b_sees_s(free: int) -> bool:
             p = b.cli("hosts", "--json", "--cc", "gcc", inside=True)
             if p.returncode != 0:
                 return False
             load = _load_of(json.loads(p.stdout), hs.address)
-            status_loads = {i["host"]: i for i in b.status().get("loads", [])}
+            status_loads = {i["key"]: i for i in b.status().get("loads", [])}
+            last["b"] = (load, status_loads)
             return (
                 load is not None
                 and load["jobs"] == 2
@@ -74,7 +77,13 @@ def test_load_is_seen_mesh_wide_and_leases_never_exceed_jobs(lan: Callable[..., 
                 and any(i["free"] == free and i["jobs"] == 2 for i in status_loads.values())
             )
 
-        netns.wait_for(lambda: b_sees_s(2), 20, what="b to see s's live load (2 free)")
+        def wait_b(free: int, what: str, timeout: float = 10) -> None:
+            try:
+                netns.wait_for(lambda: b_sees_s(free), timeout, what=what)
+            except TimeoutError as e:
+                raise AssertionError(f"{e}; b saw {last}; s says {s.status()}") from None
+
+        wait_b(2, "b to see s's live load (2 free)", 20)
         for m in (a, b):  # s is up for both (a probe may have found its port not yet open)
             netns.wait_for(
                 lambda m=m: hs.address in m.hosts("gcc")["line"], 20, what=f"{m.name} to list s"
@@ -85,10 +94,10 @@ def test_load_is_seen_mesh_wide_and_leases_never_exceed_jobs(lan: Callable[..., 
             for c in (c1, c2):
                 got = c.ask(REQ)
                 assert got.get("ok") is True and got["host"] == hs.address, got
-            netns.wait_for(lambda: b_sees_s(0), 10, what="b to see s full")
+            wait_b(0, "b to see s full")
             st = s.status()
             assert st["leased"] == 2 and st["free"] == 0, st
-        netns.wait_for(lambda: b_sees_s(2), 10, what="b to see s free again")
+        wait_b(2, "b to see s free again")
 
         # 3. a and b each want 4 leases on s at once, held 0.3 s each.
         held = 0
