@@ -162,7 +162,7 @@ class LeaseBroker:
 
     def _share_coming(self, v: Verdict) -> bool:
         """A peer that will promise us a slot within a round trip: its first record is on
-        its way, or it has unpromised slots (our demand reaches it with the next record)."""
+        its way, or it has idle slots (our demand reaches it with the next record)."""
         assert self.load is not None
         key = v.peer.record.key
         if key not in self.load:
@@ -285,7 +285,8 @@ class LeaseBroker:
             r = v.peer.record
             free, speed = self.peer_free(v)
             live = self.load.live(r.key) if self.load is not None else None
-            could = free + (live.free if live is not None else 0)
+            # Its idle slots include our unused share: the larger, not the sum.
+            could = max(free, live.free if live is not None else 0)
             peers.append((speed, could, r.limit, r.key))
         known = sorted(p[0] for p in peers if p[0] > 0)
         typical = known[len(known) // 2] if known else 1.0

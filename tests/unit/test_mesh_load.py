@@ -404,5 +404,27 @@ def test_broker_counts_this_box_as_a_candidate() -> None:
     asyncio.run(scenario())
 
 
+def test_broker_asks_the_fastest_peers_first() -> None:
+    async def scenario() -> None:
+        net = Net(jobs=2)
+        a, b, s = net.books["a"], net.books["b"], net.books["s"]
+        s.set_local(speed=9000)
+        b.set_local(speed=1000)
+        net.settle()
+        broker = LeaseBroker(_Mesh([_verdict("b", 2), _verdict("s", 2)]), load=a)
+        a.set_local(running=2)  # no local slot: every request waits for a peer's share
+        waiting = [asyncio.ensure_future(broker.acquire(FP, local_ok=False)) for _ in range(3)]
+        await asyncio.sleep(0)
+        # s is fast and idle: asked for what it can give (2); the third request goes to b.
+        assert broker.demand() == ({"m:s": (0, 2), "m:b": (0, 1)}, 0, 0)
+        net.settle()
+        broker.dispatch()
+        got = [await asyncio.wait_for(w, 1) for w in waiting]
+        assert Counter(g.key for g in got if isinstance(g, Grant)) == {"m:s": 2, "m:b": 1}
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
 def test_local_key_is_the_books_local() -> None:
     assert LOCAL == LOCAL_KEY
