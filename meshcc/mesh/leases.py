@@ -42,6 +42,7 @@ from meshcc.supervisor import supervise
 log = logging.getLogger("meshcc.leases")
 
 DISPATCH_TICK_S = 0.5
+DEMAND_VERDICTS_S = 0.1  # demand() reuses a compiler's verdicts this long
 
 
 class _MeshStatus(Protocol):
@@ -122,6 +123,7 @@ class LeaseBroker:
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._demand_verdicts: dict[ClientCompiler, tuple[float, list[Verdict]]] = {}
 
     @property
     def held(self) -> int:
@@ -319,17 +321,20 @@ class LeaseBroker:
         local held, local want (the load book calls it before each round of records)."""
         want: dict[str, int] = {}
         local_want = 0
-        verdicts: dict[ClientCompiler, list[Verdict]] = {}
         waiting: collections.Counter[ClientCompiler] = collections.Counter()
         for waiter in self.waiters:
             if not waiter.future.done():
                 waiting[waiter.fp] += 1
                 local_want += waiter.local_ok
+        now = self._clock()
         for fp, n in waiting.items():  # one pass per compiler, not per waiter
-            vs = verdicts.get(fp)
-            if vs is None:
-                vs = verdicts[fp] = self.mesh.explain(fp)
-            self._spread(n, vs, want)
+            cached = self._demand_verdicts.get(fp)
+            if cached is None or now - cached[0] > DEMAND_VERDICTS_S:
+                # Judging 100 peers costs ~1.5 ms; rounds come up to 100 times a second.
+                cached = self._demand_verdicts[fp] = (now, self.mesh.explain(fp))
+            self._spread(n, cached[1], want)
+        for fp in [fp for fp in self._demand_verdicts if fp not in waiting]:
+            del self._demand_verdicts[fp]
         out = {key: (n, n + want.pop(key, 0)) for key, n in self.in_use.items()}
         out.pop(LOCAL_KEY, None)
         for key, n in want.items():
