@@ -336,7 +336,7 @@ class LoadBook:
             r.pending.clear()
             r.acked_share = 0
             r.ack = 0
-        cap = r.peer.jobs if r.peer.jobs > 0 else rec.jobs
+        cap = max(0, r.peer.jobs)  # never more than it announced (mesh-only: none)
         r.boot, r.seq, r.got_at = rec.boot, rec.seq, now
         r.jobs = min(rec.jobs, cap)
         r.running, r.queued = rec.running, rec.queued

@@ -269,6 +269,11 @@ def test_receive_trusts_only_known_peers_at_their_addresses() -> None:
     live = s.live("m:a")
     assert live is not None and (live.jobs, live.free, live.share) == (2, 2, 2)  # announced 2
     assert s.leased() == 4  # held clamped to our own jobs
+    s.set_peers([RemotePeer("m:a", IDS["a"], ADDR["a"], 3632, 0, frozenset({ADDR["a"]}))])
+    claim = wire.LoadRecord(IDS["a"], 7, 3, jobs=50, free=50, share=50)
+    assert s.receive(wire.encode(claim), ADDR["a"]) == "m:a"
+    live = s.live("m:a")  # announced no slots (mesh-only): claims no slots
+    assert live is not None and (live.jobs, live.free, live.share) == (0, 0, 0)
     restart = wire.LoadRecord(IDS["a"], 8, 1, jobs=2)  # new boot: seq starts again
     assert s.receive(wire.encode(restart), ADDR["a"]) == "m:a"
     assert {"source", "unknown", "size", "old"} <= set(s.rejected)
