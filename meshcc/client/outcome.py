@@ -15,7 +15,8 @@ Where each outcome comes from (the wrapper calls these at its exit points):
   :class:`meshcc.client.decisions.TryNextHost`), else what the daemon said (a lease pool's
   ``local_reason`` / ``daemon_failure``), else the :class:`~.decisions.CompileLocally`
   message with the source name taken out (so reasons group across files);
-- ``busy``: the daemon gave this box's own share because every matching peer was busy;
+- ``share``: the daemon gave this box's own share (the scheduler's choice, or every matching
+  peer busy: its reason says which);
 - ``remote`` / ``cpp_error``: the host that ran (or was about to run) the job.
 
 Set ``MESHCC_STATS=0`` to send nothing.
@@ -145,7 +146,7 @@ def compiled_locally(act: CompileLocally | Fail, pool: object, source: str | Non
         if why.startswith("refused: "):
             outcome, why = "refused", why[len("refused: ") :]
     elif getattr(pool, "local_share", None) is not None:
-        outcome, host, why = "busy", "", f"meshcc daemon: {getattr(pool, 'local_reason', '')}"
+        outcome, host, why = "share", "", f"meshcc daemon: {getattr(pool, 'local_reason', '')}"
     elif getattr(pool, "daemon_failure", ""):
         outcome, host, why = "fallback", "", str(getattr(pool, "daemon_failure", ""))
     elif getattr(pool, "local_reason", ""):
