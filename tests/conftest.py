@@ -52,6 +52,7 @@ from harness import (  # noqa: F401 - re-exported for the test modules
     SOURCE_CACHE,
     JobSummary,
     apt_source,
+    close_listener,
     copy_tree,
     free_port,
     hash_objects,
@@ -483,7 +484,7 @@ class FakeServer:
 
     def close(self) -> None:
         self._stop = True
-        self.sock.close()
+        close_listener(self.sock)
 
     @property
     def spec(self) -> str:
@@ -502,3 +503,22 @@ def fake_server() -> Iterator[Callable[[Callable[[socket.socket, bytes], None]],
     yield make
     for s in servers:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def user_pythonpath() -> Iterator[str]:
+    """A copy of the meshcc package that any user can read. The checkout need not be: as
+    README's test command runs it on a fresh box it is a 0700 directory of root's (see
+    tests/fresh_root.sh), and so is the venv's interpreter path inside it."""
+    top = Path(tempfile.mkdtemp(prefix="meshcc-pkg-", dir="/tmp"))
+    try:
+        shutil.copytree(
+            Path(__file__).resolve().parents[1] / "meshcc",
+            top / "meshcc",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for path in [top, *top.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield str(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -46,6 +46,19 @@ def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
         return False
 
 
+def close_listener(sock: socket.socket) -> None:
+    """Close a listening socket that another thread may be blocked on in ``accept()``.
+
+    ``close()`` alone does not wake that thread on Linux: it stays in ``accept()`` on the
+    old descriptor number, which the next socket of a later test may reuse, and then it
+    steals that test's connections. ``shutdown()`` wakes it (accept raises) first."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected/listening any more: nothing to wake
+    sock.close()
+
+
 def copy_tree(src: Path | str, dst: Path | str) -> Path:
     """Copy a source tree (symlinks kept, timestamps preserved) so a build never touches `src`."""
     dst = Path(dst)

@@ -34,9 +34,11 @@ step() { printf '\n=== %s\n' "$*"; }
 # distcc: the real protocol peer (client and distccd); liblzo2-2: LZO interop check;
 # dpkg-dev: apt-get source; iproute2: network namespaces for the mesh tests;
 # systemd, shellcheck: checking the service files (systemd-analyze verify, sysusers).
-# ccache: the daemon's --ccache; openssh-server: a real sshd for @host specs and --inetd.
+# ccache: the daemon's --ccache; openssh-server: a real sshd for @host specs and --inetd;
+# tmux: `meshcc top` driven in a real terminal; curl: docs/bootstrap.md's fetch, as a user
+# types it, and the status port's /metrics read from inside a namespace.
 packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck ccache
-    openssh-server tmux) # tmux: `meshcc top` driven in a real terminal (test_top_terminal.py)
+    openssh-server tmux curl)
 missing=()
 for pkg in "${packages[@]}"; do
     # "ii": wanted and installed; anything else (absent, removed, half-installed) installs

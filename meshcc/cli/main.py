@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(handler(ns))
+        status = int(handler(ns))
+        sys.stdout.flush()  # a pipe is block-buffered: the write may happen only now
+        return status
     except BrokenPipeError:
         # `meshcc stats --json | head`: the reader left, which is no error of ours. Point
         # stdout at /dev/null so the interpreter's final flush does not raise again.

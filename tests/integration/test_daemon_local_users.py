@@ -69,25 +69,6 @@ def _fake_compiler(directory: Path, marker: Path, fifo: str = "") -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def user_pythonpath() -> Iterator[str]:
-    """A copy of the meshcc package that any user can read. The checkout need not be: as
-    README's test command runs it on a fresh box it is a 0700 directory of root's (see
-    tests/fresh_root.sh), and so is the venv's interpreter path inside it."""
-    top = Path(tempfile.mkdtemp(prefix="meshcc-pkg-", dir="/tmp"))
-    try:
-        shutil.copytree(
-            Path(__file__).resolve().parents[2] / "meshcc",
-            top / "meshcc",
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
-        for path in [top, *top.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        yield str(top)
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
-
-
 def _as_user(
     user: pwd.struct_passwd, pythonpath: str, code: str, *args: str
 ) -> subprocess.CompletedProcess[str]:

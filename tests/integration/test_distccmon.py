@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, free_port
+from conftest import Daemon, close_listener, free_port
 from test_lease_client import FakeControl, grant
 from test_wrapper import env_with, meshcc, no_temp_litter, run
 
@@ -213,7 +213,7 @@ class HoldingProxy:
 
     def close(self) -> None:
         self.released.set()
-        self.sock.close()
+        close_listener(self.sock)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import netns
+from harness import close_listener
 from meshcc.cli import doctor
 from meshcc.wire import control
 from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir
@@ -135,7 +136,7 @@ class FakeDaemon:
                     conn.sendall(control.encode(reply))
 
     def close(self) -> None:
-        self.sock.close()
+        close_listener(self.sock)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Daemon, FakeServer, free_port
+from conftest import Daemon, FakeServer, close_listener, free_port
 from meshcc.transport import control_client as cc
 from meshcc.wire import control
 from meshcc.wire import protocol as wire
@@ -116,7 +116,7 @@ class FakeControl:
         return self.conns
 
     def close(self) -> None:
-        self.sock.close()
+        close_listener(self.sock)
 
 
 @pytest.fixture

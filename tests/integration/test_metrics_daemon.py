@@ -206,7 +206,7 @@ def _send(path: str, data: bytes) -> None:
         s.sendto(data, path)
 
 
-def test_outcome_socket_bounds(daemon: tuple[Meshd, int]) -> None:
+def test_outcome_socket_bounds(daemon: tuple[Meshd, int], user_pythonpath: str) -> None:
     d, status_port = daemon
     path = wire.report_socket_path(str(d.socket))
     assert os.stat(path).st_mode & 0o777 == 0o666
@@ -248,8 +248,8 @@ def test_outcome_socket_bounds(daemon: tuple[Meshd, int]) -> None:
             "--reuid=12345",
             "--regid=12345",
             "--clear-groups",
-            sys.executable,
-            "-m",
+            os.path.realpath(sys.executable),  # the venv's base interpreter: the checkout
+            "-m",  # (and the venv in it) may be a 0700 directory of root's
             "meshcc",
             "stats",
             "--reset",
@@ -259,7 +259,7 @@ def test_outcome_socket_bounds(daemon: tuple[Meshd, int]) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": user_pythonpath},
     )
     assert p.returncode == 1 and "only root or the daemon's user may reset" in p.stderr, p.stderr
     assert json.loads(_stats(d, "--json").stdout)["totals"]["busy"] == 1
