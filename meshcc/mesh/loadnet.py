@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from meshcc.mesh.load import LoadBook, RemotePeer
 from meshcc.supervisor import supervise
+from meshcc.transport.addresses import peer_ip
 
 __all__ = ["LoadChannel", "bind_load_socket"]
 
@@ -30,11 +31,20 @@ POLL_S = 0.1  # this box's own figures are looked at this often
 PEERS_S = 0.1  # the peer list is rebuilt from the table at most this often
 
 
-def bind_load_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
-    """The channel's UDP socket (OSError if the port is taken)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def bind_load_socket(port: int) -> socket.socket:
+    """The channel's UDP socket on every address, IPv4 and IPv6 (an IPv6-only LAN's
+    peers need it as much as an IPv4 one's); IPv4 only where the kernel has no IPv6.
+    OSError if the port is taken."""
     try:
-        sock.bind((host, port))
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:  # IPv6 disabled in this kernel
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        else:
+            sock.bind(("0.0.0.0", port))
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -42,12 +52,24 @@ def bind_load_socket(port: int, host: str = "0.0.0.0") -> socket.socket:
     return sock
 
 
+def _destination(family: int, host: str) -> str:
+    """``host`` as a socket of ``family`` can send to it: a dual-stack socket reaches an
+    IPv4 peer at its IPv4-mapped address."""
+    if family == socket.AF_INET6 and ":" not in host:
+        return f"::ffff:{host}"
+    return host
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, channel: LoadChannel) -> None:
         self.channel = channel
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        self.channel.received(data, str(addr[0]))
+        try:
+            source, _ = peer_ip(addr)  # IPv4-mapped back to IPv4; link-local keeps its scope
+        except ValueError:
+            return
+        self.channel.received(data, str(source))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("load channel: %s", exc)
@@ -118,9 +140,10 @@ class LoadChannel:
                     last_figures = (running, queued, speed)
             transport = self._transport
             if transport is not None:
+                family = transport.get_extra_info("socket").family
                 for host, port, data in self.book.outgoing():
                     try:
-                        transport.sendto(data, (host, port))
+                        transport.sendto(data, (_destination(family, host), port))
                         self.sent += 1
                     except OSError as e:
                         log.debug("load channel: sending to %s:%d: %s", host, port, e)

@@ -587,7 +587,7 @@ class Mesh:
 
     def _load_peers(self) -> list[RemotePeer]:
         """The peers the channel talks to: meshcc peers announcing ``load`` with an allowed
-        IPv4 address, whatever our probes say of their compile port: as clients of ours
+        address (IPv4 or IPv6), whatever our probes say of their compile port: as clients of ours
         their records are proof of life enough (waiting for our probe to confirm them
         would let them fall back to guessing our free slots meanwhile), and the table
         drops them when mDNS does."""
@@ -597,7 +597,7 @@ class Mesh:
             if r.kind is not PeerKind.MESHCC or "load" not in r.caps or r.node_id is None:
                 continue
             address = pick_address(r, self._policy)
-            if address is None or ":" in address:
+            if address is None:
                 continue
             allowed = frozenset(
                 a

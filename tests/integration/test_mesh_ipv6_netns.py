@@ -31,6 +31,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,6 +165,13 @@ def test_ipv6_only_ula_lan(lan: Callable[..., Lan], tmp_path: Path) -> None:
             js = json.loads(me.cli("hosts", "--cc", "gcc", "--json", inside=True).stdout)
             assert _hosts_of(js["line"]) == want, js
             assert f"[{addr['b']}]:3632/3,lzo" in js["line"] or me is b, js["line"]
+
+        # The live-load channel runs over IPv6 too: a has b's record (3 jobs), not only
+        # its mDNS hint (the channel's own figures: age and held).
+        def b_load() -> dict[str, Any] | None:  # b is the one with --jobs 3
+            return next((i for i in a.status().get("loads", []) if i["jobs"] == 3), None)
+
+        netns.wait_for(b_load, 20, 0.2, "a to receive b's live load over IPv6")
         p = a.cli("hosts", "--cc", "gcc", inside=True)
         assert p.returncode == 0 and p.stdout.strip().endswith(" localhost/2"), p
         assert "peer" in a.log_text() and "is up" in a.log_text()  # verified by a probe
