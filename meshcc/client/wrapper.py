@@ -586,7 +586,10 @@ def _localslots(hostlist: object | None, cpp: bool = False) -> int:
 
 def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Reply:
     """Send the job to ``host`` (overlapping connect and request head with cpp) and read
-    the reply. Raises client.TransportError / client.Refused / _CppFailed / _GoLocal."""
+    the reply. Raises client.TransportError / client.Refused / client.Busy / _CppFailed /
+    _GoLocal. A host that speaks BUSY (a lease says so) is connected to once cpp is done and
+    asked for a job slot first: a full one says so at once, and a reserved slot never waits
+    for our preprocessor."""
     from meshcc.client.decisions import wire_version
     from meshcc.transport import client
 
@@ -606,14 +609,16 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
         assert host.port is not None  # only localhost has none, and it never gets here
         conn = client.Connection(host.host, host.port, version, io_timeout)
     log = run.log
+    slot_first = getattr(host, "busy", False) is True
     t0 = time.monotonic()
     try:
-        conn.connect()
-        conn.send_head(argv)
-        log.debug(
-            f"connected to {conn.where} (protocol {version}) in "
-            f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
-        )
+        if not slot_first:
+            conn.connect()
+            conn.send_head(argv)
+            log.debug(
+                f"connected to {conn.where} (protocol {version}) in "
+                f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
+            )
         if run.cpp_pid:
             code = run.wait_cpp()
             if code:
@@ -623,6 +628,15 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
         except OSError as e:
             log.debug(f"cannot read the source to send: {e.strerror}")
             raise _GoLocal() from None
+        if slot_first:
+            t0 = time.monotonic()
+            conn.connect()
+            conn.reserve_slot()  # client.Busy at once if every job slot is taken
+            conn.send_head(argv)
+            log.debug(
+                f"connected to {conn.where} (protocol {version}), job slot reserved in "
+                f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
+            )
         t1 = time.monotonic()
         conn.send_source(data)
         reply = conn.read_reply()
@@ -702,6 +716,14 @@ class _ListPool:
             self.failed.add(host.lock_name)
         self.run.release(slot)
 
+    def busy(self, host: Host, slot: Slot) -> None:
+        """A full host (BUSY; a host list never negotiates it today): no backoff file, no
+        attempt counted, but not this host again for this job."""
+        self.attempts -= 1
+        self.failed.add(host.lock_name)
+        self.last_failure = f"{host.spec} (busy)"
+        self.run.release(slot)
+
     def finish(self, host: Host, slot: Slot, verdict: bool | None) -> None:
         """The job is over on ``host``: True = it worked (forgive), False = dislike it
         (back off), None = no opinion (decisions.FORGIVE, BACK_OFF, NO_OPINION). Frees the
@@ -732,9 +754,10 @@ class _ListPool:
 class _Leased:
     """A peer leased from the daemon, shaped like a ``hostspec.Host`` for ``_remote``."""
 
-    __slots__ = ("compiler", "host", "peer", "port", "protocol", "spec", "where")
+    __slots__ = ("busy", "compiler", "host", "peer", "port", "protocol", "spec", "where")
 
     def __init__(self, grant: LeaseGranted) -> None:
+        self.busy = grant.busy  # the peer speaks SLOT/BUSY
         self.host = host = grant.host
         self.port = port = grant.port
         self.protocol = grant.protocol
@@ -828,6 +851,13 @@ class _LeasePool:
         lease.reason = why
         self.run.release(lease)
 
+    def busy(self, host: _Leased, lease: Control) -> None:
+        """The peer is full: tell the daemon (it skips the peer for a moment, with no
+        failure counted) and end the lease; not a leased attempt used up."""
+        self.attempts -= 1
+        lease.busy = True
+        self.run.release(lease)
+
     def finish(self, host: _Leased, lease: Control, verdict: bool | None) -> None:
         """End the lease; ``verdict`` False reports the peer as bad (crash, wrong result)."""
         if verdict is False:
@@ -913,6 +943,7 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
 
 def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: float) -> int:
     """Try hosts from ``pool`` until one compiles the job, then finish as ``plan`` says."""
+    from meshcc.client import decisions
     from meshcc.compiler import args
     from meshcc.transport import client
 
@@ -938,6 +969,14 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
             argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
             try:
                 reply = _remote(run, host, argv, io_timeout)
+            except client.Busy as e:
+                log.debug(f"{host.spec} is busy ({e.running} jobs running): trying elsewhere")
+                act = plan.busy(host.spec, e.running)
+                pool.busy(host, held)
+                if not isinstance(act, decisions.TryElsewhere):
+                    run.stop_cpp()
+                    _compile_locally(run, act, pool)
+                continue
             except client.Refused as e:
                 log.debug(f"{host.spec} refused {src}: {e.reason}")
                 retry = plan.refused(e.reason)

@@ -27,6 +27,9 @@ from meshcc.supervisor import supervise
 log = logging.getLogger("meshcc.leases")
 
 DISPATCH_TICK_S = 0.5
+# A peer that answered BUSY is not handed out again for this long (or until one of our own
+# leases on it ends): long enough not to bounce between full peers, short next to a compile.
+BUSY_HOLD_S = 0.25
 
 
 class _MeshStatus(Protocol):
@@ -52,6 +55,7 @@ class Grant:
     port: int
     protocol: int
     compiler: str
+    busy: bool = False  # the peer announces ``busy``: the client may ask it for a slot first
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class LeaseBroker:
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self.busy_until: dict[str, float] = {}  # peers that answered BUSY, until when
 
     @property
     def held(self) -> int:
@@ -117,7 +122,7 @@ class LeaseBroker:
             matching += 1
             r = v.peer.record
             free = r.limit - self.in_use.get(r.key, 0)
-            if free <= 0:
+            if free <= 0 or self._full(r.key):
                 continue
             score = (v.peer.job_failures, -free, rank)
             if best is None or score < best[0]:
@@ -137,7 +142,18 @@ class LeaseBroker:
         v = best[1]
         r = v.peer.record
         self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
-        return Grant(r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "")
+        return Grant(
+            r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "", "busy" in r.caps
+        )
+
+    def _full(self, key: str) -> bool:
+        until = self.busy_until.get(key)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self.busy_until[key]
+        return False
 
     async def acquire(self, fp: ClientCompiler, local_ok: bool = True) -> Grant | Local:
         """A grant now, Local now, or (all busy) wait in line; cancel-safe."""
@@ -161,7 +177,16 @@ class LeaseBroker:
                 self.waiters.remove(waiter)
             raise
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, busy: bool = False) -> None:
+        """A lease ends. ``busy``: the peer answered BUSY (full with other boxes' jobs), so
+        it is skipped for BUSY_HOLD_S and waiters get another peer or our share meanwhile;
+        any other release frees one of its slots, ours at least, so it is tried again."""
+        if busy:
+            self.busy_until[key] = self._clock() + BUSY_HOLD_S
+            if self.waiters:
+                asyncio.get_running_loop().call_later(BUSY_HOLD_S, self.dispatch)
+        else:
+            self.busy_until.pop(key, None)
         n = self.in_use.get(key, 0) - 1
         if n > 0:
             self.in_use[key] = n

@@ -134,6 +134,8 @@ class MeshStatus:
         socket: str | None = None,
         leases: int = 0,
         queued: int = 0,
+        slots_held: int = 0,
+        slot_waiting: int = 0,
     ) -> StatusReply:
         """This status as the control protocol's status reply, with what only the daemon
         knows (version, job slots, leases); ``node`` defaults to the node id."""
@@ -154,6 +156,8 @@ class MeshStatus:
             socket=socket,
             leases=leases,
             queued=queued,
+            slots_held=slots_held,
+            slot_waiting=slot_waiting,
         )
 
 
@@ -191,8 +195,9 @@ def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
     # Only what the compile server speaks (peers trust every capability announced):
-    # ERRM refusals, and the PING/PONG liveness probe (peers then probe us with it).
-    caps = {"errm", "ping"}
+    # ERRM refusals, the PING/PONG liveness probe (peers then probe us with it), and the
+    # SLOT/BUSY job slot reservation (meshcc clients then get BUSY at once when we are full).
+    caps = {"busy", "errm", "ping"}
     if compression.available(compression.Codec.LZO):
         caps.add("lzo")
     return frozenset(caps)

@@ -76,7 +76,7 @@ class Control:
     ``done`` and closes, returning the peer's slot to the daemon.
     """
 
-    __slots__ = ("_reader", "connect_failed", "ok", "path", "reason", "sock")
+    __slots__ = ("_reader", "busy", "connect_failed", "ok", "path", "reason", "sock")
 
     def __init__(self, sock: _socket.socket, path: str) -> None:
         self.sock: _socket.socket | None = sock
@@ -85,6 +85,7 @@ class Control:
         self.ok = True  # outcome reported by release(); the compile client sets it on failure
         self.connect_failed = False
         self.reason = ""
+        self.busy = False  # the peer answered BUSY: the daemon skips it for a moment
 
     @classmethod
     def connect(
@@ -164,7 +165,7 @@ class Control:
         if sock is None:
             return
         self.sock = None
-        done = control.DoneMessage(self.ok, self.connect_failed, self.reason)
+        done = control.DoneMessage(self.ok, self.connect_failed, self.reason, self.busy)
         try:
             sock.settimeout(1.0)
             sock.sendall(control.encode(done.to_message()))

@@ -125,6 +125,7 @@ class JobSummary:
     compiler: str | None = None
     source: str | None = None
     cache: str | None = None  # --ccache: hit, miss or uncached; None without ccache
+    queue_ms: int | None = None  # waited for a job slot this long; None: did not wait
 
     def line(self) -> str:
         text = (
@@ -135,6 +136,8 @@ class JobSummary:
             text += f" {self.compiler or '?'} {self.source or '?'}"
         if self.cache is not None:  # last, so distccd's layout before it parses unchanged
             text += f" cache:{self.cache}"
+        if self.queue_ms is not None:  # the slot wait, kept out of time: (distccd's queue
+            text += f" queue:{self.queue_ms}ms"  # is the kernel's backlog, never timed)
         return text
 
 
@@ -484,6 +487,9 @@ class CompileServer:
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
         self._running_compiles = 0
+        self._slots_held = 0  # job slots taken: reserved (SLOT), compiling or replying
+        self._waiting_for_slot = 0  # complete requests (stock clients) queued for a slot
+        self.busy_count = 0  # SLOT requests answered BUSY since start
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
@@ -548,6 +554,19 @@ class CompileServer:
     def running_compiles(self) -> int:
         """Compilers running now (the mesh republishes free slots from it)."""
         return self._running_compiles
+
+    @property
+    def slots_held(self) -> int:
+        """Job slots taken now (never above ``--jobs``): a reserved slot whose request is
+        still arriving (a ``busy``-capable client), a running compile, a reply being sent."""
+        return self._slots_held
+
+    @property
+    def waiting_for_slot(self) -> int:
+        """Complete requests waiting for a job slot now: stock distcc clients (and meshcc
+        clients that did not negotiate ``busy``) queue inside the server, as with distccd;
+        this is that queue, for the status page and metrics."""
+        return self._waiting_for_slot
 
     def cache_line(self) -> str | None:
         """The status page's ccache line (None without --ccache)."""
@@ -782,6 +801,7 @@ class CompileServer:
         log_summary = True
         throttle: str | None = None
         replying = False  # once reply bytes may be on the wire, no ERRM can follow
+        holding = False  # this connection holds one of the --jobs slots
         try:
             if not conn.trusted and not client_allowed(addr, self.config.allowed):
                 # A peer outside our --allow probes us every second: one line per interval.
@@ -809,27 +829,47 @@ class CompileServer:
                 log.debug("client %s: liveness probe", summary.client)
                 writer.write(wire.PROBE_REPLY)
                 return
+            if wire.is_slot_request(first):  # a busy-capable client: a slot now, or BUSY
+                if not await self._try_reserve_slot():
+                    log_summary = False
+                    self.busy_count += 1
+                    log.debug(
+                        "client %s: busy (%d of %d slots taken, %d waiting)",
+                        summary.client,
+                        self._slots_held,
+                        self.config.jobs,
+                        self._waiting_for_slot,
+                    )
+                    writer.write(wire.encode_busy(self._running_compiles))
+                    return
+                holding = True
+                writer.write(wire.SLOT_GRANTED)
+                first = first[wire.HEADER_LEN :]
             self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
             request = await self._read_phase(reader, summary, first, conn)
             self._set_phase(conn, _Phase.BUSY)
-            async with self._job_slots:
-                # The job's memory is now bounded by the job slots: free the body budget.
-                self._budget.give(conn.budget)
-                conn.budget = 0
-                try:
-                    tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
-                except OSError as e:
-                    log.error("cannot create a job directory: %s", e)
-                    raise _Refuse(
-                        f"the server cannot create a job directory: {e.strerror or e}",
-                        ret=EXIT_IO_ERROR,
-                    ) from None
-                outcome = await self._compile(request, tmpdir, reader, summary)
-                # Outputs are in memory: clean up before replying, so a client that has
-                # its reply never sees the job directory (and the slot frees clean).
-                shutil.rmtree(tmpdir, ignore_errors=True)
-                tmpdir = None
+            if not holding:
+                await self._wait_for_slot(summary)
+                holding = True
+            # The job's memory is now bounded by the job slots: free the body budget.
+            self._budget.give(conn.budget)
+            conn.budget = 0
+            try:
+                tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
+            except OSError as e:
+                log.error("cannot create a job directory: %s", e)
+                raise _Refuse(
+                    f"the server cannot create a job directory: {e.strerror or e}",
+                    ret=EXIT_IO_ERROR,
+                ) from None
+            outcome = await self._compile(request, tmpdir, reader, summary)
+            # Outputs are in memory: clean up before replying, so a client that has its
+            # reply never sees the job directory (and the slot frees clean).
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            tmpdir = None
+            holding = False  # the slot is free before the reply is written, as it was
+            self._release_slot()
             summary.result = outcome.result
             summary.ret = outcome.ret
             reply = await self._encode_reply(request, outcome)
@@ -871,6 +911,8 @@ class CompileServer:
             if not replying:
                 await self._refuse(reader, writer, f"internal error in the server: {e!r}")
         finally:
+            if holding:
+                self._release_slot()
             if conn.budget:
                 self._budget.give(conn.budget)
                 conn.budget = 0
@@ -880,12 +922,41 @@ class CompileServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            summary.time_ms = int((time.monotonic() - started) * 1000)
+            summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
                 if throttle is None:
                     log.log(NOTICE, "%s", summary.line())
                 else:  # dropped by a deadline or shed: a flood of them is one line
                     self._throttled.log(NOTICE, f"summary-{throttle}", "%s", summary.line())
+
+    async def _try_reserve_slot(self) -> bool:
+        """Take a job slot if one is free and no queued request is owed it; never waits
+        (asyncio's acquire() does not suspend when the semaphore is not locked)."""
+        if self._job_slots.locked():  # all taken, or promised to a request already waiting
+            return False
+        await self._job_slots.acquire()
+        self._slots_held += 1
+        return True
+
+    async def _wait_for_slot(self, summary: JobSummary) -> None:
+        """Queue a complete request for a job slot (stock clients: distccd's behaviour), in
+        the open: counted in ``waiting_for_slot``, the wait logged as ``queue:``."""
+        if not self._job_slots.locked():
+            await self._job_slots.acquire()  # free: returns at once, no wait to report
+            self._slots_held += 1
+            return
+        t0 = time.monotonic()
+        self._waiting_for_slot += 1
+        try:
+            await self._job_slots.acquire()
+        finally:
+            self._waiting_for_slot -= 1
+            summary.queue_ms = int((time.monotonic() - t0) * 1000)
+        self._slots_held += 1
+
+    def _release_slot(self) -> None:
+        self._slots_held -= 1
+        self._job_slots.release()
 
     async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).

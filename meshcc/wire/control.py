@@ -430,24 +430,33 @@ class LeaseRequest(Frozen):
 
 
 class DoneMessage(Frozen):
-    """A lease's outcome, sent just before the client closes the lease connection."""
+    """A lease's outcome, sent just before the client closes the lease connection.
 
-    __slots__ = ("connect_failed", "ok", "reason")
-    __match_args__ = ("ok", "connect_failed", "reason")
+    ``busy``: the peer answered BUSY (every job slot taken by other boxes' jobs); not a
+    failure, but the broker should not hand that peer out again at once."""
+
+    __slots__ = ("busy", "connect_failed", "ok", "reason")
+    __match_args__ = ("ok", "connect_failed", "reason", "busy")
     ok: bool
     connect_failed: bool
     reason: str
+    busy: bool
 
-    def __init__(self, ok: bool, connect_failed: bool = False, reason: str = "") -> None:
-        self._init(bool(ok), bool(connect_failed), reason[:MAX_STRING])
+    def __init__(
+        self, ok: bool, connect_failed: bool = False, reason: str = "", busy: bool = False
+    ) -> None:
+        self._init(bool(ok), bool(connect_failed), reason[:MAX_STRING], bool(busy))
 
     def to_message(self) -> dict[str, object]:
-        return {
+        msg: dict[str, object] = {
             "op": "done",
             "ok": self.ok,
             "connect_failed": self.connect_failed,
             "reason": self.reason,
         }
+        if self.busy:  # only when set: older daemons see the message they know
+            msg["busy"] = True
+        return msg
 
 
 Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage
@@ -497,7 +506,10 @@ def decode_request(msg: Mapping[str, object]) -> Request:
     if op == "done":
         reason = _str_field(msg, "reason", optional=True) or ""
         return DoneMessage(
-            _bool_field(msg, "ok", False), _bool_field(msg, "connect_failed", False), reason
+            _bool_field(msg, "ok", False),
+            _bool_field(msg, "connect_failed", False),
+            reason,
+            _bool_field(msg, "busy", False),
         )
     if isinstance(op, str):
         raise ControlError(f"unknown op {op[:64]!r}")
@@ -522,21 +534,27 @@ class ErrorReply(Frozen):
 
 
 class LeaseGranted(Frozen):
-    """A slot on a peer: send the job to ``host``:``port`` naming ``compiler``."""
+    """A slot on a peer: send the job to ``host``:``port`` naming ``compiler``.
 
-    __slots__ = ("compiler", "host", "peer", "port", "protocol")
-    __match_args__ = ("host", "port", "protocol", "compiler", "peer")
+    ``busy``: the peer announces the ``busy`` capability, so the client may ask it for a
+    job slot first (``SLOT``) and take a BUSY answer instead of queueing inside it."""
+
+    __slots__ = ("busy", "compiler", "host", "peer", "port", "protocol")
+    __match_args__ = ("host", "port", "protocol", "compiler", "peer", "busy")
     host: str
     port: int
     protocol: int
     compiler: str
     peer: str
+    busy: bool
 
-    def __init__(self, host: str, port: int, protocol: int, compiler: str, peer: str) -> None:
-        self._init(host, port, protocol, compiler, peer)
+    def __init__(
+        self, host: str, port: int, protocol: int, compiler: str, peer: str, busy: bool = False
+    ) -> None:
+        self._init(host, port, protocol, compiler, peer, bool(busy))
 
     def to_message(self) -> dict[str, object]:
-        return {
+        msg: dict[str, object] = {
             "ok": True,
             "host": self.host,
             "port": self.port,
@@ -544,6 +562,9 @@ class LeaseGranted(Frozen):
             "compiler": self.compiler,
             "peer": self.peer,
         }
+        if self.busy:  # only when set: older clients see the grant they know
+            msg["busy"] = True
+        return msg
 
 
 class LeaseLocal(Frozen):
@@ -588,7 +609,7 @@ def decode_lease_reply(msg: Mapping[str, object]) -> LeaseGranted | LeaseLocal |
             or not isinstance(peer, str)
         ):
             raise ControlError(f"malformed lease grant: {dict(msg)!r:.200}")
-        return LeaseGranted(host, port, proto, compiler, peer)
+        return LeaseGranted(host, port, proto, compiler, peer, msg.get("busy") is True)
     if msg.get("ok") is False and msg.get("local") is True:
         reason = msg.get("reason")
         return LeaseLocal(str(reason or "no reason given"), msg.get("hold") is True)
@@ -620,6 +641,8 @@ class StatusReply(Frozen):
         "port",
         "queued",
         "running",
+        "slot_waiting",
+        "slots_held",
         "socket",
         "version",
         "warnings",
@@ -641,6 +664,8 @@ class StatusReply(Frozen):
         "socket",
         "leases",
         "queued",
+        "slots_held",
+        "slot_waiting",
     )
     version: str
     node: str
@@ -658,6 +683,8 @@ class StatusReply(Frozen):
     socket: str | None
     leases: int
     queued: int
+    slots_held: int  # the compile server's job slots taken (never above jobs)
+    slot_waiting: int  # complete requests queued inside the server for a slot (stock clients)
 
     def __init__(
         self,
@@ -678,6 +705,8 @@ class StatusReply(Frozen):
         socket: str | None = None,
         leases: int = 0,
         queued: int = 0,
+        slots_held: int = 0,
+        slot_waiting: int = 0,
     ) -> None:
         self._init(
             version,
@@ -696,6 +725,8 @@ class StatusReply(Frozen):
             socket,
             leases,
             queued,
+            slots_held,
+            slot_waiting,
         )
 
     def to_message(self) -> dict[str, object]:
@@ -736,6 +767,8 @@ class StatusReply(Frozen):
             socket=sock if isinstance(sock, str) else None,
             leases=number("leases"),
             queued=number("queued"),
+            slots_held=number("slots_held"),
+            slot_waiting=number("slot_waiting"),
         )
 
 
