@@ -223,8 +223,17 @@ class LeaseBroker:
     async def _tick(self) -> None:
         """Peers appear, vanish or get backed off while requests wait: look again."""
         while self.waiters:
-            await asyncio.sleep(DISPATCH_TICK_S)
+            await asyncio.sleep(self._next_look())
             self.dispatch()
+
+    def _next_look(self) -> float:
+        """The tick, or sooner when a peer's BUSY hold ends first."""
+        now = self._clock()
+        for key in [k for k, until in self.busy_until.items() if until <= now]:
+            del self.busy_until[key]  # over (a peer that vanished is never looked at again)
+        if not self.busy_until:
+            return DISPATCH_TICK_S
+        return min(DISPATCH_TICK_S, max(0.01, min(self.busy_until.values()) - now))
 
     def stop(self) -> None:
         if self._task is not None:
