@@ -231,10 +231,12 @@ def test_broker_skips_a_busy_peer_for_a_moment_then_tries_it_again() -> None:
         third = await broker.acquire(FP)
         assert isinstance(third, Local) and third.held  # then this box's own share
         waiting = asyncio.ensure_future(broker.acquire(FP))  # then a visible wait
-        await asyncio.sleep(0)
+        for _ in range(3):  # the waiter queues, the broker's tick starts
+            await asyncio.sleep(0)
         assert not waiting.done() and len(broker.waiters) == 1
         now[0] += leases.BUSY_HOLD_S  # the hold ends: the waiter gets the peer again
-        await asyncio.sleep(leases.BUSY_HOLD_S + 0.1)
+        await asyncio.sleep(leases.BUSY_HOLD_S + 0.1)  # woken by the hold's end, not the tick
+        assert leases.BUSY_HOLD_S + 0.1 < leases.DISPATCH_TICK_S
         assert waiting.done() and waiting.result().key == "m:a"  # type: ignore[union-attr]
         broker.release("m:a", busy=True)
         broker.release("m:a")  # one of our own leases on it ended: a slot is free again
