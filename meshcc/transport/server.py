@@ -134,10 +134,13 @@ class JobSummary:
         )
         if self.result in (JobResult.COMPILE_OK, JobResult.COMPILE_ERROR):
             text += f" {self.compiler or '?'} {self.source or '?'}"
-        if self.cache is not None:  # last, so distccd's layout before it parses unchanged
+        # Extra fields go after distccd's layout, so it parses unchanged. queue: is the wait
+        # for a job slot, kept out of time: (distccd's queue is its kernel backlog, never
+        # timed); only a job that waited has it. cache: stays last.
+        if self.queue_ms is not None:
+            text += f" queue:{self.queue_ms}ms"
+        if self.cache is not None:
             text += f" cache:{self.cache}"
-        if self.queue_ms is not None:  # the slot wait, kept out of time: (distccd's queue
-            text += f" queue:{self.queue_ms}ms"  # is the kernel's backlog, never timed)
         return text
 
 

@@ -256,4 +256,4 @@ def test_summary_keeps_the_slot_wait_out_of_time_and_appends_it() -> None:
     s.queue_ms = 1200
     assert s.line() == plain + " queue:1200ms"
     s.cache = "hit"
-    assert s.line() == plain + " cache:hit queue:1200ms"
+    assert s.line() == plain + " queue:1200ms cache:hit"  # cache: stays last
