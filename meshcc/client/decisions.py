@@ -235,18 +235,21 @@ class Plan:
         """The server said why it will not take the job (meshcc's ERRM)."""
         return TryNextHost(f"refused: {reason}", connect_failed=False)
 
-    def busy(self, host: str, running: int) -> TryElsewhere | CompileLocally | Fail:
+    def busy(self, host: str, running: int) -> TryElsewhere | CompileLocally:
         """``host`` answered BUSY (all its job slots taken, ``running`` jobs): not a failure,
         so no backoff and no remote attempt used up; try elsewhere at once. After
-        MAX_BUSY_ANSWERS the mesh has stayed full all along: compile here (in a local slot)."""
+        MAX_BUSY_ANSWERS the mesh has stayed full all along: compile here (in a local slot),
+        unless that is not allowed (DISTCC_FALLBACK=0): then keep asking, as distcc waits
+        for a slot; the host pool runs out of hosts, or the daemon makes us wait between
+        answers."""
         self.busy_answers += 1
         why = f"{host} is busy ({running} jobs running)"
-        if self.busy_answers < MAX_BUSY_ANSWERS:
+        if self.busy_answers < MAX_BUSY_ANSWERS or not self.settings.fallback:
             return TryElsewhere(why)
-        gave_up = f"{why}, the {self.busy_answers}th busy answer for {self.source}"
-        if not self.settings.fallback:
-            return Fail(EXIT_NO_HOSTS, f"{gave_up}; not compiling locally (DISTCC_FALLBACK=0)")
-        return CompileLocally(f"{gave_up}; compiling locally", warn=False)
+        return CompileLocally(
+            f"{why}, the {self.busy_answers}th busy answer for {self.source}; compiling locally",
+            warn=False,
+        )
 
     def cpp_failed(self, code: int) -> Finish:
         """The local preprocessor failed: final (the local compile would fail the same way)."""
