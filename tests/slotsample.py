@@ -49,6 +49,7 @@ class Peak:
     slot_waiting: int = 0
     connections: int = 0
     samples: int = 0
+    running_sum: int = 0  # sum of running over samples: mean = running_sum / samples
     over: list[str] = field(default_factory=list)  # samples above the limit, described
 
     def as_dict(self) -> dict[str, int]:
@@ -58,6 +59,7 @@ class Peak:
             "slot_waiting": self.slot_waiting,
             "connections": self.connections,
             "samples": self.samples,
+            "mean_running": round(self.running_sum / self.samples, 3) if self.samples else 0,
         }
 
 
@@ -95,6 +97,7 @@ class SlotSampler:
                     continue
                 p = self.peaks[name]
                 p.samples += 1
+                p.running_sum += st.running
                 p.running = max(p.running, st.running)
                 p.slots_held = max(p.slots_held, st.slots_held)
                 p.slot_waiting = max(p.slot_waiting, st.slot_waiting)

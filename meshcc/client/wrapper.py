@@ -814,7 +814,12 @@ class _LeasePool:
             if conn is None:
                 conn = cc.Control.connect(self.path)
             answer = conn.lease(
-                self.cc, self.cc_path, run.job.source or "", self.io_timeout, local_ok=run.fallback
+                self.cc,
+                self.cc_path,
+                run.job.source or "",
+                self.io_timeout,
+                local_ok=run.fallback,
+                on_wait=lambda: _begin_cpp(run, self),  # preprocess while we wait in line
             )
         except (cc.NoDaemon, cc.ControlError) as e:
             if conn is not None:
@@ -941,6 +946,17 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     return _run_job(run, _ListPool(run, hostlist), plan, io_timeout)
 
 
+def _begin_cpp(run: _Run, pool: HostPool[TargetT, HeldT] | _LeasePool) -> None:
+    """Start the local preprocessor (once, in a cpp slot): when a host is picked, or earlier
+    while the daemon makes us wait for a lease, so that the source is ready when the slot is
+    ours (a peer slot reserved with SLOT then never waits for our cpp)."""
+    if not run.job.preprocessed and not run.cpp_pid:
+        run.cpp_slot = _local_slot(run.log, run.lockdir, pool.localslots(cpp=True))
+        if run.cpp_slot is not None:
+            run.slots.append(run.cpp_slot)
+        run.start_cpp()
+
+
 def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: float) -> int:
     """Try hosts from ``pool`` until one compiles the job, then finish as ``plan`` says."""
     from meshcc.client import decisions
@@ -960,11 +976,7 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
             if picked is None:
                 break
             host, held = picked
-            if not job.preprocessed and not run.cpp_pid:
-                run.cpp_slot = _local_slot(log, run.lockdir, pool.localslots(cpp=True))
-                if run.cpp_slot is not None:
-                    run.slots.append(run.cpp_slot)
-                run.start_cpp()
+            _begin_cpp(run, pool)
             name = getattr(host, "compiler", None)  # a lease names the peer's compiler
             argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
             try:

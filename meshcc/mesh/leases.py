@@ -29,7 +29,7 @@ log = logging.getLogger("meshcc.leases")
 DISPATCH_TICK_S = 0.5
 # A peer that answered BUSY is not handed out again for this long (or until one of our own
 # leases on it ends): long enough not to bounce between full peers, short next to a compile.
-BUSY_HOLD_S = 0.25
+BUSY_HOLD_S = 0.1
 
 
 class _MeshStatus(Protocol):

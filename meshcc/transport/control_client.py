@@ -30,11 +30,13 @@ from meshcc.wire import control
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 CONNECT_TIMEOUT = 4.0
 MAX_REPLY = 1024 * 1024  # a hosts reply with many peers is the largest; status is small
 _RECV_SIZE = 65536
+# A lease the daemon can give (or refuse) comes within this; later means we wait in line.
+ANSWER_AT_ONCE = 0.005
 # connect() errors that mean "no daemon here" (quietly use the host files instead).
 _ABSENT = frozenset({2, 111, 20, 13})  # ENOENT, ECONNREFUSED (stale socket), ENOTDIR, EACCES
 
@@ -113,13 +115,19 @@ class Control:
             )
         return cls(sock, path)
 
-    def request(self, message: Mapping[str, object], timeout: float) -> dict[str, object]:
-        """Send one map and wait up to ``timeout`` s for the answer map."""
+    def request(
+        self,
+        message: Mapping[str, object],
+        timeout: float,
+        on_wait: Callable[[], None] | None = None,
+    ) -> dict[str, object]:
+        """Send one map and wait up to ``timeout`` s for the answer map. ``on_wait`` is
+        called once if the answer does not come at once (the daemon made us wait in line)."""
         sock = self.sock
         if sock is None:
             raise ControlError("connection already closed")
         try:
-            sock.settimeout(timeout)
+            sock.settimeout(ANSWER_AT_ONCE if on_wait is not None else timeout)
             sock.sendall(control.encode(message))
         except OSError as e:
             raise ControlError(f"cannot send to the meshcc daemon: {e.strerror or e}") from None
@@ -130,6 +138,11 @@ class Control:
             try:
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError:
+                if on_wait is not None:
+                    callback, on_wait = on_wait, None
+                    sock.settimeout(timeout)
+                    callback()
+                    continue
                 raise ControlError(
                     f"no answer from the meshcc daemon within {timeout:g}s"
                 ) from None
@@ -152,12 +165,19 @@ class Control:
         return control.decode_hosts_reply(self.request(request, timeout))
 
     def lease(
-        self, cc: str, cc_path: str, source: str, timeout: float, local_ok: bool = True
+        self,
+        cc: str,
+        cc_path: str,
+        source: str,
+        timeout: float,
+        local_ok: bool = True,
+        on_wait: Callable[[], None] | None = None,
     ) -> control.LeaseGranted | control.LeaseLocal | control.ErrorReply:
         """Ask for a peer slot for one compile (may wait while every matching peer is busy).
-        ``local_ok`` False: never hand out this box's own share (DISTCC_FALLBACK=0)."""
+        ``local_ok`` False: never hand out this box's own share (DISTCC_FALLBACK=0).
+        ``on_wait``: called once if we have to wait (the client preprocesses meanwhile)."""
         request = control.LeaseRequest(cc, cc_path, source, local_ok).to_message()
-        return control.decode_lease_reply(self.request(request, timeout))
+        return control.decode_lease_reply(self.request(request, timeout, on_wait))
 
     def release(self) -> None:
         """Report the outcome (``done``) and close: the lease ends (idempotent, best effort)."""
