@@ -35,8 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 CONNECT_TIMEOUT = 4.0
 MAX_REPLY = 1024 * 1024  # a hosts reply with many peers is the largest; status is small
 _RECV_SIZE = 65536
-# A lease the daemon can give (or refuse) comes within this; later means we wait in line.
-ANSWER_AT_ONCE = 0.005
+# A lease the daemon can give (or refuse) comes within this, even on a loaded box; later
+# means we wait in line (and preprocess meanwhile: wasted if we then get our own share).
+ANSWER_AT_ONCE = 0.05
 # connect() errors that mean "no daemon here" (quietly use the host files instead).
 _ABSENT = frozenset({2, 111, 20, 13})  # ENOENT, ECONNREFUSED (stale socket), ENOTDIR, EACCES
 
