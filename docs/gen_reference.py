@@ -74,6 +74,10 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
     ("DISTCC_LOG", "write the verbose log and warnings to this file instead of stderr"),
     ("DISTCC_SAVE_TEMPS", "`1`: keep the preprocessed temp file"),
     (
+        "MESHCC_STATS",
+        "`0`: do not report this compile's outcome to the local daemon (`meshcc stats`)",
+    ),
+    (
         "_DISTCC_SAFEGUARD",
         (
             "set by the client for the compiler it runs; a nested client runs "

@@ -13,6 +13,11 @@ Layout of one :class:`Lan` (``<runid>`` = ``<pid>x<seq>``, unique per live proce
     mcc<runid>-<name>     one ns per host: lo up, eth0 = 10.77.0.N/24 (+ extras),
                           route 224.0.0.0/4 dev eth0, kernel IPv6 link-local without DAD
 
+An IPv6-only LAN (``Lan(ipv6_only=True)``): eth0 gets no IPv4 address and no IPv4 route
+at all, only ``fd77::N/64`` (a ULA, ``nodad``: usable at once) next to its fe80:: address;
+``Lan(ipv6_only=True, ipv6_subnet=None)`` leaves eth0 with the link-local address alone;
+``dad_transmits=N`` turns duplicate address detection on (addresses tentative for ~N s).
+
 Interface names (eth0, pN, brN) stay far below the 15-character limit whatever the host name.
 Stale namespaces of a crashed run are recognised by the dead owner pid in their name and
 removed by :func:`sweep_stale` (called once per process by the first :class:`Lan`).
@@ -45,6 +50,7 @@ PREFIX = "mcc"
 NETNS_DIR = Path("/run/netns")
 IFNAME = "eth0"
 DEFAULT_SUBNET = "10.77.0.0/24"
+DEFAULT_IPV6_SUBNET = "fd77::/64"  # ULA: never routed beyond a site, and here not even that
 MCAST_ROUTE = "224.0.0.0/4"
 _FIRST_HOST_NUMBER = 11  # 10.77.0.11, .12, ... (matches the zeroconf research notes)
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
@@ -53,6 +59,7 @@ _OWNED_RE = re.compile(rf"^{PREFIX}(?P<pid>\d+)x(?P<seq>\d+)(?:-[a-z0-9-]+)?$")
 _CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 StrPath = str | os.PathLike[str]
 
 
@@ -264,15 +271,15 @@ class Host:
     program itself). Processes started with :meth:`popen` are reaped on teardown.
     """
 
-    def __init__(
-        self, lan: Lan, name: str, ns: str, port: str, interfaces: list[ipaddress.IPv4Interface]
-    ):
+    def __init__(self, lan: Lan, name: str, ns: str, port: str, interfaces: list[IPInterface]):
         self.lan = lan
         self.name = name
         self.ns = ns
         self.ifname = IFNAME
         self.switch_port = port  # veth end in the switch namespace
-        self.interfaces = interfaces  # primary first, e.g. IPv4Interface("10.77.0.11/24")
+        # Primary first, e.g. IPv4Interface("10.77.0.11/24") (IPv6-only LAN: "fd77::b/64");
+        # empty on a link-local-only LAN.
+        self.interfaces = interfaces
         self._procs: list[subprocess.Popen[Any]] = []
 
     def __repr__(self) -> str:
@@ -280,12 +287,15 @@ class Host:
 
     @property
     def address(self) -> str:
-        """Primary IPv4 address, without prefix length (``"10.77.0.11"``)."""
+        """Primary address, without prefix length (``"10.77.0.11"``; ``"fd77::b"`` on an
+        IPv6-only LAN; on a link-local-only one the fe80:: address, without scope)."""
+        if not self.interfaces:
+            return self.ipv6_link_local()
         return str(self.interfaces[0].ip)
 
     @property
     def addresses(self) -> list[str]:
-        """All IPv4 addresses on eth0, primary first."""
+        """All configured addresses on eth0 (IPv4, or the IPv6 ones), primary first."""
         return [str(i.ip) for i in self.interfaces]
 
     @property
@@ -452,7 +462,11 @@ class Host:
                 netns=self.ns,
                 batch=[
                     f"link set {self.ifname} up",
-                    f"route replace {MCAST_ROUTE} dev {self.ifname}",
+                    *(
+                        []
+                        if self.lan.ipv6_only
+                        else [f"route replace {MCAST_ROUTE} dev {self.ifname}"]
+                    ),
                 ],
             )
 
@@ -484,7 +498,14 @@ class Lan:
     process in every namespace and deletes them all; it is idempotent.
     """
 
-    def __init__(self, subnet: str = DEFAULT_SUBNET) -> None:
+    def __init__(
+        self,
+        subnet: str = DEFAULT_SUBNET,
+        *,
+        ipv6_only: bool = False,
+        ipv6_subnet: str | None = DEFAULT_IPV6_SUBNET,
+        dad_transmits: int = 0,
+    ) -> None:
         global _swept
         reason = unavailable_reason()
         if reason:
@@ -492,11 +513,18 @@ class Lan:
         if not _swept:
             _swept = True
             sweep_stale()
-        self.subnet = ipaddress.IPv4Network(subnet)
+        self.ipv6_only = ipv6_only
+        # 0: DAD off, IPv6 addresses usable at once. N: real DAD with N probes (~N s
+        # tentative after add_host): what a daemon started at boot or on link-up meets.
+        self.dad_transmits = dad_transmits
+        self.subnet: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network(subnet)
+        if ipv6_only and ipv6_subnet is not None:
+            self.subnet = ipaddress.IPv6Network(ipv6_subnet)
         self.runid = _new_runid()
         self.switch_ns = PREFIX + self.runid
         self.hosts: dict[str, Host] = {}
         self._bridges = ["br0"]
+        self._cables: list[tuple[str, str]] = []
         self._closed = False
         _live_lans.add(self)
         try:
@@ -551,13 +579,18 @@ class Lan:
             ],
         )
 
-    def _next_address(self) -> ipaddress.IPv4Interface:
+    def _next_address(self) -> IPInterface:
         used = {i.ip for h in self.hosts.values() for i in h.interfaces}
-        for number in range(_FIRST_HOST_NUMBER, self.subnet.num_addresses - 1):
+        for number in range(_FIRST_HOST_NUMBER, min(self.subnet.num_addresses - 1, 1 << 16)):
             ip = self.subnet.network_address + number
             if ip not in used:
-                return ipaddress.IPv4Interface(f"{ip}/{self.subnet.prefixlen}")
+                return ipaddress.ip_interface(f"{ip}/{self.subnet.prefixlen}")
         raise NetnsError(f"no free address left in {self.subnet}")
+
+    @property
+    def link_local_only(self) -> bool:
+        """An IPv6-only LAN without a ULA prefix: hosts have fe80:: addresses alone."""
+        return self.ipv6_only and self.subnet.version == 4
 
     def add_host(
         self, name: str, address: str | None = None, *, extra_addresses: Sequence[str] = ()
@@ -566,7 +599,8 @@ class Lan:
 
         `address` is ``"IP/prefix"`` in any subnet (e.g. ``"10.78.0.11/24"`` for a host that
         shares the wire but not the subnet); default: the next free one in the LAN's subnet
-        from .11 up. `extra_addresses` are further ``"IP/prefix"`` on the same eth0.
+        from .11 up. `extra_addresses` are further ``"IP/prefix"`` on the same eth0. On an
+        IPv6-only LAN both are IPv6 (default ``fd77::b/64`` on), and IPv4 ones are refused.
         """
         if self._closed:
             raise NetnsError("LAN already closed")
@@ -576,14 +610,22 @@ class Lan:
             )
         if name in self.hosts:
             raise ValueError(f"host {name!r} already exists")
-        interfaces = [ipaddress.IPv4Interface(address) if address else self._next_address()]
-        interfaces += [ipaddress.IPv4Interface(a) for a in extra_addresses]
+        interfaces: list[IPInterface] = []
+        if address:
+            interfaces.append(ipaddress.ip_interface(address))
+        elif not self.link_local_only:
+            interfaces.append(self._next_address())
+        interfaces += [ipaddress.ip_interface(a) for a in extra_addresses]
         taken = {i.ip for h in self.hosts.values() for i in h.interfaces}
         for iface in interfaces:
             if iface.ip in taken:
                 raise ValueError(f"address {iface.ip} already used on this LAN")
-            if not iface.ip.is_private or iface.ip.is_loopback:
-                raise ValueError(f"{iface}: use a private test range such as 10.77.x.0/24")
+            if self.ipv6_only and iface.version != 6:
+                raise ValueError(f"{iface}: this LAN is IPv6-only")
+            if not iface.ip.is_private or iface.ip.is_loopback or iface.ip.is_link_local:
+                raise ValueError(
+                    f"{iface}: use a private test range such as 10.77.x.0/24 or fd77::/64"
+                )
         ns = f"{self.switch_ns}-{name}"
         port = f"p{len(self.hosts)}"
         host = Host(self, name, ns, port, interfaces)
@@ -605,19 +647,49 @@ class Lan:
             self.switch_ns,
         )
         # DAD off before the link comes up, so the kernel's fe80:: address is usable at once.
-        self._sysctl(ns, {f"net/ipv6/conf/{IFNAME}/accept_dad": 0})
+        dad = {f"net/ipv6/conf/{IFNAME}/accept_dad": 1 if self.dad_transmits else 0}
+        if self.dad_transmits:
+            dad[f"net/ipv6/conf/{IFNAME}/dad_transmits"] = self.dad_transmits
+        self._sysctl(ns, dad)
         _ip(
             netns=ns,
             batch=[
                 "link set lo up",
-                *(f"addr add {i} dev {IFNAME}" for i in interfaces),
+                *(
+                    f"addr add {i} dev {IFNAME}"
+                    + (" nodad" if i.version == 6 and not self.dad_transmits else "")
+                    for i in interfaces
+                ),
                 f"link set {IFNAME} up",
                 # No default route exists; mDNS stacks binding 0.0.0.0 need a multicast route.
-                f"route add {MCAST_ROUTE} dev {IFNAME}",
+                # An IPv6-only host gets no IPv4 route at all (ff00::/8 is the kernel's).
+                *([] if self.ipv6_only else [f"route add {MCAST_ROUTE} dev {IFNAME}"]),
             ],
         )
         _ip(netns=self.switch_ns, batch=[f"link set {port} master br0", f"link set {port} up"])
         return host
+
+    # ---- a second link
+
+    def cable(self, a: Host, b: Host, ifname: str = "eth1") -> tuple[str, str]:
+        """Plug a veth straight from `a` to `b` (off the switch): another link for both.
+
+        Each end gets only a fixed link-local address (``nodad``: usable at once, besides
+        the kernel's own), returned as ``(a's, b's)`` without scope. Why: fe80::/64 exists
+        on every link, so a test of "this link only" needs a second one. The veth goes
+        with the namespaces on teardown.
+        """
+        n = len(self._cables) + 1
+        self._cables.append((a.name, b.name))
+        ends = (f"fe80::77:{n}:a", f"fe80::77:{n}:b")
+        _ip("link", "add", ifname, "netns", a.ns, "type", "veth", "peer", "name", ifname,
+            "netns", b.ns)  # fmt: skip
+        for host, addr in ((a, ends[0]), (b, ends[1])):
+            _ip(
+                netns=host.ns,
+                batch=[f"addr add {addr}/64 dev {ifname} nodad", f"link set {ifname} up"],
+            )
+        return ends
 
     # ---- partitions
 

@@ -4,7 +4,8 @@ Hook it in from tests/conftest.py with ``pytest_plugins = ["netns_fixtures"]``.
 
 Provides
 --------
-``lan``            factory ``lan(subnet="10.77.0.0/24") -> netns.Lan``; every LAN it made is torn
+``lan``            factory ``lan(subnet="10.77.0.0/24", **kw) -> netns.Lan`` (kw: e.g.
+                   ``ipv6_only=True``); every LAN it made is torn
                    down when the test ends, pass or fail. Skips the test (with the reason) when
                    not root or ``ip`` is missing.
 marker ``netns``   for tests that build namespaces (select with ``-m netns`` / ``-m "not netns"``).
@@ -16,6 +17,7 @@ collection end     removes stale ``mcc*`` namespaces whose owner process is gone
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -51,8 +53,8 @@ def lan() -> Iterator[Callable[..., netns.Lan]]:
     skip_unless_netns()
     made: list[netns.Lan] = []
 
-    def make(subnet: str = netns.DEFAULT_SUBNET) -> netns.Lan:
-        made.append(netns.Lan(subnet))
+    def make(subnet: str = netns.DEFAULT_SUBNET, **kw: Any) -> netns.Lan:
+        made.append(netns.Lan(subnet, **kw))
         return made[-1]
 
     try:

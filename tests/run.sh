@@ -5,6 +5,9 @@
 #   tests/unit, tests/integration.
 # Needs root (apt-get, network namespaces). Arguments go to pytest: options (-x, -k EXPR,
 # -m "not netns") go to both test steps; naming test files or directories runs just those.
+# A run with no arguments ends with the fresh-machine check, tests/fresh_root.sh (the README's
+# two commands and this whole run again, inside a minimal Debian root; about 8 minutes more):
+#   MESHCC_FRESH_ROOT=0 bash tests/run.sh      skips it (a developer's loop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +36,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # systemd, shellcheck: checking the service files (systemd-analyze verify, sysusers).
 # ccache: the daemon's --ccache; openssh-server: a real sshd for @host specs and --inetd.
 packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck ccache
-    openssh-server)
+    openssh-server tmux) # tmux: `meshcc top` driven in a real terminal (test_top_terminal.py)
 missing=()
 for pkg in "${packages[@]}"; do
     # "ii": wanted and installed; anything else (absent, removed, half-installed) installs
@@ -120,4 +123,12 @@ run_tests tests/integration "$@"
 if [ "$collected" = 0 ]; then
     echo "no test matches $(printf '%q ' "$@")" >&2
     exit 5
+fi
+
+# ------------------------------------------------------------------ the fresh-machine check
+# Only on a full run: arguments choose some tests, and the check reruns them all. Inside the
+# fresh root, tests/fresh_root.sh runs this script with MESHCC_FRESH_ROOT=0 (no nesting).
+if [ $# = 0 ] && [ "${MESHCC_FRESH_ROOT:-1}" != 0 ]; then
+    step "fresh machine: tests/fresh_root.sh"
+    bash tests/fresh_root.sh
 fi

@@ -412,7 +412,7 @@ def check_discovery(report: Report, st: control.StatusReply) -> None:
             "remove --no-discovery from the daemon's command line"
             if "no-discovery" in str(why)
             else "restart the daemon with `--interface NAME` (a LAN interface that is up, "
-            "has an IPv4 address and MULTICAST; see `ip -br link`)"
+            "has an IPv4 or IPv6 address and MULTICAST; see `ip -br link`)"
         )
         report.add("discovery", FAIL, f"off: {why}", fix)
     for w in st.warnings:

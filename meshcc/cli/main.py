@@ -2,7 +2,7 @@
 
 Each subcommand registers its options in ``_add_<name>`` and names a handler
 module imported only when it runs, so ``meshcc --help`` stays quick and a new
-command (``hosts``, ``doctor``, ``setup``) is one more table entry.
+command (``hosts``, ``doctor``, ``setup``, ``top``) is one more table entry.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from meshcc import __version__
-from meshcc.daemon.options import parse_network, seconds
+from meshcc.daemon.options import VersionAction, parse_network, seconds
 
 # ---------------------------------------------------------------- subcommands
 
@@ -117,7 +116,12 @@ COMMANDS: dict[
         "check why compiles are (not) distributed, with a fix for each problem",
         *_delegate("doctor"),
     ),
+    "stats": (
+        "how this box's compiles ended (remote, local, fallback, refused, busy) and why",
+        *_delegate("stats"),
+    ),
     "setup": ("configure Portage or a masquerade directory for the mesh", *_delegate("setup")),
+    "top": ("live view of the mesh's peers and this box's compiles", *_delegate("top")),
     "zipapp": (
         "build meshcc.pyz, a single file that runs with a bare python3 >= 3.11",
         *_delegate("zipapp"),
@@ -131,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distributed C/C++ build mesh, wire-compatible with distcc. "
         "Compile with `meshcc COMPILER ARGS...` or the meshcc-gcc/meshcc-g++ wrappers.",
     )
-    parser.add_argument("--version", action="version", version=f"meshcc {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -157,4 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(handler(ns))
+    try:
+        return int(handler(ns))
+    except BrokenPipeError:
+        # `meshcc stats --json | head`: the reader left, which is no error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

@@ -2,8 +2,10 @@
 
 One short process per compile, thousands per build, so start-up cost matters more than
 anything else here: only builtins and meshcc's own small modules are imported, local-only
-commands ``exec`` the real compiler as soon as the verdict is known, and everything the
-remote path needs (sockets, compression) is imported only on that path.
+commands run the real compiler as soon as the verdict is known (as a child, as distcc
+does, so that distcc's state file for ``distccmon-text`` goes when it ends; ``exec`` when
+there is no state file), and everything the remote path needs (sockets, compression) is
+imported only on that path.
 
 distcc 3.4 semantics, with these deliberate differences: a cpp failure is final (the
 local compile would fail the same way); a remote compile error is retried locally and
@@ -36,6 +38,7 @@ import stat as _stat  # already loaded by os at start-up
 import sys
 import time
 
+from meshcc.client import state as _state
 from meshcc.defaults import LOCAL_SLOTS, LOCAL_SLOTS_CPP
 
 # meshcc.exitcodes and meshcc.hostos are imported where they are used: error paths and
@@ -44,7 +47,7 @@ from meshcc.defaults import LOCAL_SLOTS, LOCAL_SLOTS_CPP
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import signal as _sig
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any, NoReturn, TypeVar
 
     from meshcc.client.decisions import CompileLocally, Fail, Finish, Plan, Settings
@@ -147,6 +150,15 @@ class _Log:
         _write(2, line)
 
 
+def _report(kind: str, host: object, reason: str = "", argv: Sequence[str] = ()) -> None:
+    """This compile's outcome, for ``meshcc stats`` (:mod:`meshcc.client.outcome`);
+    ``argv``: file names in ``reason`` become FILE, so reasons group across files."""
+    from meshcc.client import outcome
+
+    name = host if isinstance(host, str) else outcome.host_name(host)
+    outcome.report(kind, name, outcome.without_files(reason, argv))
+
+
 def _write(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -244,7 +256,10 @@ def _restore_signals() -> None:
 
 
 def _exec_local(inv: _Invocation, slot: Held | None) -> NoReturn:
-    """Replace this process with the real compiler (the slot lock, if any, stays held)."""
+    """Replace this process with the real compiler (the slot lock, if any, stays held);
+    while a distcc state file is kept, run it as a child instead (:func:`_run_local`)."""
+    if _state.active():
+        _run_local(inv, slot)
     if slot is not None:
         slot.keep_across_exec()
     _restore_signals()
@@ -258,6 +273,84 @@ def _exec_local(inv: _Invocation, slot: Held | None) -> NoReturn:
         if slot is not None:
             slot.release()
         raise _Fatal(f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING) from None
+
+
+class _Exit(Exception):
+    """End the run with ``code`` (a local compiler run as a child has finished)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _run_local(inv: _Invocation, slot: Held | None) -> NoReturn:
+    """Compile locally as a child, as distcc does, so the state file can be removed when
+    the compiler is done (after an exec nobody would). A SIGINT/SIGTERM/SIGHUP is passed on
+    to the compiler; we then exit as it did, by the same signal if it died of one."""
+    from meshcc.exitcodes import EXIT_COMPILER_MISSING
+
+    _state.note(_state.COMPILE, "localhost", getattr(slot, "index", 0))
+    if slot is not None:  # a daemon's share: the compiler holds the connection too
+        slot.keep_across_exec()
+    forwarded = (_sig.SIGINT, _sig.SIGTERM, _sig.SIGHUP)
+    for signum in forwarded:
+        _sig.signal(signum, _on_signal)
+    pid = 0
+    status = -1
+    try:
+        while status < 0:
+            try:
+                if not pid:
+                    # Blocked while spawning, so a signal is never taken between the child's
+                    # birth and ``pid`` being known (the child starts with nothing blocked).
+                    _sig.pthread_sigmask(_sig.SIG_BLOCK, forwarded)
+                    try:
+                        fn = os.posix_spawn if "/" in inv.exec_path else os.posix_spawnp
+                        pid = fn(
+                            inv.exec_path,
+                            inv.argv,
+                            os.environ,
+                            setsigdef=_SPAWN_SIGDEF,
+                            setsigmask=(),
+                        )
+                    except OSError as e:
+                        raise _Fatal(
+                            f"cannot run {inv.exec_path}: {e.strerror}", EXIT_COMPILER_MISSING
+                        ) from None
+                    finally:
+                        _sig.pthread_sigmask(_sig.SIG_UNBLOCK, forwarded)  # may raise now
+                status = os.waitpid(pid, 0)[1]
+            except _Interrupted as e:
+                if not pid:  # nothing started: just go, by that signal
+                    _die_by(e.signum)
+                    raise _Exit(128 + e.signum) from None
+                try:
+                    os.kill(pid, e.signum)  # the compiler decides; we report what it did
+                except OSError:
+                    pass
+            except ChildProcessError:  # reaped just before a signal: status unknown
+                status = 1 << 8
+    finally:
+        _state.end()
+        if slot is not None:
+            slot.release()
+    if os.WIFSIGNALED(status):
+        _die_by(os.WTERMSIG(status))
+        raise _Exit(128 + os.WTERMSIG(status))
+    # Like the exec this replaces: nothing is left to do (everything above was cleaned up
+    # before the compiler started, all output is unbuffered), so skip the interpreter's
+    # teardown (several ms on every local compile).
+    os._exit(os.WEXITSTATUS(status))
+
+
+def _die_by(signum: int) -> None:
+    """End this process by ``signum`` (default action), as a shell would see it."""
+    _state.end()
+    try:
+        _sig.signal(signum, _sig.SIG_DFL)
+        os.kill(_PID, signum)
+    except (OSError, ValueError):  # pragma: no cover - uncatchable or odd signal
+        pass
 
 
 def _execvp(name: str, argv: list[str]) -> NoReturn:
@@ -320,6 +413,7 @@ class _Run:
         self.slots: list[Held] = []  # slot locks, and leases from the daemon
         self.lockdir: str | None = None
         self.keep_temps = env.get("DISTCC_SAVE_TEMPS") == "1"
+        self.server_stderr: str | None = None  # kept with DISTCC_SAVE_TEMPS=1
         self.fallback = settings.fallback
         self.cpp_pid = 0
         self.cpp_err_fd = -1
@@ -347,7 +441,7 @@ class _Run:
             os.close(self.cpp_err_fd)
             self.cpp_err_fd = -1
         for path in self.temps:
-            if self.keep_temps and not signum and path == self.cpp_out:
+            if self.keep_temps and not signum and path in (self.cpp_out, self.server_stderr):
                 continue
             try:
                 os.unlink(path)
@@ -386,7 +480,7 @@ class _Run:
 
         tmpdir = self.env.get("TMPDIR") or "/tmp"
         try:
-            out, out_fd = self.temp(tmpdir, "meshcc_", self.job.temp_suffix)
+            out, out_fd = self.temp(tmpdir, "distcc_", self.job.temp_suffix)
         except OSError as e:
             raise _Fatal(
                 f"cannot create a temp file in {tmpdir}: {e.strerror or e}", EXIT_IO_ERROR
@@ -457,6 +551,22 @@ class _Run:
         self.release(self.cpp_slot)
         self.cpp_slot = None
 
+    def save_server_stderr(self, data: bytes) -> None:
+        """DISTCC_SAVE_TEMPS=1: keep what the server sent on stderr where distcc keeps it,
+        ``$TMPDIR/distcc_server_stderr_XXXXXXXX.txt`` (rewritten by each attempt)."""
+        try:
+            if self.server_stderr is None:
+                tmpdir = self.env.get("TMPDIR") or "/tmp"
+                self.server_stderr, fd = self.temp(tmpdir, "distcc_server_stderr_", ".txt")
+            else:
+                fd = os.open(self.server_stderr, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log.debug(f"cannot save the server's stderr: {e}")
+
     def source_bytes(self) -> bytes:
         path = self.cpp_out if self.cpp_out is not None else self.job.source
         assert path is not None
@@ -514,6 +624,7 @@ class _Run:
         from meshcc.exitcodes import EXIT_COMPILER_MISSING
 
         self.cleanup(keep=slot, hold=hold)
+        _state.note(_state.COMPILE, "localhost", getattr(slot, "index", 0))
         try:
             pid = _spawn(self.inv.exec_path, self.inv.argv)
         except OSError as e:
@@ -557,7 +668,7 @@ def _local_slot(log: _Log, lockdir: str | None, nslots: int) -> Slot | None:
 
     pause = slots.env_int(os.environ, "DISTCC_PAUSE_TIME_MSEC", slots.DEFAULT_PAUSE_MSEC)
     try:
-        slot = slots.lock_local(lockdir, nslots, pause, log.debug)
+        slot = slots.lock_local(lockdir, nslots, pause, _blocked(log, "localhost"))
     except slots.DistccDirError as e:
         log.warn(str(e))
         return None
@@ -584,12 +695,13 @@ def _localslots(hostlist: object | None, cpp: bool = False) -> int:
     return value if isinstance(value, int) and value > 0 else default
 
 
-def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Reply:
+def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: float) -> Reply:
     """Send the job to ``host`` (overlapping connect and request head with cpp) and read
-    the reply. Raises client.TransportError / client.Refused / client.Busy / _CppFailed /
-    _GoLocal. A host that speaks BUSY (a lease says so) is connected to once cpp is done and
-    asked for a job slot first: a full one says so at once, and a reserved slot never waits
-    for our preprocessor."""
+    the reply, noting distcc's phases in the state file (``slot``: the host slot we hold).
+    Raises client.TransportError / client.Refused / client.Busy / _CppFailed / _GoLocal.
+    A host that speaks BUSY (a lease says so) is connected to once cpp is done and asked for
+    a job slot first: a full one says so at once, and a reserved slot never waits for our
+    preprocessor."""
     from meshcc.client.decisions import wire_version
     from meshcc.transport import client
 
@@ -611,8 +723,10 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
     log = run.log
     slot_first = getattr(host, "busy", False) is True
     t0 = time.monotonic()
+    note = _state.note
     try:
         if not slot_first:
+            note(_state.CONNECT, host.host, slot)
             conn.connect()
             conn.send_head(argv)
             log.debug(
@@ -620,6 +734,8 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
                 f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
             )
         if run.cpp_pid:
+            if run.cpp_status is None:
+                note(_state.CPP, "localhost", getattr(run.cpp_slot, "index", 0))
             code = run.wait_cpp()
             if code:
                 raise _CppFailed(code)
@@ -630,6 +746,7 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
             raise _GoLocal() from None
         if slot_first:
             t0 = time.monotonic()
+            note(_state.CONNECT, host.host, slot)
             conn.connect()
             conn.reserve_slot()  # client.Busy at once if every job slot is taken
             conn.send_head(argv)
@@ -638,8 +755,12 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
                 f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
             )
         t1 = time.monotonic()
+        note(_state.SEND, host.host, slot)
         conn.send_source(data)
-        reply = conn.read_reply()
+        note(_state.COMPILE)
+        reply = conn.read_reply(on_data=_note_receive)
+        if run.keep_temps:
+            run.save_server_stderr(reply.stderr)
         log.debug(
             f"{conn.where}: sent {len(data)} bytes, reply status {reply.status:#x}, "
             f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms"
@@ -647,6 +768,20 @@ def _remote(run: _Run, host: Target, argv: list[bytes], io_timeout: float) -> Re
         return reply
     finally:
         conn.close()
+
+
+def _note_receive() -> None:
+    _state.note(_state.RECEIVE)
+
+
+def _blocked(log: _Log, host: str | None = None) -> Callable[[str], None]:
+    """A log callback for the slot waits: every slot is busy, so the job is Blocked."""
+
+    def note(msg: str) -> None:
+        _state.note(_state.BLOCKED, host)
+        log.debug(msg)
+
+    return note
 
 
 def _lzo_available() -> bool:
@@ -696,10 +831,11 @@ class _ListPool:
         if not decisions.may_try_host(self.attempts, self.period):
             run.log.debug(f"giving up after {self.attempts} remote attempts (backoff disabled)")
             return None
-        host, slot = slots.lock_first_free(lockdir, usable, self.pause, run.log.debug)
+        host, slot = slots.lock_first_free(lockdir, usable, self.pause, _blocked(run.log))
         run.slots.append(slot)
         if host.kind == "localhost":
             run.log.debug(f"picked localhost slot {slot.index}: compiling {run.job.source} locally")
+            _report("local", "localhost", "the host list picked localhost")
             run.exec_local(slot)
         self.attempts += 1
         run.log.debug(f"picked {host.spec} slot {slot.index} for {run.job.source}")
@@ -754,7 +890,18 @@ class _ListPool:
 class _Leased:
     """A peer leased from the daemon, shaped like a ``hostspec.Host`` for ``_remote``."""
 
-    __slots__ = ("busy", "compiler", "host", "peer", "port", "protocol", "spec", "where")
+    __slots__ = (
+        "busy",
+        "compiler",
+        "host",
+        "lock",
+        "peer",
+        "port",
+        "protocol",
+        "slot",
+        "spec",
+        "where",
+    )
 
     def __init__(self, grant: LeaseGranted) -> None:
         self.busy = grant.busy  # the peer speaks SLOT/BUSY
@@ -765,6 +912,8 @@ class _Leased:
         self.peer = grant.peer
         self.where = where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.spec = f"{where} ({self.peer})" if self.peer and self.peer != where else where
+        self.slot = 0  # distcc's slot number for the monitors (see _LeasePool.acquire)
+        self.lock: Slot | None = None  # the distcc lock file that number stands for
 
 
 class _LeasePool:
@@ -810,6 +959,7 @@ class _LeasePool:
             return None
         conn, self.next_conn = self.next_conn, None
         t0 = time.monotonic()
+        _state.note(_state.BLOCKED)  # the daemon queues us while every matching slot is busy
         try:
             if conn is None:
                 conn = cc.Control.connect(self.path)
@@ -830,6 +980,8 @@ class _LeasePool:
         if isinstance(answer, LeaseGranted):
             target = _Leased(answer)
             run.slots.append(conn)
+            if _state.active():
+                target.slot = self._slot_number(target)
             self.attempts += 1
             run.log.debug(
                 f"leased {target.where} (compiler {target.compiler}) from the meshcc "
@@ -848,6 +1000,27 @@ class _LeasePool:
         self.daemon_failure = f"meshcc daemon error: {answer.error}"
         return None
 
+    def _slot_number(self, target: _Leased) -> int:
+        """A slot number for the monitors: the first free distcc lock ``cpu_tcp_HOST_PORT_N``
+        of the peer, held with the lease, so jobs on one peer show distinct slots (and stock
+        distcc clients on this box count the slot as busy, as it is)."""
+        from meshcc.client import slots
+
+        lockdir = self.run.lockdir
+        if lockdir is None:
+            return 0
+        name = f"tcp_{target.host}_{target.port}"
+        for index in range(1024):
+            try:
+                held = slots.try_lock(lockdir, name, index)
+            except slots.DistccDirError:
+                return 0
+            if held is not None:
+                self.run.slots.append(held)
+                target.lock = held
+                return index
+        return 0
+
     def failed_on(self, host: _Leased, lease: Control, why: str, connect_failed: bool) -> None:
         """Tell the daemon the peer failed (it may drop it at once) and end the lease."""
         self.last_failure = f"{host.spec} ({why})"
@@ -855,6 +1028,7 @@ class _LeasePool:
         lease.connect_failed = connect_failed
         lease.reason = why
         self.run.release(lease)
+        self.run.release(host.lock)
 
     def busy(self, host: _Leased, lease: Control) -> None:
         """The peer is full: tell the daemon (it skips the peer for a moment, with no
@@ -862,6 +1036,7 @@ class _LeasePool:
         self.attempts -= 1
         lease.busy = True
         self.run.release(lease)
+        self.run.release(host.lock)
 
     def finish(self, host: _Leased, lease: Control, verdict: bool | None) -> None:
         """End the lease; ``verdict`` False reports the peer as bad (crash, wrong result)."""
@@ -870,6 +1045,7 @@ class _LeasePool:
             why = "the remote compiler crashed or disagreed with the local one"
             lease.reason = why
         self.run.release(lease)
+        self.run.release(host.lock)
 
     def before_local_retry(self, lease: Control) -> Control:
         """Keep the lease through the local retry: only its result tells whether the peer
@@ -927,7 +1103,10 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         raise _Fatal(str(e), EXIT_BAD_ARGUMENTS) from None
 
     try:
-        run.lockdir = slots.lock_dir(slots.distcc_dir(env))
+        top = slots.distcc_dir(env)
+        _state.begin(top, job.source)
+        _state.note(_state.STARTUP)
+        run.lockdir = slots.lock_dir(top)
     except slots.DistccDirError as e:  # no lock directory, so no local slot either
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
@@ -970,6 +1149,8 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
         _sig.signal(signum, _on_signal)
 
     remote_argv = [os.fsencode(a) for a in args.remote_argv(job)]
+    if run.keep_temps:  # distcc makes this file before choosing a host
+        run.save_server_stderr(b"")
     try:
         while True:
             picked = pool.acquire()
@@ -979,8 +1160,10 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
             _begin_cpp(run, pool)
             name = getattr(host, "compiler", None)  # a lease names the peer's compiler
             argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
+            # a distcc slot lock's number, else the one a lease was given
+            slot = int(getattr(held, "index", getattr(host, "slot", 0)))
             try:
-                reply = _remote(run, host, argv, io_timeout)
+                reply = _remote(run, host, slot, argv, io_timeout)
             except client.Busy as e:
                 log.debug(f"{host.spec} is busy ({e.running} jobs running): trying elsewhere")
                 act = plan.busy(host.spec, e.running)
@@ -996,6 +1179,7 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
                 log.debug(f"{host.spec} failed: {e}")
                 retry = plan.transport_failed(str(e), e.exit_code)
             except _CppFailed as e:
+                _report("cpp_error", host, f"preprocessor exited {e.code}")
                 return _finish(run, pool, host, held, plan.cpp_failed(e.code), None)
             except _GoLocal:
                 _compile_locally(run, plan.source_unreadable(), pool, host, held)
@@ -1004,6 +1188,9 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
                     return _handle_reply(run, pool, plan, host, held, reply)
                 log.debug(f"{host.spec} sent an empty object for {src}")
                 retry = plan.empty_object()
+            from meshcc.client import outcome
+
+            outcome.failed_on(host, retry.why)
             pool.failed_on(host, held, retry.why, retry.connect_failed)
 
         # No host (left): compile locally, or fail if fallback is disabled.
@@ -1011,8 +1198,7 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
         _compile_locally(run, plan.no_host_left(*pool.nothing_left(src)), pool)
     except _Interrupted as e:
         run.cleanup(e.signum)
-        _sig.signal(e.signum, _sig.SIG_DFL)
-        os.kill(_PID, e.signum)
+        _die_by(e.signum)
         return 128 + e.signum
     finally:
         run.cleanup()
@@ -1043,6 +1229,7 @@ def _handle_reply(
         if reply.stdout:
             _write(1, reply.stdout)
         code = _finish(run, pool, host, held, plan.delivered(), reply)
+        _report("remote", host)
         log.debug(
             f"{job.source} compiled on {host.spec}: {job.output} ({len(reply.obj)} bytes); "
             f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms"
@@ -1051,6 +1238,7 @@ def _handle_reply(
 
     if isinstance(act, decisions.Finish):
         log.debug(f"remote compile on {host.spec} failed with exit {act.code}; no local retry")
+        _report("remote", host, f"compile error (exit {act.code})")
         return _finish(run, pool, host, held, act, reply)
 
     # Retry locally; the user sees only the local run's diagnostics (each exactly once).
@@ -1063,6 +1251,7 @@ def _handle_reply(
     if local is not None:
         run.slots.append(local)
     local_code = run.run_local(local, hold=kept)
+    _report("fallback", host, f"remote compile exited {act.remote_code}; compiled again here")
     return _finish(run, pool, host, held, plan.retried_locally(local_code), None)
 
 
@@ -1100,8 +1289,10 @@ def _compile_locally(
     """Carry out a :class:`~meshcc.client.decisions.CompileLocally` (exec the compiler in a
     local slot, or the pool's own local share) or a :class:`~.decisions.Fail`. ``host``
     and ``held``: the host the job was on, which gets the action's verdict first."""
+    from meshcc.client import outcome
     from meshcc.client.decisions import Fail
 
+    outcome.compiled_locally(act, pool, run.job.source)
     if isinstance(act, Fail):
         raise _Fatal(act.message, act.code)
     if act.message:
@@ -1143,15 +1334,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = native.analyse(inv.exec_path, inv.argv, env, log.debug)
         if not job.distributable:
             log.debug(f"runs locally: {job.reason}")
+            _report("local", "", job.reason, inv.argv)
             _local_only(inv, job, log)
         return _distribute(inv, job, log)
+    except _Exit as e:
+        return e.code
     except _Fatal as e:
         log.error(str(e))
         return e.code
     except KeyboardInterrupt:  # e.g. while waiting for a local slot: die by the signal
-        _sig.signal(_sig.SIGINT, _sig.SIG_DFL)
-        os.kill(_PID, _sig.SIGINT)
+        _die_by(_sig.SIGINT)
         return 128 + _sig.SIGINT
+    finally:
+        _state.end()  # distcc's atexit(dcc_remove_state_file)
 
 
 def _local_only(inv: _Invocation, job: Job, log: _Log) -> NoReturn:
@@ -1160,7 +1355,9 @@ def _local_only(inv: _Invocation, job: Job, log: _Log) -> NoReturn:
 
     env = os.environ
     try:
-        lockdir = slots.lock_dir(slots.distcc_dir(env))
+        top = slots.distcc_dir(env)
+        _state.begin(top, job.source)  # Compile (or Blocked) is noted once we have a slot
+        lockdir = slots.lock_dir(top)
     except slots.DistccDirError as e:
         log.warn(f"{e}; compiling without a slot lock")
         lockdir = None

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
-import ipaddress
 import logging
 import os
 import resource
@@ -49,7 +48,7 @@ from meshcc import __version__, hostos
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.hostspec import with_localhost
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
-from meshcc.daemon import ccache, logsetup
+from meshcc.daemon import ccache, logsetup, outcomes
 from meshcc.daemon.hostsfile import HostsFile
 from meshcc.daemon.settings import DaemonOptions
 from meshcc.defaults import STATUS_PORT
@@ -65,6 +64,7 @@ from meshcc.supervisor import supervise
 from meshcc.transport.addresses import LOOPBACK_NETWORKS, IPNetwork
 from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
 from meshcc.wire import control
+from meshcc.wire.outcome import report_socket_path
 
 if TYPE_CHECKING:
     from meshcc.mesh.leases import PeerView
@@ -83,25 +83,18 @@ class _Fatal(Exception):
 
 
 def default_allowed_networks() -> list[IPNetwork]:
-    """Loopback plus the subnets of this machine's own non-loopback interface addresses."""
+    """Loopback plus the subnets of this machine's own non-loopback interface addresses
+    (a link-local one scoped to its interface: ``fe80::%eth0/64``, see netif.networks_of)."""
+    from meshcc.mesh import netif
+
     nets: list[IPNetwork] = list(LOOPBACK_NETWORKS)
     try:
-        import ifaddr
-
-        adapters = ifaddr.get_adapters()
+        interfaces = netif.list_interfaces()
     except Exception as e:  # noqa: BLE001 - a broken netlink or missing module must not stop us
         log.warning("cannot list network interfaces (%s); allowing loopback only", e)
         return nets
-    for adapter in adapters:
-        for ip in adapter.ips:
-            addr = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            try:
-                text = f"{addr.split('%')[0]}/{ip.network_prefix}"
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                continue
-            if net.network_address.is_loopback or net in nets:
-                continue
+    for net in netif.networks_of(i for i in interfaces if not i.loopback):
+        if not net.network_address.is_loopback and net not in nets:
             nets.append(net)
     return nets
 
@@ -216,7 +209,15 @@ def _no_new_privs() -> None:
 def _check_tmpdir() -> str:
     """The job temp dir parent must be writable by the (possibly dropped) user."""
     tempfile.tempdir = None  # decide as the user we run as now, not as root
-    parent = tempfile.gettempdir()
+    try:
+        parent = tempfile.gettempdir()
+    except FileNotFoundError:  # no candidate ($TMPDIR, /tmp, /var/tmp, /usr/tmp, cwd) works
+        raise _Fatal(
+            f"cannot create job directories as uid {os.geteuid()}: none of $TMPDIR, /tmp, "
+            "/var/tmp, /usr/tmp or the current directory is writable by it; set TMPDIR to "
+            "a directory it can write, or choose another --user",
+            EXIT_DISTCC_FAILED,
+        ) from None
     wanted = os.environ.get("TMPDIR")
     if wanted and os.path.realpath(wanted) != os.path.realpath(parent):
         log.warning(
@@ -260,10 +261,13 @@ class _Prepared:
     status_sock: socket.socket | None = None
     pyz: bytes | None = None
     pyz_error: str = ""
+    report_sock: socket.socket | None = None  # compile clients' outcomes (meshcc stats)
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
+        if self.report_sock is not None:
+            self.report_sock.close()
         if self.hosts_file is not None:
             self.hosts_file.close()
         if self.status_sock is not None:
@@ -401,10 +405,13 @@ def _setup(opts: DaemonOptions) -> _Prepared:
 
     control_sock: socket.socket | None = None
     status_sock: socket.socket | None = None
+    report_sock: socket.socket | None = None
     try:
         status_sock = _open_status(opts)
         pyz, pyz_error = _build_pyz() if status_sock is not None else (None, "")
         control_sock, control_path = _open_control(opts)
+        if control_path is not None:
+            report_sock = outcomes.open_report_socket(control_path)
         hosts_file: HostsFile | None = None
         if opts.write_hosts:
             hosts_file = HostsFile(opts.write_hosts)
@@ -472,6 +479,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
                 status_sock,
                 pyz,
                 pyz_error,
+                report_sock,
             )
 
         jobs = opts.jobs or hostos.default_jobs()
@@ -521,6 +529,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             status_sock,
             pyz,
             pyz_error,
+            report_sock,
         )
     except BaseException:
         sock.close()  # closing twice (mesh-only, then a failure) is harmless
@@ -528,6 +537,8 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             status_sock.close()
         if control_sock is not None:
             control_sock.close()
+        if report_sock is not None:
+            report_sock.close()
         raise
 
 
@@ -556,6 +567,8 @@ def _server_allowed(
 
 async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     from meshcc.daemon.control_server import ControlLimits, ControlServer
+    from meshcc.daemon.metrics import ProbeStats, Telemetry
+    from meshcc.mesh.liveness import peer_probe
     from meshcc.mesh.netif import InterfaceError
     from meshcc.mesh.service import Mesh, MeshConfig
 
@@ -574,6 +587,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         prep.registry.toolchains,
         opts.port,
         prep.jobs,
+        probe=(probes := ProbeStats()).wrap(peer_probe),  # per-peer RTT and failures
     )
     try:
         await mesh.start()
@@ -620,6 +634,22 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         path=prep.control_path or "",
         limits=ControlLimits.for_fd_limit(hostos.open_files_limit()),
     )
+    counts = outcomes.OutcomeCounts()
+    receiver = None
+    if prep.report_sock is not None and prep.control_path is not None:
+        receiver = outcomes.OutcomeReceiver(
+            counts, prep.report_sock, report_socket_path(prep.control_path)
+        )
+        receiver.start()
+    telemetry = Telemetry(
+        status,
+        server=server,
+        ccache=server is not None and server.config.ccache is not None,
+        peers=mesh.snapshot,
+        toolchains=prep.registry.toolchains,
+        probes=probes,
+        outcomes=counts if receiver is not None else None,
+    )
     status_server = None
     if prep.status_sock is not None:
         from meshcc.daemon.status_http import StatusServer
@@ -630,11 +660,12 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             allowed,
             pyz_error=prep.pyz_error,
             cache_line=server.cache_line if server is not None else None,
+            telemetry=telemetry,
         )
         await status_server.start(prep.status_sock)
         log.log(
             NOTICE,
-            "status port %s: GET / /meshcc.pyz /meshcc.pyz.sha256 /bootstrap",
+            "status port %s: GET / /status.json /metrics /meshcc.pyz /meshcc.pyz.sha256 /bootstrap",
             _describe_listener(prep.status_sock),
         )
     if prep.control_sock is not None:
@@ -705,6 +736,8 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await control_server.stop()
+        if receiver is not None:
+            receiver.stop()
         if status_server is not None:
             await status_server.stop()
         await mesh.stop()

@@ -85,7 +85,23 @@ def cache_size(value: str) -> str:
     return text
 
 
+class VersionAction(argparse.Action):
+    """``--version``: :func:`meshcc.defaults.version_text`, as distccd's (LZO probed only
+    when asked: its import is not for every parse)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from meshcc import compression
+        from meshcc.defaults import version_text
+
+        print(version_text(compression.available(compression.Codec.LZO)), end="")
+        parser.exit()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action=VersionAction)
     """``meshcc daemon``'s options: distccd's, plus the mesh's."""
     p.add_argument(
         "--listen",
@@ -104,7 +120,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int_in(0, 65535, "--status-port"),
         default=None,
         metavar="N",
-        help=f"HTTP status port serving this daemon's meshcc.pyz, its sha256 and /bootstrap "
+        help=f"HTTP status port: a status page, /status.json, /metrics (Prometheus), this "
+        "daemon's meshcc.pyz, its sha256 and /bootstrap "
         f"(default {STATUS_PORT}, as distccd's stats port; off when listening on "
         "loopback only; 0 = off)",
     )

@@ -7,6 +7,10 @@ any daemon hands out its own meshcc.pyz. Paths (GET only):
 - ``/meshcc.pyz.sha256``  ``<hex>  meshcc.pyz`` (``sha256sum -c`` format)
 - ``/bootstrap``          a short Python script: fetch both, verify, write, say what next
 - ``/``                   a plain-text status page
+- ``/status.json``        this daemon's status as JSON (versioned schema:
+                          :mod:`meshcc.daemon.metrics`)
+- ``/metrics``            Prometheus text format, or OpenMetrics when ``Accept`` asks for
+                          ``application/openmetrics-text`` (as Prometheus itself does)
 
 The same allowed networks as the compile port guard it (a refused client is logged and
 the connection closed without a byte, as distccd does); requests are bounded in size
@@ -19,12 +23,14 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import json
 import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
 
-from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip
+from meshcc.daemon.metrics import OPENMETRICS, PROMETHEUS, Telemetry, wants_openmetrics
+from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip, peer_ip
 from meshcc.wire.control import StatusReply
 
 log = logging.getLogger("meshcc.status")
@@ -68,6 +74,15 @@ _meshcc_bootstrap()
 """
 
 
+def _header(head: bytes, name: bytes) -> str:
+    """The value of header ``name`` (lower case) in a request head, or ""."""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return ""
+
+
 class StatusServer:
     """Serves the status page, meshcc.pyz, its hash and the bootstrap script."""
 
@@ -79,8 +94,10 @@ class StatusServer:
         *,
         pyz_error: str = "",
         cache_line: Callable[[], str | None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.pyz = pyz
+        self.telemetry = telemetry or Telemetry(status)
         self.cache_line = cache_line  # --ccache: hits and misses (CompileServer.cache_line)
         self.pyz_error = pyz_error
         self.sha256 = hashlib.sha256(pyz).hexdigest() if pyz is not None else ""
@@ -126,7 +143,7 @@ class StatusServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
         try:
-            addr = normalize_client_ip(str(peer[0]))
+            addr = peer_ip(peer)[0]
         except ValueError:
             addr = ipaddress.ip_address("0.0.0.0")
         client = f"[{addr}]:{peer[1]}" if addr.version == 6 else f"{addr}:{peer[1]}"
@@ -161,13 +178,24 @@ class StatusServer:
             ctype = "text/x-python; charset=utf-8"
         elif target == "/":
             body = self._status_page().encode()
+        elif target == "/status.json":
+            body = (json.dumps(self.telemetry.status_json(), indent=1) + "\n").encode()
+            ctype = "application/json"
+        elif target == "/metrics":
+            om = wants_openmetrics(_header(head, b"accept"))
+            body = self.telemetry.exposition(openmetrics=om).encode()
+            ctype = OPENMETRICS if om else PROMETHEUS
         else:
             await self._reply(
-                writer, 404, b"not found; try /, /meshcc.pyz, /meshcc.pyz.sha256 or /bootstrap\n"
+                writer,
+                404,
+                b"not found; try /, /status.json, /metrics, /meshcc.pyz, /meshcc.pyz.sha256 "
+                b"or /bootstrap\n",
             )
             return
         await self._reply(writer, 200, body, ctype=ctype)
-        log.info("status port: %s fetched %s (%d bytes)", client, target, len(body))
+        level = logging.DEBUG if target in ("/metrics", "/status.json") else logging.INFO
+        log.log(level, "status port: %s fetched %s (%d bytes)", client, target, len(body))
 
     @staticmethod
     async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
@@ -200,6 +228,8 @@ class StatusServer:
         cache = self.cache_line() if self.cache_line is not None else None
         if cache is not None:
             lines.append(cache)
+        lines += self.telemetry.summary_lines()
+        lines.append("more: GET /status.json (JSON), /metrics (Prometheus)")
         if self.pyz is not None:
             lines.append(
                 f"meshcc.pyz: {len(self.pyz)} bytes, sha256 {self.sha256} "

@@ -4,10 +4,19 @@ The only module that imports zeroconf. It turns browse events into two plain eve
 :class:`ServiceSeen` (resolved: addresses, port, TXT) and :class:`ServiceGone` (goodbye or
 PTR expiry), and hands them to a callback; it decides nothing about peers.
 
-* One ``AsyncZeroconf`` inside the daemon's loop, bound to an explicit list of IPv4
-  addresses (never ``InterfaceChoice.All``, which would include loopback and every NIC).
-  mDNS runs over IPv4 only (python-zeroconf's recommended default); peers' resolved
-  IPv6 addresses are still recorded.
+* One ``AsyncZeroconf`` inside the daemon's loop, bound to an explicit list of
+  interfaces (never ``InterfaceChoice.All``, which would include loopback and every NIC):
+  IPv4 addresses and, where mDNS runs over IPv6 (an interface without IPv4; see
+  netif.py), that link's link-local address or its index. The IP version follows the
+  list: V4Only for IPv4 addresses alone (every dual-stack or IPv4 LAN, as before),
+  V6Only for IPv6 entries alone, All for a mix.
+* Before opening IPv6 sockets it waits (up to ``dad_wait_s``) for duplicate address
+  detection on the addresses it binds and announces: a tentative address cannot be
+  bound, and python-zeroconf then only logs it and stays deaf and mute on that link.
+* Resolved addresses are ordered for dialing: IPv4, then routable IPv6 (global, ULA),
+  then link-local IPv6 with its scope, the interface the answer came in on, by name
+  (``fe80::1%eth0``: getaddrinfo takes it, and so does distcc's host grammar); a
+  scope-less link-local address cannot be dialed and is dropped.
 * Registration uses ``cooperating_responders=True``: our instance and host names embed the
   node id, so they are unique by construction and the 1.2 s probing phase buys nothing
   (measured: peers see us in ~20-60 ms instead of ~1.2 s).
@@ -21,7 +30,9 @@ PTR expiry), and hands them to a callback; it decides nothing about peers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +40,7 @@ from typing import Any
 from zeroconf import IPVersion, ServiceInfo, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from meshcc.mesh import netif
 from meshcc.mesh.records import DISTCC_TYPE, MESHCC_TYPE, ServiceSpec
 
 __all__ = ["Discovery", "DiscoveryEvent", "ServiceGone", "ServiceSeen"]
@@ -59,6 +71,40 @@ class ServiceGone:
 DiscoveryEvent = ServiceSeen | ServiceGone
 
 
+def _scope_name(scope: str) -> str:
+    """``2`` -> ``eth0``: the same link for getaddrinfo, and readable in a hosts line."""
+    if scope.isdigit():
+        try:
+            return socket.if_indextoname(int(scope))
+        except OSError:
+            pass
+    return scope
+
+
+def _dial_order(addresses: Sequence[str]) -> tuple[str, ...]:
+    """IPv4 first, then global/ULA IPv6, then scoped link-local (stable within each)."""
+    ranked: list[tuple[int, int, str]] = []
+    for i, text in enumerate(addresses):
+        bare, _, scope = text.partition("%")
+        try:
+            ip = ipaddress.ip_address(bare)
+        except ValueError:
+            continue
+        if ip.version == 4:
+            ranked.append((0, i, text))
+        elif not ip.is_link_local:
+            ranked.append((1, i, bare))
+        elif scope:
+            ranked.append((2, i, f"{bare}%{_scope_name(scope)}"))
+    return tuple(text for _, _, text in sorted(ranked))
+
+
+def _ip_version(interfaces: Sequence[str | int]) -> IPVersion:
+    v6 = any(isinstance(i, int) or ":" in i for i in interfaces)
+    v4 = any(isinstance(i, str) and ":" not in i for i in interfaces)
+    return IPVersion.All if v4 and v6 else IPVersion.V6Only if v6 else IPVersion.V4Only
+
+
 def _to_info(spec: ServiceSpec, addresses: Sequence[str]) -> ServiceInfo:
     return ServiceInfo(
         spec.type_,
@@ -71,22 +117,32 @@ def _to_info(spec: ServiceSpec, addresses: Sequence[str]) -> ServiceInfo:
 
 
 class Discovery:
-    """Announce on and browse through the given IPv4 addresses."""
+    """Announce ``addresses`` and browse, over ``interfaces`` (default: the addresses).
+
+    ``interfaces`` lists IPv4 addresses and, for mDNS over IPv6 on a link, that link's
+    IPv6 (link-local) address or its index. ``addresses`` are what the A/AAAA records
+    carry (no scopes). ``tentative`` lists the addresses still in DAD (injectable)."""
 
     def __init__(
         self,
         addresses: Sequence[str],
         on_event: Callable[[DiscoveryEvent], None],
         *,
+        interfaces: Sequence[str | int] | None = None,
         browse_types: Sequence[str] = (MESHCC_TYPE, DISTCC_TYPE),
         resolve_timeout_s: float = 1.5,
+        dad_wait_s: float = 5.0,
+        tentative: Callable[[], set[ipaddress.IPv6Address]] = netif.tentative_ipv6,
     ) -> None:
         if not addresses:
             raise ValueError("Discovery needs at least one interface address")
         self.addresses = list(addresses)
+        self.interfaces: list[str | int] = list(interfaces if interfaces else addresses)
         self._on_event = on_event
         self._browse_types = list(browse_types)
         self._resolve_timeout_ms = resolve_timeout_s * 1000
+        self._dad_wait_s = dad_wait_s
+        self._tentative = tentative
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._resolving: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -96,7 +152,13 @@ class Discovery:
 
     async def start(self, services: Sequence[ServiceSpec]) -> None:
         """Open the mDNS sockets, register ``services``, start browsing (OSError if impossible)."""
-        self._azc = AsyncZeroconf(interfaces=self.addresses, ip_version=IPVersion.V4Only)
+        await self._wait_dad()
+        try:
+            self._azc = AsyncZeroconf(
+                interfaces=list(self.interfaces), ip_version=_ip_version(self.interfaces)
+            )
+        except RuntimeError as e:  # python-zeroconf: "No adapter found for index N"
+            raise OSError(str(e)) from None
         try:
             for spec in services:
                 info = _to_info(spec, self.addresses)
@@ -139,6 +201,27 @@ class Discovery:
 
     # -- internals
 
+    async def _wait_dad(self) -> None:
+        """Wait until no IPv6 address we bind or announce is tentative (bounded)."""
+        ours = set()
+        for text in (*self.addresses, *(i for i in self.interfaces if isinstance(i, str))):
+            if ":" in text:
+                ours.add(ipaddress.IPv6Address(text.split("%", 1)[0]))
+        if not ours:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._dad_wait_s
+        while pending := ours & self._tentative():
+            if loop.time() >= deadline:
+                log.warning(
+                    "IPv6 duplicate address detection has not finished for %s after %g s; "
+                    "mDNS may not work on that link (a duplicate address on the LAN?)",
+                    ", ".join(sorted(map(str, pending))),
+                    self._dad_wait_s,
+                )
+                return
+            await asyncio.sleep(0.1)
+
     def _keep(self, aw: object) -> None:
         if isinstance(aw, asyncio.Future):
             self._background.add(aw)
@@ -178,7 +261,7 @@ class Discovery:
                             ServiceSeen(
                                 type_=type_,
                                 name=name,
-                                addresses=tuple(info.parsed_scoped_addresses()),
+                                addresses=_dial_order(info.parsed_scoped_addresses()),
                                 port=info.port,
                                 properties=dict(info.decoded_properties),
                                 server=info.server,

@@ -6,9 +6,21 @@ the 127/8 check marks loopback). Everything is injectable so selection is unit-t
 without touching the machine's interfaces.
 
 Default selection: interfaces that are up, multicast-capable, not loopback and have an
-IPv4 address (mDNS runs over IPv4; see discovery.py). ``--interface NAME`` picks exactly
-the named ones, loopback included (useful for one-box tests; a warning says only this
-machine can reach such addresses).
+IPv4 address or a routable (global or ULA) IPv6 address; when none has either, the ones
+with an IPv6 link-local address only (a link-local-only IPv6 LAN). Bridge ports and
+container veths carry nothing but fe80:: on a normal box, so link-local alone never
+qualifies an interface while a better one exists. ``--interface NAME`` picks exactly the
+named ones, loopback included (useful for one-box tests; a warning says only this machine
+can reach such addresses), as long as they have an IPv4 or IPv6 address.
+
+Address families: mDNS runs over IPv4 on every chosen interface that has IPv4 (as
+before: a dual-stack LAN behaves exactly as an IPv4 one) and over IPv6 on a chosen
+interface without IPv4 (an IPv6-only LAN), where the records carry its IPv6 addresses.
+
+Link-local networks are per link: ``fe80::/64`` on eth0 and on docker0 are different
+networks that print the same. :func:`networks_of` therefore scopes them
+(``fe80::%eth0/64``), and :func:`meshcc.transport.addresses.client_allowed` only admits a
+link-local client that arrived on that interface.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from meshcc.mesh.records import MAX_ADDRESSES
 from meshcc.transport.addresses import IPNetwork
 
 __all__ = [
@@ -72,6 +85,20 @@ class Interface:
     def multicast(self) -> bool:
         return self.flags is None or bool(self.flags & IFF_MULTICAST)
 
+    @property
+    def routable_ipv6(self) -> tuple[ipaddress.IPv6Interface, ...]:
+        """The global and ULA addresses: usable beyond this link, no scope needed."""
+        return tuple(i for i in self.ipv6 if not (i.ip.is_link_local or i.ip.is_loopback))
+
+    @property
+    def link_local_ipv6(self) -> tuple[ipaddress.IPv6Interface, ...]:
+        return tuple(i for i in self.ipv6 if i.ip.is_link_local)
+
+    @property
+    def mdns_ipv6(self) -> bool:
+        """mDNS runs over IPv6 here: the interface has IPv6 and no IPv4 (see the docstring)."""
+        return not self.ipv4 and bool(self.ipv6)
+
     def describe(self) -> str:
         addrs = ", ".join(str(i) for i in (*self.ipv4, *self.ipv6)) or "no addresses"
         return f"{self.name} ({addrs})"
@@ -84,10 +111,74 @@ class Selection:
     chosen: tuple[Interface, ...]
     off_reason: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    # Link-local addresses found on more than one interface (VLANs on one NIC share its
+    # MAC, hence its fe80:: address): they cannot name a link.
+    shared_link_local: frozenset[str] = frozenset()
 
     @property
     def ipv4_addresses(self) -> list[str]:
         return [str(i.ip) for iface in self.chosen for i in iface.ipv4]
+
+    @property
+    def announce_addresses(self) -> list[str]:
+        """What the A/AAAA records carry: every IPv4 address, then the IPv6 addresses of
+        the interfaces where mDNS runs over IPv6 (routable first, then link-local; no
+        scope: a receiver scopes fe80:: by the interface it heard it on). At most
+        :data:`MAX_ANNOUNCED` (peers refuse records with too many addresses)."""
+        v4 = self.ipv4_addresses
+        v6 = [_bare(i) for iface in self.chosen if iface.mdns_ipv6 for i in iface.routable_ipv6]
+        v6 += [_bare(i) for iface in self.chosen if iface.mdns_ipv6 for i in iface.link_local_ipv6]
+        return list(dict.fromkeys([*v4, *v6]))[:MAX_ANNOUNCED]
+
+    @property
+    def mdns_interfaces(self) -> list[str | int]:
+        """python-zeroconf's ``interfaces=``: IPv4 addresses and, for mDNS over IPv6, the
+        interface's link-local address (python-zeroconf joins ff02::fb on its interface
+        and sends from it: stable, unlike a SLAAC privacy address that expires), or its
+        index when it has none or shares it with another interface (python-zeroconf maps
+        an address to the first interface holding it; given an index it sends from that
+        interface's first address)."""
+        v6: list[str | int] = []
+        for iface in self.chosen:
+            if iface.mdns_ipv6:
+                ll = [_bare(i) for i in iface.link_local_ipv6]
+                ll = [a for a in ll if a not in self.shared_link_local]
+                v6.append(ll[0] if ll else iface.index)
+        return [*self.ipv4_addresses, *dict.fromkeys(v6)]
+
+
+MAX_ANNOUNCED = MAX_ADDRESSES  # the most a peer accepts in one record
+
+
+def _bare(i: ipaddress.IPv6Interface) -> str:
+    """The address without its ``%scope``."""
+    return str(i.ip).split("%", 1)[0]
+
+
+IFA_F_TENTATIVE = 0x40  # linux/if_addr.h: duplicate address detection still running
+_IF_INET6 = "/proc/net/if_inet6"
+
+
+def tentative_ipv6(path: str = _IF_INET6) -> set[ipaddress.IPv6Address]:
+    """IPv6 addresses still in duplicate address detection (Linux; empty elsewhere).
+
+    Why: a tentative address cannot be bound, so mDNS started in the second or so after
+    a link comes up (a boot, a plugged cable) would bind nothing and stay silent for
+    good. Lines read ``<32 hex> <ifindex> <prefix> <scope> <flags> <name>``."""
+    found: set[ipaddress.IPv6Address] = set()
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        try:
+            if len(fields) >= 5 and int(fields[4], 16) & IFA_F_TENTATIVE:
+                found.add(ipaddress.IPv6Address(int(fields[0], 16)))
+        except ValueError:
+            continue
+    return found
 
 
 def _read_sys(name: str, leaf: str) -> str | None:
@@ -187,8 +278,11 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
             if iface is None:
                 have = ", ".join(sorted(by_name)) or "none"
                 raise InterfaceError(f"--interface {n}: no such interface (have: {have})")
-            if not iface.ipv4:
-                raise InterfaceError(f"--interface {n}: it has no IPv4 address, mDNS needs one")
+            if not iface.ipv4 and not iface.ipv6:
+                raise InterfaceError(
+                    f"--interface {n}: it has no IPv4 or IPv6 address (is it up, and is "
+                    "IPv6 enabled on it?)"
+                )
             if not iface.up:
                 warnings.append(f"interface {n} is down; announcing on it anyway")
             if iface.loopback:
@@ -198,33 +292,52 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
             elif not iface.multicast:
                 warnings.append(f"interface {n} is not multicast-capable; discovery may not work")
             chosen.append(iface)
-        return Selection(tuple(chosen), None, tuple(warnings))
-    chosen = [i for i in interfaces if i.up and i.multicast and not i.loopback and i.ipv4]
+        return Selection(tuple(chosen), None, tuple(warnings), _shared_link_local(interfaces))
+    usable = [i for i in interfaces if i.up and i.multicast and not i.loopback]
+    chosen = [i for i in usable if i.ipv4 or i.routable_ipv6]
+    if not chosen:  # a link-local-only IPv6 LAN (bridge ports etc. never win over a real NIC)
+        chosen = [i for i in usable if i.link_local_ipv6]
     if chosen:
-        return Selection(tuple(chosen))
+        return Selection(tuple(chosen), shared_link_local=_shared_link_local(interfaces))
     others = [i for i in interfaces if not i.loopback]
     if not others:
         why = "no multicast-capable interface (only loopback)"
     else:
 
         def why_not(i: Interface) -> str:
-            return "down" if not i.up else "no multicast" if not i.multicast else "no IPv4"
+            if not i.up:
+                return "down"
+            return "no multicast" if not i.multicast else "no IPv4 or IPv6 address"
 
         detail = "; ".join(f"{i.name}: {why_not(i)}" for i in others)
         why = f"no usable multicast-capable interface ({detail})"
     return Selection((), why + "; use --interface NAME to choose one")
 
 
+def _shared_link_local(interfaces: Sequence[Interface]) -> frozenset[str]:
+    seen: dict[str, int] = {}
+    for iface in interfaces:
+        for a in {_bare(i) for i in iface.link_local_ipv6}:
+            seen[a] = seen.get(a, 0) + 1
+    return frozenset(a for a, n in seen.items() if n > 1)
+
+
 def networks_of(interfaces: Iterable[Interface]) -> tuple[IPNetwork, ...]:
-    """The subnets of these interfaces (IPv6 scope dropped): the default allowed networks."""
+    """The subnets of these interfaces: the default allowed networks.
+
+    A link-local subnet is scoped to its interface by name (``fe80::%eth0/64``): every
+    link has the same fe80::/64, and only this link's is meant (see the module docstring).
+    Global and ULA subnets carry no scope."""
     nets: list[IPNetwork] = []
     for iface in interfaces:
         for i4 in iface.ipv4:
             if i4.network not in nets:
                 nets.append(i4.network)
         for i6 in iface.ipv6:
-            bare = str(i6.ip).split("%")[0]
-            net6 = ipaddress.IPv6Network(f"{bare}/{i6.network.prefixlen}", strict=False)
+            prefix = i6.network.prefixlen
+            net6 = ipaddress.IPv6Network(f"{_bare(i6)}/{prefix}", strict=False)
+            if i6.ip.is_link_local and not iface.loopback:  # strict=False drops a scope
+                net6 = ipaddress.IPv6Network(f"{net6.network_address}%{iface.name}/{prefix}")
             if net6 not in nets:
                 nets.append(net6)
     return tuple(nets)

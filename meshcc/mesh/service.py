@@ -191,6 +191,11 @@ async def probe_default_cc(cc: str = "cc", timeout_s: float = 10.0) -> DistccId 
     return DistccId(machine, version) if machine and version else None
 
 
+def _endpoint(address: str, port: int) -> str:
+    """``10.0.0.2:3632`` or ``[fd00::2]:3632`` for logs."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
@@ -303,7 +308,8 @@ class Mesh:
         if nid is None:
             macs, machine_id, _ = netif.identity_material(selection.chosen)
             nid = node_id(macs, self.port, machine_id, hostname) if macs else random_node_id()
-        addresses = tuple(selection.ipv4_addresses)
+        addresses = tuple(selection.announce_addresses)  # IPv4, or IPv6 on IPv6-only links
+        mdns_interfaces = selection.mdns_interfaces
 
         def status(on: bool, why: str | None, instance: str | None = None) -> MeshStatus:
             return MeshStatus(
@@ -326,7 +332,7 @@ class Mesh:
             return
 
         if not self.config.announce:
-            await self._start_browsing(addresses, status)
+            await self._start_browsing(addresses, mdns_interfaces, status)
             return
         distcc_id = self._distcc_id
         publish_distcc = True
@@ -380,7 +386,10 @@ class Mesh:
         from meshcc.mesh.discovery import Discovery
 
         discovery = Discovery(
-            list(addresses), self._on_event, resolve_timeout_s=self.config.resolve_timeout_s
+            list(addresses),
+            self._on_event,
+            interfaces=mdns_interfaces,
+            resolve_timeout_s=self.config.resolve_timeout_s,
         )
         try:
             await discovery.start([meshcc_spec, *distcc_specs])
@@ -413,13 +422,19 @@ class Mesh:
         return "this mesh-only daemon (no compilers) finds no peers"
 
     async def _start_browsing(
-        self, addresses: tuple[str, ...], status: Callable[..., MeshStatus]
+        self,
+        addresses: tuple[str, ...],
+        mdns_interfaces: Sequence[str | int],
+        status: Callable[..., MeshStatus],
     ) -> None:
         """Browse-only mode: track peers without announcing ourselves."""
         from meshcc.mesh.discovery import Discovery
 
         discovery = Discovery(
-            list(addresses), self._on_event, resolve_timeout_s=self.config.resolve_timeout_s
+            list(addresses),
+            self._on_event,
+            interfaces=mdns_interfaces,
+            resolve_timeout_s=self.config.resolve_timeout_s,
         )
         try:
             await discovery.start([])
@@ -517,7 +532,7 @@ class Mesh:
             log.info(
                 "peer %s announced at %s",
                 record.host,
-                ", ".join(f"{a}:{record.port}" for a in record.addresses),
+                ", ".join(_endpoint(a, record.port) for a in record.addresses),
             )
 
     def _is_self(self, record: PeerRecord) -> bool:
@@ -536,7 +551,8 @@ class Mesh:
             return
         r = state.record
         if liveness is Liveness.UP:
-            log.info("peer %s (%s:%d) is up", r.host, pick_address(r, self._policy), r.port)
+            where = _endpoint(pick_address(r, self._policy) or "?", r.port)
+            log.info("peer %s (%s) is up", r.host, where)
         elif liveness is Liveness.DOWN:
             log.log(
                 NOTICE,

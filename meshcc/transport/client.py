@@ -32,7 +32,7 @@ from meshcc.wire import protocol as wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 CONNECT_TIMEOUT = 4.0  # distcc's fixed dcc_connect_timeout
 DEFAULT_IO_TIMEOUT = 300.0
@@ -266,8 +266,9 @@ class Connection:
 
     # ------------------------------------------------------------------ receive
 
-    def read_reply(self) -> Reply:
-        """Read and decompress the whole reply; raises TransportError or Refused."""
+    def read_reply(self, on_data: Callable[[], None] | None = None) -> Reply:
+        """Read and decompress the whole reply; raises TransportError or Refused.
+        ``on_data``: called once when the first reply bytes arrive (the compile is over)."""
         sock = self.sock
         assert sock is not None
         reader = wire.ReplyReader(self.version, self.limits)
@@ -294,6 +295,9 @@ class Connection:
                 except OSError as e:
                     raise TransportError(f"receive failed: {_describe(e)}") from None
                 if data:
+                    if on_data is not None:
+                        on_data()
+                        on_data = None
                     reader.feed(data)
                 else:
                     eof = True

@@ -60,7 +60,8 @@ from meshcc.exitcodes import (
     EXIT_TRUNCATED,
 )
 from meshcc.loglevels import NOTICE
-from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, normalize_client_ip
+from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, peer_ip
+from meshcc.transport.jobstats import JobStats
 from meshcc.wire import protocol as wire
 
 __all__ = [
@@ -126,6 +127,17 @@ class JobSummary:
     source: str | None = None
     cache: str | None = None  # --ccache: hit, miss or uncached; None without ccache
     queue_ms: int | None = None  # waited for a job slot this long; None: did not wait
+    refused: bool = False  # turned down with a reason (ERRM); for JobStats, not the line
+    bytes_in: int = 0  # request bytes read
+    bytes_out: int = 0  # reply bytes written
+    compile_s: float | None = None  # the compiler's run time, if it ran
+
+    @property
+    def outcome(self) -> str:
+        """The ``meshcc_jobs_total`` label (:mod:`meshcc.transport.jobstats`)."""
+        if self.refused and self.result is JobResult.OTHER:
+            return "refused"
+        return self.result.value.lower()
 
     def line(self) -> str:
         text = (
@@ -491,10 +503,10 @@ class CompileServer:
         self._stopping = asyncio.Event()
         self._running_compiles = 0
         self._slots_held = 0  # job slots taken: reserved (SLOT), compiling or replying
-        self._waiting_for_slot = 0  # complete requests (stock clients) queued for a slot
         self.busy_count = 0  # SLOT requests answered BUSY since start
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
+        self.stats = JobStats()  # /metrics and /status.json
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
 
@@ -569,7 +581,7 @@ class CompileServer:
         """Complete requests waiting for a job slot now: stock distcc clients (and meshcc
         clients that did not negotiate ``busy``) queue inside the server, as with distccd;
         this is that queue, for the status page and metrics."""
-        return self._waiting_for_slot
+        return self.stats.waiting
 
     def cache_line(self) -> str | None:
         """The status page's ccache line (None without --ccache)."""
@@ -652,8 +664,7 @@ class CompileServer:
 
     def _admit(self, conn_sock: socket.socket, peer: object) -> None:
         try:
-            host, port = peer[0], peer[1]  # type: ignore[index]
-            addr = normalize_client_ip(str(host))
+            addr, port = peer_ip(peer)
         except (ValueError, TypeError, IndexError):
             addr, port = ipaddress.ip_address("0.0.0.0"), 0
         conn = _Conn(addr, _format_client(addr, int(port)), time.monotonic())
@@ -841,7 +852,7 @@ class CompileServer:
                         summary.client,
                         self._slots_held,
                         self.config.jobs,
-                        self._waiting_for_slot,
+                        self.stats.waiting,
                     )
                     writer.write(wire.encode_busy(self._running_compiles))
                     return
@@ -876,10 +887,12 @@ class CompileServer:
             summary.result = outcome.result
             summary.ret = outcome.ret
             reply = await self._encode_reply(request, outcome)
+            summary.bytes_out = len(reply)
             replying = True
             await self._write_reply(writer, reply)
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
+            summary.refused = True
             throttle = r.throttle
             if conn.shed is not None:  # closed to make room while it was being refused
                 throttle = "shed"
@@ -927,6 +940,9 @@ class CompileServer:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
+                self.stats.record(
+                    summary.outcome, summary.bytes_in, summary.bytes_out, summary.compile_s
+                )
                 if throttle is None:
                     log.log(NOTICE, "%s", summary.line())
                 else:  # dropped by a deadline or shed: a flood of them is one line
@@ -949,11 +965,11 @@ class CompileServer:
             self._slots_held += 1
             return
         t0 = time.monotonic()
-        self._waiting_for_slot += 1
+        self.stats.waiting += 1  # the /metrics gauge too
         try:
             await self._job_slots.acquire()
         finally:
-            self._waiting_for_slot -= 1
+            self.stats.waiting -= 1
             summary.queue_ms = int((time.monotonic() - t0) * 1000)
         self._slots_held += 1
 
@@ -1002,7 +1018,7 @@ class CompileServer:
         """Read and vet the whole request (starting with the bytes already received)."""
         rr = wire.RequestReader(self.config.limits)
         rr.feed(first)
-        fed = len(first)
+        fed = summary.bytes_in = len(first)
         eof = False
         version = 0
         argv: list[str] = []
@@ -1041,6 +1057,7 @@ class CompileServer:
                     chunk = await self._read_body(reader, conn, body)
                 if chunk:
                     fed += len(chunk)
+                    summary.bytes_in = fed
                     rr.feed(chunk)
                 else:
                     eof = True
@@ -1315,6 +1332,7 @@ class CompileServer:
             )
 
         self._running_compiles += 1
+        ran = time.monotonic()
         out_task = asyncio.ensure_future(_read_bounded(proc.stdout, self.config.max_output))
         err_task = asyncio.ensure_future(_read_bounded(proc.stderr, self.config.max_output))
         wait_task = asyncio.ensure_future(proc.wait())
@@ -1354,6 +1372,7 @@ class CompileServer:
             stdout = await _finish_reader(out_task, proc.pid)
         finally:
             self._running_compiles -= 1
+            summary.compile_s = time.monotonic() - ran
             watch_task.cancel()
             if proc.returncode is None:  # cancelled (second signal): no orphans
                 _kill_group(proc.pid)

@@ -33,7 +33,7 @@ from meshcc.transport.client import DEFAULT_IO_TIMEOUT, Connection, Refused, Tra
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import signal as _signal
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from meshcc.transport.client import Reply
     from meshcc.wire.protocol import Limits
@@ -158,9 +158,9 @@ class SshConnection(Connection):
         except TransportError as e:
             raise self._explain(e) from None
 
-    def read_reply(self) -> Reply:
+    def read_reply(self, on_data: Callable[[], None] | None = None) -> Reply:
         try:
-            reply = super().read_reply()
+            reply = super().read_reply(on_data)
         except Refused:
             self._clean_end = True
             raise

@@ -287,3 +287,19 @@ def test_loopback_listen_turns_discovery_off(listen: str, loopback: bool) -> Non
 
     ns = cli.build_parser().parse_args(["daemon", "--listen", listen])
     assert DaemonOptions.from_namespace(ns).loopback_only() is loopback
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`meshcc doctor | head -1`: the pipe closes under the command; it must end quietly."""
+    env = dict(os.environ, MESHCC_SOCKET=str(tmp_path / "none.sock"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshcc", "doctor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the child has written anything: its first write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

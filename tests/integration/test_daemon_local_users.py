@@ -69,15 +69,37 @@ def _fake_compiler(directory: Path, marker: Path, fifo: str = "") -> Path:
     return path
 
 
-def _as_user(user: pwd.struct_passwd, code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run Python ``code`` as ``user`` (no root, no capabilities)."""
+@pytest.fixture(scope="module")
+def user_pythonpath() -> Iterator[str]:
+    """A copy of the meshcc package that any user can read. The checkout need not be: as
+    README's test command runs it on a fresh box it is a 0700 directory of root's (see
+    tests/fresh_root.sh), and so is the venv's interpreter path inside it."""
+    top = Path(tempfile.mkdtemp(prefix="meshcc-pkg-", dir="/tmp"))
+    try:
+        shutil.copytree(
+            Path(__file__).resolve().parents[2] / "meshcc",
+            top / "meshcc",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for path in [top, *top.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield str(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _as_user(
+    user: pwd.struct_passwd, pythonpath: str, code: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run Python ``code`` as ``user`` (no root, no capabilities); the code imports meshcc's
+    stdlib-only modules from ``pythonpath``, with the venv's base interpreter."""
     return subprocess.run(
         [
             "setpriv",
             f"--reuid={user.pw_uid}",
             f"--regid={user.pw_gid}",
             "--clear-groups",
-            sys.executable,
+            os.path.realpath(sys.executable),
             "-c",
             code,
             *args,
@@ -85,7 +107,7 @@ def _as_user(user: pwd.struct_passwd, code: str, *args: str) -> subprocess.Compl
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": pythonpath},
     )
 
 
@@ -99,7 +121,7 @@ print(type(reply).__name__, getattr(reply, "error", getattr(reply, "reason", "")
 
 
 def test_a_compiler_another_user_owns_is_never_run(
-    daemon: Meshd, local_user: pwd.struct_passwd
+    daemon: Meshd, local_user: pwd.struct_passwd, user_pythonpath: str
 ) -> None:
     home = Path(tempfile.mkdtemp(prefix="meshcc-user-home-", dir="/tmp"))
     try:
@@ -108,7 +130,7 @@ def test_a_compiler_another_user_owns_is_never_run(
         marker = home / "ran"
         fake = _fake_compiler(home, marker)
         os.chown(fake, local_user.pw_uid, local_user.pw_gid)
-        p = _as_user(local_user, LEASE_AS_USER, str(daemon.socket), str(fake))
+        p = _as_user(local_user, user_pythonpath, LEASE_AS_USER, str(daemon.socket), str(fake))
         assert p.returncode == 0, p.stderr
         kind, _, why = p.stdout.strip().partition(" ")
         assert kind == "ErrorReply", p.stdout
@@ -208,7 +230,7 @@ except ControlSocketError as e:
 
 
 def test_a_per_user_daemon_will_not_listen_in_a_directory_someone_else_planted(
-    local_user: pwd.struct_passwd,
+    local_user: pwd.struct_passwd, user_pythonpath: str
 ) -> None:
     """Another user (here root) made /tmp/meshcc-UID first: the user's daemon refuses it,
     as its clients refuse to trust a socket there; in its own private directory it listens."""
@@ -217,12 +239,12 @@ def test_a_per_user_daemon_will_not_listen_in_a_directory_someone_else_planted(
     planted.mkdir(mode=0o777)
     planted.chmod(0o777)
     try:
-        p = _as_user(local_user, OPEN_AS_USER, str(planted / "control.sock"))
+        p = _as_user(local_user, user_pythonpath, OPEN_AS_USER, str(planted / "control.sock"))
         assert p.stdout.startswith("refused:") and "not a private directory" in p.stdout, (
             p.stdout + p.stderr
         )
         shutil.rmtree(planted)
-        p = _as_user(local_user, OPEN_AS_USER, str(planted / "control.sock"))
+        p = _as_user(local_user, user_pythonpath, OPEN_AS_USER, str(planted / "control.sock"))
         assert p.stdout.strip() == "opened", p.stdout + p.stderr
         assert planted.stat().st_uid == local_user.pw_uid
         assert planted.stat().st_mode & 0o777 == 0o700

@@ -639,6 +639,24 @@ def test_no_compilers_on_path_exits_110(tmp_path: Path) -> None:
     assert p.returncode == 110 and "no compilers found" in p.stderr, p.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a private mount namespace)")
+def test_no_usable_temp_dir_for_the_run_user_is_a_clear_error() -> None:
+    """Dropped to nobody with no writable temp dir anywhere: one clear line, no traceback.
+
+    A private mount namespace puts read-only tmpfs over /tmp and /var/tmp (and cwd is /),
+    so every candidate of Python's tempfile fails for the run user."""
+    script = (
+        "mount --make-rprivate / && mount -t tmpfs -o ro tmpfs /tmp && "
+        'mount -t tmpfs -o ro tmpfs /var/tmp && cd / && exec env -u TMPDIR "$@"'
+    )
+    daemon = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery"]
+    argv = ["unshare", "-m", "sh", "-c", script, "sh", *daemon, "--port", str(free_port())]
+    p = subprocess.run([*argv, "--user", "nobody"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 100, p.stderr  # distccd's EXIT_DISTCC_FAILED
+    assert "cannot create job directories as uid" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("value", ["10.0.0.x", "300.1.1.1/8", "fe80::/200", "eth0"])
 def test_bad_allow_is_a_usage_error(value: str) -> None:
     p = _daemon_cmd("--allow", value)

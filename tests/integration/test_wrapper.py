@@ -68,7 +68,7 @@ def closed_port() -> int:
 
 def no_temp_litter(proj: Path, client_env: dict[str, str]) -> None:
     leftovers = [p.name for p in proj.rglob("*.meshcc-*")]
-    leftovers += [p.name for p in Path(client_env["TMPDIR"]).glob("meshcc_*")]
+    leftovers += [p.name for p in Path(client_env["TMPDIR"]).glob("distcc_*")]
     assert not leftovers, f"temp files left behind: {leftovers}"
 
 
@@ -401,7 +401,7 @@ def test_sigterm_mid_job_cleans_up(
         while not server.requests and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.requests, "the request never arrived"
-        assert list(Path(client_env["TMPDIR"]).glob("meshcc_*"))  # the .i exists meanwhile
+        assert list(Path(client_env["TMPDIR"]).glob("distcc_*"))  # the .i exists meanwhile
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
     finally:

@@ -258,7 +258,7 @@ def test_default_selection_up_multicast_non_loopback() -> None:
     assert sel.ipv4_addresses == ["10.77.0.11"]
     assert netif.networks_of(sel.chosen) == (
         ipaddress.ip_network("10.77.0.0/24"),
-        ipaddress.ip_network("fe80::/64"),
+        ipaddress.ip_network("fe80::%eth0/64"),  # link-local: this link's only
     )
 
 
