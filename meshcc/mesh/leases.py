@@ -28,11 +28,10 @@ log = logging.getLogger("meshcc.leases")
 
 DISPATCH_TICK_S = 0.5
 # A peer that answered BUSY is not handed out again for this long (or until one of our own
-# leases on it ends): long enough not to bounce between full peers, short next to a compile.
-# Each further BUSY in a row doubles it, up to BUSY_HOLD_MAX_S: a peer another box keeps
-# full is asked less often (every ask costs a compile client's work on this box).
+# leases on it ends): long enough not to bounce between full peers, short next to a compile,
+# and shorter than the server's turn grace (transport.server ServerConfig.turn_grace), so a box kept
+# out by another's quick re-asking still gets its turn.
 BUSY_HOLD_S = 0.1
-BUSY_HOLD_MAX_S = 0.8
 
 
 class _MeshStatus(Protocol):
@@ -107,7 +106,6 @@ class LeaseBroker:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self.busy_until: dict[str, float] = {}  # peers that answered BUSY, until when
-        self.busy_streak: dict[str, int] = {}  # BUSY answers in a row, per peer
 
     @property
     def held(self) -> int:
@@ -186,14 +184,11 @@ class LeaseBroker:
         it is skipped for BUSY_HOLD_S and waiters get another peer or our share meanwhile;
         any other release frees one of its slots, ours at least, so it is tried again."""
         if busy:
-            streak = self.busy_streak[key] = self.busy_streak.get(key, 0) + 1
-            hold = min(BUSY_HOLD_S * 2 ** min(streak - 1, 8), BUSY_HOLD_MAX_S)
-            self.busy_until[key] = self._clock() + hold
+            self.busy_until[key] = self._clock() + BUSY_HOLD_S
             if self.waiters:
-                asyncio.get_running_loop().call_later(hold, self.dispatch)
+                asyncio.get_running_loop().call_later(BUSY_HOLD_S, self.dispatch)
         else:
             self.busy_until.pop(key, None)
-            self.busy_streak.pop(key, None)
         n = self.in_use.get(key, 0) - 1
         if n > 0:
             self.in_use[key] = n

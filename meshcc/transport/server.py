@@ -98,7 +98,10 @@ _SHED_BODY_STALL = 1.0
 # about 1 MiB) reads further bytes only against the body budget, like a source body.
 _HEADER_FREE = 64 * 1024
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
-_NO_ADDRESS = ipaddress.ip_address("0.0.0.0")  # counts a stream that has no client address
+_NO_ADDRESS = ipaddress.ip_address("0.0.0.0")
+# BUSY turns between boxes (CompileServer._try_reserve_slot): how long a turned-away box
+# stays in line without asking again (its daemon asks every mesh.leases.BUSY_HOLD_S).
+_OWED_S = 1.0  # counts a stream that has no client address
 
 
 class JobResult(enum.Enum):
@@ -221,6 +224,10 @@ class ServerConfig:
     drain_seconds: float = 2.0
     tmpdir: str | None = None  # None = $TMPDIR (tempfile's rules)
     ccache: CcacheRun | None = None  # --ccache: run jobs through ccache
+    # How long a freed job slot waits for the box answered BUSY longest ago (its daemon asks
+    # again every mesh.leases.BUSY_HOLD_S = 0.1 s): turns between boxes, see
+    # CompileServer._try_reserve_slot.
+    turn_grace: float = 0.15
 
     def caps(self) -> tuple[int, int]:
         """(total, per address) connection caps, derived from the descriptor limit if unset."""
@@ -504,6 +511,8 @@ class CompileServer:
         self._running_compiles = 0
         self._slots_held = 0  # job slots taken: reserved (SLOT), compiling or replying
         self.busy_count = 0  # SLOT requests answered BUSY since start
+        self._owed: dict[IPAddress, float] = {}  # addresses answered BUSY, oldest first
+        self._freed_at = 0.0  # when a job slot last became free
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
         self.stats = JobStats()  # /metrics and /status.json
@@ -844,7 +853,7 @@ class CompileServer:
                 writer.write(wire.PROBE_REPLY)
                 return
             if wire.is_slot_request(first):  # a busy-capable client: a slot now, or BUSY
-                if not await self._try_reserve_slot():
+                if not await self._try_reserve_slot(addr):
                     log_summary = False
                     self.busy_count += 1
                     log.debug(
@@ -948,11 +957,27 @@ class CompileServer:
                 else:  # dropped by a deadline or shed: a flood of them is one line
                     self._throttled.log(NOTICE, f"summary-{throttle}", "%s", summary.line())
 
-    async def _try_reserve_slot(self) -> bool:
+    async def _try_reserve_slot(self, addr: IPAddress) -> bool:
         """Take a job slot if one is free and no queued request is owed it; never waits
-        (asyncio's acquire() does not suspend when the semaphore is not locked)."""
+        (asyncio's acquire() does not suspend when the semaphore is not locked).
+
+        Turns between boxes: a box whose job just ended asks again within milliseconds,
+        while a box we answered BUSY asks again only after its daemon's hold (0.1 s), so
+        without turns the first box keeps the slot and the other starves. So a free slot
+        goes to the address we turned away longest ago, if it asks within ``turn_grace`` of
+        the slot freeing; after that anyone may take it (it never idles longer)."""
+        now = time.monotonic()
+        owed = self._owed
+        for old in [a for a, t in owed.items() if now - t > _OWED_S]:
+            del owed[old]  # it stopped asking (served elsewhere, or done)
         if self._job_slots.locked():  # all taken, or promised to a request already waiting
+            owed.setdefault(addr, now)
             return False
+        first = next(iter(owed), None)
+        if first is not None and first != addr and now - self._freed_at < self.config.turn_grace:
+            owed.setdefault(addr, now)
+            return False  # another box's turn
+        owed.pop(addr, None)
         await self._job_slots.acquire()
         self._slots_held += 1
         return True
@@ -975,6 +1000,7 @@ class CompileServer:
 
     def _release_slot(self) -> None:
         self._slots_held -= 1
+        self._freed_at = time.monotonic()
         self._job_slots.release()
 
     async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:

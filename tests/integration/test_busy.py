@@ -14,6 +14,7 @@ integration/test_busy_netns.py.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,9 @@ import netns
 from conftest import LOOPBACK, Daemon, run
 from meshcc.transport import client
 from meshcc.wire import control
+from meshcc.wire import protocol as wire
 from meshd import private_dir, request, trusted_dir
+from test_server_stalled import in_process  # noqa: F401  (a fixture, used by name)
 
 # A server that queued a SLOT request instead of answering would fail the test after this
 # long, rather than hang it (an answer is due at once).
@@ -199,3 +202,44 @@ def test_refusal_before_the_slot_reaches_the_meshcc_client(
     while time.monotonic() < deadline and "denied by access list" not in daemon.log_text():
         time.sleep(0.05)
     assert "denied by access list" in daemon.log_text()
+
+
+# --------------------------------------------------------------------------- turns
+
+
+def _ask_slot(port: int, source: str) -> tuple[socket.socket, bytes]:
+    """A raw SLOT request from ``source`` (a loopback address); the socket and the answer."""
+    s = socket.create_connection((LOOPBACK, port), timeout=IO_TIMEOUT, source_address=(source, 0))
+    s.sendall(wire.SLOT_REQUEST)
+    answer = b""
+    while len(answer) < wire.HEADER_LEN:
+        chunk = s.recv(wire.HEADER_LEN - len(answer))
+        if not chunk:
+            break
+        answer += chunk
+    return s, answer
+
+
+@pytest.mark.parametrize("grace", [60.0, 0.0])
+def test_a_freed_slot_goes_to_the_box_turned_away(in_process, grace: float) -> None:  # noqa: F811
+    """Box A (127.0.0.1) holds the only slot; box B (127.0.0.2) hears BUSY. When A's slot
+    frees and A asks again at once (its own next job, milliseconds later), B was turned away
+    first, so it is B's turn: A hears BUSY and B gets the slot. A turn lasts ``turn_grace``
+    (60 s here, so the test never races it); with 0, whoever asks first gets it (no turns)."""
+    server = in_process(jobs=1, turn_grace=grace)
+    a, answer = _ask_slot(server.port, "127.0.0.1")
+    assert answer == wire.SLOT_GRANTED
+    b, answer = _ask_slot(server.port, "127.0.0.2")
+    assert answer == wire.encode_busy(0)  # reserved, nothing running yet
+    b.close()
+    a.close()  # A's job ends (here: before sending it): its slot frees
+    netns.wait_for(lambda: server.call(lambda s: s.slots_held) == 0, 30, what="the slot")
+    a, answer = _ask_slot(server.port, "127.0.0.1")
+    if grace:
+        assert answer == wire.encode_busy(0), "A took B's turn"
+        b, answer = _ask_slot(server.port, "127.0.0.2")
+        assert answer == wire.SLOT_GRANTED
+        b.close()
+    else:
+        assert answer == wire.SLOT_GRANTED
+    a.close()
