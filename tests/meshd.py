@@ -238,3 +238,27 @@ class Meshd:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+
+
+class BareMeshd(Meshd):
+    """A daemon whose PATH is one directory holding only python: no compiler, no binutils
+    (a mesh-only node, like a LiveCD before the stage3's gcc exists)."""
+
+    def __init__(self, bare_path: Path, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.bare_path = bare_path
+
+    def argv(self) -> list[str]:
+        # Set by env(1) inside the namespace: `ip netns exec` itself needs the real PATH.
+        return ["/usr/bin/env", f"PATH={self.bare_path}", *super().argv()]
+
+
+def bare_path(work: Path) -> Path:
+    """A PATH directory under ``work`` with python3 and no compiler or assembler."""
+    bare = work / "bare-bin"
+    bare.mkdir(mode=0o755)
+    bare.chmod(0o755)
+    (bare / "python3").symlink_to(sys.executable)
+    for tool in ("gcc", "cc", "g++", "c++", "as"):
+        assert shutil.which(tool, path=str(bare)) is None
+    return bare

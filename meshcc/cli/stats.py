@@ -27,7 +27,8 @@ _TITLES = {
     "local": "local by choice (not distributable)",
     "fallback": "fallback (distributable, compiled here)",
     "refused": "refused by a peer (compiled here)",
-    "busy": "busy (every matching peer busy: this box's share)",
+    "share": "this box's share (granted by the daemon)",
+    "busy": "busy (a full peer said BUSY: compiled here)",
     "failed": "failed (not compiled: DISTCC_FALLBACK=0)",
     "cpp_error": "preprocessor error (an error in the code)",
 }
@@ -120,9 +121,11 @@ def render(snap: dict[str, Any]) -> str:
     remote = totals.get("remote", 0)
     distributable = total - totals.get("local", 0) - totals.get("cpp_error", 0)
     if distributable > 0:
+        in_share = totals.get("share", 0)
         lines.append(
             f"distributed {remote} of {distributable} distributable compiles "
             f"({100 * remote / distributable:.0f}%)"
+            + (f"; {in_share} ran in this box's own share of the mesh" if in_share else "")
         )
     attempts = snap.get("failed_attempts") or []
     if attempts:

@@ -15,7 +15,8 @@ Where each outcome comes from (the wrapper calls these at its exit points):
   :class:`meshcc.client.decisions.TryNextHost`), else what the daemon said (a lease pool's
   ``local_reason`` / ``daemon_failure``), else the :class:`~.decisions.CompileLocally`
   message with the source name taken out (so reasons group across files);
-- ``busy``: the daemon gave this box's own share because every matching peer was busy;
+- ``share``: the daemon gave this box's own share (the scheduler's choice, or every matching
+  peer busy: its reason says which);
 - ``remote`` / ``cpp_error``: the host that ran (or was about to run) the job.
 
 Set ``MESHCC_STATS=0`` to send nothing.
@@ -130,6 +131,13 @@ def failed_on(host: object, why: str) -> None:
     _send(None, *_last_failure)
 
 
+def busy_on(host: object, why: str) -> None:
+    """A full host answered BUSY: remembered for this compile's outcome (``busy`` if it
+    ends here), never counted against the host (a full host is not a failing one)."""
+    global _last_failure
+    _last_failure = (host_name(host), f"busy: {why}")
+
+
 def compiled_locally(act: CompileLocally | Fail, pool: object, source: str | None) -> None:
     """Report why a distributable job ends here (or, for a Fail, nowhere)."""
     from meshcc.client.decisions import Fail
@@ -144,8 +152,10 @@ def compiled_locally(act: CompileLocally | Fail, pool: object, source: str | Non
         outcome = "fallback"
         if why.startswith("refused: "):
             outcome, why = "refused", why[len("refused: ") :]
+        elif why.startswith("busy: "):
+            outcome, why = "busy", why[len("busy: ") :]
     elif getattr(pool, "local_share", None) is not None:
-        outcome, host, why = "busy", "", f"meshcc daemon: {getattr(pool, 'local_reason', '')}"
+        outcome, host, why = "share", "", f"meshcc daemon: {getattr(pool, 'local_reason', '')}"
     elif getattr(pool, "daemon_failure", ""):
         outcome, host, why = "fallback", "", str(getattr(pool, "daemon_failure", ""))
     elif getattr(pool, "local_reason", ""):

@@ -1167,6 +1167,9 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
             except client.Busy as e:
                 log.debug(f"{host.spec} is busy ({e.running} jobs running): trying elsewhere")
                 act = plan.busy(host.spec, e.running)
+                from meshcc.client import outcome
+
+                outcome.busy_on(host, f"all its job slots taken ({e.running} jobs running)")
                 pool.busy(host, held)
                 if not isinstance(act, decisions.TryElsewhere):
                     run.stop_cpp()

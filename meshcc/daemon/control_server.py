@@ -28,6 +28,7 @@ from meshcc.compiler.fingerprints import (
     UntrustedCompiler,
 )
 from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local, PeerView
+from meshcc.mesh.load import LoadBook
 from meshcc.mesh.matching import hosts_line
 from meshcc.transport.control_socket import describe_peer, peer_credentials
 from meshcc.wire import control
@@ -72,11 +73,14 @@ class ControlServer:
         fingerprints: FingerprintCache | None = None,
         path: str = "",
         limits: ControlLimits | None = None,
+        load: LoadBook | None = None,
+        on_demand: Callable[[], None] | None = None,
     ) -> None:
         self.mesh = mesh
         self.status = status
         self.fingerprints = fingerprints or FingerprintCache()
-        self.broker = LeaseBroker(mesh)
+        # With the live-load channel the broker weighs the whole mesh, this box included.
+        self.broker = LeaseBroker(mesh, load=load, on_demand=on_demand)
         self.path = path
         self.limits = limits or ControlLimits()
         self._server: asyncio.AbstractServer | None = None
@@ -120,9 +124,14 @@ class ControlServer:
                 return control.ErrorReply(str(e))
             compiler = fp.describe()
         verdicts = self.mesh.explain(fp)
-        return control.HostsReply(
-            hosts_line(verdicts), [v.to_dict() for v in verdicts], self.status(), compiler
-        )
+        status = self.status()
+        loads = {info.key: info.to_message() for info in status.loads}
+        maps = []
+        for v in verdicts:
+            m = v.to_dict()
+            m["load"] = loads.get(v.peer.record.key)  # the peer's live load, None if stale
+            maps.append(m)
+        return control.HostsReply(hosts_line(verdicts), maps, status, compiler)
 
     async def lease(
         self, req: control.LeaseRequest, uid: int | None = None

@@ -42,7 +42,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from meshcc import __version__, hostos
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
@@ -67,7 +67,9 @@ from meshcc.wire import control
 from meshcc.wire.outcome import report_socket_path
 
 if TYPE_CHECKING:
+    from meshcc.daemon.control_server import ControlServer
     from meshcc.mesh.leases import PeerView
+    from meshcc.mesh.service import Mesh
 
 log = logging.getLogger("meshcc.daemon")
 
@@ -626,6 +628,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             queued=len(control_server.broker.waiters),
             slots_held=server.slots_held if server is not None else 0,
             slot_waiting=server.waiting_for_slot if server is not None else 0,
+            **_load_status(mesh),
         )
 
     control_server = ControlServer(
@@ -633,7 +636,10 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         status,
         path=prep.control_path or "",
         limits=ControlLimits.for_fd_limit(hostos.open_files_limit()),
+        load=mesh.load,
+        on_demand=mesh.load_channel.poke if mesh.load_channel is not None else None,
     )
+    _wire_load(mesh, server, control_server)
     counts = outcomes.OutcomeCounts()
     receiver = None
     if prep.report_sock is not None and prep.control_path is not None:
@@ -746,6 +752,40 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         return EXIT_DISTCC_FAILED
     log.log(NOTICE, "daemon stopped")
     return EXIT_OK
+
+
+def _load_status(mesh: Mesh) -> dict[str, Any]:
+    """The status reply's live-load fields (empty without the channel)."""
+    book = mesh.load
+    if book is None:
+        return {}
+    return {
+        "free": book.free(),
+        "speed": book.speed,
+        "leased": book.leased(),
+        "loads": mesh.load_infos(),
+    }
+
+
+def _wire_load(mesh: Mesh, server: CompileServer | None, control_server: ControlServer) -> None:
+    """Connect the live-load channel: this box's figures in, peers' records to the broker."""
+    channel = mesh.load_channel
+    if channel is None:
+        return
+    from meshcc.mesh.load import SpeedMeter
+
+    meter = SpeedMeter()
+    broker = control_server.broker
+
+    def figures() -> tuple[int, int, int]:
+        waiting = len(broker.waiters)
+        if server is None:
+            return 0, waiting, 0
+        speed = meter.update(server.compiled_bytes, server.compile_seconds)
+        return server.running_compiles, server.queued_jobs + waiting, speed
+
+    mesh.set_load_figures(figures)
+    channel.on_update = lambda _key: broker.dispatch()
 
 
 class _LoadSink(Protocol):

@@ -1,11 +1,24 @@
 """Lease scheduling: which peer slot a local compile client gets, and who waits.
 
 The daemon's control socket asks this broker for a slot on a peer whose toolchain matches
-the client's compiler. Per-peer slots are the peer's announced job limit, counted here; the
-free-est peer among the best-ranked wins (fewest recent failures first). When every
-matching peer is busy the client gets this box's own share (distcc's ``localhost/2``), and
-when that is taken too, requests wait in FIFO order; a release, or the 0.5 s tick (peers
-that appear or vanish meanwhile), serves them. No I/O here beyond the event loop's timer.
+the client's compiler. Requests wait in FIFO order when nothing is free; a release, a
+load record from a peer (``dispatch``), or the 0.5 s tick serves them. No I/O here beyond
+the event loop's timer.
+
+With the live-load channel (``load``: a :class:`meshcc.mesh.load.LoadBook`), the mesh is
+one machine: a peer that speaks it is used only up to the *share* it promised this
+daemon (its slots, fairly divided among every box that wants them, its own clients
+included), so the leases on one box never exceed its jobs whoever grants them. This box
+is one more candidate on the same terms (its share of its own slots, its measured
+speed), and the choice is :func:`meshcc.mesh.load.choose`: power of two choices weighted
+by free slots and speed. After every change the broker tells the book what it holds and
+wants on each peer (``on_demand``: the channel sends it). Peers without the channel
+(stock distccd, older meshcc, or silent for the stale time) are counted as before: their
+announced limit minus this daemon's own leases.
+
+Without a load book (discovery off) the old order holds: the free-est peer among the
+best-ranked (fewest recent failures first); when every matching peer is busy, this box's
+own share (distcc's ``localhost/2``).
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,16 +35,18 @@ from typing import Protocol
 
 from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.defaults import LOCALHOST_SHARE
+from meshcc.mesh.load import Candidate, Demand, LoadBook, choose
 from meshcc.mesh.matching import Verdict
 from meshcc.supervisor import supervise
 
 log = logging.getLogger("meshcc.leases")
 
 DISPATCH_TICK_S = 0.5
+DEMAND_VERDICTS_S = 0.1  # demand() reuses a compiler's verdicts this long
 # A peer that answered BUSY is not handed out again for this long (or until one of our own
 # leases on it ends): long enough not to bounce between full peers, short next to a compile,
-# and shorter than the server's turn grace (transport.server ServerConfig.turn_grace), so a box kept
-# out by another's quick re-asking still gets its turn.
+# and shorter than the server's turn grace (ServerConfig.turn_grace in transport.server),
+# so a box kept out by another's quick re-asking still gets its turn.
 BUSY_HOLD_S = 0.1
 
 
@@ -98,13 +114,22 @@ class LeaseBroker:
         *,
         clock: Callable[[], float] = time.monotonic,
         local_slots: int = LOCALHOST_SHARE,
+        load: LoadBook | None = None,
+        on_demand: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.mesh = mesh
         self.local_slots = local_slots
+        self.load = load
+        self.on_demand = on_demand
+        if load is not None:
+            load.demand_source = self.demand
+        self.rng = rng or random.Random()
         self.in_use: dict[str, int] = {}
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._demand_verdicts: dict[ClientCompiler, tuple[float, list[Verdict]]] = {}
         self.busy_until: dict[str, float] = {}  # peers that answered BUSY, until when
 
     @property
@@ -114,8 +139,101 @@ class LeaseBroker:
     def _off_reason(self) -> str | None:
         return self.mesh.status.off_reason
 
+    def _take(self, v: Verdict) -> Grant:
+        r = v.peer.record
+        self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
+        return Grant(
+            r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "", "busy" in r.caps
+        )
+
+    def _full(self, key: str) -> bool:
+        """The peer answered BUSY less than BUSY_HOLD_S ago."""
+        until = self.busy_until.get(key)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self.busy_until[key]
+        return False
+
+    def _take_local(self, why: str) -> Local:
+        self.in_use[LOCAL_KEY] = self.in_use.get(LOCAL_KEY, 0) + 1
+        return Local(why, held=True)
+
+    def local_free(self) -> int:
+        """This box's own slots its clients may take now."""
+        held = self.in_use.get(LOCAL_KEY, 0)
+        if self.load is None or self.load.jobs == 0:
+            return self.local_slots - held  # no compile server here: distcc's localhost/2
+        return self.load.local_share(asking=1) - held
+
+    def peer_free(self, v: Verdict) -> tuple[int, float]:
+        """(slots this daemon may still take on the peer, its speed; 0 unknown)."""
+        r = v.peer.record
+        mine = self.in_use.get(r.key, 0)
+        if self._full(r.key):
+            return 0, 0.0  # it said BUSY a moment ago
+        if self.load is not None and r.key in self.load:
+            live = self.load.live(r.key)
+            if live is not None:
+                return live.share - mine, float(live.speed)
+            if self.load.awaiting(r.key):
+                return 0, 0.0  # its first share is a round trip away
+        elif self.load is not None and "load" in r.caps and ":" not in (v.address or ":"):
+            return 0, 0.0  # just came up: the channel adds it on its next round
+        return r.limit - mine, 0.0
+
+    def _share_coming(self, v: Verdict) -> bool:
+        """A peer that will promise us a slot within a round trip: its first record is on
+        its way, or it has idle slots (our demand reaches it with the next record)."""
+        assert self.load is not None
+        key = v.peer.record.key
+        if key not in self.load:
+            return "load" in v.peer.record.caps and ":" not in (v.address or ":")
+        if self.load.awaiting(key):
+            return True
+        live = self.load.live(key)
+        return live is not None and live.free > 0
+
+    def _pick_mesh(self, verdicts: list[Verdict], local_ok: bool) -> Grant | Local | None:
+        """The whole mesh, this box included, as candidates of one weighted choice."""
+        assert self.load is not None
+        cands: list[Candidate] = []
+        usable: list[Verdict] = []
+        for v in verdicts:
+            if not v.included or v.address is None:
+                continue
+            free, speed = self.peer_free(v)
+            cands.append(Candidate(v.peer.record.key, free, speed, v.peer.job_failures))
+            usable.append(v)
+        if not usable:
+            return Local(no_peer_reason(verdicts, self._off_reason()))
+        if self.load.jobs == 0:
+            # A mesh-only box serves no slots: its own share is the last resort, as
+            # distcc's `localhost/2` (peers first, even one whose share is on its way).
+            i = choose(cands, self.rng)
+            if i >= 0:
+                return self._take(usable[i])
+            waiting = any(self._share_coming(v) for v in usable)
+            if local_ok and not waiting and self.local_free() > 0:
+                return self._take_local(
+                    f"all {len(usable)} matching peers are busy: compiling here (this box's share)"
+                )
+            return None
+        if local_ok:
+            cands.append(Candidate(LOCAL_KEY, self.local_free(), float(self.load.speed)))
+        i = choose(cands, self.rng)
+        if i < 0:
+            return None
+        if i == len(usable):
+            n = len(usable)
+            return self._take_local(f"this box's own share is the best of {n + 1} candidates")
+        return self._take(usable[i])
+
     def _pick(self, verdicts: list[Verdict], local_ok: bool = True) -> Grant | Local | None:
         """A free slot on the best peer; Local if nothing matches; None if all are busy."""
+        if self.load is not None:
+            return self._pick_mesh(verdicts, local_ok)
         best: tuple[tuple[int, int, int], Verdict] | None = None
         matching = 0
         for rank, v in enumerate(verdicts):
@@ -135,36 +253,22 @@ class LeaseBroker:
             # Every matching peer is busy: this box compiles its own share too (peers
             # first, then `localhost/2`, as distcc walks its host list), else wait.
             if local_ok and self.in_use.get(LOCAL_KEY, 0) < self.local_slots:
-                self.in_use[LOCAL_KEY] = self.in_use.get(LOCAL_KEY, 0) + 1
-                return Local(
-                    f"all {matching} matching peers are busy: compiling here (this box's share)",
-                    held=True,
+                return self._take_local(
+                    f"all {matching} matching peers are busy: compiling here (this box's share)"
                 )
             return None
-        v = best[1]
-        r = v.peer.record
-        self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
-        return Grant(
-            r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "", "busy" in r.caps
-        )
-
-    def _full(self, key: str) -> bool:
-        until = self.busy_until.get(key)
-        if until is None:
-            return False
-        if self._clock() < until:
-            return True
-        del self.busy_until[key]
-        return False
+        return self._take(best[1])
 
     async def acquire(self, fp: ClientCompiler, local_ok: bool = True) -> Grant | Local:
         """A grant now, Local now, or (all busy) wait in line; cancel-safe."""
         if not self.waiters:
             got = self._pick(self.mesh.explain(fp), local_ok)
             if got is not None:
+                self._publish()
                 return got
         waiter = _Waiter(fp, asyncio.get_running_loop().create_future(), self._clock(), local_ok)
         self.waiters.append(waiter)
+        self._publish()
         self._ensure_ticking()
         try:
             return await waiter.future
@@ -177,6 +281,7 @@ class LeaseBroker:
                     self.release(LOCAL_KEY)
             with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)
+            self._publish()
             raise
 
     def release(self, key: str, busy: bool = False) -> None:
@@ -196,11 +301,82 @@ class LeaseBroker:
             self.in_use.pop(key, None)
         if self.waiters:
             self.dispatch()
+        else:
+            self._publish()
+
+    def _spread(self, n: int, verdicts: list[Verdict], want: dict[str, int]) -> None:
+        """Ask for ``n`` waiting requests where they would go: the fastest peers first, up
+        to what each could give us now (its unpromised slots and our unused share); what
+        is left is claimed on the fastest peers again, up to their jobs, so a contended
+        fast peer is shared fairly instead of every peer being asked for everything
+        (promises to a client that does not use them idle slots others wait for)."""
+        peers = []
+        for v in verdicts:
+            if not v.included or v.address is None:
+                continue
+            r = v.peer.record
+            free, speed = self.peer_free(v)
+            live = self.load.live(r.key) if self.load is not None else None
+            # Its idle slots include our unused share: the larger, not the sum.
+            could = max(free, live.free if live is not None else 0)
+            peers.append((speed, could, r.limit, r.key))
+        known = sorted(p[0] for p in peers if p[0] > 0)
+        typical = known[len(known) // 2] if known else 1.0
+        peers.sort(key=lambda p: (-(p[0] or typical), -p[1], p[3]))
+        left = n
+        for _, could, _, key in peers:
+            give = min(left, max(0, could))
+            if give:
+                want[key] = want.get(key, 0) + give
+                left -= give
+        for _, _, limit, key in peers:
+            if left <= 0:
+                break
+            give = min(left, limit)
+            want[key] = want.get(key, 0) + give
+            left -= give
+
+    def _publish(self, verdicts: dict[ClientCompiler, list[Verdict]] | None = None) -> None:
+        """Something changed: this box's own holds go to the book at once (its local share
+        is computed from them), and the channel is poked; what this daemon holds and wants
+        on each peer is computed when the channel sends (:meth:`demand`), once per round."""
+        if self.load is None:
+            return
+        self.load.set_local(held=self.in_use.get(LOCAL_KEY, 0))
+        if self.on_demand is not None:
+            self.on_demand()
+
+    def demand(self) -> Demand:
+        """What this daemon holds and wants on each peer, and here: {key: (held, want)},
+        local held, local want (the load book calls it before each round of records)."""
+        want: dict[str, int] = {}
+        local_want = 0
+        waiting: collections.Counter[ClientCompiler] = collections.Counter()
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiting[waiter.fp] += 1
+                local_want += waiter.local_ok
+        now = self._clock()
+        for fp, n in waiting.items():  # one pass per compiler, not per waiter
+            cached = self._demand_verdicts.get(fp)
+            if cached is None or now - cached[0] > DEMAND_VERDICTS_S:
+                # Judging 100 peers costs ~1.5 ms; rounds come up to 100 times a second.
+                cached = self._demand_verdicts[fp] = (now, self.mesh.explain(fp))
+            self._spread(n, cached[1], want)
+        for fp in [fp for fp in self._demand_verdicts if fp not in waiting]:
+            del self._demand_verdicts[fp]
+        out = {key: (n, n + want.pop(key, 0)) for key, n in self.in_use.items()}
+        out.pop(LOCAL_KEY, None)
+        for key, n in want.items():
+            out[key] = (0, n)
+        held = self.in_use.get(LOCAL_KEY, 0)
+        return out, held, held + local_want
 
     def dispatch(self) -> None:
         """Serve waiters in order while slots last (one explain per distinct compiler)."""
         verdicts: dict[ClientCompiler, list[Verdict]] = {}
         exhausted: set[tuple[ClientCompiler, bool]] = set()
+        served = False
         for waiter in list(self.waiters):
             if waiter.future.done():
                 with contextlib.suppress(ValueError):
@@ -217,6 +393,9 @@ class LeaseBroker:
                 continue
             self.waiters.remove(waiter)
             waiter.future.set_result(got)
+            served = True
+        if served:
+            self._publish()
 
     def _ensure_ticking(self) -> None:
         if self._task is None or self._task.done():

@@ -16,6 +16,9 @@ API (all in the daemon's event loop)::
     mesh.report_job_result("10.0.0.2:3632", ok=False)           # lease outcome; by key or
     mesh.report_job_result(key, ok=False, connect_failed=True)  # host spec; False if unknown
     mesh.set_load(busy_jobs)  # optional: republish free slots (≥ 30 s apart, big changes only)
+    mesh.load                 # LoadBook | None: peers' live load and the shares promised
+    mesh.load_channel         # LoadChannel | None: its UDP side (poke() after a change)
+    mesh.set_load_figures(fn) # fn() -> (running, queued, speed) of this box, for the channel
     await mesh.stop()         # goodbyes (peers drop us in ms), sockets closed
 
 Allowed subnets: ``--allow`` replaces the default, which is the subnets of the interfaces
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -41,6 +45,7 @@ from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.loglevels import NOTICE
 from meshcc.mesh import netif
 from meshcc.mesh.liveness import LivenessLoop, ProbeFn, peer_probe
+from meshcc.mesh.load import LoadBook, LoadTimings, RemotePeer
 from meshcc.mesh.matching import MatchPolicy, Verdict, hosts_line, judge_all, pick_address
 from meshcc.mesh.netif import Interface, Selection
 from meshcc.mesh.peers import Liveness, LivenessTimings, PeerState, PeerTable
@@ -48,6 +53,7 @@ from meshcc.mesh.records import (
     MESHCC_TYPE,
     DistccId,
     LocalNode,
+    PeerKind,
     PeerRecord,
     RecordError,
     ToolchainInfo,
@@ -61,11 +67,12 @@ from meshcc.mesh.records import (
 )
 from meshcc.supervisor import supervise
 from meshcc.transport.addresses import IPNetwork
-from meshcc.wire.control import StatusReply
+from meshcc.wire.control import PeerLoadInfo, StatusReply
 
 if TYPE_CHECKING:
     from meshcc.compiler.toolchain import Toolchain
     from meshcc.mesh.discovery import Discovery, DiscoveryEvent
+    from meshcc.mesh.loadnet import LoadChannel
 
 __all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
 
@@ -93,6 +100,8 @@ class MeshConfig:
     default_cc: str = "cc"  # described by the _distcc._tcp record, as distccd does
     announce: bool = True  # False: browse only (``meshcc hosts`` without a daemon)
     disabled: str | None = None  # discovery off for this reason (interfaces still chosen)
+    live_load: bool = True  # the live-load channel (load.py), when the caps allow it
+    load_timings: LoadTimings = field(default_factory=LoadTimings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,10 @@ class MeshStatus:
         queued: int = 0,
         slots_held: int = 0,
         slot_waiting: int = 0,
+        free: int = 0,
+        speed: int = 0,
+        leased: int = 0,
+        loads: Sequence[PeerLoadInfo] = (),
     ) -> StatusReply:
         """This status as the control protocol's status reply, with what only the daemon
         knows (version, job slots, leases); ``node`` defaults to the node id."""
@@ -158,6 +171,10 @@ class MeshStatus:
             queued=queued,
             slots_held=slots_held,
             slot_waiting=slot_waiting,
+            free=free,
+            speed=speed,
+            leased=leased,
+            loads=loads,
         )
 
 
@@ -287,6 +304,9 @@ class Mesh:
         self._unreadable: dict[str, str] = {}  # instance -> why its record was ignored
         self._busy: int | None = None
         self._published_free: int | None = None
+        self.load: LoadBook | None = None
+        self.load_channel: LoadChannel | None = None
+        self._load_figures: Callable[[], tuple[int, int, int]] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -364,6 +384,10 @@ class Mesh:
                     "not list this daemon"
                 )
                 log.warning("%s", warnings[-1])
+        caps = self.caps if self.caps is not None else _default_caps()
+        load_sock = self._bind_load(caps)
+        # Peers send records to whoever announces "load": only when the socket is there.
+        caps = caps | {"load"} if load_sock is not None else caps - {"load"}
         self._node = LocalNode(
             node_id=nid,
             hostname=hostname,
@@ -373,7 +397,7 @@ class Mesh:
             toolchains=self.toolchains,
             meshcc_version=__version__,
             protocols=self.protocols if self.protocols is not None else _default_protocols(),
-            caps=self.caps if self.caps is not None else _default_caps(),
+            caps=caps,
             distcc_id=distcc_id,
         )
         meshcc_spec, txt_warnings = build_meshcc_service(self._node)
@@ -397,8 +421,12 @@ class Mesh:
             why = f"cannot use mDNS on {', '.join(addresses)}: {e.strerror or e}"
             self._status = status(False, why)
             log.warning("discovery is off: %s; %s", why, self._still())
+            if load_sock is not None:
+                load_sock.close()
             return
         self._discovery = discovery
+        if load_sock is not None:
+            await self._start_load(nid, load_sock)
         self._status = status(True, None, instance_label(self._node))
         log.log(
             NOTICE,
@@ -454,6 +482,9 @@ class Mesh:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        channel, self.load_channel = self.load_channel, None
+        if channel is not None:
+            await channel.stop()
         discovery, self._discovery = self._discovery, None
         if discovery is not None:
             await discovery.stop()
@@ -495,6 +526,91 @@ class Mesh:
     def set_load(self, busy_jobs: int) -> None:
         """Jobs running here now; republished as ``free`` at most every 30 s, on big changes."""
         self._busy = max(0, busy_jobs)
+
+    def set_load_figures(self, figures: Callable[[], tuple[int, int, int]]) -> None:
+        """Where the live-load channel reads this box's (running, queued, speed)."""
+        self._load_figures = figures
+        if self.load_channel is not None:
+            self.load_channel.figures = figures
+
+    def load_infos(self) -> list[PeerLoadInfo]:
+        """Every peer's live load (fresh records only), for status and ``meshcc top``."""
+        book = self.load
+        if book is None:
+            return []
+        out = []
+        for key, pl in book.loads().items():
+            r = self.table.record(key)
+            out.append(
+                PeerLoadInfo(
+                    key,
+                    r.host if r is not None else key,
+                    jobs=pl.jobs,
+                    running=pl.running,
+                    queued=pl.queued,
+                    free=pl.free,
+                    speed=pl.speed,
+                    share=pl.share,
+                    held=pl.held,
+                    age_s=pl.age_s,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------ live load
+
+    def _bind_load(self, caps: frozenset[str]) -> socket.socket | None:
+        """The live-load channel's UDP socket, if this daemon runs the channel."""
+        if not self.config.live_load or (self.caps is not None and "load" not in caps):
+            return None
+        from meshcc.mesh.loadnet import bind_load_socket
+
+        try:
+            return bind_load_socket(self.port)
+        except OSError as e:
+            log.warning(
+                "no live-load channel: cannot bind UDP port %d (%s); peers see this box's "
+                "load from mDNS only",
+                self.port,
+                e.strerror or e,
+            )
+            return None
+
+    async def _start_load(self, nid: str, sock: socket.socket) -> None:
+        from meshcc.mesh.loadnet import LoadChannel
+
+        self.load = LoadBook(nid, self.jobs if self.toolchains else 0, self.config.load_timings)
+        channel = LoadChannel(self.load, self._load_peers, self._load_figures)
+        try:
+            await channel.start(sock)
+        except OSError as e:
+            log.warning("no live-load channel: %s", e.strerror or e)
+            sock.close()
+            self.load = None
+            return
+        self.load_channel = channel
+
+    def _load_peers(self) -> list[RemotePeer]:
+        """The peers the channel talks to: meshcc peers announcing ``load`` with an allowed
+        IPv4 address, whatever our probes say of their compile port: as clients of ours
+        their records are proof of life enough (waiting for our probe to confirm them
+        would let them fall back to guessing our free slots meanwhile), and the table
+        drops them when mDNS does."""
+        out = []
+        for st in self.table.snapshot():
+            r = st.record
+            if r.kind is not PeerKind.MESHCC or "load" not in r.caps or r.node_id is None:
+                continue
+            address = pick_address(r, self._policy)
+            if address is None or ":" in address:
+                continue
+            allowed = frozenset(
+                a
+                for a in r.addresses
+                if pick_address(dataclasses.replace(r, addresses=(a,)), self._policy)
+            )
+            out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
+        return out
 
     # ------------------------------------------------------------ internals
 

@@ -509,10 +509,14 @@ class CompileServer:
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
         self._running_compiles = 0
-        self._slots_held = 0  # job slots taken: reserved (SLOT), compiling or replying
+        self._slots_held = 0  # job slots taken: reserved (SLOT) or compiling
         self.busy_count = 0  # SLOT requests answered BUSY since start
         self._owed: dict[IPAddress, float] = {}  # addresses answered BUSY, oldest first
         self._freed_at = 0.0  # when a job slot last became free
+        # Totals for the mesh's speed figure (bytes of preprocessed source compiled, and
+        # seconds of compiler wall time): read-only for others.
+        self.compiled_bytes = 0
+        self.compile_seconds = 0.0
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
         self.stats = JobStats()  # /metrics and /status.json
@@ -581,8 +585,9 @@ class CompileServer:
 
     @property
     def slots_held(self) -> int:
-        """Job slots taken now (never above ``--jobs``): a reserved slot whose request is
-        still arriving (a ``busy``-capable client), a running compile, a reply being sent."""
+        """Job slots taken now (never above ``--jobs``): a slot reserved by a ``busy``-capable
+        client whose request is still arriving, or a compile (the slot frees before the reply
+        is written)."""
         return self._slots_held
 
     @property
@@ -591,6 +596,12 @@ class CompileServer:
         clients that did not negotiate ``busy``) queue inside the server, as with distccd;
         this is that queue, for the status page and metrics."""
         return self.stats.waiting
+
+    @property
+    def queued_jobs(self) -> int:
+        """Requests read and waiting for a job slot (or memory) now: busy connections
+        that are not compiling. Counts the few replying too: an estimate, for the mesh."""
+        return max(0, len(self._phases[_Phase.BUSY]) - self._running_compiles)
 
     def cache_line(self) -> str | None:
         """The status page's ccache line (None without --ccache)."""
@@ -1315,6 +1326,7 @@ class CompileServer:
             raise _Refuse(
                 f"the server cannot store the source: {e.strerror or e}", ret=EXIT_IO_ERROR
             ) from None
+        job_bytes = len(req.data)
         req.data = b""  # free it while the compiler runs
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
@@ -1399,6 +1411,9 @@ class CompileServer:
         finally:
             self._running_compiles -= 1
             summary.compile_s = time.monotonic() - ran
+            if proc.returncode == 0:
+                self.compiled_bytes += job_bytes
+                self.compile_seconds += summary.compile_s
             watch_task.cancel()
             if proc.returncode is None:  # cancelled (second signal): no orphans
                 _kill_group(proc.pid)

@@ -39,8 +39,16 @@ Replies (daemon -> client), as records :class:`StatusReply`, :class:`HostsReply`
                "off_reason": str|None, "interfaces": [str], "addresses": [str],
                "allowed": [str], "allowed_source": str, "warnings": [str],
                "peers": int, "jobs": int, "running": int, "port": int,
-               "socket": str|None, "leases": int (held now), "queued": int (waiting now)}
-    hosts  -> {"ok": true, "line": str, "verdicts": [Verdict.to_dict()], "status": {status},
+               "socket": str|None, "leases": int (held now), "queued": int (waiting now),
+               "free": int (this box's idle slots: no lease from any box holds them;
+               live-load channel, else 0), "speed": int (measured: bytes of preprocessed source per
+               second per job, 0 unknown), "leased": int (slots peers' clients hold here),
+               "loads": [PeerLoadInfo]}   # each peer's live load, fresh records only:
+               # {"key", "host", "jobs", "running", "queued", "free", "speed", "share"
+               #  (slots it promised this box), "held" (leases this box holds there),
+               #  "age_s" (since its last record)}
+    hosts  -> {"ok": true, "line": str, "verdicts": [Verdict.to_dict() + "load":
+               PeerLoadInfo|None], "status": {status},
                "compiler": str|None (ClientCompiler.describe() of cc, None when no cc was
                given), "note": str|None (why cc could not be fingerprinted; then verdicts
                judge liveness and subnets only)}
@@ -91,6 +99,7 @@ __all__ = [
     "LeaseLocal",
     "LeaseRequest",
     "MessageReader",
+    "PeerLoadInfo",
     "StatusReply",
     "StatusRequest",
     "client_socket_paths",
@@ -103,6 +112,7 @@ __all__ = [
     "guessed_in_shared_tmp",
     "packb",
     "unpack_one",
+    "verdict_load",
     "verdict_peer",
 ]
 
@@ -624,17 +634,99 @@ def _str_list(value: object) -> tuple[str, ...]:
     return tuple(str(item) for item in value)
 
 
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class PeerLoadInfo(Frozen):
+    """One peer's live load as a daemon sees it (from the peer's last load record)."""
+
+    __slots__ = (
+        "age_s",
+        "free",
+        "held",
+        "host",
+        "jobs",
+        "key",
+        "queued",
+        "running",
+        "share",
+        "speed",
+    )
+    __match_args__ = (
+        "key",
+        "host",
+        "jobs",
+        "running",
+        "queued",
+        "free",
+        "speed",
+        "share",
+        "held",
+        "age_s",
+    )
+    key: str
+    host: str
+    jobs: int
+    running: int
+    queued: int
+    free: int
+    speed: int  # bytes of preprocessed source per second per job (0: not measured yet)
+    share: int  # slots it promised this daemon's clients
+    held: int  # leases this daemon's clients hold there
+    age_s: float  # since its last record
+
+    def __init__(
+        self,
+        key: str,
+        host: str,
+        *,
+        jobs: int = 0,
+        running: int = 0,
+        queued: int = 0,
+        free: int = 0,
+        speed: int = 0,
+        share: int = 0,
+        held: int = 0,
+        age_s: float = 0.0,
+    ) -> None:
+        self._init(key, host, jobs, running, queued, free, speed, share, held, age_s)
+
+    def to_message(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__match_args__}
+
+    @classmethod
+    def from_message(cls, msg: Mapping[str, object]) -> PeerLoadInfo:
+        """Lenient, as StatusReply: a missing or mistyped field takes its empty value."""
+        key, host, age = msg.get("key"), msg.get("host"), msg.get("age_s")
+        return cls(
+            key if isinstance(key, str) else "",
+            host if isinstance(host, str) else "",
+            jobs=_int(msg.get("jobs")),
+            running=_int(msg.get("running")),
+            queued=_int(msg.get("queued")),
+            free=_int(msg.get("free")),
+            speed=_int(msg.get("speed")),
+            share=_int(msg.get("share")),
+            held=_int(msg.get("held")),
+            age_s=float(age) if isinstance(age, int | float) and not isinstance(age, bool) else 0.0,
+        )
+
+
 class StatusReply(Frozen):
-    """What the daemon is doing: discovery, peers, job slots, leases."""
+    """What the daemon is doing: discovery, peers, job slots, leases, live load."""
 
     __slots__ = (
         "addresses",
         "allowed",
         "allowed_source",
         "discovery",
+        "free",
         "interfaces",
         "jobs",
+        "leased",
         "leases",
+        "loads",
         "node",
         "off_reason",
         "peers",
@@ -644,6 +736,7 @@ class StatusReply(Frozen):
         "slot_waiting",
         "slots_held",
         "socket",
+        "speed",
         "version",
         "warnings",
     )
@@ -666,6 +759,10 @@ class StatusReply(Frozen):
         "queued",
         "slots_held",
         "slot_waiting",
+        "free",
+        "speed",
+        "leased",
+        "loads",
     )
     version: str
     node: str
@@ -685,6 +782,10 @@ class StatusReply(Frozen):
     queued: int
     slots_held: int  # the compile server's job slots taken (never above jobs)
     slot_waiting: int  # complete requests queued inside the server for a slot (stock clients)
+    free: int
+    speed: int
+    leased: int
+    loads: tuple[PeerLoadInfo, ...]
 
     def __init__(
         self,
@@ -707,6 +808,10 @@ class StatusReply(Frozen):
         queued: int = 0,
         slots_held: int = 0,
         slot_waiting: int = 0,
+        free: int = 0,
+        speed: int = 0,
+        leased: int = 0,
+        loads: Sequence[PeerLoadInfo] = (),
     ) -> None:
         self._init(
             version,
@@ -727,13 +832,20 @@ class StatusReply(Frozen):
             queued,
             slots_held,
             slot_waiting,
+            free,
+            speed,
+            leased,
+            tuple(loads),
         )
 
     def to_message(self) -> dict[str, object]:
         msg: dict[str, object] = {"ok": True}
         for name in self.__match_args__:
             value = getattr(self, name)
-            msg[name] = list(value) if isinstance(value, tuple) else value
+            if name == "loads":
+                msg[name] = [info.to_message() for info in self.loads]
+            else:
+                msg[name] = list(value) if isinstance(value, tuple) else value
         return msg
 
     @classmethod
@@ -750,6 +862,7 @@ class StatusReply(Frozen):
 
         off = msg.get("off_reason")
         sock = msg.get("socket")
+        loads = msg.get("loads")
         return cls(
             version=text("version"),
             node=text("node"),
@@ -769,6 +882,14 @@ class StatusReply(Frozen):
             queued=number("queued"),
             slots_held=number("slots_held"),
             slot_waiting=number("slot_waiting"),
+            free=number("free"),
+            speed=number("speed"),
+            leased=number("leased"),
+            loads=[
+                PeerLoadInfo.from_message(m)
+                for m in (loads if isinstance(loads, list) else [])
+                if isinstance(m, dict)
+            ],
         )
 
 
@@ -822,6 +943,12 @@ def verdict_peer(verdict: Mapping[str, object]) -> dict[str, object]:
     """The ``peer`` map of one of :attr:`HostsReply.verdicts` ({} if it has none)."""
     peer = verdict.get("peer")
     return peer if isinstance(peer, dict) else {}
+
+
+def verdict_load(verdict: Mapping[str, object]) -> PeerLoadInfo | None:
+    """The live load of one of :attr:`HostsReply.verdicts`' peers (None: none fresh)."""
+    load = verdict.get("load")
+    return PeerLoadInfo.from_message(load) if isinstance(load, dict) else None
 
 
 def decode_hosts_reply(msg: Mapping[str, object]) -> HostsReply | ErrorReply:

@@ -28,7 +28,9 @@ Outcomes (one per compile, the last thing that decided where it ran):
   from :func:`meshcc.compiler.args.analyse`
 - ``fallback``: distributable, but compiled here: no host, a host failed, the daemon said so
 - ``refused``: a peer refused the job (its reason), so it was compiled here
-- ``busy``: every matching peer was busy, so it was compiled in this box's own share
+- ``share``: the daemon gave this box's own share: the scheduler found it the best place
+  (this box counts as a peer), or every matching peer was busy; its reason says which
+- ``busy``: a full peer answered BUSY and nothing else could take it, so it was compiled here
 - ``failed``: not compiled anywhere (``DISTCC_FALLBACK=0`` and no host did it)
 - ``cpp_error``: the local preprocessor failed (an error in the code, reported as is)
 """
@@ -58,7 +60,7 @@ RESET = b"R1"
 SUFFIX = ".stats"
 
 ATTEMPT = "attempt"  # decode()'s first field for an F1 record (not an outcome)
-OUTCOMES = ("remote", "local", "fallback", "refused", "busy", "failed", "cpp_error")
+OUTCOMES = ("remote", "share", "local", "fallback", "refused", "busy", "failed", "cpp_error")
 _OUTCOME_SET = frozenset(OUTCOMES)
 _TRANS = str.maketrans({"\t": " ", "\n": " ", "\r": " ", "\0": " "})
 

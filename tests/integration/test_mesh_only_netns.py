@@ -26,7 +26,7 @@ import pytest
 
 import netns
 from meshcc.wire import control
-from meshd import ControlConn, Meshd, private_dir, trusted_dir
+from meshd import BareMeshd, ControlConn, Meshd, bare_path, private_dir, trusted_dir
 from netns import Lan
 
 pytestmark = [
@@ -58,28 +58,6 @@ pyz = u.urlopen(base + "/meshcc.pyz", timeout=10).read()
 open(sys.argv[2], "wb").write(pyz)
 print(u.urlopen(base + "/meshcc.pyz.sha256", timeout=10).read().decode().split()[0])
 """
-
-
-class BareMeshd(Meshd):
-    """A daemon whose PATH is one directory holding only python: no compiler, no binutils."""
-
-    def __init__(self, bare_path: Path, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.bare_path = bare_path
-
-    def argv(self) -> list[str]:
-        # Set by env(1) inside the namespace: `ip netns exec` itself needs the real PATH.
-        return ["/usr/bin/env", f"PATH={self.bare_path}", *super().argv()]
-
-
-def _bare_path(work: Path) -> Path:
-    bare = work / "bare-bin"
-    bare.mkdir(mode=0o755)
-    bare.chmod(0o755)
-    (bare / "python3").symlink_to(sys.executable)
-    for tool in ("gcc", "cc", "g++", "c++", "as"):
-        assert shutil.which(tool, path=str(bare)) is None
-    return bare
 
 
 def _scratch_root_gcc() -> Path:
@@ -114,7 +92,7 @@ def test_a_daemon_without_a_compiler_is_a_useful_mesh_only_node(
     hl, hb, hf = (net.add_host(n) for n in ("live", "b", "f"))
     iface = ("--interface", "eth0")
     live = BareMeshd(
-        _bare_path(work), work, hl, *iface, "--write-hosts", str(hosts_file), name="live"
+        bare_path(work), work, hl, *iface, "--write-hosts", str(hosts_file), name="live"
     )
     b = Meshd(work, hb, *iface, "--jobs", "1", name="b")
     daemons = [live, b]

@@ -125,6 +125,7 @@ def test_outcomes_stats_metrics_and_status_json(
     assert snap["schema"] == 1
     assert snap["totals"] == {
         "remote": 2,
+        "share": 0,
         "local": 2,
         "fallback": 2,
         "refused": 1,

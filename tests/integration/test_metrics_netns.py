@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 
 import netns
 from conftest import VENV_BIN
-from meshd import Meshd, private_dir
+from meshd import BareMeshd, Meshd, bare_path, private_dir
 from netns import Host, Lan
 
 pytestmark = [
@@ -58,7 +58,10 @@ def test_peer_metrics_and_leased_outcomes(lan: Callable[..., Lan]) -> None:
     net = lan()
     work = private_dir("meshcc-metrics-lan-")
     ha, hb = net.add_host("a"), net.add_host("b")
-    a = Meshd(work, ha, "--interface", "eth0", name="a")
+    # a is a mesh-only node (no compiler on its PATH): its broker hands out peers first, so
+    # every lease goes to b. A daemon with a compiler counts its own box as a candidate and
+    # may keep a job in its own share (outcome "share").
+    a = BareMeshd(bare_path(work), work, ha, "--interface", "eth0", name="a")
     b = Meshd(work, hb, "--interface", "eth0", name="b")
     try:
         a.start(wait=False)
@@ -110,12 +113,14 @@ def test_peer_metrics_and_leased_outcomes(lan: Callable[..., Lan]) -> None:
         # b dies without a goodbye: a's probes of it fail, and say so
         b.kill9()
 
+        # A failed probe is counted at once; the peer is marked down after the liveness
+        # rule's failures (not on the first), so wait for both.
         def failed() -> dict[tuple[str, str], float] | None:
             s = _peer_samples(ha, b_name)
-            return s if s.get(("meshcc_peer_probes_total", "failed")) else None
+            down = s.get(("meshcc_peer_up", "")) == 0
+            return s if down and s.get(("meshcc_peer_probes_total", "failed")) else None
 
-        s = netns.wait_for(failed, 20, what="a's failed probes of b in /metrics")
-        assert s[("meshcc_peer_up", "")] == 0
+        s = netns.wait_for(failed, 20, what="a's failed probes of b, and b down, in /metrics")
         peer = _peer_json(ha, b_name)
         assert peer is not None and peer["liveness"] == "down" and peer["probes"]["failed"] >= 1
     finally:

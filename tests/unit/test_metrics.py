@@ -332,7 +332,7 @@ def test_a_transport_failure_is_a_fallback_on_that_host(sent: list[Any]) -> None
     assert sent[1:] == [("fallback", "10.0.0.7:3632", "connect failed: Connection refused")]
 
 
-def test_the_daemons_answers_are_busy_or_fallback(sent: list[Any]) -> None:
+def test_the_daemons_answers_are_share_or_fallback(sent: list[Any]) -> None:
     from meshcc.client.decisions import CompileLocally, Fail
 
     act = CompileLocally("meshcc daemon: ... (for y.c); compiling locally", False)
@@ -344,7 +344,7 @@ def test_the_daemons_answers_are_busy_or_fallback(sent: list[Any]) -> None:
     client_outcome.compiled_locally(act, None, "y.c")
     client_outcome.compiled_locally(Fail(109, "no hosts for y.c"), None, "y.c")
     assert sent == [
-        ("busy", "", "meshcc daemon: all busy"),
+        ("share", "", "meshcc daemon: all busy"),
         ("fallback", "", "meshcc daemon: no peers"),
         ("fallback", "", "daemon gone"),
         ("fallback", "", "meshcc daemon: ... (for (source)); compiling locally"),

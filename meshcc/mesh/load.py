@@ -1,0 +1,541 @@
+"""Live load, mesh-wide: what every daemon tells its peers, and who may use how many slots.
+
+Pure state (no I/O, injected clock); :mod:`meshcc.mesh.loadnet` carries its datagrams.
+
+The channel. Each daemon sends one small UDP datagram (:mod:`meshcc.wire.load`) to each
+meshcc peer it tracks that announces the ``load`` capability, to the peer's compile port
+number: on any change of the figures it sends that peer, at most every
+``min_interval_s`` per peer (stretched so the daemon sends at most ``max_send_rate`` a
+second however many peers there are), and at least every ``heartbeat_s``. A record from
+a peer is *fresh* for ``stale_s``; after that this daemon forgets the live figures and
+falls back to the mDNS hint and its own lease count (distcc's behaviour).
+
+Slots are promised, never guessed. Each daemon is the only authority over its own job
+slots. A record tells the recipient three things about itself as a client of the
+sender: ``held`` (leases it holds there), ``want`` (held plus requests waiting that the
+sender could serve) and, in the other direction, ``share``: how many slots of the
+sender the recipient's clients may hold. The sender computes shares by max-min fair
+water-filling of its capacity over every client's ``want`` (this box's own clients are
+one more client, on the same terms), and only ever *promises* a share when the slots
+are uncommitted: a client's commitment is the largest of what it holds and every share
+promised to it that it has not acknowledged (``ack`` = highest seq it applied) yet. So
+the leases on one box never exceed its ``--jobs``, whoever grants them, however the
+datagrams are delayed; a lost datagram only delays a share (the heartbeat re-sends it).
+
+Trust: the same as discovery's. A record is accepted only from an address the peer
+announced over mDNS and that the allowed subnets admit, with the node id of that
+announcement; each peer's records are rate-limited (``max_recv_rate``), ordered by
+(boot, seq), and clamped to the ``jobs`` the peer announced. State is per known peer
+only, so it is bounded by the peer table.
+
+Speed: :class:`SpeedMeter` turns the compile server's totals (bytes of preprocessed
+source compiled, seconds of compiler wall time) into an EWMA of bytes per second per job:
+job-size independent (a big file counts as more work, not as a slow host), measured by
+the server itself on real jobs (whoever sent them), so every client sees the same figure.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from meshcc.wire import load as wire
+
+__all__ = [
+    "LOCAL",
+    "Candidate",
+    "Demand",
+    "LoadBook",
+    "LoadTimings",
+    "PeerLoad",
+    "RemotePeer",
+    "SpeedMeter",
+    "choose",
+    "water_fill",
+]
+
+LOCAL = "localhost"  # the key of this box's own share (leases.LOCAL_KEY)
+
+Demand = tuple[dict[str, tuple[int, int]], int, int]
+"""{peer key: (held, want)}, local held, local want: what this daemon's clients use."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTimings:
+    heartbeat_s: float = 0.5
+    min_interval_s: float = 0.01  # per peer, between two records with changes
+    stale_s: float = 2.0  # a peer's live figures are dropped this long after its last record
+    max_send_rate: float = 1000.0  # datagrams per second this daemon sends, at most
+    max_recv_rate: float = 200.0  # records per second accepted from one peer, at most
+    max_pending: int = 64  # unacknowledged promises kept per peer (older: folded into one)
+    forget_s: float = 30.0  # a silent peer's commitment is released after this at the latest
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLoad:
+    """One peer's live load as this daemon sees it (for the broker, status and top)."""
+
+    jobs: int
+    running: int
+    queued: int
+    free: int
+    speed: int  # bytes/s per job; 0 unknown
+    share: int  # slots this daemon's clients may hold there
+    held: int  # leases this daemon's clients hold there
+    age_s: float  # since its last record
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "jobs": self.jobs,
+            "running": self.running,
+            "queued": self.queued,
+            "free": self.free,
+            "speed": self.speed,
+            "share": self.share,
+            "held": self.held,
+            "age_s": round(self.age_s, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePeer:
+    """A peer the channel talks to: from the peer table (meshcc, ``load`` cap, an address)."""
+
+    key: str
+    node: str
+    address: str  # where to send (the address the mesh uses for it)
+    port: int
+    jobs: int  # as announced: the ceiling of anything it reports
+    addresses: frozenset[str] = frozenset()  # any announced, allowed address it may send from
+
+
+class SpeedMeter:
+    """EWMA of bytes per second per job from monotonically growing totals."""
+
+    def __init__(self, alpha: float = 0.3, min_seconds: float = 0.05) -> None:
+        self.alpha = alpha
+        self.min_seconds = min_seconds  # less compile time than this: wait for more
+        self.value = 0.0
+        self._bytes = 0
+        self._seconds = 0.0
+
+    def update(self, total_bytes: int, total_seconds: float) -> int:
+        db, ds = total_bytes - self._bytes, total_seconds - self._seconds
+        if ds >= self.min_seconds and db >= 0:
+            rate = db / ds
+            self.value = rate if self.value == 0 else self.value + self.alpha * (rate - self.value)
+            self._bytes, self._seconds = total_bytes, total_seconds
+        return round(self.value)
+
+
+def water_fill(
+    capacity: int, demands: Mapping[str, int], prefer: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Max-min fair integer shares of ``capacity`` (each at most its demand). Units that do
+    not divide evenly go to those holding more (``prefer``), so shares do not churn."""
+    prefer = prefer or {}
+    alloc = dict.fromkeys(demands, 0)
+    left = max(0, capacity)
+    active = sorted((k for k, d in demands.items() if d > 0), key=lambda k: (-prefer.get(k, 0), k))
+    while left > 0 and active:
+        per = left // len(active)
+        if per == 0:
+            for k in active[:left]:
+                alloc[k] += 1
+            break
+        still = []
+        for k in active:
+            give = min(per, demands[k] - alloc[k])
+            alloc[k] += give
+            left -= give
+            if alloc[k] < demands[k]:
+                still.append(k)
+        active = still
+    return alloc
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A host the broker may give a job to: free slots (for us) and speed (bytes/s/job)."""
+
+    key: str
+    free: int
+    speed: float
+    failures: int = 0
+
+
+def choose(cands: Sequence[Candidate], rng: random.Random) -> int:
+    """Power of two choices: two hosts drawn with weights free x speed; the faster wins
+    (then the freer). A fast idle host is preferred; a slow one is still used when the
+    fast ones are full; and clients deciding at once do not all pile onto one host."""
+    usable = [i for i, c in enumerate(cands) if c.free > 0]
+    if not usable:
+        return -1
+    least = min(cands[i].failures for i in usable)
+    usable = [i for i in usable if cands[i].failures == least]
+    if len(usable) == 1:
+        return usable[0]
+    known = [cands[i].speed for i in usable if cands[i].speed > 0]
+    typical = sorted(known)[len(known) // 2] if known else 1.0
+
+    def speed(i: int) -> float:
+        return cands[i].speed if cands[i].speed > 0 else typical
+
+    weights = [cands[i].free * speed(i) for i in usable]
+    a, b = rng.choices(usable, weights), rng.choices(usable, weights)
+    x, y = a[0], b[0]
+    return max((x, y), key=lambda i: (speed(i), cands[i].free, -i))
+
+
+@dataclass(slots=True)
+class _Remote:
+    peer: RemotePeer
+    since: float  # tracked since (grace for its first record)
+    # what it told us
+    boot: int | None = None
+    seq: int = 0
+    got_at: float | None = None
+    jobs: int = 0
+    running: int = 0
+    queued: int = 0
+    free: int = 0
+    speed: int = 0
+    share: int = 0  # ours on it
+    their_held: int = 0  # its clients' leases on us
+    their_want: int = 0
+    ack: int = 0  # our seq it applied
+    # promises we made (seq, share), unacknowledged; and the share it acknowledged
+    pending: list[tuple[int, int]] = field(default_factory=list)
+    acked_share: int = 0
+    # our side of its demand
+    my_held: int = 0
+    my_want: int = 0
+    # sending
+    sent_at: float = -math.inf
+    last_sent: tuple[int, ...] = ()
+    must_ack: bool = False
+    # receive rate limit (token bucket)
+    tokens: float = 0.0
+    tokens_at: float = 0.0
+
+    def fresh(self, now: float, stale_s: float) -> bool:
+        return self.got_at is not None and now - self.got_at <= stale_s
+
+    def committed(self, now: float, forget_s: float) -> int:
+        """Slots of ours it may be using: what it holds, or any share it may still act on.
+        A silent peer keeps its last commitment (its clients may still hold those slots)
+        until it leaves the peer list (probes say it is down) or ``forget_s`` passes."""
+        if self.got_at is None or now - self.got_at > forget_s:
+            return 0
+        pending = max((s for _, s in self.pending), default=0)
+        return max(self.their_held, self.acked_share, pending)
+
+
+class LoadBook:
+    """This daemon's side of the channel: its peers' live load, and the shares it promises."""
+
+    def __init__(
+        self,
+        node: str,
+        jobs: int,
+        timings: LoadTimings = LoadTimings(),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node = node
+        self.jobs = max(0, jobs)
+        self.timings = timings
+        self._clock = clock
+        self.rng = rng or random.Random()
+        self.boot = self.rng.getrandbits(32)
+        self._seq = 0
+        self._remotes: dict[str, _Remote] = {}
+        self._by_node: dict[str, str] = {}
+        # this box's figures
+        self.running = 0
+        self.queued = 0
+        self.speed = 0
+        self.local_held = 0
+        self.local_want = 0
+        self.rejected: dict[str, int] = {}  # reason -> count (status, debugging)
+        # The broker's demand, asked for once per round of records (None: set_demand()).
+        self.demand_source: Callable[[], Demand] | None = None
+
+    def now(self) -> float:
+        return self._clock()
+
+    def _burst(self) -> float:
+        return max(1.0, self.timings.max_recv_rate / 10)
+
+    # -- peers
+
+    def set_peers(self, peers: Iterable[RemotePeer]) -> None:
+        """The peers to talk to now (the table's live meshcc peers with ``load``)."""
+        now = self._clock()
+        seen = set()
+        for p in peers:
+            seen.add(p.key)
+            r = self._remotes.get(p.key)
+            if r is None:
+                self._remotes[p.key] = _Remote(p, since=now, tokens=self._burst(), tokens_at=now)
+            elif r.peer != p:
+                if r.peer.node != p.node:
+                    self._remotes[p.key] = _Remote(
+                        p, since=now, tokens=self._burst(), tokens_at=now
+                    )
+                else:
+                    r.peer = p
+        for key in set(self._remotes) - seen:
+            del self._remotes[key]
+        self._by_node = {r.peer.node: k for k, r in self._remotes.items()}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._remotes
+
+    def keys(self) -> list[str]:
+        return list(self._remotes)
+
+    # -- receiving
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def receive(self, data: bytes, source: str) -> str | None:
+        """A datagram from ``source``; the key of the peer it updated, else None (dropped:
+        unreadable, unknown node, wrong source address, over its rate, or old)."""
+        try:
+            rec = wire.decode(data)
+        except wire.LoadError as e:
+            self._reject(e.reason)
+            return None
+        key = self._by_node.get(rec.node)
+        if key is None:
+            self._reject("unknown")
+            return None
+        r = self._remotes[key]
+        if source.split("%", 1)[0] not in r.peer.addresses | {r.peer.address}:
+            self._reject("source")
+            return None
+        now = self._clock()
+        rate = self.timings.max_recv_rate
+        r.tokens = min(self._burst(), r.tokens + (now - r.tokens_at) * rate)
+        r.tokens_at = now
+        if r.tokens < 1.0:
+            self._reject("rate")
+            return None
+        r.tokens -= 1.0
+        if rec.boot == r.boot and rec.seq <= r.seq:
+            self._reject("old")
+            return None
+        if rec.boot != r.boot and r.boot is not None:
+            # The peer restarted: whatever it held or was promised is gone.
+            r.pending.clear()
+            r.acked_share = 0
+            r.ack = 0
+        cap = max(0, r.peer.jobs)  # never more than it announced (mesh-only: none)
+        r.boot, r.seq, r.got_at = rec.boot, rec.seq, now
+        r.jobs = min(rec.jobs, cap)
+        r.running, r.queued = rec.running, rec.queued
+        r.free = min(rec.free, r.jobs)
+        r.speed = rec.speed
+        if rec.share != r.share:
+            r.must_ack = True  # a new promise: tell it we have it, so it may promise others
+        r.share = min(rec.share, r.jobs)
+        r.their_held = min(rec.held, self.jobs)
+        r.their_want = min(max(rec.want, r.their_held), self.jobs)
+        if rec.ack_boot == self.boot and rec.ack >= r.ack:
+            r.ack = rec.ack
+            acked = [s for q, s in r.pending if q <= rec.ack]
+            if acked:
+                r.acked_share = acked[-1]
+            r.pending = [(q, s) for q, s in r.pending if q > rec.ack]
+        return key
+
+    # -- this box
+
+    def set_local(
+        self,
+        *,
+        running: int | None = None,
+        queued: int | None = None,
+        speed: int | None = None,
+        held: int | None = None,
+        want: int | None = None,
+    ) -> None:
+        if running is not None:
+            self.running = max(0, running)
+        if queued is not None:
+            self.queued = max(0, queued)
+        if speed is not None:
+            self.speed = max(0, speed)
+        if held is not None:
+            self.local_held = max(0, held)
+        if want is not None:
+            self.local_want = max(0, want)
+
+    def set_demand(self, key: str, held: int, want: int) -> None:
+        """This daemon's clients hold ``held`` leases on peer ``key`` and want ``want``."""
+        r = self._remotes.get(key)
+        if r is not None:
+            r.my_held, r.my_want = max(0, held), max(held, want)
+
+    # -- shares
+
+    def _capacity(self, now: float) -> int:
+        """Our slots minus work no lease accounts for (stock distcc clients' jobs)."""
+        leased = sum(
+            r.their_held for r in self._remotes.values() if r.fresh(now, self.timings.forget_s)
+        )
+        unleased = max(0, self.running + self.queued - leased)
+        return max(0, self.jobs - unleased)
+
+    @property
+    def _stale(self) -> float:
+        return self.timings.stale_s
+
+    def _targets(self, now: float, asking: int = 0) -> dict[str, int]:
+        """Each client's fair share: water-filling of the wants, then what is left over
+        spread over the clients that hold or want anything (headroom: their next request
+        is granted at once, without a round trip to ask for more)."""
+        demands = {k: r.their_want for k, r in self._remotes.items() if r.fresh(now, self._stale)}
+        demands[LOCAL] = min(max(self.local_want, self.local_held + asking), self.jobs)
+        held = {k: self._remotes[k].their_held for k in demands if k != LOCAL}
+        held[LOCAL] = self.local_held
+        capacity = self._capacity(now)
+        alloc = water_fill(capacity, demands, held)
+        left = capacity - sum(alloc.values())
+        active = {k: capacity for k, d in demands.items() if d > 0 or held[k] > 0}
+        if left > 0 and active:
+            for k, extra in water_fill(left, active, held).items():
+                alloc[k] += extra
+        return alloc
+
+    def _room_for(self, key: str, now: float) -> int:
+        """Slots we may promise ``key`` now: capacity minus everyone else's commitment."""
+        others = sum(
+            r.committed(now, self.timings.forget_s) for k, r in self._remotes.items() if k != key
+        )
+        if key != LOCAL:
+            others += self.local_held
+        return max(0, self._capacity(now) - others)
+
+    def local_share(self, asking: int = 0) -> int:
+        """Slots this box's own clients may hold on it (its share, as any client's), counting
+        ``asking`` more requests as wanted: the local client needs no round trip to ask."""
+        now = self._clock()
+        target = self._targets(now, asking).get(LOCAL, 0)
+        return max(self.local_held, min(target, self._room_for(LOCAL, now)))
+
+    def leased(self) -> int:
+        """Leases peers' clients hold on this box now (as they last reported)."""
+        now = self._clock()
+        return sum(
+            r.their_held for r in self._remotes.values() if r.fresh(now, self.timings.forget_s)
+        )
+
+    def free(self) -> int:
+        """Our idle slots: nobody holds them (a promise not used yet still counts as free:
+        the promise moves to whoever asks, after one acknowledged round)."""
+        now = self._clock()
+        return max(0, self._capacity(now) - self.leased() - self.local_held)
+
+    # -- what the broker asks
+
+    def live(self, key: str) -> PeerLoad | None:
+        """The peer's live load, None when we have none fresh (then: the mDNS hint)."""
+        r = self._remotes.get(key)
+        now = self._clock()
+        if r is None or not r.fresh(now, self._stale):
+            return None
+        assert r.got_at is not None
+        return PeerLoad(
+            r.jobs, r.running, r.queued, r.free, r.speed, r.share, r.my_held, now - r.got_at
+        )
+
+    def awaiting(self, key: str) -> bool:
+        """A load peer not heard from yet, within its grace period: grant nothing there yet
+        (its first share comes within a round trip); after the grace, fall back."""
+        r = self._remotes.get(key)
+        if r is None or r.got_at is not None:
+            return False
+        return self._clock() - r.since <= self._stale
+
+    def loads(self) -> dict[str, PeerLoad]:
+        out = {}
+        for key in self._remotes:
+            v = self.live(key)
+            if v is not None:
+                out[key] = v
+        return out
+
+    # -- sending
+
+    def _interval(self) -> float:
+        rate = self.timings.max_send_rate
+        n = len(self._remotes)
+        return max(self.timings.min_interval_s, n / rate if rate > 0 else 0.0)
+
+    def outgoing(self) -> list[tuple[str, int, bytes]]:
+        """Datagrams to send now: (address, port, bytes)."""
+        if self.demand_source is not None:
+            per_peer, local_held, local_want = self.demand_source()
+            for key, r in self._remotes.items():
+                r.my_held, r.my_want = per_peer.get(key, (0, 0))
+            self.set_local(held=local_held, want=local_want)
+        now = self._clock()
+        interval = self._interval()
+        targets = self._targets(now)
+        forget = self.timings.forget_s
+        capacity = self._capacity(now)
+        committed = {k: r.committed(now, forget) for k, r in self._remotes.items()}
+        total = sum(committed.values()) + self.local_held  # kept current as we promise
+        free = self.free()
+        out = []
+        for key, r in self._remotes.items():
+            since = now - r.sent_at
+            if since < interval:
+                continue
+            share = min(targets.get(key, 0), max(0, capacity - (total - committed[key])))
+            mine = (self.jobs, self.running, self.queued, free, self.speed)
+            fields: tuple[int, ...] = (*mine, r.my_held, r.my_want, share)
+            if fields == r.last_sent and not r.must_ack and since < self.timings.heartbeat_s:
+                continue
+            self._seq += 1
+            rec = wire.LoadRecord(
+                self.node,
+                self.boot,
+                self._seq,
+                ack=r.seq if r.boot is not None else 0,
+                ack_boot=r.boot or 0,
+                jobs=self.jobs,
+                running=self.running,
+                queued=self.queued,
+                free=free,
+                speed=self.speed,
+                held=r.my_held,
+                want=r.my_want,
+                share=share,
+            )
+            if r.pending or share != r.acked_share:
+                # A promise (or a smaller one) it has not acknowledged yet: count it.
+                r.pending.append((self._seq, share))
+                if len(r.pending) > self.timings.max_pending:
+                    # Fold the oldest into the next: keep the larger promise.
+                    (_, s0), (q1, s1) = r.pending[0], r.pending[1]
+                    r.pending[:2] = [(q1, max(s0, s1))]
+                now_committed = r.committed(now, forget)
+                total += now_committed - committed[key]
+                committed[key] = now_committed
+            r.sent_at, r.last_sent, r.must_ack = now, fields, False
+            out.append((r.peer.address, r.peer.port, wire.encode(rec)))
+        return out
+
+    def next_due(self) -> float | None:
+        """Monotonic time of the next heartbeat (changes: call outgoing() after them)."""
+        if not self._remotes:
+            return None
+        return min(r.sent_at for r in self._remotes.values()) + self.timings.heartbeat_s

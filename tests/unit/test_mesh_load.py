@@ -1,0 +1,435 @@
+"""The live-load channel without sockets: the record codec, the shares a box promises, the
+choice among hosts, and the broker that uses them (meshcc.wire.load, meshcc.mesh.load,
+meshcc.mesh.leases). Books exchange datagrams through an in-memory network that delays,
+reorders and drops them, driven by a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshcc.compiler.fingerprints import ClientCompiler
+from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local
+from meshcc.mesh.load import (
+    LOCAL,
+    Candidate,
+    LoadBook,
+    LoadTimings,
+    RemotePeer,
+    SpeedMeter,
+    choose,
+    water_fill,
+)
+from meshcc.mesh.matching import Verdict
+from meshcc.mesh.peers import Liveness, PeerState
+from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
+from meshcc.wire import load as wire
+
+# ---------------------------------------------------------------- codec
+
+u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> wire.LoadRecord:
+    jobs = draw(u16)
+    return wire.LoadRecord(
+        draw(st.binary(min_size=6, max_size=6)).hex(),
+        draw(u32),
+        draw(u32),
+        ack=draw(u32),
+        ack_boot=draw(u32),
+        jobs=jobs,
+        running=draw(u16),
+        queued=draw(u16),
+        free=draw(st.integers(0, jobs)),
+        speed=draw(u32),
+        held=draw(u16),
+        want=draw(u16),
+        share=draw(st.integers(0, jobs)),
+    )
+
+
+@given(records())
+def test_record_round_trip(rec: wire.LoadRecord) -> None:
+    data = wire.encode(rec)
+    assert len(data) == wire.SIZE == 46
+    assert wire.decode(data) == rec
+    assert wire.decode(data + b"later minor fields") == rec  # appended fields are ignored
+
+
+@given(st.binary(max_size=600))
+def test_decode_never_raises_anything_but_load_error(data: bytes) -> None:
+    try:
+        wire.decode(data)
+    except wire.LoadError as e:
+        assert e.reason in {"size", "magic", "version", "field"}
+
+
+def test_decode_rejects_with_reasons() -> None:
+    good = wire.encode(wire.LoadRecord("0123456789ab", 1, 1, jobs=4, free=2, share=3))
+    cases = {
+        "size": [good[:45], good[:3], good + bytes(wire.MAX_DATAGRAM)],
+        "magic": [b"DIST" + good[4:]],
+        "version": [good[:4] + b"\x02" + good[5:]],
+    }
+    for reason, datas in cases.items():
+        for data in datas:
+            with pytest.raises(wire.LoadError) as e:
+                wire.decode(data)
+            assert e.value.reason == reason
+    over = bytearray(good)
+    over[34:36] = (5).to_bytes(2, "big")  # free 5 > jobs 4
+    with pytest.raises(wire.LoadError, match="beyond jobs"):
+        wire.decode(bytes(over))
+    with pytest.raises(wire.LoadError, match="hex"):
+        wire.encode(wire.LoadRecord("not-hex-id!!", 1, 1))
+
+
+def test_encode_saturates_counts() -> None:
+    rec = wire.LoadRecord("0123456789ab", 1, 2**40, jobs=70000, running=-3, free=70000)
+    back = wire.decode(wire.encode(rec))
+    assert (back.seq, back.jobs, back.running, back.free) == (2**32 - 1, 0xFFFF, 0, 0xFFFF)
+
+
+# ---------------------------------------------------------------- shares and choice
+
+
+@given(st.integers(0, 64), st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 40)))
+def test_water_fill_is_max_min_fair(capacity: int, demands: dict[str, int]) -> None:
+    alloc = water_fill(capacity, demands)
+    assert sum(alloc.values()) <= capacity
+    assert all(0 <= alloc[k] <= d for k, d in demands.items())
+    if sum(alloc.values()) < capacity:
+        assert alloc == demands  # capacity left over only when every demand is met
+    for k, d in demands.items():
+        if alloc[k] < d:  # an unsatisfied client: nobody gets more than one unit above it
+            assert all(v <= alloc[k] + 1 for v in alloc.values())
+
+
+def test_water_fill_remainder_goes_to_holders() -> None:
+    assert water_fill(3, {"a": 5, "b": 5}, {"b": 2}) == {"a": 1, "b": 2}
+    assert water_fill(3, {"a": 5, "b": 5}, {"a": 2}) == {"a": 2, "b": 1}
+
+
+def test_choose_prefers_fast_idle_and_still_uses_slow() -> None:
+    rng = random.Random(1)
+    cands = [Candidate("slow", 4, 100.0), Candidate("fast", 4, 400.0)]
+    picks = Counter(cands[choose(cands, rng)].key for _ in range(2000))
+    assert picks["fast"] > 3 * picks["slow"] > 0  # both used, the fast one far more
+    full_fast = [Candidate("slow", 4, 100.0), Candidate("fast", 0, 400.0)]
+    assert all(choose(full_fast, rng) == 0 for _ in range(50))  # fast full: slow serves
+    assert choose([Candidate("a", 0, 1.0)], rng) == -1
+    failing = [Candidate("bad", 8, 900.0, failures=2), Candidate("ok", 1, 10.0)]
+    assert all(choose(failing, rng) == 1 for _ in range(50))  # fewer failures first
+    unknown = [Candidate("new", 2, 0.0), Candidate("known", 2, 50.0)]
+    assert {choose(unknown, rng) for _ in range(200)} == {0, 1}  # unmeasured: typical speed
+
+
+def test_speed_meter_is_an_ewma_of_bytes_per_second() -> None:
+    m = SpeedMeter(alpha=0.5)
+    assert m.update(0, 0.0) == 0
+    assert m.update(1000, 1.0) == 1000
+    assert m.update(1000, 1.01) == 1000  # too little compile time: wait for more
+    assert m.update(4000, 2.0) == 2000  # (1000 + 3000) / 2
+
+
+# ---------------------------------------------------------------- books on a fake network
+
+IDS = {"a": "0000000000aa", "b": "0000000000bb", "s": "0000000000cc"}
+ADDR = {"a": "10.0.0.1", "b": "10.0.0.2", "s": "10.0.0.3"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Net:
+    """Books a, b, s (s serves with ``jobs``; a and b too, with 2); datagrams in flight
+    are delivered, delayed, reordered or dropped as the test says."""
+
+    def __init__(self, jobs: int = 3, seed: int = 0, **timings: float) -> None:
+        self.clock = Clock()
+        self.rng = random.Random(seed)
+        t = LoadTimings(**timings)  # type: ignore[arg-type]
+        self.jobs = {"a": 2, "b": 2, "s": jobs}
+        self.books = {
+            n: LoadBook(IDS[n], self.jobs[n], t, clock=self.clock, rng=random.Random(n))
+            for n in IDS
+        }
+        for n, book in self.books.items():
+            book.set_peers(
+                RemotePeer(f"m:{o}", IDS[o], ADDR[o], 3632, self.jobs[o], frozenset({ADDR[o]}))
+                for o in IDS
+                if o != n
+            )
+        self.flight: list[tuple[str, str, bytes]] = []  # (from, to, data)
+
+    def send_all(self) -> None:
+        by_addr = {a: n for n, a in ADDR.items()}
+        for n, book in self.books.items():
+            for host, _, data in book.outgoing():
+                self.flight.append((n, by_addr[host], data))
+
+    def deliver(self, loss: float = 0.0, shuffle: bool = False) -> None:
+        flight, self.flight = self.flight, []
+        if shuffle:
+            self.rng.shuffle(flight)
+        for src, dst, data in flight:
+            if self.rng.random() >= loss:
+                self.books[dst].receive(data, ADDR[src])
+
+    def settle(self, rounds: int = 6) -> None:
+        for _ in range(rounds):
+            self.clock.t += 0.02
+            self.send_all()
+            self.deliver()
+
+
+def test_books_share_a_server_fairly_and_see_its_load() -> None:
+    net = Net(jobs=4)
+    a, b, s = net.books["a"], net.books["b"], net.books["s"]
+    s.set_local(running=1, queued=0, speed=1234)  # a job no lease accounts for (stock distcc)
+    a.set_demand("m:s", 0, 10)
+    b.set_demand("m:s", 0, 10)
+    net.settle()
+    la, lb = a.live("m:s"), b.live("m:s")
+    assert la is not None and lb is not None
+    assert (la.jobs, la.running, la.speed) == (4, 1, 1234)
+    assert la.share + lb.share <= 4 and abs(la.share - lb.share) <= 1 and la.share >= 1
+    assert la.share + lb.share == 3  # 4 slots, one busy with the unleased job
+    # b stops wanting: its share shrinks, and a's grows to the whole rest once b acked.
+    b.set_demand("m:s", 0, 0)
+    net.settle()
+    assert (a.live("m:s").share, b.live("m:s").share) == (3, 0)  # type: ignore[union-attr]
+    s.set_local(running=0)
+    net.settle()
+    assert a.live("m:s").share == 4  # type: ignore[union-attr]
+    # This box's own clients are one more client on the same terms.
+    s.set_local(held=0, want=10)
+    net.settle()
+    local, share_a = s.local_share(), a.live("m:s").share  # type: ignore[union-attr]
+    assert local + share_a <= 4 and local >= 1 and share_a >= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.floats(0.0, 0.5))
+def test_leases_on_a_box_never_exceed_its_jobs(seed: int, jobs: int, loss: float) -> None:
+    """Whatever the delays, reordering and losses: a and b grant only within the share s
+    promised them, s's own clients within its local share; their sum stays <= s's jobs."""
+    net = Net(jobs=jobs, seed=seed)
+    rng = random.Random(seed)
+    a, b, s = net.books["a"], net.books["b"], net.books["s"]
+    held = {"a": 0, "b": 0, "s": 0}
+    want = {"a": 0, "b": 0, "s": 0}
+    for _ in range(150):
+        for n in ("a", "b", "s"):
+            if rng.random() < 0.3:
+                want[n] = rng.randint(0, 8)
+            if held[n] and rng.random() < 0.3:
+                held[n] -= 1
+        for n, book in (("a", a), ("b", b)):
+            live = book.live("m:s")
+            while live is not None and held[n] < min(want[n], live.share):
+                held[n] += 1
+            book.set_demand("m:s", held[n], max(held[n], want[n]))
+        s.set_local(held=held["s"], want=max(held["s"], want["s"]))
+        while held["s"] < min(want["s"], s.local_share()):
+            held["s"] += 1
+            s.set_local(held=held["s"])
+        assert sum(held.values()) <= jobs, (held, jobs)
+        net.clock.t += rng.choice([0.0, 0.005, 0.02, 0.3])
+        net.send_all()
+        if rng.random() < 0.7:
+            net.deliver(loss=loss, shuffle=True)
+
+
+def test_receive_trusts_only_known_peers_at_their_addresses() -> None:
+    net = Net(jobs=4)
+    s = net.books["s"]
+    rec = wire.LoadRecord(IDS["a"], 7, 1, jobs=2, held=1, want=3)
+    assert s.receive(wire.encode(rec), "10.9.9.9") is None  # not a's address
+    stranger = wire.LoadRecord("00000000dead", 7, 1, jobs=2)
+    assert s.receive(wire.encode(stranger), ADDR["a"]) is None  # unknown node
+    assert s.receive(b"junk", ADDR["a"]) is None
+    assert s.receive(wire.encode(rec), ADDR["a"]) == "m:a"
+    assert s.receive(wire.encode(rec), ADDR["a"]) is None  # replay: same seq
+    huge = wire.LoadRecord(IDS["a"], 7, 2, jobs=999, free=999, share=999, held=999, want=999)
+    assert s.receive(wire.encode(huge), ADDR["a"]) == "m:a"
+    live = s.live("m:a")
+    assert live is not None and (live.jobs, live.free, live.share) == (2, 2, 2)  # announced 2
+    assert s.leased() == 4  # held clamped to our own jobs
+    s.set_peers([RemotePeer("m:a", IDS["a"], ADDR["a"], 3632, 0, frozenset({ADDR["a"]}))])
+    claim = wire.LoadRecord(IDS["a"], 7, 3, jobs=50, free=50, share=50)
+    assert s.receive(wire.encode(claim), ADDR["a"]) == "m:a"
+    live = s.live("m:a")  # announced no slots (mesh-only): claims no slots
+    assert live is not None and (live.jobs, live.free, live.share) == (0, 0, 0)
+    restart = wire.LoadRecord(IDS["a"], 8, 1, jobs=2)  # new boot: seq starts again
+    assert s.receive(wire.encode(restart), ADDR["a"]) == "m:a"
+    assert {"source", "unknown", "size", "old"} <= set(s.rejected)
+
+
+def test_an_ack_from_before_a_restart_acknowledges_nothing() -> None:
+    net = Net(jobs=4)
+    a, s = net.books["a"], net.books["s"]
+    a.set_demand("m:s", 0, 4)
+    net.settle()
+    old_boot = s.boot
+    stale_ack = wire.LoadRecord(IDS["a"], a.boot, 10_000, ack=10_000, ack_boot=old_boot, want=4)
+    # s restarts (a new book, a new boot) and promises a its share again.
+    s2 = LoadBook(IDS["s"], 4, clock=net.clock, rng=random.Random("s2"))
+    s2.set_peers([RemotePeer("m:a", IDS["a"], ADDR["a"], 3632, 2, frozenset({ADDR["a"]}))])
+    s2.receive(wire.encode(wire.LoadRecord(IDS["a"], a.boot, 9_000, want=4)), ADDR["a"])
+    assert s2.outgoing()
+    promised = s2._remotes["m:a"].pending
+    assert promised and promised[-1][1] > 0
+    s2.receive(wire.encode(stale_ack), ADDR["a"])  # acks seq 10000 of the *old* s
+    assert s2._remotes["m:a"].pending == promised  # the new promise still counts
+
+
+def test_receive_is_rate_limited_per_peer() -> None:
+    net = Net(jobs=4, max_recv_rate=100.0)
+    s = net.books["s"]
+    ok = sum(
+        s.receive(wire.encode(wire.LoadRecord(IDS["a"], 1, i, jobs=2)), ADDR["a"]) is not None
+        for i in range(1, 200)
+    )
+    assert ok == 10  # a burst of a tenth of a second's worth, then nothing until time passes
+    net.clock.t += 0.1
+    assert s.receive(wire.encode(wire.LoadRecord(IDS["a"], 1, 500, jobs=2)), ADDR["a"])
+
+
+def test_stale_records_are_dropped_and_sending_is_paced() -> None:
+    net = Net(jobs=4, stale_s=1.0, heartbeat_s=0.5, min_interval_s=0.1)
+    a, s = net.books["a"], net.books["s"]
+    net.settle(2)
+    assert a.live("m:s") is not None
+    net.clock.t += 1.5  # nothing delivered for longer than stale_s
+    assert a.live("m:s") is None and not a.awaiting("m:s")
+    assert a.outgoing() and not a.outgoing()  # heartbeat due; then nothing until a change
+    net.clock.t += 0.05
+    a.set_demand("m:s", 0, 2)
+    assert not a.outgoing()  # a change within min_interval waits
+    net.clock.t += 0.06
+    assert len(a.outgoing()) == 1  # only s's figures changed
+    assert s.free() == 4
+
+
+# ---------------------------------------------------------------- the broker with a book
+
+FP = ClientCompiler("gcc", "12.2.0", "x86_64-linux-gnu", "2.40")
+
+
+def _verdict(name: str, jobs: int) -> Verdict:
+    tc = ToolchainInfo("gcc", "12.2.0", "x86_64-linux-gnu", "2.40", ("gcc",))
+    rec = PeerRecord(
+        f"m:{name}",
+        PeerKind.MESHCC,
+        f"{name}._meshcc._tcp.local.",
+        name,
+        (ADDR[name],),
+        3632,
+        2,
+        jobs,
+        (tc,),
+        node_id=IDS[name],
+        protocols=(1, 2),
+        caps=frozenset({"lzo", "load"}),
+    )
+    state = PeerState(rec, Liveness.UP, 0.0, 0.0, None, None, 0.001, 0, 0, 0, None)
+    return Verdict(state, True, "ok", rec.addresses[0], "gcc")
+
+
+class _Status:
+    off_reason: str | None = None
+
+
+class _Mesh:
+    def __init__(self, verdicts: list[Verdict]) -> None:
+        self.verdicts = verdicts
+        self.status = _Status()
+
+    def explain(self, fp: ClientCompiler | None) -> list[Verdict]:
+        return list(self.verdicts)
+
+
+def test_broker_waits_for_a_share_then_uses_peer_and_own_box() -> None:
+    async def scenario() -> None:
+        net = Net(jobs=2)
+        a, s = net.books["a"], net.books["s"]
+        broker = LeaseBroker(_Mesh([_verdict("s", 2)]), load=a, rng=random.Random(3))
+        a.set_local(running=2)  # a's own slots are busy serving others: only s can help
+        first = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        assert not first.done()  # s has promised nothing yet: wait, do not guess
+        assert broker.demand() == ({"m:s": (0, 1)}, 0, 0)  # what a tells s in its next record
+        net.settle()
+        broker.dispatch()
+        got = await asyncio.wait_for(first, 1)
+        assert isinstance(got, Grant) and got.key == "m:s"
+        # s's share for a is 2 (nobody else wants it): one more, then a waits.
+        second = await asyncio.wait_for(broker.acquire(FP, local_ok=False), 1)
+        assert isinstance(second, Grant)
+        third = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        assert not third.done()
+        broker.release("m:s")
+        assert isinstance(await asyncio.wait_for(third, 1), Grant)
+        assert s.leased() <= 2
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_broker_counts_this_box_as_a_candidate() -> None:
+    async def scenario() -> None:
+        net = Net(jobs=2)
+        a = net.books["a"]
+        a.set_local(speed=10_000)  # a is measured fast, s not at all yet
+        broker = LeaseBroker(_Mesh([_verdict("s", 2)]), load=a, rng=random.Random(5))
+        got = await broker.acquire(FP)
+        # s promised nothing yet, a's own box has its share: compile here, held.
+        assert isinstance(got, Local) and got.held and "own share" in got.reason
+        assert broker.in_use == {LOCAL_KEY: 1}
+        assert a.local_held == 1
+        broker.release(LOCAL_KEY)
+        assert a.local_held == 0
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_broker_asks_the_fastest_peers_first() -> None:
+    async def scenario() -> None:
+        net = Net(jobs=2)
+        a, b, s = net.books["a"], net.books["b"], net.books["s"]
+        s.set_local(speed=9000)
+        b.set_local(speed=1000)
+        net.settle()
+        broker = LeaseBroker(_Mesh([_verdict("b", 2), _verdict("s", 2)]), load=a)
+        a.set_local(running=2)  # no local slot: every request waits for a peer's share
+        waiting = [asyncio.ensure_future(broker.acquire(FP, local_ok=False)) for _ in range(3)]
+        await asyncio.sleep(0)
+        # s is fast and idle: asked for what it can give (2); the third request goes to b.
+        assert broker.demand() == ({"m:s": (0, 2), "m:b": (0, 1)}, 0, 0)
+        net.settle()
+        broker.dispatch()
+        got = [await asyncio.wait_for(w, 1) for w in waiting]
+        assert Counter(g.key for g in got if isinstance(g, Grant)) == {"m:s": 2, "m:b": 1}
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_local_key_is_the_books_local() -> None:
+    assert LOCAL == LOCAL_KEY
