@@ -6,9 +6,10 @@ succeeds, as with distccd, only now that wait is visible (the status reply's
 
 The daemon runs with ``--jobs 1`` and one compiler: a wrapper around the real gcc that, for
 a compile (``-c``), says it started and then waits while the test's hold file exists. So a
-job holds the only slot exactly as long as the test wants, with no sleep-based timing. The
-lease path (meshcc-gcc taking another peer or its own share after BUSY) needs a mesh:
-integration/test_busy_netns.py.
+job holds the only slot exactly as long as the test wants, with no sleep-based timing.
+Also: turns between boxes on a freed slot (an in-process server), and the compile client's
+BUSY path against a real full server with a fake local daemon (``done`` says busy, the next
+lease is this box's share). Two boxes and two servers: integration/test_busy_netns.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from meshcc.transport import client
 from meshcc.wire import control
 from meshcc.wire import protocol as wire
 from meshd import private_dir, request, trusted_dir
+from test_lease_client import FakeControl, fake_control, lease_env  # noqa: F401  (fixture)
 from test_server_stalled import in_process  # noqa: F401  (a fixture, used by name)
+from test_wrapper import local_object, meshcc
+from test_wrapper import run as run_client
 
 # A server that queued a SLOT request instead of answering would fail the test after this
 # long, rather than hang it (an answer is due at once).
@@ -243,3 +247,47 @@ def test_a_freed_slot_goes_to_the_box_turned_away(in_process, grace: float) -> N
     else:
         assert answer == wire.SLOT_GRANTED
     a.close()
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+
+def test_meshcc_gcc_hears_busy_tells_its_daemon_and_compiles_in_its_share(
+    meshcc_daemon: Callable[..., Daemon],
+    fake_control: Callable[..., FakeControl],  # noqa: F811
+    client_env: dict[str, str],
+    proj: Path,
+) -> None:
+    """The compile client's BUSY path, end to end on a real full server: the (fake) local
+    daemon leases a peer announcing ``busy``; the peer says BUSY at once; the client reports
+    ``done`` with ``busy`` (not a failure: no backoff file) and asks again at once; the
+    daemon's next answer is this box's own share, where it compiles. (With the live-load
+    channel a real daemon usually knows a peer is full before anyone asks; BUSY covers the
+    moments it does not: integration/test_busy_netns.py.)"""
+    daemon = meshcc_daemon(jobs=1)
+    holder, answer = _ask_slot(daemon.port, "127.0.0.1")  # another box holds the only slot
+    try:
+        assert answer == wire.SLOT_GRANTED
+        full = control.LeaseGranted(
+            LOOPBACK, daemon.port, 1, "gcc", "m:full", busy=True
+        ).to_message()
+        why = "all 1 matching peers are busy: compiling here (this box's share)"
+        ctl = fake_control([full, control.LeaseLocal(why, hold=True).to_message()])
+        env = lease_env(client_env, ctl, MESHCC_VERBOSE="1")
+        res = run_client([meshcc(), "-c", "src/foo.c", "-o", "foo.o"], env, proj)
+        assert res.returncode == 0, res.stderr
+        assert "is busy (0 jobs running): trying elsewhere" in res.stderr, res.stderr
+        assert why in res.stderr
+        assert (proj / "foo.o").read_bytes() == local_object(
+            proj, "gcc", ["-c", "src/foo.c"], "r.o"
+        )
+        first, second = ctl.wait_closed(2)
+        assert first.kinds() == ["lease", "done", "closed"], first.events
+        [done] = first.messages("done")
+        assert done["busy"] is True and done["ok"] is True, done
+        assert control.decode_request(done) == control.DoneMessage(True, False, "", True)
+        assert second.kinds()[0] == "lease"
+        assert not list((Path(client_env["DISTCC_DIR"]) / "lock").glob("backoff_*"))
+        assert daemon.jobs() == [], "the full server ran or queued the job"
+    finally:
+        holder.close()

@@ -7,9 +7,10 @@ its own share). Neither client daemon knows what the other leased, which is exac
 server used to end up holding four connections while running two.
 
 1. Held jobs (the servers' gcc waits while the test's hold file exists): c2 fills all four
-   server slots; a ``meshcc-gcc`` on c1 hears BUSY from both servers at once and compiles in
-   its own share while c2's jobs still hold the servers. With ``DISTCC_FALLBACK=0`` it waits
-   instead, visibly, in c1's daemon (``queued``), not inside a server. A stock distcc 3.4
+   server slots; a ``meshcc-gcc`` on c1 compiles in its own share at once while c2's jobs
+   still hold the servers (its daemon knows from the live-load channel, or the servers say
+   BUSY; the client's BUSY path on its own: integration/test_busy.py). With
+   ``DISTCC_FALLBACK=0`` it waits instead, visibly, in c1's daemon (``queued``), not inside a server. A stock distcc 3.4
    client on c1 sent to s1 still works: it waits inside s1 as with distccd, and s1's status
    shows it (``slot_waiting``). All finish once the hold is released.
 2. Real builds: zlib built on c1 and c2 at once with ``CC=meshcc-gcc make -j8`` (leases).
@@ -169,15 +170,19 @@ def _run(
             pytest.fail(_diagnostics(everyone))
         assert [_status(s).slots_held for s in (s1, s2)] == [SERVER_JOBS] * 2
 
-        # c1: BUSY from both servers at once, then its own share; c2 still holds them.
+        # c1: compiles in its own share at once while c2 still holds the servers: its
+        # daemon knows they are full from the live-load channel, or the servers say BUSY
+        # (the window before the load reaches it); never a job waiting inside a server.
         verbose = client_env(c1, MESHCC_VERBOSE="1")
         res = hosts["c1"].run(["meshcc-gcc", "-c", "f4.c", "-o", "c1-f4.o"], cwd=tree, env=verbose)
         assert res.returncode == 0, res.stderr
         assert all(p.poll() is None for p in fill) and (marks / "hold").exists()
-        assert res.stderr.count("is busy") == 2, res.stderr
-        assert "this box's share" in res.stderr, res.stderr
-        assert (tree / "c1-f4.o").stat().st_size > 0
-        assert [_status(s).slot_waiting for s in (s1, s2)] == [0, 0]
+        assert "share" in res.stderr and "compiling locally" in res.stderr, res.stderr
+        print(f"c1's compile: {res.stderr.count('is busy')} BUSY answer(s)\n{res.stderr}")
+        assert (tree / "c1-f4.o").stat().st_size > 0 and _started(marks) == 4
+        assert [(_status(s).slots_held, _status(s).slot_waiting) for s in (s1, s2)] == [
+            (SERVER_JOBS, 0)
+        ] * 2
 
         # DISTCC_FALLBACK=0 on c1: the job waits in c1's daemon, where it shows.
         strict1 = client_env(c1, DISTCC_FALLBACK="0", MESHCC_VERBOSE="1")
