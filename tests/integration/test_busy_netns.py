@@ -10,9 +10,9 @@ server used to end up holding four connections while running two.
    server slots; a ``meshcc-gcc`` on c1 compiles in its own share at once while c2's jobs
    still hold the servers (its daemon knows from the live-load channel, or the servers say
    BUSY; the client's BUSY path on its own: integration/test_busy.py). With
-   ``DISTCC_FALLBACK=0`` it waits instead, visibly, in c1's daemon (``queued``), not inside a server. A stock distcc 3.4
-   client on c1 sent to s1 still works: it waits inside s1 as with distccd, and s1's status
-   shows it (``slot_waiting``). All finish once the hold is released.
+   ``DISTCC_FALLBACK=0`` it waits instead, visibly, in c1's daemon (``queued``), not inside
+   a server. A stock distcc 3.4 client on c1 sent to s1 still works: it waits inside s1 as
+   with distccd, and s1's status shows it (``slot_waiting``). All finish once the hold is released.
 2. Real builds: zlib built on c1 and c2 at once with ``CC=meshcc-gcc make -j8`` (leases).
    Sampled every few ms on both servers: running compiles and job slots held never exceed
    ``--jobs``, and no request ever waits inside a server. Both builds match a local build
