@@ -29,6 +29,8 @@ _JOB_RE = re.compile(
     r"core:(?P<core>\d+) ret:(?P<ret>\d+) time:(?P<time>\d+)ms ?(?P<rest>.*)$"
 )
 
+_EXTRA_RE = re.compile(r"^(?:queue:\d+ms|cache:\w+)$")
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now (the kernel picks it)."""
@@ -89,6 +91,7 @@ class JobSummary:
     time_ms: int
     compiler: str | None
     input: str | None
+    queue_ms: int | None = None  # meshcc: how long the job waited for a slot (queue:NNms)
 
 
 def parse_job_summaries(text: str) -> list[JobSummary]:
@@ -99,6 +102,14 @@ def parse_job_summaries(text: str) -> list[JobSummary]:
         if not m:
             continue
         rest = m["rest"].strip()
+        # meshcc appends fields after distccd's layout: queue:NNms, cache:WORD
+        queue_ms = None
+        words = rest.split(" ")
+        while words and _EXTRA_RE.match(words[-1]):
+            key, _, value = words.pop().partition(":")
+            if key == "queue":
+                queue_ms = int(value[:-2])
+        rest = " ".join(words)
         compiler, _, source = rest.partition(" ")
         jobs.append(
             JobSummary(
@@ -111,6 +122,7 @@ def parse_job_summaries(text: str) -> list[JobSummary]:
                 time_ms=int(m["time"]),
                 compiler=compiler or None,
                 input=source or None,
+                queue_ms=queue_ms,
             )
         )
     return jobs

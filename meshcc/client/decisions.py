@@ -7,6 +7,8 @@ exited with a code, the object could not be written, no host is left) and carrie
 action it gets back:
 
 - :class:`TryNextHost`: tell the pool the host failed (``why``, ``connect_failed``), pick again;
+- :class:`TryElsewhere`: the host is full (it answered BUSY), which is not a failure: free it
+  with no backoff (``HostPool.busy``) and pick again at once;
 - :class:`Deliver`: write the object, show cpp's and the server's diagnostics, then ask
   :meth:`Plan.delivered` (or :meth:`Plan.output_unwritable` if the write failed);
 - :class:`RetryLocally`: keep what the pool says to keep, compile locally as a child, then
@@ -50,6 +52,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
+# BUSY answers taken for one job before it stops asking (the mesh stayed full all along:
+# every answer came at once, and the daemon made us wait between them if all were busy).
+MAX_BUSY_ANSWERS = 24
 
 # Verdicts on a host, as the pools' finish() takes them.
 FORGIVE = True  # it compiled the job: clear its backoff
@@ -99,6 +104,18 @@ class TryNextHost:
 
     def __repr__(self) -> str:
         return f"TryNextHost({self.why!r}, connect_failed={self.connect_failed})"
+
+
+class TryElsewhere:
+    """The host is full (BUSY): free it without backoff (``HostPool.busy``), pick again."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"TryElsewhere({self.why!r})"
 
 
 class Deliver:
@@ -177,12 +194,13 @@ class Plan:
     judged against it).
     """
 
-    __slots__ = ("remote_status", "settings", "source")
+    __slots__ = ("busy_answers", "remote_status", "settings", "source")
 
     def __init__(self, settings: Settings, source: str) -> None:
         self.settings = settings
         self.source = source
         self.remote_status: int | None = None
+        self.busy_answers = 0
 
     # ---------------------------------------------------------- before any host
 
@@ -216,6 +234,22 @@ class Plan:
     def refused(self, reason: str) -> TryNextHost:
         """The server said why it will not take the job (meshcc's ERRM)."""
         return TryNextHost(f"refused: {reason}", connect_failed=False)
+
+    def busy(self, host: str, running: int) -> TryElsewhere | CompileLocally:
+        """``host`` answered BUSY (all its job slots taken, ``running`` jobs): not a failure,
+        so no backoff and no remote attempt used up; try elsewhere at once. After
+        MAX_BUSY_ANSWERS the mesh has stayed full all along: compile here (in a local slot),
+        unless that is not allowed (DISTCC_FALLBACK=0): then keep asking, as distcc waits
+        for a slot; the host pool runs out of hosts, or the daemon makes us wait between
+        answers."""
+        self.busy_answers += 1
+        why = f"{host} is busy ({running} jobs running)"
+        if self.busy_answers < MAX_BUSY_ANSWERS or not self.settings.fallback:
+            return TryElsewhere(why)
+        return CompileLocally(
+            f"{why}, the {self.busy_answers}th busy answer for {self.source}; compiling locally",
+            warn=False,
+        )
 
     def cpp_failed(self, code: int) -> Finish:
         """The local preprocessor failed: final (the local compile would fail the same way)."""

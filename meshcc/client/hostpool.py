@@ -59,6 +59,10 @@ class HostPool(Protocol[TargetT, HeldT]):
     def failed_on(self, host: TargetT, held: HeldT, why: str, connect_failed: bool) -> None:
         """``host`` did not do the job (a ``decisions.TryNextHost``); free ``held``."""
 
+    def busy(self, host: TargetT, held: HeldT) -> None:
+        """``host`` answered BUSY (a ``decisions.TryElsewhere``): free ``held`` with no
+        backoff and no remote attempt counted; the next ``acquire`` looks elsewhere."""
+
     def finish(self, host: TargetT, held: HeldT, verdict: bool | None) -> None:
         """The job is over on ``host``: record ``verdict`` (``decisions.FORGIVE``,
         ``BACK_OFF`` or ``NO_OPINION``), free ``held``."""

@@ -131,6 +131,13 @@ def failed_on(host: object, why: str) -> None:
     _send(None, *_last_failure)
 
 
+def busy_on(host: object, why: str) -> None:
+    """A full host answered BUSY: remembered for this compile's outcome (``busy`` if it
+    ends here), never counted against the host (a full host is not a failing one)."""
+    global _last_failure
+    _last_failure = (host_name(host), f"busy: {why}")
+
+
 def compiled_locally(act: CompileLocally | Fail, pool: object, source: str | None) -> None:
     """Report why a distributable job ends here (or, for a Fail, nowhere)."""
     from meshcc.client.decisions import Fail
@@ -145,6 +152,8 @@ def compiled_locally(act: CompileLocally | Fail, pool: object, source: str | Non
         outcome = "fallback"
         if why.startswith("refused: "):
             outcome, why = "refused", why[len("refused: ") :]
+        elif why.startswith("busy: "):
+            outcome, why = "busy", why[len("busy: ") :]
     elif getattr(pool, "local_share", None) is not None:
         outcome, host, why = "share", "", f"meshcc daemon: {getattr(pool, 'local_reason', '')}"
     elif getattr(pool, "daemon_failure", ""):

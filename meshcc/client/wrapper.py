@@ -698,7 +698,10 @@ def _localslots(hostlist: object | None, cpp: bool = False) -> int:
 def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: float) -> Reply:
     """Send the job to ``host`` (overlapping connect and request head with cpp) and read
     the reply, noting distcc's phases in the state file (``slot``: the host slot we hold).
-    Raises client.TransportError / client.Refused / _CppFailed / _GoLocal."""
+    Raises client.TransportError / client.Refused / client.Busy / _CppFailed / _GoLocal.
+    A host that speaks BUSY (a lease says so) is connected to once cpp is done and asked for
+    a job slot first: a full one says so at once, and a reserved slot never waits for our
+    preprocessor."""
     from meshcc.client.decisions import wire_version
     from meshcc.transport import client
 
@@ -718,16 +721,18 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         assert host.port is not None  # only localhost has none, and it never gets here
         conn = client.Connection(host.host, host.port, version, io_timeout)
     log = run.log
+    slot_first = getattr(host, "busy", False) is True
     t0 = time.monotonic()
     note = _state.note
     try:
-        note(_state.CONNECT, host.host, slot)
-        conn.connect()
-        conn.send_head(argv)
-        log.debug(
-            f"connected to {conn.where} (protocol {version}) in "
-            f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
-        )
+        if not slot_first:
+            note(_state.CONNECT, host.host, slot)
+            conn.connect()
+            conn.send_head(argv)
+            log.debug(
+                f"connected to {conn.where} (protocol {version}) in "
+                f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
+            )
         if run.cpp_pid:
             if run.cpp_status is None:
                 note(_state.CPP, "localhost", getattr(run.cpp_slot, "index", 0))
@@ -739,6 +744,16 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         except OSError as e:
             log.debug(f"cannot read the source to send: {e.strerror}")
             raise _GoLocal() from None
+        if slot_first:
+            t0 = time.monotonic()
+            note(_state.CONNECT, host.host, slot)
+            conn.connect()
+            conn.reserve_slot()  # client.Busy at once if every job slot is taken
+            conn.send_head(argv)
+            log.debug(
+                f"connected to {conn.where} (protocol {version}), job slot reserved in "
+                f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
+            )
         t1 = time.monotonic()
         note(_state.SEND, host.host, slot)
         conn.send_source(data)
@@ -837,6 +852,14 @@ class _ListPool:
             self.failed.add(host.lock_name)
         self.run.release(slot)
 
+    def busy(self, host: Host, slot: Slot) -> None:
+        """A full host (BUSY; a host list never negotiates it today): no backoff file, no
+        attempt counted, but not this host again for this job."""
+        self.attempts -= 1
+        self.failed.add(host.lock_name)
+        self.last_failure = f"{host.spec} (busy)"
+        self.run.release(slot)
+
     def finish(self, host: Host, slot: Slot, verdict: bool | None) -> None:
         """The job is over on ``host``: True = it worked (forgive), False = dislike it
         (back off), None = no opinion (decisions.FORGIVE, BACK_OFF, NO_OPINION). Frees the
@@ -867,9 +890,21 @@ class _ListPool:
 class _Leased:
     """A peer leased from the daemon, shaped like a ``hostspec.Host`` for ``_remote``."""
 
-    __slots__ = ("compiler", "host", "lock", "peer", "port", "protocol", "slot", "spec", "where")
+    __slots__ = (
+        "busy",
+        "compiler",
+        "host",
+        "lock",
+        "peer",
+        "port",
+        "protocol",
+        "slot",
+        "spec",
+        "where",
+    )
 
     def __init__(self, grant: LeaseGranted) -> None:
+        self.busy = grant.busy  # the peer speaks SLOT/BUSY
         self.host = host = grant.host
         self.port = port = grant.port
         self.protocol = grant.protocol
@@ -929,7 +964,12 @@ class _LeasePool:
             if conn is None:
                 conn = cc.Control.connect(self.path)
             answer = conn.lease(
-                self.cc, self.cc_path, run.job.source or "", self.io_timeout, local_ok=run.fallback
+                self.cc,
+                self.cc_path,
+                run.job.source or "",
+                self.io_timeout,
+                local_ok=run.fallback,
+                on_wait=lambda: _begin_cpp(run, self),  # preprocess while we wait in line
             )
         except (cc.NoDaemon, cc.ControlError) as e:
             if conn is not None:
@@ -987,6 +1027,14 @@ class _LeasePool:
         lease.ok = False
         lease.connect_failed = connect_failed
         lease.reason = why
+        self.run.release(lease)
+        self.run.release(host.lock)
+
+    def busy(self, host: _Leased, lease: Control) -> None:
+        """The peer is full: tell the daemon (it skips the peer for a moment, with no
+        failure counted) and end the lease; not a leased attempt used up."""
+        self.attempts -= 1
+        lease.busy = True
         self.run.release(lease)
         self.run.release(host.lock)
 
@@ -1077,8 +1125,20 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     return _run_job(run, _ListPool(run, hostlist), plan, io_timeout)
 
 
+def _begin_cpp(run: _Run, pool: HostPool[TargetT, HeldT] | _LeasePool) -> None:
+    """Start the local preprocessor (once, in a cpp slot): when a host is picked, or earlier
+    while the daemon makes us wait for a lease, so that the source is ready when the slot is
+    ours (a peer slot reserved with SLOT then never waits for our cpp)."""
+    if not run.job.preprocessed and not run.cpp_pid:
+        run.cpp_slot = _local_slot(run.log, run.lockdir, pool.localslots(cpp=True))
+        if run.cpp_slot is not None:
+            run.slots.append(run.cpp_slot)
+        run.start_cpp()
+
+
 def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: float) -> int:
     """Try hosts from ``pool`` until one compiles the job, then finish as ``plan`` says."""
+    from meshcc.client import decisions
     from meshcc.compiler import args
     from meshcc.transport import client
 
@@ -1097,17 +1157,24 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
             if picked is None:
                 break
             host, held = picked
-            if not job.preprocessed and not run.cpp_pid:
-                run.cpp_slot = _local_slot(log, run.lockdir, pool.localslots(cpp=True))
-                if run.cpp_slot is not None:
-                    run.slots.append(run.cpp_slot)
-                run.start_cpp()
+            _begin_cpp(run, pool)
             name = getattr(host, "compiler", None)  # a lease names the peer's compiler
             argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
             # a distcc slot lock's number, else the one a lease was given
             slot = int(getattr(held, "index", getattr(host, "slot", 0)))
             try:
                 reply = _remote(run, host, slot, argv, io_timeout)
+            except client.Busy as e:
+                log.debug(f"{host.spec} is busy ({e.running} jobs running): trying elsewhere")
+                act = plan.busy(host.spec, e.running)
+                from meshcc.client import outcome
+
+                outcome.busy_on(host, f"all its job slots taken ({e.running} jobs running)")
+                pool.busy(host, held)
+                if not isinstance(act, decisions.TryElsewhere):
+                    run.stop_cpp()
+                    _compile_locally(run, act, pool)
+                continue
             except client.Refused as e:
                 log.debug(f"{host.spec} refused {src}: {e.reason}")
                 retry = plan.refused(e.reason)

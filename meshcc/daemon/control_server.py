@@ -281,9 +281,12 @@ class ControlServer:
             log.debug("control: %s compiles %s locally: %s", who, req.source, got.reason)
             await self._send(writer, control.LeaseLocal(got.reason))
             return
+        done: control.DoneMessage | None = None
         try:
             log.debug("control: %s leases %s for %s (%s)", who, got.key, req.source, req.cc)
-            grant = control.LeaseGranted(got.host, got.port, got.protocol, got.compiler, got.key)
+            grant = control.LeaseGranted(
+                got.host, got.port, got.protocol, got.compiler, got.key, got.busy
+            )
             await self._send(writer, grant)
             done = await eof  # held until 'done' or the connection closes
         except control.ControlError as e:
@@ -293,8 +296,11 @@ class ControlServer:
             done = None
         finally:
             eof.cancel()
-            self.broker.release(got.key)
-        if isinstance(done, control.DoneMessage):
+            busy = isinstance(done, control.DoneMessage) and done.busy
+            self.broker.release(got.key, busy=busy)
+        if isinstance(done, control.DoneMessage) and done.busy:
+            log.debug("control: %s was busy for %s; not handing it out for a moment", got.key, who)
+        elif isinstance(done, control.DoneMessage):
             self.mesh.report_job_result(got.key, done.ok, connect_failed=done.connect_failed)
             if not done.ok:
                 log.info(

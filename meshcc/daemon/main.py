@@ -626,6 +626,8 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             socket=prep.control_path,
             leases=control_server.broker.held,
             queued=len(control_server.broker.waiters),
+            slots_held=server.slots_held if server is not None else 0,
+            slot_waiting=server.waiting_for_slot if server is not None else 0,
             **_load_status(mesh),
         )
 

@@ -43,6 +43,11 @@ log = logging.getLogger("meshcc.leases")
 
 DISPATCH_TICK_S = 0.5
 DEMAND_VERDICTS_S = 0.1  # demand() reuses a compiler's verdicts this long
+# A peer that answered BUSY is not handed out again for this long (or until one of our own
+# leases on it ends): long enough not to bounce between full peers, short next to a compile,
+# and shorter than the server's turn grace (ServerConfig.turn_grace in transport.server),
+# so a box kept out by another's quick re-asking still gets its turn.
+BUSY_HOLD_S = 0.1
 
 
 class _MeshStatus(Protocol):
@@ -68,6 +73,7 @@ class Grant:
     port: int
     protocol: int
     compiler: str
+    busy: bool = False  # the peer announces ``busy``: the client may ask it for a slot first
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +130,7 @@ class LeaseBroker:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._demand_verdicts: dict[ClientCompiler, tuple[float, list[Verdict]]] = {}
+        self.busy_until: dict[str, float] = {}  # peers that answered BUSY, until when
 
     @property
     def held(self) -> int:
@@ -135,7 +142,19 @@ class LeaseBroker:
     def _take(self, v: Verdict) -> Grant:
         r = v.peer.record
         self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
-        return Grant(r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "")
+        return Grant(
+            r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "", "busy" in r.caps
+        )
+
+    def _full(self, key: str) -> bool:
+        """The peer answered BUSY less than BUSY_HOLD_S ago."""
+        until = self.busy_until.get(key)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self.busy_until[key]
+        return False
 
     def _take_local(self, why: str) -> Local:
         self.in_use[LOCAL_KEY] = self.in_use.get(LOCAL_KEY, 0) + 1
@@ -152,6 +171,8 @@ class LeaseBroker:
         """(slots this daemon may still take on the peer, its speed; 0 unknown)."""
         r = v.peer.record
         mine = self.in_use.get(r.key, 0)
+        if self._full(r.key):
+            return 0, 0.0  # it said BUSY a moment ago
         if self.load is not None and r.key in self.load:
             live = self.load.live(r.key)
             if live is not None:
@@ -221,7 +242,7 @@ class LeaseBroker:
             matching += 1
             r = v.peer.record
             free = r.limit - self.in_use.get(r.key, 0)
-            if free <= 0:
+            if free <= 0 or self._full(r.key):
                 continue
             score = (v.peer.job_failures, -free, rank)
             if best is None or score < best[0]:
@@ -263,7 +284,16 @@ class LeaseBroker:
             self._publish()
             raise
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, busy: bool = False) -> None:
+        """A lease ends. ``busy``: the peer answered BUSY (full with other boxes' jobs), so
+        it is skipped for BUSY_HOLD_S and waiters get another peer or our share meanwhile;
+        any other release frees one of its slots, ours at least, so it is tried again."""
+        if busy:
+            self.busy_until[key] = self._clock() + BUSY_HOLD_S
+            if self.waiters:
+                asyncio.get_running_loop().call_later(BUSY_HOLD_S, self.dispatch)
+        else:
+            self.busy_until.pop(key, None)
         n = self.in_use.get(key, 0) - 1
         if n > 0:
             self.in_use[key] = n
@@ -374,8 +404,17 @@ class LeaseBroker:
     async def _tick(self) -> None:
         """Peers appear, vanish or get backed off while requests wait: look again."""
         while self.waiters:
-            await asyncio.sleep(DISPATCH_TICK_S)
+            await asyncio.sleep(self._next_look())
             self.dispatch()
+
+    def _next_look(self) -> float:
+        """The tick, or sooner when a peer's BUSY hold ends first."""
+        now = self._clock()
+        for key in [k for k, until in self.busy_until.items() if until <= now]:
+            del self.busy_until[key]  # over (a peer that vanished is never looked at again)
+        if not self.busy_until:
+            return DISPATCH_TICK_S
+        return min(DISPATCH_TICK_S, max(0.01, min(self.busy_until.values()) - now))
 
     def stop(self) -> None:
         if self._task is not None:

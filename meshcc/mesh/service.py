@@ -143,6 +143,8 @@ class MeshStatus:
         socket: str | None = None,
         leases: int = 0,
         queued: int = 0,
+        slots_held: int = 0,
+        slot_waiting: int = 0,
         free: int = 0,
         speed: int = 0,
         leased: int = 0,
@@ -167,6 +169,8 @@ class MeshStatus:
             socket=socket,
             leases=leases,
             queued=queued,
+            slots_held=slots_held,
+            slot_waiting=slot_waiting,
             free=free,
             speed=speed,
             leased=leased,
@@ -213,8 +217,9 @@ def _default_caps() -> frozenset[str]:
     from meshcc import compression
 
     # Only what the compile server speaks (peers trust every capability announced):
-    # ERRM refusals, and the PING/PONG liveness probe (peers then probe us with it).
-    caps = {"errm", "ping"}
+    # ERRM refusals, the PING/PONG liveness probe (peers then probe us with it), and the
+    # SLOT/BUSY job slot reservation (meshcc clients then get BUSY at once when we are full).
+    caps = {"busy", "errm", "ping"}
     if compression.available(compression.Codec.LZO):
         caps.add("lzo")
     return frozenset(caps)

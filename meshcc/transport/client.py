@@ -11,6 +11,8 @@ Outcomes are kept apart because the wrapper acts differently on each:
   reset, EOF before a complete reply, protocol error, IO timeout). Back off, try another.
 - :class:`Refused`: the server said why it would not run the job (meshcc's ERRM). Same
   handling as a transport failure, but the reason is shown to the user.
+- :class:`Busy`: the server (``busy`` capability, asked with :meth:`Connection.reserve_slot`)
+  has every job slot taken. Not a failure: no backoff; take another host or the local share.
 - :class:`Reply`: the compiler ran remotely; its wait status, output and object.
 """
 
@@ -59,6 +61,14 @@ class Refused(Exception):
         shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
         super().__init__(shown)
         self.reason = shown
+
+
+class Busy(Exception):
+    """The server answered ``BUSY``: all its job slots are taken (``running`` jobs run)."""
+
+    def __init__(self, running: int) -> None:
+        super().__init__(f"busy: all job slots taken ({running} jobs running)")
+        self.running = running
 
 
 class Reply:
@@ -177,6 +187,42 @@ class Connection:
                 self._send_error = e
                 return
             raise TransportError(f"send failed: {_describe(e)}") from None
+
+    def reserve_slot(self) -> None:
+        """Ask a ``busy``-capable server for a job slot (``SLOT``) and wait for the answer,
+        which comes at once: return with the slot reserved, or raise Busy, Refused or
+        TransportError. Call it with the source ready (after cpp), so a reserved slot never
+        idles while this box preprocesses."""
+        sock = self.sock
+        assert sock is not None
+        self._send(wire.SLOT_REQUEST)
+        if self._send_error is not None:
+            self._raise_after_send_error()
+        data = b""
+        eof = False
+        while True:
+            try:
+                answer = wire.read_slot_answer(data, eof, self.limits)
+            except wire.ProtocolError as e:
+                raise TransportError(f"protocol error: {e}", EXIT_PROTOCOL_ERROR) from None
+            if isinstance(answer, wire.SlotGranted):
+                return
+            if isinstance(answer, wire.SlotBusy):
+                raise Busy(answer.running)
+            if isinstance(answer, wire.ReplyRefused):
+                raise Refused(answer.message or "no reason given")
+            try:
+                chunk = sock.recv(RECV_SIZE)
+            except TimeoutError:
+                raise TransportError(
+                    f"IO timeout ({sock.gettimeout():g}s) waiting for a job slot", EXIT_TIMEOUT
+                ) from None
+            except OSError as e:
+                raise TransportError(f"receive failed: {_describe(e)}") from None
+            if chunk:
+                data += chunk
+            else:
+                eof = True
 
     def send_head(self, argv: Sequence[bytes]) -> None:
         """DIST + ARGC + ARGVs; sent while cpp still runs, as distcc does."""

@@ -30,11 +30,14 @@ from meshcc.wire import control
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 CONNECT_TIMEOUT = 4.0
 MAX_REPLY = 1024 * 1024  # a hosts reply with many peers is the largest; status is small
 _RECV_SIZE = 65536
+# A lease the daemon can give (or refuse) comes within this, even on a loaded box; later
+# means we wait in line (and preprocess meanwhile: wasted if we then get our own share).
+ANSWER_AT_ONCE = 0.05
 # connect() errors that mean "no daemon here" (quietly use the host files instead).
 _ABSENT = frozenset({2, 111, 20, 13})  # ENOENT, ECONNREFUSED (stale socket), ENOTDIR, EACCES
 
@@ -76,7 +79,7 @@ class Control:
     ``done`` and closes, returning the peer's slot to the daemon.
     """
 
-    __slots__ = ("_reader", "connect_failed", "ok", "path", "reason", "sock")
+    __slots__ = ("_reader", "busy", "connect_failed", "ok", "path", "reason", "sock")
 
     def __init__(self, sock: _socket.socket, path: str) -> None:
         self.sock: _socket.socket | None = sock
@@ -85,6 +88,7 @@ class Control:
         self.ok = True  # outcome reported by release(); the compile client sets it on failure
         self.connect_failed = False
         self.reason = ""
+        self.busy = False  # the peer answered BUSY: the daemon skips it for a moment
 
     @classmethod
     def connect(
@@ -112,13 +116,19 @@ class Control:
             )
         return cls(sock, path)
 
-    def request(self, message: Mapping[str, object], timeout: float) -> dict[str, object]:
-        """Send one map and wait up to ``timeout`` s for the answer map."""
+    def request(
+        self,
+        message: Mapping[str, object],
+        timeout: float,
+        on_wait: Callable[[], None] | None = None,
+    ) -> dict[str, object]:
+        """Send one map and wait up to ``timeout`` s for the answer map. ``on_wait`` is
+        called once if the answer does not come at once (the daemon made us wait in line)."""
         sock = self.sock
         if sock is None:
             raise ControlError("connection already closed")
         try:
-            sock.settimeout(timeout)
+            sock.settimeout(ANSWER_AT_ONCE if on_wait is not None else timeout)
             sock.sendall(control.encode(message))
         except OSError as e:
             raise ControlError(f"cannot send to the meshcc daemon: {e.strerror or e}") from None
@@ -129,6 +139,11 @@ class Control:
             try:
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError:
+                if on_wait is not None:
+                    callback, on_wait = on_wait, None
+                    sock.settimeout(timeout)
+                    callback()
+                    continue
                 raise ControlError(
                     f"no answer from the meshcc daemon within {timeout:g}s"
                 ) from None
@@ -151,12 +166,19 @@ class Control:
         return control.decode_hosts_reply(self.request(request, timeout))
 
     def lease(
-        self, cc: str, cc_path: str, source: str, timeout: float, local_ok: bool = True
+        self,
+        cc: str,
+        cc_path: str,
+        source: str,
+        timeout: float,
+        local_ok: bool = True,
+        on_wait: Callable[[], None] | None = None,
     ) -> control.LeaseGranted | control.LeaseLocal | control.ErrorReply:
         """Ask for a peer slot for one compile (may wait while every matching peer is busy).
-        ``local_ok`` False: never hand out this box's own share (DISTCC_FALLBACK=0)."""
+        ``local_ok`` False: never hand out this box's own share (DISTCC_FALLBACK=0).
+        ``on_wait``: called once if we have to wait (the client preprocesses meanwhile)."""
         request = control.LeaseRequest(cc, cc_path, source, local_ok).to_message()
-        return control.decode_lease_reply(self.request(request, timeout))
+        return control.decode_lease_reply(self.request(request, timeout, on_wait))
 
     def release(self) -> None:
         """Report the outcome (``done``) and close: the lease ends (idempotent, best effort)."""
@@ -164,7 +186,7 @@ class Control:
         if sock is None:
             return
         self.sock = None
-        done = control.DoneMessage(self.ok, self.connect_failed, self.reason)
+        done = control.DoneMessage(self.ok, self.connect_failed, self.reason, self.busy)
         try:
             sock.settimeout(1.0)
             sock.sendall(control.encode(done.to_message()))

@@ -98,7 +98,10 @@ _SHED_BODY_STALL = 1.0
 # about 1 MiB) reads further bytes only against the body budget, like a source body.
 _HEADER_FREE = 64 * 1024
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
-_NO_ADDRESS = ipaddress.ip_address("0.0.0.0")  # counts a stream that has no client address
+_NO_ADDRESS = ipaddress.ip_address("0.0.0.0")
+# BUSY turns between boxes (CompileServer._try_reserve_slot): how long a turned-away box
+# stays in line without asking again (its daemon asks every mesh.leases.BUSY_HOLD_S).
+_OWED_S = 1.0  # counts a stream that has no client address
 
 
 class JobResult(enum.Enum):
@@ -126,6 +129,7 @@ class JobSummary:
     compiler: str | None = None
     source: str | None = None
     cache: str | None = None  # --ccache: hit, miss or uncached; None without ccache
+    queue_ms: int | None = None  # waited for a job slot this long; None: did not wait
     refused: bool = False  # turned down with a reason (ERRM); for JobStats, not the line
     bytes_in: int = 0  # request bytes read
     bytes_out: int = 0  # reply bytes written
@@ -145,7 +149,12 @@ class JobSummary:
         )
         if self.result in (JobResult.COMPILE_OK, JobResult.COMPILE_ERROR):
             text += f" {self.compiler or '?'} {self.source or '?'}"
-        if self.cache is not None:  # last, so distccd's layout before it parses unchanged
+        # Extra fields go after distccd's layout, so it parses unchanged. queue: is the wait
+        # for a job slot, kept out of time: (distccd's queue is its kernel backlog, never
+        # timed); only a job that waited has it. cache: stays last.
+        if self.queue_ms is not None:
+            text += f" queue:{self.queue_ms}ms"
+        if self.cache is not None:
             text += f" cache:{self.cache}"
         return text
 
@@ -215,6 +224,10 @@ class ServerConfig:
     drain_seconds: float = 2.0
     tmpdir: str | None = None  # None = $TMPDIR (tempfile's rules)
     ccache: CcacheRun | None = None  # --ccache: run jobs through ccache
+    # How long a freed job slot waits for the box answered BUSY longest ago (its daemon asks
+    # again every mesh.leases.BUSY_HOLD_S = 0.1 s): turns between boxes, see
+    # CompileServer._try_reserve_slot.
+    turn_grace: float = 0.15
 
     def caps(self) -> tuple[int, int]:
         """(total, per address) connection caps, derived from the descriptor limit if unset."""
@@ -496,6 +509,10 @@ class CompileServer:
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
         self._running_compiles = 0
+        self._slots_held = 0  # job slots taken: reserved (SLOT) or compiling
+        self.busy_count = 0  # SLOT requests answered BUSY since start
+        self._owed: dict[IPAddress, float] = {}  # addresses answered BUSY, oldest first
+        self._freed_at = 0.0  # when a job slot last became free
         # Totals for the mesh's speed figure (bytes of preprocessed source compiled, and
         # seconds of compiler wall time): read-only for others.
         self.compiled_bytes = 0
@@ -565,6 +582,20 @@ class CompileServer:
     def running_compiles(self) -> int:
         """Compilers running now (the mesh republishes free slots from it)."""
         return self._running_compiles
+
+    @property
+    def slots_held(self) -> int:
+        """Job slots taken now (never above ``--jobs``): a slot reserved by a ``busy``-capable
+        client whose request is still arriving, or a compile (the slot frees before the reply
+        is written)."""
+        return self._slots_held
+
+    @property
+    def waiting_for_slot(self) -> int:
+        """Complete requests waiting for a job slot now: stock distcc clients (and meshcc
+        clients that did not negotiate ``busy``) queue inside the server, as with distccd;
+        this is that queue, for the status page and metrics."""
+        return self.stats.waiting
 
     @property
     def queued_jobs(self) -> int:
@@ -804,6 +835,7 @@ class CompileServer:
         log_summary = True
         throttle: str | None = None
         replying = False  # once reply bytes may be on the wire, no ERRM can follow
+        holding = False  # this connection holds one of the --jobs slots
         try:
             if not conn.trusted and not client_allowed(addr, self.config.allowed):
                 # A peer outside our --allow probes us every second: one line per interval.
@@ -831,27 +863,47 @@ class CompileServer:
                 log.debug("client %s: liveness probe", summary.client)
                 writer.write(wire.PROBE_REPLY)
                 return
+            if wire.is_slot_request(first):  # a busy-capable client: a slot now, or BUSY
+                if not await self._try_reserve_slot(addr):
+                    log_summary = False
+                    self.busy_count += 1
+                    log.debug(
+                        "client %s: busy (%d of %d slots taken, %d waiting)",
+                        summary.client,
+                        self._slots_held,
+                        self.config.jobs,
+                        self.stats.waiting,
+                    )
+                    writer.write(wire.encode_busy(self._running_compiles))
+                    return
+                holding = True
+                writer.write(wire.SLOT_GRANTED)
+                first = first[wire.HEADER_LEN :]
             self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
             request = await self._read_phase(reader, summary, first, conn)
             self._set_phase(conn, _Phase.BUSY)
-            async with self.stats.slot(self._job_slots):
-                # The job's memory is now bounded by the job slots: free the body budget.
-                self._budget.give(conn.budget)
-                conn.budget = 0
-                try:
-                    tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
-                except OSError as e:
-                    log.error("cannot create a job directory: %s", e)
-                    raise _Refuse(
-                        f"the server cannot create a job directory: {e.strerror or e}",
-                        ret=EXIT_IO_ERROR,
-                    ) from None
-                outcome = await self._compile(request, tmpdir, reader, summary)
-                # Outputs are in memory: clean up before replying, so a client that has
-                # its reply never sees the job directory (and the slot frees clean).
-                shutil.rmtree(tmpdir, ignore_errors=True)
-                tmpdir = None
+            if not holding:
+                await self._wait_for_slot(summary)
+                holding = True
+            # The job's memory is now bounded by the job slots: free the body budget.
+            self._budget.give(conn.budget)
+            conn.budget = 0
+            try:
+                tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
+            except OSError as e:
+                log.error("cannot create a job directory: %s", e)
+                raise _Refuse(
+                    f"the server cannot create a job directory: {e.strerror or e}",
+                    ret=EXIT_IO_ERROR,
+                ) from None
+            outcome = await self._compile(request, tmpdir, reader, summary)
+            # Outputs are in memory: clean up before replying, so a client that has its
+            # reply never sees the job directory (and the slot frees clean).
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            tmpdir = None
+            holding = False  # the slot is free before the reply is written, as it was
+            self._release_slot()
             summary.result = outcome.result
             summary.ret = outcome.ret
             reply = await self._encode_reply(request, outcome)
@@ -895,6 +947,8 @@ class CompileServer:
             if not replying:
                 await self._refuse(reader, writer, f"internal error in the server: {e!r}")
         finally:
+            if holding:
+                self._release_slot()
             if conn.budget:
                 self._budget.give(conn.budget)
                 conn.budget = 0
@@ -904,7 +958,7 @@ class CompileServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            summary.time_ms = int((time.monotonic() - started) * 1000)
+            summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
                 self.stats.record(
                     summary.outcome, summary.bytes_in, summary.bytes_out, summary.compile_s
@@ -913,6 +967,52 @@ class CompileServer:
                     log.log(NOTICE, "%s", summary.line())
                 else:  # dropped by a deadline or shed: a flood of them is one line
                     self._throttled.log(NOTICE, f"summary-{throttle}", "%s", summary.line())
+
+    async def _try_reserve_slot(self, addr: IPAddress) -> bool:
+        """Take a job slot if one is free and no queued request is owed it; never waits
+        (asyncio's acquire() does not suspend when the semaphore is not locked).
+
+        Turns between boxes: a box whose job just ended asks again within milliseconds,
+        while a box we answered BUSY asks again only after its daemon's hold (0.1 s), so
+        without turns the first box keeps the slot and the other starves. So a free slot
+        goes to the address we turned away longest ago, if it asks within ``turn_grace`` of
+        the slot freeing; after that anyone may take it (it never idles longer)."""
+        now = time.monotonic()
+        owed = self._owed
+        for old in [a for a, t in owed.items() if now - t > _OWED_S]:
+            del owed[old]  # it stopped asking (served elsewhere, or done)
+        if self._job_slots.locked():  # all taken, or promised to a request already waiting
+            owed.setdefault(addr, now)
+            return False
+        first = next(iter(owed), None)
+        if first is not None and first != addr and now - self._freed_at < self.config.turn_grace:
+            owed.setdefault(addr, now)
+            return False  # another box's turn
+        owed.pop(addr, None)
+        await self._job_slots.acquire()
+        self._slots_held += 1
+        return True
+
+    async def _wait_for_slot(self, summary: JobSummary) -> None:
+        """Queue a complete request for a job slot (stock clients: distccd's behaviour), in
+        the open: counted in ``waiting_for_slot``, the wait logged as ``queue:``."""
+        if not self._job_slots.locked():
+            await self._job_slots.acquire()  # free: returns at once, no wait to report
+            self._slots_held += 1
+            return
+        t0 = time.monotonic()
+        self.stats.waiting += 1  # the /metrics gauge too
+        try:
+            await self._job_slots.acquire()
+        finally:
+            self.stats.waiting -= 1
+            summary.queue_ms = int((time.monotonic() - t0) * 1000)
+        self._slots_held += 1
+
+    def _release_slot(self) -> None:
+        self._slots_held -= 1
+        self._freed_at = time.monotonic()
+        self._job_slots.release()
 
     async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).

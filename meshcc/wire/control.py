@@ -440,24 +440,33 @@ class LeaseRequest(Frozen):
 
 
 class DoneMessage(Frozen):
-    """A lease's outcome, sent just before the client closes the lease connection."""
+    """A lease's outcome, sent just before the client closes the lease connection.
 
-    __slots__ = ("connect_failed", "ok", "reason")
-    __match_args__ = ("ok", "connect_failed", "reason")
+    ``busy``: the peer answered BUSY (every job slot taken by other boxes' jobs); not a
+    failure, but the broker should not hand that peer out again at once."""
+
+    __slots__ = ("busy", "connect_failed", "ok", "reason")
+    __match_args__ = ("ok", "connect_failed", "reason", "busy")
     ok: bool
     connect_failed: bool
     reason: str
+    busy: bool
 
-    def __init__(self, ok: bool, connect_failed: bool = False, reason: str = "") -> None:
-        self._init(bool(ok), bool(connect_failed), reason[:MAX_STRING])
+    def __init__(
+        self, ok: bool, connect_failed: bool = False, reason: str = "", busy: bool = False
+    ) -> None:
+        self._init(bool(ok), bool(connect_failed), reason[:MAX_STRING], bool(busy))
 
     def to_message(self) -> dict[str, object]:
-        return {
+        msg: dict[str, object] = {
             "op": "done",
             "ok": self.ok,
             "connect_failed": self.connect_failed,
             "reason": self.reason,
         }
+        if self.busy:  # only when set: older daemons see the message they know
+            msg["busy"] = True
+        return msg
 
 
 Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage
@@ -507,7 +516,10 @@ def decode_request(msg: Mapping[str, object]) -> Request:
     if op == "done":
         reason = _str_field(msg, "reason", optional=True) or ""
         return DoneMessage(
-            _bool_field(msg, "ok", False), _bool_field(msg, "connect_failed", False), reason
+            _bool_field(msg, "ok", False),
+            _bool_field(msg, "connect_failed", False),
+            reason,
+            _bool_field(msg, "busy", False),
         )
     if isinstance(op, str):
         raise ControlError(f"unknown op {op[:64]!r}")
@@ -532,21 +544,27 @@ class ErrorReply(Frozen):
 
 
 class LeaseGranted(Frozen):
-    """A slot on a peer: send the job to ``host``:``port`` naming ``compiler``."""
+    """A slot on a peer: send the job to ``host``:``port`` naming ``compiler``.
 
-    __slots__ = ("compiler", "host", "peer", "port", "protocol")
-    __match_args__ = ("host", "port", "protocol", "compiler", "peer")
+    ``busy``: the peer announces the ``busy`` capability, so the client may ask it for a
+    job slot first (``SLOT``) and take a BUSY answer instead of queueing inside it."""
+
+    __slots__ = ("busy", "compiler", "host", "peer", "port", "protocol")
+    __match_args__ = ("host", "port", "protocol", "compiler", "peer", "busy")
     host: str
     port: int
     protocol: int
     compiler: str
     peer: str
+    busy: bool
 
-    def __init__(self, host: str, port: int, protocol: int, compiler: str, peer: str) -> None:
-        self._init(host, port, protocol, compiler, peer)
+    def __init__(
+        self, host: str, port: int, protocol: int, compiler: str, peer: str, busy: bool = False
+    ) -> None:
+        self._init(host, port, protocol, compiler, peer, bool(busy))
 
     def to_message(self) -> dict[str, object]:
-        return {
+        msg: dict[str, object] = {
             "ok": True,
             "host": self.host,
             "port": self.port,
@@ -554,6 +572,9 @@ class LeaseGranted(Frozen):
             "compiler": self.compiler,
             "peer": self.peer,
         }
+        if self.busy:  # only when set: older clients see the grant they know
+            msg["busy"] = True
+        return msg
 
 
 class LeaseLocal(Frozen):
@@ -598,7 +619,7 @@ def decode_lease_reply(msg: Mapping[str, object]) -> LeaseGranted | LeaseLocal |
             or not isinstance(peer, str)
         ):
             raise ControlError(f"malformed lease grant: {dict(msg)!r:.200}")
-        return LeaseGranted(host, port, proto, compiler, peer)
+        return LeaseGranted(host, port, proto, compiler, peer, msg.get("busy") is True)
     if msg.get("ok") is False and msg.get("local") is True:
         reason = msg.get("reason")
         return LeaseLocal(str(reason or "no reason given"), msg.get("hold") is True)
@@ -712,6 +733,8 @@ class StatusReply(Frozen):
         "port",
         "queued",
         "running",
+        "slot_waiting",
+        "slots_held",
         "socket",
         "speed",
         "version",
@@ -734,6 +757,8 @@ class StatusReply(Frozen):
         "socket",
         "leases",
         "queued",
+        "slots_held",
+        "slot_waiting",
         "free",
         "speed",
         "leased",
@@ -755,6 +780,8 @@ class StatusReply(Frozen):
     socket: str | None
     leases: int
     queued: int
+    slots_held: int  # the compile server's job slots taken (never above jobs)
+    slot_waiting: int  # complete requests queued inside the server for a slot (stock clients)
     free: int
     speed: int
     leased: int
@@ -779,6 +806,8 @@ class StatusReply(Frozen):
         socket: str | None = None,
         leases: int = 0,
         queued: int = 0,
+        slots_held: int = 0,
+        slot_waiting: int = 0,
         free: int = 0,
         speed: int = 0,
         leased: int = 0,
@@ -801,6 +830,8 @@ class StatusReply(Frozen):
             socket,
             leases,
             queued,
+            slots_held,
+            slot_waiting,
             free,
             speed,
             leased,
@@ -849,6 +880,8 @@ class StatusReply(Frozen):
             socket=sock if isinstance(sock, str) else None,
             leases=number("leases"),
             queued=number("queued"),
+            slots_held=number("slots_held"),
+            slot_waiting=number("slot_waiting"),
             free=number("free"),
             speed=number("speed"),
             leased=number("leased"),

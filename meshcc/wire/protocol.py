@@ -25,6 +25,19 @@ explicit answer; an ``ERRM`` refusal or a plain close (an older meshcc without t
 still proves a daemon is accepting. Stock distcc never sees these tokens: meshcc sends
 ``PING`` only to peers that announce ``ping``, and no distcc client sends it, so nothing a
 stock client reads can be mistaken for one.
+
+Job slot reservation (meshcc extension, announced as the ``busy`` capability): a meshcc
+client that knows the server announces ``busy`` opens the connection with the single token
+``SLOT00000001`` (``SLOT_REQUEST``) and waits for the answer before sending ``DIST``. The
+server answers at once: ``FREE00000001`` (``SLOT_GRANTED``: one of its ``--jobs`` slots is
+now this connection's, and the request follows as usual) or ``BUSY`` + the number of jobs it
+is running (``encode_busy``: every slot is taken or promised, try elsewhere) and closes.
+So a full server never holds a waiting job for such a client, and the client never waits
+inside a server where nobody can see it. ``read_slot_answer`` judges the answer (an
+``ERRM`` refusal may come instead, e.g. from the access list). Stock distcc never sees
+these tokens (meshcc sends ``SLOT`` only to peers announcing ``busy``; no distcc client
+sends it); a stock client's request still waits for a slot inside the server, as with
+distccd.
 """
 
 from __future__ import annotations
@@ -40,6 +53,8 @@ __all__ = [
     "NEED_DATA",
     "PROBE_REPLY",
     "PROBE_REQUEST",
+    "SLOT_GRANTED",
+    "SLOT_REQUEST",
     "Event",
     "Limits",
     "ProtocolError",
@@ -58,13 +73,18 @@ __all__ = [
     "RequestReader",
     "RequestSource",
     "RequestStart",
+    "SlotBusy",
+    "SlotGranted",
     "classify_probe_reply",
+    "encode_busy",
     "encode_pump_files",
     "encode_refusal",
     "encode_reply",
     "encode_request_head",
     "encode_source",
     "is_probe",
+    "is_slot_request",
+    "read_slot_answer",
     "string_token",
     "token",
 ]
@@ -416,6 +436,82 @@ def classify_probe_reply(data: bytes, eof: bool) -> str | None:
         prefixes = (PROBE_REPLY[: len(head)], b"ERRM"[: len(head)])
         return None if head[:4] in (p[:4] for p in prefixes) else "other"
     return "closed" if not head else "other"
+
+
+# ---------------------------------------------------------------- job slot reservation
+
+SLOT_REQUEST = b"SLOT00000001"
+"""What a meshcc client sends first to a ``busy``-capable server (version 1)."""
+
+SLOT_GRANTED = b"FREE00000001"
+"""The server's answer when a job slot is now reserved for the connection."""
+
+
+class SlotGranted(_Frozen):
+    """``FREE``: a job slot is reserved for this connection; send the request."""
+
+    __slots__ = ()
+    __match_args__ = ()
+
+
+class SlotBusy(_Frozen):
+    """``BUSY``: every job slot is taken; ``running`` is how many jobs the server runs."""
+
+    __match_args__ = ("running",)
+    __slots__ = __match_args__
+    running: int
+
+    def __init__(self, running: int) -> None:
+        _set(self, "running", running)
+
+
+def is_slot_request(first: bytes) -> bool:
+    """True if a connection's first bytes ask for a job slot (a ``busy``-capable client)."""
+    return first[:HEADER_LEN] == SLOT_REQUEST
+
+
+def encode_busy(running: int) -> bytes:
+    """The refusal a full server sends to a ``SLOT`` request (then it closes)."""
+    return token(b"BUSY", min(max(running, 0), _MAX_VALUE))
+
+
+def read_slot_answer(
+    data: bytes, eof: bool, limits: Limits = _DEFAULT_LIMITS
+) -> SlotGranted | SlotBusy | ReplyRefused | _NeedDataType:
+    """Judge the answer to ``SLOT_REQUEST`` received so far: NEED_DATA while incomplete.
+
+    Raises ProtocolError for anything else, or for a stream that ended early. Nothing may
+    follow ``FREE`` (the server waits for the request) or ``BUSY`` (the server closes), so
+    only the first token is looked at; ``ERRM`` needs its whole text.
+    """
+    if len(data) < HEADER_LEN:
+        if eof:
+            what = "nothing" if not data else f"{len(data)} byte(s)"
+            raise ProtocolError(f"the server closed after {what} instead of answering SLOT")
+        return NEED_DATA
+    name, digits = data[:4], data[4:HEADER_LEN]
+    if digits.translate(None, _HEX_DIGITS):
+        raise ProtocolError(f"{_show(name)} token value {digits!r} is not 8 hex digits")
+    value = int(digits, 16)
+    if name == b"FREE" and value == 1:
+        return SlotGranted()
+    if name == b"BUSY":
+        return SlotBusy(value)
+    if name == b"ERRM":
+        if value > limits.max_message:
+            raise ProtocolError(
+                f"ERRM length {value} exceeds limit max_message={limits.max_message}"
+            )
+        if len(data) < HEADER_LEN + value:
+            if eof:
+                raise ProtocolError("reply truncated: end of stream in ERRM body")
+            return NEED_DATA
+        body = data[HEADER_LEN : HEADER_LEN + value]
+        return ReplyRefused(body.decode("utf-8", "replace"))
+    raise ProtocolError(
+        f"expected FREE, BUSY or ERRM in answer to SLOT, got {_show(name)} "
+        f"(header {bytes(data[:HEADER_LEN])!r})"
+    )
 
 
 # ---------------------------------------------------------------- decoding

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Two client boxes building a real project at once against two servers (root needed).
+
+    .venv/bin/python benchmarks/bench_two_clients.py [--rounds 3] [--server-jobs 1]
+        [--local-share] [--make-j 8] [--json FILE]
+
+meshcc issue 11 ("the mesh acts as one machine"): with two boxes building at once, a stock
+distcc setup (static host lists) makes each server hold more connections than it runs, the
+rest waiting inside it; meshcc's servers answer BUSY instead, so a server never holds more
+than ``--jobs``. This measures both on the same LAN of network namespaces (tests/netns.py,
+nothing touches the real interfaces): servers s1 and s2 (``meshcc daemon --jobs J``), client
+boxes c1 and c2 (``meshcc daemon`` whose only compiler reports another gcc version, so they
+are no peers for each other), zlib (Debian source, cached) configured once per client.
+
+Each round runs, in alternating order:
+
+* **meshcc**: ``make -jN CC=meshcc-gcc`` on c1 and c2 at once, hosts from each box's own
+  daemon (leases);
+* **distcc**: ``make -jN CC="distcc gcc"`` on c1 and c2 at once, ``DISTCC_HOSTS`` the static
+  list ``s1/J,lzo s2/J,lzo`` (the servers are the same meshcc daemons, which serve stock
+  distcc as distccd would, queueing its jobs inside, now counted).
+
+By default clients compile remotely only (``DISTCC_FALLBACK=0``, no ``localhost`` in the
+list) and the servers run ``--jobs 1``: 2 slots in all, as many as this machine's cores, so
+"ideal" means something. ``--local-share`` adds each box's own share (meshcc: the daemon's
+``localhost/2``; distcc: ``localhost/2`` in the list, fallback allowed).
+
+Figures (medians over rounds): makespan (both builds done), each client's build time;
+the ideal = total work / min(total slots, cores), where total work is two local serial
+builds (``make -j1 CC=gcc``, the same objects, measured first); per server, sampled every
+few ms: most compiles running, most job slots held (meshcc's count: reserved, compiling,
+or replying... see below), most requests waiting for a slot inside the server, most TCP
+connections on the compile port (ESTABLISHED, from /proc: includes the daemons' 1 s
+liveness probes and BUSY answers in flight); remote jobs per client (neither starves).
+
+All namespaces share this machine's cores: clients' preprocessors, makes and the servers'
+compilers compete, so the ideal is a bound, not a target one can reach exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
+
+import netns  # noqa: E402
+from harness import parse_job_summaries  # noqa: E402
+from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir  # noqa: E402
+from slotsample import SlotSampler  # noqa: E402
+
+OBJECTS_MK = "meshcc-objects: libz.a $(PIC_OBJS) example minigzip example64.o minigzip64.o\n"
+TARGET = "meshcc-objects"
+PORT = 3632
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str], host: netns.Host | None = None) -> None:
+    kw = {"cwd": cwd, "env": env, "capture_output": True, "text": True, "timeout": 1800}
+    proc = host.run(argv, **kw) if host is not None else subprocess.run(argv, check=False, **kw)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(argv)} failed in {cwd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+
+
+def _configure(src: Path, dst: Path, env: dict[str, str]) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
+    (dst / "objects.mk").write_text(OBJECTS_MK)
+    _run(["./configure"], dst, dict(env, CC="gcc"))
+    return dst
+
+
+def _make_argv(jobs: int, cc: str) -> list[str]:
+    return ["make", f"-j{jobs}", "-f", "Makefile", "-f", "objects.mk", f"CC={cc}", TARGET]
+
+
+def _serial_work(tree: Path, env: dict[str, str], runs: int = 2) -> float:
+    """Wall seconds of one local serial build (the whole work of one client)."""
+    times = []
+    for _ in range(runs):
+        _run(["make", "-f", "Makefile", "clean"], tree, env)
+        t0 = time.monotonic()
+        _run(_make_argv(1, "gcc"), tree, env)
+        times.append(time.monotonic() - t0)
+    return min(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--server-jobs", type=int, default=1)
+    ap.add_argument("--make-j", type=int, default=8)
+    ap.add_argument("--local-share", action="store_true", help="also each box's own share")
+    ap.add_argument(
+        "--ways",
+        default="meshcc,distcc",
+        help="meshcc, distcc, and meshcc-list (meshcc-gcc with the static list: no leases, "
+        "no BUSY; separates the client's own cost from the scheduling)",
+    )
+    ap.add_argument("--json", metavar="FILE")
+    ns = ap.parse_args()
+    reason = netns.unavailable_reason()
+    if reason:
+        print(f"cannot build the LAN: {reason}", file=sys.stderr)
+        return 2
+
+    src = apt_source("zlib")
+    work = private_dir("slotwait-bench-")
+    env0 = clean_env()
+    env0["PATH"] = os.pathsep.join([str(VENV_BIN), env0.get("PATH", os.defpath)])
+    cores = os.cpu_count() or 1
+    J = ns.server_jobs
+    try:
+        ref = _configure(src, work / "zlib-ref", env0)
+        with netns.Lan() as lan:
+            res = _bench(lan, ns, work, src, env0, ref, cores)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    res["server_jobs"] = J
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _bench(
+    lan: netns.Lan,
+    ns: argparse.Namespace,
+    work: Path,
+    src: Path,
+    env0: dict[str, str],
+    ref: Path,
+    cores: int,
+) -> dict[str, object]:
+    J = ns.server_jobs
+    hosts = {n: lan.add_host(n) for n in ("c1", "c2", "s1", "s2")}
+    odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
+    common = ("--interface", "eth0", "--log-level", "notice")
+    daemons = {
+        "s1": Meshd(work, hosts["s1"], *common, "--jobs", str(J), name="s1"),
+        "s2": Meshd(work, hosts["s2"], *common, "--jobs", str(J), name="s2"),
+        "c1": Meshd(work, hosts["c1"], *common, "--compiler", str(odd), name="c1"),
+        "c2": Meshd(work, hosts["c2"], *common, "--compiler", str(odd), name="c2"),
+    }
+    for d in daemons.values():
+        d.start()
+    servers = {hosts["s1"].address, hosts["s2"].address}
+
+    def assembled(d: Meshd) -> bool:
+        out = d.cli("hosts", "--cc", "gcc", inside=True).stdout
+        return {tok.split(":")[0] for tok in out.split()} == servers | {"localhost/2"}
+
+    netns.wait_for(lambda: all(assembled(daemons[c]) for c in ("c1", "c2")), 60, 0.25, "mesh")
+    trees = {c: _configure(src, work / f"zlib-{c}", env0) for c in ("c1", "c2")}
+    static = " ".join(f"{hosts[s].address}/{J},lzo" for s in ("s1", "s2"))
+    if ns.local_share:
+        static += " localhost/2"
+    slots = 2 * J + (4 if ns.local_share else 0)
+    addr = {hosts[c].address: c for c in ("c1", "c2")}
+
+    def env_for(c: str, way: str) -> dict[str, str]:
+        state = work / f"state-{c}-{way}"
+        shutil.rmtree(state, ignore_errors=True)
+        (state / "tmp").mkdir(parents=True)
+        e = dict(env0, DISTCC_DIR=str(state), TMPDIR=str(state / "tmp"))
+        if not ns.local_share:
+            e["DISTCC_FALLBACK"] = "0"
+        if way == "meshcc":
+            e["MESHCC_SOCKET"] = str(daemons[c].socket)
+        else:
+            e["DISTCC_HOSTS"] = static
+            e["MESHCC_SOCKET"] = str(work / "none.sock")
+        return e
+
+    def one(way: str) -> dict[str, object]:
+        cc = "distcc gcc" if way == "distcc" else "meshcc-gcc"
+        for c in ("c1", "c2"):
+            _run(["make", "-f", "Makefile", "clean"], trees[c], env0)
+        before = {s: len(parse_job_summaries(daemons[s].log_text())) for s in ("s1", "s2")}
+        sampled = {
+            s: (daemons[s].socket, daemons[s].proc.pid, PORT, J)  # type: ignore[union-attr]
+            for s in ("s1", "s2")
+        }
+        done: dict[str, float] = {}
+        with SlotSampler(sampled, interval=0.002) as sampler:
+            t0 = time.monotonic()
+            procs = {
+                c: hosts[c].popen(
+                    _make_argv(ns.make_j, cc),
+                    cwd=trees[c],
+                    env=env_for(c, way),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for c in ("c1", "c2")
+            }
+            pending = dict(procs)
+            while pending:
+                for c, p in list(pending.items()):
+                    if p.poll() is not None:
+                        done[c] = time.monotonic() - t0
+                        del pending[c]
+                time.sleep(0.01)
+        for c, p in procs.items():
+            err = p.stderr.read() if p.stderr else ""
+            if p.returncode != 0:
+                raise SystemExit(f"{way}: make on {c} failed ({p.returncode}):\n{err[-3000:]}")
+        time.sleep(0.5)  # summaries trail the replies
+        remote = dict.fromkeys(("c1", "c2"), 0)
+        queued = 0
+        for s in ("s1", "s2"):
+            for j in parse_job_summaries(daemons[s].log_text())[before[s] :]:
+                if j.result == "COMPILE_OK":
+                    remote[addr[j.client.rsplit(":", 1)[0]]] += 1
+                    queued += j.queue_ms is not None
+        return {
+            "makespan_s": max(done.values()),
+            "client_s": done,
+            "remote_jobs": remote,
+            "jobs_queued_in_server": queued,
+            "peaks": {s: p.as_dict() for s, p in sampler.peaks.items()},
+        }
+
+    # The machine's load changes (other work shares its cores): the total work is measured
+    # in every round, next to the two ways, and each makespan is judged against its round's.
+    ways = [w.strip() for w in ns.ways.split(",") if w.strip()]
+    runs: dict[str, list[dict[str, object]]] = {w: [] for w in ways}
+    serials: list[float] = []
+    for r in range(ns.rounds):
+        serial = _serial_work(ref, env0, runs=1)
+        serials.append(serial)
+        print(f"round {r + 1} local serial build: {serial:.2f} s", flush=True)
+        order = ways if r % 2 == 0 else ways[::-1]
+        for way in order:
+            got = one(way)
+            got["ideal_s"] = 2 * serial / min(slots, cores)
+            got["x_ideal"] = float(got["makespan_s"]) / got["ideal_s"]  # type: ignore[arg-type]
+            runs[way].append(got)
+            print(f"round {r + 1} {way}: {json.dumps(got)}", flush=True)
+    serial = statistics.median(serials)
+    ideal_slots = 2 * serial / slots
+    ideal_cores = 2 * serial / min(slots, cores)
+
+    print(
+        f"\nservers --jobs {J} x2, {'with' if ns.local_share else 'no'} local share: "
+        f"{slots} slots, {cores} cores; make -j{ns.make_j} on each client; {ns.rounds} rounds"
+    )
+    print(
+        f"ideal (2 x serial / min(slots, cores)), median serial {serial:.2f} s "
+        f"(rounds: {', '.join(f'{s:.2f}' for s in serials)}) = {ideal_cores:.2f} s"
+    )
+    print(f"ideal over slots alone (2 x serial / {slots}) = {ideal_slots:.2f} s")
+    summary: dict[str, object] = {}
+    for way, rs in runs.items():
+        mk = statistics.median(float(x["makespan_s"]) for x in rs)  # type: ignore[arg-type]
+        x_ideal = statistics.median(float(x["x_ideal"]) for x in rs)  # type: ignore[arg-type]
+        util = {
+            s: statistics.median(float(x["peaks"][s]["mean_running"]) for x in rs) / J  # type: ignore[index]
+            for s in ("s1", "s2")
+        }
+        peak = {
+            s: {
+                k: max(int(x["peaks"][s][k]) for x in rs)  # type: ignore[index]
+                for k in ("running", "slots_held", "slot_waiting", "connections")
+            }
+            for s in ("s1", "s2")
+        }
+        remote = [x["remote_jobs"] for x in rs]
+        summary[way] = {
+            "makespan_median_s": mk,
+            "x_ideal_median": x_ideal,
+            "server_busy_fraction": util,
+            "peaks_max": peak,
+            "remote_jobs": remote,
+        }
+        print(
+            f"{way:7s} makespan median {mk:6.2f} s, {x_ideal:4.2f} x its round's ideal; "
+            f"servers busy {', '.join(f'{s} {u:.0%}' for s, u in util.items())}; "
+            f"per server max running/held/waiting/tcp: "
+            + ", ".join(
+                f"{s} {p['running']}/{p['slots_held']}/{p['slot_waiting']}/{p['connections']}"
+                for s, p in peak.items()
+            )
+            + f"; remote jobs per client {remote}"
+        )
+    if "meshcc" in summary and "distcc" in summary:
+        m = summary["meshcc"]["makespan_median_s"]  # type: ignore[index]
+        dd = summary["distcc"]["makespan_median_s"]  # type: ignore[index]
+        print(f"meshcc / distcc makespan: {m / dd:.2f}")
+    return {
+        "runs": runs,
+        "summary": summary,
+        "serial_s": serials,
+        "ideal_s": ideal_cores,
+        "ideal_slots_s": ideal_slots,
+        "slots": slots,
+        "cores": cores,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
