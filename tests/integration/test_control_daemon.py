@@ -126,7 +126,9 @@ LEASE_HOLDER = r"""
 import socket, sys, time
 from meshcc.wire import control
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-s.sendall(control.encode(control.LeaseRequest("gcc", "/usr/bin/gcc", "held.c").to_message()))
+# local_ok=False: a counts its own cores as a candidate, and this lease must be b's slot
+req = control.LeaseRequest("gcc", "/usr/bin/gcc", "held.c", local_ok=False)
+s.sendall(control.encode(req.to_message()))
 r = control.MessageReader()
 while (m := r.next_message()) is None:
     r.feed(s.recv(65536))
