@@ -13,7 +13,6 @@ compiler, protocol 3).
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left
 
 # Compile time, seconds: a header-only file takes ~20 ms, a large C++ unit a minute.
@@ -83,25 +82,3 @@ class JobStats:
         self.bytes_out += bytes_out
         if compile_s is not None:
             self.compile_seconds.observe(compile_s)
-
-    def slot(self, slots: asyncio.Semaphore) -> _SlotGuard:
-        """``async with stats.slot(sem)``: hold a job slot, counted as waiting until then."""
-        return _SlotGuard(self, slots)
-
-
-class _SlotGuard:
-    __slots__ = ("sem", "stats")
-
-    def __init__(self, stats: JobStats, sem: asyncio.Semaphore) -> None:
-        self.stats = stats
-        self.sem = sem
-
-    async def __aenter__(self) -> None:
-        self.stats.waiting += 1
-        try:
-            await self.sem.acquire()
-        finally:
-            self.stats.waiting -= 1
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.sem.release()
