@@ -145,7 +145,7 @@ class MeshStatus:
         queued: int = 0,
         slots_held: int = 0,
         slot_waiting: int = 0,
-        free: int = 0,
+        free: int | None = None,
         speed: int = 0,
         leased: int = 0,
         loads: Sequence[PeerLoadInfo] = (),

@@ -782,7 +782,7 @@ class StatusReply(Frozen):
     queued: int
     slots_held: int  # the compile server's job slots taken (never above jobs)
     slot_waiting: int  # complete requests queued inside the server for a slot (stock clients)
-    free: int
+    free: int | None  # None: no live-load channel here (discovery off), so no figure
     speed: int
     leased: int
     loads: tuple[PeerLoadInfo, ...]
@@ -808,7 +808,7 @@ class StatusReply(Frozen):
         queued: int = 0,
         slots_held: int = 0,
         slot_waiting: int = 0,
-        free: int = 0,
+        free: int | None = None,
         speed: int = 0,
         leased: int = 0,
         loads: Sequence[PeerLoadInfo] = (),
@@ -843,7 +843,10 @@ class StatusReply(Frozen):
         for name in self.__match_args__:
             value = getattr(self, name)
             if name == "loads":
-                msg[name] = [info.to_message() for info in self.loads]
+                if self.free is not None:
+                    msg[name] = [info.to_message() for info in self.loads]
+            elif name in ("free", "speed", "leased") and self.free is None:
+                continue  # no live-load channel (discovery off): none of its figures
             else:
                 msg[name] = list(value) if isinstance(value, tuple) else value
         return msg
@@ -882,7 +885,7 @@ class StatusReply(Frozen):
             queued=number("queued"),
             slots_held=number("slots_held"),
             slot_waiting=number("slot_waiting"),
-            free=number("free"),
+            free=number("free") if "free" in msg else None,
             speed=number("speed"),
             leased=number("leased"),
             loads=[

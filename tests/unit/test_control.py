@@ -253,3 +253,14 @@ def test_fingerprint_probe_survives_a_cancelled_first_caller() -> None:
         assert (await cache.get("gcc", GCC)) == fp  # cached: no second probe needed
 
     asyncio.run(scenario())
+
+
+def test_a_status_without_the_live_load_channel_carries_no_load_figures() -> None:
+    """Discovery off: no channel, so no free/speed/leased/loads (not a misleading free 0);
+    with the channel, free 0 is a real figure and survives the round trip."""
+    off = control.StatusReply(jobs=4, running=1).to_message()
+    assert not {"free", "speed", "leased", "loads"} & off.keys()
+    assert control.StatusReply.from_message(off).free is None
+    on = control.StatusReply(jobs=4, running=4, free=0).to_message()
+    assert on["free"] == 0 and on["loads"] == []
+    assert control.StatusReply.from_message(on).free == 0
