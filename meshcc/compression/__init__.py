@@ -40,6 +40,9 @@ class CompressionError(Exception):
     """Invalid compressed data, or output that would exceed ``max_size``."""
 
 
+# _lzoscan.MAX_RATIO, repeated so that small bodies need not import the scanner (a test
+# checks the two agree): every LZO1X input byte yields at most 255 output bytes.
+_MAX_RATIO = 256
 _lzo_compressor: LZOCompressor | None = None
 _liblzo2: LibLzo2 | Literal[False] | None = None  # None: not tried yet; False: absent
 
@@ -136,10 +139,10 @@ def _decompress_lzo(data: bytes, max_size: int) -> bytes:
     lib = _lib()
     if lib is None:
         _lzo()  # CompressionError when lzallright is missing too
-    from . import _lzoscan as scan
-
     hint = None
-    if len(data) * scan.MAX_RATIO > max_size:
+    if len(data) * _MAX_RATIO > max_size:
+        from . import _lzoscan as scan  # only bodies that could pass the cap pay for it
+
         try:
             hint = scan.decompressed_size(data, max_size)
         except scan.LzoTooLarge as e:
