@@ -4,8 +4,10 @@
   (no header, no uncompressed size). When the system's liblzo2 is installed (Debian:
   liblzo2-2) both ways go through it (``_liblzo``): ``lzo1x_1_compress``, the algorithm
   of distcc's miniLZO, ~0.3 ms per 100 KB of ``.i``, and ``lzo1x_decompress_safe``.
-  Otherwise ``lzallright`` (LZO1X-999-style, ~8-13x slower to compress; its output liblzo2
-  and miniLZO decompress). Either way, a body that could expand past the caller's cap is
+  liblzo2 is an accelerator, used only where lzallright is installed (lzallright is
+  what gives meshcc LZO; meshcc.pyz leaves it out). Without liblzo2, ``lzallright``
+  (LZO1X-999-style, ~8-13x slower to compress; liblzo2 and miniLZO read its output).
+  Either way, a body that could expand past the caller's cap is
   first measured by the ``_lzoscan`` length scanner, so no output is allocated for it.
 - Empty bodies are ``b""`` both ways for every codec, as distcc sends an empty
   file as a zero-length token rather than LZO's 3-byte empty stream.
@@ -62,13 +64,35 @@ def _lzo() -> LZOCompressor:
 
 
 def _lib() -> LibLzo2 | None:
-    """The system liblzo2, loaded on first use (None when absent or unusable)."""
+    """The system liblzo2, loaded on first use (None when absent or unusable).
+
+    Only where lzallright is installed: lzallright is what gives meshcc LZO support (a
+    dependency of every install; meshcc.pyz leaves it out and speaks protocol 1 only, and
+    says so), liblzo2 only makes it faster. So a pyz daemon on a box that has liblzo2
+    still behaves as documented.
+    """
     global _liblzo2
     if _liblzo2 is None:
-        from . import _liblzo
+        if _lzallright_installed():
+            from . import _liblzo
 
-        _liblzo2 = _liblzo.load() or False
+            _liblzo2 = _liblzo.load() or False
+        else:
+            _liblzo2 = False
     return _liblzo2 or None
+
+
+def _lzallright_installed() -> bool:
+    """Whether ``import lzallright`` would find it, without importing it (~0.7 ms)."""
+    import sys
+
+    if sys.modules.get("lzallright") is not None:
+        return True
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is not None and find_spec("lzallright", None) is not None:
+            return True
+    return False
 
 
 def codec_for_protocol(version: int) -> str:

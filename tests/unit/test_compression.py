@@ -352,6 +352,23 @@ def test_liblzo2_empty_input_is_the_3_byte_stream() -> None:
 # ---------------------------------------------------------------- laziness
 
 
+def test_no_lzo_without_lzallright_even_with_liblzo2() -> None:
+    """meshcc.pyz (no lzallright) speaks protocol 1 only, as documented, on a box that
+    has liblzo2 too: the library is an accelerator, not a second way to get LZO."""
+    import meshcc
+
+    pkg_root = os.path.dirname(os.path.dirname(meshcc.__file__))
+    code = (
+        f"import sys; sys.path[:] = [p for p in sys.path if 'site-packages' not in p]"
+        f" + [{pkg_root!r}]; import meshcc.compression as c; "
+        "print(c.available(c.Codec.LZO), c._lib(), 'lzallright' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "None", "False"], out.stdout + out.stderr
+
+
 def test_max_ratio_agrees_with_the_scanner() -> None:
     import meshcc.compression as comp
 
