@@ -1,17 +1,19 @@
 """Layer 2: body compression for the wire (none, or LZO1X as distcc sends it).
 
 - ``Codec.LZO``: one raw LZO1X block per body, as distcc protocols 2 and 3 send
-  (no header, no uncompressed size). Compressed with ``lzallright`` (whose output
-  liblzo2 and distcc's miniLZO decompress), or for large bodies with the system
-  liblzo2's ``lzo1x_1`` when it is installed: lzallright's only level costs ~21 us/KB
-  while loading liblzo2 through ctypes costs ~6 ms once, so liblzo2 pays off from
-  ~256 KiB (typical C++ translation units). Always decompressed with ``lzallright``,
-  bounded by the ``_lzoscan`` length scanner.
+  (no header, no uncompressed size). When the system's liblzo2 is installed (Debian:
+  liblzo2-2) both ways go through it (``_liblzo``): ``lzo1x_1_compress``, the algorithm
+  of distcc's miniLZO, ~0.3 ms per 100 KB of ``.i``, and ``lzo1x_decompress_safe``.
+  liblzo2 is an accelerator, used only where lzallright is installed (lzallright is
+  what gives meshcc LZO; meshcc.pyz leaves it out). Without liblzo2, ``lzallright``
+  (LZO1X-999-style, ~8-13x slower to compress; liblzo2 and miniLZO read its output).
+  Either way, a body that could expand past the caller's cap is
+  first measured by the ``_lzoscan`` length scanner, so no output is allocated for it.
 - Empty bodies are ``b""`` both ways for every codec, as distcc sends an empty
   file as a zero-length token rather than LZO's 3-byte empty stream.
 
-``lzallright`` is imported on first use only: the compile wrapper imports this package
-on every compile and protocol 1 jobs never need it.
+Both libraries are loaded on first use only: the compile wrapper imports this package
+on every compile and protocol 1 jobs never need them.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ class CompressionError(Exception):
     """Invalid compressed data, or output that would exceed ``max_size``."""
 
 
+# _lzoscan.MAX_RATIO, repeated so that small bodies need not import the scanner (a test
+# checks the two agree): every LZO1X input byte yields at most 255 output bytes.
+_MAX_RATIO = 256
 _lzo_compressor: LZOCompressor | None = None
 _liblzo2: LibLzo2 | Literal[False] | None = None  # None: not tried yet; False: absent
-LIBLZO2_MIN_BYTES = 256 * 1024  # below this lzallright is cheaper than loading liblzo2
 
 
 def _lzo() -> LZOCompressor:
@@ -52,9 +56,43 @@ def _lzo() -> LZOCompressor:
         try:
             import lzallright
         except ImportError as e:
-            raise CompressionError(f"LZO1X support needs the lzallright package: {e}") from None
+            raise CompressionError(
+                f"LZO1X support needs liblzo2 (liblzo2-2) or the lzallright package: {e}"
+            ) from None
         _lzo_compressor = lzallright.LZOCompressor()
     return _lzo_compressor
+
+
+def _lib() -> LibLzo2 | None:
+    """The system liblzo2, loaded on first use (None when absent or unusable).
+
+    Only where lzallright is installed: lzallright is what gives meshcc LZO support (a
+    dependency of every install; meshcc.pyz leaves it out and speaks protocol 1 only, and
+    says so), liblzo2 only makes it faster. So a pyz daemon on a box that has liblzo2
+    still behaves as documented.
+    """
+    global _liblzo2
+    if _liblzo2 is None:
+        if _lzallright_installed():
+            from . import _liblzo
+
+            _liblzo2 = _liblzo.load() or False
+        else:
+            _liblzo2 = False
+    return _liblzo2 or None
+
+
+def _lzallright_installed() -> bool:
+    """Whether ``import lzallright`` would find it, without importing it (~0.7 ms)."""
+    import sys
+
+    if sys.modules.get("lzallright") is not None:
+        return True
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is not None and find_spec("lzallright", None) is not None:
+            return True
+    return False
 
 
 def codec_for_protocol(version: int) -> str:
@@ -72,6 +110,8 @@ def available(codec: str) -> bool:
         return True
     if codec != Codec.LZO:
         return False
+    if _lib() is not None:
+        return True
     try:
         _lzo()
     except CompressionError:
@@ -91,14 +131,15 @@ def compress(codec: str, data: bytes) -> bytes:
 
 
 def _lzo_compress(data: bytes) -> bytes:
-    global _liblzo2
-    if len(data) >= LIBLZO2_MIN_BYTES and _liblzo2 is None:
-        from . import _liblzo
+    lib = _lib()
+    if lib is None:
+        return _lzo().compress(data)
+    from ._liblzo import LzoError
 
-        _liblzo2 = _liblzo.load() or False
-    if len(data) >= LIBLZO2_MIN_BYTES and _liblzo2:
-        return _liblzo2.compress(data)
-    return _lzo().compress(data)
+    try:
+        return lib.compress(data)
+    except LzoError as e:  # liblzo2 documents no failure of lzo1x_1_compress
+        raise CompressionError(f"liblzo2 could not compress: LZO error {e.args[0]}") from None
 
 
 def decompress(codec: str, data: bytes, max_size: int) -> bytes:
@@ -119,13 +160,13 @@ def decompress(codec: str, data: bytes, max_size: int) -> bytes:
 
 
 def _decompress_lzo(data: bytes, max_size: int) -> bytes:
-    _lzo()  # CompressionError when lzallright is missing
-    import lzallright
-
-    from . import _lzoscan as scan
-
+    lib = _lib()
+    if lib is None:
+        _lzo()  # CompressionError when lzallright is missing too
     hint = None
-    if len(data) * scan.MAX_RATIO > max_size:
+    if len(data) * _MAX_RATIO > max_size:
+        from . import _lzoscan as scan  # only bodies that could pass the cap pay for it
+
         try:
             hint = scan.decompressed_size(data, max_size)
         except scan.LzoTooLarge as e:
@@ -135,15 +176,40 @@ def _decompress_lzo(data: bytes, max_size: int) -> bytes:
             ) from None
         except scan.LzoScanError as e:
             raise CompressionError(f"invalid LZO1X data: {e}") from None
-    try:
-        out = lzallright.LZOCompressor.decompress(data, hint)
-    except lzallright.InputNotConsumed:
-        raise CompressionError("invalid LZO1X data: bytes after the end marker") from None
-    except lzallright.LZOError as e:
-        reason = e.args[0] if e.args else e
-        raise CompressionError(f"invalid LZO1X data: {reason}") from None
+    if lib is not None:
+        out = _decompress_liblzo2(lib, data, max_size if hint is None else hint)
+    else:
+        out = _decompress_lzallright(data, hint)
     if len(out) > max_size or (hint is not None and len(out) != hint):
         raise CompressionError(
             f"LZO1X body decompressed to {len(out)} bytes (limit {max_size}, scanned {hint})"
         )
     return out
+
+
+def _decompress_liblzo2(lib: LibLzo2, data: bytes, max_size: int) -> bytes:
+    from ._liblzo import LZO_E_INPUT_NOT_CONSUMED, LZO_E_OUTPUT_OVERRUN, LzoError
+
+    try:
+        return lib.decompress(data, max_size)
+    except LzoError as e:
+        rc = e.args[0]
+        if rc == LZO_E_OUTPUT_OVERRUN:
+            raise CompressionError(
+                f"LZO1X body of {len(data)} bytes expands to more than {max_size} bytes"
+            ) from None
+        if rc == LZO_E_INPUT_NOT_CONSUMED:
+            raise CompressionError("invalid LZO1X data: bytes after the end marker") from None
+        raise CompressionError(f"invalid LZO1X data: liblzo2 error {rc}") from None
+
+
+def _decompress_lzallright(data: bytes, hint: int | None) -> bytes:
+    import lzallright
+
+    try:
+        return lzallright.LZOCompressor.decompress(data, hint)
+    except lzallright.InputNotConsumed:
+        raise CompressionError("invalid LZO1X data: bytes after the end marker") from None
+    except lzallright.LZOError as e:
+        reason = e.args[0] if e.args else e
+        raise CompressionError(f"invalid LZO1X data: {reason}") from None

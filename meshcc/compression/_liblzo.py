@@ -1,66 +1,169 @@
-"""LZO1X-1 compression through the system's liblzo2, when it is installed.
+"""LZO1X through the system's liblzo2 (Debian's liblzo2-2), when it is installed.
 
-lzallright only offers LZO1X-999-style compression, which costs ~8 ms for a 114 KB
-``.i`` on the compile client's hot path; liblzo2's ``lzo1x_1_compress`` takes ~0.1 ms
-and is byte-identical to what distcc's miniLZO sends. The library is opened by soname
-(no ``ctypes.util.find_library``, which would spawn processes), and only when first
-needed. Decompression stays with lzallright plus the bounding scanner: that path must
-be safe against hostile input, and it is not the hot one.
+Why: lzallright only offers LZO1X-999-style compression, ~2.5-4 ms per 100 KB of ``.i`` on
+the compile client's hot path; liblzo2's ``lzo1x_1_compress`` (the algorithm distcc's
+bundled miniLZO runs) takes ~0.3 ms, and its output is what distccd expects.
+``lzo1x_decompress_safe`` is liblzo2's decoder for untrusted input (it checks every read
+and write against both buffers), so with it the client never imports lzallright at all.
+
+Why ``_ctypes`` and not ``ctypes``: ``import ctypes`` costs ~2.5-5 ms (its module defines
+every C type and imports ``struct``), as much as the compression it saves; the C module
+under it costs ~0.5-0.9 ms. This module defines the four C types it needs itself. Every
+step is checked when the library is loaded (``lzo_init`` compares our idea of the ABI's
+type sizes with the library's); anything unexpected there, including a future Python
+whose ``_ctypes`` differs, makes ``load()`` return None and meshcc uses lzallright.
+
+The library is opened by soname (no ``ctypes.util.find_library``, which spawns processes),
+and only when first needed.
 """
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes as _c
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - typeshed makes _SimpleCData generic; _ctypes does not
+    _SimpleInt = _c._SimpleCData[int]
+    _SimpleBytes = _c._SimpleCData[bytes]
+else:
+    _SimpleInt = _SimpleBytes = _c._SimpleCData
 
 _SONAMES = ("liblzo2.so.2", "liblzo2.so")
+_RTLD_NOW = 2  # <dlfcn.h> on Linux; RTLD_LOCAL is 0
+LZO_E_OK = 0
+LZO_E_INPUT_OVERRUN = -4
+LZO_E_OUTPUT_OVERRUN = -5
+LZO_E_LOOKBEHIND_OVERRUN = -6
+LZO_E_INPUT_NOT_CONSUMED = -8
+
+
+class _Int(_SimpleInt):
+    _type_ = "i"
+
+
+class _UInt(_SimpleInt):
+    _type_ = "I"
+
+
+class _SizeT(_SimpleInt):
+    """lzo_uint is size_t, which Linux ABIs (LP64 and ILP32) make unsigned long."""
+
+    _type_ = "L"
+
+
+class _Char(_SimpleBytes):
+    _type_ = "c"
+
+
+class _VoidP(_SimpleInt):
+    _type_ = "P"
+
+
+class _IntFn(_c.CFuncPtr):
+    """A C function returning int; ctypes releases the GIL around the call."""
+
+    _flags_ = _c.FUNCFLAG_CDECL
+    _restype_ = _Int
+
+
+class _UIntFn(_c.CFuncPtr):
+    _flags_ = _c.FUNCFLAG_CDECL
+    _restype_ = _UInt
+
+
+_PTR = _c.sizeof(_VoidP)
+# LZO1X_1_MEM_COMPRESS: 16384 dictionary entries of one pointer each (lzo_sizeof_dict_t).
+_WRKMEM = 16384 * _PTR
+
+
+def _ptr(buf: bytearray) -> object:
+    """A pointer to the start of ``buf``, for liblzo2 to write into: a bytearray rather
+    than a ctypes array, because every distinct array length creates a C type that
+    ``_ctypes`` caches for the life of the process (a leak in a long-running daemon)."""
+    return _c.byref(_Char.from_buffer(buf))
+
+
+class LzoError(Exception):
+    """liblzo2 refused the data; args[0] is its LZO_E_* code."""
 
 
 class LibLzo2:
-    __slots__ = ("_fn", "_wrkmem")
+    """lzo1x_1_compress and lzo1x_decompress_safe of one loaded liblzo2."""
 
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        self._fn = lib.lzo1x_1_compress
-        self._fn.restype = ctypes.c_int
-        # Work memory: LZO1X_1_MEM_COMPRESS is 16384 dictionary entries of at most a
-        # pointer each; one buffer per process (the wrapper compresses one body).
-        self._wrkmem = ctypes.create_string_buffer(16384 * ctypes.sizeof(ctypes.c_void_p))
+    __slots__ = ("_compress", "_decompress", "_wrkmem")
+
+    def __init__(self, handle: int) -> None:
+        self._compress = _IntFn(_c.dlsym(handle, "lzo1x_1_compress"))
+        self._decompress = _IntFn(_c.dlsym(handle, "lzo1x_decompress_safe"))
+        # Work memory, one per concurrent caller: the daemon compresses in worker
+        # threads, and two compressions sharing one dictionary would corrupt each other.
+        # list.pop/append are atomic under the GIL, so no lock (and no threading import).
+        self._wrkmem: list[bytearray] = []
 
     def compress(self, data: bytes) -> bytes:
-        # distcc's bound for incompressible input: in + in/64 + 16 + 3
-        dst = ctypes.create_string_buffer(len(data) + len(data) // 64 + 16 + 3)
-        dst_len = ctypes.c_size_t(len(dst))
-        rc = self._fn(data, ctypes.c_size_t(len(data)), dst, ctypes.byref(dst_len), self._wrkmem)
-        if rc != 0:
-            raise OSError(f"lzo1x_1_compress failed with LZO error {rc}")
-        return dst.raw[: dst_len.value]
+        """One raw LZO1X-1 block of ``data`` (no header), as distcc sends bodies."""
+        n = len(data)
+        # liblzo2's bound for incompressible input: n + n/16 + 64 + 3
+        dst = bytearray(n + n // 16 + 64 + 3)
+        dst_len = _SizeT(len(dst))
+        try:
+            wrk = self._wrkmem.pop()
+        except IndexError:
+            wrk = bytearray(_WRKMEM)
+        try:
+            rc = self._compress(bytes(data), _SizeT(n), _ptr(dst), _c.byref(dst_len), _ptr(wrk))
+        finally:
+            self._wrkmem.append(wrk)
+        if rc != LZO_E_OK:
+            raise LzoError(rc)
+        return bytes(memoryview(dst)[: dst_len.value])
+
+    def decompress(self, data: bytes, max_size: int) -> bytes:
+        """The output of the LZO1X stream ``data``, at most ``max_size`` bytes.
+
+        The size is not sent, so the output buffer starts at 8x the input (objects and
+        sources compress 3-5x) and doubles while liblzo2 reports it too small, up to
+        ``max_size``: the last try fails with LZO_E_OUTPUT_OVERRUN when it would pass it.
+        """
+        size = min(max_size, max(len(data) * 8, 4096))
+        while True:
+            dst = bytearray(max(size, 1))  # from_buffer refuses an empty buffer
+            dst_len = _SizeT(size)
+            rc = self._decompress(
+                bytes(data), _SizeT(len(data)), _ptr(dst), _c.byref(dst_len), None
+            )
+            if rc == LZO_E_OK:
+                return bytes(memoryview(dst)[: dst_len.value])
+            if rc != LZO_E_OUTPUT_OVERRUN or size >= max_size:
+                raise LzoError(rc)
+            size = min(max_size, size * 2)
 
 
-def _abi_ok(lib: ctypes.CDLL) -> bool:
+def _abi_ok(handle: int) -> bool:
     """lzo_init(): the library checks our idea of its ABI (type sizes) against its own."""
-    lib.lzo_version.restype = ctypes.c_uint
-    p = ctypes.sizeof(ctypes.c_void_p)
+    version = _UIntFn(_c.dlsym(handle, "lzo_version"))()
+    init = _IntFn(_c.dlsym(handle, "__lzo_init_v2"))
     sizes = (
-        ctypes.sizeof(ctypes.c_short),
-        ctypes.sizeof(ctypes.c_int),
-        ctypes.sizeof(ctypes.c_long),
-        4,
-        ctypes.sizeof(ctypes.c_size_t),
-        p,
-        p,
-        p,
-        6 * p,
+        2,  # short
+        _c.sizeof(_Int),
+        _c.sizeof(_SizeT),  # long
+        4,  # lzo_uint32_t
+        _c.sizeof(_SizeT),  # lzo_uint
+        _PTR,  # lzo_sizeof_dict_t
+        _PTR,  # char *
+        _PTR,  # lzo_voidp
+        6 * _PTR,  # lzo_callback_t: six pointers
     )
-    rc: int = lib.__lzo_init_v2(ctypes.c_uint(lib.lzo_version()), *sizes)  # restype c_int
-    return rc == 0
+    return bool(init(_UInt(version), *(_Int(s) for s in sizes)) == LZO_E_OK)
 
 
 def load() -> LibLzo2 | None:
-    """The system liblzo2 compressor, or None when it is absent or unusable."""
+    """The system liblzo2, or None when it is absent or unusable."""
     for name in _SONAMES:
         try:
-            lib = ctypes.CDLL(name)
-            if _abi_ok(lib):
-                return LibLzo2(lib)
-        except (OSError, AttributeError):
+            handle = _c.dlopen(name, _RTLD_NOW)
+            if _abi_ok(handle):
+                return LibLzo2(handle)
+        except (OSError, AttributeError, TypeError):
             continue
     return None

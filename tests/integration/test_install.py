@@ -104,5 +104,81 @@ def test_user_install_from_a_read_only_checkout(user_home: tuple[pwd.struct_pass
         )
         assert v.returncode == 0 and v.stdout.startswith("meshcc "), v.stdout + v.stderr
         assert (bindir / "meshcc-gcc").is_symlink()
+        _launchers_skip_site(as_user, env, home, home / ".local" / "share" / "meshcc", bindir)
     finally:
         shutil.rmtree(src.parent, ignore_errors=True)
+
+
+def _launchers_skip_site(
+    as_user: list[str], env: dict[str, str], home: Path, prefix: Path, bindir: Path
+) -> None:
+    """install.sh's launchers start Python with -I -S: no site, no .pth file of the venv
+    (setuptools' _distutils_hack costs ~1 ms a compile), no PYTHON* variable. A .pth file
+    that leaves a marker proves it: plain `python3` of the same venv runs it, the commands
+    do not; a PYTHONPATH whose `meshcc` package would break them is ignored."""
+    site = subprocess.run(
+        [
+            str(prefix / "bin" / "python3"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('purelib'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    marker = home / "pth-ran"
+    probe = Path(site) / "zz-meshcc-test-probe.pth"
+    probe.write_text(f"import pathlib; pathlib.Path({str(marker)!r}).touch()\n")
+    try:
+        subprocess.run(
+            [*as_user, str(prefix / "bin" / "python3"), "-c", "pass"], env=env, check=True
+        )
+        assert marker.exists(), "the probe .pth file did not run: it proves nothing"
+        marker.unlink()
+
+        shadow = home / "shadow" / "meshcc"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text("raise SystemExit('PYTHONPATH was used')\n")
+        (home / "hello.c").write_text("int main(void) { return 0; }\n")
+        user_env = dict(env, PYTHONPATH=str(shadow.parent), DISTCC_HOSTS="localhost")
+        for cmd in ("meshcc-gcc", "meshcc-cc", "meshcc-g++", "meshcc-c++", "meshcc"):
+            first = (prefix / "bin" / cmd).read_text().splitlines()[0]
+            assert first == f"#!{prefix}/bin/python3 -IS", (cmd, first)
+        cc = subprocess.run(
+            [*as_user, str(bindir / "meshcc-gcc"), "-c", "hello.c", "-o", "hello.o"],
+            cwd=home,
+            env=user_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cc.returncode == 0, cc.stdout + cc.stderr
+        assert (home / "hello.o").read_bytes()[:4] == b"\x7fELF"
+        v = subprocess.run(
+            [*as_user, str(bindir / "meshcc"), "--version"],
+            env=user_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert v.returncode == 0 and v.stdout.startswith("meshcc "), v.stdout + v.stderr
+        assert not marker.exists(), "a command ran the venv's .pth files (site was imported)"
+
+        # The daemon's own dependencies import the same way (site-packages from the script).
+        body = (prefix / "bin" / "meshcc").read_text().split("\n", 1)[1]
+        deps = body.replace("from meshcc.cli.entry import main", "import zeroconf, ifaddr")
+        deps = deps.replace(
+            "sys.exit(main())",
+            "print(sorted(m for m in sys.modules if m in ('site', '_distutils_hack')))",
+        )
+        out = subprocess.run(
+            [*as_user, str(prefix / "bin" / "python3"), "-IS", "-c", deps],
+            env=user_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == "[]", out.stdout + out.stderr
+        assert not marker.exists()
+    finally:
+        probe.unlink(missing_ok=True)

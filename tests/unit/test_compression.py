@@ -7,6 +7,8 @@ import ctypes.util
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +25,24 @@ from meshcc.compression import (
 )
 
 BIG = 1 << 40  # a max_size that never binds
+
+
+@pytest.fixture(scope="module", autouse=True, params=["liblzo2", "lzallright"])
+def lzo_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both LZO back ends: the system liblzo2 (through _liblzo, used
+    whenever it loads) and lzallright (what a box without liblzo2 gets)."""
+    import meshcc.compression as comp
+
+    saved = comp._liblzo2
+    if request.param == "lzallright":
+        comp._liblzo2 = False
+    else:
+        comp._liblzo2 = None
+        if comp._lib() is None:
+            pytest.skip("liblzo2.so.2 not found (Debian package liblzo2-2); CI installs it")
+    yield request.param
+    comp._liblzo2 = saved
+
 
 # ---------------------------------------------------------------- liblzo2 via ctypes (tests only)
 
@@ -179,10 +199,13 @@ def test_lzo_bomb_rejected_before_decompressing(monkeypatch) -> None:
 
     import lzallright
 
+    from meshcc.compression import _liblzo
+
     def boom(*args, **kwargs):
         raise AssertionError("the decoder must not run on a bomb")
 
     monkeypatch.setattr(lzallright.LZOCompressor, "decompress", boom)
+    monkeypatch.setattr(_liblzo.LibLzo2, "decompress", boom)
     with pytest.raises(CompressionError, match="expands to more than 1000000 bytes"):
         decompress(Codec.LZO, stream, 1_000_000)
 
@@ -329,6 +352,29 @@ def test_liblzo2_empty_input_is_the_3_byte_stream() -> None:
 # ---------------------------------------------------------------- laziness
 
 
+def test_no_lzo_without_lzallright_even_with_liblzo2() -> None:
+    """meshcc.pyz (no lzallright) speaks protocol 1 only, as documented, on a box that
+    has liblzo2 too: the library is an accelerator, not a second way to get LZO."""
+    import meshcc
+
+    pkg_root = os.path.dirname(os.path.dirname(meshcc.__file__))
+    code = (
+        f"import sys; sys.path[:] = [p for p in sys.path if 'site-packages' not in p]"
+        f" + [{pkg_root!r}]; import meshcc.compression as c; "
+        "print(c.available(c.Codec.LZO), c._lib(), 'lzallright' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "None", "False"], out.stdout + out.stderr
+
+
+def test_max_ratio_agrees_with_the_scanner() -> None:
+    import meshcc.compression as comp
+
+    assert comp._MAX_RATIO == _lzoscan.MAX_RATIO
+
+
 def test_import_is_lazy() -> None:
     code = (
         "import sys; import meshcc.compression as c; "
@@ -341,28 +387,15 @@ def test_import_is_lazy() -> None:
     assert out.stdout.strip() == ""
 
 
-@needs_liblzo2
 @given(data=st.binary(min_size=1, max_size=20000))
 @settings(max_examples=50, deadline=None)
-def test_lzo_compress_matches_distcc_bytes(data: bytes) -> None:
-    """On the liblzo2 path, our LZO bodies are byte-identical to distcc's lzo1x_1 ones."""
-    import meshcc.compression as comp
-
-    saved = comp.LIBLZO2_MIN_BYTES
-    comp.LIBLZO2_MIN_BYTES = 0  # hypothesis data is small; force the liblzo2 path
-    try:
-        packed = compress(Codec.LZO, data)
-    finally:
-        comp.LIBLZO2_MIN_BYTES = saved
-    assert packed == lzo1x_1_compress(data)
-    assert decompress(Codec.LZO, packed, BIG) == data
-
-
-def test_large_lzo_bodies_use_liblzo2_when_present() -> None:
-    data = bytes(range(256)) * 2048  # 512 KiB, over the liblzo2 threshold
+def test_lzo_compress_matches_distcc_bytes(lzo_backend: str, data: bytes) -> None:
+    """On the liblzo2 path, our LZO bodies are byte-identical to distcc's lzo1x_1 ones,
+    whatever their size (the client's .i files are ~50-200 KB)."""
+    if lzo_backend != "liblzo2":
+        pytest.skip("lzallright compresses differently (distcc still reads it)")
     packed = compress(Codec.LZO, data)
-    if LIBLZO2 is not None:
-        assert packed == lzo1x_1_compress(data)
+    assert packed == lzo1x_1_compress(data)
     assert decompress(Codec.LZO, packed, BIG) == data
 
 
@@ -376,3 +409,44 @@ def test_lzo_compress_without_liblzo2_falls_back(monkeypatch: pytest.MonkeyPatch
     assert decompress(Codec.LZO, packed, BIG) == data
     if LIBLZO2 is not None:
         assert lzo1x_decompress_safe(packed, len(data))[1] == data
+
+
+def test_concurrent_compression_is_correct() -> None:
+    """The daemon compresses replies in worker threads at once: each call needs its own
+    work memory (a shared LZO dictionary would corrupt the output)."""
+    bodies = [_source_like(300_000 + i * 7919) for i in range(8)]
+    results: dict[int, bytes] = {}
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            results[i] = compress(Codec.LZO, bodies[i])
+            assert decompress(Codec.LZO, results[i], BIG) == bodies[i]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, body in enumerate(bodies):
+        assert decompress(Codec.LZO, results[i], len(body)) == body
+
+
+def test_lzo_with_liblzo2_imports_neither_ctypes_nor_lzallright() -> None:
+    """The compile client's LZO round trip: with liblzo2 installed it loads only the C
+    module under ctypes (``import ctypes`` alone costs as much as lzallright's compression)."""
+    if LIBLZO2 is None:
+        pytest.skip("liblzo2.so.2 not found (Debian package liblzo2-2)")
+    code = (
+        "import sys; import meshcc.compression as c; d = b'int x;' * 20000; "
+        "p = c.compress(c.Codec.LZO, d); assert c.decompress(c.Codec.LZO, p, 1 << 28) == d; "
+        "assert c.available(c.Codec.LZO); "
+        "mods = ('lzallright', 'ctypes', '_ctypes', 'meshcc.compression._lzoscan'); "
+        "print(','.join(m for m in mods if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}; {code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "_ctypes"

@@ -39,6 +39,22 @@ RDEPEND="
 	)
 "
 
+python_install() {
+	distutils-r1_python_install
+
+	# The commands start Python with -I -S, as install.sh's launchers do: every compile
+	# would otherwise pay for site and the .pth files of site-packages (setuptools'
+	# distutils-precedence.pth), and a build's PYTHONPATH could break the wrapper. With
+	# -S the script puts site-packages on sys.path itself.
+	local cmd script
+	for cmd in meshcc meshcc-gcc meshcc-g++ meshcc-cc meshcc-c++; do
+		script=${D}$(python_get_scriptdir)/${cmd}
+		sed -i -e '1s|^\(#!.*python[0-9.]*\)$|\1 -IS|' \
+			-e "1a import sys; sys.path.append('$(python_get_sitedir)')" "${script}" || die
+		grep -q '^#!.* -IS$' "${script}" || die "unexpected shebang in ${script}"
+	done
+}
+
 python_install_all() {
 	distutils-r1_python_install_all
 
