@@ -404,6 +404,12 @@ class ToolchainRegistry:
         return cls._probe_all(found, skipped, timeout=timeout, strict=False)
 
     @classmethod
+    def offered(cls, paths: Sequence[str]) -> ToolchainRegistry:
+        """What a daemon offers: exactly ``--compiler``'s paths if any were given (one that
+        is unusable raises ToolchainError), else the gcc family found on PATH."""
+        return cls.from_paths(paths) if paths else cls.discover()
+
+    @classmethod
     def from_paths(
         cls, paths: Sequence[str], *, timeout: float = PROBE_TIMEOUT
     ) -> ToolchainRegistry:

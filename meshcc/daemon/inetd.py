@@ -176,10 +176,7 @@ def _allowed(opts: DaemonOptions) -> tuple[IPNetwork, ...]:
 def _registry(opts: DaemonOptions) -> ToolchainRegistry:
     """The compilers to offer, probed as the TCP daemon probes them."""
     try:
-        if opts.compilers:
-            registry = ToolchainRegistry.from_paths(opts.compilers)
-        else:
-            registry = ToolchainRegistry.discover()
+        registry = ToolchainRegistry.offered(opts.compilers)
     except ToolchainError as e:
         raise _Fatal(str(e), EXIT_COMPILER_MISSING) from None
     if not registry.toolchains:

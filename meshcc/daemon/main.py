@@ -436,10 +436,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         tmp_parent = _check_tmpdir()
 
         try:
-            if opts.compilers:
-                registry = ToolchainRegistry.from_paths(opts.compilers)
-            else:
-                registry = ToolchainRegistry.discover()
+            registry = ToolchainRegistry.offered(opts.compilers)
         except ToolchainError as e:
             raise _Fatal(str(e), EXIT_COMPILER_MISSING) from None
         for skipped in registry.skipped:
