@@ -145,6 +145,8 @@ def feed_fifo_until_done(path: Path, text: str, proc: Popen) -> None:
         try:
             os.set_blocking(fd, True)
             os.write(fd, text.encode())
+        except BrokenPipeError:
+            pass  # that reader closed between our open and write (gcc reopening the file)
         finally:
             os.close(fd)
 

@@ -643,11 +643,14 @@ def test_no_compilers_on_path_exits_110(tmp_path: Path) -> None:
 def test_no_usable_temp_dir_for_the_run_user_is_a_clear_error() -> None:
     """Dropped to nobody with no writable temp dir anywhere: one clear line, no traceback.
 
-    A private mount namespace puts read-only tmpfs over /tmp and /var/tmp (and cwd is /),
-    so every candidate of Python's tempfile fails for the run user."""
+    A private mount namespace makes /tmp and /var/tmp read-only (bind-mounted onto
+    themselves, so a checkout or venv under /tmp stays readable) and cwd is /, so every
+    candidate of Python's tempfile fails for the run user."""
     script = (
-        "mount --make-rprivate / && mount -t tmpfs -o ro tmpfs /tmp && "
-        'mount -t tmpfs -o ro tmpfs /var/tmp && cd / && exec env -u TMPDIR "$@"'
+        "mount --make-rprivate / && "
+        "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp && "
+        "mount --bind /var/tmp /var/tmp && mount -o remount,bind,ro /var/tmp && "
+        'cd / && exec env -u TMPDIR "$@"'
     )
     daemon = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery"]
     argv = ["unshare", "-m", "sh", "-c", script, "sh", *daemon, "--port", str(free_port())]
