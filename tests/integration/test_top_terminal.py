@@ -402,12 +402,12 @@ def test_top_on_one_host_lists_the_other_peer(lan: Callable[..., Lan]) -> None:
             m.wait_ready()
         b_addr = f"{hb.address}:3632"
 
-        def listed() -> str | None:
+        def listed() -> str | None:  # b listed *and* confirmed by a's probe (not pending)
             p = a.cli("top", "--once", "--distcc-dir", str(work / "none"), inside=True)
             assert p.returncode == 0, p.stderr
-            return p.stdout if b_addr in p.stdout else None
+            return p.stdout if b_addr in p.stdout and "(1 up)" in p.stdout else None
 
-        out = netns.wait_for(listed, 20, what="b in a's top")
+        out = netns.wait_for(listed, 20, what="b in a's top, up")
         print(f"\n{out}")
         lines = out.splitlines()
         assert "discovery on (eth0)" in out, out
