@@ -355,6 +355,7 @@ class _Request:
     suffix: str  # of the preprocessed input: .i .ii .mi .mii
     output_suffix: str  # .o, or .s for -S
     data: bytes = b""  # decompressed preprocessed source
+    codec: str = ""  # a body codec negotiated with CODC (wire.codecs); "" = the protocol's
 
 
 @dataclass(slots=True)
@@ -522,6 +523,7 @@ class CompileServer:
         self.stats = JobStats()  # /metrics and /status.json
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
+        self.codecs = compression.spoken()  # CODC codecs served (announced in caps)
 
     # -- lifecycle
 
@@ -1058,6 +1060,7 @@ class CompileServer:
         fed = summary.bytes_in = len(first)
         eof = False
         version = 0
+        codec = ""  # CODC's codec, if the client negotiated one
         argv: list[str] = []
         resolved: Resolved | None = None
         source = suffix = out_suffix = ""
@@ -1100,7 +1103,9 @@ class CompileServer:
                     eof = True
                     rr.feed_eof()
                 continue
-            if isinstance(event, wire.RequestStart):
+            if isinstance(event, wire.RequestCodec):
+                codec = self._vet_codec(event.name)
+            elif isinstance(event, wire.RequestStart):
                 version = event.version
                 if version == 3:
                     raise _Refuse(PUMP_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
@@ -1116,10 +1121,10 @@ class CompileServer:
                     self._set_phase(conn, _Phase.WAITING_SOURCE)
             elif isinstance(event, wire.RequestSource):
                 self._set_phase(conn, _Phase.BUSY)
-                data = await self._decode_source(version, event.data)
+                data = await self._decode_source(version, event.data, codec)
             elif isinstance(event, wire.RequestEnd):
                 assert resolved is not None
-                return _Request(version, argv, resolved, source, suffix, out_suffix, data)
+                return _Request(version, argv, resolved, source, suffix, out_suffix, data, codec)
             else:  # PumpFile: unreachable once v3 is refused
                 raise _Refuse(PUMP_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
 
@@ -1282,8 +1287,19 @@ class CompileServer:
         output_suffix = ".s" if job.mode == "-S" else ".o"
         return argv, resolved, source, suffix, output_suffix
 
-    async def _decode_source(self, version: int, body: bytes) -> bytes:
-        codec = compression.codec_for_protocol(version)
+    def _vet_codec(self, name: str) -> str:
+        """A ``CODC`` codec this server runs, else a refusal saying what it speaks."""
+        if name not in self.codecs:
+            spoken = ", ".join(self.codecs) or "none"
+            raise _Refuse(
+                f"this server does not speak the body codec {name!r} (it speaks: {spoken})",
+                JobResult.REJ_BAD_REQ,
+                EXIT_PROTOCOL_ERROR,
+            )
+        return name
+
+    async def _decode_source(self, version: int, body: bytes, negotiated: str = "") -> bytes:
+        codec = negotiated or compression.codec_for_protocol(version)
         try:
             if codec == compression.Codec.NONE:
                 data = body
@@ -1465,7 +1481,7 @@ class CompileServer:
             log.debug("client %s: ccache did not cache: %s", summary.client, counters or "-")
 
     async def _encode_reply(self, req: _Request, out: _Outcome) -> bytes:
-        codec = compression.codec_for_protocol(req.version)
+        codec = req.codec or compression.codec_for_protocol(req.version)
 
         def encode() -> bytes:
             return wire.encode_reply(
