@@ -689,15 +689,16 @@ class RequestReader(_Reader):
         yield RequestArgs(argv, cwd)
 
         if version < 3:
-            tok, length = yield from self._header((b"DOTI", b"CODC"))
-            if tok == b"CODC":  # meshcc's negotiated body codec (wire.codecs), then DOTI
+            yield from self._wait(HEADER_LEN, "DOTI token")
+            if self._buf[:4] == b"CODC":  # meshcc's negotiated body codec (wire.codecs)
                 if version != 1:
                     raise ProtocolError(f"CODC in a protocol {version} request (only 1 takes it)")
+                tok, length = yield from self._header((b"CODC",))
                 name = yield from self._body(tok, length, 16, "codec name (16)")
                 if not (name.isascii() and name.isalnum()):
                     raise ProtocolError(f"CODC body {name!r} is not a codec name")
                 yield RequestCodec(name.decode("ascii"))
-                tok, length = yield from self._header((b"DOTI",))
+            tok, length = yield from self._header((b"DOTI",))
             yield RequestSource((yield from self._body(tok, length, lim.max_body, "max_body")))
         else:
             _, nfil = yield from self._header((b"NFIL",))
