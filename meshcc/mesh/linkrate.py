@@ -9,10 +9,14 @@ as measured, not as guessed.
 
 Rules, and why:
 
-- A sample the sender limited (``app_limited``: we had nothing more to send) is only a
-  lower bound of what the link carries: it may raise the estimate, never lower it.
-- Other samples move the estimate by :data:`WEIGHT` (an exponential average), so one
-  odd job (a busy box, a retransmission) does not flip the choice for the next ones.
+- A sample the sender limited (``app_limited``: we had nothing more to send, typical of a
+  body of a few KB) is ignored: measured across a 10 Mbit/s veth, such samples read
+  70-90 MB/s while every larger body read 1.2-1.4 MB/s. Samples that fill the window
+  were within 10 % of the shaped rate at 10 and 100 Mbit/s.
+- Other samples move the estimate by :data:`WEIGHT` of the way, geometrically (the rates
+  span five decades: one job on a new link should move it by a decade, not by a third of
+  the old value), so one odd job (a busy box, a retransmission) does not flip the choice
+  for the next ones, and a changed link is followed within two or three jobs.
 - An estimate older than :data:`STALE_S` is dropped: links change (a laptop moving from
   cable to Wi-Fi), and the cost of not knowing is only one compressed job.
 - Samples are bounded (0 < rate < 1 TB/s, round trip < 60 s); anything else is ignored.
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-WEIGHT = 0.3
+WEIGHT = 0.5
 STALE_S = 600.0
 MAX_RATE = 10**12  # bytes/s
 MAX_RTT_US = 60_000_000
@@ -47,7 +51,7 @@ class LinkBook:
 
     def record(self, key: str, rate: int, app_limited: bool, rtt_us: int = 0) -> None:
         """One job's measurement of the link to peer ``key``."""
-        if not 0 < rate < MAX_RATE:
+        if app_limited or not 0 < rate < MAX_RATE:
             return
         rtt = rtt_us if 0 < rtt_us < MAX_RTT_US else 0
         now = self._clock()
@@ -57,10 +61,7 @@ class LinkBook:
                 self._links.pop(next(iter(self._links)))
             self._links[key] = LinkEstimate(float(rate), rtt, now)
             return
-        if app_limited:
-            old.rate = max(old.rate, float(rate))
-        else:
-            old.rate += WEIGHT * (rate - old.rate)
+        old.rate *= (rate / old.rate) ** WEIGHT
         if rtt:
             old.rtt_us = rtt if not old.rtt_us else round(old.rtt_us + WEIGHT * (rtt - old.rtt_us))
         old.at = now
