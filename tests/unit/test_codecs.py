@@ -340,3 +340,30 @@ def test_grant_and_done_carry_codecs_and_the_link() -> None:
     for bad_link in ([1, 2], ["x", False, 1], [1, 1, 1], [-1, False, 1], "fast"):
         got = control.decode_request(dict(done.to_message(), link=bad_link))
         assert isinstance(got, control.DoneMessage) and got.link is None and got.ok
+
+
+def test_without_the_libraries_nothing_is_announced_or_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A meshcc.pyz (no compiled libraries): it announces no codec, and as a client it
+    sends a body as it is to a peer that offers one."""
+    from meshcc.client import wrapper
+    from meshcc.compression import _frames
+    from meshcc.mesh import service
+
+    monkeypatch.setattr(_frames, "_modules", {"zstd": None, "lz4": None})
+    assert comp.spoken() == ()
+    caps = service._default_caps()
+    assert not caps & {"zstd", "lz4"} and {"busy", "ping"} <= caps
+    with pytest.raises(comp.CompressionError, match="needs the zstandard package"):
+        comp.compress("zstd", b"x" * 100)
+
+    class Leased:
+        rate, rtt_us = 1_250_000, 200  # a slow link: zstd would be chosen
+
+    assert wrapper._pick_codec(Leased(), ("zstd", "lz4"), 126_000, None) == ""
+    monkeypatch.undo()
+    assert wrapper._pick_codec(Leased(), ("zstd", "lz4"), 126_000, None) == "zstd"
+    assert wrapper._pick_codec(Leased(), ("zstd", "lz4"), 126_000, "none") == ""
+    assert wrapper._pick_codec(Leased(), ("zstd", "lz4"), 126_000, "lz4") == "lz4"
+    assert wrapper._pick_codec(Leased(), ("lz4",), 126_000, "zstd") == "lz4"  # not forced on it
