@@ -43,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,7 +70,10 @@ PROJECTS = {
     ),
     "zlib": (["./configure"], ["static", "all64"]),  # 19 compiles, plain Makefile
 }
-BURST = {"10mbit": "16kb", "100mbit": "64kb"}
+# A small bucket, so the rate holds for short transfers too: with 64 KB at 100 Mbit/s the
+# first 64 KB of each job's body crossed at veth speed (a link no one has), and the
+# kernel's delivery rate of most jobs read several times the shaped rate.
+BURST = {"10mbit": "4kb", "100mbit": "8kb"}
 SENT = re.compile(r"bytes as (\w+) \(link")
 
 
@@ -77,7 +81,7 @@ def _tc(hosts: list[netns.Host], rate: str) -> None:
     for host in hosts:
         host.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False, capture_output=True)
         if rate != "unshaped":
-            burst = BURST.get(rate, "64kb")
+            burst = BURST.get(rate, "8kb")
             host.run(
                 ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate,
                  "burst", burst, "latency", "200ms"],
@@ -177,6 +181,8 @@ class Bench:
         _, targets = PROJECTS[self.args.project]
         self._quiet(["make", "clean"], h.clean_env())
         argv = ["make", f"-j{self.jobs}", f"CC={cc}", *targets]
+        if self.args.cflags is not None:
+            argv.append(f"CFLAGS={self.args.cflags}")
         log = self.work / "make.log"
         with open(log, "wb") as out:
             t0 = time.perf_counter()
@@ -195,7 +201,11 @@ class Bench:
     # ---------------------------------------------------------------- runs
 
     def run(self) -> dict[str, object]:
-        results: dict[str, object] = {"project": self.args.project, "jobs": self.jobs}
+        results: dict[str, object] = {
+            "project": self.args.project,
+            "jobs": self.jobs,
+            "cflags": self.args.cflags,
+        }
         results["compiles"] = self.prepare()
         identical: bool | None = None
         for rate in self.args.rates.split(","):
@@ -239,7 +249,8 @@ class Bench:
 
 def report(r: dict) -> str:  # type: ignore[type-arg]
     lines = [
-        f"bench_link: {r['project']}, {r['compiles']} compiles, make -j{r['jobs']}, "
+        f"bench_link: {r['project']}, {r['compiles']} compiles, make -j{r['jobs']}"
+        f"{', CFLAGS=' + repr(r['cflags']) if r.get('cflags') else ''}, "
         f"objects identical to a local build: {r.get('objects_identical')}",
         "",
         "| link | way | wall s (median) | x distcc lzo | x distcc none | MB on the wire | codecs |",
@@ -279,11 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("-j", "--jobs", type=int, default=4)
     p.add_argument("--rates", default="unshaped,100mbit,10mbit")
+    p.add_argument(
+        "--cflags",
+        help="CFLAGS for make (every build, the reference too): e.g. zlib's own flags with "
+        "-O0 make the compiles cheap, so the link's share of a job is what a fast server "
+        "would leave",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if os.geteuid() != 0 or netns.unavailable_reason():
         print(f"bench_link needs root and netns: {netns.unavailable_reason()}", file=sys.stderr)
         return 2
+    # SIGTERM (a stopped run) unwinds like Ctrl-C: the LAN and its processes go with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = private_dir("bench-link-")
     try:
         with netns.Lan() as lan:
