@@ -70,9 +70,12 @@ from meshcc.transport.addresses import IPNetwork
 from meshcc.wire.control import PeerLoadInfo, StatusReply
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from meshcc.compiler.toolchain import Toolchain
     from meshcc.mesh.discovery import Discovery, DiscoveryEvent
     from meshcc.mesh.loadnet import LoadChannel
+    from meshcc.wire.control import DaemonFigures
 
 __all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
 
@@ -131,29 +134,10 @@ class MeshStatus:
             "warnings": list(self.warnings),
         }
 
-    def reply(
-        self,
-        *,
-        node: str | None = None,
-        version: str = "",
-        peers: int = 0,
-        jobs: int = 0,
-        running: int = 0,
-        port: int = 0,
-        socket: str | None = None,
-        leases: int = 0,
-        queued: int = 0,
-        slots_held: int = 0,
-        slot_waiting: int = 0,
-        free: int | None = None,
-        speed: int = 0,
-        leased: int = 0,
-        loads: Sequence[PeerLoadInfo] = (),
-    ) -> StatusReply:
+    def reply(self, *, node: str | None = None, **daemon: Unpack[DaemonFigures]) -> StatusReply:
         """This status as the control protocol's status reply, with what only the daemon
         knows (version, job slots, leases); ``node`` defaults to the node id."""
         return StatusReply(
-            version=version,
             node=node if node is not None else self.node_id or "",
             discovery=self.discovery,
             off_reason=self.off_reason,
@@ -162,19 +146,7 @@ class MeshStatus:
             allowed=[str(n) for n in self.allowed],
             allowed_source=self.allowed_source,
             warnings=self.warnings,
-            peers=peers,
-            jobs=jobs,
-            running=running,
-            port=port,
-            socket=socket,
-            leases=leases,
-            queued=queued,
-            slots_held=slots_held,
-            slot_waiting=slot_waiting,
-            free=free,
-            speed=speed,
-            leased=leased,
-            loads=loads,
+            **daemon,
         )
 
 
