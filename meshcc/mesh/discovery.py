@@ -20,10 +20,11 @@ PTR expiry), and hands them to a callback; it decides nothing about peers.
   bound, and python-zeroconf then only logs it and stays deaf and mute on that link.
 * Resolved addresses are ordered for dialing: IPv4, then routable IPv6 (global, ULA),
   then link-local IPv6 with its scope, the interface the answer came in on, by name
-  (``fe80::1%eth0``: getaddrinfo takes it, and so does distcc's host grammar); a
-  scope-less link-local address cannot be dialed and is dropped, and so is any address
-  the ``dialable`` check refuses (netif.dialable: a family this box does not have). A
-  dual-stack peer heard over both families is one cache entry in python-zeroconf: its
+  (``fe80::1%eth0``: getaddrinfo takes it, and so does distcc's host grammar). Dropped:
+  a scope-less link-local address (it cannot be dialed), any address the ``dialable``
+  check refuses (netif.dialable: a family this box does not have), and the link-local
+  addresses of a peer with a routable address we can dial (see :func:`_dial_order`).
+  A dual-stack peer heard over both families is one cache entry in python-zeroconf: its
   link-local address keeps the scope of the IPv6 copy, whatever order they came in.
 * Registration uses ``cooperating_responders=True``: our instance and host names embed the
   node id, so they are unique by construction and the 1.2 s probing phase buys nothing
@@ -92,8 +93,14 @@ def _scope_name(scope: str) -> str:
 def _dial_order(
     addresses: Sequence[str], dialable: Callable[[str], bool] | None = None
 ) -> tuple[str, ...]:
-    """IPv4 first, then global/ULA IPv6, then scoped link-local (stable within each),
-    leaving out what ``dialable`` refuses."""
+    """IPv4 first, then global/ULA IPv6 (stable within each), leaving out what
+    ``dialable`` refuses; scoped link-local addresses only when nothing else is left.
+
+    Why link-local only as a last resort: every box on the wire shares the link-local
+    subnet, so a box announcing an IPv4 or routable address in another subnet (one the
+    allowed subnets keep out) would otherwise slip in through its fe80:: address. A peer
+    is judged by its routable addresses; fe80:: serves the peers that have none we can
+    dial (an IPv6-only box seen from an IPv4 LAN box, and the other way round)."""
     ranked: list[tuple[int, int, str]] = []
     for i, text in enumerate(addresses):
         bare, _, scope = text.partition("%")
@@ -107,9 +114,9 @@ def _dial_order(
             ranked.append((1, i, bare))
         elif scope:
             ranked.append((2, i, f"{bare}%{_scope_name(scope)}"))
-    return tuple(
-        text for _, _, text in sorted(ranked) if dialable is None or dialable(text)
-    )
+    usable = [(rank, text) for rank, _, text in sorted(ranked) if not dialable or dialable(text)]
+    routable = [text for rank, text in usable if rank < 2]
+    return tuple(routable or (text for _, text in usable))
 
 
 def _ip_version(interfaces: Sequence[str | int]) -> IPVersion:

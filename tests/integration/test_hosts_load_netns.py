@@ -19,6 +19,7 @@ measured speed. Waits are bounds against hangs, nothing is timed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -61,7 +62,8 @@ def _address(cell: str) -> str:
     first address."""
     if cell.startswith("["):
         return cell[1 : cell.index("]")]
-    return cell.split(", ")[0].split(":")[0] if "." in cell.split(", ")[0] else cell
+    first = cell.split(", ", maxsplit=1)[0]
+    return first.split(":", maxsplit=1)[0] if "." in first else first
 
 
 def _rows(text: str) -> dict[str, dict[str, str]]:
@@ -73,7 +75,7 @@ def _rows(text: str) -> dict[str, dict[str, str]]:
     for ln in lines[head + 1 :]:
         if ln.startswith("DISTCC_HOSTS:"):
             break
-        cells = [ln[a:b].strip() for a, b in zip(starts, starts[1:], strict=False)]
+        cells = [ln[a:b].strip() for a, b in itertools.pairwise(starts)]
         row = dict(zip(COLUMNS, cells, strict=True))
         rows[_address(row["ADDRESS"])] = row
     return rows

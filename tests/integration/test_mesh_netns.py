@@ -179,9 +179,7 @@ def test_two_hosts_discover_kill9_restart_goodbye(lan: LanFactory) -> None:
 def test_announcements_from_outside_allowed_subnets_are_ignored(lan: LanFactory) -> None:
     net = lan()
     ha = net.add_host("a")
-    # Same wire, other subnet; no IPv6, as its fe80:: would be on our link-local subnet,
-    # which the default allows (docs/security.md).
-    hc = net.add_host("c", "10.78.0.11/24", stack="ipv4")
+    hc = net.add_host("c", "10.78.0.11/24")  # same wire, other subnet
     hd = net.add_host("d")
     a = Node(ha, "4")  # default: allowed = the subnets of eth0 (10.77.0.0/24 + link-local)
     c = Node(hc, "4")

@@ -141,8 +141,18 @@ def test_dialable_keeps_only_families_this_box_has() -> None:
     # In discovery's dial order, with the filter.
     got = discovery._dial_order(["fe80::1%eth7", "fd77::c", "10.0.0.1", "fe80::2"], v6_only)
     assert got == ("fd77::c",)
-    got = discovery._dial_order(["fe80::1%eth0", "fd77::c", "10.0.0.1"], v6_only)
-    assert got == ("fd77::c", "fe80::1%eth0")
+    # A dual-stack peer seen from a box with IPv4 and link-local IPv6 only: its IPv4.
+    v4_ll = netif.dialable(
+        ifaces(LO, adapter("eth0", 2, ("10.0.0.9", 24), (("fe80::9", 0, 2), 64)))
+    )
+    assert discovery._dial_order(["fe80::1%eth0", "fd77::c", "10.0.0.1"], v4_ll) == ("10.0.0.1",)
+    # An IPv6-only peer seen from there: its ULA is out of reach, its fe80:: is the way.
+    assert discovery._dial_order(["fd77::c", "fe80::1%eth0"], v4_ll) == ("fe80::1%eth0",)
+    # And that box seen from the IPv6-only peer (fe80:: only as link-local survives).
+    assert discovery._dial_order(["10.0.0.9", "fe80::9%eth0"], v6_only) == ("fe80::9%eth0",)
+    # A box in another IPv4 subnet on the same wire is judged by that address, which
+    # the allowed subnets keep out: not let in through its fe80:: address.
+    assert discovery._dial_order(["10.78.0.11", "fe80::7%eth0"], v4_ll) == ("10.78.0.11",)
 
 
 def test_link_local_only_interfaces_only_when_nothing_better() -> None:
@@ -191,8 +201,10 @@ def test_networks_scope_link_local_to_its_interface() -> None:
 
 def test_dial_order_and_ip_version() -> None:
     got = discovery._dial_order(["fe80::1%1", "fd77::c", "10.0.0.1", "fe80::2", "2001:db8::c"])
-    # IPv4, routable IPv6, then link-local with its scope by name; unscoped fe80:: dropped.
-    assert got == ("10.0.0.1", "fd77::c", "2001:db8::c", "fe80::1%lo")
+    # IPv4, then routable IPv6; link-local only for a peer with nothing else.
+    assert got == ("10.0.0.1", "fd77::c", "2001:db8::c")
+    # ... then with its scope by name; unscoped fe80:: dropped (it cannot be dialed).
+    assert discovery._dial_order(["fe80::2", "fe80::1%1"]) == ("fe80::1%lo",)
     assert discovery._ip_version(["10.0.0.1"]) is discovery.IPVersion.V4Only
     assert discovery._ip_version([2]) is discovery.IPVersion.V6Only
     assert discovery._ip_version(["10.0.0.1", 2]) is discovery.IPVersion.All
