@@ -180,7 +180,7 @@ def rate(bytes_per_s: int) -> str:
         return "?"
     if bytes_per_s < 1000:
         return f"{bytes_per_s} B/s"
-    if bytes_per_s < 1_000_000:
+    if bytes_per_s < 999_500:  # what rounds to 1000 kB/s reads better as 1.0 MB/s
         return f"{bytes_per_s / 1000:.0f} kB/s"
     return f"{bytes_per_s / 1_000_000:.1f} MB/s"
 

@@ -193,3 +193,26 @@ def test_explain_shows_live_load_of_each_peer(lan: Callable[..., Lan], tmp_path:
             if "Traceback" in m.log_text():
                 pytest.fail(f"{m.name} logged a traceback:\n{m.log_text()}")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_explain_without_discovery_says_there_is_no_live_load(lan: Callable[..., Lan]) -> None:
+    """A daemon with discovery off has no load channel: --explain gives this box's jobs
+    and says why there are no live figures (run inside a namespace: a `meshcc hosts`
+    that found no daemon would browse)."""
+    net = lan()
+    h = net.add_host("solo")
+    work = private_dir("meshcc-hostsload-solo-")
+    d = Meshd(work, h, "--no-discovery", "--jobs", "2", name="solo")
+    try:
+        d.start()
+        p = d.cli("hosts", "--cc", "gcc", "--explain", inside=True)
+        assert p.returncode == 1, p  # no peers: an empty line
+        assert "source:    daemon on" in p.stdout, p.stdout
+        assert (
+            "this box:  2 jobs, 0 running (no live-load channel: discovery off); its clients "
+            "hold 0 leases, 0 waiting" in p.stdout
+        ), p.stdout
+        assert "(no peers seen)" in p.stdout and "load:" not in p.stdout, p.stdout
+    finally:
+        d.stop()
+        shutil.rmtree(work, ignore_errors=True)

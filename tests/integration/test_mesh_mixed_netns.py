@@ -11,7 +11,9 @@ mDNS has no relay, so each box finds exactly the boxes it shares a family with: 
 finds all three, ``v4`` finds ``dual`` and ``ll`` (over IPv4), ``v6`` finds ``dual`` (at
 ``fd77::b``) and ``ll`` (by its link-local address, scoped: the only IPv6 it has), and
 ``ll`` finds ``v6`` likewise. Each lists its peers by an address it can dial: never an
-IPv4 address from ``v6``, never a ULA from ``ll`` (which has no route to fd77::/64).
+IPv4 address from ``v6``, never a ULA from ``ll`` (which has no route to fd77::/64), and
+fe80:: only for a peer with nothing else. ``nod``, IPv6-only without a daemon, browses
+by itself (``meshcc hosts``) and lists what ``v6`` lists plus ``v6`` itself.
 
 Then compiles cross the families: from ``dual`` to ``v6`` over IPv6 (meshcc-gcc through
 the daemon's lease, with the other peers stopped so the lease cannot go elsewhere, and
@@ -26,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,6 +133,7 @@ def test_mixed_lan_discovers_by_family_and_compiles_across(
     hv4 = net.add_host("v4", stack="ipv4")
     hv6 = net.add_host("v6", stack="ipv6")
     hll = net.add_host("ll")
+    hnod = net.add_host("nod", stack="ipv6")  # IPv6-only, no daemon: `meshcc hosts` browses
     # The premises: what each box has on eth0.
     assert hdual.addresses == ["10.77.0.11", "fd77::b"]
     assert hv4.addresses == ["10.77.0.12"]
@@ -180,6 +184,12 @@ def test_mixed_lan_discovers_by_family_and_compiles_across(
         assert not any(a.startswith("fd77:") for addrs in seen for a in addrs), seen
         js = json.loads(dual.cli("hosts", "--cc", "gcc", "--json", inside=True).stdout)
         assert "[fd77::d]:3632/2,lzo" in js["line"], js["line"]
+        # An IPv6-only box without a daemon browses by itself (over IPv6) and finds the
+        # same: dual at its ULA, v6, and ll by link-local; never v4.
+        env = dict(os.environ, MESHCC_SOCKET=str(work / "nothing.sock"))
+        p = hnod.run([sys.executable, "-m", "meshcc", "hosts", "--cc", "gcc"], env=env)
+        assert p.returncode == 0 and "browsed the network" in p.stderr, p.stderr
+        assert _hosts_of(p.stdout) == {"fd77::b", "fd77::d", f"{ll_ll}%eth0"}, p.stdout
 
         # The live-load channel reaches each peer over the family picked for it.
         def has_loads(me: Meshd, n: int) -> bool:
