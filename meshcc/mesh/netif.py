@@ -84,6 +84,9 @@ class Interface:
     # IPv6 addresses (bare) the kernel marks temporary, deprecated or DAD-failed: not
     # worth announcing when a stable one exists (see :func:`ipv6_address_flags`).
     unstable_ipv6: frozenset[str] = frozenset()
+    # IPv6 addresses that failed duplicate address detection: left out of ``ipv6``
+    # (unusable), kept here so the daemon can say why.
+    failed_ipv6: frozenset[str] = frozenset()
 
     @property
     def loopback(self) -> bool:
@@ -197,7 +200,7 @@ IFA_F_TEMPORARY = 0x01  # a SLAAC privacy address: replaced daily, deleted withi
 IFA_F_DADFAILED = 0x08  # duplicate address detection found a duplicate: unusable
 IFA_F_DEPRECATED = 0x20  # preferred lifetime over: not for new connections
 IFA_F_TENTATIVE = 0x40  # duplicate address detection still running
-UNSTABLE_IPV6_FLAGS = IFA_F_TEMPORARY | IFA_F_DADFAILED | IFA_F_DEPRECATED
+UNSTABLE_IPV6_FLAGS = IFA_F_TEMPORARY | IFA_F_DEPRECATED
 _IF_INET6 = "/proc/net/if_inet6"
 
 
@@ -288,9 +291,10 @@ def list_interfaces(
 ) -> list[Interface]:
     """Every interface with its addresses (ifaddr adapters unless given), flags and MAC.
 
-    ``ipv6_flags`` (address -> kernel flags) marks the unstable IPv6 addresses; by
-    default read from the kernel along with the machine's adapters, and empty with given
-    adapters (a test's addresses are not the machine's)."""
+    ``ipv6_flags`` (address -> kernel flags) marks the unstable IPv6 addresses and drops
+    the ones that failed duplicate address detection; by default read from the kernel
+    along with the machine's adapters, and empty with given adapters (a test's addresses
+    are not the machine's)."""
     if adapters is None:
         import ifaddr
 
@@ -303,10 +307,14 @@ def list_interfaces(
         name = ad.nice_name or ad.name
         v4: list[ipaddress.IPv4Interface] = []
         v6: list[ipaddress.IPv6Interface] = []
+        failed: list[str] = []
         for ip in ad.ips:
             raw, prefix = ip.ip, ip.network_prefix
             try:
                 if isinstance(raw, tuple):  # (address, flowinfo, scope_id)
+                    if flags6.get(ipaddress.IPv6Address(raw[0]), 0) & IFA_F_DADFAILED:
+                        failed.append(raw[0])  # a duplicate on the LAN: kept, unusable
+                        continue
                     scope = f"%{raw[2]}" if raw[2] else ""
                     v6.append(ipaddress.IPv6Interface(f"{raw[0]}{scope}/{prefix}"))
                 else:
@@ -326,6 +334,7 @@ def list_interfaces(
                     for i in v6
                     if flags6.get(ipaddress.IPv6Address(_bare(i)), 0) & UNSTABLE_IPV6_FLAGS
                 ),
+                failed_ipv6=frozenset(failed),
             )
         )
     return result
@@ -355,13 +364,18 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
             elif not iface.multicast:
                 warnings.append(f"interface {n} is not multicast-capable; discovery may not work")
             chosen.append(iface)
+        warnings += _dad_failures(chosen)
         return Selection(tuple(chosen), None, tuple(warnings), _shared_link_local(interfaces))
     usable = [i for i in interfaces if i.up and i.multicast and not i.loopback]
     chosen = [i for i in usable if i.ipv4 or i.routable_ipv6]
     if not chosen:  # a link-local-only IPv6 LAN (bridge ports etc. never win over a real NIC)
         chosen = [i for i in usable if i.link_local_ipv6]
     if chosen:
-        return Selection(tuple(chosen), shared_link_local=_shared_link_local(interfaces))
+        return Selection(
+            tuple(chosen),
+            warnings=tuple(_dad_failures(chosen)),
+            shared_link_local=_shared_link_local(interfaces),
+        )
     others = [i for i in interfaces if not i.loopback]
     if not others:
         why = "no multicast-capable interface (only loopback)"
@@ -375,6 +389,15 @@ def select_interfaces(interfaces: Sequence[Interface], names: Sequence[str] = ()
         detail = "; ".join(f"{i.name}: {why_not(i)}" for i in others)
         why = f"no usable multicast-capable interface ({detail})"
     return Selection((), why + "; use --interface NAME to choose one")
+
+
+def _dad_failures(chosen: Sequence[Interface]) -> list[str]:
+    return [
+        f"interface {i.name}: IPv6 address {a} failed duplicate address detection (another "
+        "box on the LAN has it; `ip -6 addr` shows dadfailed): not used"
+        for i in chosen
+        for a in sorted(i.failed_ipv6)
+    ]
 
 
 def _shared_link_local(interfaces: Sequence[Interface]) -> frozenset[str]:

@@ -98,11 +98,13 @@ def test_unstable_ipv6_addresses_are_not_announced_beside_stable_ones() -> None:
         (("2001:db8::7e3:1", 0, 0), 64),  # temporary (privacy): gone within days
         (("2001:db8::a", 0, 0), 64),  # stable
         (("fd77::9", 0, 0), 64),  # deprecated
+        (("fd77::dead", 0, 0), 64),  # failed DAD: a duplicate elsewhere on the LAN
     )
     flags = {
         ipaddress.IPv6Address("2001:db8::7e3:1"): netif.IFA_F_TEMPORARY,
         ipaddress.IPv6Address("fd77::9"): netif.IFA_F_DEPRECATED,
         ipaddress.IPv6Address("2001:db8::a"): 0x80,  # permanent
+        ipaddress.IPv6Address("fd77::dead"): netif.IFA_F_DADFAILED | netif.IFA_F_TENTATIVE,
     }
     table = {"lo": 0x9}
     machine = netif.list_interfaces(
@@ -112,8 +114,15 @@ def test_unstable_ipv6_addresses_are_not_announced_beside_stable_ones() -> None:
         ipv6_flags=flags,
     )
     assert machine[1].unstable_ipv6 == {"2001:db8::7e3:1", "fd77::9"}
+    assert "fd77::dead" not in {str(i.ip) for i in machine[1].ipv6}  # unusable: not listed
+    assert machine[1].failed_ipv6 == {"fd77::dead"}
     sel = netif.select_interfaces(machine)
     assert sel.announce_addresses == ["2001:db8::a", "fe80::a"]
+    assert sel.warnings == (
+        "interface eth0: IPv6 address fd77::dead failed duplicate address detection (another "
+        "box on the LAN has it; `ip -6 addr` shows dadfailed): not used",
+    )
+    assert netif.select_interfaces(machine, ["eth0"]).warnings == sel.warnings
     # Only unstable ones: announced all the same (better than no IPv6 address at all).
     temp_only = netif.list_interfaces(
         [adapter("eth0", 2, (("2001:db8::7e3:1", 0, 0), 64))],
