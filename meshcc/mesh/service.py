@@ -300,8 +300,9 @@ class Mesh:
         if nid is None:
             macs, machine_id, _ = netif.identity_material(selection.chosen)
             nid = node_id(macs, self.port, machine_id, hostname) if macs else random_node_id()
-        addresses = tuple(selection.announce_addresses)  # IPv4, or IPv6 on IPv6-only links
+        addresses = tuple(selection.announce_addresses)  # IPv4, then IPv6 (netif.py)
         mdns_interfaces = selection.mdns_interfaces
+        dialable = netif.dialable(interfaces)  # peers' addresses of families we have
 
         def status(on: bool, why: str | None, instance: str | None = None) -> MeshStatus:
             return MeshStatus(
@@ -324,7 +325,7 @@ class Mesh:
             return
 
         if not self.config.announce:
-            await self._start_browsing(addresses, mdns_interfaces, status)
+            await self._start_browsing(addresses, mdns_interfaces, status, dialable)
             return
         distcc_id = self._distcc_id
         publish_distcc = True
@@ -386,6 +387,7 @@ class Mesh:
             self._on_event,
             interfaces=mdns_interfaces,
             resolve_timeout_s=self.config.resolve_timeout_s,
+            dialable=dialable,
         )
         try:
             await discovery.start([meshcc_spec, *distcc_specs])
@@ -397,13 +399,15 @@ class Mesh:
                 load_sock.close()
             return
         self._discovery = discovery
+        warnings.extend(discovery.warnings)  # e.g. IPv6 mDNS failed: IPv4 only
         if load_sock is not None:
             await self._start_load(nid, load_sock)
         self._status = status(True, None, instance_label(self._node))
         log.log(
             NOTICE,
-            "announcing %s on %s (%s) port %d; peers allowed from (%s): %s",
+            "announcing %s over %s on %s (%s) port %d; peers allowed from (%s): %s",
             instance_label(self._node),
+            "IPv4" if discovery.warnings else selection.families,
             ", ".join(self._status.interfaces),
             ", ".join(addresses),
             self.port,
@@ -426,6 +430,7 @@ class Mesh:
         addresses: tuple[str, ...],
         mdns_interfaces: Sequence[str | int],
         status: Callable[..., MeshStatus],
+        dialable: Callable[[str], bool] | None = None,
     ) -> None:
         """Browse-only mode: track peers without announcing ourselves."""
         from meshcc.mesh.discovery import Discovery
@@ -435,6 +440,7 @@ class Mesh:
             self._on_event,
             interfaces=mdns_interfaces,
             resolve_timeout_s=self.config.resolve_timeout_s,
+            dialable=dialable,
         )
         try:
             await discovery.start([])
@@ -577,9 +583,11 @@ class Mesh:
             if address is None:
                 continue
             allowed = frozenset(
-                a
+                form
                 for a in r.addresses
                 if pick_address(dataclasses.replace(r, addresses=(a,)), self._policy)
+                # a link-local source also as load.py compares it: without its %scope
+                for form in {a, a.split("%", 1)[0]}
             )
             out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
         return out
