@@ -874,10 +874,11 @@ class CompileServer:
                         self.config.jobs,
                         self.stats.waiting,
                     )
-                    writer.write(wire.encode_busy(self._running_compiles))
+                    self._set_phase(conn, _Phase.CLOSING)
+                    await self._say_busy(reader, writer, len(first), summary.client)
                     return
                 holding = True
-                writer.write(wire.SLOT_GRANTED)
+                writer.write(wire.SLOT_GRANTED)  # at once; the request is on its way
                 first = first[wire.HEADER_LEN :]
             self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
@@ -992,6 +993,39 @@ class CompileServer:
         await self._job_slots.acquire()
         self._slots_held += 1
         return True
+
+    async def _say_busy(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        received: int,
+        client: str,
+    ) -> None:
+        """Answer BUSY, shut down our sending side, and discard what the client still sends
+        (its pipelined request) until it closes, within the refusal drain's time and byte
+        bounds. Closing with unread bytes would send a TCP reset, which can destroy the BUSY
+        before the client reads it; the client stops sending when it sees the BUSY."""
+        try:
+            writer.write(wire.encode_busy(self._running_compiles))
+            await asyncio.wait_for(writer.drain(), self.config.drain_seconds)
+            if writer.can_write_eof():
+                writer.write_eof()
+            deadline = time.monotonic() + self.config.drain_seconds
+            total = received
+            ended = "the byte limit"
+            while total < self.config.drain_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    ended = "the time limit"
+                    break
+                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+                if not chunk:
+                    ended = "its close"
+                    break
+                total += len(chunk)
+            log.debug("client %s: %d bytes read after SLOT until %s", client, total, ended)
+        except (OSError, TimeoutError) as e:
+            log.debug("client %s: after BUSY: %s", client, str(e) or type(e).__name__)
 
     async def _wait_for_slot(self, summary: JobSummary) -> None:
         """Queue a complete request for a job slot (stock clients: distccd's behaviour), in
