@@ -42,6 +42,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshcc import compression, hostos
@@ -513,6 +514,7 @@ class CompileServer:
         self.busy_count = 0  # SLOT requests answered BUSY since start
         self._owed: dict[IPAddress, float] = {}  # addresses answered BUSY, oldest first
         self._freed_at = 0.0  # when a job slot last became free
+        self.on_slots: Callable[[], None] | None = None  # a job slot was taken or freed
         # Totals for the mesh's speed figure (bytes of preprocessed source compiled, and
         # seconds of compiler wall time): read-only for others.
         self.compiled_bytes = 0
@@ -992,6 +994,7 @@ class CompileServer:
         owed.pop(addr, None)
         await self._job_slots.acquire()
         self._slots_held += 1
+        self._slots_changed()
         return True
 
     async def _say_busy(
@@ -1033,6 +1036,7 @@ class CompileServer:
         if not self._job_slots.locked():
             await self._job_slots.acquire()  # free: returns at once, no wait to report
             self._slots_held += 1
+            self._slots_changed()
             return
         t0 = time.monotonic()
         self.stats.waiting += 1  # the /metrics gauge too
@@ -1042,11 +1046,21 @@ class CompileServer:
             self.stats.waiting -= 1
             summary.queue_ms = int((time.monotonic() - t0) * 1000)
         self._slots_held += 1
+        self._slots_changed()
 
     def _release_slot(self) -> None:
         self._slots_held -= 1
         self._freed_at = time.monotonic()
         self._job_slots.release()
+        self._slots_changed()
+
+    def _slots_changed(self) -> None:
+        """Tell the live-load channel (``on_slots``): peers learn of a freed slot at once."""
+        if self.on_slots is not None:
+            try:
+                self.on_slots()
+            except Exception:
+                log.exception("internal error in the job slot callback")
 
     async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).
