@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
+from cpusample import CpuSampler  # noqa: E402
 
 import netns  # noqa: E402
 from harness import parse_job_summaries  # noqa: E402
@@ -194,7 +195,10 @@ def _bench(
             for s in ("s1", "s2")
         }
         done: dict[str, float] = {}
-        with SlotSampler(sampled, interval=0.002) as sampler:
+        pids = {n: daemons[n].proc.pid for n in daemons}  # type: ignore[union-attr]
+        roles = {pids[n]: "server daemons" if n[0] == "s" else "client daemons" for n in pids}
+        cpu = CpuSampler(roles, {pids["s1"], pids["s2"]})
+        with cpu, SlotSampler(sampled, interval=0.002) as sampler:
             t0 = time.monotonic()
             procs = {
                 c: hosts[c].popen(
@@ -226,9 +230,15 @@ def _bench(
                 if j.result == "COMPILE_OK":
                     remote[addr[j.client.rsplit(":", 1)[0]]] += 1
                     queued += j.queue_ms is not None
+        used = cpu.by_role()
+        total = sum(used.values())
         return {
             "makespan_s": max(done.values()),
             "client_s": done,
+            "cpu_s": used,
+            # The makespan if the cores never idled and nothing else ran: this way's own CPU
+            # (real work and its machinery) over the cores; what a shared box cannot beat.
+            "cpu_floor_s": round(total / cores, 2),
             "remote_jobs": remote,
             "jobs_queued_in_server": queued,
             "peaks": {s: p.as_dict() for s, p in sampler.peaks.items()},
@@ -248,6 +258,7 @@ def _bench(
             got = one(way)
             got["ideal_s"] = 2 * serial / min(slots, cores)
             got["x_ideal"] = float(got["makespan_s"]) / got["ideal_s"]  # type: ignore[arg-type]
+            got["x_cpu_floor"] = float(got["makespan_s"]) / float(got["cpu_floor_s"])  # type: ignore[arg-type]
             runs[way].append(got)
             print(f"round {r + 1} {way}: {json.dumps(got)}", flush=True)
     serial = statistics.median(serials)
@@ -279,9 +290,22 @@ def _bench(
             for s in ("s1", "s2")
         }
         remote = [x["remote_jobs"] for x in rs]
+        x_floor = statistics.median(float(x["x_cpu_floor"]) for x in rs)  # type: ignore[arg-type]
+        roles = sorted({k for x in rs for k in x["cpu_s"]})  # type: ignore[attr-defined]
+        cpu_med = {
+            k: statistics.median(float(x["cpu_s"].get(k, 0.0)) for x in rs)  # type: ignore[attr-defined]
+            for k in roles
+        }
+        spread = [
+            round(max(x["client_s"].values()) / min(x["client_s"].values()), 2)  # type: ignore[attr-defined]
+            for x in rs
+        ]
         summary[way] = {
             "makespan_median_s": mk,
             "x_ideal_median": x_ideal,
+            "x_cpu_floor_median": x_floor,
+            "cpu_median_s": cpu_med,
+            "client_finish_ratio": spread,
             "server_busy_fraction": util,
             "peaks_max": peak,
             "remote_jobs": remote,
@@ -295,6 +319,11 @@ def _bench(
                 for s, p in peak.items()
             )
             + f"; remote jobs per client {remote}"
+        )
+        print(
+            f"{'':7s} {x_floor:4.2f} x its own CPU floor (CPU used / cores); CPU s by role "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu_med.items())
+            + f"; last / first client to finish: {spread}"
         )
     if "meshcc" in summary and "distcc" in summary:
         m = summary["meshcc"]["makespan_median_s"]  # type: ignore[index]
