@@ -34,7 +34,11 @@ connections on the compile port (ESTABLISHED, from /proc: includes the daemons' 
 liveness probes and BUSY answers in flight); remote jobs per client (neither starves).
 
 All namespaces share this machine's cores: clients' preprocessors, makes and the servers'
-compilers compete, so the ideal is a bound, not a target one can reach exactly.
+compilers compete, so the ideal is a bound, not a target one can reach exactly. So each way
+also reports its CPU seconds by role (benchmarks/cpusample.py: daemons, remote compilers,
+compile clients, their preprocessors) and its makespan against its own CPU floor (CPU used /
+cores: the makespan if the cores never idled and nothing else ran, the honest ideal on one
+shared machine), and how far apart the two clients finished (last / first: fairness).
 """
 
 from __future__ import annotations
