@@ -115,6 +115,11 @@ def main() -> int:
         help="meshcc, distcc, and meshcc-list (meshcc-gcc with the static list: no leases, "
         "no BUSY; separates the client's own cost from the scheduling)",
     )
+    ap.add_argument(
+        "--server-log-level",
+        default="notice",
+        help="the servers' --log-level (debug: count their BUSY answers; costs some CPU)",
+    )
     ap.add_argument("--json", metavar="FILE")
     ns = ap.parse_args()
     reason = netns.unavailable_reason()
@@ -153,9 +158,10 @@ def _bench(
     hosts = {n: lan.add_host(n) for n in ("c1", "c2", "s1", "s2")}
     odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
     common = ("--interface", "eth0", "--log-level", "notice")
+    serving = ("--interface", "eth0", "--log-level", ns.server_log_level, "--jobs", str(J))
     daemons = {
-        "s1": Meshd(work, hosts["s1"], *common, "--jobs", str(J), name="s1"),
-        "s2": Meshd(work, hosts["s2"], *common, "--jobs", str(J), name="s2"),
+        "s1": Meshd(work, hosts["s1"], *serving, name="s1"),
+        "s2": Meshd(work, hosts["s2"], *serving, name="s2"),
         "c1": Meshd(work, hosts["c1"], *common, "--compiler", str(odd), name="c1"),
         "c2": Meshd(work, hosts["c2"], *common, "--compiler", str(odd), name="c2"),
     }
@@ -194,6 +200,7 @@ def _bench(
         for c in ("c1", "c2"):
             _run(["make", "-f", "Makefile", "clean"], trees[c], env0)
         before = {s: len(parse_job_summaries(daemons[s].log_text())) for s in ("s1", "s2")}
+        busy_before = {s: daemons[s].log_text().count(": busy (") for s in ("s1", "s2")}
         sampled = {
             s: (daemons[s].socket, daemons[s].proc.pid, PORT, J)  # type: ignore[union-attr]
             for s in ("s1", "s2")
@@ -229,11 +236,13 @@ def _bench(
         time.sleep(0.5)  # summaries trail the replies
         remote = dict.fromkeys(("c1", "c2"), 0)
         queued = 0
+        busy = 0
         for s in ("s1", "s2"):
             for j in parse_job_summaries(daemons[s].log_text())[before[s] :]:
                 if j.result == "COMPILE_OK":
                     remote[addr[j.client.rsplit(":", 1)[0]]] += 1
                     queued += j.queue_ms is not None
+            busy += daemons[s].log_text().count(": busy (") - busy_before[s]
         used = cpu.by_role()
         total = sum(used.values())
         return {
@@ -245,6 +254,8 @@ def _bench(
             "cpu_floor_s": round(total / cores, 2),
             "remote_jobs": remote,
             "jobs_queued_in_server": queued,
+            # BUSY answers (the servers log them at debug only: --server-log-level debug)
+            "busy_answers": busy,
             "peaks": {s: p.as_dict() for s, p in sampler.peaks.items()},
         }
 
