@@ -771,14 +771,17 @@ def _wire_load(mesh: Mesh, server: CompileServer | None, control_server: Control
     broker = control_server.broker
 
     def figures() -> tuple[int, int, int]:
-        waiting = len(broker.waiters)
+        # The server's exact counts (slots taken, requests queued for one); the broker's
+        # waiting leases go out with them (LoadBook.lease_waiting).
         if server is None:
-            return 0, waiting, 0
+            return 0, 0, 0
         speed = meter.update(server.compiled_bytes, server.compile_seconds)
-        return server.running_compiles, server.queued_jobs + waiting, speed
+        return server.slots_held, server.waiting_for_slot, speed
 
     mesh.set_load_figures(figures)
-    channel.on_update = lambda _key: broker.dispatch()
+    channel.on_update = broker.on_load
+    if server is not None:
+        server.on_slots = channel.poke  # a slot taken or freed reaches the peers at once
 
 
 class _LoadSink(Protocol):

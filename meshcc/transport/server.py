@@ -42,6 +42,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshcc import compression, hostos
@@ -513,6 +514,7 @@ class CompileServer:
         self.busy_count = 0  # SLOT requests answered BUSY since start
         self._owed: dict[IPAddress, float] = {}  # addresses answered BUSY, oldest first
         self._freed_at = 0.0  # when a job slot last became free
+        self.on_slots: Callable[[], None] | None = None  # a job slot was taken or freed
         # Totals for the mesh's speed figure (bytes of preprocessed source compiled, and
         # seconds of compiler wall time): read-only for others.
         self.compiled_bytes = 0
@@ -874,10 +876,11 @@ class CompileServer:
                         self.config.jobs,
                         self.stats.waiting,
                     )
-                    writer.write(wire.encode_busy(self._running_compiles))
+                    self._set_phase(conn, _Phase.CLOSING)
+                    await self._say_busy(reader, writer, len(first), summary.client)
                     return
                 holding = True
-                writer.write(wire.SLOT_GRANTED)
+                writer.write(wire.SLOT_GRANTED)  # at once; the request is on its way
                 first = first[wire.HEADER_LEN :]
             self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
@@ -991,7 +994,41 @@ class CompileServer:
         owed.pop(addr, None)
         await self._job_slots.acquire()
         self._slots_held += 1
+        self._slots_changed()
         return True
+
+    async def _say_busy(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        received: int,
+        client: str,
+    ) -> None:
+        """Answer BUSY, shut down our sending side, and discard what the client still sends
+        (its pipelined request) until it closes, within the refusal drain's time and byte
+        bounds. Closing with unread bytes would send a TCP reset, which can destroy the BUSY
+        before the client reads it; the client stops sending when it sees the BUSY."""
+        try:
+            writer.write(wire.encode_busy(self._running_compiles))
+            await asyncio.wait_for(writer.drain(), self.config.drain_seconds)
+            if writer.can_write_eof():
+                writer.write_eof()
+            deadline = time.monotonic() + self.config.drain_seconds
+            total = received
+            ended = "the byte limit"
+            while total < self.config.drain_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    ended = "the time limit"
+                    break
+                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+                if not chunk:
+                    ended = "its close"
+                    break
+                total += len(chunk)
+            log.debug("client %s: %d bytes read after SLOT until %s", client, total, ended)
+        except (OSError, TimeoutError) as e:
+            log.debug("client %s: after BUSY: %s", client, str(e) or type(e).__name__)
 
     async def _wait_for_slot(self, summary: JobSummary) -> None:
         """Queue a complete request for a job slot (stock clients: distccd's behaviour), in
@@ -999,6 +1036,7 @@ class CompileServer:
         if not self._job_slots.locked():
             await self._job_slots.acquire()  # free: returns at once, no wait to report
             self._slots_held += 1
+            self._slots_changed()
             return
         t0 = time.monotonic()
         self.stats.waiting += 1  # the /metrics gauge too
@@ -1008,11 +1046,21 @@ class CompileServer:
             self.stats.waiting -= 1
             summary.queue_ms = int((time.monotonic() - t0) * 1000)
         self._slots_held += 1
+        self._slots_changed()
 
     def _release_slot(self) -> None:
         self._slots_held -= 1
         self._freed_at = time.monotonic()
         self._job_slots.release()
+        self._slots_changed()
+
+    def _slots_changed(self) -> None:
+        """Tell the live-load channel (``on_slots``): peers learn of a freed slot at once."""
+        if self.on_slots is not None:
+            try:
+                self.on_slots()
+            except Exception:
+                log.exception("internal error in the job slot callback")
 
     async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).
