@@ -355,7 +355,9 @@ class LoadBook:
             self._reject("unknown")
             return None
         r = self._remotes[key]
-        if source.split("%", 1)[0] not in r.peer.addresses | {r.peer.address}:
+        # A link-local source comes with its %scope, as the table holds link-local
+        # addresses; an unscoped form must match exactly (never a bare fe80:: for any link).
+        if source not in r.peer.addresses | {r.peer.address}:
             self._reject("source")
             return None
         now = self._clock()

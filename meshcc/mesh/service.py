@@ -583,11 +583,9 @@ class Mesh:
             if address is None:
                 continue
             allowed = frozenset(
-                form
+                a
                 for a in r.addresses
                 if pick_address(dataclasses.replace(r, addresses=(a,)), self._policy)
-                # a link-local source also as load.py compares it: without its %scope
-                for form in {a, a.split("%", 1)[0]}
             )
             out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
         return out

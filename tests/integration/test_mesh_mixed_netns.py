@@ -199,10 +199,12 @@ def test_mixed_lan_discovers_by_family_and_compiles_across(
         netns.wait_for(lambda: has_loads(v6, 2), 20, 0.2, "v6 to get 2 peers' live load")
 
         # 3. Compiles across the families.
-        _compile(hv6, v6, dual, "fd77::b", tmp_path / "v6-dual", distcc=False)
-        # dual -> v6: with v4 and ll gone (goodbye), the lease can only be v6's.
+        # With v4 and ll gone (goodbye), a lease from v6 can only be dual's and one from
+        # dual only v6's (the broker would otherwise be free to pick ll for v6).
         assert v4.stop() == 0 and ll.stop() == 0
         netns.wait_for(_lists(dual, {"fd77::d"}), 15, 0.2, "dual to drop v4 and ll")
+        netns.wait_for(_lists(v6, {"fd77::b"}), 15, 0.2, "v6 to drop ll")
+        _compile(hv6, v6, dual, "fd77::b", tmp_path / "v6-dual", distcc=False)
         _compile(hdual, dual, v6, "fd77::d", tmp_path / "dual-v6", distcc=True)
         # ll -> v6 over link-local: restart ll alone beside v6 and dual.
         ll2 = Meshd(work, hll, "--jobs", "2", name="ll2")
