@@ -294,6 +294,8 @@ def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         for compiler in compilers:
             argv += ["--compiler", compiler]
         argv += list(extra_args)
+        if not any(a.startswith("--cache") for a in extra_args):
+            argv.append("--no-cache")  # result cache: only tests that ask for it (their dir)
         env = _clean_env()
         # As root the daemon drops to an unprivileged user, which cannot enter pytest's 0700
         # tmp_path; Python's tempfile would then silently fall back to /tmp. A sticky
@@ -346,6 +348,8 @@ def distccd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
         for cidr in allow:
             argv += ["--allow", cidr]
         argv += list(extra_args)
+        if not any(a.startswith("--cache") for a in extra_args):
+            argv.append("--no-cache")  # result cache: only tests that ask for it (their dir)
         env = _clean_env()
         env.pop("TMPDIR", None)  # distccd's user must be able to write its TMPDIR: use /tmp
         daemon = _spawn("distccd", argv, workdir, port, workdir / "distccd.out", env)

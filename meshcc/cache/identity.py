@@ -3,8 +3,8 @@
 The mesh matches peers on gcc's full version, target and binutils version; the cache
 needs more, since a distribution may rebuild the same version with other patches or
 defaults. The identity is SHA-256 over those three strings and the bytes of the driver,
-of the compiler proper for the language (``cc1`` for C, ``cc1plus`` for C++, as
-``gcc -print-prog-name`` names them) and of the assembler. Boxes installed from the same
+of the compilers proper (``cc1`` and ``cc1plus``, as ``gcc -print-prog-name`` names
+them) and of the assembler (contents, not paths). Boxes installed from the same
 packages get the same identity; anything else only misses.
 
 Hashing ``cc1plus`` (~30-40 MB) takes tens of milliseconds, so each identity is computed
@@ -14,6 +14,7 @@ stat and is hashed again. Runs in a worker thread (blocking: subprocess and file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -52,16 +53,19 @@ class ToolchainIdentities:
         self._files: dict[tuple[str, int, int, int], bytes] = {}
         self._progs: dict[tuple[str, str], str] = {}
 
-    def identity(self, tc: Toolchain, cxx: bool) -> str:
-        """Hex identity of ``tc`` compiling C (``cxx`` False) or C++. Blocking."""
-        prog = "cc1plus" if cxx else "cc1"
+    def identity(self, tc: Toolchain) -> str:
+        """Hex identity of ``tc``. Blocking. Both compilers proper are in it, whichever the
+        job runs (which one runs depends on the driver, the suffix and ``-x``: hashing
+        both is simpler than getting that right, and each file is hashed once)."""
         try:
-            proper = self._prog_path(tc.realpath, prog)
-            parts = [tc.realpath, proper]
+            parts = [tc.realpath]
+            for prog in ("cc1", "cc1plus"):
+                with contextlib.suppress(FileNotFoundError):  # a C-only gcc has no cc1plus
+                    parts.append(self._prog_path(tc.realpath, prog))
             if tc.assembler:
                 parts.append(tc.assembler)
             h = hashlib.sha256()
-            for text in (tc.version, tc.target, tc.binutils or "-", prog):
+            for text in (tc.version, tc.target, tc.binutils or "-"):
                 h.update(text.encode() + b"\0")
             for path in parts:
                 h.update(self._digest(path))
@@ -85,7 +89,7 @@ class ToolchainIdentities:
         except subprocess.TimeoutExpired:
             raise OSError(f"{driver} -print-prog-name={prog} timed out") from None
         if not os.path.isabs(out):  # gcc prints the bare name when it has no such program
-            raise OSError(f"{driver} has no {prog}")
+            raise FileNotFoundError(f"{driver} has no {prog}")
         real = os.path.realpath(out)
         with self._lock:
             self._progs[(driver, prog)] = real

@@ -612,6 +612,28 @@ class Mesh:
             out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
         return out
 
+    def cache_homes(self, fingerprint: tuple[str, str, str | None]) -> list[tuple[str, str, int]]:
+        """(node id, address, compile port) of the live meshcc peers that serve this exact
+        toolchain (version, target, binutils) at an allowed address: the peers this daemon
+        would take compile results from, so the result cache's candidate homes."""
+        version, target, binutils = fingerprint
+        out = []
+        for st in self.table.snapshot():
+            r = st.record
+            if st.liveness is not Liveness.UP or r.kind is not PeerKind.MESHCC:
+                continue
+            if r.node_id is None or binutils is None:
+                continue
+            if not any(
+                t.version == version and t.target == target and t.binutils == binutils
+                for t in r.toolchains
+            ):
+                continue
+            address = pick_address(r, self._policy)
+            if address is not None:
+                out.append((r.node_id, address, r.port))
+        return out
+
     # ------------------------------------------------------------ internals
 
     def _on_event(self, event: DiscoveryEvent) -> None:

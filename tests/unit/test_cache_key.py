@@ -92,3 +92,13 @@ def test_run_specific_options_are_uncacheable() -> None:
         assert uncacheable(["gcc", opt, "-c", "a.c"]), opt
     assert uncacheable(ARGV) is None
     assert uncacheable(["gcc", "-O2", "-fdebug-prefix-map=/a=/b", "-g", "-c", "a.c"]) is None
+
+
+def test_the_client_sends_the_servers_no_cache_marker() -> None:
+    """meshcc-gcc may not import meshcc.cache (lean client): it spells the marker itself."""
+    from pathlib import Path
+
+    from meshcc.cache.service import NO_CACHE_ARG
+    from meshcc.client import wrapper
+
+    assert f'b"{NO_CACHE_ARG}"' in Path(wrapper.__file__).read_text()
