@@ -11,9 +11,9 @@ answered the same way), :meth:`ResultCache.recall`:
    checked (hash and key) and kept here too.
 
 After a successful compile, :meth:`ResultCache.remember` stores the result here and
-offers it to the home peer in the background (at most :data:`MAX_PUSHES` at once; more
-are dropped, they are only an optimisation). Failures are never stored: the server calls
-remember only for exit status 0 with an object.
+offers it to the home peer in the background (at most :data:`MAX_PUSH_BYTES` on their
+way at once; more are dropped and counted, they are only an optimisation). Failures are
+never stored: the server calls remember only for exit status 0 with an object.
 
 Disk work runs in worker threads; the event loop only waits.
 """
@@ -40,7 +40,7 @@ log = logging.getLogger("meshcc.cache")
 # MESHCC_CACHE=0). gcc ignores -D on preprocessed input, so a stock distccd, or a daemon
 # with no cache, compiles the job unchanged.
 NO_CACHE_ARG = "-D__MESHCC_NO_CACHE__"
-MAX_PUSHES = 8
+MAX_PUSH_BYTES = 64 * 1024 * 1024  # entries on their way to their homes, at most
 LOOKUP_TIMEOUT = 0.25
 PUSH_TIMEOUT = 5.0
 
@@ -67,6 +67,8 @@ class Counts:
     pushed: int = 0
     received: int = 0  # entries peers pushed to this daemon (it is their home)
     lookup_failed: int = 0  # the home did not answer in time
+    push_failed: int = 0  # the home did not take an entry
+    push_dropped: int = 0  # not offered: too many bytes already on their way
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -75,6 +77,7 @@ class Counts:
 @dataclass(slots=True)
 class _Pending:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    bytes: int = 0  # of the entries being pushed
 
 
 class ResultCache:
@@ -138,8 +141,13 @@ class ResultCache:
             return
         self.counts.stored += 1
         home = self._home(job)
-        if home is None or home.host is None or len(self._pending.tasks) >= MAX_PUSHES:
+        if home is None or home.host is None:
             return
+        if self._pending.bytes + len(blob) > MAX_PUSH_BYTES:
+            self.counts.push_dropped += 1
+            log.info("result cache: too much on its way to home peers; not pushing %s", k)
+            return
+        self._pending.bytes += len(blob)
         task = asyncio.ensure_future(self._push(home, k, blob))
         self._pending.tasks.add(task)
         task.add_done_callback(self._pending.tasks.discard)
@@ -212,7 +220,7 @@ class ResultCache:
             blob = await remote.fetch(home, job.key, self.lookup_timeout)
         except remote.RemoteError as e:
             self.counts.lookup_failed += 1
-            log.debug("result cache: home %s (%s) did not answer: %s", home.node, home.host, e)
+            log.info("result cache: home %s did not answer: %s", home.host, e)
             return None
         if blob is None:
             return None
@@ -225,7 +233,11 @@ class ResultCache:
         return entry
 
     async def _push(self, home: remote.Home, k: str, blob: bytes) -> None:
-        if await remote.push(home, k, blob, PUSH_TIMEOUT):
-            self.counts.pushed += 1
-        else:
-            log.debug("result cache: home %s did not take %s", home.host, k)
+        try:
+            if await remote.push(home, k, blob, PUSH_TIMEOUT):
+                self.counts.pushed += 1
+            else:
+                self.counts.push_failed += 1
+                log.info("result cache: home %s did not take %s", home.host, k)
+        finally:
+            self._pending.bytes -= len(blob)

@@ -587,6 +587,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             allow=opts.allow,
             accept_unverified=opts.accept_unverified,
             disabled=disabled,
+            extra_caps=resultcache.caps(prep.result_store, prep.sock, prep.status_sock),
         ),
         prep.registry.toolchains,
         opts.port,

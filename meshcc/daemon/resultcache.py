@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from meshcc.loglevels import NOTICE
 if TYPE_CHECKING:
     from meshcc.mesh.service import Mesh
 
-__all__ = ["chain", "claim", "make_cache", "open_store"]
+__all__ = ["caps", "chain", "claim", "make_cache", "open_store"]
 
 log = logging.getLogger("meshcc.daemon")
 
@@ -99,12 +100,37 @@ def open_store(opts: DaemonOptions) -> DiskStore | None:
     return store
 
 
+def caps(
+    store: DiskStore | None, sock: socket.socket | None, status: socket.socket | None
+) -> frozenset[str]:
+    """``{"rcache"}`` when peers can use this daemon as a home: a cache, a compile port,
+    and the status port at the compile port + 1 (where peers look for it)."""
+    if store is None or sock is None or status is None:
+        return frozenset()
+    try:
+        compile_port, status_port = sock.getsockname()[1], status.getsockname()[1]
+    except OSError:
+        return frozenset()
+    if status_port != compile_port + 1:
+        log.log(
+            NOTICE,
+            "result cache: not offered to peers: the status port %d is not the compile "
+            "port + 1 (%d), where peers look for it",
+            status_port,
+            compile_port + 1,
+        )
+        return frozenset()
+    return frozenset({"rcache"})
+
+
 def make_cache(store: DiskStore, mesh: Mesh) -> ResultCache:
     """The cache the compile server and the status port share."""
 
+    offered = "rcache" in mesh.config.extra_caps  # peers count this daemon as a home
+
     def homes(tc: Toolchain) -> Sequence[Home]:
         me = mesh.status.node_id
-        out = [Home(me)] if me else []
+        out = [Home(me)] if me and offered else []
         out += [Home(n, a, p + 1) for n, a, p in mesh.cache_homes(tc.fingerprint)]
         return out
 

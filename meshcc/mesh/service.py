@@ -101,6 +101,7 @@ class MeshConfig:
     announce: bool = True  # False: browse only (``meshcc hosts`` without a daemon)
     disabled: str | None = None  # discovery off for this reason (interfaces still chosen)
     live_load: bool = True  # the live-load channel (load.py), when the caps allow it
+    extra_caps: frozenset[str] = frozenset()  # announced too ("rcache": meshcc.cache)
     load_timings: LoadTimings = field(default_factory=LoadTimings)
 
 
@@ -384,7 +385,7 @@ class Mesh:
                     "not list this daemon"
                 )
                 log.warning("%s", warnings[-1])
-        caps = self.caps if self.caps is not None else _default_caps()
+        caps = (self.caps if self.caps is not None else _default_caps()) | self.config.extra_caps
         load_sock = self._bind_load(caps)
         # Peers send records to whoever announces "load": only when the socket is there.
         caps = caps | {"load"} if load_sock is not None else caps - {"load"}
@@ -614,13 +615,16 @@ class Mesh:
 
     def cache_homes(self, fingerprint: tuple[str, str, str | None]) -> list[tuple[str, str, int]]:
         """(node id, address, compile port) of the live meshcc peers that serve this exact
-        toolchain (version, target, binutils) at an allowed address: the peers this daemon
-        would take compile results from, so the result cache's candidate homes."""
+        toolchain (version, target, binutils) at an allowed address and announce a result
+        cache (``rcache``): the peers this daemon would take compile results from, so the
+        result cache's candidate homes."""
         version, target, binutils = fingerprint
         out = []
         for st in self.table.snapshot():
             r = st.record
             if st.liveness is not Liveness.UP or r.kind is not PeerKind.MESHCC:
+                continue
+            if "rcache" not in r.caps:  # no result cache there, or not on its status port
                 continue
             if r.node_id is None or binutils is None:
                 continue
