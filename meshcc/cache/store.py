@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import struct
 import tempfile
 import threading
@@ -264,8 +263,17 @@ class DiskStore:
             n = len(self._index)
             self._index.clear()
             self.total = 0
-        shutil.rmtree(self.dir, ignore_errors=True)
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        # Files only: the directories stay, owned by whoever made them (the daemon's user:
+        # `meshcc cache clear` run as root must not leave it directories it cannot write).
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.dir) as top:
+            for sub in top:
+                if not sub.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(sub.path) as entries:
+                    for e in entries:
+                        if is_key(e.name) or e.name.startswith(_TMP_PREFIX):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(e.path)
         return n
 
     # -- internals

@@ -11,6 +11,7 @@ summary lines, the status page, /metrics and the peer GET/PUT endpoints agree.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -220,3 +221,30 @@ def test_cache_survives_a_restart_and_no_cache_turns_it_off(
     _client("distcc", off, a, client_env, *args)
     time.sleep(0.3)
     assert "rcache:" not in off.log_text() and "COMPILE_OK" in off.log_text()
+
+
+def test_meshcc_cache_stats_and_clear(
+    start: Callable[..., tuple[Daemon, int]],
+    cache_root: Path,
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    d, status = start()
+    a = _project(tmp_path, "a")
+    args = ("-O2", "-c", "w.c", "-o", "w.o")
+    _client("distcc", d, a, client_env, *args)
+    _client("distcc", d, a, client_env, *args)
+    assert _verdicts(d, 2) == [("COMPILE_OK", "miss"), ("COMPILE_OK", "hit")]
+    cli = ["meshcc", "cache", "--cache-dir", str(cache_root), "--status-port", str(status)]
+    out = run([*cli, "stats"], env=client_env).stdout
+    assert f"result cache {cache_root}: 1 entries" in out, out
+    assert "1 hits, 0 from home peers, 1 misses, 0 uncacheable; 1 stored" in out, out
+    snap = json.loads(run([*cli, "stats", "--json"], env=client_env).stdout)
+    assert snap["entries"] == 1 and snap["daemon"]["hit"] == 1 and snap["bytes"] > 0
+    out = run([*cli, "clear"], env=client_env).stdout
+    assert "removed 1 entries" in out, out
+    assert not list((cache_root / "v1").glob("*/*"))
+    _client("distcc", d, a, client_env, *args)  # the daemon finds its entry gone: compiles
+    assert _verdicts(d, 3)[2] == ("COMPILE_OK", "miss"), d.diagnostics()
+    _client("distcc", d, a, client_env, *args)
+    assert _verdicts(d, 4)[3] == ("COMPILE_OK", "hit")
