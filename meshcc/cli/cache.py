@@ -13,11 +13,8 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
-from meshcc.cache.store import DiskStore, default_dir
 from meshcc.defaults import STATUS_PORT
 
 __all__ = ["add_arguments", "daemon_figures", "render_figures", "run"]
@@ -46,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def daemon_figures(port: int = STATUS_PORT) -> dict[str, Any] | None:
     """The local daemon's result cache counters (its /status.json), or None."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=TIMEOUT) as r:
             data = json.loads(r.read(_MAX_REPLY))
@@ -85,6 +85,10 @@ def _scan(root: str) -> tuple[int, int]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # Here, not at the top: every `meshcc` command builds this module's parser, and
+    # `meshcc hosts` must not import logging or dataclasses (the store does).
+    from meshcc.cache.store import DiskStore, default_dir
+
     root = ns.cache_dir or default_dir()
     if ns.action == "clear":
         store = DiskStore(root)
