@@ -46,6 +46,22 @@ def _cache_disk(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def _index_bytes(n: int) -> int:
+    """Memory of the store's in-memory LRU index for n entries, measured (tracemalloc)."""
+    import tracemalloc
+
+    from meshcc.cache.store import DiskStore
+
+    store = DiskStore(tempfile.gettempdir())
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        store._index[f"{i:064x}"] = 50_000 + i
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used
+
+
 def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     project = PROJECTS[args.project]
     tree = work / "tree"
@@ -106,8 +122,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "warm_hits": hits,
         "cache_entries": entries,
         "disk_per_1000_objects_mib": size / max(entries, 1) * 1000 / 1024**2,
-        # the in-memory LRU index: one OrderedDict slot (key str + int) per entry
-        "index_per_1000_objects_kib": 1000 * (sys.getsizeof("0" * 64) + 28 + 100) / 1024,
+        "index_per_1000_objects_kib": _index_bytes(1000) / 1024,
     }
 
 

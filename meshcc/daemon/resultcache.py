@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -123,8 +124,10 @@ def caps(
     return frozenset({"rcache"})
 
 
-def make_cache(store: DiskStore, mesh: Mesh) -> ResultCache:
-    """The cache the compile server and the status port share."""
+def make_cache(store: DiskStore, mesh: Mesh, toolchains: Sequence[Toolchain] = ()) -> ResultCache:
+    """The cache the compile server and the status port share. Call it from the event
+    loop: the toolchains' identities (hashing cc1, cc1plus, as: tens of ms each) are
+    computed now in a worker thread, so the first job does not wait for them."""
 
     offered = "rcache" in mesh.config.extra_caps  # peers count this daemon as a home
 
@@ -134,4 +137,15 @@ def make_cache(store: DiskStore, mesh: Mesh) -> ResultCache:
         out += [Home(n, a, p + 1) for n, a, p in mesh.cache_homes(tc.fingerprint)]
         return out
 
-    return ResultCache(store, homes=homes)
+    cache = ResultCache(store, homes=homes)
+    loop = asyncio.get_running_loop()
+    for tc in toolchains:
+        fut = loop.run_in_executor(None, cache.identities.identity, tc)
+        fut.add_done_callback(_log_identity_failure)
+    return cache
+
+
+def _log_identity_failure(fut: asyncio.Future[str]) -> None:
+    e = None if fut.cancelled() else fut.exception()
+    if e is not None:  # the jobs of that toolchain are then not cached, each saying why
+        log.warning("result cache: %s", e)
