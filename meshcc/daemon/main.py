@@ -42,7 +42,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from meshcc import __version__, hostos
 from meshcc.cache.store import DiskStore
@@ -447,6 +447,30 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         hint = ccache.discovery_hint(registry.skipped, cache is not None)
         if hint:
             log.log(NOTICE, "%s", hint)
+
+        def prepared(
+            compile_sock: socket.socket | None,
+            config: ServerConfig,
+            jobs: int,
+            result_store: DiskStore | None = None,
+        ) -> _Prepared:
+            """The one place the set-up's shared parts go in; only the compile side varies
+            between a compiling daemon and a mesh-only node."""
+            return _Prepared(
+                sock=compile_sock,
+                registry=registry,
+                config=config,
+                jobs=jobs,
+                control_sock=control_sock,
+                control_path=control_path,
+                hosts_file=hosts_file,
+                status_sock=status_sock,
+                pyz=pyz,
+                pyz_error=pyz_error,
+                report_sock=report_sock,
+                result_store=result_store,
+            )
+
         if not registry.toolchains:
             # Only discovery gets here (--compiler raised above): a mesh-only node, unless
             # it would have nothing at all to offer.
@@ -470,19 +494,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
                 os.environ.get("PATH", ""),
                 opts.port,
             )
-            return _Prepared(
-                None,
-                registry,
-                ServerConfig(allowed=LOOPBACK_NETWORKS, jobs=0),
-                0,
-                control_sock,
-                control_path,
-                hosts_file,
-                status_sock,
-                pyz,
-                pyz_error,
-                report_sock,
-            )
+            return prepared(None, ServerConfig(allowed=LOOPBACK_NETWORKS, jobs=0), 0)
 
         jobs = opts.jobs or hostos.default_jobs()
         config = ServerConfig(
@@ -521,20 +533,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
 
         if not compression.available(compression.Codec.LZO):
             log.log(NOTICE, "LZO unavailable (no lzallright): serving distcc protocol 1 only")
-        return _Prepared(
-            sock,
-            registry,
-            config,
-            jobs,
-            control_sock,
-            control_path,
-            hosts_file,
-            status_sock,
-            pyz,
-            pyz_error,
-            report_sock,
-            result_store,
-        )
+        return prepared(sock, config, jobs, result_store)
     except BaseException:
         sock.close()  # closing twice (mesh-only, then a failure) is harmless
         if status_sock is not None:
@@ -623,20 +622,20 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     stopped = asyncio.Event()  # a mesh-only node has no server to wait for
 
     def status() -> control.StatusReply:
-        return mesh.status.reply(
-            version=__version__,
-            node=mesh.status.node_id or socket.gethostname(),
-            peers=len(mesh.snapshot()),
-            jobs=prep.jobs,
-            running=server.running_compiles if server is not None else 0,
-            port=opts.port,
-            socket=prep.control_path,
-            leases=control_server.broker.held,
-            queued=len(control_server.broker.waiters),
-            slots_held=server.slots_held if server is not None else 0,
-            slot_waiting=server.waiting_for_slot if server is not None else 0,
-            **_load_status(mesh),
-        )
+        figures: control.DaemonFigures = {
+            "version": __version__,
+            "peers": len(mesh.snapshot()),
+            "jobs": prep.jobs,
+            "running": server.running_compiles if server is not None else 0,
+            "port": opts.port,
+            "socket": prep.control_path,
+            "leases": control_server.broker.held,
+            "queued": len(control_server.broker.waiters),
+            "slots_held": server.slots_held if server is not None else 0,
+            "slot_waiting": server.waiting_for_slot if server is not None else 0,
+        }
+        figures.update(_load_status(mesh))
+        return mesh.status.reply(node=mesh.status.node_id or socket.gethostname(), **figures)
 
     control_server = ControlServer(
         mesh,
@@ -764,7 +763,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     return EXIT_OK
 
 
-def _load_status(mesh: Mesh) -> dict[str, Any]:
+def _load_status(mesh: Mesh) -> control.DaemonFigures:
     """The status reply's live-load fields (empty without the channel)."""
     book = mesh.load
     if book is None:

@@ -70,9 +70,12 @@ from meshcc.transport.addresses import IPNetwork
 from meshcc.wire.control import PeerLoadInfo, StatusReply
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from meshcc.compiler.toolchain import Toolchain
     from meshcc.mesh.discovery import Discovery, DiscoveryEvent
     from meshcc.mesh.loadnet import LoadChannel
+    from meshcc.wire.control import DaemonFigures
 
 __all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
 
@@ -132,29 +135,10 @@ class MeshStatus:
             "warnings": list(self.warnings),
         }
 
-    def reply(
-        self,
-        *,
-        node: str | None = None,
-        version: str = "",
-        peers: int = 0,
-        jobs: int = 0,
-        running: int = 0,
-        port: int = 0,
-        socket: str | None = None,
-        leases: int = 0,
-        queued: int = 0,
-        slots_held: int = 0,
-        slot_waiting: int = 0,
-        free: int | None = None,
-        speed: int = 0,
-        leased: int = 0,
-        loads: Sequence[PeerLoadInfo] = (),
-    ) -> StatusReply:
+    def reply(self, *, node: str | None = None, **daemon: Unpack[DaemonFigures]) -> StatusReply:
         """This status as the control protocol's status reply, with what only the daemon
         knows (version, job slots, leases); ``node`` defaults to the node id."""
         return StatusReply(
-            version=version,
             node=node if node is not None else self.node_id or "",
             discovery=self.discovery,
             off_reason=self.off_reason,
@@ -163,19 +147,7 @@ class MeshStatus:
             allowed=[str(n) for n in self.allowed],
             allowed_source=self.allowed_source,
             warnings=self.warnings,
-            peers=peers,
-            jobs=jobs,
-            running=running,
-            port=port,
-            socket=socket,
-            leases=leases,
-            queued=queued,
-            slots_held=slots_held,
-            slot_waiting=slot_waiting,
-            free=free,
-            speed=speed,
-            leased=leased,
-            loads=loads,
+            **daemon,
         )
 
 
@@ -329,8 +301,9 @@ class Mesh:
         if nid is None:
             macs, machine_id, _ = netif.identity_material(selection.chosen)
             nid = node_id(macs, self.port, machine_id, hostname) if macs else random_node_id()
-        addresses = tuple(selection.announce_addresses)  # IPv4, or IPv6 on IPv6-only links
+        addresses = tuple(selection.announce_addresses)  # IPv4, then IPv6 (netif.py)
         mdns_interfaces = selection.mdns_interfaces
+        dialable = netif.dialable(interfaces)  # peers' addresses of families we have
 
         def status(on: bool, why: str | None, instance: str | None = None) -> MeshStatus:
             return MeshStatus(
@@ -353,7 +326,7 @@ class Mesh:
             return
 
         if not self.config.announce:
-            await self._start_browsing(addresses, mdns_interfaces, status)
+            await self._start_browsing(addresses, mdns_interfaces, status, dialable)
             return
         distcc_id = self._distcc_id
         publish_distcc = True
@@ -415,6 +388,7 @@ class Mesh:
             self._on_event,
             interfaces=mdns_interfaces,
             resolve_timeout_s=self.config.resolve_timeout_s,
+            dialable=dialable,
         )
         try:
             await discovery.start([meshcc_spec, *distcc_specs])
@@ -426,13 +400,15 @@ class Mesh:
                 load_sock.close()
             return
         self._discovery = discovery
+        warnings.extend(discovery.warnings)  # e.g. IPv6 mDNS failed: IPv4 only
         if load_sock is not None:
             await self._start_load(nid, load_sock)
         self._status = status(True, None, instance_label(self._node))
         log.log(
             NOTICE,
-            "announcing %s on %s (%s) port %d; peers allowed from (%s): %s",
+            "announcing %s over %s on %s (%s) port %d; peers allowed from (%s): %s",
             instance_label(self._node),
+            "IPv4" if discovery.warnings else selection.families,
             ", ".join(self._status.interfaces),
             ", ".join(addresses),
             self.port,
@@ -455,6 +431,7 @@ class Mesh:
         addresses: tuple[str, ...],
         mdns_interfaces: Sequence[str | int],
         status: Callable[..., MeshStatus],
+        dialable: Callable[[str], bool] | None = None,
     ) -> None:
         """Browse-only mode: track peers without announcing ourselves."""
         from meshcc.mesh.discovery import Discovery
@@ -464,6 +441,7 @@ class Mesh:
             self._on_event,
             interfaces=mdns_interfaces,
             resolve_timeout_s=self.config.resolve_timeout_s,
+            dialable=dialable,
         )
         try:
             await discovery.start([])
@@ -606,9 +584,11 @@ class Mesh:
             if address is None:
                 continue
             allowed = frozenset(
-                a
+                form
                 for a in r.addresses
                 if pick_address(dataclasses.replace(r, addresses=(a,)), self._policy)
+                # a link-local source also as load.py compares it: without its %scope
+                for form in {a, a.split("%", 1)[0]}
             )
             out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
         return out
