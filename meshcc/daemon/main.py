@@ -616,7 +616,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         server = CompileServer(prep.registry, config)
         if prep.result_store is not None:
             server.result_cache = resultcache.make_cache(
-                prep.result_store, mesh, prep.registry.toolchains
+                prep.result_store, mesh, prep.registry.toolchains, opts.cache_lookup_timeout
             )
         await server.start(prep.sock)
     stopped = asyncio.Event()  # a mesh-only node has no server to wait for

@@ -221,6 +221,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the result cache's size limit, least recently used results go first (default 2G)",
     )
     p.add_argument(
+        "--cache-lookup-timeout",
+        type=seconds,
+        default=0.25,
+        metavar="SECONDS",
+        help="how long a job waits for the key's home peer before compiling (default 0.25)",
+    )
+    p.add_argument(
         "--user",
         metavar="USER",
         help="user to run as when started as root (default: meshcc if it exists, else nobody)",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from meshcc.cache.remote import Home
-from meshcc.cache.service import ResultCache
+from meshcc.cache.service import LOOKUP_TIMEOUT, ResultCache
 from meshcc.cache.store import DEFAULT_LIMIT, DiskStore, default_dir
 from meshcc.compiler.toolchain import Toolchain
 from meshcc.daemon.settings import DaemonOptions
@@ -124,7 +124,12 @@ def caps(
     return frozenset({"rcache"})
 
 
-def make_cache(store: DiskStore, mesh: Mesh, toolchains: Sequence[Toolchain] = ()) -> ResultCache:
+def make_cache(
+    store: DiskStore,
+    mesh: Mesh,
+    toolchains: Sequence[Toolchain] = (),
+    lookup_timeout: float = LOOKUP_TIMEOUT,
+) -> ResultCache:
     """The cache the compile server and the status port share. Call it from the event
     loop: the toolchains' identities (hashing cc1, cc1plus, as: tens of ms each) are
     computed now in a worker thread, so the first job does not wait for them."""
@@ -137,7 +142,7 @@ def make_cache(store: DiskStore, mesh: Mesh, toolchains: Sequence[Toolchain] = (
         out += [Home(n, a, p + 1) for n, a, p in mesh.cache_homes(tc.fingerprint)]
         return out
 
-    cache = ResultCache(store, homes=homes)
+    cache = ResultCache(store, homes=homes, lookup_timeout=lookup_timeout)
     loop = asyncio.get_running_loop()
     for tc in toolchains:
         fut = loop.run_in_executor(None, cache.identities.identity, tc)
