@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -34,7 +35,11 @@ __all__ = ["caps", "chain", "claim", "make_cache", "open_store"]
 log = logging.getLogger("meshcc.daemon")
 
 
+@functools.lru_cache(maxsize=4)
 def _dir(opts: DaemonOptions) -> str:
+    """Decided once per options, at the first call: :func:`claim`, before the privilege
+    drop, so that root's default (/var/cache/meshcc) is kept after it, not the dropped
+    user's home (seen running meshcc.pyz as root: the two differed)."""
     return opts.cache_dir or default_dir()
 
 
@@ -113,12 +118,11 @@ def caps(
     except OSError:
         return frozenset()
     if status_port != compile_port + 1:
-        log.log(
-            NOTICE,
-            "result cache: not offered to peers: the status port %d is not the compile "
-            "port + 1 (%d), where peers look for it",
-            status_port,
+        log.info(
+            "result cache: not offered to peers, who look for it on port %d (the compile "
+            "port + 1), not %d",
             compile_port + 1,
+            status_port,
         )
         return frozenset()
     return frozenset({"rcache"})
