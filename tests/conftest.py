@@ -277,6 +277,8 @@ def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         for compiler in compilers:
             argv += ["--compiler", compiler]
         argv += list(extra_args)
+        if any(a.startswith("--cache") for a in extra_args):
+            argv.remove("--no-cache")  # this test asks for the result cache (its own dir)
         env = _clean_env()
         # As root the daemon drops to an unprivileged user, which cannot enter pytest's 0700
         # tmp_path; Python's tempfile would then silently fall back to /tmp. A sticky

@@ -51,6 +51,8 @@ def loopback_daemon_argv(
 
     --no-discovery always: whatever a caller adds (another --listen), no mDNS may reach this
     machine's real interfaces. ``allow=()`` leaves the daemon's default access list.
+    --no-cache unless ``extra`` names a --cache option: a repeated compile must run (and
+    leave nothing in a shared /var/cache) unless the caller is testing the result cache.
     """
     argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery"]
     argv += ["--port", str(port)]
@@ -58,6 +60,8 @@ def loopback_daemon_argv(
         argv += ["--allow", cidr]
     if log_file is not None:
         argv += ["--log-file", str(log_file), "--log-level", "info"]
+    if not any(a.startswith(("--cache", "--no-cache")) for a in extra):
+        argv.append("--no-cache")  # the result cache only for callers that ask (their dir)
     return [*argv, *extra]
 
 

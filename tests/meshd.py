@@ -152,6 +152,8 @@ class Meshd:
         ]
         if self.host is None:
             argv += ["--listen", "127.0.0.1", "--allow", "127.0.0.1"]
+        if not any(a.startswith("--cache") for a in self.args):
+            argv.append("--no-cache")  # result cache: only tests that ask for it (their dir)
         return argv + list(self.args)
 
     def env(self) -> dict[str, str]:

@@ -1149,6 +1149,8 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
         _sig.signal(signum, _on_signal)
 
     remote_argv = [os.fsencode(a) for a in args.remote_argv(job)]
+    if os.environ.get("MESHCC_CACHE") == "0":  # no result cache for this build (meshcc.cache)
+        remote_argv.append(b"-D__MESHCC_NO_CACHE__")  # = NO_CACHE_ARG; gcc ignores it on .i
     if run.keep_temps:  # distcc makes this file before choosing a host
         run.save_server_stderr(b"")
     try:

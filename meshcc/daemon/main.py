@@ -45,10 +45,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from meshcc import __version__, hostos
+from meshcc.cache.store import DiskStore
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.hostspec import with_localhost
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
-from meshcc.daemon import ccache, logsetup, outcomes
+from meshcc.daemon import ccache, logsetup, outcomes, resultcache
 from meshcc.daemon.hostsfile import HostsFile
 from meshcc.daemon.settings import DaemonOptions
 from meshcc.defaults import STATUS_PORT
@@ -264,6 +265,7 @@ class _Prepared:
     pyz: bytes | None = None
     pyz_error: str = ""
     report_sock: socket.socket | None = None  # compile clients' outcomes (meshcc stats)
+    result_store: DiskStore | None = None  # the result cache's store (meshcc.cache)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -430,7 +432,8 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         cache = None
         if opts.ccache or opts.ccache_dir or opts.ccache_size:
             cache = ccache.CcacheSetup(opts)
-        note = _drop_privileges(opts.user, cache.claim if cache else None)
+        claim = resultcache.chain(cache.claim if cache else None, resultcache.claim(opts))
+        note = _drop_privileges(opts.user, claim)
         if note:
             log.log(logging.INFO if note.startswith("dropped") else logging.WARNING, "%s", note)
         tmp_parent = _check_tmpdir()
@@ -446,7 +449,10 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             log.log(NOTICE, "%s", hint)
 
         def prepared(
-            compile_sock: socket.socket | None, config: ServerConfig, jobs: int
+            compile_sock: socket.socket | None,
+            config: ServerConfig,
+            jobs: int,
+            result_store: DiskStore | None = None,
         ) -> _Prepared:
             """The one place the set-up's shared parts go in; only the compile side varies
             between a compiling daemon and a mesh-only node."""
@@ -462,6 +468,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
                 pyz=pyz,
                 pyz_error=pyz_error,
                 report_sock=report_sock,
+                result_store=result_store,
             )
 
         if not registry.toolchains:
@@ -497,6 +504,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             job_lifetime=opts.job_lifetime,
             ccache=cache.ready() if cache else None,
         )
+        result_store = resultcache.open_store(opts)
         log.log(
             NOTICE,
             "meshcc %s daemon listening on %s",
@@ -525,7 +533,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
 
         if not compression.available(compression.Codec.LZO):
             log.log(NOTICE, "LZO unavailable (no lzallright): serving distcc protocol 1 only")
-        return prepared(sock, config, jobs)
+        return prepared(sock, config, jobs, result_store)
     except BaseException:
         sock.close()  # closing twice (mesh-only, then a failure) is harmless
         if status_sock is not None:
@@ -578,6 +586,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             allow=opts.allow,
             accept_unverified=opts.accept_unverified,
             disabled=disabled,
+            extra_caps=resultcache.caps(prep.result_store, prep.sock, prep.status_sock),
         ),
         prep.registry.toolchains,
         opts.port,
@@ -605,6 +614,10 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     server: CompileServer | None = None
     if prep.sock is not None:
         server = CompileServer(prep.registry, config)
+        if prep.result_store is not None:
+            server.result_cache = resultcache.make_cache(
+                prep.result_store, mesh, prep.registry.toolchains, opts.cache_lookup_timeout
+            )
         await server.start(prep.sock)
     stopped = asyncio.Event()  # a mesh-only node has no server to wait for
 
@@ -660,6 +673,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             pyz_error=prep.pyz_error,
             cache_line=server.cache_line if server is not None else None,
             telemetry=telemetry,
+            result_cache=server.result_cache if server is not None else None,
         )
         await status_server.start(prep.status_sock)
         log.log(
@@ -735,6 +749,8 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await control_server.stop()
+        if server is not None and server.result_cache is not None:
+            await server.result_cache.close()
         if receiver is not None:
             receiver.stop()
         if status_server is not None:

@@ -104,6 +104,7 @@ class MeshConfig:
     announce: bool = True  # False: browse only (``meshcc hosts`` without a daemon)
     disabled: str | None = None  # discovery off for this reason (interfaces still chosen)
     live_load: bool = True  # the live-load channel (load.py), when the caps allow it
+    extra_caps: frozenset[str] = frozenset()  # announced too ("rcache": meshcc.cache)
     load_timings: LoadTimings = field(default_factory=LoadTimings)
 
 
@@ -357,7 +358,7 @@ class Mesh:
                     "not list this daemon"
                 )
                 log.warning("%s", warnings[-1])
-        caps = self.caps if self.caps is not None else _default_caps()
+        caps = (self.caps if self.caps is not None else _default_caps()) | self.config.extra_caps
         load_sock = self._bind_load(caps)
         # Peers send records to whoever announces "load": only when the socket is there.
         caps = caps | {"load"} if load_sock is not None else caps - {"load"}
@@ -588,6 +589,31 @@ class Mesh:
                 if pick_address(dataclasses.replace(r, addresses=(a,)), self._policy)
             )
             out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
+        return out
+
+    def cache_homes(self, fingerprint: tuple[str, str, str | None]) -> list[tuple[str, str, int]]:
+        """(node id, address, compile port) of the live meshcc peers that serve this exact
+        toolchain (version, target, binutils) at an allowed address and announce a result
+        cache (``rcache``): the peers this daemon would take compile results from, so the
+        result cache's candidate homes."""
+        version, target, binutils = fingerprint
+        out = []
+        for st in self.table.snapshot():
+            r = st.record
+            if st.liveness is not Liveness.UP or r.kind is not PeerKind.MESHCC:
+                continue
+            if "rcache" not in r.caps:  # no result cache there, or not on its status port
+                continue
+            if r.node_id is None or binutils is None:
+                continue
+            if not any(
+                t.version == version and t.target == target and t.binutils == binutils
+                for t in r.toolchains
+            ):
+                continue
+            address = pick_address(r, self._policy)
+            if address is not None:
+                out.append((r.node_id, address, r.port))
         return out
 
     # ------------------------------------------------------------ internals

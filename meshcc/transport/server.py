@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshcc import compression, hostos
+from meshcc.cache.service import ResultCache
+from meshcc.cache.store import Entry as CacheEntry
 from meshcc.compiler import args as cargs
 from meshcc.compiler import policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
@@ -130,6 +132,7 @@ class JobSummary:
     compiler: str | None = None
     source: str | None = None
     cache: str | None = None  # --ccache: hit, miss or uncached; None without ccache
+    rcache: str | None = None  # the result cache: hit, remote-hit, miss, off; None: no cache
     queue_ms: int | None = None  # waited for a job slot this long; None: did not wait
     refused: bool = False  # turned down with a reason (ERRM); for JobStats, not the line
     bytes_in: int = 0  # request bytes read
@@ -155,6 +158,8 @@ class JobSummary:
         # timed); only a job that waited has it. cache: stays last.
         if self.queue_ms is not None:
             text += f" queue:{self.queue_ms}ms"
+        if self.rcache is not None:
+            text += f" rcache:{self.rcache}"
         if self.cache is not None:
             text += f" cache:{self.cache}"
         return text
@@ -521,6 +526,7 @@ class CompileServer:
         self.compile_seconds = 0.0
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
+        self.result_cache: ResultCache | None = None  # set by the daemon (meshcc.cache)
         self.stats = JobStats()  # /metrics and /status.json
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
@@ -900,7 +906,7 @@ class CompileServer:
                     f"the server cannot create a job directory: {e.strerror or e}",
                     ret=EXIT_IO_ERROR,
                 ) from None
-            outcome = await self._compile(request, tmpdir, reader, summary)
+            outcome = await self._compile_or_recall(request, tmpdir, reader, summary)
             # Outputs are in memory: clean up before replying, so a client that has its
             # reply never sees the job directory (and the slot frees clean).
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -1355,6 +1361,27 @@ class CompileServer:
         return data
 
     # -- compiling
+
+    async def _compile_or_recall(
+        self, req: _Request, tmpdir: str, reader: asyncio.StreamReader, summary: JobSummary
+    ) -> _Outcome:
+        """The result cache's hook (meshcc.cache.service): a stored result if the job's
+        key hits, else the compile, stored if it succeeded."""
+        cache = self.result_cache
+        if cache is None:
+            return await self._compile(req, tmpdir, reader, summary)
+        job, hit = await cache.recall(
+            req.resolved, req.argv, req.suffix, req.output_suffix, req.data
+        )
+        summary.rcache = job.verdict
+        if job.why_not is not None:
+            log.debug("client %s: not cached: %s", summary.client, job.why_not)
+        if hit is not None:
+            return _Outcome(hit.wait_status, hit.stderr, hit.stdout, hit.obj, JobResult.COMPILE_OK)
+        out = await self._compile(req, tmpdir, reader, summary)
+        if out.result is JobResult.COMPILE_OK and out.wait_status == 0 and out.obj is not None:
+            await cache.remember(job, CacheEntry(0, out.stderr, out.stdout, out.obj))
+        return out
 
     async def _compile(
         self,
