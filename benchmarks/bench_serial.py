@@ -250,7 +250,10 @@ def write_launchers(bindir: Path) -> Path:
     for cmd in ("meshcc-gcc", "meshcc-g++", "meshcc-cc", "meshcc-c++"):
         lines = [f"#!{sys.executable} -IS", "import sys"]
         lines += [f"sys.path.append({p!r})" for p in paths]
-        lines += ["from meshcc.client.wrapper import launch", "sys.exit(launch())"]
+        if "def launch(" in (root / "meshcc" / "client" / "wrapper.py").read_text():
+            lines += ["from meshcc.client.wrapper import launch", "sys.exit(launch())"]
+        else:  # a tree from before launch(), for before/after figures
+            lines += ["from meshcc.client.wrapper import main", "sys.exit(main(sys.argv))"]
         path = bindir / cmd
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o755)
