@@ -24,7 +24,7 @@ Set ``MESHCC_STATS=0`` to send nothing.
 
 from __future__ import annotations
 
-import os
+from meshcc import posixenv as os  # os without its import cost (see there)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover

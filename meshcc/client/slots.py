@@ -16,8 +16,9 @@ Kept import-light (os, fcntl, time): the compile wrapper imports it on every com
 from __future__ import annotations
 
 import fcntl
-import os
 import time
+
+from meshcc import posixenv as os  # os without its import cost (see there)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
