@@ -36,7 +36,9 @@ from posix import (
     WIFEXITED,
     WIFSIGNALED,
     WTERMSIG,
+    X_OK,
     _exit,
+    access,
     close,
     execv,
     fchmod,
@@ -60,10 +62,13 @@ from posix import (
     waitpid,
     write,
 )
+from posix import environ as _DATA
+from posix import putenv as _putenv
+from posix import unsetenv as _unsetenv
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Mapping, MutableMapping
+    from collections.abc import Iterator, Mapping, MutableMapping
 
     Env = MutableMapping[str, str]  # what ``environ`` is, for annotations elsewhere
 
@@ -81,7 +86,9 @@ __all__ = [
     "WIFEXITED",
     "WIFSIGNALED",
     "WTERMSIG",
+    "X_OK",
     "_exit",
+    "access",
     "close",
     "defpath",
     "environ",
@@ -132,28 +139,40 @@ def _fsdecode(data: bytes) -> str:
     return data.decode(_ENCODING, _ERRORS)
 
 
-class Environ(dict[str, str]):
-    """The process environment as ``str`` items; changes go to the C environment too."""
+class Environ:
+    """``os.environ`` without ``os``: ``str`` items over the same store, ``posix.environ``
+    (the ``bytes`` dict ``os.environ`` wraps too, so the two always agree, whichever
+    is imported first). Changes go to the C environment as well (``putenv``), so a
+    compiler started by ``exec`` sees them, and to that store."""
 
     __slots__ = ()
 
-    def __setitem__(self, key: str, value: str) -> None:
-        import posix
+    def __getitem__(self, key: str) -> str:
+        try:
+            return _fsdecode(_DATA[fsencode(key)])
+        except KeyError:
+            raise KeyError(key) from None
 
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = _DATA.get(fsencode(key))
+        return default if value is None else _fsdecode(value)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and fsencode(key) in _DATA
+
+    def __setitem__(self, key: str, value: str) -> None:
         k, v = fsencode(key), fsencode(value)
-        posix.putenv(k, v)
-        posix.environ[k] = v
-        super().__setitem__(key, value)
+        _putenv(k, v)
+        _DATA[k] = v
 
     def __delitem__(self, key: str) -> None:
-        import posix
-
-        super().__delitem__(key)  # KeyError first, as os.environ
         k = fsencode(key)
-        posix.unsetenv(k)
-        posix.environ.pop(k, None)
+        if k not in _DATA:
+            raise KeyError(key)
+        _unsetenv(k)
+        del _DATA[k]
 
-    def pop(self, key: str, *default: str) -> str:  # type: ignore[override]
+    def pop(self, key: str, *default: str) -> str:
         if key in self:
             value = self[key]
             del self[key]
@@ -167,20 +186,36 @@ class Environ(dict[str, str]):
             self[key] = default
         return self[key]
 
-    def update(self, *args: Mapping[str, str], **kw: str) -> None:  # type: ignore[override]
+    def update(self, *args: Mapping[str, str], **kw: str) -> None:
         for mapping in (*args, kw):
             for key, value in mapping.items():
                 self[key] = value
 
+    def keys(self) -> list[str]:
+        return [_fsdecode(k) for k in _DATA]
 
-def _environ() -> MutableMapping[str, str]:
+    def values(self) -> list[str]:
+        return [_fsdecode(v) for v in _DATA.values()]
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(_fsdecode(k), _fsdecode(v)) for k, v in _DATA.items()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(_DATA)
+
+    def copy(self) -> dict[str, str]:
+        return dict(self.items())
+
+
+def _environ() -> Env:
     loaded = sys.modules.get("os")
     if loaded is not None:
-        env: MutableMapping[str, str] = loaded.environ
+        env: Env = loaded.environ
         return env
-    import posix
-
-    return Environ({_fsdecode(k): _fsdecode(v) for k, v in posix.environ.items()})
+    return Environ()  # type: ignore[return-value]  # duck-typed: no _collections_abc
 
 
 environ = _environ()

@@ -2,6 +2,7 @@
 equal those of the modules it no longer imports there; and the moved parsers still say no."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,23 @@ def test_io_timeout_default_is_the_transports() -> None:
 def test_io_timeout_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="DISTCC_IO_TIMEOUT"):
         decisions.parse_io_timeout(bad)
+
+
+def test_which_agrees_with_hostos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wrapper's own PATH search (no ``os`` import) finds what hostos.which finds."""
+    from meshcc import hostos
+    from meshcc.client import wrapper
+
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    (a / "cc1").write_text("")  # not executable
+    (a / "cc2").mkdir()  # a directory
+    (b / "cc1").write_text("")
+    (b / "cc1").chmod(0o755)
+    (c / "cc2").write_text("")
+    (c / "cc2").chmod(0o755)
+    monkeypatch.chdir(c)
+    for path in (f"{a}:{b}:{c}", f"{a}::{b}", f"{b}", "", f"{a}"):
+        for name in ("cc1", "cc2", "missing", "/bin/sh", "rel/x"):
+            assert wrapper.which(name, path) == hostos.which(name, path), (name, path)

@@ -2,8 +2,8 @@
 
 The path functions are compared with ``posixpath`` on awkward inputs; the environment
 with ``os.environ`` in a fresh interpreter started without ``os`` (``python -IS``), where
-posixenv builds its own: a change must reach the C environment (what an exec'd compiler
-inherits) and an ``os`` imported afterwards.
+posixenv makes its own view of the environment: a change must reach the C environment
+(what an exec'd compiler inherits) and an ``os`` imported afterwards, and the reverse.
 """
 
 from __future__ import annotations
@@ -87,9 +87,21 @@ pid = posix.fork()
 if pid == 0:  # an exec'd child inherits the C environment, not the dict
     posix.execv("/bin/sh", ["sh", "-c", "env > " + sys.argv[3]])
 posix.waitpid(pid, 0)
-import os  # a later os sees the same values
+import os  # a later os sees the same values, and the other way round
 assert os.environ["MESHCC_T_SET"] == "v\u00e9" and "MESHCC_T_GONE" not in os.environ
 assert os.environ["MESHCC_T_UPD"] == "u" and os.environ["MESHCC_T_DEF"] == "d"
+os.environ["MESHCC_T_OS"] = "o"
+del os.environ["MESHCC_T_UPD"]
+assert env["MESHCC_T_OS"] == "o" and env.get("MESHCC_T_UPD") is None
+assert "MESHCC_T_UPD" not in env and env.get("MESHCC_T_UPD", "z") == "z"
+assert dict(env.items()) == dict(os.environ) == env.copy() and len(env) == len(os.environ)
+assert sorted(env) == sorted(os.environ) and sorted(env.values()) == sorted(os.environ.values())
+try:
+    env["MESHCC_T_NONE"]
+except KeyError as e:
+    assert e.args == ("MESHCC_T_NONE",)
+else:
+    raise AssertionError("no KeyError")
 print("ok")
 """
 
@@ -112,12 +124,13 @@ def test_environ_without_os_writes_through(tmp_path: Path) -> None:
 
 
 def test_the_client_path_does_not_import_os() -> None:
-    """The modules a distcc-host-list compile loads stay off ``os`` (the point of it all)."""
+    """The modules a remote compile loads (host list or lease) stay off ``os``."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "import meshcc.client.wrapper, meshcc.client.decisions, meshcc.client.slots\n"
         "import meshcc.client.outcome, meshcc.client.state, meshcc.compiler.args\n"
         "import meshcc.compiler.hostspec, meshcc.transport.client, meshcc.compression\n"
+        "import meshcc.transport.control_client, meshcc.wire.control\n"
         "print(sorted(m for m in ('os', 'posixpath', 'stat', '_collections_abc')"
         " if m in sys.modules))\n"
     )
