@@ -29,6 +29,13 @@ local slot locks; the daemon only hands out remote slots.
 
 The real output path is only ever written by renaming a complete temp file that sits
 beside it, so an interrupted or failed job never leaves a truncated object behind.
+
+``MESHCC_VERBOSE=1`` ends each remote job with one ``timeline`` line: the interpreter's own
+start-up (``python``, CPU ms before this module ran), then each phase's start and end in ms
+from this module's start: ``lease`` (slot lock or daemon lease), ``cpp``, ``connect`` (and
+the request head), ``send`` (LZO and the body), ``wait`` (the server's part, up to the
+first reply byte; the daemon's debug log splits it), ``receive``, ``write``, and ``end``.
+Unset, each mark costs a global load and a test.
 """
 
 from __future__ import annotations
