@@ -86,19 +86,6 @@ class Reply:
         self.obj = obj
 
 
-def parse_io_timeout(value: str | None) -> float:
-    """``DISTCC_IO_TIMEOUT`` in seconds; ValueError (a user-facing message) if not > 0."""
-    if value is None or value == "":
-        return DEFAULT_IO_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} is not a number of seconds") from None
-    if not 0 < seconds < float("inf"):  # also false for NaN
-        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} must be a positive number of seconds")
-    return seconds
-
-
 def _describe(e: OSError) -> str:
     """A short reason for a socket error ("Connection refused", "timed out")."""
     if isinstance(e, TimeoutError):

@@ -76,7 +76,7 @@ closes its side.
 
 from __future__ import annotations
 
-import os
+from meshcc import posixenv as os  # os without its import cost (the compile client's path)
 
 from .records import Frozen
 
