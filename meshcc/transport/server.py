@@ -38,7 +38,6 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -60,6 +59,7 @@ from meshcc.exitcodes import (
     EXIT_TRUNCATED,
 )
 from meshcc.loglevels import NOTICE
+from meshcc.transport import jobrun
 from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, peer_ip
 from meshcc.transport.jobstats import JobStats
 from meshcc.wire import protocol as wire
@@ -97,6 +97,10 @@ _SHED_BODY_STALL = 1.0
 # A request header beyond this many bytes (real ones are a few hundred; wire.Limits allows
 # about 1 MiB) reads further bytes only against the body budget, like a source body.
 _HEADER_FREE = 64 * 1024
+# (De)compress a body up to this size on the loop itself: LZO does it in well under a
+# millisecond, less than handing it to a worker thread costs (a thread switch and a wake-up
+# of the loop each way). Larger bodies go to a thread, so no client's job stalls the loop.
+_INLINE_CODEC = 256 * 1024
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
 _NO_ADDRESS = ipaddress.ip_address("0.0.0.0")
 # BUSY turns between boxes (CompileServer._try_reserve_slot): how long a turned-away box
@@ -393,6 +397,11 @@ class _Conn:
     shed: str | None = None  # why the server closed it to make room
     budget: int = 0  # bytes of body memory it holds
     trusted: bool = False  # a channel the access list does not apply to (ssh: serve_stream)
+    accepted: float = 0.0  # time.monotonic() of the accept (0: set from since)
+
+    def __post_init__(self) -> None:
+        if not self.accepted:
+            self.accepted = self.since
 
 
 class _Budget:
@@ -476,6 +485,29 @@ class _Throttled:
             msg += " (and %d more like this since the last such line)"
             args = (*args, skipped)
         log.log(level, msg, *args)
+
+
+class _Timeline:
+    """One job's steps for the daemon's debug log: when each ended, in ms after the accept.
+
+    Made only when debug logging is on (nothing is timed or formatted otherwise). The names
+    are the client's (``MESHCC_VERBOSE=1``) server-side steps, so the two read together:
+    accept (serving began: streams set up), read (request read and its source decoded),
+    slot (a job slot was free; only if the request waited for one), dir (job directory
+    made, source written), spawn (compiler started), compile (compiler ended, its output
+    read), reply (reply written to the socket), close (connection closed)."""
+
+    __slots__ = ("marks", "t0")
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, step: str, now: float | None = None) -> None:
+        self.marks.append((step, time.monotonic() if now is None else now))
+
+    def line(self) -> str:
+        return " ".join(f"{step}={(t - self.t0) * 1000:.1f}" for step, t in self.marks)
 
 
 @dataclass(slots=True)
@@ -826,6 +858,10 @@ class CompileServer:
         refusal: str | None = None,
     ) -> None:
         started = time.monotonic()
+        # The per-job timeline exists only when its debug line would be written.
+        timeline = _Timeline(conn.accepted) if log.isEnabledFor(logging.DEBUG) else None
+        if timeline is not None:
+            timeline.mark("accept", started)
         sock = writer.get_extra_info("socket")
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -882,10 +918,14 @@ class CompileServer:
             self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
             request = await self._read_phase(reader, summary, first, conn)
+            if timeline is not None:
+                timeline.mark("read")
             self._set_phase(conn, _Phase.BUSY)
             if not holding:
                 await self._wait_for_slot(summary)
                 holding = True
+                if timeline is not None and summary.queue_ms is not None:
+                    timeline.mark("slot")
             # The job's memory is now bounded by the job slots: free the body budget.
             self._budget.give(conn.budget)
             conn.budget = 0
@@ -897,10 +937,10 @@ class CompileServer:
                     f"the server cannot create a job directory: {e.strerror or e}",
                     ret=EXIT_IO_ERROR,
                 ) from None
-            outcome = await self._compile(request, tmpdir, reader, summary)
+            outcome = await self._compile(request, tmpdir, reader, summary, timeline)
             # Outputs are in memory: clean up before replying, so a client that has its
             # reply never sees the job directory (and the slot frees clean).
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _remove_job_dir(tmpdir)
             tmpdir = None
             holding = False  # the slot is free before the reply is written, as it was
             self._release_slot()
@@ -910,6 +950,8 @@ class CompileServer:
             summary.bytes_out = len(reply)
             replying = True
             await self._write_reply(writer, reply)
+            if timeline is not None:
+                timeline.mark("reply")
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
             summary.refused = True
@@ -954,12 +996,21 @@ class CompileServer:
                 conn.budget = 0
             self._uncount(conn)
             if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+                _remove_job_dir(tmpdir)
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
             summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
+                if timeline is not None:
+                    timeline.mark("close")
+                    log.debug(
+                        "client %s: timeline ms after accept: %s (%s)",
+                        summary.client,
+                        timeline.line(),
+                        summary.source or "?",
+                    )
                 self.stats.record(
                     summary.outcome, summary.bytes_in, summary.bytes_out, summary.compile_s
                 )
@@ -1291,6 +1342,8 @@ class CompileServer:
                     raise compression.CompressionError(
                         f"source of {len(data)} bytes exceeds {self.config.max_source}"
                     )
+            elif len(body) <= _INLINE_CODEC:
+                data = compression.decompress(codec, body, self.config.max_source)
             else:
                 data = await asyncio.to_thread(
                     compression.decompress, codec, body, self.config.max_source
@@ -1314,6 +1367,7 @@ class CompileServer:
         tmpdir: str,
         reader: asyncio.StreamReader,
         summary: JobSummary,
+        timeline: _Timeline | None = None,
     ) -> _Outcome:
         stem = _job_stem(req.source)
         input_name = stem + req.suffix
@@ -1328,6 +1382,8 @@ class CompileServer:
             ) from None
         job_bytes = len(req.data)
         req.data = b""  # free it while the compiler runs
+        if timeline is not None:
+            timeline.mark("dir")
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
         env = dict(os.environ)
@@ -1342,7 +1398,8 @@ class CompileServer:
             env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
             env.update(ccache.env)
             env["CCACHE_STATSLOG"] = stats_path
-        log.debug("client %s: running %s in %s", summary.client, " ".join(job_argv), tmpdir)
+        if timeline is not None:  # debug logging is on
+            log.debug("client %s: running %s in %s", summary.client, " ".join(job_argv), tmpdir)
 
         try:
             level = max(0, int(env.get("_DISTCC_SAFEGUARD", "0")))
@@ -1350,18 +1407,15 @@ class CompileServer:
             level = 0
         env["_DISTCC_SAFEGUARD"] = str(level + 1)
 
+        out_fd = err_fd = -1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *job_argv,
-                cwd=tmpdir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                process_group=0,
-                restore_signals=True,
-            )
+            out_fd = jobrun.open_capture(tmpdir)
+            err_fd = jobrun.open_capture(tmpdir)
+            run = jobrun.CompilerRun(job_argv, cwd=tmpdir, env=env, stdout=out_fd, stderr=err_fd)
         except OSError as e:
+            for fd in (out_fd, err_fd):
+                if fd >= 0:
+                    os.close(fd)
             msg = f"meshcc: failed to exec {job_argv[0]}: {e.strerror or e}\n"
             log.error("client %s: %s", summary.client, msg.strip())
             summary.exit = EXIT_COMPILER_MISSING
@@ -1371,27 +1425,22 @@ class CompileServer:
 
         self._running_compiles += 1
         ran = time.monotonic()
-        out_task = asyncio.ensure_future(_read_bounded(proc.stdout, self.config.max_output))
-        err_task = asyncio.ensure_future(_read_bounded(proc.stderr, self.config.max_output))
-        wait_task = asyncio.ensure_future(proc.wait())
+        if timeline is not None:
+            timeline.mark("spawn", ran)
         watch_task = asyncio.ensure_future(_watch_disconnect(reader))
+        cap = self.config.max_output
         try:
-            lifetime = self.config.job_lifetime or None
-            done, _ = await asyncio.wait(
-                {wait_task, watch_task}, timeout=lifetime, return_when=asyncio.FIRST_COMPLETED
-            )
-            if wait_task not in done:
-                _kill_group(proc.pid)
-                await proc.wait()
-                if watch_task in done:
+            ended = await _first_of(run.exited, watch_task, self.config.job_lifetime or None)
+            if ended is not run.exited:
+                run.kill()
+                await run.exited
+                if ended is watch_task:
                     raise _Gone(
                         f"client disconnected during the compile ({watch_task.result()}); "
                         "compiler killed",
                         JobResult.CLI_DISCONN,
                         EXIT_IO_ERROR,
                     )
-                stderr = await _finish_reader(err_task, proc.pid)
-                stdout = await _finish_reader(out_task, proc.pid)
                 msg = (
                     f"meshcc: compile exceeded the server's --job-lifetime "
                     f"({self.config.job_lifetime:g}s) and was killed\n"
@@ -1400,29 +1449,31 @@ class CompileServer:
                 summary.exit = EXIT_TIMEOUT
                 return _Outcome(
                     EXIT_TIMEOUT << 8,
-                    stderr + msg.encode(),
-                    stdout,
+                    jobrun.read_capture(err_fd, cap) + msg.encode(),
+                    jobrun.read_capture(out_fd, cap),
                     None,
                     JobResult.COMPILE_TIMEOUT,
                     EXIT_TIMEOUT,
                 )
-            stderr = await _finish_reader(err_task, proc.pid)
-            stdout = await _finish_reader(out_task, proc.pid)
+            stderr = jobrun.read_capture(err_fd, cap)
+            stdout = jobrun.read_capture(out_fd, cap)
+            if timeline is not None:
+                timeline.mark("compile")
         finally:
             self._running_compiles -= 1
             summary.compile_s = time.monotonic() - ran
-            if proc.returncode == 0:
+            if run.returncode == 0:
                 self.compiled_bytes += job_bytes
                 self.compile_seconds += summary.compile_s
             watch_task.cancel()
-            if proc.returncode is None:  # cancelled (second signal): no orphans
-                _kill_group(proc.pid)
+            os.close(out_fd)
+            os.close(err_fd)
+            if run.returncode is None:  # cancelled (second signal): no orphans
+                run.kill()
                 with contextlib.suppress(BaseException):
-                    await asyncio.shield(proc.wait())
-            for t in (out_task, err_task, wait_task):
-                t.cancel()
+                    await asyncio.shield(run.exited)
 
-        rc = proc.returncode
+        rc = run.returncode
         assert rc is not None
         if ccache is not None:
             self._count_cache(summary, stats_path)
@@ -1476,7 +1527,10 @@ class CompileServer:
                 compression.compress(codec, out.obj) if out.obj is not None else None,
             )
 
-        return await asyncio.to_thread(encode) if codec != compression.Codec.NONE else encode()
+        size = len(out.stderr) + len(out.stdout) + (len(out.obj) if out.obj is not None else 0)
+        if codec == compression.Codec.NONE or size <= _INLINE_CODEC:
+            return encode()
+        return await asyncio.to_thread(encode)
 
     async def _write_reply(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
         try:
@@ -1534,39 +1588,34 @@ async def _readable(sock: socket.socket) -> None:
         loop.remove_reader(sock.fileno())
 
 
-async def _read_bounded(stream: asyncio.StreamReader | None, cap: int) -> bytes:
-    """Everything a pipe yields, keeping at most ``cap`` bytes (the rest is drained)."""
-    if stream is None:
-        return b""
-    chunks: list[bytes] = []
-    kept = 0
-    dropped = 0
-    while True:
-        chunk = await stream.read(_READ_CHUNK)
-        if not chunk:
-            break
-        if kept < cap:
-            take = chunk[: cap - kept]
-            chunks.append(take)
-            kept += len(take)
-            dropped += len(chunk) - len(take)
-        else:
-            dropped += len(chunk)
-    if dropped:
-        chunks.append(f"\nmeshcc: {dropped} more bytes of output were dropped\n".encode())
-    return b"".join(chunks)
+async def _first_of(
+    a: asyncio.Future[int], b: asyncio.Future[str], timeout: float | None
+) -> object:
+    """Whichever of ``a`` and ``b`` completes first (``a`` if both have); None at the
+    timeout. Lighter than ``asyncio.wait`` (no set, no extra future per call)."""
+    if not a.done() and not b.done():
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
 
+        def wake(_: object) -> None:
+            if not woken.done():
+                woken.set_result(None)
 
-async def _finish_reader(task: asyncio.Future[bytes], pgid: int) -> bytes:
-    """The pipe's content; if something else in the group holds it open, kill the group."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), 2.0)
-    except TimeoutError:
-        _kill_group(pgid)
+        a.add_done_callback(wake)
+        b.add_done_callback(wake)
+        timer = loop.call_later(timeout, wake, None) if timeout is not None else None
         try:
-            return await asyncio.wait_for(task, 2.0)
-        except TimeoutError:
-            return b""
+            await woken
+        finally:
+            a.remove_done_callback(wake)
+            b.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+    if a.done():
+        return a
+    if b.done():
+        return b
+    return None
 
 
 async def _watch_disconnect(reader: asyncio.StreamReader) -> str:
@@ -1580,6 +1629,18 @@ async def _watch_disconnect(reader: asyncio.StreamReader) -> str:
             return "end of stream"
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _remove_job_dir(path: str) -> None:
+    """Remove a job directory: its files, then itself (what the compiler can leave is flat;
+    a subdirectory, which no allowed option makes, goes through shutil.rmtree). Cheaper
+    than rmtree's descriptor-based walk for the usual two or three files; never raises."""
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
