@@ -42,6 +42,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshcc import compression, hostos
 from meshcc.compiler import args as cargs
@@ -540,6 +541,10 @@ class CompileServer:
         self._room = asyncio.Event()  # a connection ended or became sheddable
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
+        # Done at request_stop(): what idle connections wait on besides their first bytes
+        # (one shared future, not a task per connection); made in the loop, on first use.
+        self._stop_signal: asyncio.Future[str] | None = None
+        self._env: dict[str, str] | None = None  # the compilers' environment (_job_env)
         self._running_compiles = 0
         self._slots_held = 0  # job slots taken: reserved (SLOT) or compiling
         self.busy_count = 0  # SLOT requests answered BUSY since start
@@ -577,6 +582,15 @@ class CompileServer:
         """Stop accepting; jobs in progress run to completion."""
         self._stop_accepting()
         self._stopping.set()
+        if self._stop_signal is not None and not self._stop_signal.done():
+            self._stop_signal.set_result("stopping")
+
+    def _stop_waiter(self) -> asyncio.Future[str]:
+        if self._stop_signal is None:
+            self._stop_signal = asyncio.get_running_loop().create_future()
+            if self._stopping.is_set():
+                self._stop_signal.set_result("stopping")
+        return self._stop_signal
 
     def _stop_accepting(self) -> None:
         """Cancel the accept loop; it closes the listening socket as it ends."""
@@ -1072,14 +1086,12 @@ class CompileServer:
         closes it rather than wait for a request that may never come.
         """
         read = asyncio.ensure_future(reader.read(_READ_CHUNK))
-        stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            done, _ = await asyncio.wait(
-                {read, stop}, timeout=self.config.io_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stop.cancel()
-        if read in done:
+            first = await _first_of(read, self._stop_waiter(), self.config.io_timeout)
+        except BaseException:
+            read.cancel()
+            raise
+        if first is read:
             try:
                 chunk = read.result()
             except OSError:
@@ -1199,7 +1211,8 @@ class CompileServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+            async with asyncio.timeout(remaining):
+                chunk = await reader.read(_READ_CHUNK)
             return chunk
         except TimeoutError:
             raise _Refuse(
@@ -1251,7 +1264,8 @@ class CompileServer:
             try:
                 if timeout <= 0:
                     raise TimeoutError
-                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
+                async with asyncio.timeout(timeout):
+                    chunk = await reader.read(_READ_CHUNK)
             except TimeoutError:
                 if time.monotonic() - conn.since >= self._body_stall - 0.01:
                     why = (
@@ -1291,7 +1305,8 @@ class CompileServer:
 
     async def _read(self, reader: asyncio.StreamReader, what: str) -> bytes:
         try:
-            return await asyncio.wait_for(reader.read(_READ_CHUNK), self.config.io_timeout)
+            async with asyncio.timeout(self.config.io_timeout):
+                return await reader.read(_READ_CHUNK)
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s while {what}; closing",
@@ -1373,8 +1388,7 @@ class CompileServer:
         input_name = stem + req.suffix
         output_name = stem + req.output_suffix
         try:
-            with open(os.path.join(tmpdir, input_name), "wb") as f:
-                f.write(req.data)
+            _write_file(os.path.join(tmpdir, input_name), req.data)
         except OSError as e:
             log.error("client %s: cannot write the job's input: %s", summary.client, e)
             raise _Refuse(
@@ -1386,7 +1400,7 @@ class CompileServer:
             timeline.mark("dir")
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
-        env = dict(os.environ)
+        env = self._job_env()
         ccache = self.config.ccache
         stats_path = os.path.join(tmpdir, _CCACHE_STATS)
         if ccache is not None:
@@ -1398,14 +1412,9 @@ class CompileServer:
             env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
             env.update(ccache.env)
             env["CCACHE_STATSLOG"] = stats_path
+
         if timeline is not None:  # debug logging is on
             log.debug("client %s: running %s in %s", summary.client, " ".join(job_argv), tmpdir)
-
-        try:
-            level = max(0, int(env.get("_DISTCC_SAFEGUARD", "0")))
-        except ValueError:
-            level = 0
-        env["_DISTCC_SAFEGUARD"] = str(level + 1)
 
         out_fd = err_fd = -1
         try:
@@ -1502,6 +1511,21 @@ class CompileServer:
             )
         return _Outcome(0, stderr, stdout, obj, JobResult.COMPILE_OK)
 
+    def _job_env(self) -> dict[str, str]:
+        """The compiler's environment: the daemon's, with distcc's recursion guard
+        ``_DISTCC_SAFEGUARD`` one higher (a masqueraded gcc on the server then runs the real
+        one). Built at the first job, not per job: the daemon has set up its environment by
+        then and does not change it. Callers must not modify the dict."""
+        if self._env is None:
+            env = dict(os.environ)
+            try:
+                level = max(0, int(env.get("_DISTCC_SAFEGUARD", "0")))
+            except ValueError:
+                level = 0
+            env["_DISTCC_SAFEGUARD"] = str(level + 1)
+            self._env = env
+        return self._env
+
     def _count_cache(self, summary: JobSummary, stats_path: str) -> None:
         """Record what ccache did for this job (its own stats file: exact under concurrency)."""
         try:
@@ -1535,7 +1559,9 @@ class CompileServer:
     async def _write_reply(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
         try:
             writer.write(reply)
-            await asyncio.wait_for(writer.drain(), self.config.io_timeout)
+            if writer.transport.get_write_buffer_size():  # else drain() has nothing to wait for
+                async with asyncio.timeout(self.config.io_timeout):
+                    await writer.drain()
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s reading the reply",
@@ -1589,7 +1615,7 @@ async def _readable(sock: socket.socket) -> None:
 
 
 async def _first_of(
-    a: asyncio.Future[int], b: asyncio.Future[str], timeout: float | None
+    a: asyncio.Future[Any], b: asyncio.Future[Any], timeout: float | None
 ) -> object:
     """Whichever of ``a`` and ``b`` completes first (``a`` if both have); None at the
     timeout. Lighter than ``asyncio.wait`` (no set, no extra future per call)."""
@@ -1627,6 +1653,17 @@ async def _watch_disconnect(reader: asyncio.StreamReader) -> str:
             return f"connection error: {e.strerror or e}"
         if not chunk:
             return "end of stream"
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Create ``path`` (exclusively: the job dir is new) with ``data``; no Python file object."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _remove_job_dir(path: str) -> None:
