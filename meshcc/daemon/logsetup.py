@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import sys
+import time
 
 from meshcc.loglevels import NOTICE  # imports logging and registers the NOTICE level
 
@@ -119,10 +120,29 @@ def open_log_file(path: str) -> TextIO:
     return open(path, "a", buffering=1, encoding="utf-8", errors="replace")
 
 
+class _FileFormatter(logging.Formatter):
+    """logging's default timestamp (``2026-01-31 12:00:00,123``), with the date and time
+    formatted once per second rather than per record (a localtime and a strftime each)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 def configure(level: int, stream: TextIO | None = None, *, to_file: bool = False) -> None:
     """Send the ``meshcc`` loggers to ``stream`` (default stderr) at ``level``."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(logging.Formatter(_FILE_FORMAT if to_file else _STREAM_FORMAT))
+    handler.setFormatter(
+        _FileFormatter(_FILE_FORMAT) if to_file else logging.Formatter(_STREAM_FORMAT)
+    )
     _install(handler, level)
 
 

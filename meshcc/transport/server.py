@@ -102,6 +102,7 @@ _HEADER_FREE = 64 * 1024
 # millisecond, less than handing it to a worker thread costs (a thread switch and a wake-up
 # of the loop each way). Larger bodies go to a thread, so no client's job stalls the loop.
 _INLINE_CODEC = 256 * 1024
+_ALLOWED_CACHE = 4096  # client addresses whose access-list verdict is remembered
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
 _NO_ADDRESS = ipaddress.ip_address("0.0.0.0")
 # BUSY turns between boxes (CompileServer._try_reserve_slot): how long a turned-away box
@@ -252,6 +253,12 @@ def _job_stem(source: str) -> str:
     if not stem or stem.startswith((".", "-")):
         return "input"
     return stem
+
+
+def _job_files(req: _Request) -> tuple[str, str]:
+    """(input, output) file names of a job in its directory."""
+    stem = _job_stem(req.source)
+    return stem + req.suffix, stem + req.output_suffix
 
 
 def _format_client(addr: IPAddress, port: int) -> str:
@@ -545,6 +552,7 @@ class CompileServer:
         # (one shared future, not a task per connection); made in the loop, on first use.
         self._stop_signal: asyncio.Future[str] | None = None
         self._env: dict[str, str] | None = None  # the compilers' environment (_job_env)
+        self._allowed_cache: dict[IPAddress, bool] = {}
         self._running_compiles = 0
         self._slots_held = 0  # job slots taken: reserved (SLOT) or compiling
         self.busy_count = 0  # SLOT requests answered BUSY since start
@@ -748,6 +756,17 @@ class CompileServer:
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
+    def _allowed(self, addr: IPAddress) -> bool:
+        """client_allowed() against the access list, remembered per address (a build's
+        clients are few; the list is fixed for the server's life). Bounded: cleared when
+        it reaches _ALLOWED_CACHE addresses."""
+        verdict = self._allowed_cache.get(addr)
+        if verdict is None:
+            if len(self._allowed_cache) >= _ALLOWED_CACHE:
+                self._allowed_cache.clear()
+            verdict = self._allowed_cache[addr] = client_allowed(addr, self.config.allowed)
+        return verdict
+
     def _count(self, conn: _Conn) -> None:
         self._phases[conn.phase][conn] = None
         self._by_addr.setdefault(conn.addr, {})[conn] = None
@@ -887,7 +906,7 @@ class CompileServer:
         replying = False  # once reply bytes may be on the wire, no ERRM can follow
         holding = False  # this connection holds one of the --jobs slots
         try:
-            if not conn.trusted and not client_allowed(addr, self.config.allowed):
+            if not conn.trusted and not self._allowed(addr):
                 # A peer outside our --allow probes us every second: one line per interval.
                 self._throttled.log(
                     logging.WARNING,
@@ -944,7 +963,7 @@ class CompileServer:
             self._budget.give(conn.budget)
             conn.budget = 0
             try:
-                tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
+                tmpdir = _make_job_dir(self.config.tmpdir)
             except OSError as e:
                 log.error("cannot create a job directory: %s", e)
                 raise _Refuse(
@@ -954,7 +973,7 @@ class CompileServer:
             outcome = await self._compile(request, tmpdir, reader, summary, timeline)
             # Outputs are in memory: clean up before replying, so a client that has its
             # reply never sees the job directory (and the slot frees clean).
-            _remove_job_dir(tmpdir)
+            _remove_job_dir(tmpdir, _job_files(request))
             tmpdir = None
             holding = False  # the slot is free before the reply is written, as it was
             self._release_slot()
@@ -1384,9 +1403,7 @@ class CompileServer:
         summary: JobSummary,
         timeline: _Timeline | None = None,
     ) -> _Outcome:
-        stem = _job_stem(req.source)
-        input_name = stem + req.suffix
-        output_name = stem + req.output_suffix
+        input_name, output_name = _job_files(req)
         try:
             _write_file(os.path.join(tmpdir, input_name), req.data)
         except OSError as e:
@@ -1495,8 +1512,7 @@ class CompileServer:
         if status != 0:
             return _Outcome(status, stderr, stdout, None, JobResult.COMPILE_ERROR)
         try:
-            with open(os.path.join(tmpdir, output_name), "rb") as f:
-                obj = f.read()
+            obj = _read_file(os.path.join(tmpdir, output_name))
         except OSError as e:
             msg = f"meshcc: the compiler succeeded but wrote no output: {e.strerror or e}\n"
             log.error("client %s: %s", summary.client, msg.strip())
@@ -1666,10 +1682,49 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _remove_job_dir(path: str) -> None:
-    """Remove a job directory: its files, then itself (what the compiler can leave is flat;
-    a subdirectory, which no allowed option makes, goes through shutil.rmtree). Cheaper
-    than rmtree's descriptor-based walk for the usual two or three files; never raises."""
+def _make_job_dir(parent: str | None) -> str:
+    """A new private (0700) job directory ``meshccd_XXXXXXXXXXXX`` in ``parent`` (None:
+    tempfile's temp dir): mkdtemp's contract, without its per-call Python name generator."""
+    base = tempfile.gettempdir() if parent is None else os.path.abspath(parent)
+    for _ in range(100):
+        path = os.path.join(base, "meshccd_" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no unused job directory name", base)
+
+
+def _read_file(path: str) -> bytes:
+    """A whole file's content, without a Python file object."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, max(size, 64 * 1024))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _remove_job_dir(path: str, names: tuple[str, ...] = ()) -> None:
+    """Remove a job directory: its files, then itself; never raises. ``names``: the files
+    it usually holds (the source and the output), unlinked without listing the directory;
+    only if something else is left is it listed (what the compiler can leave is flat; a
+    subdirectory, which no allowed option makes, goes through shutil.rmtree). Cheaper than
+    rmtree's descriptor-based walk."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+        return
+    except OSError:
+        pass
     try:
         with os.scandir(path) as entries:
             for entry in entries:
