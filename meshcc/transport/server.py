@@ -1348,7 +1348,8 @@ class CompileServer:
             raise _Refuse("an argument contains a NUL byte", ret=EXIT_BAD_ARGUMENTS)
         argv = [os.fsdecode(a) for a in raw]
         summary.compiler = argv[0]
-        log.info("client %s: %s", summary.client, " ".join(argv))
+        if log.isEnabledFor(logging.INFO):  # not even the join at the default level (notice)
+            log.info("client %s: %s", summary.client, " ".join(argv))
         try:
             resolved = self.registry.resolve(argv[0])
         except CompilerRefused as e:
