@@ -27,6 +27,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Mapping
 
 __all__ = ["CompilerRun", "open_capture", "read_capture"]
 
@@ -87,7 +88,7 @@ class CompilerRun:
         argv: list[str],
         *,
         cwd: str,
-        env: dict[str, str],
+        env: Mapping[bytes, bytes],
         stdout: int,
         stderr: int,
     ) -> None:
@@ -123,6 +124,17 @@ class CompilerRun:
         if self.proc.returncode is None:
             _kill_group(self.pid)
 
+    def _reap(self) -> int:
+        """waitpid() the exited child (at once) and record its code in the Popen, so that
+        the Popen never waits for that pid again (a later child may reuse it)."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else: no status to be had
+            code = 255
+        self.proc.returncode = code
+        return code
+
     def _wait_in_thread(self) -> None:
         with contextlib.suppress(ChildProcessError, OSError):
             # WNOWAIT: the child stays a zombie, so its group id is still ours to kill.
@@ -136,6 +148,6 @@ class CompilerRun:
             os.close(self._pidfd)
             self._pidfd = -1
         _kill_group(self.pid)  # leftovers of the job; the zombie leader keeps the id ours
-        code = self.proc.wait()  # reaps at once: it has exited
+        code = self._reap()
         if not self.exited.done():
             self.exited.set_result(code)

@@ -551,7 +551,7 @@ class CompileServer:
         # Done at request_stop(): what idle connections wait on besides their first bytes
         # (one shared future, not a task per connection); made in the loop, on first use.
         self._stop_signal: asyncio.Future[str] | None = None
-        self._env: dict[str, str] | None = None  # the compilers' environment (_job_env)
+        self._env: dict[bytes, bytes] | None = None  # the compilers' environment (_job_env)
         self._allowed_cache: dict[IPAddress, bool] = {}
         self._running_compiles = 0
         self._slots_held = 0  # job slots taken: reserved (SLOT) or compiling
@@ -1427,9 +1427,9 @@ class CompileServer:
             # it the toolchain's own path, and a job from any client finds the others.
             job_argv[0] = req.resolved.toolchain.path
             job_argv.insert(0, ccache.path)
-            env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
-            env.update(ccache.env)
-            env["CCACHE_STATSLOG"] = stats_path
+            env = {k: v for k, v in env.items() if not k.startswith(b"CCACHE_")}
+            env.update((os.fsencode(k), os.fsencode(v)) for k, v in ccache.env)
+            env[b"CCACHE_STATSLOG"] = os.fsencode(stats_path)
 
         if timeline is not None:  # debug logging is on
             log.debug("client %s: running %s in %s", summary.client, " ".join(job_argv), tmpdir)
@@ -1528,18 +1528,19 @@ class CompileServer:
             )
         return _Outcome(0, stderr, stdout, obj, JobResult.COMPILE_OK)
 
-    def _job_env(self) -> dict[str, str]:
+    def _job_env(self) -> dict[bytes, bytes]:
         """The compiler's environment: the daemon's, with distcc's recursion guard
         ``_DISTCC_SAFEGUARD`` one higher (a masqueraded gcc on the server then runs the real
         one). Built at the first job, not per job: the daemon has set up its environment by
-        then and does not change it. Callers must not modify the dict."""
+        then and does not change it. Callers must not modify the dict. Bytes, as the kernel
+        takes it: Popen then has nothing to encode per job."""
         if self._env is None:
-            env = dict(os.environ)
+            env = dict(os.environb)
             try:
-                level = max(0, int(env.get("_DISTCC_SAFEGUARD", "0")))
+                level = max(0, int(env.get(b"_DISTCC_SAFEGUARD", b"0")))
             except ValueError:
                 level = 0
-            env["_DISTCC_SAFEGUARD"] = str(level + 1)
+            env[b"_DISTCC_SAFEGUARD"] = str(level + 1).encode()
             self._env = env
         return self._env
 

@@ -30,7 +30,7 @@ def _run(script: str, cwd: Path, cap: int = 1 << 20) -> tuple[int, bytes, bytes]
             run = jobrun.CompilerRun(
                 ["/bin/sh", "-c", script],
                 cwd=str(cwd),
-                env=dict(os.environ),
+                env=dict(os.environb),
                 stdout=out,
                 stderr=err,
             )
