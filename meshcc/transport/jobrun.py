@@ -111,7 +111,9 @@ class CompilerRun:
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # no pidfd (old kernel, seccomp): a thread waits
-            threading.Thread(target=self._wait_in_thread, name="meshcc-compiler-wait").start()
+            threading.Thread(
+                target=self._wait_in_thread, name="meshcc-compiler-wait", daemon=True
+            ).start()  # daemon: a compiler still running never holds up the daemon's exit
         else:
             loop.add_reader(self._pidfd, self._on_exit)
 
