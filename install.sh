@@ -86,7 +86,7 @@ print(" ".join(dict.fromkeys(paths)))')
     for cmd in meshcc meshcc-gcc meshcc-g++ meshcc-cc meshcc-c++; do
         case $cmd in
             meshcc) entry="from meshcc.cli.entry import main" call="main()" ;;
-            *) entry="from meshcc.client.wrapper import main" call="main(sys.argv)" ;;
+            *) entry="from meshcc.client.wrapper import launch" call="launch()" ;;
         esac
         {
             echo "#!$PREFIX/bin/python3 -IS"

@@ -144,26 +144,7 @@ def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "meshccd.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "meshcc",
-        "daemon",
-        "--listen",
-        LOOPBACK,
-        "--no-discovery",
-        "--port",
-        str(port),
-        "--allow",
-        LOOPBACK,
-        "--jobs",
-        str(jobs),
-        "--log-file",
-        str(log),
-        "--log-level",
-        "info",
-        *extra,
-    ]
+    argv = _shared.loopback_daemon_argv(port, "--jobs", str(jobs), *extra, log_file=log)
     env = clean_env()
     env.pop("TMPDIR", None)  # like distccd: job dirs in /tmp, writable by the dropped user
     return _spawn("meshcc", argv, workdir, port, log, env, workdir / "meshccd.out")

@@ -37,29 +37,57 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _harness as h
+import _harness as h  # also puts tests/ on sys.path
+
+import netns  # tests/netns.py: the --veth namespaces
+
+T = TypeVar("T")
 
 TARGET_CLIENT_CPU = 1.3  # meshcc-gcc client CPU per job vs distcc's
 TARGET_SERVER_CPU = 1.2  # meshcc daemon CPU per job vs distccd's
 TARGET_WALL = 1.0  # one job at a time, meshcc pair vs distcc pair
 
-PROJECTS: dict[str, tuple[list[str], list[str]]] = {
+
+@dataclass(frozen=True)
+class Project:
+    """A real project to replay: its Debian source package, how to configure and build it."""
+
+    package: str  # `apt-get source` name (tests/harness.py caches the tree)
+    configure: list[str]
+    targets: list[str]  # make targets
+    cc_flags: str = ""  # what the project's own CC carries after the compiler name
+
+
+# Debian's lua5.4 builds with libtool, and twice (C and C++); upstream's Makefile (the
+# 34 plain `gcc -std=gnu99 -O2 -c` compiles issue 12 measured) comes back by reversing the
+# build-system patches (0002/0003 make luaconf.h include a header debian/rules generates).
+# The CVE fixes (0004, 0005) stay.
+LUA_UPSTREAM_BUILD = (
+    "for p in 0003-extern_C 0002-lua-modules-paths 0001-build-system; do "
+    'patch -R -p1 -s -i "debian/patches/$p.patch" || exit 1; done'
+)
+PROJECTS: dict[str, Project] = {
     # configure argv, make targets; as in bench_build.py
-    "zlib": (["./configure"], ["static"]),
-    "xz-utils": (
+    "zlib": Project("zlib", ["./configure"], ["static"]),
+    "xz-utils": Project(
+        "xz-utils",
         ["./configure", "CFLAGS=-O2", "--disable-nls", "--disable-shared", "--disable-doc"],
         [],
     ),
+    "lua": Project("lua5.4", ["sh", "-c", LUA_UPSTREAM_BUILD], ["linux"], "-std=gnu99"),
 }
 SETTLE_S = 0.03  # after a job, before the next snapshot: the server's post-reply clean-up
 RECORDER = """#!/bin/sh
@@ -90,7 +118,8 @@ class WayStats:
 
 def record_jobs(tree: Path, project: str, work: Path) -> list[Job]:
     """Configure and build once with a recording CC; keep the `-c` compiles of C files."""
-    configure, targets = PROJECTS[project]
+    proj = PROJECTS[project]
+    configure, targets = proj.configure, proj.targets
     recorder = work / "record-cc"
     recorder.write_text(RECORDER)
     recorder.chmod(0o755)
@@ -102,7 +131,7 @@ def record_jobs(tree: Path, project: str, work: Path) -> list[Job]:
         subprocess.run(configure, cwd=tree, env=env, stdout=o, stderr=o, check=True)
         env["MESHCC_BENCH_LOG"] = str(log)
         subprocess.run(
-            ["make", "-j2", f"CC={recorder}", *targets],
+            ["make", "-j2", f"CC={recorder} {proj.cc_flags}".rstrip(), *targets],
             cwd=tree,
             env=env,
             stdout=o,
@@ -152,18 +181,49 @@ def server_delta(before: dict[int, int], after: dict[int, int]) -> float | None:
     return sum(after[t] - before.get(t, 0) for t in after) / 1e6
 
 
-def run_client(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[float, float]:
-    """(wall ms, user+sys ms of the client tree); raises on failure."""
+def run_client(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall ms, user+sys ms of the client tree, its stderr); raises on failure."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    assert proc.stderr is not None
+    err = proc.stderr.read()  # before reaping: a verbose client writes more than a pipe holds
     _, status, ru = os.wait4(proc.pid, 0)
     wall = (time.perf_counter() - t0) * 1e3
-    err = proc.stderr.read() if proc.stderr else b""
+    proc.stderr.close()
+    proc.returncode = status  # reaped by wait4: keep Popen from waiting again
     if status != 0:
         raise h.HarnessError(f"{' '.join(argv)} in {cwd} failed:\n{err.decode(errors='replace')}")
-    return wall, (ru.ru_utime + ru.ru_stime) * 1e3
+    return wall, (ru.ru_utime + ru.ru_stime) * 1e3, err.decode(errors="replace")
+
+
+_SPAN_RE = re.compile(r"(?P<phase>[a-z]+) (?P<a>[\d.]+)-(?P<b>[\d.]+)")
+
+
+def timeline_spans(stderr: str) -> dict[str, float]:
+    """Durations (ms) of the phases of a client's MESHCC_VERBOSE=1 timeline line, plus
+    ``python`` (interpreter start-up CPU before meshcc ran), ``start`` (from the wrapper's
+    start to the first phase) and ``end`` (the last phase to the line)."""
+    for line in stderr.splitlines():
+        if " timeline " not in line:
+            continue
+        out: dict[str, float] = {}
+        m = re.search(r": python ([\d.]+) ", line)
+        if m:
+            out["python"] = float(m[1])
+        first = last = None
+        for s in _SPAN_RE.finditer(line):
+            a, b = float(s["a"]), float(s["b"])
+            out[s["phase"]] = b - a
+            first = a if first is None else min(first, a)
+            last = b if last is None else max(last, b)
+        m = re.search(r" end ([\d.]+) ", line)
+        if m and first is not None and last is not None:
+            out["start"] = first
+            out["end"] = float(m[1]) - last
+        return out
+    return {}
 
 
 def idle_rate(pgid: int, seconds: float = 2.0) -> float:
@@ -173,62 +233,223 @@ def idle_rate(pgid: int, seconds: float = 2.0) -> float:
     return (d or 0.0) / seconds
 
 
+def write_launchers(bindir: Path) -> Path:
+    """This venv's meshcc-gcc as install.sh writes it (``python3 -IS``, the venv's paths
+    added by hand, ``launch()``): pip's editable-install launchers run ``site`` and every
+    ``.pth`` file first (~2.6 ms per compile), which no installed copy pays."""
+    import importlib.util
+    import sysconfig
+
+    spec = importlib.util.find_spec("meshcc")
+    if spec is None or not spec.submodule_search_locations:
+        raise h.HarnessError("meshcc is not importable from this interpreter")
+    root = Path(next(iter(spec.submodule_search_locations))).parent
+    site_dirs = dict.fromkeys(sysconfig.get_path(p) for p in ("purelib", "platlib"))
+    paths = [str(root), *site_dirs]
+    bindir.mkdir(parents=True, exist_ok=True)
+    for cmd in ("meshcc-gcc", "meshcc-g++", "meshcc-cc", "meshcc-c++"):
+        lines = [f"#!{sys.executable} -IS", "import sys"]
+        lines += [f"sys.path.append({p!r})" for p in paths]
+        if "def launch(" in (root / "meshcc" / "client" / "wrapper.py").read_text():
+            lines += ["from meshcc.client.wrapper import launch", "sys.exit(launch())"]
+        else:  # a tree from before launch(), for before/after figures
+            lines += ["from meshcc.client.wrapper import main", "sys.exit(main(sys.argv))"]
+        path = bindir / cmd
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o755)
+    return bindir
+
+
+@dataclass
+class Site:
+    """Where the daemons listen and the clients run: loopback, or two namespaces."""
+
+    address: str  # the daemons' listen address, as clients name it
+    allow: str  # the daemons' --allow
+    server: Any = None  # tests/netns.py Host of the daemons (veth mode)
+    client: Any = None  # ... and of the clients
+    lan: Any = None
+
+    def popen_argv(self, argv: list[str]) -> list[str]:
+        return self.server.exec_argv(argv) if self.server is not None else argv
+
+    def accepts(self, port: int) -> bool:
+        if self.client is None:
+            return h.port_accepts(port)
+        return bool(self.client.can_connect(self.address, port))
+
+    def run_as_client(self, fn: Callable[[], T]) -> T:
+        if self.client is None:
+            return fn()
+        return netns.in_netns(self.client.ns, fn)
+
+    def close(self) -> None:
+        if self.lan is not None:
+            self.lan.close()
+
+
+def make_site(veth: bool) -> Site:
+    if not veth:
+        return Site(h.LOOPBACK, h.LOOPBACK)
+    reason = netns.unavailable_reason()
+    if reason:
+        raise h.HarnessError(reason)
+    lan = netns.Lan()
+    try:
+        server = lan.add_host("server")
+        client = lan.add_host("client")
+    except BaseException:
+        lan.close()
+        raise
+    return Site(server.address, str(lan.subnet), server, client, lan)
+
+
+def spawn_daemon(
+    site: Site, kind: str, argv: list[str], workdir: Path, port: int, log: Path, out: Path
+) -> h.Daemon:
+    """Start a daemon where ``site`` says; wait until clients can connect to it."""
+    env = h.clean_env()
+    env.pop("TMPDIR", None)  # like distccd: job dirs in /tmp, writable by the dropped user
+    with open(out, "ab") as o:
+        proc = subprocess.Popen(
+            site.popen_argv(argv),
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=o,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    daemon = h.Daemon(kind, proc, port, log, argv)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise h.HarnessError(
+                f"{kind} exited ({proc.returncode}) before listening: {' '.join(argv)}\n"
+                f"{out.read_text(errors='replace')[-4000:]}\n{daemon.log_text()[-4000:]}"
+            )
+        if site.accepts(port):
+            return daemon
+        time.sleep(0.05)
+    daemon.stop()
+    raise h.HarnessError(f"{kind} did not listen on {site.address}:{port} within 15 s")
+
+
+def start_meshcc(site: Site, meshcc: list[str], workdir: Path, jobs: int) -> h.Daemon:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = h.free_port()
+    log = workdir / "meshccd.log"
+    argv = [
+        *meshcc,
+        "daemon",
+        "--listen",
+        site.address,
+        "--no-discovery",
+        "--port",
+        str(port),
+        "--allow",
+        site.allow,
+        "--jobs",
+        str(jobs),
+        "--log-file",
+        str(log),
+        "--log-level",
+        "info",
+    ]
+    return spawn_daemon(site, "meshcc", argv, workdir, port, log, workdir / "meshccd.out")
+
+
+def start_distccd(site: Site, workdir: Path, jobs: int) -> h.Daemon:
+    if shutil.which("distccd") is None:
+        raise h.HarnessError("distccd is not installed (Debian package `distcc`)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = h.free_port()
+    log = workdir / "distccd.log"
+    argv = [
+        "distccd",
+        "--daemon",
+        "--no-detach",
+        "--log-stderr",
+        "--log-level",
+        "info",
+        "--listen",
+        site.address,
+        "--port",
+        str(port),
+        "--allow",
+        site.allow,
+        "--jobs",
+        str(jobs),
+    ]
+    return spawn_daemon(site, "distccd", argv, workdir, port, log, log)
+
+
 def bench(args: argparse.Namespace, work: Path) -> dict:
-    src = h.apt_source(args.project)
+    src = h.apt_source(PROJECTS[args.project].package)
     tree = work / "tree"
     shutil.copytree(src, tree, symlinks=True)
     jobs = record_jobs(tree, args.project, work)
     print(f"{args.project}: {len(jobs)} compile jobs recorded", file=sys.stderr)
 
-    prefix_bin = Path(args.meshcc_prefix) / "bin" if args.meshcc_prefix else h.VENV_BIN
+    if args.meshcc_prefix:
+        prefix_bin = Path(args.meshcc_prefix) / "bin"
+        meshcc_cmd = [str(prefix_bin / "meshcc")]  # the installed daemon, by its launcher
+    else:
+        prefix_bin = h.VENV_BIN if args.venv_launchers else write_launchers(work / "bin")
+        meshcc_cmd = [sys.executable, "-m", "meshcc"]
     meshcc_gcc = str(prefix_bin / "meshcc-gcc")
     lzo = args.protocol == 2
-    extra: list[str] = []
-    if args.meshcc_prefix:
-        # The installed daemon, started by its own launcher (python -m would be the venv's).
-        meshccd = _start_installed_meshcc(prefix_bin, work / "meshccd", args.server_jobs)
-    else:
-        meshccd = h.start_meshcc(work / "meshccd", args.server_jobs, *extra)
-    distccd = h.start_distccd(work / "distccd", args.server_jobs)
-    daemons = {"meshcc": meshccd, "distcc": distccd}
+    site = make_site(args.veth)
+    daemons: dict[str, h.Daemon] = {}
     try:
+        daemons["meshcc"] = start_meshcc(site, meshcc_cmd, work / "meshccd", args.server_jobs)
+        daemons["distcc"] = start_distccd(site, work / "distccd", args.server_jobs)
         ways: dict[str, tuple[list[str], dict[str, str], h.Daemon]] = {}
-        for key, client, daemon in (
-            ("meshcc", [meshcc_gcc], meshccd),
-            ("distcc", ["distcc", "gcc"], distccd),
-        ):
-            env = h.client_env(work / f"client-{key}", daemon.host_spec(lzo=lzo, limit=4))
+        for key, client in (("meshcc", [meshcc_gcc]), ("distcc", ["distcc", "gcc"])):
+            daemon = daemons[key]
+            spec = f"{site.address}:{daemon.port}/4" + (",lzo" if lzo else "")
+            env = h.client_env(work / f"client-{key}", spec)
             env["PATH"] = os.pathsep.join(
                 [str(prefix_bin)] + [p for p in env["PATH"].split(os.pathsep) if p]
             )
+            if key == "meshcc" and args.timeline:
+                env["MESHCC_VERBOSE"] = "1"
             ways[key] = (client, env, daemon)
         stats = {k: WayStats(k) for k in ways}
-        for k, (_, _, d) in ways.items():
-            stats[k].idle_cpu_ms_per_s = idle_rate(os.getpgid(d.proc.pid))
-        # one untimed pass per way: page cache, .pyc files, distccd's children all warm
-        for job in jobs:
-            for client, env, _ in ways.values():
-                run_client([*client, *job.argv], job.cwd, env)
-        order = list(ways)
-        n = 0
-        for _ in range(args.reps):
+        spans: dict[str, list[float]] = {}
+
+        def replay() -> None:
+            for k, (_, _, d) in ways.items():
+                stats[k].idle_cpu_ms_per_s = idle_rate(os.getpgid(d.proc.pid))
+            # one untimed pass per way: page cache, .pyc files, distccd's children all warm
             for job in jobs:
-                for key in order if n % 2 == 0 else order[::-1]:
-                    client, env, daemon = ways[key]
-                    pgid = os.getpgid(daemon.proc.pid)
-                    time.sleep(SETTLE_S)
-                    before = group_tasks(pgid)
-                    wall, cpu = run_client([*client, *job.argv], job.cwd, env)
-                    time.sleep(SETTLE_S)
-                    delta = server_delta(before, group_tasks(pgid))
-                    st = stats[key]
-                    st.walls.append(wall)
-                    st.client_cpu.append(cpu)
-                    if delta is None:
-                        st.server_dropped += 1
-                    else:
-                        st.server_cpu.append(delta)
-                n += 1
+                for client, env, _ in ways.values():
+                    run_client([*client, *job.argv], job.cwd, env)
+            order = list(ways)
+            n = 0
+            for _ in range(args.reps):
+                for job in jobs:
+                    for key in order if n % 2 == 0 else order[::-1]:
+                        client, env, daemon = ways[key]
+                        pgid = os.getpgid(daemon.proc.pid)
+                        time.sleep(SETTLE_S)
+                        before = group_tasks(pgid)
+                        wall, cpu, err = run_client([*client, *job.argv], job.cwd, env)
+                        time.sleep(SETTLE_S)
+                        delta = server_delta(before, group_tasks(pgid))
+                        st = stats[key]
+                        st.walls.append(wall)
+                        st.client_cpu.append(cpu)
+                        if delta is None:
+                            st.server_dropped += 1
+                        else:
+                            st.server_cpu.append(delta)
+                        if key == "meshcc":
+                            for phase, ms in timeline_spans(err).items():
+                                spans.setdefault(phase, []).append(ms)
+                    n += 1
+
+        site.run_as_client(replay)
         expected = (args.reps + 1) * len(jobs)
         remote = {k: d.count_jobs() for k, d in daemons.items()}
         for k, d in daemons.items():
@@ -240,12 +461,16 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     finally:
         for d in daemons.values():
             d.stop()
+        site.close()
     return {
         "project": args.project,
+        "link": "veth" if args.veth else "loopback",
         "protocol": args.protocol,
         "jobs": len(jobs),
         "reps": args.reps,
         "meshcc_gcc": meshcc_gcc,
+        "launchers": "prefix" if args.meshcc_prefix else "venv" if args.venv_launchers else "-IS",
+        "timeline_ms": {k: statistics.median(v) for k, v in spans.items()},
         "ways": {
             k: {
                 "wall_ms": s.med(s.walls),
@@ -261,32 +486,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
-def _start_installed_meshcc(prefix_bin: Path, workdir: Path, jobs: int) -> h.Daemon:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = h.free_port()
-    log = workdir / "meshccd.log"
-    argv = [
-        str(prefix_bin / "meshcc"),
-        "daemon",
-        "--listen",
-        h.LOOPBACK,
-        "--no-discovery",
-        "--port",
-        str(port),
-        "--allow",
-        h.LOOPBACK,
-        "--jobs",
-        str(jobs),
-        "--log-file",
-        str(log),
-        "--log-level",
-        "info",
-    ]
-    env = h.clean_env()
-    env.pop("TMPDIR", None)
-    return h._spawn("meshcc", argv, workdir, port, log, env, workdir / "meshccd.out")
-
-
 def report(r: dict) -> str:
     m, d = r["ways"]["meshcc"], r["ways"]["distcc"]
 
@@ -296,8 +495,9 @@ def report(r: dict) -> str:
         return f"{m[key] / d[key]:5.2f}x"
 
     lines = [
-        f"{r['project']}: {r['jobs']} jobs x {r['reps']} reps, one at a time, protocol "
-        f"{r['protocol']}{' (,lzo)' if r['protocol'] == 2 else ''}; client {r['meshcc_gcc']}",
+        f"{r['project']} over {r['link']}: {r['jobs']} jobs x {r['reps']} reps, one at a time, "
+        f"protocol {r['protocol']}{' (,lzo)' if r['protocol'] == 2 else ''}; client "
+        f"{r['meshcc_gcc']} ({r['launchers']} launchers)",
         f"{'median per job':18s} {'meshcc':>9s} {'distcc':>9s} {'ratio':>7s}  target",
     ]
     for key, label, target in (
@@ -313,6 +513,11 @@ def report(r: dict) -> str:
         f"{d['idle_cpu_ms_per_s']:.2f} ms/s; server samples dropped (a task ended): "
         f"meshcc {m['server_samples_dropped']}, distccd {d['server_samples_dropped']}"
     )
+    if r["timeline_ms"]:
+        lines.append(
+            "meshcc-gcc timeline, median ms: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["timeline_ms"].items())
+        )
     return "\n".join(lines)
 
 
@@ -325,6 +530,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--meshcc-prefix",
         help="an install.sh prefix: its meshcc-gcc and meshcc daemon (default: this venv)",
+    )
+    p.add_argument(
+        "--veth",
+        action="store_true",
+        help="daemons and clients in two network namespaces joined through a veth bridge "
+        "(tests/netns.py) instead of loopback",
+    )
+    p.add_argument(
+        "--venv-launchers",
+        action="store_true",
+        help="this venv's pip launchers (site and .pth files on every compile) instead of "
+        "install.sh-style -IS ones",
+    )
+    p.add_argument(
+        "--timeline",
+        action="store_true",
+        help="MESHCC_VERBOSE=1 for meshcc-gcc: report its per-phase medians (costs a little)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work dir")

@@ -34,7 +34,11 @@ connections on the compile port (ESTABLISHED, from /proc: includes the daemons' 
 liveness probes and BUSY answers in flight); remote jobs per client (neither starves).
 
 All namespaces share this machine's cores: clients' preprocessors, makes and the servers'
-compilers compete, so the ideal is a bound, not a target one can reach exactly.
+compilers compete, so the ideal is a bound, not a target one can reach exactly. So each way
+also reports its CPU seconds by role (benchmarks/cpusample.py: daemons, remote compilers,
+compile clients, their preprocessors) and its makespan against its own CPU floor (CPU used /
+cores: the makespan if the cores never idled and nothing else ran, the honest ideal on one
+shared machine), and how far apart the two clients finished (last / first: fairness).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
+from cpusample import CpuSampler  # noqa: E402
 
 import netns  # noqa: E402
 from harness import parse_job_summaries  # noqa: E402
@@ -110,6 +115,11 @@ def main() -> int:
         help="meshcc, distcc, and meshcc-list (meshcc-gcc with the static list: no leases, "
         "no BUSY; separates the client's own cost from the scheduling)",
     )
+    ap.add_argument(
+        "--server-log-level",
+        default="notice",
+        help="the servers' --log-level (debug: count their BUSY answers; costs some CPU)",
+    )
     ap.add_argument("--json", metavar="FILE")
     ns = ap.parse_args()
     reason = netns.unavailable_reason()
@@ -148,9 +158,10 @@ def _bench(
     hosts = {n: lan.add_host(n) for n in ("c1", "c2", "s1", "s2")}
     odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
     common = ("--interface", "eth0", "--log-level", "notice")
+    serving = ("--interface", "eth0", "--log-level", ns.server_log_level, "--jobs", str(J))
     daemons = {
-        "s1": Meshd(work, hosts["s1"], *common, "--jobs", str(J), name="s1"),
-        "s2": Meshd(work, hosts["s2"], *common, "--jobs", str(J), name="s2"),
+        "s1": Meshd(work, hosts["s1"], *serving, name="s1"),
+        "s2": Meshd(work, hosts["s2"], *serving, name="s2"),
         "c1": Meshd(work, hosts["c1"], *common, "--compiler", str(odd), name="c1"),
         "c2": Meshd(work, hosts["c2"], *common, "--compiler", str(odd), name="c2"),
     }
@@ -189,12 +200,16 @@ def _bench(
         for c in ("c1", "c2"):
             _run(["make", "-f", "Makefile", "clean"], trees[c], env0)
         before = {s: len(parse_job_summaries(daemons[s].log_text())) for s in ("s1", "s2")}
+        busy_before = {s: daemons[s].log_text().count(": busy (") for s in ("s1", "s2")}
         sampled = {
             s: (daemons[s].socket, daemons[s].proc.pid, PORT, J)  # type: ignore[union-attr]
             for s in ("s1", "s2")
         }
         done: dict[str, float] = {}
-        with SlotSampler(sampled, interval=0.002) as sampler:
+        pids = {n: daemons[n].proc.pid for n in daemons}  # type: ignore[union-attr]
+        roles = {pids[n]: "server daemons" if n[0] == "s" else "client daemons" for n in pids}
+        cpu = CpuSampler(roles, {pids["s1"], pids["s2"]})
+        with cpu, SlotSampler(sampled, interval=0.002) as sampler:
             t0 = time.monotonic()
             procs = {
                 c: hosts[c].popen(
@@ -221,16 +236,26 @@ def _bench(
         time.sleep(0.5)  # summaries trail the replies
         remote = dict.fromkeys(("c1", "c2"), 0)
         queued = 0
+        busy = 0
         for s in ("s1", "s2"):
             for j in parse_job_summaries(daemons[s].log_text())[before[s] :]:
                 if j.result == "COMPILE_OK":
                     remote[addr[j.client.rsplit(":", 1)[0]]] += 1
                     queued += j.queue_ms is not None
+            busy += daemons[s].log_text().count(": busy (") - busy_before[s]
+        used = cpu.by_role()
+        total = sum(used.values())
         return {
             "makespan_s": max(done.values()),
             "client_s": done,
+            "cpu_s": used,
+            # The makespan if the cores never idled and nothing else ran: this way's own CPU
+            # (real work and its machinery) over the cores; what a shared box cannot beat.
+            "cpu_floor_s": round(total / cores, 2),
             "remote_jobs": remote,
             "jobs_queued_in_server": queued,
+            # BUSY answers (the servers log them at debug only: --server-log-level debug)
+            "busy_answers": busy,
             "peaks": {s: p.as_dict() for s, p in sampler.peaks.items()},
         }
 
@@ -248,6 +273,7 @@ def _bench(
             got = one(way)
             got["ideal_s"] = 2 * serial / min(slots, cores)
             got["x_ideal"] = float(got["makespan_s"]) / got["ideal_s"]  # type: ignore[arg-type]
+            got["x_cpu_floor"] = float(got["makespan_s"]) / float(got["cpu_floor_s"])  # type: ignore[arg-type]
             runs[way].append(got)
             print(f"round {r + 1} {way}: {json.dumps(got)}", flush=True)
     serial = statistics.median(serials)
@@ -279,9 +305,22 @@ def _bench(
             for s in ("s1", "s2")
         }
         remote = [x["remote_jobs"] for x in rs]
+        x_floor = statistics.median(float(x["x_cpu_floor"]) for x in rs)  # type: ignore[arg-type]
+        roles = sorted({k for x in rs for k in x["cpu_s"]})  # type: ignore[attr-defined]
+        cpu_med = {
+            k: statistics.median(float(x["cpu_s"].get(k, 0.0)) for x in rs)  # type: ignore[attr-defined]
+            for k in roles
+        }
+        spread = [
+            round(max(x["client_s"].values()) / min(x["client_s"].values()), 2)  # type: ignore[attr-defined]
+            for x in rs
+        ]
         summary[way] = {
             "makespan_median_s": mk,
             "x_ideal_median": x_ideal,
+            "x_cpu_floor_median": x_floor,
+            "cpu_median_s": cpu_med,
+            "client_finish_ratio": spread,
             "server_busy_fraction": util,
             "peaks_max": peak,
             "remote_jobs": remote,
@@ -295,6 +334,11 @@ def _bench(
                 for s, p in peak.items()
             )
             + f"; remote jobs per client {remote}"
+        )
+        print(
+            f"{'':7s} {x_floor:4.2f} x its own CPU floor (CPU used / cores); CPU s by role "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu_med.items())
+            + f"; last / first client to finish: {spread}"
         )
     if "meshcc" in summary and "distcc" in summary:
         m = summary["meshcc"]["makespan_median_s"]  # type: ignore[index]

@@ -56,6 +56,7 @@ from harness import (  # noqa: F401 - re-exported for the test modules
     copy_tree,
     free_port,
     hash_objects,
+    loopback_daemon_argv,
     parse_job_summaries,
     port_accepts,
 )
@@ -270,30 +271,14 @@ def meshcc_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         workdir = tmp_path_factory.mktemp("meshccd")
         port = free_port()
         log_path = workdir / "meshccd.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "meshcc",
-            "daemon",
-            # --no-discovery as well: whatever a test adds (another --listen), no mDNS
-            # may reach this machine's real interfaces
-            "--listen",
-            LOOPBACK,
-            "--no-discovery",
-            "--port",
-            str(port),
-            "--log-file",
-            str(log_path),
-            "--log-level",
-            "info",
-        ]
-        for cidr in allow:
-            argv += ["--allow", cidr]
+        argv = loopback_daemon_argv(port, allow=allow, log_file=log_path)
         if jobs is not None:
             argv += ["--jobs", str(jobs)]
         for compiler in compilers:
             argv += ["--compiler", compiler]
         argv += list(extra_args)
+        if any(a.startswith("--cache") for a in extra_args):
+            argv.remove("--no-cache")  # this test asks for the result cache (its own dir)
         env = _clean_env()
         # As root the daemon drops to an unprivileged user, which cannot enter pytest's 0700
         # tmp_path; Python's tempfile would then silently fall back to /tmp. A sticky

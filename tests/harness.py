@@ -13,7 +13,9 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,30 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+def loopback_daemon_argv(
+    port: int,
+    *extra: str,
+    allow: Sequence[str] = (LOOPBACK,),
+    log_file: Path | str | None = None,
+) -> list[str]:
+    """``python -m meshcc daemon`` on 127.0.0.1 with discovery off, for tests and benchmarks.
+
+    --no-discovery always: whatever a caller adds (another --listen), no mDNS may reach this
+    machine's real interfaces. ``allow=()`` leaves the daemon's default access list.
+    --no-cache unless ``extra`` names a --cache option: a repeated compile must run (and
+    leave nothing in a shared /var/cache) unless the caller is testing the result cache.
+    """
+    argv = [sys.executable, "-m", "meshcc", "daemon", "--listen", LOOPBACK, "--no-discovery"]
+    argv += ["--port", str(port)]
+    for cidr in allow:
+        argv += ["--allow", cidr]
+    if log_file is not None:
+        argv += ["--log-file", str(log_file), "--log-level", "info"]
+    if not any(a.startswith(("--cache", "--no-cache")) for a in extra):
+        argv.append("--no-cache")  # the result cache only for callers that ask (their dir)
+    return [*argv, *extra]
 
 
 def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:

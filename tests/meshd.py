@@ -152,6 +152,8 @@ class Meshd:
         ]
         if self.host is None:
             argv += ["--listen", "127.0.0.1", "--allow", "127.0.0.1"]
+        if not any(a.startswith("--cache") for a in self.args):
+            argv.append("--no-cache")  # result cache: only tests that ask for it (their dir)
         return argv + list(self.args)
 
     def env(self) -> dict[str, str]:
@@ -262,3 +264,33 @@ def bare_path(work: Path) -> Path:
     for tool in ("gcc", "cc", "g++", "c++", "as"):
         assert shutil.which(tool, path=str(bare)) is None
     return bare
+
+
+_BROWSE_NAMES = r"""
+import sys, time
+from zeroconf import ServiceBrowser, Zeroconf, IPVersion
+service_type, interface = sys.argv[1], sys.argv[2]
+seconds, stop_after = float(sys.argv[3]), int(sys.argv[4])
+seen = set()
+class L:
+    def add_service(self, zc, t, name): seen.add(name)
+    def update_service(self, zc, t, name): seen.add(name)
+    def remove_service(self, zc, t, name): pass
+zc = Zeroconf(interfaces=[interface], ip_version=IPVersion.V4Only)
+ServiceBrowser(zc, service_type, L())
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline and not 0 < stop_after <= len(seen):
+    time.sleep(0.05)
+zc.close()
+print("\n".join(sorted(seen)))
+"""
+
+
+def browse_names(
+    host: netns.Host, service_type: str, seconds: float, stop_after: int = 0
+) -> list[str]:
+    """The DNS-SD instance names python-zeroconf sees from ``host`` (as a stock distcc
+    browser would): for ``seconds``, or until ``stop_after`` names when that is not 0."""
+    p = host.python(_BROWSE_NAMES, service_type, host.address, str(seconds), str(stop_after))
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split()

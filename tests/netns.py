@@ -18,6 +18,12 @@ at all, only ``fd77::N/64`` (a ULA, ``nodad``: usable at once) next to its fe80:
 ``Lan(ipv6_only=True, ipv6_subnet=None)`` leaves eth0 with the link-local address alone;
 ``dad_transmits=N`` turns duplicate address detection on (addresses tentative for ~N s).
 
+A mixed LAN (dual-stack, IPv4-only and IPv6-only boxes on one wire): on an IPv4 LAN,
+``add_host(name, stack="dual")`` adds ``fd77::N/64`` next to ``10.77.0.N/24`` (same N),
+``stack="ipv6"`` gives eth0 that ULA and no IPv4 address or route, and ``stack="ipv4"``
+turns IPv6 off on eth0 (not even a fe80:: address). The default, ``stack=None``, is the
+LAN's own mode (IPv4 plus the kernel's fe80::, or IPv6-only).
+
 Interface names (eth0, pN, brN) stay far below the 15-character limit whatever the host name.
 Stale namespaces of a crashed run are recognised by the dead owner pid in their name and
 removed by :func:`sweep_stale` (called once per process by the first :class:`Lan`).
@@ -59,6 +65,7 @@ _OWNED_RE = re.compile(rf"^{PREFIX}(?P<pid>\d+)x(?P<seq>\d+)(?:-[a-z0-9-]+)?$")
 _CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
+Stack = Literal["ipv4", "ipv6", "dual"]
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 StrPath = str | os.PathLike[str]
 
@@ -271,8 +278,18 @@ class Host:
     program itself). Processes started with :meth:`popen` are reaped on teardown.
     """
 
-    def __init__(self, lan: Lan, name: str, ns: str, port: str, interfaces: list[IPInterface]):
+    def __init__(
+        self,
+        lan: Lan,
+        name: str,
+        ns: str,
+        port: str,
+        interfaces: list[IPInterface],
+        stack: Stack | None = None,
+    ):
         self.lan = lan
+        # None: the LAN's mode; "ipv4" (no IPv6 at all), "ipv6" (no IPv4), "dual".
+        self.stack: Stack | None = stack
         self.name = name
         self.ns = ns
         self.ifname = IFNAME
@@ -292,6 +309,11 @@ class Host:
         if not self.interfaces:
             return self.ipv6_link_local()
         return str(self.interfaces[0].ip)
+
+    @property
+    def ipv4_less(self) -> bool:
+        """No IPv4 on eth0 (an IPv6-only LAN, or an ``stack="ipv6"`` host): no IPv4 route."""
+        return self.lan.ipv6_only or self.stack == "ipv6"
 
     @property
     def addresses(self) -> list[str]:
@@ -462,11 +484,7 @@ class Host:
                 netns=self.ns,
                 batch=[
                     f"link set {self.ifname} up",
-                    *(
-                        []
-                        if self.lan.ipv6_only
-                        else [f"route replace {MCAST_ROUTE} dev {self.ifname}"]
-                    ),
+                    *([] if self.ipv4_less else [f"route replace {MCAST_ROUTE} dev {self.ifname}"]),
                 ],
             )
 
@@ -518,8 +536,10 @@ class Lan:
         # tentative after add_host): what a daemon started at boot or on link-up meets.
         self.dad_transmits = dad_transmits
         self.subnet: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network(subnet)
-        if ipv6_only and ipv6_subnet is not None:
-            self.subnet = ipaddress.IPv6Network(ipv6_subnet)
+        # The ULA of IPv6-only LANs, and of dual-stack / IPv6-only hosts on an IPv4 LAN.
+        self.ipv6_subnet = ipaddress.IPv6Network(ipv6_subnet) if ipv6_subnet else None
+        if ipv6_only and self.ipv6_subnet is not None:
+            self.subnet = self.ipv6_subnet
         self.runid = _new_runid()
         self.switch_ns = PREFIX + self.runid
         self.hosts: dict[str, Host] = {}
@@ -579,13 +599,25 @@ class Lan:
             ],
         )
 
-    def _next_address(self) -> IPInterface:
-        used = {i.ip for h in self.hosts.values() for i in h.interfaces}
+    def _next_number(self) -> int:
+        """The lowest host number from .11 up that no host uses in either family (so a
+        dual-stack host is 10.77.0.N and fd77::N with the same N)."""
+        nets = [self.subnet] + ([self.ipv6_subnet] if self.ipv6_subnet is not None else [])
+        used = {
+            int(i.ip) - int(n.network_address)
+            for h in self.hosts.values()
+            for i in h.interfaces
+            for n in nets
+            if i.ip in n
+        }
         for number in range(_FIRST_HOST_NUMBER, min(self.subnet.num_addresses - 1, 1 << 16)):
-            ip = self.subnet.network_address + number
-            if ip not in used:
-                return ipaddress.ip_interface(f"{ip}/{self.subnet.prefixlen}")
+            if number not in used:
+                return number
         raise NetnsError(f"no free address left in {self.subnet}")
+
+    def _next_address(self) -> IPInterface:
+        ip = self.subnet.network_address + self._next_number()
+        return ipaddress.ip_interface(f"{ip}/{self.subnet.prefixlen}")
 
     @property
     def link_local_only(self) -> bool:
@@ -593,7 +625,12 @@ class Lan:
         return self.ipv6_only and self.subnet.version == 4
 
     def add_host(
-        self, name: str, address: str | None = None, *, extra_addresses: Sequence[str] = ()
+        self,
+        name: str,
+        address: str | None = None,
+        *,
+        extra_addresses: Sequence[str] = (),
+        stack: Stack | None = None,
     ) -> Host:
         """Create host `name` (namespace ``mcc<runid>-<name>``) plugged into the switch.
 
@@ -601,6 +638,10 @@ class Lan:
         shares the wire but not the subnet); default: the next free one in the LAN's subnet
         from .11 up. `extra_addresses` are further ``"IP/prefix"`` on the same eth0. On an
         IPv6-only LAN both are IPv6 (default ``fd77::b/64`` on), and IPv4 ones are refused.
+
+        `stack` (IPv4 LANs only; see the module docstring) makes a mixed LAN: ``"dual"``
+        adds the ULA with the same host number, ``"ipv6"`` gives that ULA alone, ``"ipv4"``
+        disables IPv6 on eth0.
         """
         if self._closed:
             raise NetnsError("LAN already closed")
@@ -610,9 +651,20 @@ class Lan:
             )
         if name in self.hosts:
             raise ValueError(f"host {name!r} already exists")
+        if stack is not None and self.ipv6_only:
+            raise ValueError("stack= makes a mixed LAN: build it on an IPv4 LAN")
+        if stack in ("ipv6", "dual") and self.ipv6_subnet is None:
+            raise ValueError(f"stack={stack!r} needs the LAN's ipv6_subnet")
         interfaces: list[IPInterface] = []
         if address:
             interfaces.append(ipaddress.ip_interface(address))
+        elif stack in ("ipv6", "dual"):
+            assert self.ipv6_subnet is not None
+            number = self._next_number()
+            if stack == "dual":
+                interfaces.append(self._next_address())
+            ip6 = self.ipv6_subnet.network_address + number
+            interfaces.append(ipaddress.ip_interface(f"{ip6}/{self.ipv6_subnet.prefixlen}"))
         elif not self.link_local_only:
             interfaces.append(self._next_address())
         interfaces += [ipaddress.ip_interface(a) for a in extra_addresses]
@@ -620,15 +672,17 @@ class Lan:
         for iface in interfaces:
             if iface.ip in taken:
                 raise ValueError(f"address {iface.ip} already used on this LAN")
-            if self.ipv6_only and iface.version != 6:
-                raise ValueError(f"{iface}: this LAN is IPv6-only")
+            if (self.ipv6_only or stack == "ipv6") and iface.version != 6:
+                raise ValueError(f"{iface}: this host is IPv6-only")
+            if stack == "ipv4" and iface.version != 4:
+                raise ValueError(f"{iface}: this host is IPv4-only")
             if not iface.ip.is_private or iface.ip.is_loopback or iface.ip.is_link_local:
                 raise ValueError(
                     f"{iface}: use a private test range such as 10.77.x.0/24 or fd77::/64"
                 )
         ns = f"{self.switch_ns}-{name}"
         port = f"p{len(self.hosts)}"
-        host = Host(self, name, ns, port, interfaces)
+        host = Host(self, name, ns, port, interfaces, stack)
         self.hosts[name] = host  # registered first so close() cleans up a half-built host
         _ip("netns", "add", ns)
         # Both veth ends are created directly inside their namespaces: never in the root one.
@@ -650,6 +704,8 @@ class Lan:
         dad = {f"net/ipv6/conf/{IFNAME}/accept_dad": 1 if self.dad_transmits else 0}
         if self.dad_transmits:
             dad[f"net/ipv6/conf/{IFNAME}/dad_transmits"] = self.dad_transmits
+        if stack == "ipv4":  # no IPv6 at all on eth0: not even the kernel's fe80::
+            dad[f"net/ipv6/conf/{IFNAME}/disable_ipv6"] = 1
         self._sysctl(ns, dad)
         _ip(
             netns=ns,
@@ -663,7 +719,7 @@ class Lan:
                 f"link set {IFNAME} up",
                 # No default route exists; mDNS stacks binding 0.0.0.0 need a multicast route.
                 # An IPv6-only host gets no IPv4 route at all (ff00::/8 is the kernel's).
-                *([] if self.ipv6_only else [f"route add {MCAST_ROUTE} dev {IFNAME}"]),
+                *([] if host.ipv4_less else [f"route add {MCAST_ROUTE} dev {IFNAME}"]),
             ],
         )
         _ip(netns=self.switch_ns, batch=[f"link set {port} master br0", f"link set {port} up"])

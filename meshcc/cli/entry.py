@@ -14,7 +14,7 @@ import sys
 
 # Keep in sync with cli.COMMANDS (a test checks it); listed here so that
 # dispatching a compile does not import the CLI.
-COMMANDS = frozenset({"daemon", "doctor", "hosts", "setup", "stats", "top", "zipapp"})
+COMMANDS = frozenset({"cache", "daemon", "doctor", "hosts", "setup", "stats", "top", "zipapp"})
 _CLI_FLAGS = frozenset({"-h", "--help", "--version"})
 
 

@@ -12,6 +12,13 @@ On a box with no ``cc`` at all (a LiveCD: its daemon is a mesh-only node) the de
 ``--cc cc`` cannot be checked: the peers are listed without a compiler check, and stderr
 says so. A ``--cc`` given by name or path that does not exist is still an error.
 
+``--explain`` shows, beside each peer's verdict, its live load as the daemon's load
+channel knows it (free slots of its jobs, compiles running and waiting there, measured
+speed, and the share of its slots promised to this box's clients, with how many of them
+are held), and this box's own figures: what the lease broker weighs, so a user sees why
+a peer gets the jobs it gets. A peer without live figures (a stock distccd, an older
+meshcc, silent for the stale time, or no daemon here) shows its mDNS hint instead.
+
 Exit status: 0 when the line has at least one host; 1 when it is empty (stderr says
 why) or on an error.
 """
@@ -166,6 +173,75 @@ def _host_names(verdicts: list[dict[str, object]]) -> list[str]:
     return names
 
 
+def rate(bytes_per_s: int) -> str:
+    """A measured speed for a table cell: ``850 kB/s``, ``1.2 MB/s``; ``?`` when the
+    peer has not measured one yet (no compile since it started)."""
+    if bytes_per_s <= 0:
+        return "?"
+    if bytes_per_s < 1000:
+        return f"{bytes_per_s} B/s"
+    if bytes_per_s < 999_500:  # what rounds to 1000 kB/s reads better as 1.0 MB/s
+        return f"{bytes_per_s / 1000:.0f} kB/s"
+    return f"{bytes_per_s / 1_000_000:.1f} MB/s"
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def peer_load(
+    verdict: dict[str, object], status: control.StatusReply
+) -> control.PeerLoadInfo | None:
+    """The peer's live load: the daemon's copy in the verdict, else the status reply's
+    list (by peer key); None when the daemon has no fresh record of it."""
+    live = verdict.get("load")
+    if isinstance(live, dict):
+        return control.PeerLoadInfo.from_message(live)
+    key = control.verdict_peer(verdict).get("key")
+    return next((info for info in status.loads if key and info.key == key), None)
+
+
+def load_cells(
+    verdict: dict[str, object], status: control.StatusReply
+) -> tuple[str, str, str, str, str]:
+    """(FREE, RUN, WAIT, SPEED, SHARE) of one row. FREE is ``free/jobs``; SHARE is
+    ``held/promised``: this box's clients hold ``held`` of the slots the peer promised
+    them. Without live figures: the ``free`` its mDNS record announced (``~``: a hint
+    republished at most every 30 s), or its job limit, and ``-`` for the rest."""
+    info = peer_load(verdict, status)
+    if info is not None:
+        return (
+            f"{info.free}/{info.jobs}",
+            str(info.running),
+            str(info.queued),
+            rate(info.speed),
+            f"{info.held}/{info.share}",
+        )
+    peer = control.verdict_peer(verdict)
+    limit = _int(peer.get("limit")) or _int(peer.get("jobs"))
+    free = _int(peer.get("free"))
+    hint = f"~{free if free is not None else limit}/{limit}" if limit is not None else "-"
+    return hint, "-", "-", "-", "-"
+
+
+def this_box(status: control.StatusReply) -> str | None:
+    """This box's own line (the broker counts it as one more peer); None without a
+    daemon's figures."""
+    if status.free is None:
+        if not status.jobs:
+            return None
+        return (
+            f"{status.jobs} jobs, {status.running} running (no live-load channel: "
+            "discovery off); its clients hold "
+            f"{status.leases} lease{'s' if status.leases != 1 else ''}, {status.queued} waiting"
+        )
+    return (
+        f"{status.free}/{status.jobs} free, {status.running} running, "
+        f"{status.slot_waiting} waiting, {rate(status.speed)} per job; its clients hold "
+        f"{status.leases} lease{'s' if status.leases != 1 else ''}, {status.queued} waiting"
+    )
+
+
 def empty_reason(reply: control.HostsReply) -> str:
     """Why the line is empty, for stderr."""
     n = len(reply.verdicts)
@@ -189,8 +265,14 @@ def print_explain(reply: control.HostsReply, where: str, out: TextIO = sys.stdou
         f"allowed:   {', '.join(st.allowed) or 'nothing'} ({st.allowed_source or '?'})",
         f"compiler:  {reply.compiler or 'any (no compiler check)'}",
     ]
-    rows = [("HOST", "ADDRESS", "TOOLCHAINS", "USE", "REASON")]
+    mine = this_box(st)
+    if mine is not None:
+        lines.append(f"this box:  {mine}")
+    rows: list[tuple[str, ...]] = [
+        ("HOST", "ADDRESS", "TOOLCHAINS", "USE", "FREE", "RUN", "WAIT", "SPEED", "SHARE", "REASON")
+    ]
     verdicts = list(reply.verdicts)
+    live = 0
     for v, name in zip(verdicts, _host_names(verdicts), strict=True):
         peer = control.verdict_peer(v)
         addresses = peer.get("addresses")
@@ -198,24 +280,55 @@ def print_explain(reply: control.HostsReply, where: str, out: TextIO = sys.stdou
             ", ".join(map(str, addresses)) if isinstance(addresses, list) else ""
         )
         kind = "" if peer.get("kind") != "distcc" else " (distccd)"
+        cells = load_cells(v, st)
+        live += cells[1] != "-"
         rows.append(
             (
                 f"{name}{kind}",
                 addr or "-",
                 _toolchains(peer),
                 "in" if v.get("included") else "out",
+                *cells,
                 str(v.get("reason") or ""),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    last = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(last)]
     for r in rows:
         lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+            "  ".join(c.ljust(w) for c, w in zip(r[:last], widths, strict=True)) + "  " + r[last]
         )
     if len(rows) == 1:
         lines.append("(no peers seen)")
     lines.append(f"DISTCC_HOSTS: {with_localhost(reply.line) or '(empty)'}")
+    if len(rows) > 1:
+        lines += _legend(live, len(rows) - 1, st)
     print("\n".join(lines), file=out)
+
+
+def _legend(live: int, peers: int, status: control.StatusReply) -> list[str]:
+    """How to read the load columns and the order, under the table."""
+    out = [
+        "load:      FREE free/jobs, RUN compiles running, WAIT jobs waiting there, SPEED "
+        "measured per job; SHARE held/promised: its slots this box's clients hold / may hold",
+    ]
+    if live < peers:
+        source = (
+            "no daemon here"
+            if status.free is None and not status.jobs
+            else "stock distccd, an older meshcc, or silent for 2 s"
+        )
+        out.append(
+            f"           ~N/J: no live load ({source}): the free slots its mDNS record "
+            "announced (republished at most every 30 s)"
+        )
+    out += [
+        "order:     the line ranks peers by fewest recent failures, most free slots "
+        "(announced), most jobs, lowest probe RTT;",
+        "           meshcc-gcc's leases weigh the live load: of two candidates drawn by "
+        "free share x speed (this box one of them), the faster",
+    ]
+    return out
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -120,6 +120,7 @@ COMMANDS: dict[
         "how this box's compiles ended (remote, local, fallback, refused, busy) and why",
         *_delegate("stats"),
     ),
+    "cache": ("this box's result cache: stats, or clear it", *_delegate("cache")),
     "setup": ("configure Portage or a masquerade directory for the mesh", *_delegate("setup")),
     "top": ("live view of the mesh's peers and this box's compiles", *_delegate("top")),
     "zipapp": (

@@ -150,8 +150,13 @@ def run(ns: argparse.Namespace) -> int:
         print(f"meshcc stats: {e}", file=sys.stderr)
         return 1
     snap.pop("ok", None)
+    from meshcc.cli.cache import daemon_figures, render_figures
+
+    cache = daemon_figures()  # the daemon's result cache, from its status port (or None)
     if ns.json:
-        print(json.dumps(snap, indent=1))
+        print(json.dumps(dict(snap, result_cache=cache), indent=1))
     else:
         print(render(snap))
+        if cache is not None:
+            print(render_figures(cache))
     return 0

@@ -36,8 +36,7 @@ with ``__slots__``, no dataclasses or enum.
 
 from __future__ import annotations
 
-import os  # for the pure W* wait-status macros; already loaded at start-up
-
+from meshcc import posixenv as os  # the pure W* wait-status macros, without importing os
 from meshcc.exitcodes import (
     EXIT_BAD_HOSTSPEC,
     EXIT_CONNECT_FAILED,
@@ -51,6 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Mapping
 
 
+# == meshcc.transport.client.DEFAULT_IO_TIMEOUT (a test keeps them equal): parsed here, so
+# that the wrapper imports the transport (~2.5 ms of imports) only once cpp is running.
+DEFAULT_IO_TIMEOUT = 300.0
 MAX_REMOTE_ATTEMPTS_NO_BACKOFF = 3  # distcc master's cap when backoff is disabled (#438)
 # BUSY answers taken for one job before it stops asking (the mesh stayed full all along:
 # every answer came at once, and the daemon made us wait between them if all were busy).
@@ -88,6 +90,19 @@ class Settings:
 
     def __repr__(self) -> str:
         return f"Settings(fallback={self.fallback}, skip_local_retry={self.skip_local_retry})"
+
+
+def parse_io_timeout(value: str | None) -> float:
+    """``DISTCC_IO_TIMEOUT`` in seconds; ValueError (a user-facing message) if not > 0."""
+    if value is None or value == "":
+        return DEFAULT_IO_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):  # also false for NaN
+        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} must be a positive number of seconds")
+    return seconds
 
 
 # --------------------------------------------------------------------------- actions

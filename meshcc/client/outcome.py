@@ -24,9 +24,7 @@ Set ``MESHCC_STATS=0`` to send nothing.
 
 from __future__ import annotations
 
-import os
-
-from meshcc.wire.outcome import encode, encode_attempt, report_socket_path
+from meshcc import posixenv as os  # os without its import cost (see there)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.client.decisions import CompileLocally, Fail
 
 ROOT_SOCKET = "/run/meshcc/control.sock"  # == meshcc.wire.control.ROOT_SOCKET (tested)
+# == meshcc.wire.outcome.SUFFIX (tested): that codec is imported only when a daemon's
+# socket is there to send to (~0.5 M instructions saved on every compile without one).
+STATS_SUFFIX = ".stats"
 
 _last_failure: tuple[str, str] | None = None  # (host, why): one compile per process
 
@@ -83,9 +84,11 @@ def _send(outcome: str | None, host: str, reason: str) -> None:
         return
     try:
         for control in control_paths(env):
-            path = report_socket_path(control)
+            path = control + STATS_SUFFIX
             if not _trusted(path, env):
                 continue
+            from meshcc.wire.outcome import encode, encode_attempt
+
             if outcome is None:
                 data = encode_attempt(host, reason)
             else:

@@ -10,14 +10,20 @@ POSIX record locks belong to the *process*: a second lock on the same file from 
 process always succeeds, and closing *any* descriptor of the file drops the lock. So this
 module remembers the slots this process holds and never opens a held lock file again.
 
-Kept import-light (os, fcntl, time): the compile wrapper imports it on every compile.
+Kept import-light (posix through :mod:`meshcc.posixenv`, time): the compile wrapper imports
+it on every compile. The lock is taken with ``posix.lockf(fd, F_TLOCK, 0)`` rather than
+``fcntl.lockf``: the same ``fcntl(F_SETLK, F_WRLCK)`` from the file's current offset (0, the
+file is never read or written) to its end and beyond, i.e. the whole file as distcc locks
+it, without loading the ``fcntl`` extension module on every compile.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
+from posix import F_TLOCK as _F_TLOCK
+from posix import lockf as _lockf
+
+from meshcc import posixenv as os  # os without its import cost (see there)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,7 +138,7 @@ def try_lock(lockdir: str, lock_name: str, index: int) -> Slot | None:
     except OSError as e:
         raise DistccDirError(f"cannot open lock file {path}: {e.strerror}") from None
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fcntl(F_SETLK, F_WRLCK), whole file
+        _lockf(fd, _F_TLOCK, 0)  # fcntl(F_SETLK, F_WRLCK) from offset 0: the whole file
     except OSError:
         os.close(fd)
         return None

@@ -14,8 +14,7 @@ monitor is a convenience and never fails a compile.
 
 from __future__ import annotations
 
-import os
-
+from meshcc import posixenv as os  # os without its import cost (see there)
 from meshcc.wire import distccstate as fmt
 from meshcc.wire.distccstate import (
     BLOCKED,

@@ -29,15 +29,22 @@ local slot locks; the daemon only hands out remote slots.
 
 The real output path is only ever written by renaming a complete temp file that sits
 beside it, so an interrupted or failed job never leaves a truncated object behind.
+
+``MESHCC_VERBOSE=1`` ends each remote job with one ``timeline`` line: the interpreter's own
+start-up (``python``, CPU ms before this module ran), then each phase's start and end in ms
+from this module's start: ``lease`` (slot lock or daemon lease), ``cpp``, ``connect`` (and
+the request head), ``send`` (LZO and the body), ``wait`` (the server's part, up to the
+first reply byte; the daemon's debug log splits it), ``receive``, ``write``, and ``end``.
+Unset, each mark costs a global load and a test.
 """
 
 from __future__ import annotations
 
-import os
-import stat as _stat  # already loaded by os at start-up
+import _stat  # the C module (the stat module is Python code over it)
 import sys
 import time
 
+from meshcc import posixenv as os  # os without its import cost (~5.6 M instructions)
 from meshcc.client import state as _state
 from meshcc.defaults import LOCAL_SLOTS, LOCAL_SLOTS_CPP
 
@@ -98,6 +105,41 @@ _IMPLICIT_SUFFIXES = (
 
 _PID = os.getpid()
 _T0 = time.monotonic()
+_PY_MS = time.process_time() * 1000  # the interpreter's start-up, for the timeline
+
+# The per-job timeline (MESHCC_VERBOSE=1): phase -> (start, end) in time.monotonic()
+# seconds. None when not verbose, so each mark costs one global load and a test.
+_marks: dict[str, list[float]] | None = None
+# The phases in the order the line prints them (issue 12's names; the daemon's debug log
+# has the server's half: accept, read, dir, spawn, compile, reply).
+_PHASES = ("lease", "cpp", "connect", "send", "wait", "receive", "write")
+
+
+def _mark(phase: str, end: bool = False) -> None:
+    """Note the start (or, with ``end``, the end) of ``phase`` for the timeline line."""
+    marks = _marks
+    if marks is not None:
+        now = time.monotonic()
+        if end:
+            marks.setdefault(phase, [now, now])[1] = now
+        else:
+            marks[phase] = [now, now]
+
+
+def _timeline(source: str, where: str) -> str:
+    """One line: each phase's start and end in ms from the wrapper's start, and what came
+    before it (``python``: the interpreter's own CPU ms before meshcc's code ran, read
+    from the process's CPU clock: start-up does no I/O, so that is its wall time too)."""
+    marks = _marks or {}
+    parts = [f"timeline {source} on {where}: python {_PY_MS:.1f}"]
+    for phase in _PHASES:
+        span = marks.get(phase)
+        if span is not None:
+            a, b = ((t - _T0) * 1000 for t in span)
+            parts.append(f"{phase} {a:.1f}-{b:.1f}")
+    cpu = time.process_time() * 1000
+    parts.append(f"end {(time.monotonic() - _T0) * 1000:.1f} (ms from client start; cpu {cpu:.1f})")
+    return " ".join(parts)
 
 
 class _Interrupted(BaseException):
@@ -116,7 +158,7 @@ class _Log:
 
     __slots__ = ("_fd", "path", "verbose")
 
-    def __init__(self, environ: os._Environ[str]) -> None:
+    def __init__(self, environ: os.Env) -> None:
         self.verbose = environ.get("MESHCC_VERBOSE") == "1" or environ.get("DISTCC_VERBOSE") == "1"
         self.path = environ.get("DISTCC_LOG") or None
         self._fd = -1
@@ -198,7 +240,7 @@ class _Invocation:
         self.exec_path = exec_path  # what to exec (a name for PATH lookup, or a path)
 
 
-def _invocation(argv: Sequence[str], environ: os._Environ[str]) -> _Invocation:
+def _invocation(argv: Sequence[str], environ: os.Env) -> _Invocation:
     """Work out the compiler from argv[0] (script name, ``meshcc``, or a masquerade link)."""
     arg0 = argv[0] if argv else "meshcc"
     base = os.path.basename(arg0)
@@ -230,10 +272,22 @@ def _invocation(argv: Sequence[str], environ: os._Environ[str]) -> _Invocation:
 
 
 def which(name: str, path: str | None = None, *, skip_real: str | None = None) -> str | None:
-    """:func:`meshcc.hostos.which`, imported when first needed."""
-    from meshcc.hostos import which
+    """:func:`meshcc.hostos.which`, the same search; done here unless ``skip_real`` is
+    given (a masquerade link), since hostos imports ``os`` (~5.6 M instructions) and the
+    lease path asks this on every compile. A test keeps the two in agreement."""
+    if skip_real is not None:
+        from meshcc.hostos import which
 
-    return which(name, path, skip_real=skip_real)
+        return which(name, path, skip_real=skip_real)
+    if "/" in name:
+        return name
+    if path is None:
+        path = os.environ.get("PATH", os.defpath)
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 class _Fatal(Exception):
@@ -494,6 +548,7 @@ class _Run:
             (os.POSIX_SPAWN_DUP2, w, 2),
         ]
         self.cpp_ms = time.monotonic()
+        _mark("cpp")
         try:
             pid = _spawn(self.inv.exec_path, cpp, actions)
         except OSError as e:
@@ -524,6 +579,7 @@ class _Run:
             self.cpp_err_fd = -1
             self.cpp_stderr = b"".join(chunks)
             _, self.cpp_status = os.waitpid(self.cpp_pid, 0)
+            _mark("cpp", True)
             self.children.remove(self.cpp_pid)
             self.cpp_ms = (time.monotonic() - self.cpp_ms) * 1000
             self.release(self.cpp_slot)  # distcc frees the cpp slot before sending DOTI
@@ -676,7 +732,7 @@ def _local_slot(log: _Log, lockdir: str | None, nslots: int) -> Slot | None:
     return slot
 
 
-def _hosts_or_none(env: os._Environ[str]) -> object | None:
+def _hosts_or_none(env: os.Env) -> object | None:
     """The host list only for its --localslots settings; None on any problem."""
     hosts = env.get("DISTCC_HOSTS")
     if hosts is not None and "--localslots" not in hosts:
@@ -730,8 +786,10 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
     try:
         if not slot_first:
             note(_state.CONNECT, host.host, slot)
+            _mark("connect")
             conn.connect()
             conn.send_head(argv)
+            _mark("connect", True)
             log.debug(
                 f"connected to {conn.where} (protocol {version}) in "
                 f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
@@ -750,9 +808,11 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         if slot_first:
             t0 = time.monotonic()
             note(_state.CONNECT, host.host, slot)
+            _mark("connect")
             conn.connect()
             conn.reserve_slot()  # client.Busy at once if every job slot is taken
             conn.send_head(argv)
+            _mark("connect", True)
             log.debug(
                 f"connected to {conn.where} (protocol {version}), job slot reserved in "
                 f"{(time.monotonic() - t0) * 1000:.1f} ms; request head sent"
@@ -760,9 +820,13 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         t1 = time.monotonic()
         note(_state.SEND, host.host, slot)
         codec = _pick_codec(host, codecs, len(data), run.env.get("MESHCC_CODEC")) if codecs else ""
+        _mark("send")
         conn.send_source(data, codec)
+        _mark("send", True)
+        _mark("wait")
         note(_state.COMPILE)
         reply = conn.read_reply(on_data=_note_receive)
+        _mark("receive", True)
         if isinstance(host, _Leased):
             host.link = conn.link_sample()  # reported with the lease's done
         if run.keep_temps:
@@ -809,6 +873,9 @@ def _codec_note(host: object, codec: str) -> str:
 
 
 def _note_receive() -> None:
+    """The first reply bytes: the server's part is over."""
+    _mark("wait", True)
+    _mark("receive")
     _state.note(_state.RECEIVE)
 
 
@@ -1137,7 +1204,6 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     """
     from meshcc.client import decisions, slots
     from meshcc.exitcodes import EXIT_BAD_ARGUMENTS
-    from meshcc.transport import client
 
     env = os.environ
     settings = decisions.Settings.from_environ(env)
@@ -1145,7 +1211,7 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     run = _Run(inv, job, log, settings)
 
     try:
-        io_timeout = client.parse_io_timeout(env.get("DISTCC_IO_TIMEOUT"))
+        io_timeout = decisions.parse_io_timeout(env.get("DISTCC_IO_TIMEOUT"))
     except ValueError as e:
         raise _Fatal(str(e), EXIT_BAD_ARGUMENTS) from None
 
@@ -1187,7 +1253,6 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
     """Try hosts from ``pool`` until one compiles the job, then finish as ``plan`` says."""
     from meshcc.client import decisions
     from meshcc.compiler import args
-    from meshcc.transport import client
 
     job = run.job
     log = run.log
@@ -1196,15 +1261,21 @@ def _run_job(run: _Run, pool: HostPool[TargetT, HeldT], plan: Plan, io_timeout: 
         _sig.signal(signum, _on_signal)
 
     remote_argv = [os.fsencode(a) for a in args.remote_argv(job)]
+    if os.environ.get("MESHCC_CACHE") == "0":  # no result cache for this build (meshcc.cache)
+        remote_argv.append(b"-D__MESHCC_NO_CACHE__")  # = NO_CACHE_ARG; gcc ignores it on .i
     if run.keep_temps:  # distcc makes this file before choosing a host
         run.save_server_stderr(b"")
     try:
         while True:
+            _mark("lease")
             picked = pool.acquire()
+            _mark("lease", True)
             if picked is None:
                 break
             host, held = picked
             _begin_cpp(run, pool)
+            from meshcc.transport import client  # while cpp runs: off the job's critical path
+
             name = getattr(host, "compiler", None)  # a lease names the peer's compiler
             argv = remote_argv if name is None else [os.fsencode(name), *remote_argv[1:]]
             # a distcc slot lock's number, else the one a lease was given
@@ -1271,7 +1342,9 @@ def _handle_reply(
     if isinstance(act, decisions.Deliver):
         assert job.output is not None
         try:
+            _mark("write")
             run.write_output(job.output, reply.obj)
+            _mark("write", True)
         except OSError as e:
             unwritable = plan.output_unwritable(job.output, e.strerror or str(e))
             _compile_locally(run, unwritable, pool, host, held)
@@ -1284,10 +1357,12 @@ def _handle_reply(
             f"{job.source} compiled on {host.spec}: {job.output} ({len(reply.obj)} bytes); "
             f"cpp {run.cpp_ms:.1f} ms, total {(time.monotonic() - _T0) * 1000:.1f} ms"
         )
+        log.debug(_timeline(job.source or "?", host.spec))
         return code
 
     if isinstance(act, decisions.Finish):
         log.debug(f"remote compile on {host.spec} failed with exit {act.code}; no local retry")
+        log.debug(_timeline(job.source or "?", host.spec))
         _report("remote", host, f"compile error (exit {act.code})")
         return _finish(run, pool, host, held, act, reply)
 
@@ -1364,8 +1439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Compile as distcc would; returns the exit code (or execs the compiler)."""
     if argv is None:
         argv = sys.argv
+    global _marks
     env = os.environ
     log = _Log(env)
+    if log.verbose:
+        _marks = {}
     try:
         inv = _invocation(argv, env)
         level = env.get("_DISTCC_SAFEGUARD", "")
@@ -1397,6 +1475,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + _sig.SIGINT
     finally:
         _state.end()  # distcc's atexit(dcc_remove_state_file)
+
+
+def launch() -> NoReturn:
+    """The launchers' entry point (``meshcc-gcc`` ...): :func:`main`, then ``os._exit``.
+
+    Why not ``sys.exit(main())``: a compile client ends with nothing left to do (temp
+    files removed, slots and leases released, the state file gone, all output written
+    with ``os.write``), yet the interpreter's teardown (freeing every module, a last
+    garbage collection) costs ~6-10 M instructions per compile, a third of meshcc's own
+    CPU on a remote job. The cyclic garbage collector is off for the same reason: one
+    short process allocates little and frees everything at exit (its collections during
+    the imports cost ~2 M instructions). In-process callers (tests, ``meshcc gcc``)
+    use :func:`main`, which keeps both."""
+    import gc
+
+    gc.disable()
+    code = main(sys.argv)
+    for stream in (sys.stdout, sys.stderr):  # nothing writes there today; be safe
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code & 0xFF)
 
 
 def _local_only(inv: _Invocation, job: Job, log: _Log) -> NoReturn:

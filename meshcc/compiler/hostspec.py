@@ -44,8 +44,7 @@ it part of the host name); an SSH host name may not start with ``-`` (ssh would 
 an option) nor contain a second ``@``.
 """
 
-import os
-
+from meshcc import posixenv as os  # os without its import cost (the compile client's path)
 from meshcc.defaults import (
     DISTCC_PORT,
     LOCAL_SLOTS,
@@ -367,7 +366,7 @@ def parse_hosts(text: str, source: str = "DISTCC_HOSTS") -> HostList:
 
 
 def load_hosts(
-    environ: "os._Environ[str] | dict[str, str] | None" = None, system_file: str = SYSTEM_HOSTS_FILE
+    environ: "os.Env | dict[str, str] | None" = None, system_file: str = SYSTEM_HOSTS_FILE
 ) -> HostList:
     """Find and parse the host list the way distcc 3.4 does (``system_file`` is for tests)."""
     env = os.environ if environ is None else environ

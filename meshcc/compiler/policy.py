@@ -55,7 +55,7 @@ NATIVE_REFUSAL = (
     "{} would select the server's CPU, not the client's; a meshcc client sends the "
     "options it resolves to instead"
 )
-_NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
+_NATIVE = cmdline.NATIVE_OPTIONS
 
 # Languages the server accepts after -x. The plain ones are rewritten to *-cpp-output.
 ALLOWED_LANGUAGES = frozenset(
@@ -73,13 +73,7 @@ ALLOWED_LANGUAGES = frozenset(
 )
 _D_ALLOWED = frozenset(("-dA", "-dp", "-dP"))
 _AUX_NAMES = frozenset(("-dumpdir", "-dumpbase", "-dumpbase-ext", "-auxbase", "-auxbase-strip"))
-_PROFILE = (
-    "-fprofile-",
-    "--coverage",
-    "-ftest-coverage",
-    "-fauto-profile",
-    "-fbranch-probabilities",
-)
+_PROFILE = cmdline.PROFILE_PREFIXES
 _EXTRA_FILE = {
     "-gsplit-dwarf": "writes a .dwo file beside the object that the protocol cannot return",
     "-fstack-usage": "writes a .su file beside the object that the protocol cannot return",

@@ -8,7 +8,7 @@ and write against both buffers), so with it the client never imports lzallright 
 
 Why ``_ctypes`` and not ``ctypes``: ``import ctypes`` costs ~2.5-5 ms (its module defines
 every C type and imports ``struct``), as much as the compression it saves; the C module
-under it costs ~0.5-0.9 ms. This module defines the four C types it needs itself. Every
+under it costs ~0.5-0.9 ms. This module defines the three C types it needs itself. Every
 step is checked when the library is loaded (``lzo_init`` compares our idea of the ABI's
 type sizes with the library's); anything unexpected there, including a future Python
 whose ``_ctypes`` differs, makes ``load()`` return None and meshcc uses lzallright.
@@ -41,10 +41,6 @@ class _Int(_SimpleInt):
     _type_ = "i"
 
 
-class _UInt(_SimpleInt):
-    _type_ = "I"
-
-
 class _SizeT(_SimpleInt):
     """lzo_uint is size_t, which Linux ABIs (LP64 and ILP32) make unsigned long."""
 
@@ -55,10 +51,6 @@ class _Char(_SimpleBytes):
     _type_ = "c"
 
 
-class _VoidP(_SimpleInt):
-    _type_ = "P"
-
-
 class _IntFn(_c.CFuncPtr):
     """A C function returning int; ctypes releases the GIL around the call."""
 
@@ -66,12 +58,10 @@ class _IntFn(_c.CFuncPtr):
     _restype_ = _Int
 
 
-class _UIntFn(_c.CFuncPtr):
-    _flags_ = _c.FUNCFLAG_CDECL
-    _restype_ = _UInt
-
-
-_PTR = _c.sizeof(_VoidP)
+# A pointer is as wide as a long on every Linux ABI (LP64, ILP32); lzo_init checks it.
+# (Each ctypes type defined here costs ~0.25 M instructions per compile, hence so few:
+# lzo_version's unsigned result and lzo_init's unsigned argument travel as int.)
+_PTR = _c.sizeof(_SizeT)
 # LZO1X_1_MEM_COMPRESS: 16384 dictionary entries of one pointer each (lzo_sizeof_dict_t).
 _WRKMEM = 16384 * _PTR
 
@@ -141,7 +131,7 @@ class LibLzo2:
 
 def _abi_ok(handle: int) -> bool:
     """lzo_init(): the library checks our idea of its ABI (type sizes) against its own."""
-    version = _UIntFn(_c.dlsym(handle, "lzo_version"))()
+    version = _IntFn(_c.dlsym(handle, "lzo_version"))()
     init = _IntFn(_c.dlsym(handle, "__lzo_init_v2"))
     sizes = (
         2,  # short
@@ -154,7 +144,7 @@ def _abi_ok(handle: int) -> bool:
         _PTR,  # lzo_voidp
         6 * _PTR,  # lzo_callback_t: six pointers
     )
-    return bool(init(_UInt(version), *(_Int(s) for s in sizes)) == LZO_E_OK)
+    return bool(init(_Int(version), *(_Int(s) for s in sizes)) == LZO_E_OK)
 
 
 def load() -> LibLzo2 | None:

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import sys
+import time
 
 from meshcc.loglevels import NOTICE  # imports logging and registers the NOTICE level
 
@@ -119,14 +120,44 @@ def open_log_file(path: str) -> TextIO:
     return open(path, "a", buffering=1, encoding="utf-8", errors="replace")
 
 
+class _FileFormatter(logging.Formatter):
+    """logging's default timestamp (``2026-01-31 12:00:00,123``), with the date and time
+    formatted once per second rather than per record (a localtime and a strftime each)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 def configure(level: int, stream: TextIO | None = None, *, to_file: bool = False) -> None:
     """Send the ``meshcc`` loggers to ``stream`` (default stderr) at ``level``."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(logging.Formatter(_FILE_FORMAT if to_file else _STREAM_FORMAT))
+    handler.setFormatter(
+        _FileFormatter(_FILE_FORMAT) if to_file else logging.Formatter(_STREAM_FORMAT)
+    )
     _install(handler, level)
 
 
+def _lean_records() -> None:
+    """Skip what every log record would collect and no meshcc format prints: the caller's
+    file and line (a walk up the stack per record), the thread and the multiprocessing
+    process name. The logging HOWTO's "Optimization" section names these switches. The
+    daemon logs a few lines per compile job at info level: this is most of their cost."""
+    logging._srcfile = None  # no findCaller(): no %(pathname)s/%(lineno)d in our formats
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
 def _install(handler: logging.Handler, level: int) -> None:
+    _lean_records()
     root = logging.getLogger("meshcc")
     for old in list(root.handlers):
         root.removeHandler(old)

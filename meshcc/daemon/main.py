@@ -42,13 +42,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from meshcc import __version__, hostos
+from meshcc.cache.store import DiskStore
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.hostspec import with_localhost
 from meshcc.compiler.toolchain import ToolchainError, ToolchainRegistry
-from meshcc.daemon import ccache, logsetup, outcomes
+from meshcc.daemon import ccache, logsetup, outcomes, resultcache
 from meshcc.daemon.hostsfile import HostsFile
 from meshcc.daemon.settings import DaemonOptions
 from meshcc.defaults import STATUS_PORT
@@ -264,6 +265,7 @@ class _Prepared:
     pyz: bytes | None = None
     pyz_error: str = ""
     report_sock: socket.socket | None = None  # compile clients' outcomes (meshcc stats)
+    result_store: DiskStore | None = None  # the result cache's store (meshcc.cache)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -430,7 +432,8 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         cache = None
         if opts.ccache or opts.ccache_dir or opts.ccache_size:
             cache = ccache.CcacheSetup(opts)
-        note = _drop_privileges(opts.user, cache.claim if cache else None)
+        claim = resultcache.chain(cache.claim if cache else None, resultcache.claim(opts))
+        note = _drop_privileges(opts.user, claim)
         if note:
             log.log(logging.INFO if note.startswith("dropped") else logging.WARNING, "%s", note)
         tmp_parent = _check_tmpdir()
@@ -444,6 +447,30 @@ def _setup(opts: DaemonOptions) -> _Prepared:
         hint = ccache.discovery_hint(registry.skipped, cache is not None)
         if hint:
             log.log(NOTICE, "%s", hint)
+
+        def prepared(
+            compile_sock: socket.socket | None,
+            config: ServerConfig,
+            jobs: int,
+            result_store: DiskStore | None = None,
+        ) -> _Prepared:
+            """The one place the set-up's shared parts go in; only the compile side varies
+            between a compiling daemon and a mesh-only node."""
+            return _Prepared(
+                sock=compile_sock,
+                registry=registry,
+                config=config,
+                jobs=jobs,
+                control_sock=control_sock,
+                control_path=control_path,
+                hosts_file=hosts_file,
+                status_sock=status_sock,
+                pyz=pyz,
+                pyz_error=pyz_error,
+                report_sock=report_sock,
+                result_store=result_store,
+            )
+
         if not registry.toolchains:
             # Only discovery gets here (--compiler raised above): a mesh-only node, unless
             # it would have nothing at all to offer.
@@ -467,19 +494,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
                 os.environ.get("PATH", ""),
                 opts.port,
             )
-            return _Prepared(
-                None,
-                registry,
-                ServerConfig(allowed=LOOPBACK_NETWORKS, jobs=0),
-                0,
-                control_sock,
-                control_path,
-                hosts_file,
-                status_sock,
-                pyz,
-                pyz_error,
-                report_sock,
-            )
+            return prepared(None, ServerConfig(allowed=LOOPBACK_NETWORKS, jobs=0), 0)
 
         jobs = opts.jobs or hostos.default_jobs()
         config = ServerConfig(
@@ -489,6 +504,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
             job_lifetime=opts.job_lifetime,
             ccache=cache.ready() if cache else None,
         )
+        result_store = resultcache.open_store(opts)
         log.log(
             NOTICE,
             "meshcc %s daemon listening on %s",
@@ -517,19 +533,7 @@ def _setup(opts: DaemonOptions) -> _Prepared:
 
         if not compression.available(compression.Codec.LZO):
             log.log(NOTICE, "LZO unavailable (no lzallright): serving distcc protocol 1 only")
-        return _Prepared(
-            sock,
-            registry,
-            config,
-            jobs,
-            control_sock,
-            control_path,
-            hosts_file,
-            status_sock,
-            pyz,
-            pyz_error,
-            report_sock,
-        )
+        return prepared(sock, config, jobs, result_store)
     except BaseException:
         sock.close()  # closing twice (mesh-only, then a failure) is harmless
         if status_sock is not None:
@@ -582,6 +586,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             allow=opts.allow,
             accept_unverified=opts.accept_unverified,
             disabled=disabled,
+            extra_caps=resultcache.caps(prep.result_store, prep.sock, prep.status_sock),
         ),
         prep.registry.toolchains,
         opts.port,
@@ -609,24 +614,28 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     server: CompileServer | None = None
     if prep.sock is not None:
         server = CompileServer(prep.registry, config)
+        if prep.result_store is not None:
+            server.result_cache = resultcache.make_cache(
+                prep.result_store, mesh, prep.registry.toolchains, opts.cache_lookup_timeout
+            )
         await server.start(prep.sock)
     stopped = asyncio.Event()  # a mesh-only node has no server to wait for
 
     def status() -> control.StatusReply:
-        return mesh.status.reply(
-            version=__version__,
-            node=mesh.status.node_id or socket.gethostname(),
-            peers=len(mesh.snapshot()),
-            jobs=prep.jobs,
-            running=server.running_compiles if server is not None else 0,
-            port=opts.port,
-            socket=prep.control_path,
-            leases=control_server.broker.held,
-            queued=len(control_server.broker.waiters),
-            slots_held=server.slots_held if server is not None else 0,
-            slot_waiting=server.waiting_for_slot if server is not None else 0,
-            **_load_status(mesh),
-        )
+        figures: control.DaemonFigures = {
+            "version": __version__,
+            "peers": len(mesh.snapshot()),
+            "jobs": prep.jobs,
+            "running": server.running_compiles if server is not None else 0,
+            "port": opts.port,
+            "socket": prep.control_path,
+            "leases": control_server.broker.held,
+            "queued": len(control_server.broker.waiters),
+            "slots_held": server.slots_held if server is not None else 0,
+            "slot_waiting": server.waiting_for_slot if server is not None else 0,
+        }
+        figures.update(_load_status(mesh))
+        return mesh.status.reply(node=mesh.status.node_id or socket.gethostname(), **figures)
 
     control_server = ControlServer(
         mesh,
@@ -664,6 +673,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             pyz_error=prep.pyz_error,
             cache_line=server.cache_line if server is not None else None,
             telemetry=telemetry,
+            result_cache=server.result_cache if server is not None else None,
         )
         await status_server.start(prep.status_sock)
         log.log(
@@ -739,6 +749,8 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await control_server.stop()
+        if server is not None and server.result_cache is not None:
+            await server.result_cache.close()
         if receiver is not None:
             receiver.stop()
         if status_server is not None:
@@ -751,7 +763,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     return EXIT_OK
 
 
-def _load_status(mesh: Mesh) -> dict[str, Any]:
+def _load_status(mesh: Mesh) -> control.DaemonFigures:
     """The status reply's live-load fields (empty without the channel)."""
     book = mesh.load
     if book is None:
@@ -775,14 +787,17 @@ def _wire_load(mesh: Mesh, server: CompileServer | None, control_server: Control
     broker = control_server.broker
 
     def figures() -> tuple[int, int, int]:
-        waiting = len(broker.waiters)
+        # The server's exact counts (slots taken, requests queued for one); the broker's
+        # waiting leases go out with them (LoadBook.lease_waiting).
         if server is None:
-            return 0, waiting, 0
+            return 0, 0, 0
         speed = meter.update(server.compiled_bytes, server.compile_seconds)
-        return server.running_compiles, server.queued_jobs + waiting, speed
+        return server.slots_held, server.waiting_for_slot, speed
 
     mesh.set_load_figures(figures)
-    channel.on_update = lambda _key: broker.dispatch()
+    channel.on_update = broker.on_load
+    if server is not None:
+        server.on_slots = channel.poke  # a slot taken or freed reaches the peers at once
 
 
 class _LoadSink(Protocol):

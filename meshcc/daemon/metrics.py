@@ -239,6 +239,7 @@ class Telemetry:
             ],
             "served": served,
             "ccache": dict(getattr(server, "cache_counts", {})) if self.ccache else None,
+            "result_cache": self._result_cache_figures(),
             "clients": self.outcomes.snapshot() if self.outcomes is not None else None,
             "peer_count": peer_count,
             "peers": [self._peer_json(p) for p in peers],
@@ -353,9 +354,51 @@ class Telemetry:
                     for r in ("hit", "miss", "uncached")
                 ],
             )
+        self._result_cache_metrics(out)
         self._peer_metrics(out)
         self._client_metrics(out)
         return out.text()
+
+    def _result_cache_figures(self) -> dict[str, int] | None:
+        """The result cache's counters (meshcc.cache.service.ResultCache.figures), or None."""
+        cache = getattr(self.server, "result_cache", None)
+        return cache.figures() if cache is not None else None
+
+    def _result_cache_metrics(self, out: Exposition) -> None:
+        f = self._result_cache_figures()
+        if f is None:
+            return
+        out.family(
+            "meshcc_result_cache_jobs",
+            "counter",
+            "Served jobs by what the result cache did (hit: this daemon's store; remote_hit: "
+            "the key's home peer; off: uncacheable or the client asked for no cache).",
+            [("_total", (("result", r),), f[r]) for r in ("hit", "remote_hit", "miss", "off")],
+        )
+        out.family(
+            "meshcc_result_cache_entries",
+            "gauge",
+            "Results stored in this daemon's cache now.",
+            [("", (), f["entries"])],
+        )
+        out.family(
+            "meshcc_result_cache_bytes",
+            "gauge",
+            "Bytes of results stored in this daemon's cache now.",
+            [("", (), f["bytes"])],
+        )
+        out.family(
+            "meshcc_result_cache_evicted",
+            "counter",
+            "Results evicted to stay within the cache's size limit.",
+            [("_total", (), f["evicted"])],
+        )
+        out.family(
+            "meshcc_result_cache_corrupt",
+            "counter",
+            "Stored results that failed their hash check and were discarded.",
+            [("_total", (), f["corrupt"])],
+        )
 
     def _peer_metrics(self, out: Exposition) -> None:
         peers = self.peers()

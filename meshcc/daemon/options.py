@@ -85,6 +85,18 @@ def cache_size(value: str) -> str:
     return text
 
 
+def result_cache_size(value: str) -> int:
+    """``--cache-size``: bytes, or with a unit (2G, 500M, 1.5GiB); checked at parse time."""
+    from meshcc.cache.store import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a cache size; use e.g. 2G, 500M or 10GiB"
+        ) from None
+
+
 class VersionAction(argparse.Action):
     """``--version``: :func:`meshcc.defaults.version_text`, as distccd's (LZO probed only
     when asked: its import is not for every parse)."""
@@ -190,6 +202,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=cache_size,
         metavar="SIZE",
         help="--ccache's maximum cache size, e.g. 20G (default 5G; 0 = no limit)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="no result cache on this box: compile every job, serve no peer's lookups",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="the result cache's directory (default: $CACHE_DIRECTORY/results under "
+        "systemd, /var/cache/meshcc/results as root, else ~/.cache/meshcc/results)",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=result_cache_size,
+        metavar="SIZE",
+        help="the result cache's size limit, least recently used results go first (default 2G)",
+    )
+    p.add_argument(
+        "--cache-lookup-timeout",
+        type=seconds,
+        default=0.25,
+        metavar="SECONDS",
+        help="how long a job waits for the key's home peer before compiling (default 0.25)",
     )
     p.add_argument(
         "--user",

@@ -36,6 +36,10 @@ class DaemonOptions:
     write_hosts: str | None = None
     discovery: bool = True
     inetd: bool = False  # serve one job on stdin/stdout (meshcc.daemon.inetd)
+    cache: bool = True  # the result cache (meshcc.cache); --no-cache turns it off
+    cache_dir: str | None = None  # None: meshcc.cache.store.default_dir()
+    cache_size: int | None = None  # bytes; None: meshcc.cache.store.DEFAULT_LIMIT
+    cache_lookup_timeout: float = 0.25  # a home peer's answer, at most (a miss waits this)
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
@@ -62,6 +66,10 @@ class DaemonOptions:
             write_hosts=getattr(ns, "write_hosts", None),
             discovery=not getattr(ns, "no_discovery", False),
             inetd=bool(getattr(ns, "inetd", False)),
+            cache=not getattr(ns, "no_cache", False),
+            cache_dir=getattr(ns, "cache_dir", None),
+            cache_size=getattr(ns, "cache_size", None),
+            cache_lookup_timeout=getattr(ns, "cache_lookup_timeout", 0.25),
         )
 
     def loopback_only(self) -> bool:

@@ -29,6 +29,9 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from meshcc.cache.key import is_key
+from meshcc.cache.service import ResultCache
+from meshcc.cache.store import MAX_ENTRY, CorruptEntry
 from meshcc.daemon.metrics import OPENMETRICS, PROMETHEUS, Telemetry, wants_openmetrics
 from meshcc.transport.addresses import IPNetwork, client_allowed, normalize_client_ip, peer_ip
 from meshcc.wire.control import StatusReply
@@ -95,7 +98,9 @@ class StatusServer:
         pyz_error: str = "",
         cache_line: Callable[[], str | None] | None = None,
         telemetry: Telemetry | None = None,
+        result_cache: ResultCache | None = None,
     ) -> None:
+        self.result_cache = result_cache  # GET/PUT /cache/<key>: this daemon as a key's home
         self.pyz = pyz
         self.telemetry = telemetry or Telemetry(status)
         self.cache_line = cache_line  # --ccache: hits and misses (CompileServer.cache_line)
@@ -159,6 +164,9 @@ class StatusServer:
             await self._reply(writer, 400, b"bad request\n")
             return
         method, target = parts[0], parts[1].decode("ascii", "replace").split("?", 1)[0]
+        if target.startswith("/cache/") and self.result_cache is not None:
+            await self._cache_request(reader, writer, method, target[7:], head, client)
+            return
         if method != b"GET":
             await self._reply(writer, 405, b"only GET\n", extra="Allow: GET\r\n")
             return
@@ -197,16 +205,63 @@ class StatusServer:
         level = logging.DEBUG if target in ("/metrics", "/status.json") else logging.INFO
         log.log(level, "status port: %s fetched %s (%d bytes)", client, target, len(body))
 
+    async def _cache_request(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        method: bytes,
+        key: str,
+        head: bytes,
+        client: str,
+    ) -> None:
+        """A peer asks this daemon, the key's home, for a result (GET) or offers one (PUT).
+        Only clients inside the allowed networks get here: the same trust as a compile
+        client; a PUT's bytes are checked (hash, key, lengths) before they are stored."""
+        cache = self.result_cache
+        assert cache is not None
+        if not is_key(key):
+            await self._reply(writer, 404, b"not a cache key\n")
+            return
+        if method == b"GET":
+            blob = await cache.serve_get(key)
+            if blob is None:
+                await self._reply(writer, 404, b"no such entry\n")
+            else:
+                await self._reply(writer, 200, blob, ctype="application/octet-stream")
+            return
+        if method != b"PUT":
+            await self._reply(writer, 405, b"GET or PUT\n", extra="Allow: GET, PUT\r\n")
+            return
+        length = _header(head, b"content-length")
+        if not length.isdigit() or int(length) > MAX_ENTRY:
+            await self._reply(writer, 400, b"bad or too large Content-Length\n")
+            return
+        blob = await asyncio.wait_for(reader.readexactly(int(length)), REQUEST_TIMEOUT)
+        try:
+            stored = await cache.serve_put(key, blob)
+        except CorruptEntry as e:
+            log.warning("status port: %s pushed a bad cache entry: %s", client, e)
+            await self._reply(writer, 400, b"entry does not check out\n")
+            return
+        await self._reply(writer, 200 if stored else 503, b"stored\n" if stored else b"no\n")
+
     @staticmethod
     async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
+        # Line by line, so a PUT's body (GET /cache/... and PUT: meshcc.cache) stays in
+        # the stream for the handler; a line is bounded by the stream's limit.
         data = b""
-        while b"\r\n\r\n" not in data and b"\n\n" not in data:
-            chunk = await reader.read(MAX_REQUEST + 1 - len(data))
-            if not chunk:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # a line longer than the stream's limit
+                return None
+            if not line:
                 return data if data.endswith((b"\r\n", b"\n")) and data.strip() else None
-            data += chunk
+            data += line
             if len(data) > MAX_REQUEST:
                 return None
+            if line in (b"\r\n", b"\n"):
+                break
         return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
     @staticmethod
@@ -228,6 +283,8 @@ class StatusServer:
         cache = self.cache_line() if self.cache_line is not None else None
         if cache is not None:
             lines.append(cache)
+        if self.result_cache is not None:
+            lines.append(self.result_cache.line())
         lines += self.telemetry.summary_lines()
         lines.append("more: GET /status.json (JSON), /metrics (Prometheus)")
         if self.pyz is not None:

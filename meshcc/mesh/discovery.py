@@ -6,17 +6,26 @@ PTR expiry), and hands them to a callback; it decides nothing about peers.
 
 * One ``AsyncZeroconf`` inside the daemon's loop, bound to an explicit list of
   interfaces (never ``InterfaceChoice.All``, which would include loopback and every NIC):
-  IPv4 addresses and, where mDNS runs over IPv6 (an interface without IPv4; see
-  netif.py), that link's link-local address or its index. The IP version follows the
-  list: V4Only for IPv4 addresses alone (every dual-stack or IPv4 LAN, as before),
-  V6Only for IPv6 entries alone, All for a mix.
+  IPv4 addresses and, where mDNS runs over IPv6 (an interface with IPv6; see netif.py),
+  that link's link-local address or its index. The IP version follows the list: V4Only
+  for IPv4 addresses alone, V6Only for IPv6 entries alone (an IPv6-only box), All for a
+  mix (a dual-stack box: python-zeroconf then listens on one dual-stack socket, answers
+  on one socket per entry, and every answer carries all our A and AAAA records,
+  whichever family the question came over).
+* If the IPv6 side cannot be opened on a dual-stack box (IPv6 multicast refused, a
+  stack owning [::]:5353), mDNS falls back to IPv4 alone, with a warning in
+  :attr:`Discovery.warnings`, rather than discovery going off altogether.
 * Before opening IPv6 sockets it waits (up to ``dad_wait_s``) for duplicate address
   detection on the addresses it binds and announces: a tentative address cannot be
   bound, and python-zeroconf then only logs it and stays deaf and mute on that link.
 * Resolved addresses are ordered for dialing: IPv4, then routable IPv6 (global, ULA),
   then link-local IPv6 with its scope, the interface the answer came in on, by name
-  (``fe80::1%eth0``: getaddrinfo takes it, and so does distcc's host grammar); a
-  scope-less link-local address cannot be dialed and is dropped.
+  (``fe80::1%eth0``: getaddrinfo takes it, and so does distcc's host grammar). Dropped:
+  a scope-less link-local address (it cannot be dialed), any address the ``dialable``
+  check refuses (netif.dialable: a family this box does not have), and the link-local
+  addresses of a peer with a routable address we can dial (see :func:`_dial_order`).
+  A dual-stack peer heard over both families is one cache entry in python-zeroconf: its
+  link-local address keeps the scope of the IPv6 copy, whatever order they came in.
 * Registration uses ``cooperating_responders=True``: our instance and host names embed the
   node id, so they are unique by construction and the 1.2 s probing phase buys nothing
   (measured: peers see us in ~20-60 ms instead of ~1.2 s).
@@ -81,8 +90,17 @@ def _scope_name(scope: str) -> str:
     return scope
 
 
-def _dial_order(addresses: Sequence[str]) -> tuple[str, ...]:
-    """IPv4 first, then global/ULA IPv6, then scoped link-local (stable within each)."""
+def _dial_order(
+    addresses: Sequence[str], dialable: Callable[[str], bool] | None = None
+) -> tuple[str, ...]:
+    """IPv4 first, then global/ULA IPv6 (stable within each), leaving out what
+    ``dialable`` refuses; scoped link-local addresses only when nothing else is left.
+
+    Why link-local only as a last resort: every box on the wire shares the link-local
+    subnet, so a box announcing an IPv4 or routable address in another subnet (one the
+    allowed subnets keep out) would otherwise slip in through its fe80:: address. A peer
+    is judged by its routable addresses; fe80:: serves the peers that have none we can
+    dial (an IPv6-only box seen from an IPv4 LAN box, and the other way round)."""
     ranked: list[tuple[int, int, str]] = []
     for i, text in enumerate(addresses):
         bare, _, scope = text.partition("%")
@@ -96,7 +114,9 @@ def _dial_order(addresses: Sequence[str]) -> tuple[str, ...]:
             ranked.append((1, i, bare))
         elif scope:
             ranked.append((2, i, f"{bare}%{_scope_name(scope)}"))
-    return tuple(text for _, _, text in sorted(ranked))
+    usable = [(rank, text) for rank, _, text in sorted(ranked) if not dialable or dialable(text)]
+    routable = [text for rank, text in usable if rank < 2]
+    return tuple(routable or (text for _, text in usable))
 
 
 def _ip_version(interfaces: Sequence[str | int]) -> IPVersion:
@@ -121,7 +141,8 @@ class Discovery:
 
     ``interfaces`` lists IPv4 addresses and, for mDNS over IPv6 on a link, that link's
     IPv6 (link-local) address or its index. ``addresses`` are what the A/AAAA records
-    carry (no scopes). ``tentative`` lists the addresses still in DAD (injectable)."""
+    carry (no scopes). ``tentative`` lists the addresses still in DAD (injectable);
+    ``dialable`` filters the addresses of what we resolve (None: keep all)."""
 
     def __init__(
         self,
@@ -133,6 +154,7 @@ class Discovery:
         resolve_timeout_s: float = 1.5,
         dad_wait_s: float = 5.0,
         tentative: Callable[[], set[ipaddress.IPv6Address]] = netif.tentative_ipv6,
+        dialable: Callable[[str], bool] | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("Discovery needs at least one interface address")
@@ -143,6 +165,8 @@ class Discovery:
         self._resolve_timeout_ms = resolve_timeout_s * 1000
         self._dad_wait_s = dad_wait_s
         self._tentative = tentative
+        self._dialable = dialable
+        self.warnings: list[str] = []  # what did not work out but left discovery on
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._resolving: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -153,12 +177,7 @@ class Discovery:
     async def start(self, services: Sequence[ServiceSpec]) -> None:
         """Open the mDNS sockets, register ``services``, start browsing (OSError if impossible)."""
         await self._wait_dad()
-        try:
-            self._azc = AsyncZeroconf(
-                interfaces=list(self.interfaces), ip_version=_ip_version(self.interfaces)
-            )
-        except RuntimeError as e:  # python-zeroconf: "No adapter found for index N"
-            raise OSError(str(e)) from None
+        self._azc = self._open()
         try:
             for spec in services:
                 info = _to_info(spec, self.addresses)
@@ -200,6 +219,29 @@ class Discovery:
                 await azc.async_close()
 
     # -- internals
+
+    def _open(self) -> AsyncZeroconf:
+        """The mDNS sockets: over every family asked for or, when that fails on a
+        dual-stack box, over IPv4 alone (OSError when nothing can be opened)."""
+        version = _ip_version(self.interfaces)
+        try:
+            return AsyncZeroconf(interfaces=list(self.interfaces), ip_version=version)
+        except (OSError, RuntimeError) as e:  # RuntimeError: "No adapter found for index N"
+            if version is not IPVersion.All:
+                raise OSError(str(e)) from None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        v4 = [i for i in self.interfaces if isinstance(i, str) and ":" not in i]
+        try:
+            azc = AsyncZeroconf(interfaces=v4, ip_version=IPVersion.V4Only)
+        except (OSError, RuntimeError) as e:
+            raise OSError(str(e)) from None
+        self.interfaces = list(v4)
+        self.warnings.append(
+            f"mDNS over IPv6 failed ({why}): discovery runs over IPv4 only, so IPv6-only "
+            "peers cannot find this box"
+        )
+        log.warning("%s", self.warnings[-1])
+        return azc
 
     async def _wait_dad(self) -> None:
         """Wait until no IPv6 address we bind or announce is tentative (bounded)."""
@@ -261,7 +303,9 @@ class Discovery:
                             ServiceSeen(
                                 type_=type_,
                                 name=name,
-                                addresses=_dial_order(info.parsed_scoped_addresses()),
+                                addresses=_dial_order(
+                                    info.parsed_scoped_addresses(), self._dialable
+                                ),
                                 port=info.port,
                                 properties=dict(info.decoded_properties),
                                 server=info.server,

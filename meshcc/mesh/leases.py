@@ -351,7 +351,7 @@ class LeaseBroker:
         on each peer is computed when the channel sends (:meth:`demand`), once per round."""
         if self.load is None:
             return
-        self.load.set_local(held=self.in_use.get(LOCAL_KEY, 0))
+        self.load.set_local(held=self.in_use.get(LOCAL_KEY, 0), lease_waiting=len(self.waiters))
         if self.on_demand is not None:
             self.on_demand()
 
@@ -380,6 +380,17 @@ class LeaseBroker:
             out[key] = (0, n)
         held = self.in_use.get(LOCAL_KEY, 0)
         return out, held, held + local_want
+
+    def on_load(self, key: str) -> None:
+        """A load record from peer ``key`` arrived: serve the waiters at once (a share may
+        have grown: no polling). A share it now promises beyond our leases there, with an
+        idle slot, ends a BUSY hold on it early: the record is newer news than the BUSY."""
+        if key in self.busy_until and self.load is not None:
+            live = self.load.live(key)
+            if live is not None and live.free > 0 and live.share > self.in_use.get(key, 0):
+                del self.busy_until[key]
+        if self.waiters:
+            self.dispatch()
 
     def dispatch(self) -> None:
         """Serve waiters in order while slots last (one explain per distinct compiler)."""

@@ -28,6 +28,14 @@ announcement; each peer's records are rate-limited (``max_recv_rate``), ordered 
 (boot, seq), and clamped to the ``jobs`` the peer announced. State is per known peer
 only, so it is bounded by the peer table.
 
+Fairness, mesh-wide: each record also says how many leases the sender's clients hold on
+the whole mesh (``held_all``). A contended slot goes to the client holding the fewest in
+all (:func:`fair_fill`; ties to the one holding it here, so shares do not churn): a box
+holding both servers' only slots yields one (its share there drops below what it holds, so
+it takes no new job there) to a box holding none, while a box using one server each is left
+alone. Without that, each server alone is fair to its clients but the mesh is not: the
+holder of a slot re-takes it the instant its job ends, and the other box starves.
+
 Speed: :class:`SpeedMeter` turns the compile server's totals (bytes of preprocessed
 source compiled, seconds of compiler wall time) into an EWMA of bytes per second per job:
 job-size independent (a big file counts as more work, not as a slow host), measured by
@@ -36,6 +44,7 @@ the server itself on real jobs (whoever sent them), so every client sees the sam
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import time
@@ -54,6 +63,7 @@ __all__ = [
     "RemotePeer",
     "SpeedMeter",
     "choose",
+    "fair_fill",
     "water_fill",
 ]
 
@@ -157,6 +167,31 @@ def water_fill(
     return alloc
 
 
+def fair_fill(
+    capacity: int,
+    demands: Mapping[str, int],
+    base: Mapping[str, int] | None = None,
+    prefer: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Integer shares of ``capacity`` (each at most its demand), max-min fair over what each
+    client holds in all: ``base`` is what it holds elsewhere (other peers), so each unit goes
+    to the client with the fewest slots mesh-wide that still wants one. Ties go to those
+    holding more here (``prefer``: shares do not churn), then by name."""
+    base = base or {}
+    prefer = prefer or {}
+    alloc = dict.fromkeys(demands, 0)
+    heap = [(max(0, base.get(k, 0)), -prefer.get(k, 0), k) for k, d in demands.items() if d > 0]
+    heapq.heapify(heap)
+    left = min(max(0, capacity), sum(d for d in demands.values() if d > 0))
+    while left > 0 and heap:
+        level, rank, k = heapq.heappop(heap)
+        alloc[k] += 1
+        left -= 1
+        if alloc[k] < demands[k]:
+            heapq.heappush(heap, (level + 1, rank, k))
+    return alloc
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A host the broker may give a job to: free slots (for us) and speed (bytes/s/job)."""
@@ -206,6 +241,7 @@ class _Remote:
     share: int = 0  # ours on it
     their_held: int = 0  # its clients' leases on us
     their_want: int = 0
+    their_all: int = 0  # its clients' leases on the whole mesh (held_all)
     ack: int = 0  # our seq it applied
     # promises we made (seq, share), unacknowledged; and the share it acknowledged
     pending: list[tuple[int, int]] = field(default_factory=list)
@@ -261,6 +297,8 @@ class LoadBook:
         self.speed = 0
         self.local_held = 0
         self.local_want = 0
+        self.lease_waiting = 0  # requests waiting in this box's broker (published as queued)
+        self.local_all = 0  # leases this box's clients hold on the whole mesh (held_all)
         self.rejected: dict[str, int] = {}  # reason -> count (status, debugging)
         # The broker's demand, asked for once per round of records (None: set_demand()).
         self.demand_source: Callable[[], Demand] | None = None
@@ -317,7 +355,9 @@ class LoadBook:
             self._reject("unknown")
             return None
         r = self._remotes[key]
-        if source.split("%", 1)[0] not in r.peer.addresses | {r.peer.address}:
+        # A link-local source comes with its %scope, as the table holds link-local
+        # addresses; an unscoped form must match exactly (never a bare fe80:: for any link).
+        if source not in r.peer.addresses | {r.peer.address}:
             self._reject("source")
             return None
         now = self._clock()
@@ -347,6 +387,7 @@ class LoadBook:
         r.share = min(rec.share, r.jobs)
         r.their_held = min(rec.held, self.jobs)
         r.their_want = min(max(rec.want, r.their_held), self.jobs)
+        r.their_all = max(rec.held_all, r.their_held)
         if rec.ack_boot == self.boot and rec.ack >= r.ack:
             r.ack = rec.ack
             acked = [s for q, s in r.pending if q <= rec.ack]
@@ -365,7 +406,14 @@ class LoadBook:
         speed: int | None = None,
         held: int | None = None,
         want: int | None = None,
+        lease_waiting: int | None = None,
     ) -> None:
+        """This box's figures: ``running`` job slots taken and ``queued`` requests waiting
+        for one in its compile server (the server's exact counts), its ``speed``, what its
+        own clients ``held`` and ``want`` of its own slots, and the requests waiting in its
+        broker (``lease_waiting``: published with ``queued``, not load on this server)."""
+        if lease_waiting is not None:
+            self.lease_waiting = max(0, lease_waiting)
         if running is not None:
             self.running = max(0, running)
         if queued is not None:
@@ -386,7 +434,9 @@ class LoadBook:
     # -- shares
 
     def _capacity(self, now: float) -> int:
-        """Our slots minus work no lease accounts for (stock distcc clients' jobs)."""
+        """Our slots minus work no lease accounts for (stock distcc clients' jobs): from the
+        server's exact slots taken and requests queued (not the broker's waiting leases,
+        which are demand for the whole mesh, not load here)."""
         leased = sum(
             r.their_held for r in self._remotes.values() if r.fresh(now, self.timings.forget_s)
         )
@@ -405,8 +455,10 @@ class LoadBook:
         demands[LOCAL] = min(max(self.local_want, self.local_held + asking), self.jobs)
         held = {k: self._remotes[k].their_held for k in demands if k != LOCAL}
         held[LOCAL] = self.local_held
+        elsewhere = {k: self._remotes[k].their_all - held[k] for k in demands if k != LOCAL}
+        elsewhere[LOCAL] = self.local_all - self.local_held
         capacity = self._capacity(now)
-        alloc = water_fill(capacity, demands, held)
+        alloc = fair_fill(capacity, demands, elsewhere, held)
         left = capacity - sum(alloc.values())
         active = {k: capacity for k, d in demands.items() if d > 0 or held[k] > 0}
         if left > 0 and active:
@@ -486,6 +538,9 @@ class LoadBook:
             for key, r in self._remotes.items():
                 r.my_held, r.my_want = per_peer.get(key, (0, 0))
             self.set_local(held=local_held, want=local_want)
+            self.local_all = local_held + sum(h for h, _ in per_peer.values())
+        else:
+            self.local_all = self.local_held + sum(r.my_held for r in self._remotes.values())
         now = self._clock()
         interval = self._interval()
         targets = self._targets(now)
@@ -500,8 +555,8 @@ class LoadBook:
             if since < interval:
                 continue
             share = min(targets.get(key, 0), max(0, capacity - (total - committed[key])))
-            mine = (self.jobs, self.running, self.queued, free, self.speed)
-            fields: tuple[int, ...] = (*mine, r.my_held, r.my_want, share)
+            mine = (self.jobs, self.running, self.queued + self.lease_waiting, free, self.speed)
+            fields: tuple[int, ...] = (*mine, r.my_held, r.my_want, share, self.local_all)
             if fields == r.last_sent and not r.must_ack and since < self.timings.heartbeat_s:
                 continue
             self._seq += 1
@@ -513,12 +568,13 @@ class LoadBook:
                 ack_boot=r.boot or 0,
                 jobs=self.jobs,
                 running=self.running,
-                queued=self.queued,
+                queued=self.queued + self.lease_waiting,
                 free=free,
                 speed=self.speed,
                 held=r.my_held,
                 want=r.my_want,
                 share=share,
+                held_all=self.local_all,
             )
             if r.pending or share != r.acked_share:
                 # A promise (or a smaller one) it has not acknowledged yet: count it.

@@ -70,9 +70,12 @@ from meshcc.transport.addresses import IPNetwork
 from meshcc.wire.control import PeerLoadInfo, StatusReply
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from meshcc.compiler.toolchain import Toolchain
     from meshcc.mesh.discovery import Discovery, DiscoveryEvent
     from meshcc.mesh.loadnet import LoadChannel
+    from meshcc.wire.control import DaemonFigures
 
 __all__ = ["Mesh", "MeshConfig", "MeshStatus", "probe_default_cc"]
 
@@ -101,6 +104,7 @@ class MeshConfig:
     announce: bool = True  # False: browse only (``meshcc hosts`` without a daemon)
     disabled: str | None = None  # discovery off for this reason (interfaces still chosen)
     live_load: bool = True  # the live-load channel (load.py), when the caps allow it
+    extra_caps: frozenset[str] = frozenset()  # announced too ("rcache": meshcc.cache)
     load_timings: LoadTimings = field(default_factory=LoadTimings)
 
 
@@ -131,29 +135,10 @@ class MeshStatus:
             "warnings": list(self.warnings),
         }
 
-    def reply(
-        self,
-        *,
-        node: str | None = None,
-        version: str = "",
-        peers: int = 0,
-        jobs: int = 0,
-        running: int = 0,
-        port: int = 0,
-        socket: str | None = None,
-        leases: int = 0,
-        queued: int = 0,
-        slots_held: int = 0,
-        slot_waiting: int = 0,
-        free: int | None = None,
-        speed: int = 0,
-        leased: int = 0,
-        loads: Sequence[PeerLoadInfo] = (),
-    ) -> StatusReply:
+    def reply(self, *, node: str | None = None, **daemon: Unpack[DaemonFigures]) -> StatusReply:
         """This status as the control protocol's status reply, with what only the daemon
         knows (version, job slots, leases); ``node`` defaults to the node id."""
         return StatusReply(
-            version=version,
             node=node if node is not None else self.node_id or "",
             discovery=self.discovery,
             off_reason=self.off_reason,
@@ -162,19 +147,7 @@ class MeshStatus:
             allowed=[str(n) for n in self.allowed],
             allowed_source=self.allowed_source,
             warnings=self.warnings,
-            peers=peers,
-            jobs=jobs,
-            running=running,
-            port=port,
-            socket=socket,
-            leases=leases,
-            queued=queued,
-            slots_held=slots_held,
-            slot_waiting=slot_waiting,
-            free=free,
-            speed=speed,
-            leased=leased,
-            loads=loads,
+            **daemon,
         )
 
 
@@ -329,8 +302,9 @@ class Mesh:
         if nid is None:
             macs, machine_id, _ = netif.identity_material(selection.chosen)
             nid = node_id(macs, self.port, machine_id, hostname) if macs else random_node_id()
-        addresses = tuple(selection.announce_addresses)  # IPv4, or IPv6 on IPv6-only links
+        addresses = tuple(selection.announce_addresses)  # IPv4, then IPv6 (netif.py)
         mdns_interfaces = selection.mdns_interfaces
+        dialable = netif.dialable(interfaces)  # peers' addresses of families we have
 
         def status(on: bool, why: str | None, instance: str | None = None) -> MeshStatus:
             return MeshStatus(
@@ -353,7 +327,7 @@ class Mesh:
             return
 
         if not self.config.announce:
-            await self._start_browsing(addresses, mdns_interfaces, status)
+            await self._start_browsing(addresses, mdns_interfaces, status, dialable)
             return
         distcc_id = self._distcc_id
         publish_distcc = True
@@ -385,7 +359,7 @@ class Mesh:
                     "not list this daemon"
                 )
                 log.warning("%s", warnings[-1])
-        caps = self.caps if self.caps is not None else _default_caps()
+        caps = (self.caps if self.caps is not None else _default_caps()) | self.config.extra_caps
         load_sock = self._bind_load(caps)
         # Peers send records to whoever announces "load": only when the socket is there.
         caps = caps | {"load"} if load_sock is not None else caps - {"load"}
@@ -415,6 +389,7 @@ class Mesh:
             self._on_event,
             interfaces=mdns_interfaces,
             resolve_timeout_s=self.config.resolve_timeout_s,
+            dialable=dialable,
         )
         try:
             await discovery.start([meshcc_spec, *distcc_specs])
@@ -426,13 +401,15 @@ class Mesh:
                 load_sock.close()
             return
         self._discovery = discovery
+        warnings.extend(discovery.warnings)  # e.g. IPv6 mDNS failed: IPv4 only
         if load_sock is not None:
             await self._start_load(nid, load_sock)
         self._status = status(True, None, instance_label(self._node))
         log.log(
             NOTICE,
-            "announcing %s on %s (%s) port %d; peers allowed from (%s): %s",
+            "announcing %s over %s on %s (%s) port %d; peers allowed from (%s): %s",
             instance_label(self._node),
+            "IPv4" if discovery.warnings else selection.families,
             ", ".join(self._status.interfaces),
             ", ".join(addresses),
             self.port,
@@ -455,6 +432,7 @@ class Mesh:
         addresses: tuple[str, ...],
         mdns_interfaces: Sequence[str | int],
         status: Callable[..., MeshStatus],
+        dialable: Callable[[str], bool] | None = None,
     ) -> None:
         """Browse-only mode: track peers without announcing ourselves."""
         from meshcc.mesh.discovery import Discovery
@@ -464,6 +442,7 @@ class Mesh:
             self._on_event,
             interfaces=mdns_interfaces,
             resolve_timeout_s=self.config.resolve_timeout_s,
+            dialable=dialable,
         )
         try:
             await discovery.start([])
@@ -611,6 +590,31 @@ class Mesh:
                 if pick_address(dataclasses.replace(r, addresses=(a,)), self._policy)
             )
             out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
+        return out
+
+    def cache_homes(self, fingerprint: tuple[str, str, str | None]) -> list[tuple[str, str, int]]:
+        """(node id, address, compile port) of the live meshcc peers that serve this exact
+        toolchain (version, target, binutils) at an allowed address and announce a result
+        cache (``rcache``): the peers this daemon would take compile results from, so the
+        result cache's candidate homes."""
+        version, target, binutils = fingerprint
+        out = []
+        for st in self.table.snapshot():
+            r = st.record
+            if st.liveness is not Liveness.UP or r.kind is not PeerKind.MESHCC:
+                continue
+            if "rcache" not in r.caps:  # no result cache there, or not on its status port
+                continue
+            if r.node_id is None or binutils is None:
+                continue
+            if not any(
+                t.version == version and t.target == target and t.binutils == binutils
+                for t in r.toolchains
+            ):
+                continue
+            address = pick_address(r, self._policy)
+            if address is not None:
+                out.append((r.node_id, address, r.port))
         return out
 
     # ------------------------------------------------------------ internals

@@ -40,6 +40,9 @@ RECV_SIZE = 256 * 1024
 _MSG_MORE = getattr(_socket, "MSG_MORE", 0)
 # After a failed send, how long to wait for an ERRM the server may have sent before closing.
 REFUSAL_GRACE = 2.0
+# A source sent after SLOT goes in pieces this large; between them the client looks for a
+# BUSY (the server discards what follows it), so a turned-away client stops sending early.
+SLOT_PEEK_CHUNK = 256 * 1024
 
 
 class TransportError(Exception):
@@ -83,19 +86,6 @@ class Reply:
         self.obj = obj
 
 
-def parse_io_timeout(value: str | None) -> float:
-    """``DISTCC_IO_TIMEOUT`` in seconds; ValueError (a user-facing message) if not > 0."""
-    if value is None or value == "":
-        return DEFAULT_IO_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} is not a number of seconds") from None
-    if not 0 < seconds < float("inf"):  # also false for NaN
-        raise ValueError(f"DISTCC_IO_TIMEOUT={value!r} must be a positive number of seconds")
-    return seconds
-
-
 def _describe(e: OSError) -> str:
     """A short reason for a socket error ("Connection refused", "timed out")."""
     if isinstance(e, TimeoutError):
@@ -127,6 +117,8 @@ class Connection:
         self.limits = limits if limits is not None else wire.Limits()
         self.sock: _socket.socket | None = None
         self._send_error: OSError | None = None
+        self._slot = False  # SLOT sent: the answer (FREE or BUSY) precedes the reply
+        self._answered = False  # the server's answer to SLOT was seen while sending
 
     @property
     def where(self) -> str:
@@ -191,40 +183,16 @@ class Connection:
             raise TransportError(f"send failed: {_describe(e)}") from None
 
     def reserve_slot(self) -> None:
-        """Ask a ``busy``-capable server for a job slot (``SLOT``) and wait for the answer,
-        which comes at once: return with the slot reserved, or raise Busy, Refused or
-        TransportError. Call it with the source ready (after cpp), so a reserved slot never
-        idles while this box preprocesses."""
-        sock = self.sock
-        assert sock is not None
-        self._send(wire.SLOT_REQUEST)
-        if self._send_error is not None:
-            self._raise_after_send_error()
-        data = b""
-        eof = False
-        while True:
-            try:
-                answer = wire.read_slot_answer(data, eof, self.limits)
-            except wire.ProtocolError as e:
-                raise TransportError(f"protocol error: {e}", EXIT_PROTOCOL_ERROR) from None
-            if isinstance(answer, wire.SlotGranted):
-                return
-            if isinstance(answer, wire.SlotBusy):
-                raise Busy(answer.running)
-            if isinstance(answer, wire.ReplyRefused):
-                raise Refused(answer.message or "no reason given")
-            try:
-                chunk = sock.recv(RECV_SIZE)
-            except TimeoutError:
-                raise TransportError(
-                    f"IO timeout ({sock.gettimeout():g}s) waiting for a job slot", EXIT_TIMEOUT
-                ) from None
-            except OSError as e:
-                raise TransportError(f"receive failed: {_describe(e)}") from None
-            if chunk:
-                data += chunk
-            else:
-                eof = True
+        """Ask a ``busy``-capable server for a job slot with this request: ``SLOT`` goes out
+        in front of the request (``send_head``, ``send_source`` right after), pipelined, with
+        no round trip. The answer comes with the reply: :meth:`read_reply` raises Busy (every
+        slot taken) or Refused, or returns the reply of the compile the slot ran; a BUSY that
+        arrives while a large source is still being sent stops the sending. Call it with the
+        source ready (after cpp), so a reserved slot never idles while this box
+        preprocesses."""
+        assert self.sock is not None
+        self._slot = True
+        self._send(wire.SLOT_REQUEST, more=True)  # leaves with the request head
 
     def send_head(self, argv: Sequence[bytes]) -> None:
         """DIST + ARGC + ARGVs; sent while cpp still runs, as distcc does."""
@@ -262,9 +230,45 @@ class Connection:
                 EXIT_PROTOCOL_ERROR,
             )
         self._send(prefix + wire.token(b"DOTI", len(data)), more=bool(data))
-        self._send(data)
+        if self._slot and len(data) > SLOT_PEEK_CHUNK:
+            self._send_watching(data)
+        else:
+            self._send(data)
         if self._send_error is not None:
             self._raise_after_send_error()
+
+    def _send_watching(self, data: bytes) -> None:
+        """Send a large source after ``SLOT`` in chunks, and stop early once the server has
+        answered anything but FREE (BUSY or ERRM: it is discarding the rest; read_reply
+        reports it)."""
+        for at in range(0, len(data), SLOT_PEEK_CHUNK):
+            if self._send_error is not None or self._turned_away():
+                return
+            self._send(data[at : at + SLOT_PEEK_CHUNK])
+
+    def _turned_away(self) -> bool:
+        """Peek (without consuming or waiting) at the server's answer to SLOT: True once it
+        is BUSY, ERRM, an end of stream or an error; FREE is remembered, nothing is looked at
+        after it."""
+        sock = self.sock
+        if self._answered or sock is None:
+            return False
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)  # a timeout would make CPython wait for readability first
+        try:
+            head = sock.recv(wire.HEADER_LEN, _socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # reset: read_reply says what happened
+        finally:
+            sock.settimeout(timeout)
+        if head and len(head) < wire.HEADER_LEN and wire.SLOT_GRANTED.startswith(head):
+            return False  # a FREE still arriving
+        if head == wire.SLOT_GRANTED:
+            self._answered = True
+            return False
+        return True
 
     def _raise_after_send_error(self) -> None:
         """The peer closed while we sent: report its ERRM if it left one, else a transport error."""
@@ -286,7 +290,8 @@ class Connection:
         ``on_data``: called once when the first reply bytes arrive (the compile is over)."""
         sock = self.sock
         assert sock is not None
-        reader = wire.ReplyReader(self.version, self.limits)
+        slot = self._slot
+        reader = (wire.SlotReplyReader if slot else wire.ReplyReader)(self.version, self.limits)
         status = -1
         stderr = stdout = obj = b""
         eof = False
@@ -310,7 +315,8 @@ class Connection:
                 except OSError as e:
                     raise TransportError(f"receive failed: {_describe(e)}") from None
                 if data:
-                    if on_data is not None:
+                    # After SLOT, the first bytes are FREE, sent at once: not the reply yet.
+                    if on_data is not None and not (slot and len(data) <= wire.HEADER_LEN):
                         on_data()
                         on_data = None
                     reader.feed(data)
@@ -329,6 +335,10 @@ class Connection:
                 obj = event.data
             elif isinstance(event, wire.ReplyRefused):
                 raise Refused(event.message or "no reason given")
+            elif isinstance(event, wire.SlotBusy):
+                raise Busy(event.running)
+            elif isinstance(event, wire.SlotGranted):
+                slot = False  # what follows is the reply
             elif isinstance(event, wire.ReplyEnd):
                 break
         if self.version >= 2 or self.codec:

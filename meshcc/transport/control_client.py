@@ -24,8 +24,8 @@ accepts and never answers delays a compile but never hangs a build.
 from __future__ import annotations
 
 import _socket
-import os
 
+from meshcc import posixenv as os  # os without its import cost (the compile client's path)
 from meshcc.wire import control
 
 TYPE_CHECKING = False

@@ -38,13 +38,16 @@ import ipaddress
 import logging
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshcc import compression, hostos
+from meshcc.cache.service import ResultCache
+from meshcc.cache.store import Entry as CacheEntry
 from meshcc.compiler import args as cargs
 from meshcc.compiler import policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
@@ -60,6 +63,7 @@ from meshcc.exitcodes import (
     EXIT_TRUNCATED,
 )
 from meshcc.loglevels import NOTICE
+from meshcc.transport import jobrun
 from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, peer_ip
 from meshcc.transport.jobstats import JobStats
 from meshcc.wire import protocol as wire
@@ -97,6 +101,11 @@ _SHED_BODY_STALL = 1.0
 # A request header beyond this many bytes (real ones are a few hundred; wire.Limits allows
 # about 1 MiB) reads further bytes only against the body budget, like a source body.
 _HEADER_FREE = 64 * 1024
+# (De)compress a body up to this size on the loop itself: LZO does it in well under a
+# millisecond, less than handing it to a worker thread costs (a thread switch and a wake-up
+# of the loop each way). Larger bodies go to a thread, so no client's job stalls the loop.
+_INLINE_CODEC = 256 * 1024
+_ALLOWED_CACHE = 4096  # client addresses whose access-list verdict is remembered
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
 _NO_ADDRESS = ipaddress.ip_address("0.0.0.0")
 # BUSY turns between boxes (CompileServer._try_reserve_slot): how long a turned-away box
@@ -129,6 +138,7 @@ class JobSummary:
     compiler: str | None = None
     source: str | None = None
     cache: str | None = None  # --ccache: hit, miss or uncached; None without ccache
+    rcache: str | None = None  # the result cache: hit, remote-hit, miss, off; None: no cache
     queue_ms: int | None = None  # waited for a job slot this long; None: did not wait
     refused: bool = False  # turned down with a reason (ERRM); for JobStats, not the line
     bytes_in: int = 0  # request bytes read
@@ -154,6 +164,8 @@ class JobSummary:
         # timed); only a job that waited has it. cache: stays last.
         if self.queue_ms is not None:
             text += f" queue:{self.queue_ms}ms"
+        if self.rcache is not None:
+            text += f" rcache:{self.rcache}"
         if self.cache is not None:
             text += f" cache:{self.cache}"
         return text
@@ -247,6 +259,12 @@ def _job_stem(source: str) -> str:
     if not stem or stem.startswith((".", "-")):
         return "input"
     return stem
+
+
+def _job_files(req: _Request) -> tuple[str, str]:
+    """(input, output) file names of a job in its directory."""
+    stem = _job_stem(req.source)
+    return stem + req.suffix, stem + req.output_suffix
 
 
 def _format_client(addr: IPAddress, port: int) -> str:
@@ -394,6 +412,11 @@ class _Conn:
     shed: str | None = None  # why the server closed it to make room
     budget: int = 0  # bytes of body memory it holds
     trusted: bool = False  # a channel the access list does not apply to (ssh: serve_stream)
+    accepted: float = 0.0  # time.monotonic() of the accept (0: set from since)
+
+    def __post_init__(self) -> None:
+        if not self.accepted:
+            self.accepted = self.since
 
 
 class _Budget:
@@ -479,6 +502,29 @@ class _Throttled:
         log.log(level, msg, *args)
 
 
+class _Timeline:
+    """One job's steps for the daemon's debug log: when each ended, in ms after the accept.
+
+    Made only when debug logging is on (nothing is timed or formatted otherwise). The names
+    are the client's (``MESHCC_VERBOSE=1``) server-side steps, so the two read together:
+    accept (serving began: streams set up), read (request read and its source decoded),
+    slot (a job slot was free; only if the request waited for one), dir (job directory
+    made, source written), spawn (compiler started), compile (compiler ended, its output
+    read), reply (reply written to the socket), close (connection closed)."""
+
+    __slots__ = ("marks", "t0")
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, step: str, now: float | None = None) -> None:
+        self.marks.append((step, time.monotonic() if now is None else now))
+
+    def line(self) -> str:
+        return " ".join(f"{step}={(t - self.t0) * 1000:.1f}" for step, t in self.marks)
+
+
 @dataclass(slots=True)
 class _BodyClock:
     """A source transfer's progress, for the rate floor."""
@@ -509,17 +555,24 @@ class CompileServer:
         self._room = asyncio.Event()  # a connection ended or became sheddable
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
+        # Done at request_stop(): what idle connections wait on besides their first bytes
+        # (one shared future, not a task per connection); made in the loop, on first use.
+        self._stop_signal: asyncio.Future[str] | None = None
+        self._env: dict[bytes, bytes] | None = None  # the compilers' environment (_job_env)
+        self._allowed_cache: dict[IPAddress, bool] = {}
         self._running_compiles = 0
         self._slots_held = 0  # job slots taken: reserved (SLOT) or compiling
         self.busy_count = 0  # SLOT requests answered BUSY since start
         self._owed: dict[IPAddress, float] = {}  # addresses answered BUSY, oldest first
         self._freed_at = 0.0  # when a job slot last became free
+        self.on_slots: Callable[[], None] | None = None  # a job slot was taken or freed
         # Totals for the mesh's speed figure (bytes of preprocessed source compiled, and
         # seconds of compiler wall time): read-only for others.
         self.compiled_bytes = 0
         self.compile_seconds = 0.0
         self.shed_count = 0
         self.cache_counts = {"hit": 0, "miss": 0, "uncached": 0}  # --ccache job verdicts
+        self.result_cache: ResultCache | None = None  # set by the daemon (meshcc.cache)
         self.stats = JobStats()  # /metrics and /status.json
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
@@ -547,6 +600,15 @@ class CompileServer:
         """Stop accepting; jobs in progress run to completion."""
         self._stop_accepting()
         self._stopping.set()
+        if self._stop_signal is not None and not self._stop_signal.done():
+            self._stop_signal.set_result("stopping")
+
+    def _stop_waiter(self) -> asyncio.Future[str]:
+        if self._stop_signal is None:
+            self._stop_signal = asyncio.get_running_loop().create_future()
+            if self._stopping.is_set():
+                self._stop_signal.set_result("stopping")
+        return self._stop_signal
 
     def _stop_accepting(self) -> None:
         """Cancel the accept loop; it closes the listening socket as it ends."""
@@ -704,6 +766,17 @@ class CompileServer:
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
+    def _allowed(self, addr: IPAddress) -> bool:
+        """client_allowed() against the access list, remembered per address (a build's
+        clients are few; the list is fixed for the server's life). Bounded: cleared when
+        it reaches _ALLOWED_CACHE addresses."""
+        verdict = self._allowed_cache.get(addr)
+        if verdict is None:
+            if len(self._allowed_cache) >= _ALLOWED_CACHE:
+                self._allowed_cache.clear()
+            verdict = self._allowed_cache[addr] = client_allowed(addr, self.config.allowed)
+        return verdict
+
     def _count(self, conn: _Conn) -> None:
         self._phases[conn.phase][conn] = None
         self._by_addr.setdefault(conn.addr, {})[conn] = None
@@ -828,6 +901,10 @@ class CompileServer:
         refusal: str | None = None,
     ) -> None:
         started = time.monotonic()
+        # The per-job timeline exists only when its debug line would be written.
+        timeline = _Timeline(conn.accepted) if log.isEnabledFor(logging.DEBUG) else None
+        if timeline is not None:
+            timeline.mark("accept", started)
         sock = writer.get_extra_info("socket")
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -839,7 +916,7 @@ class CompileServer:
         replying = False  # once reply bytes may be on the wire, no ERRM can follow
         holding = False  # this connection holds one of the --jobs slots
         try:
-            if not conn.trusted and not client_allowed(addr, self.config.allowed):
+            if not conn.trusted and not self._allowed(addr):
                 # A peer outside our --allow probes us every second: one line per interval.
                 self._throttled.log(
                     logging.WARNING,
@@ -876,33 +953,38 @@ class CompileServer:
                         self.config.jobs,
                         self.stats.waiting,
                     )
-                    writer.write(wire.encode_busy(self._running_compiles))
+                    self._set_phase(conn, _Phase.CLOSING)
+                    await self._say_busy(reader, writer, len(first), summary.client)
                     return
                 holding = True
-                writer.write(wire.SLOT_GRANTED)
+                writer.write(wire.SLOT_GRANTED)  # at once; the request is on its way
                 first = first[wire.HEADER_LEN :]
             self._set_phase(conn, _Phase.HEADER)
             log.info("connection from %s", summary.client)
             request = await self._read_phase(reader, summary, first, conn)
+            if timeline is not None:
+                timeline.mark("read")
             self._set_phase(conn, _Phase.BUSY)
             if not holding:
                 await self._wait_for_slot(summary)
                 holding = True
+                if timeline is not None and summary.queue_ms is not None:
+                    timeline.mark("slot")
             # The job's memory is now bounded by the job slots: free the body budget.
             self._budget.give(conn.budget)
             conn.budget = 0
             try:
-                tmpdir = tempfile.mkdtemp(prefix="meshccd_", dir=self.config.tmpdir)
+                tmpdir = _make_job_dir(self.config.tmpdir)
             except OSError as e:
                 log.error("cannot create a job directory: %s", e)
                 raise _Refuse(
                     f"the server cannot create a job directory: {e.strerror or e}",
                     ret=EXIT_IO_ERROR,
                 ) from None
-            outcome = await self._compile(request, tmpdir, reader, summary)
+            outcome = await self._compile_or_recall(request, tmpdir, reader, summary, timeline)
             # Outputs are in memory: clean up before replying, so a client that has its
             # reply never sees the job directory (and the slot frees clean).
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            _remove_job_dir(tmpdir, _job_files(request))
             tmpdir = None
             holding = False  # the slot is free before the reply is written, as it was
             self._release_slot()
@@ -912,6 +994,8 @@ class CompileServer:
             summary.bytes_out = len(reply)
             replying = True
             await self._write_reply(writer, reply)
+            if timeline is not None:
+                timeline.mark("reply")
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
             summary.refused = True
@@ -956,12 +1040,21 @@ class CompileServer:
                 conn.budget = 0
             self._uncount(conn)
             if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
+                _remove_job_dir(tmpdir)
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
             summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
+                if timeline is not None:
+                    timeline.mark("close")
+                    log.debug(
+                        "client %s: timeline ms after accept: %s (%s)",
+                        summary.client,
+                        timeline.line(),
+                        summary.source or "?",
+                    )
                 self.stats.record(
                     summary.outcome, summary.bytes_in, summary.bytes_out, summary.compile_s
                 )
@@ -993,7 +1086,41 @@ class CompileServer:
         owed.pop(addr, None)
         await self._job_slots.acquire()
         self._slots_held += 1
+        self._slots_changed()
         return True
+
+    async def _say_busy(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        received: int,
+        client: str,
+    ) -> None:
+        """Answer BUSY, shut down our sending side, and discard what the client still sends
+        (its pipelined request) until it closes, within the refusal drain's time and byte
+        bounds. Closing with unread bytes would send a TCP reset, which can destroy the BUSY
+        before the client reads it; the client stops sending when it sees the BUSY."""
+        try:
+            writer.write(wire.encode_busy(self._running_compiles))
+            await asyncio.wait_for(writer.drain(), self.config.drain_seconds)
+            if writer.can_write_eof():
+                writer.write_eof()
+            deadline = time.monotonic() + self.config.drain_seconds
+            total = received
+            ended = "the byte limit"
+            while total < self.config.drain_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    ended = "the time limit"
+                    break
+                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+                if not chunk:
+                    ended = "its close"
+                    break
+                total += len(chunk)
+            log.debug("client %s: %d bytes read after SLOT until %s", client, total, ended)
+        except (OSError, TimeoutError) as e:
+            log.debug("client %s: after BUSY: %s", client, str(e) or type(e).__name__)
 
     async def _wait_for_slot(self, summary: JobSummary) -> None:
         """Queue a complete request for a job slot (stock clients: distccd's behaviour), in
@@ -1001,6 +1128,7 @@ class CompileServer:
         if not self._job_slots.locked():
             await self._job_slots.acquire()  # free: returns at once, no wait to report
             self._slots_held += 1
+            self._slots_changed()
             return
         t0 = time.monotonic()
         self.stats.waiting += 1  # the /metrics gauge too
@@ -1010,11 +1138,21 @@ class CompileServer:
             self.stats.waiting -= 1
             summary.queue_ms = int((time.monotonic() - t0) * 1000)
         self._slots_held += 1
+        self._slots_changed()
 
     def _release_slot(self) -> None:
         self._slots_held -= 1
         self._freed_at = time.monotonic()
         self._job_slots.release()
+        self._slots_changed()
+
+    def _slots_changed(self) -> None:
+        """Tell the live-load channel (``on_slots``): peers learn of a freed slot at once."""
+        if self.on_slots is not None:
+            try:
+                self.on_slots()
+            except Exception:
+                log.exception("internal error in the job slot callback")
 
     async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).
@@ -1023,14 +1161,12 @@ class CompileServer:
         closes it rather than wait for a request that may never come.
         """
         read = asyncio.ensure_future(reader.read(_READ_CHUNK))
-        stop = asyncio.ensure_future(self._stopping.wait())
         try:
-            done, _ = await asyncio.wait(
-                {read, stop}, timeout=self.config.io_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stop.cancel()
-        if read in done:
+            first = await _first_of(read, self._stop_waiter(), self.config.io_timeout)
+        except BaseException:
+            read.cancel()
+            raise
+        if first is read:
             try:
                 chunk = read.result()
             except OSError:
@@ -1153,7 +1289,8 @@ class CompileServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+            async with asyncio.timeout(remaining):
+                chunk = await reader.read(_READ_CHUNK)
             return chunk
         except TimeoutError:
             raise _Refuse(
@@ -1205,7 +1342,8 @@ class CompileServer:
             try:
                 if timeout <= 0:
                     raise TimeoutError
-                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
+                async with asyncio.timeout(timeout):
+                    chunk = await reader.read(_READ_CHUNK)
             except TimeoutError:
                 if time.monotonic() - conn.since >= self._body_stall - 0.01:
                     why = (
@@ -1245,7 +1383,8 @@ class CompileServer:
 
     async def _read(self, reader: asyncio.StreamReader, what: str) -> bytes:
         try:
-            return await asyncio.wait_for(reader.read(_READ_CHUNK), self.config.io_timeout)
+            async with asyncio.timeout(self.config.io_timeout):
+                return await reader.read(_READ_CHUNK)
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s while {what}; closing",
@@ -1268,7 +1407,8 @@ class CompileServer:
             raise _Refuse("an argument contains a NUL byte", ret=EXIT_BAD_ARGUMENTS)
         argv = [os.fsdecode(a) for a in raw]
         summary.compiler = argv[0]
-        log.info("client %s: %s", summary.client, " ".join(argv))
+        if log.isEnabledFor(logging.INFO):  # not even the join at the default level (notice)
+            log.info("client %s: %s", summary.client, " ".join(argv))
         try:
             resolved = self.registry.resolve(argv[0])
         except CompilerRefused as e:
@@ -1307,6 +1447,8 @@ class CompileServer:
                     raise compression.CompressionError(
                         f"source of {len(data)} bytes exceeds {self.config.max_source}"
                     )
+            elif len(body) <= _INLINE_CODEC:
+                data = compression.decompress(codec, body, self.config.max_source)
             else:
                 data = await asyncio.to_thread(
                     compression.decompress, codec, body, self.config.max_source
@@ -1324,19 +1466,43 @@ class CompileServer:
 
     # -- compiling
 
+    async def _compile_or_recall(
+        self,
+        req: _Request,
+        tmpdir: str,
+        reader: asyncio.StreamReader,
+        summary: JobSummary,
+        timeline: _Timeline | None = None,
+    ) -> _Outcome:
+        """The result cache's hook (meshcc.cache.service): a stored result if the job's
+        key hits, else the compile, stored if it succeeded."""
+        cache = self.result_cache
+        if cache is None:
+            return await self._compile(req, tmpdir, reader, summary, timeline)
+        job, hit = await cache.recall(
+            req.resolved, req.argv, req.suffix, req.output_suffix, req.data
+        )
+        summary.rcache = job.verdict
+        if job.why_not is not None:
+            log.debug("client %s: not cached: %s", summary.client, job.why_not)
+        if hit is not None:
+            return _Outcome(hit.wait_status, hit.stderr, hit.stdout, hit.obj, JobResult.COMPILE_OK)
+        out = await self._compile(req, tmpdir, reader, summary, timeline)
+        if out.result is JobResult.COMPILE_OK and out.wait_status == 0 and out.obj is not None:
+            await cache.remember(job, CacheEntry(0, out.stderr, out.stdout, out.obj))
+        return out
+
     async def _compile(
         self,
         req: _Request,
         tmpdir: str,
         reader: asyncio.StreamReader,
         summary: JobSummary,
+        timeline: _Timeline | None = None,
     ) -> _Outcome:
-        stem = _job_stem(req.source)
-        input_name = stem + req.suffix
-        output_name = stem + req.output_suffix
+        input_name, output_name = _job_files(req)
         try:
-            with open(os.path.join(tmpdir, input_name), "wb") as f:
-                f.write(req.data)
+            _write_file(os.path.join(tmpdir, input_name), req.data)
         except OSError as e:
             log.error("client %s: cannot write the job's input: %s", summary.client, e)
             raise _Refuse(
@@ -1344,9 +1510,11 @@ class CompileServer:
             ) from None
         job_bytes = len(req.data)
         req.data = b""  # free it while the compiler runs
+        if timeline is not None:
+            timeline.mark("dir")
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
-        env = dict(os.environ)
+        env = self._job_env()
         ccache = self.config.ccache
         stats_path = os.path.join(tmpdir, _CCACHE_STATS)
         if ccache is not None:
@@ -1355,29 +1523,22 @@ class CompileServer:
             # it the toolchain's own path, and a job from any client finds the others.
             job_argv[0] = req.resolved.toolchain.path
             job_argv.insert(0, ccache.path)
-            env = {k: v for k, v in env.items() if not k.startswith("CCACHE_")}
-            env.update(ccache.env)
-            env["CCACHE_STATSLOG"] = stats_path
-        log.debug("client %s: running %s in %s", summary.client, " ".join(job_argv), tmpdir)
+            env = {k: v for k, v in env.items() if not k.startswith(b"CCACHE_")}
+            env.update((os.fsencode(k), os.fsencode(v)) for k, v in ccache.env)
+            env[b"CCACHE_STATSLOG"] = os.fsencode(stats_path)
 
-        try:
-            level = max(0, int(env.get("_DISTCC_SAFEGUARD", "0")))
-        except ValueError:
-            level = 0
-        env["_DISTCC_SAFEGUARD"] = str(level + 1)
+        if timeline is not None:  # debug logging is on
+            log.debug("client %s: running %s in %s", summary.client, " ".join(job_argv), tmpdir)
 
+        out_fd = err_fd = -1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *job_argv,
-                cwd=tmpdir,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                process_group=0,
-                restore_signals=True,
-            )
+            out_fd = jobrun.open_capture(tmpdir)
+            err_fd = jobrun.open_capture(tmpdir)
+            run = jobrun.CompilerRun(job_argv, cwd=tmpdir, env=env, stdout=out_fd, stderr=err_fd)
         except OSError as e:
+            for fd in (out_fd, err_fd):
+                if fd >= 0:
+                    os.close(fd)
             msg = f"meshcc: failed to exec {job_argv[0]}: {e.strerror or e}\n"
             log.error("client %s: %s", summary.client, msg.strip())
             summary.exit = EXIT_COMPILER_MISSING
@@ -1387,27 +1548,22 @@ class CompileServer:
 
         self._running_compiles += 1
         ran = time.monotonic()
-        out_task = asyncio.ensure_future(_read_bounded(proc.stdout, self.config.max_output))
-        err_task = asyncio.ensure_future(_read_bounded(proc.stderr, self.config.max_output))
-        wait_task = asyncio.ensure_future(proc.wait())
+        if timeline is not None:
+            timeline.mark("spawn", ran)
         watch_task = asyncio.ensure_future(_watch_disconnect(reader))
+        cap = self.config.max_output
         try:
-            lifetime = self.config.job_lifetime or None
-            done, _ = await asyncio.wait(
-                {wait_task, watch_task}, timeout=lifetime, return_when=asyncio.FIRST_COMPLETED
-            )
-            if wait_task not in done:
-                _kill_group(proc.pid)
-                await proc.wait()
-                if watch_task in done:
+            ended = await _first_of(run.exited, watch_task, self.config.job_lifetime or None)
+            if ended is not run.exited:
+                run.kill()
+                await run.exited
+                if ended is watch_task:
                     raise _Gone(
                         f"client disconnected during the compile ({watch_task.result()}); "
                         "compiler killed",
                         JobResult.CLI_DISCONN,
                         EXIT_IO_ERROR,
                     )
-                stderr = await _finish_reader(err_task, proc.pid)
-                stdout = await _finish_reader(out_task, proc.pid)
                 msg = (
                     f"meshcc: compile exceeded the server's --job-lifetime "
                     f"({self.config.job_lifetime:g}s) and was killed\n"
@@ -1416,29 +1572,31 @@ class CompileServer:
                 summary.exit = EXIT_TIMEOUT
                 return _Outcome(
                     EXIT_TIMEOUT << 8,
-                    stderr + msg.encode(),
-                    stdout,
+                    jobrun.read_capture(err_fd, cap) + msg.encode(),
+                    jobrun.read_capture(out_fd, cap),
                     None,
                     JobResult.COMPILE_TIMEOUT,
                     EXIT_TIMEOUT,
                 )
-            stderr = await _finish_reader(err_task, proc.pid)
-            stdout = await _finish_reader(out_task, proc.pid)
+            stderr = jobrun.read_capture(err_fd, cap)
+            stdout = jobrun.read_capture(out_fd, cap)
+            if timeline is not None:
+                timeline.mark("compile")
         finally:
             self._running_compiles -= 1
             summary.compile_s = time.monotonic() - ran
-            if proc.returncode == 0:
+            if run.returncode == 0:
                 self.compiled_bytes += job_bytes
                 self.compile_seconds += summary.compile_s
             watch_task.cancel()
-            if proc.returncode is None:  # cancelled (second signal): no orphans
-                _kill_group(proc.pid)
+            os.close(out_fd)
+            os.close(err_fd)
+            if run.returncode is None:  # cancelled (second signal): no orphans
+                run.kill()
                 with contextlib.suppress(BaseException):
-                    await asyncio.shield(proc.wait())
-            for t in (out_task, err_task, wait_task):
-                t.cancel()
+                    await asyncio.shield(run.exited)
 
-        rc = proc.returncode
+        rc = run.returncode
         assert rc is not None
         if ccache is not None:
             self._count_cache(summary, stats_path)
@@ -1451,8 +1609,7 @@ class CompileServer:
         if status != 0:
             return _Outcome(status, stderr, stdout, None, JobResult.COMPILE_ERROR)
         try:
-            with open(os.path.join(tmpdir, output_name), "rb") as f:
-                obj = f.read()
+            obj = _read_file(os.path.join(tmpdir, output_name))
         except OSError as e:
             msg = f"meshcc: the compiler succeeded but wrote no output: {e.strerror or e}\n"
             log.error("client %s: %s", summary.client, msg.strip())
@@ -1466,6 +1623,22 @@ class CompileServer:
                 EXIT_NO_SUCH_FILE,
             )
         return _Outcome(0, stderr, stdout, obj, JobResult.COMPILE_OK)
+
+    def _job_env(self) -> dict[bytes, bytes]:
+        """The compiler's environment: the daemon's, with distcc's recursion guard
+        ``_DISTCC_SAFEGUARD`` one higher (a masqueraded gcc on the server then runs the real
+        one). Built at the first job, not per job: the daemon has set up its environment by
+        then and does not change it. Callers must not modify the dict. Bytes, as the kernel
+        takes it: Popen then has nothing to encode per job."""
+        if self._env is None:
+            env = dict(os.environb)
+            try:
+                level = max(0, int(env.get(b"_DISTCC_SAFEGUARD", b"0")))
+            except ValueError:
+                level = 0
+            env[b"_DISTCC_SAFEGUARD"] = str(level + 1).encode()
+            self._env = env
+        return self._env
 
     def _count_cache(self, summary: JobSummary, stats_path: str) -> None:
         """Record what ccache did for this job (its own stats file: exact under concurrency)."""
@@ -1492,12 +1665,17 @@ class CompileServer:
                 compression.compress(codec, out.obj) if out.obj is not None else None,
             )
 
-        return await asyncio.to_thread(encode) if codec != compression.Codec.NONE else encode()
+        size = len(out.stderr) + len(out.stdout) + (len(out.obj) if out.obj is not None else 0)
+        if codec == compression.Codec.NONE or size <= _INLINE_CODEC:
+            return encode()
+        return await asyncio.to_thread(encode)
 
     async def _write_reply(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
         try:
             writer.write(reply)
-            await asyncio.wait_for(writer.drain(), self.config.io_timeout)
+            if writer.transport.get_write_buffer_size():  # else drain() has nothing to wait for
+                async with asyncio.timeout(self.config.io_timeout):
+                    await writer.drain()
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s reading the reply",
@@ -1550,39 +1728,34 @@ async def _readable(sock: socket.socket) -> None:
         loop.remove_reader(sock.fileno())
 
 
-async def _read_bounded(stream: asyncio.StreamReader | None, cap: int) -> bytes:
-    """Everything a pipe yields, keeping at most ``cap`` bytes (the rest is drained)."""
-    if stream is None:
-        return b""
-    chunks: list[bytes] = []
-    kept = 0
-    dropped = 0
-    while True:
-        chunk = await stream.read(_READ_CHUNK)
-        if not chunk:
-            break
-        if kept < cap:
-            take = chunk[: cap - kept]
-            chunks.append(take)
-            kept += len(take)
-            dropped += len(chunk) - len(take)
-        else:
-            dropped += len(chunk)
-    if dropped:
-        chunks.append(f"\nmeshcc: {dropped} more bytes of output were dropped\n".encode())
-    return b"".join(chunks)
+async def _first_of(
+    a: asyncio.Future[Any], b: asyncio.Future[Any], timeout: float | None
+) -> object:
+    """Whichever of ``a`` and ``b`` completes first (``a`` if both have); None at the
+    timeout. Lighter than ``asyncio.wait`` (no set, no extra future per call)."""
+    if not a.done() and not b.done():
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
 
+        def wake(_: object) -> None:
+            if not woken.done():
+                woken.set_result(None)
 
-async def _finish_reader(task: asyncio.Future[bytes], pgid: int) -> bytes:
-    """The pipe's content; if something else in the group holds it open, kill the group."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), 2.0)
-    except TimeoutError:
-        _kill_group(pgid)
+        a.add_done_callback(wake)
+        b.add_done_callback(wake)
+        timer = loop.call_later(timeout, wake, None) if timeout is not None else None
         try:
-            return await asyncio.wait_for(task, 2.0)
-        except TimeoutError:
-            return b""
+            await woken
+        finally:
+            a.remove_done_callback(wake)
+            b.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+    if a.done():
+        return a
+    if b.done():
+        return b
+    return None
 
 
 async def _watch_disconnect(reader: asyncio.StreamReader) -> str:
@@ -1596,6 +1769,68 @@ async def _watch_disconnect(reader: asyncio.StreamReader) -> str:
             return "end of stream"
 
 
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def _write_file(path: str, data: bytes) -> None:
+    """Create ``path`` (exclusively: the job dir is new) with ``data``; no Python file object."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _make_job_dir(parent: str | None) -> str:
+    """A new private (0700) job directory ``meshccd_XXXXXXXXXXXX`` in ``parent`` (None:
+    tempfile's temp dir): mkdtemp's contract, without its per-call Python name generator."""
+    base = tempfile.gettempdir() if parent is None else os.path.abspath(parent)
+    for _ in range(100):
+        path = os.path.join(base, "meshccd_" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no unused job directory name", base)
+
+
+def _read_file(path: str) -> bytes:
+    """A whole file's content, without a Python file object."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, max(size, 64 * 1024))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _remove_job_dir(path: str, names: tuple[str, ...] = ()) -> None:
+    """Remove a job directory: its files, then itself; never raises. ``names``: the files
+    it usually holds (the source and the output), unlinked without listing the directory;
+    only if something else is left is it listed (what the compiler can leave is flat; a
+    subdirectory, which no allowed option makes, goes through shutil.rmtree). Cheaper than
+    rmtree's descriptor-based walk."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+        return
+    except OSError:
+        pass
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)

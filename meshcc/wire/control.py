@@ -76,14 +76,38 @@ closes its side.
 
 from __future__ import annotations
 
-import os
+from meshcc import posixenv as os  # os without its import cost (the compile client's path)
 
 from .records import Frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping, Sequence
-    from typing import NoReturn
+    from typing import NoReturn, TypedDict
+
+    class DaemonFigures(TypedDict, total=False):
+        """The status reply's fields only the daemon knows (the mesh layer knows the rest).
+
+        Type-checking only: callers pass these as keywords through to ``StatusReply``, so a
+        new daemon figure is declared here and in ``StatusReply`` and nowhere else, with
+        ``StatusReply.__init__`` holding the one default.
+        """
+
+        version: str
+        peers: int
+        jobs: int
+        running: int
+        port: int
+        socket: str | None
+        leases: int
+        queued: int
+        slots_held: int
+        slot_waiting: int
+        free: int | None
+        speed: int
+        leased: int
+        loads: Sequence[PeerLoadInfo]
+
 
 __all__ = [
     "MAX_MESSAGE",

@@ -22,8 +22,9 @@ need no padding, which a unit test checks against ``struct.calcsize("@NLL128s128
 
 from __future__ import annotations
 
-import os
 import sys
+
+from meshcc import posixenv as os  # os without its import cost (the compile client's path)
 
 # enum dcc_phase, in distcc's order (the numbers are the file format).
 STARTUP = 0

@@ -12,9 +12,11 @@ One datagram, one record, fixed layout (network byte order), 46 bytes in version
     ackboot  I   the recipient's boot that ``ack`` refers to (an ack from before the
                  recipient restarted acknowledges nothing)
     jobs     H   the sender's job slots (its --jobs; never trusted beyond its announcement)
-    running  H   compilers running on the sender now
-    queued   H   compile connections waiting for a slot on the sender, plus lease requests
-                 waiting in its broker
+    running  H   job slots taken on the sender now (the server's exact count: reserved by a
+                 SLOT, or compiling)
+    queued   H   complete requests waiting inside the sender's server for a slot (stock
+                 distcc clients: the server's exact count), plus lease requests waiting in
+                 its broker
     free     H   the sender's idle slots (no lease holds them, from any box; mesh-wide)
     speed    I   the sender's measured speed: bytes of preprocessed source compiled per
                  second of compiler wall time, per job (EWMA); 0 = not measured yet
@@ -23,8 +25,17 @@ One datagram, one record, fixed layout (network byte order), 46 bytes in version
                  serve (its demand), capped at the recipient's jobs
     share    H   slots the recipient's clients may hold on the sender (its allotment)
 
-Everything after the first 46 bytes is ignored (a later minor version may append fields);
-a datagram over :data:`MAX_DATAGRAM` bytes is refused. This module does no I/O.
+Appended fields (a reader of the 46 bytes alone ignores them; a record without them reads
+as the default given):
+
+    held_all H   leases the sender's clients hold on the whole mesh now (every peer, and
+                 its own share of its own slots); default ``held``. The recipient shares a
+                 contended slot max-min fairly over what each client holds mesh-wide, so a
+                 box holding both servers yields one to a box holding none.
+
+Everything after the fields this version knows is ignored (a later minor version may
+append more); a datagram over :data:`MAX_DATAGRAM` bytes is refused. This module does no
+I/O.
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ MAGIC = b"MSHL"
 VERSION = 1
 MAX_DATAGRAM = 512
 _LAYOUT = struct.Struct(">4sBB6sIIIIHHHHIHHH")
-SIZE = _LAYOUT.size
+SIZE = _LAYOUT.size  # the fields every version 1 record has
+_EXTRA = struct.Struct(">H")  # held_all
 _U16 = 0xFFFF
 _U32 = 0xFFFFFFFF
 
@@ -62,6 +74,7 @@ class LoadRecord(Frozen):
         "boot",
         "free",
         "held",
+        "held_all",
         "jobs",
         "node",
         "queued",
@@ -85,6 +98,7 @@ class LoadRecord(Frozen):
         "held",
         "want",
         "share",
+        "held_all",
     )
     node: str
     boot: int
@@ -99,6 +113,7 @@ class LoadRecord(Frozen):
     held: int
     want: int
     share: int
+    held_all: int
 
     def __init__(
         self,
@@ -116,9 +131,23 @@ class LoadRecord(Frozen):
         held: int = 0,
         want: int = 0,
         share: int = 0,
+        held_all: int | None = None,
     ) -> None:
         self._init(
-            node, boot, seq, ack, ack_boot, jobs, running, queued, free, speed, held, want, share
+            node,
+            boot,
+            seq,
+            ack,
+            ack_boot,
+            jobs,
+            running,
+            queued,
+            free,
+            speed,
+            held,
+            want,
+            share,
+            held if held_all is None else held_all,
         )
 
 
@@ -158,7 +187,7 @@ def encode(rec: LoadRecord) -> bytes:
         u16(rec.held),
         u16(rec.want),
         u16(rec.share),
-    )
+    ) + _EXTRA.pack(u16(rec.held_all))
 
 
 def decode(data: bytes) -> LoadRecord:
@@ -194,6 +223,9 @@ def decode(data: bytes) -> LoadRecord:
     if free > jobs or share > jobs:
         # Figures the sender's own jobs bound; over them is a broken or hostile sender.
         raise LoadError("field", f"free {free} / share {share} beyond jobs {jobs}")
+    held_all = None
+    if len(data) >= SIZE + _EXTRA.size:
+        (held_all,) = _EXTRA.unpack_from(data, SIZE)
     return LoadRecord(
         node.hex(),
         boot,
@@ -208,4 +240,5 @@ def decode(data: bytes) -> LoadRecord:
         held=held,
         want=want,
         share=share,
+        held_all=held_all,
     )

@@ -28,16 +28,22 @@ stock client reads can be mistaken for one.
 
 Job slot reservation (meshcc extension, announced as the ``busy`` capability): a meshcc
 client that knows the server announces ``busy`` opens the connection with the single token
-``SLOT00000001`` (``SLOT_REQUEST``) and waits for the answer before sending ``DIST``. The
-server answers at once: ``FREE00000001`` (``SLOT_GRANTED``: one of its ``--jobs`` slots is
-now this connection's, and the request follows as usual) or ``BUSY`` + the number of jobs it
-is running (``encode_busy``: every slot is taken or promised, try elsewhere) and closes.
-So a full server never holds a waiting job for such a client, and the client never waits
-inside a server where nobody can see it. ``read_slot_answer`` judges the answer (an
-``ERRM`` refusal may come instead, e.g. from the access list). Stock distcc never sees
-these tokens (meshcc sends ``SLOT`` only to peers announcing ``busy``; no distcc client
-sends it); a stock client's request still waits for a slot inside the server, as with
-distccd.
+``SLOT00000001`` (``SLOT_REQUEST``) and sends the whole request right behind it, without
+waiting (pipelined: no round trip per job). The server answers as soon as it reads ``SLOT``,
+before the request: ``FREE00000001`` (``SLOT_GRANTED``: one of its ``--jobs`` slots is now
+this connection's; the reply follows when the compile is done, so the client reads ``FREE``
+then the usual ``DONE``..) or ``BUSY`` + the number of jobs it is running (``encode_busy``:
+every slot is taken or promised, try elsewhere), after which it sends nothing more, shuts
+down its sending side and discards what the client still sends for a bounded time and byte
+count before closing: a close with unread bytes would send a TCP reset, which can destroy
+the ``BUSY`` before the client reads it. A client that sees ``BUSY`` while still sending
+stops sending. ``SlotReplyReader`` parses the pipelined answer (``read_slot_answer`` judges
+a lone first token); an ``ERRM`` refusal may come instead (e.g. from the access list). An
+older client that waits for ``FREE`` before sending ``DIST`` is served the same way. So a
+full server never holds a waiting job for such a client, and the client never waits inside a
+server where nobody can see it. Stock distcc never sees these tokens (meshcc sends ``SLOT``
+only to peers announcing ``busy``; no distcc client sends it); a stock client's request
+still waits for a slot inside the server, as with distccd.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ __all__ = [
     "RequestStart",
     "SlotBusy",
     "SlotGranted",
+    "SlotReplyReader",
     "classify_probe_reply",
     "encode_busy",
     "encode_pump_files",
@@ -539,7 +546,8 @@ def _show(name: bytes) -> str:
 
 
 if TYPE_CHECKING:
-    _Parser = Generator["Event | _NeedDataType", None, None]
+    # The slot answer's events come only from SlotReplyReader.
+    _Parser = Generator["Event | SlotGranted | SlotBusy | _NeedDataType", None, None]
 
 
 class _Reader:
@@ -570,7 +578,7 @@ class _Reader:
         """The peer closed the stream; a truncated message now raises ProtocolError."""
         self._eof = True
 
-    def next_event(self) -> Event | _NeedDataType:
+    def next_event(self) -> Event | SlotGranted | SlotBusy | _NeedDataType:
         """The next event, or NEED_DATA; raises ProtocolError (and stays failed)."""
         if self._error is not None:
             raise ProtocolError(str(self._error))
@@ -752,3 +760,30 @@ class ReplyReader(_Reader):
             yield ReplyDepFile((yield from self._body(tok, length, lim.max_body, "max_body")))
         yield ReplyEnd()
         yield from self._finished()
+
+
+class SlotReplyReader(ReplyReader):
+    """Client side of a pipelined ``SLOT`` request: the slot answer, then the reply.
+
+    Events: ``SlotGranted`` then the events of :class:`ReplyReader`; or ``SlotBusy`` alone
+    (terminal: the server sends nothing after it); or ``ReplyRefused`` in place of the
+    answer (terminal)."""
+
+    __slots__ = ()
+
+    def _parse(self) -> _Parser:
+        lim = self.limits
+        tok, value = yield from self._header((b"FREE", b"BUSY", b"ERRM"))
+        if tok == b"ERRM":
+            data = yield from self._body(tok, value, lim.max_message, "max_message")
+            yield ReplyRefused(data.decode("utf-8", "replace"))
+            yield from self._finished()
+            return
+        if tok == b"BUSY":
+            yield SlotBusy(value)
+            yield from self._finished()
+            return
+        if value != 1:
+            raise ProtocolError(f"FREE token value {value} (only 1 is defined)")
+        yield SlotGranted()
+        yield from super()._parse()

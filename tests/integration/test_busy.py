@@ -127,12 +127,10 @@ def test_full_server_says_busy_to_meshcc_and_queues_stock_distcc_visibly(
         st = _status(sock)
         assert (st.jobs, st.running, st.slots_held, st.slot_waiting) == (1, 1, 1, 0), st
 
-        # 2. A meshcc client asking for a slot hears BUSY at once, the job still running.
-        conn = client.Connection(LOOPBACK, daemon.port, 1, io_timeout=IO_TIMEOUT)
-        conn.connect()
+        # 2. A meshcc client asking for a slot with its request hears BUSY at once, the
+        # job still running (the answer comes in place of the reply, no compile waited).
         with pytest.raises(client.Busy) as busy:
-            conn.reserve_slot()
-        conn.close()
+            _pipelined(daemon.port, b"b.c", b"int b(int x) { return x; }\n")
         assert busy.value.running == 1
         assert procs[0].poll() is None and (marks / "hold").exists()
 
@@ -146,11 +144,8 @@ def test_full_server_says_busy_to_meshcc_and_queues_stock_distcc_visibly(
         st = _status(sock)
         assert (st.running, st.slots_held, _started(marks)) == (1, 1, 1), st
         # A queued request is owed the next slot: a SLOT request is still answered BUSY.
-        conn = client.Connection(LOOPBACK, daemon.port, 1, io_timeout=IO_TIMEOUT)
-        conn.connect()
         with pytest.raises(client.Busy):
-            conn.reserve_slot()
-        conn.close()
+            _pipelined(daemon.port, b"b.c", b"int b(int x) { return x; }\n")
     except BaseException:
         for p in procs:
             if p.poll() is None:
@@ -169,26 +164,29 @@ def test_full_server_says_busy_to_meshcc_and_queues_stock_distcc_visibly(
         f"b.c's wait is not in its summary\n{daemon.log_text()}"
     )
 
-    # 4. With the slot free, SLOT reserves it (FREE) and the job follows on that connection.
+    # 4. With the slot free, a lone SLOT (a client that waits for FREE before its request,
+    # as meshcc's did before pipelining) reserves it, and the job follows on that connection.
     netns.wait_for(lambda: _status(sock).slots_held == 0, 30, what="the slot to be free")
     cpp = run(["gcc", "-E", "c.c"], cwd=tmp_path, env=client_env).stdout.encode()
-    with client.Connection(LOOPBACK, daemon.port, 1, io_timeout=IO_TIMEOUT) as conn:
-        conn.connect()
-        conn.reserve_slot()
+    s, answer = _ask_slot(daemon.port, LOOPBACK)
+    with s:
+        assert answer == wire.SLOT_GRANTED
         netns.wait_for(lambda: _status(sock).slots_held == 1, 30, what="the reservation")
         # Reserved, not yet sent: a SLOT request now is BUSY, the reservation counts.
-        other = client.Connection(LOOPBACK, daemon.port, 1, io_timeout=IO_TIMEOUT)
-        other.connect()
         with pytest.raises(client.Busy) as busy:
-            other.reserve_slot()
-        other.close()
+            _pipelined(daemon.port, b"b.c", b"int b(int x) { return x; }\n")
         assert busy.value.running == 0  # the slot is reserved, nothing runs yet
-        conn.send_head([b"gcc", b"-c", b"c.c", b"-o", b"c.o"])
-        conn.send_source(cpp)
-        reply = conn.read_reply()
-    assert reply.status == 0 and reply.obj.startswith(b"\x7fELF"), reply.stderr
+        s.sendall(wire.encode_request_head(1, [b"gcc", b"-c", b"c.c", b"-o", b"c.o"]))
+        s.sendall(wire.encode_source(cpp))
+        events = _read_reply(s, 1)
+    assert events[0] == wire.ReplyStart(1) and events[1] == wire.ReplyStatus(0), events
+    [obj] = [e.data for e in events if isinstance(e, wire.ReplyObject)]
+    assert obj.startswith(b"\x7fELF")
     assert _status(sock).slots_held == 0
-    assert "c.c" in {j.input for j in daemon.wait_for_jobs(3)}, daemon.diagnostics()
+    # 5. And a pipelined request (SLOT, request, no wait) with the slot free: FREE, the reply.
+    reply = _pipelined(daemon.port, b"c.c", cpp)
+    assert reply.status == 0 and reply.obj == obj, reply.stderr
+    assert [j.input for j in daemon.wait_for_jobs(4)].count("c.c") == 2, daemon.diagnostics()
 
 
 def test_refusal_before_the_slot_reaches_the_meshcc_client(
@@ -197,15 +195,152 @@ def test_refusal_before_the_slot_reaches_the_meshcc_client(
     """A SLOT request from an address the access list refuses gets the ERRM reason, not a
     slot (the access check comes first)."""
     daemon = meshcc_daemon(allow=("10.99.0.0/16",))
-    conn = client.Connection(LOOPBACK, daemon.port, 1, io_timeout=IO_TIMEOUT)
-    conn.connect()
     with pytest.raises(client.Refused, match="not allowed by this server's access list"):
-        conn.reserve_slot()
-    conn.close()
+        _pipelined(daemon.port, b"a.c", b"int a;\n")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and "denied by access list" not in daemon.log_text():
         time.sleep(0.05)
     assert "denied by access list" in daemon.log_text()
+
+
+# --------------------------------------------------------------------------- pipelined SLOT
+
+
+def _pipelined(
+    port: int, source: bytes, data: bytes, version: int = 1, *, host: str = LOOPBACK
+) -> client.Reply:
+    """meshcc's compile client's exchange with a ``busy`` peer: SLOT, the request, no wait;
+    the reply, or client.Busy / client.Refused."""
+    with client.Connection(host, port, version, io_timeout=IO_TIMEOUT) as conn:
+        conn.connect()
+        conn.reserve_slot()
+        conn.send_head([b"gcc", b"-c", source, b"-o", b"out.o"])
+        conn.send_source(data)
+        return conn.read_reply()
+
+
+def _read_reply(s: socket.socket, version: int) -> list[object]:
+    """Every event of a plain distcc reply read from ``s``, until the reply ends."""
+    reader = wire.ReplyReader(version)
+    events: list[object] = []
+    while True:
+        event = reader.next_event()
+        if event is wire.NEED_DATA:
+            chunk = s.recv(1 << 16)
+            if chunk:
+                reader.feed(chunk)
+            else:
+                reader.feed_eof()
+            continue
+        events.append(event)
+        if isinstance(event, (wire.ReplyEnd, wire.ReplyRefused)):
+            return events
+
+
+def _big_source(size: int) -> bytes:
+    """A preprocessed source of about ``size`` bytes (mostly one comment: cheap to compile)."""
+    return b"/* " + b"x" * size + b" */\nint big(int x) { return x * 7; }\n"
+
+
+def test_full_server_answers_busy_to_a_big_pipelined_request_and_the_client_stops_sending(
+    meshcc_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """The server's only slot is reserved (a lone SLOT); a client pipelines SLOT and a
+    48 MiB request (protocol 1: the bytes go as they are, far over the 8 MiB the server
+    discards after a BUSY). It hears BUSY, every time, without sending the whole request:
+    it saw the BUSY between two pieces and stopped, so the server never had to close on
+    unread bytes (which would reset the connection and could destroy the BUSY). With the
+    slot free, the same big request compiles."""
+    daemon = meshcc_daemon("--log-level", "debug", jobs=1)
+    big = _big_source(48 * 1024 * 1024)
+    holder, answer = _ask_slot(daemon.port, LOOPBACK)
+    try:
+        assert answer == wire.SLOT_GRANTED
+        for _ in range(5):
+            with pytest.raises(client.Busy):
+                _pipelined(daemon.port, b"big.c", big)
+    finally:
+        holder.close()
+    netns.wait_for(
+        lambda: daemon.log_text().count("bytes read after SLOT until") == 5, 30, what="the logs"
+    )
+    drained = [
+        int(line.split(" bytes read after SLOT")[0].rsplit(" ", 1)[1])
+        for line in daemon.log_text().splitlines()
+        if "bytes read after SLOT until its close" in line
+    ]
+    assert len(drained) == 5, daemon.log_text()[-3000:]  # the client closed, no limit hit
+    assert max(drained) < len(big) // 2, drained  # it stopped sending early
+    netns.wait_for(lambda: _status_port_free(daemon.port), 30, what="the reservation to end")
+    reply = _pipelined(daemon.port, b"big.c", big)
+    assert reply.status == 0 and reply.obj.startswith(b"\x7fELF"), reply.stderr
+
+
+def _status_port_free(port: int) -> bool:
+    """The only slot is free again: a lone SLOT gets FREE (and gives it back at once)."""
+    s, answer = _ask_slot(port, LOOPBACK)
+    s.close()
+    return answer == wire.SLOT_GRANTED
+
+
+def test_busy_reaches_a_client_that_sent_its_whole_request_without_reading(
+    meshcc_daemon: Callable[..., Daemon],
+) -> None:
+    """A client that pipelines SLOT and a 4 MiB request and reads only once it has sent
+    everything still reads BUSY then a clean end of stream, not a reset: after BUSY the server
+    shuts down its side and reads (discards) the rest until the client closes."""
+    daemon = meshcc_daemon(jobs=1)
+    holder, answer = _ask_slot(daemon.port, LOOPBACK)
+    try:
+        assert answer == wire.SLOT_GRANTED
+        request_bytes = (
+            wire.SLOT_REQUEST
+            + wire.encode_request_head(1, [b"gcc", b"-c", b"big.c", b"-o", b"big.o"])
+            + wire.encode_source(_big_source(4 * 1024 * 1024))
+        )
+        for _ in range(5):
+            with socket.create_connection((LOOPBACK, daemon.port), timeout=IO_TIMEOUT) as s:
+                s.sendall(request_bytes)
+                got = b""
+                while chunk := s.recv(1 << 16):  # ConnectionResetError fails the test
+                    got += chunk
+            assert got == wire.encode_busy(0)
+    finally:
+        holder.close()
+
+
+def test_stock_distcc_client_compiles_on_a_full_meshcc_server_after_it_frees(
+    meshcc_daemon: Callable[..., Daemon], client_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A stock distcc 3.4 client sends no SLOT: while meshcc clients' pipelined requests
+    to the full server hear BUSY, its job waits inside the server (distccd's behaviour) and
+    compiles once the slot frees, object identical to a local build."""
+    sock = tmp_path / "control.sock"
+    daemon = meshcc_daemon("--socket", str(sock), jobs=1)
+    (tmp_path / "d.c").write_text("int d(int x) { return x - 1; }\n")
+    env = dict(client_env, DISTCC_HOSTS=f"{LOOPBACK}:{daemon.port}", DISTCC_FALLBACK="0")
+    holder, answer = _ask_slot(daemon.port, LOOPBACK)
+    proc = None
+    try:
+        assert answer == wire.SLOT_GRANTED
+        proc = _popen(["distcc", "gcc", "-c", "d.c", "-o", "d.o"], tmp_path, env)
+        netns.wait_for(lambda: _status(sock).slot_waiting == 1, 30, what="distcc's job to queue")
+        with pytest.raises(client.Busy):
+            _pipelined(daemon.port, b"e.c", b"int e;\n")
+        assert proc.poll() is None
+    except BaseException:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+        raise
+    finally:
+        holder.close()
+    _finish(proc, "distcc gcc d.c")
+    local = run(["gcc", "-c", "d.c", "-o", "local-d.o"], cwd=tmp_path, env=client_env)
+    assert local.returncode == 0
+    assert (tmp_path / "d.o").read_bytes() == (tmp_path / "local-d.o").read_bytes()
+    [job] = daemon.wait_for_jobs(1)
+    assert job.input == "d.c" and job.queue_ms is not None, daemon.diagnostics()
 
 
 # --------------------------------------------------------------------------- turns

@@ -18,6 +18,14 @@ server used to end up holding four connections while running two.
    ``--jobs``, and no request ever waits inside a server. Both builds match a local build
    and both clients got remote jobs (neither starves).
 
+3. Fairness with indivisible slots (``test_two_clients_share_one_slot_servers_fairly``):
+   servers with ``--jobs 1`` and both clients remote only (``DISTCC_FALLBACK=0``), so the
+   two slots must be shared between two boxes that each want eight. Sampled: never more than
+   one slot held or running per server, nothing waiting inside one; and when the first build
+   ends, the other box has had at least a third as many jobs compiled (each box is fair
+   game for both servers; before the load records carried what each box holds mesh-wide,
+   one box could hold both servers' only slots and the other wait for its whole build).
+
 Time bounds are only against hangs.
 """
 
@@ -261,3 +269,113 @@ def _run(
                 by_client[addr[j.client.rsplit(":", 1)[0]]] += 1
     print(f"remote jobs per client: {by_client}")
     assert all(by_client.values()), f"a client got no remote job: {by_client}"
+
+
+def test_two_clients_share_one_slot_servers_fairly(
+    lan: Callable[..., Lan], zlib_source: Path, tmp_path: Path
+) -> None:
+    net = lan()
+    hosts = {n: net.add_host(n) for n in ("c1", "c2", "s1", "s2")}
+    work = private_dir("slotwait-fair-")
+    try:
+        _fair(hosts, work, zlib_source, tmp_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fair(hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: Path) -> None:
+    odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
+    common = ("--interface", "eth0")
+    daemons = {
+        "s1": Meshd(work, hosts["s1"], *common, "--jobs", "1", name="s1"),
+        "s2": Meshd(work, hosts["s2"], *common, "--jobs", "1", name="s2"),
+        "c1": Meshd(work, hosts["c1"], *common, "--compiler", str(odd), name="c1"),
+        "c2": Meshd(work, hosts["c2"], *common, "--compiler", str(odd), name="c2"),
+    }
+    for d in daemons.values():
+        d.start()
+    s1, s2 = daemons["s1"], daemons["s2"]
+    servers = {hosts["s1"].address, hosts["s2"].address}
+
+    def assembled(d: Meshd) -> bool:
+        res = d.cli("hosts", "--cc", "gcc", inside=True)
+        return {tok.split(":")[0] for tok in res.stdout.split()} == servers | {"localhost/2"}
+
+    try:
+        netns.wait_for(
+            lambda: assembled(daemons["c1"]) and assembled(daemons["c2"]), 60, 0.25, "the mesh"
+        )
+    except TimeoutError:
+        pytest.fail(_diagnostics(list(daemons.values())))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)])
+    ref = copy_tree(zlib_source, tmp_path / "zlib-ref")
+    (ref / "objects.mk").write_text(OBJECTS_MK)
+    run(["./configure"], cwd=ref, env=dict(env, CC="gcc"))
+    trees = {c: shutil.copytree(ref, tmp_path / f"zlib-{c}", symlinks=True) for c in ("c1", "c2")}
+    addr = {hosts[c].address: c for c in ("c1", "c2")}
+
+    def compiled() -> dict[str, int]:
+        """Jobs compiled on the servers so far, per client box."""
+        by_client = dict.fromkeys(("c1", "c2"), 0)
+        for s in (s1, s2):
+            for j in parse_job_summaries(s.log_text()):
+                if j.result == "COMPILE_OK":
+                    by_client[addr[j.client.rsplit(":", 1)[0]]] += 1
+        return by_client
+
+    def client_env(c: str) -> dict[str, str]:
+        state = tmp_path / f"state-{c}"
+        (state / "tmp").mkdir(parents=True, exist_ok=True)
+        return dict(
+            env,
+            DISTCC_DIR=str(state),
+            TMPDIR=str(state / "tmp"),
+            MESHCC_SOCKET=str(daemons[c].socket),
+            DISTCC_FALLBACK="0",
+        )
+
+    sampled = {
+        s.name: (s.socket, s.proc.pid, 3632, 1)  # type: ignore[union-attr]
+        for s in (s1, s2)
+    }
+    at_first_end: dict[str, int] | None = None
+    first = None
+    with SlotSampler(sampled) as sampler:
+        builds = {
+            c: hosts[c].popen(
+                ["make", "-j8", "-f", "Makefile", "-f", "objects.mk", "CC=meshcc-gcc", TARGET],
+                cwd=trees[c],
+                env=client_env(c),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for c in ("c1", "c2")
+        }
+        try:
+            first = netns.wait_for(
+                lambda: next((c for c, p in builds.items() if p.poll() is not None), None),
+                900,
+                0.05,
+                "a build to end",
+            )
+            at_first_end = compiled()  # the other's count (a summary may lag: fewer)
+        finally:
+            for c, p in builds.items():
+                _finish(p, f"make on {c}", timeout=900)
+    peaks = {name: p.as_dict() for name, p in sampler.peaks.items()}
+    final = compiled()
+    print(f"sampled peaks per server (--jobs 1): {peaks}")
+    print(f"{first} ended first; jobs compiled per client then: {at_first_end}; in all {final}")
+    assert not sampler.errors, sampler.errors[:5]
+    for name, p in sampler.peaks.items():
+        assert p.samples > 20, (name, p)
+        assert p.running <= 1 and p.slots_held <= 1 and p.slot_waiting == 0, (name, p)
+        assert not p.over, (name, p.over[:5])
+    assert at_first_end is not None and first is not None
+    other = "c2" if first == "c1" else "c1"
+    assert final[first] == final[other] > 0, final  # every job remote (DISTCC_FALLBACK=0)
+    assert at_first_end[other] * 3 >= final[first], (
+        f"{other} starved: {at_first_end} compiled when {first}'s build ended ({final} in all)"
+    )

@@ -13,7 +13,8 @@ from harness import free_port
 
 
 def _daemon_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "meshcc", "daemon", *args]
+    # --no-cache: no result cache left in /var/cache by a test of the daemon's limits
+    return [sys.executable, "-m", "meshcc", "daemon", "--no-cache", *args]
 
 
 def test_bad_options_exit_101_as_distccd() -> None:

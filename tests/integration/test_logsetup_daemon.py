@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
+
+from conftest import loopback_daemon_argv
 
 
 def _journal_env(f: object) -> dict[str, str]:
@@ -20,20 +21,7 @@ def _run_daemon(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        argv = [
-            sys.executable,
-            "-m",
-            "meshcc",
-            "daemon",
-            "--listen",
-            "127.0.0.1",
-            "--no-discovery",
-            "--port",
-            str(s.getsockname()[1]),
-            "--allow",
-            "127.0.0.1",
-            *args,
-        ]
+        argv = loopback_daemon_argv(s.getsockname()[1], *args)
         return subprocess.run(
             argv, check=False, text=True, timeout=60, stdin=subprocess.DEVNULL, **kw
         )

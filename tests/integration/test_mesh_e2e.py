@@ -26,7 +26,7 @@ import pytest
 
 import netns
 from meshcc.mesh.records import DistccId, distcc_subtype
-from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir
+from meshd import Meshd, browse_names, mismatched_gcc, private_dir, trusted_dir
 from netns import Lan
 
 pytestmark = [
@@ -35,24 +35,6 @@ pytestmark = [
         netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason())
     ),
 ]
-
-
-BROWSE_DISTCC = r"""
-import sys, time
-from zeroconf import ServiceBrowser, Zeroconf, IPVersion
-seen = set()
-class L:
-    def add_service(self, zc, t, name): seen.add(name)
-    def update_service(self, zc, t, name): seen.add(name)
-    def remove_service(self, zc, t, name): pass
-zc = Zeroconf(interfaces=[sys.argv[2]], ip_version=IPVersion.V4Only)
-ServiceBrowser(zc, sys.argv[1], L())
-deadline = time.monotonic() + 8
-while time.monotonic() < deadline and len(seen) < int(sys.argv[3]):
-    time.sleep(0.05)
-zc.close()
-print("\n".join(sorted(seen)))
-"""
 
 
 def _entries(line: str) -> set[str]:
@@ -159,9 +141,7 @@ def test_mesh_of_daemons(lan: Callable[..., Lan]) -> None:
 
         # 5. stock distcc's view: python-zeroconf browsing distcc's subtype sees a, b, c, d.
         subtype = distcc_subtype(_local_distcc_id())
-        p = hf.python(BROWSE_DISTCC, subtype, hf.address, "4")
-        assert p.returncode == 0, p.stderr
-        names = p.stdout.split()
+        names = browse_names(hf, subtype, 8, stop_after=4)
         assert len(names) >= 4 and all(n.endswith("._distcc._tcp.local.") for n in names), names
 
         # 6. no daemon on f: `meshcc hosts` browses by itself.

@@ -26,7 +26,15 @@ import pytest
 
 import netns
 from meshcc.wire import control
-from meshd import BareMeshd, ControlConn, Meshd, bare_path, private_dir, trusted_dir
+from meshd import (
+    BareMeshd,
+    ControlConn,
+    Meshd,
+    bare_path,
+    browse_names,
+    private_dir,
+    trusted_dir,
+)
 from netns import Lan
 
 pytestmark = [
@@ -35,21 +43,6 @@ pytestmark = [
         netns.unavailable_reason() is not None, reason=str(netns.unavailable_reason())
     ),
 ]
-
-BROWSE = r"""
-import sys, time
-from zeroconf import ServiceBrowser, Zeroconf, IPVersion
-seen = set()
-class L:
-    def add_service(self, zc, t, name): seen.add(name)
-    def update_service(self, zc, t, name): seen.add(name)
-    def remove_service(self, zc, t, name): pass
-zc = Zeroconf(interfaces=[sys.argv[2]], ip_version=IPVersion.V4Only)
-ServiceBrowser(zc, sys.argv[1], L())
-time.sleep(float(sys.argv[3]))
-zc.close()
-print("\n".join(sorted(seen)))
-"""
 
 FETCH = r"""
 import sys, urllib.request as u
@@ -170,12 +163,11 @@ def test_a_daemon_without_a_compiler_is_a_useful_mesh_only_node(
         # Stock distcc's view: no _distcc._tcp record of live (b's is there); live is
         # announced only as a meshcc node.
         live_id, b_id = live.status()["node"], b.status()["node"]
-        p = hf.python(BROWSE, "_distcc._tcp.local.", hf.address, "4")
-        assert p.returncode == 0, p.stderr
-        assert any(b_id in n for n in p.stdout.split()), p.stdout
-        assert not any(live_id in n for n in p.stdout.split()), p.stdout
-        p = hf.python(BROWSE, "_meshcc._tcp.local.", hf.address, "3")
-        assert any(live_id in n for n in p.stdout.split()), p.stdout
+        names = browse_names(hf, "_distcc._tcp.local.", 4)
+        assert any(b_id in n for n in names), names
+        assert not any(live_id in n for n in names), names
+        names = browse_names(hf, "_meshcc._tcp.local.", 3)
+        assert any(live_id in n for n in names), names
     finally:
         for m in daemons:
             m.stop()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOOPBACK, Daemon, free_port, port_accepts
+from conftest import LOOPBACK, Daemon, free_port, loopback_daemon_argv, port_accepts
 from meshcc import compression
 from meshcc.transport.addresses import client_allowed, normalize_client_ip
 from meshcc.transport.server import JobResult, JobSummary
@@ -584,21 +584,7 @@ def test_sigterm_lets_running_job_finish(meshcc_daemon, tmp_path: Path) -> None:
 
 
 def _daemon_cmd(*args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "meshcc",
-        "daemon",
-        "--listen",
-        LOOPBACK,
-        "--no-discovery",
-        "--port",
-        str(port or free_port()),
-        "--allow",
-        LOOPBACK,
-        *ROOT,
-        *args,
-    ]
+    argv = loopback_daemon_argv(port or free_port(), *ROOT, *args)
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
     )
@@ -623,18 +609,7 @@ def test_bad_compiler_exits_110(compiler: str) -> None:
 
 def test_no_compilers_on_path_exits_110(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))
-    argv = [
-        sys.executable,
-        "-m",
-        "meshcc",
-        "daemon",
-        "--listen",
-        LOOPBACK,
-        "--no-discovery",
-        "--port",
-        str(free_port()),
-        *ROOT,
-    ]
+    argv = loopback_daemon_argv(free_port(), *ROOT, allow=())
     p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 110 and "no compilers found" in p.stderr, p.stderr
 

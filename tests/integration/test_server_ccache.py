@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOOPBACK, Daemon, free_port, run
+from conftest import LOOPBACK, Daemon, free_port, loopback_daemon_argv, run
 
 GCC = shutil.which("gcc") or "/usr/bin/gcc"
 MASQUERADE_GCC = "/usr/lib/ccache/gcc"  # Debian's ccache package makes these links
@@ -285,20 +285,7 @@ def test_concurrent_jobs_are_counted_exactly(
 
 
 def _daemon_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "meshcc",
-        "daemon",
-        "--listen",
-        LOOPBACK,
-        "--no-discovery",
-        "--port",
-        str(free_port()),
-        "--allow",
-        LOOPBACK,
-        *args,
-    ]
+    argv = loopback_daemon_argv(free_port(), *args)
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env
     )

@@ -20,7 +20,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LOOPBACK, Daemon, free_port, port_accepts
+from conftest import LOOPBACK, Daemon, free_port, loopback_daemon_argv, port_accepts
 from meshcc.compiler.toolchain import ToolchainRegistry
 from meshcc.transport.server import CompileServer, ServerConfig, bind_listener
 from meshcc.wire import protocol as wire
@@ -156,25 +155,9 @@ def limited_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             "prlimit",
             f"--nofile={nofile}:{nofile}",
             "--",
-            sys.executable,
-            "-m",
-            "meshcc",
-            "daemon",
-            "--listen",
-            LOOPBACK,
-            "--no-discovery",
-            "--port",
-            str(port),
-            "--allow",
-            "127.0.0.0/8",
-            "--log-file",
-            str(log_path),
-            "--log-level",
-            "info",
-            "--status-port",
-            "0",
-            *ROOT,
-            *extra,
+            *loopback_daemon_argv(
+                port, "--status-port", "0", *ROOT, *extra, allow=("127.0.0.0/8",), log_file=log_path
+            ),
         ]
         out = tmp_path / f"meshccd-{port}.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}

@@ -112,6 +112,71 @@ def test_read_slot_answer_never_fails_otherwise(data: bytes, eof: bool) -> None:
     assert not (eof and got is wire.NEED_DATA)
 
 
+# ---------------------------------------------------------------- the pipelined answer
+
+
+def _events(reader: wire.ReplyReader, data: bytes, step: int, eof: bool = True) -> list[object]:
+    """Feed ``data`` ``step`` bytes at a time (then EOF); every event until NEED_DATA."""
+    out: list[object] = []
+    for at in range(0, len(data) + 1, step):
+        reader.feed(data[at : at + step])
+        if eof and at + step >= len(data):
+            reader.feed_eof()
+        while (event := reader.next_event()) is not wire.NEED_DATA:
+            out.append(event)
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 5, 12, 1000])
+@pytest.mark.parametrize("version", [1, 2])
+def test_slot_reply_reader_reads_free_then_the_reply(step: int, version: int) -> None:
+    reply = wire.encode_reply(version, 0, b"warn", b"", b"\x7fELF-object")
+    got = _events(wire.SlotReplyReader(version), wire.SLOT_GRANTED + reply, step)
+    plain = _events(wire.ReplyReader(version), reply, step)
+    assert got == [wire.SlotGranted(), *plain]
+    assert plain[-1] == wire.ReplyEnd()
+
+
+@pytest.mark.parametrize("step", [1, 12, 100])
+def test_slot_reply_reader_busy_and_refusal_are_terminal(step: int) -> None:
+    assert _events(wire.SlotReplyReader(2), wire.encode_busy(3), step) == [wire.SlotBusy(3)]
+    refusal = wire.encode_refusal("client address 10.1.2.3 is not allowed")
+    assert _events(wire.SlotReplyReader(2), refusal, step) == [
+        wire.ReplyRefused("client address 10.1.2.3 is not allowed")
+    ]
+    # Nothing may follow BUSY (the server half-closes after it).
+    reader = wire.SlotReplyReader(2)
+    reader.feed(wire.encode_busy(1) + b"DONE00000002")
+    assert reader.next_event() == wire.SlotBusy(1)
+    with pytest.raises(wire.ProtocolError, match="unexpected byte"):
+        reader.next_event()
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", "truncated"),
+        (wire.SLOT_GRANTED, "truncated"),  # FREE, then the server went away
+        (b"FREE00000002", "only 1 is defined"),
+        (wire.encode_reply(2, 0, b"", b"", b"o"), "got DONE"),  # a reply without the answer
+        (wire.SLOT_GRANTED + wire.encode_reply(1, 0, b"", b"", b"o"), "does not match"),
+    ],
+)
+def test_slot_reply_reader_refuses_what_is_not_an_answer(data: bytes, match: str) -> None:
+    with pytest.raises(wire.ProtocolError, match=match):
+        _events(wire.SlotReplyReader(2), data, 1000)
+
+
+@given(st.binary(max_size=80), st.integers(1, 40))
+def test_slot_reply_reader_never_fails_otherwise(data: bytes, step: int) -> None:
+    try:
+        events = _events(wire.SlotReplyReader(1), data, step)
+    except wire.ProtocolError:
+        return
+    assert events, "a complete stream with no event"
+    assert isinstance(events[0], (wire.SlotGranted, wire.SlotBusy, wire.ReplyRefused))
+
+
 # ---------------------------------------------------------------- the client's decision
 
 

@@ -46,6 +46,8 @@ CLEAN = {
         "import socket\n\nfrom meshcc import compression\nfrom meshcc.compiler import args\n"
         "from meshcc.wire import protocol\n"
     ),
+    "cache/__init__.py": "",
+    "cache/key.py": "import hashlib\n\nfrom meshcc.compiler import policy\n",
     "compiler/__init__.py": "",
     "compiler/args.py": "from meshcc import defaults\n",
     "compiler/policy.py": "from meshcc.compiler import args\n",

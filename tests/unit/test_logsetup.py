@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -184,3 +185,33 @@ def test_daemon_options_and_cli() -> None:
     ns = cli.build_parser().parse_args(["daemon"])
     opts = daemon.DaemonOptions.from_namespace(ns)
     assert opts.log_stderr is False and opts.log_file is None
+
+
+def test_file_timestamps_match_loggings_own_across_seconds() -> None:
+    """The log file's per-second cached timestamp is logging's default, record by record."""
+    ours = logsetup._FileFormatter("%(asctime)s %(message)s")
+    stock = logging.Formatter("%(asctime)s %(message)s")
+    base = 1_780_000_000.0
+    for created in (
+        base + 0.001,
+        base + 0.999,
+        base + 1.0,
+        base + 1.5,
+        base + 0.2,
+        base + 86400.75,
+    ):
+        record = logging.LogRecord("meshcc.x", logging.INFO, "", 0, "m", None, None)
+        record.created = created
+        record.msecs = (created - int(created)) * 1000
+        assert ours.format(record) == stock.format(record)
+
+
+def test_records_skip_the_caller_lookup() -> None:
+    """After configure(), records do not walk the stack for a file and line (no meshcc
+    format prints them; it was a large part of a log line's cost in the daemon)."""
+    logsetup.configure(logging.INFO, io.StringIO())
+    record = logging.getLogger("meshcc.x").makeRecord(
+        "meshcc.x", logging.INFO, "", 0, "m", (), None
+    )
+    assert logging._srcfile is None  # type: ignore[attr-defined]
+    assert record.threadName is None and record.processName is None

@@ -23,6 +23,7 @@ from meshcc.mesh.load import (
     RemotePeer,
     SpeedMeter,
     choose,
+    fair_fill,
     water_fill,
 )
 from meshcc.mesh.matching import Verdict
@@ -53,15 +54,19 @@ def records(draw: st.DrawFn) -> wire.LoadRecord:
         held=draw(u16),
         want=draw(u16),
         share=draw(st.integers(0, jobs)),
+        held_all=draw(u16),
     )
 
 
 @given(records())
 def test_record_round_trip(rec: wire.LoadRecord) -> None:
     data = wire.encode(rec)
-    assert len(data) == wire.SIZE == 46
+    assert len(data) == wire.SIZE + 2 == 48  # the 46 bytes of every record, then held_all
     assert wire.decode(data) == rec
     assert wire.decode(data + b"later minor fields") == rec  # appended fields are ignored
+    # A sender that knows only the first 46 bytes: held_all reads as its held.
+    old = wire.decode(data[: wire.SIZE])
+    assert old.held_all == rec.held and old.share == rec.share
 
 
 @given(st.binary(max_size=600))
@@ -111,6 +116,57 @@ def test_water_fill_is_max_min_fair(capacity: int, demands: dict[str, int]) -> N
     for k, d in demands.items():
         if alloc[k] < d:  # an unsatisfied client: nobody gets more than one unit above it
             assert all(v <= alloc[k] + 1 for v in alloc.values())
+
+
+@given(
+    st.integers(0, 64),
+    st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 40)),
+    st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 20)),
+)
+def test_fair_fill_is_max_min_fair_over_what_each_holds_in_all(
+    capacity: int, demands: dict[str, int], base: dict[str, int]
+) -> None:
+    alloc = fair_fill(capacity, demands, base)
+    assert sum(alloc.values()) == min(capacity, sum(demands.values()))
+    assert all(0 <= alloc[k] <= d for k, d in demands.items())
+    total = {k: base.get(k, 0) + alloc[k] for k in demands}
+    for j, dj in demands.items():
+        if alloc[j] < dj:  # j wants more: nobody got a unit j had a better claim to
+            assert all(total[k] <= total[j] + 1 for k in demands if alloc[k] > 0), total
+    assert fair_fill(capacity, demands) == fair_fill(capacity, demands, {}, {})
+
+
+def test_fair_fill_gives_a_contended_slot_to_the_client_holding_fewest_in_all() -> None:
+    want = {"a": 5, "b": 5}
+    assert fair_fill(1, want, {"a": 1, "b": 0}, {"a": 1}) == {"a": 0, "b": 1}
+    assert fair_fill(1, want, {"a": 0, "b": 1}, {"a": 1}) == {"a": 1, "b": 0}  # balanced
+    assert fair_fill(1, want, {}, {"b": 1}) == {"a": 0, "b": 1}  # a tie: the holder keeps it
+
+
+def test_a_box_holding_slots_elsewhere_yields_a_contended_slot() -> None:
+    """s has one slot and a holds it. b wants it too. Once a's clients also hold a slot
+    elsewhere (here: one of a's own), s promises a less than it holds (a takes no new job
+    there) and, when a's job ends, the slot goes to b; a box that does not hold more in all
+    keeps its slot (no churn: each client keeps the one it uses)."""
+    for a_elsewhere in (True, False):
+        net = Net(jobs=1)
+        a, b = net.books["a"], net.books["b"]
+        a.set_demand("m:s", 0, 5)
+        net.settle()
+        assert a.live("m:s").share == 1  # type: ignore[union-attr]
+        a.set_demand("m:s", 1, 5)
+        if a_elsewhere:
+            a.set_local(held=1)
+        else:
+            b.set_local(held=1)
+        b.set_demand("m:s", 0, 5)
+        net.settle()
+        shares = (a.live("m:s").share, b.live("m:s").share)  # type: ignore[union-attr]
+        assert shares == ((0, 0) if a_elsewhere else (1, 0)), shares
+        a.set_demand("m:s", 0, 5)  # a's job on s ends
+        net.settle()
+        shares = (a.live("m:s").share, b.live("m:s").share)  # type: ignore[union-attr]
+        assert shares == ((0, 1) if a_elsewhere else (1, 0)), shares
 
 
 def test_water_fill_remainder_goes_to_holders() -> None:
@@ -386,6 +442,45 @@ def test_broker_waits_for_a_share_then_uses_peer_and_own_box() -> None:
         broker.release("m:s")
         assert isinstance(await asyncio.wait_for(third, 1), Grant)
         assert s.leased() <= 2
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_load_record_wakes_a_waiting_lease_and_ends_a_busy_hold() -> None:
+    """No polling: a waiter is served when s's record promises a slot (on_load), even one
+    held back by s's BUSY a moment ago (the record is newer news); the broker publishes its
+    waiting leases with the book's queued figure, not as load on a's own server."""
+
+    async def scenario() -> None:
+        net = Net(jobs=1)
+        a, s = net.books["a"], net.books["s"]
+        broker = LeaseBroker(_Mesh([_verdict("s", 1)]), load=a, rng=random.Random(3))
+        a.set_local(running=2)  # a's own slots are busy: only s can help
+        first = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        net.settle()
+        broker.dispatch()
+        got = await asyncio.wait_for(first, 1)
+        assert isinstance(got, Grant)
+        broker.release(got.key, busy=True)  # s said BUSY (e.g. a stock client took it)
+        waiter = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        assert not waiter.done() and a.lease_waiting == 1
+        assert a._capacity(a.now()) == 0  # its own two slots are taken; the waiter is not load
+        # a told s: its 2 slots taken, nothing queued in its server, 1 lease waiting
+        assert (s._remotes["m:a"].running, s._remotes["m:a"].queued) == (2, 1)
+        net.clock.t += 0.6  # s's next record (a heartbeat: nothing changed for s)
+        records = [data for host, _, data in s.outgoing() if host == ADDR["a"]]
+        assert records and wire.decode(records[0]).share == 1
+        key = a.receive(records[0], ADDR["s"])
+        assert key == "m:s" and "m:s" in broker.busy_until
+        broker.on_load(key)
+        assert not broker.waiters, "served at the record, not by a timer"
+        await asyncio.sleep(0)  # the acquire() task takes its grant
+        assert waiter.done()
+        got = waiter.result()
+        assert isinstance(got, Grant) and got.key == "m:s"
         broker.stop()
 
     asyncio.run(scenario())

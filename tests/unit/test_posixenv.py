@@ -1,0 +1,141 @@
+"""meshcc.posixenv stands in for ``os`` on the compile client's path: same answers.
+
+The path functions are compared with ``posixpath`` on awkward inputs; the environment
+with ``os.environ`` in a fresh interpreter started without ``os`` (``python -IS``), where
+posixenv makes its own view of the environment: a change must reach the C environment
+(what an exec'd compiler inherits) and an ``os`` imported afterwards, and the reverse.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshcc import posixenv
+
+ROOT = Path(__file__).resolve().parents[2]
+PATHS = [
+    "",
+    "/",
+    "//",
+    "///a",
+    "a",
+    "a/",
+    "a//",
+    "/a/b",
+    "/a/b/",
+    "a/b//c",
+    "//a//b//",
+    "./x.o",
+    "../x/y.c",
+    "dir/.hidden",
+]
+
+
+@pytest.mark.parametrize("p", PATHS)
+def test_basename_dirname_as_posixpath(p: str) -> None:
+    assert posixenv.path.basename(p) == posixpath.basename(p)
+    assert posixenv.path.dirname(p) == posixpath.dirname(p)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [("a", "b"), ("a/", "b"), ("", "b"), ("a", "/b"), ("a", "", "c"), ("/", "x"), ("a",)],
+)
+def test_join_as_posixpath(parts: tuple[str, ...]) -> None:
+    assert posixenv.path.join(*parts) == posixpath.join(*parts)
+
+
+def test_constants_and_fsencode(tmp_path: Path) -> None:
+    assert posixenv.defpath == posixpath.defpath
+    assert posixenv.pathsep == os.pathsep
+    assert posixenv.sep == os.sep
+    for text in ("plain", "caf\u00e9", "bad\udcff byte", ""):
+        assert posixenv.fsencode(text) == os.fsencode(text)
+    assert posixenv.fsencode(b"raw") == b"raw"
+    (tmp_path / "f").write_text("")
+    assert posixenv.path.isdir(str(tmp_path)) and not posixenv.path.isdir(str(tmp_path / "f"))
+    assert posixenv.path.isfile(str(tmp_path / "f")) and not posixenv.path.isfile(str(tmp_path))
+    assert not posixenv.path.isdir(str(tmp_path / "missing")) and not posixenv.path.isdir("a\0b")
+
+
+def test_environ_is_os_environ_when_os_is_loaded() -> None:
+    assert posixenv.environ is os.environ
+
+
+SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from meshcc import posixenv
+assert "os" not in sys.modules, "posixenv imported os"
+env = posixenv.environ
+assert type(env) is posixenv.Environ
+env["MESHCC_T_SET"] = "v\u00e9"
+env.setdefault("MESHCC_T_DEF", "d")
+env.update({"MESHCC_T_UPD": "u"})
+del env["MESHCC_T_GONE"]
+assert env.pop("MESHCC_T_POP") == "p" and env.pop("MESHCC_T_POP", "x") == "x"
+import posix
+pid = posix.posix_spawnp("sh", ["sh", "-c", "env > " + sys.argv[2]], env)  # as the wrapper
+posix.waitpid(pid, 0)
+pid = posix.fork()
+if pid == 0:  # an exec'd child inherits the C environment, not the dict
+    posix.execv("/bin/sh", ["sh", "-c", "env > " + sys.argv[3]])
+posix.waitpid(pid, 0)
+import os  # a later os sees the same values, and the other way round
+assert os.environ["MESHCC_T_SET"] == "v\u00e9" and "MESHCC_T_GONE" not in os.environ
+assert os.environ["MESHCC_T_UPD"] == "u" and os.environ["MESHCC_T_DEF"] == "d"
+os.environ["MESHCC_T_OS"] = "o"
+del os.environ["MESHCC_T_UPD"]
+assert env["MESHCC_T_OS"] == "o" and env.get("MESHCC_T_UPD") is None
+assert "MESHCC_T_UPD" not in env and env.get("MESHCC_T_UPD", "z") == "z"
+assert dict(env.items()) == dict(os.environ) == env.copy() and len(env) == len(os.environ)
+assert sorted(env) == sorted(os.environ) and sorted(env.values()) == sorted(os.environ.values())
+try:
+    env["MESHCC_T_NONE"]
+except KeyError as e:
+    assert e.args == ("MESHCC_T_NONE",)
+else:
+    raise AssertionError("no KeyError")
+print("ok")
+"""
+
+
+def test_environ_without_os_writes_through(tmp_path: Path) -> None:
+    spawned, execd = tmp_path / "spawned.env", tmp_path / "execd.env"
+    env = dict(os.environ, MESHCC_T_GONE="g", MESHCC_T_POP="p")
+    res = subprocess.run(
+        [sys.executable, "-IS", "-c", SCRIPT, str(ROOT), str(spawned), str(execd)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
+    for f in (spawned, execd):
+        lines = set(f.read_text(encoding="utf-8").splitlines())
+        assert {"MESHCC_T_SET=v\u00e9", "MESHCC_T_DEF=d", "MESHCC_T_UPD=u"} <= lines, f
+        assert not any(x.startswith(("MESHCC_T_GONE=", "MESHCC_T_POP=")) for x in lines), f
+
+
+def test_the_client_path_does_not_import_os() -> None:
+    """The modules a remote compile loads (host list or lease) stay off ``os``."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import meshcc.client.wrapper, meshcc.client.decisions, meshcc.client.slots\n"
+        "import meshcc.client.outcome, meshcc.client.state, meshcc.compiler.args\n"
+        "import meshcc.compiler.hostspec, meshcc.transport.client, meshcc.compression\n"
+        "import meshcc.transport.control_client, meshcc.wire.control\n"
+        "print(sorted(m for m in ('os', 'posixpath', 'stat', '_collections_abc')"
+        " if m in sys.modules))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-IS", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
