@@ -219,7 +219,15 @@ class Bench:
                     walls[way].append(self.make(self.cc(way), self.env(way), host=self.c))
                     wire[way].append(_eth0_bytes(self.c) - before)
                     if way == "meshcc" and identical is None:
-                        identical = _objects(self.tree) == self.reference
+                        built = _objects(self.tree)
+                        identical = built == self.reference
+                        differ = sorted(
+                            n
+                            for n in set(built) | set(self.reference)
+                            if built.get(n) != self.reference.get(n)
+                        )
+                        if differ:
+                            print(f"  objects differing from the local build: {differ}")
                     print(f"  {rate} rep {rep + 1} {way}: {walls[way][-1]:.2f} s", flush=True)
             codecs = self.codec_mix()
             results[rate] = {
