@@ -48,8 +48,7 @@ from typing import Any
 from meshcc import compression, hostos
 from meshcc.cache.service import ResultCache
 from meshcc.cache.store import Entry as CacheEntry
-from meshcc.compiler import args as cargs
-from meshcc.compiler import policy
+from meshcc.compiler import cmdline, policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
 from meshcc.exitcodes import (
     EXIT_ACCESS_DENIED,
@@ -689,36 +688,71 @@ class CompileServer:
             self._listener = None
 
     async def _accept_until_cancelled(self, sock: socket.socket) -> None:
+        """Accept directly from the non-blocking listener; wait for it to become readable
+        only when its queue is empty. The listener stays registered with the loop while
+        there is room (``loop.sock_accept`` would add and remove it, two epoll_ctl calls
+        and a future per connection); at the cap it is unregistered, since a readable
+        listener that is not accepted from would wake the loop on every turn."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await self._wait_for_room(sock)
-                conn_sock, peer = await loop.sock_accept(sock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._throttled.log(
-                        logging.ERROR,
-                        "accept-resources",
-                        "cannot accept a connection: %s (%d connections open); retrying",
-                        e.strerror or e,
-                        self._counted,
-                    )
+        fd = sock.fileno()
+        wake: asyncio.Future[None] | None = None
+        registered = False
+
+        def ready() -> None:
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+        try:
+            while True:
+                try:
+                    if self._counted >= self.max_connections:
+                        if registered:
+                            loop.remove_reader(fd)
+                            registered = False
+                        await self._wait_for_room(sock)  # registers the listener itself
+                    try:
+                        conn_sock, peer = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        if not registered:
+                            loop.add_reader(fd, ready)
+                            registered = True
+                        wake = loop.create_future()
+                        await wake
+                        continue
+                    conn_sock.setblocking(False)
+                except asyncio.CancelledError:
+                    raise
+                except OSError as e:
+                    await self._accept_failed(e)
+                    continue
+                except Exception:  # a bug: say so, keep accepting
+                    log.exception("internal error in the accept loop")
                     await asyncio.sleep(0.1)
-                elif e.errno not in (errno.ECONNABORTED, errno.EAGAIN, errno.EINTR, errno.EPROTO):
-                    log.error("accept failed: %s", e.strerror or e)
-                    await asyncio.sleep(0.1)
-                continue
-            except Exception:  # a bug: say so, keep accepting
-                log.exception("internal error in the accept loop")
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                self._admit(conn_sock, peer)
-            except Exception:
-                log.exception("internal error admitting a connection")
-                conn_sock.close()
+                    continue
+                try:
+                    self._admit(conn_sock, peer)
+                except Exception:
+                    log.exception("internal error admitting a connection")
+                    conn_sock.close()
+        finally:
+            if registered:
+                loop.remove_reader(fd)
+
+    async def _accept_failed(self, e: OSError) -> None:
+        """An accept error: out of descriptors or memory (say so, at most once per interval,
+        and retry soon), a connection that died in the queue (ignore), else log and retry."""
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self._throttled.log(
+                logging.ERROR,
+                "accept-resources",
+                "cannot accept a connection: %s (%d connections open); retrying",
+                e.strerror or e,
+                self._counted,
+            )
+            await asyncio.sleep(0.1)
+        elif e.errno not in (errno.ECONNABORTED, errno.EAGAIN, errno.EINTR, errno.EPROTO):
+            log.error("accept failed: %s", e.strerror or e)
+            await asyncio.sleep(0.1)
 
     async def _wait_for_room(self, sock: socket.socket) -> None:
         """Return when a connection may be accepted: below the cap, or, at the cap, once a
@@ -1039,10 +1073,15 @@ class CompileServer:
             self._uncount(conn)
             if tmpdir is not None:
                 _remove_job_dir(tmpdir)
+            # With nothing left to flush the transport closes the socket in its next
+            # callback, so waiting for it only costs a loop turn and a timer per job; only a
+            # reply (or ERRM) still buffered is given its second to leave.
+            flushing = bool(writer.transport.get_write_buffer_size())
             writer.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
+            if flushing:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()
             summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
                 if timeline is not None:
@@ -1411,7 +1450,11 @@ class CompileServer:
         why = policy.refusal(argv)
         if why is not None:
             raise _Refuse(why, ret=EXIT_BAD_ARGUMENTS)
-        job = cargs.analyse(argv)
+        # cmdline.scan is what cargs.analyse runs before its own policy.refusal on the
+        # argv the client would send: the server checked its policy just above, and uses
+        # only the source, its suffix and the mode, so the second refusal pass is skipped.
+        job = cmdline.Job([argv[0], *cmdline.expand_wp(argv[1:])], argv)
+        cmdline.scan(job, client=True)
         if job.source is None:
             raise _Refuse(
                 "no source file (.c, .cc, .cpp, .i, .ii, ...) in the command",
