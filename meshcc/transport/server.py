@@ -411,6 +411,11 @@ class _Conn:
     budget: int = 0  # bytes of body memory it holds
     trusted: bool = False  # a channel the access list does not apply to (ssh: serve_stream)
     accepted: float = 0.0  # time.monotonic() of the accept (0: set from since)
+    # The task while it waits for the first bytes (request_stop cancels it there), and
+    # whether request_stop did (that cancellation ends the wait, not the task).
+    idle_task: asyncio.Task[Any] | None = None
+    stop_cancelled: bool = False
+    early: bytes | None = None  # first bytes read at the accept; b"": closed at once
 
     def __post_init__(self) -> None:
         if not self.accepted:
@@ -553,9 +558,6 @@ class CompileServer:
         self._room = asyncio.Event()  # a connection ended or became sheddable
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
-        # Done at request_stop(): what idle connections wait on besides their first bytes
-        # (one shared future, not a task per connection); made in the loop, on first use.
-        self._stop_signal: asyncio.Future[str] | None = None
         self._env: dict[bytes, bytes] | None = None  # the compilers' environment (_job_env)
         self._allowed_cache: dict[IPAddress, bool] = {}
         self._running_compiles = 0
@@ -597,15 +599,11 @@ class CompileServer:
         """Stop accepting; jobs in progress run to completion."""
         self._stop_accepting()
         self._stopping.set()
-        if self._stop_signal is not None and not self._stop_signal.done():
-            self._stop_signal.set_result("stopping")
-
-    def _stop_waiter(self) -> asyncio.Future[str]:
-        if self._stop_signal is None:
-            self._stop_signal = asyncio.get_running_loop().create_future()
-            if self._stopping.is_set():
-                self._stop_signal.set_result("stopping")
-        return self._stop_signal
+        for conn in list(self._phases[_Phase.IDLE]):  # waiting for first bytes: close them
+            task = conn.idle_task
+            if task is not None and not conn.stop_cancelled:
+                conn.stop_cancelled = True
+                task.cancel()
 
     def _stop_accepting(self) -> None:
         """Cancel the accept loop; it closes the listening socket as it ends."""
@@ -911,6 +909,16 @@ class CompileServer:
             if self._stopping.is_set():
                 conn_sock.close()
                 return
+            # A client sends its request as soon as it is connected, so by the time this
+            # task runs the first bytes are often in the socket already: take them now,
+            # before the streams exist (so they stay in order), and the request is read
+            # without a loop turn spent waiting for them.
+            try:
+                conn.early = conn_sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                conn.early = b""  # reset already: served as a close without a request
             try:
                 reader, writer = await asyncio.open_connection(sock=conn_sock, limit=_STREAM_LIMIT)
             except OSError as e:
@@ -965,7 +973,7 @@ class CompileServer:
                 raise _Refuse(refusal, throttle="per-address")
             # The first bytes of a connection: until they come it is idle (no slot, no
             # deadline but the IO timeout, first to be shed at a cap).
-            first = await self._first_chunk(reader, summary)
+            first = await self._first_chunk(reader, summary, conn)
             if not first:
                 log_summary = False  # not a job: a probe, shed, or the daemon is stopping
                 return
@@ -1191,30 +1199,29 @@ class CompileServer:
             except Exception:
                 log.exception("internal error in the job slot callback")
 
-    async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
+    async def _first_chunk(
+        self, reader: asyncio.StreamReader, summary: JobSummary, conn: _Conn
+    ) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).
 
         Until then the connection is idle: it holds no memory budget, and a stopping daemon
-        closes it rather than wait for a request that may never come.
+        closes it rather than wait for a request that may never come. The wait is this
+        task's own read (no helper task per connection): ``request_stop`` cancels the
+        tasks waiting here, and the cancellation it caused is taken back below.
         """
-        read = asyncio.ensure_future(reader.read(_READ_CHUNK))
-        try:
-            first = await _first_of(read, self._stop_waiter(), self.config.io_timeout)
-        except BaseException:
-            read.cancel()
-            raise
-        if first is read:
-            try:
-                chunk = read.result()
-            except OSError:
-                chunk = b""
-            if not chunk:  # a liveness probe (connect + close): not worth an INFO line
-                log.debug("client %s closed without sending a request", summary.client)
-            return chunk
-        read.cancel()
         if self._stopping.is_set():
             log.info("client %s: closing idle connection, the daemon is stopping", summary.client)
-        else:
+            return b""
+        if conn.early is not None:  # read at the accept (_on_connection)
+            chunk, conn.early = conn.early, None
+            if not chunk:
+                log.debug("client %s closed without sending a request", summary.client)
+            return chunk
+        conn.idle_task = asyncio.current_task()
+        try:
+            async with asyncio.timeout(self.config.io_timeout):
+                chunk = await reader.read(_READ_CHUNK)
+        except TimeoutError:
             self._throttled.log(
                 logging.INFO,
                 "idle-timeout",
@@ -1222,7 +1229,20 @@ class CompileServer:
                 summary.client,
                 self.config.io_timeout,
             )
-        return b""
+            return b""
+        except OSError:
+            chunk = b""
+        except asyncio.CancelledError:
+            task = conn.idle_task
+            if not conn.stop_cancelled or task is None or task.uncancel() > 0:
+                raise  # cancelled by someone else (abort) as well: let it end the task
+            log.info("client %s: closing idle connection, the daemon is stopping", summary.client)
+            return b""
+        finally:
+            conn.idle_task = None
+        if not chunk:  # a liveness probe (connect + close): not worth an INFO line
+            log.debug("client %s closed without sending a request", summary.client)
+        return chunk
 
     async def _read_phase(
         self, reader: asyncio.StreamReader, summary: JobSummary, first: bytes, conn: _Conn
