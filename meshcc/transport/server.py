@@ -686,54 +686,63 @@ class CompileServer:
             self._listener = None
 
     async def _accept_until_cancelled(self, sock: socket.socket) -> None:
-        """Accept directly from the non-blocking listener; wait for it to become readable
-        only when its queue is empty. The listener stays registered with the loop while
-        there is room (``loop.sock_accept`` would add and remove it, two epoll_ctl calls
-        and a future per connection); at the cap it is unregistered, since a readable
-        listener that is not accepted from would wake the loop on every turn."""
+        """Accept in the loop's callback for a readable listener, while there is room: no
+        task switch and no future per connection (``loop.sock_accept`` also adds and
+        removes the listener, two epoll_ctl calls, for each one). The listener stays
+        registered while there is room. At the cap, or on an accept error, the callback
+        unregisters it (a readable listener that is not accepted from would wake the loop
+        on every turn) and hands over to this task, which makes room or waits, then
+        registers it again."""
         loop = asyncio.get_running_loop()
         fd = sock.fileno()
-        wake: asyncio.Future[None] | None = None
+        # What ended the callback's turn: None at the cap, an accept error, or a bug.
+        handover: asyncio.Future[Exception | None] | None = None
         registered = False
 
         def ready() -> None:
-            if wake is not None and not wake.done():
-                wake.set_result(None)
-
-        try:
-            while True:
-                try:
-                    if self._counted >= self.max_connections:
-                        if registered:
-                            loop.remove_reader(fd)
-                            registered = False
-                        await self._wait_for_room(sock)  # registers the listener itself
+            try:
+                while self._counted < self.max_connections:
                     try:
                         conn_sock, peer = sock.accept()
                     except (BlockingIOError, InterruptedError):
-                        if not registered:
-                            loop.add_reader(fd, ready)
-                            registered = True
-                        wake = loop.create_future()
-                        await wake
-                        continue
-                    conn_sock.setblocking(False)
-                except asyncio.CancelledError:
-                    raise
-                except OSError as e:
-                    await self._accept_failed(e)
-                    continue
-                except Exception:  # a bug: say so, keep accepting
-                    log.exception("internal error in the accept loop")
-                    await asyncio.sleep(0.1)
-                    continue
-                try:
-                    self._admit(conn_sock, peer)
-                except Exception:
-                    log.exception("internal error admitting a connection")
-                    conn_sock.close()
+                        return  # the queue is empty: stay registered
+                    except OSError as e:
+                        stop(e)
+                        return
+                    try:
+                        conn_sock.setblocking(False)
+                        self._admit(conn_sock, peer)
+                    except Exception:
+                        log.exception("internal error admitting a connection")
+                        conn_sock.close()
+            except Exception as e:  # a bug: say so; the task registers the listener again
+                log.exception("internal error in the accept loop")
+                stop(e)
+                return
+            stop(None)  # at the cap
+
+        def stop(error: Exception | None) -> None:
+            nonlocal registered
+            loop.remove_reader(fd)
+            registered = False
+            if handover is not None and not handover.done():
+                handover.set_result(error)
+
+        try:
+            while True:
+                if self._counted >= self.max_connections:
+                    await self._wait_for_room(sock)  # registers the listener itself
+                handover = loop.create_future()
+                loop.add_reader(fd, ready)
+                registered = True
+                error = await handover
+                if isinstance(error, OSError):
+                    await self._accept_failed(error)
+                elif error is not None:
+                    await asyncio.sleep(0.1)  # after a bug, not in a tight loop
         finally:
-            if registered:
+            handover = None
+            if registered:  # cancelled while accepting
                 loop.remove_reader(fd)
 
     async def _accept_failed(self, e: OSError) -> None:
