@@ -51,6 +51,7 @@ import time
 
 from meshcc import posixenv as os
 from meshcc.wire import control
+from meshcc.wire.control import ControlError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -294,6 +295,8 @@ class Direct:
         answer = conn.request(
             control.DirectRequest("direct_get", self.key, self.source).to_message(), TIMEOUT
         )
+        if answer.get("ok") is not True:  # a daemon without direct mode, which then closes
+            raise ControlError(f"direct mode: {answer.get('error') or 'refused'}")
         manifest = answer.get("manifest")
         if not isinstance(manifest, bytes):
             return None
@@ -537,6 +540,8 @@ def attempt(run: Any, leases: Any) -> int | None:
     ``leases``: the daemon's lease pool, whose first connection serves the lookup (if the
     lookup broke it, the pool connects again for its lease); None (``DISTCC_HOSTS`` is
     set, or no daemon answered): a connection of our own, if a local daemon answers."""
+    if run.env.get("MESHCC_DIRECT") == "0" or run.env.get("MESHCC_CACHE") == "0":
+        return None  # turned off: not even a connection to the daemon
     from meshcc.transport import control_client as cc
 
     own = leases is None
