@@ -75,10 +75,9 @@ def _write_tree(root: Path, header: str = H) -> None:
     (root / "b.c").write_text(B)
 
 
-def _age(root: Path) -> None:
+def _age() -> None:
     """Wait out the too-new rule: no record is made for files changed less than 2 s
     before the compile (they might have changed under the preprocessor)."""
-    del root
     time.sleep(2.2)
 
 
@@ -132,7 +131,7 @@ def test_second_copy_is_all_direct_hits(
     env = _env(client_env, d, sock, shim_dir)
     root = tmp_path / "tree"
     _write_tree(root)
-    _age(root)
+    _age()
     first = _build(root, env)
     assert _cpp_runs(log) == len(JOBS), log.read_text()
     assert "unused" in first["a.c"][1]
@@ -164,7 +163,7 @@ def test_changed_header_misses(
     env = _env(client_env, d, sock, shim_dir)
     root = tmp_path / "tree"
     _write_tree(root)
-    _age(root)
+    _age()
     first = _build(root, env)
     # Same size, other content: the stat differs, so the hash decides.
     (root / "inc2" / "h.h").write_text(H.replace("3", "4"))
@@ -189,7 +188,7 @@ def test_shadowing_header_misses(
     env = _env(client_env, d, sock, shim_dir)
     root = tmp_path / "tree"
     _write_tree(root)
-    _age(root)
+    _age()
     first = _build(root, env)
     (root / "inc1" / "h.h").write_text("#define FACTOR 5\n")
     second = _build(root, env)
@@ -218,7 +217,7 @@ def test_clock_macros_are_never_direct(
         (root / "b.c").write_text(B + "const char *when = __DATE__;\n")
     else:
         (root / "b.c").write_text(B + "const char *when = STAMP;\n")
-    _age(root)
+    _age()
     for _ in range(2):
         run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
     assert _cpp_runs(log) == 2
