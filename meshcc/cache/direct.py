@@ -9,9 +9,10 @@ file's hash (the *manifest key*). The local daemon keeps, per (user, manifest ke
 - ``inc``: every file the preprocessor read, as (path, size, mtime_ns, ctime_ns,
   SHA-256): the client accepts a record when each still has the same size and either the
   same mtime and ctime or (a fresh copy of the tree, say) the same hash;
-- ``absent``: paths that did not exist and would have been read before one of those files
-  had they existed (a new header shadowing an old one earlier in the include search);
-  the client accepts a record only while they are all still absent;
+- ``absent``: names that did not exist and would have been read before one of those
+  files had they existed (a new header shadowing an old one earlier in the include
+  search), grouped by directory with its mtime; the client accepts a record only while
+  they are all still absent;
 - ``dep``: the dependency file text the compile wrote (``-MD``), replayed on a hit;
 - ``result``: the key under which the compile's result (object, stderr, stdout) is in the
   daemon's result store (:class:`~meshcc.cache.store.DiskStore`, hash-checked, LRU).
@@ -48,7 +49,7 @@ MAX_ABSENT = 100_000
 MAX_PATH = 4096
 MAX_MANIFEST = 768 * 1024  # one manifest, packed: its reply must fit in one message
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # all manifests, packed
-_PUT_OBJECTS = 8 + 6 * MAX_INCLUDES + MAX_ABSENT + 16  # what a valid payload can hold
+_PUT_OBJECTS = 8 + 6 * MAX_INCLUDES + 2 * MAX_ABSENT + 16  # what a valid payload can hold
 _VERSION = b"meshcc-direct 1\0"
 
 
@@ -104,7 +105,7 @@ def parse_put(payload: bytes) -> tuple[dict[str, object], Entry]:
     if not isinstance(inc, list) or not 0 < len(inc) <= MAX_INCLUDES:
         raise DirectError("'inc' must list 1 to 20000 files")
     if not isinstance(absent, list) or len(absent) > MAX_ABSENT:
-        raise DirectError("'absent' must list at most 100000 paths")
+        raise DirectError("'absent' must be a list of groups")
     if dep is not None and (not isinstance(dep, str) or len(dep) > MAX_MANIFEST):
         raise DirectError("'dep' must be text")
     files = []
@@ -117,11 +118,26 @@ def parse_put(payload: bytes) -> tuple[dict[str, object], Entry]:
         files.append(
             [_check_path(path), _check_int(size), _check_int(mtime), _check_int(ctime), digest]
         )
-    record: dict[str, object] = {
-        "inc": files,
-        "absent": [_check_path(p) for p in absent],
-        "dep": dep,
-    }
+    groups = []
+    count = 0
+    for group in absent:
+        if not isinstance(group, list) or len(group) != 3:
+            raise DirectError("an 'absent' item must be [directory, mtime_ns, [names]]")
+        base, mtime, rels = group
+        if not isinstance(mtime, int) or isinstance(mtime, bool) or mtime < -1:
+            raise DirectError("an 'absent' mtime must be an integer >= -1")
+        if not isinstance(rels, list):
+            raise DirectError("an 'absent' item's names must be a list")
+        count += len(rels)
+        for rel in rels:
+            if not isinstance(rel, str) or not rel or rel.startswith("/"):
+                raise DirectError("an 'absent' name must be a relative path")
+            if len(rel) > MAX_PATH or "\0" in rel:
+                raise DirectError("an 'absent' name is too long or has a NUL byte")
+        groups.append([_check_path(base), mtime, rels])
+    if count > MAX_ABSENT:
+        raise DirectError(f"'absent' holds more than {MAX_ABSENT} names")
+    record: dict[str, object] = {"inc": files, "absent": groups, "dep": dep}
     status, stderr, stdout, obj = (msg.get(k) for k in ("status", "stderr", "stdout", "obj"))
     if status != 0 or not isinstance(obj, bytes) or not obj:
         raise DirectError("only a successful compile with an object is stored")

@@ -276,7 +276,7 @@ class Direct:
                 return f"{dep} uses __DATE__, __TIME__ or __TIMESTAMP__"
             inc.append([path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _sha256(data).digest()])
             paths.append(path)
-        absent = _absent(paths, self.search)
+        absent = _absent(paths, self.search, self.cwd, self.start_ns)
         record: dict[str, object] = {
             "inc": inc,
             "absent": absent,
@@ -297,6 +297,9 @@ class Direct:
         )
         if answer.get("ok") is not True:  # a daemon without direct mode, which then closes
             raise ControlError(f"direct mode: {answer.get('error') or 'refused'}")
+        if answer.get("off") is True:  # the daemon keeps no manifests: record nothing
+            run.direct = None
+            return None
         manifest = answer.get("manifest")
         if not isinstance(manifest, bytes):
             return None
@@ -371,10 +374,7 @@ def _holds(rec: Mapping[object, object]) -> bool:
             return False
         if _sha256(data).digest() != digest or any(word in data for word in _CLOCK):
             return False
-    for path in absent:
-        if not isinstance(path, str) or os.access(path, 0):  # F_OK: it exists now
-            return False
-    return True
+    return _still_absent(absent)
 
 
 def _fetch(conn: Control, rkey: str, source: str) -> dict[object, object] | None:
@@ -395,32 +395,119 @@ def _fetch(conn: Control, rkey: str, source: str) -> dict[object, object] | None
     return result if isinstance(result, dict) else None
 
 
-def _absent(paths: list[str], search: list[str]) -> list[str]:
-    """Paths that, had they existed, the preprocessor would (or might) have read before one
-    of ``paths``: the relative name of each file under each search directory it lies in,
-    under every other search directory; only those that do not exist now."""
-    dirs: list[str] = []
-    for d in (*search, *(_dirname(p) for p in paths)):
-        if d not in dirs:
-            dirs.append(d)
-    known = set(paths)
-    absent: list[str] = []
+SYSTEM_DEPTH = 2  # a system header's spellings checked: <stdio.h>, <sys/types.h>
+
+
+def _under(path: str, directory: str) -> str | None:
+    """``path`` relative to ``directory`` if it lies below it, else None."""
+    prefix = directory if directory.endswith("/") else directory + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else None
+
+
+def _existing(directory: str) -> tuple[str, str]:
+    """The nearest existing ancestor of ``directory`` (itself if it exists), and the rest
+    of the path below it ("" or "missing/sub/")."""
+    rest = ""
+    while directory not in ("", "/"):
+        try:
+            os.stat(directory)
+            return directory, rest
+        except OSError:
+            cut = directory.rfind("/")
+            rest = directory[cut + 1 :] + "/" + rest
+            directory = directory[:cut] or "/"
+    return "/", rest
+
+
+def _listing(directory: str) -> set[str] | None:
+    try:
+        return set(posix.listdir(directory))
+    except OSError:
+        return None
+
+
+def _missing(directory: str, rel: str, names: set[str] | None) -> bool:
+    """``directory/rel`` does not exist; ``names``: the directory's listing (one getdents
+    for all the names of a group instead of an access() each)."""
+    if names is not None and rel.split("/", 1)[0] not in names:
+        return True
+    return not os.access(f"{directory}/{rel}", 0)  # F_OK
+
+
+def _absent(paths: list[str], search: list[str], cwd: str, start_ns: int) -> list[list[object]]:
+    """What must stay absent: names that, had they existed, the preprocessor might have
+    read instead of one of ``paths``, as groups ``[directory, mtime_ns, [relative names]]``.
+
+    Where a shadow can appear: the user's search directories (``search``) and the
+    directories of the project's files read (quote includes search the includer's
+    directory first). System directories are left out (a package install, as for ccache).
+    Under which names: a file below a user search directory, its name relative to it; a
+    system header, its last one or two path components (``stdio.h``, ``sys/types.h``). A
+    file found beside its includer needs none: that directory is searched first.
+
+    Why groups with a directory mtime: creating any of a group's names creates an entry in
+    its directory (the nearest one that exists), which changes the directory's mtime. So a
+    lookup stats each directory once and lists only those that changed (the build
+    directory, where objects come and go). A directory changed less than TOO_NEW_S before
+    the compile is stored with mtime -1: its listing is always checked (a creation in the
+    same clock tick would not change the mtime)."""
+    roots = list(dict.fromkeys(search))
+    local = [*roots, cwd]
+    project = {p for p in paths if any(_under(p, d) is not None for d in local)}
+    dirs = list(dict.fromkeys([*roots, *(_dirname(p) for p in project)]))
+    names: list[str] = []
     for path in paths:
-        for d in dirs:
-            prefix = d if d.endswith("/") else d + "/"
-            if not path.startswith(prefix):
+        if path in project:
+            names += [r for d in roots if (r := _under(path, d))]
+        else:
+            parts = path.split("/")
+            names += ["/".join(parts[-n:]) for n in range(1, SYSTEM_DEPTH + 1) if n < len(parts)]
+    names = list(dict.fromkeys(names))
+    known = set(paths)
+    limit = start_ns - TOO_NEW_S * 1_000_000_000
+    groups: dict[str, list[object]] = {}
+    for d in dirs:
+        base, rest = _existing(d)
+        try:
+            st = os.stat(base)
+        except OSError:
+            continue
+        listing = _listing(base)
+        group = groups.setdefault(
+            base, [base, st.st_mtime_ns if st.st_mtime_ns < limit else -1, []]
+        )
+        rels = group[2]
+        assert isinstance(rels, list)
+        for name in names:
+            rel = rest + name
+            full = (base if base.endswith("/") else base + "/") + rel
+            if full in known:
                 continue
-            rel = path[len(prefix) :]
-            for other in dirs:
-                if other == d:
-                    continue
-                cand = (other if other.endswith("/") else other + "/") + rel
-                if cand in known:
-                    continue
-                known.add(cand)
-                if not os.access(cand, 0):
-                    absent.append(cand)
-    return absent
+            known.add(full)
+            if _missing(base, rel, listing):
+                rels.append(rel)
+    return [g for g in groups.values() if g[2]]
+
+
+def _still_absent(groups: list[object]) -> bool:
+    """Every group's names are still absent (see :func:`_absent`)."""
+    for group in groups:
+        if not isinstance(group, list) or len(group) != 3:
+            return False
+        base, mtime, rels = group
+        if not isinstance(base, str) or not isinstance(rels, list):
+            return False
+        try:
+            st = os.stat(base)
+        except OSError:
+            return False  # the directory went away: the record's picture is stale
+        if st.st_mtime_ns == mtime:
+            continue
+        listing = _listing(base)
+        for rel in rels:
+            if not isinstance(rel, str) or not _missing(base, rel, listing):
+                return False
+    return True
 
 
 def _search_dirs(argv: list[str], env: Mapping[str, str], cwd: str) -> list[str]:

@@ -329,7 +329,7 @@ class ControlServer:
         direct = self.direct
         if direct is None or uid < 0:
             if req.op != "direct_put":
-                await self._send(writer, control.DirectReply())  # nothing known: a miss
+                await self._send(writer, control.DirectReply(off=True))  # keeps none
             return req.op != "direct_put"
         if req.op == "direct_get":
             await self._send(writer, control.DirectReply(direct.get(uid, req.key)))

@@ -504,6 +504,7 @@ class DirectRequest(Frozen):
 
         {"op": "direct_get", "key": str, "source": str}
             -> {"ok": true, "manifest": bin|None}     # packed records, or None (miss)
+            |  {"ok": true, "manifest": None, "off": true}  # this daemon keeps none
         {"op": "direct_result", "key": str, "source": str}
             -> {"ok": true, "data": bin, "more": bool} ...  # a packed result, in parts
              | {"ok": false, "error": str}             # gone (evicted, corrupt)
@@ -535,7 +536,8 @@ class DirectRequest(Frozen):
 
 
 DIRECT_OPS = ("direct_get", "direct_result", "direct_put")
-DIRECT_PART = 48 * 1024  # bytes of payload per direct_put message (below MAX_REQUEST)
+DIRECT_PART = 40 * 1024  # payload per direct_put message: with a MAX_STRING source name
+# and the key, one message stays below MAX_REQUEST
 DIRECT_REPLY_PART = 512 * 1024  # bytes of payload per direct_result reply
 
 
@@ -1061,20 +1063,27 @@ class DirectReply(Frozen):
     """A direct-mode answer (see :class:`DirectRequest`): ``manifest`` for direct_get
     (None: nothing known), ``data``/``more`` for one part of a direct_result."""
 
-    __slots__ = ("data", "manifest", "more")
-    __match_args__ = ("manifest", "data", "more")
+    __slots__ = ("data", "manifest", "more", "off")
+    __match_args__ = ("manifest", "data", "more", "off")
     manifest: bytes | None
     data: bytes | None
     more: bool
+    off: bool  # the daemon keeps no manifests (no result cache): do not send any
 
     def __init__(
-        self, manifest: bytes | None = None, data: bytes | None = None, more: bool = False
+        self,
+        manifest: bytes | None = None,
+        data: bytes | None = None,
+        more: bool = False,
+        off: bool = False,
     ) -> None:
-        self._init(manifest, data, bool(more))
+        self._init(manifest, data, bool(more), bool(off))
 
     def to_message(self) -> dict[str, object]:
         if self.data is not None:
             return {"ok": True, "data": self.data, "more": self.more}
+        if self.off:
+            return {"ok": True, "manifest": None, "off": True}
         return {"ok": True, "manifest": self.manifest}
 
 

@@ -222,3 +222,34 @@ def test_clock_macros_are_never_direct(
         run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
     assert _cpp_runs(log) == 2
     assert _direct_hits(d) == 0, d.diagnostics()
+
+
+def test_daemon_without_cache_is_asked_once_and_never_sent_records(
+    meshcc_daemon: Callable[..., Daemon],
+    shim: tuple[Path, Path],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """--no-cache: the daemon answers "off" and the client records nothing (no hashing,
+    no upload); the build is as without direct mode."""
+    parent = Path(tempfile.mkdtemp(prefix="meshcc-direct-test-"))
+    try:
+        os.chmod(parent, 0o755)
+        sock = parent / "control.sock"
+        d = meshcc_daemon("--no-cache", "--socket", str(sock), "--log-level", "debug", jobs=2)
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shim_dir, log = shim
+        env = dict(_env(client_env, d, sock, shim_dir), DISTCC_VERBOSE="1")
+        root = tmp_path / "tree"
+        _write_tree(root)
+        _age()
+        for _ in range(2):
+            p = run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
+            assert "direct mode: not recorded" not in p.stderr
+            assert (root / "b.o").read_bytes() == _local(root, "b.c")
+        assert _cpp_runs(log) == 2
+        assert "direct_put" not in d.log_text() and "direct: " not in d.log_text()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

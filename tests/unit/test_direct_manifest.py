@@ -3,13 +3,14 @@ manifest store (bounds, per-user isolation, LRU) and the control messages."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from meshcc.cache.direct import MAX_RECORDS, DirectCache, DirectError, parse_put
 from meshcc.cache.store import DiskStore
-from meshcc.client.direct import _absent, _search_dirs, parse_depfile
+from meshcc.client.direct import _absent, _search_dirs, _still_absent, parse_depfile
 from meshcc.wire import control
 
 KEY = "ab" * 32
@@ -43,13 +44,24 @@ def test_absent_lists_shadowing_candidates_that_do_not_exist(tmp_path: Path) -> 
     (inc1 / "g.h").write_text("")  # exists now: not a candidate (cpp did not pick it)
     src = tmp_path / "a.c"
     src.write_text("")
-    paths = [str(src), str(inc2 / "sub" / "h.h"), str(inc2 / "g.h")]
-    absent = _absent(paths, [str(inc1), str(inc2)])
-    assert str(inc1 / "sub" / "h.h") in absent  # under inc2 as sub/h.h: inc1/sub/h.h
-    assert str(inc2 / "sub" / "g.h") in absent  # g.h relative to the includer dir inc2/sub
+    system = "/usr/include/stdio.h"
+    paths = [str(src), str(inc2 / "sub" / "h.h"), str(inc2 / "g.h"), system]
+    groups = _absent(paths, [str(inc1), str(inc2)], str(tmp_path), time.time_ns())
+    absent = [f"{g[0]}/{rel}" for g in groups for rel in g[2]]  # type: ignore[attr-defined]
+    assert _still_absent(list(groups))
+    assert str(inc1 / "sub" / "h.h") in absent  # <sub/h.h> found in inc2: inc1 comes first
+    assert str(tmp_path / "sub" / "h.h") in absent  # "sub/h.h" beside the includer a.c
+    assert str(inc2 / "sub" / "g.h") in absent  # "g.h" from inc2/sub/h.h: its own dir first
+    assert str(inc1 / "stdio.h") in absent  # a system header shadowed by a -I directory
+    assert str(tmp_path / "a.c") not in absent and str(inc1 / "a.c") not in absent  # beside
     assert str(inc1 / "g.h") not in absent
     assert all(not Path(p).exists() for p in absent)
     assert not set(paths) & set(absent)
+    assert not any(p.startswith("/usr/include/") for p in absent)  # system dirs: not watched
+    # A shadow appears: its directory's mtime changed (or was too new to trust), so the
+    # directory is listed and the new name found.
+    (inc1 / "stdio.h").write_text("")
+    assert not _still_absent(list(groups))
 
 
 def test_search_dirs_from_argv_and_env() -> None:
@@ -69,7 +81,7 @@ def test_search_dirs_from_argv_and_env() -> None:
 def _payload(n_inc: int = 1, **over: object) -> bytes:
     msg: dict[str, object] = {
         "inc": [[f"/src/f{i}.h", 10, 1, 2, b"\x01" * 32] for i in range(n_inc)],
-        "absent": ["/src/inc1/f0.h"],
+        "absent": [["/src/inc1", 5, ["f0.h", "sub/f0.h"]]],
         "dep": "a.o: a.c\n",
         "status": 0,
         "stderr": b"warning\n",
@@ -87,7 +99,9 @@ def _payload(n_inc: int = 1, **over: object) -> bytes:
         {"inc": [["relative.h", 1, 1, 1, b"\0" * 32]]},
         {"inc": [["/a.h", -1, 1, 1, b"\0" * 32]]},
         {"inc": [["/a.h", 1, 1, 1, b"short"]]},
-        {"absent": ["not/absolute"]},
+        {"absent": ["/flat/path.h"]},
+        {"absent": [["/d", 1, ["/absolute.h"]]]},
+        {"absent": [["/d", -2, ["x.h"]]]},
         {"status": 256},  # failures are never stored
         {"obj": b""},
         {"stderr": "text, not bytes"},
@@ -149,5 +163,7 @@ def test_direct_requests_round_trip_and_are_checked() -> None:
     with pytest.raises(control.ControlError, match="bytes"):
         control.decode_request({"op": "direct_put", "key": KEY, "data": "text"})
     # Every part fits the daemon's request bound.
-    part = control.DirectRequest("direct_put", KEY, "x" * 4096, b"\0" * control.DIRECT_PART, True)
+    name = "x" * control.MAX_STRING  # the longest source name a request carries
+    part = control.DirectRequest("direct_put", KEY, name, b"\0" * control.DIRECT_PART, True)
     assert len(control.encode(part.to_message())) <= control.MAX_REQUEST
+    assert control.DirectReply(off=True).to_message() == {"ok": True, "manifest": None, "off": True}
