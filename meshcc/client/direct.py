@@ -605,12 +605,20 @@ def prepare(run: Any) -> Direct | None:
 
 
 def _which(run: Any) -> str:
-    from meshcc.client.wrapper import which
+    """The compiler's path on PATH (the search :func:`meshcc.client.wrapper.which` does;
+    not imported from there: the wrapper imports this module)."""
+    import _stat
 
-    found = which(run.inv.exec_path, run.env.get("PATH", os.defpath))
-    if found is None:
-        raise ValueError(f"{run.inv.exec_path} not found on PATH")
-    return found
+    name = run.inv.exec_path
+    for directory in run.env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = f"{directory or '.'}/{name}"
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if _stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            return candidate
+    raise ValueError(f"{name} not found on PATH")
 
 
 def _env_items(env: Mapping[str, str]) -> Iterable[str]:
