@@ -476,6 +476,7 @@ class _Run:
         self.cpp_status: int | None = None
         self.cpp_slot: Slot | None = None
         self.cpp_ms = 0.0
+        self.direct: Any = None  # direct mode's state (meshcc.client.direct), if it applies
 
     # -------------------------------------------------------------- cleanup
 
@@ -541,6 +542,8 @@ class _Run:
             ) from None
         self.cpp_out = out
         cpp = args.cpp_argv(self.job)
+        if self.direct is not None:  # the files read, listed by this same cpp run
+            cpp += self.direct.cpp_extra(self)
         r, w = os.pipe()
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -1223,10 +1226,14 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     except slots.DistccDirError as e:  # no lock directory, so no local slot either
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
-    if "DISTCC_HOSTS" not in env:
-        leases = _lease_pool(run, inv, io_timeout)
-        if leases is not None:
-            return _run_job(run, leases, plan, io_timeout)
+    leases = _lease_pool(run, inv, io_timeout) if "DISTCC_HOSTS" not in env else None
+    from meshcc.client import direct  # a direct-mode hit needs no preprocessor
+
+    code = direct.attempt(run, leases)
+    if code is not None:
+        return code
+    if leases is not None:
+        return _run_job(run, leases, plan, io_timeout)
 
     from meshcc.compiler import hostspec
 
@@ -1352,6 +1359,8 @@ def _handle_reply(
         if reply.stdout:
             _write(1, reply.stdout)
         code = _finish(run, pool, host, held, plan.delivered(), reply)
+        if run.direct is not None and code == 0 and reply.status == 0:
+            run.direct.record(run, run.cpp_stderr + reply.stderr, reply.stdout, reply.obj)
         _report("remote", host)
         log.debug(
             f"{job.source} compiled on {host.spec}: {job.output} ({len(reply.obj)} bytes); "

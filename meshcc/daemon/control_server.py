@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshcc import hostos
+from meshcc.cache.direct import DirectCache, DirectError
 from meshcc.compiler.fingerprints import (
     ClientCompiler,
     FingerprintCache,
@@ -88,6 +89,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._per_user: dict[int, int] = {}
+        self.direct: DirectCache | None = None  # direct mode's manifests (daemon/main.py)
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._on_connection, sock=sock)
@@ -228,6 +230,9 @@ class ControlServer:
             elif isinstance(req, control.LeaseRequest):
                 await self._lease(req, reader, writer, msgs, who, uid)
                 return
+            elif isinstance(req, control.DirectRequest):
+                if not await self._direct(req, reader, writer, msgs, who, uid):
+                    return
             else:
                 log.warning("control: closing connection from %s: 'done' without a lease", who)
                 await send(control.ErrorReply("'done' without a lease"))
@@ -330,6 +335,58 @@ class ControlServer:
             round(link.rate) if link is not None else 0,
             rtt_us,
         )
+
+    async def _direct(
+        self,
+        req: control.DirectRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        msgs: control.MessageReader,
+        who: str,
+        uid: int,
+    ) -> bool:
+        """Direct mode (:mod:`meshcc.cache.direct`); False when the connection must end."""
+        direct = self.direct
+        if direct is None or uid < 0:
+            if req.op != "direct_put":
+                await self._send(writer, control.DirectReply(off=True))  # keeps none
+            return req.op != "direct_put"
+        if req.op == "direct_get":
+            await self._send(writer, control.DirectReply(direct.get(uid, req.key)))
+            return True
+        if req.op == "direct_result":
+            blob = await asyncio.to_thread(direct.result, uid, req.key)
+            if blob is None:
+                await self._send(writer, control.ErrorReply("no such result"))
+                return True
+            log.info("direct: %s: hit for %s", who, req.source or req.key)
+            part = control.DIRECT_REPLY_PART
+            for at in range(0, len(blob), part):
+                more = at + part < len(blob)
+                await self._send(writer, control.DirectReply(data=blob[at : at + part], more=more))
+            return True
+        # direct_put: the parts follow as messages of their own, up to a bound.
+        parts = [req.data]
+        size = len(req.data)
+        more = req.more
+        limit = direct.store.max_entry + 2 * 1024 * 1024
+        while more:
+            msg = await self._next(reader, msgs, self.limits.idle_timeout_s)
+            if msg is None:
+                return False
+            nxt = control.decode_request(msg)
+            if not isinstance(nxt, control.DirectRequest) or nxt.op != "direct_put":
+                raise control.ControlError("only direct_put parts may follow a direct_put")
+            size += len(nxt.data)
+            if size > limit:
+                raise control.ControlError(f"direct_put larger than {limit} bytes")
+            parts.append(nxt.data)
+            more = nxt.more
+        try:
+            await asyncio.to_thread(direct.put, uid, req.key, b"".join(parts))
+        except DirectError as e:
+            log.info("direct: %s: not stored for %s: %s", who, req.source or req.key, e)
+        return True
 
     async def _send(self, writer: asyncio.StreamWriter, reply: control.Reply) -> None:
         """Write one reply; TimeoutError when the client does not take it in time (a client

@@ -154,6 +154,39 @@ class Control:
                 raise ControlError("meshcc daemon closed the connection without answering")
             self._reader.feed(data)
 
+    def tell(self, message: Mapping[str, object]) -> None:
+        """Send one map that has no answer (direct mode's ``direct_put`` parts)."""
+        sock = self.sock
+        if sock is None:
+            raise ControlError("connection already closed")
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.sendall(control.encode(message))
+        except OSError as e:
+            raise ControlError(f"cannot send to the meshcc daemon: {e.strerror or e}") from None
+
+    def answer(self, timeout: float) -> dict[str, object]:
+        """The next answer map with no new request (a reply sent in several parts)."""
+        sock = self.sock
+        if sock is None:
+            raise ControlError("connection already closed")
+        sock.settimeout(timeout)
+        while True:
+            answer = self._reader.next_message()
+            if answer is not None:
+                return answer
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except TimeoutError:
+                raise ControlError(
+                    f"no answer from the meshcc daemon within {timeout:g}s"
+                ) from None
+            except OSError as e:
+                raise ControlError(f"meshcc daemon connection failed: {e.strerror or e}") from None
+            if not data:
+                raise ControlError("meshcc daemon closed the connection without answering")
+            self._reader.feed(data)
+
     def status(self, timeout: float) -> control.StatusReply | control.ErrorReply:
         return control.decode_status_reply(
             self.request(control.StatusRequest().to_message(), timeout)

@@ -110,11 +110,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 __all__ = [
+    "DIRECT_OPS",
+    "DIRECT_PART",
+    "DIRECT_REPLY_PART",
     "MAX_MESSAGE",
     "MAX_STRING",
     "PROTOCOL_VERSION",
     "ROOT_SOCKET",
     "ControlError",
+    "DirectReply",
+    "DirectRequest",
     "DoneMessage",
     "ErrorReply",
     "HostsReply",
@@ -519,7 +524,61 @@ def _link_field(value: object) -> tuple[int, bool, int] | None:
     return rate, limited, rtt
 
 
-Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage
+class DirectRequest(Frozen):
+    """Direct mode (:mod:`meshcc.cache.direct`): one of three ops, each on a connection
+    that holds no lease, all keyed by a 64-hex-digit manifest or result key::
+
+        {"op": "direct_get", "key": str, "source": str}
+            -> {"ok": true, "manifest": bin|None}     # packed records, or None (miss)
+            |  {"ok": true, "manifest": None, "off": true}  # this daemon keeps none
+        {"op": "direct_result", "key": str, "source": str}
+            -> {"ok": true, "data": bin, "more": bool} ...  # a packed result, in parts
+             | {"ok": false, "error": str}             # gone (evicted, corrupt)
+        {"op": "direct_put", "key": str, "source": str, "data": bin, "more": bool} ...
+            # no reply; parts of one packed record + result, each part a message
+
+    Large payloads travel in parts so every message stays within MAX_REQUEST (to the
+    daemon) and MAX_MESSAGE (from it)."""
+
+    __slots__ = ("data", "key", "more", "op", "source")
+    __match_args__ = ("op", "key", "source", "data", "more")
+    op: str
+    key: str
+    source: str
+    data: bytes
+    more: bool
+
+    def __init__(
+        self, op: str, key: str, source: str = "", data: bytes = b"", more: bool = False
+    ) -> None:
+        self._init(op, key, source[:MAX_STRING], bytes(data), bool(more))
+
+    def to_message(self) -> dict[str, object]:
+        msg: dict[str, object] = {"op": self.op, "key": self.key, "source": self.source}
+        if self.op == "direct_put":
+            msg["data"] = self.data
+            msg["more"] = self.more
+        return msg
+
+
+DIRECT_OPS = ("direct_get", "direct_result", "direct_put")
+DIRECT_PART = 40 * 1024  # payload per direct_put message: with a MAX_STRING source name
+# and the key, one message stays below MAX_REQUEST
+DIRECT_REPLY_PART = 512 * 1024  # bytes of payload per direct_result reply
+
+
+def _decode_direct(op: str, msg: Mapping[str, object]) -> DirectRequest:
+    key = _str_field(msg, "key") or ""
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ControlError(f"{op}: field 'key' must be 64 lowercase hex digits")
+    source = _str_field(msg, "source", optional=True) or ""
+    data = msg.get("data", b"")
+    if not isinstance(data, bytes):
+        raise ControlError(f"{op}: field 'data' must be bytes")
+    return DirectRequest(op, key, source, data, _bool_field(msg, "more", False))
+
+
+Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage | DirectRequest
 
 
 def _str_field(msg: Mapping[str, object], key: str, *, optional: bool = False) -> str | None:
@@ -572,6 +631,9 @@ def decode_request(msg: Mapping[str, object]) -> Request:
             _bool_field(msg, "busy", False),
             _link_field(msg.get("link")),
         )
+    if op in DIRECT_OPS:
+        assert isinstance(op, str)
+        return _decode_direct(op, msg)
     if isinstance(op, str):
         raise ControlError(f"unknown op {op[:64]!r}")
     raise ControlError("request has no 'op' string")
@@ -1066,7 +1128,35 @@ def decode_hosts_reply(msg: Mapping[str, object]) -> HostsReply | ErrorReply:
     )
 
 
-Reply = StatusReply | HostsReply | LeaseGranted | LeaseLocal | ErrorReply
+class DirectReply(Frozen):
+    """A direct-mode answer (see :class:`DirectRequest`): ``manifest`` for direct_get
+    (None: nothing known), ``data``/``more`` for one part of a direct_result."""
+
+    __slots__ = ("data", "manifest", "more", "off")
+    __match_args__ = ("manifest", "data", "more", "off")
+    manifest: bytes | None
+    data: bytes | None
+    more: bool
+    off: bool  # the daemon keeps no manifests (no result cache): do not send any
+
+    def __init__(
+        self,
+        manifest: bytes | None = None,
+        data: bytes | None = None,
+        more: bool = False,
+        off: bool = False,
+    ) -> None:
+        self._init(manifest, data, bool(more), bool(off))
+
+    def to_message(self) -> dict[str, object]:
+        if self.data is not None:
+            return {"ok": True, "data": self.data, "more": self.more}
+        if self.off:
+            return {"ok": True, "manifest": None, "off": True}
+        return {"ok": True, "manifest": self.manifest}
+
+
+Reply = StatusReply | HostsReply | LeaseGranted | LeaseLocal | ErrorReply | DirectReply
 
 
 # ---------------------------------------------------------------- socket paths
