@@ -1227,11 +1227,12 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
     leases = _lease_pool(run, inv, io_timeout) if "DISTCC_HOSTS" not in env else None
-    from meshcc.client import direct  # a direct-mode hit needs no preprocessor
+    if leases is not None or "DISTCC_HOSTS" in env:  # else no daemon answered just now
+        from meshcc.client import direct  # a direct-mode hit needs no preprocessor
 
-    code = direct.attempt(run, leases)
-    if code is not None:
-        return code
+        code = direct.attempt(run, leases)
+        if code is not None:
+            return code
     if leases is not None:
         return _run_job(run, leases, plan, io_timeout)
 
