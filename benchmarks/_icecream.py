@@ -30,6 +30,10 @@ What keeps the jobs remote:
   job that ran on a compile server: :meth:`Icecream.remote_jobs` counts those naming the
   server node, and bench_serial fails unless every job is there.
 
+``ICECC_CARET_WORKAROUND=0``: otherwise the client compiles a job a second time, locally,
+whenever the remote compile printed a warning (to show gcc's carets against the real
+source); distcc and meshcc relay the remote's diagnostics as they are.
+
 ``ICECC_REMOTE_CPP=0``: the client preprocesses fully, like distcc and meshcc-gcc here
 (icecream's remote ``-fdirectives-only`` mode would move work off the client and is not
 what the other two do). The first compile builds icecream's native environment tarball
@@ -96,6 +100,10 @@ class Icecream:
             del env[k]
         env["ICECC_TEST_SOCKET"] = str(self.client_socket)  # the client iceccd, by path
         env["ICECC_REMOTE_CPP"] = "0"
+        # icecream recompiles a job locally when the remote compile wrote any diagnostic
+        # (its gcc "caret workaround"): xz-utils has such jobs. Off, as the other two ways
+        # print the remote's diagnostics as they are.
+        env["ICECC_CARET_WORKAROUND"] = "0"
         if self.loopback:
             env["ICECC_TEST_REMOTEBUILD"] = "1"
         return env
