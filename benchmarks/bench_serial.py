@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as h  # also puts tests/ on sys.path
+import _icecream
 
 import netns  # tests/netns.py: the --veth namespaces
 
@@ -104,12 +105,24 @@ class Job:
 
 
 @dataclass
+class Way:
+    """One client -> server pair of the replay."""
+
+    client: list[str]  # the compile command before the job's argv
+    env: dict[str, str]
+    server_pgid: int | None  # the server daemon's process group (its CPU per job), if known
+    local_pgid: int | None = None  # a daemon on the client box whose CPU is the client's
+
+
+@dataclass
 class WayStats:
     name: str
     walls: list[float] = field(default_factory=list)  # ms
     client_cpu: list[float] = field(default_factory=list)  # ms
     server_cpu: list[float] = field(default_factory=list)  # ms
     server_dropped: int = 0
+    local_daemon_cpu: list[float] = field(default_factory=list)  # ms, in client_cpu too
+    local_dropped: int = 0  # jobs during which a task of the local daemon ended
     idle_cpu_ms_per_s: float = 0.0
 
     def med(self, xs: list[float]) -> float | None:
@@ -288,13 +301,24 @@ class Site:
             self.lan.close()
 
 
-def make_site(veth: bool) -> Site:
-    if not veth:
+def make_site(veth: bool, icecream: bool = False) -> Site:
+    """Loopback in the root namespace, or two namespaces joined by a veth bridge. With
+    icecream on loopback, every daemon and client runs on 127.0.0.1 of one namespace
+    instead: icecream's scheduler broadcasts on every interface it sees, and the root
+    namespace's are real ones."""
+    if not veth and not icecream:
         return Site(h.LOOPBACK, h.LOOPBACK)
     reason = netns.unavailable_reason()
     if reason:
         raise h.HarnessError(reason)
     lan = netns.Lan()
+    if not veth:
+        try:
+            box = lan.add_host("box")
+        except BaseException:
+            lan.close()
+            raise
+        return Site(h.LOOPBACK, h.LOOPBACK, box, box, lan)
     try:
         server = lan.add_host("server")
         client = lan.add_host("client")
@@ -356,6 +380,11 @@ def start_meshcc(site: Site, meshcc: list[str], workdir: Path, jobs: int) -> h.D
         "--log-level",
         "info",
     ]
+    # The result cache (issue 13) would serve every replayed job from the second pass on:
+    # this benchmark measures compiles. A daemon from before the cache has no such flag.
+    helptext = subprocess.run([*meshcc, "daemon", "--help"], capture_output=True, text=True)
+    if "--no-cache" in helptext.stdout:
+        argv.append("--no-cache")
     return spawn_daemon(site, "meshcc", argv, workdir, port, log, workdir / "meshccd.out")
 
 
@@ -399,12 +428,13 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         meshcc_cmd = [sys.executable, "-m", "meshcc"]
     meshcc_gcc = str(prefix_bin / "meshcc-gcc")
     lzo = args.protocol == 2
-    site = make_site(args.veth)
+    site = make_site(args.veth, args.icecream)
     daemons: dict[str, h.Daemon] = {}
+    ice: _icecream.Icecream | None = None
     try:
         daemons["meshcc"] = start_meshcc(site, meshcc_cmd, work / "meshccd", args.server_jobs)
         daemons["distcc"] = start_distccd(site, work / "distccd", args.server_jobs)
-        ways: dict[str, tuple[list[str], dict[str, str], h.Daemon]] = {}
+        ways: dict[str, Way] = {}
         for key, client in (("meshcc", [meshcc_gcc]), ("distcc", ["distcc", "gcc"])):
             daemon = daemons[key]
             spec = f"{site.address}:{daemon.port}/4" + (",lzo" if lzo else "")
@@ -414,36 +444,54 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             )
             if key == "meshcc" and args.timeline:
                 env["MESHCC_VERBOSE"] = "1"
-            ways[key] = (client, env, daemon)
+            ways[key] = Way(client, env, os.getpgid(daemon.proc.pid))
+        if args.icecream:
+            ice = _icecream.start(site, work / "icecream", args.server_jobs, not args.veth)
+            env = ice.client_env(h.client_env(work / "client-icecream"))
+            ways["icecream"] = Way(["icecc", "gcc"], env, None, ice.client_daemon_pgid())
         stats = {k: WayStats(k) for k in ways}
         spans: dict[str, list[float]] = {}
 
         def replay() -> None:
-            for k, (_, _, d) in ways.items():
-                stats[k].idle_cpu_ms_per_s = idle_rate(os.getpgid(d.proc.pid))
+            for k, w in ways.items():
+                if w.server_pgid is not None:
+                    stats[k].idle_cpu_ms_per_s = idle_rate(w.server_pgid)
             # one untimed pass per way: page cache, .pyc files, distccd's children all warm
+            # (and icecream's environment tarball built and installed on the server)
             for job in jobs:
-                for client, env, _ in ways.values():
-                    run_client([*client, *job.argv], job.cwd, env)
+                for w in ways.values():
+                    run_client([*w.client, *job.argv], job.cwd, w.env)
             order = list(ways)
             n = 0
             for _ in range(args.reps):
                 for job in jobs:
-                    for key in order if n % 2 == 0 else order[::-1]:
-                        client, env, daemon = ways[key]
-                        pgid = os.getpgid(daemon.proc.pid)
-                        time.sleep(SETTLE_S)
-                        before = group_tasks(pgid)
-                        wall, cpu, err = run_client([*client, *job.argv], job.cwd, env)
-                        time.sleep(SETTLE_S)
-                        delta = server_delta(before, group_tasks(pgid))
+                    # rotate the order job by job: each way runs first equally often
+                    # (AB, BA with two ways; ABC, BCA, CAB with three)
+                    shift = n % len(order)
+                    turn = order[shift:] + order[:shift]
+                    for key in turn:
+                        w = ways[key]
                         st = stats[key]
+                        time.sleep(SETTLE_S)
+                        before = group_tasks(w.server_pgid) if w.server_pgid else {}
+                        local_before = group_tasks(w.local_pgid) if w.local_pgid else {}
+                        wall, cpu, err = run_client([*w.client, *job.argv], job.cwd, w.env)
+                        time.sleep(SETTLE_S)
+                        if w.local_pgid is not None:
+                            local = server_delta(local_before, group_tasks(w.local_pgid))
+                            if local is None:
+                                st.local_dropped += 1
+                            else:
+                                st.local_daemon_cpu.append(local)
+                                cpu += local
+                        if w.server_pgid is not None:
+                            delta = server_delta(before, group_tasks(w.server_pgid))
+                            if delta is None:
+                                st.server_dropped += 1
+                            else:
+                                st.server_cpu.append(delta)
                         st.walls.append(wall)
                         st.client_cpu.append(cpu)
-                        if delta is None:
-                            st.server_dropped += 1
-                        else:
-                            st.server_cpu.append(delta)
                         if key == "meshcc":
                             for phase, ms in timeline_spans(err).items():
                                 spans.setdefault(phase, []).append(ms)
@@ -458,7 +506,16 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                     f"{k}: only {remote[k]} of {expected} jobs logged COMPILE_OK\n"
                     + d.log_text()[-3000:]
                 )
+        if ice is not None:
+            remote["icecream"] = ice.remote_jobs()
+            if remote["icecream"] < expected:
+                raise h.HarnessError(
+                    f"icecream: the scheduler logged only {remote['icecream']} of {expected} "
+                    f"jobs done on {_icecream.SERVER_NODE}\n{ice.logs()}"
+                )
     finally:
+        if ice is not None:
+            ice.stop()
         for d in daemons.values():
             d.stop()
         site.close()
@@ -471,6 +528,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         "meshcc_gcc": meshcc_gcc,
         "launchers": "prefix" if args.meshcc_prefix else "venv" if args.venv_launchers else "-IS",
         "timeline_ms": {k: statistics.median(v) for k, v in spans.items()},
+        "remote_jobs": remote,
         "ways": {
             k: {
                 "wall_ms": s.med(s.walls),
@@ -479,6 +537,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 "server_cpu_mean_ms": statistics.fmean(s.server_cpu) if s.server_cpu else None,
                 "server_samples_dropped": s.server_dropped,
                 "idle_cpu_ms_per_s": s.idle_cpu_ms_per_s,
+                "local_daemon_cpu_ms": s.med(s.local_daemon_cpu),
+                "local_samples_dropped": s.local_dropped,
                 "n": len(s.walls),
             }
             for k, s in stats.items()
@@ -488,17 +548,25 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
 
 def report(r: dict) -> str:
     m, d = r["ways"]["meshcc"], r["ways"]["distcc"]
+    i = r["ways"].get("icecream")
 
-    def ratio(key: str) -> str:
-        if m[key] is None or not d[key]:
+    def num(x: float | None) -> str:
+        return f"{x:9.2f}" if x is not None else f"{'n/a':>9s}"
+
+    def ratio(a: dict, b: dict, key: str) -> str:
+        if a[key] is None or not b[key]:
             return "   n/a"
-        return f"{m[key] / d[key]:5.2f}x"
+        return f"{a[key] / b[key]:5.2f}x"
 
     lines = [
         f"{r['project']} over {r['link']}: {r['jobs']} jobs x {r['reps']} reps, one at a time, "
         f"protocol {r['protocol']}{' (,lzo)' if r['protocol'] == 2 else ''}; client "
         f"{r['meshcc_gcc']} ({r['launchers']} launchers)",
-        f"{'median per job':18s} {'meshcc':>9s} {'distcc':>9s} {'ratio':>7s}  target",
+        f"{'median per job':18s} {'meshcc':>9s} {'distcc':>9s}"
+        + (f" {'icecream':>9s}" if i else "")
+        + f" {'m/distcc':>8s}"
+        + (f" {'m/icecc':>8s} {'icecc/d':>8s}" if i else "")
+        + "  target",
     ]
     for key, label, target in (
         ("wall_ms", "wall ms", TARGET_WALL),
@@ -507,12 +575,26 @@ def report(r: dict) -> str:
         ("server_cpu_mean_ms", "server CPU (mean)", None),
     ):
         t = f"<= {target:.1f}x" if target else ""
-        lines.append(f"{label:18s} {m[key]:9.2f} {d[key]:9.2f} {ratio(key):>7s}  {t}")
+        row = f"{label:18s} {num(m[key])} {num(d[key])}"
+        if i:
+            row += f" {num(i[key])}"
+        row += f" {ratio(m, d, key):>8s}"
+        if i:
+            row += f" {ratio(m, i, key):>8s} {ratio(i, d, key):>8s}"
+        lines.append(f"{row}  {t}")
     lines.append(
         f"idle server CPU: meshcc {m['idle_cpu_ms_per_s']:.2f} ms/s, distccd "
         f"{d['idle_cpu_ms_per_s']:.2f} ms/s; server samples dropped (a task ended): "
         f"meshcc {m['server_samples_dropped']}, distccd {d['server_samples_dropped']}"
     )
+    if i:
+        lines.append(
+            f"icecream: client CPU includes the client box's iceccd, median "
+            f"{num(i['local_daemon_cpu_ms']).strip()} ms per job ({i['local_samples_dropped']} "
+            f"jobs dropped: a task of it ended); server CPU not measured (iceccd forks a "
+            f"process per job); jobs the scheduler saw done on the server: "
+            f"{r['remote_jobs'].get('icecream')}"
+        )
     if r["timeline_ms"]:
         lines.append(
             "meshcc-gcc timeline, median ms: "
@@ -547,6 +629,13 @@ def main(argv: list[str] | None = None) -> int:
         "--timeline",
         action="store_true",
         help="MESHCC_VERBOSE=1 for meshcc-gcc: report its per-phase medians (costs a little)",
+    )
+    p.add_argument(
+        "--icecream",
+        action="store_true",
+        help="add icecream (Debian's icecc) as a third way: scheduler and server iceccd with "
+        "the daemons, a client iceccd (-m 0 --no-remote) with the clients; on loopback every "
+        "way then runs inside one network namespace (benchmarks/_icecream.py)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
