@@ -140,7 +140,13 @@ def _spawn(
 
 
 def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:
-    """`python -m meshcc daemon` on 127.0.0.1, loopback clients only."""
+    """`python -m meshcc daemon` on 127.0.0.1, loopback clients only.
+
+    The result cache is off unless ``extra`` names a cache option: a benchmark that replays
+    the same jobs would otherwise measure cache hits, not compiles (and share the box's
+    default cache directory with every other run)."""
+    if not any(a.startswith(("--cache", "--no-cache")) for a in extra):
+        extra = (*extra, "--no-cache")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "meshccd.log"
