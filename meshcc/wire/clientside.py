@@ -83,8 +83,9 @@ def read_reply(
     request was sent after ``SLOT``, so ``FREE``, ``BUSY`` or ``ERRM`` comes first).
 
     Returns None when more bytes are needed, else ``(REPLY, status, stderr, stdout, obj)``,
-    ``(REFUSED, message, b"", b"", b"")`` or ``(BUSY, running, b"", b"", b"")``; bytes after a complete reply are not
-    looked at. Raises :class:`ProtocolError`, also for a stream that ended (``eof``) early.
+    ``(REFUSED, message, b"", b"", b"")`` or ``(BUSY, running, b"", b"", b"")``; bytes
+    after a complete reply are not looked at. Raises :class:`ProtocolError`, also for a
+    stream that ended (``eof``) early.
     """
     n = len(buf)
     at = 0
