@@ -66,9 +66,7 @@ def _show(name: bytes) -> str:
 
 
 def _truncated(have: int, need: int, what: str) -> ProtocolError:
-    return ProtocolError(
-        f"reply truncated: end of stream in {what} (have {have} of {need} bytes)"
-    )
+    return ProtocolError(f"reply truncated: end of stream in {what} (have {have} of {need} bytes)")
 
 
 def read_reply(
@@ -119,9 +117,7 @@ def read_reply(
         value = int(digits, 16)
         if name == b"ERRM":
             if value > max_message:
-                raise ProtocolError(
-                    f"ERRM length {value} exceeds limit max_message={max_message}"
-                )
+                raise ProtocolError(f"ERRM length {value} exceeds limit max_message={max_message}")
             if n - at < value:
                 if eof:
                     raise _truncated(n - at, value, "ERRM body")
