@@ -1,4 +1,4 @@
-"""meshcc.wire.clientside (the compile client's lean reply reader) against the full codec,
+"""meshcc.transport.client's lean reply reader (the compile client's) against the full codec,
 meshcc.wire.protocol: the same replies, whole, cut short, fed in pieces and corrupted byte
 by byte, must give the same result or the same error text."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshcc.wire import clientside as lean
+from meshcc.transport import client as lean
 from meshcc.wire import protocol as wire
 
 Outcome = tuple[str, object]
@@ -48,11 +48,11 @@ def _lean(data: bytes, eof: bool, version: int, slot: bool, limits: wire.Limits)
     if got is None:
         return ("need", None)
     kind, value, err, out, obj = got
-    if kind == lean.REFUSED:
+    if kind == lean.REPLY_REFUSED:
         return ("refused", value)
-    if kind == lean.BUSY:
+    if kind == lean.REPLY_BUSY:
         return ("busy", value)
-    assert kind == lean.REPLY
+    assert kind == lean.REPLY_DONE
     return ("reply", (value, err, out, obj))
 
 
