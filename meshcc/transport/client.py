@@ -20,7 +20,7 @@ codec: both sides, protocol 3, 22 event and limit classes): importing that cost 
 instructions per remote job, more than the job's own work, for one request head and one
 reply, and a module of its own would cost ~0.3 M (importlib's work for any module). So
 :func:`encode_request_head` and :func:`read_reply` are plain functions over tuples, with
-protocol's framing rules, limits and error texts; ``tests/unit/test_wire_clientside.py``
+protocol's framing rules, limits and error texts; ``tests/unit/test_client_reply_reader.py``
 feeds both readers the same replies (every prefix, every corrupted byte) and requires the
 same outcome, so the two cannot drift. :func:`read_reply` judges the reply received so far
 (a ``bytearray`` the caller grows): it re-reads the headers from the start on each call (a
