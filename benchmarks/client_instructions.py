@@ -70,11 +70,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="meshcc-instr-"))
     work.chmod(0o755)
     port = h.free_port()
-    distccd = subprocess.Popen(
-        ["distccd", "--daemon", "--no-detach", "--log-stderr", "--listen", "127.0.0.1"]
-        + ["--port", str(port), "--allow", "127.0.0.1", "--jobs", "2", "--user", "nobody"],
-        stderr=subprocess.DEVNULL,
-    )
+    argv = ["distccd", "--daemon", "--no-detach", "--log-stderr", "--listen", "127.0.0.1"]
+    argv += ["--port", str(port), "--allow", "127.0.0.1", "--jobs", "2", "--user", "nobody"]
+    distccd = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             if h.port_accepts(port):
