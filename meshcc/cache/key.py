@@ -50,7 +50,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 
-from meshcc.compiler import policy
+from meshcc.compiler import cmdline, policy
 
 __all__ = [
     "ENV_IN_KEY",
@@ -81,14 +81,8 @@ ENV_IN_KEY = (
 _INPUT = "meshcc-input"  # the fixed names the key uses for the job's files
 _OUTPUT = "meshcc-output"
 
-_PROFILE = (
-    "-fprofile-",
-    "--coverage",
-    "-ftest-coverage",
-    "-fauto-profile",
-    "-fbranch-probabilities",
-)
-_NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
+_PROFILE = cmdline.PROFILE_PREFIXES
+_NATIVE = cmdline.NATIVE_OPTIONS
 _RUN_SPECIFIC_STDERR = frozenset(
     ("-ftime-report", "-ftime-report-details", "-fmem-report", "-fstats", "-Q", "-v", "-###")
 )

@@ -28,6 +28,7 @@ from meshcc.compiler.fingerprints import (
     UntrustedCompiler,
 )
 from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local, PeerView
+from meshcc.mesh.linkrate import LinkBook
 from meshcc.mesh.load import LoadBook
 from meshcc.mesh.matching import hosts_line
 from meshcc.transport.control_socket import describe_peer, peer_credentials
@@ -81,6 +82,7 @@ class ControlServer:
         self.fingerprints = fingerprints or FingerprintCache()
         # With the live-load channel the broker weighs the whole mesh, this box included.
         self.broker = LeaseBroker(mesh, load=load, on_demand=on_demand)
+        self.links = LinkBook()  # per-peer link estimates from the clients' done reports
         self.path = path
         self.limits = limits or ControlLimits()
         self._server: asyncio.AbstractServer | None = None
@@ -284,9 +286,7 @@ class ControlServer:
         done: control.DoneMessage | None = None
         try:
             log.debug("control: %s leases %s for %s (%s)", who, got.key, req.source, req.cc)
-            grant = control.LeaseGranted(
-                got.host, got.port, got.protocol, got.compiler, got.key, got.busy
-            )
+            grant = self._granted(got)
             await self._send(writer, grant)
             done = await eof  # held until 'done' or the connection closes
         except control.ControlError as e:
@@ -298,6 +298,8 @@ class ControlServer:
             eof.cancel()
             busy = isinstance(done, control.DoneMessage) and done.busy
             self.broker.release(got.key, busy=busy)
+        if isinstance(done, control.DoneMessage) and done.link is not None:
+            self.links.record(got.key, *done.link)
         if isinstance(done, control.DoneMessage) and done.busy:
             log.debug("control: %s was busy for %s; not handing it out for a moment", got.key, who)
         elif isinstance(done, control.DoneMessage):
@@ -310,6 +312,24 @@ class ControlServer:
                     " (connect failed)" if done.connect_failed else "",
                     done.reason or "no reason given",
                 )
+
+    def _granted(self, got: Grant) -> control.LeaseGranted:
+        """The grant for ``got``, with the peer's codecs and what we know of its link."""
+        link = self.links.get(got.key) if got.codecs else None
+        rtt_us = link.rtt_us if link is not None and link.rtt_us else 0
+        if not rtt_us and got.rtt_s is not None:
+            rtt_us = max(1, round(got.rtt_s * 1e6))
+        return control.LeaseGranted(
+            got.host,
+            got.port,
+            got.protocol,
+            got.compiler,
+            got.key,
+            got.busy,
+            got.codecs,
+            round(link.rate) if link is not None else 0,
+            rtt_us,
+        )
 
     async def _send(self, writer: asyncio.StreamWriter, reply: control.Reply) -> None:
         """Write one reply; TimeoutError when the client does not take it in time (a client

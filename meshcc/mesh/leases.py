@@ -74,6 +74,8 @@ class Grant:
     protocol: int
     compiler: str
     busy: bool = False  # the peer announces ``busy``: the client may ask it for a slot first
+    codecs: tuple[str, ...] = ()  # body codecs it negotiates (CODC, wire.codecs), best first
+    rtt_s: float | None = None  # its probes' round trip (liveness), for the codec choice
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,14 @@ class LeaseBroker:
         r = v.peer.record
         self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
         return Grant(
-            r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "", "busy" in r.caps
+            r.key,
+            v.address or "",
+            r.port,
+            2 if r.lzo else 1,
+            v.remote_name or "",
+            "busy" in r.caps,
+            r.codecs,
+            v.peer.rtt_s,
         )
 
     def _full(self, key: str) -> bool:

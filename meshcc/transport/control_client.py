@@ -79,7 +79,7 @@ class Control:
     ``done`` and closes, returning the peer's slot to the daemon.
     """
 
-    __slots__ = ("_reader", "busy", "connect_failed", "ok", "path", "reason", "sock")
+    __slots__ = ("_reader", "busy", "connect_failed", "link", "ok", "path", "reason", "sock")
 
     def __init__(self, sock: _socket.socket, path: str) -> None:
         self.sock: _socket.socket | None = sock
@@ -89,6 +89,7 @@ class Control:
         self.connect_failed = False
         self.reason = ""
         self.busy = False  # the peer answered BUSY: the daemon skips it for a moment
+        self.link: tuple[int, bool, int] | None = None  # the job's TCP_INFO, for the daemon
 
     @classmethod
     def connect(
@@ -186,7 +187,7 @@ class Control:
         if sock is None:
             return
         self.sock = None
-        done = control.DoneMessage(self.ok, self.connect_failed, self.reason, self.busy)
+        done = control.DoneMessage(self.ok, self.connect_failed, self.reason, self.busy, self.link)
         try:
             sock.settimeout(1.0)
             sock.sendall(control.encode(done.to_message()))
