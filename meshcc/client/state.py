@@ -2,9 +2,9 @@
 
 distcc 3.4 keeps one file per client process, ``$DISTCC_DIR/state/binstate_<pid>``,
 holding one ``struct dcc_task_state`` (its layout: :mod:`meshcc.wire.distccstate`, which
-``meshcc top`` reads with). The monitors skip a file whose size or magic is wrong, whose
-pid is dead, and delete one whose mtime is over 60 s old; so every phase change rewrites
-the file (re-creating it if a monitor removed it) and the file goes at exit.
+``meshcc top`` reads with; repeated below). The monitors skip a file whose size or magic
+is wrong, whose pid is dead, and delete one whose mtime is over 60 s old; so every phase
+change rewrites the file (re-creating it if a monitor removed it) and the file goes at exit.
 
 One module-level record per process, like distcc's: the wrapper calls :func:`begin`
 once the job is known, :func:`note` at each phase, :func:`end` when it exits. Before
@@ -14,20 +14,62 @@ monitor is a convenience and never fails a compile.
 
 from __future__ import annotations
 
-from meshcc import posixenv as os  # os without its import cost (see there)
-from meshcc.wire import distccstate as fmt
-from meshcc.wire.distccstate import (
-    BLOCKED,
-    COMPILE,
-    CONNECT,
-    CPP,
-    DONE,
-    RECEIVE,
-    SEND,
-    STARTUP,
-)
+import sys
 
-# The wrapper names the phases as state.X: re-exported from the one definition.
+from meshcc import posixenv as os  # os without its import cost (see there)
+
+# distcc's phases and record layout, as meshcc.wire.distccstate defines them (the format's
+# one definition, which `meshcc top` reads with; tests/unit/test_client_state.py keeps
+# these equal, byte for byte). Repeated here because the compile client would otherwise
+# import two more modules on every compile (meshcc.wire and the codec: ~0.7 M instructions).
+STARTUP = 0
+BLOCKED = 1
+CONNECT = 2
+CPP = 3
+SEND = 4
+COMPILE = 5
+RECEIVE = 6
+DONE = 7
+PREFIX = "binstate_"
+_MAGIC = 0x44494800  # DCC_STATE_MAGIC
+_NAME_LEN = 128
+_WORD = 8 if sys.maxsize > 2**32 else 4
+_SIZE = 3 * _WORD + 2 * _NAME_LEN + 4 + 4 + _WORD
+_ORDER = sys.byteorder
+_NEXT = bytes(_WORD)
+
+
+def field(text: str) -> bytes:
+    """A NUL-terminated ``char[128]`` (truncated as strlcpy does)."""
+    raw = os.fsencode(text)[: _NAME_LEN - 1]
+    return raw + b"\0" * (_NAME_LEN - len(raw))
+
+
+def head(pid: int, file: str) -> bytes:
+    """struct_size, magic, cpid, file[] (the basename): fixed for one job."""
+    return b"".join(
+        (
+            _SIZE.to_bytes(_WORD, _ORDER),
+            _MAGIC.to_bytes(_WORD, _ORDER),
+            pid.to_bytes(_WORD, _ORDER),
+            field(os.path.basename(file)),
+        )
+    )
+
+
+def tail(host_field: bytes, slot: int, phase: int) -> bytes:
+    """host[], slot, phase, next (zeroed): what changes with each phase."""
+    return b"".join(
+        (
+            host_field,
+            slot.to_bytes(4, _ORDER, signed=True),
+            phase.to_bytes(4, _ORDER, signed=True),
+            _NEXT,
+        )
+    )
+
+
+# The wrapper names the phases as state.X.
 __all__ = [
     "BLOCKED",
     "COMPILE",
@@ -45,7 +87,7 @@ __all__ = [
 
 _path: str | None = None
 _head = b""  # struct_size, magic, cpid, file[]: fixed once the job is known
-_host = fmt.field("")
+_host = field("")
 _slot = 0
 
 
@@ -55,8 +97,8 @@ def begin(top: str, source: str | None) -> None:
     first :func:`note`."""
     global _path, _head
     pid = os.getpid()
-    _path = f"{top}/state/{fmt.PREFIX}{pid}"
-    _head = fmt.head(pid, source or "")
+    _path = f"{top}/state/{PREFIX}{pid}"
+    _head = head(pid, source or "")
 
 
 def active() -> bool:
@@ -71,10 +113,10 @@ def note(phase: int, host: str | None = None, slot: int | None = None) -> None:
     if path is None:
         return
     if host is not None:
-        _host = fmt.field(host)
+        _host = field(host)
     if slot is not None:
         _slot = slot
-    data = _head + fmt.tail(_host, _slot, phase)
+    data = _head + tail(_host, _slot, phase)
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
     try:
         try:

@@ -14,6 +14,17 @@ Outcomes are kept apart because the wrapper acts differently on each:
 - :class:`Busy`: the server (``busy`` capability, asked with :meth:`Connection.reserve_slot`)
   has every job slot taken. Not a failure: no backoff; take another host or the local share.
 - :class:`Reply`: the compiler ran remotely; its wait status, output and object.
+
+The protocol's client side is here too, not :mod:`meshcc.wire.protocol` (the full sans-IO
+codec: both sides, protocol 3, 22 event and limit classes): importing that cost ~2.9 M
+instructions per remote job, more than the job's own work, for one request head and one
+reply, and a module of its own would cost ~0.3 M (importlib's work for any module). So
+:func:`encode_request_head` and :func:`read_reply` are plain functions over tuples, with
+protocol's framing rules, limits and error texts; ``tests/unit/test_client_reply_reader.py``
+feeds both readers the same replies (every prefix, every corrupted byte) and requires the
+same outcome, so the two cannot drift. :func:`read_reply` judges the reply received so far
+(a ``bytearray`` the caller grows): it re-reads the headers from the start on each call (a
+reply has at most seven tokens) and copies a body only once the reply is whole.
 """
 
 from __future__ import annotations
@@ -28,11 +39,12 @@ from meshcc.exitcodes import (
     EXIT_TIMEOUT,
     EXIT_TRUNCATED,
 )
-from meshcc.wire import protocol as wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Sequence
+
+    from meshcc.wire.protocol import Limits
 
 CONNECT_TIMEOUT = 4.0  # distcc's fixed dcc_connect_timeout
 DEFAULT_IO_TIMEOUT = 300.0
@@ -43,6 +55,149 @@ REFUSAL_GRACE = 2.0
 # A source sent after SLOT goes in pieces this large; between them the client looks for a
 # BUSY (the server discards what follows it), so a turned-away client stops sending early.
 SLOT_PEEK_CHUNK = 256 * 1024
+
+# ---------------------------------------------------------------- the wire, client side
+
+HEADER_LEN = 12
+SLOT_REQUEST = b"SLOT00000001"  # == protocol.SLOT_REQUEST (tested)
+SLOT_GRANTED = b"FREE00000001"  # == protocol.SLOT_GRANTED (tested)
+MAX_BODY = 256 * 1024 * 1024  # == protocol.Limits().max_body (tested)
+MAX_MESSAGE = 64 * 1024  # == protocol.Limits().max_message (tested)
+_MAX_VALUE = 0xFFFFFFFF
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+# What read_reply returns (the first item of its 5-tuple):
+REPLY_DONE = 0  # (REPLY_DONE, wait_status, stderr, stdout, object), bodies as on the wire
+REPLY_REFUSED = 1  # (REPLY_REFUSED, message, ...): meshcc's ERRM
+REPLY_BUSY = 2  # (REPLY_BUSY, running, ...): every job slot taken (only after SLOT)
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; ``str(e)`` says how (meant for logs)."""
+
+
+def token(name: bytes, value: int) -> bytes:
+    """One 12-byte header, e.g. ``token(b"DOTI", 26) == b"DOTI0000001a"``."""
+    if len(name) != 4:
+        raise ValueError(f"token name must be 4 bytes, got {name!r}")
+    if not 0 <= value <= _MAX_VALUE:
+        raise ValueError(f"{name.decode('ascii', 'replace')} value {value} out of 32-bit range")
+    return b"%s%08x" % (name, value)
+
+
+def encode_request_head(version: int, argv: Sequence[bytes]) -> bytes:
+    """``DIST ARGC ARGV...`` for protocol 1 or 2 (as ``protocol.encode_request_head``)."""
+    if version not in (1, 2):
+        raise ValueError(f"protocol version must be 1 or 2 here, got {version!r}")
+    parts = [token(b"DIST", version), token(b"ARGC", len(argv))]
+    for a in argv:
+        parts.append(token(b"ARGV", len(a)))
+        parts.append(a)
+    return b"".join(parts)
+
+
+def _show(name: bytes) -> str:
+    if name.isalpha() and name.isascii():
+        return name.decode("ascii")
+    return repr(name)
+
+
+def _truncated(have: int, need: int, what: str) -> ProtocolError:
+    return ProtocolError(f"reply truncated: end of stream in {what} (have {have} of {need} bytes)")
+
+
+def read_reply(
+    buf: bytearray,
+    eof: bool,
+    version: int,
+    slot: bool,
+    max_body: int = MAX_BODY,
+    max_message: int = MAX_MESSAGE,
+) -> tuple[int, int | str, bytes, bytes, bytes] | None:
+    """Judge the reply to a protocol ``version`` request received so far (``slot``: the
+    request was sent after ``SLOT``, so ``FREE``, ``BUSY`` or ``ERRM`` comes first).
+
+    Returns None when more bytes are needed, else ``(REPLY_DONE, status, stderr, stdout, obj)``,
+    ``(REPLY_REFUSED, message, b"", b"", b"")`` or ``(REPLY_BUSY, running, ...)``; bytes
+    after a complete reply are not looked at. Raises :class:`ProtocolError`, also for a
+    stream that ended (``eof``) early.
+    """
+    n = len(buf)
+    at = 0
+    if slot:
+        expected: tuple[bytes, ...] = (b"FREE", b"BUSY", b"ERRM")
+    else:
+        expected = (b"DONE", b"ERRM")
+    bodies: list[tuple[int, int]] = []
+    status = 0
+    step = 0  # 0: first token; 1: DONE; 2: STAT; 3-5: SERR, SOUT, DOTO
+    while True:
+        if n - at < HEADER_LEN:
+            if eof:
+                what = "/".join(_show(e) for e in expected) + " token"
+                raise ProtocolError(
+                    f"reply truncated: end of stream in {what} (have {n - at} of "
+                    f"{HEADER_LEN} bytes)"
+                )
+            return None
+        name = bytes(buf[at : at + 4])
+        digits = bytes(buf[at + 4 : at + HEADER_LEN])
+        at += HEADER_LEN
+        if name not in expected:
+            want = " or ".join(_show(e) for e in expected)
+            raise ProtocolError(
+                f"protocol derailment: expected {want} token, got {_show(name)}"
+                f" (header {name + digits!r})"
+            )
+        if digits.translate(None, _HEX_DIGITS):
+            raise ProtocolError(f"{_show(name)} token value {digits!r} is not 8 hex digits")
+        value = int(digits, 16)
+        if name == b"ERRM":
+            if value > max_message:
+                raise ProtocolError(f"ERRM length {value} exceeds limit max_message={max_message}")
+            if n - at < value:
+                if eof:
+                    raise _truncated(n - at, value, "ERRM body")
+                return None
+            return (
+                REPLY_REFUSED,
+                bytes(buf[at : at + value]).decode("utf-8", "replace"),
+                b"",
+                b"",
+                b"",
+            )
+        if name == b"BUSY":
+            return REPLY_BUSY, value, b"", b"", b""
+        if name == b"FREE":
+            if value != 1:
+                raise ProtocolError(f"FREE token value {value} (only 1 is defined)")
+            expected = (b"DONE", b"ERRM")
+            continue
+        if name == b"DONE":
+            if value != version:
+                raise ProtocolError(
+                    f"reply version {value} does not match request version {version}"
+                )
+            expected = (b"STAT",)
+            continue
+        if name == b"STAT":
+            status = value
+            expected = (b"SERR",)
+            continue
+        # SERR, SOUT or DOTO: a body
+        if value > max_body:
+            raise ProtocolError(f"{_show(name)} length {value} exceeds limit max_body={max_body}")
+        if n - at < value:
+            if eof:
+                raise _truncated(n - at, value, f"{_show(name)} body")
+            return None
+        bodies.append((at, at + value))
+        at += value
+        step += 1
+        if step == 3:
+            err, out, obj = (bytes(buf[a:b]) if b > a else b"" for a, b in bodies)
+            return REPLY_DONE, status, err, out, obj
+        expected = (b"SOUT",) if step == 1 else (b"DOTO",)
 
 
 class TransportError(Exception):
@@ -102,7 +257,7 @@ class Connection:
         port: int,
         version: int,
         io_timeout: float = DEFAULT_IO_TIMEOUT,
-        limits: wire.Limits | None = None,
+        limits: Limits | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         if version not in (1, 2):
@@ -114,7 +269,10 @@ class Connection:
         self.version = version
         self.io_timeout = io_timeout
         self.connect_timeout = connect_timeout
-        self.limits = limits if limits is not None else wire.Limits()
+        # Only two limits matter to a client; protocol.Limits is not imported for them.
+        self.limits = limits
+        self.max_body = MAX_BODY if limits is None else limits.max_body
+        self.max_message = MAX_MESSAGE if limits is None else limits.max_message
         self.sock: _socket.socket | None = None
         self._send_error: OSError | None = None
         self._slot = False  # SLOT sent: the answer (FREE or BUSY) precedes the reply
@@ -192,13 +350,13 @@ class Connection:
         preprocesses."""
         assert self.sock is not None
         self._slot = True
-        self._send(wire.SLOT_REQUEST, more=True)  # leaves with the request head
+        self._send(SLOT_REQUEST, more=True)  # leaves with the request head
 
     def send_head(self, argv: Sequence[bytes]) -> None:
         """DIST + ARGC + ARGVs; sent while cpp still runs, as distcc does."""
         try:
-            head = wire.encode_request_head(self.version, argv)
-        except (ValueError, wire.ProtocolError) as e:
+            head = encode_request_head(self.version, argv)
+        except ValueError as e:
             raise TransportError(f"cannot encode request: {e}", EXIT_PROTOCOL_ERROR) from None
         self._send(head)
 
@@ -224,12 +382,12 @@ class Connection:
                 )
             except compression.CompressionError as e:
                 raise TransportError(f"cannot compress source: {e}", EXIT_IO_ERROR) from None
-        if len(data) > self.limits.max_body:
+        if len(data) > self.max_body:
             raise TransportError(
-                f"preprocessed source is {len(data)} bytes, over the {self.limits.max_body} limit",
+                f"preprocessed source is {len(data)} bytes, over the {self.max_body} limit",
                 EXIT_PROTOCOL_ERROR,
             )
-        self._send(prefix + wire.token(b"DOTI", len(data)), more=bool(data))
+        self._send(prefix + token(b"DOTI", len(data)), more=bool(data))
         if self._slot and len(data) > SLOT_PEEK_CHUNK:
             self._send_watching(data)
         else:
@@ -256,16 +414,16 @@ class Connection:
         timeout = sock.gettimeout()
         sock.settimeout(0.0)  # a timeout would make CPython wait for readability first
         try:
-            head = sock.recv(wire.HEADER_LEN, _socket.MSG_PEEK)
+            head = sock.recv(HEADER_LEN, _socket.MSG_PEEK)
         except BlockingIOError:
             return False
         except OSError:
             return True  # reset: read_reply says what happened
         finally:
             sock.settimeout(timeout)
-        if head and len(head) < wire.HEADER_LEN and wire.SLOT_GRANTED.startswith(head):
+        if head and len(head) < HEADER_LEN and SLOT_GRANTED.startswith(head):
             return False  # a FREE still arriving
-        if head == wire.SLOT_GRANTED:
+        if head == SLOT_GRANTED:
             self._answered = True
             return False
         return True
@@ -291,56 +449,44 @@ class Connection:
         sock = self.sock
         assert sock is not None
         slot = self._slot
-        reader = (wire.SlotReplyReader if slot else wire.ReplyReader)(self.version, self.limits)
-        status = -1
-        stderr = stdout = obj = b""
+        buf = bytearray()
         eof = False
         while True:
             try:
-                event = reader.next_event()
-            except wire.ProtocolError as e:
+                got = read_reply(buf, eof, self.version, slot, self.max_body, self.max_message)
+            except ProtocolError as e:
                 if eof:
                     raise TransportError(
                         f"server closed the connection early ({e})", EXIT_TRUNCATED
                     ) from None
                 raise TransportError(f"protocol error: {e}", EXIT_PROTOCOL_ERROR) from None
-            if event is wire.NEED_DATA:
-                try:
-                    data = sock.recv(RECV_SIZE)
-                except TimeoutError:
-                    raise TransportError(
-                        f"IO timeout ({sock.gettimeout():g}s) waiting for the reply",
-                        EXIT_TIMEOUT,
-                    ) from None
-                except OSError as e:
-                    raise TransportError(f"receive failed: {_describe(e)}") from None
-                if data:
-                    # After SLOT, the first bytes are FREE, sent at once: not the reply yet.
-                    if on_data is not None and not (slot and len(data) <= wire.HEADER_LEN):
-                        on_data()
-                        on_data = None
-                    reader.feed(data)
-                else:
-                    eof = True
-                    reader.feed_eof()
-                continue
-            # Protocols 1 and 2 only: no DOTD (ReplyDepFile) can come.
-            if isinstance(event, wire.ReplyStatus):
-                status = event.wait_status
-            elif isinstance(event, wire.ReplyStderr):
-                stderr = event.data
-            elif isinstance(event, wire.ReplyStdout):
-                stdout = event.data
-            elif isinstance(event, wire.ReplyObject):
-                obj = event.data
-            elif isinstance(event, wire.ReplyRefused):
-                raise Refused(event.message or "no reason given")
-            elif isinstance(event, wire.SlotBusy):
-                raise Busy(event.running)
-            elif isinstance(event, wire.SlotGranted):
-                slot = False  # what follows is the reply
-            elif isinstance(event, wire.ReplyEnd):
+            if got is not None:
                 break
+            try:
+                data = sock.recv(RECV_SIZE)
+            except TimeoutError:
+                raise TransportError(
+                    f"IO timeout ({sock.gettimeout():g}s) waiting for the reply",
+                    EXIT_TIMEOUT,
+                ) from None
+            except OSError as e:
+                raise TransportError(f"receive failed: {_describe(e)}") from None
+            if data:
+                # After SLOT, the first bytes are FREE, sent at once: not the reply yet.
+                if on_data is not None and not (
+                    slot and len(buf) < HEADER_LEN and len(data) <= HEADER_LEN
+                ):
+                    on_data()
+                    on_data = None
+                buf += data
+            else:
+                eof = True
+        kind, value, stderr, stdout, obj = got
+        if kind == REPLY_REFUSED:
+            raise Refused(str(value) or "no reason given")
+        if kind == REPLY_BUSY:
+            raise Busy(int(value))
+        status = int(value)
         if self.version >= 2 or self.codec:
             stderr, stdout, obj = (self._decompress(b) for b in (stderr, stdout, obj))
         return Reply(status, stderr, stdout, obj)
@@ -354,7 +500,7 @@ class Connection:
             return compression.decompress(
                 self.codec or compression.codec_for_protocol(self.version),
                 body,
-                self.limits.max_body,
+                self.max_body,
             )
         except compression.CompressionError as e:
             raise TransportError(f"bad compressed data: {e}", EXIT_PROTOCOL_ERROR) from None

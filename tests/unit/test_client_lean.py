@@ -50,3 +50,24 @@ def test_which_agrees_with_hostos(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for path in (f"{a}:{b}:{c}", f"{a}::{b}", f"{b}", "", f"{a}"):
         for name in ("cc1", "cc2", "missing", "/bin/sh", "rel/x"):
             assert wrapper.which(name, path) == hostos.which(name, path), (name, path)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:3632", "[::1]:3632", "peer.lan:3632", "", "h\tx", "h\nx", "é:1", "\x01", "x" * 129],
+)
+def test_remote_record_is_the_codecs(
+    host: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client builds the common ``remote`` record itself (no codec import): the bytes
+    the daemon receives are the codec's, whatever the host name."""
+    import socket
+
+    control = tmp_path / "control.sock"
+    monkeypatch.setenv("MESHCC_SOCKET", str(control))
+    monkeypatch.delenv("MESHCC_STATS", raising=False)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as daemon:
+        daemon.bind(str(control) + client_outcome.STATS_SUFFIX)
+        daemon.settimeout(5)
+        client_outcome.report("remote", host)
+        assert daemon.recv(4096) == wire_outcome.encode("remote", host)

@@ -89,3 +89,25 @@ def test_what_is_written_reads_back() -> None:
     assert fmt.parse(b"\0" * fmt.SIZE) is None  # wrong size field and magic
     late = fmt.record(1, "x.c", "h", 0, 99)
     assert fmt.parse(late) == (1, "x.c", "h", 0, fmt.COMPILE)  # past Done: as distccmon
+
+
+@pytest.mark.parametrize(
+    ("source", "host", "slot", "phase"),
+    [
+        ("src/dir/foo.c", "10.0.0.7", 3, 4),
+        ("x" * 300 + ".c", "h" * 200, 0, 0),
+        ("é/ü.c", "[::1]:3632", -1, 7),
+        ("", "", 1023, 5),
+    ],
+)
+def test_the_client_writes_the_codecs_record(
+    tmp_path: Path, source: str, host: str, slot: int, phase: int
+) -> None:
+    """client.state repeats the layout (so the client need not import the codec): the file
+    it writes is the codec's record, byte for byte, and the constants are the codec's."""
+    names = ["PREFIX", "STARTUP", "BLOCKED", "CONNECT", "CPP", "SEND", "COMPILE", "RECEIVE", "DONE"]
+    assert [getattr(state, n) for n in names] == [getattr(fmt, n) for n in names]
+    state.begin(str(tmp_path), source)
+    state.note(phase, host, slot)
+    path = tmp_path / "state" / f"{fmt.PREFIX}{os.getpid()}"
+    assert path.read_bytes() == fmt.record(os.getpid(), source, host, slot, phase)

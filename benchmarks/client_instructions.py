@@ -1,0 +1,102 @@
+"""Instructions one compile client process runs for one remote job (valgrind callgrind).
+
+    .venv/bin/python benchmarks/client_instructions.py                 # this tree
+    .venv/bin/python benchmarks/client_instructions.py --tree /work/main --lzo
+
+Instruction counts do not move with the machine's load, unlike CPU times, so they compare
+two trees (before/after) on a busy box. One job: a preprocessed ``.i`` (no cpp, so only the
+client process is counted) sent to a stock distccd on loopback, host from ``DISTCC_HOSTS``,
+through an install.sh-style ``python3 -IS`` launcher (as bench_serial's). The first run
+writes the ``.pyc`` files and is not counted. Needs valgrind, gcc and distccd; run as root
+(distccd drops to ``nobody``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _harness as h
+
+SOURCE = b"""#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+int f(int x) { char b[32]; snprintf(b, sizeof b, "%d", x); return (int)strlen(b) + atoi(b); }
+"""
+
+
+def launcher(tree: Path, bindir: Path) -> Path:
+    bindir.mkdir(parents=True, exist_ok=True)
+    path = bindir / "meshcc-gcc"
+    path.write_text(
+        f"#!{sys.executable} -IS\nimport sys\nsys.path.append({str(tree)!r})\n"
+        "from meshcc.client.wrapper import launch\nsys.exit(launch())\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def count(cmd: list[str], env: dict[str, str], out: Path, cwd: Path) -> int:
+    p = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    m = re.search(r"Collected : (\d+)", p.stderr)
+    if p.returncode != 0 or m is None:
+        raise h.HarnessError(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-500:]}")
+    return int(m.group(1))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
+    p.add_argument("--lzo", action="store_true", help="a `,lzo` host (protocol 2)")
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args()
+    for tool in ("valgrind", "distccd", "gcc"):
+        if shutil.which(tool) is None:
+            print(f"client_instructions: {tool} is not installed", file=sys.stderr)
+            return 2
+    work = Path(tempfile.mkdtemp(prefix="meshcc-instr-"))
+    work.chmod(0o755)
+    port = h.free_port()
+    argv = ["distccd", "--daemon", "--no-detach", "--log-stderr", "--listen", "127.0.0.1"]
+    argv += ["--port", str(port), "--allow", "127.0.0.1", "--jobs", "2", "--user", "nobody"]
+    distccd = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if h.port_accepts(port):
+                break
+            time.sleep(0.05)
+        (work / "t.c").write_bytes(SOURCE)
+        subprocess.run(["gcc", "-E", "t.c", "-o", "t.i"], cwd=work, check=True)
+        (work / "distcc").mkdir()
+        env = h.clean_env()
+        env["DISTCC_HOSTS"] = f"127.0.0.1:{port}/4" + (",lzo" if args.lzo else "")
+        env["DISTCC_DIR"] = str(work / "distcc")
+        cmd = [str(launcher(Path(args.tree), work / "bin")), "-c", "t.i", "-o", "t.o"]
+        subprocess.run(cmd, cwd=work, env=env, check=True)  # writes the .pyc files
+        got = [count(cmd, env, work / "cg.out", work) for _ in range(args.runs)]
+        print(f"{args.tree}: {min(got) / 1e6:.2f} M instructions (runs: {got})")
+    except (h.HarnessError, subprocess.CalledProcessError) as e:
+        print(f"client_instructions: {e}", file=sys.stderr)
+        return 1
+    finally:
+        distccd.terminate()
+        distccd.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
