@@ -25,6 +25,15 @@ VENV_BIN = Path(sys.executable).parent
 _JOB_RE = re.compile(r"client: \S+ (?P<result>[A-Z_]+) exit:")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends a benchmark as Ctrl-C does, through its ``finally`` blocks, so the
+    daemons and namespaces it started are stopped (by default SIGTERM skips them)."""
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 class HarnessError(RuntimeError):
     """A daemon or tool could not be set up; the message says what to look at."""
 
