@@ -112,8 +112,21 @@ def main() -> int:
     ap.add_argument(
         "--ways",
         default="meshcc,distcc",
-        help="meshcc, distcc, and meshcc-list (meshcc-gcc with the static list: no leases, "
-        "no BUSY; separates the client's own cost from the scheduling)",
+        help="meshcc, distcc, meshcc-list (meshcc-gcc with the static list: no leases, "
+        "no BUSY; separates the client's own cost from the scheduling), and meshcc-base "
+        "(see --base-src)",
+    )
+    ap.add_argument(
+        "--base-src",
+        metavar="DIR",
+        help="a copy of another version's meshcc package (its parent directory, e.g. from "
+        "`git archive main meshcc`): the way meshcc-base runs that version's meshcc-gcc "
+        "against the same daemons (PYTHONPATH), so a client change is compared in one run",
+    )
+    ap.add_argument(
+        "--server-nice",
+        type=int,
+        help="the servers' --nice (default: the daemon's, 5, for the daemon and its compilers)",
     )
     ap.add_argument(
         "--server-log-level",
@@ -158,7 +171,10 @@ def _bench(
     hosts = {n: lan.add_host(n) for n in ("c1", "c2", "s1", "s2")}
     odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
     common = ("--interface", "eth0", "--log-level", "notice")
-    serving = ("--interface", "eth0", "--log-level", ns.server_log_level, "--jobs", str(J))
+    serving: tuple[str, ...] = ("--interface", "eth0", "--log-level", ns.server_log_level)
+    serving += ("--jobs", str(J))
+    if ns.server_nice is not None:
+        serving += ("--nice", str(ns.server_nice))
     daemons = {
         "s1": Meshd(work, hosts["s1"], *serving, name="s1"),
         "s2": Meshd(work, hosts["s2"], *serving, name="s2"),
@@ -188,8 +204,12 @@ def _bench(
         e = dict(env0, DISTCC_DIR=str(state), TMPDIR=str(state / "tmp"))
         if not ns.local_share:
             e["DISTCC_FALLBACK"] = "0"
-        if way == "meshcc":
+        if way in ("meshcc", "meshcc-base"):
             e["MESHCC_SOCKET"] = str(daemons[c].socket)
+            if way == "meshcc-base":
+                if not ns.base_src:
+                    raise SystemExit("the way meshcc-base needs --base-src DIR")
+                e["PYTHONPATH"] = str(Path(ns.base_src).resolve())
         else:
             e["DISTCC_HOSTS"] = static
             e["MESHCC_SOCKET"] = str(work / "none.sock")
@@ -340,10 +360,12 @@ def _bench(
             + ", ".join(f"{k} {v:.1f}" for k, v in cpu_med.items())
             + f"; last / first client to finish: {spread}"
         )
-    if "meshcc" in summary and "distcc" in summary:
-        m = summary["meshcc"]["makespan_median_s"]  # type: ignore[index]
+    if "distcc" in summary:
         dd = summary["distcc"]["makespan_median_s"]  # type: ignore[index]
-        print(f"meshcc / distcc makespan: {m / dd:.2f}")
+        for way in summary:
+            if way != "distcc":
+                m = summary[way]["makespan_median_s"]  # type: ignore[index]
+                print(f"{way} / distcc makespan: {m / dd:.2f}")
     return {
         "runs": runs,
         "summary": summary,
