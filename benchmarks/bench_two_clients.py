@@ -124,6 +124,12 @@ def main() -> int:
         "against the same daemons (PYTHONPATH), so a client change is compared in one run",
     )
     ap.add_argument(
+        "--reserve",
+        action="store_true",
+        help="the daemons queue one request per full peer ahead of time (MESHCC_RESERVE_NEXT=1, "
+        "meshcc.mesh.leases): the lease handover leaves the critical path",
+    )
+    ap.add_argument(
         "--server-nice",
         type=int,
         help="the servers' --nice (default: the daemon's, 5, for the daemon and its compilers)",
@@ -140,6 +146,8 @@ def main() -> int:
         print(f"cannot build the LAN: {reason}", file=sys.stderr)
         return 2
 
+    if ns.reserve:
+        os.environ["MESHCC_RESERVE_NEXT"] = "1"  # the daemons' environment (tests/meshd.py)
     src = apt_source("zlib")
     work = private_dir("slotwait-bench-")
     env0 = clean_env()
@@ -153,6 +161,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["server_jobs"] = J
+    res["reserve"] = ns.reserve
     if ns.json:
         Path(ns.json).write_text(json.dumps(res, indent=2))
     return 0
