@@ -2,7 +2,8 @@
 """Two client boxes building a real project at once against two servers (root needed).
 
     .venv/bin/python benchmarks/bench_two_clients.py [--rounds 3] [--server-jobs 1]
-        [--local-share] [--make-j 8] [--json FILE]
+        [--local-share] [--make-j 8] [--ways meshcc,distcc] [--reserve]
+        [--base-src DIR] [--server-nice N] [--json FILE]
 
 meshcc issue 11 ("the mesh acts as one machine"): with two boxes building at once, a stock
 distcc setup (static host lists) makes each server hold more connections than it runs, the
@@ -19,6 +20,13 @@ Each round runs, in alternating order:
 * **distcc**: ``make -jN CC="distcc gcc"`` on c1 and c2 at once, ``DISTCC_HOSTS`` the static
   list ``s1/J,lzo s2/J,lzo`` (the servers are the same meshcc daemons, which serve stock
   distcc as distccd would, queueing its jobs inside, now counted).
+
+Other ways (``--ways``): **meshcc-list** (``meshcc-gcc`` on the static list: the client's
+own cost without leases) and **meshcc-base** (``--base-src DIR``: another version's
+``meshcc-gcc``, e.g. ``git archive main meshcc | tar -x -C DIR``, run through PYTHONPATH
+against the same daemons, so a client change is compared within one run). ``--reserve``
+starts the daemons with ``MESHCC_RESERVE_NEXT=1`` (meshcc.mesh.leases: one request per
+full peer queued in it ahead of time, counted there as waiting).
 
 By default clients compile remotely only (``DISTCC_FALLBACK=0``, no ``localhost`` in the
 list) and the servers run ``--jobs 1``: 2 slots in all, as many as this machine's cores, so
