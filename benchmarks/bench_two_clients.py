@@ -52,6 +52,7 @@ shared machine), and how far apart the two clients finished (last / first: fairn
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -68,6 +69,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
 from cpusample import CpuSampler  # noqa: E402
 
+import meshcc  # noqa: E402
 import netns  # noqa: E402
 from harness import parse_job_summaries  # noqa: E402
 from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir  # noqa: E402
@@ -109,6 +111,15 @@ def _serial_work(tree: Path, env: dict[str, str], runs: int = 2) -> float:
         _run(_make_argv(1, "gcc"), tree, env)
         times.append(time.monotonic() - t0)
     return min(times)
+
+
+def _compile_bytecode(dirs: list[Path]) -> None:
+    """Write the .pyc files of the code the clients run. An installed package has them (pip
+    compiles at install time), a source tree may not: with PYTHONDONTWRITEBYTECODE set (as on
+    the development box) every meshcc-gcc would compile its modules again, on every job."""
+    for d in dirs:
+        if not compileall.compile_dir(str(d), quiet=1):
+            raise SystemExit(f"cannot compile the Python files under {d}")
 
 
 def main() -> int:
@@ -156,6 +167,7 @@ def main() -> int:
 
     if ns.reserve:
         os.environ["MESHCC_RESERVE_NEXT"] = "1"  # the daemons' environment (tests/meshd.py)
+    _compile_bytecode([Path(meshcc.__file__).parent] + ([Path(ns.base_src)] if ns.base_src else []))
     src = apt_source("zlib")
     work = private_dir("slotwait-bench-")
     env0 = clean_env()
