@@ -5,19 +5,29 @@ Ways, per repetition, the same tree, `make clean` (untimed) before each:
 
   distcc -> distccd                  the baseline every ratio is against
   meshcc-gcc -> meshcc --no-cache    cache off
-  meshcc-gcc -> meshcc, cold cache   the cache emptied first: every job a miss, stored
-  meshcc-gcc -> meshcc, warm cache   right after: every job a hit
+  meshcc-gcc -> meshcc, cold cache   the cache emptied (and the daemon restarted, so its
+                                     direct-mode manifests are gone): every job a miss,
+                                     stored, and its manifest recorded
+  meshcc-gcc -> meshcc, warm-cpp     MESHCC_DIRECT=0: the client preprocesses, the
+                                     daemon answers from its result cache
+  meshcc-gcc -> meshcc, warm         direct mode: the client asks its local daemon's
+                                     manifests, no preprocessor, no remote job
 
-Reported: median wall per way; warm / distcc (issue target <= 0.2 for box B's build),
-cold / off (target <= 1.05: what storing costs on a cold mesh), the hit count of the warm
-build, and the cache's disk per 1000 objects and its in-memory index estimate. Objects of
-the warm build are checked byte-identical to a local build.
+Reported: median wall per way; warm / distcc (issue target <= 0.2), warm-cpp / distcc
+(what a hit costs with the preprocessor), cold / off (target <= 1.05: what storing and
+recording manifests cost on a cold mesh), the hit counts of the warm builds, and the
+cache's disk per 1000 objects and its in-memory index estimate. Objects of both warm
+builds are checked byte-identical to a local build. The clients of the cache ways talk to
+the daemon's control socket (MESHCC_SOCKET) for direct mode and to its compile port
+(DISTCC_HOSTS) for jobs.
 
 What loopback does not show: box B in the issue asks the key's home peer (one LAN round
 trip per job, ~0.1-0.3 ms) when its serving daemon does not hold the entry; the namespace
 test (tests/integration/test_result_cache_netns.py) proves that path, this measures the
-rest. The client still runs the preprocessor locally on a hit (no direct mode), which is
-what bounds warm / distcc here.
+rest. Direct mode's manifests live in the client's local daemon: "warm" is a rebuild on
+a box whose daemon saw the tree built (here: the same tree, `make clean` between), and
+box B's first build of a tree is a "warm-cpp" build (manifests are not shared across the
+mesh).
 
     .venv/bin/python benchmarks/bench_cache.py [--project zlib|xz-utils] [--reps 3] [-j 4]
 """
@@ -38,12 +48,21 @@ from bench_build import PROJECTS, _hash_objects, _run_quiet, _timed_make, precom
 
 TARGET_WARM = 0.2
 TARGET_COLD = 1.05
-WAYS = ("distcc", "off", "cold", "warm")
+WAYS = ("distcc", "off", "cold", "warm-cpp", "warm")
 
 
 def _cache_disk(root: Path) -> tuple[int, int]:
     files = [p for p in (root / "v1").glob("*/*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
+
+
+def _hit_count(daemon: h.Daemon, way: str) -> int:
+    """Hits so far in the daemon's log: direct-mode answers for "warm", else the result
+    cache's job lines."""
+    text = daemon.log_text()
+    if way == "warm":
+        return sum("direct: " in line and ": hit for " in line for line in text.splitlines())
+    return text.count(" rcache:hit")
 
 
 def _index_bytes(n: int) -> int:
@@ -77,10 +96,12 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     cache = cache_root / "results"
     distccd = h.start_distccd(work / "distccd", args.jobs)
     off = h.start_meshcc(work / "off", args.jobs, "--no-cache")
-    on = h.start_meshcc(work / "on", args.jobs, "--cache-dir", str(cache))
+    sock = cache_root / "control.sock"
+    on_args = ("--cache-dir", str(cache), "--socket", str(sock))
+    on = h.start_meshcc(work / "on", args.jobs, *on_args)
     walls: dict[str, list[float]] = {w: [] for w in WAYS}
     disk = (0, 0)
-    hits = 0
+    hits = {"warm-cpp": 0, "warm": 0}
     try:
         for rep in range(args.reps):
             for way in WAYS:
@@ -88,21 +109,25 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 if way == "cold":
                     shutil.rmtree(cache / "v1", ignore_errors=True)
                     on.stop()  # a restart re-reads the (now empty) directory
-                    on = h.start_meshcc(work / "on", args.jobs, "--cache-dir", str(cache))
+                    on = h.start_meshcc(work / "on", args.jobs, *on_args)
                     daemon = on
                 cc = "distcc gcc" if way == "distcc" else "meshcc-gcc"
                 env = h.client_env(work / f"state-{way}-{rep}", daemon.host_spec(lzo=True))
+                if daemon is on:
+                    env["MESHCC_SOCKET"] = str(sock)
+                if way == "warm-cpp":
+                    env["MESHCC_DIRECT"] = "0"
                 _run_quiet(project.clean, tree, env, work / "clean.log")
-                before = on.log_text().count(" rcache:hit")
+                before = _hit_count(on, way)
                 wall, _, rc = _timed_make([*make, f"CC={cc}"], tree, env, work / f"{way}.log")
                 if rc:
                     raise h.HarnessError(f"{way} build failed, see {work / f'{way}.log'}")
                 walls[way].append(wall)
-                if way == "warm":
-                    hits = on.log_text().count(" rcache:hit") - before
+                if way in hits:
+                    hits[way] = _hit_count(on, way) - before
                     got = _hash_objects(tree)
                     if got != reference:
-                        raise h.HarnessError("warm build objects differ from the local build")
+                        raise h.HarnessError(f"{way} build objects differ from the local build")
                     disk = _cache_disk(cache)
                 print(f"rep {rep + 1} {way:>6}: {wall:.2f} s", flush=True)
     finally:
@@ -118,8 +143,10 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "objects": len(reference),
         "wall_s": med,
         "warm_vs_distcc": med["warm"] / med["distcc"],
+        "warm_cpp_vs_distcc": med["warm-cpp"] / med["distcc"],
         "cold_vs_off": med["cold"] / med["off"],
-        "warm_hits": hits,
+        "warm_hits": hits["warm"],
+        "warm_cpp_hits": hits["warm-cpp"],
         "cache_entries": entries,
         "disk_per_1000_objects_mib": size / max(entries, 1) * 1000 / 1024**2,
         "index_per_1000_objects_kib": _index_bytes(1000) / 1024,
@@ -131,9 +158,11 @@ def report(r: dict[str, object]) -> str:
     assert isinstance(med, dict)
     lines = [
         f"{r['project']}: {r['objects']} objects, -j{r['jobs']}, median of {r['reps']}",
-        *(f"  {w:>6}: {med[w]:.2f} s" for w in WAYS),
-        f"warm / distcc: {r['warm_vs_distcc']:.2f} (target <= {TARGET_WARM}); "
-        f"hits in the warm build: {r['warm_hits']} of {r['objects']}",
+        *(f"  {w:>8}: {med[w]:.2f} s" for w in WAYS),
+        f"warm (direct mode) / distcc: {r['warm_vs_distcc']:.2f} (target <= {TARGET_WARM}); "
+        f"direct hits: {r['warm_hits']} of {r['objects']} objects",
+        f"warm-cpp / distcc: {r['warm_cpp_vs_distcc']:.2f}; "
+        f"result cache hits: {r['warm_cpp_hits']} of {r['objects']} objects",
         f"cold / cache off: {r['cold_vs_off']:.3f} (target <= {TARGET_COLD})",
         f"disk per 1000 objects: {r['disk_per_1000_objects_mib']:.1f} MiB "
         f"({r['cache_entries']} entries); index ~{r['index_per_1000_objects_kib']:.0f} KiB",

@@ -46,11 +46,16 @@ nothing: they are in the key.
 
 from __future__ import annotations
 
-import hashlib
-import struct
-from collections.abc import Iterable, Mapping, Sequence
+from meshcc.compiler import cmdline, policy
 
-from meshcc.compiler import policy
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import hashlib
+    from collections.abc import Iterable, Mapping, Sequence
+
+# hashlib is imported where a key is computed: the compile client imports this
+# module for uncacheable() alone (direct mode, meshcc.client.direct), and hashlib's OpenSSL
+# binding costs a compile client process milliseconds.
 
 __all__ = [
     "ENV_IN_KEY",
@@ -81,14 +86,8 @@ ENV_IN_KEY = (
 _INPUT = "meshcc-input"  # the fixed names the key uses for the job's files
 _OUTPUT = "meshcc-output"
 
-_PROFILE = (
-    "-fprofile-",
-    "--coverage",
-    "-ftest-coverage",
-    "-fauto-profile",
-    "-fbranch-probabilities",
-)
-_NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
+_PROFILE = cmdline.PROFILE_PREFIXES
+_NATIVE = cmdline.NATIVE_OPTIONS
 _RUN_SPECIFIC_STDERR = frozenset(
     ("-ftime-report", "-ftime-report-details", "-fmem-report", "-fstats", "-Q", "-v", "-###")
 )
@@ -128,7 +127,7 @@ def normalised_args(argv: Sequence[str], suffix: str, output_suffix: str) -> lis
 
 def _field(h: hashlib._Hash, data: bytes) -> None:
     """Length-prefixed, so no two different field lists hash the same bytes."""
-    h.update(struct.pack(">Q", len(data)))
+    h.update(len(data).to_bytes(8, "big"))
     h.update(data)
 
 
@@ -142,6 +141,8 @@ def content_key(
     env: Mapping[str, str],
 ) -> str:
     """The job's key: 64 lowercase hex digits (SHA-256 over the fields above, in order)."""
+    import hashlib
+
     h = hashlib.sha256()
     _field(h, KEY_VERSION)
     _field(h, identity.encode())
@@ -149,7 +150,7 @@ def content_key(
     _field(h, suffix.encode())
     _field(h, output_suffix.encode())
     args = normalised_args(argv, suffix, output_suffix)
-    _field(h, struct.pack(">I", len(args)))
+    _field(h, len(args).to_bytes(4, "big"))
     for a in args:
         _field(h, a.encode("utf-8", "surrogateescape"))
     _field(h, b"\0".join(_env_items(env)))

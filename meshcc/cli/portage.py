@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from meshcc import hostos
+from meshcc.compiler.cmdline import NATIVE_OPTIONS
 from meshcc.wire import control
 
 BEGIN = "# BEGIN meshcc (managed by 'meshcc setup portage'; remove with --undo)"
@@ -500,7 +501,7 @@ def native_flags(text: str) -> list[str]:
     found: list[str] = []
     for m in _NATIVE_RE.finditer(text):
         words = [w for w in re.split(r"[\s\"']+", m.group(2).split("#", 1)[0]) if w]
-        natives = [w for w in words if w in ("-march=native", "-mtune=native", "-mcpu=native")]
+        natives = [w for w in words if w in NATIVE_OPTIONS]
         if natives:
             found.append(f"{m.group(1)} ({' '.join(dict.fromkeys(natives))})")
     return found

@@ -476,6 +476,7 @@ class _Run:
         self.cpp_status: int | None = None
         self.cpp_slot: Slot | None = None
         self.cpp_ms = 0.0
+        self.direct: Any = None  # direct mode's state (meshcc.client.direct), if it applies
 
     # -------------------------------------------------------------- cleanup
 
@@ -541,6 +542,8 @@ class _Run:
             ) from None
         self.cpp_out = out
         cpp = args.cpp_argv(self.job)
+        if self.direct is not None:  # the files read, listed by this same cpp run
+            cpp += self.direct.cpp_extra(self)
         r, w = os.pipe()
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
@@ -762,6 +765,9 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
     from meshcc.transport import client
 
     version, no_lzo = wire_version(host.protocol, _lzo_available)
+    codecs: tuple[str, ...] = getattr(host, "codecs", ())  # a lease: CODC codecs (wire.codecs)
+    if codecs:
+        version, no_lzo = 1, False  # the body's codec is chosen once its size is known
     if no_lzo:
         run.log.debug(
             f"no LZO here (lzallright missing, e.g. meshcc.pyz): sending "
@@ -816,22 +822,57 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
             )
         t1 = time.monotonic()
         note(_state.SEND, host.host, slot)
+        codec = _pick_codec(host, codecs, len(data), run.env.get("MESHCC_CODEC")) if codecs else ""
         _mark("send")
-        conn.send_source(data)
+        conn.send_source(data, codec)
         _mark("send", True)
         _mark("wait")
         note(_state.COMPILE)
         reply = conn.read_reply(on_data=_note_receive)
         _mark("receive", True)
+        if isinstance(host, _Leased):
+            host.link = conn.link_sample()  # reported with the lease's done
         if run.keep_temps:
             run.save_server_stderr(reply.stderr)
         log.debug(
-            f"{conn.where}: sent {len(data)} bytes, reply status {reply.status:#x}, "
+            f"{conn.where}: sent {len(data)} bytes{_codec_note(host, codec) if codecs else ''}, "
+            f"reply status {reply.status:#x}, "
             f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms"
         )
         return reply
     finally:
         conn.close()
+
+
+def _pick_codec(host: object, offered: tuple[str, ...], size: int, forced: str | None) -> str:
+    """The codec for this body (compression.choose), among those the peer and we speak.
+    ``forced``: ``MESHCC_CODEC`` (``none``, ``zstd``, ``lz4``; unset or ``auto``: choose),
+    for comparisons and debugging; a codec the peer does not speak is not forced on it."""
+    from meshcc import compression
+    from meshcc.compression.choose import NONE, choose
+
+    if forced == NONE:
+        return ""
+    if forced in offered and forced in compression.Codec.NEGOTIATED:
+        return forced if compression.available(forced) else ""
+    rate = getattr(host, "rate", 0)
+    rtt_us = getattr(host, "rtt_us", 0)
+    picked = choose(
+        [c for c in offered if c in compression.Codec.NEGOTIATED],
+        size,
+        rate or None,
+        rtt_us / 1e6 if rtt_us else None,
+    )
+    if picked != NONE and not compression.available(picked):
+        return ""  # its library is missing here (meshcc.pyz): send it as it is
+    return "" if picked == NONE else picked
+
+
+def _codec_note(host: object, codec: str) -> str:
+    """`` as zstd (link 1.2 MB/s, rtt 180 us)``: the choice and what it was made from."""
+    rate, rtt_us = getattr(host, "rate", 0), getattr(host, "rtt_us", 0)
+    link = f"{rate / 1e6:.1f} MB/s" if rate else "not measured yet"
+    return f" as {codec or 'none'} (link {link}, rtt {rtt_us} us)"
 
 
 def _note_receive() -> None:
@@ -959,12 +1000,16 @@ class _Leased:
 
     __slots__ = (
         "busy",
+        "codecs",
         "compiler",
         "host",
+        "link",
         "lock",
         "peer",
         "port",
         "protocol",
+        "rate",
+        "rtt_us",
         "slot",
         "spec",
         "where",
@@ -972,6 +1017,10 @@ class _Leased:
 
     def __init__(self, grant: LeaseGranted) -> None:
         self.busy = grant.busy  # the peer speaks SLOT/BUSY
+        self.codecs = grant.codecs  # CODC codecs it speaks, and the daemon's link estimate
+        self.rate = grant.rate
+        self.rtt_us = grant.rtt_us
+        self.link: tuple[int, bool, int] | None = None  # this job's TCP_INFO, for `done`
         self.host = host = grant.host
         self.port = port = grant.port
         self.protocol = grant.protocol
@@ -1107,6 +1156,7 @@ class _LeasePool:
 
     def finish(self, host: _Leased, lease: Control, verdict: bool | None) -> None:
         """End the lease; ``verdict`` False reports the peer as bad (crash, wrong result)."""
+        lease.link = host.link  # the link as this job measured it (the daemon's estimate)
         if verdict is False:
             lease.ok = False
             why = "the remote compiler crashed or disagreed with the local one"
@@ -1176,10 +1226,15 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     except slots.DistccDirError as e:  # no lock directory, so no local slot either
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
-    if "DISTCC_HOSTS" not in env:
-        leases = _lease_pool(run, inv, io_timeout)
-        if leases is not None:
-            return _run_job(run, leases, plan, io_timeout)
+    leases = _lease_pool(run, inv, io_timeout) if "DISTCC_HOSTS" not in env else None
+    if leases is not None or "DISTCC_HOSTS" in env:  # else no daemon answered just now
+        from meshcc.client import direct  # a direct-mode hit needs no preprocessor
+
+        code = direct.attempt(run, leases)
+        if code is not None:
+            return code
+    if leases is not None:
+        return _run_job(run, leases, plan, io_timeout)
 
     from meshcc.compiler import hostspec
 
@@ -1307,6 +1362,8 @@ def _handle_reply(
         if reply.stdout:
             _write(1, reply.stdout)
         code = _finish(run, pool, host, held, plan.delivered(), reply)
+        if run.direct is not None and code == 0 and reply.status == 0:
+            run.direct.record(run, run.cpp_stderr + reply.stderr, reply.stdout, reply.obj)
         _report("remote", host)
         log.debug(
             f"{job.source} compiled on {host.spec}: {job.output} ({len(reply.obj)} bytes); "

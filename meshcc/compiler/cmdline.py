@@ -131,17 +131,16 @@ _KNOWN_LONG = (
 )
 
 _ALLOWED_M = frozenset(("-MD", "-MMD", "-MG", "-MP"))
-_PROFILE_PREFIXES = (
-    "-fprofile-arcs",
-    "-ftest-coverage",
+NATIVE_OPTIONS = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
+# Profile options: they read or write .gcda/.gcno files beside the object, or tune code
+# from them; the client keeps them local and the server refuses them, by this one list.
+PROFILE_PREFIXES = (
+    "-fprofile-",
     "--coverage",
-    "-fprofile-generate",
-    "-fprofile-use",
+    "-ftest-coverage",
     "-fauto-profile",
-    "-fprofile-correction",
     "-fbranch-probabilities",
 )
-_NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
 _PRINT_ONLY = (
     "-###",
     "-print-",
@@ -319,7 +318,7 @@ def scan(job: Job, client: bool) -> str:
                 pass
             else:
                 reason = f"{a} writes dependencies instead of compiling"
-        elif a in _NATIVE:
+        elif a in NATIVE_OPTIONS:
             reason = f"{a} depends on this machine's CPU"
         elif a.startswith("-Wa,"):
             if _wa_local(a):
@@ -328,7 +327,7 @@ def scan(job: Job, client: bool) -> str:
             reason = f"{a} reads a local specs file"
             if a in SEPARATE:
                 i += 1
-        elif a.startswith(_PROFILE_PREFIXES):
+        elif a.startswith(PROFILE_PREFIXES):
             reason = f"{a} reads or writes profile data"
         elif a == "-frepo":
             reason = "-frepo writes .rpo files"

@@ -68,7 +68,7 @@ __all__ = [
     "split_line",
 ]
 
-NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
+NATIVE = cmdline.NATIVE_OPTIONS
 _CACHE_MAGIC = "meshcc-native 1"
 _PROBE_TAIL = ("-###", "-c", "-x", "c", "/dev/null", "-o", "/dev/null")
 # Options the probe keeps: any -march/-mtune/-mcpu (an explicit -mtune stops -march=native

@@ -41,6 +41,8 @@ followed by a syntax error would echo server files back in stderr. A received pa
 does not exist on the server already shows no source line, so little is lost.
 """
 
+from typing import Any
+
 from meshcc.compiler import cmdline
 
 __all__ = [
@@ -55,7 +57,7 @@ NATIVE_REFUSAL = (
     "{} would select the server's CPU, not the client's; a meshcc client sends the "
     "options it resolves to instead"
 )
-_NATIVE = frozenset(("-march=native", "-mtune=native", "-mcpu=native"))
+_NATIVE = cmdline.NATIVE_OPTIONS
 
 # Languages the server accepts after -x. The plain ones are rewritten to *-cpp-output.
 ALLOWED_LANGUAGES = frozenset(
@@ -73,13 +75,7 @@ ALLOWED_LANGUAGES = frozenset(
 )
 _D_ALLOWED = frozenset(("-dA", "-dp", "-dP"))
 _AUX_NAMES = frozenset(("-dumpdir", "-dumpbase", "-dumpbase-ext", "-auxbase", "-auxbase-strip"))
-_PROFILE = (
-    "-fprofile-",
-    "--coverage",
-    "-ftest-coverage",
-    "-fauto-profile",
-    "-fbranch-probabilities",
-)
+_PROFILE = cmdline.PROFILE_PREFIXES
 _EXTRA_FILE = {
     "-gsplit-dwarf": "writes a .dwo file beside the object that the protocol cannot return",
     "-fstack-usage": "writes a .su file beside the object that the protocol cannot return",
@@ -268,6 +264,26 @@ def rewrite_for_job(
 
 # Assembler directives (case-insensitive in GNU as) and a pragma that open server files.
 _INCLUDE_FOLLOW = frozenset(b' \t\\"')
+# Compiled at the first scan, so the compile client (which imports this module for
+# refusal() on every compile) never imports ``re``. Letter classes rather than IGNORECASE:
+# the pattern then starts with the literal ".", which the regex engine finds with a fast
+# scan, and the whole source is searched once without a lowercased copy of it.
+_directive: Any = None
+_INCBIN_REFUSAL = (
+    "the source uses the assembler directive .incbin, which reads a file on the server"
+)
+_INCLUDE_REFUSAL = (
+    "the source uses the assembler directive .include, which reads a file on the server"
+)
+
+
+def _directive_pattern() -> Any:
+    global _directive
+    if _directive is None:
+        import re
+
+        _directive = re.compile(rb"\.[iI][nN][cC](?:[bB][iI][nN]|[lL][uU][dD][eE])").search
+    return _directive
 
 
 def scan_source_refusal(data: bytes) -> str | None:
@@ -277,18 +293,24 @@ def scan_source_refusal(data: bytes) -> str | None:
     directive): ``.incbin`` copies any file into the object, ``.include`` echoes a file's
     lines in assembler errors, ``#pragma GCC pch_preprocess`` opens a file as a PCH.
     Running the compiler without access to private files is the real protection.
+
+    Runs on every job the daemon serves: two passes over the source (the pragma, whose
+    case matters, and one regular-expression search for both directives in any case),
+    without lowercasing the whole text first.
     """
     if b"pch_preprocess" in data:
         return "the source uses #pragma GCC pch_preprocess, which opens a file on the server"
-    low = data.lower()
-    if b".incbin" in low:
-        return "the source uses the assembler directive .incbin, which reads a file on the server"
-    pos = low.find(b".include")
-    while pos >= 0:
-        nxt = low[pos + 8 : pos + 9]
+    search = _directive_pattern()
+    include = False
+    m = search(data)
+    while m is not None:
+        end = m.end()
+        if m.group()[4] in b"bB":  # .incbin, anywhere: the more serious, reported first
+            return _INCBIN_REFUSAL
+        nxt = data[end : end + 1]
         if not nxt or nxt[0] in _INCLUDE_FOLLOW:
-            return (
-                "the source uses the assembler directive .include, which reads a file on the server"
-            )
-        pos = low.find(b".include", pos + 8)
+            include = True
+        m = search(data, end)
+    if include:
+        return _INCLUDE_REFUSAL
     return None

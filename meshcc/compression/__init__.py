@@ -9,6 +9,9 @@
   (LZO1X-999-style, ~8-13x slower to compress; liblzo2 and miniLZO read its output).
   Either way, a body that could expand past the caller's cap is
   first measured by the ``_lzoscan`` length scanner, so no output is allocated for it.
+- ``Codec.ZSTD`` and ``Codec.LZ4``: what meshcc peers negotiate (``meshcc.wire.codecs``),
+  one frame per body with its size and a checksum (``_frames``); :func:`spoken` lists
+  those this install can run (what the daemon announces), ``choose`` picks one per job.
 - Empty bodies are ``b""`` both ways for every codec, as distcc sends an empty
   file as a zero-length token rather than LZO's 3-byte empty stream.
 
@@ -26,7 +29,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
     from ._liblzo import LibLzo2
 
-__all__ = ["Codec", "CompressionError", "available", "codec_for_protocol", "compress", "decompress"]
+__all__ = [
+    "Codec",
+    "CompressionError",
+    "available",
+    "codec_for_protocol",
+    "compress",
+    "decompress",
+    "spoken",
+]
 
 
 class Codec:
@@ -35,7 +46,10 @@ class Codec:
 
     NONE = "none"
     LZO = "lzo"
-    ALL = (NONE, LZO)
+    ZSTD = "zstd"  # negotiated between meshcc peers only (wire.codecs)
+    LZ4 = "lz4"  # negotiated between meshcc peers only (wire.codecs)
+    NEGOTIATED = (ZSTD, LZ4)
+    ALL = (NONE, LZO, ZSTD, LZ4)
 
 
 class CompressionError(Exception):
@@ -108,6 +122,10 @@ def available(codec: str) -> bool:
     """Whether ``codec`` can be used here (its module imports)."""
     if codec == Codec.NONE:
         return True
+    if codec in Codec.NEGOTIATED:
+        from . import _frames
+
+        return _frames.available(codec)
     if codec != Codec.LZO:
         return False
     if _lib() is not None:
@@ -119,14 +137,26 @@ def available(codec: str) -> bool:
     return True
 
 
-def compress(codec: str, data: bytes) -> bytes:
-    """Compress one body; ``b""`` stays ``b""``."""
+def spoken() -> tuple[str, ...]:
+    """The negotiable codecs (zstd, lz4) this install can run: what a daemon announces."""
+    return tuple(c for c in Codec.NEGOTIATED if available(c))
+
+
+def compress(codec: str, data: bytes, level: int | None = None) -> bytes:
+    """Compress one body; ``b""`` stays ``b""``. ``level``: zstd/lz4 only (None: fastest)."""
     if not data:
         return b""
     if codec == Codec.NONE:
         return bytes(data)
     if codec == Codec.LZO:
         return _lzo_compress(data)
+    if codec in Codec.NEGOTIATED:
+        from . import _frames
+
+        try:
+            return _frames.compress(codec, data, level)
+        except _frames.FrameError as e:
+            raise CompressionError(str(e)) from None
     raise ValueError(f"not a Codec: {codec!r}")
 
 
@@ -156,6 +186,13 @@ def decompress(codec: str, data: bytes, max_size: int) -> bytes:
         return bytes(data)
     if codec == Codec.LZO:
         return _decompress_lzo(data, max_size)
+    if codec in Codec.NEGOTIATED:
+        from . import _frames
+
+        try:
+            return _frames.decompress(codec, data, max_size)
+        except _frames.FrameError as e:
+            raise CompressionError(str(e)) from None
     raise ValueError(f"not a Codec: {codec!r}")
 
 

@@ -64,6 +64,10 @@ class _IntFn(_c.CFuncPtr):
 _PTR = _c.sizeof(_SizeT)
 # LZO1X_1_MEM_COMPRESS: 16384 dictionary entries of one pointer each (lzo_sizeof_dict_t).
 _WRKMEM = 16384 * _PTR
+# Decompression output buffers up to this size are kept for reuse, at most this many (one
+# per worker thread that decompresses at once is enough); bigger ones are freed at once.
+_POOLED_MAX = 16 * 1024 * 1024
+_POOLED_COUNT = 4
 
 
 def _ptr(buf: bytearray) -> object:
@@ -80,7 +84,7 @@ class LzoError(Exception):
 class LibLzo2:
     """lzo1x_1_compress and lzo1x_decompress_safe of one loaded liblzo2."""
 
-    __slots__ = ("_compress", "_decompress", "_wrkmem")
+    __slots__ = ("_compress", "_decompress", "_outbufs", "_wrkmem")
 
     def __init__(self, handle: int) -> None:
         self._compress = _IntFn(_c.dlsym(handle, "lzo1x_1_compress"))
@@ -89,6 +93,8 @@ class LibLzo2:
         # threads, and two compressions sharing one dictionary would corrupt each other.
         # list.pop/append are atomic under the GIL, so no lock (and no threading import).
         self._wrkmem: list[bytearray] = []
+        # Decompression output buffers kept for the next call (same reasoning, bounded).
+        self._outbufs: list[bytearray] = []
 
     def compress(self, data: bytes) -> bytes:
         """One raw LZO1X-1 block of ``data`` (no header), as distcc sends bodies."""
@@ -114,19 +120,34 @@ class LibLzo2:
         The size is not sent, so the output buffer starts at 8x the input (objects and
         sources compress 3-5x) and doubles while liblzo2 reports it too small, up to
         ``max_size``: the last try fails with LZO_E_OUTPUT_OVERRUN when it would pass it.
+
+        Runs for every job the daemon serves, so it copies as little as it can: ``bytes``
+        input goes to liblzo2 as it is, and the output buffer comes from a small pool
+        (a new bytearray is zeroed, and one of 8x a 100 KB source is a fresh mmap whose
+        pages all fault in); the result is one copy of the bytes written.
         """
-        size = min(max_size, max(len(data) * 8, 4096))
-        while True:
-            dst = bytearray(max(size, 1))  # from_buffer refuses an empty buffer
-            dst_len = _SizeT(size)
-            rc = self._decompress(
-                bytes(data), _SizeT(len(data)), _ptr(dst), _c.byref(dst_len), None
-            )
-            if rc == LZO_E_OK:
-                return bytes(memoryview(dst)[: dst_len.value])
-            if rc != LZO_E_OUTPUT_OVERRUN or size >= max_size:
-                raise LzoError(rc)
-            size = min(max_size, size * 2)
+        src = data if type(data) is bytes else bytes(data)
+        want = min(max_size, max(len(src) * 8, 4096))
+        pool = self._outbufs
+        try:
+            dst = pool.pop()
+        except IndexError:
+            dst = bytearray(max(want, 1))  # from_buffer refuses an empty buffer
+        try:
+            while True:
+                if len(dst) < want:
+                    dst = bytearray(want)
+                cap = min(len(dst), max_size)  # a larger pooled buffer may take more
+                dst_len = _SizeT(cap)
+                rc = self._decompress(src, _SizeT(len(src)), _ptr(dst), _c.byref(dst_len), None)
+                if rc == LZO_E_OK:
+                    return bytes(memoryview(dst)[: dst_len.value])
+                if rc != LZO_E_OUTPUT_OVERRUN or cap >= max_size:
+                    raise LzoError(rc)
+                want = min(max_size, cap * 2)
+        finally:
+            if len(dst) <= _POOLED_MAX and len(pool) < _POOLED_COUNT:
+                pool.append(dst)
 
 
 def _abi_ok(handle: int) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshcc import hostos
+from meshcc.cache.direct import DirectCache, DirectError
 from meshcc.compiler.fingerprints import (
     ClientCompiler,
     FingerprintCache,
@@ -28,6 +29,7 @@ from meshcc.compiler.fingerprints import (
     UntrustedCompiler,
 )
 from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local, PeerView
+from meshcc.mesh.linkrate import LinkBook
 from meshcc.mesh.load import LoadBook
 from meshcc.mesh.matching import hosts_line
 from meshcc.transport.control_socket import describe_peer, peer_credentials
@@ -81,11 +83,13 @@ class ControlServer:
         self.fingerprints = fingerprints or FingerprintCache()
         # With the live-load channel the broker weighs the whole mesh, this box included.
         self.broker = LeaseBroker(mesh, load=load, on_demand=on_demand)
+        self.links = LinkBook()  # per-peer link estimates from the clients' done reports
         self.path = path
         self.limits = limits or ControlLimits()
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._per_user: dict[int, int] = {}
+        self.direct: DirectCache | None = None  # direct mode's manifests (daemon/main.py)
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._on_connection, sock=sock)
@@ -226,6 +230,9 @@ class ControlServer:
             elif isinstance(req, control.LeaseRequest):
                 await self._lease(req, reader, writer, msgs, who, uid)
                 return
+            elif isinstance(req, control.DirectRequest):
+                if not await self._direct(req, reader, writer, msgs, who, uid):
+                    return
             else:
                 log.warning("control: closing connection from %s: 'done' without a lease", who)
                 await send(control.ErrorReply("'done' without a lease"))
@@ -284,9 +291,7 @@ class ControlServer:
         done: control.DoneMessage | None = None
         try:
             log.debug("control: %s leases %s for %s (%s)", who, got.key, req.source, req.cc)
-            grant = control.LeaseGranted(
-                got.host, got.port, got.protocol, got.compiler, got.key, got.busy
-            )
+            grant = self._granted(got)
             await self._send(writer, grant)
             done = await eof  # held until 'done' or the connection closes
         except control.ControlError as e:
@@ -298,6 +303,8 @@ class ControlServer:
             eof.cancel()
             busy = isinstance(done, control.DoneMessage) and done.busy
             self.broker.release(got.key, busy=busy)
+        if isinstance(done, control.DoneMessage) and done.link is not None:
+            self.links.record(got.key, *done.link)
         if isinstance(done, control.DoneMessage) and done.busy:
             log.debug("control: %s was busy for %s; not handing it out for a moment", got.key, who)
         elif isinstance(done, control.DoneMessage):
@@ -310,6 +317,76 @@ class ControlServer:
                     " (connect failed)" if done.connect_failed else "",
                     done.reason or "no reason given",
                 )
+
+    def _granted(self, got: Grant) -> control.LeaseGranted:
+        """The grant for ``got``, with the peer's codecs and what we know of its link."""
+        link = self.links.get(got.key) if got.codecs else None
+        rtt_us = link.rtt_us if link is not None and link.rtt_us else 0
+        if not rtt_us and got.rtt_s is not None:
+            rtt_us = max(1, round(got.rtt_s * 1e6))
+        return control.LeaseGranted(
+            got.host,
+            got.port,
+            got.protocol,
+            got.compiler,
+            got.key,
+            got.busy,
+            got.codecs,
+            round(link.rate) if link is not None else 0,
+            rtt_us,
+        )
+
+    async def _direct(
+        self,
+        req: control.DirectRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        msgs: control.MessageReader,
+        who: str,
+        uid: int,
+    ) -> bool:
+        """Direct mode (:mod:`meshcc.cache.direct`); False when the connection must end."""
+        direct = self.direct
+        if direct is None or uid < 0:
+            if req.op != "direct_put":
+                await self._send(writer, control.DirectReply(off=True))  # keeps none
+            return req.op != "direct_put"
+        if req.op == "direct_get":
+            await self._send(writer, control.DirectReply(direct.get(uid, req.key)))
+            return True
+        if req.op == "direct_result":
+            blob = await asyncio.to_thread(direct.result, uid, req.key)
+            if blob is None:
+                await self._send(writer, control.ErrorReply("no such result"))
+                return True
+            log.info("direct: %s: hit for %s", who, req.source or req.key)
+            part = control.DIRECT_REPLY_PART
+            for at in range(0, len(blob), part):
+                more = at + part < len(blob)
+                await self._send(writer, control.DirectReply(data=blob[at : at + part], more=more))
+            return True
+        # direct_put: the parts follow as messages of their own, up to a bound.
+        parts = [req.data]
+        size = len(req.data)
+        more = req.more
+        limit = direct.store.max_entry + 2 * 1024 * 1024
+        while more:
+            msg = await self._next(reader, msgs, self.limits.idle_timeout_s)
+            if msg is None:
+                return False
+            nxt = control.decode_request(msg)
+            if not isinstance(nxt, control.DirectRequest) or nxt.op != "direct_put":
+                raise control.ControlError("only direct_put parts may follow a direct_put")
+            size += len(nxt.data)
+            if size > limit:
+                raise control.ControlError(f"direct_put larger than {limit} bytes")
+            parts.append(nxt.data)
+            more = nxt.more
+        try:
+            await asyncio.to_thread(direct.put, uid, req.key, b"".join(parts))
+        except DirectError as e:
+            log.info("direct: %s: not stored for %s: %s", who, req.source or req.key, e)
+        return True
 
     async def _send(self, writer: asyncio.StreamWriter, reply: control.Reply) -> None:
         """Write one reply; TimeoutError when the client does not take it in time (a client

@@ -645,6 +645,10 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         load=mesh.load,
         on_demand=mesh.load_channel.poke if mesh.load_channel is not None else None,
     )
+    if prep.result_store is not None:  # direct mode's manifests (meshcc.cache.direct)
+        from meshcc.cache.direct import DirectCache
+
+        control_server.direct = DirectCache(prep.result_store)
     _wire_load(mesh, server, control_server)
     counts = outcomes.OutcomeCounts()
     receiver = None

@@ -87,6 +87,8 @@ class Grant:
     protocol: int
     compiler: str
     busy: bool = False  # the peer announces ``busy``: the client may ask it for a slot first
+    codecs: tuple[str, ...] = ()  # body codecs it negotiates (CODC, wire.codecs), best first
+    rtt_s: float | None = None  # its probes' round trip (liveness), for the codec choice
     reserved: bool = False  # ahead of time: the request queues in the peer until a slot frees
 
 
@@ -161,7 +163,14 @@ class LeaseBroker:
         r = v.peer.record
         self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
         return Grant(
-            r.key, v.address or "", r.port, 2 if r.lzo else 1, v.remote_name or "", "busy" in r.caps
+            r.key,
+            v.address or "",
+            r.port,
+            2 if r.lzo else 1,
+            v.remote_name or "",
+            "busy" in r.caps,
+            r.codecs,
+            v.peer.rtt_s,
         )
 
     def _full(self, key: str) -> bool:
@@ -274,7 +283,17 @@ class LeaseBroker:
         self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
         self.reserved[r.key] = 1
         proto = 2 if r.lzo else 1
-        return Grant(r.key, v.address or "", r.port, proto, v.remote_name or "", False, True)
+        return Grant(
+            r.key,
+            v.address or "",
+            r.port,
+            proto,
+            v.remote_name or "",
+            False,  # no SLOT: the server queues the request until a slot frees
+            r.codecs,
+            v.peer.rtt_s,
+            reserved=True,
+        )
 
     def _pick(self, verdicts: list[Verdict], local_ok: bool = True) -> Grant | Local | None:
         """A free slot on the best peer; Local if nothing matches; None if all are busy (or,

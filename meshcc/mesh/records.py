@@ -13,7 +13,9 @@ Two services per daemon, both on the same unique instance label and host name:
     ``v`` schema major (a reader ignores keys it does not know; an incompatible change
     would get a new service type), ``id`` node id, ``mv`` meshcc version, ``host``
     display host name, ``cpus``, ``jobs``, ``proto`` distcc protocol versions served
-    (``1,2``), ``caps`` extensions (``lzo``, ``errm``), optional ``free`` (free job
+    (``1,2``), ``caps`` extensions (``lzo``, ``errm``, ...; ``zstd`` and ``lz4``: the body
+    codecs the daemon decodes and answers in when a client negotiates one with ``CODC``,
+    see :mod:`meshcc.wire.codecs`), optional ``free`` (free job
     slots, republished rarely), and one ``tN`` per toolchain:
     ``DRIVER;VERSION;TARGET;BINUTILS;NAMES`` e.g.
     ``t0=gcc;12.2.0;x86_64-linux-gnu;2.40;gcc,cc,gcc-12,~-gcc,~-gcc-12`` where ``~`` in a
@@ -185,6 +187,14 @@ class PeerRecord:
     def lzo(self) -> bool:
         return "lzo" in self.caps and 2 in self.protocols
 
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """Body codecs it negotiates with ``CODC`` (wire.codecs), best first; none for a stock
+        distccd (LZO by protocol 2 only) or a meshcc without the libraries (meshcc.pyz)."""
+        if self.kind is not PeerKind.MESHCC or 1 not in self.protocols:
+            return ()
+        return tuple(c for c in NEGOTIATED_CODECS if c in self.caps)
+
     def endpoints(self) -> frozenset[tuple[str, int]]:
         return frozenset((a, self.port) for a in self.addresses)
 
@@ -212,6 +222,7 @@ def _host_label(hostname: str, room: int) -> str:
 
 
 _SUBTYPE_SUFFIX = "-cc"
+NEGOTIATED_CODECS = ("zstd", "lz4")  # wire.codecs.KNOWN, as caps words (best first)
 
 
 def instance_label(node: LocalNode) -> str:

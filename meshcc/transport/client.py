@@ -107,6 +107,8 @@ class Connection:
     ) -> None:
         if version not in (1, 2):
             raise ValueError(f"protocol {version} is not supported by this client")
+        # CODC (wire.codecs): bodies both ways in this codec (send_source sets it).
+        self.codec = ""
         self.host = host
         self.port = port
         self.version = version
@@ -200,13 +202,26 @@ class Connection:
             raise TransportError(f"cannot encode request: {e}", EXIT_PROTOCOL_ERROR) from None
         self._send(head)
 
-    def send_source(self, data: bytes) -> None:
-        """DOTI with the preprocessed source, LZO-compressed for protocol 2."""
-        if self.version >= 2 and data:
+    def send_source(self, data: bytes, codec: str = "") -> None:
+        """DOTI with the preprocessed source, LZO-compressed for protocol 2.
+
+        ``codec``: a codec the peer announced (``zstd``, ``lz4``; protocol 1 only): ``CODC``
+        names it before ``DOTI``, and the reply's bodies come back in it (wire.codecs)."""
+        prefix = b""
+        if codec:
+            from meshcc.wire.codecs import encode_codec_request
+
+            if self.version != 1:
+                raise ValueError(f"a negotiated codec ({codec}) goes with protocol 1 only")
+            prefix = encode_codec_request(codec)
+            self.codec = codec
+        if (self.version >= 2 or codec) and data:
             from meshcc import compression
 
             try:
-                data = compression.compress(compression.codec_for_protocol(self.version), data)
+                data = compression.compress(
+                    self.codec or compression.codec_for_protocol(self.version), data
+                )
             except compression.CompressionError as e:
                 raise TransportError(f"cannot compress source: {e}", EXIT_IO_ERROR) from None
         if len(data) > self.limits.max_body:
@@ -214,7 +229,7 @@ class Connection:
                 f"preprocessed source is {len(data)} bytes, over the {self.limits.max_body} limit",
                 EXIT_PROTOCOL_ERROR,
             )
-        self._send(wire.token(b"DOTI", len(data)), more=bool(data))
+        self._send(prefix + wire.token(b"DOTI", len(data)), more=bool(data))
         if self._slot and len(data) > SLOT_PEEK_CHUNK:
             self._send_watching(data)
         else:
@@ -326,7 +341,7 @@ class Connection:
                 slot = False  # what follows is the reply
             elif isinstance(event, wire.ReplyEnd):
                 break
-        if self.version >= 2:
+        if self.version >= 2 or self.codec:
             stderr, stdout, obj = (self._decompress(b) for b in (stderr, stdout, obj))
         return Reply(status, stderr, stdout, obj)
 
@@ -337,10 +352,32 @@ class Connection:
 
         try:
             return compression.decompress(
-                compression.codec_for_protocol(self.version), body, self.limits.max_body
+                self.codec or compression.codec_for_protocol(self.version),
+                body,
+                self.limits.max_body,
             )
         except compression.CompressionError as e:
             raise TransportError(f"bad compressed data: {e}", EXIT_PROTOCOL_ERROR) from None
+
+    def link_sample(self) -> tuple[int, bool, int] | None:
+        """What the kernel measured of this connection's link, after the reply: (delivery
+        rate in bytes/s, whether that rate was limited by us rather than the link, minimum
+        round trip in microseconds), from ``TCP_INFO``; None if unavailable. One
+        getsockopt: the daemon's per-peer throughput estimate is made of these
+        (compression.choose)."""
+        if self.sock is None:
+            return None
+        try:
+            info = self.sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 232)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < 168:  # kernels before 4.9 have no tcpi_delivery_rate
+            return None
+        from sys import byteorder
+
+        rate = int.from_bytes(info[160:168], byteorder)  # tcpi_delivery_rate
+        min_rtt = int.from_bytes(info[148:152], byteorder)  # tcpi_min_rtt
+        return rate, bool(info[7] & 1), min_rtt  # tcpi_delivery_rate_app_limited
 
     def close(self) -> None:
         if self.sock is not None:

@@ -79,7 +79,7 @@ class Control:
     ``done`` and closes, returning the peer's slot to the daemon.
     """
 
-    __slots__ = ("_reader", "busy", "connect_failed", "ok", "path", "reason", "sock")
+    __slots__ = ("_reader", "busy", "connect_failed", "link", "ok", "path", "reason", "sock")
 
     def __init__(self, sock: _socket.socket, path: str) -> None:
         self.sock: _socket.socket | None = sock
@@ -89,6 +89,7 @@ class Control:
         self.connect_failed = False
         self.reason = ""
         self.busy = False  # the peer answered BUSY: the daemon skips it for a moment
+        self.link: tuple[int, bool, int] | None = None  # the job's TCP_INFO, for the daemon
 
     @classmethod
     def connect(
@@ -153,6 +154,39 @@ class Control:
                 raise ControlError("meshcc daemon closed the connection without answering")
             self._reader.feed(data)
 
+    def tell(self, message: Mapping[str, object]) -> None:
+        """Send one map that has no answer (direct mode's ``direct_put`` parts)."""
+        sock = self.sock
+        if sock is None:
+            raise ControlError("connection already closed")
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.sendall(control.encode(message))
+        except OSError as e:
+            raise ControlError(f"cannot send to the meshcc daemon: {e.strerror or e}") from None
+
+    def answer(self, timeout: float) -> dict[str, object]:
+        """The next answer map with no new request (a reply sent in several parts)."""
+        sock = self.sock
+        if sock is None:
+            raise ControlError("connection already closed")
+        sock.settimeout(timeout)
+        while True:
+            answer = self._reader.next_message()
+            if answer is not None:
+                return answer
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except TimeoutError:
+                raise ControlError(
+                    f"no answer from the meshcc daemon within {timeout:g}s"
+                ) from None
+            except OSError as e:
+                raise ControlError(f"meshcc daemon connection failed: {e.strerror or e}") from None
+            if not data:
+                raise ControlError("meshcc daemon closed the connection without answering")
+            self._reader.feed(data)
+
     def status(self, timeout: float) -> control.StatusReply | control.ErrorReply:
         return control.decode_status_reply(
             self.request(control.StatusRequest().to_message(), timeout)
@@ -186,7 +220,7 @@ class Control:
         if sock is None:
             return
         self.sock = None
-        done = control.DoneMessage(self.ok, self.connect_failed, self.reason, self.busy)
+        done = control.DoneMessage(self.ok, self.connect_failed, self.reason, self.busy, self.link)
         try:
             sock.settimeout(1.0)
             sock.sendall(control.encode(done.to_message()))

@@ -48,8 +48,7 @@ from typing import Any
 from meshcc import compression, hostos
 from meshcc.cache.service import ResultCache
 from meshcc.cache.store import Entry as CacheEntry
-from meshcc.compiler import args as cargs
-from meshcc.compiler import policy
+from meshcc.compiler import cmdline, policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
 from meshcc.exitcodes import (
     EXIT_ACCESS_DENIED,
@@ -373,6 +372,7 @@ class _Request:
     suffix: str  # of the preprocessed input: .i .ii .mi .mii
     output_suffix: str  # .o, or .s for -S
     data: bytes = b""  # decompressed preprocessed source
+    codec: str = ""  # a body codec negotiated with CODC (wire.codecs); "" = the protocol's
 
 
 @dataclass(slots=True)
@@ -412,6 +412,11 @@ class _Conn:
     budget: int = 0  # bytes of body memory it holds
     trusted: bool = False  # a channel the access list does not apply to (ssh: serve_stream)
     accepted: float = 0.0  # time.monotonic() of the accept (0: set from since)
+    # The task while it waits for the first bytes (request_stop cancels it there), and
+    # whether request_stop did (that cancellation ends the wait, not the task).
+    idle_task: asyncio.Task[Any] | None = None
+    stop_cancelled: bool = False
+    early: bytes | None = None  # first bytes read at the accept; b"": closed at once
 
     def __post_init__(self) -> None:
         if not self.accepted:
@@ -554,9 +559,6 @@ class CompileServer:
         self._room = asyncio.Event()  # a connection ended or became sheddable
         self._throttled = _Throttled()
         self._stopping = asyncio.Event()
-        # Done at request_stop(): what idle connections wait on besides their first bytes
-        # (one shared future, not a task per connection); made in the loop, on first use.
-        self._stop_signal: asyncio.Future[str] | None = None
         self._env: dict[bytes, bytes] | None = None  # the compilers' environment (_job_env)
         self._allowed_cache: dict[IPAddress, bool] = {}
         self._running_compiles = 0
@@ -575,6 +577,7 @@ class CompileServer:
         self.stats = JobStats()  # /metrics and /status.json
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
+        self.codecs = compression.spoken()  # CODC codecs served (announced in caps)
 
     # -- lifecycle
 
@@ -598,15 +601,11 @@ class CompileServer:
         """Stop accepting; jobs in progress run to completion."""
         self._stop_accepting()
         self._stopping.set()
-        if self._stop_signal is not None and not self._stop_signal.done():
-            self._stop_signal.set_result("stopping")
-
-    def _stop_waiter(self) -> asyncio.Future[str]:
-        if self._stop_signal is None:
-            self._stop_signal = asyncio.get_running_loop().create_future()
-            if self._stopping.is_set():
-                self._stop_signal.set_result("stopping")
-        return self._stop_signal
+        for conn in list(self._phases[_Phase.IDLE]):  # waiting for first bytes: close them
+            task = conn.idle_task
+            if task is not None and not conn.stop_cancelled:
+                conn.stop_cancelled = True
+                task.cancel()
 
     def _stop_accepting(self) -> None:
         """Cancel the accept loop; it closes the listening socket as it ends."""
@@ -689,36 +688,80 @@ class CompileServer:
             self._listener = None
 
     async def _accept_until_cancelled(self, sock: socket.socket) -> None:
+        """Accept in the loop's callback for a readable listener, while there is room: no
+        task switch and no future per connection (``loop.sock_accept`` also adds and
+        removes the listener, two epoll_ctl calls, for each one). The listener stays
+        registered while there is room. At the cap, or on an accept error, the callback
+        unregisters it (a readable listener that is not accepted from would wake the loop
+        on every turn) and hands over to this task, which makes room or waits, then
+        registers it again."""
         loop = asyncio.get_running_loop()
-        while True:
+        fd = sock.fileno()
+        # What ended the callback's turn: None at the cap, an accept error, or a bug.
+        handover: asyncio.Future[Exception | None] | None = None
+        registered = False
+
+        def ready() -> None:
             try:
-                await self._wait_for_room(sock)
-                conn_sock, peer = await loop.sock_accept(sock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._throttled.log(
-                        logging.ERROR,
-                        "accept-resources",
-                        "cannot accept a connection: %s (%d connections open); retrying",
-                        e.strerror or e,
-                        self._counted,
-                    )
-                    await asyncio.sleep(0.1)
-                elif e.errno not in (errno.ECONNABORTED, errno.EAGAIN, errno.EINTR, errno.EPROTO):
-                    log.error("accept failed: %s", e.strerror or e)
-                    await asyncio.sleep(0.1)
-                continue
-            except Exception:  # a bug: say so, keep accepting
+                while self._counted < self.max_connections:
+                    try:
+                        conn_sock, peer = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        return  # the queue is empty: stay registered
+                    except OSError as e:
+                        stop(e)
+                        return
+                    try:
+                        conn_sock.setblocking(False)
+                        self._admit(conn_sock, peer)
+                    except Exception:
+                        log.exception("internal error admitting a connection")
+                        conn_sock.close()
+            except Exception as e:  # a bug: say so; the task registers the listener again
                 log.exception("internal error in the accept loop")
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                self._admit(conn_sock, peer)
-            except Exception:
-                log.exception("internal error admitting a connection")
-                conn_sock.close()
+                stop(e)
+                return
+            stop(None)  # at the cap
+
+        def stop(error: Exception | None) -> None:
+            nonlocal registered
+            loop.remove_reader(fd)
+            registered = False
+            if handover is not None and not handover.done():
+                handover.set_result(error)
+
+        try:
+            while True:
+                if self._counted >= self.max_connections:
+                    await self._wait_for_room(sock)  # registers the listener itself
+                handover = loop.create_future()
+                loop.add_reader(fd, ready)
+                registered = True
+                error = await handover
+                if isinstance(error, OSError):
+                    await self._accept_failed(error)
+                elif error is not None:
+                    await asyncio.sleep(0.1)  # after a bug, not in a tight loop
+        finally:
+            handover = None
+            if registered:  # cancelled while accepting
+                loop.remove_reader(fd)
+
+    async def _accept_failed(self, e: OSError) -> None:
+        """An accept error: out of descriptors or memory (say so, at most once per interval,
+        and retry soon), a connection that died in the queue (ignore), else log and retry."""
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self._throttled.log(
+                logging.ERROR,
+                "accept-resources",
+                "cannot accept a connection: %s (%d connections open); retrying",
+                e.strerror or e,
+                self._counted,
+            )
+            await asyncio.sleep(0.1)
+        elif e.errno not in (errno.ECONNABORTED, errno.EAGAIN, errno.EINTR, errno.EPROTO):
+            log.error("accept failed: %s", e.strerror or e)
+            await asyncio.sleep(0.1)
 
     async def _wait_for_room(self, sock: socket.socket) -> None:
         """Return when a connection may be accepted: below the cap, or, at the cap, once a
@@ -877,6 +920,16 @@ class CompileServer:
             if self._stopping.is_set():
                 conn_sock.close()
                 return
+            # A client sends its request as soon as it is connected, so by the time this
+            # task runs the first bytes are often in the socket already: take them now,
+            # before the streams exist (so they stay in order), and the request is read
+            # without a loop turn spent waiting for them.
+            try:
+                conn.early = conn_sock.recv(_READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                conn.early = b""  # reset already: served as a close without a request
             try:
                 reader, writer = await asyncio.open_connection(sock=conn_sock, limit=_STREAM_LIMIT)
             except OSError as e:
@@ -931,7 +984,7 @@ class CompileServer:
                 raise _Refuse(refusal, throttle="per-address")
             # The first bytes of a connection: until they come it is idle (no slot, no
             # deadline but the IO timeout, first to be shed at a cap).
-            first = await self._first_chunk(reader, summary)
+            first = await self._first_chunk(reader, summary, conn)
             if not first:
                 log_summary = False  # not a job: a probe, shed, or the daemon is stopping
                 return
@@ -1039,10 +1092,15 @@ class CompileServer:
             self._uncount(conn)
             if tmpdir is not None:
                 _remove_job_dir(tmpdir)
+            # With nothing left to flush the transport closes the socket in its next
+            # callback, so waiting for it only costs a loop turn and a timer per job; only a
+            # reply (or ERRM) still buffered is given its second to leave.
+            flushing = bool(writer.transport.get_write_buffer_size())
             writer.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
+            if flushing:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()
             summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
                 if timeline is not None:
@@ -1152,30 +1210,29 @@ class CompileServer:
             except Exception:
                 log.exception("internal error in the job slot callback")
 
-    async def _first_chunk(self, reader: asyncio.StreamReader, summary: JobSummary) -> bytes:
+    async def _first_chunk(
+        self, reader: asyncio.StreamReader, summary: JobSummary, conn: _Conn
+    ) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).
 
         Until then the connection is idle: it holds no memory budget, and a stopping daemon
-        closes it rather than wait for a request that may never come.
+        closes it rather than wait for a request that may never come. The wait is this
+        task's own read (no helper task per connection): ``request_stop`` cancels the
+        tasks waiting here, and the cancellation it caused is taken back below.
         """
-        read = asyncio.ensure_future(reader.read(_READ_CHUNK))
-        try:
-            first = await _first_of(read, self._stop_waiter(), self.config.io_timeout)
-        except BaseException:
-            read.cancel()
-            raise
-        if first is read:
-            try:
-                chunk = read.result()
-            except OSError:
-                chunk = b""
-            if not chunk:  # a liveness probe (connect + close): not worth an INFO line
-                log.debug("client %s closed without sending a request", summary.client)
-            return chunk
-        read.cancel()
         if self._stopping.is_set():
             log.info("client %s: closing idle connection, the daemon is stopping", summary.client)
-        else:
+            return b""
+        if conn.early is not None:  # read at the accept (_on_connection)
+            chunk, conn.early = conn.early, None
+            if not chunk:
+                log.debug("client %s closed without sending a request", summary.client)
+            return chunk
+        conn.idle_task = asyncio.current_task()
+        try:
+            async with asyncio.timeout(self.config.io_timeout):
+                chunk = await reader.read(_READ_CHUNK)
+        except TimeoutError:
             self._throttled.log(
                 logging.INFO,
                 "idle-timeout",
@@ -1183,7 +1240,20 @@ class CompileServer:
                 summary.client,
                 self.config.io_timeout,
             )
-        return b""
+            return b""
+        except OSError:
+            chunk = b""
+        except asyncio.CancelledError:
+            task = conn.idle_task
+            if not conn.stop_cancelled or task is None or task.uncancel() > 0:
+                raise  # cancelled by someone else (abort) as well: let it end the task
+            log.info("client %s: closing idle connection, the daemon is stopping", summary.client)
+            return b""
+        finally:
+            conn.idle_task = None
+        if not chunk:  # a liveness probe (connect + close): not worth an INFO line
+            log.debug("client %s closed without sending a request", summary.client)
+        return chunk
 
     async def _read_phase(
         self, reader: asyncio.StreamReader, summary: JobSummary, first: bytes, conn: _Conn
@@ -1194,6 +1264,7 @@ class CompileServer:
         fed = summary.bytes_in = len(first)
         eof = False
         version = 0
+        codec = ""  # CODC's codec, if the client negotiated one
         argv: list[str] = []
         resolved: Resolved | None = None
         source = suffix = out_suffix = ""
@@ -1236,7 +1307,9 @@ class CompileServer:
                     eof = True
                     rr.feed_eof()
                 continue
-            if isinstance(event, wire.RequestStart):
+            if isinstance(event, wire.RequestCodec):
+                codec = self._vet_codec(event.name)
+            elif isinstance(event, wire.RequestStart):
                 version = event.version
                 if version == 3:
                     raise _Refuse(PUMP_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
@@ -1252,10 +1325,10 @@ class CompileServer:
                     self._set_phase(conn, _Phase.WAITING_SOURCE)
             elif isinstance(event, wire.RequestSource):
                 self._set_phase(conn, _Phase.BUSY)
-                data = await self._decode_source(version, event.data)
+                data = await self._decode_source(version, event.data, codec)
             elif isinstance(event, wire.RequestEnd):
                 assert resolved is not None
-                return _Request(version, argv, resolved, source, suffix, out_suffix, data)
+                return _Request(version, argv, resolved, source, suffix, out_suffix, data, codec)
             else:  # PumpFile: unreachable once v3 is refused
                 raise _Refuse(PUMP_REFUSAL, ret=EXIT_PROTOCOL_ERROR)
 
@@ -1411,7 +1484,11 @@ class CompileServer:
         why = policy.refusal(argv)
         if why is not None:
             raise _Refuse(why, ret=EXIT_BAD_ARGUMENTS)
-        job = cargs.analyse(argv)
+        # cmdline.scan is what cargs.analyse runs before its own policy.refusal on the
+        # argv the client would send: the server checked its policy just above, and uses
+        # only the source, its suffix and the mode, so the second refusal pass is skipped.
+        job = cmdline.Job([argv[0], *cmdline.expand_wp(argv[1:])], argv)
+        cmdline.scan(job, client=True)
         if job.source is None:
             raise _Refuse(
                 "no source file (.c, .cc, .cpp, .i, .ii, ...) in the command",
@@ -1422,8 +1499,19 @@ class CompileServer:
         output_suffix = ".s" if job.mode == "-S" else ".o"
         return argv, resolved, source, suffix, output_suffix
 
-    async def _decode_source(self, version: int, body: bytes) -> bytes:
-        codec = compression.codec_for_protocol(version)
+    def _vet_codec(self, name: str) -> str:
+        """A ``CODC`` codec this server runs, else a refusal saying what it speaks."""
+        if name not in self.codecs:
+            spoken = ", ".join(self.codecs) or "none"
+            raise _Refuse(
+                f"this server does not speak the body codec {name!r} (it speaks: {spoken})",
+                JobResult.REJ_BAD_REQ,
+                EXIT_PROTOCOL_ERROR,
+            )
+        return name
+
+    async def _decode_source(self, version: int, body: bytes, negotiated: str = "") -> bytes:
+        codec = negotiated or compression.codec_for_protocol(version)
         try:
             if codec == compression.Codec.NONE:
                 data = body
@@ -1638,7 +1726,7 @@ class CompileServer:
             log.debug("client %s: ccache did not cache: %s", summary.client, counters or "-")
 
     async def _encode_reply(self, req: _Request, out: _Outcome) -> bytes:
-        codec = compression.codec_for_protocol(req.version)
+        codec = req.codec or compression.codec_for_protocol(req.version)
 
         def encode() -> bytes:
             return wire.encode_reply(

@@ -152,9 +152,9 @@ class SshConnection(Connection):
         except TransportError as e:
             raise self._explain(e) from None
 
-    def send_source(self, data: bytes) -> None:
+    def send_source(self, data: bytes, codec: str = "") -> None:
         try:
-            super().send_source(data)
+            super().send_source(data, codec)
         except TransportError as e:
             raise self._explain(e) from None
 

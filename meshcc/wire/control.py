@@ -110,11 +110,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 __all__ = [
+    "DIRECT_OPS",
+    "DIRECT_PART",
+    "DIRECT_REPLY_PART",
     "MAX_MESSAGE",
     "MAX_STRING",
     "PROTOCOL_VERSION",
     "ROOT_SOCKET",
     "ControlError",
+    "DirectReply",
+    "DirectRequest",
     "DoneMessage",
     "ErrorReply",
     "HostsReply",
@@ -467,19 +472,29 @@ class DoneMessage(Frozen):
     """A lease's outcome, sent just before the client closes the lease connection.
 
     ``busy``: the peer answered BUSY (every job slot taken by other boxes' jobs); not a
-    failure, but the broker should not hand that peer out again at once."""
+    failure, but the broker should not hand that peer out again at once.
 
-    __slots__ = ("busy", "connect_failed", "ok", "reason")
-    __match_args__ = ("ok", "connect_failed", "reason", "busy")
+    ``link``: what the kernel measured of the job's connection (TCP_INFO): delivery rate in
+    bytes/s, whether the sender limited it (a lower bound), minimum round trip in
+    microseconds; None if not measured. The daemon's codec advice is made of these."""
+
+    __slots__ = ("busy", "connect_failed", "link", "ok", "reason")
+    __match_args__ = ("ok", "connect_failed", "reason", "busy", "link")
     ok: bool
     connect_failed: bool
     reason: str
     busy: bool
+    link: tuple[int, bool, int] | None
 
     def __init__(
-        self, ok: bool, connect_failed: bool = False, reason: str = "", busy: bool = False
+        self,
+        ok: bool,
+        connect_failed: bool = False,
+        reason: str = "",
+        busy: bool = False,
+        link: tuple[int, bool, int] | None = None,
     ) -> None:
-        self._init(bool(ok), bool(connect_failed), reason[:MAX_STRING], bool(busy))
+        self._init(bool(ok), bool(connect_failed), reason[:MAX_STRING], bool(busy), link)
 
     def to_message(self) -> dict[str, object]:
         msg: dict[str, object] = {
@@ -490,10 +505,80 @@ class DoneMessage(Frozen):
         }
         if self.busy:  # only when set: older daemons see the message they know
             msg["busy"] = True
+        if self.link is not None:
+            msg["link"] = [self.link[0], self.link[1], self.link[2]]
         return msg
 
 
-Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage
+def _link_field(value: object) -> tuple[int, bool, int] | None:
+    """A ``done``'s ``link`` ([rate, app_limited, rtt_us]); anything malformed is dropped
+    (it only tunes the codec advice, it is not worth failing a lease's report over)."""
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    rate, limited, rtt = value
+    if not (_is_int(rate) and isinstance(limited, bool) and _is_int(rtt)):
+        return None
+    assert isinstance(rate, int) and isinstance(rtt, int)
+    if not (0 <= rate < 1 << 62 and 0 <= rtt < 1 << 32):
+        return None
+    return rate, limited, rtt
+
+
+class DirectRequest(Frozen):
+    """Direct mode (:mod:`meshcc.cache.direct`): one of three ops, each on a connection
+    that holds no lease, all keyed by a 64-hex-digit manifest or result key::
+
+        {"op": "direct_get", "key": str, "source": str}
+            -> {"ok": true, "manifest": bin|None}     # packed records, or None (miss)
+            |  {"ok": true, "manifest": None, "off": true}  # this daemon keeps none
+        {"op": "direct_result", "key": str, "source": str}
+            -> {"ok": true, "data": bin, "more": bool} ...  # a packed result, in parts
+             | {"ok": false, "error": str}             # gone (evicted, corrupt)
+        {"op": "direct_put", "key": str, "source": str, "data": bin, "more": bool} ...
+            # no reply; parts of one packed record + result, each part a message
+
+    Large payloads travel in parts so every message stays within MAX_REQUEST (to the
+    daemon) and MAX_MESSAGE (from it)."""
+
+    __slots__ = ("data", "key", "more", "op", "source")
+    __match_args__ = ("op", "key", "source", "data", "more")
+    op: str
+    key: str
+    source: str
+    data: bytes
+    more: bool
+
+    def __init__(
+        self, op: str, key: str, source: str = "", data: bytes = b"", more: bool = False
+    ) -> None:
+        self._init(op, key, source[:MAX_STRING], bytes(data), bool(more))
+
+    def to_message(self) -> dict[str, object]:
+        msg: dict[str, object] = {"op": self.op, "key": self.key, "source": self.source}
+        if self.op == "direct_put":
+            msg["data"] = self.data
+            msg["more"] = self.more
+        return msg
+
+
+DIRECT_OPS = ("direct_get", "direct_result", "direct_put")
+DIRECT_PART = 40 * 1024  # payload per direct_put message: with a MAX_STRING source name
+# and the key, one message stays below MAX_REQUEST
+DIRECT_REPLY_PART = 512 * 1024  # bytes of payload per direct_result reply
+
+
+def _decode_direct(op: str, msg: Mapping[str, object]) -> DirectRequest:
+    key = _str_field(msg, "key") or ""
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ControlError(f"{op}: field 'key' must be 64 lowercase hex digits")
+    source = _str_field(msg, "source", optional=True) or ""
+    data = msg.get("data", b"")
+    if not isinstance(data, bytes):
+        raise ControlError(f"{op}: field 'data' must be bytes")
+    return DirectRequest(op, key, source, data, _bool_field(msg, "more", False))
+
+
+Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage | DirectRequest
 
 
 def _str_field(msg: Mapping[str, object], key: str, *, optional: bool = False) -> str | None:
@@ -544,7 +629,11 @@ def decode_request(msg: Mapping[str, object]) -> Request:
             _bool_field(msg, "connect_failed", False),
             reason,
             _bool_field(msg, "busy", False),
+            _link_field(msg.get("link")),
         )
+    if op in DIRECT_OPS:
+        assert isinstance(op, str)
+        return _decode_direct(op, msg)
     if isinstance(op, str):
         raise ControlError(f"unknown op {op[:64]!r}")
     raise ControlError("request has no 'op' string")
@@ -571,21 +660,47 @@ class LeaseGranted(Frozen):
     """A slot on a peer: send the job to ``host``:``port`` naming ``compiler``.
 
     ``busy``: the peer announces the ``busy`` capability, so the client may ask it for a
-    job slot first (``SLOT``) and take a BUSY answer instead of queueing inside it."""
+    job slot first (``SLOT``) and take a BUSY answer instead of queueing inside it.
 
-    __slots__ = ("busy", "compiler", "host", "peer", "port", "protocol")
-    __match_args__ = ("host", "port", "protocol", "compiler", "peer", "busy")
+    ``codecs``: body codecs the peer negotiates with ``CODC`` (wire.codecs), best first;
+    ``rate`` (bytes/s) and ``rtt_us``: the daemon's estimate of the link to it, 0 when
+    unknown. The client picks a codec per job from these (compression.choose)."""
+
+    __slots__ = ("busy", "codecs", "compiler", "host", "peer", "port", "protocol", "rate", "rtt_us")
+    __match_args__ = (
+        "host",
+        "port",
+        "protocol",
+        "compiler",
+        "peer",
+        "busy",
+        "codecs",
+        "rate",
+        "rtt_us",
+    )
     host: str
     port: int
     protocol: int
     compiler: str
     peer: str
     busy: bool
+    codecs: tuple[str, ...]
+    rate: int
+    rtt_us: int
 
     def __init__(
-        self, host: str, port: int, protocol: int, compiler: str, peer: str, busy: bool = False
+        self,
+        host: str,
+        port: int,
+        protocol: int,
+        compiler: str,
+        peer: str,
+        busy: bool = False,
+        codecs: tuple[str, ...] = (),
+        rate: int = 0,
+        rtt_us: int = 0,
     ) -> None:
-        self._init(host, port, protocol, compiler, peer, bool(busy))
+        self._init(host, port, protocol, compiler, peer, bool(busy), codecs, rate, rtt_us)
 
     def to_message(self) -> dict[str, object]:
         msg: dict[str, object] = {
@@ -598,6 +713,10 @@ class LeaseGranted(Frozen):
         }
         if self.busy:  # only when set: older clients see the grant they know
             msg["busy"] = True
+        if self.codecs:
+            msg["codecs"] = list(self.codecs)
+            msg["rate"] = self.rate
+            msg["rtt_us"] = self.rtt_us
         return msg
 
 
@@ -643,7 +762,19 @@ def decode_lease_reply(msg: Mapping[str, object]) -> LeaseGranted | LeaseLocal |
             or not isinstance(peer, str)
         ):
             raise ControlError(f"malformed lease grant: {dict(msg)!r:.200}")
-        return LeaseGranted(host, port, proto, compiler, peer, msg.get("busy") is True)
+        codecs = msg.get("codecs", [])
+        rate, rtt = msg.get("rate", 0), msg.get("rtt_us", 0)
+        if (
+            not isinstance(codecs, list)
+            or len(codecs) > 8
+            or not all(isinstance(c, str) and 0 < len(c) <= 16 and c.isalnum() for c in codecs)
+            or not (isinstance(rate, int) and _is_int(rate) and 0 <= rate < 1 << 62)
+            or not (isinstance(rtt, int) and _is_int(rtt) and 0 <= rtt < 1 << 32)
+        ):
+            raise ControlError(f"malformed lease grant: {dict(msg)!r:.200}")
+        return LeaseGranted(
+            host, port, proto, compiler, peer, msg.get("busy") is True, tuple(codecs), rate, rtt
+        )
     if msg.get("ok") is False and msg.get("local") is True:
         reason = msg.get("reason")
         return LeaseLocal(str(reason or "no reason given"), msg.get("hold") is True)
@@ -997,7 +1128,35 @@ def decode_hosts_reply(msg: Mapping[str, object]) -> HostsReply | ErrorReply:
     )
 
 
-Reply = StatusReply | HostsReply | LeaseGranted | LeaseLocal | ErrorReply
+class DirectReply(Frozen):
+    """A direct-mode answer (see :class:`DirectRequest`): ``manifest`` for direct_get
+    (None: nothing known), ``data``/``more`` for one part of a direct_result."""
+
+    __slots__ = ("data", "manifest", "more", "off")
+    __match_args__ = ("manifest", "data", "more", "off")
+    manifest: bytes | None
+    data: bytes | None
+    more: bool
+    off: bool  # the daemon keeps no manifests (no result cache): do not send any
+
+    def __init__(
+        self,
+        manifest: bytes | None = None,
+        data: bytes | None = None,
+        more: bool = False,
+        off: bool = False,
+    ) -> None:
+        self._init(manifest, data, bool(more), bool(off))
+
+    def to_message(self) -> dict[str, object]:
+        if self.data is not None:
+            return {"ok": True, "data": self.data, "more": self.more}
+        if self.off:
+            return {"ok": True, "manifest": None, "off": True}
+        return {"ok": True, "manifest": self.manifest}
+
+
+Reply = StatusReply | HostsReply | LeaseGranted | LeaseLocal | ErrorReply | DirectReply
 
 
 # ---------------------------------------------------------------- socket paths

@@ -75,6 +75,7 @@ __all__ = [
     "ReplyStderr",
     "ReplyStdout",
     "RequestArgs",
+    "RequestCodec",
     "RequestEnd",
     "RequestReader",
     "RequestSource",
@@ -184,6 +185,18 @@ class RequestStart(_Frozen):
 
     def __init__(self, version: int) -> None:
         _set(self, "version", version)
+
+
+class RequestCodec(_Frozen):
+    """``CODC`` before ``DOTI``: the bodies use the named codec (meshcc extension, see
+    ``meshcc.wire.codecs``); ``name`` is a short ASCII word the server may not speak."""
+
+    __match_args__ = ("name",)
+    __slots__ = __match_args__
+    name: str
+
+    def __init__(self, name: str) -> None:
+        _set(self, "name", name)
 
 
 class RequestArgs(_Frozen):
@@ -307,6 +320,7 @@ class ReplyRefused(_Frozen):
 
 Event = (
     RequestStart
+    | RequestCodec
     | RequestArgs
     | PumpFile
     | RequestSource
@@ -683,6 +697,15 @@ class RequestReader(_Reader):
         yield RequestArgs(argv, cwd)
 
         if version < 3:
+            yield from self._wait(HEADER_LEN, "DOTI token")
+            if self._buf[:4] == b"CODC":  # meshcc's negotiated body codec (wire.codecs)
+                if version != 1:
+                    raise ProtocolError(f"CODC in a protocol {version} request (only 1 takes it)")
+                tok, length = yield from self._header((b"CODC",))
+                name = yield from self._body(tok, length, 16, "codec name (16)")
+                if not (name.isascii() and name.isalnum()):
+                    raise ProtocolError(f"CODC body {name!r} is not a codec name")
+                yield RequestCodec(name.decode("ascii"))
             tok, length = yield from self._header((b"DOTI",))
             yield RequestSource((yield from self._body(tok, length, lim.max_body, "max_body")))
         else:

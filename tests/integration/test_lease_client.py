@@ -142,7 +142,9 @@ def grant(
 
 def lease_env(client_env: dict[str, str], server: FakeControl | Path, **kw: str) -> dict[str, str]:
     path = server.path if isinstance(server, FakeControl) else server
-    return env_with(client_env, MESHCC_SOCKET=str(path), **kw)
+    # Direct mode off: these tests pin the lease conversation message by message
+    # (direct mode's own conversation: tests/integration/test_direct_mode.py).
+    return env_with(client_env, MESHCC_SOCKET=str(path), MESHCC_DIRECT="0", **kw)
 
 
 def assert_lease_cycle(conn: Conn, ok: bool, connect_failed: bool = False) -> dict[str, Any]:

@@ -234,6 +234,13 @@ def test_rewrite_without_source_raises():
         (b'asm(".include \\"/etc/passwd\\"");', ".include"),
         (b'asm(".include\\t\\"/etc/passwd\\"");', ".include"),
         (b'#pragma GCC pch_preprocess "/etc/passwd"\nint x;', "pch_preprocess"),
+        (b'asm(".InCbIn \\"/etc/shadow\\"");', ".incbin"),
+        (b'asm(".iNcLuDe \\"/etc/passwd\\"");', ".include"),
+        (b'asm(".include\\\\\n\\"/etc/passwd\\"");', ".include"),
+        # an .incbin after a harmless ".includes" is still found, and reported as such
+        (b's.includes(1); asm(".incbin \\"/etc/shadow\\"");', ".incbin"),
+        # an .incbin after a real .include: the more serious one is reported
+        (b'asm(".include \\"a\\"\\n.incbin \\"b\\"");', ".incbin"),
     ],
 )
 def test_scan_refuses(text, word):
@@ -249,7 +256,45 @@ def test_scan_refuses(text, word):
         b'# 1 "/usr/include/stdio.h" 1 3 4\nextern int printf(const char *, ...);\n',
         b"bool f(S s) { return s.includes(3) || s.include_dirs; }\n",
         b'const char *m = "see the include directory";\n',
+        b"x.INCLUDES = 1; y.incbi = 2; z.Includex = 3;\n",
+        b"#pragma GCC PCH_PREPROCESS\n",  # the pragma's name is case-sensitive in gcc
     ],
 )
 def test_scan_allows(text):
     assert scan_source_refusal(text) is None
+
+
+def test_scan_include_at_the_very_end():
+    assert scan_source_refusal(b"int a;\n.include") is not None
+    assert scan_source_refusal(b"int a;\n.INCLUDE") is not None
+
+
+def test_scan_agrees_with_a_plain_reference():
+    """The one-pass scan against the rules written the slow, obvious way (lowercase the
+    text, find every occurrence), on generated text full of near misses."""
+    import random
+
+    def reference(data: bytes) -> str | None:
+        if b"pch_preprocess" in data:
+            return "pch_preprocess"
+        low = data.lower()
+        if b".incbin" in low:
+            return ".incbin"
+        pos = low.find(b".include")
+        while pos >= 0:
+            nxt = low[pos + 8 : pos + 9]
+            if not nxt or nxt in (b" ", b"\t", b"\\", b'"'):
+                return ".include"
+            pos = low.find(b".include", pos + 1)
+        return None
+
+    rng = random.Random(12)
+    pieces = [b".inc", b"bin", b"lude", b"LUDE", b"Bin", b" ", b"\t", b'"', b"\\", b"x", b"."]
+    pieces += [b"pch_pre", b"process", b"s", b"\n", b"I", b"i", b"nc"]
+    for _ in range(3000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        want = reference(data)
+        got = scan_source_refusal(data)
+        assert (got is None) == (want is None), data
+        if want is not None:
+            assert got is not None and want in got, data

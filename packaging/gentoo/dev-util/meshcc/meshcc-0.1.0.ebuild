@@ -28,11 +28,14 @@ RESTRICT="test"
 # (or build it with: pip install --user lzallright). Without it, meshcc serves and
 # speaks distcc protocol 1 only (uncompressed), and says so; stock distcc clients must
 # use hosts without ",lzo". dev-libs/lzo speeds up LZO compression of large sources.
+# zstandard and lz4: the body codecs meshcc peers negotiate with each other (not distcc).
 RDEPEND="
 	acct-group/meshcc
 	acct-user/meshcc
 	>=dev-python/ifaddr-0.2[${PYTHON_USEDEP}]
 	>=dev-python/zeroconf-0.131[${PYTHON_USEDEP}]
+	>=dev-python/zstandard-0.22[${PYTHON_USEDEP}]
+	>=dev-python/lz4-4.0[${PYTHON_USEDEP}]
 	lzo? (
 		dev-libs/lzo:2
 		>=dev-python/lzallright-0.2[${PYTHON_USEDEP}]

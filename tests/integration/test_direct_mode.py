@@ -1,0 +1,255 @@
+"""Direct mode (meshcc.client.direct, meshcc.cache.direct) with real gcc and a real daemon
+on loopback (--no-discovery).
+
+What must hold: a second build of a tree, from a fresh copy at the same path (new
+mtimes and ctimes, same bytes), is answered from the local daemon's manifests with no
+preprocessor run at all, and gives the same objects, warnings and depfiles as the first;
+a header whose content changed, or a new header that shadows one earlier in the include
+search, misses and compiles again (objects as a local gcc gives them); a job whose
+source or headers use __DATE__/__TIME__ is never answered in direct mode.
+
+How "no preprocessor" is proven: the compiler the client runs is a logging shim (a shell
+script named gcc, first on PATH) that appends its command line to a file and runs the
+real gcc; a direct hit leaves no ``-E`` line in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, run
+
+GCC = shutil.which("gcc") or "/usr/bin/gcc"
+H = "#define FACTOR 3\n"
+A = '#include "h.h"\n#include <stdio.h>\nint a(int x) { int unused; return x * FACTOR; }\n'
+B = '#include "h.h"\nint b(int x) { return x + FACTOR; }\n'
+# The jobs of the "tree": (source, extra options, object, depfile or None).
+JOBS = (
+    ("a.c", ("-MD", "-MF", "a.d"), "a.o", "a.d"),
+    ("b.c", (), "b.o", None),
+)
+FLAGS = ("-O2", "-Wall", "-Iinc1", "-Iinc2")
+
+
+@pytest.fixture
+def daemon(meshcc_daemon: Callable[..., Daemon]) -> Iterator[tuple[Daemon, Path]]:
+    parent = Path(tempfile.mkdtemp(prefix="meshcc-direct-test-"))
+    os.chmod(parent, 0o755)
+    sock = parent / "control.sock"
+    d = meshcc_daemon("--cache-dir", str(parent / "results"), "--socket", str(sock), jobs=2)
+    deadline = time.monotonic() + 20
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield d, sock
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def shim(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory with a logging ``gcc`` (first on PATH), and its log."""
+    bin_dir = tmp_path / "shim"
+    bin_dir.mkdir()
+    log = tmp_path / "gcc-runs.log"
+    script = bin_dir / "gcc"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {GCC} "$@"\n')
+    script.chmod(0o755)
+    log.write_text("")
+    return bin_dir, log
+
+
+def _write_tree(root: Path, header: str = H) -> None:
+    """The tree's files, written afresh (new mtimes and ctimes: a second box's copy)."""
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "inc2").mkdir(parents=True)
+    (root / "inc1").mkdir()
+    (root / "inc2" / "h.h").write_text(header)
+    (root / "a.c").write_text(A)
+    (root / "b.c").write_text(B)
+
+
+def _age() -> None:
+    """Wait out the too-new rule: no record is made for files changed less than 2 s
+    before the compile (they might have changed under the preprocessor)."""
+    time.sleep(2.2)
+
+
+def _env(client_env: dict[str, str], d: Daemon, sock: Path, shim_dir: Path) -> dict[str, str]:
+    return dict(
+        client_env,
+        DISTCC_HOSTS=d.host_spec(),
+        DISTCC_FALLBACK="0",
+        DISTCC_SKIP_LOCAL_RETRY="1",
+        MESHCC_SOCKET=str(sock),
+        PATH=f"{shim_dir}{os.pathsep}{client_env['PATH']}",
+    )
+
+
+def _build(root: Path, env: dict[str, str]) -> dict[str, tuple[bytes, str, bytes | None]]:
+    """Compile every job with meshcc-gcc: {source: (object, stderr, depfile)}."""
+    out = {}
+    for src, extra, obj, dep in JOBS:
+        p = run(["meshcc-gcc", *FLAGS, *extra, "-c", src, "-o", obj], cwd=root, env=env)
+        out[src] = (
+            (root / obj).read_bytes(),
+            p.stderr,
+            (root / dep).read_bytes() if dep else None,
+        )
+    return out
+
+
+def _cpp_runs(log: Path) -> int:
+    return sum(" -E " in f" {line} " for line in log.read_text().splitlines())
+
+
+def _direct_hits(d: Daemon) -> int:
+    return sum("direct: " in line and ": hit for " in line for line in d.log_text().splitlines())
+
+
+def _local(root: Path, src: str) -> bytes:
+    run([GCC, *FLAGS, "-c", src, "-o", "local.o"], cwd=root)
+    data = (root / "local.o").read_bytes()
+    (root / "local.o").unlink()
+    return data
+
+
+def test_second_copy_is_all_direct_hits(
+    daemon: tuple[Daemon, Path],
+    shim: tuple[Path, Path],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    d, sock = daemon
+    shim_dir, log = shim
+    env = _env(client_env, d, sock, shim_dir)
+    root = tmp_path / "tree"
+    _write_tree(root)
+    _age()
+    first = _build(root, env)
+    assert _cpp_runs(log) == len(JOBS), log.read_text()
+    assert "unused" in first["a.c"][1]
+    assert first["a.c"][2] is not None and b"h.h" in first["a.c"][2]
+    assert _direct_hits(d) == 0, d.diagnostics()
+
+    _write_tree(root)  # a fresh copy at the same path: same bytes, new times
+    second = _build(root, env)
+    assert _cpp_runs(log) == len(JOBS), "a direct hit ran the preprocessor"
+    assert second == first  # objects, warnings and depfiles, byte for byte
+    assert _direct_hits(d) == len(JOBS), d.diagnostics()
+    for src, *_ in JOBS:
+        assert second[src][0] == _local(root, src)
+
+    # MESHCC_DIRECT=0 (or MESHCC_CACHE=0) turns it off: the preprocessor runs again.
+    _build(root, dict(env, MESHCC_DIRECT="0"))
+    assert _cpp_runs(log) == 2 * len(JOBS)
+    assert _direct_hits(d) == len(JOBS)
+
+
+def test_changed_header_misses(
+    daemon: tuple[Daemon, Path],
+    shim: tuple[Path, Path],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    d, sock = daemon
+    shim_dir, log = shim
+    env = _env(client_env, d, sock, shim_dir)
+    root = tmp_path / "tree"
+    _write_tree(root)
+    _age()
+    first = _build(root, env)
+    # Same size, other content: the stat differs, so the hash decides.
+    (root / "inc2" / "h.h").write_text(H.replace("3", "4"))
+    second = _build(root, env)
+    assert _cpp_runs(log) == 2 * len(JOBS)
+    assert _direct_hits(d) == 0, d.diagnostics()
+    for src, *_ in JOBS:
+        assert second[src][0] != first[src][0]
+        assert second[src][0] == _local(root, src)
+
+
+def test_shadowing_header_misses(
+    daemon: tuple[Daemon, Path],
+    shim: tuple[Path, Path],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """inc1 comes before inc2 in the search: a new inc1/h.h is what cpp would read now,
+    though no file of the manifest changed."""
+    d, sock = daemon
+    shim_dir, log = shim
+    env = _env(client_env, d, sock, shim_dir)
+    root = tmp_path / "tree"
+    _write_tree(root)
+    _age()
+    first = _build(root, env)
+    (root / "inc1" / "h.h").write_text("#define FACTOR 5\n")
+    second = _build(root, env)
+    assert _cpp_runs(log) == 2 * len(JOBS)
+    assert _direct_hits(d) == 0, d.diagnostics()
+    for src, *_ in JOBS:
+        assert second[src][0] != first[src][0]
+        assert second[src][0] == _local(root, src)
+
+
+@pytest.mark.parametrize("where", ["source", "header"])
+def test_clock_macros_are_never_direct(
+    where: str,
+    daemon: tuple[Daemon, Path],
+    shim: tuple[Path, Path],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    d, sock = daemon
+    shim_dir, log = shim
+    env = _env(client_env, d, sock, shim_dir)
+    root = tmp_path / "tree"
+    header = H + ("#define STAMP __TIME__\n" if where == "header" else "")
+    _write_tree(root, header)
+    if where == "source":
+        (root / "b.c").write_text(B + "const char *when = __DATE__;\n")
+    else:
+        (root / "b.c").write_text(B + "const char *when = STAMP;\n")
+    _age()
+    for _ in range(2):
+        run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
+    assert _cpp_runs(log) == 2
+    assert _direct_hits(d) == 0, d.diagnostics()
+
+
+def test_daemon_without_cache_is_asked_once_and_never_sent_records(
+    meshcc_daemon: Callable[..., Daemon],
+    shim: tuple[Path, Path],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """--no-cache: the daemon answers "off" and the client records nothing (no hashing,
+    no upload); the build is as without direct mode."""
+    parent = Path(tempfile.mkdtemp(prefix="meshcc-direct-test-"))
+    try:
+        os.chmod(parent, 0o755)
+        sock = parent / "control.sock"
+        d = meshcc_daemon("--no-cache", "--socket", str(sock), "--log-level", "debug", jobs=2)
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shim_dir, log = shim
+        env = dict(_env(client_env, d, sock, shim_dir), DISTCC_VERBOSE="1")
+        root = tmp_path / "tree"
+        _write_tree(root)
+        _age()
+        for _ in range(2):
+            p = run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
+            assert "direct mode: not recorded" not in p.stderr
+            assert (root / "b.o").read_bytes() == _local(root, "b.c")
+        assert _cpp_runs(log) == 2
+        assert "direct_put" not in d.log_text() and "direct: " not in d.log_text()
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
