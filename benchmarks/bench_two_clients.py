@@ -2,7 +2,8 @@
 """Two client boxes building a real project at once against two servers (root needed).
 
     .venv/bin/python benchmarks/bench_two_clients.py [--rounds 3] [--server-jobs 1]
-        [--local-share] [--make-j 8] [--json FILE]
+        [--local-share] [--make-j 8] [--ways meshcc,distcc] [--reserve]
+        [--base-src DIR] [--server-nice N] [--json FILE]
 
 meshcc issue 11 ("the mesh acts as one machine"): with two boxes building at once, a stock
 distcc setup (static host lists) makes each server hold more connections than it runs, the
@@ -19,6 +20,13 @@ Each round runs, in alternating order:
 * **distcc**: ``make -jN CC="distcc gcc"`` on c1 and c2 at once, ``DISTCC_HOSTS`` the static
   list ``s1/J,lzo s2/J,lzo`` (the servers are the same meshcc daemons, which serve stock
   distcc as distccd would, queueing its jobs inside, now counted).
+
+Other ways (``--ways``): **meshcc-list** (``meshcc-gcc`` on the static list: the client's
+own cost without leases) and **meshcc-base** (``--base-src DIR``: another version's
+``meshcc-gcc``, e.g. ``git archive main meshcc | tar -x -C DIR``, run through PYTHONPATH
+against the same daemons, so a client change is compared within one run). ``--reserve``
+starts the daemons with ``MESHCC_RESERVE_NEXT=1`` (meshcc.mesh.leases: one request per
+full peer queued in it ahead of time, counted there as waiting).
 
 By default clients compile remotely only (``DISTCC_FALLBACK=0``, no ``localhost`` in the
 list) and the servers run ``--jobs 1``: 2 slots in all, as many as this machine's cores, so
@@ -44,6 +52,7 @@ shared machine), and how far apart the two clients finished (last / first: fairn
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -60,6 +69,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
 from cpusample import CpuSampler  # noqa: E402
 
+import meshcc  # noqa: E402
 import netns  # noqa: E402
 from harness import parse_job_summaries  # noqa: E402
 from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir  # noqa: E402
@@ -103,6 +113,15 @@ def _serial_work(tree: Path, env: dict[str, str], runs: int = 2) -> float:
     return min(times)
 
 
+def _compile_bytecode(dirs: list[Path]) -> None:
+    """Write the .pyc files of the code the clients run. An installed package has them (pip
+    compiles at install time), a source tree may not: with PYTHONDONTWRITEBYTECODE set (as on
+    the development box) every meshcc-gcc would compile its modules again, on every job."""
+    for d in dirs:
+        if not compileall.compile_dir(str(d), quiet=1):
+            raise SystemExit(f"cannot compile the Python files under {d}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -112,8 +131,27 @@ def main() -> int:
     ap.add_argument(
         "--ways",
         default="meshcc,distcc",
-        help="meshcc, distcc, and meshcc-list (meshcc-gcc with the static list: no leases, "
-        "no BUSY; separates the client's own cost from the scheduling)",
+        help="meshcc, distcc, meshcc-list (meshcc-gcc with the static list: no leases, "
+        "no BUSY; separates the client's own cost from the scheduling), and meshcc-base "
+        "(see --base-src)",
+    )
+    ap.add_argument(
+        "--base-src",
+        metavar="DIR",
+        help="a copy of another version's meshcc package (its parent directory, e.g. from "
+        "`git archive main meshcc`): the way meshcc-base runs that version's meshcc-gcc "
+        "against the same daemons (PYTHONPATH), so a client change is compared in one run",
+    )
+    ap.add_argument(
+        "--reserve",
+        action="store_true",
+        help="the daemons queue one request per full peer ahead of time (MESHCC_RESERVE_NEXT=1, "
+        "meshcc.mesh.leases): the lease handover leaves the critical path",
+    )
+    ap.add_argument(
+        "--server-nice",
+        type=int,
+        help="the servers' --nice (default: the daemon's, 5, for the daemon and its compilers)",
     )
     ap.add_argument(
         "--server-log-level",
@@ -127,6 +165,9 @@ def main() -> int:
         print(f"cannot build the LAN: {reason}", file=sys.stderr)
         return 2
 
+    if ns.reserve:
+        os.environ["MESHCC_RESERVE_NEXT"] = "1"  # the daemons' environment (tests/meshd.py)
+    _compile_bytecode([Path(meshcc.__file__).parent] + ([Path(ns.base_src)] if ns.base_src else []))
     src = apt_source("zlib")
     work = private_dir("slotwait-bench-")
     env0 = clean_env()
@@ -140,6 +181,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["server_jobs"] = J
+    res["reserve"] = ns.reserve
     if ns.json:
         Path(ns.json).write_text(json.dumps(res, indent=2))
     return 0
@@ -158,7 +200,10 @@ def _bench(
     hosts = {n: lan.add_host(n) for n in ("c1", "c2", "s1", "s2")}
     odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
     common = ("--interface", "eth0", "--log-level", "notice")
-    serving = ("--interface", "eth0", "--log-level", ns.server_log_level, "--jobs", str(J))
+    serving: tuple[str, ...] = ("--interface", "eth0", "--log-level", ns.server_log_level)
+    serving += ("--jobs", str(J))
+    if ns.server_nice is not None:
+        serving += ("--nice", str(ns.server_nice))
     daemons = {
         "s1": Meshd(work, hosts["s1"], *serving, name="s1"),
         "s2": Meshd(work, hosts["s2"], *serving, name="s2"),
@@ -188,8 +233,12 @@ def _bench(
         e = dict(env0, DISTCC_DIR=str(state), TMPDIR=str(state / "tmp"))
         if not ns.local_share:
             e["DISTCC_FALLBACK"] = "0"
-        if way == "meshcc":
+        if way in ("meshcc", "meshcc-base"):
             e["MESHCC_SOCKET"] = str(daemons[c].socket)
+            if way == "meshcc-base":
+                if not ns.base_src:
+                    raise SystemExit("the way meshcc-base needs --base-src DIR")
+                e["PYTHONPATH"] = str(Path(ns.base_src).resolve())
         else:
             e["DISTCC_HOSTS"] = static
             e["MESHCC_SOCKET"] = str(work / "none.sock")
@@ -340,10 +389,12 @@ def _bench(
             + ", ".join(f"{k} {v:.1f}" for k, v in cpu_med.items())
             + f"; last / first client to finish: {spread}"
         )
-    if "meshcc" in summary and "distcc" in summary:
-        m = summary["meshcc"]["makespan_median_s"]  # type: ignore[index]
+    if "distcc" in summary:
         dd = summary["distcc"]["makespan_median_s"]  # type: ignore[index]
-        print(f"meshcc / distcc makespan: {m / dd:.2f}")
+        for way in summary:
+            if way != "distcc":
+                m = summary[way]["makespan_median_s"]  # type: ignore[index]
+                print(f"{way} / distcc makespan: {m / dd:.2f}")
     return {
         "runs": runs,
         "summary": summary,

@@ -1349,6 +1349,8 @@ def _handle_reply(
     act = plan.replied(reply.status)
     if isinstance(act, decisions.Deliver):
         assert job.output is not None
+        if isinstance(pool, _LeasePool):  # the server freed its slot before replying: let
+            pool.finish(host, held, decisions.FORGIVE)  # the daemon re-grant it now (issue 11)
         try:
             _mark("write")
             run.write_output(job.output, reply.obj)

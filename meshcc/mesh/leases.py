@@ -19,6 +19,17 @@ announced limit minus this daemon's own leases.
 Without a load book (discovery off) the old order holds: the free-est peer among the
 best-ranked (fewest recent failures first); when every matching peer is busy, this box's
 own share (distcc's ``localhost/2``).
+
+Reservations (opt-in: ``MESHCC_RESERVE_NEXT=1`` in the daemon's environment). A leased job
+starts only after its client hears of the grant, wakes, connects and sends: on a loaded box
+the server's slot idles meanwhile, where a stock client's request queued in the server
+starts at once. With reservations, when a peer is full with jobs of ours that its fair
+division gives us (its share for us covers all we hold there), one more waiting request of
+ours goes to it ahead of time *without* asking for a slot first: the server queues it as it
+queues stock distcc's, in the open (its status's ``slot_waiting``, the job log's ``queue:``),
+and starts it the moment one of our jobs frees the slot. At most one per peer; never on a
+peer whose share for us is below what we hold (someone else's turn comes first); the
+server still never runs more than its ``--jobs``.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -48,6 +60,7 @@ DEMAND_VERDICTS_S = 0.1  # demand() reuses a compiler's verdicts this long
 # and shorter than the server's turn grace (ServerConfig.turn_grace in transport.server),
 # so a box kept out by another's quick re-asking still gets its turn.
 BUSY_HOLD_S = 0.1
+RESERVE_ENV = "MESHCC_RESERVE_NEXT"  # "1": queue one request per full peer ahead of time
 
 
 class _MeshStatus(Protocol):
@@ -76,6 +89,7 @@ class Grant:
     busy: bool = False  # the peer announces ``busy``: the client may ask it for a slot first
     codecs: tuple[str, ...] = ()  # body codecs it negotiates (CODC, wire.codecs), best first
     rtt_s: float | None = None  # its probes' round trip (liveness), for the codec choice
+    reserved: bool = False  # ahead of time: the request queues in the peer until a slot frees
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +133,12 @@ class LeaseBroker:
         load: LoadBook | None = None,
         on_demand: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        reserve: bool | None = None,
     ) -> None:
         self.mesh = mesh
+        # Reservations (see the module's docstring); None: as MESHCC_RESERVE_NEXT says.
+        self.reserve = os.environ.get(RESERVE_ENV) == "1" if reserve is None else reserve
+        self.reserved: dict[str, int] = {}  # leases per peer that queue there, not yet running
         self.local_slots = local_slots
         self.load = load
         self.on_demand = on_demand
@@ -239,10 +257,52 @@ class LeaseBroker:
             return self._take_local(f"this box's own share is the best of {n + 1} candidates")
         return self._take(usable[i])
 
+    def _reserve(self, verdicts: list[Verdict]) -> Grant | None:
+        """A request queued ahead of time on a full peer whose every slot we hold by its
+        own fair division (the fastest such), or None. Only peers that speak the live-load
+        channel and BUSY (meshcc servers: their queue is counted and shown)."""
+        assert self.load is not None
+        best: tuple[float, Verdict] | None = None
+        for v in verdicts:
+            r = v.peer.record
+            if not v.included or v.address is None or "busy" not in r.caps:
+                continue
+            if self.reserved.get(r.key, 0) or self._full(r.key):
+                continue
+            live = self.load.live(r.key)
+            mine = self.in_use.get(r.key, 0)
+            # Full (nothing free for anyone), with our jobs, all of them ours by its share.
+            if live is None or mine == 0 or live.share < mine or live.running < live.jobs:
+                continue
+            if best is None or live.speed > best[0]:
+                best = (float(live.speed), v)
+        if best is None:
+            return None
+        v = best[1]
+        r = v.peer.record
+        self.in_use[r.key] = self.in_use.get(r.key, 0) + 1
+        self.reserved[r.key] = 1
+        proto = 2 if r.lzo else 1
+        return Grant(
+            r.key,
+            v.address or "",
+            r.port,
+            proto,
+            v.remote_name or "",
+            False,  # no SLOT: the server queues the request until a slot frees
+            r.codecs,
+            v.peer.rtt_s,
+            reserved=True,
+        )
+
     def _pick(self, verdicts: list[Verdict], local_ok: bool = True) -> Grant | Local | None:
-        """A free slot on the best peer; Local if nothing matches; None if all are busy."""
+        """A free slot on the best peer; Local if nothing matches; None if all are busy (or,
+        with reservations, a request to queue on a full peer of ours)."""
         if self.load is not None:
-            return self._pick_mesh(verdicts, local_ok)
+            got = self._pick_mesh(verdicts, local_ok)
+            if got is None and self.reserve:
+                return self._reserve(verdicts)
+            return got
         best: tuple[tuple[int, int, int], Verdict] | None = None
         matching = 0
         for rank, v in enumerate(verdicts):
@@ -303,6 +363,9 @@ class LeaseBroker:
                 asyncio.get_running_loop().call_later(BUSY_HOLD_S, self.dispatch)
         else:
             self.busy_until.pop(key, None)
+        if self.reserved.get(key, 0):
+            # One of our jobs there is over: the queued one takes (or took) its slot.
+            self.reserved.pop(key)
         n = self.in_use.get(key, 0) - 1
         if n > 0:
             self.in_use[key] = n

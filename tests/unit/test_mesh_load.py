@@ -386,7 +386,7 @@ def test_stale_records_are_dropped_and_sending_is_paced() -> None:
 FP = ClientCompiler("gcc", "12.2.0", "x86_64-linux-gnu", "2.40")
 
 
-def _verdict(name: str, jobs: int) -> Verdict:
+def _verdict(name: str, jobs: int, caps: frozenset[str] = frozenset({"lzo", "load"})) -> Verdict:
     tc = ToolchainInfo("gcc", "12.2.0", "x86_64-linux-gnu", "2.40", ("gcc",))
     rec = PeerRecord(
         f"m:{name}",
@@ -400,7 +400,7 @@ def _verdict(name: str, jobs: int) -> Verdict:
         (tc,),
         node_id=IDS[name],
         protocols=(1, 2),
-        caps=frozenset({"lzo", "load"}),
+        caps=caps,
     )
     state = PeerState(rec, Liveness.UP, 0.0, 0.0, None, None, 0.001, 0, 0, 0, None)
     return Verdict(state, True, "ok", rec.addresses[0], "gcc")
@@ -528,3 +528,82 @@ def test_broker_asks_the_fastest_peers_first() -> None:
 
 def test_local_key_is_the_books_local() -> None:
     assert LOCAL == LOCAL_KEY
+
+
+BUSY_CAPS = frozenset({"lzo", "load", "busy"})
+
+
+def test_reservation_queues_one_request_on_a_full_peer_of_ours() -> None:
+    """MESHCC_RESERVE_NEXT: with s full of our job (its share for us covers it), the next
+    waiting request is granted ahead of time without SLOT (it queues in s, counted there),
+    one per peer; the reservation ends with one of our jobs there; off by default."""
+
+    async def scenario() -> None:
+        net = Net(jobs=1)
+        a, s = net.books["a"], net.books["s"]
+        assert LeaseBroker(_Mesh([]), load=a).reserve is False  # opt-in
+        broker = LeaseBroker(_Mesh([_verdict("s", 1, BUSY_CAPS)]), load=a, reserve=True)
+        a.set_local(running=2)  # a's own slots are busy: only s can help
+        first = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        net.settle()
+        broker.dispatch()
+        got = await asyncio.wait_for(first, 1)
+        assert isinstance(got, Grant) and got.busy and not got.reserved
+        # Before s reports the job running, nothing is reserved: the next request waits.
+        second = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        assert not second.done()
+        s.set_local(running=1)  # the job took s's slot
+        net.settle()
+        assert a.live("m:s").running == 1  # type: ignore[union-attr]
+        broker.dispatch()
+        res = await asyncio.wait_for(second, 1)
+        assert isinstance(res, Grant) and res.reserved and not res.busy  # no SLOT: it queues
+        assert broker.in_use == {"m:s": 2} and broker.reserved == {"m:s": 1}
+        third = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        assert not third.done(), "one reservation per peer at most"
+        # The first job is over: the queued one takes its slot, and the next request
+        # queues behind it (s's last record shows it full of our jobs, all ours by share).
+        broker.release(got.key)
+        nxt = await asyncio.wait_for(third, 1)
+        assert isinstance(nxt, Grant) and nxt.reserved
+        assert broker.in_use == {"m:s": 2} and broker.reserved == {"m:s": 1}
+        broker.release(res.key)
+        broker.release(nxt.key)
+        assert broker.in_use == {} and broker.reserved == {}
+        broker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_no_reservation_where_another_box_is_owed_the_slot() -> None:
+    """a holds two slots mesh-wide (s's and one of its own), b none and wants s: s's fair
+    division gives b the next turn (a's share drops below what a holds), so a queues
+    nothing there ahead of b."""
+
+    async def scenario() -> None:
+        net = Net(jobs=1)
+        a, b, s = net.books["a"], net.books["b"], net.books["s"]
+        broker = LeaseBroker(_Mesh([_verdict("s", 1, BUSY_CAPS)]), load=a, reserve=True)
+        a.set_local(running=2)
+        first = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        net.settle()
+        broker.dispatch()
+        assert isinstance(await asyncio.wait_for(first, 1), Grant)
+        s.set_local(running=1)
+        broker.in_use[LOCAL_KEY] = 1  # a compiles one job of its own too (held_all 2)
+        b.set_demand("m:s", 0, 3)
+        second = asyncio.ensure_future(broker.acquire(FP, local_ok=False))
+        await asyncio.sleep(0)
+        net.settle()
+        live = a.live("m:s")
+        assert live is not None and live.share == 0 and live.running == 1
+        broker.dispatch()
+        await asyncio.sleep(0)
+        assert not second.done() and broker.reserved == {}
+        broker.stop()
+
+    asyncio.run(scenario())
