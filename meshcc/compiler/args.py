@@ -226,6 +226,8 @@ def directives_only(job: Job) -> bool:
     preprocessor prints (see _DIRONLY_BLOCKERS).  ``-Wp,`` is allowed only for the
     dependency forms (``-Wp,-MD,f``/``-Wp,-MMD,f``) that kernel-style builds use.
     """
+    if job.reason or job.source is None:
+        return False  # a local-only job (e.g. a .S file): nothing is preprocessed for a server
     if job.preprocessed or job.temp_suffix not in (".i", ".ii"):
         return False
     args = job.orig_argv[1:]
