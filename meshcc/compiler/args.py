@@ -99,6 +99,7 @@ _DIRONLY_BLOCKERS = frozenset(
         "-Xpreprocessor",
         "-gtoggle",
         "-save-temps",
+        "-Wunused-macros",  # cc1: "-fdirectives-only is incompatible with -Wunused-macros"
     )
 )
 

@@ -41,6 +41,7 @@ def test_eligible(cmd):
         "gcc -C -c a.c",
         "gcc -CC -c a.c",
         "gcc -traditional-cpp -c a.c",
+        "gcc -Wall -Wunused-macros -c a.c",  # gcc refuses it with -fdirectives-only
         "gcc -dD -c a.c",
         "gcc -dM -c a.c",
         "gcc -fpch-preprocess -c a.c",
