@@ -374,16 +374,31 @@ def _strip_literals(text: bytes) -> bytes:
 def directive_refusal(data: bytes) -> str | None:
     """Refuse received text with a directive that could read or probe a file on the server.
 
-    Trigraphs (``??=`` is ``#``, ``??/`` a backslash) and backslash-newline splices are
-    undone first, and ``%:`` counts as ``#``, whatever -std the job uses: a false refusal
-    only sends the job back to the client.  Best effort like scan_source_refusal: a
-    ``_Pragma`` built by macro pasting in a directives-only body is not seen here.
+    Backslash-newline splices are undone first, ``%:`` counts as ``#``, and text with
+    ``??`` is read both with and without trigraphs (``??=`` is ``#``, ``??/`` a backslash),
+    whatever -std the job uses: a false refusal only sends the job back to the client.
+    Best effort like scan_source_refusal: a ``_Pragma`` built by macro pasting in a
+    directives-only body is not seen here.
     """
     if b"#" not in data and b"%:" not in data and b"??=" not in data:
         return None
     import re  # here, not at the top: the client imports this module on its hot path
 
-    text = re.sub(_SPLICE, b"", data.replace(b"??/", b"\\").replace(b"??=", b"#"))
+    # Whether trigraphs are on depends on -std and -trigraphs: read the text both ways.
+    variants = [data]
+    if b"??" in data:
+        variants.append(data.replace(b"??/", b"\\").replace(b"??=", b"#"))
+    for variant in variants:
+        why = _directive_in(re.sub(_SPLICE, b"", variant))
+        if why:
+            return why
+    return None
+
+
+def _directive_in(text: bytes) -> str | None:
+    """The refusal for the first disallowed directive in spliced text, or None."""
+    import re
+
     text = _strip_literals(text)
     directive = re.compile(_DIRECTIVE)
     for hit in re.finditer(rb"#|%:", text):

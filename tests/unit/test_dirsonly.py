@@ -90,6 +90,7 @@ def test_host_macro_use(body, found):
         b'#inc\\\nlude "x"\n',
         b'#inc\\  \nlude "x"\n',  # gcc splices with blanks after the backslash too
         b'??=include "x"\n',
+        b'int a; ??/\n#include "x"\n',  # without trigraphs this #include starts a line
         b'/* a\n b */ #include "x"\n',
         b'#if __has_include("/etc/x")\n#endif\n',
         b"#ifdef X\n#endif\n",
