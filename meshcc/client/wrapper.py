@@ -800,7 +800,8 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
                 note(_state.CPP, "localhost", getattr(run.cpp_slot, "index", 0))
             code = run.wait_cpp()
             if code:  # -fdirectives-only cpp refuses __COUNTER__ in #if: local compile then
-                raise _GoLocal() if args.directives_only(run.job) else _CppFailed(code)
+                dirs_only = args.directives_only(run.job) and b"__COUNTER__" in run.cpp_stderr
+                raise _GoLocal() if dirs_only else _CppFailed(code)
         try:
             data = run.source_bytes()
         except OSError as e:
