@@ -762,6 +762,7 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
     a job slot first: a full one says so at once, and a reserved slot never waits for our
     preprocessor."""
     from meshcc.client.decisions import wire_version
+    from meshcc.compiler import args
     from meshcc.transport import client
 
     version, no_lzo = wire_version(host.protocol, _lzo_available)
@@ -801,13 +802,16 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
             if run.cpp_status is None:
                 note(_state.CPP, "localhost", getattr(run.cpp_slot, "index", 0))
             code = run.wait_cpp()
-            if code:
-                raise _CppFailed(code)
+            if code:  # -fdirectives-only cpp refuses __COUNTER__ in #if: local compile then
+                dirs_only = args.directives_only(run.job) and b"__COUNTER__" in run.cpp_stderr
+                raise _GoLocal() if dirs_only else _CppFailed(code)
         try:
             data = run.source_bytes()
         except OSError as e:
             log.debug(f"cannot read the source to send: {e.strerror}")
             raise _GoLocal() from None
+        if args.directives_only(run.job) and args.host_macro_use(data):  # __DATE__ &c.
+            raise _GoLocal()
         if slot_first:
             t0 = time.monotonic()
             note(_state.CONNECT, host.host, slot)

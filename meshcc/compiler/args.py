@@ -16,6 +16,14 @@ Public API::
     remote_argv(job: Job) -> list[str]
         What is sent to the server: distcc's strip rules, ``-x c`` -> ``-x cpp-output`` (and
         the C++/Objective-C forms), and ``-o <output>`` appended when it was implied.
+    directives_only(job: Job) -> bool
+        Whether cpp_argv and remote_argv both carry ``-fdirectives-only`` (C/C++ jobs whose
+        options gcc does not record): the server's gcc then expands the macros, so the
+        object is byte-identical to a local one (a fully preprocessed .i loses macro
+        locations, which changes -O0 code and -g columns).
+    host_macro_use(body: bytes) -> str | None
+        For a directives-only body: a builtin macro (__DATE__, __BASE_FILE__ ...) that the
+        server would expand differently; the wrapper then compiles locally.
     expand_wp(args: list[str]) -> list[str]
         ``-Wp,`` expansion as distcc does it (``-Wp,-MD,f`` -> ``-MD -MF f``).
 
@@ -53,7 +61,54 @@ from meshcc.compiler.cmdline import (
     scan,
 )
 
-__all__ = ["Job", "analyse", "cpp_argv", "expand_wp", "remote_argv"]
+__all__ = [
+    "DIRECTIVES_ONLY",
+    "Job",
+    "analyse",
+    "cpp_argv",
+    "directives_only",
+    "expand_wp",
+    "host_macro_use",
+    "remote_argv",
+]
+
+#: Added to both the client's preprocessor run and the server's compile of eligible jobs:
+#: the client expands #include and #if but leaves macros (and their #defines) in the text,
+#: and the server's gcc expands them itself, so every token keeps the virtual location that
+#: an integrated compile gives it.  At -O0 gcc's block merging depends on those locations
+#: (zlib's inflate.c gets different code from a fully preprocessed .i), and with -g the
+#: columns in .debug_line do too.
+DIRECTIVES_ONLY = "-fdirectives-only"
+
+# Options after which the client keeps full preprocessing: gcc records -fdirectives-only
+# where it records options (-frecord-gcc-switches; -g's DW_AT_producer, see _debug_records),
+# the preprocessor's output would change meaning (-C/-CC keep comments, -traditional*,
+# -d<letters> dumps, -fpch-preprocess), or the user already chose a mode.
+_DIRONLY_BLOCKERS = frozenset(
+    (
+        "-frecord-gcc-switches",
+        "-C",
+        "-CC",
+        "-traditional",
+        "-traditional-cpp",
+        "-fpch-preprocess",
+        "-fdirectives-only",
+        "-fno-directives-only",
+        "-fpreprocessed",
+        "-fno-preprocessed",
+        "-Xpreprocessor",
+        "-gtoggle",
+        "-save-temps",
+        "-Wunused-macros",  # cc1: "-fdirectives-only is incompatible with -Wunused-macros"
+    )
+)
+
+_DUMPS = frozenset("DMNIU")
+
+# Builtin macros whose value depends on where or when the compiler runs (the server's
+# clock, time zone and SOURCE_DATE_EPOCH; the server's temp file name and mtime).  A
+# directives-only body that names one of them is compiled locally instead.
+_HOST_MACROS = (b"__DATE__", b"__TIME__", b"__TIMESTAMP__", b"__BASE_FILE__", b"__INCLUDE_LEVEL__")
 
 _STRIP_WITH_ARG = frozenset(
     (
@@ -141,6 +196,65 @@ def _driver_dep_flags(args: list[str]) -> tuple[bool, bool, bool]:
     return md, mf, mt
 
 
+def _debug_records(args: list[str]) -> bool:
+    """True when gcc would write DW_AT_producer (debug info on, switch recording not off).
+
+    Any -g option other than -g0 and the record switches counts as turning debug info on
+    (conservative: -gsplit-dwarf or -gz alone do not, but then full preprocessing is merely
+    the old behaviour).  gcc 12 records switches by default.
+    """
+    debug = False
+    record = True
+    for a in args:
+        if not a.startswith("-g"):
+            continue
+        if a == "-g0":
+            debug = False
+        elif a == "-grecord-gcc-switches":
+            record = True
+        elif a == "-gno-record-gcc-switches":
+            record = False
+        else:
+            debug = True
+    return debug and record
+
+
+def directives_only(job: Job) -> bool:
+    """Whether the job is preprocessed with ``-fdirectives-only`` (client and server).
+
+    Only distributable C and C++ sources that are not preprocessed yet, and only when
+    nothing on the command line makes gcc record its options or changes what the
+    preprocessor prints (see _DIRONLY_BLOCKERS).  ``-Wp,`` is allowed only for the
+    dependency forms (``-Wp,-MD,f``/``-Wp,-MMD,f``) that kernel-style builds use.
+    """
+    if job.reason or job.source is None:
+        return False  # a local-only job (e.g. a .S file): nothing is preprocessed for a server
+    if job.preprocessed or job.temp_suffix not in (".i", ".ii"):
+        return False
+    args = job.orig_argv[1:]
+    for a in args:
+        if a in _DIRONLY_BLOCKERS:
+            return False
+        if a.startswith("-Wp,") and not a.startswith(("-Wp,-MD,", "-Wp,-MMD,")):
+            return False
+        if a[:2] == "-d" and a[2:].isalpha() and not a.startswith("-dump") and set(a) & _DUMPS:
+            return False  # -dD -dM -dN -dI -dU change the preprocessor's output
+    return not _debug_records(job.argv[1:])
+
+
+def host_macro_use(body: bytes) -> str | None:
+    """The first host-dependent builtin macro named in a directives-only body, or None.
+
+    With full preprocessing the client expanded these; left to the server they would take
+    the server's date, time zone and temp file name.  The test is a substring test, so a
+    mention in a string literal also counts: a false positive only costs a local compile.
+    """
+    for name in _HOST_MACROS:
+        if name in body:
+            return name.decode()
+    return None
+
+
 def cpp_argv(job: Job) -> list[str]:
     """The local preprocessor command line (preprocessed text goes to stdout).
 
@@ -185,6 +299,8 @@ def cpp_argv(job: Job) -> list[str]:
                 out += ("-MF", dep)
         if not mt and job.output_given and job.output is not None:
             out += ("-MQ", job.output)
+    if directives_only(job):
+        out.append(DIRECTIVES_ONLY)
     return out
 
 
@@ -225,4 +341,6 @@ def remote_argv(job: Job) -> list[str]:
                 i += 1
     if not job.output_given and job.output is not None:
         out += ("-o", job.output)
+    if directives_only(job):
+        out.append(DIRECTIVES_ONLY)
     return out

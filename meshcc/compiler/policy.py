@@ -175,8 +175,10 @@ def _option_refusal(argv: list[str]) -> str | None:
             return f"{a} passes options to the preprocessor, which runs on the client"
         if a.startswith(("-include", "-imacros", "--include", "--imacros")):
             return f"{a} reads a file; preprocessing happens on the client"
-        if a in ("-fno-preprocessed", "-fdirectives-only"):
+        if a == "-fno-preprocessed":
             return f"{a} would run the preprocessor on the server, reading server files"
+        # -fdirectives-only is accepted: gcc then obeys every directive in the received text
+        # (#include too), which scan_source_refusal -> directive_refusal refuses.
         if a.startswith(
             ("-fmodule-mapper", "-fmodules-ts", "-fmodule-header", "-fmodule-only", "-fdeps-")
         ):
@@ -302,6 +304,9 @@ def scan_source_refusal(data: bytes) -> str | None:
     case matters, and one regular-expression search for both directives in any case),
     without lowercasing the whole text first.
     """
+    why = directive_refusal(data)
+    if why:
+        return why
     if b"pch_preprocess" in data:
         return "the source uses #pragma GCC pch_preprocess, which opens a file on the server"
     search = _directive_pattern()
@@ -317,4 +322,131 @@ def scan_source_refusal(data: bytes) -> str | None:
         m = search(data, end)
     if include:
         return _INCLUDE_REFUSAL
+    return None
+
+
+# --- directives in the received text (for -fdirectives-only jobs) ---------------------------
+
+# Directives a directives-only body legitimately carries (a full body: line markers, #pragma
+# and #ident only).  Everything else is refused: #include/#include_next/#import read files,
+# and #if can probe them with __has_include.
+_ALLOWED_DIRECTIVES = frozenset((b"", b"define", b"undef", b"pragma", b"ident", b"sccs", b"line"))
+# A '#' inside a comment, a string, a character constant or a C++ raw string is not a
+# directive (and a directives-only body keeps the headers' comments, which mention #if
+# often), so those are blanked first, the way gcc's lexer skips them.
+_LEXEMES = (b"/*", b"//", b'"', b"'")
+_STRING = rb'"(?:\\.|[^"\\\n])*"'
+_CHAR = rb"'(?:\\.|[^'\\\n])*'"
+_RAW_OPEN = rb"([^()\\ \t\v\f\n]{0,16})\("
+_DIRECTIVE = rb"[ \t\f\v\r]*(?:#|%:)[ \t\f\v\r]*(\w*)(.*)"
+_SPLICE = rb"\\[ \t\f\v\r]*\n"
+
+
+def _strip_literals(text: bytes) -> bytes:
+    """text with comments as one blank and string, character and raw string literals as ""."""
+    import re
+
+    string, char, raw_open = re.compile(_STRING), re.compile(_CHAR), re.compile(_RAW_OPEN)
+    out: list[bytes] = []
+    pos = 0
+    n = len(text)
+    # bytes.find per lexeme (memchr speed) instead of one regex search over every byte.
+    nxt = dict.fromkeys(_LEXEMES, -1)
+    while True:
+        i = n
+        kind = b""
+        for lex, seen in nxt.items():
+            at = seen
+            if at < pos and at != n:
+                found = text.find(lex, pos)
+                nxt[lex] = at = n if found < 0 else found
+            if at < i:
+                i, kind = at, lex
+        if not kind:
+            out.append(text[pos:])
+            return b"".join(out)
+        out.append(text[pos:i])
+        if kind == b"/*":
+            end = text.find(b"*/", i + 2)
+            out.append(b" ")
+            if end < 0:
+                return b"".join(out)
+            pos = end + 2
+        elif kind == b"//":
+            end = text.find(b"\n", i)
+            out.append(b" ")
+            pos = n if end < 0 else end
+        else:
+            # R"delim( ... )delim" (also u8R, uR, UR, LR): not a raw string after a longer
+            # identifier such as fooR.
+            if kind == b'"' and text[i - 1 : i] == b"R":
+                start = i - 1  # where the literal's prefix starts
+                if text[start - 2 : start] == b"u8":
+                    start -= 2
+                elif text[start - 1 : start] in (b"u", b"U", b"L"):
+                    start -= 1
+                before = text[start - 1 : start] if start > 0 else b""
+                ro = raw_open.match(text, i + 1)
+                if ro is not None and not (before.isalnum() or before == b"_"):
+                    end = text.find(b")" + ro.group(1) + b'"', ro.end())
+                    out.append(b'""')
+                    if end < 0:
+                        return b"".join(out)
+                    pos = end + len(ro.group(1)) + 2
+                    continue
+            lit = (string if kind == b'"' else char).match(text, i)
+            if lit is None:
+                out.append(kind)  # unterminated: gcc lexes on from the next character
+                pos = i + 1
+            else:
+                out.append(b'""')
+                pos = lit.end()
+
+
+def directive_refusal(data: bytes) -> str | None:
+    """Refuse received text with a directive that could read or probe a file on the server.
+
+    Backslash-newline splices are undone first, ``%:`` counts as ``#``, and text with
+    ``??`` is read both with and without trigraphs (``??=`` is ``#``, ``??/`` a backslash),
+    whatever -std the job uses: a false refusal only sends the job back to the client.
+    Best effort like scan_source_refusal: a ``_Pragma`` built by macro pasting in a
+    directives-only body is not seen here.
+    """
+    if b"#" not in data and b"%:" not in data and b"??=" not in data:
+        return None
+    import re  # here, not at the top: the client imports this module on its hot path
+
+    # Whether trigraphs are on depends on -std and -trigraphs: read the text both ways.
+    variants = [data]
+    if b"??" in data:
+        variants.append(data.replace(b"??/", b"\\").replace(b"??=", b"#"))
+    for variant in variants:
+        why = _directive_in(re.sub(_SPLICE, b"", variant))
+        if why:
+            return why
+    return None
+
+
+def _directive_in(text: bytes) -> str | None:
+    """The refusal for the first disallowed directive in spliced text, or None."""
+    import re
+
+    text = _strip_literals(text)
+    directive = re.compile(_DIRECTIVE)
+    for hit in re.finditer(rb"#|%:", text):
+        at = hit.start()
+        line = text.rfind(b"\n", 0, at) + 1
+        if text[line:at].strip(b" \t\f\v\r"):
+            continue  # not the first token on its line
+        m = directive.match(text, line)
+        if m is None:
+            continue
+        name, rest = m.group(1), m.group(2)
+        if name.isdigit():
+            continue  # a line marker
+        if name not in _ALLOWED_DIRECTIVES:
+            shown = name.decode("ascii", "replace")[:40]
+            return f"the source has a #{shown} directive, which the server will not obey"
+        if name == b"pragma" and b"dependency" in rest:
+            return "the source uses #pragma GCC dependency, which reads a file on the server"
     return None

@@ -1587,7 +1587,8 @@ class CompileServer:
         job_argv = list(policy.rewrite_for_job(req.argv, input_name, output_name))
         job_argv[0] = req.resolved.exec_path
         env = self._job_env()
-        ccache = self.config.ccache
+        # ccache (4.7) drops -fdirectives-only from the compile of a .i: such jobs bypass it.
+        ccache = None if "-fdirectives-only" in req.argv else self.config.ccache
         stats_path = os.path.join(tmpdir, _CCACHE_STATS)
         if ccache is not None:
             # Every name of one toolchain (gcc, cc, x86_64-linux-gnu-gcc: stock distcc sends

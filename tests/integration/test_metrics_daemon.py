@@ -293,7 +293,9 @@ def test_ccache_results_in_metrics_and_json(
         )
         env = env_with(client_env, DISTCC_HOSTS=d.host_spec(), DISTCC_FALLBACK="0")
         for out in ("a.o", "b.o"):
-            r = run([meshcc(), "-c", "src/foo.c", "-o", out], env, proj)
+            # stock distcc: meshcc-gcc's -fdirectives-only C jobs bypass ccache (ccache 4.7
+            # would compile the .i without that option)
+            r = run(["distcc", "gcc", "-c", "src/foo.c", "-o", out], env, proj)
             assert r.returncode == 0, r.stderr
         for om, accept in ((False, None), (True, "application/openmetrics-text")):
             s = _samples(_get(status_port, "/metrics", accept)[1], om)

@@ -161,17 +161,20 @@ def test_second_identical_job_from_another_client_is_a_hit(
 
     _distcc(d, a, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
     assert _wait_verdicts(d, 1) == [("COMPILE_OK", "miss")], d.diagnostics()
-    # Another client (meshcc's), another directory: the same job.
-    _meshcc_gcc(d, b, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
+    # Another client, another directory: the same job.
+    _distcc(d, b, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
     assert _wait_verdicts(d, 2) == [("COMPILE_OK", "miss"), ("COMPILE_OK", "hit")], d.diagnostics()
-    _distcc(d, c, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
-    assert _wait_verdicts(d, 3)[2] == ("COMPILE_OK", "hit"), d.diagnostics()
+    # meshcc-gcc sends -fdirectives-only text, which ccache 4.7 would compile without that
+    # option (and fail): the server runs it without ccache, and the object is the local one.
+    _meshcc_gcc(d, c, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
+    time.sleep(0.3)
+    assert len(_verdicts(d)) == 2, d.diagnostics()
     for where in (a, b, c):
         assert (where / "hello.o").read_bytes() == want, where
 
     stats = _ccache_stats(cache_dir)
-    assert stats["cache_miss"] == 1 and stats["preprocessed_cache_hit"] == 2, stats
-    assert "ccache: 2 hits, 1 misses, 0 uncached since start" in _status_page(status)
+    assert stats["cache_miss"] == 1 and stats["preprocessed_cache_hit"] == 1, stats
+    assert "ccache: 1 hits, 1 misses, 0 uncached since start" in _status_page(status)
     assert f"cache {cache_dir}, max size 1G" in d.log_text()
 
     # The cache belongs to the user the compilers run as, and nobody else may enter it.
@@ -221,7 +224,7 @@ def test_other_options_miss_and_diagnostics_come_back(
     assert (p / "o2.o").read_bytes() == _local(p, "-O2", "-c", "hello.c")
     # A warning is replayed from the cache: the second client sees it too.
     first = _distcc(d, p, client_env, "-Wall", "-c", "warn.c", "-o", "w1.o")
-    second = _meshcc_gcc(d, p, client_env, "-Wall", "-c", "warn.c", "-o", "w2.o")
+    second = _distcc(d, p, client_env, "-Wall", "-c", "warn.c", "-o", "w2.o")
     for out in (first, second):
         assert "unused variable" in out.stderr, out.stderr
     # A failed compile is not cached, and fails the same way each time.

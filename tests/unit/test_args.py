@@ -6,6 +6,8 @@ import pytest
 from meshcc.compiler import args, cmdline, policy
 from meshcc.compiler.args import analyse, cpp_argv, remote_argv
 
+DO = args.DIRECTIVES_ONLY  # eligible C/C++ jobs: macros are expanded by the server's gcc
+
 
 def A(cmd: str) -> args.Job:
     return analyse(cmd.split())
@@ -24,7 +26,7 @@ def test_simple_compile():
 def test_implied_output_is_basename_in_cwd():
     j = A("gcc -c src/dir/hello.c")
     assert j.output == "hello.o" and not j.output_given
-    assert remote_argv(j)[-2:] == ["-o", "hello.o"]
+    assert remote_argv(j)[-3:] == ["-o", "hello.o", DO]
 
 
 def test_dash_S_wins_over_c():
@@ -109,6 +111,7 @@ def test_kernel_style_command():
         "-o",
         "fs/open.o",
         "fs/open.c",
+        DO,
     ]
 
 
@@ -197,7 +200,6 @@ def test_x_prefix_rule_not_applied_to_headers():
         ("gcc -Xassembler -adhln -c a.c", "-adhln", "assembler"),
         ("gcc -Wa,@asm.rsp -c a.c", "-Wa,@asm.rsp", "response file"),
         ("gcc -fno-preprocessed -c a.c", "-fno-preprocessed", "preprocessor"),
-        ("gcc -fdirectives-only -c a.c", "-fdirectives-only", "preprocessor"),
         ("gcc -dumpdir /tmp/ -c a.c", "-dumpdir /tmp/", "outside"),
         ("gcc -dumpbase ../x -c a.c", "-dumpbase ../x", "outside"),
         ("gcc -c a.c --output=a.o", "--output=a.o", "long option"),
@@ -270,12 +272,14 @@ def test_remote_argv_strip_rules():
 def test_remote_argv_language_rewrite(given, sent):
     j = analyse(["gcc", *given, "-c", "a.c"])
     assert j.distributable, j.reason
-    assert remote_argv(j) == ["gcc", *sent, "-c", "a.c", "-o", "a.o"]
+    lang = given[-1].removeprefix("-x")
+    tail = [DO] if lang in ("c", "c++", "none") else []  # not preprocessed yet, C or C++
+    assert remote_argv(j) == ["gcc", *sent, "-c", "a.c", "-o", "a.o", *tail]
 
 
 def test_remote_argv_keeps_source_mode_and_output():
     j = A("gcc -S -o out/a.s src/a.c")
-    assert remote_argv(j) == ["gcc", "-S", "-o", "out/a.s", "src/a.c"]
+    assert remote_argv(j) == ["gcc", "-S", "-o", "out/a.s", "src/a.c", DO]
 
 
 def test_remote_argv_passes_policy():
@@ -294,19 +298,19 @@ def test_remote_argv_passes_policy():
 
 def test_cpp_argv_basic():
     j = A("gcc -O2 -DX -c src/a.c -o obj/a.o")
-    assert cpp_argv(j) == ["gcc", "-O2", "-DX", "-E", "src/a.c"]
+    assert cpp_argv(j) == ["gcc", "-O2", "-DX", "-E", "src/a.c", DO]
     j = A("gcc -O2 -c src/a.c -oobj/a.o")
-    assert cpp_argv(j) == ["gcc", "-O2", "-E", "src/a.c"]
+    assert cpp_argv(j) == ["gcc", "-O2", "-E", "src/a.c", DO]
 
 
 def test_cpp_argv_deps_adds_mf_and_mq():
     j = A("gcc -MD -c src/a.c -o obj/a.o")
-    assert cpp_argv(j) == ["gcc", "-MD", "-E", "src/a.c", "-MF", "obj/a.d", "-MQ", "obj/a.o"]
+    assert cpp_argv(j) == ["gcc", "-MD", "-E", "src/a.c", "-MF", "obj/a.d", "-MQ", "obj/a.o", DO]
 
 
 def test_cpp_argv_keeps_wp_for_cc1():
     j = A("gcc -Wp,-MD,obj/.a.o.d -c src/a.c -o obj/a.o")
-    assert cpp_argv(j) == ["gcc", "-Wp,-MD,obj/.a.o.d", "-E", "src/a.c"]
+    assert cpp_argv(j) == ["gcc", "-Wp,-MD,obj/.a.o.d", "-E", "src/a.c", DO]
 
 
 @pytest.mark.parametrize(
