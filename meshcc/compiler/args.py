@@ -81,7 +81,7 @@ __all__ = [
 DIRECTIVES_ONLY = "-fdirectives-only"
 
 # Options after which the client keeps full preprocessing: gcc records -fdirectives-only
-# where it records options (-frecord-gcc-switches; -g's DW_AT_producer, see _debug_records),
+# where it records options (-frecord-gcc-switches; -g's DW_AT_producer, see _debug_info),
 # the preprocessor's output would change meaning (-C/-CC keep comments, -traditional*,
 # -d<letters> dumps, -fpch-preprocess), or the user already chose a mode.
 _DIRONLY_BLOCKERS = frozenset(
@@ -196,8 +196,8 @@ def _driver_dep_flags(args: list[str]) -> tuple[bool, bool, bool]:
     return md, mf, mt
 
 
-def _debug_records(args: list[str]) -> bool:
-    """True when gcc would write DW_AT_producer (debug info on, switch recording not off).
+def _debug_info(args: list[str]) -> tuple[bool, bool]:
+    """(debug info on, gcc records its switches in DW_AT_producer) for these arguments.
 
     Any -g option other than -g0 and the record switches counts as turning debug info on
     (conservative: -gsplit-dwarf or -gz alone do not, but then full preprocessing is merely
@@ -216,11 +216,30 @@ def _debug_records(args: list[str]) -> bool:
             record = False
         else:
             debug = True
-    return debug and record
+    return debug, record
+
+
+def _optimizing(args: list[str]) -> bool:
+    """True when the last -O option asks for -O1 or more (-O, -O1..3, -Os, -Oz, -Ofast);
+    False for none, -O0 and -Og."""
+    level = "0"
+    for a in args:
+        if a.startswith("-O"):
+            level = a[2:] or "1"
+    return level not in ("0", "g")
 
 
 def directives_only(job: Job) -> bool:
     """Whether the job is preprocessed with ``-fdirectives-only`` (client and server).
+
+    Only for jobs that do not optimize (no -O, -O0, -Og), or that write debug info without
+    recording the switches (the columns in .debug_line): there gcc keeps statements from
+    different source locations apart, so where a macro's tokens came from changes the code,
+    and a fully preprocessed body has lost that (zlib's inflate.c and 11 of lua 5.4's 33
+    files at -O0). With -O2 full preprocessing gave identical objects in every case surveyed
+    (zlib, lua, xz's liblzma), and a directives-only body costs the server a scan of its
+    directives, 2-4x the bytes, and ~15 ms of CPU per job: optimizing jobs keep full
+    preprocessing.
 
     Only distributable C and C++ sources that are not preprocessed yet, and only when
     nothing on the command line makes gcc record its options or changes what the
@@ -239,7 +258,11 @@ def directives_only(job: Job) -> bool:
             return False
         if a[:2] == "-d" and a[2:].isalpha() and not a.startswith("-dump") and set(a) & _DUMPS:
             return False  # -dD -dM -dN -dI -dU change the preprocessor's output
-    return not _debug_records(job.argv[1:])
+    debug, record = _debug_info(job.argv[1:])
+    if debug and record:
+        return False
+    # -g without recorded switches: columns in .debug_line need the macros' own locations
+    return debug or not _optimizing(job.argv[1:])
 
 
 def host_macro_use(body: bytes) -> str | None:

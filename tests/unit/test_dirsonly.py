@@ -11,15 +11,16 @@ from meshcc.compiler.args import analyse
     "cmd",
     [
         "gcc -O0 -c a.c",
-        "gcc -O2 -DX=1 -Iinc -include h.h -imacros m.h -c a.c -o a.o",
-        "g++ -O2 -std=c++17 -c a.cc",
+        "gcc -O0 -DX=1 -Iinc -include h.h -imacros m.h -c a.c -o a.o",
+        "g++ -Og -std=c++17 -c a.cc",
+        "gcc -O2 -O0 -c a.c",  # the last -O counts
         "gcc -x c -c a.c",
         "gcc -g -gno-record-gcc-switches -c a.c",
         "gcc -g -g0 -c a.c",
         "gcc -Wp,-MMD,obj/.a.o.d -c a.c -o obj/a.o",
         "gcc -MD -MF a.d -c a.c",
         "gcc -dumpbase a -c a.c",
-        "gcc -O2 -S a.c",
+        "gcc -S a.c",
     ],
 )
 def test_eligible(cmd):
@@ -51,6 +52,10 @@ def test_eligible(cmd):
         "gcc -c a.m",  # Objective-C
         "gcc -c a.S",  # assembler-with-cpp: #defines would reach the assembler
         "gcc -fdirectives-only -c a.c",  # the user's own, passed on once as given
+        "gcc -O2 -c a.c",  # optimizing: full preprocessing gives the local object
+        "gcc -O -c a.c",
+        "gcc -O0 -Os -c a.c",
+        "g++ -Ofast -c a.cc",
     ],
 )
 def test_not_eligible(cmd):
