@@ -1325,7 +1325,10 @@ class CompileServer:
                     self._set_phase(conn, _Phase.WAITING_SOURCE)
             elif isinstance(event, wire.RequestSource):
                 self._set_phase(conn, _Phase.BUSY)
-                data = await self._decode_source(version, event.data, codec)
+                # gcc obeys directives in the text only under -fdirectives-only, however
+                # spelled (-Wp, -Xpreprocessor): only then is each directive vetted.
+                directives = any("directives-only" in a for a in argv)
+                data = await self._decode_source(version, event.data, codec, directives)
             elif isinstance(event, wire.RequestEnd):
                 assert resolved is not None
                 return _Request(version, argv, resolved, source, suffix, out_suffix, data, codec)
@@ -1510,7 +1513,9 @@ class CompileServer:
             )
         return name
 
-    async def _decode_source(self, version: int, body: bytes, negotiated: str = "") -> bytes:
+    async def _decode_source(
+        self, version: int, body: bytes, negotiated: str = "", directives: bool = True
+    ) -> bytes:
         codec = negotiated or compression.codec_for_protocol(version)
         try:
             if codec == compression.Codec.NONE:
@@ -1531,7 +1536,7 @@ class CompileServer:
                 JobResult.REJ_BAD_REQ,
                 EXIT_PROTOCOL_ERROR,
             ) from None
-        why = policy.scan_source_refusal(data)
+        why = policy.scan_source_refusal(data, directives)
         if why is not None:
             raise _Refuse(why, ret=EXIT_BAD_ARGUMENTS)
         return data

@@ -172,3 +172,25 @@ def test_wrapper_counter_in_if_and_date_compile_locally(
         assert (tmp_path / f"{name}.o").stat().st_size > 0
     jobs = parse_job_summaries(daemon.log_path.read_text(errors="replace"))
     assert "COMPILE_OK" not in [j.result for j in jobs]
+
+
+def test_a_plain_i_compile_does_not_obey_an_include(tmp_path: Path) -> None:
+    """Why the server vets directives only for -fdirectives-only jobs: without the option gcc
+    treats a received ``#include`` as a stray token, and never opens the file."""
+    secret = tmp_path / "secret.h"
+    secret.write_text("int leaked_from_the_server;\n")
+    body = f'# 1 "x.c"\n#include "{secret}"\nint x;\n'.encode()
+    assert policy.scan_source_refusal(body, directives=False) is None
+    assert policy.scan_source_refusal(body, directives=True) is not None
+    src = tmp_path / "x.i"
+    src.write_bytes(body)
+    plain = subprocess.run(
+        ["gcc", "-c", str(src), "-o", str(tmp_path / "x.o")], capture_output=True, text=True
+    )
+    assert plain.returncode != 0 and "leaked_from_the_server" not in plain.stderr
+    obeyed = subprocess.run(
+        ["gcc", "-fdirectives-only", "-S", str(src), "-o", str(tmp_path / "x.s")],
+        capture_output=True,
+        text=True,
+    )
+    assert obeyed.returncode == 0 and "leaked_from_the_server" in (tmp_path / "x.s").read_text()
