@@ -158,6 +158,9 @@ def _run(hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: 
         TMPDIR=str(tmp_path / "client-tmp"),
         PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
         DISTCC_FALLBACK="0",
+        # The servers' cache across the mesh is under test: a rebuild on the same box would
+        # otherwise be answered by that box's own daemon (direct mode) without any server.
+        MESHCC_DIRECT="0",
     )
     run(["./configure"], cwd=tree, env=dict(env, CC="gcc"))
     local_out = run(

@@ -161,20 +161,24 @@ def test_second_identical_job_from_another_client_is_a_hit(
 
     _distcc(d, a, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
     assert _wait_verdicts(d, 1) == [("COMPILE_OK", "miss")], d.diagnostics()
-    # Another client, another directory: the same job.
-    _distcc(d, b, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
+    # Another client (meshcc's: an optimizing job is fully preprocessed), another directory:
+    # the same job.
+    _meshcc_gcc(d, b, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
     assert _wait_verdicts(d, 2) == [("COMPILE_OK", "miss"), ("COMPILE_OK", "hit")], d.diagnostics()
-    # meshcc-gcc sends -fdirectives-only text, which ccache 4.7 would compile without that
-    # option (and fail): the server runs it without ccache, and the object is the local one.
-    _meshcc_gcc(d, c, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
+    _distcc(d, c, client_env, "-O2", "-c", "hello.c", "-o", "hello.o")
+    assert _wait_verdicts(d, 3)[2] == ("COMPILE_OK", "hit"), d.diagnostics()
+    # A -fdirectives-only job (no -O), which ccache 4.7 would compile without that option
+    # (and fail), runs without ccache, and its object is the local one.
+    _meshcc_gcc(d, c, client_env, "-c", "hello.c", "-o", "plain.o")
     time.sleep(0.3)
-    assert len(_verdicts(d)) == 2, d.diagnostics()
+    assert len(_verdicts(d)) == 3, d.diagnostics()
+    assert (c / "plain.o").read_bytes() == _local(c, "-c", "hello.c")
     for where in (a, b, c):
         assert (where / "hello.o").read_bytes() == want, where
 
     stats = _ccache_stats(cache_dir)
-    assert stats["cache_miss"] == 1 and stats["preprocessed_cache_hit"] == 1, stats
-    assert "ccache: 1 hits, 1 misses, 0 uncached since start" in _status_page(status)
+    assert stats["cache_miss"] == 1 and stats["preprocessed_cache_hit"] == 2, stats
+    assert "ccache: 2 hits, 1 misses, 0 uncached since start" in _status_page(status)
     assert f"cache {cache_dir}, max size 1G" in d.log_text()
 
     # The cache belongs to the user the compilers run as, and nobody else may enter it.
