@@ -167,6 +167,9 @@ def _shell_is_back(tmux: Tmux) -> None:
     """The program is gone, the terminal is as the shell left it: normal screen, echo and
     line editing on (curses turns both off), and typed commands run."""
     netns.wait_for(lambda: not tmux.alternate_screen(), 10, what="the normal screen back")
+    # Type only once the shell prompts again: text typed while the program is still ending
+    # is read by nobody, or echoed without its Enter (seen in the fresh-root CI run).
+    tmux.wait(lambda s: s.rstrip().splitlines()[-1:] == [PROMPT.rstrip()], 10, "the shell's prompt")
     tmux.type("stty -a | tr ' ;' '\\n\\n' | grep -x -e echo -e icanon | tr '\\n' ' '; echo END")
     screen = tmux.wait(
         lambda s: any(x.endswith("END") and "stty" not in x for x in s.splitlines()),
