@@ -125,14 +125,36 @@ class Control:
     ) -> dict[str, object]:
         """Send one map and wait up to ``timeout`` s for the answer map. ``on_wait`` is
         called once if the answer does not come at once (the daemon made us wait in line)."""
+        self._send(message, ANSWER_AT_ONCE if on_wait is not None else timeout)
+        return self._answer(timeout, on_wait)
+
+    def tell(self, message: Mapping[str, object]) -> None:
+        """Send one map that has no answer (direct mode's ``direct_put`` parts)."""
+        self._send(message, CONNECT_TIMEOUT)
+
+    def answer(self, timeout: float) -> dict[str, object]:
+        """The next answer map with no new request (a reply sent in several parts)."""
+        sock = self.sock
+        if sock is None:
+            raise ControlError("connection already closed")
+        sock.settimeout(timeout)
+        return self._answer(timeout, None)
+
+    def _send(self, message: Mapping[str, object], timeout: float) -> None:
+        """Send one map; the socket keeps ``timeout`` for the reads that follow."""
         sock = self.sock
         if sock is None:
             raise ControlError("connection already closed")
         try:
-            sock.settimeout(ANSWER_AT_ONCE if on_wait is not None else timeout)
+            sock.settimeout(timeout)
             sock.sendall(control.encode(message))
         except OSError as e:
             raise ControlError(f"cannot send to the meshcc daemon: {e.strerror or e}") from None
+
+    def _answer(self, timeout: float, on_wait: Callable[[], None] | None) -> dict[str, object]:
+        """Read until one answer map is complete (the socket's timeout is already set)."""
+        sock = self.sock
+        assert sock is not None  # checked by the caller
         while True:
             answer = self._reader.next_message()
             if answer is not None:
@@ -145,39 +167,6 @@ class Control:
                     sock.settimeout(timeout)
                     callback()
                     continue
-                raise ControlError(
-                    f"no answer from the meshcc daemon within {timeout:g}s"
-                ) from None
-            except OSError as e:
-                raise ControlError(f"meshcc daemon connection failed: {e.strerror or e}") from None
-            if not data:
-                raise ControlError("meshcc daemon closed the connection without answering")
-            self._reader.feed(data)
-
-    def tell(self, message: Mapping[str, object]) -> None:
-        """Send one map that has no answer (direct mode's ``direct_put`` parts)."""
-        sock = self.sock
-        if sock is None:
-            raise ControlError("connection already closed")
-        try:
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.sendall(control.encode(message))
-        except OSError as e:
-            raise ControlError(f"cannot send to the meshcc daemon: {e.strerror or e}") from None
-
-    def answer(self, timeout: float) -> dict[str, object]:
-        """The next answer map with no new request (a reply sent in several parts)."""
-        sock = self.sock
-        if sock is None:
-            raise ControlError("connection already closed")
-        sock.settimeout(timeout)
-        while True:
-            answer = self._reader.next_message()
-            if answer is not None:
-                return answer
-            try:
-                data = sock.recv(_RECV_SIZE)
-            except TimeoutError:
                 raise ControlError(
                     f"no answer from the meshcc daemon within {timeout:g}s"
                 ) from None
