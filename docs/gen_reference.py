@@ -60,6 +60,14 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
         ),
     ),
     (
+        "DISTCC_SOCKS_PROXY",
+        (
+            "connect to TCP hosts through this SOCKS5 proxy, as Gentoo's distcc does (Portage "
+            "sets it inside its network sandbox): an absolute path is a UNIX socket, else "
+            "`host[:port]` (port 1080); host names are resolved by the proxy"
+        ),
+    ),
+    (
         "DISTCC_IO_TIMEOUT",
         (
             "seconds of network silence, remote compile included, before giving "

@@ -36,9 +36,10 @@ step() { printf '\n=== %s\n' "$*"; }
 # systemd, shellcheck: checking the service files (systemd-analyze verify, sysusers).
 # ccache: the daemon's --ccache; openssh-server: a real sshd for @host specs and --inetd;
 # tmux: `meshcc top` driven in a real terminal; curl: docs/bootstrap.md's fetch, as a user
-# types it, and the status port's /metrics read from inside a namespace.
+# types it, and the status port's /metrics read from inside a namespace; microsocks, socat:
+# a real SOCKS5 proxy on a UNIX socket, as Portage's network sandbox offers distcc.
 packages=(distcc gcc g++ make dpkg-dev liblzo2-2 iproute2 python3-venv systemd shellcheck ccache
-    openssh-server tmux curl)
+    openssh-server tmux curl microsocks socat)
 missing=()
 for pkg in "${packages[@]}"; do
     # "ii": wanted and installed; anything else (absent, removed, half-installed) installs

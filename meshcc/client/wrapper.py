@@ -782,7 +782,9 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         conn = ssh.SshConnection(host.host, user, command, version, run.env, io_timeout)
     else:
         assert host.port is not None  # only localhost has none, and it never gets here
-        conn = client.Connection(host.host, host.port, version, io_timeout)
+        conn = client.Connection(
+            host.host, host.port, version, io_timeout, proxy=run.env.get("DISTCC_SOCKS_PROXY")
+        )
     log = run.log
     slot_first = getattr(host, "busy", False) is True
     t0 = time.monotonic()

@@ -259,6 +259,7 @@ class Connection:
         io_timeout: float = DEFAULT_IO_TIMEOUT,
         limits: Limits | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        proxy: str | None = None,
     ) -> None:
         if version not in (1, 2):
             raise ValueError(f"protocol {version} is not supported by this client")
@@ -269,6 +270,9 @@ class Connection:
         self.version = version
         self.io_timeout = io_timeout
         self.connect_timeout = connect_timeout
+        # DISTCC_SOCKS_PROXY (Portage's network sandbox): connect through it, as Gentoo's
+        # distcc does; the host name is then resolved by the proxy, not here.
+        self.proxy = proxy
         # Only two limits matter to a client; protocol.Limits is not imported for them.
         self.limits = limits
         self.max_body = MAX_BODY if limits is None else limits.max_body
@@ -286,6 +290,9 @@ class Connection:
 
     def connect(self) -> None:
         """Try each address getaddrinfo gives, each with the fixed connect timeout."""
+        if self.proxy:
+            self._connect_through_proxy(self.proxy)
+            return
         try:
             host = self.host.encode("ascii")
         except UnicodeEncodeError:
@@ -316,6 +323,16 @@ class Connection:
             )
         why = "no address" if last is None else _describe(last)
         raise TransportError(f"connect failed: {why}", EXIT_CONNECT_FAILED)
+
+    def _connect_through_proxy(self, proxy: str) -> None:
+        from meshcc.transport import socks  # only inside Portage's sandbox: lean otherwise
+
+        try:
+            sock = socks.open_tunnel(proxy, self.host, self.port, self.connect_timeout)
+        except socks.ProxyError as e:
+            raise TransportError(str(e), EXIT_CONNECT_FAILED) from None
+        sock.settimeout(self.io_timeout)
+        self.sock = sock
 
     # ------------------------------------------------------------------ send
 
@@ -511,7 +528,7 @@ class Connection:
         round trip in microseconds), from ``TCP_INFO``; None if unavailable. One
         getsockopt: the daemon's per-peer throughput estimate is made of these
         (compression.choose)."""
-        if self.sock is None:
+        if self.sock is None or self.proxy:  # through a proxy it measures the proxy's link
             return None
         try:
             info = self.sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 232)
