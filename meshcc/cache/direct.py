@@ -106,6 +106,9 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # all manifests, packed
 MAX_PENDING = 4096  # mesh keys of recent lookups, kept for the put that follows a miss
 MAX_PUSH_BYTES = 64 * 1024 * 1024  # mesh records on their way to their homes, at most
 PUSH_TIMEOUT = 5.0
+# A home's answer is awaited at most the result cache's lookup timeout (0.25 s by
+# default), and never longer than this: the client waits 5 s for the daemon's whole reply.
+MESH_LOOKUP_CAP = 3.0
 _PUT_OBJECTS = 8 + 6 * MAX_INCLUDES + 2 * MAX_ABSENT + 16  # what a valid payload can hold
 _MESH_OBJECTS = _PUT_OBJECTS
 _VERSION = b"meshcc-direct 1\0"
@@ -518,7 +521,8 @@ class DirectCache:
             same = [r for r in old if r.get("result") != rkey]
             records = [record, *same][:MAX_RECORDS]
             self._install_locked(uid, key, records, old)
-            self.counts.stored += 1
+            if not record.get("foreign"):
+                self.counts.stored += 1
         self._save(uid, key, records)
         return rkey
 
@@ -639,9 +643,8 @@ class DirectCache:
             if home.host is None:  # this daemon is the home
                 blob = await self.serve_get(mesh.key)
             else:
-                blob = await remote.fetch(
-                    home, mesh.key, self.results.lookup_timeout, kind="direct"
-                )
+                wait = min(self.results.lookup_timeout, MESH_LOOKUP_CAP)
+                blob = await remote.fetch(home, mesh.key, wait, kind="direct")
         except remote.RemoteError as e:
             self.counts.mesh_failed += 1
             log.info("direct: home %s did not answer: %s", home.host, e)
