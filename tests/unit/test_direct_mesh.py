@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,11 +34,12 @@ from meshcc.cache.direct import (
     mesh_store_key,
     parse_put,
 )
-from meshcc.cache.remote import Home
+from meshcc.cache.remote import Home, push
 from meshcc.cache.service import ResultCache
 from meshcc.cache.store import DiskStore, Entry
 from meshcc.client.direct import mesh_part
 from meshcc.compiler.toolchain import Driver, Toolchain
+from meshcc.daemon.metrics import Telemetry
 from meshcc.daemon.status_http import StatusServer
 from meshcc.wire import control
 
@@ -218,11 +221,15 @@ def test_a_second_box_gets_the_record_from_the_home_and_only_for_the_same_user(
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
+        assert home.results is not None
+        home.results.direct = home  # its figures go out with the result cache's
+        reply = control.StatusReply.from_message({"node": "home", "version": "test"})
         status = StatusServer(
             None,
-            lambda: control.StatusReply.from_message({}),
+            lambda: reply,
             [ipaddress.ip_network("127.0.0.0/8")],
             direct=home,
+            telemetry=Telemetry(lambda: reply, server=SimpleNamespace(result_cache=home.results)),
         )
         await status.start(sock)
         try:
@@ -257,10 +264,37 @@ def test_a_second_box_gets_the_record_from_the_home_and_only_for_the_same_user(
             assert b.figures()["direct_mesh_hit"] == 1
             assert b.line().startswith("direct mode: 1 hits (1 records from home peers)")
             assert b.counts.stored == 0  # a record from the mesh is not one b recorded
+
+            # A record that does not check out is refused over the wire too (400).
+            record, entry = parse_put(_payload())
+            wrong = encode_mesh(KEY, record, entry)
+            assert not await push(where[0], KEY_B, wrong, 2.0, kind="direct")
+            assert home.counts.mesh_received == 1
+
+            # The home reports what it took: its status page, /status.json and /metrics.
+            page = await _get(port, "/")
+            assert "direct mode: 0 hits (0 records from home peers)" in page
+            assert "1 received from peers" in page
+            figures = json.loads(await _get(port, "/status.json"))["result_cache"]
+            assert figures["direct_mesh_received"] == 1 and figures["direct_hit"] == 0
+            metrics = await _get(port, "/metrics")
+            assert 'meshcc_direct_mesh_total{event="received"} 1' in metrics
+            assert 'meshcc_direct_lookups_total{result="hit"} 0' in metrics
         finally:
             await status.stop()
 
     asyncio.run(go())
+
+
+async def _get(port: int, path: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200"), head
+    return body.decode()
 
 
 def test_the_home_checks_a_pushed_record_before_storing_it(tmp_path: Path) -> None:
