@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,19 @@ def _uptime() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def _settled(figures: Callable[[], dict[str, int]], want: int, timeout: float = 60.0) -> int:
+    """Until a box's pushes to the homes (in the background after each put) are all done,
+    taken or not; how many were taken."""
+    deadline = time.monotonic() + timeout
+    while True:
+        f = figures()
+        if f["direct_mesh_pushed"] + f["direct_mesh_push_failed"] >= want:
+            return f["direct_mesh_pushed"]
+        if time.monotonic() > deadline:
+            return f["direct_mesh_pushed"]
+        time.sleep(0.2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -123,8 +137,12 @@ def main() -> int:
     src = apt_source("zlib")
     work = private_dir("meshcc-bench-cache-mesh-")
     bindir = trusted_dir("bench-cache-mesh-bin-")
-    (bindir / "gcc").write_text(SHIM.format(gcc=GCC))
-    (bindir / "gcc").chmod(0o755)
+    # distcc 3.4 runs gcc as <triplet>-gcc (its rewrite of a generic name): the shim under
+    # that name too, so distcc's preprocessor runs are counted as well
+    triplet = subprocess.run([GCC, "-dumpmachine"], capture_output=True, text=True).stdout
+    for name in ("gcc", f"{triplet.strip()}-gcc"):
+        (bindir / name).write_text(SHIM.format(gcc=GCC))
+        (bindir / name).chmod(0o755)
     env0 = clean_env()
     env0["PATH"] = os.pathsep.join([str(bindir), str(VENV_BIN), env0.get("PATH", os.defpath)])
     load_before = _uptime()
@@ -250,8 +268,16 @@ def _rounds(
             "wall_s": round(wall, 3),
             "cpp_runs": cpp,
             "objects_identical": same,
-            "direct_hits": after["direct_hit"] - before["direct_hit"],
-            "from_homes": after["direct_mesh_hit"] - before["direct_mesh_hit"],
+            **{
+                name: after[f"direct_{key}"] - before[f"direct_{key}"]
+                for name, key in (
+                    ("direct_hits", "hit"),
+                    ("from_homes", "mesh_hit"),
+                    ("home_had_none", "mesh_miss"),
+                    ("home_failed", "mesh_failed"),  # no answer within the lookup timeout
+                    ("stored", "stored"),
+                )
+            },
         }
 
     rounds: list[dict[str, object]] = []
@@ -265,8 +291,12 @@ def _rounds(
 
         _checkout(src, tree, env0)
         time.sleep(2.2)  # a record is made only for files older than 2 s (direct mode)
-        one: dict[str, object] = {"a": build("a", "meshcc", tree, env)}
-        time.sleep(2.0)  # the last pushes to the homes run in the background
+        f0 = figures("a")
+        built = build("a", "meshcc", tree, env)
+        one: dict[str, object] = {"a": built}
+        # a's pushes to the homes run in the background after each put: wait for them all
+        done = f0["direct_mesh_pushed"] + f0["direct_mesh_push_failed"] + int(built["stored"])  # type: ignore[call-overload]
+        one["a_pushed"] = _settled(lambda: figures("a"), done) - f0["direct_mesh_pushed"]
         _checkout(src, tree, env0)  # b's own copy, at the same path
         order = ("meshcc", "distcc") if r % 2 == 0 else ("distcc", "meshcc")
         for way in order:
@@ -298,6 +328,8 @@ def _rounds(
         ],
         "meshcc_b_from_homes": [x["meshcc-b"]["from_homes"] for x in rounds],  # type: ignore[index]
         "meshcc_b_cpp_runs": [x["meshcc-b"]["cpp_runs"] for x in rounds],  # type: ignore[index]
+        "meshcc_b_home_failed": [x["meshcc-b"]["home_failed"] for x in rounds],  # type: ignore[index]
+        "distcc_b_cpp_runs": [x["distcc-b"]["cpp_runs"] for x in rounds],  # type: ignore[index]
         "objects_identical": all(
             x[w]["objects_identical"]  # type: ignore[index]
             for x in rounds
