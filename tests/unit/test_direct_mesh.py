@@ -330,3 +330,20 @@ def test_a_silent_home_delays_a_miss_by_the_lookup_timeout_only(tmp_path: Path) 
     took, box = asyncio.run(go())
     assert took < 1.5 and box.counts.mesh_failed == 1 and box.counts.miss == 1
     assert direct.MESH_LOOKUP_CAP < 5.0  # below the client's wait for the whole answer
+
+
+def test_meshcc_stats_shows_direct_mode_when_the_daemon_reports_it() -> None:
+    from meshcc.cli.cache import render_figures
+
+    plain = render_figures({"hit": 2, "miss": 1})
+    assert "direct mode" not in plain
+    both = render_figures(
+        {"hit": 2, "direct_hit": 34, "direct_miss": 1, "direct_stored": 1}
+        | {"direct_mesh_hit": 30, "direct_mesh_pushed": 1, "direct_mesh_received": 5}
+    )
+    first, second = both.split("\n")
+    assert first == plain.replace("1 misses", "0 misses")
+    assert second == (
+        "direct mode (no preprocessor): 34 hits, 1 misses, 1 stored; 30 records from home "
+        "peers, 1 pushed to them, 5 received from peers"
+    )
