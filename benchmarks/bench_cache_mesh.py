@@ -13,8 +13,11 @@ a server s, each running ``meshcc daemon --jobs J`` with its result cache and di
 The compiler everyone runs is a shim that logs preprocessor runs (as the tests' shim), so
 "no preprocessor" is counted, not assumed. zlib (Debian source, cached).
 
-Each round uses a tree path of its own (so every key is new: box a's build is a cold mesh,
-and b has nothing of its own from an earlier round), and runs:
+Each round uses a tree path of its own (the working directory is in every manifest key,
+so direct mode starts cold each round and b has nothing of its own from an earlier round;
+the servers' result cache may still answer a's jobs from round 2 on, since zlib's
+preprocessed text names its files relatively: that only shortens a's build, which is not
+compared with anything), and runs:
 
 1. **a** builds the tree with ``CC=meshcc-gcc`` (leases: its jobs go to b and s), every job
    preprocessed on a, its manifest recorded and pushed to its mesh home;
