@@ -395,7 +395,9 @@ class DirectCache:
         client sent its mesh part and compiler) from the mesh key's home peer; None.
 
         Also notes the job's mesh key, for the put that follows a miss."""
-        packed = self.get(uid, key) or await asyncio.to_thread(self._load, uid, key)
+        packed = self.get(uid, key)
+        if packed is None and local_store_key(uid, key) in self.store:  # no thread hop else
+            packed = await asyncio.to_thread(self._load, uid, key)
         if part and cc:
             self._note(uid, key, (part, cc))
         if packed is not None:
