@@ -27,11 +27,14 @@ compared with anything), and runs:
    - **distcc-b**: ``make -jN CC="distcc gcc"`` on b, ``DISTCC_HOSTS`` the static list
      ``s:3640/J,lzo a:3640/J,lzo`` (stock distccd, no cache: what distcc users have).
 
-Figures per round: each build's wall, b's direct-mode hits (its daemon's counters: of how
-many jobs, how many records came from home peers), preprocessor runs per build, and whether
-every object equals a plain local build's (made once, first). Summary: medians, and
-meshcc-b / distcc-b per round and of the medians. Load (``uptime``) before and after: the
-machine is shared; this ratio is measured within one run, ways alternating.
+Figures per round: each build's wall and its CPU seconds on the building box (make and
+everything it ran there, from the kernel's rusage of reaped children: the compile client,
+its preprocessor; not the servers', and not moved by the load the way wall time is), b's
+direct-mode hits (its daemon's counters: of how many jobs, how many records came from
+home peers, how many homes did not answer in time), preprocessor runs per build, and
+whether every object equals a plain local build's (made once, first). Summary: medians,
+and meshcc-b / distcc-b per round and of the medians. Load (``/proc/loadavg``) before and
+after: the machine is shared; the ratio is measured within one run, ways alternating.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import argparse
 import compileall
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -267,15 +271,19 @@ def _rounds(
             e["MESHCC_SOCKET"] = str(work / "none.sock")
             cc = "distcc gcc"
         before = figures(box)
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         _run(_make_argv(ns.make_j, cc), tree, e, hosts[box])
         wall = time.monotonic() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
         after = figures(box)
         got = _objects(tree)
         same = sorted(got) == sorted(reference) and all(got[k] == reference[k] for k in reference)
         cpp = len(cpp_log.read_text().splitlines()) if cpp_log.exists() else 0
         return {
             "wall_s": round(wall, 3),
+            "client_cpu_s": round(cpu, 3),
             "cpp_runs": cpp,
             "objects_identical": same,
             **{
@@ -332,6 +340,8 @@ def _rounds(
         "meshcc_b_wall_s": med("meshcc-b", "wall_s"),
         "distcc_b_wall_s": med("distcc-b", "wall_s"),
         "ratio_of_medians": round(med("meshcc-b", "wall_s") / med("distcc-b", "wall_s"), 3),
+        "meshcc_b_client_cpu_s": med("meshcc-b", "client_cpu_s"),
+        "distcc_b_client_cpu_s": med("distcc-b", "client_cpu_s"),
         "ratios": [x["ratio"] for x in rounds],
         "meshcc_b_hit_rate": [
             f"{x['meshcc-b']['direct_hits']}/{n}"  # type: ignore[index]
