@@ -8,10 +8,10 @@ When a peer leaves, only the keys it was home for move (to their second choice),
 mesh loses only that peer's share of the hits; a newcomer takes only its share.
 
 The calls are plain HTTP/1.0 on the peer's status port (``GET /cache/<key>``, ``PUT
-/cache/<key>``), bounded in size (:data:`meshcc.cache.store.MAX_ENTRY`) and time: a
-lookup waits at most ``timeout`` (default 0.25 s, many LAN round trips, far less than a
-compile) for the whole answer, so a miss is delayed by at most that, and by one round
-trip when the peer is up.
+/cache/<key>``; direct mode's mesh records the same on ``/direct/<key>``), bounded in
+size (:data:`meshcc.cache.store.MAX_ENTRY`) and time: a lookup waits at most ``timeout``
+(default 0.25 s, many LAN round trips, far less than a compile) for the whole answer,
+so a miss is delayed by at most that, and by one round trip when the peer is up.
 """
 
 from __future__ import annotations
@@ -89,10 +89,12 @@ async def _exchange(home: Home, request: bytes, limit: int) -> tuple[int, bytes]
             await writer.wait_closed()
 
 
-async def fetch(home: Home, key: str, timeout: float) -> bytes | None:
+async def fetch(home: Home, key: str, timeout: float, *, kind: str = "cache") -> bytes | None:
     """The entry bytes the home holds for ``key`` (unchecked: the caller checks), None
-    if it has none; raises RemoteError if it could not say within ``timeout``."""
-    req = f"GET /cache/{key} HTTP/1.0\r\nHost: {_hostport(home.host or '', home.port)}\r\n\r\n"
+    if it has none; raises RemoteError if it could not say within ``timeout``. ``kind``:
+    ``cache`` (results, /cache/<key>) or ``direct`` (direct mode's mesh records,
+    /direct/<key>: :mod:`meshcc.cache.direct`)."""
+    req = f"GET /{kind}/{key} HTTP/1.0\r\nHost: {_hostport(home.host or '', home.port)}\r\n\r\n"
     try:
         code, body = await asyncio.wait_for(
             _exchange(home, req.encode("ascii"), MAX_ENTRY), timeout
@@ -108,10 +110,11 @@ async def fetch(home: Home, key: str, timeout: float) -> bytes | None:
     return body
 
 
-async def push(home: Home, key: str, blob: bytes, timeout: float) -> bool:
-    """Offer an entry to its home (PUT); True if it stored it. Never raises."""
+async def push(home: Home, key: str, blob: bytes, timeout: float, *, kind: str = "cache") -> bool:
+    """Offer an entry to its home (PUT /<kind>/<key>, as :func:`fetch`); True if it
+    stored it. Never raises."""
     req = (
-        f"PUT /cache/{key} HTTP/1.0\r\nHost: {_hostport(home.host or '', home.port)}\r\n"
+        f"PUT /{kind}/{key} HTTP/1.0\r\nHost: {_hostport(home.host or '', home.port)}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {len(blob)}\r\n\r\n"
     ).encode("ascii")
     try:

@@ -46,6 +46,10 @@ PUSH_TIMEOUT = 5.0
 
 Homes = Callable[[Toolchain], Sequence[remote.Home]]
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from meshcc.cache.direct import DirectCache
+
 
 @dataclass(slots=True)
 class CacheJob:
@@ -99,6 +103,9 @@ class ResultCache:
         self.lookup_timeout = lookup_timeout
         self.counts = Counts()
         self._pending = _Pending()
+        # direct mode's manifests (the control socket's), whose figures are reported
+        # with this cache's: /status.json's result_cache, /metrics, `meshcc stats`
+        self.direct: DirectCache | None = None
 
     # -- the server's calls
 
@@ -185,6 +192,8 @@ class ResultCache:
             evicted=self.store.evicted,
             corrupt=self.store.corrupt,
         )
+        if self.direct is not None:
+            d.update(self.direct.figures())
         return d
 
     async def close(self) -> None:

@@ -63,6 +63,14 @@ def render_figures(f: dict[str, Any]) -> str:
         f"{f.get('off', 0)} uncacheable; {f.get('stored', 0)} stored, "
         f"{f.get('received', 0)} received from peers, {f.get('evicted', 0)} evicted, "
         f"{f.get('corrupt', 0)} corrupt discarded"
+    ) + (
+        f"\ndirect mode (no preprocessor): {f.get('direct_hit', 0)} hits, "
+        f"{f.get('direct_miss', 0)} misses, {f.get('direct_stored', 0)} stored; "
+        f"{f.get('direct_mesh_hit', 0)} records from home peers, "
+        f"{f.get('direct_mesh_pushed', 0)} pushed to them, "
+        f"{f.get('direct_mesh_received', 0)} received from peers"
+        if "direct_hit" in f
+        else ""
     )
 
 

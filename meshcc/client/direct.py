@@ -92,7 +92,8 @@ ENV_IN_KEY = (
 _CLOCK = (b"__DATE__", b"__TIME__", b"__TIMESTAMP__")
 _NOT_DIRECT = frozenset(("-MMD", "-M", "-MM", "-MG", "-E", "-save-temps", "--save-temps"))
 _SEARCH_OPTS = ("-I", "-iquote", "-isystem", "-idirafter")
-_VERSION = b"meshcc-direct-manifest 1\0"
+_VERSION = b"meshcc-direct-manifest 2\0"
+_MESH_PART = b"meshcc-direct-mesh-part 1\0"
 
 
 def _sha256(data: bytes = b"") -> _Hash:
@@ -172,6 +173,9 @@ def parse_depfile(text: str) -> list[str] | None:
 
 class Direct:
     """One job's direct-mode state: its manifest key, and what recording needs."""
+
+    mesh = ""  # the box-independent part of the key (mesh_part), for the mesh's lookups
+    cc = ""  # the compiler's absolute path: the daemon names its toolchain by it
 
     def __init__(
         self,
@@ -292,9 +296,8 @@ class Direct:
 
     def lookup(self, run: Any, conn: Control) -> int | None:
         """Answer the job from a manifest if one holds: the exit code, else None."""
-        answer = conn.request(
-            control.DirectRequest("direct_get", self.key, self.source).to_message(), TIMEOUT
-        )
+        get = control.DirectRequest("direct_get", self.key, self.source, mesh=self.mesh, cc=self.cc)
+        answer = conn.request(get.to_message(), TIMEOUT)
         if answer.get("ok") is not True:  # a daemon without direct mode, which then closes
             raise ControlError(f"direct mode: {answer.get('error') or 'refused'}")
         if answer.get("off") is True:  # the daemon keeps no manifests: record nothing
@@ -575,25 +578,21 @@ def prepare(run: Any) -> Direct | None:
     cwd = posix.getcwd()
     try:
         text = _read(source)
-        st = os.stat(run.inv.exec_path if "/" in run.inv.exec_path else _which(run))
+        cc = run.inv.exec_path if "/" in run.inv.exec_path else _which(run)
+        st = os.stat(cc)
     except (OSError, ValueError) as e:
         run.log.debug(f"direct mode: not for this job: {e}")
         return None
     if any(word in text for word in _CLOCK):
         run.log.debug("direct mode: not for this job: the source uses the clock")
         return None
+    part = mesh_part(argv, cwd, run.env, source, text)
     h = _sha256(_VERSION)
     _field(h, run.inv.exec_path)
     for n in (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev):
         _field(h, str(n))
-    _field(h, str(len(argv)))
-    for a in argv:
-        _field(h, a)
-    _field(h, cwd)
-    _field(h, "\0".join(_env_items(run.env)))
-    _field(h, source)
-    _field(h, _sha256(text).digest())
-    return Direct(
+    _field(h, part)
+    direct = Direct(
         h.hexdigest(),
         source,
         job.output,
@@ -602,6 +601,25 @@ def prepare(run: Any) -> Direct | None:
         _dep_path(cpp),
         _search_dirs(argv, run.env, cwd),
     )
+    direct.mesh = part
+    direct.cc = cc if cc.startswith("/") else f"{cwd}/{cc}"
+    return direct
+
+
+def mesh_part(argv: list[str], cwd: str, env: Mapping[str, str], source: str, text: bytes) -> str:
+    """The box-independent part of the manifest key (hex): the whole command line, the
+    working directory, the preprocessor's environment, the source's name and SHA-256.
+    The local key adds the compiler's stat to it; the daemon, for the mesh, the
+    toolchain's identity and the uid (:func:`meshcc.cache.direct.mesh_key` says why)."""
+    h = _sha256(_MESH_PART)
+    _field(h, str(len(argv)))
+    for a in argv:
+        _field(h, a)
+    _field(h, cwd)
+    _field(h, "\0".join(_env_items(env)))
+    _field(h, source)
+    _field(h, _sha256(text).digest())
+    return h.hexdigest()
 
 
 def _which(run: Any) -> str:

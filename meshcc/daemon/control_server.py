@@ -352,7 +352,8 @@ class ControlServer:
                 await self._send(writer, control.DirectReply(off=True))  # keeps none
             return req.op != "direct_put"
         if req.op == "direct_get":
-            await self._send(writer, control.DirectReply(direct.get(uid, req.key)))
+            manifest = await direct.lookup(uid, req.key, req.mesh, req.cc)
+            await self._send(writer, control.DirectReply(manifest))
             return True
         if req.op == "direct_result":
             blob = await asyncio.to_thread(direct.result, uid, req.key)
@@ -383,7 +384,7 @@ class ControlServer:
             parts.append(nxt.data)
             more = nxt.more
         try:
-            await asyncio.to_thread(direct.put, uid, req.key, b"".join(parts))
+            await direct.put_and_share(uid, req.key, b"".join(parts))
         except DirectError as e:
             log.info("direct: %s: not stored for %s: %s", who, req.source or req.key, e)
         return True

@@ -648,7 +648,12 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
     if prep.result_store is not None:  # direct mode's manifests (meshcc.cache.direct)
         from meshcc.cache.direct import DirectCache
 
-        control_server.direct = DirectCache(prep.result_store)
+        results = server.result_cache if server is not None else None
+        control_server.direct = DirectCache(
+            prep.result_store, results=results, toolchains=prep.registry.toolchains
+        )
+        if results is not None:  # its figures are reported with the result cache's
+            results.direct = control_server.direct
     _wire_load(mesh, server, control_server)
     counts = outcomes.OutcomeCounts()
     receiver = None
@@ -678,6 +683,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             cache_line=server.cache_line if server is not None else None,
             telemetry=telemetry,
             result_cache=server.result_cache if server is not None else None,
+            direct=control_server.direct,
         )
         await status_server.start(prep.status_sock)
         log.log(

@@ -25,6 +25,10 @@ none removed or changed in meaning without bumping it. Schema 1::
     served: {jobs: {outcome: n}, bytes_in, bytes_out, compile_seconds: {count, sum,
              buckets: [[le, n]...]}, shed} | null (no compile port)
     ccache: {hit, miss, uncached} | null (no --ccache)
+    result_cache: {hit, remote_hit, miss, off, stored, ..., entries, bytes} | null (off);
+        with direct mode's figures when it keeps manifests: direct_{hit, miss, stored,
+        refused, loaded, mesh_hit, mesh_miss, mesh_failed, mesh_pushed, mesh_push_failed,
+        mesh_received, manifests, manifest_bytes}
     clients: meshcc stats' snapshot {schema, since, totals, entries, failed_attempts,
              dropped, uids} | null (no outcome socket)
     peer_count: int
@@ -355,6 +359,7 @@ class Telemetry:
                 ],
             )
         self._result_cache_metrics(out)
+        self._direct_metrics(out)
         self._peer_metrics(out)
         self._client_metrics(out)
         return out.text()
@@ -398,6 +403,43 @@ class Telemetry:
             "counter",
             "Stored results that failed their hash check and were discarded.",
             [("_total", (), f["corrupt"])],
+        )
+
+    def _direct_metrics(self, out: Exposition) -> None:
+        """Direct mode's figures (meshcc.cache.direct.DirectCache.figures, reported with
+        the result cache's), when the daemon keeps manifests."""
+        f = self._result_cache_figures()
+        if f is None or "direct_hit" not in f:
+            return
+        out.family(
+            "meshcc_direct_lookups",
+            "counter",
+            "Direct-mode lookups by local clients (hit: a result handed over without the "
+            "preprocessor; miss: no manifest here for the job).",
+            [("_total", (("result", r),), f[f"direct_{r}"]) for r in ("hit", "miss")],
+        )
+        out.family(
+            "meshcc_direct_stored",
+            "counter",
+            "Direct-mode records (with their results) stored by this daemon.",
+            [("_total", (), f["direct_stored"])],
+        )
+        out.family(
+            "meshcc_direct_mesh",
+            "counter",
+            "Direct-mode records and the mesh (hit/miss/failed: asked of a home peer on a "
+            "local miss; pushed/push_failed: offered to home peers; received: taken as "
+            "their home).",
+            [
+                ("_total", (("event", r),), f[f"direct_mesh_{r}"])
+                for r in ("hit", "miss", "failed", "pushed", "push_failed", "received")
+            ],
+        )
+        out.family(
+            "meshcc_direct_manifests",
+            "gauge",
+            "Direct-mode manifests held in memory now.",
+            [("", (), f["direct_manifests"])],
         )
 
     def _peer_metrics(self, out: Exposition) -> None:

@@ -29,6 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from meshcc.cache.direct import DirectCache, DirectError
 from meshcc.cache.key import is_key
 from meshcc.cache.service import ResultCache
 from meshcc.cache.store import MAX_ENTRY, CorruptEntry
@@ -99,8 +100,10 @@ class StatusServer:
         cache_line: Callable[[], str | None] | None = None,
         telemetry: Telemetry | None = None,
         result_cache: ResultCache | None = None,
+        direct: DirectCache | None = None,
     ) -> None:
         self.result_cache = result_cache  # GET/PUT /cache/<key>: this daemon as a key's home
+        self.direct = direct  # GET/PUT /direct/<key>: direct mode's mesh records (the same)
         self.pyz = pyz
         self.telemetry = telemetry or Telemetry(status)
         self.cache_line = cache_line  # --ccache: hits and misses (CompileServer.cache_line)
@@ -166,6 +169,9 @@ class StatusServer:
         method, target = parts[0], parts[1].decode("ascii", "replace").split("?", 1)[0]
         if target.startswith("/cache/") and self.result_cache is not None:
             await self._cache_request(reader, writer, method, target[7:], head, client)
+            return
+        if target.startswith("/direct/") and self.direct is not None:
+            await self._direct_request(reader, writer, method, target[8:], head, client)
             return
         if method != b"GET":
             await self._reply(writer, 405, b"only GET\n", extra="Allow: GET\r\n")
@@ -245,6 +251,46 @@ class StatusServer:
             return
         await self._reply(writer, 200 if stored else 503, b"stored\n" if stored else b"no\n")
 
+    async def _direct_request(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        method: bytes,
+        key: str,
+        head: bytes,
+        client: str,
+    ) -> None:
+        """As :meth:`_cache_request`, for direct mode's mesh records
+        (:mod:`meshcc.cache.direct`): a PUT is checked (envelope hash and key, the record's
+        structure and bounds) before it is stored."""
+        direct = self.direct
+        assert direct is not None
+        if not is_key(key):
+            await self._reply(writer, 404, b"not a key\n")
+            return
+        if method == b"GET":
+            blob = await direct.serve_get(key)
+            if blob is None:
+                await self._reply(writer, 404, b"no such record\n")
+            else:
+                await self._reply(writer, 200, blob, ctype="application/octet-stream")
+            return
+        if method != b"PUT":
+            await self._reply(writer, 405, b"GET or PUT\n", extra="Allow: GET, PUT\r\n")
+            return
+        length = _header(head, b"content-length")
+        if not length.isdigit() or int(length) > MAX_ENTRY:
+            await self._reply(writer, 400, b"bad or too large Content-Length\n")
+            return
+        blob = await asyncio.wait_for(reader.readexactly(int(length)), REQUEST_TIMEOUT)
+        try:
+            stored = await direct.serve_put(key, blob)
+        except DirectError as e:
+            log.warning("status port: %s pushed a bad direct-mode record: %s", client, e)
+            await self._reply(writer, 400, b"record does not check out\n")
+            return
+        await self._reply(writer, 200 if stored else 503, b"stored\n" if stored else b"no\n")
+
     @staticmethod
     async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
         # Line by line, so a PUT's body (GET /cache/... and PUT: meshcc.cache) stays in
@@ -285,6 +331,8 @@ class StatusServer:
             lines.append(cache)
         if self.result_cache is not None:
             lines.append(self.result_cache.line())
+        if self.direct is not None:
+            lines.append(self.direct.line())
         lines += self.telemetry.summary_lines()
         lines.append("more: GET /status.json (JSON), /metrics (Prometheus)")
         if self.pyz is not None:

@@ -528,7 +528,7 @@ class DirectRequest(Frozen):
     """Direct mode (:mod:`meshcc.cache.direct`): one of three ops, each on a connection
     that holds no lease, all keyed by a 64-hex-digit manifest or result key::
 
-        {"op": "direct_get", "key": str, "source": str}
+        {"op": "direct_get", "key": str, "source": str, "mesh": str, "cc": str}
             -> {"ok": true, "manifest": bin|None}     # packed records, or None (miss)
             |  {"ok": true, "manifest": None, "off": true}  # this daemon keeps none
         {"op": "direct_result", "key": str, "source": str}
@@ -537,27 +537,44 @@ class DirectRequest(Frozen):
         {"op": "direct_put", "key": str, "source": str, "data": bin, "more": bool} ...
             # no reply; parts of one packed record + result, each part a message
 
+    ``mesh`` and ``cc`` (direct_get, optional): the client's box-independent part of the
+    key (64 hex digits) and the absolute path of the compiler it runs; with them the
+    daemon files the job's record under a mesh manifest key too, and asks the mesh on a
+    miss (:func:`meshcc.cache.direct.mesh_key`).
+
     Large payloads travel in parts so every message stays within MAX_REQUEST (to the
     daemon) and MAX_MESSAGE (from it)."""
 
-    __slots__ = ("data", "key", "more", "op", "source")
-    __match_args__ = ("op", "key", "source", "data", "more")
+    __slots__ = ("cc", "data", "key", "mesh", "more", "op", "source")
+    __match_args__ = ("op", "key", "source", "data", "more", "mesh", "cc")
     op: str
     key: str
     source: str
     data: bytes
     more: bool
+    mesh: str
+    cc: str
 
     def __init__(
-        self, op: str, key: str, source: str = "", data: bytes = b"", more: bool = False
+        self,
+        op: str,
+        key: str,
+        source: str = "",
+        data: bytes = b"",
+        more: bool = False,
+        mesh: str = "",
+        cc: str = "",
     ) -> None:
-        self._init(op, key, source[:MAX_STRING], bytes(data), bool(more))
+        self._init(op, key, source[:MAX_STRING], bytes(data), bool(more), mesh, cc)
 
     def to_message(self) -> dict[str, object]:
         msg: dict[str, object] = {"op": self.op, "key": self.key, "source": self.source}
         if self.op == "direct_put":
             msg["data"] = self.data
             msg["more"] = self.more
+        if self.mesh and self.cc:
+            msg["mesh"] = self.mesh
+            msg["cc"] = self.cc
         return msg
 
 
@@ -575,7 +592,11 @@ def _decode_direct(op: str, msg: Mapping[str, object]) -> DirectRequest:
     data = msg.get("data", b"")
     if not isinstance(data, bytes):
         raise ControlError(f"{op}: field 'data' must be bytes")
-    return DirectRequest(op, key, source, data, _bool_field(msg, "more", False))
+    mesh = _str_field(msg, "mesh", optional=True) or ""
+    if mesh and (len(mesh) != 64 or any(c not in "0123456789abcdef" for c in mesh)):
+        raise ControlError(f"{op}: field 'mesh' must be 64 lowercase hex digits")
+    cc = _str_field(msg, "cc", optional=True) or ""
+    return DirectRequest(op, key, source, data, _bool_field(msg, "more", False), mesh, cc)
 
 
 Request = StatusRequest | HostsRequest | LeaseRequest | DoneMessage | DirectRequest
