@@ -30,10 +30,13 @@ directions, from its counters), how busy the shaped link was (those bytes agains
 wall: a build far below 100 % is not bound by the link, and no codec can make it much
 faster), the CPU seconds of the client side (``make`` and everything under it: the
 wrappers, their preprocessors; from wait4, which load elsewhere does not move), the tbf
-drops, and for meshcc the codecs its jobs went in (from ``MESHCC_VERBOSE`` of a last,
-untimed build). Targets: at 10 Mbit/s meshcc <= 0.5x distcc lzo; unshaped, meshcc no
-slower than meshcc without compression. The first meshcc build is compared object by
-object with a local build.
+drops, and for meshcc the codecs (zstd with its level) its jobs went in (from
+``MESHCC_VERBOSE`` of a last, untimed build). Targets: at 10 Mbit/s meshcc <= 0.5x distcc
+lzo; unshaped, meshcc no slower than meshcc without compression. The 10 Mbit/s verdict
+says when distcc lzo's build kept the link busy less than half its wall: such a build is
+bound by CPU (compiles and clients share this box's cores), not by the link, and fewer
+bytes cannot halve it; the bytes per compile are then the figure that load does not move.
+The first meshcc build is compared object by object with a local build.
 
 The meshcc packages' bytecode is written first: with ``PYTHONDONTWRITEBYTECODE`` set (as on
 the development box) and a source tree without ``.pyc`` files, every ``meshcc-gcc`` would
@@ -84,7 +87,7 @@ PROJECTS = {
 # first 64 KB of each job's body crossed at veth speed (a link no one has), and the
 # kernel's delivery rate of most jobs read several times the shaped rate.
 BURST = {"10mbit": "4kb", "100mbit": "8kb"}
-SENT = re.compile(r"bytes as (\w+) \(link")
+SENT = re.compile(r"bytes as (\w+) \(link [^)]*\)(?:, level (\d+))?")
 
 
 def _tc(hosts: list[netns.Host], rate: str) -> None:
@@ -287,8 +290,9 @@ class Bench:
         self.make("meshcc-gcc", env, timed=False, host=self.c)
         text = (self.work / "make.log").read_text(errors="replace")
         mix: dict[str, int] = {}
-        for codec in SENT.findall(text):
-            mix[codec] = mix.get(codec, 0) + 1
+        for codec, level in SENT.findall(text):
+            name = f"{codec}-{level}" if level else codec
+            mix[name] = mix.get(name, 0) + 1
         return mix
 
     def close(self) -> None:
@@ -332,6 +336,14 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
             ok = ratio <= TARGET_SLOW
             verdicts.append(f"10 Mbit/s: meshcc {ratio:.2f}x distcc lzo (target <= 0.5): "
                             f"{'met' if ok else 'NOT met'}")  # fmt: skip
+            lzo_wire = statistics.median(data["wire_bytes"]["distcc-lzo"])
+            busy = lzo_wire / (_rate_bps(rate) or 1) / med["distcc-lzo"]
+            mesh_wire = statistics.median(data["wire_bytes"]["meshcc"])
+            verdicts.append(
+                f"  bytes on the wire: meshcc {mesh_wire / lzo_wire:.2f}x distcc lzo; distcc "
+                f"lzo kept the link busy {busy:.0%} of its build"
+                + (" (bound by CPU, not by the link)" if busy < 0.5 else "")
+            )
         if rate == "unshaped":
             ratio = med["meshcc"] / med["meshcc-none"]
             verdicts.append(
