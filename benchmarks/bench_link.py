@@ -25,11 +25,23 @@ rates run in the order given; ``c``'s daemon keeps its link estimate across them
 one would (it follows a changed link within a few jobs).
 
 Reported per rate: the median wall of each way, its ratio to distcc lzo and to distcc none
-from the same run, the bytes that crossed ``c``'s eth0 per build (both directions, from its
-counters), and for meshcc the codecs its jobs went in (from ``MESHCC_VERBOSE`` of a last,
-untimed build). Targets: at 10 Mbit/s meshcc <= 0.5x distcc lzo; unshaped, meshcc no
-slower than meshcc without compression. The first meshcc build is compared object by
-object with a local build.
+from the same run, the bytes that crossed ``c``'s eth0 per build and per compile (both
+directions, from its counters), how busy the shaped link was (those bytes against rate x
+wall: a build far below 100 % is not bound by the link, and no codec can make it much
+faster), the CPU seconds of the client side (``make`` and everything under it: the
+wrappers, their preprocessors; from wait4, which load elsewhere does not move), the tbf
+drops, and for meshcc the codecs (zstd with its level) its jobs went in (from
+``MESHCC_VERBOSE`` of a last, untimed build). Targets: at 10 Mbit/s meshcc <= 0.5x distcc
+lzo; unshaped, meshcc no slower than meshcc without compression. The 10 Mbit/s verdict
+says when distcc lzo's build kept the link busy less than half its wall: such a build is
+bound by CPU (compiles and clients share this box's cores), not by the link, and fewer
+bytes cannot halve it; the bytes per compile are then the figure that load does not move.
+The first meshcc build is compared object by object with a local build.
+
+The meshcc packages' bytecode is written first: with ``PYTHONDONTWRITEBYTECODE`` set (as on
+the development box) and a source tree without ``.pyc`` files, every ``meshcc-gcc`` would
+compile its modules again on every job (~80 ms of CPU, measured: the cost earlier runs of
+this benchmark blamed on meshcc's per-job Python work). An installed meshcc has them.
 
 Root is needed (namespaces, tc). The LAN is torn down at the end, also on failure.
 """
@@ -37,6 +49,7 @@ Root is needed (namespaces, tc). The LAN is torn down at the end, also on failur
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import ipaddress
 import json
@@ -74,7 +87,7 @@ PROJECTS = {
 # first 64 KB of each job's body crossed at veth speed (a link no one has), and the
 # kernel's delivery rate of most jobs read several times the shaped rate.
 BURST = {"10mbit": "4kb", "100mbit": "8kb"}
-SENT = re.compile(r"bytes as (\w+) \(link")
+SENT = re.compile(r"bytes as (\w+) \(link [^)]*\)(?:, level (\d+))?")
 
 
 def _tc(hosts: list[netns.Host], rate: str) -> None:
@@ -87,6 +100,26 @@ def _tc(hosts: list[netns.Host], rate: str) -> None:
                  "burst", burst, "latency", "200ms"],
                 check=True,
             )  # fmt: skip
+
+
+def _drops(host: netns.Host) -> int:
+    """Packets the root qdisc on eth0 dropped so far (0 unshaped)."""
+    res = host.run(["tc", "-s", "qdisc", "show", "dev", "eth0"], capture_output=True, text=True)
+    found = re.search(r"dropped (\d+)", res.stdout)
+    return int(found.group(1)) if found else 0
+
+
+def _rate_bps(rate: str) -> float | None:
+    """``10mbit`` -> bytes per second (None: unshaped)."""
+    found = re.fullmatch(r"(\d+)mbit", rate)
+    return int(found.group(1)) * 1e6 / 8 if found else None
+
+
+def _compile_bytecode() -> None:
+    """Write the .pyc files of the code the wrappers run (see the module's docstring)."""
+    for pkg in ("meshcc",):
+        if not compileall.compile_dir(str(ROOT / pkg), quiet=1):
+            raise h.HarnessError(f"cannot compile the Python files under {ROOT / pkg}")
 
 
 def _eth0_bytes(host: netns.Host) -> int:
@@ -116,6 +149,7 @@ class Bench:
         self.jobs = args.jobs
         self.daemons: list[Meshd] = []
         self.distccd: object = None
+        self.cpu = 0.0  # client-side CPU seconds of the last make (wait4)
 
     # ---------------------------------------------------------------- setup
 
@@ -190,8 +224,11 @@ class Bench:
                 proc = subprocess.Popen(argv, cwd=self.tree, env=env, stdout=out, stderr=out)
             else:
                 proc = host.popen(argv, cwd=self.tree, env=env, stdout=out, stderr=out)
-            code = proc.wait()
+            # wait4 reaps make and gives the CPU of everything under it (all reaped by then).
+            _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - t0
+            proc.returncode = code = os.waitstatus_to_exitcode(status)
+            self.cpu = usage.ru_utime + usage.ru_stime
         if code:
             raise h.HarnessError(
                 f"{cc} build failed ({code}):\n" + log.read_text(errors="replace")[-3000:]
@@ -206,18 +243,23 @@ class Bench:
             "jobs": self.jobs,
             "cflags": self.args.cflags,
         }
+        _compile_bytecode()
         results["compiles"] = self.prepare()
         identical: bool | None = None
         for rate in self.args.rates.split(","):
             _tc([self.c, self.s], rate)
             walls: dict[str, list[float]] = {w: [] for w in WAYS}
             wire: dict[str, list[int]] = {w: [] for w in WAYS}
+            cpu: dict[str, list[float]] = {w: [] for w in WAYS}
+            drops: dict[str, int] = dict.fromkeys(WAYS, 0)
             for rep in range(self.args.reps):
                 order = WAYS if rep % 2 == 0 else tuple(reversed(WAYS))
                 for way in order:
-                    before = _eth0_bytes(self.c)
+                    before, dropped = _eth0_bytes(self.c), _drops(self.c) + _drops(self.s)
                     walls[way].append(self.make(self.cc(way), self.env(way), host=self.c))
                     wire[way].append(_eth0_bytes(self.c) - before)
+                    cpu[way].append(self.cpu)
+                    drops[way] += _drops(self.c) + _drops(self.s) - dropped
                     if way == "meshcc" and identical is None:
                         built = _objects(self.tree)
                         identical = built == self.reference
@@ -233,6 +275,8 @@ class Bench:
             results[rate] = {
                 "walls": walls,
                 "wire_bytes": wire,
+                "client_cpu": cpu,
+                "tbf_drops": drops,
                 "median": {w: statistics.median(v) for w, v in walls.items()},
                 "meshcc_codecs": codecs,
             }
@@ -246,8 +290,9 @@ class Bench:
         self.make("meshcc-gcc", env, timed=False, host=self.c)
         text = (self.work / "make.log").read_text(errors="replace")
         mix: dict[str, int] = {}
-        for codec in SENT.findall(text):
-            mix[codec] = mix.get(codec, 0) + 1
+        for codec, level in SENT.findall(text):
+            name = f"{codec}-{level}" if level else codec
+            mix[name] = mix.get(name, 0) + 1
         return mix
 
     def close(self) -> None:
@@ -261,8 +306,9 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
         f"{', CFLAGS=' + repr(r['cflags']) if r.get('cflags') else ''}, "
         f"objects identical to a local build: {r.get('objects_identical')}",
         "",
-        "| link | way | wall s (median) | x distcc lzo | x distcc none | MB on the wire | codecs |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| link | way | wall s (median) | x distcc lzo | x distcc none | MB on the wire "
+        "| KB per compile | link busy | client CPU s | tbf drops | codecs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     verdicts = []
     for rate, data in r.items():
@@ -270,19 +316,34 @@ def report(r: dict) -> str:  # type: ignore[type-arg]
             continue
         med = data["median"]
         for way in WAYS:
-            mb = statistics.median(data["wire_bytes"][way]) / 1e6
+            wire = statistics.median(data["wire_bytes"][way])
+            mb = wire / 1e6
+            per_job = wire / r["compiles"] / 1e3
+            bps = _rate_bps(rate)
+            busy = f"{wire / (bps * med[way]):.0%}" if bps else "-"
+            cpu = statistics.median(data["client_cpu"][way]) if "client_cpu" in data else 0.0
+            drops = data.get("tbf_drops", {}).get(way, 0)
             mix = ""
             if way == "meshcc":
                 mix = ", ".join(f"{k} {v}" for k, v in sorted(data["meshcc_codecs"].items()))
             lines.append(
                 f"| {rate} | {way} | {med[way]:.2f} | {med[way] / med['distcc-lzo']:.2f} | "
-                f"{med[way] / med['distcc-none']:.2f} | {mb:.1f} | {mix} |"
+                f"{med[way] / med['distcc-none']:.2f} | {mb:.2f} | {per_job:.1f} | {busy} | "
+                f"{cpu:.2f} | {drops} | {mix} |"
             )
         if rate == "10mbit":
             ratio = med["meshcc"] / med["distcc-lzo"]
             ok = ratio <= TARGET_SLOW
             verdicts.append(f"10 Mbit/s: meshcc {ratio:.2f}x distcc lzo (target <= 0.5): "
                             f"{'met' if ok else 'NOT met'}")  # fmt: skip
+            lzo_wire = statistics.median(data["wire_bytes"]["distcc-lzo"])
+            busy = lzo_wire / (_rate_bps(rate) or 1) / med["distcc-lzo"]
+            mesh_wire = statistics.median(data["wire_bytes"]["meshcc"])
+            verdicts.append(
+                f"  bytes on the wire: meshcc {mesh_wire / lzo_wire:.2f}x distcc lzo; distcc "
+                f"lzo kept the link busy {busy:.0%} of its build"
+                + (" (bound by CPU, not by the link)" if busy < 0.5 else "")
+            )
         if rate == "unshaped":
             ratio = med["meshcc"] / med["meshcc-none"]
             verdicts.append(

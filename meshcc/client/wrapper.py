@@ -829,8 +829,9 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         t1 = time.monotonic()
         note(_state.SEND, host.host, slot)
         codec = _pick_codec(host, codecs, len(data), run.env.get("MESHCC_CODEC")) if codecs else ""
+        level = _codec_level(host, codec, len(data))
         _mark("send")
-        conn.send_source(data, codec)
+        conn.send_source(data, codec, level)
         _mark("send", True)
         _mark("wait")
         note(_state.COMPILE)
@@ -841,7 +842,8 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         if run.keep_temps:
             run.save_server_stderr(reply.stderr)
         log.debug(
-            f"{conn.where}: sent {len(data)} bytes{_codec_note(host, codec) if codecs else ''}, "
+            f"{conn.where}: sent {len(data)} bytes"
+            f"{_codec_note(host, codec, level) if codecs else ''}, "
             f"reply status {reply.status:#x}, "
             f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms"
         )
@@ -874,11 +876,24 @@ def _pick_codec(host: object, offered: tuple[str, ...], size: int, forced: str |
     return "" if picked == NONE else picked
 
 
-def _codec_note(host: object, codec: str) -> str:
-    """`` as zstd (link 1.2 MB/s, rtt 180 us)``: the choice and what it was made from."""
+def _codec_level(host: object, codec: str, size: int) -> int | None:
+    """zstd's level for this body on this link (compression.choose.zstd_level); None for
+    the other codecs (their fastest)."""
+    if codec != "zstd":
+        return None
+    from meshcc.compression.choose import zstd_level
+
+    rate, rtt_us = getattr(host, "rate", 0), getattr(host, "rtt_us", 0)
+    return zstd_level(size, rate or None, rtt_us / 1e6 if rtt_us else None)
+
+
+def _codec_note(host: object, codec: str, level: int | None = None) -> str:
+    """`` as zstd (link 1.2 MB/s, rtt 180 us), level 6``: the choice and what it was made
+    from."""
     rate, rtt_us = getattr(host, "rate", 0), getattr(host, "rtt_us", 0)
     link = f"{rate / 1e6:.1f} MB/s" if rate else "not measured yet"
-    return f" as {codec or 'none'} (link {link}, rtt {rtt_us} us)"
+    at = "" if level is None else f", level {level}"
+    return f" as {codec or 'none'} (link {link}, rtt {rtt_us} us){at}"
 
 
 def _note_receive() -> None:

@@ -98,7 +98,9 @@ def decompress(codec: str, data: bytes, max_size: int) -> bytes:
     errors = (mod.ZstdError,) if codec == wire_codecs.ZSTD else (RuntimeError,)
     try:
         if codec == wire_codecs.ZSTD:
-            out = bytes(mod.ZstdDecompressor().decompress(data))
+            # The walk refused larger windows; the library enforces the same bound.
+            dctx = mod.ZstdDecompressor(max_window_size=wire_codecs.ZSTD_MAX_WINDOW)
+            out = bytes(dctx.decompress(data))
             whole = True
         else:
             ctx = mod.create_decompression_context()

@@ -377,11 +377,12 @@ class Connection:
             raise TransportError(f"cannot encode request: {e}", EXIT_PROTOCOL_ERROR) from None
         self._send(head)
 
-    def send_source(self, data: bytes, codec: str = "") -> None:
+    def send_source(self, data: bytes, codec: str = "", level: int | None = None) -> None:
         """DOTI with the preprocessed source, LZO-compressed for protocol 2.
 
         ``codec``: a codec the peer announced (``zstd``, ``lz4``; protocol 1 only): ``CODC``
-        names it before ``DOTI``, and the reply's bodies come back in it (wire.codecs)."""
+        names it before ``DOTI``, and the reply's bodies come back in it (wire.codecs).
+        ``level``: that codec's level (compression.choose.zstd_level; None: the fastest)."""
         prefix = b""
         if codec:
             from meshcc.wire.codecs import encode_codec_request
@@ -395,7 +396,7 @@ class Connection:
 
             try:
                 data = compression.compress(
-                    self.codec or compression.codec_for_protocol(self.version), data
+                    self.codec or compression.codec_for_protocol(self.version), data, level
                 )
             except compression.CompressionError as e:
                 raise TransportError(f"cannot compress source: {e}", EXIT_IO_ERROR) from None

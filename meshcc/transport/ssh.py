@@ -152,9 +152,9 @@ class SshConnection(Connection):
         except TransportError as e:
             raise self._explain(e) from None
 
-    def send_source(self, data: bytes, codec: str = "") -> None:
+    def send_source(self, data: bytes, codec: str = "", level: int | None = None) -> None:
         try:
-            super().send_source(data, codec)
+            super().send_source(data, codec, level)
         except TransportError as e:
             raise self._explain(e) from None
 

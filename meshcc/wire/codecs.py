@@ -39,6 +39,7 @@ __all__ = [
     "LZ4",
     "MAX_NAME",
     "ZSTD",
+    "ZSTD_MAX_WINDOW",
     "CodecError",
     "FrameInfo",
     "encode_codec_request",
@@ -97,13 +98,21 @@ def _le(data: bytes, at: int, n: int) -> int:
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_BLOCK_MAX = 128 * 1024
+ZSTD_MAX_WINDOW = 8 * 1024 * 1024
+"""The largest history window a zstd body may ask its decoder to keep (unless the frame is
+single-segment: then the output buffer, whose size is checked against the cap, is the
+window). Every frame meshcc makes fits: one-shot compression with a known size shrinks the
+window to the body, and for larger bodies levels 1-9 use 0.5-4 MiB (levels come from
+``compression.choose.zstd_level``). Without this a frame could ask for zstd's default
+limit of 128 MiB of decoder memory per body."""
 
 
 def zstd_frame(data: bytes) -> FrameInfo:
     """Walk one zstd frame that must fill ``data`` exactly; CodecError if it does not.
 
     Refused: skippable frames, a second frame, a dictionary, a frame without its content
-    size, reserved bits set, a block larger than zstd's 128 KiB block maximum, truncation.
+    size, a window over :data:`ZSTD_MAX_WINDOW`, reserved bits set, a block larger than
+    zstd's 128 KiB block maximum, truncation.
     """
     n = len(data)
     if n < 6 or data[:4] != _ZSTD_MAGIC:
@@ -116,6 +125,13 @@ def zstd_frame(data: bytes) -> FrameInfo:
         raise CodecError("zstd frame needs a dictionary (meshcc sends none)")
     if fcs_flag == 0 and not single:
         raise CodecError("zstd frame does not state its decompressed size")
+    if not single:  # its window descriptor: 2^(10 + exponent) * (1 + mantissa / 8)
+        exponent, mantissa = data[5] >> 3, data[5] & 7
+        window = (1 << (10 + exponent)) * (8 + mantissa) // 8
+        if window > ZSTD_MAX_WINDOW:
+            raise CodecError(
+                f"zstd frame asks for a {window}-byte window (at most {ZSTD_MAX_WINDOW})"
+            )
     at = 5 + (0 if single else 1)
     fcs_len = (1, 2, 4, 8)[fcs_flag]
     if n < at + fcs_len:
