@@ -445,10 +445,10 @@ class _SocketChannel(_Channel):
 
     Why: a compile request usually sits in the socket by the time it is read, so ``read``
     first just calls recv(); only when the socket is empty does it wait, on a reader
-    registered for that one wait (as ``loop.sock_recv`` does). asyncio's streams spent a
+    registered with the loop (see ``_on_readable``). asyncio's streams spent a
     transport, a protocol, a stream reader and writer, their callbacks and a loop turn per
     chunk on every job. ``write`` sends at once; what the kernel does not take waits in a
-    buffer, sent from a writer callback. One reader at a time: a later ``read`` replaces
+    buffer, sent from a writer callback. One reader at a time: a later ``read`` takes over
     the wait of an earlier, abandoned one (a cancelled watcher)."""
 
     __slots__ = (
@@ -461,6 +461,7 @@ class _SocketChannel(_Channel):
         "_fd",
         "_loop",
         "_out",
+        "_reading",
         "_sock",
         "_waiter",
         "_writing",
@@ -471,6 +472,7 @@ class _SocketChannel(_Channel):
         self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None  # the read waiting for bytes
+        self._reading = False  # _on_readable is registered with the loop
         self._out = bytearray()  # written, not yet taken by the kernel
         self._writing = False  # a writer callback is registered (``_out`` not empty)
         self._drained: asyncio.Future[None] | None = None
@@ -492,14 +494,29 @@ class _SocketChannel(_Channel):
                 pass
             fut = self._loop.create_future()
             self._waiter = fut
-            self._loop.add_reader(self._fd, _wake, fut)
+            if not self._reading:
+                self._loop.add_reader(self._fd, self._on_readable)
+                self._reading = True
             try:
                 await fut
             finally:
                 if self._waiter is fut:  # still ours (not replaced by a later read, not closed)
                     self._waiter = None
-                    self._loop.remove_reader(self._fd)
         return b""
+
+    def _on_readable(self) -> None:
+        """The socket has bytes (or its end): wake the read waiting for them. The reader
+        stays registered for the connection's next wait (a job waits several times: the
+        header, the source after the client's preprocessor, the watch during the compile),
+        saving an epoll_ctl pair and asyncio's handle bookkeeping per wait. It goes only
+        when the socket is readable and nobody is waiting (level-triggered: it would fire
+        on every turn). A woken read that has not run yet still counts as waiting."""
+        waiter = self._waiter
+        if waiter is None:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        elif not waiter.done():
+            waiter.set_result(None)
 
     def write(self, data: bytes) -> None:
         if self._closed or self._error is not None or not data:
@@ -586,11 +603,12 @@ class _SocketChannel(_Channel):
         self._close_now()
 
     def _stop_reading(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
+        if self._reading:
             self._loop.remove_reader(self._fd)
-            if not waiter.done():
-                waiter.set_result(None)  # the read sees the close: b""
+            self._reading = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the read sees the close: b""
 
     def _close_now(self) -> None:
         if self._closed:
@@ -606,11 +624,6 @@ class _SocketChannel(_Channel):
             if fut is not None and not fut.done():
                 fut.set_result(None)
         self._drained = self._done = None
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class _StreamChannel(_Channel):
@@ -1263,7 +1276,7 @@ class CompileServer:
                 ch.write(wire.SLOT_GRANTED)  # at once; the request is on its way
                 first = first[wire.HEADER_LEN :]
             self._set_phase(conn, _Phase.HEADER)
-            log.info("connection from %s", summary.client)
+            log.debug("connection from %s", summary.client)  # the ARGV line names it at info
             request = await self._read_phase(ch, summary, first, conn)
             if timeline is not None:
                 timeline.mark("read")
