@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshcc import compression, hostos
-from meshcc.cache.service import ResultCache
+from meshcc.cache.service import CacheJob, ResultCache
 from meshcc.cache.store import Entry as CacheEntry
 from meshcc.compiler import cmdline, policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
@@ -1281,29 +1281,40 @@ class CompileServer:
             if timeline is not None:
                 timeline.mark("read")
             self._set_phase(conn, _Phase.BUSY)
-            if not holding:
-                await self._wait_for_slot(summary)
-                holding = True
-                if timeline is not None and summary.queue_ms is not None:
-                    timeline.mark("slot")
-            # The job's memory is now bounded by the job slots: free the body budget.
-            self._budget.give(conn.budget)
-            conn.budget = 0
-            try:
-                tmpdir = _make_job_dir(self.config.tmpdir)
-            except OSError as e:
-                log.error("cannot create a job directory: %s", e)
-                raise _Refuse(
-                    f"the server cannot create a job directory: {e.strerror or e}",
-                    ret=EXIT_IO_ERROR,
-                ) from None
-            outcome = await self._compile_or_recall(request, tmpdir, ch, summary, timeline)
-            # Outputs are in memory: clean up before replying, so a client that has its
-            # reply never sees the job directory (and the slot frees clean).
-            _remove_job_dir(tmpdir, _job_files(request))
-            tmpdir = None
-            holding = False  # the slot is free before the reply is written, as it was
-            self._release_slot()
+            # The result cache before the job slot: a job whose result is stored is not
+            # queued behind compiles, nor holds a slot while the key's home peer is asked
+            # (up to --cache-lookup-timeout). Its body stays charged to the body budget
+            # meanwhile. A SLOT client holds its slot already (it was promised one).
+            cached, hit = await self._recall(request, summary)
+            if hit is not None:
+                outcome = hit
+            else:
+                if not holding:
+                    await self._wait_for_slot(summary)
+                    holding = True
+                    if timeline is not None and summary.queue_ms is not None:
+                        timeline.mark("slot")
+                # The job's memory is now bounded by the job slots: free the body budget.
+                self._budget.give(conn.budget)
+                conn.budget = 0
+                try:
+                    tmpdir = _make_job_dir(self.config.tmpdir)
+                except OSError as e:
+                    log.error("cannot create a job directory: %s", e)
+                    raise _Refuse(
+                        f"the server cannot create a job directory: {e.strerror or e}",
+                        ret=EXIT_IO_ERROR,
+                    ) from None
+                outcome = await self._compile(request, tmpdir, ch, summary, timeline)
+                # Outputs are in memory: clean up before replying, so a client that has its
+                # reply never sees the job directory (and the slot frees clean).
+                _remove_job_dir(tmpdir, _job_files(request))
+                tmpdir = None
+                if cached is not None:
+                    await self._remember(cached, outcome)
+            if holding:
+                holding = False  # the slot is free before the reply is written, as it was
+                self._release_slot()
             summary.result = outcome.result
             summary.ret = outcome.ret
             reply = await self._encode_reply(request, outcome)
@@ -1806,31 +1817,31 @@ class CompileServer:
 
     # -- compiling
 
-    async def _compile_or_recall(
-        self,
-        req: _Request,
-        tmpdir: str,
-        ch: _Channel,
-        summary: JobSummary,
-        timeline: _Timeline | None = None,
-    ) -> _Outcome:
-        """The result cache's hook (meshcc.cache.service): a stored result if the job's
-        key hits, else the compile, stored if it succeeded."""
+    async def _recall(
+        self, req: _Request, summary: JobSummary
+    ) -> tuple[CacheJob | None, _Outcome | None]:
+        """The result cache's lookup (meshcc.cache.service): the job's cache view (None
+        without a cache) and, if its key hits, the stored result."""
         cache = self.result_cache
         if cache is None:
-            return await self._compile(req, tmpdir, ch, summary, timeline)
+            return None, None
         job, hit = await cache.recall(
             req.resolved, req.argv, req.suffix, req.output_suffix, req.data
         )
         summary.rcache = job.verdict
         if job.why_not is not None:
             log.debug("client %s: not cached: %s", summary.client, job.why_not)
-        if hit is not None:
-            return _Outcome(hit.wait_status, hit.stderr, hit.stdout, hit.obj, JobResult.COMPILE_OK)
-        out = await self._compile(req, tmpdir, ch, summary, timeline)
+        if hit is None:
+            return job, None
+        return job, _Outcome(hit.wait_status, hit.stderr, hit.stdout, hit.obj, JobResult.COMPILE_OK)
+
+    async def _remember(self, job: CacheJob, out: _Outcome) -> None:
+        """Store a compile's result if it succeeded (a failure is compiled again)."""
+        cache = self.result_cache
+        if cache is None:
+            return
         if out.result is JobResult.COMPILE_OK and out.wait_status == 0 and out.obj is not None:
             await cache.remember(job, CacheEntry(0, out.stderr, out.stdout, out.obj))
-        return out
 
     async def _compile(
         self,
