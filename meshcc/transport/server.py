@@ -438,6 +438,12 @@ class _Channel:
     def abort(self) -> None:
         raise NotImplementedError
 
+    def watch(self) -> asyncio.Future[str]:
+        """Resolves with why, once the peer closes or resets the connection (what it sends
+        meanwhile is discarded); cancel it to stop watching. For the compile: a client that
+        goes away gets its compiler killed."""
+        return asyncio.ensure_future(_watch_disconnect(self))
+
 
 class _SocketChannel(_Channel):
     """An accepted TCP connection, read and written by the server itself on its
@@ -464,6 +470,7 @@ class _SocketChannel(_Channel):
         "_reading",
         "_sock",
         "_waiter",
+        "_watch",
         "_writing",
     )
 
@@ -473,6 +480,7 @@ class _SocketChannel(_Channel):
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None  # the read waiting for bytes
         self._reading = False  # _on_readable is registered with the loop
+        self._watch: asyncio.Future[str] | None = None  # watch(): the peer's end, awaited
         self._out = bytearray()  # written, not yet taken by the kernel
         self._writing = False  # a writer callback is registered (``_out`` not empty)
         self._drained: asyncio.Future[None] | None = None
@@ -513,10 +521,40 @@ class _SocketChannel(_Channel):
         on every turn). A woken read that has not run yet still counts as waiting."""
         waiter = self._waiter
         if waiter is None:
+            watch = self._watch
+            if watch is not None and not watch.done():
+                self._discard(watch)
+                return
+            self._watch = None
             self._loop.remove_reader(self._fd)
             self._reading = False
         elif not waiter.done():
             waiter.set_result(None)
+
+    def watch(self) -> asyncio.Future[str]:
+        """As :meth:`_Channel.watch`, in the reader callback itself: no task per job."""
+        fut: asyncio.Future[str] = self._loop.create_future()
+        if self._closed or self._closing:
+            fut.set_result("end of stream")
+            return fut
+        self._watch = fut
+        if not self._reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+        return fut
+
+    def _discard(self, watch: asyncio.Future[str]) -> None:
+        """Read and drop what the peer sent while watched (one chunk per callback, so a
+        client that keeps sending cannot hold the loop); resolve ``watch`` at its end."""
+        try:
+            if self._sock.recv(_READ_CHUNK):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            watch.set_result(f"connection error: {e.strerror or e}")
+            return
+        watch.set_result("end of stream")
 
     def write(self, data: bytes) -> None:
         if self._closed or self._error is not None or not data:
@@ -603,6 +641,7 @@ class _SocketChannel(_Channel):
         self._close_now()
 
     def _stop_reading(self) -> None:
+        self._watch = None
         if self._reading:
             self._loop.remove_reader(self._fd)
             self._reading = False
@@ -1902,7 +1941,7 @@ class CompileServer:
         ran = time.monotonic()
         if timeline is not None:
             timeline.mark("spawn", ran)
-        watch_task = asyncio.ensure_future(_watch_disconnect(ch))
+        watch_task = ch.watch()
         cap = self.config.max_output
         try:
             ended = await _first_of(run.exited, watch_task, self.config.job_lifetime or None)

@@ -203,3 +203,39 @@ def test_a_send_error_is_raised_by_drain() -> None:
                 await asyncio.sleep(0.01)
 
     _run(body)
+
+
+def test_watch_discards_what_the_peer_sends_and_resolves_at_its_end() -> None:
+    async def body(ch: _SocketChannel, client: socket.socket) -> None:
+        watch = ch.watch()
+        client.sendall(b"junk" * 10000)  # discarded, not an end
+        await asyncio.sleep(0.05)
+        assert not watch.done() and _watched(ch)
+        client.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(watch, 5) == "end of stream"
+
+    _run(body)
+
+    async def reset(ch: _SocketChannel, client: socket.socket) -> None:
+        watch = ch.watch()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        client.close()  # linger 0: a reset
+        assert (await asyncio.wait_for(watch, 5)).startswith("connection error")
+
+    _run(reset)
+
+
+def test_a_cancelled_watch_leaves_no_reader_and_reads_still_work() -> None:
+    async def body(ch: _SocketChannel, client: socket.socket) -> None:
+        watch = ch.watch()
+        await asyncio.sleep(0.02)
+        watch.cancel()  # the compile ended first
+        client.sendall(b"late")  # readable, nobody waits: the reader must go
+        for _ in range(50):
+            await asyncio.sleep(0.001)
+            if not _watched(ch):
+                break
+        assert not _watched(ch)
+        assert await ch.read(100) == b"late"
+
+    _run(body)
