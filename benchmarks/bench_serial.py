@@ -90,6 +90,20 @@ PROJECTS: dict[str, Project] = {
     ),
     "lua": Project("lua5.4", ["sh", "-c", LUA_UPSTREAM_BUILD], ["linux"], "-std=gnu99"),
 }
+# The daemon under cProfile, timed by its main thread's CPU clock (not wall time: a vfork
+# or a blocking syscall would otherwise look like the daemon's cost). argv[1]: the output.
+CPU_PROFILER = """
+import cProfile, runpy, sys, time
+out = sys.argv[1]
+sys.argv = ["meshcc", *sys.argv[2:]]
+prof = cProfile.Profile(time.thread_time)
+try:
+    prof.runcall(runpy.run_module, "meshcc", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    prof.dump_stats(out)
+"""
 SETTLE_S = 0.03  # after a job, before the next snapshot: the server's post-reply clean-up
 RECORDER = """#!/bin/sh
 # Records one compiler command (cwd, then argv, NUL-separated) and runs gcc.
@@ -359,7 +373,14 @@ def spawn_daemon(
     raise h.HarnessError(f"{kind} did not listen on {site.address}:{port} within 15 s")
 
 
-def start_meshcc(site: Site, meshcc: list[str], workdir: Path, jobs: int) -> h.Daemon:
+def start_meshcc(
+    site: Site,
+    meshcc: list[str],
+    workdir: Path,
+    jobs: int,
+    level: str = "info",
+    profile: str | None = None,
+) -> h.Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     port = h.free_port()
     log = workdir / "meshccd.log"
@@ -378,13 +399,20 @@ def start_meshcc(site: Site, meshcc: list[str], workdir: Path, jobs: int) -> h.D
         "--log-file",
         str(log),
         "--log-level",
-        "info",
+        level,
     ]
     # The result cache (issue 13) would serve every replayed job from the second pass on:
     # this benchmark measures compiles. A daemon from before the cache has no such flag.
     helptext = subprocess.run([*meshcc, "daemon", "--help"], capture_output=True, text=True)
     if "--no-cache" in helptext.stdout:
         argv.append("--no-cache")
+    if profile:
+        # cProfile writes its stats when the daemon's main returns (SIGTERM ends it cleanly)
+        # as the user the daemon dropped to: into a fresh file in a directory it may write.
+        out = Path(profile).resolve()
+        out.unlink(missing_ok=True)
+        out.parent.chmod(out.parent.stat().st_mode | 0o333)
+        argv[: len(meshcc)] = [sys.executable, "-c", CPU_PROFILER, str(out)]
     return spawn_daemon(site, "meshcc", argv, workdir, port, log, workdir / "meshccd.out")
 
 
@@ -432,7 +460,14 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     daemons: dict[str, h.Daemon] = {}
     ice: _icecream.Icecream | None = None
     try:
-        daemons["meshcc"] = start_meshcc(site, meshcc_cmd, work / "meshccd", args.server_jobs)
+        daemons["meshcc"] = start_meshcc(
+            site,
+            meshcc_cmd,
+            work / "meshccd",
+            args.server_jobs,
+            args.daemon_log_level,
+            args.profile_daemon,
+        )
         daemons["distcc"] = start_distccd(site, work / "distccd", args.server_jobs)
         ways: dict[str, Way] = {}
         for key, client in (("meshcc", [meshcc_gcc]), ("distcc", ["distcc", "gcc"])):
@@ -636,6 +671,18 @@ def main(argv: list[str] | None = None) -> int:
         help="add icecream (Debian's icecc) as a third way: scheduler and server iceccd with "
         "the daemons, a client iceccd (-m 0 --no-remote) with the clients; on loopback every "
         "way then runs inside one network namespace (benchmarks/_icecream.py)",
+    )
+    p.add_argument(
+        "--daemon-log-level",
+        default="info",
+        help="the meshcc daemon's --log-level (info, as distccd's here; debug adds its "
+        "per-job timeline to the kept log)",
+    )
+    p.add_argument(
+        "--profile-daemon",
+        metavar="PATH",
+        help="run the meshcc daemon under cProfile and write its stats to PATH when it "
+        "stops (its CPU figures then include the profiler's cost)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work dir")

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshcc import compression, hostos
-from meshcc.cache.service import ResultCache
+from meshcc.cache.service import CacheJob, ResultCache
 from meshcc.cache.store import Entry as CacheEntry
 from meshcc.compiler import cmdline, policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
@@ -86,10 +86,7 @@ NO_LZO_REFUSAL = (
     "this daemon has no LZO support (pure-Python meshcc.pyz); use the host without ,lzo"
 )
 
-_READ_CHUNK = 256 * 1024
-# A connection's stream buffer pauses the socket above twice this, so an idle or stalled
-# connection holds at most ~2 x 64 KiB + one 256 KiB recv of data in the daemon.
-_STREAM_LIMIT = 64 * 1024
+_READ_CHUNK = 256 * 1024  # one recv; the daemon reads only when the parser wants bytes
 _BACKLOG = 1024  # the kernel's accept queue: where clients wait while the server is full
 # How long a connection must have been in its phase before a cap may shed it: a client
 # accepted in a burst may have its request in the socket already (not idle, only unread),
@@ -399,6 +396,317 @@ class _Phase(enum.IntEnum):
 _SHEDDABLE = (_Phase.CLOSING, _Phase.IDLE, _Phase.WAITING_SOURCE, _Phase.HEADER, _Phase.BODY)
 
 
+class _Channel:
+    """One connection's byte stream as the server uses it; the request parser
+    (:class:`meshcc.wire.protocol.RequestReader`) is fed from ``read`` and does no I/O.
+
+    ``read`` returns b"" at the end of the stream (and once ``close`` was called), raises
+    OSError on a connection error; ``write`` never blocks (what the peer has not taken yet
+    is kept, ``pending`` says how much, ``drain`` waits for it); ``close`` sends what is
+    pending, then closes; ``abort`` closes at once."""
+
+    __slots__ = ()
+
+    def nodelay(self) -> None:
+        """TCP_NODELAY where it is a TCP socket: a reply leaves without waiting for an ACK."""
+        raise NotImplementedError
+
+    async def read(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def pending(self) -> int:
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        raise NotImplementedError
+
+    def can_write_eof(self) -> bool:
+        raise NotImplementedError
+
+    def write_eof(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def wait_closed(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def watch(self) -> asyncio.Future[str]:
+        """Resolves with why, once the peer closes or resets the connection (what it sends
+        meanwhile is discarded); cancel it to stop watching. For the compile: a client that
+        goes away gets its compiler killed."""
+        return asyncio.ensure_future(_watch_disconnect(self))
+
+
+class _SocketChannel(_Channel):
+    """An accepted TCP connection, read and written by the server itself on its
+    non-blocking socket: no transport, protocol or stream objects per connection.
+
+    Why: a compile request usually sits in the socket by the time it is read, so ``read``
+    first just calls recv(); only when the socket is empty does it wait, on a reader
+    registered with the loop (see ``_on_readable``). asyncio's streams spent a
+    transport, a protocol, a stream reader and writer, their callbacks and a loop turn per
+    chunk on every job. ``write`` sends at once; what the kernel does not take waits in a
+    buffer, sent from a writer callback. One reader at a time: a later ``read`` takes over
+    the wait of an earlier, abandoned one (a cancelled watcher)."""
+
+    __slots__ = (
+        "_closed",
+        "_closing",
+        "_done",
+        "_drained",
+        "_eof_pending",
+        "_error",
+        "_fd",
+        "_loop",
+        "_out",
+        "_reading",
+        "_sock",
+        "_waiter",
+        "_watch",
+        "_writing",
+    )
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None  # the read waiting for bytes
+        self._reading = False  # _on_readable is registered with the loop
+        self._watch: asyncio.Future[str] | None = None  # watch(): the peer's end, awaited
+        self._out = bytearray()  # written, not yet taken by the kernel
+        self._writing = False  # a writer callback is registered (``_out`` not empty)
+        self._drained: asyncio.Future[None] | None = None
+        self._error: OSError | None = None  # a send failed: later writes are dropped
+        self._eof_pending = False  # shut down the sending side once ``_out`` is sent
+        self._closing = False  # close once ``_out`` is sent
+        self._closed = False
+        self._done: asyncio.Future[None] | None = None  # for wait_closed
+
+    def nodelay(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def read(self, n: int) -> bytes:
+        while not (self._closed or self._closing):
+            try:
+                return self._sock.recv(n)
+            except (BlockingIOError, InterruptedError):
+                pass
+            fut = self._loop.create_future()
+            self._waiter = fut
+            if not self._reading:
+                self._loop.add_reader(self._fd, self._on_readable)
+                self._reading = True
+            try:
+                await fut
+            finally:
+                if self._waiter is fut:  # still ours (not replaced by a later read, not closed)
+                    self._waiter = None
+        return b""
+
+    def _on_readable(self) -> None:
+        """The socket has bytes (or its end): wake the read waiting for them. The reader
+        stays registered for the connection's next wait (a job waits several times: the
+        header, the source after the client's preprocessor, the watch during the compile),
+        saving an epoll_ctl pair and asyncio's handle bookkeeping per wait. It goes only
+        when the socket is readable and nobody is waiting (level-triggered: it would fire
+        on every turn). A woken read that has not run yet still counts as waiting."""
+        waiter = self._waiter
+        if waiter is None:
+            watch = self._watch
+            if watch is not None and not watch.done():
+                self._discard(watch)
+                return
+            self._watch = None
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    def watch(self) -> asyncio.Future[str]:
+        """As :meth:`_Channel.watch`, in the reader callback itself: no task per job."""
+        fut: asyncio.Future[str] = self._loop.create_future()
+        if self._closed or self._closing:
+            fut.set_result("end of stream")
+            return fut
+        self._watch = fut
+        if not self._reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+        return fut
+
+    def _discard(self, watch: asyncio.Future[str]) -> None:
+        """Read and drop what the peer sent while watched (one chunk per callback, so a
+        client that keeps sending cannot hold the loop); resolve ``watch`` at its end."""
+        try:
+            if self._sock.recv(_READ_CHUNK):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            watch.set_result(f"connection error: {e.strerror or e}")
+            return
+        watch.set_result("end of stream")
+
+    def write(self, data: bytes) -> None:
+        if self._closed or self._error is not None or not data:
+            return
+        if self._out:
+            self._out += data
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self._error = e
+            return
+        if sent < len(data):
+            self._out += memoryview(data)[sent:]
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._error = e
+            self._out.clear()
+        else:
+            del self._out[:sent]
+            if self._out:
+                return
+        self._loop.remove_writer(self._fd)
+        self._writing = False
+        if self._eof_pending:
+            self._shutdown()
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        if self._closing:
+            self._close_now()
+
+    def pending(self) -> int:
+        return len(self._out)
+
+    async def drain(self) -> None:
+        if self._out and not self._closed:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)  # one future, maybe awaited by a timeout
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise ConnectionResetError(errno.ECONNRESET, "connection closed")
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._out:
+            self._eof_pending = True
+        else:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self._out and not self._closed:
+            self._closing = True  # the writer callback closes once it is sent
+            self._stop_reading()
+        else:
+            self._close_now()
+
+    async def wait_closed(self) -> None:
+        if self._closed:
+            return
+        if self._done is None:
+            self._done = self._loop.create_future()
+        await asyncio.shield(self._done)
+
+    def abort(self) -> None:
+        self._out.clear()
+        self._close_now()
+
+    def _stop_reading(self) -> None:
+        self._watch = None
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the read sees the close: b""
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_reading()
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        self._out.clear()
+        self._sock.close()  # after the fd left the selector: its number may be reused
+        for fut in (self._drained, self._done):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        self._drained = self._done = None
+
+
+class _StreamChannel(_Channel):
+    """Streams its caller opened (``meshcc daemon --inetd``: stdin and stdout)."""
+
+    __slots__ = ("_reader", "_writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    def nodelay(self) -> None:
+        sock = self._writer.get_extra_info("socket")  # None on pipes
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def read(self, n: int) -> bytes:
+        return await self._reader.read(n)
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def pending(self) -> int:
+        return self._writer.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def can_write_eof(self) -> bool:
+        return self._writer.can_write_eof()
+
+    def write_eof(self) -> None:
+        self._writer.write_eof()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        await self._writer.wait_closed()
+
+    def abort(self) -> None:
+        self._writer.transport.abort()
+
+
 @dataclass(eq=False, slots=True)
 class _Conn:
     """The server's view of one accepted connection (for caps and shedding)."""
@@ -407,7 +715,7 @@ class _Conn:
     client: str
     since: float  # when it entered its phase (BODY: its last byte)
     phase: _Phase = _Phase.IDLE
-    writer: asyncio.StreamWriter | None = None
+    channel: _Channel | None = None  # set once serving begins (shedding writes to it)
     shed: str | None = None  # why the server closed it to make room
     budget: int = 0  # bytes of body memory it holds
     trusted: bool = False  # a channel the access list does not apply to (ssh: serve_stream)
@@ -887,10 +1195,12 @@ class CompileServer:
             conn.client,
             why,
         )
-        if conn.writer is not None:
+        if conn.channel is not None:
             with contextlib.suppress(Exception):
-                conn.writer.write(wire.encode_refusal(f"the server is full ({why}); closed {what}"))
-            conn.writer.transport.close()  # flushes the ERRM, then closes: the fd is freed
+                conn.channel.write(
+                    wire.encode_refusal(f"the server is full ({why}); closed {what}")
+                )
+            conn.channel.close()  # flushes the ERRM, then closes: the fd is freed
 
     # -- a connection
 
@@ -907,9 +1217,11 @@ class CompileServer:
         treats a pipe from sshd (ssh authenticated the user; there is no client address)."""
         counted_as = _NO_ADDRESS if addr is None else addr
         conn = _Conn(counted_as, client, time.monotonic(), trusted=addr is None)
+        ch = _StreamChannel(reader, writer)
+        conn.channel = ch
         self._count(conn)
         try:
-            await self._serve_connection(reader, writer, conn)
+            await self._serve_connection(ch, conn)
         finally:
             self._uncount(conn)
 
@@ -930,24 +1242,18 @@ class CompileServer:
                 pass
             except OSError:
                 conn.early = b""  # reset already: served as a close without a request
-            try:
-                reader, writer = await asyncio.open_connection(sock=conn_sock, limit=_STREAM_LIMIT)
-            except OSError as e:
-                log.debug("client %s: connection lost at once: %s", conn.client, e)
-                conn_sock.close()
+            ch = _SocketChannel(conn_sock)
+            if conn.shed is not None:  # shed before it had a channel (nothing to tell it)
+                ch.close()
                 return
-            conn.writer = writer
-            if conn.shed is not None:  # shed before its streams existed
-                writer.transport.close()
-                return
-            await self._serve_connection(reader, writer, conn, refusal)
+            conn.channel = ch
+            await self._serve_connection(ch, conn, refusal)
         finally:
             self._uncount(conn)
 
     async def _serve_connection(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        ch: _Channel,
         conn: _Conn,
         refusal: str | None = None,
     ) -> None:
@@ -956,9 +1262,7 @@ class CompileServer:
         timeline = _Timeline(conn.accepted) if log.isEnabledFor(logging.DEBUG) else None
         if timeline is not None:
             timeline.mark("accept", started)
-        sock = writer.get_extra_info("socket")
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ch.nodelay()
         addr = conn.addr
         summary = JobSummary(conn.client)
         tmpdir: str | None = None
@@ -984,14 +1288,14 @@ class CompileServer:
                 raise _Refuse(refusal, throttle="per-address")
             # The first bytes of a connection: until they come it is idle (no slot, no
             # deadline but the IO timeout, first to be shed at a cap).
-            first = await self._first_chunk(reader, summary, conn)
+            first = await self._first_chunk(ch, summary, conn)
             if not first:
                 log_summary = False  # not a job: a probe, shed, or the daemon is stopping
                 return
             if wire.is_probe(first):  # a meshcc peer's liveness probe: answer, no job
                 log_summary = False
                 log.debug("client %s: liveness probe", summary.client)
-                writer.write(wire.PROBE_REPLY)
+                ch.write(wire.PROBE_REPLY)
                 return
             if wire.is_slot_request(first):  # a busy-capable client: a slot now, or BUSY
                 if not await self._try_reserve_slot(addr):
@@ -1005,46 +1309,57 @@ class CompileServer:
                         self.stats.waiting,
                     )
                     self._set_phase(conn, _Phase.CLOSING)
-                    await self._say_busy(reader, writer, len(first), summary.client)
+                    await self._say_busy(ch, len(first), summary.client)
                     return
                 holding = True
-                writer.write(wire.SLOT_GRANTED)  # at once; the request is on its way
+                ch.write(wire.SLOT_GRANTED)  # at once; the request is on its way
                 first = first[wire.HEADER_LEN :]
             self._set_phase(conn, _Phase.HEADER)
-            log.info("connection from %s", summary.client)
-            request = await self._read_phase(reader, summary, first, conn)
+            log.debug("connection from %s", summary.client)  # the ARGV line names it at info
+            request = await self._read_phase(ch, summary, first, conn)
             if timeline is not None:
                 timeline.mark("read")
             self._set_phase(conn, _Phase.BUSY)
-            if not holding:
-                await self._wait_for_slot(summary)
-                holding = True
-                if timeline is not None and summary.queue_ms is not None:
-                    timeline.mark("slot")
-            # The job's memory is now bounded by the job slots: free the body budget.
-            self._budget.give(conn.budget)
-            conn.budget = 0
-            try:
-                tmpdir = _make_job_dir(self.config.tmpdir)
-            except OSError as e:
-                log.error("cannot create a job directory: %s", e)
-                raise _Refuse(
-                    f"the server cannot create a job directory: {e.strerror or e}",
-                    ret=EXIT_IO_ERROR,
-                ) from None
-            outcome = await self._compile_or_recall(request, tmpdir, reader, summary, timeline)
-            # Outputs are in memory: clean up before replying, so a client that has its
-            # reply never sees the job directory (and the slot frees clean).
-            _remove_job_dir(tmpdir, _job_files(request))
-            tmpdir = None
-            holding = False  # the slot is free before the reply is written, as it was
-            self._release_slot()
+            # The result cache before the job slot: a job whose result is stored is not
+            # queued behind compiles, nor holds a slot while the key's home peer is asked
+            # (up to --cache-lookup-timeout). Its body stays charged to the body budget
+            # meanwhile. A SLOT client holds its slot already (it was promised one).
+            cached, hit = await self._recall(request, summary)
+            if hit is not None:
+                outcome = hit
+            else:
+                if not holding:
+                    await self._wait_for_slot(summary)
+                    holding = True
+                    if timeline is not None and summary.queue_ms is not None:
+                        timeline.mark("slot")
+                # The job's memory is now bounded by the job slots: free the body budget.
+                self._budget.give(conn.budget)
+                conn.budget = 0
+                try:
+                    tmpdir = _make_job_dir(self.config.tmpdir)
+                except OSError as e:
+                    log.error("cannot create a job directory: %s", e)
+                    raise _Refuse(
+                        f"the server cannot create a job directory: {e.strerror or e}",
+                        ret=EXIT_IO_ERROR,
+                    ) from None
+                outcome = await self._compile(request, tmpdir, ch, summary, timeline)
+                # Outputs are in memory: clean up before replying, so a client that has its
+                # reply never sees the job directory (and the slot frees clean).
+                _remove_job_dir(tmpdir, _job_files(request))
+                tmpdir = None
+                if cached is not None:
+                    await self._remember(cached, outcome)
+            if holding:
+                holding = False  # the slot is free before the reply is written, as it was
+                self._release_slot()
             summary.result = outcome.result
             summary.ret = outcome.ret
             reply = await self._encode_reply(request, outcome)
             summary.bytes_out = len(reply)
             replying = True
-            await self._write_reply(writer, reply)
+            await self._write_reply(ch, reply)
             if timeline is not None:
                 timeline.mark("reply")
         except _Refuse as r:
@@ -1065,7 +1380,7 @@ class CompileServer:
                 log.warning("client %s: job refused: %s", summary.client, r.reason)
             if conn.shed is None:
                 self._set_phase(conn, _Phase.CLOSING)
-                await self._refuse(reader, writer, r.reason)
+                await self._refuse(ch, r.reason)
         except _Gone as g:
             summary.result, summary.ret = g.result, g.ret
             throttle = g.throttle
@@ -1082,7 +1397,7 @@ class CompileServer:
             summary.result, summary.ret = JobResult.OTHER, EXIT_DISTCC_FAILED
             log.exception("client %s: internal error while serving the job", summary.client)
             if not replying:
-                await self._refuse(reader, writer, f"internal error in the server: {e!r}")
+                await self._refuse(ch, f"internal error in the server: {e!r}")
         finally:
             if holding:
                 self._release_slot()
@@ -1092,15 +1407,18 @@ class CompileServer:
             self._uncount(conn)
             if tmpdir is not None:
                 _remove_job_dir(tmpdir)
-            # With nothing left to flush the transport closes the socket in its next
-            # callback, so waiting for it only costs a loop turn and a timer per job; only a
-            # reply (or ERRM) still buffered is given its second to leave.
-            flushing = bool(writer.transport.get_write_buffer_size())
-            writer.close()
+            # With nothing left to flush the socket closes at once; only a reply (or ERRM)
+            # still buffered is given its second to leave, then the connection is dropped.
+            flushing = bool(ch.pending())
+            ch.close()
             if flushing:
-                with contextlib.suppress(Exception):
+                try:
                     async with asyncio.timeout(1.0):
-                        await writer.wait_closed()
+                        await ch.wait_closed()
+                except (TimeoutError, OSError):
+                    pass
+                finally:
+                    ch.abort()  # not sent within its second (or cancelled): drop it
             summary.time_ms = int((time.monotonic() - started) * 1000) - (summary.queue_ms or 0)
             if log_summary:
                 if timeline is not None:
@@ -1147,8 +1465,7 @@ class CompileServer:
 
     async def _say_busy(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        ch: _Channel,
         received: int,
         client: str,
     ) -> None:
@@ -1157,10 +1474,11 @@ class CompileServer:
         bounds. Closing with unread bytes would send a TCP reset, which can destroy the BUSY
         before the client reads it; the client stops sending when it sees the BUSY."""
         try:
-            writer.write(wire.encode_busy(self._running_compiles))
-            await asyncio.wait_for(writer.drain(), self.config.drain_seconds)
-            if writer.can_write_eof():
-                writer.write_eof()
+            ch.write(wire.encode_busy(self._running_compiles))
+            async with asyncio.timeout(self.config.drain_seconds):
+                await ch.drain()
+            if ch.can_write_eof():
+                ch.write_eof()
             deadline = time.monotonic() + self.config.drain_seconds
             total = received
             ended = "the byte limit"
@@ -1169,7 +1487,8 @@ class CompileServer:
                 if remaining <= 0:
                     ended = "the time limit"
                     break
-                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+                async with asyncio.timeout(remaining):  # no task per read, as wait_for has
+                    chunk = await ch.read(_READ_CHUNK)
                 if not chunk:
                     ended = "its close"
                     break
@@ -1210,9 +1529,7 @@ class CompileServer:
             except Exception:
                 log.exception("internal error in the job slot callback")
 
-    async def _first_chunk(
-        self, reader: asyncio.StreamReader, summary: JobSummary, conn: _Conn
-    ) -> bytes:
+    async def _first_chunk(self, ch: _Channel, summary: JobSummary, conn: _Conn) -> bytes:
         """The first bytes of a request; b"" if none come (closed, stalled or stopping).
 
         Until then the connection is idle: it holds no memory budget, and a stopping daemon
@@ -1231,7 +1548,7 @@ class CompileServer:
         conn.idle_task = asyncio.current_task()
         try:
             async with asyncio.timeout(self.config.io_timeout):
-                chunk = await reader.read(_READ_CHUNK)
+                chunk = await ch.read(_READ_CHUNK)
         except TimeoutError:
             self._throttled.log(
                 logging.INFO,
@@ -1256,7 +1573,7 @@ class CompileServer:
         return chunk
 
     async def _read_phase(
-        self, reader: asyncio.StreamReader, summary: JobSummary, first: bytes, conn: _Conn
+        self, ch: _Channel, summary: JobSummary, first: bytes, conn: _Conn
     ) -> _Request:
         """Read and vet the whole request (starting with the bytes already received)."""
         rr = wire.RequestReader(self.config.limits)
@@ -1291,14 +1608,14 @@ class CompileServer:
             if event is wire.NEED_DATA:
                 if conn.phase is _Phase.HEADER:
                     chunk = await self._read_header(
-                        reader, header_deadline, conn if fed >= _HEADER_FREE else None
+                        ch, header_deadline, conn if fed >= _HEADER_FREE else None
                     )
                 elif conn.phase is _Phase.WAITING_SOURCE:
-                    chunk = await self._read(reader, "waiting for the source")
+                    chunk = await self._read(ch, "waiting for the source")
                     if chunk:
                         self._start_body(conn, body, len(chunk))
                 else:
-                    chunk = await self._read_body(reader, conn, body)
+                    chunk = await self._read_body(ch, conn, body)
                 if chunk:
                     fed += len(chunk)
                     summary.bytes_in = fed
@@ -1343,9 +1660,7 @@ class CompileServer:
         self._budget.take_now(received)
         conn.budget += received
 
-    async def _read_header(
-        self, reader: asyncio.StreamReader, deadline: float, charge: _Conn | None
-    ) -> bytes:
+    async def _read_header(self, ch: _Channel, deadline: float, charge: _Conn | None) -> bytes:
         """More of the request header, before its deadline; ``charge``: a large header,
         whose further bytes are read only against (and charged to) the body budget."""
         reserved = 0
@@ -1361,7 +1676,7 @@ class CompileServer:
             if remaining <= 0:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                chunk = await reader.read(_READ_CHUNK)
+                chunk = await ch.read(_READ_CHUNK)
             return chunk
         except TimeoutError:
             raise _Refuse(
@@ -1384,9 +1699,7 @@ class CompileServer:
                 assert charge is not None
                 charge.budget += len(chunk)
 
-    async def _read_body(
-        self, reader: asyncio.StreamReader, conn: _Conn, body: _BodyClock
-    ) -> bytes:
+    async def _read_body(self, ch: _Channel, conn: _Conn, body: _BodyClock) -> bytes:
         """One chunk of the source, under the body budget, the stall limit and the rate floor.
 
         Waiting for memory is the server's doing: that time does not count against the
@@ -1414,7 +1727,7 @@ class CompileServer:
                 if timeout <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(timeout):
-                    chunk = await reader.read(_READ_CHUNK)
+                    chunk = await ch.read(_READ_CHUNK)
             except TimeoutError:
                 if time.monotonic() - conn.since >= self._body_stall - 0.01:
                     why = (
@@ -1452,10 +1765,10 @@ class CompileServer:
             if conn.budget:
                 self._shed(conn, "request bodies fill the server's memory budget")
 
-    async def _read(self, reader: asyncio.StreamReader, what: str) -> bytes:
+    async def _read(self, ch: _Channel, what: str) -> bytes:
         try:
             async with asyncio.timeout(self.config.io_timeout):
-                return await reader.read(_READ_CHUNK)
+                return await ch.read(_READ_CHUNK)
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s while {what}; closing",
@@ -1543,37 +1856,37 @@ class CompileServer:
 
     # -- compiling
 
-    async def _compile_or_recall(
-        self,
-        req: _Request,
-        tmpdir: str,
-        reader: asyncio.StreamReader,
-        summary: JobSummary,
-        timeline: _Timeline | None = None,
-    ) -> _Outcome:
-        """The result cache's hook (meshcc.cache.service): a stored result if the job's
-        key hits, else the compile, stored if it succeeded."""
+    async def _recall(
+        self, req: _Request, summary: JobSummary
+    ) -> tuple[CacheJob | None, _Outcome | None]:
+        """The result cache's lookup (meshcc.cache.service): the job's cache view (None
+        without a cache) and, if its key hits, the stored result."""
         cache = self.result_cache
         if cache is None:
-            return await self._compile(req, tmpdir, reader, summary, timeline)
+            return None, None
         job, hit = await cache.recall(
             req.resolved, req.argv, req.suffix, req.output_suffix, req.data
         )
         summary.rcache = job.verdict
         if job.why_not is not None:
             log.debug("client %s: not cached: %s", summary.client, job.why_not)
-        if hit is not None:
-            return _Outcome(hit.wait_status, hit.stderr, hit.stdout, hit.obj, JobResult.COMPILE_OK)
-        out = await self._compile(req, tmpdir, reader, summary, timeline)
+        if hit is None:
+            return job, None
+        return job, _Outcome(hit.wait_status, hit.stderr, hit.stdout, hit.obj, JobResult.COMPILE_OK)
+
+    async def _remember(self, job: CacheJob, out: _Outcome) -> None:
+        """Store a compile's result if it succeeded (a failure is compiled again)."""
+        cache = self.result_cache
+        if cache is None:
+            return
         if out.result is JobResult.COMPILE_OK and out.wait_status == 0 and out.obj is not None:
             await cache.remember(job, CacheEntry(0, out.stderr, out.stdout, out.obj))
-        return out
 
     async def _compile(
         self,
         req: _Request,
         tmpdir: str,
-        reader: asyncio.StreamReader,
+        ch: _Channel,
         summary: JobSummary,
         timeline: _Timeline | None = None,
     ) -> _Outcome:
@@ -1628,7 +1941,7 @@ class CompileServer:
         ran = time.monotonic()
         if timeline is not None:
             timeline.mark("spawn", ran)
-        watch_task = asyncio.ensure_future(_watch_disconnect(reader))
+        watch_task = ch.watch()
         cap = self.config.max_output
         try:
             ended = await _first_of(run.exited, watch_task, self.config.job_lifetime or None)
@@ -1748,12 +2061,12 @@ class CompileServer:
             return encode()
         return await asyncio.to_thread(encode)
 
-    async def _write_reply(self, writer: asyncio.StreamWriter, reply: bytes) -> None:
+    async def _write_reply(self, ch: _Channel, reply: bytes) -> None:
         try:
-            writer.write(reply)
-            if writer.transport.get_write_buffer_size():  # else drain() has nothing to wait for
+            ch.write(reply)
+            if ch.pending():  # else drain() has nothing to wait for
                 async with asyncio.timeout(self.config.io_timeout):
-                    await writer.drain()
+                    await ch.drain()
         except TimeoutError:
             raise _Gone(
                 f"client stalled for {self.config.io_timeout:g}s reading the reply",
@@ -1767,22 +2080,22 @@ class CompileServer:
                 EXIT_IO_ERROR,
             ) from None
 
-    async def _refuse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reason: str
-    ) -> None:
+    async def _refuse(self, ch: _Channel, reason: str) -> None:
         """Send ERRM, half-close, and drain briefly so the client reads it (no RST)."""
         try:
-            writer.write(wire.encode_refusal(reason))
-            await asyncio.wait_for(writer.drain(), self.config.drain_seconds)
-            if writer.can_write_eof():
-                writer.write_eof()
+            ch.write(wire.encode_refusal(reason))
+            async with asyncio.timeout(self.config.drain_seconds):
+                await ch.drain()
+            if ch.can_write_eof():
+                ch.write_eof()
             deadline = time.monotonic() + self.config.drain_seconds
             total = 0
             while total < self.config.drain_bytes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), remaining)
+                async with asyncio.timeout(remaining):  # no task per read, as wait_for has
+                    chunk = await ch.read(_READ_CHUNK)
                 if not chunk:
                     break
                 total += len(chunk)
@@ -1836,11 +2149,11 @@ async def _first_of(
     return None
 
 
-async def _watch_disconnect(reader: asyncio.StreamReader) -> str:
+async def _watch_disconnect(ch: _Channel) -> str:
     """Returns when the client closes or resets the connection (extra bytes are discarded)."""
     while True:
         try:
-            chunk = await reader.read(_READ_CHUNK)
+            chunk = await ch.read(_READ_CHUNK)
         except OSError as e:
             return f"connection error: {e.strerror or e}"
         if not chunk:
