@@ -50,7 +50,6 @@ def _server_compile(tmp: Path, sent: list[str], body: bytes, suffix: str) -> byt
     [
         ("inflate.c", ["-O0"], True),  # the reported case: full preprocessing changes its code
         ("inflate.c", ["-O2"], True),  # optimizing: directives-only too, the same object
-        ("inflate.c", ["-O2", "-flto"], False),  # LTO: full preprocessing (see args)
         ("deflate.c", ["-O0"], True),
         ("trees.c", ["-O2", "-g", "-gno-record-gcc-switches"], True),  # -g columns too
         ("inflate.c", ["-O0", "-g", "-gno-record-gcc-switches"], True),
