@@ -460,12 +460,13 @@ def directive_refusal_full(data: bytes) -> str | None:
 # The fast path: C-speed regular expressions instead of _directive_in's Python loop per
 # comment and literal (a directives-only body keeps its headers' comments: ~2,000 in lua's
 # lvm.c), in three steps.
-# 1. _SUSPECT, on the spliced text: every '#' (or '%:') that could start a line once comments
-#    are blanks, i.e. whose nearest non-blank before it is a newline, the text's start or the
-#    '*/' of a comment, and that is not followed by an allowed name, a line number or nothing
-#    (a '/' after it counts as "something": a comment could hide a name, as in #/**/include).
+# 1. Suspects in the spliced text: every '#' (or '%:') not followed by an allowed name, a
+#    line number or nothing (_SUSPECT; a '/' after it counts as "something": a comment could
+#    hide a name, as in #/**/include) that could start a line once comments are blanks, i.e.
+#    whose nearest non-blank before it is a newline, the text's start or a comment's '*/'.
 #    A directive _directive_in refuses is always one of these; none at all: accepted.
-# 2. Else the text up to the end of the last suspect's line is lexed by _WALK, exactly as
+# 2. Else the text up to the end of the last suspect's line (or, if a comment is open there,
+#    of the line where it closes: it could hide the name after a '#') is lexed by _WALK, as
 #    _strip_literals lexes it (strings, characters, raw strings, unterminated ones too) but
 #    with literals left in place and each comment found as one match.  Every match is a
 #    possessive run of non-comment tokens and then a comment (or the end), so the walk never
@@ -480,7 +481,8 @@ def directive_refusal_full(data: bytes) -> str | None:
 _IDENT = rb"[A-Za-z0-9_]"
 _WS = rb"[ \t\f\v\r]"
 _NAME_OK = rb"(?:define|undef|pragma|ident|sccs|line|[0-9]+)(?!" + _IDENT + rb")"
-_SUSPECT = _WS + rb"*+(?:#|%:)(?!" + _WS + rb"*+(?:" + _NAME_OK + rb"|(?![A-Za-z0-9_/])))"
+# (after a '#' or '%:': what makes it a suspect)
+_SUSPECT = rb"(?!" + _WS + rb"*+(?:" + _NAME_OK + rb"|(?![A-Za-z0-9_/])))"
 _LEADING_BAD = _WS + rb"*+(?:#|%:)(?!" + _WS + rb"*+(?:" + _NAME_OK + rb"|(?!" + _IDENT + rb")))"
 # A '"' opens a raw string after R, uR, UR, LR or u8R that does not end a longer
 # identifier: _strip_literals' test, as lookbehinds (tried only at a '"').
@@ -497,10 +499,10 @@ _TOKEN = (
     + rb"("
     + _RAW_DELIM
     + rb")\((?s:.*?)\)\2\""
-    + rb"|"
+    + rb"|("  # group 3: an unterminated raw string (the lexer stops there)
     + _RAW_QUOTE
     + _RAW_DELIM
-    + rb"\((?s:.*)"  # unterminated: the lexer stops
+    + rb"\((?s:.*))"
     + rb"|"
     + _STRING
     + rb"|"
@@ -509,10 +511,11 @@ _TOKEN = (
 )
 _COMMENT_OR_END = (
     # "/*" to the first "*/" after it, unrolled (a lazy .*? costs ~10x more in sre);
-    # an unterminated one runs to the end, as the lexer drops the rest.
-    rb"(?:/\*[^*]*+\*++(?:[^/*][^*]*+\*++)*+/|/\*(?s:.*)|//[^\n]*+|\Z)"
+    # an unterminated one (group 4) runs to the end, as the lexer drops the rest.
+    rb"(?:/\*[^*]*+\*++(?:[^/*][^*]*+\*++)*+/|(/\*(?s:.*))|//[^\n]*+|\Z)"
 )
 _WALK = rb"((?:" + _TOKEN + rb")*+)" + _COMMENT_OR_END
+_BLANKS = frozenset(b" \t\f\v\r")
 _fast: Any = None
 
 
@@ -525,25 +528,47 @@ def _fast_accepts(spliced: bytes) -> bool:
         import re
 
         _fast = (
-            re.compile(_SUSPECT).match,
-            # (two searches, each with a literal prefix sre can skip to: one with an
-            # alternation tries every byte and costs 4x more)
-            re.compile(rb"\n" + _SUSPECT).finditer,
-            re.compile(rb"\*/" + _SUSPECT).finditer,
+            # one search per spelling, each with a literal prefix that sre skips to (an
+            # alternation, or a search per line start, tries far more places: 2-7x slower)
+            re.compile(rb"#" + _SUSPECT).finditer,
+            re.compile(rb"%:" + _SUSPECT).finditer,
             re.compile(_WALK).findall,
             re.compile(_LEADING_BAD).match,
             re.compile(rb"\n" + _LEADING_BAD).search,
         )
-    first_suspect, line_suspects, comment_suspects, walk, first_bad, bad = _fast
-    last = 0 if first_suspect(spliced) else -1
-    for suspects in (line_suspects, comment_suspects):
+    hashes, digraphs, walk, first_bad, bad = _fast
+    last = -1
+    for suspects in (hashes, digraphs):
         for m in suspects(spliced):
-            last = max(last, m.end())
+            at = m.start()
+            # Only a '#' whose nearest non-blank before it ends a line or a comment (or
+            # nothing is before it) can start a line once comments are blanks.
+            start = at
+            while start and spliced[start - 1] in _BLANKS:
+                start -= 1
+            if not start or spliced[start - 1] == 10 or spliced[start - 2 : start] == b"*/":
+                last = max(last, at)
     if last < 0:
         return True
-    cut = spliced.find(b"\n", last)
-    cut = len(spliced) if cut < 0 else cut + 1
-    text = b" ".join([kept for kept, _ in walk(spliced, 0, cut)])
+    n = len(spliced)
+    cut = last
+    while True:
+        cut = spliced.find(b"\n", cut)
+        cut = n if cut < 0 else cut + 1
+        parts = walk(spliced, 0, cut)
+        if cut == n:
+            break
+        # A comment left open at the cut may go on to hide the name of a '#' before it
+        # (#/*<newline>*/include): walk on to the end of the line where it closes.
+        open_comment = max(len(p[3]) for p in parts)
+        if max(len(p[2]) for p in parts):
+            cut = n - 1  # a raw string left open: walk the whole text
+        elif open_comment:
+            end = spliced.find(b"*/", cut - open_comment + 2)
+            cut = n - 1 if end < 0 else end + 2
+        else:
+            break
+    text = b" ".join([p[0] for p in parts])
     return first_bad(text) is None and bad(text) is None
 
 
