@@ -551,24 +551,28 @@ def _fast_accepts(spliced: bytes) -> bool:
     if last < 0:
         return True
     n = len(spliced)
+    kept: list[bytes] = []
+    pos = 0
     cut = last
     while True:
         cut = spliced.find(b"\n", cut)
         cut = n if cut < 0 else cut + 1
-        parts = walk(spliced, 0, cut)
+        parts = walk(spliced, pos, cut)
+        kept += [p[0] for p in parts]
         if cut == n:
             break
         # A comment left open at the cut may go on to hide the name of a '#' before it
-        # (#/*<newline>*/include): walk on to the end of the line where it closes.
+        # (#/*<newline>*/include): lex on from where it opens to the line where it closes.
         open_comment = max(len(p[3]) for p in parts)
         if max(len(p[2]) for p in parts):
-            cut = n - 1  # a raw string left open: walk the whole text
+            kept, pos, cut = [], 0, n - 1  # a raw string left open: lex the whole text
         elif open_comment:
-            end = spliced.find(b"*/", cut - open_comment + 2)
+            pos = cut - open_comment  # its "/*": a comment, lexed again whole
+            end = spliced.find(b"*/", pos + 2)
             cut = n - 1 if end < 0 else end + 2
         else:
             break
-    text = b" ".join([p[0] for p in parts])
+    text = b" ".join(kept)
     return first_bad(text) is None and bad(text) is None
 
 
