@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/client_instructions.py                 # this tree
     .venv/bin/python benchmarks/client_instructions.py --tree /work/main --lzo
+    .venv/bin/python benchmarks/client_instructions.py --source /path/to/lua/src/lvm.c \
+        --cflags "-std=gnu99 -O2 -DLUA_USE_LINUX"     # with its preprocessor
 
 Instruction counts do not move with the machine's load, unlike CPU times, so they compare
 two trees (before/after) on a busy box. One job: a preprocessed ``.i`` (no cpp, so only the
 client process is counted) sent to a stock distccd on loopback, host from ``DISTCC_HOSTS``,
 through an install.sh-style ``python3 -IS`` launcher (as bench_serial's). The first run
-writes the ``.pyc`` files and is not counted. Needs valgrind, gcc and distccd; run as root
-(distccd drops to ``nobody``).
+writes the ``.pyc`` files and is not counted. ``--source`` compiles a real C file in its
+own directory instead, and counts the client's children too (its preprocessor: gcc's
+driver and cc1), so how the client preprocesses (-fdirectives-only or not) shows.
+Needs valgrind, gcc and distccd; run as root (distccd drops to ``nobody``).
 """
 
 from __future__ import annotations
@@ -42,19 +46,18 @@ def launcher(tree: Path, bindir: Path) -> Path:
     return path
 
 
-def count(cmd: list[str], env: dict[str, str], out: Path, cwd: Path) -> int:
-    p = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    m = re.search(r"Collected : (\d+)", p.stderr)
-    if p.returncode != 0 or m is None:
+def count(cmd: list[str], env: dict[str, str], out: Path, cwd: Path, children: bool = False) -> int:
+    """Instructions of cmd (and, with ``children``, of every process it starts, summed)."""
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
+    if children:
+        vg.append("--trace-children=yes")
+    p = subprocess.run([*vg, *cmd], env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    got = [int(n) for n in re.findall(r"Collected : (\d+)", p.stderr)]
+    if p.returncode != 0 or not got:
         raise h.HarnessError(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-500:]}")
-    return int(m.group(1))
+    for f in out.parent.glob(out.name + ".*"):
+        f.unlink()
+    return sum(got)
 
 
 def main() -> int:
@@ -62,6 +65,8 @@ def main() -> int:
     p.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
     p.add_argument("--lzo", action="store_true", help="a `,lzo` host (protocol 2)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--source", help="a C file to compile (in its own dir), cpp included")
+    p.add_argument("--cflags", default="", help="its options (one string)")
     args = p.parse_args()
     for tool in ("valgrind", "distccd", "gcc"):
         if shutil.which(tool) is None:
@@ -85,8 +90,17 @@ def main() -> int:
         env["DISTCC_HOSTS"] = f"127.0.0.1:{port}/4" + (",lzo" if args.lzo else "")
         env["DISTCC_DIR"] = str(work / "distcc")
         cmd = [str(launcher(Path(args.tree), work / "bin")), "-c", "t.i", "-o", "t.o"]
-        subprocess.run(cmd, cwd=work, env=env, check=True)  # writes the .pyc files
-        got = [count(cmd, env, work / "cg.out", work) for _ in range(args.runs)]
+        cwd = work
+        if args.source:
+            src = Path(args.source).resolve()
+            cwd = src.parent
+            cmd = [cmd[0], *args.cflags.split(), "-c", src.name, "-o", str(work / "s.o")]
+        env["DISTCC_FALLBACK"] = "0"  # a job that cannot go remote fails the count
+        subprocess.run(cmd, cwd=cwd, env=env, check=True)  # writes the .pyc files
+        got = [
+            count(cmd, env, work / "cg.out", cwd, children=bool(args.source))
+            for _ in range(args.runs)
+        ]
         print(f"{args.tree}: {min(got) / 1e6:.2f} M instructions (runs: {got})")
     except (h.HarnessError, subprocess.CalledProcessError) as e:
         print(f"client_instructions: {e}", file=sys.stderr)

@@ -232,14 +232,20 @@ def _optimizing(args: list[str]) -> bool:
 def directives_only(job: Job) -> bool:
     """Whether the job is preprocessed with ``-fdirectives-only`` (client and server).
 
-    Only for jobs that do not optimize (no -O, -O0, -Og), or that write debug info without
-    recording the switches (the columns in .debug_line): there gcc keeps statements from
-    different source locations apart, so where a macro's tokens came from changes the code,
-    and a fully preprocessed body has lost that (zlib's inflate.c and 11 of lua 5.4's 33
-    files at -O0). With -O2 full preprocessing gave identical objects in every case surveyed
-    (zlib, lua, xz's liblzma), and a directives-only body costs the server a scan of its
-    directives, 2-4x the bytes, and ~15 ms of CPU per job: optimizing jobs keep full
-    preprocessing.
+    The one place meshcc-gcc decides how to preprocess; other policies (a slow link, say,
+    where the 2-4x larger body costs more than the client's cpp saves) belong here.
+
+    Why: the client's cpp then only runs directives and leaves macro expansion to the
+    server's gcc, which costs the client 2-3x fewer instructions (lua's lvm.c 235 M -> 72 M).
+    And without optimization (no -O, -O0, -Og), or with debug info whose switches are not
+    recorded (the columns in .debug_line), gcc keeps statements from different source
+    locations apart, so where a macro's tokens came from changes the code, and a fully
+    preprocessed body has lost that (zlib's inflate.c and 11 of lua 5.4's 33 files at -O0).
+    Optimizing jobs gave byte-identical objects both ways in every file surveyed (zlib,
+    lua 5.4 and xz's liblzma at -O2: 129 of 129), and the server's directive scan costs
+    ~2-3 ms on a 500 KB body since its fast path (policy._fast_accepts).  Optimizing -flto
+    jobs keep full preprocessing: their objects differ from local ones either way (the
+    LTO stream names the input), so nothing shows the two ways give the same IR.
 
     Only distributable C and C++ sources that are not preprocessed yet, and only when
     nothing on the command line makes gcc record its options or changes what the
@@ -260,9 +266,10 @@ def directives_only(job: Job) -> bool:
             return False  # -dD -dM -dN -dI -dU change the preprocessor's output
     debug, record = _debug_info(job.argv[1:])
     if debug and record:
-        return False
-    # -g without recorded switches: columns in .debug_line need the macros' own locations
-    return debug or not _optimizing(job.argv[1:])
+        return False  # DW_AT_producer would name -fdirectives-only
+    if _optimizing(job.argv[1:]):
+        return not any(a.startswith("-flto") for a in job.argv[1:])
+    return True
 
 
 def host_macro_use(body: bytes) -> str | None:

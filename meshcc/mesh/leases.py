@@ -453,11 +453,23 @@ class LeaseBroker:
             if live is not None and live.free > 0 and live.share > self.in_use.get(key, 0):
                 del self.busy_until[key]
         if self.waiters:
-            self.dispatch()
+            self.dispatch(judge_again=False)
 
-    def dispatch(self) -> None:
-        """Serve waiters in order while slots last (one explain per distinct compiler)."""
+    def dispatch(self, judge_again: bool = True) -> None:
+        """Serve waiters in order while slots last (one explain per distinct compiler).
+
+        ``judge_again=False`` (a load record arrived): a compiler's verdicts judged less
+        than DEMAND_VERDICTS_S ago are used again.  A record changes a peer's live load,
+        which _pick reads from the load book, not its verdict; judging every peer per
+        record was 13 % of the daemon's CPU in a -j build (records come up to 100 times a
+        second).  Releases, new requests and the tick judge again.
+        """
+        now = self._clock()
         verdicts: dict[ClientCompiler, list[Verdict]] = {}
+        if not judge_again:
+            for fp, (at, kept) in self._demand_verdicts.items():
+                if now - at <= DEMAND_VERDICTS_S:
+                    verdicts[fp] = kept
         exhausted: set[tuple[ClientCompiler, bool]] = set()
         served = False
         for waiter in list(self.waiters):
@@ -470,6 +482,7 @@ class LeaseBroker:
             vs = verdicts.get(waiter.fp)
             if vs is None:
                 vs = verdicts[waiter.fp] = self.mesh.explain(waiter.fp)
+                self._demand_verdicts[waiter.fp] = (now, vs)
             got = self._pick(vs, waiter.local_ok)
             if got is None:
                 exhausted.add((waiter.fp, waiter.local_ok))

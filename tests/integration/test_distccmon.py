@@ -513,9 +513,9 @@ def test_save_temps_keeps_what_distcc_keeps(
             TMPDIR=str(tmpdir),
         )
         cc = ["distcc", "gcc"] if client == "distcc" else [meshcc()]
-        # -O2: an optimizing job is fully preprocessed by both clients (without -O meshcc-gcc
+        # -g (switches recorded): fully preprocessed by both clients (otherwise meshcc-gcc
         # keeps the macros for the server: -fdirectives-only, another .i by design)
-        res = run([*cc, "-O2", "-Wall", "-c", f"{src}.c"], env, proj)
+        res = run([*cc, "-O2", "-g", "-Wall", "-c", f"{src}.c"], env, proj)
         assert res.returncode == (0 if src == "warn" else 1), res.stderr
         kept[client] = kept_files(tmpdir)
     deadline = time.monotonic() + POLL_LIMIT  # both jobs really went to the server

@@ -104,7 +104,9 @@ def test_repeat_is_a_hit_with_the_same_object_and_warnings(
 ) -> None:
     d, status = start()
     a, b, c = (_project(tmp_path, n) for n in "abc")
-    args = ("-O2", "-Wall", "-c", "w.c", "-o", "w.o")
+    # -Wunused-macros: meshcc-gcc preprocesses fully (as distcc does), not -fdirectives-only,
+    # so both clients send the same body and share a key.
+    args = ("-O2", "-Wall", "-Wunused-macros", "-c", "w.c", "-o", "w.o")
     run([GCC, *args[:-1], "local.o"], cwd=a)
     want = (a / "local.o").read_bytes()
 
@@ -210,7 +212,7 @@ def test_cache_survives_a_restart_and_no_cache_turns_it_off(
 ) -> None:
     d, _ = start()
     a = _project(tmp_path, "a")
-    args = ("-O2", "-c", "w.c", "-o", "w.o")
+    args = ("-O2", "-Wunused-macros", "-c", "w.c", "-o", "w.o")  # full preprocessing (above)
     _client("distcc", d, a, client_env, *args)
     assert _verdicts(d, 1) == [("COMPILE_OK", "miss")]
     d.stop()

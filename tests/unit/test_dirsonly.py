@@ -21,6 +21,12 @@ from meshcc.compiler.args import analyse
         "gcc -MD -MF a.d -c a.c",
         "gcc -dumpbase a -c a.c",
         "gcc -S a.c",
+        "gcc -O2 -c a.c",  # optimizing: byte-identical objects in zlib, lua and liblzma
+        "gcc -O -c a.c",
+        "gcc -O0 -Os -c a.c",
+        "g++ -Ofast -c a.cc",
+        "gcc -O3 -g -gno-record-gcc-switches -c a.c",
+        "gcc -O0 -flto -c a.c",  # not optimizing: the -O0 rule (macro locations) wins
     ],
 )
 def test_eligible(cmd):
@@ -52,10 +58,9 @@ def test_eligible(cmd):
         "gcc -c a.m",  # Objective-C
         "gcc -c a.S",  # assembler-with-cpp: #defines would reach the assembler
         "gcc -fdirectives-only -c a.c",  # the user's own, passed on once as given
-        "gcc -O2 -c a.c",  # optimizing: full preprocessing gives the local object
-        "gcc -O -c a.c",
-        "gcc -O0 -Os -c a.c",
-        "g++ -Ofast -c a.cc",
+        "gcc -O2 -flto -c a.c",  # LTO objects differ from local ones either way
+        "gcc -O2 -flto=auto -c a.c",
+        "gcc -O2 -g -c a.c",  # optimizing or not, recorded switches keep full preprocessing
     ],
 )
 def test_not_eligible(cmd):
