@@ -60,6 +60,15 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
         ),
     ),
     (
+        "MESHCC_DIRECTIVES_ONLY",
+        (
+            "`1`: preprocess optimizing C/C++ jobs with `-fdirectives-only` too (non-optimizing "
+            "ones always are): the client's preprocessor does 2-3x less work on macro-heavy "
+            "code, the servers expand the macros and vet 3-4x larger bodies; for a client box "
+            "driving fast servers over a fast LAN"
+        ),
+    ),
+    (
         "DISTCC_SOCKS_PROXY",
         (
             "connect to TCP hosts through this SOCKS5 proxy, as Gentoo's distcc does (Portage "

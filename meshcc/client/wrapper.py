@@ -1488,6 +1488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from meshcc.compiler import args
 
+        args.directives_only_when_optimizing = env.get("MESHCC_DIRECTIVES_ONLY") == "1"
         job = args.analyse(inv.argv)
         if job.reason and any(a.endswith("=native") for a in inv.argv):
             from meshcc.compiler import native  # resolved once per box, then cached

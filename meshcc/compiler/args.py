@@ -229,6 +229,17 @@ def _optimizing(args: list[str]) -> bool:
     return level not in ("0", "g")
 
 
+# Optimizing jobs are preprocessed with -fdirectives-only only when asked
+# (MESHCC_DIRECTIVES_ONLY=1, read by meshcc-gcc's main). Measured trade (bench_serial,
+# Nov 2026): the client's cpp costs 2-3x fewer instructions on macro-heavy code (lua's
+# lvm.c, cpp included: 279 M -> 118 M, distcc 237 M), but the body is 3-4x larger and the
+# serving daemon must vet every directive in it, which took its own CPU per job from 2.1x
+# to 4.7-6.2x distccd's, while the client's CPU per job vs distcc did not measurably
+# improve. Worth it where a client box drives many fast servers over a fast LAN; not as a
+# default.
+directives_only_when_optimizing = False
+
+
 def directives_only(job: Job) -> bool:
     """Whether the job is preprocessed with ``-fdirectives-only`` (client and server).
 
@@ -243,7 +254,8 @@ def directives_only(job: Job) -> bool:
     preprocessed body has lost that (zlib's inflate.c and 11 of lua 5.4's 33 files at -O0).
     Optimizing jobs gave byte-identical objects both ways in every file surveyed (zlib,
     lua 5.4 and xz's liblzma at -O2: 129 of 129), and the server's directive scan costs
-    ~2-3 ms on a 500 KB body since its fast path (policy._fast_accepts).  Optimizing -flto
+    ~2-3 ms on a 500 KB body since its fast path (policy._fast_accepts); they are sent
+    that way only with :data:`directives_only_when_optimizing` (see there).  Optimizing -flto
     jobs keep full preprocessing: their objects differ from local ones either way (the
     LTO stream names the input), so nothing shows the two ways give the same IR.
 
@@ -268,6 +280,8 @@ def directives_only(job: Job) -> bool:
     if debug and record:
         return False  # DW_AT_producer would name -fdirectives-only
     if _optimizing(job.argv[1:]):
+        if not directives_only_when_optimizing:
+            return False
         return not any(a.startswith("-flto") for a in job.argv[1:])
     return True
 

@@ -1,8 +1,9 @@
 """-fdirectives-only for optimizing jobs, against real gcc, real projects and stock distccd 3.4.
 
-Why: meshcc-gcc now preprocesses optimizing jobs with -fdirectives-only too (the client's
-cpp then costs 2-3x fewer instructions; macro expansion moves to the server's gcc). That is
-only right where the object is the one a local compile writes, byte for byte. These tests
+Why: with MESHCC_DIRECTIVES_ONLY=1 meshcc-gcc preprocesses optimizing jobs with
+-fdirectives-only too (the client's cpp then costs 2-3x fewer instructions; macro expansion
+moves to the server's gcc). That is only right where the object is the one a local compile
+writes, byte for byte. These tests
 compile real files of zlib, lua 5.4 and xz's liblzma at -O2 both ways (locally, and through
 meshcc's client preprocessing, the server's policy and rewrite and a server-side gcc), show
 that stock distccd 3.4 still compiles such jobs, and that the server's fast directive scan
@@ -53,6 +54,12 @@ def _source(package: str) -> Path:
         return apt_source(package)
     except RuntimeError as e:
         pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _optimizing_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The opt-in (MESHCC_DIRECTIVES_ONLY=1) for the in-process analyses below."""
+    monkeypatch.setattr(args, "directives_only_when_optimizing", True)
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +145,7 @@ def test_lto_and_recorded_switches_keep_full_preprocessing() -> None:
 
 def _wrapper(env: dict[str, str], daemon: Daemon, cwd: Path, argv: list[str]) -> None:
     env = dict(env, DISTCC_HOSTS=daemon.host_spec(), DISTCC_FALLBACK="0")
+    env["MESHCC_DIRECTIVES_ONLY"] = "1"
     env["DISTCC_SKIP_LOCAL_RETRY"] = "1"
     res = subprocess.run(["meshcc", *argv], cwd=cwd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -21,12 +21,6 @@ from meshcc.compiler.args import analyse
         "gcc -MD -MF a.d -c a.c",
         "gcc -dumpbase a -c a.c",
         "gcc -S a.c",
-        "gcc -O2 -c a.c",  # optimizing: byte-identical objects in zlib, lua and liblzma
-        "gcc -O -c a.c",
-        "gcc -O0 -Os -c a.c",
-        "g++ -Ofast -c a.cc",
-        "gcc -O3 -g -gno-record-gcc-switches -c a.c",
-        "gcc -O0 -flto -c a.c",  # not optimizing: the -O0 rule (macro locations) wins
     ],
 )
 def test_eligible(cmd):
@@ -58,15 +52,36 @@ def test_eligible(cmd):
         "gcc -c a.m",  # Objective-C
         "gcc -c a.S",  # assembler-with-cpp: #defines would reach the assembler
         "gcc -fdirectives-only -c a.c",  # the user's own, passed on once as given
-        "gcc -O2 -flto -c a.c",  # LTO objects differ from local ones either way
-        "gcc -O2 -flto=auto -c a.c",
-        "gcc -O2 -g -c a.c",  # optimizing or not, recorded switches keep full preprocessing
+        "gcc -O2 -c a.c",  # optimizing: full preprocessing gives the local object
+        "gcc -O -c a.c",
+        "gcc -O0 -Os -c a.c",
+        "g++ -Ofast -c a.cc",
     ],
 )
 def test_not_eligible(cmd):
     j = analyse(cmd.split())
     assert not args.directives_only(j)
     assert args.cpp_argv(j).count(args.DIRECTIVES_ONLY) <= cmd.split().count(args.DIRECTIVES_ONLY)
+
+
+@pytest.mark.parametrize(
+    "cmd,eligible",
+    [
+        ("gcc -O2 -c a.c", True),  # byte-identical objects in zlib, lua and liblzma
+        ("gcc -O -c a.c", True),
+        ("g++ -Ofast -c a.cc", True),
+        ("gcc -O3 -g -gno-record-gcc-switches -c a.c", True),
+        ("gcc -O2 -flto -c a.c", False),  # LTO objects differ from local ones either way
+        ("gcc -O2 -flto=auto -c a.c", False),
+        ("gcc -O2 -g -c a.c", False),  # recorded switches keep full preprocessing
+    ],
+)
+def test_optimizing_jobs_only_when_asked(monkeypatch, cmd, eligible):
+    j = analyse(cmd.split())
+    assert not args.directives_only(j)
+    monkeypatch.setattr(args, "directives_only_when_optimizing", True)
+    assert args.directives_only(j) is eligible
+    assert (args.DIRECTIVES_ONLY in args.cpp_argv(j)) is eligible
 
 
 def test_user_directives_only_is_distributable_and_sent_once():
