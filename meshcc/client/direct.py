@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterable, Mapping
     from typing import Any, Protocol
 
+    from meshcc.client.hashcache import HashCache
     from meshcc.transport.control_client import Control
 
     class _Hash(Protocol):
@@ -212,11 +213,15 @@ class Direct:
     def record(self, run: Any, stderr: bytes, stdout: bytes, obj: bytes) -> None:
         """Hand the local daemon this compile's manifest record and result (best effort:
         any doubt and nothing is recorded)."""
+        hashes = _hash_cache(run)
         try:
-            payload = self._payload(stderr, stdout, obj)
+            payload = self._payload(stderr, stdout, obj, hashes)
         except OSError as e:
             run.log.debug(f"direct mode: not recorded: {e}")
             return
+        finally:
+            if hashes is not None:
+                hashes.close()
         if isinstance(payload, str):
             run.log.debug(f"direct mode: not recorded: {payload}")
             return
@@ -243,8 +248,13 @@ class Direct:
         finally:
             conn.close()
 
-    def _payload(self, stderr: bytes, stdout: bytes, obj: bytes) -> bytes | str:
-        """The record for the daemon, or why there is none. Raises OSError."""
+    def _payload(
+        self, stderr: bytes, stdout: bytes, obj: bytes, hashes: HashCache | None = None
+    ) -> bytes | str:
+        """The record for the daemon, or why there is none. Raises OSError.
+
+        ``hashes``: this user's hash cache (:mod:`meshcc.client.hashcache`): a file whose
+        stat it knows is not read, hashed or searched again."""
         dep_file = self.dep_path if self.dep_path is not None else self.our_dep
         if dep_file is None:
             return "no dependency list"
@@ -264,17 +274,22 @@ class Direct:
             st = os.stat(path)
             if st.st_mtime_ns >= limit or st.st_ctime_ns >= limit:
                 return f"{dep} changed less than {TOO_NEW_S}s before the compile"
-            data = _read(path)
-            again = os.stat(path)
-            if (again.st_size, again.st_mtime_ns, again.st_ctime_ns) != (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-            ) or len(data) != st.st_size:
-                return f"{dep} changed while it was read"
-            if any(word in data for word in _CLOCK):
-                return f"{dep} uses __DATE__, __TIME__ or __TIMESTAMP__"
-            inc.append([path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _sha256(data).digest()])
+            digest = hashes.get(st) if hashes is not None else None
+            if digest is None:
+                data = _read(path)
+                again = os.stat(path)
+                if (again.st_size, again.st_mtime_ns, again.st_ctime_ns) != (
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                ) or len(data) != st.st_size:
+                    return f"{dep} changed while it was read"
+                if any(word in data for word in _CLOCK):
+                    return f"{dep} uses __DATE__, __TIME__ or __TIMESTAMP__"
+                digest = _sha256(data).digest()
+                if hashes is not None:  # old enough, unchanged while read, no clock macro
+                    hashes.put(st, digest)
+            inc.append([path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest])
             paths.append(path)
         absent = _absent(paths, self.search, self.cwd, self.start_ns)
         record: dict[str, object] = {
@@ -340,6 +355,17 @@ class Direct:
             _write_all(1, out)
         run.log.debug(f"direct mode: {self.source}: hit, {self.output} ({len(obj)} bytes)")
         return 0
+
+
+def _hash_cache(run: Any) -> HashCache | None:
+    """This user's hash cache in distcc's top directory (next to ``lock``), or None
+    (``MESHCC_HASH_CACHE=0``, no top directory, or not private to this user)."""
+    lockdir = run.lockdir
+    if not lockdir or run.env.get("MESHCC_HASH_CACHE") == "0":
+        return None
+    from meshcc.client import hashcache
+
+    return hashcache.open_cache(_dirname(lockdir), _sha256)
 
 
 def _write_all(fd: int, data: bytes) -> None:
