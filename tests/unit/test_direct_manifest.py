@@ -3,6 +3,7 @@ manifest store (bounds, per-user isolation, LRU) and the control messages."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -167,3 +168,67 @@ def test_direct_requests_round_trip_and_are_checked() -> None:
     part = control.DirectRequest("direct_put", KEY, name, b"\0" * control.DIRECT_PART, True)
     assert len(control.encode(part.to_message())) <= control.MAX_REQUEST
     assert control.DirectReply(off=True).to_message() == {"ok": True, "manifest": None, "off": True}
+
+
+def test_absent_name_below_an_existing_subdirectory_is_watched_there(tmp_path: Path) -> None:
+    """``<sys/types.h>`` read from the system, and the -I directory already has a
+    ``sys/`` of its own: a new ``inc/sys/types.h`` would be read instead, and creating it
+    changes ``inc/sys``'s mtime, not ``inc``'s. (Before, the name was grouped under
+    ``inc`` and the shadow went unseen while ``inc``'s mtime stood still.)"""
+    inc = tmp_path / "inc"
+    (inc / "sys").mkdir(parents=True)
+    (inc / "sys" / "other.h").write_text("")
+    src = tmp_path / "a.c"
+    src.write_text("")
+    old = time.time_ns() - 10 * 10**9
+    for d in (inc, inc / "sys"):
+        os.utime(d, ns=(old, old))
+    system = "/usr/include/x86_64-linux-gnu/sys/types.h"
+    groups = _absent([str(src), system], [str(inc)], str(tmp_path), time.time_ns())
+    absent = {f"{g[0]}/{rel}" for g in groups for rel in g[2]}  # type: ignore[attr-defined]
+    assert str(inc / "sys" / "types.h") in absent
+    assert _still_absent(list(groups))
+    (inc / "sys" / "types.h").write_text("")
+    assert inc.stat().st_mtime_ns == old  # the group the name used to be in: unchanged
+    assert not _still_absent(list(groups))
+
+
+def test_absent_name_behind_a_dangling_symlink_is_always_checked(tmp_path: Path) -> None:
+    """An -I directory that is a dangling symlink: what appears at its target changes no
+    mtime the record could watch, so its group is listed at every lookup."""
+    target = tmp_path / "later"
+    (tmp_path / "inc").symlink_to(target)
+    src = tmp_path / "a.c"
+    src.write_text("")
+    old = time.time_ns() - 10 * 10**9
+    os.utime(tmp_path, ns=(old, old))
+    groups = _absent(
+        [str(src), "/usr/include/stdio.h"], [str(tmp_path / "inc")], str(tmp_path), time.time_ns()
+    )
+    assert _still_absent(list(groups))
+    target.mkdir()
+    (target / "stdio.h").write_text("")
+    os.utime(tmp_path, ns=(old, old))  # the directory the symlink lives in: as it was
+    assert not _still_absent(list(groups))
+
+
+def test_absent_dotted_names_are_checked_where_they_lie(tmp_path: Path) -> None:
+    """A file read as ``inc/../common/x.h`` gives the name ``../common/x.h`` in every
+    other search directory; each is checked in its own directory (before, a ".." name
+    was never found in a listing and counted absent even where the file exists)."""
+    for d in ("inc", "lz", "common", "other/common"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "common" / "x.h").write_text("")
+    (tmp_path / "common" / "y.h").write_text("")  # exists below lz/..: not absent
+    (tmp_path / "other" / "lz").mkdir()
+    src = tmp_path / "a.c"
+    src.write_text("")
+    read = [str(src), f"{tmp_path}/inc/../common/x.h", f"{tmp_path}/inc/../common/y.h"]
+    search = [str(tmp_path / "other" / "lz"), str(tmp_path / "inc")]
+    groups = _absent(read, search, str(tmp_path), time.time_ns())
+    absent = {f"{g[0]}/{rel}" for g in groups for rel in g[2]}  # type: ignore[attr-defined]
+    assert all(not Path(p).exists() for p in absent)
+    assert f"{tmp_path}/other/common/x.h" in {os.path.normpath(p) for p in absent}
+    assert _still_absent(list(groups))
+    (tmp_path / "other" / "common" / "x.h").write_text("")  # other/lz/../common/x.h
+    assert not _still_absent(list(groups))
