@@ -139,7 +139,10 @@ def parse_depfile(text: str) -> list[str] | None:
     """The prerequisites of the first rule of a make depfile as gcc writes it (``\\ `` for a
     space, ``$$`` for ``$``, backslash-newline continuations); None if it is not one."""
     first = text.replace("\\\r\n", " ").replace("\\\n", " ").split("\n", 1)[0]
-    tokens: list[str] = []
+    if "\\" not in first and "$" not in first:  # nothing escaped (the usual case): split
+        tokens = [t for t in first.replace("\t", " ").replace("\r", " ").split(" ") if t]
+        return _prerequisites(tokens)
+    tokens = []
     cur: list[str] = []
     i = 0
     n = len(first)
@@ -163,10 +166,12 @@ def parse_depfile(text: str) -> list[str] | None:
         i += 1
     if cur:
         tokens.append("".join(cur))
+    return _prerequisites(tokens)
+
+
+def _prerequisites(tokens: list[str]) -> list[str] | None:
     for at, tok in enumerate(tokens):
-        if tok == ":":
-            return tokens[at + 1 :]
-        if tok.endswith(":"):
+        if tok.endswith(":"):  # "a.o:" or a lone ":"
             return tokens[at + 1 :]
     return None
 

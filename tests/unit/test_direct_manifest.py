@@ -35,6 +35,18 @@ def test_parse_depfile_first_rule_with_escapes_and_phony_rules() -> None:
     assert parse_depfile("no rule here\n") is None
 
 
+def test_parse_depfile_plain_text_takes_the_split_and_agrees_with_the_escaped_parse() -> None:
+    """No backslash or ``$`` in the first rule: split on space, tab and CR only (a
+    no-break space is part of a file name), as the character-by-character parse does."""
+    plain = "a.o: a.c  inc/h.h\t/usr/include/stdio.h \\\n x\u00a0y.h\r\nx\u00a0y.h:\n"
+    want = ["a.c", "inc/h.h", "/usr/include/stdio.h", "x\u00a0y.h"]
+    assert parse_depfile(plain) == want
+    escaped = plain.replace("a.c", "a$$.c")  # the same, through the escaping parse
+    assert parse_depfile(escaped) == ["a$.c", *want[1:]]
+    assert parse_depfile("a.o :\n") == []
+    assert parse_depfile("a.o\n") is None
+
+
 def test_absent_lists_shadowing_candidates_that_do_not_exist(tmp_path: Path) -> None:
     inc1 = tmp_path / "inc1"
     inc2 = tmp_path / "inc2"
