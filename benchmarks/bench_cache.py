@@ -5,6 +5,8 @@ Ways, per repetition, the same tree, `make clean` (untimed) before each:
 
   distcc -> distccd                  the baseline every ratio is against
   meshcc-gcc -> meshcc --no-cache    cache off
+  meshcc-gcc -> meshcc, cold-cpp     as cold (below), with MESHCC_DIRECT=0: what the
+                                     result cache alone costs a cold build
   meshcc-gcc -> meshcc, cold cache   the cache emptied (and the daemon restarted, so its
                                      direct-mode manifests are gone): every job a miss,
                                      stored, and its manifest recorded
@@ -56,7 +58,7 @@ from bench_build import PROJECTS, _hash_objects, _run_quiet, _timed_make, precom
 
 TARGET_WARM = 0.2
 TARGET_COLD = 1.05
-WAYS = ("distcc", "off", "cold", "warm-cpp", "warm")
+WAYS = ("distcc", "off", "cold-cpp", "cold", "warm-cpp", "warm")
 SETTLE_S = 0.5  # after each build, before the daemon's CPU is read (every way alike)
 
 
@@ -131,7 +133,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         for rep in range(args.reps):
             for way in ways:
                 daemon = {"distcc": distccd, "off": off}.get(way, on)
-                if way == "cold":
+                if way in ("cold", "cold-cpp"):
                     shutil.rmtree(cache / "v1", ignore_errors=True)
                     on.stop()  # a restart re-reads the (now empty) directory
                     on = h.start_meshcc(work / "on", args.jobs, *on_args)
@@ -140,7 +142,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 env = h.client_env(work / f"state-{way}-{rep}", daemon.host_spec(lzo=True))
                 if daemon is on:
                     env["MESHCC_SOCKET"] = str(sock)
-                if way == "warm-cpp":
+                if way in ("warm-cpp", "cold-cpp"):
                     env["MESHCC_DIRECT"] = "0"
                 _run_quiet(project.clean, tree, env, work / "clean.log")
                 before = _hit_count(on, way)
@@ -192,6 +194,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "warm_vs_distcc": ratio("warm", "distcc"),
         "warm_cpp_vs_distcc": ratio("warm-cpp", "distcc"),
         "cold_vs_off": ratio("cold", "off"),
+        "cold_cpp_vs_off": ratio("cold-cpp", "off"),
         "warm_hits": hits["warm"],
         "warm_cpp_hits": hits["warm-cpp"],
         "cache_entries": entries,
@@ -232,6 +235,12 @@ def report(r: dict[str, object]) -> str:
             f"cold / cache off: {r['cold_vs_off']:.3f} (target <= {TARGET_COLD}); client cpu "
             f"{cpu['cold']['client'] / max(cpu['off']['client'], 1e-9):.3f}, daemon cpu "
             f"+{cpu['cold']['daemon'] - cpu['off']['daemon']:.2f} s"
+        )
+    if r["cold_cpp_vs_off"] is not None:
+        lines.append(
+            f"cold-cpp (no direct mode) / cache off: {r['cold_cpp_vs_off']:.3f}; client cpu "
+            f"{cpu['cold-cpp']['client'] / max(cpu['off']['client'], 1e-9):.3f}, daemon cpu "
+            f"+{cpu['cold-cpp']['daemon'] - cpu['off']['daemon']:.2f} s"
         )
     if r["cache_entries"]:
         lines.append(
