@@ -502,6 +502,13 @@ def _absent(paths: list[str], search: list[str], cwd: str, start_ns: int) -> lis
     system header, its last one or two path components (``stdio.h``, ``sys/types.h``). A
     file found beside its includer needs none: that directory is searched first.
 
+    One name per missing first component: where ``sys/`` does not exist in a directory,
+    ``sys`` alone is listed for every ``sys/...`` name (nothing can appear below it
+    without ``sys`` appearing first), and a missing search directory is listed by its
+    first missing component. A record then fails for a new ``sys/`` that holds none of
+    the names (a needless miss, never a wrong hit), and is a fraction of the size to
+    pack, send, store and check (xz-utils: ~3600 names a job before).
+
     Why groups with a directory mtime: creating any of a group's names creates an entry in
     its directory (the nearest one that exists), which changes the directory's mtime. So a
     lookup stats each directory once and lists only those that changed (the build
@@ -554,11 +561,11 @@ def _absent(paths: list[str], search: list[str], cwd: str, start_ns: int) -> lis
             # nearest existing directory is base: no other group can list it. (".." and
             # "." are never listed but exist: "../common/x.h" below an -I directory.)
             listing |= _DOTS
-            rels += [n for h, ns in by_head.items() if h not in listing for n in ns]
+            rels += [h for h in by_head if h not in listing]  # see "One name per"
             fresh = [n for h, ns in by_head.items() if h in listing for n in ns]
         elif listing is not None and rest.split("/", 1)[0] not in listing:
-            rels += [rest + n for n in names]  # d is missing below base: so is every name
-            continue
+            rels.append(rest.split("/", 1)[0])  # d is missing below base: its first
+            continue  # missing component stands for every name below it
         else:  # unreadable, or d is a dangling symlink: each name where it lies
             fresh = names
         fresh = [n for n in fresh if prefix + n not in known]

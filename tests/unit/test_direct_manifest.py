@@ -62,8 +62,10 @@ def test_absent_lists_shadowing_candidates_that_do_not_exist(tmp_path: Path) -> 
     groups = _absent(paths, [str(inc1), str(inc2)], str(tmp_path), time.time_ns())
     absent = [f"{g[0]}/{rel}" for g in groups for rel in g[2]]  # type: ignore[attr-defined]
     assert _still_absent(list(groups))
-    assert str(inc1 / "sub" / "h.h") in absent  # <sub/h.h> found in inc2: inc1 comes first
-    assert str(tmp_path / "sub" / "h.h") in absent  # "sub/h.h" beside the includer a.c
+    # <sub/h.h> found in inc2: inc1 comes first; and "sub/h.h" beside the includer a.c.
+    # Neither directory has a sub/: "sub" alone stands for every name below it.
+    assert str(inc1 / "sub") in absent
+    assert str(tmp_path / "sub") in absent
     assert str(inc2 / "sub" / "g.h") in absent  # "g.h" from inc2/sub/h.h: its own dir first
     assert str(inc1 / "stdio.h") in absent  # a system header shadowed by a -I directory
     assert str(tmp_path / "a.c") not in absent and str(inc1 / "a.c") not in absent  # beside
@@ -71,6 +73,11 @@ def test_absent_lists_shadowing_candidates_that_do_not_exist(tmp_path: Path) -> 
     assert all(not Path(p).exists() for p in absent)
     assert not set(paths) & set(absent)
     assert not any(p.startswith("/usr/include/") for p in absent)  # system dirs: not watched
+    # The shadow appears (its directory first, then the header): the record fails.
+    (inc1 / "sub").mkdir()
+    assert not _still_absent(list(groups))
+    (inc1 / "sub" / "h.h").write_text("")
+    assert not _still_absent(list(groups))
     # A shadow appears: its directory's mtime changed (or was too new to trust), so the
     # directory is listed and the new name found.
     (inc1 / "stdio.h").write_text("")
