@@ -188,6 +188,10 @@ def _pack(obj: object, out: bytearray, depth: int) -> None:
             _pack_length(out, len(data), 0xA0, 32, (0xD9, 0xDA, 0xDB))
         out += data
         return
+    if type(obj) is int and 1 << 32 <= obj < 1 << 64:  # a file's size or time in ns
+        out.append(0xCF)
+        out += obj.to_bytes(8, "big")
+        return
     if type(obj) is list and len(obj) < 16:
         out.append(0x90 | len(obj))
         for value in obj:
