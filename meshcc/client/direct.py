@@ -430,12 +430,6 @@ _DOTS = frozenset((".", ".."))
 SYSTEM_DEPTH = 2  # a system header's spellings checked: <stdio.h>, <sys/types.h>
 
 
-def _under(path: str, directory: str) -> str | None:
-    """``path`` relative to ``directory`` if it lies below it, else None."""
-    prefix = directory if directory.endswith("/") else directory + "/"
-    return path[len(prefix) :] if path.startswith(prefix) else None
-
-
 def _existing(directory: str) -> tuple[str, str]:
     """The nearest existing ancestor of ``directory`` (itself if it exists), and the rest
     of the path below it ("" or "missing/sub/")."""
