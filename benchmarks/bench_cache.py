@@ -5,6 +5,8 @@ Ways, per repetition, the same tree, `make clean` (untimed) before each:
 
   distcc -> distccd                  the baseline every ratio is against
   meshcc-gcc -> meshcc --no-cache    cache off
+  meshcc-gcc -> meshcc, cold-cpp     as cold (below), with MESHCC_DIRECT=0: what the
+                                     result cache alone costs a cold build
   meshcc-gcc -> meshcc, cold cache   the cache emptied (and the daemon restarted, so its
                                      direct-mode manifests are gone): every job a miss,
                                      stored, and its manifest recorded
@@ -16,7 +18,12 @@ Ways, per repetition, the same tree, `make clean` (untimed) before each:
 Reported: median wall per way; warm / distcc (issue target <= 0.2), warm-cpp / distcc
 (what a hit costs with the preprocessor), cold / off (target <= 1.05: what storing and
 recording manifests cost on a cold mesh), the hit counts of the warm builds, and the
-cache's disk per 1000 objects and its in-memory index estimate. Objects of both warm
+cache's disk per 1000 objects and its in-memory index estimate. Also CPU seconds per way,
+which the box's load moves far less than walls: the client side (make's whole tree:
+the wrappers, their preprocessors, make and the shells, from wait4) and the daemon the
+way used (its own CPU, and its reaped children's: the compilers; from /proc). On this
+loopback set-up one daemon is both the compile server and the clients' local daemon, so
+"daemon own" holds the result cache's store and direct mode's manifest puts. Objects of both warm
 builds are checked byte-identical to a local build. The clients of the cache ways talk to
 the daemon's control socket (MESHCC_SOCKET) for direct mode and to its compile port
 (DISTCC_HOSTS) for jobs.
@@ -30,16 +37,19 @@ box B's first build of a tree is a "warm-cpp" build (manifests are not shared ac
 mesh).
 
     .venv/bin/python benchmarks/bench_cache.py [--project zlib|xz-utils] [--reps 3] [-j 4]
+        [--ways off,cold]   (a subset of the ways, in this order; ratios need their ways)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +58,8 @@ from bench_build import PROJECTS, _hash_objects, _run_quiet, _timed_make, precom
 
 TARGET_WARM = 0.2
 TARGET_COLD = 1.05
-WAYS = ("distcc", "off", "cold", "warm-cpp", "warm")
+WAYS = ("distcc", "off", "cold-cpp", "cold", "warm-cpp", "warm")
+SETTLE_S = 0.5  # after each build, before the daemon's CPU is read (every way alike)
 
 
 def _cache_disk(root: Path) -> tuple[int, int]:
@@ -63,6 +74,20 @@ def _hit_count(daemon: h.Daemon, way: str) -> int:
     if way == "warm":
         return sum("direct: " in line and ": hit for " in line for line in text.splitlines())
     return text.count(" rcache:hit")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of a live process, from /proc/PID/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_bytes()
+    f = raw.rpartition(b")")[2].split()  # f[0] is field 3 (state); utime is field 14
+    return (int(f[11]) + int(f[12])) / _TICK, (int(f[13]) + int(f[14])) / _TICK
+
+
+def _load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _index_bytes(n: int) -> int:
@@ -99,14 +124,16 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
     sock = cache_root / "control.sock"
     on_args = ("--cache-dir", str(cache), "--socket", str(sock))
     on = h.start_meshcc(work / "on", args.jobs, *on_args)
-    walls: dict[str, list[float]] = {w: [] for w in WAYS}
+    ways = args.ways
+    walls: dict[str, list[float]] = {w: [] for w in ways}
+    cpus: dict[str, list[tuple[float, float, float]]] = {w: [] for w in ways}
     disk = (0, 0)
     hits = {"warm-cpp": 0, "warm": 0}
     try:
         for rep in range(args.reps):
-            for way in WAYS:
+            for way in ways:
                 daemon = {"distcc": distccd, "off": off}.get(way, on)
-                if way == "cold":
+                if way in ("cold", "cold-cpp"):
                     shutil.rmtree(cache / "v1", ignore_errors=True)
                     on.stop()  # a restart re-reads the (now empty) directory
                     on = h.start_meshcc(work / "on", args.jobs, *on_args)
@@ -115,36 +142,59 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
                 env = h.client_env(work / f"state-{way}-{rep}", daemon.host_spec(lzo=True))
                 if daemon is on:
                     env["MESHCC_SOCKET"] = str(sock)
-                if way == "warm-cpp":
+                if way in ("warm-cpp", "cold-cpp"):
                     env["MESHCC_DIRECT"] = "0"
                 _run_quiet(project.clean, tree, env, work / "clean.log")
                 before = _hit_count(on, way)
-                wall, _, rc = _timed_make([*make, f"CC={cc}"], tree, env, work / f"{way}.log")
+                own0, kids0 = _proc_cpu(daemon.proc.pid)
+                wall, client, rc = _timed_make([*make, f"CC={cc}"], tree, env, work / f"{way}.log")
                 if rc:
                     raise h.HarnessError(f"{way} build failed, see {work / f'{way}.log'}")
+                time.sleep(SETTLE_S)  # the daemon's last puts end after make does
+                own1, kids1 = _proc_cpu(daemon.proc.pid)
                 walls[way].append(wall)
+                cpus[way].append((client, own1 - own0, kids1 - kids0))
                 if way in hits:
                     hits[way] = _hit_count(on, way) - before
                     got = _hash_objects(tree)
                     if got != reference:
                         raise h.HarnessError(f"{way} build objects differ from the local build")
                     disk = _cache_disk(cache)
-                print(f"rep {rep + 1} {way:>6}: {wall:.2f} s", flush=True)
+                print(
+                    f"rep {rep + 1} {way:>8}: {wall:.2f} s; cpu client {client:.2f} s, "
+                    f"daemon {own1 - own0:.2f} s, compilers {kids1 - kids0:.2f} s",
+                    flush=True,
+                )
     finally:
         for d in (distccd, off, on):
             d.stop()
         shutil.rmtree(cache_root, ignore_errors=True)
     med = {w: statistics.median(v) for w, v in walls.items()}
+    cpu = {
+        w: {
+            part: statistics.median(c[i] for c in v)
+            for i, part in enumerate(("client", "daemon", "compilers"))
+        }
+        for w, v in cpus.items()
+    }
     entries, size = disk
+
+    def ratio(a: str, b: str) -> float | None:
+        return med[a] / med[b] if a in med and b in med else None
+
     return {
         "project": project.package,
         "jobs": args.jobs,
         "reps": args.reps,
         "objects": len(reference),
+        "ways": list(ways),
         "wall_s": med,
-        "warm_vs_distcc": med["warm"] / med["distcc"],
-        "warm_cpp_vs_distcc": med["warm-cpp"] / med["distcc"],
-        "cold_vs_off": med["cold"] / med["off"],
+        "cpu_s": cpu,
+        "load": _load(),
+        "warm_vs_distcc": ratio("warm", "distcc"),
+        "warm_cpp_vs_distcc": ratio("warm-cpp", "distcc"),
+        "cold_vs_off": ratio("cold", "off"),
+        "cold_cpp_vs_off": ratio("cold-cpp", "off"),
         "warm_hits": hits["warm"],
         "warm_cpp_hits": hits["warm-cpp"],
         "cache_entries": entries,
@@ -155,19 +205,57 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, object]:
 
 def report(r: dict[str, object]) -> str:
     med = r["wall_s"]
-    assert isinstance(med, dict)
+    cpu = r["cpu_s"]
+    ways = r["ways"]
+    assert isinstance(med, dict) and isinstance(cpu, dict) and isinstance(ways, list)
+    n = r["objects"]
+    assert isinstance(n, int)
     lines = [
-        f"{r['project']}: {r['objects']} objects, -j{r['jobs']}, median of {r['reps']}",
-        *(f"  {w:>8}: {med[w]:.2f} s" for w in WAYS),
-        f"warm (direct mode) / distcc: {r['warm_vs_distcc']:.2f} (target <= {TARGET_WARM}); "
-        f"direct hits: {r['warm_hits']} of {r['objects']} objects",
-        f"warm-cpp / distcc: {r['warm_cpp_vs_distcc']:.2f}; "
-        f"result cache hits: {r['warm_cpp_hits']} of {r['objects']} objects",
-        f"cold / cache off: {r['cold_vs_off']:.3f} (target <= {TARGET_COLD})",
-        f"disk per 1000 objects: {r['disk_per_1000_objects_mib']:.1f} MiB "
-        f"({r['cache_entries']} entries); index ~{r['index_per_1000_objects_kib']:.0f} KiB",
+        f"{r['project']}: {n} objects, -j{r['jobs']}, median of {r['reps']} ({r['load']} "
+        "at the end)",
+        *(
+            f"  {w:>8}: {med[w]:.2f} s; cpu client {cpu[w]['client']:.2f} s "
+            f"({cpu[w]['client'] / max(n, 1) * 1000:.1f} ms/object), daemon "
+            f"{cpu[w]['daemon']:.2f} s, compilers {cpu[w]['compilers']:.2f} s"
+            for w in ways
+        ),
     ]
+    if r["warm_vs_distcc"] is not None:
+        lines.append(
+            f"warm (direct mode) / distcc: {r['warm_vs_distcc']:.2f} (target <= {TARGET_WARM}); "
+            f"direct hits: {r['warm_hits']} of {n} objects"
+        )
+    if r["warm_cpp_vs_distcc"] is not None:
+        lines.append(
+            f"warm-cpp / distcc: {r['warm_cpp_vs_distcc']:.2f}; "
+            f"result cache hits: {r['warm_cpp_hits']} of {n} objects"
+        )
+    if r["cold_vs_off"] is not None:
+        lines.append(
+            f"cold / cache off: {r['cold_vs_off']:.3f} (target <= {TARGET_COLD}); client cpu "
+            f"{cpu['cold']['client'] / max(cpu['off']['client'], 1e-9):.3f}, daemon cpu "
+            f"+{cpu['cold']['daemon'] - cpu['off']['daemon']:.2f} s"
+        )
+    if r["cold_cpp_vs_off"] is not None:
+        lines.append(
+            f"cold-cpp (no direct mode) / cache off: {r['cold_cpp_vs_off']:.3f}; client cpu "
+            f"{cpu['cold-cpp']['client'] / max(cpu['off']['client'], 1e-9):.3f}, daemon cpu "
+            f"+{cpu['cold-cpp']['daemon'] - cpu['off']['daemon']:.2f} s"
+        )
+    if r["cache_entries"]:
+        lines.append(
+            f"disk per 1000 objects: {r['disk_per_1000_objects_mib']:.1f} MiB "
+            f"({r['cache_entries']} entries); index ~{r['index_per_1000_objects_kib']:.0f} KiB"
+        )
     return "\n".join(lines)
+
+
+def _ways(text: str) -> tuple[str, ...]:
+    asked = {w.strip() for w in text.split(",") if w.strip()}
+    unknown = asked - set(WAYS)
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"ways are {', '.join(WAYS)}")
+    return tuple(w for w in WAYS if w in asked)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--project", choices=sorted(PROJECTS), default="zlib")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("-j", "--jobs", type=int, default=4)
+    p.add_argument("--ways", type=_ways, default=WAYS, help="a comma-separated subset")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     precompile_meshcc()

@@ -55,9 +55,10 @@ from meshcc.wire.control import ControlError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any, Protocol
 
+    from meshcc.client.hashcache import HashCache
     from meshcc.transport.control_client import Control
 
     class _Hash(Protocol):
@@ -139,7 +140,10 @@ def parse_depfile(text: str) -> list[str] | None:
     """The prerequisites of the first rule of a make depfile as gcc writes it (``\\ `` for a
     space, ``$$`` for ``$``, backslash-newline continuations); None if it is not one."""
     first = text.replace("\\\r\n", " ").replace("\\\n", " ").split("\n", 1)[0]
-    tokens: list[str] = []
+    if "\\" not in first and "$" not in first:  # nothing escaped (the usual case): split
+        tokens = [t for t in first.replace("\t", " ").replace("\r", " ").split(" ") if t]
+        return _prerequisites(tokens)
+    tokens = []
     cur: list[str] = []
     i = 0
     n = len(first)
@@ -163,10 +167,12 @@ def parse_depfile(text: str) -> list[str] | None:
         i += 1
     if cur:
         tokens.append("".join(cur))
+    return _prerequisites(tokens)
+
+
+def _prerequisites(tokens: list[str]) -> list[str] | None:
     for at, tok in enumerate(tokens):
-        if tok == ":":
-            return tokens[at + 1 :]
-        if tok.endswith(":"):
+        if tok.endswith(":"):  # "a.o:" or a lone ":"
             return tokens[at + 1 :]
     return None
 
@@ -216,11 +222,15 @@ class Direct:
     def record(self, run: Any, stderr: bytes, stdout: bytes, obj: bytes) -> None:
         """Hand the local daemon this compile's manifest record and result (best effort:
         any doubt and nothing is recorded)."""
+        hashes = _hash_cache(run)
         try:
-            payload = self._payload(stderr, stdout, obj)
+            payload = self._payload(stderr, stdout, obj, hashes)
         except OSError as e:
             run.log.debug(f"direct mode: not recorded: {e}")
             return
+        finally:
+            if hashes is not None:
+                hashes.close()
         if isinstance(payload, str):
             run.log.debug(f"direct mode: not recorded: {payload}")
             return
@@ -247,8 +257,13 @@ class Direct:
         finally:
             conn.close()
 
-    def _payload(self, stderr: bytes, stdout: bytes, obj: bytes) -> bytes | str:
-        """The record for the daemon, or why there is none. Raises OSError."""
+    def _payload(
+        self, stderr: bytes, stdout: bytes, obj: bytes, hashes: HashCache | None = None
+    ) -> bytes | str:
+        """The record for the daemon, or why there is none. Raises OSError.
+
+        ``hashes``: this user's hash cache (:mod:`meshcc.client.hashcache`): a file whose
+        stat it knows is not read, hashed or searched again."""
         dep_file = self.dep_path if self.dep_path is not None else self.our_dep
         if dep_file is None:
             return "no dependency list"
@@ -268,17 +283,22 @@ class Direct:
             st = os.stat(path)
             if st.st_mtime_ns >= limit or st.st_ctime_ns >= limit:
                 return f"{dep} changed less than {TOO_NEW_S}s before the compile"
-            data = _read(path)
-            again = os.stat(path)
-            if (again.st_size, again.st_mtime_ns, again.st_ctime_ns) != (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-            ) or len(data) != st.st_size:
-                return f"{dep} changed while it was read"
-            if any(word in data for word in _CLOCK):
-                return f"{dep} uses __DATE__, __TIME__ or __TIMESTAMP__"
-            inc.append([path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _sha256(data).digest()])
+            digest = hashes.get(st) if hashes is not None else None
+            if digest is None:
+                data = _read(path)
+                again = os.stat(path)
+                if (again.st_size, again.st_mtime_ns, again.st_ctime_ns) != (
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                ) or len(data) != st.st_size:
+                    return f"{dep} changed while it was read"
+                if any(word in data for word in _CLOCK):
+                    return f"{dep} uses __DATE__, __TIME__ or __TIMESTAMP__"
+                digest = _sha256(data).digest()
+                if hashes is not None:  # old enough, unchanged while read, no clock macro
+                    hashes.put(st, digest)
+            inc.append([path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest])
             paths.append(path)
         absent = _absent(paths, self.search, self.cwd, self.start_ns)
         record: dict[str, object] = {
@@ -345,6 +365,17 @@ class Direct:
         return 0
 
 
+def _hash_cache(run: Any) -> HashCache | None:
+    """This user's hash cache in distcc's top directory (next to ``lock``), or None
+    (``MESHCC_HASH_CACHE=0``, no top directory, or not private to this user)."""
+    lockdir = run.lockdir
+    if not lockdir or run.env.get("MESHCC_HASH_CACHE") == "0":
+        return None
+    from meshcc.client import hashcache
+
+    return hashcache.open_cache(_dirname(lockdir), _sha256)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -398,13 +429,8 @@ def _fetch(conn: Control, rkey: str, source: str) -> dict[object, object] | None
     return result if isinstance(result, dict) else None
 
 
+_DOTS = frozenset((".", ".."))
 SYSTEM_DEPTH = 2  # a system header's spellings checked: <stdio.h>, <sys/types.h>
-
-
-def _under(path: str, directory: str) -> str | None:
-    """``path`` relative to ``directory`` if it lies below it, else None."""
-    prefix = directory if directory.endswith("/") else directory + "/"
-    return path[len(prefix) :] if path.startswith(prefix) else None
 
 
 def _existing(directory: str) -> tuple[str, str]:
@@ -420,6 +446,31 @@ def _existing(directory: str) -> tuple[str, str]:
             rest = directory[cut + 1 :] + "/" + rest
             directory = directory[:cut] or "/"
     return "/", rest
+
+
+def _home(
+    parent: str, listed: bool, group_of: Callable[[str, posix.stat_result], list[object]]
+) -> tuple[list[object], str] | None:
+    """The group a name created in ``parent`` belongs to, and the name's prefix in it:
+    ``parent``'s own if it could be listed; else its nearest existing ancestor's (with
+    mtime -1 when a component on the way is listed but cannot be stat'ed)."""
+    base, rest = (parent, "") if listed else _existing(parent)
+    try:
+        st = os.stat(base)
+    except OSError:
+        return None
+    group = group_of(base, st)
+    if rest and _lexists(f"{base.rstrip('/')}/{rest.split('/', 1)[0]}"):
+        group[1] = -1
+    return group, rest
+
+
+def _lexists(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except OSError:
+        return False
+    return True
 
 
 def _listing(directory: str) -> set[str] | None:
@@ -448,6 +499,13 @@ def _absent(paths: list[str], search: list[str], cwd: str, start_ns: int) -> lis
     system header, its last one or two path components (``stdio.h``, ``sys/types.h``). A
     file found beside its includer needs none: that directory is searched first.
 
+    One name per missing first component: where ``sys/`` does not exist in a directory,
+    ``sys`` alone is listed for every ``sys/...`` name (nothing can appear below it
+    without ``sys`` appearing first), and a missing search directory is listed by its
+    first missing component. A record then fails for a new ``sys/`` that holds none of
+    the names (a needless miss, never a wrong hit), and is a fraction of the size to
+    pack, send, store and check (xz-utils: ~3600 names a job before).
+
     Why groups with a directory mtime: creating any of a group's names creates an entry in
     its directory (the nearest one that exists), which changes the directory's mtime. So a
     lookup stats each directory once and lists only those that changed (the build
@@ -455,40 +513,100 @@ def _absent(paths: list[str], search: list[str], cwd: str, start_ns: int) -> lis
     the compile is stored with mtime -1: its listing is always checked (a creation in the
     same clock tick would not change the mtime)."""
     roots = list(dict.fromkeys(search))
-    local = [*roots, cwd]
-    project = {p for p in paths if any(_under(p, d) is not None for d in local)}
+    # Each directory once as a prefix: the loops below run per file read and per name
+    # (xz-utils: ~140 files, 13 directories, ~3600 names a job), so no call per pair.
+    root_pf = [d if d.endswith("/") else d + "/" for d in roots]
+    local_pf = (*root_pf, cwd if cwd.endswith("/") else cwd + "/")
+    project = {p for p in paths if p.startswith(local_pf)}
     dirs = list(dict.fromkeys([*roots, *(_dirname(p) for p in project)]))
     names: list[str] = []
+    any_root = tuple(root_pf)
     for path in paths:
         if path in project:
-            names += [r for d in roots if (r := _under(path, d))]
+            if path.startswith(any_root):
+                names += [path[len(pf) :] for pf in root_pf if path.startswith(pf)]
         else:
             parts = path.split("/")
             names += ["/".join(parts[-n:]) for n in range(1, SYSTEM_DEPTH + 1) if n < len(parts)]
-    names = list(dict.fromkeys(names))
+    names = [n for n in dict.fromkeys(names) if n]
+    by_head: dict[str, list[str]] = {}  # first component -> names (one test for all)
+    for n in names:
+        by_head.setdefault(n.split("/", 1)[0], []).append(n)
     known = set(paths)
     limit = start_ns - TOO_NEW_S * 1_000_000_000
     groups: dict[str, list[object]] = {}
+    listings: dict[str, set[str] | None] = {}  # directory -> its listing (None: cannot)
+    deep: list[str] = []  # names whose first component exists: checked where they lie
+
+    def group_of(base: str, st: posix.stat_result) -> list[object]:
+        mtime = st.st_mtime_ns if st.st_mtime_ns < limit else -1
+        return groups.setdefault(base, [base, mtime, []])
+
     for d in dirs:
         base, rest = _existing(d)
         try:
             st = os.stat(base)
         except OSError:
             continue
-        listing = _listing(base)
-        group = groups.setdefault(
-            base, [base, st.st_mtime_ns if st.st_mtime_ns < limit else -1, []]
-        )
+        listing = listings[base] = _listing(base)
+        group = group_of(base, st)
         rels = group[2]
         assert isinstance(rels, list)
-        for name in names:
-            rel = rest + name
-            full = (base if base.endswith("/") else base + "/") + rel
-            if full in known:
-                continue
-            known.add(full)
-            if _missing(base, rel, listing):
-                rels.append(rel)
+        prefix = (base if base.endswith("/") else base + "/") + rest
+        if listing is not None and not rest:
+            # A name whose first component is not listed is absent (no syscall), and its
+            # nearest existing directory is base: no other group can list it. (".." and
+            # "." are never listed but exist: "../common/x.h" below an -I directory.)
+            listing |= _DOTS
+            rels += [h for h in by_head if h not in listing]  # see "One name per"
+            fresh = [n for h, ns in by_head.items() if h in listing for n in ns]
+        elif listing is not None and rest.split("/", 1)[0] not in listing:
+            rels.append(rest.split("/", 1)[0])  # d is missing below base: its first
+            continue  # missing component stands for every name below it
+        else:  # unreadable, or d is a dangling symlink: each name where it lies
+            fresh = names
+        fresh = [n for n in fresh if prefix + n not in known]
+        known.update(prefix + n for n in fresh)
+        deep += [prefix + n for n in fresh]
+    # A name under an existing subdirectory ("sys/types.h" where "sys/" exists, or
+    # "../common/x.h"): creating it changes that subdirectory's mtime, not the group's, so
+    # it belongs to the group of the directory it would be created in (one listing per
+    # directory). If that directory is missing or unreadable, the group of its nearest
+    # existing ancestor, always listed at lookup (mtime -1) when a component on the way is
+    # listed but cannot be stat'ed (a dangling symlink: what appears behind it does not
+    # change the ancestor's mtime).
+    homes: dict[str, tuple[list[object], str] | None] = {}  # parent -> (group, rest)
+    by_inode: dict[tuple[int, int], set[str] | None] = {}
+    for full in deep:
+        cut = full.rfind("/")
+        parent, name = full[:cut] or "/", full[cut + 1 :]
+        if parent not in listings:
+            try:  # one spelling of a directory listed, e.g. "a/../b" and "b": by inode
+                st = os.stat(parent)
+                inode = (st.st_dev, st.st_ino)
+                if inode not in by_inode:
+                    by_inode[inode] = _listing(parent)
+                listings[parent] = by_inode[inode]
+            except OSError:
+                listings[parent] = None
+        listing = listings[parent]
+        if listing is not None and name in listing and os.access(full, 0):
+            continue  # it exists: not a shadow to watch, a file that was not read
+        if parent not in homes:
+            homes[parent] = _home(parent, listing is not None, group_of)
+        home = homes[parent]
+        if home is None:
+            continue
+        group, rest = home
+        if listing is not None and name in listing:  # a dangling symlink: its target
+            group[1] = -1  # may appear anywhere
+        rels = group[2]
+        assert isinstance(rels, list)
+        rels.append(rest + name)
+    for group in groups.values():  # one name reached from two spellings: listed once
+        rels = group[2]
+        assert isinstance(rels, list)
+        group[2] = list(dict.fromkeys(rels))
     return [g for g in groups.values() if g[2]]
 
 

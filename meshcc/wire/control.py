@@ -180,6 +180,23 @@ def packb(obj: object) -> bytes:
 def _pack(obj: object, out: bytearray, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ControlError("message nested too deeply")
+    if type(obj) is str:  # first: a direct-mode record is thousands of short names
+        data = obj.encode("utf-8", "surrogateescape")
+        if len(data) < 32:
+            out.append(0xA0 | len(data))
+        else:
+            _pack_length(out, len(data), 0xA0, 32, (0xD9, 0xDA, 0xDB))
+        out += data
+        return
+    if type(obj) is int and 1 << 32 <= obj < 1 << 64:  # a file's size or time in ns
+        out.append(0xCF)
+        out += obj.to_bytes(8, "big")
+        return
+    if type(obj) is list and len(obj) < 16:
+        out.append(0x90 | len(obj))
+        for value in obj:
+            _pack(value, out, depth + 1)
+        return
     if obj is None:
         out.append(0xC0)
     elif obj is True:

@@ -3,6 +3,7 @@ manifest store (bounds, per-user isolation, LRU) and the control messages."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -34,6 +35,18 @@ def test_parse_depfile_first_rule_with_escapes_and_phony_rules() -> None:
     assert parse_depfile("no rule here\n") is None
 
 
+def test_parse_depfile_plain_text_takes_the_split_and_agrees_with_the_escaped_parse() -> None:
+    """No backslash or ``$`` in the first rule: split on space, tab and CR only (a
+    no-break space is part of a file name), as the character-by-character parse does."""
+    plain = "a.o: a.c  inc/h.h\t/usr/include/stdio.h \\\n x\u00a0y.h\r\nx\u00a0y.h:\n"
+    want = ["a.c", "inc/h.h", "/usr/include/stdio.h", "x\u00a0y.h"]
+    assert parse_depfile(plain) == want
+    escaped = plain.replace("a.c", "a$$.c")  # the same, through the escaping parse
+    assert parse_depfile(escaped) == ["a$.c", *want[1:]]
+    assert parse_depfile("a.o :\n") == []
+    assert parse_depfile("a.o\n") is None
+
+
 def test_absent_lists_shadowing_candidates_that_do_not_exist(tmp_path: Path) -> None:
     inc1 = tmp_path / "inc1"
     inc2 = tmp_path / "inc2"
@@ -49,8 +62,10 @@ def test_absent_lists_shadowing_candidates_that_do_not_exist(tmp_path: Path) -> 
     groups = _absent(paths, [str(inc1), str(inc2)], str(tmp_path), time.time_ns())
     absent = [f"{g[0]}/{rel}" for g in groups for rel in g[2]]  # type: ignore[attr-defined]
     assert _still_absent(list(groups))
-    assert str(inc1 / "sub" / "h.h") in absent  # <sub/h.h> found in inc2: inc1 comes first
-    assert str(tmp_path / "sub" / "h.h") in absent  # "sub/h.h" beside the includer a.c
+    # <sub/h.h> found in inc2: inc1 comes first; and "sub/h.h" beside the includer a.c.
+    # Neither directory has a sub/: "sub" alone stands for every name below it.
+    assert str(inc1 / "sub") in absent
+    assert str(tmp_path / "sub") in absent
     assert str(inc2 / "sub" / "g.h") in absent  # "g.h" from inc2/sub/h.h: its own dir first
     assert str(inc1 / "stdio.h") in absent  # a system header shadowed by a -I directory
     assert str(tmp_path / "a.c") not in absent and str(inc1 / "a.c") not in absent  # beside
@@ -58,6 +73,11 @@ def test_absent_lists_shadowing_candidates_that_do_not_exist(tmp_path: Path) -> 
     assert all(not Path(p).exists() for p in absent)
     assert not set(paths) & set(absent)
     assert not any(p.startswith("/usr/include/") for p in absent)  # system dirs: not watched
+    # The shadow appears (its directory first, then the header): the record fails.
+    (inc1 / "sub").mkdir()
+    assert not _still_absent(list(groups))
+    (inc1 / "sub" / "h.h").write_text("")
+    assert not _still_absent(list(groups))
     # A shadow appears: its directory's mtime changed (or was too new to trust), so the
     # directory is listed and the new name found.
     (inc1 / "stdio.h").write_text("")
@@ -167,3 +187,67 @@ def test_direct_requests_round_trip_and_are_checked() -> None:
     part = control.DirectRequest("direct_put", KEY, name, b"\0" * control.DIRECT_PART, True)
     assert len(control.encode(part.to_message())) <= control.MAX_REQUEST
     assert control.DirectReply(off=True).to_message() == {"ok": True, "manifest": None, "off": True}
+
+
+def test_absent_name_below_an_existing_subdirectory_is_watched_there(tmp_path: Path) -> None:
+    """``<sys/types.h>`` read from the system, and the -I directory already has a
+    ``sys/`` of its own: a new ``inc/sys/types.h`` would be read instead, and creating it
+    changes ``inc/sys``'s mtime, not ``inc``'s. (Before, the name was grouped under
+    ``inc`` and the shadow went unseen while ``inc``'s mtime stood still.)"""
+    inc = tmp_path / "inc"
+    (inc / "sys").mkdir(parents=True)
+    (inc / "sys" / "other.h").write_text("")
+    src = tmp_path / "a.c"
+    src.write_text("")
+    old = time.time_ns() - 10 * 10**9
+    for d in (inc, inc / "sys"):
+        os.utime(d, ns=(old, old))
+    system = "/usr/include/x86_64-linux-gnu/sys/types.h"
+    groups = _absent([str(src), system], [str(inc)], str(tmp_path), time.time_ns())
+    absent = {f"{g[0]}/{rel}" for g in groups for rel in g[2]}  # type: ignore[attr-defined]
+    assert str(inc / "sys" / "types.h") in absent
+    assert _still_absent(list(groups))
+    (inc / "sys" / "types.h").write_text("")
+    assert inc.stat().st_mtime_ns == old  # the group the name used to be in: unchanged
+    assert not _still_absent(list(groups))
+
+
+def test_absent_name_behind_a_dangling_symlink_is_always_checked(tmp_path: Path) -> None:
+    """An -I directory that is a dangling symlink: what appears at its target changes no
+    mtime the record could watch, so its group is listed at every lookup."""
+    target = tmp_path / "later"
+    (tmp_path / "inc").symlink_to(target)
+    src = tmp_path / "a.c"
+    src.write_text("")
+    old = time.time_ns() - 10 * 10**9
+    os.utime(tmp_path, ns=(old, old))
+    groups = _absent(
+        [str(src), "/usr/include/stdio.h"], [str(tmp_path / "inc")], str(tmp_path), time.time_ns()
+    )
+    assert _still_absent(list(groups))
+    target.mkdir()
+    (target / "stdio.h").write_text("")
+    os.utime(tmp_path, ns=(old, old))  # the directory the symlink lives in: as it was
+    assert not _still_absent(list(groups))
+
+
+def test_absent_dotted_names_are_checked_where_they_lie(tmp_path: Path) -> None:
+    """A file read as ``inc/../common/x.h`` gives the name ``../common/x.h`` in every
+    other search directory; each is checked in its own directory (before, a ".." name
+    was never found in a listing and counted absent even where the file exists)."""
+    for d in ("inc", "lz", "common", "other/common"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "common" / "x.h").write_text("")
+    (tmp_path / "common" / "y.h").write_text("")  # exists below lz/..: not absent
+    (tmp_path / "other" / "lz").mkdir()
+    src = tmp_path / "a.c"
+    src.write_text("")
+    read = [str(src), f"{tmp_path}/inc/../common/x.h", f"{tmp_path}/inc/../common/y.h"]
+    search = [str(tmp_path / "other" / "lz"), str(tmp_path / "inc")]
+    groups = _absent(read, search, str(tmp_path), time.time_ns())
+    absent = {f"{g[0]}/{rel}" for g in groups for rel in g[2]}  # type: ignore[attr-defined]
+    assert all(not Path(p).exists() for p in absent)
+    assert f"{tmp_path}/other/common/x.h" in {os.path.normpath(p) for p in absent}
+    assert _still_absent(list(groups))
+    (tmp_path / "other" / "common" / "x.h").write_text("")  # other/lz/../common/x.h
+    assert not _still_absent(list(groups))
