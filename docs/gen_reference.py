@@ -60,6 +60,14 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
         ),
     ),
     (
+        "MESHCC_HASH_CACHE",
+        (
+            "`0`: direct mode's recording hashes every header again (default: a per-user "
+            "cache in `$DISTCC_DIR/direct-<uid>/hashes`, at most 3 MiB, keyed by device, "
+            "inode, size, mtime and ctime, used only if you own it and others cannot write it)"
+        ),
+    ),
+    (
         "MESHCC_DIRECTIVES_ONLY",
         (
             "`1`: preprocess optimizing C/C++ jobs with `-fdirectives-only` too (non-optimizing "
