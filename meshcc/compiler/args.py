@@ -279,11 +279,12 @@ def directives_only(job: Job) -> bool:
     debug, record = _debug_info(job.argv[1:])
     if debug and record:
         return False  # DW_AT_producer would name -fdirectives-only
-    if _optimizing(job.argv[1:]):
-        if not directives_only_when_optimizing:
-            return False
-        return not any(a.startswith("-flto") for a in job.argv[1:])
-    return True
+    optimizing = _optimizing(job.argv[1:])
+    if optimizing and any(a.startswith("-flto") for a in job.argv[1:]):
+        return False
+    if debug:  # switches not recorded: columns in .debug_line need the macros' locations
+        return True
+    return directives_only_when_optimizing or not optimizing
 
 
 def host_macro_use(body: bytes) -> str | None:
