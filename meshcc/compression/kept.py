@@ -60,7 +60,7 @@ def _is_name(name: str) -> bool:
 
 
 def peer_dirname(where: str) -> str:
-    """``127.0.0.1_3632``, ``__1__3632`` for ``[::1]:3632``: one directory per peer."""
+    """``127.0.0.1_3632``, ``___1__3632`` for ``[::1]:3632``: one directory per peer."""
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in where)[:200]
 
 
