@@ -84,7 +84,7 @@ class Plan:
     body as (``keep``), and the kept body this frame is compressed against (``prefix``,
     under ``prefix_id``; none for a first job)."""
 
-    __slots__ = ("dir_fd", "keep", "prefix", "prefix_id", "sent")
+    __slots__ = ("dir_fd", "keep", "level", "prefix", "prefix_id", "sent")
 
     def __init__(self, dir_fd: int, prefix_id: str, prefix: bytes) -> None:
         self.dir_fd = dir_fd
@@ -92,6 +92,7 @@ class Plan:
         self.prefix_id = prefix_id
         self.prefix = prefix
         self.sent = 0  # bytes of the frame, once compressed
+        self.level: int | None = None  # the zstd level it was compressed at
 
     def tokens(self) -> bytes:
         """``[ZREF] ZNEW``, sent after ``CODC zstd``."""
@@ -99,12 +100,8 @@ class Plan:
 
     def compress(self, data: bytes, level: int | None) -> bytes:
         """The zstd frame of ``data``, against the prefix if there is one."""
-        frame = compress(
-            "zstd",
-            data,
-            max(level or 1, PREFIX_LEVEL) if self.prefix else level,
-            self.prefix or None,
-        )
+        self.level = max(level or 1, PREFIX_LEVEL) if self.prefix else level
+        frame = compress("zstd", data, self.level, self.prefix or None)
         self.sent = len(frame)
         return frame
 
@@ -123,7 +120,8 @@ class Plan:
             if self.prefix_id
             else "no prefix"
         )
-        return f", {self.sent} bytes on the wire (zref: {against})"
+        at = "" if self.level is None else f", level {self.level}"
+        return f", {self.sent} bytes on the wire (zref: {against}{at})"
 
     def keep_body(self, data: bytes) -> None:
         """The reply came back: the server holds ``data`` as :attr:`keep`; keep it here too,
