@@ -18,6 +18,7 @@ control socket whose grants say what the daemon's mDNS record would: ``zstd`` an
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,9 @@ from typing import Any
 import conftest
 import meshcc.compression as comp
 from conftest import Daemon
-from meshcc.wire import control
+from meshcc.compression import kept
+from meshcc.wire import codecs, control
+from meshcc.wire import protocol as wire
 from test_lease_client import FakeControl, fake_control, lease_env
 from test_wrapper import meshcc
 
@@ -86,7 +89,6 @@ def test_later_jobs_go_against_the_previous_body_and_survive_a_restart(
         daemon = restarted or server
         assert done.returncode == 0, done.stderr + daemon.diagnostics()
         assert obj.read_bytes() == ref.read_bytes(), f"{name}: object differs from local gcc"
-        print(name, [ln for ln in done.stderr.splitlines() if "sent" in ln or "prefix" in ln])
         found = SENT.search(done.stderr)
         assert found, done.stderr
         return int(found[2]), found[3], done.stderr
@@ -142,3 +144,69 @@ def test_later_jobs_go_against_the_previous_body_and_survive_a_restart(
         if restarted is not None:
             restarted.stop()
             restarted.cleanup()
+
+
+def _job(port: int, request: bytes, source: str = conftest.LOOPBACK) -> list[object]:
+    """Send ``request`` from ``source`` (a loopback address); the reply's events."""
+    reader = wire.ReplyReader(1)
+    events: list[object] = []
+    with socket.create_connection((conftest.LOOPBACK, port), 60, (source, 0)) as s:
+        s.sendall(request)
+        while True:
+            event = reader.next_event()
+            if event is wire.NEED_DATA:
+                chunk = s.recv(1 << 16)
+                if chunk:
+                    reader.feed(chunk)
+                else:
+                    reader.feed_eof()
+                continue
+            events.append(event)
+            if isinstance(event, (wire.ReplyEnd, wire.ReplyRefused)):
+                return events
+
+
+def _refused(events: list[object]) -> str:
+    assert isinstance(events[-1], wire.ReplyRefused), events
+    return events[-1].message
+
+
+def test_a_prefix_is_only_the_sending_address_and_only_a_vetted_body(
+    meshcc_daemon: Callable[..., Daemon], zlib_source: Path, tmp_path: Path
+) -> None:
+    """Through the real server: a body kept for 127.0.0.1 cannot be named from 127.0.0.2
+    (another box); a body whose frame was refused is never kept; the owner's prefixed job
+    gives gcc's own object."""
+    server = meshcc_daemon(allow=("127.0.0.0/8",))
+    bodies, refs = {}, {}
+    for name in ("adler32.c", "trees.c"):
+        pre = tmp_path / (name[:-2] + ".i")
+        subprocess.run(["gcc", "-E", *GCC_ARGS, zlib_source / name, "-o", pre], check=True)
+        ref = tmp_path / (name[:-2] + ".o")
+        subprocess.run(["gcc", "-O2", "-c", pre, "-o", ref], check=True, cwd=tmp_path)
+        bodies[name], refs[name] = pre.read_bytes(), ref.read_bytes()
+    head = wire.encode_request_head(1, [b"gcc", b"-O2", b"-c", b"t.c", b"-o", b"t.o"])
+    zstd = codecs.encode_codec_request("zstd")
+    first, second, bad = kept.new_id(), kept.new_id(), kept.new_id()
+
+    def request(body: bytes, keep: str, prefix: str = "") -> bytes:
+        return head + zstd + codecs.encode_prefix_tokens(keep, prefix) + wire.encode_source(body)
+
+    events = _job(server.port, request(comp.compress("zstd", bodies["adler32.c"]), first))
+    assert isinstance(events[-1], wire.ReplyEnd), events
+
+    prefixed = comp.compress("zstd", bodies["trees.c"], 3, bodies["adler32.c"])
+    why = _refused(_job(server.port, request(prefixed, second, first), source="127.0.0.2"))
+    assert codecs.is_unknown_prefix(why), why  # another address: not found
+
+    corrupt = bytearray(comp.compress("zstd", bodies["adler32.c"]))
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    why = _refused(_job(server.port, request(bytes(corrupt), bad)))
+    assert "corrupt zstd body" in why, why
+    why = _refused(_job(server.port, request(prefixed, second, bad)))
+    assert codecs.is_unknown_prefix(why), why  # a refused body was not kept
+
+    events = _job(server.port, request(prefixed, second, first))  # the owner
+    (obj,) = [e for e in events if isinstance(e, wire.ReplyObject)]
+    assert comp.decompress("zstd", obj.data, 1 << 24) == refs["trees.c"]
+    assert len(prefixed) * 2 < len(comp.compress("zstd", bodies["trees.c"], 3))
