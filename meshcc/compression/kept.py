@@ -154,8 +154,8 @@ def plan(environ: Mapping[str, str], where: str) -> Plan | None:
     top = environ.get("DISTCC_DIR") or os.path.join(
         environ.get("HOME") or os.path.expanduser("~"), ".distcc"
     )
-    try:
-        top_fd = os.open(top, _DIR_FLAGS)
+    try:  # $DISTCC_DIR itself may be a symlink the user made, as distcc allows
+        top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:

@@ -271,11 +271,20 @@ def test_a_directory_open_to_others_is_not_used(tmp_path: Path) -> None:
     p = kept.plan(env, "h:1")
     assert p is not None
     p.keep_body(b"mine")
-    os.chmod(tmp_path / "distcc" / "zref" / "h_1", 0o755)
+    peer = tmp_path / "distcc" / "zref" / "h_1"
+    os.chmod(peer, 0o755)
     assert kept.plan(env, "h:1") is None
-    os.chmod(tmp_path / "distcc" / "zref" / "h_1", 0o700)
+    os.chmod(peer, 0o700)
     assert kept.plan(env, "h:1") is not None
+    if os.geteuid() == 0:  # a directory another user made (planted in a shared DISTCC_DIR)
+        os.chown(peer, 65534, 65534)
+        assert kept.plan(env, "h:1") is None
+        os.chown(peer, 0, 0)
     assert kept.plan({"DISTCC_DIR": str(tmp_path / "missing")}, "h:1") is None
+    (tmp_path / "link").symlink_to(tmp_path / "distcc")  # the user's own choice: followed
+    linked = kept.plan({"DISTCC_DIR": str(tmp_path / "link")}, "h:1")
+    assert linked is not None and linked.prefix == b"mine"
+    linked.close()
 
 
 def test_a_refusal_drops_the_prefix_once(tmp_path: Path) -> None:
