@@ -17,7 +17,7 @@ the code meshcc runs, with no network:
 
 Both ways alternate per job; each job's CPU (process time) is the median over ``--rounds``
 passes. Also measured: the import of ``meshcc.compression.kept`` in a fresh interpreter
-(what a job pays once to use prefixes), as child CPU over 20 runs. Bytes do not depend on
+(what a job pays once to use prefixes; ``-X importtime``, median of 20). Bytes do not depend on
 load; the CPU figures are process time, which load moves little.
 """
 
@@ -42,7 +42,7 @@ from meshcc import compression  # noqa: E402
 from meshcc.compression import kept  # noqa: E402
 
 
-def run_way(seq: list[bytes], rounds: int, top: Path) -> dict[str, object]:
+def run_way(seq: list[bytes], rounds: int, top: Path, tag: str) -> dict[str, object]:
     """Per job: zstd bytes, zref bytes, median CPU of each way (client and server)."""
     env = {"DISTCC_DIR": str(top)}
     n = len(seq)
@@ -52,7 +52,7 @@ def run_way(seq: list[bytes], rounds: int, top: Path) -> dict[str, object]:
     zref_bytes = [0] * n
     prefixed = [False] * n
     for r in range(rounds):
-        peer = f"bench:{r}"  # a fresh peer directory per pass: its first job has no prefix
+        peer = f"{tag}:{r}"  # a fresh peer directory per pass: its first job has no prefix
         for i, body in enumerate(seq):
             t = time.process_time()
             frame = compression.compress("zstd", body, 1)
@@ -101,21 +101,22 @@ def run_way(seq: list[bytes], rounds: int, top: Path) -> dict[str, object]:
     }
 
 
-def import_cost(runs: int = 20) -> dict[str, float]:
-    """Child CPU ms of ``python -c`` importing the prefix path vs. plain zstd's modules."""
-    base = "import meshcc.compression as c, meshcc.compression._frames as f; f._load('zstd')"
-    codes = {"zstd path": base, "zstd + kept": base + "; import meshcc.compression.kept"}
-    out: dict[str, float] = {}
-    for name, code in codes.items():
-        samples = []
-        for _ in range(runs):
-            child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-            _, status, usage = os.wait4(child.pid, 0)
-            child.returncode = os.waitstatus_to_exitcode(status)
-            assert child.returncode == 0, code
-            samples.append(usage.ru_utime + usage.ru_stime)
-        out[name] = 1000 * statistics.median(samples)
-    return out
+def import_cost(runs: int = 20) -> float:
+    """Median microseconds ``python -X importtime`` gives ``meshcc.compression.kept``
+    (cumulative) in a fresh interpreter that has already loaded zstd's path, as a job has."""
+    code = "import meshcc.compression._frames as f; f._load('zstd'); import meshcc.compression.kept"
+    samples = []
+    for _ in range(runs):
+        res = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        line = next(ln for ln in res.stderr.splitlines() if ln.endswith("meshcc.compression.kept"))
+        samples.append(float(line.split("|")[1]))
+    return statistics.median(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,14 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         report: dict[str, object] = {
             "project": args.project,
             "load": load,
-            "imports_ms": import_cost(),
+            "import_kept_us": import_cost(),
         }
         for kind, seq in all_bodies.items():
-            report[kind] = run_way(seq, args.rounds, top)
+            report[kind] = run_way(seq, args.rounds, top, kind)
     print(f"{args.project}, load average {load[0]:.1f} (1 min), {args.rounds} rounds")
-    imp = report["imports_ms"]
-    assert isinstance(imp, dict)
-    print("fresh-interpreter import CPU, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in imp.items()))
+    print(f"import of meshcc.compression.kept after zstd's: {report['import_kept_us']:.0f} us")
     for kind in all_bodies:
         r = report[kind]
         assert isinstance(r, dict)
