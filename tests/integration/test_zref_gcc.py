@@ -12,7 +12,10 @@ control socket whose grants say what the daemon's mDNS record would: ``zstd`` an
   refused (``unknown body prefix``), it goes once more without one and succeeds, and the
   job after it uses a prefix again;
 - a stock distcc 3.4 client is served by the same daemon as ever (LZO), and the kept
-  bodies are in a 0700 directory per peer.
+  bodies are in a 0700 directory per peer;
+- through the real server, a kept body is only the sending address's, and a body whose
+  frame was refused is never kept;
+- a lease of a stock distccd (no codecs in its grant) never carries the new tokens.
 """
 
 from __future__ import annotations
@@ -210,3 +213,44 @@ def test_a_prefix_is_only_the_sending_address_and_only_a_vetted_body(
     (obj,) = [e for e in events if isinstance(e, wire.ReplyObject)]
     assert comp.decompress("zstd", obj.data, 1 << 24) == refs["trees.c"]
     assert len(prefixed) * 2 < len(comp.compress("zstd", bodies["trees.c"], 3))
+
+
+def test_a_stock_distccd_peer_never_sees_the_tokens(
+    meshcc_daemon: Callable[..., Daemon],
+    distccd: Callable[..., Daemon],
+    client_env: dict[str, str],
+    zlib_tree: Path,
+    tmp_path: Path,
+    fake_control: Callable[[list[Any]], FakeControl],
+) -> None:
+    """With a body kept for a meshcc peer, a lease of a stock distccd (its grant lists no
+    codecs, as its mDNS record has none) still goes as distcc protocol 1: no CODC, no
+    ZREF, and distccd 3.4 compiles it."""
+    mesh, stock = meshcc_daemon(), distccd()
+
+    def grant(port: int, codecs_: tuple[str, ...]) -> dict[str, object]:
+        return control.LeaseGranted(
+            conftest.LOOPBACK, port, 1, "gcc", "", False, codecs_
+        ).to_message()
+
+    fc = fake_control([grant(mesh.port, ("zstd", "zref")), grant(stock.port, ())])
+    env = lease_env(client_env, fc, MESHCC_CODEC="zstd", MESHCC_VERBOSE="1", DISTCC_FALLBACK="0")
+    for n, name in enumerate(("adler32.c", "deflate.c")):
+        done = subprocess.run(
+            [meshcc(), *GCC_ARGS, "-c", name, "-o", str(tmp_path / f"{n}.o")],
+            cwd=zlib_tree,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr + stock.diagnostics()
+        subprocess.run(
+            ["gcc", *GCC_ARGS, "-c", name, "-o", tmp_path / f"{n}.ref.o"], cwd=zlib_tree, check=True
+        )
+        assert (tmp_path / f"{n}.o").read_bytes() == (tmp_path / f"{n}.ref.o").read_bytes()
+        if n == 0:
+            assert "(zref: no prefix" in done.stderr, done.stderr
+    assert "zref" not in done.stderr and "as zstd" not in done.stderr, done.stderr
+    assert len(stock.wait_for_jobs(1)) == 1, stock.diagnostics()
+    assert len(mesh.wait_for_jobs(1)) == 1, mesh.diagnostics()
