@@ -46,7 +46,7 @@ def run_way(seq: list[bytes], rounds: int, top: Path, tag: str) -> dict[str, obj
     """Per job: zstd bytes, zref bytes, median CPU of each way (client and server)."""
     env = {"DISTCC_DIR": str(top)}
     n = len(seq)
-    ways = ("zstd", "zref", "srv", "plan", "compress", "keep")
+    ways = ("zstd", "zstd3", "zref", "srv", "plan", "compress", "keep")
     cpu: dict[str, list[list[float]]] = {k: [[] for _ in seq] for k in ways}
     zstd_bytes = [0] * n
     zref_bytes = [0] * n
@@ -58,6 +58,10 @@ def run_way(seq: list[bytes], rounds: int, top: Path, tag: str) -> dict[str, obj
             frame = compression.compress("zstd", body, 1)
             cpu["zstd"][i].append(time.process_time() - t)
             zstd_bytes[i] = len(frame)
+
+            t = time.process_time()
+            compression.compress("zstd", body, kept.PREFIX_LEVEL)  # zref's level, no prefix
+            cpu["zstd3"][i].append(time.process_time() - t)
 
             t = time.process_time()
             plan = kept.plan(env, peer)
@@ -89,6 +93,7 @@ def run_way(seq: list[bytes], rounds: int, top: Path, tag: str) -> dict[str, obj
         "zref_bytes_prefixed_jobs": sum(z for z, p in zip(zref_bytes, prefixed, strict=True) if p),
         "zstd_bytes_prefixed_jobs": sum(z for z, p in zip(zstd_bytes, prefixed, strict=True) if p),
         "client_ms_per_job_zstd": 1000 * statistics.median(med["zstd"]),
+        "client_ms_per_job_zstd_prefix_level": 1000 * statistics.median(med["zstd3"]),
         "client_ms_per_job_zref": 1000 * statistics.median(med["zref"]),
         "server_ms_per_job_zref_decode": 1000 * statistics.median(med["srv"]),
         "client_ms_per_job_zref_parts": {
@@ -159,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         parts = r["client_ms_per_job_zref_parts"]
         assert isinstance(parts, dict)
-        print(f"{'':16} zref's parts: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()))
+        print(
+            f"{'':16} zref's parts: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items())
+            + f" (compressing at level {kept.PREFIX_LEVEL} without a prefix: "
+            f"{r['client_ms_per_job_zstd_prefix_level']:.2f} ms)"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
