@@ -46,9 +46,11 @@ SENT = re.compile(
 
 
 def _grant(server: Daemon) -> Callable[[dict[str, Any]], dict[str, object]]:
+    """A grant as a meshcc daemon's would be: SLOT/BUSY first (``busy``), the codecs, zref."""
+
     def answer(_msg: dict[str, Any]) -> dict[str, object]:
         return control.LeaseGranted(
-            conftest.LOOPBACK, server.port, 1, "gcc", "", False, ("zstd", "lz4", "zref")
+            conftest.LOOPBACK, server.port, 1, "gcc", "", True, ("zstd", "lz4", "zref")
         ).to_message()
 
     return answer
