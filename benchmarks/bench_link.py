@@ -8,13 +8,14 @@ Builds its own LAN (tests/netns.py: a bridge in a switch namespace, one namespac
 nothing touches this machine's real interfaces): box ``s`` runs a ``meshcc daemon`` and a
 stock ``distccd`` (both ``--jobs J``), box ``c`` runs a ``meshcc daemon`` whose only
 compiler reports another gcc version, so every ``meshcc-gcc`` job is leased to ``s``. The
-project is configured once, then built on ``c`` with ``make -jJ`` four ways, alternating
+project is configured once, then built on ``c`` with ``make -jJ`` five ways, alternating
 within each repetition (``make clean`` untimed before each build, ``DISTCC_FALLBACK=0``
 so a job that did not go remote fails the build):
 
 | way | ``CC`` | bodies |
 | --- | --- | --- |
 | meshcc | ``meshcc-gcc`` (leases) | chosen per job (compression.choose) |
+| meshcc nozref | ``meshcc-gcc``, ``MESHCC_ZREF=0`` | chosen per job, no zstd prefixes |
 | meshcc none | ``meshcc-gcc``, ``MESHCC_CODEC=none`` | uncompressed |
 | distcc lzo | ``distcc gcc``, ``DISTCC_HOSTS=s:PORT/J,lzo`` | LZO (protocol 2) |
 | distcc none | ``distcc gcc``, ``DISTCC_HOSTS=s:PORT/J`` | uncompressed (protocol 1) |
@@ -73,7 +74,7 @@ import netns  # noqa: E402
 from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir  # noqa: E402
 
 DISTCCD_PORT = 3640  # not 3633: the meshcc daemon serves its status there (distcc stats port)
-WAYS = ("meshcc", "meshcc-none", "distcc-lzo", "distcc-none")
+WAYS = ("meshcc", "meshcc-nozref", "meshcc-none", "distcc-lzo", "distcc-none")
 TARGET_SLOW = 0.5  # meshcc / distcc lzo at 10 Mbit/s
 PROJECTS = {
     # 106 compiles through libtool; -O2 without -g: objects byte-identical across boxes.
@@ -87,7 +88,7 @@ PROJECTS = {
 # first 64 KB of each job's body crossed at veth speed (a link no one has), and the
 # kernel's delivery rate of most jobs read several times the shaped rate.
 BURST = {"10mbit": "4kb", "100mbit": "8kb"}
-SENT = re.compile(r"bytes as (\w+) \(link [^)]*\)(?:, level (\d+))?")
+SENT = re.compile(r"bytes as (\w+) \(link [^)]*\)(?:, level (\d+))?(?:.*\(zref: (prefix|no))?")
 
 
 def _tc(hosts: list[netns.Host], rate: str) -> None:
@@ -201,6 +202,8 @@ class Bench:
             env["MESHCC_SOCKET"] = str(self.cd.socket)
             if way == "meshcc-none":
                 env["MESHCC_CODEC"] = "none"
+            if way == "meshcc-nozref":  # zstd without body prefixes (compression.kept)
+                env["MESHCC_ZREF"] = "0"
         else:
             lzo = ",lzo" if way == "distcc-lzo" else ""
             env["DISTCC_HOSTS"] = f"{self.s.address}:{DISTCCD_PORT}/{self.jobs}{lzo}"
@@ -290,8 +293,10 @@ class Bench:
         self.make("meshcc-gcc", env, timed=False, host=self.c)
         text = (self.work / "make.log").read_text(errors="replace")
         mix: dict[str, int] = {}
-        for codec, level in SENT.findall(text):
+        for codec, level, zref in SENT.findall(text):
             name = f"{codec}-{level}" if level else codec
+            if zref == "prefix":  # compressed at compression.kept.PREFIX_LEVEL or above
+                name = f"{codec} + prefix"
             mix[name] = mix.get(name, 0) + 1
         return mix
 

@@ -14,8 +14,8 @@ objects identical to a local build), then compresses every body, in name order, 
 - zstd with a dictionary trained (``zstandard.train_dictionary``) on *another* project's
   bodies (``--train``): what a dictionary shipped with meshcc could do;
 - zstd with the previous body of the same build as a raw-content prefix: what a server that
-  keeps the bodies it received, and a client that names one, could do (not implemented:
-  see the report).
+  keeps the bodies it received, and a client that names one, can do (implemented as
+  ``zref``: compression.prefixes, compression.kept; bench_zref.py measures that code).
 
 Reported per way: total compressed bytes, the share of the raw bytes, the ratio to LZO's,
 and the CPU seconds to compress them all (process time, which load does not move much).

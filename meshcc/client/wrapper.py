@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.client.slots import Slot
     from meshcc.compiler.args import Job
     from meshcc.compiler.hostspec import Host, HostList
+    from meshcc.compression.kept import Plan as ZrefPlan
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
     from meshcc.wire.control import LeaseGranted
@@ -830,12 +831,28 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         note(_state.SEND, host.host, slot)
         codec = _pick_codec(host, codecs, len(data), run.env.get("MESHCC_CODEC")) if codecs else ""
         level = _codec_level(host, codec, len(data))
+        zref = _zref_plan(run, host, codecs, codec)  # [zref] compression.kept
         _mark("send")
-        conn.send_source(data, codec, level)
+        conn.send_source(data, codec, level, zref)
         _mark("send", True)
         _mark("wait")
         note(_state.COMPILE)
-        reply = conn.read_reply(on_data=_note_receive)
+        try:
+            reply = conn.read_reply(on_data=_note_receive)
+        except client.Refused as e:  # [zref] the peer lost the prefix: once more without
+            if zref is None or not zref.refused(str(e)):
+                raise
+            log.debug(f"{conn.where}: {e}")
+            conn.close()
+            conn = client.Connection(host.host, conn.port, 1, io_timeout, proxy=conn.proxy)
+            conn.connect()
+            if slot_first:
+                conn.reserve_slot()
+            conn.send_head(argv)
+            conn.send_source(data, codec, level, zref)
+            reply = conn.read_reply(on_data=_note_receive)
+        if zref is not None:  # [zref] the server keeps it: so do we, for the next job
+            zref.keep_body(data)
         _mark("receive", True)
         if isinstance(host, _Leased):
             host.link = conn.link_sample()  # reported with the lease's done
@@ -846,10 +863,20 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
             f"{_codec_note(host, codec, level) if codecs else ''}, "
             f"reply status {reply.status:#x}, "
             f"{len(reply.obj)} object bytes, {(time.monotonic() - t1) * 1000:.1f} ms"
+            f"{zref.note() if zref is not None else ''}"
         )
         return reply
     finally:
         conn.close()
+
+
+def _zref_plan(run: _Run, host: object, codecs: tuple[str, ...], codec: str) -> ZrefPlan | None:
+    """[zref] zstd to a peer that keeps bodies: this job's ids and prefix (compression.kept)."""
+    if codec != "zstd" or "zref" not in codecs or run.env.get("MESHCC_ZREF") == "0":
+        return None
+    from meshcc.compression import kept
+
+    return kept.plan(run.env, getattr(host, "where", ""))
 
 
 def _pick_codec(host: object, offered: tuple[str, ...], size: int, forced: str | None) -> str:

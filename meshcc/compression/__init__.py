@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 __all__ = [
     "Codec",
     "CompressionError",
+    "announced",
     "available",
     "codec_for_protocol",
     "compress",
@@ -142,8 +143,18 @@ def spoken() -> tuple[str, ...]:
     return tuple(c for c in Codec.NEGOTIATED if available(c))
 
 
-def compress(codec: str, data: bytes, level: int | None = None) -> bytes:
-    """Compress one body; ``b""`` stays ``b""``. ``level``: zstd/lz4 only (None: fastest)."""
+def announced() -> tuple[str, ...]:
+    """What a daemon announces in its caps: :func:`spoken`, plus ``zref`` (it keeps zstd
+    bodies as prefixes of later frames, ``compression.prefixes``) when it speaks zstd."""
+    codecs = spoken()
+    return (*codecs, "zref") if Codec.ZSTD in codecs else codecs
+
+
+def compress(
+    codec: str, data: bytes, level: int | None = None, prefix: bytes | None = None
+) -> bytes:
+    """Compress one body; ``b""`` stays ``b""``. ``level``: zstd/lz4 only (None: fastest).
+    ``prefix``: zstd only, a raw-content prefix (an earlier body the peer keeps, ``zref``)."""
     if not data:
         return b""
     if codec == Codec.NONE:
@@ -154,7 +165,7 @@ def compress(codec: str, data: bytes, level: int | None = None) -> bytes:
         from . import _frames
 
         try:
-            return _frames.compress(codec, data, level)
+            return _frames.compress(codec, data, level, prefix)
         except _frames.FrameError as e:
             raise CompressionError(str(e)) from None
     raise ValueError(f"not a Codec: {codec!r}")
@@ -172,11 +183,12 @@ def _lzo_compress(data: bytes) -> bytes:
         raise CompressionError(f"liblzo2 could not compress: LZO error {e.args[0]}") from None
 
 
-def decompress(codec: str, data: bytes, max_size: int) -> bytes:
+def decompress(codec: str, data: bytes, max_size: int, prefix: bytes | None = None) -> bytes:
     """Decompress one body, refusing invalid data and output over ``max_size`` bytes.
 
     The size is known before any output is allocated: an LZO1X stream that could
-    exceed ``max_size`` is scanned first.
+    exceed ``max_size`` is scanned first. ``prefix``: zstd only, the raw-content prefix
+    the frame was compressed against (the frame's checks are the same with or without).
     """
     if not data:
         return b""
@@ -190,7 +202,7 @@ def decompress(codec: str, data: bytes, max_size: int) -> bytes:
         from . import _frames
 
         try:
-            return _frames.decompress(codec, data, max_size)
+            return _frames.decompress(codec, data, max_size, prefix)
         except _frames.FrameError as e:
             raise CompressionError(str(e)) from None
     raise ValueError(f"not a Codec: {codec!r}")

@@ -222,7 +222,8 @@ def _host_label(hostname: str, room: int) -> str:
 
 
 _SUBTYPE_SUFFIX = "-cc"
-NEGOTIATED_CODECS = ("zstd", "lz4")  # wire.codecs.KNOWN, as caps words (best first)
+# wire.codecs.KNOWN, as caps words (best first); then zref (zstd body prefixes, not a codec)
+NEGOTIATED_CODECS = ("zstd", "lz4", "zref")
 
 
 def instance_label(node: LocalNode) -> str:

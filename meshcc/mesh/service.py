@@ -195,7 +195,7 @@ def _default_caps() -> frozenset[str]:
     caps = {"busy", "errm", "ping"}
     if compression.available(compression.Codec.LZO):
         caps.add("lzo")
-    caps.update(compression.spoken())  # zstd, lz4: CODC bodies (wire.codecs) we can decode
+    caps.update(compression.announced())  # zstd, lz4: CODC bodies (wire.codecs); zref
     return frozenset(caps)
 
 

@@ -44,6 +44,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Sequence
 
+    from meshcc.compression.kept import Plan
     from meshcc.wire.protocol import Limits
 
 CONNECT_TIMEOUT = 4.0  # distcc's fixed dcc_connect_timeout
@@ -377,12 +378,16 @@ class Connection:
             raise TransportError(f"cannot encode request: {e}", EXIT_PROTOCOL_ERROR) from None
         self._send(head)
 
-    def send_source(self, data: bytes, codec: str = "", level: int | None = None) -> None:
+    def send_source(
+        self, data: bytes, codec: str = "", level: int | None = None, zref: Plan | None = None
+    ) -> None:
         """DOTI with the preprocessed source, LZO-compressed for protocol 2.
 
         ``codec``: a codec the peer announced (``zstd``, ``lz4``; protocol 1 only): ``CODC``
         names it before ``DOTI``, and the reply's bodies come back in it (wire.codecs).
-        ``level``: that codec's level (compression.choose.zstd_level; None: the fastest)."""
+        ``level``: that codec's level (compression.choose.zstd_level; None: the fastest).
+        ``zref``: zstd to a ``zref`` peer: its body ids follow ``CODC`` and it compresses
+        (against the body it names, if any; compression.kept)."""
         prefix = b""
         if codec:
             from meshcc.wire.codecs import encode_codec_request
@@ -391,12 +396,18 @@ class Connection:
                 raise ValueError(f"a negotiated codec ({codec}) goes with protocol 1 only")
             prefix = encode_codec_request(codec)
             self.codec = codec
+            if zref is not None and codec == "zstd":  # [zref]
+                prefix += zref.tokens()
         if (self.version >= 2 or codec) and data:
             from meshcc import compression
 
             try:
-                data = compression.compress(
-                    self.codec or compression.codec_for_protocol(self.version), data, level
+                data = (
+                    zref.compress(data, level)  # [zref]
+                    if zref is not None and codec == "zstd"
+                    else compression.compress(
+                        self.codec or compression.codec_for_protocol(self.version), data, level
+                    )
                 )
             except compression.CompressionError as e:
                 raise TransportError(f"cannot compress source: {e}", EXIT_IO_ERROR) from None

@@ -50,6 +50,7 @@ from meshcc.cache.service import CacheJob, ResultCache
 from meshcc.cache.store import Entry as CacheEntry
 from meshcc.compiler import cmdline, policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
+from meshcc.compression.prefixes import PrefixStore  # [zref]
 from meshcc.exitcodes import (
     EXIT_ACCESS_DENIED,
     EXIT_BAD_ARGUMENTS,
@@ -65,6 +66,7 @@ from meshcc.loglevels import NOTICE
 from meshcc.transport import jobrun
 from meshcc.transport.addresses import IPAddress, IPNetwork, client_allowed, peer_ip
 from meshcc.transport.jobstats import JobStats
+from meshcc.wire import codecs as wire_codecs  # [zref]
 from meshcc.wire import protocol as wire
 
 __all__ = [
@@ -886,6 +888,8 @@ class CompileServer:
         # Decided once: without lzallright (meshcc.pyz) protocol 2 jobs get a clear ERRM.
         self.lzo = compression.available(compression.Codec.LZO)
         self.codecs = compression.spoken()  # CODC codecs served (announced in caps)
+        # [zref] bodies kept as prefixes of later zstd frames (compression.prefixes)
+        self.prefixes = PrefixStore() if compression.Codec.ZSTD in self.codecs else None
 
     # -- lifecycle
 
@@ -1582,6 +1586,7 @@ class CompileServer:
         eof = False
         version = 0
         codec = ""  # CODC's codec, if the client negotiated one
+        ids: wire.RequestCodec | None = None  # [zref] its ZREF/ZNEW body ids
         argv: list[str] = []
         resolved: Resolved | None = None
         source = suffix = out_suffix = ""
@@ -1626,6 +1631,7 @@ class CompileServer:
                 continue
             if isinstance(event, wire.RequestCodec):
                 codec = self._vet_codec(event.name)
+                ids = event  # [zref]
             elif isinstance(event, wire.RequestStart):
                 version = event.version
                 if version == 3:
@@ -1645,7 +1651,10 @@ class CompileServer:
                 # gcc obeys directives in the text only under -fdirectives-only, however
                 # spelled (-Wp, -Xpreprocessor): only then is each directive vetted.
                 directives = any("directives-only" in a for a in argv)
-                data = await self._decode_source(version, event.data, codec, directives)
+                prefix = self._zref_prefix(conn, ids)  # [zref] ERRM when not held
+                data = await self._decode_source(version, event.data, codec, directives, prefix)
+                if ids is not None and ids.keep and self.prefixes is not None:  # [zref]
+                    self.prefixes.put(str(conn.addr), ids.keep, data)  # decoded and vetted
             elif isinstance(event, wire.RequestEnd):
                 assert resolved is not None
                 return _Request(version, argv, resolved, source, suffix, out_suffix, data, codec)
@@ -1826,8 +1835,26 @@ class CompileServer:
             )
         return name
 
+    def _zref_prefix(self, conn: _Conn, ids: wire.RequestCodec | None) -> bytes | None:
+        """[zref] The kept body a ``ZREF`` names (this client address's only), else ERRM."""
+        if ids is None or not ids.prefix:
+            return None
+        held = self.prefixes.get(str(conn.addr), ids.prefix) if self.prefixes else None
+        if held is None:
+            raise _Refuse(
+                wire_codecs.unknown_prefix_reason(ids.prefix),
+                JobResult.REJ_BAD_REQ,
+                EXIT_PROTOCOL_ERROR,
+            )
+        return held
+
     async def _decode_source(
-        self, version: int, body: bytes, negotiated: str = "", directives: bool = True
+        self,
+        version: int,
+        body: bytes,
+        negotiated: str = "",
+        directives: bool = True,
+        prefix: bytes | None = None,
     ) -> bytes:
         codec = negotiated or compression.codec_for_protocol(version)
         try:
@@ -1838,10 +1865,10 @@ class CompileServer:
                         f"source of {len(data)} bytes exceeds {self.config.max_source}"
                     )
             elif len(body) <= _INLINE_CODEC:
-                data = compression.decompress(codec, body, self.config.max_source)
+                data = compression.decompress(codec, body, self.config.max_source, prefix)
             else:
                 data = await asyncio.to_thread(
-                    compression.decompress, codec, body, self.config.max_source
+                    compression.decompress, codec, body, self.config.max_source, prefix
                 )
         except compression.CompressionError as e:
             raise _Refuse(

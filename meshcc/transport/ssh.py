@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import signal as _signal
     from collections.abc import Callable, Mapping, Sequence
 
+    from meshcc.compression.kept import Plan
     from meshcc.transport.client import Reply
     from meshcc.wire.protocol import Limits
 else:
@@ -152,9 +153,11 @@ class SshConnection(Connection):
         except TransportError as e:
             raise self._explain(e) from None
 
-    def send_source(self, data: bytes, codec: str = "", level: int | None = None) -> None:
+    def send_source(
+        self, data: bytes, codec: str = "", level: int | None = None, zref: Plan | None = None
+    ) -> None:
         try:
-            super().send_source(data, codec, level)
+            super().send_source(data, codec, level, zref)
         except TransportError as e:
             raise self._explain(e) from None
 

@@ -21,6 +21,22 @@ what it speaks:
 With ``SLOT`` (the ``busy`` capability) the order is ``SLOT``, its answer, ``DIST`` ...
 ``ARGV``, ``CODC``, ``DOTI``.
 
+**Body prefixes** (``zref``): most of a ``.i`` is the same headers as the previous job's,
+so a zstd body compressed with the previous body of the build as a raw-content prefix is
+2-5 x smaller again. A daemon that keeps bodies announces ``zref`` next to ``zstd``. To such
+a peer every zstd body carries ``ZNEW`` + a new id (32 lowercase hex digits, 128 random
+bits made by the client), under which the server keeps the decompressed body once it has
+passed every check, and may carry ``ZREF`` + the id of a body the same client sent before:
+the frame was then compressed with that body as its prefix. Order: ``CODC zstd``,
+[``ZREF``], ``ZNEW``, ``DOTI``. The server keeps bodies per client address, so an id is a
+capability: another box cannot name one, and an id is unguessable, so another user of the
+same box cannot either (a frame can copy its whole prefix into the output, and the compile
+would show it). A ``ZREF`` the server does not hold (it restarted, or evicted the body) is
+refused with an ``ERRM`` starting with :data:`UNKNOWN_PREFIX`; the client then sends the
+same job once more without ``ZREF``. The frame's checks are the same as ever: its stated
+size is checked against the limit before anything is allocated, and a frame asking for a
+dictionary *id* is still refused (a raw-content prefix has none).
+
 Every body is one self-describing frame that carries its decompressed size, so the
 receiver checks the size against its limit *before* allocating the output, and the whole
 frame is walked here (headers only, no decompression) so that truncated frames, trailing
@@ -31,21 +47,30 @@ checksum, which the decompressor verifies.
 
 from __future__ import annotations
 
-from .protocol import string_token
+from .protocol import BODY_ID_LEN, KEEP_TOKEN, PREFIX_TOKEN, is_body_id, string_token
 
 __all__ = [
+    "BODY_ID_LEN",
     "CODEC_TOKEN",
+    "KEEP_TOKEN",
     "KNOWN",
     "LZ4",
     "MAX_NAME",
+    "PREFIX_TOKEN",
+    "UNKNOWN_PREFIX",
+    "ZREF",
     "ZSTD",
     "ZSTD_MAX_WINDOW",
     "CodecError",
     "FrameInfo",
     "encode_codec_request",
+    "encode_prefix_tokens",
     "frame_info",
+    "is_body_id",
     "is_codec_request",
+    "is_unknown_prefix",
     "lz4_frame",
+    "unknown_prefix_reason",
     "zstd_frame",
 ]
 
@@ -55,6 +80,38 @@ LZ4 = "lz4"
 KNOWN = (ZSTD, LZ4)
 """Codec names the negotiation knows, in order of preference when the link is slow."""
 MAX_NAME = 16  # a CODC body longer than this is a protocol error (checked by RequestReader)
+
+ZREF = "zref"
+"""The capability word of a daemon that keeps zstd bodies as prefixes (announced in caps
+next to the codecs; never a ``CODC`` name)."""
+UNKNOWN_PREFIX = "unknown body prefix"
+"""How the refusal of a ``ZREF`` the server does not hold begins (the client matches it)."""
+
+
+def encode_prefix_tokens(keep: str, prefix: str = "") -> bytes:
+    """``[ZREF prefix] ZNEW keep``, sent after ``CODC zstd`` (ValueError for a bad id)."""
+    out = b""
+    for tok, ident in ((PREFIX_TOKEN, prefix), (KEEP_TOKEN, keep)):
+        if tok is PREFIX_TOKEN and not ident:
+            continue
+        raw = ident.encode("ascii", "replace")
+        if not is_body_id(raw):
+            raise ValueError(f"not a body id: {ident!r}")
+        out += string_token(tok, raw)
+    return out
+
+
+def unknown_prefix_reason(ident: str) -> str:
+    """The ERRM text for a ``ZREF`` naming a body this server does not hold."""
+    return (
+        f"{UNKNOWN_PREFIX} {ident[:8]}...: this server does not hold it (restarted, or "
+        "evicted); send the body again without it"
+    )
+
+
+def is_unknown_prefix(message: str) -> bool:
+    """Whether a refusal is :func:`unknown_prefix_reason`'s (resend without ``ZREF``)."""
+    return message.startswith(UNKNOWN_PREFIX)
 
 
 class CodecError(ValueError):

@@ -56,7 +56,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from typing import Literal
 
 __all__ = [
+    "BODY_ID_LEN",
+    "KEEP_TOKEN",
     "NEED_DATA",
+    "PREFIX_TOKEN",
     "PROBE_REPLY",
     "PROBE_REQUEST",
     "SLOT_GRANTED",
@@ -90,6 +93,7 @@ __all__ = [
     "encode_reply",
     "encode_request_head",
     "encode_source",
+    "is_body_id",
     "is_probe",
     "is_slot_request",
     "read_slot_answer",
@@ -189,14 +193,20 @@ class RequestStart(_Frozen):
 
 class RequestCodec(_Frozen):
     """``CODC`` before ``DOTI``: the bodies use the named codec (meshcc extension, see
-    ``meshcc.wire.codecs``); ``name`` is a short ASCII word the server may not speak."""
+    ``meshcc.wire.codecs``); ``name`` is a short ASCII word the server may not speak.
+    ``prefix`` / ``keep``: the ``ZREF`` / ``ZNEW`` body ids that may follow ``CODC zstd``
+    (32 hex digits each; "" when absent)."""
 
-    __match_args__ = ("name",)
+    __match_args__ = ("name", "prefix", "keep")
     __slots__ = __match_args__
     name: str
+    prefix: str
+    keep: str
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, prefix: str = "", keep: str = "") -> None:
         _set(self, "name", name)
+        _set(self, "prefix", prefix)
+        _set(self, "keep", keep)
 
 
 class RequestArgs(_Frozen):
@@ -705,7 +715,8 @@ class RequestReader(_Reader):
                 name = yield from self._body(tok, length, 16, "codec name (16)")
                 if not (name.isascii() and name.isalnum()):
                     raise ProtocolError(f"CODC body {name!r} is not a codec name")
-                yield RequestCodec(name.decode("ascii"))
+                ids = yield from self._body_ids(name)
+                yield RequestCodec(name.decode("ascii"), *ids)
             tok, length = yield from self._header((b"DOTI",))
             yield RequestSource((yield from self._body(tok, length, lim.max_body, "max_body")))
         else:
@@ -723,6 +734,33 @@ class RequestReader(_Reader):
                     yield PumpFile(name, "LINK", data)
         yield RequestEnd()
         yield from self._finished()
+
+    def _body_ids(self, codec: bytes) -> Generator[_NeedDataType, None, tuple[str, str]]:
+        """``[ZREF id] [ZNEW id]`` after ``CODC zstd`` (wire.codecs): (prefix, keep)."""
+        ids = {PREFIX_TOKEN: "", KEEP_TOKEN: ""}
+        for tok in (PREFIX_TOKEN, KEEP_TOKEN):
+            yield from self._wait(HEADER_LEN, "DOTI token")
+            if self._buf[:4] != tok:
+                continue
+            if codec != b"zstd":
+                raise ProtocolError(f"{_show(tok)} after CODC {codec!r} (only zstd takes it)")
+            name, length = yield from self._header((tok,))
+            raw = yield from self._body(name, length, BODY_ID_LEN, "body id (32)")
+            if not is_body_id(raw):
+                raise ProtocolError(f"{_show(tok)} body {raw[:40]!r} is not a body id")
+            ids[tok] = raw.decode("ascii")
+        return ids[PREFIX_TOKEN], ids[KEEP_TOKEN]
+
+
+PREFIX_TOKEN = b"ZREF"  # zstd body prefixes (wire.codecs): the kept body a frame used
+KEEP_TOKEN = b"ZNEW"  # the id under which the server keeps this body
+BODY_ID_LEN = 32  # hex digits: 128 random bits
+_BODY_ID_DIGITS = frozenset(b"0123456789abcdef")
+
+
+def is_body_id(raw: bytes) -> bool:
+    """Whether ``raw`` is a ``ZREF``/``ZNEW`` body id: exactly 32 lowercase hex digits."""
+    return len(raw) == BODY_ID_LEN and _BODY_ID_DIGITS.issuperset(raw)
 
 
 class ReplyReader(_Reader):

@@ -77,9 +77,9 @@ def _run(hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: 
 
         netns.wait_for(listed, 60, 0.25, "s in c's hosts line")
         caps = [set(v["peer"]["caps"]) for v in c.hosts()["verdicts"]]
-        assert any({"zstd", "lz4"} <= cs for cs in caps), caps
-        grant = _grant(c)
-        assert grant.codecs == ("zstd", "lz4") and grant.rate == 0, grant
+        assert any({"zstd", "lz4", "zref"} <= cs for cs in caps), caps
+        grant = _grant(c)  # zref: s keeps zstd bodies as prefixes (compression.prefixes)
+        assert grant.codecs == ("zstd", "lz4", "zref") and grant.rate == 0, grant
 
         tree = tmp_path / "src"
         shutil.copytree(zlib_source, tree)
