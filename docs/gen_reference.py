@@ -60,6 +60,13 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
         ),
     ),
     (
+        "MESHCC_ZREF",
+        (
+            "`0`: never compress a zstd body against the previous body sent to that peer "
+            "(default: on with peers announcing `zref`; kept bodies in `$DISTCC_DIR/zref/`)"
+        ),
+    ),
+    (
         "MESHCC_HASH_CACHE",
         (
             "`0`: direct mode's recording hashes every header again (default: a per-user "
