@@ -352,6 +352,8 @@ class DirectCache:
     Thread-safe: the control server calls the blocking parts from worker threads; the
     ``async`` methods run on the daemon's event loop."""
 
+    what = "direct-mode record"  # as the status port names what it serves peers
+
     def __init__(
         self,
         store: DiskStore,

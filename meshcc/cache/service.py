@@ -87,6 +87,8 @@ class _Pending:
 class ResultCache:
     """The daemon's result cache: a :class:`DiskStore` plus the mesh's homes."""
 
+    what = "cache entry"  # as the status port names what it serves peers
+
     def __init__(
         self,
         store: DiskStore,

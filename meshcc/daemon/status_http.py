@@ -28,6 +28,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from meshcc.cache.direct import DirectCache, DirectError
 from meshcc.cache.key import is_key
@@ -85,6 +86,17 @@ def _header(head: bytes, name: bytes) -> str:
         if sep and key.strip().lower() == name:
             return value.strip().decode("latin-1")
     return ""
+
+
+class _PeerStore(Protocol):
+    """What peers reach on the status port: the result cache (``/cache/<key>``) and
+    direct mode's mesh records (``/direct/<key>``), each with this daemon as a key's home."""
+
+    what: str  # "cache entry", "direct-mode record": in replies and log lines
+
+    async def serve_get(self, key: str, /) -> bytes | None: ...
+
+    async def serve_put(self, key: str, blob: bytes, /) -> bool: ...
 
 
 class StatusServer:
@@ -168,10 +180,12 @@ class StatusServer:
             return
         method, target = parts[0], parts[1].decode("ascii", "replace").split("?", 1)[0]
         if target.startswith("/cache/") and self.result_cache is not None:
-            await self._cache_request(reader, writer, method, target[7:], head, client)
+            store: _PeerStore = self.result_cache
+            await self._peer_store_request(store, reader, writer, method, target[7:], head, client)
             return
         if target.startswith("/direct/") and self.direct is not None:
-            await self._direct_request(reader, writer, method, target[8:], head, client)
+            store = self.direct
+            await self._peer_store_request(store, reader, writer, method, target[8:], head, client)
             return
         if method != b"GET":
             await self._reply(writer, 405, b"only GET\n", extra="Allow: GET\r\n")
@@ -211,8 +225,9 @@ class StatusServer:
         level = logging.DEBUG if target in ("/metrics", "/status.json") else logging.INFO
         log.log(level, "status port: %s fetched %s (%d bytes)", client, target, len(body))
 
-    async def _cache_request(
+    async def _peer_store_request(
         self,
+        store: _PeerStore,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         method: bytes,
@@ -220,58 +235,17 @@ class StatusServer:
         head: bytes,
         client: str,
     ) -> None:
-        """A peer asks this daemon, the key's home, for a result (GET) or offers one (PUT).
-        Only clients inside the allowed networks get here: the same trust as a compile
-        client; a PUT's bytes are checked (hash, key, lengths) before they are stored."""
-        cache = self.result_cache
-        assert cache is not None
-        if not is_key(key):
-            await self._reply(writer, 404, b"not a cache key\n")
-            return
-        if method == b"GET":
-            blob = await cache.serve_get(key)
-            if blob is None:
-                await self._reply(writer, 404, b"no such entry\n")
-            else:
-                await self._reply(writer, 200, blob, ctype="application/octet-stream")
-            return
-        if method != b"PUT":
-            await self._reply(writer, 405, b"GET or PUT\n", extra="Allow: GET, PUT\r\n")
-            return
-        length = _header(head, b"content-length")
-        if not length.isdigit() or int(length) > MAX_ENTRY:
-            await self._reply(writer, 400, b"bad or too large Content-Length\n")
-            return
-        blob = await asyncio.wait_for(reader.readexactly(int(length)), REQUEST_TIMEOUT)
-        try:
-            stored = await cache.serve_put(key, blob)
-        except CorruptEntry as e:
-            log.warning("status port: %s pushed a bad cache entry: %s", client, e)
-            await self._reply(writer, 400, b"entry does not check out\n")
-            return
-        await self._reply(writer, 200 if stored else 503, b"stored\n" if stored else b"no\n")
-
-    async def _direct_request(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        method: bytes,
-        key: str,
-        head: bytes,
-        client: str,
-    ) -> None:
-        """As :meth:`_cache_request`, for direct mode's mesh records
-        (:mod:`meshcc.cache.direct`): a PUT is checked (envelope hash and key, the record's
-        structure and bounds) before it is stored."""
-        direct = self.direct
-        assert direct is not None
+        """A peer asks this daemon, the key's home, for a result or a direct-mode record
+        (GET) or offers one (PUT). Only clients inside the allowed networks get here: the
+        same trust as a compile client; a PUT's bytes are checked by the store (hash, key,
+        structure, bounds) before they are kept."""
         if not is_key(key):
             await self._reply(writer, 404, b"not a key\n")
             return
         if method == b"GET":
-            blob = await direct.serve_get(key)
+            blob = await store.serve_get(key)
             if blob is None:
-                await self._reply(writer, 404, b"no such record\n")
+                await self._reply(writer, 404, f"no such {store.what}\n".encode())
             else:
                 await self._reply(writer, 200, blob, ctype="application/octet-stream")
             return
@@ -284,10 +258,10 @@ class StatusServer:
             return
         blob = await asyncio.wait_for(reader.readexactly(int(length)), REQUEST_TIMEOUT)
         try:
-            stored = await direct.serve_put(key, blob)
-        except DirectError as e:
-            log.warning("status port: %s pushed a bad direct-mode record: %s", client, e)
-            await self._reply(writer, 400, b"record does not check out\n")
+            stored = await store.serve_put(key, blob)
+        except (CorruptEntry, DirectError) as e:
+            log.warning("status port: %s pushed a bad %s: %s", client, store.what, e)
+            await self._reply(writer, 400, f"{store.what} does not check out\n".encode())
             return
         await self._reply(writer, 200 if stored else 503, b"stored\n" if stored else b"no\n")
 
