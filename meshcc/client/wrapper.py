@@ -831,7 +831,7 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         note(_state.SEND, host.host, slot)
         codec = _pick_codec(host, codecs, len(data), run.env.get("MESHCC_CODEC")) if codecs else ""
         level = _codec_level(host, codec, len(data))
-        zref = _zref_plan(run, host, codecs, codec)  # [zref] compression.kept
+        zref = _zref_plan(run, host, codecs, codec, conn)  # [zref] compression.kept
         _mark("send")
         conn.send_source(data, codec, level, zref)
         _mark("send", True)
@@ -870,13 +870,22 @@ def _remote(run: _Run, host: Target, slot: int, argv: list[bytes], io_timeout: f
         conn.close()
 
 
-def _zref_plan(run: _Run, host: object, codecs: tuple[str, ...], codec: str) -> ZrefPlan | None:
-    """[zref] zstd to a peer that keeps bodies: this job's ids and prefix (compression.kept)."""
+def _zref_plan(
+    run: _Run, host: object, codecs: tuple[str, ...], codec: str, conn: object
+) -> ZrefPlan | None:
+    """[zref] zstd to a peer that keeps bodies: this job's ids and prefix (compression.kept),
+    kept per (this end's address, peer) as the server keeps them per client address."""
     if codec != "zstd" or "zref" not in codecs or run.env.get("MESHCC_ZREF") == "0":
         return None
     from meshcc.compression import kept
 
-    return kept.plan(run.env, getattr(host, "where", ""))
+    sock = getattr(conn, "sock", None)  # None over ssh; a UNIX socket through a SOCKS proxy
+    try:
+        name = sock.getsockname() if sock is not None else None
+    except OSError:
+        name = None
+    source = str(name[0]) if isinstance(name, tuple) else ""
+    return kept.plan(run.env, getattr(host, "where", ""), source)
 
 
 def _pick_codec(host: object, offered: tuple[str, ...], size: int, forced: str | None) -> str:

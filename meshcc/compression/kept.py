@@ -147,10 +147,15 @@ class Plan:
             self.dir_fd = -1
 
 
-def plan(environ: Mapping[str, str], where: str) -> Plan | None:
+def plan(environ: Mapping[str, str], where: str, source: str = "") -> Plan | None:
     """The plan for one zstd job to peer ``where``, with the most recent body kept for it;
     None when the kept-body directory cannot be used safely (the job then goes as plain
-    zstd, still naming no prefix)."""
+    zstd, still naming no prefix).
+
+    ``source``: this end's address of the connection. The server keeps bodies by client
+    address, so bodies are kept here per (source, peer) too: a ``$DISTCC_DIR`` shared by
+    several boxes (an NFS home) then never offers one box's body to a peer that only holds
+    it for another, which would cost a refusal and a resend."""
     top = environ.get("DISTCC_DIR") or os.path.join(
         environ.get("HOME") or os.path.expanduser("~"), ".distcc"
     )
@@ -161,7 +166,7 @@ def plan(environ: Mapping[str, str], where: str) -> Plan | None:
     try:
         zref_fd = _private_dir("zref", top_fd)
         try:
-            fd = _private_dir(peer_dirname(where), zref_fd)
+            fd = _private_dir(peer_dirname(f"{source}-to-{where}" if source else where), zref_fd)
         finally:
             os.close(zref_fd)
     except OSError:

@@ -108,7 +108,8 @@ def test_later_jobs_go_against_the_previous_body_and_survive_a_restart(
     try:
         wire, prefix, _ = compile_("adler32.c")
         assert prefix is None, "a first job has nothing to refer to"
-        kept_dir = Path(client_env["DISTCC_DIR"], "zref", f"127.0.0.1_{server.port}")
+        # kept per (this end's address, peer), as the server keeps them per client address
+        kept_dir = Path(client_env["DISTCC_DIR"], "zref", f"127.0.0.1-to-127.0.0.1_{server.port}")
         assert kept_dir.stat().st_mode & 0o777 == 0o700
         assert len(list(kept_dir.iterdir())) == 1
 
