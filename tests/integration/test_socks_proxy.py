@@ -42,6 +42,13 @@ class Proxy:
     def __init__(self, tmp: Path, *auth: str) -> None:
         self.port = free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            self._start(tmp, auth)
+        except BaseException:
+            self.stop()  # the fixture never saw this proxy: stop what did start, by PID
+            raise
+
+    def _start(self, tmp: Path, auth: tuple[str, ...]) -> None:
         self.log = tmp / "microsocks.log"
         with self.log.open("wb") as log:
             self.procs.append(
