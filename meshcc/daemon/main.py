@@ -587,6 +587,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
             accept_unverified=opts.accept_unverified,
             disabled=disabled,
             extra_caps=resultcache.caps(prep.result_store, prep.sock, prep.status_sock),
+            status_port=prep.status_sock.getsockname()[1] if prep.status_sock else None,
         ),
         prep.registry.toolchains,
         opts.port,

@@ -7,7 +7,7 @@
   every job, as before (the cache only saves work).
 - Homes: this daemon and the live meshcc peers with the same toolchain at an allowed
   address (:meth:`meshcc.mesh.service.Mesh.cache_homes`); a peer's cache is reached on
-  its status port, assumed to be its compile port + 1 (3633 for 3632, distccd's pair).
+  the status port it announces (``sport``), else on its compile port + 1 (distccd's pair).
 """
 
 from __future__ import annotations
@@ -109,21 +109,9 @@ def open_store(opts: DaemonOptions) -> DiskStore | None:
 def caps(
     store: DiskStore | None, sock: socket.socket | None, status: socket.socket | None
 ) -> frozenset[str]:
-    """``{"rcache"}`` when peers can use this daemon as a home: a cache, a compile port,
-    and the status port at the compile port + 1 (where peers look for it)."""
+    """``{"rcache"}`` when peers can use this daemon as a home: a cache, a compile port, and
+    a status port (announced as ``sport``, where peers send their lookups and puts)."""
     if store is None or sock is None or status is None:
-        return frozenset()
-    try:
-        compile_port, status_port = sock.getsockname()[1], status.getsockname()[1]
-    except OSError:
-        return frozenset()
-    if status_port != compile_port + 1:
-        log.info(
-            "result cache: not offered to peers, who look for it on port %d (the compile "
-            "port + 1), not %d",
-            compile_port + 1,
-            status_port,
-        )
         return frozenset()
     return frozenset({"rcache"})
 
@@ -143,7 +131,7 @@ def make_cache(
     def homes(tc: Toolchain) -> Sequence[Home]:
         me = mesh.status.node_id
         out = [Home(me)] if me and offered else []
-        out += [Home(n, a, p + 1) for n, a, p in mesh.cache_homes(tc.fingerprint)]
+        out += [Home(n, a, p) for n, a, p in mesh.cache_homes(tc.fingerprint)]
         return out
 
     cache = ResultCache(store, homes=homes, lookup_timeout=lookup_timeout)

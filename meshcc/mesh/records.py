@@ -16,7 +16,9 @@ Two services per daemon, both on the same unique instance label and host name:
     (``1,2``), ``caps`` extensions (``lzo``, ``errm``, ...; ``zstd`` and ``lz4``: the body
     codecs the daemon decodes and answers in when a client negotiates one with ``CODC``,
     see :mod:`meshcc.wire.codecs`), optional ``free`` (free job
-    slots, republished rarely), and one ``tN`` per toolchain:
+    slots, republished rarely), optional ``sport`` (the status port: the result cache's
+    home endpoints and ``meshcc.pyz`` are served there; a peer without it is assumed to use
+    its compile port + 1, as distccd pairs 3632 with 3633), and one ``tN`` per toolchain:
     ``DRIVER;VERSION;TARGET;BINUTILS;NAMES`` e.g.
     ``t0=gcc;12.2.0;x86_64-linux-gnu;2.40;gcc,cc,gcc-12,~-gcc,~-gcc-12`` where ``~`` in a
     name stands for the target triplet and BINUTILS ``-`` means unknown. Each string stays
@@ -143,6 +145,7 @@ class LocalNode:
     caps: frozenset[str] = frozenset()
     distcc_id: DistccId | None = None
     gnuhost: str | None = None  # distcc's configure host triple; default: distcc_id.machine
+    status_port: int | None = None  # announced as ``sport`` when the daemon has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,13 @@ class PeerRecord:
     verified: bool = True  # toolchain fingerprints complete (binutils known); False for distccd
     schema: int = SCHEMA_VERSION
     server: str | None = None
+    announced_status_port: int | None = None  # ``sport``; see :attr:`status_port`
+
+    @property
+    def status_port(self) -> int:
+        """Where its status port is: as announced, else (a meshcc from before ``sport``) the
+        compile port + 1, distccd's pairing (3632 and 3633)."""
+        return self.announced_status_port or self.port + 1
 
     @property
     def limit(self) -> int:
@@ -298,6 +308,8 @@ def meshcc_txt(node: LocalNode, free: int | None = None) -> tuple[dict[str, str]
     }
     if free is not None:
         base["free"] = str(max(0, free))
+    if node.status_port is not None:
+        base["sport"] = str(node.status_port)
     entries: list[tuple[ToolchainInfo, list[str]]] = []
     for tc in node.toolchains:
         names = list(tc.names)
@@ -500,6 +512,7 @@ def parse_meshcc(
             break
         toolchains.append(_decode_toolchain(raw))
     free = _int(props, "free", -1, -1, MAX_JOBS)
+    status_port = _int(props, "sport", 0, 1, 65535) if props.get("sport") else None
     host = _text(props.get("host"), "the host name", _HOST_TEXT)
     return PeerRecord(
         key=f"m:{nid}",
@@ -519,6 +532,7 @@ def parse_meshcc(
         verified=all(tc.binutils for tc in toolchains),
         schema=schema,
         server=server,
+        announced_status_port=status_port,
     )
 
 

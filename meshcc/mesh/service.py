@@ -105,6 +105,7 @@ class MeshConfig:
     disabled: str | None = None  # discovery off for this reason (interfaces still chosen)
     live_load: bool = True  # the live-load channel (load.py), when the caps allow it
     extra_caps: frozenset[str] = frozenset()  # announced too ("rcache": meshcc.cache)
+    status_port: int | None = None  # announced as ``sport``; None: the daemon has none
     load_timings: LoadTimings = field(default_factory=LoadTimings)
 
 
@@ -374,6 +375,7 @@ class Mesh:
             protocols=self.protocols if self.protocols is not None else _default_protocols(),
             caps=caps,
             distcc_id=distcc_id,
+            status_port=self.config.status_port,
         )
         meshcc_spec, txt_warnings = build_meshcc_service(self._node)
         for w in txt_warnings:
@@ -593,7 +595,7 @@ class Mesh:
         return out
 
     def cache_homes(self, fingerprint: tuple[str, str, str | None]) -> list[tuple[str, str, int]]:
-        """(node id, address, compile port) of the live meshcc peers that serve this exact
+        """(node id, address, status port) of the live meshcc peers that serve this exact
         toolchain (version, target, binutils) at an allowed address and announce a result
         cache (``rcache``): the peers this daemon would take compile results from, so the
         result cache's candidate homes."""
@@ -603,7 +605,7 @@ class Mesh:
             r = st.record
             if st.liveness is not Liveness.UP or r.kind is not PeerKind.MESHCC:
                 continue
-            if "rcache" not in r.caps:  # no result cache there, or not on its status port
+            if "rcache" not in r.caps:  # no result cache there
                 continue
             if r.node_id is None or binutils is None:
                 continue
@@ -614,7 +616,7 @@ class Mesh:
                 continue
             address = pick_address(r, self._policy)
             if address is not None:
-                out.append((r.node_id, address, r.port))
+                out.append((r.node_id, address, r.status_port))
         return out
 
     # ------------------------------------------------------------ internals

@@ -107,6 +107,19 @@ def test_meshcc_record_round_trip() -> None:
     assert rec.endpoints() == {("10.0.0.2", 3632), ("fe80::1%2", 3632)}
 
 
+def test_status_port_is_announced_else_compile_port_plus_one() -> None:
+    spec, _ = build_meshcc_service(node(status_port=9633))
+    assert spec.properties["sport"] == "9633"
+    rec = parse_meshcc(spec.name, spec.properties, ["10.0.0.2"], 3632, spec.server)
+    assert rec.status_port == 9633
+    # A daemon without a status port announces none; a peer from before ``sport`` (or
+    # without one) is looked for on distccd's pairing.
+    spec, _ = build_meshcc_service(node())
+    assert "sport" not in spec.properties
+    rec = parse_meshcc(spec.name, spec.properties, ["10.0.0.2"], 4000, spec.server)
+    assert rec.status_port == 4001
+
+
 def test_every_txt_string_within_255_bytes_and_total_within_budget() -> None:
     many = tuple(
         ToolchainInfo(
@@ -148,6 +161,9 @@ def test_one_huge_toolchain_is_trimmed_to_255() -> None:
         ({"v": "1", "id": "not-hex!"}, "node id"),
         ({"v": "1", "id": "abcdef", "cpus": "many"}, "cpus"),
         ({"v": "1", "id": "abcdef", "t0": "gcc;12"}, "toolchain entry"),
+        ({"v": "1", "id": "abcdef", "sport": "0"}, "sport"),
+        ({"v": "1", "id": "abcdef", "sport": "70000"}, "sport"),
+        ({"v": "1", "id": "abcdef", "sport": "http"}, "sport"),
     ],
 )
 def test_unreadable_meshcc_records_say_why(props: dict[str, str], why: str) -> None:
