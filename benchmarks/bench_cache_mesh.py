@@ -116,6 +116,14 @@ def _settled(figures: Callable[[], dict[str, int]], want: int, timeout: float = 
         time.sleep(0.2)
 
 
+def _no_lan() -> bool:
+    """True, having said why, when this machine cannot make network namespaces."""
+    reason = netns.unavailable_reason()
+    if reason:
+        print(f"cannot build the LAN: {reason}", file=sys.stderr)
+    return reason is not None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -129,9 +137,7 @@ def main() -> int:
     )
     ap.add_argument("--json", metavar="FILE")
     ns = ap.parse_args()
-    reason = netns.unavailable_reason()
-    if reason:
-        print(f"cannot build the LAN: {reason}", file=sys.stderr)
+    if _no_lan():
         return 2
     if shutil.which("distccd") is None or shutil.which("distcc") is None:
         print("distcc and distccd are needed (Debian package `distcc`)", file=sys.stderr)

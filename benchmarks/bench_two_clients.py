@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
-from bench_cache_mesh import _checkout, _make_argv, _run  # noqa: E402
+from bench_cache_mesh import _checkout, _make_argv, _no_lan, _run  # noqa: E402
 from cpusample import CpuSampler  # noqa: E402
 
 import meshcc  # noqa: E402
@@ -137,9 +137,7 @@ def main() -> int:
     )
     ap.add_argument("--json", metavar="FILE")
     ns = ap.parse_args()
-    reason = netns.unavailable_reason()
-    if reason:
-        print(f"cannot build the LAN: {reason}", file=sys.stderr)
+    if _no_lan():
         return 2
 
     if ns.reserve:
