@@ -60,24 +60,19 @@ from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
 
 import meshcc  # noqa: E402
 import netns  # noqa: E402
-from harness import hash_objects  # noqa: E402
-from meshd import Meshd, private_dir, trusted_dir  # noqa: E402
+from meshd import (  # noqa: E402
+    Mesh,
+    build_objects,
+    cpp_logging_gcc,
+    differing,
+    private_dir,
+    trusted_dir,
+)
 
 OBJECTS_MK = "meshcc-objects: libz.a $(PIC_OBJS) example minigzip example64.o minigzip64.o\n"
 TARGET = "meshcc-objects"
 DISTCCD_PORT = 3640
 GCC = shutil.which("gcc") or "/usr/bin/gcc"
-SHIM = """#!/bin/sh
-case " $* " in
-*" -E "*) [ -n "$MESHCC_BENCH_CPP_LOG" ] && echo "$*" >> "$MESHCC_BENCH_CPP_LOG" ;;
-esac
-exec {gcc} "$@"
-"""
-_FIGURES = """
-import json, sys, urllib.request
-with urllib.request.urlopen(f"http://{sys.argv[1]}:3633/status.json", timeout=5) as r:
-    print(json.dumps(json.load(r)["result_cache"]))
-"""
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str], host: netns.Host | None = None) -> str:
@@ -90,21 +85,18 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str], host: netns.Host | Non
     return str(proc.stdout)
 
 
-def _checkout(src: Path, tree: Path, env: dict[str, str]) -> None:
+def _checkout(src: Path, tree: Path, env: dict[str, str]) -> Path:
     """A fresh copy at ``tree`` (new inodes, mtimes, ctimes), configured."""
     if tree.exists():
         shutil.rmtree(tree)
     shutil.copytree(src, tree, symlinks=True)
     (tree / "objects.mk").write_text(OBJECTS_MK)
     _run(["./configure"], tree, dict(env, CC="gcc"))
+    return tree
 
 
 def _make_argv(jobs: int, cc: str) -> list[str]:
     return ["make", f"-j{jobs}", "-f", "Makefile", "-f", "objects.mk", f"CC={cc}", TARGET]
-
-
-def _objects(tree: Path) -> dict[str, str]:
-    return hash_objects(tree, "*.o") | hash_objects(tree, "*.lo")
 
 
 def _uptime() -> str:
@@ -124,6 +116,14 @@ def _settled(figures: Callable[[], dict[str, int]], want: int, timeout: float = 
         time.sleep(0.2)
 
 
+def _no_lan() -> bool:
+    """True, having said why, when this machine cannot make network namespaces."""
+    reason = netns.unavailable_reason()
+    if reason:
+        print(f"cannot build the LAN: {reason}", file=sys.stderr)
+    return reason is not None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -137,9 +137,7 @@ def main() -> int:
     )
     ap.add_argument("--json", metavar="FILE")
     ns = ap.parse_args()
-    reason = netns.unavailable_reason()
-    if reason:
-        print(f"cannot build the LAN: {reason}", file=sys.stderr)
+    if _no_lan():
         return 2
     if shutil.which("distccd") is None or shutil.which("distcc") is None:
         print("distcc and distccd are needed (Debian package `distcc`)", file=sys.stderr)
@@ -154,8 +152,7 @@ def main() -> int:
     # that name too, so distcc's preprocessor runs are counted as well
     triplet = subprocess.run([GCC, "-dumpmachine"], capture_output=True, text=True).stdout
     for name in ("gcc", f"{triplet.strip()}-gcc"):
-        (bindir / name).write_text(SHIM.format(gcc=GCC))
-        (bindir / name).chmod(0o755)
+        cpp_logging_gcc(bindir / name, GCC)
     env0 = clean_env()
     env0["PATH"] = os.pathsep.join([str(bindir), str(VENV_BIN), env0.get("PATH", os.defpath)])
     load_before = _uptime()
@@ -181,39 +178,23 @@ def _bench(
     env0: dict[str, str],
 ) -> dict[str, object]:
     hosts = {n: lan.add_host(n) for n in ("a", "b", "s")}
-    daemons = {
-        n: Meshd(
-            work,
-            hosts[n],
-            "--interface",
-            "eth0",
-            "--log-level",
-            "notice",
-            "--jobs",
-            str(ns.jobs),
-            "--compiler",
-            str(bindir / "gcc"),
-            "--cache-dir",
-            str(work / n / "cache"),
-            *(("--cache-lookup-timeout", ns.lookup_timeout) if ns.lookup_timeout else ()),
-            name=n,
-        )
-        for n in hosts
-    }
+    wait = ("--cache-lookup-timeout", ns.lookup_timeout) if ns.lookup_timeout else ()
+    args = ("--log-level", "notice", "--jobs", str(ns.jobs), "--compiler", str(bindir / "gcc"))
     distccds = []
     try:
-        for d in daemons.values():
-            d.start()
-        for n in ("a", "s"):
-            argv = ["distccd", "--daemon", "--no-detach", "--log-stderr", "--log-level"]
-            argv += ["error", "--listen", hosts[n].address, "--port", str(DISTCCD_PORT)]
-            argv += ["--allow", str(lan.subnet), "--jobs", str(ns.jobs)]
-            env = dict(env0)
-            env.pop("TMPDIR", None)
-            distccds.append(
-                hosts[n].popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-        return _rounds(ns, hosts, daemons, work, src, env0)
+        with Mesh(work, hosts, *args, *wait, cache=True) as mesh:
+            for n in ("a", "s"):
+                argv = ["distccd", "--daemon", "--no-detach", "--log-stderr", "--log-level"]
+                argv += ["error", "--listen", hosts[n].address, "--port", str(DISTCCD_PORT)]
+                argv += ["--allow", str(lan.subnet), "--jobs", str(ns.jobs)]
+                env = dict(env0)
+                env.pop("TMPDIR", None)
+                distccds.append(
+                    hosts[n].popen(
+                        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+                )
+            return _rounds(ns, mesh, work, src, env0)
     finally:
         for p in distccds:
             p.terminate()
@@ -221,50 +202,34 @@ def _bench(
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        for d in daemons.values():
-            d.stop()
 
 
 def _rounds(
     ns: argparse.Namespace,
-    hosts: dict[str, netns.Host],
-    daemons: dict[str, Meshd],
+    mesh: Mesh,
     work: Path,
     src: Path,
     env0: dict[str, str],
 ) -> dict[str, object]:
-    everyone = list(daemons.values())
-
-    def assembled(box: Meshd) -> bool:
-        out = box.cli("hosts", "--cc", "gcc", inside=True).stdout
-        others = {hosts[d.name].address for d in everyone if d is not box}
-        return others <= {t.split(":")[0] for t in out.split()}
-
-    netns.wait_for(lambda: all(assembled(d) for d in everyone), 60, 0.25, "the mesh")
-
-    def figures(box: str) -> dict[str, int]:
-        p = hosts[box].python(_FIGURES, hosts[box].address)
-        if p.returncode != 0:
-            raise SystemExit(f"cannot read {box}'s figures: {p.stderr}")
-        got: dict[str, int] = json.loads(p.stdout)
-        return got
+    mesh.wait_listed()
+    figures = mesh.figures
 
     # The reference: a plain local build (once; zlib's objects do not name their path).
     ref_tree = work / "ref" / "zlib"
     _checkout(src, ref_tree, env0)
     _run(_make_argv(ns.make_j, "gcc"), ref_tree, env0)
-    reference = _objects(ref_tree)
+    reference = build_objects(ref_tree)
     n = len(reference)
     shutil.rmtree(ref_tree.parent)
-    static = " ".join(f"{hosts[h].address}:{DISTCCD_PORT}/{ns.jobs},lzo" for h in ("s", "a"))
+    static = " ".join(f"{mesh.address(h)}:{DISTCCD_PORT}/{ns.jobs},lzo" for h in ("s", "a"))
 
     def build(box: str, way: str, tree: Path, env: dict[str, str]) -> dict[str, object]:
-        cpp_log = Path(env["MESHCC_BENCH_CPP_LOG"])
+        cpp_log = Path(env["MESHCC_TEST_CPP_LOG"])
         _run(["make", "-f", "Makefile", "clean"], tree, env)
         cpp_log.unlink(missing_ok=True)
         e = dict(env)
         if way == "meshcc":
-            e["MESHCC_SOCKET"] = str(daemons[box].socket)
+            e["MESHCC_SOCKET"] = str(mesh[box].socket)
             cc = "meshcc-gcc"
         else:
             e["DISTCC_HOSTS"] = static
@@ -273,13 +238,12 @@ def _rounds(
         before = figures(box)
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
-        _run(_make_argv(ns.make_j, cc), tree, e, hosts[box])
+        _run(_make_argv(ns.make_j, cc), tree, e, mesh.hosts[box])
         wall = time.monotonic() - t0
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
         after = figures(box)
-        got = _objects(tree)
-        same = sorted(got) == sorted(reference) and all(got[k] == reference[k] for k in reference)
+        same = not differing(reference, build_objects(tree))
         cpp = len(cpp_log.read_text().splitlines()) if cpp_log.exists() else 0
         return {
             "wall_s": round(wall, 3),
@@ -305,7 +269,7 @@ def _rounds(
         (state / "tmp").mkdir(parents=True)
         cpp_log = state / "cpp.log"
         env = dict(env0, DISTCC_DIR=str(state), TMPDIR=str(state / "tmp"), DISTCC_FALLBACK="0")
-        env["MESHCC_BENCH_CPP_LOG"] = str(cpp_log)
+        env["MESHCC_TEST_CPP_LOG"] = str(cpp_log)
 
         _checkout(src, tree, env0)
         time.sleep(2.2)  # a record is made only for files older than 2 s (direct mode)

@@ -67,39 +67,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _harness import VENV_BIN, apt_source, clean_env  # noqa: E402
+from bench_cache_mesh import _checkout, _make_argv, _no_lan, _run  # noqa: E402
 from cpusample import CpuSampler  # noqa: E402
 
 import meshcc  # noqa: E402
 import netns  # noqa: E402
 from harness import parse_job_summaries  # noqa: E402
-from meshd import Meshd, mismatched_gcc, private_dir, trusted_dir  # noqa: E402
+from meshd import Mesh, mismatched_gcc, private_dir, trusted_dir  # noqa: E402
 from slotsample import SlotSampler  # noqa: E402
 
-OBJECTS_MK = "meshcc-objects: libz.a $(PIC_OBJS) example minigzip example64.o minigzip64.o\n"
-TARGET = "meshcc-objects"
 PORT = 3632
-
-
-def _run(argv: list[str], cwd: Path, env: dict[str, str], host: netns.Host | None = None) -> None:
-    kw = {"cwd": cwd, "env": env, "capture_output": True, "text": True, "timeout": 1800}
-    proc = host.run(argv, **kw) if host is not None else subprocess.run(argv, check=False, **kw)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(argv)} failed in {cwd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-
-
-def _configure(src: Path, dst: Path, env: dict[str, str]) -> Path:
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst, symlinks=True)
-    (dst / "objects.mk").write_text(OBJECTS_MK)
-    _run(["./configure"], dst, dict(env, CC="gcc"))
-    return dst
-
-
-def _make_argv(jobs: int, cc: str) -> list[str]:
-    return ["make", f"-j{jobs}", "-f", "Makefile", "-f", "objects.mk", f"CC={cc}", TARGET]
 
 
 def _serial_work(tree: Path, env: dict[str, str], runs: int = 2) -> float:
@@ -160,9 +137,7 @@ def main() -> int:
     )
     ap.add_argument("--json", metavar="FILE")
     ns = ap.parse_args()
-    reason = netns.unavailable_reason()
-    if reason:
-        print(f"cannot build the LAN: {reason}", file=sys.stderr)
+    if _no_lan():
         return 2
 
     if ns.reserve:
@@ -175,9 +150,9 @@ def main() -> int:
     cores = os.cpu_count() or 1
     J = ns.server_jobs
     try:
-        ref = _configure(src, work / "zlib-ref", env0)
-        with netns.Lan() as lan:
-            res = _bench(lan, ns, work, src, env0, ref, cores)
+        ref = _checkout(src, work / "zlib-ref", env0)
+        with netns.Lan() as lan, _mesh(lan, ns, work) as mesh:
+            res = _bench(mesh, ns, work, src, env0, ref, cores)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["server_jobs"] = J
@@ -187,8 +162,21 @@ def main() -> int:
     return 0
 
 
+def _mesh(lan: netns.Lan, ns: argparse.Namespace, work: Path) -> Mesh:
+    """Servers s1 and s2, and client boxes c1 and c2 whose only compiler reports another gcc
+    version (so they are no peers for each other)."""
+    hosts = {n: lan.add_host(n) for n in ("c1", "c2", "s1", "s2")}
+    odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
+    client = ("--log-level", "notice", "--compiler", str(odd))
+    serving: tuple[str, ...] = ("--log-level", ns.server_log_level)
+    serving += ("--jobs", str(ns.server_jobs))
+    if ns.server_nice is not None:
+        serving += ("--nice", str(ns.server_nice))
+    return Mesh(work, hosts, own={"s1": serving, "s2": serving, "c1": client, "c2": client})
+
+
 def _bench(
-    lan: netns.Lan,
+    mesh: Mesh,
     ns: argparse.Namespace,
     work: Path,
     src: Path,
@@ -197,29 +185,11 @@ def _bench(
     cores: int,
 ) -> dict[str, object]:
     J = ns.server_jobs
-    hosts = {n: lan.add_host(n) for n in ("c1", "c2", "s1", "s2")}
-    odd = mismatched_gcc(trusted_dir("slotwait-odd-"), "12.9.9")
-    common = ("--interface", "eth0", "--log-level", "notice")
-    serving: tuple[str, ...] = ("--interface", "eth0", "--log-level", ns.server_log_level)
-    serving += ("--jobs", str(J))
-    if ns.server_nice is not None:
-        serving += ("--nice", str(ns.server_nice))
-    daemons = {
-        "s1": Meshd(work, hosts["s1"], *serving, name="s1"),
-        "s2": Meshd(work, hosts["s2"], *serving, name="s2"),
-        "c1": Meshd(work, hosts["c1"], *common, "--compiler", str(odd), name="c1"),
-        "c2": Meshd(work, hosts["c2"], *common, "--compiler", str(odd), name="c2"),
-    }
-    for d in daemons.values():
-        d.start()
+    hosts, daemons = mesh.hosts, mesh.daemons
     servers = {hosts["s1"].address, hosts["s2"].address}
-
-    def assembled(d: Meshd) -> bool:
-        out = d.cli("hosts", "--cc", "gcc", inside=True).stdout
-        return {tok.split(":")[0] for tok in out.split()} == servers | {"localhost/2"}
-
-    netns.wait_for(lambda: all(assembled(daemons[c]) for c in ("c1", "c2")), 60, 0.25, "mesh")
-    trees = {c: _configure(src, work / f"zlib-{c}", env0) for c in ("c1", "c2")}
+    # each client box: the two servers, then its own share (distcc's localhost/2), no more
+    mesh.wait_listed({c: servers | {"localhost/2"} for c in ("c1", "c2")}, exact=True)
+    trees = {c: _checkout(src, work / f"zlib-{c}", env0) for c in ("c1", "c2")}
     static = " ".join(f"{hosts[s].address}/{J},lzo" for s in ("s1", "s2"))
     if ns.local_share:
         static += " localhost/2"

@@ -7,11 +7,15 @@
   :class:`netns.Host`, or on loopback in the test's own namespace (discovery off).
 * :func:`request` / :class:`ControlConn` — talk to a control socket directly (Unix sockets
   are filesystem objects, reachable from any network namespace).
+* :class:`Mesh` — a daemon on each host of a LAN of namespaces, started and stopped
+  together, with what the mesh tests and benchmarks ask of them (peers listed, figures),
+  and :func:`build_objects` / :func:`differing` to compare a build's objects.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -20,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import netns
+from harness import hash_objects
 from meshcc.wire import control
 
 PORT = 3632
@@ -48,6 +54,24 @@ def mismatched_gcc(directory: Path, version: str = "12.9.0") -> Path:
     gcc.write_text(_MISMATCHED_GCC.format(version=version, short=version.split(".", maxsplit=1)[0]))
     gcc.chmod(0o755)
     return gcc
+
+
+_CPP_LOGGING_GCC = """#!/bin/sh
+# gcc; a preprocessor run (-E) is logged to the file $MESHCC_TEST_CPP_LOG names, if any
+# (a compile client's caller names one; the daemons' own runs, which never preprocess, none).
+case " $* " in
+*" -E "*) [ -n "$MESHCC_TEST_CPP_LOG" ] && echo "$*" >> "$MESHCC_TEST_CPP_LOG" ;;
+esac
+exec {gcc} "$@"
+"""
+
+
+def cpp_logging_gcc(path: Path, gcc: str) -> Path:
+    """Write ``path``: the real ``gcc``, except that it logs its preprocessor runs to the file
+    named by MESHCC_TEST_CPP_LOG, so "no preprocessor ran" is counted, not assumed."""
+    path.write_text(_CPP_LOGGING_GCC.format(gcc=gcc))
+    path.chmod(0o755)
+    return path
 
 
 def trusted_dir(prefix: str) -> Path:
@@ -294,3 +318,152 @@ def browse_names(
     p = host.python(_BROWSE_NAMES, service_type, host.address, str(seconds), str(stop_after))
     assert p.returncode == 0, p.stderr
     return p.stdout.split()
+
+
+_FIGURES = """
+import json, sys, urllib.request
+with urllib.request.urlopen(f"http://{sys.argv[1]}:3633/status.json", timeout=5) as r:
+    print(json.dumps(json.load(r)["result_cache"]))
+"""
+
+
+class Mesh:
+    """A ``meshcc daemon`` (:class:`Meshd`, ``--interface eth0``) on each of ``hosts``, the
+    hosts of one :class:`netns.Lan`: ``args`` for all, ``own[name]`` for one, and with
+    ``cache`` a result cache each (``work/NAME/cache``). A context manager: every daemon
+    starts on entry (those started are stopped if one fails) and is stopped on exit."""
+
+    def __init__(
+        self,
+        work: Path,
+        hosts: Mapping[str, netns.Host],
+        *args: str,
+        cache: bool = False,
+        own: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.hosts = dict(hosts)
+        self.daemons: dict[str, Meshd] = {}
+        for name, host in self.hosts.items():
+            cache_dir = ("--cache-dir", str(work / name / "cache")) if cache else ()
+            extra = (own or {}).get(name, ())
+            self.daemons[name] = Meshd(
+                work, host, "--interface", "eth0", *args, *cache_dir, *extra, name=name
+            )
+
+    def __enter__(self) -> Mesh:
+        try:
+            for d in self.daemons.values():
+                d.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for d in self.daemons.values():
+            d.stop()
+
+    def __getitem__(self, name: str) -> Meshd:
+        return self.daemons[name]
+
+    def address(self, name: str) -> str:
+        return self.hosts[name].address
+
+    def listed(self, name: str) -> set[str]:
+        """What ``meshcc hosts --cc gcc`` lists on box ``name``: its peers' addresses, and
+        distcc's ``localhost/N`` for the box's own share."""
+        out = self[name].cli("hosts", "--cc", "gcc", inside=True).stdout
+        return {token.split(":")[0] for token in out.split()}
+
+    def wait_listed(
+        self,
+        want: Mapping[str, set[str]] | None = None,
+        exact: bool = False,
+        timeout: float = 60.0,
+    ) -> None:
+        """Until each box of ``want`` lists those peers (with ``exact``: those alone), box
+        after box, each within ``timeout``; by default every box, every other box. If not,
+        AssertionError with every daemon's log."""
+        if want is None:
+            want = {n: {self.address(o) for o in self.hosts if o != n} for n in self.hosts}
+        for name, peers in want.items():
+
+            def check(name: str = name, peers: set[str] = peers) -> bool:
+                got = self.listed(name)
+                return got == peers if exact else peers <= got
+
+            try:
+                netns.wait_for(check, timeout, 0.25, f"{name} to list {sorted(peers)}")
+            except TimeoutError as e:
+                raise AssertionError(f"{e}\n{self.diagnostics()}") from None
+
+    def build(
+        self,
+        name: str,
+        tree: Path,
+        env: Mapping[str, str],
+        argv: Sequence[str],
+        reference: Mapping[str, str],
+    ) -> None:
+        """``make clean`` in ``tree``, then ``argv`` (make, CC=meshcc-gcc) on box ``name``
+        through its daemon (MESHCC_SOCKET): it must succeed and write ``reference``'s
+        objects (:func:`build_objects`), byte for byte."""
+        clean = subprocess.run(
+            ["make", "-f", "Makefile", "clean"], cwd=tree, env=env, capture_output=True, text=True
+        )
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        env = dict(env, MESHCC_SOCKET=str(self[name].socket))
+        p = self.hosts[name].run(argv, cwd=tree, env=env, timeout=900)
+        assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+        bad = differing(reference, build_objects(tree))
+        assert not bad, bad
+
+    def figures(self, name: str) -> dict[str, int]:
+        """Box ``name``'s result-cache figures (``result_cache`` of its /status.json, read
+        from inside its namespace)."""
+        p = self.hosts[name].python(_FIGURES, self.address(name))
+        if p.returncode != 0:
+            raise AssertionError(f"cannot read {name}'s figures: {p.stderr}")
+        figures = json.loads(p.stdout)
+        assert isinstance(figures, dict)
+        return figures
+
+    def diagnostics(self, tail: int = 6000) -> str:
+        """The end of every daemon's log, for a failure's message."""
+        return "\n".join(
+            f"--- {d.name} log ---\n{d.log_text()[-tail:]}" for d in self.daemons.values()
+        )
+
+
+def build_objects(tree: Path) -> dict[str, str]:
+    """The sha256 of every object a build wrote under ``tree`` (``*.o``, libtool's ``*.lo``)."""
+    return hash_objects(tree, "*.o") | hash_objects(tree, "*.lo")
+
+
+def differing(reference: Mapping[str, str], got: Mapping[str, str]) -> list[str]:
+    """The objects missing from ``got``, extra in it, or with other bytes than in
+    ``reference``: [] when the build is identical."""
+    return sorted(k for k in reference.keys() | got.keys() if got.get(k) != reference.get(k))
+
+
+def client_env(state: Path, *path: Path | str, **extra: str) -> dict[str, str]:
+    """A compile client's environment for a build in the mesh: os.environ without DISTCC_*
+    and MESHCC_* (the box's own settings must not skew it), DISTCC_DIR and TMPDIR of its
+    own under ``state``, ``path`` then this venv's bin (meshcc-gcc) first on PATH, no
+    local fallback (a job the mesh does not take fails instead of compiling here
+    unseen), and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
+    for sub in ("distcc-dir", "tmp"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    search = [*map(str, path), str(Path(sys.executable).parent), env.get("PATH", os.defpath)]
+    env.update(
+        DISTCC_DIR=str(state / "distcc-dir"),
+        TMPDIR=str(state / "tmp"),
+        PATH=os.pathsep.join(search),
+        DISTCC_FALLBACK="0",
+    )
+    env.update(extra)
+    return env

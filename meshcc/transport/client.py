@@ -249,6 +249,27 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
+def dial(
+    infos: Sequence[tuple[int, int, int, str, tuple[object, ...]]], timeout: Callable[[], float]
+) -> tuple[_socket.socket | None, OSError | None]:
+    """Connect to the first of getaddrinfo's ``infos`` that accepts, each tried for
+    ``timeout()`` seconds: (the socket, with TCP_NODELAY; None), else (None, the last error).
+    One loop for a compile host and for a SOCKS proxy (:mod:`meshcc.transport.socks`)."""
+    last: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout())
+            sock.connect(addr)
+        except OSError as e:
+            sock.close()
+            last = e
+            continue
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        return sock, None
+    return None, last
+
+
 class Connection:
     """One compile job on one TCP connection (distcc protocol ``version`` 1 or 2)."""
 
@@ -304,17 +325,8 @@ class Connection:
             raise TransportError(
                 f"cannot resolve {self.host}: {e.strerror}", EXIT_CONNECT_FAILED
             ) from None
-        last: OSError | None = None
-        for family, kind, proto, _, addr in infos:
-            sock = _socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(self.connect_timeout)
-                sock.connect(addr)
-            except OSError as e:
-                sock.close()
-                last = e
-                continue
-            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        sock, last = dial(infos, lambda: self.connect_timeout)
+        if sock is not None:
             sock.settimeout(self.io_timeout)
             self.sock = sock
             return
@@ -329,7 +341,7 @@ class Connection:
         from meshcc.transport import socks  # only inside Portage's sandbox: lean otherwise
 
         try:
-            sock = socks.open_tunnel(proxy, self.host, self.port, self.connect_timeout)
+            sock = socks.open_tunnel(proxy, self.host, self.port, self.connect_timeout, dial)
         except socks.ProxyError as e:
             raise TransportError(str(e), EXIT_CONNECT_FAILED) from None
         sock.settimeout(self.io_timeout)

@@ -16,6 +16,16 @@ import time
 
 from meshcc.wire.socks5 import DEFAULT_PORT, MAX_REPLY, Handshake, SocksError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable, Sequence
+
+    # meshcc.transport.client.dial's type: the caller's TCP connect loop (see open_tunnel).
+    Dial = Callable[
+        [Sequence[tuple[int, int, int, str, tuple[object, ...]]], Callable[[], float]],
+        tuple[_socket.socket | None, OSError | None],
+    ]
+
 __all__ = ["ProxyError", "open_tunnel", "proxy_address"]
 
 
@@ -47,7 +57,7 @@ def proxy_address(value: str) -> tuple[int, str | tuple[str, int]]:
     return 0, (host, int(port_text))
 
 
-def _reach_proxy(value: str, deadline: float) -> _socket.socket:
+def _reach_proxy(value: str, deadline: float, dial: Dial) -> _socket.socket:
     try:
         family, address = proxy_address(value)
     except ValueError as e:
@@ -66,18 +76,9 @@ def _reach_proxy(value: str, deadline: float) -> _socket.socket:
         infos = _socket.getaddrinfo(address[0], address[1], 0, _socket.SOCK_STREAM)
     except _socket.gaierror as e:
         raise ProxyError(f"cannot resolve the SOCKS proxy {value}: {e.strerror}") from None
-    last: OSError | None = None
-    for fam, kind, proto, _, addr in infos:
-        sock = _socket.socket(fam, kind, proto)
-        try:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.connect(addr)
-        except OSError as e:
-            sock.close()
-            last = e
-            continue
-        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        return sock
+    tcp, last = dial(infos, lambda: max(deadline - time.monotonic(), 0.001))
+    if tcp is not None:
+        return tcp
     why = "no address" if last is None else _why(last)
     raise ProxyError(f"cannot reach the SOCKS proxy {value}: {why}")
 
@@ -88,18 +89,21 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
-def open_tunnel(proxy: str, host: str, port: int, timeout: float) -> _socket.socket:
+def open_tunnel(proxy: str, host: str, port: int, timeout: float, dial: Dial) -> _socket.socket:
     """A socket relayed by ``proxy`` to ``host``:``port``.
 
     ``timeout`` bounds everything: reaching the proxy and its CONNECT. The socket is left
-    blocking with that timeout; the caller sets its own I/O timeout.
+    blocking with that timeout; the caller sets its own I/O timeout. ``dial`` is
+    :func:`meshcc.transport.client.dial`, the loop a direct connection uses, passed in
+    rather than imported: the client imports this module, and the layer contracts
+    (pyproject.toml) count that lazy import, so importing back would be a cycle.
     """
     try:
         handshake = Handshake(host, port)
     except SocksError as e:
         raise ProxyError(f"SOCKS proxy {proxy}: {e}") from None
     deadline = time.monotonic() + timeout
-    sock = _reach_proxy(proxy, deadline)
+    sock = _reach_proxy(proxy, deadline, dial)
     try:
         sock.sendall(handshake.greeting())
         while not handshake.open:

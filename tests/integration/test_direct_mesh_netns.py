@@ -22,7 +22,6 @@ inodes, mtimes and ctimes: what a second box's checkout looks like) and built fr
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -31,10 +30,10 @@ from pathlib import Path
 import pytest
 
 import netns
-from conftest import VENV_BIN, copy_tree, run
-from meshd import Meshd, private_dir, trusted_dir
+from conftest import copy_tree, run
+from meshd import Mesh, build_objects, client_env, cpp_logging_gcc, private_dir, trusted_dir
 from netns import Lan
-from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources, _objects
+from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources
 
 pytestmark = [
     pytest.mark.netns,
@@ -47,20 +46,8 @@ GCC = shutil.which("gcc") or "/usr/bin/gcc"
 WARN_H = "#define FACTOR 3\n"
 WARN_C = '#include "warn.h"\nint f(int x) { int unused; return x * FACTOR; }\n'
 WARN_FLAGS = ("-O2", "-Wall", "-c", "warn.c", "-o", "warn.o")
-# The shim logs only preprocessor runs, to the file its caller names (the daemons' own
-# runs, which never preprocess, name none).
-SHIM = """#!/bin/sh
-case " $* " in
-*" -E "*) [ -n "$MESHCC_TEST_CPP_LOG" ] && echo "$*" >> "$MESHCC_TEST_CPP_LOG" ;;
-esac
-exec {gcc} "$@"
-"""
+MAKE = ["make", "-j8", "-f", "Makefile", "-f", "objects.mk", "CC=meshcc-gcc", TARGET]
 
-_FIGURES = """
-import json, sys, urllib.request
-with urllib.request.urlopen(f"http://{sys.argv[1]}:3633/status.json", timeout=5) as r:
-    print(json.dumps(json.load(r)["result_cache"]))
-"""
 _METRICS = """
 import sys, urllib.request
 with urllib.request.urlopen(f"http://{sys.argv[1]}:3633/metrics", timeout=5) as r:
@@ -68,22 +55,12 @@ with urllib.request.urlopen(f"http://{sys.argv[1]}:3633/metrics", timeout=5) as 
 """
 
 
-def _figures(host: netns.Host) -> dict[str, int]:
-    import json
-
-    p = host.python(_FIGURES, host.address)
-    assert p.returncode == 0, p.stderr
-    figures = json.loads(p.stdout)
-    assert isinstance(figures, dict)
-    return figures
-
-
-def _pushes_settled(hosts: list[netns.Host], want: int, timeout: float = 60.0) -> int:
+def _pushes_settled(mesh: Mesh, want: int, timeout: float = 60.0) -> int:
     """Until the boxes' pushed + push_failed counts reach ``want`` (pushes to the homes
     run in the background after each put); the number pushed."""
     deadline = time.monotonic() + timeout
     while True:
-        figs = [_figures(h) for h in hosts]
+        figs = [mesh.figures(n) for n in mesh.hosts]
         pushed = sum(f["direct_mesh_pushed"] for f in figs)
         failed = sum(f["direct_mesh_push_failed"] for f in figs)
         if pushed + failed >= want or time.monotonic() > deadline:
@@ -95,10 +72,6 @@ def _cpp_runs(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def _diagnostics(daemons: list[Meshd]) -> str:
-    return "\n".join(f"--- {d.name} log ---\n{d.log_text()[-6000:]}" for d in daemons)
-
-
 def test_second_box_runs_no_preprocessor(
     lan: Callable[..., Lan], zlib_source: Path, tmp_path: Path
 ) -> None:
@@ -106,78 +79,25 @@ def test_second_box_runs_no_preprocessor(
     hosts = {n: net.add_host(n) for n in ("a", "b", "s")}
     work = private_dir("meshcc-direct-mesh-")
     bindir = trusted_dir("direct-mesh-bin-")
-    shim = bindir / "gcc"
-    shim.write_text(SHIM.format(gcc=GCC))
-    shim.chmod(0o755)
-    daemons = {
-        n: Meshd(
-            work,
-            hosts[n],
-            "--interface",
-            "eth0",
-            "--jobs",
-            "4",
-            "--compiler",
-            str(shim),
-            "--cache-dir",
-            str(work / n / "cache"),
-            # What the mesh finds is under test, not how fast: on a loaded 2-core box a
-            # home's answer can take longer than the default wait (0.25 s).
-            "--cache-lookup-timeout",
-            "3",
-            name=n,
-        )
-        for n in hosts
-    }
+    shim = cpp_logging_gcc(bindir / "gcc", GCC)
+    # What the mesh finds is under test, not how fast: on a loaded 2-core box a home's
+    # answer can take longer than the default wait (0.25 s).
+    wait = ("--cache-lookup-timeout", "3")
     try:
-        for d in daemons.values():
-            d.start()
-        _run(hosts, daemons, bindir, work, zlib_source, tmp_path)
+        with Mesh(work, hosts, "--jobs", "4", "--compiler", str(shim), *wait, cache=True) as mesh:
+            _run(mesh, bindir, zlib_source, tmp_path)
     finally:
-        for d in daemons.values():
-            d.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(
-    hosts: dict[str, netns.Host],
-    daemons: dict[str, Meshd],
-    bindir: Path,
-    work: Path,
-    zlib_source: Path,
-    tmp_path: Path,
-) -> None:
-    a, b = daemons["a"], daemons["b"]
-    everyone = list(daemons.values())
-
-    def listed(box: Meshd, peers: set[str]) -> Callable[[], bool]:
-        def check() -> bool:
-            res = box.cli("hosts", "--cc", "gcc", inside=True)
-            return peers <= {t.split(":")[0] for t in res.stdout.split()}
-
-        return check
-
+def _run(mesh: Mesh, bindir: Path, zlib_source: Path, tmp_path: Path) -> None:
     # Both boxes must see the same candidates for a key's home (everyone), or a's push
     # and b's lookup could go to different homes.
-    for box in everyone:
-        others = {hosts[d.name].address for d in everyone if d is not box}
-        try:
-            netns.wait_for(listed(box, others), 60, 0.25, f"{box.name} to list its peers")
-        except TimeoutError:
-            pytest.fail(_diagnostics(everyone))
+    mesh.wait_listed()
 
     tree = tmp_path / "zlib"
     cpp_log = tmp_path / "cpp-runs.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
-    (tmp_path / "distcc-dir").mkdir()
-    (tmp_path / "client-tmp").mkdir()
-    env.update(
-        DISTCC_DIR=str(tmp_path / "distcc-dir"),
-        TMPDIR=str(tmp_path / "client-tmp"),
-        PATH=os.pathsep.join([str(bindir), str(VENV_BIN), env.get("PATH", os.defpath)]),
-        DISTCC_FALLBACK="0",
-        MESHCC_TEST_CPP_LOG=str(cpp_log),
-    )
+    env = client_env(tmp_path / "client", bindir, MESHCC_TEST_CPP_LOG=str(cpp_log))
 
     def checkout() -> None:
         """A fresh copy of the tree at the same path: new inodes, mtimes and ctimes."""
@@ -193,75 +113,63 @@ def _run(
     local_out = run(
         ["make", "-j4", "-f", "Makefile", "-f", "objects.mk", TARGET], cwd=tree, env=env
     )
-    reference = _objects(tree)
+    reference = build_objects(tree)
     n = sum(_compiled_sources(local_out.stdout).values())
     assert n == len(reference) >= 30
     time.sleep(2.2)  # a record is made only for files older than 2 s (test_direct_mode.py)
 
-    def build(box: Meshd) -> None:
-        run(["make", "-f", "Makefile", "clean"], cwd=tree, env=env)
-        p = hosts[box.name].run(
-            ["make", "-j8", "-f", "Makefile", "-f", "objects.mk", "CC=meshcc-gcc", TARGET],
-            cwd=tree,
-            env=dict(env, MESHCC_SOCKET=str(box.socket)),
-            timeout=900,
-        )
-        assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
-        got = _objects(tree)
-        differing = sorted(k for k in reference if got.get(k) != reference[k])
-        assert not differing and sorted(got) == sorted(reference), differing
-
-    def warn(box: Meshd) -> tuple[str, bytes]:
-        p = hosts[box.name].run(
+    def warn(box: str) -> tuple[str, bytes]:
+        p = mesh.hosts[box].run(
             ["meshcc-gcc", *WARN_FLAGS],
             cwd=tree,
-            env=dict(env, MESHCC_SOCKET=str(box.socket)),
+            env=dict(env, MESHCC_SOCKET=str(mesh[box].socket)),
         )
         assert p.returncode == 0, p.stderr
         return str(p.stderr), (tree / "warn.o").read_bytes()
 
     # 1. Box a: every job preprocessed on a, compiled in the mesh, its manifest recorded
     # by a's daemon and pushed to its home.
-    build(a)
+    mesh.build("a", tree, env, MAKE, reference)
     assert len(_cpp_runs(cpp_log)) == n, _cpp_runs(cpp_log)
-    warn_a, _ = warn(a)
+    warn_a, _ = warn("a")
     assert "unused" in warn_a
-    fa = _figures(hosts["a"])
-    assert fa["direct_stored"] == n + 1, (fa, _diagnostics(everyone))
-    pushed = _pushes_settled([hosts[d.name] for d in everyone], n + 1)
-    assert pushed == n + 1, (pushed, _diagnostics(everyone))
+    fa = mesh.figures("a")
+    assert fa["direct_stored"] == n + 1, (fa, mesh.diagnostics())
+    pushed = _pushes_settled(mesh, n + 1)
+    assert pushed == n + 1, (pushed, mesh.diagnostics())
 
     # 2. Box b: a fresh copy at the same path; every job a direct hit, no preprocessor.
     checkout()
     cpp_log.unlink()
-    served_before = sum(len(_summaries(d)) for d in everyone)
-    build(b)
+    served_before = _served(mesh)
+    mesh.build("b", tree, env, MAKE, reference)
     runs = _cpp_runs(cpp_log)
-    fb = _figures(hosts["b"])
+    fb = mesh.figures("b")
     print(f"box b: {fb['direct_hit']} of {n} direct hits, {fb['direct_mesh_hit']} from homes")
-    assert runs == [], (runs, fb, _diagnostics(everyone))
+    assert runs == [], (runs, fb, mesh.diagnostics())
     assert fb["direct_hit"] == n and fb["direct_mesh_hit"] + fb["direct_loaded"] >= 1, fb
-    assert sum(len(_summaries(d)) for d in everyone) == served_before  # no job served
-    warn_b, _ = warn(b)
+    assert _served(mesh) == served_before  # no job served
+    warn_b, _ = warn("b")
     assert warn_b == warn_a  # the warning exactly as the first compile gave it
     assert _cpp_runs(cpp_log) == []
-    assert _figures(hosts["b"])["direct_hit"] == n + 1
+    assert mesh.figures("b")["direct_hit"] == n + 1
 
     # 3. A changed header on b: that job misses, is preprocessed and compiled, and its
     # object is what a local gcc gives.
     (tree / "warn.h").write_text("#define FACTOR 5\n")
-    _, obj = warn(b)
+    _, obj = warn("b")
     assert [r for r in _cpp_runs(cpp_log) if "warn.c" in r], _cpp_runs(cpp_log)
     run([GCC, "-O2", "-Wall", "-c", "warn.c", "-o", "local-warn.o"], cwd=tree)
     assert obj == (tree / "local-warn.o").read_bytes()
-    assert _figures(hosts["b"])["direct_hit"] == n + 1
+    assert mesh.figures("b")["direct_hit"] == n + 1
 
     # The figures on /metrics.
-    p = hosts["b"].python(_METRICS, hosts["b"].address)
+    p = mesh.hosts["b"].python(_METRICS, mesh.address("b"))
     assert f'meshcc_direct_lookups_total{{result="hit"}} {n + 1}' in p.stdout, p.stdout
     assert 'meshcc_direct_mesh_total{event="hit"}' in p.stdout
 
 
-def _summaries(d: Meshd) -> list[str]:
-    """The compile server's job summary lines (a served job)."""
-    return [line for line in d.log_text().splitlines() if " rcache:" in line and "client:" in line]
+def _served(mesh: Mesh) -> int:
+    """How many jobs the daemons served (their compile servers' job summary lines)."""
+    lines = [line for d in mesh.daemons.values() for line in d.log_text().splitlines()]
+    return sum(" rcache:" in line and "client:" in line for line in lines)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,16 +40,33 @@ FLAGS = ("-O2", "-Wall", "-Iinc1", "-Iinc2")
 
 
 @pytest.fixture
-def daemon(meshcc_daemon: Callable[..., Daemon]) -> Iterator[tuple[Daemon, Path]]:
-    parent = Path(tempfile.mkdtemp(prefix="meshcc-direct-test-"))
-    os.chmod(parent, 0o755)
+def parent() -> Iterator[Path]:
+    """A daemon's control socket and result cache: a fresh 0755 directory outside pytest's
+    0700 tmp_path (as root the daemon drops to an unprivileged user). Requested before
+    meshcc_daemon, it is removed after the daemons are stopped."""
+    d = Path(tempfile.mkdtemp(prefix="meshcc-direct-test-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start_daemon(
+    meshcc_daemon: Callable[..., Daemon], parent: Path, *args: str
+) -> tuple[Daemon, Path]:
+    """A daemon (loopback, 2 jobs, ``args``) and its control socket ``parent/control.sock``,
+    once the socket exists (the client asks it for direct-mode records)."""
     sock = parent / "control.sock"
-    d = meshcc_daemon("--cache-dir", str(parent / "results"), "--socket", str(sock), jobs=2)
+    d = meshcc_daemon(*args, "--socket", str(sock), jobs=2)
     deadline = time.monotonic() + 20
     while not sock.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield d, sock
-    shutil.rmtree(parent, ignore_errors=True)
+    return d, sock
+
+
+@pytest.fixture
+def daemon(parent: Path, meshcc_daemon: Callable[..., Daemon]) -> tuple[Daemon, Path]:
+    """A daemon with its result cache (direct mode's manifests) in ``parent/results``."""
+    return start_daemon(meshcc_daemon, parent, "--cache-dir", str(parent / "results"))
 
 
 @pytest.fixture
@@ -113,19 +131,30 @@ def _direct_hits(d: Daemon) -> int:
     return sum("direct: " in line and ": hit for " in line for line in d.log_text().splitlines())
 
 
-def _local(root: Path, src: str) -> bytes:
-    run([GCC, *FLAGS, "-c", src, "-o", "local.o"], cwd=root)
-    data = (root / "local.o").read_bytes()
-    (root / "local.o").unlink()
-    return data
+Objects = dict[str, tuple[bytes, str, bytes | None]]  # _build's {source: (obj, stderr, dep)}
 
 
-def test_second_copy_is_all_direct_hits(
+@dataclass
+class FirstBuild:
+    """A tree built once through a daemon, each job's manifest recorded (``built``)."""
+
+    daemon: Daemon
+    log: Path  # the shim's log of gcc runs
+    env: dict[str, str]  # the client's, for this daemon
+    root: Path
+    first: Objects
+
+
+@pytest.fixture
+def built(
     daemon: tuple[Daemon, Path],
     shim: tuple[Path, Path],
     client_env: dict[str, str],
     tmp_path: Path,
-) -> None:
+) -> FirstBuild:
+    """The tree written at ``tmp_path/tree``, aged, and built once through ``daemon`` with
+    the shim as gcc. Every job ran the preprocessor (nothing was recorded before), so each
+    recorded its manifest."""
     d, sock = daemon
     shim_dir, log = shim
     env = _env(client_env, d, sock, shim_dir)
@@ -134,6 +163,31 @@ def test_second_copy_is_all_direct_hits(
     _age()
     first = _build(root, env)
     assert _cpp_runs(log) == len(JOBS), log.read_text()
+    return FirstBuild(d, log, env, root, first)
+
+
+def _local(root: Path, src: str) -> bytes:
+    run([GCC, *FLAGS, "-c", src, "-o", "local.o"], cwd=root)
+    data = (root / "local.o").read_bytes()
+    (root / "local.o").unlink()
+    return data
+
+
+def all_recompiled(b: FirstBuild) -> Objects:
+    """Build ``b``'s tree again after a change every job sees: no job is answered from a
+    record (each runs the preprocessor), every object differs from the first build's and
+    is what a local gcc gives now. The new build."""
+    second = _build(b.root, b.env)
+    assert _cpp_runs(b.log) == 2 * len(JOBS), "a changed tree was answered from a record"
+    assert _direct_hits(b.daemon) == 0, b.daemon.diagnostics()
+    for src, *_ in JOBS:
+        assert second[src][0] != b.first[src][0]
+        assert second[src][0] == _local(b.root, src)
+    return second
+
+
+def test_second_copy_is_all_direct_hits(built: FirstBuild) -> None:
+    d, log, env, root, first = built.daemon, built.log, built.env, built.root, built.first
     assert "unused" in first["a.c"][1]
     assert first["a.c"][2] is not None and b"h.h" in first["a.c"][2]
     assert _direct_hits(d) == 0, d.diagnostics()
@@ -152,51 +206,17 @@ def test_second_copy_is_all_direct_hits(
     assert _direct_hits(d) == len(JOBS)
 
 
-def test_changed_header_misses(
-    daemon: tuple[Daemon, Path],
-    shim: tuple[Path, Path],
-    client_env: dict[str, str],
-    tmp_path: Path,
-) -> None:
-    d, sock = daemon
-    shim_dir, log = shim
-    env = _env(client_env, d, sock, shim_dir)
-    root = tmp_path / "tree"
-    _write_tree(root)
-    _age()
-    first = _build(root, env)
+def test_changed_header_misses(built: FirstBuild) -> None:
     # Same size, other content: the stat differs, so the hash decides.
-    (root / "inc2" / "h.h").write_text(H.replace("3", "4"))
-    second = _build(root, env)
-    assert _cpp_runs(log) == 2 * len(JOBS)
-    assert _direct_hits(d) == 0, d.diagnostics()
-    for src, *_ in JOBS:
-        assert second[src][0] != first[src][0]
-        assert second[src][0] == _local(root, src)
+    (built.root / "inc2" / "h.h").write_text(H.replace("3", "4"))
+    all_recompiled(built)
 
 
-def test_shadowing_header_misses(
-    daemon: tuple[Daemon, Path],
-    shim: tuple[Path, Path],
-    client_env: dict[str, str],
-    tmp_path: Path,
-) -> None:
+def test_shadowing_header_misses(built: FirstBuild) -> None:
     """inc1 comes before inc2 in the search: a new inc1/h.h is what cpp would read now,
     though no file of the manifest changed."""
-    d, sock = daemon
-    shim_dir, log = shim
-    env = _env(client_env, d, sock, shim_dir)
-    root = tmp_path / "tree"
-    _write_tree(root)
-    _age()
-    first = _build(root, env)
-    (root / "inc1" / "h.h").write_text("#define FACTOR 5\n")
-    second = _build(root, env)
-    assert _cpp_runs(log) == 2 * len(JOBS)
-    assert _direct_hits(d) == 0, d.diagnostics()
-    for src, *_ in JOBS:
-        assert second[src][0] != first[src][0]
-        assert second[src][0] == _local(root, src)
+    (built.root / "inc1" / "h.h").write_text("#define FACTOR 5\n")
+    all_recompiled(built)
 
 
 @pytest.mark.parametrize("where", ["source", "header"])
@@ -225,6 +245,7 @@ def test_clock_macros_are_never_direct(
 
 
 def test_daemon_without_cache_is_asked_once_and_never_sent_records(
+    parent: Path,
     meshcc_daemon: Callable[..., Daemon],
     shim: tuple[Path, Path],
     client_env: dict[str, str],
@@ -232,24 +253,15 @@ def test_daemon_without_cache_is_asked_once_and_never_sent_records(
 ) -> None:
     """--no-cache: the daemon answers "off" and the client records nothing (no hashing,
     no upload); the build is as without direct mode."""
-    parent = Path(tempfile.mkdtemp(prefix="meshcc-direct-test-"))
-    try:
-        os.chmod(parent, 0o755)
-        sock = parent / "control.sock"
-        d = meshcc_daemon("--no-cache", "--socket", str(sock), "--log-level", "debug", jobs=2)
-        deadline = time.monotonic() + 20
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        shim_dir, log = shim
-        env = dict(_env(client_env, d, sock, shim_dir), DISTCC_VERBOSE="1")
-        root = tmp_path / "tree"
-        _write_tree(root)
-        _age()
-        for _ in range(2):
-            p = run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
-            assert "direct mode: not recorded" not in p.stderr
-            assert (root / "b.o").read_bytes() == _local(root, "b.c")
-        assert _cpp_runs(log) == 2
-        assert "direct_put" not in d.log_text() and "direct: " not in d.log_text()
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
+    d, sock = start_daemon(meshcc_daemon, parent, "--no-cache", "--log-level", "debug")
+    shim_dir, log = shim
+    env = dict(_env(client_env, d, sock, shim_dir), DISTCC_VERBOSE="1")
+    root = tmp_path / "tree"
+    _write_tree(root)
+    _age()
+    for _ in range(2):
+        p = run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
+        assert "direct mode: not recorded" not in p.stderr
+        assert (root / "b.o").read_bytes() == _local(root, "b.c")
+    assert _cpp_runs(log) == 2
+    assert "direct_put" not in d.log_text() and "direct: " not in d.log_text()

@@ -14,20 +14,23 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import Daemon
-from test_direct_mode import (  # noqa: F401  (daemon, shim: fixtures used by name)
+from test_direct_mode import (
     JOBS,
+    FirstBuild,
     H,
     _age,
     _build,
     _cpp_runs,
     _direct_hits,
-    _env,
-    _local,
     _write_tree,
+    all_recompiled,
+    built,
     daemon,
+    parent,
     shim,
 )
+
+__all__ = ["built", "daemon", "parent", "shim"]  # test_direct_mode's fixtures, used by name
 
 
 def _rewrite_keeping_size_and_mtime(path: Path, text: str) -> None:
@@ -41,38 +44,20 @@ def _rewrite_keeping_size_and_mtime(path: Path, text: str) -> None:
     assert (again.st_size, again.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
-def test_header_changed_behind_its_size_and_mtime_recompiles(
-    daemon: tuple[Daemon, Path],  # noqa: F811
-    shim: tuple[Path, Path],  # noqa: F811
-    client_env: dict[str, str],
-    tmp_path: Path,
-) -> None:
-    d, sock = daemon
-    shim_dir, log = shim
-    env = _env(client_env, d, sock, shim_dir)
-    root = tmp_path / "tree"
-    _write_tree(root)
-    _age()
-    first = _build(root, env)
-    assert _cpp_runs(log) == len(JOBS)
-    cache = Path(env["DISTCC_DIR"]) / f"direct-{os.geteuid()}" / "hashes"
+def test_header_changed_behind_its_size_and_mtime_recompiles(built: FirstBuild) -> None:
+    cache = Path(built.env["DISTCC_DIR"]) / f"direct-{os.geteuid()}" / "hashes"
     assert cache.stat().st_size > 0, "the first build's records filled no hash cache"
     assert cache.stat().st_mode & 0o077 == 0 and cache.parent.stat().st_mode & 0o077 == 0
 
     changed = H.replace("3", "4")
-    _rewrite_keeping_size_and_mtime(root / "inc2" / "h.h", changed)
+    _rewrite_keeping_size_and_mtime(built.root / "inc2" / "h.h", changed)
     _age()  # the new ctime must be old enough for the second build to record again
-    second = _build(root, env)
-    assert _cpp_runs(log) == 2 * len(JOBS), "a changed header was answered from a record"
-    assert _direct_hits(d) == 0, d.diagnostics()
-    for src, *_ in JOBS:
-        assert second[src][0] != first[src][0]
-        assert second[src][0] == _local(root, src)
+    second = all_recompiled(built)
 
     # The second build's records hold the header's new hash, not the cached old one: a
     # fresh copy of the changed tree (new times, same bytes) is hashed and hits.
-    _write_tree(root, changed)
-    third = _build(root, env)
-    assert _cpp_runs(log) == 2 * len(JOBS), "the records did not hold the new hash"
-    assert _direct_hits(d) == len(JOBS), d.diagnostics()
+    _write_tree(built.root, changed)
+    third = _build(built.root, built.env)
+    assert _cpp_runs(built.log) == 2 * len(JOBS), "the records did not hold the new hash"
+    assert _direct_hits(built.daemon) == len(JOBS), built.daemon.diagnostics()
     assert third == second

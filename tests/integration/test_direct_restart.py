@@ -11,99 +11,76 @@ log line, and its job compiles again.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import Daemon
 from meshcc.cache.store import Entry
-from test_direct_mode import GCC, JOBS, _age, _build, _cpp_runs, _env, _local, _write_tree
+from test_direct_mode import (
+    JOBS,
+    FirstBuild,
+    Objects,
+    _build,
+    _cpp_runs,
+    _local,
+    _write_tree,
+    built,
+    daemon,
+    parent,
+    shim,
+    start_daemon,
+)
+
+__all__ = ["built", "daemon", "parent", "shim"]  # test_direct_mode's fixtures, used here by name
 
 ELF = b"\x7fELF"
 
 
-@pytest.fixture
-def parent() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="meshcc-direct-restart-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def _start(meshcc_daemon: Callable[..., Daemon], parent: Path) -> tuple[Daemon, Path]:
+    """A daemon on the result cache in ``parent/results``: the same one after a restart."""
+    return start_daemon(meshcc_daemon, parent, "--cache-dir", str(parent / "results"))
 
 
 @pytest.fixture
-def shim(tmp_path: Path) -> tuple[Path, Path]:
-    bin_dir = tmp_path / "shim"
-    bin_dir.mkdir()
-    log = tmp_path / "gcc-runs.log"
-    script = bin_dir / "gcc"
-    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {GCC} "$@"\n')
-    script.chmod(0o755)
-    log.write_text("")
-    return bin_dir, log
+def stopped(built: FirstBuild, parent: Path) -> FirstBuild:
+    """test_direct_mode's first build, whose daemon (on ``parent/results``, as ``_start``
+    makes them) is then stopped and its control socket removed, for the next daemon's."""
+    built.daemon.stop()
+    (parent / "control.sock").unlink(missing_ok=True)
+    return built
 
 
-def _start(meshcc_daemon: Callable[..., Daemon], parent: Path) -> Daemon:
-    sock = parent / "control.sock"
-    d = meshcc_daemon("--cache-dir", str(parent / "results"), "--socket", str(sock), jobs=2)
-    deadline = time.monotonic() + 20
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return d
+def _restart_and_rebuild(
+    meshcc_daemon: Callable[..., Daemon], parent: Path, b: FirstBuild
+) -> tuple[Daemon, Objects]:
+    """A new daemon on the same cache directory and control socket, and a build through it
+    of a fresh copy of the tree at the same path (the hashes decide, as after a checkout)."""
+    second_daemon, _ = _start(meshcc_daemon, parent)
+    _write_tree(b.root)
+    # The same socket path; only the daemon's port is new.
+    return second_daemon, _build(b.root, dict(b.env, DISTCC_HOSTS=second_daemon.host_spec()))
 
 
 def test_manifests_survive_a_restart(
-    meshcc_daemon: Callable[..., Daemon],
-    parent: Path,
-    shim: tuple[Path, Path],
-    client_env: dict[str, str],
-    tmp_path: Path,
+    parent: Path, meshcc_daemon: Callable[..., Daemon], stopped: FirstBuild
 ) -> None:
-    shim_dir, log = shim
-    sock = parent / "control.sock"
-    first_daemon = _start(meshcc_daemon, parent)
-    root = tmp_path / "tree"
-    _write_tree(root)
-    _age()
-    first = _build(root, _env(client_env, first_daemon, sock, shim_dir))
-    assert _cpp_runs(log) == len(JOBS), log.read_text()
-    first_daemon.stop()
-    sock.unlink(missing_ok=True)
-
-    second_daemon = _start(meshcc_daemon, parent)
-    _write_tree(root)  # a fresh copy at the same path: the hashes decide, as after a checkout
-    second = _build(root, _env(client_env, second_daemon, sock, shim_dir))
-    assert _cpp_runs(log) == len(JOBS), "a hit after the restart ran the preprocessor"
-    assert second == first, second_daemon.diagnostics()
+    second_daemon, second = _restart_and_rebuild(meshcc_daemon, parent, stopped)
+    assert _cpp_runs(stopped.log) == len(JOBS), "a hit after the restart ran the preprocessor"
+    assert second == stopped.first, second_daemon.diagnostics()
     hits = [line for line in second_daemon.log_text().splitlines() if ": hit for " in line]
     assert len(hits) == len(JOBS), second_daemon.diagnostics()
     for src, *_ in JOBS:
-        assert second[src][0] == _local(root, src)
+        assert second[src][0] == _local(stopped.root, src)
 
 
 def test_a_damaged_stored_manifest_is_discarded_and_the_job_compiles(
-    meshcc_daemon: Callable[..., Daemon],
-    parent: Path,
-    shim: tuple[Path, Path],
-    client_env: dict[str, str],
-    tmp_path: Path,
+    parent: Path, meshcc_daemon: Callable[..., Daemon], stopped: FirstBuild
 ) -> None:
-    shim_dir, log = shim
-    sock = parent / "control.sock"
-    before = set((parent / "results").rglob("*")) if (parent / "results").exists() else set()
-    first_daemon = _start(meshcc_daemon, parent)
-    root = tmp_path / "tree"
-    _write_tree(root)
-    _age()
-    _build(root, _env(client_env, first_daemon, sock, shim_dir))
-    first_daemon.stop()
-    sock.unlink(missing_ok=True)
-    # Damage every stored manifest (an entry whose object is not an ELF object).
-    entries = [p for p in (parent / "results").rglob("*") if p.is_file() and p not in before]
+    # Damage every stored manifest (an entry whose object is not an ELF object); parent is
+    # the test's own, so every entry is the first build's.
+    entries = [p for p in (parent / "results").rglob("*") if p.is_file()]
     manifests = [p for p in entries if not Entry.decode(p.name, p.read_bytes()).obj[:4] == ELF]
     assert len(manifests) == len(JOBS), entries
     for p in manifests:
@@ -111,11 +88,9 @@ def test_a_damaged_stored_manifest_is_discarded_and_the_job_compiles(
         data[-1] ^= 0xFF
         p.write_bytes(bytes(data))
 
-    second_daemon = _start(meshcc_daemon, parent)
-    _write_tree(root)
-    second = _build(root, _env(client_env, second_daemon, sock, shim_dir))
-    assert _cpp_runs(log) == 2 * len(JOBS)  # every job preprocessed and compiled again
+    second_daemon, second = _restart_and_rebuild(meshcc_daemon, parent, stopped)
+    assert _cpp_runs(stopped.log) == 2 * len(JOBS)  # every job preprocessed and compiled again
     text = second_daemon.log_text()
     assert text.count("discarding corrupt entry") == len(JOBS), second_daemon.diagnostics()
     for src, *_ in JOBS:
-        assert second[src][0] == _local(root, src)
+        assert second[src][0] == _local(stopped.root, src)

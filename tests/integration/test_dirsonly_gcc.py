@@ -128,8 +128,10 @@ def test_server_gcc_obeys_include_and_policy_refuses(tmp_path: Path) -> None:
 # --- end to end: meshcc-gcc -> meshcc daemon / stock distccd 3.4 ---------------------------
 
 
-def _wrapper(env: dict[str, str], daemon: Daemon, cwd: Path, argv: list[str]) -> None:
-    env = dict(env, DISTCC_HOSTS=daemon.host_spec(), DISTCC_FALLBACK="0")
+def _wrapper(env: dict[str, str], daemon: Daemon, cwd: Path, argv: list[str], **extra: str) -> None:
+    """``meshcc ARGV`` in ``cwd`` to ``daemon`` only (no local fallback), with ``extra``
+    added to the environment; it must succeed."""
+    env = dict(env, DISTCC_HOSTS=daemon.host_spec(), DISTCC_FALLBACK="0", **extra)
     env["DISTCC_SKIP_LOCAL_RETRY"] = "1"
     res = subprocess.run(["meshcc", *argv], cwd=cwd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

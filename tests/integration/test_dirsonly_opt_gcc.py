@@ -26,6 +26,7 @@ from conftest import Daemon, copy_tree, parse_job_summaries
 from harness import apt_source
 from meshcc.compiler import args, policy
 from meshcc.compiler.args import analyse, cpp_argv, remote_argv
+from test_dirsonly_gcc import _server_compile, _wrapper
 
 ZLIB_FLAGS = ["-O2", "-D_LARGEFILE64_SOURCE=1", "-DHAVE_HIDDEN", "-I."]
 LUA_FLAGS = ["-std=gnu99", "-O2", "-Wall", "-Wextra", "-DLUA_COMPAT_5_3", "-DLUA_USE_LINUX"]
@@ -88,18 +89,6 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"zlib": zlib, "lua": lua / "src", "liblzma": xz / "src" / "liblzma"}
 
 
-def _server_compile(tmp: Path, sent: list[str], body: bytes, suffix: str) -> bytes:
-    """What meshcc's server does with a received job: policy, rewrite, gcc in its own dir."""
-    assert policy.refusal(sent) is None
-    assert policy.scan_source_refusal(body) is None
-    server = tmp / "server"
-    server.mkdir(exist_ok=True)
-    inp, out = server / ("in" + suffix), server / "out.o"
-    inp.write_bytes(body)
-    subprocess.run(policy.rewrite_for_job(sent, str(inp), str(out)), cwd=server, check=True)
-    return out.read_bytes()
-
-
 CASES = [
     ("zlib", ZLIB_FLAGS, "inflate.c"),
     ("zlib", ZLIB_FLAGS, "deflate.c"),
@@ -143,14 +132,6 @@ def test_lto_and_recorded_switches_keep_full_preprocessing() -> None:
         assert args.DIRECTIVES_ONLY not in cpp_argv(j) + remote_argv(j)
 
 
-def _wrapper(env: dict[str, str], daemon: Daemon, cwd: Path, argv: list[str]) -> None:
-    env = dict(env, DISTCC_HOSTS=daemon.host_spec(), DISTCC_FALLBACK="0")
-    env["MESHCC_DIRECTIVES_ONLY"] = "1"
-    env["DISTCC_SKIP_LOCAL_RETRY"] = "1"
-    res = subprocess.run(["meshcc", *argv], cwd=cwd, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-
-
 @pytest.mark.parametrize("kind", ["meshcc", "distccd"])
 def test_wrapper_O2_directives_only_equals_local(
     kind: str,
@@ -168,7 +149,7 @@ def test_wrapper_O2_directives_only_equals_local(
     assert args.directives_only(analyse(argv))
     local = tmp_path / "local.o"
     subprocess.run(["gcc", *LUA_FLAGS, "-c", "lvm.c", "-o", str(local)], cwd=cwd, check=True)
-    _wrapper(client_env, daemon, cwd, argv)
+    _wrapper(client_env, daemon, cwd, argv, MESHCC_DIRECTIVES_ONLY="1")
     assert (tmp_path / "remote.o").read_bytes() == local.read_bytes()
     jobs = parse_job_summaries(daemon.log_path.read_text(errors="replace"))
     assert [j.result for j in jobs].count("COMPILE_OK") == 1

@@ -17,7 +17,6 @@ Corruption, LTO and opting out are proven on loopback (test_result_cache.py).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,10 +25,10 @@ from pathlib import Path
 import pytest
 
 import netns
-from conftest import VENV_BIN, copy_tree, parse_job_summaries, run
-from meshd import Meshd, private_dir
+from conftest import copy_tree, parse_job_summaries, run
+from meshd import Mesh, Meshd, build_objects, client_env, private_dir
 from netns import Lan
-from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources, _objects
+from test_build_real_project import OBJECTS_MK, TARGET, _compiled_sources
 
 pytestmark = [
     pytest.mark.netns,
@@ -39,6 +38,7 @@ pytestmark = [
 ]
 
 WARN = "int f(int x) { int unused; return x * 3; }\n"
+MAKE = ["make", "-j8", "-f", "Makefile", "-f", "objects.mk", "CC=meshcc-gcc", TARGET]
 
 
 def _verdicts(d: Meshd) -> list[str]:
@@ -91,102 +91,49 @@ def _wait_pushes_settled(host: netns.Host, addresses: list[str], timeout: float 
         time.sleep(0.5)
 
 
-def _diagnostics(daemons: list[Meshd]) -> str:
-    return "\n".join(f"--- {d.name} log ---\n{d.log_text()[-5000:]}" for d in daemons)
-
-
 def test_second_box_builds_from_the_mesh_cache(
     lan: Callable[..., Lan], zlib_source: Path, tmp_path: Path
 ) -> None:
     net = lan()
     hosts = {n: net.add_host(n) for n in ("a", "b", "s1", "s2")}
     work = private_dir("meshcc-rcache-")
+    # The test proves what the mesh finds, not how fast: on a loaded 2-core CI box a job
+    # can take seconds, and a home's answer 0.25 s (the default wait) or more.
+    wait = ("--cache-lookup-timeout", "10")
     try:
-        _run(hosts, work, zlib_source, tmp_path)
+        with Mesh(work, hosts, "--jobs", "4", *wait, cache=True) as mesh:
+            _run(mesh, zlib_source, tmp_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: Path) -> None:
-    daemons = {
-        n: Meshd(
-            work,
-            hosts[n],
-            "--interface",
-            "eth0",
-            "--jobs",
-            "4",
-            "--cache-dir",
-            str(work / n / "cache"),
-            # The test proves what the mesh finds, not how fast: on a loaded 2-core CI box a
-            # job can take seconds, and a home's answer 0.25 s (the default wait) or more.
-            "--cache-lookup-timeout",
-            "10",
-            name=n,
-        )
-        for n in hosts
-    }
-    for d in daemons.values():
-        d.start()
-    a, b, s1, s2 = (daemons[n] for n in ("a", "b", "s1", "s2"))
-    everyone = list(daemons.values())
+def _run(mesh: Mesh, zlib_source: Path, tmp_path: Path) -> None:
+    a, b, s2 = mesh["a"], mesh["b"], mesh["s2"]
+    everyone = list(mesh.daemons.values())
     servers = everyone  # leases keep a box's jobs off its own daemon, not off the other box
-    want = {hosts[n].address for n in ("s1", "s2")}
-
-    def listed(box: Meshd, peers: set[str]) -> Callable[[], bool]:
-        def check() -> bool:
-            res = box.cli("hosts", "--cc", "gcc", inside=True)
-            got = {t.split(":")[0] for t in res.stdout.split()}
-            return peers <= got
-
-        return check
-
-    for box in (a, b):
-        try:
-            netns.wait_for(listed(box, want), 60, 0.25, f"{box.name} to list s1 and s2")
-        except TimeoutError:
-            pytest.fail(_diagnostics(everyone))
+    want = {mesh.address("s1"), mesh.address("s2")}
+    mesh.wait_listed({"a": want, "b": want})
 
     tree = copy_tree(zlib_source, tmp_path / "zlib")
     (tree / "objects.mk").write_text(OBJECTS_MK)
     (tree / "warn.c").write_text(WARN)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC_", "MESHCC_"))}
-    (tmp_path / "distcc-dir").mkdir()
-    (tmp_path / "client-tmp").mkdir()
-    env.update(
-        DISTCC_DIR=str(tmp_path / "distcc-dir"),
-        TMPDIR=str(tmp_path / "client-tmp"),
-        PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
-        DISTCC_FALLBACK="0",
-        # The servers' cache across the mesh is under test: a rebuild on the same box would
-        # otherwise be answered by that box's own daemon (direct mode) without any server.
-        MESHCC_DIRECT="0",
-    )
+    # The servers' cache across the mesh is under test: a rebuild on the same box would
+    # otherwise be answered by that box's own daemon (direct mode) without any server.
+    env = client_env(tmp_path / "client", MESHCC_DIRECT="0")
     run(["./configure"], cwd=tree, env=dict(env, CC="gcc"))
     local_out = run(
         ["make", "-j4", "-f", "Makefile", "-f", "objects.mk", TARGET], cwd=tree, env=env
     )
-    reference = _objects(tree)
+    reference = build_objects(tree)
     expected = _compiled_sources(local_out.stdout)
     n = sum(expected.values())
     assert n == len(reference) >= 30
 
     def build(box: Meshd) -> None:
-        run(["make", "-f", "Makefile", "clean"], cwd=tree, env=env)
-        host = hosts[box.name]
-        p = host.run(
-            ["make", "-j8", "-f", "Makefile", "-f", "objects.mk", "CC=meshcc-gcc", TARGET],
-            cwd=tree,
-            env=dict(env, MESHCC_SOCKET=str(box.socket)),
-            timeout=900,
-        )
-        assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
-        got = _objects(tree)
-        differing = sorted(k for k in reference if got.get(k) != reference[k])
-        assert not differing and sorted(got) == sorted(reference), differing
+        mesh.build(box.name, tree, env, MAKE, reference)
 
     def warn(box: Meshd) -> str:
-        p = hosts[box.name].run(
+        p = mesh.hosts[box.name].run(
             ["meshcc-gcc", "-Wall", "-c", "warn.c", "-o", "warn.o"],
             cwd=tree,
             env=dict(env, MESHCC_SOCKET=str(box.socket)),
@@ -197,11 +144,11 @@ def _run(hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: 
     # 1. Box a: a cold mesh, every job compiled (a miss) on s1 or s2.
     build(a)
     first = _new_verdicts(servers, {}, n)
-    assert first == ["miss"] * n, (first, _diagnostics(everyone))
+    assert first == ["miss"] * n, (first, mesh.diagnostics(5000))
     warn_a = warn(a)
     assert "unused" in warn_a
     _new_verdicts(servers, {}, n + 1)
-    _wait_pushes_settled(hosts["a"], [hosts[d.name].address for d in everyone])
+    _wait_pushes_settled(mesh.hosts["a"], [mesh.address(h) for h in mesh.hosts])
 
     # 2. Box b, same tree, same path: every job is answered from a cache.
     mark = _marks(servers)
@@ -209,7 +156,7 @@ def _run(hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: 
     second = _new_verdicts(servers, mark, n)
     hits = [v for v in second if v in ("hit", "remote-hit")]
     print(f"box b: {len(hits)} of {n} hits ({second.count('remote-hit')} from home peers)")
-    assert len(second) == n and len(hits) == n, (second, _diagnostics(everyone))
+    assert len(second) == n and len(hits) == n, (second, mesh.diagnostics(5000))
     assert warn(b) == warn_a  # the warning exactly as the first compile gave it
 
     jobs = [j for d in servers for j in parse_job_summaries(d.log_text())]
@@ -219,20 +166,20 @@ def _run(hosts: dict[str, netns.Host], work: Path, zlib_source: Path, tmp_path: 
     s2.kill9()
     try:
         netns.wait_for(
-            lambda: hosts["s2"].address not in b.cli("hosts", "--cc", "gcc", inside=True).stdout,
+            lambda: mesh.address("s2") not in mesh.listed("b"),
             30,
             0.25,
             "b to drop s2",
         )
     except TimeoutError:
-        pytest.fail(_diagnostics(everyone))
-    alive = [a, s1]
+        pytest.fail(mesh.diagnostics(5000))
+    alive = [a, mesh["s1"]]
     mark = _marks(alive)
     build(b)
     third = _new_verdicts(alive, mark, n)
     lost = [v for v in third if v == "miss"]
     print(f"after s2 died: {n - len(lost)} of {n} hits, {len(lost)} compiled again")
-    assert len(third) == n, (third, _diagnostics(everyone))
+    assert len(third) == n, (third, mesh.diagnostics(5000))
     # Every key was held by the daemon that compiled it and by its home; with s2 gone only
     # keys s2 held alone can miss: fewer than all.
     assert len(lost) < n, third

@@ -33,6 +33,7 @@ from conftest import Daemon
 from meshcc.compression import kept
 from meshcc.wire import codecs, control
 from meshcc.wire import protocol as wire
+from test_busy import _read_reply
 from test_lease_client import FakeControl, fake_control, lease_env
 from test_wrapper import meshcc
 
@@ -54,6 +55,26 @@ def _grant(server: Daemon) -> Callable[[dict[str, Any]], dict[str, object]]:
         ).to_message()
 
     return answer
+
+
+def _compiles_as_local(
+    client: list[str], name: str, cwd: Path, env: dict[str, str], out: Path, daemon: Daemon
+) -> str:
+    """``client`` (meshcc-gcc, or distcc and gcc) compiles ``name`` to ``out`` through
+    ``daemon``: it must succeed and give local gcc's own object. Its stderr."""
+    ref = out.with_suffix(".ref.o")
+    subprocess.run(["gcc", *GCC_ARGS, "-c", name, "-o", str(ref)], cwd=cwd, check=True)
+    done = subprocess.run(
+        [*client, *GCC_ARGS, "-c", name, "-o", str(out)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + daemon.diagnostics()
+    assert out.read_bytes() == ref.read_bytes(), f"{name}: object differs from local gcc"
+    return done.stderr
 
 
 def _restart(old: Daemon) -> Daemon:
@@ -81,22 +102,11 @@ def test_later_jobs_go_against_the_previous_body_and_survive_a_restart(
 
     def compile_(name: str) -> tuple[int, str | None, str]:
         """(bytes on the wire, the prefix's id if any, stderr); the object checked."""
-        obj, ref = tmp_path / f"{name}.o", tmp_path / f"{name}.ref.o"
-        subprocess.run(["gcc", *GCC_ARGS, "-c", name, "-o", ref], cwd=zlib_tree, check=True)
-        done = subprocess.run(
-            [meshcc(), *GCC_ARGS, "-c", name, "-o", str(obj)],
-            cwd=zlib_tree,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
         daemon = restarted or server
-        assert done.returncode == 0, done.stderr + daemon.diagnostics()
-        assert obj.read_bytes() == ref.read_bytes(), f"{name}: object differs from local gcc"
-        found = SENT.search(done.stderr)
-        assert found, done.stderr
-        return int(found[2]), found[3], done.stderr
+        err = _compiles_as_local([meshcc()], name, zlib_tree, env, tmp_path / f"{name}.o", daemon)
+        found = SENT.search(err)
+        assert found, err
+        return int(found[2]), found[3], err
 
     def plain_zstd(name: str) -> int:
         """The same body's zstd frame without a prefix (level 3, as prefixed jobs use)."""
@@ -133,19 +143,9 @@ def test_later_jobs_go_against_the_previous_body_and_survive_a_restart(
 
         # A stock distcc 3.4 client to the same daemon: LZO as ever, same object.
         denv = dict(client_env, DISTCC_HOSTS=restarted.host_spec(lzo=True), DISTCC_FALLBACK="0")
-        done = subprocess.run(
-            ["distcc", "gcc", *GCC_ARGS, "-c", "crc32.c", "-o", str(tmp_path / "d.o")],
-            cwd=zlib_tree,
-            env=denv,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        _compiles_as_local(
+            ["distcc", "gcc"], "crc32.c", zlib_tree, denv, tmp_path / "d.o", restarted
         )
-        assert done.returncode == 0, done.stderr + restarted.diagnostics()
-        subprocess.run(
-            ["gcc", *GCC_ARGS, "-c", "crc32.c", "-o", tmp_path / "r.o"], cwd=zlib_tree, check=True
-        )
-        assert (tmp_path / "d.o").read_bytes() == (tmp_path / "r.o").read_bytes()
     finally:
         if restarted is not None:
             restarted.stop()
@@ -154,22 +154,9 @@ def test_later_jobs_go_against_the_previous_body_and_survive_a_restart(
 
 def _job(port: int, request: bytes, source: str = conftest.LOOPBACK) -> list[object]:
     """Send ``request`` from ``source`` (a loopback address); the reply's events."""
-    reader = wire.ReplyReader(1)
-    events: list[object] = []
     with socket.create_connection((conftest.LOOPBACK, port), 60, (source, 0)) as s:
         s.sendall(request)
-        while True:
-            event = reader.next_event()
-            if event is wire.NEED_DATA:
-                chunk = s.recv(1 << 16)
-                if chunk:
-                    reader.feed(chunk)
-                else:
-                    reader.feed_eof()
-                continue
-            events.append(event)
-            if isinstance(event, (wire.ReplyEnd, wire.ReplyRefused)):
-                return events
+        return _read_reply(s, 1)
 
 
 def _refused(events: list[object]) -> str:
@@ -239,21 +226,9 @@ def test_a_stock_distccd_peer_never_sees_the_tokens(
     fc = fake_control([grant(mesh.port, ("zstd", "zref")), grant(stock.port, ())])
     env = lease_env(client_env, fc, MESHCC_CODEC="zstd", MESHCC_VERBOSE="1", DISTCC_FALLBACK="0")
     for n, name in enumerate(("adler32.c", "deflate.c")):
-        done = subprocess.run(
-            [meshcc(), *GCC_ARGS, "-c", name, "-o", str(tmp_path / f"{n}.o")],
-            cwd=zlib_tree,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr + stock.diagnostics()
-        subprocess.run(
-            ["gcc", *GCC_ARGS, "-c", name, "-o", tmp_path / f"{n}.ref.o"], cwd=zlib_tree, check=True
-        )
-        assert (tmp_path / f"{n}.o").read_bytes() == (tmp_path / f"{n}.ref.o").read_bytes()
+        err = _compiles_as_local([meshcc()], name, zlib_tree, env, tmp_path / f"{n}.o", stock)
         if n == 0:
-            assert "(zref: no prefix" in done.stderr, done.stderr
-    assert "zref" not in done.stderr and "as zstd" not in done.stderr, done.stderr
+            assert "(zref: no prefix" in err, err
+    assert "zref" not in err and "as zstd" not in err, err
     assert len(stock.wait_for_jobs(1)) == 1, stock.diagnostics()
     assert len(mesh.wait_for_jobs(1)) == 1, mesh.diagnostics()
