@@ -35,11 +35,11 @@ int f(int x) { char b[32]; snprintf(b, sizeof b, "%d", x); return (int)strlen(b)
 """
 
 
-def launcher(tree: Path, bindir: Path) -> Path:
+def launcher(tree: Path, bindir: Path, python: str = sys.executable) -> Path:
     bindir.mkdir(parents=True, exist_ok=True)
     path = bindir / "meshcc-gcc"
     path.write_text(
-        f"#!{sys.executable} -IS\nimport sys\nsys.path.append({str(tree)!r})\n"
+        f"#!{python} -IS\nimport sys\nsys.path.append({str(tree)!r})\n"
         "from meshcc.client.wrapper import launch\nsys.exit(launch())\n"
     )
     path.chmod(0o755)
@@ -67,6 +67,11 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--source", help="a C file to compile (in its own dir), cpp included")
     p.add_argument("--cflags", default="", help="its options (one string)")
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the launcher's interpreter (what users run: Debian's /usr/bin/python3)",
+    )
     args = p.parse_args()
     for tool in ("valgrind", "distccd", "gcc"):
         if shutil.which(tool) is None:
@@ -89,7 +94,7 @@ def main() -> int:
         env = h.clean_env()
         env["DISTCC_HOSTS"] = f"127.0.0.1:{port}/4" + (",lzo" if args.lzo else "")
         env["DISTCC_DIR"] = str(work / "distcc")
-        cmd = [str(launcher(Path(args.tree), work / "bin")), "-c", "t.i", "-o", "t.o"]
+        cmd = [str(launcher(Path(args.tree), work / "bin", args.python)), "-c", "t.i", "-o", "t.o"]
         cwd = work
         if args.source:
             src = Path(args.source).resolve()
