@@ -1319,8 +1319,11 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
     hosts_set = "DISTCC_HOSTS" in env
-    # Verbose, the lease path lets control_client connect, which says why no daemon answers.
-    daemon = True if log.verbose and not hosts_set else _probe_daemon(env)
+    daemon: tuple[Any, str] | bool = False
+    if not hosts_set:  # verbose: control_client connects, and says why no daemon answers
+        daemon = True if log.verbose else _probe_daemon(env)
+    elif env.get("MESHCC_DIRECT") != "0" and env.get("MESHCC_CACHE") != "0":
+        daemon = _probe_daemon(env)  # only direct mode asks a daemon (direct.attempt's test)
     probed = daemon if isinstance(daemon, tuple) else None
     leases = None
     if not hosts_set and daemon is not False:
