@@ -1319,16 +1319,27 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
     hosts_set = "DISTCC_HOSTS" in env
+    # Direct mode (only when a daemon answers) needs a source that cpp would read: never
+    # for .i/.ii, stdin or no output, nor when turned off (direct.prepare's and attempt's
+    # first tests, here to spare their import and, with DISTCC_HOSTS, the daemon probe).
+    direct_may = (
+        not job.preprocessed
+        and bool(job.source)
+        and job.source != "-"
+        and job.output is not None
+        and env.get("MESHCC_DIRECT") != "0"
+        and env.get("MESHCC_CACHE") != "0"
+    )
     daemon: tuple[Any, str] | bool = False
     if not hosts_set:  # verbose: control_client connects, and says why no daemon answers
         daemon = True if log.verbose else _probe_daemon(env)
-    elif env.get("MESHCC_DIRECT") != "0" and env.get("MESHCC_CACHE") != "0":
-        daemon = _probe_daemon(env)  # only direct mode asks a daemon (direct.attempt's test)
+    elif direct_may:
+        daemon = _probe_daemon(env)
     probed = daemon if isinstance(daemon, tuple) else None
     leases = None
     if not hosts_set and daemon is not False:
         leases = _lease_pool(run, inv, io_timeout, probed)
-    if leases is not None or (hosts_set and daemon is not False):  # a daemon answered
+    if direct_may and (leases is not None or (hosts_set and daemon is not False)):
         from meshcc.client import direct  # a direct-mode hit needs no preprocessor
 
         code = direct.attempt(run, leases, None if leases is not None else probed)

@@ -160,3 +160,39 @@ def test_probed_connection_in_a_shared_tmp_dir_not_ours_is_refused(tmp_path: Pat
         listener.close()
         path.unlink(missing_ok=True)
         bad_dir.rmdir()
+
+
+def test_preprocessed_job_never_asks_a_listening_daemon(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path, tmp_path: Path
+) -> None:
+    """With DISTCC_HOSTS only direct mode asks a local daemon, and direct mode never
+    applies to a ``.i`` job: no connection, no control code, even with a daemon there."""
+    server = distccd()
+    subprocess.run(["gcc", "-E", "src/foo.c", "-o", "foo.i"], cwd=proj, check=True)
+    sock = tmp_path / "control.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock))
+    listener.listen(4)
+    listener.setblocking(False)
+    try:
+        env = env_with(
+            client_env,
+            DISTCC_HOSTS=server.host_spec(),
+            DISTCC_FALLBACK="0",
+            MESHCC_SOCKET=str(sock),
+        )
+        res = subprocess.run(
+            [sys.executable, "-IS", "-c", _JOB, str(ROOT), "-c", "foo.i", "-o", "foo.o"],
+            env=env,
+            cwd=proj,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "[]", f"heavy modules for a .i job: {res.stdout}"
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+        assert len(server.wait_for_jobs(1)) == 1, server.diagnostics()
+    finally:
+        listener.close()
