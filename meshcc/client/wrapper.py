@@ -630,8 +630,7 @@ class _Run:
     def source_bytes(self) -> bytes:
         path = self.cpp_out if self.cpp_out is not None else self.job.source
         assert path is not None
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_all(path)
 
     # -------------------------------------------------------------- results
 
@@ -695,6 +694,23 @@ class _Run:
         _, status = os.waitpid(pid, 0)
         self.children.remove(pid)
         return exit_code(status)
+
+
+def _read_all(path: str) -> bytes:
+    """The file's bytes, with plain system calls: ``open(path, "rb")`` would build a
+    buffered file object and ask the file its position and whether it is a terminal."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        want = max(os.fstat(fd).st_size, 0) + 1  # one read, then one that sees the end
+        chunks = []
+        while True:
+            data = os.read(fd, want)
+            if not data:
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            chunks.append(data)
+            want = 65536
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -196,3 +196,37 @@ def test_preprocessed_job_never_asks_a_listening_daemon(
         assert len(server.wait_for_jobs(1)) == 1, server.diagnostics()
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 300_001])
+def test_read_all_reads_what_open_reads(tmp_path: Path, size: int) -> None:
+    """The source read without a file object: the same bytes, whatever the size."""
+    import random
+
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "x.i"
+    path.write_bytes(data)
+    assert wrapper._read_all(str(path)) == data
+    with pytest.raises(FileNotFoundError):
+        wrapper._read_all(str(tmp_path / "missing.i"))
+
+
+def test_read_all_reads_past_a_stale_size(tmp_path: Path) -> None:
+    """A file longer than fstat said (a pipe reports 0): read to its real end."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = b"y" * 200_000
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        assert wrapper._read_all(str(fifo)) == data
+    finally:
+        t.join(10)
