@@ -702,7 +702,7 @@ def _read_all(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         want = max(os.fstat(fd).st_size, 0) + 1  # one read, then one that sees the end
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             data = os.read(fd, want)
             if not data:
