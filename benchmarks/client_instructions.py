@@ -20,6 +20,11 @@ discovery off, its own control socket) for a lease. With no peer the daemon answ
 count is the lease path's client (its local compile, a child, is not counted), and the
 daemon's own CPU per lease is read from its threads' ``schedstat`` over ``--lease-jobs``
 plain (unvalgrinded) clients, less the same time idle.
+
+``--grant``: the lease path of a job that does go remote: a stand-in control socket in this
+process (meshcc's own control codec) grants every lease to the stock distccd, and the
+client sends the job there, as with a peer from the mesh (no daemon CPU is measured here:
+the stand-in's is not meshcc's; ``--lease`` measures the daemon's).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +60,42 @@ def start_lease_daemon(work: Path) -> tuple[h.Daemon, Path]:
             raise h.HarnessError(f"no control socket at {sock}\n{daemon.log_text()}")
         time.sleep(0.05)
     return daemon, sock
+
+
+def start_granting(work: Path, port: int) -> tuple[socket.socket, Path]:
+    """A control socket that grants every lease to 127.0.0.1:``port`` (the distccd) and
+    reads the client's ``done``: a lease path that goes remote, without a mesh."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from meshcc.wire import control
+
+    sock_path = work / "grant.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(16)
+    grant = control.LeaseGranted("127.0.0.1", port, 1, "gcc", f"127.0.0.1:{port}")
+
+    def serve(conn: socket.socket) -> None:
+        reader = control.MessageReader(control.MAX_MESSAGE)
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                reader.feed(data)
+                while (msg := reader.next_message()) is not None:
+                    if msg.get("op") == "lease":
+                        conn.sendall(control.encode(grant.to_message()))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, sock_path
 
 
 def launcher(tree: Path, bindir: Path, python: str = sys.executable) -> Path:
@@ -114,6 +157,7 @@ def main() -> int:
     p.add_argument("--cflags", default="", help="its options (one string)")
     p.add_argument("--lease", action="store_true", help="a lease from a local meshcc daemon")
     p.add_argument("--lease-jobs", type=int, default=40, help="clients for the daemon's CPU")
+    p.add_argument("--grant", action="store_true", help="a granted lease (stand-in daemon)")
     p.add_argument(
         "--python",
         default=sys.executable,
@@ -131,6 +175,7 @@ def main() -> int:
     argv += ["--port", str(port), "--allow", "127.0.0.1", "--jobs", "2", "--user", "nobody"]
     distccd = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     stack: list[h.Daemon] = []  # a meshcc daemon (--lease)
+    listeners: list[socket.socket] = []  # the stand-in control socket (--grant)
     try:
         for _ in range(100):
             if h.port_accepts(port):
@@ -154,6 +199,11 @@ def main() -> int:
             stack.append(meshccd)
             del env["DISTCC_HOSTS"], env["DISTCC_FALLBACK"]  # the daemon's answer: local
             env["MESHCC_SOCKET"] = str(sock)
+        if args.grant:
+            listener, sock = start_granting(work, port)
+            listeners.append(listener)
+            del env["DISTCC_HOSTS"]
+            env["MESHCC_SOCKET"] = str(sock)
         subprocess.run(cmd, cwd=cwd, env=env, check=True)  # writes the .pyc files
         got = [
             count(cmd, env, work / "cg.out", cwd, children=bool(args.source))
@@ -172,6 +222,8 @@ def main() -> int:
     finally:
         for daemon in stack:
             daemon.stop()
+        for listener in listeners:
+            listener.close()
         distccd.terminate()
         distccd.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
