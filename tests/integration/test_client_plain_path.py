@@ -16,6 +16,7 @@ import pytest
 from conftest import Daemon
 from meshcc.client import wrapper
 from meshcc.transport import control_client as cc
+from test_lease_client import FakeControl, grant
 from test_wrapper import env_with, local_object
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,9 @@ _JOB = (
     "print(sorted(m for m in heavy if m in sys.modules))\n"
     "sys.exit(code)\n"
 )
+# What a leased job may not load either (the control protocol it needs, of course).
+HEAVY_LEASED = tuple(m for m in HEAVY if "control" not in m and m != "meshcc.wire")
+_LEASED_JOB = _JOB.replace(repr(HEAVY), repr((*HEAVY_LEASED, "posixpath")))
 
 
 def _stale_socket(path: Path) -> Path:
@@ -230,3 +234,30 @@ def test_read_all_reads_past_a_stale_size(tmp_path: Path) -> None:
         assert wrapper._read_all(str(fifo)) == data
     finally:
         t.join(10)
+
+
+def test_leased_remote_job_loads_no_os(
+    distccd: Callable[..., Daemon], client_env: dict[str, str], proj: Path, tmp_path: Path
+) -> None:
+    """A lease granted and the job sent to the peer: the compiler's path is made absolute
+    without posixpath (which imports ``os``), and a .i job loads no direct mode."""
+    server = distccd()
+    ctl = FakeControl(tmp_path / "control.sock", [grant(server.port)])
+    try:
+        subprocess.run(["gcc", "-E", "src/foo.c", "-o", "foo.i"], cwd=proj, check=True)
+        env = env_with(client_env, MESHCC_SOCKET=str(ctl.path), DISTCC_FALLBACK="0")
+        res = subprocess.run(
+            [sys.executable, "-IS", "-c", _LEASED_JOB, str(ROOT), "-c", "foo.i", "-o", "foo.o"],
+            env=env,
+            cwd=proj,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "[]", f"heavy modules on the lease path: {res.stdout}"
+        assert len(server.wait_for_jobs(1)) == 1, server.diagnostics()
+        conns = ctl.wait_closed(1)
+        assert [c.kinds() for c in conns] == [["lease", "done", "closed"]]
+    finally:
+        ctl.close()
