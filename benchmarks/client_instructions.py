@@ -13,6 +13,18 @@ writes the ``.pyc`` files and is not counted. ``--source`` compiles a real C fil
 own directory instead, and counts the client's children too (its preprocessor: gcc's
 driver and cc1), so how the client preprocesses (-fdirectives-only or not) shows.
 Needs valgrind, gcc and distccd; run as root (distccd drops to ``nobody``).
+
+``--lease``: no ``DISTCC_HOSTS``; the client asks a local ``meshcc daemon`` (loopback,
+discovery off, its own control socket) for a lease. With no peer the daemon answers
+"compile locally" after the same toolchain lookup and peer judgement a grant needs, so the
+count is the lease path's client (its local compile, a child, is not counted), and the
+daemon's own CPU per lease is read from its threads' ``schedstat`` over ``--lease-jobs``
+plain (unvalgrinded) clients, less the same time idle.
+
+``--grant``: the lease path of a job that does go remote: a stand-in control socket in this
+process (meshcc's own control codec) grants every lease to the stock distccd, and the
+client sends the job there, as with a peer from the mesh (no daemon CPU is measured here:
+the stand-in's is not meshcc's; ``--lease`` measures the daemon's).
 """
 
 from __future__ import annotations
@@ -20,9 +32,11 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,11 +49,60 @@ int f(int x) { char b[32]; snprintf(b, sizeof b, "%d", x); return (int)strlen(b)
 """
 
 
-def launcher(tree: Path, bindir: Path) -> Path:
+def start_lease_daemon(work: Path) -> tuple[h.Daemon, Path]:
+    """A loopback meshcc daemon (discovery off) and its control socket, once it answers."""
+    sock = work / "control.sock"
+    daemon = h.start_meshcc(work / "meshccd", 2, "--socket", str(sock))
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        if time.monotonic() > deadline:
+            daemon.stop()
+            raise h.HarnessError(f"no control socket at {sock}\n{daemon.log_text()}")
+        time.sleep(0.05)
+    return daemon, sock
+
+
+def start_granting(work: Path, port: int) -> tuple[socket.socket, Path]:
+    """A control socket that grants every lease to 127.0.0.1:``port`` (the distccd) and
+    reads the client's ``done``: a lease path that goes remote, without a mesh."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from meshcc.wire import control
+
+    sock_path = work / "grant.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(16)
+    grant = control.LeaseGranted("127.0.0.1", port, 1, "gcc", f"127.0.0.1:{port}")
+
+    def serve(conn: socket.socket) -> None:
+        reader = control.MessageReader(control.MAX_MESSAGE)
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                reader.feed(data)
+                while (msg := reader.next_message()) is not None:
+                    if msg.get("op") == "lease":
+                        conn.sendall(control.encode(grant.to_message()))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, sock_path
+
+
+def launcher(tree: Path, bindir: Path, python: str = sys.executable) -> Path:
     bindir.mkdir(parents=True, exist_ok=True)
     path = bindir / "meshcc-gcc"
     path.write_text(
-        f"#!{sys.executable} -IS\nimport sys\nsys.path.append({str(tree)!r})\n"
+        f"#!{python} -IS\nimport gc; gc.disable()\nimport sys\nsys.path.append({str(tree)!r})\n"
         "from meshcc.client.wrapper import launch\nsys.exit(launch())\n"
     )
     path.chmod(0o755)
@@ -60,6 +123,31 @@ def count(cmd: list[str], env: dict[str, str], out: Path, cwd: Path, children: b
     return sum(got)
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far (schedstat: ns, not clock ticks)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return total
+
+
+def lease_daemon_cpu(
+    pid: int, cmd: list[str], env: dict[str, str], cwd: Path, jobs: int
+) -> tuple[float, float]:
+    """(daemon CPU ms per lease, the same per idle interval of one client's wall time)."""
+    t0, c0 = time.monotonic(), _cpu_ns(pid)
+    for _ in range(jobs):
+        subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+    busy_s, busy_ns = time.monotonic() - t0, _cpu_ns(pid) - c0
+    c1 = _cpu_ns(pid)
+    time.sleep(busy_s)
+    idle_ns = _cpu_ns(pid) - c1
+    return busy_ns / jobs / 1e6, idle_ns / jobs / 1e6
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
@@ -67,6 +155,14 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--source", help="a C file to compile (in its own dir), cpp included")
     p.add_argument("--cflags", default="", help="its options (one string)")
+    p.add_argument("--lease", action="store_true", help="a lease from a local meshcc daemon")
+    p.add_argument("--lease-jobs", type=int, default=40, help="clients for the daemon's CPU")
+    p.add_argument("--grant", action="store_true", help="a granted lease (stand-in daemon)")
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the launcher's interpreter (what users run: Debian's /usr/bin/python3)",
+    )
     args = p.parse_args()
     for tool in ("valgrind", "distccd", "gcc"):
         if shutil.which(tool) is None:
@@ -78,6 +174,8 @@ def main() -> int:
     argv = ["distccd", "--daemon", "--no-detach", "--log-stderr", "--listen", "127.0.0.1"]
     argv += ["--port", str(port), "--allow", "127.0.0.1", "--jobs", "2", "--user", "nobody"]
     distccd = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    stack: list[h.Daemon] = []  # a meshcc daemon (--lease)
+    listeners: list[socket.socket] = []  # the stand-in control socket (--grant)
     try:
         for _ in range(100):
             if h.port_accepts(port):
@@ -89,23 +187,43 @@ def main() -> int:
         env = h.clean_env()
         env["DISTCC_HOSTS"] = f"127.0.0.1:{port}/4" + (",lzo" if args.lzo else "")
         env["DISTCC_DIR"] = str(work / "distcc")
-        cmd = [str(launcher(Path(args.tree), work / "bin")), "-c", "t.i", "-o", "t.o"]
+        cmd = [str(launcher(Path(args.tree), work / "bin", args.python)), "-c", "t.i", "-o", "t.o"]
         cwd = work
         if args.source:
             src = Path(args.source).resolve()
             cwd = src.parent
             cmd = [cmd[0], *args.cflags.split(), "-c", src.name, "-o", str(work / "s.o")]
         env["DISTCC_FALLBACK"] = "0"  # a job that cannot go remote fails the count
+        if args.lease:
+            meshccd, sock = start_lease_daemon(work)
+            stack.append(meshccd)
+            del env["DISTCC_HOSTS"], env["DISTCC_FALLBACK"]  # the daemon's answer: local
+            env["MESHCC_SOCKET"] = str(sock)
+        if args.grant:
+            listener, sock = start_granting(work, port)
+            listeners.append(listener)
+            del env["DISTCC_HOSTS"]
+            env["MESHCC_SOCKET"] = str(sock)
         subprocess.run(cmd, cwd=cwd, env=env, check=True)  # writes the .pyc files
         got = [
             count(cmd, env, work / "cg.out", cwd, children=bool(args.source))
             for _ in range(args.runs)
         ]
         print(f"{args.tree}: {min(got) / 1e6:.2f} M instructions (runs: {got})")
+        if args.lease:
+            busy, idle = lease_daemon_cpu(stack[0].proc.pid, cmd, env, cwd, args.lease_jobs)
+            print(
+                f"meshcc daemon: {busy - idle:.2f} ms CPU per lease "
+                f"({busy:.2f} ms per client, {idle:.2f} ms idle in the same time)"
+            )
     except (h.HarnessError, subprocess.CalledProcessError) as e:
         print(f"client_instructions: {e}", file=sys.stderr)
         return 1
     finally:
+        for daemon in stack:
+            daemon.stop()
+        for listener in listeners:
+            listener.close()
         distccd.terminate()
         distccd.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)

@@ -42,6 +42,7 @@ from posix import (
     close,
     execv,
     fchmod,
+    fstat,
     geteuid,
     getpid,
     kill,
@@ -95,6 +96,7 @@ __all__ = [
     "execv",
     "fchmod",
     "fsencode",
+    "fstat",
     "geteuid",
     "getpid",
     "kill",
@@ -272,6 +274,19 @@ class path:
 
     @staticmethod
     def abspath(p: str) -> str:
+        # An absolute path with nothing to normalise (what a PATH search of absolute
+        # entries gives, e.g. the lease path's compiler) is its own abspath: returned
+        # as it is, since importing posixpath imports os (~4 M instructions a compile).
+        if (
+            p.startswith("/")
+            and not p.startswith("//")
+            and "//" not in p
+            and "/./" not in p
+            and "/../" not in p
+            and not p.endswith(("/.", "/.."))
+            and (p == "/" or not p.endswith("/"))
+        ):
+            return p
         import posixpath
 
         return posixpath.abspath(p)

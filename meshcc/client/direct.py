@@ -764,22 +764,25 @@ def _env_items(env: Mapping[str, str]) -> Iterable[str]:
             yield f"{name}={value}"
 
 
-def attempt(run: Any, leases: Any) -> int | None:
+def attempt(run: Any, leases: Any, probed: tuple[Any, str] | None = None) -> int | None:
     """The wrapper's call before it preprocesses: set ``run.direct`` (so the miss path
     records the manifest) and answer from a manifest if one holds (the exit code).
 
     ``leases``: the daemon's lease pool, whose first connection serves the lookup (if the
     lookup broke it, the pool connects again for its lease); None (``DISTCC_HOSTS`` is
-    set, or no daemon answered): a connection of our own, if a local daemon answers."""
+    set): a connection of our own, if a local daemon answers. ``probed``: the connection
+    the wrapper's probe made (:func:`meshcc.transport.control_client.connect`)."""
     if run.env.get("MESHCC_DIRECT") == "0" or run.env.get("MESHCC_CACHE") == "0":
-        return None  # turned off: not even a connection to the daemon
+        if probed is not None:
+            probed[0].close()
+        return None  # turned off: no request to the daemon
     from meshcc.transport import control_client as cc
 
     own = leases is None
     conn: Control | None = None
     if own:
         try:
-            conn = cc.connect(run.env)
+            conn = cc.connect(run.env, probed=probed)
         except (cc.NoDaemon, cc.ControlError):
             return None
     else:

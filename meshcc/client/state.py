@@ -10,11 +10,18 @@ One module-level record per process, like distcc's: the wrapper calls :func:`beg
 once the job is known, :func:`note` at each phase, :func:`end` when it exits. Before
 :func:`begin` (or if the state directory cannot be used) every call is a no-op: a
 monitor is a convenience and never fails a compile.
+
+Unlike distcc, which opens the file for each of a job's five or so phases, the file stays
+open between notes (``pwrite`` at offset 0: one system call per phase, not three). The
+monitors' 60 s rule is why distcc's way re-creates a file they removed; here a note that
+comes :data:`REOPEN_AFTER` seconds or more after the last one opens the path again, so a
+file removed during a long silent phase (a slow remote compile) comes back just the same.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 from meshcc import posixenv as os  # os without its import cost (see there)
 
@@ -85,7 +92,13 @@ __all__ = [
     "note",
 ]
 
+# distccmon deletes a state file whose mtime is 60 s old; each note refreshes it, so only a
+# note after this long a pause can find its open file unlinked: such a note opens it anew.
+REOPEN_AFTER = 30.0
+
 _path: str | None = None
+_fd = -1  # the open state file (O_CLOEXEC: the compiler we exec never inherits it)
+_written = 0.0  # time.monotonic() of the last note
 _head = b""  # struct_size, magic, cpid, file[]: fixed once the job is known
 _host = field("")
 _slot = 0
@@ -95,7 +108,10 @@ def begin(top: str, source: str | None) -> None:
     """Start this process's record in ``top``/state (``top`` is $DISTCC_DIR or ~/.distcc)
     for the input ``source`` (None: no input, e.g. a link). The file is written by the
     first :func:`note`."""
-    global _path, _head
+    global _path, _head, _fd
+    if _fd >= 0:  # a record begun before (in-process callers): this one is a new file
+        os.close(_fd)
+        _fd = -1
     pid = os.getpid()
     _path = f"{top}/state/{PREFIX}{pid}"
     _head = head(pid, source or "")
@@ -108,7 +124,7 @@ def active() -> bool:
 
 def note(phase: int, host: str | None = None, slot: int | None = None) -> None:
     """Write ``phase`` (and the host and slot, when they change) to the state file."""
-    global _host, _slot, _path
+    global _host, _slot, _path, _fd, _written
     path = _path
     if path is None:
         return
@@ -117,33 +133,40 @@ def note(phase: int, host: str | None = None, slot: int | None = None) -> None:
     if slot is not None:
         _slot = slot
     data = _head + tail(_host, _slot, phase)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-    try:
+    now = time.monotonic()
+    if _fd >= 0 and now - _written >= REOPEN_AFTER:  # a monitor may have removed it since
+        os.close(_fd)
+        _fd = -1
+    _written = now
+    if _fd < 0:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags, 0o666)
-        except FileNotFoundError:  # first job under this DISTCC_DIR: distcc mkdirs it too
             try:
-                os.mkdir(os.path.dirname(path), 0o777)
-            except FileExistsError:
-                pass
-            fd = os.open(path, flags, 0o666)
-    except OSError:
-        _path = None  # unusable state dir: no monitoring, the compile goes on
-        return
+                _fd = os.open(path, flags, 0o666)
+            except FileNotFoundError:  # first job under this DISTCC_DIR: distcc mkdirs it too
+                try:
+                    os.mkdir(os.path.dirname(path), 0o777)
+                except FileExistsError:
+                    pass
+                _fd = os.open(path, flags, 0o666)
+        except OSError:
+            _path = None  # unusable state dir: no monitoring, the compile goes on
+            return
     try:
         # The size never changes, so overwriting in place (no O_TRUNC) never shows a
         # reader the empty file distcc's open(O_TRUNC)+write briefly does.
-        os.pwrite(fd, data, 0)
+        os.pwrite(_fd, data, 0)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def end() -> None:
     """Remove the state file (idempotent); later notes are no-ops."""
-    global _path
+    global _path, _fd
     path, _path = _path, None
+    if _fd >= 0:
+        os.close(_fd)
+        _fd = -1
     if path is not None:
         try:
             os.unlink(path)

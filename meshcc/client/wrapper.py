@@ -630,8 +630,7 @@ class _Run:
     def source_bytes(self) -> bytes:
         path = self.cpp_out if self.cpp_out is not None else self.job.source
         assert path is not None
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_all(path)
 
     # -------------------------------------------------------------- results
 
@@ -695,6 +694,23 @@ class _Run:
         _, status = os.waitpid(pid, 0)
         self.children.remove(pid)
         return exit_code(status)
+
+
+def _read_all(path: str) -> bytes:
+    """The file's bytes, with plain system calls: ``open(path, "rb")`` would build a
+    buffered file object and ask the file its position and whether it is a terminal."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        want = max(os.fstat(fd).st_size, 0) + 1  # one read, then one that sees the end
+        chunks: list[bytes] = []
+        while True:
+            data = os.read(fd, want)
+            if not data:
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            chunks.append(data)
+            want = 65536
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -1233,14 +1249,49 @@ class _LeasePool:
         return leases_exhausted(src, self.last_failure, self.daemon_failure, self.local_reason)
 
 
-def _lease_pool(run: _Run, inv: _Invocation, io_timeout: float) -> _LeasePool | None:
+# connect() errors that mean "no daemon at this path" (== control_client._ABSENT, tested).
+_NO_DAEMON = (2, 111, 20, 13)  # ENOENT, ECONNREFUSED (a stale socket file), ENOTDIR, EACCES
+
+
+def _probe_daemon(env: os.Env) -> tuple[Any, str] | bool:
+    """Whether a local meshcc daemon listens, asked with the bare ``_socket`` module: with
+    none there (a DISTCC_HOSTS build, or host files, on a box without one; a stale socket
+    file) neither the control protocol (wire.control, transport.control_client) nor direct
+    mode is imported, a third of the client's own instructions on a remote job.
+
+    False: nothing listens at any control path. ``(sock, path)``: connected to the first
+    that accepted (:func:`meshcc.transport.control_client.connect` checks and adopts it).
+    True: something else (a full backlog, an odd error): control_client connects again,
+    with its timeout, and says what it found. The connect here never blocks, so asking
+    again never doubles a wait."""
+    import _socket
+
+    from meshcc.client.outcome import control_paths
+
+    for path in control_paths(env):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            sock.close()
+            if e.errno in _NO_DAEMON:
+                continue
+            return True
+        return sock, path
+    return False
+
+
+def _lease_pool(
+    run: _Run, inv: _Invocation, io_timeout: float, probed: tuple[Any, str] | None
+) -> _LeasePool | None:
     """The daemon's lease pool if a daemon answers on its control socket, else None (then
-    the distcc host files apply). With no daemon this costs a failed connect per path."""
+    the distcc host files apply). ``probed``: :func:`_probe_daemon`'s connection."""
     from meshcc.transport import control_client as cc
 
     log = run.log
     try:
-        conn = cc.connect(run.env)
+        conn = cc.connect(run.env, probed=probed)
     except cc.NoDaemon as e:
         log.debug(str(e))
         return None
@@ -1283,11 +1334,31 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     except slots.DistccDirError as e:  # no lock directory, so no local slot either
         _compile_locally(run, plan.distcc_dir_unusable(str(e)), None)
 
-    leases = _lease_pool(run, inv, io_timeout) if "DISTCC_HOSTS" not in env else None
-    if leases is not None or "DISTCC_HOSTS" in env:  # else no daemon answered just now
+    hosts_set = "DISTCC_HOSTS" in env
+    # Direct mode (only when a daemon answers) needs a source that cpp would read: never
+    # for .i/.ii, stdin or no output, nor when turned off (direct.prepare's and attempt's
+    # first tests, here to spare their import and, with DISTCC_HOSTS, the daemon probe).
+    direct_may = (
+        not job.preprocessed
+        and bool(job.source)
+        and job.source != "-"
+        and job.output is not None
+        and env.get("MESHCC_DIRECT") != "0"
+        and env.get("MESHCC_CACHE") != "0"
+    )
+    daemon: tuple[Any, str] | bool = False
+    if not hosts_set:  # verbose: control_client connects, and says why no daemon answers
+        daemon = True if log.verbose else _probe_daemon(env)
+    elif direct_may:
+        daemon = _probe_daemon(env)
+    probed = daemon if isinstance(daemon, tuple) else None
+    leases = None
+    if not hosts_set and daemon is not False:
+        leases = _lease_pool(run, inv, io_timeout, probed)
+    if direct_may and (leases is not None or (hosts_set and daemon is not False)):
         from meshcc.client import direct  # a direct-mode hit needs no preprocessor
 
-        code = direct.attempt(run, leases)
+        code = direct.attempt(run, leases, None if leases is not None else probed)
         if code is not None:
             return code
     if leases is not None:

@@ -59,10 +59,25 @@ def is_private_dir(path: str) -> bool:
     )
 
 
-def connect(environ: Mapping[str, str], timeout: float = CONNECT_TIMEOUT) -> Control:
+def connect(
+    environ: Mapping[str, str],
+    timeout: float = CONNECT_TIMEOUT,
+    probed: tuple[_socket.socket, str] | None = None,
+) -> Control:
     """Connect to the first daemon that is there; NoDaemon (with every path's reason) if none.
 
-    With no daemon this is one failed ``connect`` per path (ENOENT), a few microseconds."""
+    With no daemon this is one failed ``connect`` per path (ENOENT), a few microseconds.
+    ``probed``: a connection the compile client already made (``wrapper._probe_daemon``:
+    non-blocking, to the first of these paths that accepted): used as if made here, after
+    the same trust check (failing it, the paths are tried here, which says why)."""
+    if probed is not None:
+        sock, path = probed
+        if not control.guessed_in_shared_tmp(path, environ) or is_private_dir(
+            os.path.dirname(path)
+        ):
+            sock.settimeout(timeout)  # blocking again, as after Control.connect
+            return Control(sock, path)
+        sock.close()
     why = []
     for path in control.client_socket_paths(env=environ):
         try:

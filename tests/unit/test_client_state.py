@@ -55,7 +55,9 @@ def test_long_names_are_truncated_and_nul_terminated() -> None:
     assert host[-1:] == b"\0" and host[:127] == b"h" * 127
 
 
-def test_notes_rewrite_one_file_which_end_removes(tmp_path: Path) -> None:
+def test_notes_rewrite_one_file_which_end_removes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state.begin(str(tmp_path), "a/b/job.c")
     path = tmp_path / "state" / f"binstate_{os.getpid()}"
     assert not path.exists()  # nothing is written before the first phase
@@ -66,13 +68,35 @@ def test_notes_rewrite_one_file_which_end_removes(tmp_path: Path) -> None:
     rec = C_LAYOUT.unpack(path.read_bytes())
     assert rec[2] == os.getpid() and rec[3].rstrip(b"\0") == b"job.c"
     assert (rec[4].rstrip(b"\0"), rec[5], rec[6]) == (b"127.0.0.1", 2, state.COMPILE)
-    path.unlink()  # a monitor deletes files it thinks stale: the next note brings it back
+    # A monitor deletes a file it thinks stale (mtime 60 s old, so after a silent phase at
+    # least that long): the next note brings it back.
+    path.unlink()
+    monkeypatch.setattr(state, "_written", state._written - state.REOPEN_AFTER)
     state.note(state.RECEIVE)
     assert C_LAYOUT.unpack(path.read_bytes())[6] == state.RECEIVE
     state.end()
     assert not path.exists() and not state.active()
     state.note(state.DONE)  # after end: nothing
     assert not path.exists()
+
+
+def test_one_open_per_job_and_reopened_before_a_monitor_could_remove_it(tmp_path: Path) -> None:
+    """The file stays open from note to note (one pwrite per phase, where distcc opens it
+    each time), and is opened anew after a pause well inside distccmon's 60 s rule."""
+    assert 0 < state.REOPEN_AFTER <= 30
+    state.begin(str(tmp_path), "job.c")
+    path = tmp_path / "state" / f"binstate_{os.getpid()}"
+    try:
+        state.note(state.STARTUP)
+        fd = state._fd
+        assert fd >= 0
+        state.note(state.CONNECT, "h", 1)
+        state.note(state.SEND)
+        assert state._fd == fd  # the same open file: no open/close per phase
+        assert C_LAYOUT.unpack(path.read_bytes())[6] == state.SEND
+    finally:
+        state.end()
+    assert state._fd == -1 and not path.exists()  # end closes it as well
 
 
 def test_unusable_state_dir_turns_monitoring_off(tmp_path: Path) -> None:

@@ -51,6 +51,48 @@ def test_join_as_posixpath(parts: tuple[str, ...]) -> None:
     assert posixenv.path.join(*parts) == posixpath.join(*parts)
 
 
+ABS_PATHS = [
+    *PATHS,
+    "/usr/bin/gcc",
+    "/usr/bin/",
+    "/usr//bin/gcc",
+    "//usr/bin/gcc",
+    "///usr/bin/gcc",
+    "/usr/./bin/gcc",
+    "/usr/bin/.",
+    "/usr/bin/..",
+    "/usr/../bin/gcc",
+    "/.",
+    "/..",
+    "/...",
+    "/a/.b/..c/...",
+    "/a/b./c..",
+    "bin/gcc",
+    "./gcc",
+    "/é/ü",
+]
+
+
+@pytest.mark.parametrize("p", ABS_PATHS)
+def test_abspath_as_posixpath(p: str) -> None:
+    assert posixenv.path.abspath(p) == posixpath.abspath(p)
+
+
+def test_abspath_of_a_normal_absolute_path_imports_no_os() -> None:
+    """The lease path asks abspath of the compiler's path: no posixpath (so no os)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from meshcc import posixenv\n"
+        "assert posixenv.path.abspath('/usr/bin/gcc') == '/usr/bin/gcc'\n"
+        "print(sorted(m for m in ('os', 'posixpath') if m in sys.modules))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-IS", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
 def test_constants_and_fsencode(tmp_path: Path) -> None:
     assert posixenv.defpath == posixpath.defpath
     assert posixenv.pathsep == os.pathsep
