@@ -482,18 +482,27 @@ def _splice(data: bytes) -> bytes:
     pieces: list[bytes] = []
     pos = 0
     hits = 0
+    last = len(data) - 1
     while i >= 0:
         hits += 1
         if hits > _LOOP_LIMIT:
             import re
 
             return re.sub(_SPLICE, b"", data)
-        m = tail(data, i + 1)
-        if m is None:
+        # (most backslashes are escapes in literals: one byte says so, without a match)
+        after = data[i + 1] if i < last else 0
+        if after == 10:
+            end = i + 2
+        elif after in _BLANKS:
+            m = tail(data, i + 1)
+            end = -1 if m is None else m.end()
+        else:
+            end = -1
+        if end < 0:
             i = find(b"\\", i + 1)
         else:
             pieces.append(data[pos:i])
-            pos = m.end()
+            pos = end
             i = find(b"\\", pos)
     if not pieces:
         return data
