@@ -480,6 +480,15 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             if key == "meshcc" and args.timeline:
                 env["MESHCC_VERBOSE"] = "1"
             ways[key] = Way(client, env, os.getpgid(daemon.proc.pid))
+        if args.directives_only_way:
+            # a third way through the same daemon: optimizing jobs preprocessed with
+            # -fdirectives-only (MESHCC_DIRECTIVES_ONLY=1), the meshcc way pinned to full
+            # preprocessing (=0), whichever of the two is the default
+            m = ways["meshcc"]
+            ways["meshcc"].env["MESHCC_DIRECTIVES_ONLY"] = "0"
+            ways["meshcc-dirs"] = Way(
+                m.client, {**m.env, "MESHCC_DIRECTIVES_ONLY": "1"}, m.server_pgid
+            )
         if args.icecream:
             ice = _icecream.start(site, work / "icecream", args.server_jobs, not args.veth)
             env = ice.client_env(h.client_env(work / "client-icecream"))
@@ -630,6 +639,19 @@ def report(r: dict) -> str:
             f"process per job); jobs the scheduler saw done on the server: "
             f"{r['remote_jobs'].get('icecream')}"
         )
+    x = r["ways"].get("meshcc-dirs")
+    if x:
+        lines.append(
+            f"{'meshcc-dirs':18s} {'m-dirs':>9s} {'m-dirs/d':>8s} {'m-dirs/m':>8s}  "
+            "(MESHCC_DIRECTIVES_ONLY=1; the meshcc column above: =0)"
+        )
+        for key, label in (
+            ("wall_ms", "wall ms"),
+            ("client_cpu_ms", "client CPU ms"),
+            ("server_cpu_ms", "server CPU ms"),
+            ("server_cpu_mean_ms", "server CPU (mean)"),
+        ):
+            lines.append(f"{label:18s} {num(x[key])} {ratio(x, d, key):>8s} {ratio(x, m, key):>8s}")
     if r["timeline_ms"]:
         lines.append(
             "meshcc-gcc timeline, median ms: "
@@ -683,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="run the meshcc daemon under cProfile and write its stats to PATH when it "
         "stops (its CPU figures then include the profiler's cost)",
+    )
+    p.add_argument(
+        "--directives-only-way",
+        action="store_true",
+        help="add meshcc-gcc with MESHCC_DIRECTIVES_ONLY=1 as a third way (same daemon); the "
+        "meshcc way then runs with MESHCC_DIRECTIVES_ONLY=0",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work dir")

@@ -230,13 +230,15 @@ def _optimizing(args: list[str]) -> bool:
 
 
 # Optimizing jobs are preprocessed with -fdirectives-only only when asked
-# (MESHCC_DIRECTIVES_ONLY=1, read by meshcc-gcc's main). Measured trade (bench_serial,
-# Nov 2026): the client's cpp costs 2-3x fewer instructions on macro-heavy code (lua's
-# lvm.c, cpp included: 279 M -> 118 M, distcc 237 M), but the body is 3-4x larger and the
-# serving daemon must vet every directive in it, which took its own CPU per job from 2.1x
-# to 4.7-6.2x distccd's, while the client's CPU per job vs distcc did not measurably
-# improve. Worth it where a client box drives many fast servers over a fast LAN; not as a
-# default.
+# (MESHCC_DIRECTIVES_ONLY=1, read by meshcc-gcc's main). Measured again after the server's
+# scan was made 1.5-2x cheaper (bench_serial --directives-only-way and
+# bench_dirsonly_server, Nov 2026, lua 5.4 and xz-utils at -O2, protocol 2): the client's
+# CPU per job did not move (0.99x and 1.02x of full preprocessing: gcc -E's median lua file
+# costs 14.4 ms of CPU against 15.9 ms, and LZO-compressing plus vetting for __DATE__ a 3.9x
+# larger body eats that), while the daemon's CPU per job was 1.8x (lua) and 2.4x (xz) its
+# full-preprocessing figure (the scan, ~1.3-2.5 ms per 300-750 KB body, and decoding 5x the
+# LZO bytes). Worth it only where macro expansion dominates cpp (lua's lvm.c: 279 M -> 118 M
+# instructions); not as a default.
 directives_only_when_optimizing = False
 
 
@@ -254,7 +256,7 @@ def directives_only(job: Job) -> bool:
     preprocessed body has lost that (zlib's inflate.c and 11 of lua 5.4's 33 files at -O0).
     Optimizing jobs gave byte-identical objects both ways in every file surveyed (zlib,
     lua 5.4 and xz's liblzma at -O2: 129 of 129), and the server's directive scan costs
-    ~2-3 ms on a 500 KB body since its fast path (policy._fast_accepts); they are sent
+    ~1.3-2.5 ms on a 300-750 KB body (policy._fast_accepts, memchr loops); they are sent
     that way only with :data:`directives_only_when_optimizing` (see there).  Optimizing -flto
     jobs keep full preprocessing: their objects differ from local ones either way (the
     LTO stream names the input), so nothing shows the two ways give the same IR.

@@ -195,3 +195,71 @@ def test_a_spliced_digraph_is_refused() -> None:
     body = b'%\\\n:include "/etc/passwd"\nint a;\n'
     assert policy.scan_source_refusal(body) is not None
     assert policy.directive_refusal_full(body) is not None
+
+
+# --- the memchr loops (policy._splice, policy._followed) against the slow forms they replace
+
+# Bytes that matter to the loops (backslashes, blanks, newlines, '?', '%') mixed with filler.
+_LOOP_PIECES = [b"\\", b"\\\n", b"\\ \n", b"\\\t\r\n", b"\\\\\n", b" ", b"\t", b"\r", b"\v"]
+_LOOP_PIECES += [b"\f", b"\n", b"?", b"??", b"??=", b"??/", b"%", b"%:", b":", b"=", b"/", b"x"]
+loop_bodies = st.lists(st.sampled_from(_LOOP_PIECES), max_size=60).map(b"".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(loop_bodies, bodies, directive_bodies))
+@example(b"\\\\\n\n")  # a splice made by a splice is not spliced again (one pass, as gcc)
+@example(b"\\ \t\n\\\n")
+def test_splice_equals_the_regular_expression(body: bytes) -> None:
+    assert policy._splice(body) == re.sub(policy._SPLICE, b"", body)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(loop_bodies, bodies))
+def test_followed_equals_substring_tests(body: bytes) -> None:
+    assert policy._followed(body, b"?", (b"?=", b"?/")) == (b"??=" in body or b"??/" in body)
+    assert policy._followed(body, b"%", (b":",)) == (b"%:" in body)
+    assert policy._followed(body, b"?", (b"?",)) == (b"??" in body)
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3])
+def test_loops_hand_over_to_the_slow_forms_past_their_limit(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crafted body full of backslashes or '?' costs a bounded number of loop turns, then
+    the one-pass slow form, with the same answer."""
+    monkeypatch.setattr(policy, "_LOOP_LIMIT", limit)
+    body = b"\\x \\ \n ? ?? %% %: \\\n#include x\n" * 3 + b"??/\n??=include y\n"
+    assert policy._splice(body) == re.sub(policy._SPLICE, b"", body)
+    assert policy._followed(body, b"?", (b"?=", b"?/"))
+    assert policy._followed(body, b"%", (b":",))
+    assert not policy._followed(body.replace(b"%:", b"%"), b"%", (b":",))
+    assert policy.directive_refusal(body) == policy.directive_refusal_full(body) is not None
+
+
+# A pragma line is not a suspect unless it could name "dependency" on the lexer's line.
+PRAGMA_LINES = [
+    b"#pragma GCC dependency",
+    b'#pragma GCC /*\n*/ dependency "x"',  # a comment carries the line on
+    b'#pragma GCC R"x(\n)x" dependency "x"',  # so does a raw string
+    b'#pragma GCC u8R"(\n)" dependency "x"',
+    b'#pragma message("dependency")',  # a string: the lexer accepts it
+    b"#pragma GCC diagnostic push",
+    b"#  pragma once // dependency",
+    b"%:pragma GCC dep\\\nendency",
+]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PRAGMA_LINES), _directive_line), max_size=8))
+def test_pragma_lines_are_judged_as_the_lexer_judges_them(lines: list[bytes]) -> None:
+    body = b"\n".join(lines)
+    text = _spliced(body)
+    if policy._fast_accepts(text):
+        assert policy._directive_in(text) is None
+    assert policy.directive_refusal(body) == policy.directive_refusal_full(body)
+
+
+@pytest.mark.parametrize("line", PRAGMA_LINES[:4] + PRAGMA_LINES[-1:])
+def test_a_pragma_that_may_name_dependency_goes_to_the_lexer(line: bytes) -> None:
+    assert not policy._fast_accepts(_spliced(line + b"\n"))
+    assert policy.directive_refusal(line + b"\n") is not None
