@@ -48,7 +48,7 @@ from typing import Any
 from meshcc import compression, hostos
 from meshcc.cache.service import CacheJob, ResultCache
 from meshcc.cache.store import Entry as CacheEntry
-from meshcc.compiler import cmdline, policy
+from meshcc.compiler import policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
 from meshcc.compression.prefixes import PrefixStore  # [zref]
 from meshcc.exitcodes import (
@@ -1800,21 +1800,23 @@ class CompileServer:
             raise _Refuse("an argument contains a NUL byte", ret=EXIT_BAD_ARGUMENTS)
         argv = [os.fsdecode(a) for a in raw]
         summary.compiler = argv[0]
-        if log.isEnabledFor(logging.INFO):  # not even the join at the default level (notice)
-            log.info("client %s: %s", summary.client, " ".join(argv))
+        # The job's line at info is its summary; the command line is at debug, and at info
+        # only for a refused job (next to its refusal, where an operator needs it).
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client %s: %s", summary.client, " ".join(argv))
         try:
             resolved = self.registry.resolve(argv[0])
         except CompilerRefused as e:
+            self._log_refused_argv(summary.client, argv)
             raise _Refuse(e.reason, ret=EXIT_BAD_ARGUMENTS) from None
-        why = policy.refusal(argv)
+        # policy.vet scans the argv once, for the refusal and for what the server uses of
+        # it (the source, its suffix and the mode). -Wp is refused by the policy, so the
+        # argv needs no expansion of it.
+        why, job = policy.vet(argv)
         if why is not None:
+            self._log_refused_argv(summary.client, argv)
             raise _Refuse(why, ret=EXIT_BAD_ARGUMENTS)
-        # cmdline.scan is what cargs.analyse runs before its own policy.refusal on the
-        # argv the client would send: the server checked its policy just above, and uses
-        # only the source, its suffix and the mode, so the second refusal pass is skipped.
-        job = cmdline.Job([argv[0], *cmdline.expand_wp(argv[1:])], argv)
-        cmdline.scan(job, client=True)
-        if job.source is None:
+        if job is None or job.source is None:
             raise _Refuse(
                 "no source file (.c, .cc, .cpp, .i, .ii, ...) in the command",
                 ret=EXIT_BAD_ARGUMENTS,
@@ -1823,6 +1825,12 @@ class CompileServer:
         source, suffix = job.source, job.temp_suffix
         output_suffix = ".s" if job.mode == "-S" else ".o"
         return argv, resolved, source, suffix, output_suffix
+
+    @staticmethod
+    def _log_refused_argv(client: str, argv: list[str]) -> None:
+        """A refused job's command line at info (at debug it is logged already)."""
+        if log.isEnabledFor(logging.INFO) and not log.isEnabledFor(logging.DEBUG):
+            log.info("client %s: refused command: %s", client, " ".join(argv))
 
     def _vet_codec(self, name: str) -> str:
         """A ``CODC`` codec this server runs, else a refusal saying what it speaks."""
