@@ -139,6 +139,7 @@ class JobSummary:
     rcache: str | None = None  # the result cache: hit, remote-hit, miss, off; None: no cache
     queue_ms: int | None = None  # waited for a job slot this long; None: did not wait
     refused: bool = False  # turned down with a reason (ERRM); for JobStats, not the line
+    resend: bool = False  # asked to send again without its body prefix (zref); not refused
     bytes_in: int = 0  # request bytes read
     bytes_out: int = 0  # reply bytes written
     compile_s: float | None = None  # the compiler's run time, if it ran
@@ -146,6 +147,8 @@ class JobSummary:
     @property
     def outcome(self) -> str:
         """The ``meshcc_jobs_total`` label (:mod:`meshcc.transport.jobstats`)."""
+        if self.resend:
+            return "prefix_unknown"
         if self.refused and self.result is JobResult.OTHER:
             return "refused"
         return self.result.value.lower()
@@ -336,12 +339,16 @@ class _Refuse(Exception):
         ret: int = 0,
         *,
         throttle: str | None = None,
+        resend: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.result = result
         self.ret = ret
         self.throttle = throttle  # log through the rate limiter under this reason
+        # An expected answer, not a refusal: the client sends the job again as asked (a
+        # ZREF this server no longer holds); no warning, counted apart (JobSummary.resend).
+        self.resend = resend
 
 
 class _Gone(Exception):
@@ -1368,10 +1375,13 @@ class CompileServer:
                 timeline.mark("reply")
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
-            summary.refused = True
+            summary.refused = not r.resend
+            summary.resend = r.resend
             throttle = r.throttle
             if conn.shed is not None:  # closed to make room while it was being refused
                 throttle = "shed"
+            elif r.resend:  # expected (a restart or an eviction): one info line, no warning
+                log.info("client %s: %s", summary.client, r.reason)
             elif throttle is not None:
                 self._throttled.log(
                     logging.WARNING,
@@ -1436,7 +1446,9 @@ class CompileServer:
                 self.stats.record(
                     summary.outcome, summary.bytes_in, summary.bytes_out, summary.compile_s
                 )
-                if throttle is None:
+                if summary.resend:  # the client sends the job again: that one is the job
+                    log.debug("%s", summary.line())
+                elif throttle is None:
                     log.log(NOTICE, "%s", summary.line())
                 else:  # dropped by a deadline or shed: a flood of them is one line
                     self._throttled.log(NOTICE, f"summary-{throttle}", "%s", summary.line())
@@ -1853,6 +1865,7 @@ class CompileServer:
                 wire_codecs.unknown_prefix_reason(ids.prefix),
                 JobResult.REJ_BAD_REQ,
                 EXIT_PROTOCOL_ERROR,
+                resend=True,
             )
         return held
 
