@@ -96,14 +96,13 @@ def client_main(args: argparse.Namespace) -> None:
 
 def server_main(args: argparse.Namespace) -> None:
     import cProfile
-    import logging
 
     from meshcc.compiler.toolchain import ToolchainRegistry
     from meshcc.daemon import logsetup
     from meshcc.transport.jobstats import JobStats
     from meshcc.transport.server import CompileServer, ServerConfig
 
-    log_file = open(args.log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    log_file = open(args.log_file, "a", buffering=1, encoding="utf-8")
     logsetup.configure(logsetup.parse_level(args.log_level), log_file, to_file=True)
     registry = ToolchainRegistry.from_paths(["/usr/bin/gcc"])
     config = ServerConfig(allowed=(ipaddress.ip_network("127.0.0.0/8"),), jobs=2)
@@ -180,7 +179,7 @@ def server_main(args: argparse.Namespace) -> None:
     print(" ".join(f"{k}={v:.3f}" for k, v in figures.items()), flush=True)
 
 
-def _serve(args: argparse.Namespace, log_file: str, warmup: int, jobs: int, extra: list[str]) -> str:
+def _server_argv(args: argparse.Namespace, warmup: int, jobs: int) -> list[str]:
     argv = [
         sys.executable,
         __file__,
@@ -192,30 +191,28 @@ def _serve(args: argparse.Namespace, log_file: str, warmup: int, jobs: int, extr
         f"--codec={args.codec}",
         f"--opt={args.opt}",
         f"--log-level={args.log_level}",
-        f"--log-file={log_file}",
+        f"--log-file={args.log_file}",
     ]
     if args.profile:
         argv.append(f"--profile={args.profile}")
-    return subprocess.run(extra + argv, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return argv
 
 
-def _callgrind(args: argparse.Namespace, log_file: str, warmup: int, jobs: int) -> int:
+def _serve(args: argparse.Namespace) -> str:
+    argv = _server_argv(args, args.warmup, args.jobs)
+    return subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
+
+
+def _callgrind(args: argparse.Namespace, warmup: int, jobs: int) -> int:
+    """Instructions of a whole server run (start-up, ``warmup + jobs`` jobs, teardown)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-            + [
-                sys.executable,
-                __file__,
-                "--serve",
-                f"--warmup={warmup}",
-                f"--jobs={jobs}",
-                f"--source={args.source}",
-                f"--protocol={args.protocol}",
-                f"--codec={args.codec}",
-                f"--opt={args.opt}",
-                f"--log-level={args.log_level}",
-                f"--log-file={log_file}",
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                *_server_argv(args, warmup, jobs),
             ],
             capture_output=True,
             text=True,
@@ -253,11 +250,12 @@ def main() -> None:
     elif args.serve:
         server_main(args)
     elif args.callgrind:
-        big = _callgrind(args, args.log_file, args.warmup, args.jobs)
-        small = _callgrind(args, args.log_file, args.warmup, 0)
+        args.profile = None
+        big = _callgrind(args, args.warmup, args.jobs)
+        small = _callgrind(args, args.warmup, 0)
         print(f"instructions per job: {(big - small) / args.jobs / 1e6:.3f} M")
     else:
-        print(_serve(args, args.log_file, args.warmup, args.jobs, []).strip())
+        print(_serve(args).strip())
 
 
 if __name__ == "__main__":

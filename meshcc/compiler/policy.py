@@ -133,7 +133,7 @@ def _option_refusal(argv: list[str]) -> str | None:
             i += 1
             continue
         c = a[:1]
-        if c == "-" or c == "@":
+        if c in ("-", "@"):
             return _option_refusal_walk(argv)
     return None
 

@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -106,6 +107,8 @@ _INLINE_CODEC = 256 * 1024
 _ALLOWED_CACHE = 4096  # client addresses whose access-list verdict is remembered
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
 _NO_ADDRESS = ipaddress.ip_address("0.0.0.0")
+_FS_ENCODING = sys.getfilesystemencoding()  # os.fsdecode's encoding and error handler
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 # BUSY turns between boxes (CompileServer._try_reserve_slot): how long a turned-away box
 # stays in line without asking again (its daemon asks every mesh.leases.BUSY_HOLD_S).
 _OWED_S = 1.0  # counts a stream that has no client address
@@ -266,6 +269,13 @@ def _job_files(req: _Request) -> tuple[str, str]:
     """(input, output) file names of a job in its directory."""
     stem = _job_stem(req.source)
     return stem + req.suffix, stem + req.output_suffix
+
+
+def _decode_argv(raw: list[bytes]) -> list[str]:
+    """``[os.fsdecode(a) for a in raw]`` for arguments without NUL, in one decode (fsdecode
+    is a Python call per argument): the NUL-joined text split at NUL is each argument's own
+    decoding, since NUL is one byte that ends any incomplete multi-byte sequence."""
+    return b"\0".join(raw).decode(_FS_ENCODING, _FS_ERRORS).split("\0")
 
 
 def _format_client(addr: IPAddress, port: int) -> str:
@@ -1653,7 +1663,7 @@ class CompileServer:
             elif isinstance(event, wire.RequestArgs):
                 argv, resolved, source, suffix, out_suffix = self._vet_args(event.argv, summary)
                 # DIST + ARGC + every ARGV; whatever came beyond them is the source already.
-                header = 2 * wire.HEADER_LEN + sum(wire.HEADER_LEN + len(a) for a in event.argv)
+                header = (2 + len(event.argv)) * wire.HEADER_LEN + sum(map(len, event.argv))
                 if fed > header:
                     self._start_body(conn, body, fed - header)
                 else:
@@ -1808,9 +1818,9 @@ class CompileServer:
     def _vet_args(
         self, raw: list[bytes], summary: JobSummary
     ) -> tuple[list[str], Resolved, str, str, str]:
-        if any(b"\0" in a for a in raw):
+        if b"\0" in b"".join(raw):
             raise _Refuse("an argument contains a NUL byte", ret=EXIT_BAD_ARGUMENTS)
-        argv = [os.fsdecode(a) for a in raw]
+        argv = _decode_argv(raw)
         summary.compiler = argv[0]
         # The job's line at info is its summary; the command line is at debug, and at info
         # only for a refused job (next to its refusal, where an operator needs it).

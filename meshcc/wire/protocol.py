@@ -600,9 +600,7 @@ class _Reader:
 
     # -- helpers used by _parse() via ``yield from``
 
-    def _wait(
-        self, n: int, what: str | Callable[[], str]
-    ) -> Generator[_NeedDataType, None, None]:
+    def _wait(self, n: int, what: str | Callable[[], str]) -> Generator[_NeedDataType, None, None]:
         """Until ``n`` bytes are buffered. ``what`` (or what it returns: the text is made
         only for the error) names the awaited item in the truncation message. Callers test
         the buffer first: a generator per wait is a cost on every token of every request."""
