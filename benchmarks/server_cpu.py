@@ -9,7 +9,7 @@ process (so the client's work is not in the figures); the compilers it spawns ar
 processes, not counted either. Figures, per job:
 
 - ``cpu``: the server process's CPU (every thread: ``time.process_time``) over the measured
-  jobs, after ``--warmup`` unmeasured ones;
+  jobs, after ``--warmup`` unmeasured ones; ``sys``: the kernel's part of it (rusage);
 - ``turns``: event-loop iterations (``_run_once`` calls);
 - ``--callgrind``: the server runs under valgrind (no children traced) twice, with
   ``--warmup + --jobs`` and ``--warmup`` jobs; the difference over ``--jobs`` is the
@@ -29,6 +29,7 @@ import asyncio
 import ipaddress
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -52,7 +53,7 @@ XZ_ARGS = (
 
 
 def _request(
-    source: bytes, name: str, protocol: int, codec: str, opt: str, n: int, prev: str
+    source: bytes, name: str, protocol: int, codec: str, opt: str, n: int, prev: str, style: str
 ) -> tuple[bytes, str]:
     """One job's request bytes (and, for zref, the body id it asks the server to keep)."""
     from meshcc import compression
@@ -60,7 +61,8 @@ def _request(
     from meshcc.wire import protocol as wire
 
     stem = name.rsplit(".", 1)[0]
-    argv = ["gcc", *XZ_ARGS, opt, "-c", f"{stem}.c", "-o", f"{stem}.o"]
+    flags = XZ_ARGS if style == "xz" else []  # zlib's: -O2 and -D only (-D stays local)
+    argv = ["gcc", *flags, opt, "-c", f"{stem}.c", "-o", f"{stem}.o"]
     head = wire.encode_request_head(protocol, [a.encode() for a in argv])
     keep = ""
     if codec in ("zstd", "zref"):
@@ -82,7 +84,14 @@ def client_main(args: argparse.Namespace) -> None:
     prev = ""
     for n in range(args.total):
         req, keep = _request(
-            source, os.path.basename(args.source), args.protocol, args.codec, args.opt, n + 1, prev
+            source,
+            os.path.basename(args.source),
+            args.protocol,
+            args.codec,
+            args.opt,
+            n + 1,
+            prev,
+            args.argv_style,
         )
         with socket.create_connection(("127.0.0.1", args.port)) as s:
             s.sendall(req)
@@ -127,7 +136,12 @@ def server_main(args: argparse.Namespace) -> None:
         await server.start(sock)
         port = sock.getsockname()[1]
         done = 0
-        marks: list[tuple[float, int]] = []
+        marks: list[tuple[float, int, float]] = []
+
+        def mark() -> None:
+            marks.append(
+                (time.process_time(), turns, resource.getrusage(resource.RUSAGE_SELF).ru_stime)
+            )
 
         class Counting(JobStats):
             __slots__ = ()
@@ -140,7 +154,7 @@ def server_main(args: argparse.Namespace) -> None:
 
         def counted_job() -> None:
             if done in (args.warmup, total):
-                marks.append((time.process_time(), turns))
+                mark()
                 if profiler is not None:
                     (profiler.enable if done == args.warmup else profiler.disable)()
             if done == total:
@@ -148,7 +162,7 @@ def server_main(args: argparse.Namespace) -> None:
 
         server.stats = Counting()
         if args.warmup == 0:
-            marks.append((time.process_time(), turns))
+            mark()
             if profiler is not None:
                 profiler.enable()
         client = await asyncio.create_subprocess_exec(
@@ -161,6 +175,7 @@ def server_main(args: argparse.Namespace) -> None:
             f"--protocol={args.protocol}",
             f"--codec={args.codec}",
             f"--opt={args.opt}",
+            f"--argv-style={args.argv_style}",
         )
         if total:
             await server.serve_until_stopped()
@@ -172,6 +187,7 @@ def server_main(args: argparse.Namespace) -> None:
         if len(marks) == 2 and args.jobs:
             figures["cpu_ms"] = (marks[1][0] - marks[0][0]) * 1000 / args.jobs
             figures["turns"] = (marks[1][1] - marks[0][1]) / args.jobs
+            figures["sys_ms"] = (marks[1][2] - marks[0][2]) * 1000 / args.jobs
 
     asyncio.run(run())
     if profiler is not None:
@@ -190,6 +206,7 @@ def _server_argv(args: argparse.Namespace, warmup: int, jobs: int) -> list[str]:
         f"--protocol={args.protocol}",
         f"--codec={args.codec}",
         f"--opt={args.opt}",
+        f"--argv-style={args.argv_style}",
         f"--log-level={args.log_level}",
         f"--log-file={args.log_file}",
     ]
@@ -231,6 +248,12 @@ def main() -> None:
     p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
     p.add_argument("--codec", choices=("", "zstd", "zref"), default="", help="CODC (protocol 1)")
     p.add_argument("--opt", default="-O0", help="the job's -O option (compile time only)")
+    p.add_argument(
+        "--argv-style",
+        choices=("xz", "zlib"),
+        default="xz",
+        help="the job's options as a distcc client sends them: xz-utils' ~30, zlib's -O only",
+    )
     p.add_argument("--jobs", type=int, default=20, help="measured jobs")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--log-level", default="info")
