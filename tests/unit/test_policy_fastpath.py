@@ -81,7 +81,7 @@ def _old_refusal(argv: list[str]) -> str | None:
     return _scan_uncached(argv, client=False)[0] or None
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(_argv, min_size=1, max_size=8))
 def test_option_refusal_fast_path_refuses_what_the_walk_refuses(argvs: list[list[str]]) -> None:
     # Earlier jobs fill the cache; every later verdict must still be the walk's own.
@@ -91,7 +91,7 @@ def test_option_refusal_fast_path_refuses_what_the_walk_refuses(argvs: list[list
         assert policy._option_refusal(argv) == policy._option_refusal_walk(argv)
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(_argv, min_size=1, max_size=8), st.booleans())
 def test_scan_cache_gives_the_rule_chains_verdict_and_fields(
     argvs: list[list[str]], client: bool
@@ -104,7 +104,7 @@ def test_scan_cache_gives_the_rule_chains_verdict_and_fields(
         )
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(_argv, min_size=1, max_size=6))
 def test_vet_matches_the_old_two_scans(argvs: list[list[str]]) -> None:
     """vet's verdict is refusal()'s old one; an accepted job has the fields the server took

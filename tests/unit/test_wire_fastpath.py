@@ -79,7 +79,7 @@ _limits = st.builds(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(_requests(), _limits)
 def test_fast_path_reads_as_the_general_path(data: bytes, limits: wire.Limits) -> None:
     slow = _events(data, 1, limits)
