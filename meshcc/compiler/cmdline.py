@@ -238,6 +238,14 @@ def _wa_local(a: str) -> bool:
     return ",-a" in a or "--MD" in a
 
 
+# Options that fell through every rule of scan() (no effect, no value), per side: a build
+# sends the same few dozen on every job, and a long-running daemon then checks each with
+# one set lookup. Bounded in count and length (a client cannot grow them).
+_PLAIN: dict[bool, set[str]] = {False: set(), True: set()}
+_PLAIN_MAX = 4096
+_PLAIN_LEN = 128
+
+
 def scan(job: Job, client: bool) -> str:
     """Walk job.argv once, fill job's fields, and return why it cannot be distributed, or ''.
 
@@ -253,10 +261,13 @@ def scan(job: Job, client: bool) -> str:
     outputs: list[str] = []
     lang: str | None = None
     c_flag = s_flag = False
+    plain = _PLAIN[client]
     i = 1
     while i < n:
         a = argv[i]
         i += 1
+        if a in plain:
+            continue
         if a[:1] != "-" or a == "-":
             if a == "-":
                 reason = reason or "the source is read from standard input ('-')"
@@ -349,6 +360,8 @@ def scan(job: Job, client: bool) -> str:
             reason = f"{a}: long option spellings are not analysed"
         elif a in SEPARATE:
             i += 1
+        elif len(plain) < _PLAIN_MAX and len(a) <= _PLAIN_LEN:
+            plain.add(a)
 
     if not reason:
         if len(outputs) > 1:

@@ -55,6 +55,7 @@ __all__ = [
     "refusal",
     "rewrite_for_job",
     "scan_source_refusal",
+    "vet",
 ]
 
 NATIVE_REFUSAL = (
@@ -102,8 +103,44 @@ def _path_escapes(path: str) -> bool:
     return path.startswith("/") or ".." in path.split("/")
 
 
+# Options that passed every rule of _option_refusal on their own and take no value (a
+# build sends the same few dozen on every job): a later job checks each with one set lookup.
+# Bounded in count and length, so a client cannot grow it (a long option is simply checked).
+_PLAIN_OK: set[str] = set()
+# Options that passed every rule and take the next argument as their value (-o, -I, ...):
+# the walk skips that value unchecked, and so does the fast path.
+_VALUE_OK: set[str] = set()
+_PLAIN_MAX = 4096
+_PLAIN_LEN = 128
+
+
 def _option_refusal(argv: list[str]) -> str | None:
-    """Refusals for single options, before the structural scan in cmdline."""
+    """Refusals for single options, before the structural scan in cmdline.
+
+    The fast path: when every argument is a known plain option, a known option with a value
+    (whose value the walk skips unchecked too) or a non-option word, the full walk would
+    refuse nothing (each of those passes every rule by itself), so it is skipped."""
+    plain = _PLAIN_OK
+    valued = _VALUE_OK
+    n = len(argv)
+    i = 1
+    while i < n:
+        a = argv[i]
+        i += 1
+        if a in plain:
+            continue
+        if a in valued:
+            i += 1
+            continue
+        c = a[:1]
+        if c in ("-", "@"):
+            return _option_refusal_walk(argv)
+    return None
+
+
+def _option_refusal_walk(argv: list[str]) -> str | None:
+    """The full walk of :func:`_option_refusal`; remembers the plain options it passed."""
+    plain = _PLAIN_OK
     n = len(argv)
     i = 1
     while i < n:
@@ -198,6 +235,10 @@ def _option_refusal(argv: list[str]) -> str | None:
             continue
         if a in cmdline.SEPARATE or a == "-o":
             i += 1
+            if len(_VALUE_OK) < _PLAIN_MAX:
+                _VALUE_OK.add(a)  # passed every rule above; its value is not checked
+        elif len(plain) < _PLAIN_MAX and len(a) <= _PLAIN_LEN:
+            plain.add(a)  # passed every rule above, takes no value
     return None
 
 
@@ -208,12 +249,22 @@ def refusal(argv: list[str]) -> str | None:
     would keep local (distcc's table: two sources, no -c, conftest.*, ...); an unresolved
     ``-march=native`` (or -mtune/-mcpu) is refused: see the module docstring.
     """
+    return vet(argv)[0]
+
+
+def vet(argv: list[str]) -> tuple[str | None, cmdline.Job | None]:
+    """:func:`refusal`'s verdict, and the scanned job when there is no refusal (its source,
+    mode and temp suffix: what the server needs, without scanning the argv again)."""
     if not argv:
-        return "empty command line"
+        return "empty command line", None
     r = _option_refusal(argv)
     if r:
-        return r
-    return cmdline.scan(cmdline.Job(list(argv), list(argv)), client=False) or None
+        return r, None
+    job = cmdline.Job(list(argv), list(argv))
+    why = cmdline.scan(job, client=False)
+    if why:
+        return why, None
+    return None, job
 
 
 def rewrite_for_job(

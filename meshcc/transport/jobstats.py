@@ -8,7 +8,9 @@ slot guard below.
 Outcome labels are distccd's job result names in lower case (``compile_ok``,
 ``compile_error``, ``compile_timeout``, ``cli_disconn``, ``rej_bad_req``, ``other``), plus
 ``refused`` for a job the server turned down with a reason (a refused option, an unknown
-compiler, protocol 3).
+compiler, protocol 3), and ``prefix_unknown`` for a zstd body that named a kept body
+(``ZREF``) this server no longer holds (it restarted or evicted it): an expected answer,
+after which the client sends the same job whole, not a refusal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ OUTCOMES = (
     "cli_disconn",
     "rej_bad_req",
     "refused",
+    "prefix_unknown",
     "other",
 )
 

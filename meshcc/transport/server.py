@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from typing import Any
 from meshcc import compression, hostos
 from meshcc.cache.service import CacheJob, ResultCache
 from meshcc.cache.store import Entry as CacheEntry
-from meshcc.compiler import cmdline, policy
+from meshcc.compiler import policy
 from meshcc.compiler.toolchain import CompilerRefused, Resolved, ToolchainRegistry
 from meshcc.compression.prefixes import PrefixStore  # [zref]
 from meshcc.exitcodes import (
@@ -106,6 +107,8 @@ _INLINE_CODEC = 256 * 1024
 _ALLOWED_CACHE = 4096  # client addresses whose access-list verdict is remembered
 _LOG_INTERVAL = 10.0  # shedding / deadline lines: one per reason per interval
 _NO_ADDRESS = ipaddress.ip_address("0.0.0.0")
+_FS_ENCODING = sys.getfilesystemencoding()  # os.fsdecode's encoding and error handler
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 # BUSY turns between boxes (CompileServer._try_reserve_slot): how long a turned-away box
 # stays in line without asking again (its daemon asks every mesh.leases.BUSY_HOLD_S).
 _OWED_S = 1.0  # counts a stream that has no client address
@@ -139,6 +142,7 @@ class JobSummary:
     rcache: str | None = None  # the result cache: hit, remote-hit, miss, off; None: no cache
     queue_ms: int | None = None  # waited for a job slot this long; None: did not wait
     refused: bool = False  # turned down with a reason (ERRM); for JobStats, not the line
+    resend: bool = False  # asked to send again without its body prefix (zref); not refused
     bytes_in: int = 0  # request bytes read
     bytes_out: int = 0  # reply bytes written
     compile_s: float | None = None  # the compiler's run time, if it ran
@@ -146,6 +150,8 @@ class JobSummary:
     @property
     def outcome(self) -> str:
         """The ``meshcc_jobs_total`` label (:mod:`meshcc.transport.jobstats`)."""
+        if self.resend:
+            return "prefix_unknown"
         if self.refused and self.result is JobResult.OTHER:
             return "refused"
         return self.result.value.lower()
@@ -265,6 +271,13 @@ def _job_files(req: _Request) -> tuple[str, str]:
     return stem + req.suffix, stem + req.output_suffix
 
 
+def _decode_argv(raw: list[bytes]) -> list[str]:
+    """``[os.fsdecode(a) for a in raw]`` for arguments without NUL, in one decode (fsdecode
+    is a Python call per argument): the NUL-joined text split at NUL is each argument's own
+    decoding, since NUL is one byte that ends any incomplete multi-byte sequence."""
+    return b"\0".join(raw).decode(_FS_ENCODING, _FS_ERRORS).split("\0")
+
+
 def _format_client(addr: IPAddress, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
@@ -336,12 +349,16 @@ class _Refuse(Exception):
         ret: int = 0,
         *,
         throttle: str | None = None,
+        resend: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.result = result
         self.ret = ret
         self.throttle = throttle  # log through the rate limiter under this reason
+        # An expected answer, not a refusal: the client sends the job again as asked (a
+        # ZREF this server no longer holds); no warning, counted apart (JobSummary.resend).
+        self.resend = resend
 
 
 class _Gone(Exception):
@@ -1368,10 +1385,13 @@ class CompileServer:
                 timeline.mark("reply")
         except _Refuse as r:
             summary.result, summary.ret = r.result, r.ret
-            summary.refused = True
+            summary.refused = not r.resend
+            summary.resend = r.resend
             throttle = r.throttle
             if conn.shed is not None:  # closed to make room while it was being refused
                 throttle = "shed"
+            elif r.resend:  # expected (a restart or an eviction): one info line, no warning
+                log.info("client %s: %s", summary.client, r.reason)
             elif throttle is not None:
                 self._throttled.log(
                     logging.WARNING,
@@ -1436,7 +1456,9 @@ class CompileServer:
                 self.stats.record(
                     summary.outcome, summary.bytes_in, summary.bytes_out, summary.compile_s
                 )
-                if throttle is None:
+                if summary.resend:  # the client sends the job again: that one is the job
+                    log.debug("%s", summary.line())
+                elif throttle is None:
                     log.log(NOTICE, "%s", summary.line())
                 else:  # dropped by a deadline or shed: a flood of them is one line
                     self._throttled.log(NOTICE, f"summary-{throttle}", "%s", summary.line())
@@ -1641,7 +1663,7 @@ class CompileServer:
             elif isinstance(event, wire.RequestArgs):
                 argv, resolved, source, suffix, out_suffix = self._vet_args(event.argv, summary)
                 # DIST + ARGC + every ARGV; whatever came beyond them is the source already.
-                header = 2 * wire.HEADER_LEN + sum(wire.HEADER_LEN + len(a) for a in event.argv)
+                header = (2 + len(event.argv)) * wire.HEADER_LEN + sum(map(len, event.argv))
                 if fed > header:
                     self._start_body(conn, body, fed - header)
                 else:
@@ -1796,25 +1818,27 @@ class CompileServer:
     def _vet_args(
         self, raw: list[bytes], summary: JobSummary
     ) -> tuple[list[str], Resolved, str, str, str]:
-        if any(b"\0" in a for a in raw):
+        if b"\0" in b"".join(raw):
             raise _Refuse("an argument contains a NUL byte", ret=EXIT_BAD_ARGUMENTS)
-        argv = [os.fsdecode(a) for a in raw]
+        argv = _decode_argv(raw)
         summary.compiler = argv[0]
-        if log.isEnabledFor(logging.INFO):  # not even the join at the default level (notice)
-            log.info("client %s: %s", summary.client, " ".join(argv))
+        # The job's line at info is its summary; the command line is at debug, and at info
+        # only for a refused job (next to its refusal, where an operator needs it).
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("client %s: %s", summary.client, " ".join(argv))
         try:
             resolved = self.registry.resolve(argv[0])
         except CompilerRefused as e:
+            self._log_refused_argv(summary.client, argv)
             raise _Refuse(e.reason, ret=EXIT_BAD_ARGUMENTS) from None
-        why = policy.refusal(argv)
+        # policy.vet scans the argv once, for the refusal and for what the server uses of
+        # it (the source, its suffix and the mode). -Wp is refused by the policy, so the
+        # argv needs no expansion of it.
+        why, job = policy.vet(argv)
         if why is not None:
+            self._log_refused_argv(summary.client, argv)
             raise _Refuse(why, ret=EXIT_BAD_ARGUMENTS)
-        # cmdline.scan is what cargs.analyse runs before its own policy.refusal on the
-        # argv the client would send: the server checked its policy just above, and uses
-        # only the source, its suffix and the mode, so the second refusal pass is skipped.
-        job = cmdline.Job([argv[0], *cmdline.expand_wp(argv[1:])], argv)
-        cmdline.scan(job, client=True)
-        if job.source is None:
+        if job is None or job.source is None:
             raise _Refuse(
                 "no source file (.c, .cc, .cpp, .i, .ii, ...) in the command",
                 ret=EXIT_BAD_ARGUMENTS,
@@ -1823,6 +1847,12 @@ class CompileServer:
         source, suffix = job.source, job.temp_suffix
         output_suffix = ".s" if job.mode == "-S" else ".o"
         return argv, resolved, source, suffix, output_suffix
+
+    @staticmethod
+    def _log_refused_argv(client: str, argv: list[str]) -> None:
+        """A refused job's command line at info (at debug it is logged already)."""
+        if log.isEnabledFor(logging.INFO) and not log.isEnabledFor(logging.DEBUG):
+            log.info("client %s: refused command: %s", client, " ".join(argv))
 
     def _vet_codec(self, name: str) -> str:
         """A ``CODC`` codec this server runs, else a refusal saying what it speaks."""
@@ -1845,6 +1875,7 @@ class CompileServer:
                 wire_codecs.unknown_prefix_reason(ids.prefix),
                 JobResult.REJ_BAD_REQ,
                 EXIT_PROTOCOL_ERROR,
+                resend=True,
             )
         return held
 

@@ -52,7 +52,7 @@ from .records import Frozen as _Frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
-    from collections.abc import Generator, Sequence
+    from collections.abc import Callable, Generator, Sequence
     from typing import Literal
 
 __all__ = [
@@ -600,12 +600,16 @@ class _Reader:
 
     # -- helpers used by _parse() via ``yield from``
 
-    def _wait(self, n: int, what: str) -> Generator[_NeedDataType, None, None]:
+    def _wait(self, n: int, what: str | Callable[[], str]) -> Generator[_NeedDataType, None, None]:
+        """Until ``n`` bytes are buffered. ``what`` (or what it returns: the text is made
+        only for the error) names the awaited item in the truncation message. Callers test
+        the buffer first: a generator per wait is a cost on every token of every request."""
         buf = self._buf
         while len(buf) < n:
             if self._eof:
+                name = what if isinstance(what, str) else what()
                 raise ProtocolError(
-                    f"{self._what} truncated: end of stream in {what} "
+                    f"{self._what} truncated: end of stream in {name} "
                     f"(have {len(buf)} of {n} bytes)"
                 )
             yield NEED_DATA
@@ -614,8 +618,11 @@ class _Reader:
         self, expected: tuple[bytes, ...]
     ) -> Generator[_NeedDataType, None, tuple[bytes, int]]:
         """Read one header whose name is in ``expected``; return (name, value)."""
-        yield from self._wait(HEADER_LEN, f"{'/'.join(_show(e) for e in expected)} token")
         buf = self._buf
+        if len(buf) < HEADER_LEN:
+            yield from self._wait(
+                HEADER_LEN, lambda: f"{'/'.join(_show(e) for e in expected)} token"
+            )
         name = bytes(buf[:4])
         digits = bytes(buf[4:HEADER_LEN])
         del buf[:HEADER_LEN]
@@ -637,8 +644,9 @@ class _Reader:
             raise ProtocolError(f"{_show(name)} length {length} exceeds limit {limit_name}={limit}")
         if length == 0:
             return b""
-        yield from self._wait(length, f"{_show(name)} body")
         buf = self._buf
+        if len(buf) < length:
+            yield from self._wait(length, lambda: f"{_show(name)} body")
         if len(buf) == length:
             data = bytes(buf)
             buf.clear()
@@ -692,7 +700,27 @@ class RequestReader(_Reader):
             raise ProtocolError("ARGC is 0: a request needs at least the compiler name")
         argv: list[bytes] = []
         total = 0
+        buf = self._buf
+        max_arg = lim.max_arg_bytes
         for _ in range(argc):
+            # Fast path: a whole, valid ARGV token already buffered (nearly always: a
+            # request's header comes in its first segment) is taken without the generators
+            # below. Anything else (short, malformed, over a limit) goes the general way,
+            # which makes the same checks and raises their errors.
+            if len(buf) >= HEADER_LEN and buf[:4] == b"ARGV":
+                digits = bytes(buf[4:HEADER_LEN])
+                if not digits.translate(None, _HEX_DIGITS):
+                    length = int(digits, 16)
+                    end = HEADER_LEN + length
+                    if (
+                        length <= max_arg
+                        and total + length <= lim.max_args_total
+                        and len(buf) >= end
+                    ):
+                        argv.append(bytes(buf[HEADER_LEN:end]))
+                        del buf[:end]
+                        total += length
+                        continue
             tok, length = yield from self._header((b"ARGV",))
             if length > lim.max_arg_bytes:
                 raise ProtocolError(
@@ -707,7 +735,8 @@ class RequestReader(_Reader):
         yield RequestArgs(argv, cwd)
 
         if version < 3:
-            yield from self._wait(HEADER_LEN, "DOTI token")
+            if len(buf) < HEADER_LEN:
+                yield from self._wait(HEADER_LEN, "DOTI token")
             if self._buf[:4] == b"CODC":  # meshcc's negotiated body codec (wire.codecs)
                 if version != 1:
                     raise ProtocolError(f"CODC in a protocol {version} request (only 1 takes it)")
@@ -739,7 +768,8 @@ class RequestReader(_Reader):
         """``[ZREF id] [ZNEW id]`` after ``CODC zstd`` (wire.codecs): (prefix, keep)."""
         ids = {PREFIX_TOKEN: "", KEEP_TOKEN: ""}
         for tok in (PREFIX_TOKEN, KEEP_TOKEN):
-            yield from self._wait(HEADER_LEN, "DOTI token")
+            if len(self._buf) < HEADER_LEN:
+                yield from self._wait(HEADER_LEN, "DOTI token")
             if self._buf[:4] != tok:
                 continue
             if codec != b"zstd":
