@@ -299,6 +299,17 @@ class Zygote:
             code = 127
             try:
                 code = _worker(self, conn, req)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except KeyboardInterrupt:  # as the interpreter ends on one: by the signal
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                posix.kill(posix.getpid(), signal.SIGINT)
+                code = 128 + signal.SIGINT
+            except BaseException:  # as the interpreter would: the traceback, status 1
+                import traceback
+
+                traceback.print_exc()
+                code = 1
             finally:
                 os._exit(code)
         self.jobs += 1
@@ -427,10 +438,10 @@ def _worker(zyg: Zygote, conn: _Conn, req: _Request) -> int:  # pragma: no cover
         sock_fd = _take_fds(conn.fds, req.targets, sock_fd)
         _install_env(req.env, zyg.startup_env)
         posix.umask(req.umask)
-        for signum in _bits(req.ignored):
-            if signum not in (signal.SIGKILL, signal.SIGSTOP):
+        for ignored in _bits(req.ignored):
+            if ignored not in (signal.SIGKILL, signal.SIGSTOP):
                 try:
-                    signal.signal(signum, signal.SIG_IGN)
+                    signal.signal(ignored, signal.SIG_IGN)
                 except (OSError, ValueError):
                     pass
     except (OSError, ValueError):
@@ -523,9 +534,9 @@ def main(argv: list[str]) -> int:
         and st.st_mode & 0o077 == 0
     ):
         return 1
-    for name in WARM_MODULES:
+    for module in WARM_MODULES:
         try:
-            __import__(name)
+            __import__(module)
         except ImportError:
             pass
     zyg = Zygote(path, key, startup)

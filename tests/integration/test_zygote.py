@@ -1,0 +1,488 @@
+"""The C launcher and the warm zygote (packaging/launcher, meshcc/client/zygote.py).
+
+Why: ``meshcc-gcc`` as a small C program handing each job to a forked worker of a warm
+Python process must behave exactly as the Python launcher: same objects, exit codes,
+diagnostics, signals, stdin and inherited descriptors, and it must never hand a job
+through an unsafe place or in a context it cannot reproduce. Everything here is real:
+gcc, stock distccd on loopback, make, a zlib build, signals to real processes.
+
+The zygote is not used by root (see the launcher), so every client runs as a throwaway
+user (``setpriv``), which needs root to create: the module is skipped otherwise. The
+launcher is built by ``packaging/launcher/build.sh`` (what install.sh runs) over a venv
+of Debian's ``/usr/bin/python3``, the interpreter users run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sysconfig
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, Daemon, hash_objects
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="creates a user account: needs root"),
+    pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler for the launcher"),
+    pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="no /usr/bin/python3"),
+]
+
+STATS_CODE = """
+import glob, os, socket, sys
+for path in glob.glob(sys.argv[1] + "/z-*"):
+    if path.endswith(".lock"):
+        continue
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+    except OSError:
+        continue
+    s.sendall(b"MZYS\\0\\0\\0\\0")
+    print(s.makefile().readline().strip())
+"""
+
+
+class User:
+    """A throwaway account, its work directory, and the processes it leaves."""
+
+    def __init__(self, entry: pwd.struct_passwd, prefix: Path) -> None:
+        self.entry = entry
+        self.uid = entry.pw_uid
+        self.prefix = prefix
+        self.sockdir = Path(f"/tmp/meshcc-{self.uid}")
+        self.work = Path(tempfile.mkdtemp(prefix="meshcc-zygote-", dir="/tmp"))
+        os.chown(self.work, self.uid, entry.pw_gid)
+        for sub in ("distcc", "tmp"):
+            (self.work / sub).mkdir()
+            os.chown(self.work / sub, self.uid, entry.pw_gid)
+
+    @property
+    def gcc(self) -> str:
+        return str(self.prefix / "bin" / "meshcc-gcc")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.work),
+            "DISTCC_DIR": str(self.work / "distcc"),
+            "TMPDIR": str(self.work / "tmp"),
+            "MESHCC_SOCKET": str(self.work / "no-daemon.sock"),
+            "DISTCC_HOSTS": "",
+            # A UTF-8 locale, so that a Python in between (the fd test's) adds no LC_CTYPE
+            # (C locale coercion), which is part of the zygote's key.
+            "LANG": "C.UTF-8",
+        }
+        env.update(extra)
+        return env
+
+    def argv(self, *cmd: str) -> list[str]:
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.entry.pw_gid}",
+            "--clear-groups",
+            *cmd,
+        ]
+
+    def run(
+        self, *cmd: str, env: dict[str, str] | None = None, cwd: Path | None = None, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+            self.argv(*cmd),
+            env=env or self.env(),
+            cwd=cwd or self.work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            **kw,
+        )
+
+    def stats(self) -> dict[str, int] | None:
+        proc = self.run("/usr/bin/python3", "-c", STATS_CODE, str(self.sockdir))
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        return json.loads(lines[0]) if lines else None
+
+    def wait_zygote(self, old_pid: int = 0, timeout: float = 30.0) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats is not None and stats["pid"] != old_pid:
+                return stats
+            assert time.monotonic() < deadline, "no zygote answered"
+            time.sleep(0.1)
+
+    def warm(self) -> dict[str, int]:
+        """Make sure a zygote serves this user's default context; its counters."""
+        stats = self.stats()
+        if stats is not None:
+            return stats
+        src = self.work / "warm.c"
+        src.write_text("int warm(void) { return 1; }\n")
+        proc = self.run(self.gcc, "-c", "warm.c", "-o", "warm.o")
+        assert proc.returncode == 0, proc.stderr
+        return self.wait_zygote()
+
+    def pids(self) -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid == self.uid:
+                        found.append(int(entry))
+                except FileNotFoundError:
+                    pass
+        return found
+
+    def cleanup(self) -> None:
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def prefix() -> Iterator[Path]:
+    """A venv of /usr/bin/python3 with the C launcher built over this checkout."""
+    root = Path(tempfile.mkdtemp(prefix="meshcc-launcher-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        subprocess.run(
+            ["/usr/bin/python3", "-m", "venv", "--without-pip", str(root / "p")], check=True
+        )
+        site = sysconfig.get_path("purelib")
+        subprocess.run(
+            [REPO_ROOT / "packaging" / "launcher" / "build.sh", root / "p", REPO_ROOT, site],
+            check=True,
+            capture_output=True,
+        )
+        yield root / "p"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def user(prefix: Path) -> Iterator[User]:
+    name = f"mcz{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
+    made = User(pwd.getpwnam(name), prefix)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+        subprocess.run(["userdel", name], check=False)
+
+
+def _own(user: User, path: Path) -> None:
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.entry.pw_gid}", str(path)], check=True)
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _pgid_members(pgid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _wait_for(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+# --------------------------------------------------------------------------- a real build
+
+
+def test_zlib_build_through_the_zygote_is_byte_identical(
+    user: User, zlib_source: Path, distccd: Callable[..., Daemon]
+) -> None:
+    """Every compile and link of a zlib -j4 build runs in a worker the zygote forked (its
+    job counter grows by at least the number of compiles, its pid does not change), the
+    remote jobs reach distccd, and every object equals plain gcc's."""
+    tree = user.work / "zlib"
+    shutil.copytree(zlib_source, tree, symlinks=True)
+    (tree / "objects.mk").write_text(
+        "meshcc-objects: libz.a $(PIC_OBJS) example minigzip example64.o minigzip64.o\n"
+    )
+    _own(user, tree)
+    env = user.env()
+    make = ["make", "-j4", "-f", "Makefile", "-f", "objects.mk"]
+    proc = user.run("./configure", env=dict(env, CC="gcc"), cwd=tree)
+    assert proc.returncode == 0, proc.stderr
+    proc = user.run(*make, "meshcc-objects", env=env, cwd=tree)
+    assert proc.returncode == 0, proc.stderr
+    reference = hash_objects(tree, "*.o") | hash_objects(tree, "*.lo")
+    assert len(reference) >= 30
+    compiles = sum(1 for line in proc.stdout.splitlines() if " -c " in f" {line} ")
+    user.run("make", "-f", "Makefile", "clean", env=env, cwd=tree)
+
+    daemon = distccd(jobs=4)
+    before = user.warm()
+    env = user.env(DISTCC_HOSTS=daemon.host_spec(), DISTCC_FALLBACK="0")
+    proc = user.run(*make, f"CC={user.gcc}", "meshcc-objects", env=env, cwd=tree)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    built = hash_objects(tree, "*.o") | hash_objects(tree, "*.lo")
+    assert sorted(built) == sorted(reference)
+    assert not [name for name in reference if built[name] != reference[name]]
+    after = user.stats()
+    assert after is not None and after["pid"] == before["pid"]
+    assert after["jobs"] - before["jobs"] >= compiles >= 30
+    assert after["fallbacks"] == 0
+
+
+# --------------------------------------------------------------------------- same as Python
+
+
+def test_failing_compile_same_status_and_stderr_as_python_launcher(
+    user: User, distccd: Callable[..., Daemon]
+) -> None:
+    """A compile error (remote, then retried locally) and a missing source give the same
+    exit status and the same stderr, shown once, through the zygote and without it."""
+    daemon = distccd()
+    (user.work / "bad.c").write_text("int main(void) { return undeclared_thing; }\n")
+    before = user.warm()
+    env = user.env(DISTCC_HOSTS=daemon.host_spec())
+    for args in (("-c", "bad.c", "-o", "bad.o"), ("-c", "missing.c", "-o", "m.o")):
+        fast = user.run(user.gcc, *args, env=env)
+        slow = user.run(user.gcc, *args, env=dict(env, MESHCC_ZYGOTE="0"))
+        assert fast.returncode == slow.returncode != 0
+        assert fast.stderr == slow.stderr
+        assert fast.stderr.count("undeclared_thing") <= 2  # gcc's error, once
+        assert not (user.work / "bad.o").exists()
+    after = user.stats()
+    assert after is not None and after["jobs"] == before["jobs"] + 2
+
+
+def test_verbose_timeline_through_the_zygote(user: User, distccd: Callable[..., Daemon]) -> None:
+    """MESHCC_VERBOSE=1 gives the remote job's timeline line, once, from the worker."""
+    daemon = distccd()
+    (user.work / "ok.c").write_text("int ok(void) { return 2; }\n")
+    user.warm()
+    env = user.env(DISTCC_HOSTS=daemon.host_spec(), MESHCC_VERBOSE="1")
+    proc = user.run(user.gcc, "-c", "ok.c", "-o", "ok.o", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if " timeline " in line]
+    assert len(lines) == 1, proc.stderr
+    assert re.search(r"timeline ok\.c on 127\.0\.0\.1:\d+: python [\d.]+ ", lines[0]), lines[0]
+    assert " end " in lines[0]
+
+
+def test_stdin_source(user: User) -> None:
+    """``-x c -`` reads the launcher's stdin in the worker: the object equals gcc's."""
+    before = user.warm()
+    src = "int from_stdin(void) { return 7; }\n"
+    proc = user.run(user.gcc, "-x", "c", "-c", "-", "-o", "s.o", input=src)
+    assert proc.returncode == 0, proc.stderr
+    ref = user.run("gcc", "-x", "c", "-c", "-", "-o", "r.o", input=src)
+    assert ref.returncode == 0
+    assert (user.work / "s.o").read_bytes() == (user.work / "r.o").read_bytes()
+    after = user.stats()
+    assert after is not None and after["jobs"] == before["jobs"] + 1
+
+
+FAKE_GCC = """#!/bin/sh
+# A stand-in compiler: reports its parent chain on fd 5 and exits as asked.
+echo "$PPID $(cut -d' ' -f4 /proc/$PPID/stat)" >&5
+exit "${FAKE_STATUS:-0}"
+"""
+
+
+def test_inherited_descriptor_and_exit_status_reach_the_compiler(user: User) -> None:
+    """An inherited descriptor (as make's jobserver pipe) is at the same number in the
+    compiler the worker runs; the compiler's exit status is the launcher's; the worker is
+    the zygote's child."""
+    bindir = user.work / "fakebin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "gcc").write_text(FAKE_GCC)
+    (bindir / "gcc").chmod(0o755)
+    _own(user, bindir)
+    zygote = user.warm()["pid"]
+    for status in ("0", "3"):
+        r, w = os.pipe()
+        env = user.env(PATH=f"{bindir}:/usr/bin:/bin", FAKE_STATUS=status)
+        # The launcher gets the pipe at fd 5 (and at its own number), as make's children do.
+        script = "import os, sys; os.dup2(int(sys.argv[1]), 5); os.execv(sys.argv[2], sys.argv[2:])"
+        proc = user.run(
+            "/usr/bin/python3", "-c", script, str(w), user.gcc, "--version", env=env, pass_fds=(w,)
+        )
+        os.close(w)
+        got = os.read(r, 200).decode()
+        os.close(r)
+        assert proc.returncode == int(status), proc.stderr
+        assert str(zygote) in got.split(), (zygote, got)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _blocked_compile(user: User, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A launcher whose job's preprocessor is stuck opening a FIFO (it waits for a writer)."""
+    fifo = user.work / f"{name}.h"
+    os.mkfifo(fifo)
+    os.chown(fifo, user.uid, user.entry.pw_gid)
+    (user.work / f"{name}.c").write_text(f'#include "{name}.h"\nint x;\n')
+    launcher = subprocess.Popen(
+        user.argv(user.gcc, "-c", f"{name}.c", "-o", f"{name}.o"),
+        env=user.env(),
+        cwd=user.work,
+        stderr=subprocess.PIPE,
+    )
+    return launcher, fifo
+
+
+def _job_group(user: User, zygote: int) -> int:
+    found: list[int] = []
+
+    def worker_started() -> bool:
+        found[:] = [pid for pid in _children_of(zygote) if _children_of(pid)]
+        return bool(found)
+
+    assert _wait_for(worker_started), "no worker with a preprocessor under the zygote"
+    return found[0]
+
+
+def test_ctrl_c_stops_the_worker_and_its_cpp_and_leaves_no_output(user: User) -> None:
+    zygote = user.warm()["pid"]
+    launcher, _fifo = _blocked_compile(user, "slow")
+    try:
+        worker = _job_group(user, zygote)
+        assert _pgid_members(worker), "the worker leads its own process group"
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=20)
+        assert launcher.returncode == -signal.SIGINT
+        assert _wait_for(lambda: not _pgid_members(worker)), "the job's group outlived ^C"
+        assert not (user.work / "slow.o").exists()
+        assert not [p for p in os.listdir(user.work) if p.startswith("slow.o")]
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+def test_sigkill_of_the_launcher_ends_the_job_group(user: User) -> None:
+    zygote = user.warm()["pid"]
+    launcher, _fifo = _blocked_compile(user, "killed")
+    try:
+        worker = _job_group(user, zygote)
+        launcher.kill()
+        launcher.wait(timeout=20)
+        assert _wait_for(lambda: not _pgid_members(worker)), "the job outlived its launcher"
+        assert not (user.work / "killed.o").exists()
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _compile_ok(user: User, env: dict[str, str] | None = None) -> None:
+    (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+    proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (user.work / "plain.o").exists()
+    (user.work / "plain.o").unlink()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"MESHCC_ZYGOTE": "0"}, {"LD_PRELOAD": ""}, {"SANDBOX_ON": "1"}, {"SANDBOX_ACTIVE": "x"}],
+    ids=["MESHCC_ZYGOTE=0", "LD_PRELOAD", "SANDBOX_ON", "SANDBOX_ACTIVE"],
+)
+def test_bypass_runs_the_python_launcher(user: User, extra: dict[str, str]) -> None:
+    before = user.warm()
+    _compile_ok(user, user.env(**extra))
+    after = user.stats()
+    assert after is not None and after["jobs"] == before["jobs"]
+    _compile_ok(user)  # and the control: counted
+    after = user.stats()
+    assert after is not None and after["jobs"] == before["jobs"] + 1
+
+
+@pytest.mark.parametrize("how", ["group-writable", "world-writable", "another owner"])
+def test_unsafe_socket_directory_is_refused(user: User, how: str) -> None:
+    before = user.warm()
+    mode = user.sockdir.stat().st_mode & 0o7777
+    try:
+        if how == "another owner":
+            os.chown(user.sockdir, 0, 0)
+        else:
+            user.sockdir.chmod(0o770 if how == "group-writable" else 0o707)
+        _compile_ok(user)
+    finally:
+        os.chown(user.sockdir, user.uid, user.entry.pw_gid)
+        user.sockdir.chmod(mode)
+    after = user.stats()
+    assert after is not None and after["jobs"] == before["jobs"]
+    assert after["pid"] == before["pid"]
+
+
+def test_stale_socket_falls_back_and_a_new_zygote_starts(user: User) -> None:
+    old = user.warm()["pid"]
+    os.kill(old, signal.SIGKILL)
+    assert _wait_for(lambda: not os.path.exists(f"/proc/{old}/stat") or _zombie(old))
+    socks = [p for p in user.sockdir.iterdir() if not p.name.endswith(".lock")]
+    assert socks, "a killed zygote leaves its socket file behind"
+    _compile_ok(user)  # refused connection: the Python launcher, and a new zygote
+    new = user.wait_zygote(old_pid=old)
+    assert new["jobs"] == 0
+    _compile_ok(user)
+    again = user.stats()
+    assert again is not None and again["pid"] == new["pid"] and again["jobs"] == 1
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_launcher_without_zygote_support_still_compiles(user: User, prefix: Path) -> None:
+    """The Python launcher the C one falls back to is the one install.sh wrote before."""
+    client = prefix / "libexec" / "meshcc" / "client"
+    assert client.read_text().startswith(f"#!{prefix}/bin/python3 -IS\n")
+    (user.work / "p.c").write_text("int p(void) { return 5; }\n")
+    proc = user.run(str(prefix / "bin" / "python3"), "-IS", str(client), "meshcc-gcc", "-c", "p.c")
+    assert proc.returncode == 0, proc.stderr
+    assert (user.work / "p.o").exists()
