@@ -57,6 +57,7 @@ IDLE_SECONDS = 30.0  # no job for this long: exit (the next launcher starts a ne
 KILL_GRACE = 2.0  # a worker whose launcher vanished gets SIGTERM, then SIGKILL after this
 MAX_REQUEST = 8 << 20
 MAX_FDS = 253  # SCM_MAX_FD
+LOCK_FD = 3  # the key's lock, inherited from the launcher that started this zygote
 
 _HEAD = struct.Struct("=4sI")
 _FIXED = struct.Struct("=QIQQI")
@@ -533,6 +534,16 @@ def main(argv: list[str]) -> int:
         and st.st_uid == posix.getuid()
         and st.st_mode & 0o077 == 0
     ):
+        return 1
+    # The key's lock, taken by the launcher that started us, on fd 3: we must hold it (the
+    # same open file, so this succeeds) or another zygote serves this key.
+    try:
+        lock = os.fstat(LOCK_FD)
+        named = os.stat(path + ".lock")
+        fcntl.flock(LOCK_FD, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 1
+    if (lock.st_dev, lock.st_ino) != (named.st_dev, named.st_ino):
         return 1
     for module in WARM_MODULES:
         try:

@@ -305,7 +305,10 @@ static void start_zygote(const char *dir, const char *sock, const char *lock, co
         dup2(null, 0);
         dup2(null, 1);
         dup2(null, 2);
-        if (dup2(lockfd, 3) != 3)
+        /* The lock at fd 3, kept across exec (dup2 onto itself would keep FD_CLOEXEC). */
+        if (lockfd != 3 && dup2(lockfd, 3) != 3)
+            _exit(0);
+        if (fcntl(3, F_SETFD, 0) != 0)
             _exit(0);
         for (int fd = 4; fd < 1024; fd++)
             close(fd);

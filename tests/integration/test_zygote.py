@@ -471,6 +471,43 @@ def test_stale_socket_falls_back_and_a_new_zygote_starts(user: User) -> None:
     assert again is not None and again["pid"] == new["pid"] and again["jobs"] == 1
 
 
+def _zygotes(user: User) -> list[int]:
+    found = []
+    for pid in user.pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(cmdline) > 2 and cmdline[2].endswith(b"/libexec/meshcc/zygote"):
+            found.append(pid)
+    return found
+
+
+def test_at_most_one_zygote_per_key(user: User) -> None:
+    """Launchers started together with no zygote all compile (by the Python launcher), and
+    exactly one zygote appears: the key's lock, inherited by the zygote, holds."""
+    for pid in _zygotes(user):
+        os.kill(pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _zygotes(user))
+    (user.work / "many.c").write_text("int many(void) { return 4; }\n")
+    procs = [
+        subprocess.Popen(
+            user.argv(user.gcc, "-c", "many.c", "-o", f"many{i}.o"),
+            env=user.env(),
+            cwd=user.work,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(8)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    user.wait_zygote()
+    time.sleep(1.0)  # any second zygote would have bound (or given up) by now
+    assert len(_zygotes(user)) == 1, _zygotes(user)
+    for i in range(3):  # later launchers find it and start no other
+        _compile_ok(user)
+    assert len(_zygotes(user)) == 1
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
