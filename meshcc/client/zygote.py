@@ -306,7 +306,7 @@ class Zygote:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 posix.kill(posix.getpid(), signal.SIGINT)
                 code = 128 + signal.SIGINT
-            except BaseException:  # as the interpreter would: the traceback, status 1
+            except BaseException:  # noqa: BLE001 - as the interpreter: the traceback, status 1
                 import traceback
 
                 traceback.print_exc()

@@ -503,7 +503,7 @@ def test_at_most_one_zygote_per_key(user: User) -> None:
     user.wait_zygote()
     time.sleep(1.0)  # any second zygote would have bound (or given up) by now
     assert len(_zygotes(user)) == 1, _zygotes(user)
-    for i in range(3):  # later launchers find it and start no other
+    for _ in range(3):  # later launchers find it and start no other
         _compile_ok(user)
     assert len(_zygotes(user)) == 1
 
