@@ -46,6 +46,7 @@ import gc
 import json
 import os
 import posix
+import resource
 import selectors
 import signal
 import socket
@@ -135,8 +136,9 @@ class Zygote:
         self.conns: dict[int, _Conn] = {}  # by socket fd
         self.workers: dict[int, _Conn] = {}  # by worker pid
         self.jobs = 0
-        self.fallbacks = 0
+        self.refused = 0  # requests for another key or protocol (the launcher falls back)
         self.child_us = 0
+        self.child_minflt = 0
         self.last = time.monotonic()
         self.stop = False
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -276,6 +278,7 @@ class Zygote:
             self._stats(conn)
             return
         if magic != b"MZY1" or length > MAX_REQUEST:
+            self.refused += 1
             self._reply(conn, b"V")
             self._drop(conn)
             return
@@ -289,6 +292,7 @@ class Zygote:
         except (struct.error, ValueError):
             req = None
         if body[4 : 4 + klen] != self.key or req is None or len(conn.fds) != len(req.targets) + 1:
+            self.refused += 1
             self._reply(conn, b"V")
             self._drop(conn)
             return
@@ -338,6 +342,7 @@ class Zygote:
             utime = int(ru.ru_utime * 1e6)
             stime = int(ru.ru_stime * 1e6)
             self.child_us += utime + stime
+            self.child_minflt += ru.ru_minflt
             self._reply(conn, _EXIT.pack(b"X", _wait_status(status), utime, stime))
             self._drop(conn)
 
@@ -368,10 +373,12 @@ class Zygote:
         stats = {
             "pid": posix.getpid(),
             "jobs": self.jobs,
-            "fallbacks": self.fallbacks,
+            "refused": self.refused,
             "running": len(self.workers),
             "children_cpu_us": self.child_us,
             "self_cpu_us": int(time.process_time() * 1e6),
+            "children_minflt": self.child_minflt,
+            "self_minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
         }
         self._reply(conn, json.dumps(stats).encode() + b"\n")
         self._drop(conn)

@@ -507,6 +507,14 @@ static void try_zygote(int argc, char **argv, uint64_t t0)
                 start_zygote(dir, sock, lock, key.data);
             return;
         }
+        /* The directory is ours alone, so only we (or root) can have bound this; check the
+         * listener is ours anyway before handing it anything. */
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != getuid()) {
+            close(s);
+            return;
+        }
     } else {
         start_zygote(dir, sock, lock, key.data);
         return;
