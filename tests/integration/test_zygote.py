@@ -399,6 +399,36 @@ def test_ctrl_c_stops_the_worker_and_its_cpp_and_leaves_no_output(user: User) ->
         launcher.wait()
 
 
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_ctrl_z_stops_and_fg_continues_the_job(user: User) -> None:
+    """SIGTSTP to the launcher stops the worker's group and the launcher (as a shell's
+    job control expects); SIGCONT continues both; the job then finishes normally."""
+    zygote = user.warm()["pid"]
+    launcher, fifo = _blocked_compile(user, "paused")
+    try:
+        worker = _job_group(user, zygote)
+        launcher.send_signal(signal.SIGTSTP)
+        assert _wait_for(lambda: _state(launcher.pid) == "T"), _state(launcher.pid)
+        assert _wait_for(lambda: _state(worker) == "T"), _state(worker)
+        launcher.send_signal(signal.SIGCONT)
+        assert _wait_for(lambda: _state(worker) in ("S", "R")), _state(worker)
+        fd = os.open(fifo, os.O_WRONLY)  # let the preprocessor read the header: done
+        os.write(fd, b"int from_fifo;\n")
+        os.close(fd)
+        launcher.wait(timeout=60)
+        assert launcher.returncode == 0
+        assert (user.work / "paused.o").exists()
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
 def test_sigkill_of_the_launcher_ends_the_job_group(user: User) -> None:
     zygote = user.warm()["pid"]
     launcher, _fifo = _blocked_compile(user, "killed")
