@@ -142,7 +142,10 @@ def _launchers_skip_site(
         (home / "hello.c").write_text("int main(void) { return 0; }\n")
         user_env = dict(env, PYTHONPATH=str(shadow.parent), DISTCC_HOSTS="localhost")
         for cmd in ("meshcc-gcc", "meshcc-cc", "meshcc-g++", "meshcc-c++", "meshcc"):
-            first = (prefix / "bin" / cmd).read_text().splitlines()[0]
+            script = prefix / "bin" / cmd
+            if script.read_bytes()[:4] == b"\x7fELF":  # the C launcher: its Python fallback
+                script = prefix / "libexec" / "meshcc" / "client"
+            first = script.read_text().splitlines()[0]
             assert first == f"#!{prefix}/bin/python3 -IS", (cmd, first)
         cc = subprocess.run(
             [*as_user, str(bindir / "meshcc-gcc"), "-c", "hello.c", "-o", "hello.o"],
