@@ -207,6 +207,7 @@ def bench(args: argparse.Namespace, work: Path, runner: Runner, prefix: Path, po
                     c += worker + own
                 cpu[name].append(c)
                 wall[name].append(w)
+        floor = statistics.median(runner.job(["/bin/true"], cwd, env)[0] for _ in range(9))
         med = {w: statistics.median(v) for w, v in cpu.items() if v}
         results[case] = {
             "runs": args.runs,
@@ -216,6 +217,9 @@ def bench(args: argparse.Namespace, work: Path, runner: Runner, prefix: Path, po
             "zygote_self_cpu_ms": statistics.median(zygote_self) if zygote_self else None,
             "zygote_fallbacks": fallbacks,
             "zygote_stats_request_cpu_ms": stats_cost,
+            # What starting any program costs here (a fork of this benchmark, an exec, the
+            # switch to the user): in every way's figure, distcc's included.
+            "true_cpu_ms": floor,
             "cpu_ratio_to_distcc": {w: med[w] / med["distcc"] for w in med},
         }
     return results
@@ -283,7 +287,8 @@ def main() -> int:
                 )
             print(
                 f"  zygote: launcher {r['zygote_launcher_cpu_ms']:.2f} ms, zygote's own "
-                f"{r['zygote_self_cpu_ms']:.2f} ms per job, fallbacks {r['zygote_fallbacks']}"
+                f"{r['zygote_self_cpu_ms']:.2f} ms per job, fallbacks {r['zygote_fallbacks']}; "
+                f"/bin/true costs {r['true_cpu_ms']:.2f} ms here"
             )
         print(f"load {load[0]:.1f} -> {out['load_after'][0]:.1f}")
         if args.json:
