@@ -473,6 +473,12 @@ static void try_zygote(int argc, char **argv, uint64_t t0)
      * the first job's capabilities, securebits and security context to the next. */
     if (getuid() == 0 || geteuid() != getuid() || getegid() != getgid())
         return;
+    /* A CPU-time limit is per process: the long-lived zygote would use it up over many
+     * jobs and be killed mid-job, where each interpreter of the Python launcher starts
+     * afresh. */
+    struct rlimit cpu;
+    if (getrlimit(RLIMIT_CPU, &cpu) != 0 || cpu.rlim_cur != RLIM_INFINITY)
+        return;
     size_t envc;
     if (!env_ok(env, &envc))
         return;

@@ -469,6 +469,18 @@ def test_bypass_runs_the_python_launcher(user: User, extra: dict[str, str]) -> N
     assert after is not None and after["jobs"] == before["jobs"] + 1
 
 
+def test_cpu_time_limit_runs_the_python_launcher(user: User) -> None:
+    """``ulimit -t`` is per process: a long-lived zygote would use it up over many jobs."""
+    before = user.warm()
+    (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+    script = 'ulimit -t 100000 && exec "$0" -c plain.c -o plain.o'
+    proc = user.run("/bin/sh", "-c", script, user.gcc)
+    assert proc.returncode == 0, proc.stderr
+    assert (user.work / "plain.o").exists()
+    after = user.stats()
+    assert after is not None and after["jobs"] == before["jobs"]
+
+
 @pytest.mark.parametrize("how", ["group-writable", "world-writable", "another owner"])
 def test_unsafe_socket_directory_is_refused(user: User, how: str) -> None:
     before = user.warm()
