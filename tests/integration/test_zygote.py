@@ -324,21 +324,22 @@ def test_stdin_source(user: User) -> None:
 FAKE_GCC = """#!/bin/sh
 # A stand-in compiler: reports its parent chain on fd 5 and exits as asked.
 echo "$PPID $(cut -d' ' -f4 /proc/$PPID/stat)" >&5
+[ "$FAKE_STATUS" = term ] && kill -TERM $$
 exit "${FAKE_STATUS:-0}"
 """
 
 
 def test_inherited_descriptor_and_exit_status_reach_the_compiler(user: User) -> None:
     """An inherited descriptor (as make's jobserver pipe) is at the same number in the
-    compiler the worker runs; the compiler's exit status is the launcher's; the worker is
-    the zygote's child."""
+    compiler the worker runs; the compiler's exit status is the launcher's, a death by a
+    signal included; the worker is the zygote's child."""
     bindir = user.work / "fakebin"
     bindir.mkdir(exist_ok=True)
     (bindir / "gcc").write_text(FAKE_GCC)
     (bindir / "gcc").chmod(0o755)
     _own(user, bindir)
     zygote = user.warm()["pid"]
-    for status in ("0", "3"):
+    for status in ("0", "3", "term"):
         r, w = os.pipe()
         env = user.env(PATH=f"{bindir}:/usr/bin:/bin", FAKE_STATUS=status)
         # The launcher gets the pipe at fd 5 (and at its own number), as make's children do.
@@ -349,7 +350,8 @@ def test_inherited_descriptor_and_exit_status_reach_the_compiler(user: User) -> 
         os.close(w)
         got = os.read(r, 200).decode()
         os.close(r)
-        assert proc.returncode == int(status), proc.stderr
+        want = -signal.SIGTERM if status == "term" else int(status)  # died of it, as gcc did
+        assert proc.returncode == want, proc.stderr
         assert str(zygote) in got.split(), (zygote, got)
 
 
@@ -390,7 +392,10 @@ def test_ctrl_c_stops_the_worker_and_its_cpp_and_leaves_no_output(user: User) ->
         assert _pgid_members(worker), "the worker leads its own process group"
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=20)
-        assert launcher.returncode == -signal.SIGINT
+        # By SIGINT, or 1 when gcc's driver saw cc1 die of it first (gcc's own race, the
+        # same under a terminal's ^C without meshcc); the exact relay of a status is
+        # test_inherited_descriptor_and_exit_status_reach_the_compiler's.
+        assert launcher.returncode in (-signal.SIGINT, 1), launcher.returncode
         assert _wait_for(lambda: not _pgid_members(worker)), "the job's group outlived ^C"
         assert not (user.work / "slow.o").exists()
         assert not [p for p in os.listdir(user.work) if p.startswith("slow.o")]
