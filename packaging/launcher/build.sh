@@ -26,10 +26,17 @@ python=$prefix/bin/python3
 site_dirs=$("$python" -c 'import sys, sysconfig
 paths = sys.argv[1:] + [sysconfig.get_path(p) for p in ("purelib", "platlib")]
 print(" ".join(dict.fromkeys(paths)))' "$@")
+# Paths go into a C string and Python strings unquoted: the same safe set as the prefix.
+for dir in $site_dirs; do
+    case $dir in *[!A-Za-z0-9/._+@%=,:-]*) exit 0 ;; esac
+done
+# shellcheck disable=SC2086 # a list of directories
 package=$("$python" -IS -c 'import sys
 sys.path[:0] = sys.argv[1:]
 import meshcc
 print(meshcc.__file__)' $site_dirs)
+# A new id per build: an upgrade (or a rebuild) never reaches an older install's zygote.
+# shellcheck disable=SC2086 # a list of directories
 install_id="$("$python" -IS -c 'import sys
 sys.path[:0] = sys.argv[1:]
 import meshcc

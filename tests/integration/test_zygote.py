@@ -570,3 +570,40 @@ def test_launcher_without_zygote_support_still_compiles(user: User, prefix: Path
     proc = user.run(str(prefix / "bin" / "python3"), "-IS", str(client), "meshcc-gcc", "-c", "p.c")
     assert proc.returncode == 0, proc.stderr
     assert (user.work / "p.o").exists()
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_build_script_passes_shellcheck() -> None:
+    script = REPO_ROOT / "packaging" / "launcher" / "build.sh"
+    proc = subprocess.run(
+        ["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_launcher_compiles_without_warnings(tmp_path: Path) -> None:
+    """-Wall -Wextra -Wpedantic -Wshadow -Wconversion clean, C99 (what the brief promises)."""
+    proc = subprocess.run(
+        [
+            "cc",
+            "-std=c99",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Wshadow",
+            "-Wconversion",
+            "-Werror",
+            '-DMESHCC_PYTHON="/p/bin/python3"',
+            '-DMESHCC_LIBEXEC="/p/libexec/meshcc"',
+            '-DMESHCC_INSTALL_ID="0-test"',
+            '-DMESHCC_PACKAGE="/p/meshcc/__init__.py"',
+            "-o",
+            str(tmp_path / "launcher"),
+            str(REPO_ROOT / "packaging" / "launcher" / "meshcc-launcher.c"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
