@@ -355,6 +355,28 @@ def test_inherited_descriptor_and_exit_status_reach_the_compiler(user: User) -> 
         assert str(zygote) in got.split(), (zygote, got)
 
 
+def test_large_environment_and_argv(user: User) -> None:
+    """A request far over one socket read (300 KB of variables, 2000 arguments) arrives
+    whole: the compiler sees them, and the job is the zygote's."""
+    before = user.warm()
+    bindir = user.work / "envbin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "gcc").write_text(
+        '#!/bin/sh\nprintf %s "$BIG0$BIG1$BIG2" | wc -c > big.len\necho $# > argc\n'
+    )
+    (bindir / "gcc").chmod(0o755)
+    _own(user, bindir)
+    big = {f"BIG{i}": str(i) * 100_000 for i in range(3)}  # one string may not pass 128 KiB
+    env = user.env(PATH=f"{bindir}:/usr/bin:/bin", **big)
+    args = [f"-DA{i}" for i in range(2000)]
+    proc = user.run(user.gcc, "--version", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (user.work / "big.len").read_text().strip() == "300000"
+    assert (user.work / "argc").read_text().strip() == "2001"
+    after = user.stats()
+    assert after is not None and after["jobs"] == before["jobs"] + 1
+
+
 # --------------------------------------------------------------------------- signals
 
 
