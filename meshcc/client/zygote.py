@@ -141,6 +141,7 @@ class Zygote:
         self.child_minflt = 0
         self.last = time.monotonic()
         self.stop = False
+        self.idle = IDLE_SECONDS
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ino = 0
         rfd, self.wake_w = posix.pipe()
@@ -203,7 +204,7 @@ class Zygote:
             self.last = now
             pending = [c.term_at + KILL_GRACE - now for c in self.workers.values() if c.term_at]
             return max(0.0, min(pending)) if pending else None
-        return self.last + IDLE_SECONDS - now
+        return self.last + self.idle - now
 
     def _drain_wakeup(self) -> None:
         try:
@@ -558,6 +559,9 @@ def main(argv: list[str]) -> int:
         except ImportError:
             pass
     zyg = Zygote(path, key, startup)
+    idle = given.get(b"MESHCC_ZYGOTE_IDLE", b"")
+    if idle.isdigit() and int(idle) > 0:
+        zyg.idle = float(int(idle))
     zyg.bind()
     gc.collect()
     gc.freeze()  # the warm heap stays shared with the workers (no copy-on-write by gc)

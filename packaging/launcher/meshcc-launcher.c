@@ -317,16 +317,21 @@ static void start_zygote(const char *dir, const char *sock, const char *lock, co
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        static const char *const locale_vars[] = {"LC_ALL", "LC_CTYPE", "LANG"};
-        char *env[4];
-        char *args[10];
+        /* The locale (the interpreter decodes argv by it; the key covers it) and the idle
+         * time (tests shorten it), each also an argument: what the zygote's interpreter
+         * adds to its environment beyond these, it adds to every job's, as a fresh
+         * interpreter would (C locale coercion). */
+        static const char *const locale_vars[] = {"LC_ALL", "LC_CTYPE", "LANG",
+                                                  "MESHCC_ZYGOTE_IDLE"};
+        char *env[5];
+        char *args[11];
         int ne = 0, na = 0;
         args[na++] = (char *)python_path;
         args[na++] = (char *)"-IS";
         args[na++] = (char *)zygote_script;
         args[na++] = (char *)sock;
         args[na++] = (char *)key;
-        for (size_t i = 0; i < 3; i++) {
+        for (size_t i = 0; i < 4; i++) {
             const char *v = getenv(locale_vars[i]);
             if (v) {
                 size_t n = strlen(locale_vars[i]) + strlen(v) + 2;

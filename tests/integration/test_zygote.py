@@ -577,6 +577,21 @@ def test_at_most_one_zygote_per_key(user: User) -> None:
     assert len(_zygotes(user)) == 1
 
 
+def test_idle_zygote_exits_and_removes_its_socket(user: User) -> None:
+    """After its idle time without jobs the zygote exits, its socket gone first; the next
+    launcher compiles (Python) and starts a fresh one."""
+    for pid in _zygotes(user):
+        os.kill(pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _zygotes(user))
+    _compile_ok(user, user.env(MESHCC_ZYGOTE_IDLE="2"))
+    first = user.wait_zygote()
+    _compile_ok(user)
+    assert _wait_for(lambda: first["pid"] not in _zygotes(user), timeout=20)
+    assert not [p for p in user.sockdir.iterdir() if not p.name.endswith(".lock")]
+    _compile_ok(user)
+    assert user.wait_zygote(old_pid=first["pid"])["pid"] != first["pid"]
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
