@@ -592,6 +592,42 @@ def test_idle_zygote_exits_and_removes_its_socket(user: User) -> None:
     assert user.wait_zygote(old_pid=first["pid"])["pid"] != first["pid"]
 
 
+def test_a_zygote_of_another_key_refuses_and_python_runs_the_job(user: User) -> None:
+    """A listener at our socket's name that serves another key (another install, locale,
+    namespace...) answers 'V': the job runs in the Python launcher, nothing is handed
+    over. Made here by linking a zygote's socket (LANG=C.UTF-8) to the name a LANG=C
+    launcher uses."""
+    a = user.warm()
+    env_b = user.env(LANG="C")
+    before_b = {p.name for p in user.sockdir.iterdir()}
+    _compile_ok(user, env_b)  # starts B's zygote: its socket's name is B's key's
+
+    def b_listening() -> bool:
+        return any(
+            not n.endswith(".lock") for n in {p.name for p in user.sockdir.iterdir()} - before_b
+        )
+
+    assert _wait_for(b_listening), "no second zygote for the other locale"
+    names = {p.name for p in user.sockdir.iterdir()} - before_b
+    sock_b = [n for n in names if not n.endswith(".lock")]
+    assert len(sock_b) == 1, names
+    pids = [pid for pid in _zygotes(user) if pid != a["pid"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert _wait_for(lambda: all(_zombie(pid) for pid in pids))
+    (user.sockdir / sock_b[0]).unlink()
+    sock_a = [
+        p for p in user.sockdir.iterdir() if not p.name.endswith(".lock") and p.name not in names
+    ]
+    assert len(sock_a) == 1
+    os.link(sock_a[0], user.sockdir / sock_b[0])
+    _compile_ok(user, env_b)
+    after = user.stats()
+    assert after is not None and after["pid"] == a["pid"] and after["jobs"] == a["jobs"]
+    assert after["refused"] == a["refused"] + 1
+    (user.sockdir / sock_b[0]).unlink()
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
