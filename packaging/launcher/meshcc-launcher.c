@@ -34,6 +34,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -273,6 +274,21 @@ static int socket_dir(char *dir, size_t size)
 
 /* ------------------------------------------------------------------ starting a zygote */
 
+/* Close every descriptor from `low` up: the zygote must keep none of the build's (a
+ * jobserver pipe, a log), however high its number. */
+static void close_from(int low)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)low, ~0u, 0u) == 0)
+        return;
+#endif
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 1 << 20)
+        max = 1 << 20;
+    for (long fd = low; fd < max; fd++)
+        close((int)fd);
+}
+
 static void start_zygote(const char *dir, const char *sock, const char *lock, const char *key)
 {
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
@@ -310,8 +326,7 @@ static void start_zygote(const char *dir, const char *sock, const char *lock, co
             _exit(0);
         if (fcntl(3, F_SETFD, 0) != 0)
             _exit(0);
-        for (int fd = 4; fd < 1024; fd++)
-            close(fd);
+        close_from(4);
         for (int s = 1; s < NSIG; s++)
             signal(s, SIG_DFL);
         sigset_t none;

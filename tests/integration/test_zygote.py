@@ -14,6 +14,7 @@ of Debian's ``/usr/bin/python3``, the interpreter users run.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
@@ -559,17 +560,28 @@ def test_at_most_one_zygote_per_key(user: User) -> None:
         os.kill(pid, signal.SIGKILL)
     assert _wait_for(lambda: not _zygotes(user))
     (user.work / "many.c").write_text("int many(void) { return 4; }\n")
-    procs = [
-        subprocess.Popen(
-            user.argv(user.gcc, "-c", "many.c", "-o", f"many{i}.o"),
-            env=user.env(),
-            cwd=user.work,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(8)
-    ]
-    assert [p.wait(timeout=120) for p in procs] == [0] * 8
-    user.wait_zygote()
+    r, w = os.pipe()  # a build's descriptor, at a high number: the zygote must not keep it
+    high = fcntl.fcntl(w, fcntl.F_DUPFD, 1500)
+    os.close(w)
+    try:
+        procs = [
+            subprocess.Popen(
+                user.argv(user.gcc, "-c", "many.c", "-o", f"many{i}.o"),
+                env=user.env(),
+                cwd=user.work,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(high,),
+            )
+            for i in range(8)
+        ]
+        assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    finally:
+        os.close(high)
+    zygote = user.wait_zygote()["pid"]
+    pipe = os.readlink(f"/proc/self/fd/{r}")
+    held = [os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")]
+    os.close(r)
+    assert pipe not in held, held
     time.sleep(1.0)  # any second zygote would have bound (or given up) by now
     assert len(_zygotes(user)) == 1, _zygotes(user)
     for _ in range(3):  # later launchers find it and start no other
