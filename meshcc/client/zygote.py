@@ -58,6 +58,7 @@ IDLE_SECONDS = 30.0  # no job for this long: exit (the next launcher starts a ne
 KILL_GRACE = 2.0  # a worker whose launcher vanished gets SIGTERM, then SIGKILL after this
 MAX_REQUEST = 8 << 20
 MAX_FDS = 253  # SCM_MAX_FD
+GC_EVERY = 1000  # jobs between the zygote's own garbage collections
 LOCK_FD = 3  # the key's lock, inherited from the launcher that started this zygote
 
 _HEAD = struct.Struct("=4sI")
@@ -319,6 +320,8 @@ class Zygote:
             finally:
                 os._exit(code)
         self.jobs += 1
+        if self.jobs % GC_EVERY == 0:
+            gc.collect()
         conn.pid = pid
         self.workers[pid] = conn
         try:
@@ -565,5 +568,8 @@ def main(argv: list[str]) -> int:
     zyg.bind()
     gc.collect()
     gc.freeze()  # the warm heap stays shared with the workers (no copy-on-write by gc)
+    # No automatic collections between forks either (each touches the young objects:
+    # copy-on-write faults in the next fork); the loop collects every GC_EVERY jobs.
+    gc.disable()
     zyg.serve()
     return 0

@@ -173,6 +173,35 @@ static void add_file(struct buf *key, const char *path)
     close(fd);
 }
 
+/* The confinement /proc/self/status shows: capabilities, no_new_privs, seccomp filters,
+ * the memory nodes allowed; a job confined this way must never run in a zygote that is
+ * not (nor the reverse). */
+static void add_status(struct buf *key)
+{
+    static const char *const wanted[] = {"Cap",      "NoNewPrivs:", "Seccomp",
+                                         "Mems_allowed:"};
+    char tmp[8192];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        key->failed = 1;
+        return;
+    }
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof tmp - 1 && (n = read(fd, tmp + len, sizeof tmp - 1 - len)) > 0)
+        len += (size_t)n;
+    close(fd);
+    tmp[len] = 0;
+    for (char *line = tmp; line && *line;) {
+        char *end = strchr(line, '\n');
+        size_t ll = end ? (size_t)(end - line) + 1 : strlen(line);
+        for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++)
+            if (strncmp(line, wanted[i], strlen(wanted[i])) == 0)
+                buf_add(key, line, ll);
+        line = end ? end + 1 : NULL;
+    }
+}
+
 static void add_stat(struct buf *key, const char *path)
 {
     struct stat st;
@@ -187,7 +216,8 @@ static void add_stat(struct buf *key, const char *path)
 /* Everything a forked worker would otherwise inherit from the zygote instead of from this
  * process, apart from what the request carries: the install (an upgrade gets a new
  * zygote), the interpreter, namespaces, root directory, credentials, limits, priority,
- * CPU affinity, cgroup and the locale the interpreter decodes argv with. */
+ * CPU affinity, cgroup, capabilities, no_new_privs, seccomp, LSM label and the locale the
+ * interpreter decodes argv with. */
 static void make_key(struct buf *key)
 {
     buf_str(key, "meshcc-zygote 1;" MESHCC_INSTALL_ID ";" MESHCC_PYTHON ";");
@@ -225,6 +255,8 @@ static void make_key(struct buf *key)
     }
     buf_str(key, ";");
     add_file(key, "/proc/self/cgroup");
+    add_status(key);
+    add_file(key, "/proc/self/attr/current"); /* the LSM label (AppArmor, SELinux) */
     static const char *const locale_vars[] = {"LC_ALL", "LC_CTYPE", "LANG"};
     for (size_t i = 0; i < 3; i++) {
         const char *v = getenv(locale_vars[i]);

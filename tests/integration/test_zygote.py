@@ -109,10 +109,12 @@ class User:
             **kw,
         )
 
-    def stats(self) -> dict[str, int] | None:
+    def stats(self, pid: int = 0) -> dict[str, int] | None:
+        """A zygote's counters: the one with ``pid``, else the first that answers."""
         proc = self.run("/usr/bin/python3", "-c", STATS_CODE, str(self.sockdir))
-        lines = [line for line in proc.stdout.splitlines() if line.strip()]
-        return json.loads(lines[0]) if lines else None
+        found = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        found = [s for s in found if s["pid"] == pid] if pid else found
+        return found[0] if found else None
 
     def wait_zygote(self, old_pid: int = 0, timeout: float = 30.0) -> dict[str, int]:
         deadline = time.monotonic() + timeout
@@ -509,6 +511,47 @@ def test_cpu_time_limit_runs_the_python_launcher(user: User) -> None:
     assert after is not None and after["jobs"] == before["jobs"]
 
 
+def test_no_new_privs_is_another_zygote(user: User) -> None:
+    """A launcher under no_new_privs (as a sandbox sets it) never hands its job to a zygote
+    started without it: the key differs, so it gets (and starts) its own."""
+    before = user.warm()
+    (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+    for _ in range(2):
+        proc = subprocess.run(
+            ["setpriv", "--no-new-privs", *user.argv(user.gcc, "-c", "plain.c")],
+            env=user.env(),
+            cwd=user.work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+    after = user.stats(before["pid"])
+    assert after is not None and after["jobs"] == before["jobs"]
+    assert _wait_for(lambda: len(_zygotes(user)) >= 2), "the no_new_privs one starts its own"
+    _keep_only(user, before["pid"])
+
+
+def _keep_only(user: User, pid: int) -> None:
+    """End every zygote but ``pid`` and remove their sockets (later tests see one)."""
+    mine = user.stats(pid)
+    assert mine is not None
+    others = [p for p in _zygotes(user) if p != pid]
+    for other in others:
+        os.kill(other, signal.SIGKILL)
+    assert _wait_for(lambda: all(_zombie(p) for p in others))
+    for path in user.sockdir.iterdir():
+        if not path.name.endswith(".lock") and _socket_pid(user, path) != pid:
+            path.unlink()
+
+
+def _socket_pid(user: User, path: Path) -> int:
+    code = STATS_CODE.replace('glob.glob(sys.argv[1] + "/z-*")', "[sys.argv[1]]")
+    proc = user.run("/usr/bin/python3", "-c", code, str(path))
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return int(json.loads(lines[0])["pid"]) if lines else 0
+
+
 @pytest.mark.parametrize("how", ["group-writable", "world-writable", "another owner"])
 def test_unsafe_socket_directory_is_refused(user: User, how: str) -> None:
     before = user.warm()
@@ -595,6 +638,9 @@ def test_idle_zygote_exits_and_removes_its_socket(user: User) -> None:
     for pid in _zygotes(user):
         os.kill(pid, signal.SIGKILL)
     assert _wait_for(lambda: not _zygotes(user))
+    for left in user.sockdir.iterdir():  # killed zygotes' sockets: not what is tested
+        if not left.name.endswith(".lock"):
+            left.unlink()
     _compile_ok(user, user.env(MESHCC_ZYGOTE_IDLE="2"))
     first = user.wait_zygote()
     _compile_ok(user)
