@@ -12,7 +12,8 @@ code as the Python launcher.
 Isolation from the zygote's own state:
 
 - what a request cannot carry (namespaces, root, credentials, limits, priority, affinity,
-  cgroup, the install, the interpreter, the locale) is in the zygote's *key*: the launcher
+  cgroup, capabilities, no_new_privs, seccomp, LSM label, the install, the interpreter,
+  the locale) is in the zygote's *key*: the launcher
   computes it, names the socket after its hash and sends it whole; a zygote serves only
   its own key, so a job never runs with another context's inheritance;
 - the zygote itself never runs a job: each worker is forked from the pristine state right
@@ -33,14 +34,23 @@ request ``MZY1`` u32 body-length, body: u32 key-length, key, u64 launcher start
 descriptor numbers (the ``SCM_RIGHTS`` array is the cwd then those), u32 argc, u32 envc,
 then argc + envc NUL-terminated strings. Replies: ``P`` u32 pid (from the worker, once it
 has taken everything over: the job is now running), then ``X`` i32 wait-status u64 user-us
-u64 system-us (the worker's tree, from ``wait4``); or ``F`` (the worker could not take the
-job over) or ``V`` (another key): the launcher then runs the Python launcher. A request
-``MZYS`` gets one JSON line of counters (tests and benchmarks).
+u64 system-us (the worker's tree, from ``wait4``); or ``F`` (no worker could be forked, or
+it could not take the job over) or ``V`` (another key): the launcher then runs the Python
+launcher. A request ``MZYS`` gets one JSON line of counters (tests and benchmarks).
+
+Differences from the Python launcher a user can see: the job's processes are the zygote's
+descendants, not the launcher's (``time make`` and other RUSAGE_CHILDREN accounting miss
+their CPU; ``strace -f``/``perf`` on the build do not follow into them: MESHCC_ZYGOTE=0);
+the verbose timeline's ``python`` figure is the hand-over (launcher start to the worker
+running), not an interpreter's start; the worker's pid is the one in ``meshcc[PID]`` lines
+and distcc's ``binstate_PID`` files. A confinement the kernel does not show in what the key
+reads (Landlock, say) is not seen: such sandboxes want MESHCC_ZYGOTE=0.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import gc
 import json
@@ -301,7 +311,12 @@ class Zygote:
         self._fork(conn, req)
 
     def _fork(self, conn: _Conn, req: _Request) -> None:
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # out of processes or memory, for now: this job runs in Python
+            self._reply(conn, b"F")
+            self._drop(conn)
+            return
         if pid == 0:  # pragma: no cover - the worker (measured by the integration tests)
             code = 127
             try:
@@ -396,6 +411,8 @@ class Zygote:
                 posix.unlink(self.path)
         except OSError:
             pass
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.listener)
         self.listener.close()
         for conn in list(self.conns.values()):
             if not conn.pid:
