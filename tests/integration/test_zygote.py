@@ -380,6 +380,26 @@ def test_large_environment_and_argv(user: User) -> None:
     assert after is not None and after["jobs"] == before["jobs"] + 1
 
 
+@pytest.mark.parametrize("mask", ["002", "077"])
+def test_umask_is_the_launchers(user: User, distccd: Callable[..., Daemon], mask: str) -> None:
+    """Objects (remote and local) get the launcher's umask, not the zygote's (077)."""
+    daemon = distccd()
+    before = user.warm()
+    (user.work / "um.c").write_text("int um(void) { return 9; }\n")
+    modes = []
+    for hosts in (daemon.host_spec(), ""):
+        for zyg in ("1", "0"):
+            out = user.work / f"um-{zyg}-{len(hosts)}.o"
+            script = f'umask {mask} && exec "$0" -c um.c -o {out.name}'
+            env = user.env(DISTCC_HOSTS=hosts, MESHCC_ZYGOTE=zyg)
+            proc = user.run("/bin/sh", "-c", script, user.gcc, env=env)
+            assert proc.returncode == 0, proc.stderr
+            modes.append(out.stat().st_mode & 0o777)
+    assert modes == [0o666 & ~int(mask, 8)] * 4, [oct(m) for m in modes]
+    after = user.stats(before["pid"])
+    assert after is not None and after["jobs"] == before["jobs"] + 2
+
+
 # --------------------------------------------------------------------------- signals
 
 
