@@ -519,6 +519,35 @@ def test_bypass_runs_the_python_launcher(user: User, extra: dict[str, str]) -> N
     assert after is not None and after["jobs"] == before["jobs"] + 1
 
 
+def test_xdg_runtime_dir_holds_the_socket_when_it_is_ours(user: User) -> None:
+    """With $XDG_RUNTIME_DIR ours, the socket lives in $XDG_RUNTIME_DIR/meshcc (0700);
+    one that is not ours is passed over for /tmp/meshcc-UID."""
+    runtime = user.work / "run"
+    runtime.mkdir(mode=0o700)
+    _own(user, runtime)
+    env = user.env(XDG_RUNTIME_DIR=str(runtime))
+    _compile_ok(user, env)
+    mine = runtime / "meshcc"
+    assert _wait_for(lambda: mine.is_dir() and any(p.is_socket() for p in mine.iterdir()))
+    assert mine.stat().st_mode & 0o777 == 0o700
+    _compile_ok(user, env)
+    proc = user.run("/usr/bin/python3", "-c", STATS_CODE, str(mine))
+    assert json.loads(proc.stdout.splitlines()[0])["jobs"] == 1
+    foreign = Path(tempfile.mkdtemp(prefix="meshcc-foreign-run-", dir="/tmp"))  # root's
+    try:
+        foreign.chmod(0o755)
+        before = user.warm()
+        _compile_ok(user, user.env(XDG_RUNTIME_DIR=str(foreign)))
+        after = user.stats(before["pid"])
+        assert after is not None and after["jobs"] == before["jobs"] + 1
+        assert not (foreign / "meshcc").exists()
+    finally:
+        shutil.rmtree(foreign, ignore_errors=True)
+    for pid in _zygotes(user):  # the runtime dir's zygote: not the others' business
+        if user.stats(pid) is None:
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_cpu_time_limit_runs_the_python_launcher(user: User) -> None:
     """``ulimit -t`` is per process: a long-lived zygote would use it up over many jobs."""
     before = user.warm()
