@@ -302,7 +302,6 @@ def main() -> int:
             distccd.wait(timeout=10)
         if user is not None:
             _end_user_processes(user.pw_uid)
-            time.sleep(0.5)
             subprocess.run(["userdel", user.pw_name], check=False)
             shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -310,14 +309,20 @@ def main() -> int:
 
 
 def _end_user_processes(uid: int) -> None:
-    """The throwaway user's zygote (and anything else it left), by pid."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    os.kill(int(entry), 15)
-            except (FileNotFoundError, ProcessLookupError):
-                pass
+    """The throwaway user's zygote (and anything else it left), by pid, until none is left."""
+    for _ in range(50):
+        found = 0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid == uid:
+                        os.kill(int(entry), 9)
+                        found += 1
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+        if not found:
+            return
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":
