@@ -3,10 +3,12 @@
 #
 #   packaging/launcher/build.sh PREFIX [EXTRA_SYS_PATH ...]
 #
-# Writes PREFIX/libexec/meshcc/{launcher,client,zygote} and replaces PREFIX/bin/meshcc-gcc,
-# meshcc-g++, meshcc-cc and meshcc-c++ with the launcher. `client` is the Python launcher
-# (what those commands were before), run by the C launcher whenever the fast path cannot be
-# taken; `zygote` starts the warm process (meshcc/client/zygote.py). EXTRA_SYS_PATH
+# Writes PREFIX/libexec/meshcc/{launcher,client,cli,zygote} and replaces PREFIX/bin/meshcc,
+# meshcc-gcc, meshcc-g++, meshcc-cc and meshcc-c++ with the launcher. `client` and `cli`
+# are the Python launchers (what meshcc-gcc & co. and meshcc were before), run by the C
+# launcher whenever the fast path cannot be taken (and for meshcc's subcommands: `meshcc
+# daemon` is Python as before; `meshcc gcc ...` and masquerade links take the fast path);
+# `zygote` starts the warm process (meshcc/client/zygote.py). EXTRA_SYS_PATH
 # directories go before the venv's site-packages (a source checkout, for the tests).
 # Without a C compiler (CC, else cc) nothing is changed: the Python launchers stay.
 # MESHCC_ZYGOTE_DEFAULT=0 builds a launcher that uses the zygote only with MESHCC_ZYGOTE=1.
@@ -41,7 +43,13 @@ install_id="$("$python" -IS -c 'import sys
 sys.path[:0] = sys.argv[1:]
 import meshcc
 print(meshcc.__version__)' $site_dirs)-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
-for script in client zygote; do
+# `meshcc`'s own subcommands and options: the C launcher sends these straight to Python.
+# shellcheck disable=SC2086 # a list of directories
+cli_words=" $("$python" -IS -c 'import sys
+sys.path[:0] = sys.argv[1:]
+from meshcc.cli import entry
+print(" ".join(sorted(entry.COMMANDS | entry._CLI_FLAGS | {"--inetd"})))' $site_dirs) "
+for script in client cli zygote; do
     {
         echo "#!$python -IS"
         echo "# Written by meshcc's packaging/launcher/build.sh (run by meshcc's C launcher)."
@@ -54,6 +62,11 @@ for script in client zygote; do
                 echo "del sys.argv[0]  # the launcher passes the name it was run as first"
                 echo "from meshcc.client.wrapper import launch"
                 echo "sys.exit(launch())"
+                ;;
+            cli)
+                echo "del sys.argv[0]  # the launcher passes the name it was run as first"
+                echo "from meshcc.cli.entry import main"
+                echo "sys.exit(main())"
                 ;;
             zygote)
                 echo "from meshcc.client.zygote import main"
@@ -68,9 +81,10 @@ done
     -DMESHCC_PYTHON="\"$python\"" -DMESHCC_LIBEXEC="\"$libexec\"" \
     -DMESHCC_INSTALL_ID="\"$install_id\"" -DMESHCC_PACKAGE="\"$package\"" \
     -DMESHCC_ZYGOTE_DEFAULT="${MESHCC_ZYGOTE_DEFAULT:-1}" \
+    -DMESHCC_CLI_WORDS="\"$cli_words\"" \
     "$here/meshcc-launcher.c"
 mv -f "$libexec/launcher.new" "$libexec/launcher"
-for cmd in meshcc-gcc meshcc-g++ meshcc-cc meshcc-c++; do
+for cmd in meshcc meshcc-gcc meshcc-g++ meshcc-cc meshcc-c++; do
     cp "$libexec/launcher" "$prefix/bin/$cmd.new"
     mv -f "$prefix/bin/$cmd.new" "$prefix/bin/$cmd"
 done

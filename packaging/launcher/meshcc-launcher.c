@@ -58,7 +58,9 @@ extern char **environ;
 
 static const char python_path[] = MESHCC_PYTHON;
 static const char client_script[] = MESHCC_LIBEXEC "/client";
+static const char cli_script[] = MESHCC_LIBEXEC "/cli";
 static const char zygote_script[] = MESHCC_LIBEXEC "/zygote";
+static const char *script = client_script; /* the Python launcher this command falls back to */
 
 static sigset_t orig_mask;
 static volatile sig_atomic_t worker_pgid;
@@ -133,7 +135,7 @@ static void exec_python(int argc, char **argv)
     if (args) {
         args[0] = (char *)python_path;
         args[1] = (char *)"-IS";
-        args[2] = (char *)client_script;
+        args[2] = (char *)script;
         args[3] = (char *)exec_name(argv);
         for (int i = 1; i < argc; i++)
             args[3 + i] = argv[i];
@@ -692,6 +694,24 @@ static void try_zygote(int argc, char **argv, uint64_t t0)
     die_as(status);
 }
 
+/* `meshcc` itself: its subcommands and options (build.sh takes them from
+ * meshcc.cli.entry, " word word "), which go straight to the Python command; without the
+ * list every `meshcc ...` does. */
+static int cli_word(const char *arg)
+{
+#ifdef MESHCC_CLI_WORDS
+    static const char words[] = MESHCC_CLI_WORDS;
+    size_t n = strlen(arg);
+    for (const char *p = strstr(words, arg); n && p; p = strstr(p + 1, arg))
+        if (p > words && p[-1] == ' ' && p[n] == ' ')
+            return 1;
+    return 0;
+#else
+    (void)arg;
+    return 1;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     struct timespec ts;
@@ -705,6 +725,17 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof relayed / sizeof relayed[0]; i++)
         sigaddset(&block, relayed[i]);
     sigprocmask(SIG_BLOCK, &block, &orig_mask);
+    /* meshcc-gcc & co. fall back to the compile client; `meshcc` and names it is linked
+     * as (distcc-style masquerade: gcc -> meshcc) to the `meshcc` command, which runs its
+     * subcommands and takes anything else as a compile (meshcc.cli.entry). */
+    const char *name = exec_name(argv);
+    const char *base = name ? strrchr(name, '/') : NULL;
+    base = base ? base + 1 : name ? name : "";
+    if (strncmp(base, "meshcc-", 7) != 0) {
+        script = cli_script;
+        if (argc < 2 || cli_word(argv[1])) /* as meshcc.cli.entry dispatches */
+            exec_python(argc, argv);
+    }
     if (argc >= 1)
         try_zygote(argc, argv, t0);
     exec_python(argc, argv);

@@ -165,10 +165,11 @@ def _launchers_skip_site(
         (shadow / "__init__.py").write_text("raise SystemExit('PYTHONPATH was used')\n")
         (home / "hello.c").write_text("int main(void) { return 0; }\n")
         user_env = dict(env, PYTHONPATH=str(shadow.parent), DISTCC_HOSTS="localhost")
+        libexec = prefix / "libexec" / "meshcc"
         for cmd in ("meshcc-gcc", "meshcc-cc", "meshcc-g++", "meshcc-c++", "meshcc"):
             script = prefix / "bin" / cmd
             if script.read_bytes()[:4] == b"\x7fELF":  # the C launcher: its Python fallback
-                script = prefix / "libexec" / "meshcc" / "client"
+                script = libexec / ("cli" if cmd == "meshcc" else "client")
             first = script.read_text().splitlines()[0]
             assert first == f"#!{prefix}/bin/python3 -IS", (cmd, first)
         cc = subprocess.run(
@@ -192,7 +193,10 @@ def _launchers_skip_site(
         assert not marker.exists(), "a command ran the venv's .pth files (site was imported)"
 
         # The daemon's own dependencies import the same way (site-packages from the script).
-        body = (prefix / "bin" / "meshcc").read_text().split("\n", 1)[1]
+        meshcc = prefix / "bin" / "meshcc"
+        if meshcc.read_bytes()[:4] == b"\x7fELF":
+            meshcc = libexec / "cli"
+        body = meshcc.read_text().split("\n", 1)[1].replace("del sys.argv[0]", "pass")
         deps = body.replace("from meshcc.cli.entry import main", "import zeroconf, ifaddr")
         deps = deps.replace(
             "sys.exit(main())",

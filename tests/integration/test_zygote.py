@@ -324,6 +324,35 @@ def test_stdin_source(user: User) -> None:
     assert after is not None and after["jobs"] == before["jobs"] + 1
 
 
+def test_meshcc_gcc_and_masquerade_links_take_the_zygote(user: User) -> None:
+    """``meshcc gcc ...`` and a masquerade link (``gcc -> meshcc`` early on PATH) run in
+    the zygote and give gcc's object; ``meshcc --version`` (a subcommand or option) runs
+    the Python command, as before."""
+    before = user.warm()
+    (user.work / "m.c").write_text("int m(void) { return 11; }\n")
+    meshcc = str(user.prefix / "bin" / "meshcc")
+    proc = user.run(meshcc, "gcc", "-c", "m.c", "-o", "m1.o")
+    assert proc.returncode == 0, proc.stderr
+    masq = user.work / "masq"
+    masq.mkdir(exist_ok=True)
+    link = masq / "gcc"
+    if not link.is_symlink():
+        link.symlink_to(meshcc)
+    env = user.env(PATH=f"{masq}:/usr/bin:/bin")
+    proc = user.run("gcc", "-c", "m.c", "-o", "m2.o", env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = user.run("/usr/bin/gcc", "-c", "m.c", "-o", "m3.o")
+    assert proc.returncode == 0
+    ref = (user.work / "m3.o").read_bytes()
+    assert (user.work / "m1.o").read_bytes() == ref == (user.work / "m2.o").read_bytes()
+    after = user.stats(before["pid"])
+    assert after is not None and after["jobs"] == before["jobs"] + 2
+    version = user.run(meshcc, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("meshcc "), version.stderr
+    after = user.stats(before["pid"])
+    assert after is not None and after["jobs"] == before["jobs"] + 2
+
+
 FAKE_GCC = """#!/bin/sh
 # A stand-in compiler: reports its parent chain on fd 5 and exits as asked.
 echo "$PPID $(cut -d' ' -f4 /proc/$PPID/stat)" >&5
