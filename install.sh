@@ -124,6 +124,17 @@ chmod -R u+w "$build" # a read-only checkout gives read-only copies
 "$python" -m venv "$PREFIX"
 "$PREFIX/bin/pip" install --quiet --upgrade "$build"
 write_launchers
+# --- meshcc C launcher (zygote) begin ---------------------------------------------------
+# meshcc-gcc, meshcc-g++, meshcc-cc, meshcc-c++ and meshcc become a small C program that
+# hands each compile to a warm per-user Python process (meshcc/client/zygote.py) instead of
+# starting an interpreter per compile, and runs the Python launchers above whenever it
+# cannot, and for meshcc's subcommands (see packaging/launcher/). Needs a C compiler (cc); without one, or with MESHCC_LAUNCHER=python,
+# the Python launchers stay. MESHCC_ZYGOTE=0 in a build's environment turns it off per job.
+if [ "${MESHCC_LAUNCHER:-c}" != python ]; then
+    "$build/packaging/launcher/build.sh" "$PREFIX" ||
+        echo "note: the C launcher did not build; meshcc-gcc stays a Python launcher" >&2
+fi
+# --- meshcc C launcher (zygote) end -----------------------------------------------------
 mkdir -p "$BINDIR"
 for cmd in meshcc meshcc-gcc meshcc-g++ meshcc-cc meshcc-c++; do
     ln -sf "$PREFIX/bin/$cmd" "$BINDIR/$cmd"

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +43,30 @@ def user_home() -> Iterator[tuple[pwd.struct_passwd, Path]]:
     try:
         yield user, home
     finally:
+        _end_processes(user.pw_uid)  # the zygote its meshcc-gcc started (packaging/launcher)
         subprocess.run(["userdel", name], check=False)
         shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
+
+
+def _end_processes(uid: int) -> None:
+    """SIGKILL, by pid, every process of ``uid`` until none is left (at most ~5 s)."""
+    for _ in range(50):
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.append(int(entry))
+            except FileNotFoundError:
+                pass
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
 
 
 def _read_only_copy() -> Path:
@@ -141,8 +165,12 @@ def _launchers_skip_site(
         (shadow / "__init__.py").write_text("raise SystemExit('PYTHONPATH was used')\n")
         (home / "hello.c").write_text("int main(void) { return 0; }\n")
         user_env = dict(env, PYTHONPATH=str(shadow.parent), DISTCC_HOSTS="localhost")
+        libexec = prefix / "libexec" / "meshcc"
         for cmd in ("meshcc-gcc", "meshcc-cc", "meshcc-g++", "meshcc-c++", "meshcc"):
-            first = (prefix / "bin" / cmd).read_text().splitlines()[0]
+            script = prefix / "bin" / cmd
+            if script.read_bytes()[:4] == b"\x7fELF":  # the C launcher: its Python fallback
+                script = libexec / ("cli" if cmd == "meshcc" else "client")
+            first = script.read_text().splitlines()[0]
             assert first == f"#!{prefix}/bin/python3 -IS", (cmd, first)
         cc = subprocess.run(
             [*as_user, str(bindir / "meshcc-gcc"), "-c", "hello.c", "-o", "hello.o"],
@@ -165,7 +193,10 @@ def _launchers_skip_site(
         assert not marker.exists(), "a command ran the venv's .pth files (site was imported)"
 
         # The daemon's own dependencies import the same way (site-packages from the script).
-        body = (prefix / "bin" / "meshcc").read_text().split("\n", 1)[1]
+        meshcc = prefix / "bin" / "meshcc"
+        if meshcc.read_bytes()[:4] == b"\x7fELF":
+            meshcc = libexec / "cli"
+        body = meshcc.read_text().split("\n", 1)[1].replace("del sys.argv[0]", "pass")
         deps = body.replace("from meshcc.cli.entry import main", "import zeroconf, ifaddr")
         deps = deps.replace(
             "sys.exit(main())",
