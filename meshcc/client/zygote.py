@@ -33,7 +33,9 @@ request ``MZY1`` u32 body-length, body: u32 key-length, key, u64 launcher start
 (CLOCK_MONOTONIC ns), u32 umask, u64 blocked signals, u64 ignored signals, u32 n, n u32
 descriptor numbers (the ``SCM_RIGHTS`` array is the cwd then those), u32 argc, u32 envc,
 then argc + envc NUL-terminated strings. Replies: ``P`` u32 pid (from the worker, once it
-has taken everything over: the job is now running), then ``X`` i32 wait-status u64 user-us
+has taken everything over), answered by the launcher's ``G`` (go: the job now runs; a
+worker that reads anything else, or the end, exits without running it: the launcher gave
+up after ``HANDOVER_TIMEOUT_S`` and runs the job itself), then ``X`` i32 wait-status u64 user-us
 u64 system-us (the worker's tree, from ``wait4``); or ``F`` (no worker could be forked, or
 it could not take the job over) or ``V`` (another key): the launcher then runs the Python
 launcher. A request ``MZYS`` gets one JSON line of counters (tests and benchmarks).
@@ -124,14 +126,20 @@ class _Request:
 class _Conn:
     """A launcher's connection: its request as it arrives, then its running worker."""
 
-    __slots__ = ("buf", "fds", "pid", "sock", "term_at")
+    __slots__ = ("buf", "fds", "go", "pid", "sock", "term_at")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.fds: list[int] = []
         self.pid = 0
+        self.go = -1  # the pipe on which the worker waits for its launcher's "G"
         self.term_at = 0.0  # when SIGTERM was sent to a worker whose launcher vanished
+
+    def close_go(self) -> None:
+        if self.go >= 0:
+            _close(self.go)
+            self.go = -1
 
 
 class Zygote:
@@ -246,6 +254,7 @@ class Zygote:
         for fd in conn.fds:
             _close(fd)
         conn.fds = []
+        conn.close_go()
         self.conns.pop(conn.sock.fileno(), None)
         try:
             self.sel.unregister(conn.sock)
@@ -255,13 +264,18 @@ class Zygote:
 
     def _readable(self, conn: _Conn) -> None:
         if conn.pid:
-            # A running job's launcher should send nothing more: this is its end (killed).
+            # The launcher sends "G" once it has the worker's pid (the worker, which cannot
+            # read the socket we watch, waits for it on its pipe), then nothing more: an end
+            # is the launcher's (killed, or it gave up on a slow hand-over).
             try:
                 data = conn.sock.recv(64)
             except BlockingIOError:
                 return
             except OSError:
                 data = b""
+            if data[:1] == b"G" and conn.go >= 0:
+                _send(conn.go, b"G")
+                conn.close_go()
             if not data:
                 self._abandon(conn)
             return
@@ -312,6 +326,7 @@ class Zygote:
 
     def _fork(self, conn: _Conn, req: _Request) -> None:
         try:
+            go_r, conn.go = posix.pipe2(os.O_CLOEXEC)
             pid = os.fork()
         except OSError:  # out of processes or memory, for now: this job runs in Python
             self._reply(conn, b"F")
@@ -320,7 +335,7 @@ class Zygote:
         if pid == 0:  # pragma: no cover - the worker (measured by the integration tests)
             code = 127
             try:
-                code = _worker(self, conn, req)
+                code = _worker(self, conn, req, go_r)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except KeyboardInterrupt:  # as the interpreter ends on one: by the signal
@@ -334,6 +349,7 @@ class Zygote:
                 code = 1
             finally:
                 os._exit(code)
+        _close(go_r)
         self.jobs += 1
         if self.jobs % GC_EVERY == 0:
             gc.collect()
@@ -366,7 +382,9 @@ class Zygote:
             self._drop(conn)
 
     def _abandon(self, conn: _Conn) -> None:
-        """The launcher is gone (SIGKILL, say): end its job's whole process group."""
+        """The launcher is gone (SIGKILL, say): end its job's whole process group (a worker
+        still waiting for its "G" sees its pipe's end and runs nothing)."""
+        conn.close_go()
         if not conn.term_at:
             conn.term_at = time.monotonic()
             _killpg(conn.pid, signal.SIGTERM)
@@ -454,7 +472,7 @@ def _wait_status(status: int) -> int:
 # --------------------------------------------------------------------------- the worker
 
 
-def _worker(zyg: Zygote, conn: _Conn, req: _Request) -> int:  # pragma: no cover - forked
+def _worker(zyg: Zygote, conn: _Conn, req: _Request, go_r: int) -> int:  # pragma: no cover
     """Take the launcher's context over, tell it our pid, run the job; returns only when
     the take-over failed (the launcher then runs the Python launcher)."""
     sock_fd = conn.sock.fileno()
@@ -464,7 +482,7 @@ def _worker(zyg: Zygote, conn: _Conn, req: _Request) -> int:  # pragma: no cover
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         posix.setpgid(0, 0)
-        sock_fd = _take_fds(conn.fds, req.targets, sock_fd)
+        sock_fd, go_r = _take_fds(conn.fds, req.targets, [sock_fd, go_r])
         _install_env(req.env, zyg.startup_env)
         posix.umask(req.umask)
         for ignored in _bits(req.ignored):
@@ -478,6 +496,13 @@ def _worker(zyg: Zygote, conn: _Conn, req: _Request) -> int:  # pragma: no cover
         return 127
     _send(sock_fd, b"P" + struct.pack("=I", posix.getpid()))
     posix.close(sock_fd)
+    try:
+        go = posix.read(go_r, 1)
+    except OSError:
+        go = b""
+    if go != b"G":  # the launcher gave up on the hand-over and runs the job itself
+        posix._exit(0)
+    posix.close(go_r)
     from meshcc.client import wrapper
 
     argv = [os.fsdecode(a) for a in req.argv]
@@ -501,25 +526,26 @@ def _bits(mask: int) -> list[int]:
     return [i + 1 for i in range(64) if mask >> i & 1 and i + 1 < signal.NSIG]
 
 
-def _take_fds(received: list[int], targets: list[int], sock_fd: int) -> int:
+def _take_fds(received: list[int], targets: list[int], own: list[int]) -> list[int]:
     """Chdir to the launcher's cwd (``received[0]``) and put its descriptors at their
-    numbers; everything else of the zygote's (listener, other connections) is closed.
-    Returns the connection's new descriptor."""
-    base = max([*targets, *received, sock_fd, 2]) + 1
+    numbers; everything else of the zygote's (listener, other connections) is closed but
+    ``own`` (the worker's connection and go pipe), which move above them. Returns their
+    new numbers."""
+    base = max([*targets, *received, *own, 2]) + 1
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in received]
-    sock_fd = fcntl.fcntl(sock_fd, fcntl.F_DUPFD_CLOEXEC, base)
+    own = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in own]
     posix.closerange(0, base)
     posix.fchdir(moved[0])
     for src, dst in zip(moved[1:], targets, strict=True):
         posix.dup2(src, dst, True)
-    keep = sorted({*targets, sock_fd})
+    keep = sorted({*targets, *own})
     low = 0
     for fd in keep:
         if fd > low:
             posix.closerange(low, fd)
         low = fd + 1
     posix.closerange(low, 1 << 20)
-    return sock_fd
+    return own
 
 
 def _install_env(entries: list[bytes], startup: dict[bytes, bytes]) -> None:

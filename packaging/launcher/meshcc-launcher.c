@@ -34,6 +34,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -53,6 +54,10 @@
 #define PROTO_MAGIC "MZY1"
 #define MAX_FDS 250       /* SCM_RIGHTS carries at most 253 per message (SCM_MAX_FD) */
 #define MAX_REQUEST (8u << 20)
+/* How long a zygote may take to fork a worker and hand it the job (normally ~1-2 ms). A
+ * zygote that is stopped, stuck or swamped past this is given up on: this job runs in the
+ * Python launcher, and the zygote's socket is removed so that later jobs do not wait too. */
+#define HANDOVER_TIMEOUT_S 5
 
 extern char **environ;
 
@@ -658,20 +663,31 @@ static void try_zygote(int argc, char **argv, uint64_t t0)
     }
     close(fds[0]);
 
-    /* The worker answers 'P' + its pid once it has taken everything over and is about to
-     * run the job; 'F' (it could not take it over) or 'V' (the zygote is not ours) or an
-     * end before 'P' mean the job never ran here. */
+    /* The worker answers 'P' + its pid once it has taken everything over, then waits for
+     * our 'G' before it runs the job; 'F' (it could not take it over) or 'V' (the zygote is
+     * not ours) or an end or a timeout before 'P' mean the job never ran here. A worker
+     * that gets no 'G' (we gave up on it) exits without running anything, so a job never
+     * runs twice. */
+    struct timeval limit = {.tv_sec = HANDOVER_TIMEOUT_S};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     char tag;
+    int32_t pid;
     int r = read_full(s, &tag, 1);
-    if (r != 1 || tag != 'P') {
+    if (r != 1 || tag != 'P' || read_full(s, &pid, 4) != 1 || pid <= 0 ||
+        send(s, "G", 1, MSG_NOSIGNAL) != 1) {
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct stat st;
+            if (lstat(sock, &st) == 0 && S_ISSOCK(st.st_mode))
+                unlink(sock);
+            fprintf(stderr, "meshcc: the meshcc zygote did not take the job within %d s; "
+                            "running it without (a new zygote starts when this one is "
+                            "gone)\n", HANDOVER_TIMEOUT_S);
+        }
         close(s);
         return;
     }
-    int32_t pid;
-    if (read_full(s, &pid, 4) != 1 || pid <= 0) {
-        /* Started but the pid was lost: nothing sensible is left but to wait for it. */
-        pid = 0;
-    }
+    struct timeval forever = {0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof forever);
     worker_pgid = pid;
     struct sigaction fw = {.sa_handler = forward};
     sigemptyset(&fw.sa_mask);

@@ -816,3 +816,42 @@ def test_launcher_compiles_without_warnings(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_stopped_zygote_is_given_up_on_and_the_job_runs_once(user: User) -> None:
+    """A zygote that does not hand the job over in time (stopped here) is given up on: the
+    job runs in the Python launcher, the zygote's socket is removed so later jobs do not
+    wait too, and when the zygote wakes up, the worker it forks for that request gets no
+    "G" and runs nothing: the compile happens exactly once."""
+    before = user.warm()
+    zpid = before["pid"]
+    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    keep = user.sockdir / "z-kept-for-the-test"
+    os.link(sock, keep)  # the stopped zygote stays reachable for its counters
+    (user.work / "once.c").write_text("#warning compiled\nint once(void) { return 1; }\n")
+    # Files, not the pipes user.run captures: the request sits unread in the stopped
+    # zygote's socket with the descriptors it carries, which keeps a pipe's end open.
+    script = 'exec "$0" -c once.c -o once.o > once.out 2> once.err < /dev/null'
+    os.kill(zpid, signal.SIGSTOP)
+    try:
+        proc = user.run("/bin/sh", "-c", script, user.gcc)
+    finally:
+        os.kill(zpid, signal.SIGCONT)
+    try:
+        err = (user.work / "once.err").read_text()
+        assert proc.returncode == 0, err
+        assert "did not take the job within" in err
+        assert not sock.exists()
+        ino = (user.work / "once.o").stat().st_ino
+
+        def reaped() -> bool:
+            now = user.stats(zpid)
+            return now is not None and now["jobs"] == before["jobs"] + 1 and not now["running"]
+
+        assert _wait_for(reaped), "the woken zygote forked no worker for the old request"
+        assert (user.work / "once.err").read_text().count("warning: #warning compiled") == 1
+        assert (user.work / "once.o").stat().st_ino == ino
+    finally:
+        os.kill(zpid, signal.SIGKILL)  # it holds the key's lock: later tests start afresh
+        _wait_for(lambda: _zombie(zpid))
+        keep.unlink()
