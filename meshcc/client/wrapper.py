@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.compression.kept import Plan as ZrefPlan
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
-    from meshcc.wire.control import LeaseGranted
+    from meshcc.wire.control_core import LeaseGranted
 
     T = TypeVar("T")
 else:
@@ -1140,7 +1140,7 @@ class _LeasePool:
     def acquire(self) -> tuple[_Leased, Control] | None:
         """Ask the daemon for a peer (waiting while all are busy); None: compile locally."""
         from meshcc.transport import control_client as cc
-        from meshcc.wire.control import LeaseGranted, LeaseLocal
+        from meshcc.wire.control_core import LeaseGranted, LeaseLocal
 
         run = self.run
         if self.attempts >= MAX_LEASE_ATTEMPTS:
