@@ -208,8 +208,11 @@ def _take(buf: bytes | bytearray, pos: int, n: int) -> bytes | bytearray:
 
 
 def _str(buf: bytes | bytearray, pos: int, n: int) -> tuple[str, int]:
+    end = pos + n
+    if end > len(buf):
+        raise _NeedData(end)
     try:
-        return bytes(_take(buf, pos, n)).decode("utf-8"), pos + n
+        return buf[pos:end].decode("utf-8"), end
     except UnicodeDecodeError:
         raise ControlError("invalid UTF-8 in a string") from None
 
@@ -217,12 +220,42 @@ def _str(buf: bytes | bytearray, pos: int, n: int) -> tuple[str, int]:
 def _map(
     buf: bytes | bytearray, pos: int, n: int, depth: int, budget: list[int] | None
 ) -> tuple[dict[object, object], int]:
+    # Every key meshcc sends, and most values, are short strings, small integers or
+    # booleans: those are decoded here, not by a call each (a request or a lease reply
+    # is a flat map of a few), under the same checks as unpack_one's, in its order.
     result: dict[object, object] = {}
+    inner = depth + 1
+    inline = inner <= MAX_DEPTH
+    size = len(buf)
     for _ in range(n):
-        key, pos = unpack_one(buf, pos, depth + 1, budget)
-        if isinstance(key, (dict, list)):
-            raise ControlError("unhashable map key")
-        result[key], pos = unpack_one(buf, pos, depth + 1, budget)
+        b = buf[pos] if pos < size else 0xC1  # 0xC1: never inline (unpack_one says why)
+        if inline and 0xA0 <= b <= 0xBF and (budget is None or budget[0] > 0):
+            if budget is not None:
+                budget[0] -= 1
+            key: object
+            key, pos = _str(buf, pos + 1, b & 0x1F)
+        else:
+            key, pos = unpack_one(buf, pos, inner, budget)
+            if isinstance(key, (dict, list)):
+                raise ControlError("unhashable map key")
+        b = buf[pos] if pos < size else 0xC1
+        if not inline or (budget is not None and budget[0] <= 0):
+            result[key], pos = unpack_one(buf, pos, inner, budget)
+            continue
+        if b < 0x80:
+            value: object = b
+            pos += 1
+        elif 0xA0 <= b <= 0xBF:
+            value, pos = _str(buf, pos + 1, b & 0x1F)
+        elif b in (0xC2, 0xC3):
+            value = b == 0xC3
+            pos += 1
+        else:
+            result[key], pos = unpack_one(buf, pos, inner, budget)
+            continue
+        if budget is not None:
+            budget[0] -= 1
+        result[key] = value
     return result, pos
 
 
@@ -289,11 +322,12 @@ class MessageReader:
             self._fail(f"malformed message: {e}")
         if not isinstance(msg, dict):
             self._fail(f"expected a map, got {type(msg).__name__}")
-        if not all(isinstance(key, str) for key in msg):
-            self._fail("malformed message: map keys must be strings")
+        for key in msg:
+            if type(key) is not str:
+                self._fail("malformed message: map keys must be strings")
         del self._buf[:end]
         self._need = 1
-        return {str(key): value for key, value in msg.items()}  # keys checked above
+        return msg  # its keys checked above (no copy)
 
     def __iter__(self) -> MessageReader:
         return self

@@ -188,3 +188,69 @@ def test_samefile_is_os_path_samefile(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         os.path.samefile(str(a), str(tmp_path / "missing"))
     assert b.exists()
+
+
+def _fields(n: int) -> bytes:
+    """A map of ``n`` fields of every inlined kind (str, small int, bool) and others."""
+    values: list[object] = ["s", 5, True, False, None, 300, b"x", [1], {"k": "v"}, -3]
+    return control.packb({f"f{i}": values[i % len(values)] for i in range(n)})
+
+
+def _objects(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(1 + _objects(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_objects(v) for v in value)
+    return 1
+
+
+@pytest.mark.parametrize("n", [1, 3, 10, 15, 16, 40])
+def test_map_decoding_keeps_the_object_budget(n: int) -> None:
+    data = _fields(n)
+    want, _ = control.unpack_one(data)
+    assert isinstance(want, dict) and len(want) == n
+    exact = _objects(want)
+    reader = control.MessageReader(max_objects=exact)
+    reader.feed(data)
+    assert reader.next_message() == want
+    short = control.MessageReader(max_objects=exact - 1)
+    short.feed(data)
+    with pytest.raises(control.ControlError, match="too many objects"):
+        short.next_message()
+
+
+def test_map_decoding_keeps_the_depth_bound() -> None:
+    def nested(depth: int) -> bytes:  # {"a": {"a": ... 1}} with the 1 at ``depth``
+        return b"\x81\xa1a" * depth + b"\x01"
+
+    value, _ = control.unpack_one(nested(control.MAX_DEPTH))
+    for _ in range(control.MAX_DEPTH):
+        assert isinstance(value, dict)
+        value = value["a"]
+    assert value == 1
+    with pytest.raises(control.ControlError, match="nested too deeply"):
+        control.unpack_one(nested(control.MAX_DEPTH + 1))
+    with pytest.raises(control.ControlError, match="nested too deeply"):
+        control.unpack_one(nested(control.MAX_DEPTH + 1)[:-1] + b"\xa1x")  # a str there
+    value, _ = control.unpack_one(nested(control.MAX_DEPTH)[:-1] + b"\xa1x")
+    assert value
+
+
+def test_map_decoding_waits_for_every_truncation_and_rejects_garbage() -> None:
+    data = _fields(12)
+    want, _ = control.unpack_one(data)
+    for cut in range(len(data)):
+        reader = control.MessageReader()
+        reader.feed(data[:cut])
+        assert reader.next_message() is None, cut
+        reader.feed(data[cut:])
+        assert reader.next_message() == want, cut
+    bad_key = b"\x81\xa2\xff\xfe\x01"
+    bad_value = b"\x81\xa1k\xa2\xff\xfe"
+    for data in (bad_key, bad_value):
+        with pytest.raises(control.ControlError, match="invalid UTF-8"):
+            control.unpack_one(data)
+    reader = control.MessageReader()
+    reader.feed(b"\x81\x01\x02")  # {1: 2}
+    with pytest.raises(control.ControlError, match="keys must be strings"):
+        reader.next_message()
