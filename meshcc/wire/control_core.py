@@ -54,6 +54,27 @@ def packb(obj: object) -> bytes:
 def _pack(obj: object, out: bytearray, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise ControlError("message nested too deeply")
+    if type(obj) is dict and len(obj) < 16 and depth < MAX_DEPTH:
+        # A message: a flat map of a few short strings, small ints and booleans, those
+        # packed here (the bytes _pack writes for them) rather than by a call each.
+        out.append(0x80 | len(obj))
+        for key, value in obj.items():
+            if type(key) is str and len(key) < 32 and key.isascii():
+                out.append(0xA0 | len(key))
+                out += key.encode("ascii")
+            else:
+                _pack(key, out, depth + 1)
+            kind = type(value)
+            if kind is str and len(value) < 32 and value.isascii():
+                out.append(0xA0 | len(value))
+                out += value.encode("ascii")
+            elif kind is bool:
+                out.append(0xC3 if value else 0xC2)
+            elif kind is int and 0 <= value < 0x80:
+                out.append(value)
+            else:
+                _pack(value, out, depth + 1)
+        return
     if type(obj) is str:  # first: a direct-mode record is thousands of short names
         data = obj.encode("utf-8", "surrogateescape")
         if len(data) < 32:

@@ -254,3 +254,32 @@ def test_map_decoding_waits_for_every_truncation_and_rejects_garbage() -> None:
     reader.feed(b"\x81\x01\x02")  # {1: 2}
     with pytest.raises(control.ControlError, match="keys must be strings"):
         reader.next_message()
+
+
+def test_map_encoding_is_the_generic_encoding_and_keeps_the_depth_bound() -> None:
+    """The inlined fields of a map are packed byte for byte as _pack packs them alone,
+    and a map at the depth bound is refused as any other object there."""
+    fields: dict[str, object] = {
+        "op": "lease",
+        "é": "ü" * 3,  # not ASCII: packed by _pack
+        "x" * 31: "y" * 31,
+        "x" * 32: "y" * 32,  # too long to inline
+        "t": True,
+        "f": False,
+        "n": None,
+        "i": 127,
+        "j": 128,
+        "k": -1,
+        "b": b"\x00",
+        "l": [1, "a"],
+    }
+    packed = control.packb(fields)
+    pieces = b"".join(control.packb(k) + control.packb(v) for k, v in fields.items())
+    assert packed == bytes([0x80 | len(fields)]) + pieces
+    assert control.unpack_one(packed)[0] == fields
+    deep: object = {"v": 1}
+    for _ in range(control.MAX_DEPTH - 1):
+        deep = {"a": deep}
+    control.packb(deep)  # the 1 at depth MAX_DEPTH: allowed
+    with pytest.raises(control.ControlError, match="nested too deeply"):
+        control.packb({"a": deep})
