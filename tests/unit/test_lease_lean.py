@@ -283,3 +283,16 @@ def test_map_encoding_is_the_generic_encoding_and_keeps_the_depth_bound() -> Non
     control.packb(deep)  # the 1 at depth MAX_DEPTH: allowed
     with pytest.raises(control.ControlError, match="nested too deeply"):
         control.packb({"a": deep})
+
+
+def test_untrusted_reason_with_the_callers_realpath_says_the_same(tmp_path: Path) -> None:
+    """The fingerprint cache passes the real path it resolved already (one resolution of
+    the compiler's path per lease, not two); the verdict must not change."""
+    from meshcc.compiler.fingerprints import untrusted_reason
+
+    tool = _exe(tmp_path / "tool")
+    (tmp_path / "link").symlink_to(tool)
+    loose = _exe(tmp_path / "loose")
+    loose.chmod(0o777)
+    for p in ("/usr/bin/gcc", "/bin/sh", str(tool), str(tmp_path / "link"), str(loose), "/none"):
+        assert untrusted_reason(p, real=os.path.realpath(p)) == untrusted_reason(p), p
