@@ -291,10 +291,13 @@ class ControlServer:
         # says anything there) must leave it at once; the connection's reader callback
         # cancels this wait (LeaseBroker.acquire and the fingerprint wait are cancel-safe).
         # Usually the answer is at hand (a known compiler, a free slot or none at all) and
-        # this await never suspends: no task or future of its own per lease.
+        # this await never suspends: no task or future of its own per lease, and the
+        # watch is set up only when it does (the next loop turn; the reader is level-
+        # triggered, so input that came meanwhile is seen): a "compile locally" answer
+        # then never registers the socket with the loop at all (an epoll_ctl pair).
         task = asyncio.current_task()
         assert task is not None
-        conn.watch(task)
+        watching = conn.loop.call_soon(conn.watch, task)
         try:
             got = await self.lease(req, uid)
         except asyncio.CancelledError:
@@ -306,6 +309,7 @@ class ControlServer:
             log.debug("control: %s left while waiting for a lease", who)
             return
         finally:
+            watching.cancel()  # not run yet: never will; run: unwatch() undoes it
             conn.unwatch()
         if isinstance(got, control.ErrorReply):
             log.warning("control: %s: lease for %s refused: %s", who, req.cc_path, got.error)
@@ -461,7 +465,6 @@ class _Conn:
     __slots__ = (
         "_drained",
         "_fd",
-        "_loop",
         "_out",
         "_reading",
         "_waiter",
@@ -472,6 +475,7 @@ class _Conn:
         "error",
         "interrupt",
         "interrupted",
+        "loop",
         "msgs",
         "sock",
         "write_error",
@@ -482,7 +486,7 @@ class _Conn:
     ) -> None:
         self.sock = sock
         self._fd = sock.fileno()
-        self._loop = loop
+        self.loop = loop
         self.creds = creds
         self.msgs = control.MessageReader(control.MAX_REQUEST, control.MAX_REQUEST_OBJECTS)
         self.eof = False  # the client closed its side (or reset the connection)
@@ -515,10 +519,10 @@ class _Conn:
                 return None
             if self._recv():
                 continue
-            fut: asyncio.Future[bool] = self._loop.create_future()
+            fut: asyncio.Future[bool] = self.loop.create_future()
             self._waiter = fut
             self._start_reading()
-            timer = self._loop.call_later(timeout, _expire, fut) if timeout is not None else None
+            timer = self.loop.call_later(timeout, _expire, fut) if timeout is not None else None
             try:
                 if not await fut:
                     return None  # timed out
@@ -545,7 +549,7 @@ class _Conn:
 
     def _start_reading(self) -> None:
         if not self._reading and not self.closed:
-            self._loop.add_reader(self._fd, self._on_readable)
+            self.loop.add_reader(self._fd, self._on_readable)
             self._reading = True
 
     def watch(self, task: asyncio.Task[None]) -> None:
@@ -576,7 +580,7 @@ class _Conn:
                 self.interrupted = True
                 task.cancel()
             return
-        self._loop.remove_reader(self._fd)
+        self.loop.remove_reader(self._fd)
         self._reading = False
 
     def write(self, data: bytes) -> bool:
@@ -593,7 +597,7 @@ class _Conn:
             return False
         self._out += memoryview(data)[sent:]
         self._writing = True
-        self._loop.add_writer(self._fd, self._on_writable)
+        self.loop.add_writer(self._fd, self._on_writable)
         return True
 
     def _on_writable(self) -> None:
@@ -608,7 +612,7 @@ class _Conn:
             del self._out[:sent]
             if self._out:
                 return
-        self._loop.remove_writer(self._fd)
+        self.loop.remove_writer(self._fd)
         self._writing = False
         drained = self._drained
         if drained is not None and not drained.done():
@@ -617,9 +621,9 @@ class _Conn:
     async def drain(self, timeout: float) -> None:
         """Wait until the kernel took every byte written; TimeoutError after ``timeout``."""
         if self._out:
-            fut: asyncio.Future[bool] = self._loop.create_future()
+            fut: asyncio.Future[bool] = self.loop.create_future()
             self._drained = fut
-            timer = self._loop.call_later(timeout, _expire, fut)
+            timer = self.loop.call_later(timeout, _expire, fut)
             try:
                 if not await fut:
                     raise TimeoutError
@@ -634,10 +638,10 @@ class _Conn:
             return
         self.closed = True
         if self._reading:
-            self._loop.remove_reader(self._fd)
+            self.loop.remove_reader(self._fd)
             self._reading = False
         if self._writing:
-            self._loop.remove_writer(self._fd)
+            self.loop.remove_writer(self._fd)
             self._writing = False
         self.sock.close()
 
