@@ -218,3 +218,42 @@ def test_status_and_several_requests_on_one_connection() -> None:
         await _until("closed", lambda: server.connections == 0)
 
     _run(scenario)
+
+
+def test_out_of_descriptors_pauses_accepting_then_serves_the_backlog(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """accept() failing with EMFILE (a real descriptor limit, lowered for the moment)
+    pauses the listener instead of spinning on it; the clients wait in the backlog and
+    are served once descriptors are free again."""
+    import os
+    import resource
+
+    async def scenario(path: str, server: ControlServer, mesh: _Mesh) -> None:
+        loop = asyncio.get_running_loop()
+        clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+        lowest = os.dup(0)  # the lowest free descriptor: with the limit there, none more
+        os.close(lowest)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            with caplog.at_level(logging.WARNING, logger="meshcc.control"):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
+                for c in clients:
+                    c.setblocking(False)
+                    c.connect(path)  # completes in the kernel's backlog
+                    c.send(control.encode(control.StatusRequest().to_message()))
+                await asyncio.sleep(0.3)
+                assert server.connections == 0
+                assert caplog.text.count("cannot accept") == 1, caplog.text  # no spinning
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for c in clients:
+            reader = control.MessageReader()
+            while (msg := reader.next_message()) is None:
+                data = await asyncio.wait_for(loop.sock_recv(c, 65536), 5)
+                assert data
+                reader.feed(data)
+            assert msg["ok"] is True
+            c.close()
+
+    _run(scenario)
