@@ -99,13 +99,14 @@ def _serve(sock_path: str, local: bool) -> None:
                 ru = resource.getrusage(resource.RUSAGE_SELF)
                 start[:] = [ru.ru_utime + ru.ru_stime, float(turns[0])]
                 print("marked", flush=True)
-            else:
+            elif not done.done():  # "stop", or stdin's end
                 done.set_result(None)
 
         done: asyncio.Future[None] = loop.create_future()
         loop.add_reader(sys.stdin.fileno(), on_line)
         print("ready", flush=True)
         await done
+        loop.remove_reader(sys.stdin.fileno())
         ru = resource.getrusage(resource.RUSAGE_SELF)
         cpu = ru.ru_utime + ru.ru_stime
         await server.stop()
