@@ -25,6 +25,10 @@ plain (unvalgrinded) clients, less the same time idle.
 process (meshcc's own control codec) grants every lease to the stock distccd, and the
 client sends the job there, as with a peer from the mesh (no daemon CPU is measured here:
 the stand-in's is not meshcc's; ``--lease`` measures the daemon's).
+
+``--masquerade``: the client runs as ``gcc`` through a link to the launcher in a directory
+first on ``PATH`` (Gentoo's ``/usr/lib/distcc/bin`` style), so it looks up the real
+compiler after its own directory; combines with the other options.
 """
 
 from __future__ import annotations
@@ -159,6 +163,11 @@ def main() -> int:
     p.add_argument("--lease-jobs", type=int, default=40, help="clients for the daemon's CPU")
     p.add_argument("--grant", action="store_true", help="a granted lease (stand-in daemon)")
     p.add_argument(
+        "--masquerade",
+        action="store_true",
+        help="run as `gcc` through a masquerade link first on PATH (Gentoo's FEATURES=distcc)",
+    )
+    p.add_argument(
         "--python",
         default=sys.executable,
         help="the launcher's interpreter (what users run: Debian's /usr/bin/python3)",
@@ -193,6 +202,14 @@ def main() -> int:
             src = Path(args.source).resolve()
             cwd = src.parent
             cmd = [cmd[0], *args.cflags.split(), "-c", src.name, "-o", str(work / "s.o")]
+        if args.masquerade:
+            # /usr/lib/meshcc/bin/gcc -> meshcc-gcc, that directory first on PATH: the
+            # wrapper finds the real gcc after it (compiler lookup on every job).
+            masq = work / "masq"
+            masq.mkdir()
+            (masq / "gcc").symlink_to(cmd[0])
+            env["PATH"] = f"{masq}:{env.get('PATH', '/usr/bin:/bin')}"
+            cmd = [str(masq / "gcc"), *cmd[1:]]
         env["DISTCC_FALLBACK"] = "0"  # a job that cannot go remote fails the count
         if args.lease:
             meshccd, sock = start_lease_daemon(work)

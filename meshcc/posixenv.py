@@ -13,7 +13,7 @@ reads as before; every name here behaves as the ``os`` one does.
   (``putenv``, so an ``exec``'d compiler sees the change) and into ``posix.environ`` (so an
   ``os`` imported later, on a rare path, starts from the same values).
 - ``path``: the few ``os.path`` functions of the hot path, with ``posixpath``'s exact
-  semantics; the rare ones (``abspath``, ``realpath``, ``samefile``, ``expanduser``) import
+  semantics; the rare ones (``abspath`` of a path to normalise, ``realpath``, ``expanduser``) import
   the real ``posixpath`` when first called, as does :func:`makedirs`.
 
 Foundation layer: imports nothing of meshcc.
@@ -299,9 +299,10 @@ class path:
 
     @staticmethod
     def samefile(a: str, b: str) -> bool:
-        import posixpath
-
-        return posixpath.samefile(a, b)
+        # genericpath.samefile's own test (samestat), on posix.stat: the masquerade
+        # lookup asks it for PATH entries, and posixpath would import os.
+        s1, s2 = stat(a), stat(b)
+        return s1.st_ino == s2.st_ino and s1.st_dev == s2.st_dev
 
     @staticmethod
     def expanduser(p: str) -> str:

@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from meshcc.compression.kept import Plan as ZrefPlan
     from meshcc.transport.client import Reply
     from meshcc.transport.control_client import Control
-    from meshcc.wire.control import LeaseGranted
+    from meshcc.wire.control_core import LeaseGranted
 
     T = TypeVar("T")
 else:
@@ -256,8 +256,7 @@ def _invocation(argv: Sequence[str], environ: os.Env) -> _Invocation:
     # Masquerade: argv[0] is the compiler's name and our link sits in a PATH directory.
     path = _masquerade_path(arg0, environ.get("PATH", os.defpath))
     environ["PATH"] = path  # children (cpp, the compiler's own lookups) use the trimmed PATH
-    me = os.path.realpath(arg0)
-    real = which(base, path, skip_real=me)
+    real = which(base, path, skip=arg0)
     if real is None:
         from meshcc.exitcodes import EXIT_COMPILER_MISSING, EXIT_RECURSION
 
@@ -272,23 +271,48 @@ def _invocation(argv: Sequence[str], environ: os.Env) -> _Invocation:
     return _Invocation(base, [base, *argv[1:]], real)
 
 
-def which(name: str, path: str | None = None, *, skip_real: str | None = None) -> str | None:
-    """:func:`meshcc.hostos.which`, the same search; done here unless ``skip_real`` is
-    given (a masquerade link), since hostos imports ``os`` (~5.6 M instructions) and the
-    lease path asks this on every compile. A test keeps the two in agreement."""
-    if skip_real is not None:
-        from meshcc.hostos import which
+def which(name: str, path: str | None = None, *, skip: str | None = None) -> str | None:
+    """:func:`meshcc.hostos.which`, the same search, done here: hostos imports ``os``
+    (~5.6 M instructions) and every compile asks this (a test keeps the two in agreement).
 
-        return which(name, path, skip_real=skip_real)
+    ``skip``: pass over the candidates whose real path is ``skip``'s, as hostos.which's
+    ``skip_real=realpath(skip)`` does (a masquerade link finding itself). realpath needs
+    ``posixpath``, hence ``os``; but a candidate that is not even the same file (device
+    and inode) as ``skip`` cannot have its real path, so realpath runs only for one that
+    is (a second link to this wrapper, a hard link): the masquerade path stays os-free.
+    """
     if "/" in name:
         return name
     if path is None:
         path = os.environ.get("PATH", os.defpath)
+    me: tuple[int, int] | None = None
     for directory in path.split(os.pathsep):
         candidate = os.path.join(directory or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
+        try:
+            st = os.stat(candidate)
+        except (OSError, ValueError):
+            continue
+        if st.st_mode & 0o170000 != 0o100000 or not os.access(candidate, os.X_OK):
+            continue
+        if skip is not None:
+            if me is None:
+                me = _file_identity(skip)
+            if me == (st.st_dev, st.st_ino) and os.path.realpath(candidate) == os.path.realpath(
+                skip
+            ):
+                continue
+        return candidate
     return None
+
+
+def _file_identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the file ``path`` names; (-1, -1), which no file has, if none
+    (then its real path names no file either, so no candidate can share it)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return -1, -1
+    return st.st_dev, st.st_ino
 
 
 class _Fatal(Exception):
@@ -1140,7 +1164,7 @@ class _LeasePool:
     def acquire(self) -> tuple[_Leased, Control] | None:
         """Ask the daemon for a peer (waiting while all are busy); None: compile locally."""
         from meshcc.transport import control_client as cc
-        from meshcc.wire.control import LeaseGranted, LeaseLocal
+        from meshcc.wire.control_core import LeaseGranted, LeaseLocal
 
         run = self.run
         if self.attempts >= MAX_LEASE_ATTEMPTS:

@@ -39,7 +39,9 @@ class ProbeLimit(FingerprintError):
     """This user already has as many compilers being probed as one user may."""
 
 
-def untrusted_reason(path: str, *, trusted_uids: frozenset[int] | None = None) -> str | None:
+def untrusted_reason(
+    path: str, *, trusted_uids: frozenset[int] | None = None, real: str | None = None
+) -> str | None:
     """Why the daemon must not execute ``path`` (None: it may), as sudo's secure path.
 
     The daemon runs what a local caller names (to fingerprint it) as its own user, the
@@ -48,7 +50,8 @@ def untrusted_reason(path: str, *, trusted_uids: frozenset[int] | None = None) -
     daemon's own compilers in /usr/bin are. A private toolchain belongs to a per-user daemon.
     """
     uids = trusted_uids if trusted_uids is not None else frozenset({0, os.geteuid()})
-    real = os.path.realpath(path)
+    if real is None:  # ``real``: the caller's os.path.realpath(path), not resolved twice
+        real = os.path.realpath(path)
     here = real
     while True:
         try:
@@ -136,7 +139,7 @@ class FingerprintCache:
         if not st.st_mode & 0o111:
             raise FingerprintError(f"{cc_path}: not executable")
         if self.check_trust:
-            why = untrusted_reason(cc_path)
+            why = untrusted_reason(cc_path, real=real)
             if why is not None:
                 raise UntrustedCompiler(
                     f"{cc_path}: not run by the daemon: {why}; a private toolchain needs a "

@@ -26,11 +26,13 @@ from __future__ import annotations
 import _socket
 
 from meshcc import posixenv as os  # os without its import cost (the compile client's path)
-from meshcc.wire import control
+from meshcc.wire import control_core as control  # the lease path's part of the protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Mapping
+
+    from meshcc.wire.control import HostsReply, StatusReply
 
 CONNECT_TIMEOUT = 4.0
 MAX_REPLY = 1024 * 1024  # a hosts reply with many peers is the largest; status is small
@@ -191,17 +193,19 @@ class Control:
                 raise ControlError("meshcc daemon closed the connection without answering")
             self._reader.feed(data)
 
-    def status(self, timeout: float) -> control.StatusReply | control.ErrorReply:
-        return control.decode_status_reply(
-            self.request(control.StatusRequest().to_message(), timeout)
-        )
+    def status(self, timeout: float) -> StatusReply | control.ErrorReply:
+        from meshcc.wire import control as full  # the CLI's requests: not the lease path's
+
+        return full.decode_status_reply(self.request(full.StatusRequest().to_message(), timeout))
 
     def hosts(
         self, cc: str | None, cc_path: str | None, timeout: float
-    ) -> control.HostsReply | control.ErrorReply:
+    ) -> HostsReply | control.ErrorReply:
         """The DISTCC_HOSTS line for ``cc`` (the first request for a compiler probes it)."""
-        request = control.HostsRequest(cc, cc_path).to_message()
-        return control.decode_hosts_reply(self.request(request, timeout))
+        from meshcc.wire import control as full
+
+        request = full.HostsRequest(cc, cc_path).to_message()
+        return full.decode_hosts_reply(self.request(request, timeout))
 
     def lease(
         self,

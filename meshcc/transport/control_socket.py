@@ -16,7 +16,7 @@ import stat
 import struct
 
 from meshcc.transport.control_client import is_private_dir
-from meshcc.wire.control import guessed_in_shared_tmp
+from meshcc.wire.control_core import guessed_in_shared_tmp
 
 
 class ControlSocketError(Exception):
