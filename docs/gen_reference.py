@@ -85,6 +85,22 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
         ),
     ),
     (
+        "MESHCC_ZYGOTE",
+        (
+            "`0`: the C launcher (`meshcc-gcc` & co. when install.sh found a C compiler) runs "
+            "each job in the Python launcher instead of handing it to the warm per-user "
+            "zygote (default: on, except for root, under `LD_PRELOAD` or a Portage sandbox, "
+            "or with a CPU-time limit)"
+        ),
+    ),
+    (
+        "MESHCC_ZYGOTE_IDLE",
+        (
+            "seconds without a job after which a zygote started by this launcher exits "
+            "(default 30)"
+        ),
+    ),
+    (
         "DISTCC_SOCKS_PROXY",
         (
             "connect to TCP hosts through this SOCKS5 proxy, as Gentoo's distcc does (Portage "
