@@ -137,6 +137,8 @@ class WayStats:
     server_dropped: int = 0
     local_daemon_cpu: list[float] = field(default_factory=list)  # ms, in client_cpu too
     local_dropped: int = 0  # jobs during which a task of the local daemon ended
+    zygote_cpu: list[float] = field(default_factory=list)  # ms: worker + zygote, in client_cpu
+    zygote_fallbacks: int = 0  # jobs the zygote did not take (not counted)
     idle_cpu_ms_per_s: float = 0.0
 
     def med(self, xs: list[float]) -> float | None:
@@ -208,11 +210,17 @@ def server_delta(before: dict[int, int], after: dict[int, int]) -> float | None:
     return sum(after[t] - before.get(t, 0) for t in after) / 1e6
 
 
-def run_client(argv: list[str], cwd: str, env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall ms, user+sys ms of the client tree, its stderr); raises on failure."""
+def run_client(
+    argv: list[str], cwd: str, env: dict[str, str], user: Any = None
+) -> tuple[float, float, str]:
+    """(wall ms, user+sys ms of the client tree, its stderr); raises on failure. ``user``
+    (a pwd entry): run as that user, switched by Popen in C (no Python in the child)."""
+    ids: dict[str, Any] = {}
+    if user is not None:
+        ids = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, **ids
     )
     assert proc.stderr is not None
     err = proc.stderr.read()  # before reaping: a verbose client writes more than a pipe holds
@@ -441,6 +449,59 @@ def start_distccd(site: Site, workdir: Path, jobs: int) -> h.Daemon:
     return spawn_daemon(site, "distccd", argv, workdir, port, log, log)
 
 
+# --zygote: every way's clients run as a throwaway user (the zygote is never root's), and
+# the meshcc way's client CPU adds its worker's and the zygote's own CPU per job, read from
+# the zygote's counters before and after each job (bench_launcher.py measures the same way).
+
+
+def zygote_user(work: Path, tree: Path) -> Any:
+    """A throwaway user owning the tree and the clients' state dirs (objects are written)."""
+    from bench_launcher import make_user
+
+    user = make_user()
+    for path in (tree, *work.glob("client-*")):
+        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(path)], check=True)
+    return user
+
+
+def zygote_stats(user: Any) -> dict[str, int] | None:
+    """The user's zygote's counters (in this namespace: run inside the replay)."""
+    from bench_launcher import STATS_CODE
+
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-IS", "-c", STATS_CODE, f"/tmp/meshcc-{user.pw_uid}"],
+        capture_output=True,
+        text=True,
+        env={"LANG": "C.UTF-8"},
+        check=False,
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+    )
+    found = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return found[0] if len(found) == 1 else None
+
+
+def zygote_stats_cost(user: Any) -> float:
+    """What one counters request costs the zygote (ms): it is in every job's delta."""
+    probe = []
+    for _ in range(7):
+        a, b = zygote_stats(user), zygote_stats(user)
+        if a and b:
+            probe.append((b["self_cpu_us"] - a["self_cpu_us"]) / 1e3)
+    if not probe:
+        raise h.HarnessError("--zygote: no zygote answered (is meshcc-gcc the C launcher?)")
+    return statistics.median(probe)
+
+
+def end_user(user: Any) -> None:
+    from bench_launcher import _end_user_processes
+
+    _end_user_processes(user.pw_uid)
+    subprocess.run(["userdel", user.pw_name], check=False)
+    shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
+
+
 def bench(args: argparse.Namespace, work: Path) -> dict:
     src = h.apt_source(PROJECTS[args.project].package)
     tree = work / "tree"
@@ -459,6 +520,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     site = make_site(args.veth, args.icecream)
     daemons: dict[str, h.Daemon] = {}
     ice: _icecream.Icecream | None = None
+    user = None
     try:
         daemons["meshcc"] = start_meshcc(
             site,
@@ -495,6 +557,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             ways["icecream"] = Way(["icecc", "gcc"], env, None, ice.client_daemon_pgid())
         stats = {k: WayStats(k) for k in ways}
         spans: dict[str, list[float]] = {}
+        if args.zygote:
+            user = zygote_user(work, tree)
 
         def replay() -> None:
             for k, w in ways.items():
@@ -504,7 +568,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             # (and icecream's environment tarball built and installed on the server)
             for job in jobs:
                 for w in ways.values():
-                    run_client([*w.client, *job.argv], job.cwd, w.env)
+                    run_client([*w.client, *job.argv], job.cwd, w.env, user)
+            zygote_cost = zygote_stats_cost(user) if user is not None else 0.0
             order = list(ways)
             n = 0
             for _ in range(args.reps):
@@ -519,7 +584,20 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                         time.sleep(SETTLE_S)
                         before = group_tasks(w.server_pgid) if w.server_pgid else {}
                         local_before = group_tasks(w.local_pgid) if w.local_pgid else {}
-                        wall, cpu, err = run_client([*w.client, *job.argv], job.cwd, w.env)
+                        zyg = zygote_stats(user) if user is not None and key == "meshcc" else None
+                        wall, cpu, err = run_client([*w.client, *job.argv], job.cwd, w.env, user)
+                        if zyg is not None:
+                            after = zygote_stats(user)
+                            if after is None or after["jobs"] != zyg["jobs"] + 1:
+                                st.zygote_fallbacks += 1
+                                continue
+                            # the worker (the zygote's wait4 of it) and the zygote's own
+                            # part (accept, fork, reap), less what asking for the figures
+                            # costs it
+                            z = (after["children_cpu_us"] - zyg["children_cpu_us"]) / 1e3
+                            z += (after["self_cpu_us"] - zyg["self_cpu_us"]) / 1e3 - zygote_cost
+                            st.zygote_cpu.append(z)
+                            cpu += z
                         time.sleep(SETTLE_S)
                         if w.local_pgid is not None:
                             local = server_delta(local_before, group_tasks(w.local_pgid))
@@ -563,6 +641,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         for d in daemons.values():
             d.stop()
         site.close()
+        if user is not None:
+            end_user(user)
     return {
         "project": args.project,
         "link": "veth" if args.veth else "loopback",
@@ -572,6 +652,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         "meshcc_gcc": meshcc_gcc,
         "launchers": "prefix" if args.meshcc_prefix else "venv" if args.venv_launchers else "-IS",
         "timeline_ms": {k: statistics.median(v) for k, v in spans.items()},
+        "zygote": bool(args.zygote),
         "remote_jobs": remote,
         "ways": {
             k: {
@@ -583,6 +664,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 "idle_cpu_ms_per_s": s.idle_cpu_ms_per_s,
                 "local_daemon_cpu_ms": s.med(s.local_daemon_cpu),
                 "local_samples_dropped": s.local_dropped,
+                "zygote_cpu_ms": s.med(s.zygote_cpu),
+                "zygote_fallbacks": s.zygote_fallbacks,
                 "n": len(s.walls),
             }
             for k, s in stats.items()
@@ -631,6 +714,12 @@ def report(r: dict) -> str:
         f"{d['idle_cpu_ms_per_s']:.2f} ms/s; server samples dropped (a task ended): "
         f"meshcc {m['server_samples_dropped']}, distccd {d['server_samples_dropped']}"
     )
+    if r.get("zygote"):
+        lines.append(
+            f"zygote: meshcc's client CPU includes its worker and the zygote's own part, "
+            f"median {num(m['zygote_cpu_ms']).strip()} ms per job; jobs it did not take "
+            f"(not counted): {m['zygote_fallbacks']}"
+        )
     if i:
         lines.append(
             f"icecream: client CPU includes the client box's iceccd, median "
@@ -711,6 +800,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="add meshcc-gcc with MESHCC_DIRECTIVES_ONLY=1 as a third way (same daemon); the "
         "meshcc way then runs with MESHCC_DIRECTIVES_ONLY=0",
+    )
+    p.add_argument(
+        "--zygote",
+        action="store_true",
+        help="run every client as a throwaway user, so that --meshcc-prefix's C launcher "
+        "hands meshcc's jobs to its zygote; meshcc's client CPU then adds the worker's and "
+        "the zygote's own CPU per job (from its counters)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
