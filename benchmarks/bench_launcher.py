@@ -40,7 +40,9 @@ import time
 import uuid
 from pathlib import Path
 
-import _harness as h
+import _harness as h  # also puts tests/ on sys.path
+
+from userprocs import STATS_CODE, end_processes
 
 REPO = Path(__file__).resolve().parents[1]
 LUA_FILE = "src/lvm.c"
@@ -49,19 +51,6 @@ DOT_I_SOURCE = b"""#include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
 int f(int x) { char b[32]; snprintf(b, sizeof b, "%d", x); return (int)strlen(b) + atoi(b); }
-"""
-STATS_CODE = """
-import glob, socket, sys
-for path in glob.glob(sys.argv[1] + "/z-*"):
-    if path.endswith(".lock"):
-        continue
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(path)
-    except OSError:
-        continue
-    s.sendall(b"MZYS\\0\\0\\0\\0")
-    print(s.makefile().readline().strip())
 """
 
 
@@ -301,28 +290,11 @@ def main() -> int:
             distccd.terminate()
             distccd.wait(timeout=10)
         if user is not None:
-            _end_user_processes(user.pw_uid)
+            end_processes(user.pw_uid)
             subprocess.run(["userdel", user.pw_name], check=False)
             shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def _end_user_processes(uid: int) -> None:
-    """The throwaway user's zygote (and anything else it left), by pid, until none is left."""
-    for _ in range(50):
-        found = 0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.stat(f"/proc/{entry}").st_uid == uid:
-                        os.kill(int(entry), 9)
-                        found += 1
-                except (FileNotFoundError, ProcessLookupError):
-                    pass
-        if not found:
-            return
-        time.sleep(0.1)
 
 
 if __name__ == "__main__":

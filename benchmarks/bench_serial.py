@@ -466,7 +466,7 @@ def zygote_user(work: Path, tree: Path) -> Any:
 
 def zygote_stats(user: Any) -> dict[str, int] | None:
     """The user's zygote's counters (in this namespace: run inside the replay)."""
-    from bench_launcher import STATS_CODE
+    from userprocs import STATS_CODE
 
     proc = subprocess.run(
         ["/usr/bin/python3", "-IS", "-c", STATS_CODE, f"/tmp/meshcc-{user.pw_uid}"],
@@ -495,9 +495,9 @@ def zygote_stats_cost(user: Any) -> float:
 
 
 def end_user(user: Any) -> None:
-    from bench_launcher import _end_user_processes
+    from userprocs import end_processes
 
-    _end_user_processes(user.pw_uid)
+    end_processes(user.pw_uid)
     subprocess.run(["userdel", user.pw_name], check=False)
     shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from userprocs import end_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,30 +43,10 @@ def user_home() -> Iterator[tuple[pwd.struct_passwd, Path]]:
     try:
         yield user, home
     finally:
-        _end_processes(user.pw_uid)  # the zygote its meshcc-gcc started (packaging/launcher)
+        end_processes(user.pw_uid)  # the zygote its meshcc-gcc started (packaging/launcher)
         subprocess.run(["userdel", name], check=False)
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
-
-
-def _end_processes(uid: int) -> None:
-    """SIGKILL, by pid, every process of ``uid`` until none is left (at most ~5 s)."""
-    for _ in range(50):
-        pids = []
-        for entry in os.listdir("/proc"):
-            try:
-                if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.append(int(entry))
-            except FileNotFoundError:
-                pass
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
 
 
 def _read_only_copy() -> Path:

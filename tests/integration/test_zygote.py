@@ -32,26 +32,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, Daemon, hash_objects
+from userprocs import STATS_CODE, end_processes, pids_of
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="creates a user account: needs root"),
     pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler for the launcher"),
     pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="no /usr/bin/python3"),
 ]
-
-STATS_CODE = """
-import glob, os, socket, sys
-for path in glob.glob(sys.argv[1] + "/z-*"):
-    if path.endswith(".lock"):
-        continue
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(path)
-    except OSError:
-        continue
-    s.sendall(b"MZYS\\0\\0\\0\\0")
-    print(s.makefile().readline().strip())
-"""
 
 
 class User:
@@ -137,27 +124,10 @@ class User:
         return self.wait_zygote()
 
     def pids(self) -> list[int]:
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.stat(f"/proc/{entry}").st_uid == self.uid:
-                        found.append(int(entry))
-                except FileNotFoundError:
-                    pass
-        return found
+        return pids_of(self.uid)
 
     def cleanup(self) -> None:
-        for _ in range(50):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        end_processes(self.uid)
         shutil.rmtree(self.work, ignore_errors=True)
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
