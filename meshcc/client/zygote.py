@@ -325,10 +325,13 @@ class Zygote:
         self._fork(conn, req)
 
     def _fork(self, conn: _Conn, req: _Request) -> None:
+        go_r = -1
         try:
             go_r, conn.go = posix.pipe2(os.O_CLOEXEC)
             pid = os.fork()
         except OSError:  # out of processes or memory, for now: this job runs in Python
+            if go_r >= 0:
+                _close(go_r)
             self._reply(conn, b"F")
             self._drop(conn)
             return
