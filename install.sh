@@ -42,6 +42,11 @@ elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing="python3-venv"
 fi
 command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+# The C launcher (below) needs the C library's headers, which Debian's gcc only recommends;
+# without them it is skipped and the Python launchers stay, so only root installs them.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ ! -e /usr/include/dirent.h ]; then
+    missing="$missing libc6-dev"
+fi
 missing=${missing# }
 if [ -n "$missing" ]; then
     if command -v apt-get >/dev/null 2>&1; then
