@@ -134,16 +134,24 @@ class User:
 
 @pytest.fixture(scope="module")
 def prefix() -> Iterator[Path]:
-    """A venv of /usr/bin/python3 with the C launcher built over this checkout."""
+    """A venv of /usr/bin/python3 with the C launcher built over a copy of this checkout's
+    package that the throwaway user can read (a checkout may not be: the fresh-root check
+    keeps it in /root, 0700). The test venv's site-packages come after it, for the optional
+    codecs where the user can read them."""
     root = Path(tempfile.mkdtemp(prefix="meshcc-launcher-", dir="/tmp"))
     root.chmod(0o755)
     try:
         subprocess.run(
             ["/usr/bin/python3", "-m", "venv", "--without-pip", str(root / "p")], check=True
         )
+        src = root / "src"
+        shutil.copytree(
+            REPO_ROOT / "meshcc", src / "meshcc", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        subprocess.run(["chmod", "-R", "a+rX", str(src)], check=True)
         site = sysconfig.get_path("purelib")
         subprocess.run(
-            [REPO_ROOT / "packaging" / "launcher" / "build.sh", root / "p", REPO_ROOT, site],
+            [REPO_ROOT / "packaging" / "launcher" / "build.sh", root / "p", src, site],
             check=True,
             capture_output=True,
         )
