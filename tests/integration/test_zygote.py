@@ -416,8 +416,15 @@ def _blocked_compile(user: User, name: str) -> tuple[subprocess.Popen[bytes], Pa
     os.mkfifo(fifo)
     os.chown(fifo, user.uid, user.entry.pw_gid)
     (user.work / f"{name}.c").write_text(f'#include "{name}.h"\nint x;\n')
+    # SIGINT and SIGQUIT as under a terminal: a command started in the background of a
+    # non-interactive shell inherits them ignored (the fresh-root check runs the tests that
+    # way), and the launcher rightly relays no signal its compile would ignore.
     launcher = subprocess.Popen(
-        user.argv(user.gcc, "-c", f"{name}.c", "-o", f"{name}.o"),
+        [
+            "env",
+            "--default-signal=INT,QUIT",
+            *user.argv(user.gcc, "-c", f"{name}.c", "-o", f"{name}.o"),
+        ],
         env=user.env(),
         cwd=user.work,
         stderr=subprocess.PIPE,
