@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 WARM = 5
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
 def _serve(sock_path: str, local: bool) -> None:
@@ -38,29 +39,12 @@ def _serve(sock_path: str, local: bool) -> None:
 
     from meshcc.compiler.fingerprints import FingerprintCache
     from meshcc.daemon.control_server import ControlServer
-    from meshcc.mesh.matching import Verdict
-    from meshcc.mesh.peers import Liveness, PeerState
-    from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
     from meshcc.transport.control_socket import open_control_socket
     from meshcc.wire import control
+    from meshstub import matching_peer
 
-    tc = ToolchainInfo("gcc", "12.2.0", "x86_64-linux-gnu", "2.40", ("gcc",))
-    rec = PeerRecord(
-        "m:a",
-        PeerKind.MESHCC,
-        "a._meshcc._tcp.local.",
-        "a",
-        ("127.0.0.1",),
-        3632,
-        2,
-        1000,
-        (tc,),
-        node_id="0000000000aa",
-        protocols=(1, 2),
-        caps=frozenset({"lzo", "busy"}),
-    )
-    state = PeerState(rec, Liveness.UP, 0.0, 0.0, None, None, 0.001, 0, 0, 0, None)
-    verdicts = [] if local else [Verdict(state, True, "ok", "127.0.0.1", "gcc")]
+    peer = matching_peer("127.0.0.1", 1000, frozenset({"lzo", "busy"}))
+    verdicts = [] if local else [peer]
 
     class Status:
         off_reason: str | None = "benchmark"
@@ -68,7 +52,7 @@ def _serve(sock_path: str, local: bool) -> None:
     class Mesh:
         status = Status()
 
-        def explain(self, fingerprint: object) -> list[Verdict]:
+        def explain(self, fingerprint: object) -> list[object]:
             return list(verdicts)
 
         def report_job_result(self, peer: str, ok: bool, *, connect_failed: bool = False) -> bool:
@@ -157,7 +141,8 @@ def _drive(tree: str, python: str, n: int, local: bool, callgrind: str | None) -
         cmd = [python, *pre, __file__, "--serve", path] + (["--local"] if local else [])
         if callgrind:
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *cmd]
-        env = dict(os.environ, PYTHONPATH=tree)
+        # the tree's meshcc, and this checkout's tests/ for the stub peer (meshstub)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree, str(TESTS)]))
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,

@@ -21,32 +21,12 @@ import pytest
 
 from meshcc.daemon.control_server import ControlServer
 from meshcc.mesh.matching import Verdict
-from meshcc.mesh.peers import Liveness, PeerState
-from meshcc.mesh.records import PeerKind, PeerRecord, ToolchainInfo
 from meshcc.transport.control_socket import open_control_socket
 from meshcc.wire import control
+from meshstub import matching_peer
 
 GCC = shutil.which("gcc")
 pytestmark = pytest.mark.skipif(GCC is None, reason="needs gcc")
-
-
-def _peer(limit: int) -> Verdict:
-    tc = ToolchainInfo("gcc", "12.2.0", "x86_64-linux-gnu", "2.40", ("gcc",))
-    rec = PeerRecord(
-        "m:a",
-        PeerKind.MESHCC,
-        "a._meshcc._tcp.local.",
-        "a",
-        ("192.0.2.1",),
-        3632,
-        2,
-        limit,
-        (tc,),
-        node_id="0000000000aa",
-        protocols=(1, 2),
-    )
-    state = PeerState(rec, Liveness.UP, 0.0, 0.0, None, None, 0.001, 0, 0, 0, None)
-    return Verdict(state, True, "ok", "192.0.2.1", "gcc")
 
 
 class _Status:
@@ -56,7 +36,7 @@ class _Status:
 class _Mesh:
     def __init__(self) -> None:
         self.status = _Status()
-        self.verdicts = [_peer(1)]
+        self.verdicts = [matching_peer("192.0.2.1", 1)]
         self.reports: list[tuple[str, bool, bool]] = []
 
     def explain(self, fingerprint: object) -> list[Verdict]:
