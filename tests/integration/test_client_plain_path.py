@@ -55,6 +55,21 @@ HEAVY_LEASED = tuple(m for m in HEAVY if "control" not in m and m != "meshcc.wir
 _LEASED_JOB = _JOB.replace(repr(HEAVY), repr((*HEAVY_LEASED, "posixpath")))
 
 
+def _plain_job(proj: Path, env: dict[str, str], *argv: str, script: str = _JOB) -> None:
+    """Run one compile the launcher's way (``-IS``) in a fresh interpreter; it must succeed
+    and have loaded none of the modules ``script`` lists."""
+    res = subprocess.run(
+        [sys.executable, "-IS", "-c", script, str(ROOT), *argv],
+        env=env,
+        cwd=proj,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", f"modules this job must not load: {res.stdout}"
+
+
 def _stale_socket(path: Path) -> Path:
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(path))
@@ -77,16 +92,7 @@ def test_plain_remote_job_loads_no_control_code(
     env = env_with(
         client_env, DISTCC_HOSTS=server.host_spec(), DISTCC_FALLBACK="0", MESHCC_SOCKET=str(sock)
     )
-    res = subprocess.run(
-        [sys.executable, "-IS", "-c", _JOB, str(ROOT), "-c", "src/foo.c", "-o", "foo.o"],
-        env=env,
-        cwd=proj,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]", f"heavy modules on the plain path: {res.stdout}"
+    _plain_job(proj, env, "-c", "src/foo.c", "-o", "foo.o")
     assert (proj / "foo.o").read_bytes() == local_object(proj, "gcc", ["-c", "src/foo.c"], "r.o")
     assert len(server.wait_for_jobs(1)) == 1, server.diagnostics()
 
@@ -185,16 +191,7 @@ def test_preprocessed_job_never_asks_a_listening_daemon(
             DISTCC_FALLBACK="0",
             MESHCC_SOCKET=str(sock),
         )
-        res = subprocess.run(
-            [sys.executable, "-IS", "-c", _JOB, str(ROOT), "-c", "foo.i", "-o", "foo.o"],
-            env=env,
-            cwd=proj,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.strip() == "[]", f"heavy modules for a .i job: {res.stdout}"
+        _plain_job(proj, env, "-c", "foo.i", "-o", "foo.o")
         with pytest.raises(BlockingIOError):
             listener.accept()  # nobody connected
         assert len(server.wait_for_jobs(1)) == 1, server.diagnostics()
@@ -246,16 +243,7 @@ def test_leased_remote_job_loads_no_os(
     try:
         subprocess.run(["gcc", "-E", "src/foo.c", "-o", "foo.i"], cwd=proj, check=True)
         env = env_with(client_env, MESHCC_SOCKET=str(ctl.path), DISTCC_FALLBACK="0")
-        res = subprocess.run(
-            [sys.executable, "-IS", "-c", _LEASED_JOB, str(ROOT), "-c", "foo.i", "-o", "foo.o"],
-            env=env,
-            cwd=proj,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.strip() == "[]", f"heavy modules on the lease path: {res.stdout}"
+        _plain_job(proj, env, "-c", "foo.i", "-o", "foo.o", script=_LEASED_JOB)
         assert len(server.wait_for_jobs(1)) == 1, server.diagnostics()
         conns = ctl.wait_closed(1)
         assert [c.kinds() for c in conns] == [["lease", "done", "closed"]]
