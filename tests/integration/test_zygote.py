@@ -176,31 +176,24 @@ def _own(user: User, path: Path) -> None:
     subprocess.run(["chown", "-R", f"{user.uid}:{user.entry.pw_gid}", str(path)], check=True)
 
 
-def _children_of(pid: int) -> list[int]:
-    out = []
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """Each live process's pid and its /proc stat fields after the command name (state,
+    ppid, pgrp, ...); one that ends meanwhile is skipped."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
+            yield int(entry), stat.rsplit(")", 1)[1].split()
+
+
+def _children_of(pid: int) -> list[int]:
+    return [child for child, fields in _processes() if int(fields[1]) == pid]
 
 
 def _pgid_members(pgid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
+    return [p for p, fields in _processes() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def _wait_for(check: Callable[[], bool], timeout: float = 15.0) -> bool:
