@@ -93,7 +93,7 @@ WARM_MODULES = (
     "meshcc.compiler.hostspec",
     "meshcc.transport.client",
     "meshcc.transport.control_client",
-    "meshcc.wire.control",
+    "meshcc.wire.control_core",
     "meshcc.compression",
     "meshcc.compression.choose",
     "meshcc.compression.kept",
