@@ -148,8 +148,9 @@ def _spawn(
     )
 
 
-def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:
-    """`python -m meshcc daemon` on 127.0.0.1, loopback clients only.
+def start_meshcc(workdir: Path, jobs: int, *extra: str, command: list[str] | None = None) -> Daemon:
+    """`python -m meshcc daemon` on 127.0.0.1, loopback clients only; ``command``: another
+    meshcc to run than this tree's (an install.sh prefix's ``bin/meshcc``).
 
     The result cache is off unless ``extra`` names a cache option: a benchmark that replays
     the same jobs would otherwise measure cache hits, not compiles (and share the box's
@@ -160,6 +161,8 @@ def start_meshcc(workdir: Path, jobs: int, *extra: str) -> Daemon:
     port = free_port()
     log = workdir / "meshccd.log"
     argv = _shared.loopback_daemon_argv(port, "--jobs", str(jobs), *extra, log_file=log)
+    if command is not None:
+        argv[:3] = command  # in place of [python, -m, meshcc]
     env = clean_env()
     env.pop("TMPDIR", None)  # like distccd: job dirs in /tmp, writable by the dropped user
     return _spawn("meshcc", argv, workdir, port, log, env, workdir / "meshccd.out")
