@@ -76,6 +76,9 @@ Demand = tuple[dict[str, tuple[int, int]], int, int]
 @dataclass(frozen=True, slots=True)
 class LoadTimings:
     heartbeat_s: float = 0.5
+    # A heartbeat due within this fraction of heartbeat_s goes out with a round already
+    # being sent: the peers' heartbeats fall into step, one wake-up for all of them.
+    heartbeat_early: float = 0.2
     min_interval_s: float = 0.01  # per peer, between two records with changes
     stale_s: float = 2.0  # a peer's live figures are dropped this long after its last record
     max_send_rate: float = 1000.0  # datagrams per second this daemon sends, at most
@@ -545,6 +548,7 @@ class LoadBook:
         interval = self._interval()
         targets = self._targets(now)
         forget = self.timings.forget_s
+        heartbeat = self.timings.heartbeat_s * (1.0 - self.timings.heartbeat_early)
         capacity = self._capacity(now)
         committed = {k: r.committed(now, forget) for k, r in self._remotes.items()}
         total = sum(committed.values()) + self.local_held  # kept current as we promise
@@ -557,7 +561,7 @@ class LoadBook:
             share = min(targets.get(key, 0), max(0, capacity - (total - committed[key])))
             mine = (self.jobs, self.running, self.queued + self.lease_waiting, free, self.speed)
             fields: tuple[int, ...] = (*mine, r.my_held, r.my_want, share, self.local_all)
-            if fields == r.last_sent and not r.must_ack and since < self.timings.heartbeat_s:
+            if fields == r.last_sent and not r.must_ack and since < heartbeat:
                 continue
             self._seq += 1
             rec = wire.LoadRecord(

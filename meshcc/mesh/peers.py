@@ -208,6 +208,9 @@ class PeerTable:
         self._address_for = address_for or (lambda r: r.addresses[0] if r.addresses else None)
         self._entries: dict[str, _Entry] = {}
         self._shadowed: dict[str, PeerRecord] = {}  # distcc records of meshcc daemons
+        # Bumped whenever the set of entries or one's record changes (not on probes): what
+        # is derived from the records alone (the load channel's peers) is rebuilt only then.
+        self.records_version = 0
         # Token bucket for probes: max_probe_rate per second, bursts of a tenth of that.
         self._budget = self._burst()
         self._budget_at = clock()
@@ -255,7 +258,8 @@ class PeerTable:
                 for e in self._entries.values()
             ):
                 self._shadowed[record.key] = record
-                self._entries.pop(record.key, None)
+                if self._entries.pop(record.key, None) is not None:
+                    self.records_version += 1
                 return False
         else:
             # A meshcc daemon hides its own distcc record and replaces an older self.
@@ -264,6 +268,7 @@ class PeerTable:
                     if e.record.kind is PeerKind.DISTCC:
                         self._shadowed[k] = e.record
                     del self._entries[k]
+                    self.records_version += 1
         existing = self._entries.get(record.key)
         if existing is None:
             if len(self._entries) >= self.timings.max_peers and not self._evict_one():
@@ -273,10 +278,13 @@ class PeerTable:
                 # Never probed (see the module docstring): up on its announcement.
                 entry.liveness, entry.next_probe = Liveness.UP, _NEVER
             self._entries[record.key] = entry
+            self.records_version += 1
             return True
         moved = existing.record.endpoints() != eps
         changed = existing.record != record
         existing.record = record
+        if changed:
+            self.records_version += 1
         if record.kind is PeerKind.DISTCC:
             if existing.liveness is not Liveness.UP and (moved or changed):
                 # A new announcement of a distccd we saw fail: take it at its word.
@@ -307,6 +315,7 @@ class PeerTable:
         if not victims:
             return False
         del self._entries[max(victims)[3]]
+        self.records_version += 1
         return True
 
     def remove(self, key: str) -> bool:
@@ -315,6 +324,7 @@ class PeerTable:
         entry = self._entries.pop(key, None)
         if entry is None:
             return False
+        self.records_version += 1
         if entry.record.kind is PeerKind.MESHCC:
             eps = entry.record.endpoints()
             for k, rec in list(self._shadowed.items()):

@@ -282,6 +282,9 @@ class Mesh:
         self.load: LoadBook | None = None
         self.load_channel: LoadChannel | None = None
         self._load_figures: Callable[[], tuple[int, int, int]] | None = None
+        # _load_peers' last answer, and the table version and policy it was built from
+        self._load_peers_of: tuple[int, object] | None = None
+        self._load_peers_list: list[RemotePeer] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -577,7 +580,14 @@ class Mesh:
         address (IPv4 or IPv6), whatever our probes say of their compile port: as clients of ours
         their records are proof of life enough (waiting for our probe to confirm them
         would let them fall back to guessing our free slots meanwhile), and the table
-        drops them when mDNS does."""
+        drops them when mDNS does.
+
+        The same list object is returned while the table's records and the policy are
+        unchanged (the channel asks on every round; it re-reads the list only when the
+        object differs)."""
+        built_from = (self.table.records_version, self._policy)
+        if built_from == self._load_peers_of:
+            return self._load_peers_list
         out = []
         for st in self.table.snapshot():
             r = st.record
@@ -592,6 +602,7 @@ class Mesh:
                 if pick_address(dataclasses.replace(r, addresses=(a,)), self._policy)
             )
             out.append(RemotePeer(r.key, r.node_id, address, r.port, r.jobs, allowed))
+        self._load_peers_of, self._load_peers_list = built_from, out
         return out
 
     def cache_homes(self, fingerprint: tuple[str, str, str | None]) -> list[tuple[str, str, int]]:
@@ -622,6 +633,14 @@ class Mesh:
     # ------------------------------------------------------------ internals
 
     def _on_event(self, event: DiscoveryEvent) -> None:
+        version = self.table.records_version
+        try:
+            self._apply_event(event)
+        finally:
+            if self.table.records_version != version and self.load_channel is not None:
+                self.load_channel.poke()  # a peer came, went or changed: the book follows
+
+    def _apply_event(self, event: DiscoveryEvent) -> None:
         from meshcc.mesh.discovery import ServiceGone, ServiceSeen
 
         if isinstance(event, ServiceGone):

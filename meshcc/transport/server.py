@@ -1533,6 +1533,7 @@ class CompileServer:
             return
         t0 = time.monotonic()
         self.stats.waiting += 1  # the /metrics gauge too
+        self._slots_changed()  # peers see this box's queue (the live-load channel)
         try:
             await self._job_slots.acquire()
         finally:

@@ -448,3 +448,34 @@ def test_liveness_loop_never_probes_stock_distccd() -> None:
 
     asyncio.run(asyncio.wait_for(main(), 20))
     assert calls and {(t.host, t.method) for t in calls} == {("10.0.0.2", "ping")}
+
+
+def test_records_version_moves_with_the_records_only() -> None:
+    """What is built from the records alone (the load channel's peers) is rebuilt when
+    this moves: on every change of an entry's record or of the set of entries, never on a
+    probe or an unchanged re-announcement."""
+    clock = Clock()
+    table = PeerTable(T, clock=clock, wallclock=clock.wall)
+    seen = [table.records_version]
+
+    def moved() -> bool:
+        seen.append(table.records_version)
+        return seen[-1] != seen[-2]
+
+    table.upsert(rec("aaaaaa"))
+    assert moved()
+    table.upsert(rec("aaaaaa"))  # the same announcement again
+    assert not moved()
+    (target,) = table.due()
+    table.probe_done(target, True, None, 0.001)
+    assert not moved()
+    table.upsert(rec("aaaaaa", jobs=8))
+    assert moved()
+    table.upsert(distcc_rec("10.0.0.9"))  # a stock distccd at another endpoint
+    assert moved()
+    table.upsert(rec("bbbbbb", addr="10.0.0.3"))
+    assert moved()
+    assert table.remove("m:bbbbbb")
+    assert moved()
+    assert not table.remove("m:bbbbbb")
+    assert not moved()
