@@ -303,6 +303,9 @@ class LoadBook:
         self.lease_waiting = 0  # requests waiting in this box's broker (published as queued)
         self.local_all = 0  # leases this box's clients hold on the whole mesh (held_all)
         self.rejected: dict[str, int] = {}  # reason -> count (status, debugging)
+        # A received record changed what this daemon promises or owes an ack: the channel
+        # sends a round now rather than at the next heartbeat (it clears this).
+        self.round_due = False
         # The broker's demand, asked for once per round of records (None: set_demand()).
         self.demand_source: Callable[[], Demand] | None = None
 
@@ -380,6 +383,9 @@ class LoadBook:
             r.acked_share = 0
             r.ack = 0
         cap = max(0, r.peer.jobs)  # never more than it announced (mesh-only: none)
+        # What the shares this daemon promises depend on (its want, holdings, acks): a
+        # record that changes none of it (a heartbeat) needs no round of records back.
+        before = (r.their_held, r.their_want, r.their_all, r.ack, r.boot)
         r.boot, r.seq, r.got_at = rec.boot, rec.seq, now
         r.jobs = min(rec.jobs, cap)
         r.running, r.queued = rec.running, rec.queued
@@ -397,6 +403,8 @@ class LoadBook:
             if acked:
                 r.acked_share = acked[-1]
             r.pending = [(q, s) for q, s in r.pending if q > rec.ack]
+        if r.must_ack or before != (r.their_held, r.their_want, r.their_all, r.ack, r.boot):
+            self.round_due = True
         return key
 
     # -- this box

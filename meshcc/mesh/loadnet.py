@@ -64,16 +64,26 @@ def _destination(family: int, host: str) -> str:
     return host
 
 
+_SOURCES = 256  # source addresses whose normal form is remembered (cleared when full)
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, channel: LoadChannel) -> None:
         self.channel = channel
+        # Each peer sends a record every heartbeat: parse its address once, not each time.
+        self._sources: dict[tuple[object, ...], str] = {}
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        try:
-            source, _ = peer_ip(addr)  # IPv4-mapped back to IPv4; link-local keeps its scope
-        except ValueError:
-            return
-        self.channel.received(data, str(source))
+        source = self._sources.get(addr)
+        if source is None:
+            try:
+                ip, _ = peer_ip(addr)  # IPv4-mapped back to IPv4; link-local keeps its scope
+            except ValueError:
+                return
+            if len(self._sources) >= _SOURCES:
+                self._sources.clear()
+            source = self._sources[addr] = str(ip)
+        self.channel.received(data, source)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("load channel: %s", exc)
@@ -92,6 +102,7 @@ class LoadChannel:
         self._peers = peers
         self.figures = figures  # () -> (running, queued, speed) of this box
         self.on_update: Callable[[str], None] | None = None
+        self.on_heard: Callable[[str], None] | None = None  # a peer's record was accepted
         self._wake = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -121,12 +132,14 @@ class LoadChannel:
         if key is None:
             return
         self.received_count += 1
-        if self.on_update is not None:
-            try:
-                self.on_update(key)
-            except Exception:
-                log.exception("load channel: update handler failed")
-        self._wake.set()  # it may need an ack, or our shares changed
+        for handler in (self.on_heard, self.on_update):
+            if handler is not None:
+                try:
+                    handler(key)
+                except Exception:
+                    log.exception("load channel: a record's handler failed")
+        if self.book.round_due:  # it needs an ack, or our shares changed: answer now
+            self._wake.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -155,6 +168,7 @@ class LoadChannel:
                     except OSError as e:
                         log.debug("load channel: sending to %s:%d: %s", host, port, e)
             self._wake.clear()
+            self.book.round_due = False
             nxt = self.book.next_due()
             now = self.book.now()
             delay = BACKSTOP_S if nxt is None else min(BACKSTOP_S, max(0.0, nxt - now))

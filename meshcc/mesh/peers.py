@@ -12,7 +12,14 @@ restarts under the same name produces no browser event at all (zeroconf.md A7). 
 **meshcc peers** (probed through meshcc's own channel, see liveness.py):
 
 * every peer is in ``PENDING`` until a probe succeeds; only ``UP`` peers are used;
-* ``UP`` peers are probed every ``up_interval_s`` (± ``jitter``); a refused connection is
+* ``UP`` peers are probed every ``up_interval_s`` (± ``jitter``), except while the live-load
+  channel hears from them (:meth:`PeerTable.heard_from`, a record within ``up_interval_s``:
+  their daemon is running): then every ``heard_probe_s``, for the round trip and that the
+  compile port still answers. The first probe after the records stop is due
+  ``up_interval_s`` (+ up to ``jitter``) after the last one, so kill -9 is seen as soon
+  as without them. On a LAN of meshcc daemons that is what keeps an idle mesh quiet: a TCP
+  probe a second each way per pair of boxes cost each daemon more CPU than all else it does
+  when idle; a refused connection is
   final (the peer's kernel says nothing listens: ``DOWN`` at once); any other failure is
   re-checked after ``retry_s`` and ``fail_threshold`` consecutive failures mean ``DOWN``.
   A client's connect failure (``report_job(..., connect_failed=True)``) marks it ``DOWN``
@@ -81,6 +88,7 @@ class LivenessTimings:
     fail_threshold: int = 2  # failures other than a refused connection
     jitter: float = 0.2  # ± fraction applied to the intervals, so probes do not synchronise
     max_probe_rate: float = 100.0  # probes per second this daemon starts, at most
+    heard_probe_s: float = 10.0  # an UP peer the live-load channel hears from: probed this often
     distcc_readmit_s: float = 60.0  # stock distccd a client could not reach: trusted again
     distcc_readmit_max_s: float = 600.0
     job_fail_threshold: int = 3
@@ -183,6 +191,7 @@ class _Entry:
     backoff_until: float | None = None
     confirmed: bool = False
     readmits: int = 0  # stock distccd: consecutive connect failures reported by clients
+    heard_at: float | None = None  # the live-load channel's last record from it
 
 
 _NEVER = float("inf")
@@ -366,6 +375,18 @@ class PeerTable:
                 # (matching.py); a new announcement with toolchains schedules a probe.
                 e.next_probe = _NEVER
                 continue
+            if (
+                e.liveness is Liveness.UP
+                and e.heard_at is not None
+                and e.last_ok is not None
+                and now - e.heard_at < self.timings.up_interval_s
+                and now - e.last_ok < self.timings.heard_probe_s
+            ):
+                # Its records are proof of life: look again an interval after the last one (never
+                # earlier, so the deferral cannot come due again before its time).
+                up = self._interval(self.timings.up_interval_s)
+                e.next_probe = e.heard_at + up * (1.0 + self.timings.jitter * self._rng.random())
+                continue
             if limited and self._budget < 1.0:
                 continue  # over budget: stays due, next_wakeup() says when to come back
             host = self._address_for(e.record)
@@ -443,6 +464,14 @@ class PeerTable:
             e.liveness = Liveness.DOWN
         e.next_probe = now + self._jittered(self._interval(t.down_interval_s))
         return e.liveness
+
+    def heard_from(self, key: str) -> None:
+        """The live-load channel accepted a record from this peer (its source address and
+        node id checked): its daemon is running. Stands in for probes of an ``UP`` peer
+        (see the module docstring); a peer not yet confirmed is still probed."""
+        e = self._entries.get(key)
+        if e is not None:
+            e.heard_at = self._clock()
 
     # -- job outcomes (lease handling)
 

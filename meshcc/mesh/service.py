@@ -566,6 +566,7 @@ class Mesh:
 
         self.load = LoadBook(nid, self.jobs if self.toolchains else 0, self.config.load_timings)
         channel = LoadChannel(self.load, self._load_peers, self._load_figures)
+        channel.on_heard = self.table.heard_from  # proof of life: fewer TCP probes
         try:
             await channel.start(sock)
         except OSError as e:

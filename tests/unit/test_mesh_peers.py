@@ -479,3 +479,47 @@ def test_records_version_moves_with_the_records_only() -> None:
     assert moved()
     assert not table.remove("m:bbbbbb")
     assert not moved()
+
+
+def test_a_peer_heard_on_the_load_channel_is_probed_rarely(clock: Clock, table: PeerTable) -> None:
+    """Records every half second stand in for the 1 s probes of an UP peer: one probe
+    every heard_probe_s (its RTT, its compile port) instead of ten."""
+    table.upsert(rec())
+    assert len(probe_all(table, True)) == 1
+    probes = 0
+    for _ in range(int(T.heard_probe_s / 0.5) - 1):  # just under heard_probe_s
+        clock.advance(0.5)
+        table.heard_from("m:aaaaaa")
+        probes += len(probe_all(table, True))
+    assert probes == 0
+    for _ in range(4):
+        clock.advance(0.5)
+        table.heard_from("m:aaaaaa")
+        probes += len(probe_all(table, True))
+    assert probes == 1  # heard_probe_s after the last probe: one real probe
+    assert state(table) is Liveness.UP
+
+
+def test_when_the_records_stop_the_probe_comes_an_interval_after_the_last(
+    clock: Clock, table: PeerTable
+) -> None:
+    """kill -9: no more records; the first probe is due up_interval_s (+ jitter) after the
+    last one, as it would be without the channel."""
+    table.upsert(rec())
+    probe_all(table, True)
+    for _ in range(3):
+        clock.advance(0.5)
+        table.heard_from("m:aaaaaa")
+        assert probe_all(table, True) == []
+    last = clock.t
+    clock.advance(T.up_interval_s - 0.05)
+    assert probe_all(table, False) == []  # not yet: the deferral holds to its time
+    clock.advance(0.05 + T.up_interval_s * T.jitter)
+    assert len(probe_all(table, False)) == 1
+    assert clock.t - last <= T.up_interval_s * (1 + T.jitter)
+
+
+def test_a_peer_not_yet_confirmed_is_probed_though_heard(clock: Clock, table: PeerTable) -> None:
+    table.upsert(rec())
+    table.heard_from("m:aaaaaa")
+    assert len(table.due()) == 1  # PENDING: only a probe confirms the compile port
