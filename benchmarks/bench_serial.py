@@ -388,7 +388,10 @@ def start_meshcc(
     jobs: int,
     level: str = "info",
     profile: str | None = None,
+    discovery: bool = False,
 ) -> h.Daemon:
+    """The server box's meshcc daemon; ``discovery``: announced on the server namespace's
+    eth0 (the lease way's client daemon finds it there), else --no-discovery."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = h.free_port()
     log = workdir / "meshccd.log"
@@ -397,7 +400,7 @@ def start_meshcc(
         "daemon",
         "--listen",
         site.address,
-        "--no-discovery",
+        *(["--interface", "eth0"] if discovery else ["--no-discovery"]),
         "--port",
         str(port),
         "--allow",
@@ -447,6 +450,55 @@ def start_distccd(site: Site, workdir: Path, jobs: int) -> h.Daemon:
         str(jobs),
     ]
     return spawn_daemon(site, "distccd", argv, workdir, port, log, log)
+
+
+def start_lease_daemon(site: Site, meshcc: list[str], workdir: Path) -> tuple[h.Daemon, Path]:
+    """--lease-way: a meshcc daemon on the client box that leases every job to the server
+    box's daemon (its own compiler reports another gcc version, so this box never matches
+    its own jobs), found by mDNS on the namespaces' bridge; returns it and its control
+    socket, once the server is in its hosts line."""
+    from meshd import mismatched_gcc, trusted_dir
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)  # the clients' throwaway user reaches the socket through it
+    odd = mismatched_gcc(trusted_dir("bench-serial-odd-"), "12.9.9")
+    sock = workdir / "run" / "control.sock"
+    log = workdir / "meshccd.log"
+    argv = [*meshcc, "daemon", "--interface", "eth0", "--jobs", "1", "--compiler", str(odd)]
+    argv += ["--socket", str(sock), "--log-file", str(log), "--log-level", "info", "--no-cache"]
+    env = h.clean_env()
+    with open(workdir / "meshccd.out", "ab") as out:
+        proc = subprocess.Popen(
+            site.client.exec_argv(argv),
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    daemon = h.Daemon("meshcc-lease-client", proc, 0, log, argv)
+    hosts = [*meshcc, "hosts", "--cc", "gcc"]
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise h.HarnessError(f"the client box's daemon exited:\n{daemon.log_text()[-3000:]}")
+        res = subprocess.run(
+            site.client.exec_argv(hosts),
+            env={**env, "MESHCC_SOCKET": str(sock)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if site.address in res.stdout:
+            return daemon, sock
+        if time.monotonic() > deadline:
+            daemon.stop()
+            raise h.HarnessError(
+                f"the client box's daemon did not list {site.address} within 60 s:\n"
+                f"{res.stdout}{res.stderr}\n{daemon.log_text()[-3000:]}"
+            )
+        time.sleep(0.5)
 
 
 # --zygote: every way's clients run as a throwaway user (the zygote is never root's), and
@@ -520,6 +572,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     site = make_site(args.veth, args.icecream)
     daemons: dict[str, h.Daemon] = {}
     ice: _icecream.Icecream | None = None
+    lease_daemon: h.Daemon | None = None
     user = None
     try:
         daemons["meshcc"] = start_meshcc(
@@ -529,6 +582,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             args.server_jobs,
             args.daemon_log_level,
             args.profile_daemon,
+            discovery=args.lease_way,
         )
         daemons["distcc"] = start_distccd(site, work / "distccd", args.server_jobs)
         ways: dict[str, Way] = {}
@@ -550,6 +604,20 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             ways["meshcc"].env["MESHCC_DIRECTIVES_ONLY"] = "0"
             ways["meshcc-dirs"] = Way(
                 m.client, {**m.env, "MESHCC_DIRECTIVES_ONLY": "1"}, m.server_pgid
+            )
+        if args.lease_way:
+            # a third way through the same server daemon: meshcc-gcc as users run it, no
+            # DISTCC_HOSTS, each job leased by the client box's daemon (whose CPU per job
+            # counts as the client's, as issue 12 counts a local helper daemon)
+            lease_daemon, lease_sock = start_lease_daemon(site, meshcc_cmd, work / "lease-d")
+            env = h.client_env(work / "client-lease")
+            env["MESHCC_SOCKET"] = str(lease_sock)
+            env["PATH"] = ways["meshcc"].env["PATH"]
+            ways["meshcc-lease"] = Way(
+                [meshcc_gcc],
+                env,
+                ways["meshcc"].server_pgid,
+                os.getpgid(lease_daemon.proc.pid),
             )
         if args.icecream:
             ice = _icecream.start(site, work / "icecream", args.server_jobs, not args.veth)
@@ -584,7 +652,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                         time.sleep(SETTLE_S)
                         before = group_tasks(w.server_pgid) if w.server_pgid else {}
                         local_before = group_tasks(w.local_pgid) if w.local_pgid else {}
-                        zyg = zygote_stats(user) if user is not None and key == "meshcc" else None
+                        meshcc_way = key.startswith("meshcc")
+                        zyg = zygote_stats(user) if user is not None and meshcc_way else None
                         wall, cpu, err = run_client([*w.client, *job.argv], job.cwd, w.env, user)
                         if zyg is not None:
                             after = zygote_stats(user)
@@ -623,9 +692,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         expected = (args.reps + 1) * len(jobs)
         remote = {k: d.count_jobs() for k, d in daemons.items()}
         for k, d in daemons.items():
-            if remote[k] < expected:
+            # the meshcc daemon serves every meshcc way (directives-only, leased)
+            served = sum(1 for w in ways if w.split("-")[0] == k) * expected
+            if remote[k] < served:
                 raise h.HarnessError(
-                    f"{k}: only {remote[k]} of {expected} jobs logged COMPILE_OK\n"
+                    f"{k}: only {remote[k]} of {served} jobs logged COMPILE_OK\n"
                     + d.log_text()[-3000:]
                 )
         if ice is not None:
@@ -638,6 +709,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     finally:
         if ice is not None:
             ice.stop()
+        if lease_daemon is not None:
+            lease_daemon.stop()
         for d in daemons.values():
             d.stop()
         site.close()
@@ -741,6 +814,22 @@ def report(r: dict) -> str:
             ("server_cpu_mean_ms", "server CPU (mean)"),
         ):
             lines.append(f"{label:18s} {num(x[key])} {ratio(x, d, key):>8s} {ratio(x, m, key):>8s}")
+    x = r["ways"].get("meshcc-lease")
+    if x:
+        lines.append(
+            f"{'meshcc-lease':18s} {'m-lease':>9s} {'m-lease/d':>9s} {'m-lease/m':>9s}  "
+            "(no DISTCC_HOSTS: leased by the client box's daemon, codec negotiated)"
+        )
+        for key, label in (
+            ("wall_ms", "wall ms"),
+            ("client_cpu_ms", "client CPU ms"),
+            ("local_daemon_cpu_ms", " of it the daemon"),
+            ("server_cpu_ms", "server CPU ms"),
+        ):
+            lines.append(f"{label:18s} {num(x[key])} {ratio(x, d, key):>9s} {ratio(x, m, key):>9s}")
+        lines.append(
+            f"client box daemon: {x['local_samples_dropped']} jobs dropped (a task of it ended)"
+        )
     if r["timeline_ms"]:
         lines.append(
             "meshcc-gcc timeline, median ms: "
@@ -802,6 +891,13 @@ def main(argv: list[str] | None = None) -> int:
         "meshcc way then runs with MESHCC_DIRECTIVES_ONLY=0",
     )
     p.add_argument(
+        "--lease-way",
+        action="store_true",
+        help="with --veth: add meshcc-gcc without DISTCC_HOSTS as a third way, each job "
+        "leased by a meshcc daemon on the client box (mDNS on the namespaces' bridge) to the "
+        "server's daemon; its client CPU adds that daemon's CPU per job",
+    )
+    p.add_argument(
         "--zygote",
         action="store_true",
         help="run every client as a throwaway user, so that --meshcc-prefix's C launcher "
@@ -811,6 +907,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     args = p.parse_args(argv)
+    if args.lease_way and not args.veth:
+        p.error("--lease-way needs --veth (discovery runs only inside the namespaces)")
     if os.geteuid() != 0:
         print("bench_serial: run as root (distccd and the daemon drop privileges)", file=sys.stderr)
         return 2
