@@ -385,7 +385,9 @@ class LoadBook:
         cap = max(0, r.peer.jobs)  # never more than it announced (mesh-only: none)
         # What the shares this daemon promises depend on (its want, holdings, acks): a
         # record that changes none of it (a heartbeat) needs no round of records back.
-        before = (r.their_held, r.their_want, r.their_all, r.ack, r.boot)
+        # (Every record acks the last seq it saw: an ack matters only when it settles a
+        # promise still pending.)
+        before = (r.their_held, r.their_want, r.their_all, len(r.pending), r.acked_share, r.boot)
         r.boot, r.seq, r.got_at = rec.boot, rec.seq, now
         r.jobs = min(rec.jobs, cap)
         r.running, r.queued = rec.running, rec.queued
@@ -403,7 +405,8 @@ class LoadBook:
             if acked:
                 r.acked_share = acked[-1]
             r.pending = [(q, s) for q, s in r.pending if q > rec.ack]
-        if r.must_ack or before != (r.their_held, r.their_want, r.their_all, r.ack, r.boot):
+        after = (r.their_held, r.their_want, r.their_all, len(r.pending), r.acked_share, r.boot)
+        if r.must_ack or after != before:
             self.round_due = True
         return key
 

@@ -607,3 +607,27 @@ def test_no_reservation_where_another_box_is_owed_the_slot() -> None:
         broker.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_heartbeat_needs_no_round_back_but_a_new_want_or_promise_does() -> None:
+    """``round_due``: the channel answers a record at once only when it changes what this
+    book promises (a peer's want or holdings) or owes an acknowledgement (a new share)."""
+    net = Net(jobs=4, heartbeat_s=0.5, min_interval_s=0.01)
+    a, s = net.books["a"], net.books["s"]
+    net.settle()
+    for book in net.books.values():
+        book.round_due = False
+    net.clock.t += 0.6
+    net.send_all()  # heartbeats: nothing changed
+    net.deliver()
+    assert not a.round_due and not s.round_due
+    a.set_demand("m:s", 0, 2)  # a's clients want two of s's slots
+    net.clock.t += 0.02
+    net.send_all()
+    net.deliver()
+    assert s.round_due  # a new want: s's shares may change, answer now
+    s.round_due = False
+    net.clock.t += 0.02
+    net.send_all()  # s promises a its share
+    net.deliver()
+    assert a.round_due  # a new promise: a owes s an ack
