@@ -351,14 +351,25 @@ def make_site(veth: bool, icecream: bool = False) -> Site:
 
 
 def spawn_daemon(
-    site: Site, kind: str, argv: list[str], workdir: Path, port: int, log: Path, out: Path
+    site: Site,
+    kind: str,
+    argv: list[str],
+    workdir: Path,
+    port: int,
+    log: Path,
+    out: Path,
+    *,
+    on_client_box: bool = False,
+    ready: Callable[[], bool] | None = None,
+    timeout: float = 15.0,
 ) -> h.Daemon:
-    """Start a daemon where ``site`` says; wait until clients can connect to it."""
+    """Start a daemon where ``site`` says (or in the clients' namespace); wait until
+    ``ready`` (by default: clients can connect to its port)."""
     env = h.clean_env()
     env.pop("TMPDIR", None)  # like distccd: job dirs in /tmp, writable by the dropped user
     with open(out, "ab") as o:
         proc = subprocess.Popen(
-            site.popen_argv(argv),
+            site.client.exec_argv(argv) if on_client_box else site.popen_argv(argv),
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -367,18 +378,20 @@ def spawn_daemon(
             start_new_session=True,
         )
     daemon = h.Daemon(kind, proc, port, log, argv)
-    deadline = time.monotonic() + 15
+    if ready is None:
+        ready = lambda: site.accepts(port)  # noqa: E731
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise h.HarnessError(
-                f"{kind} exited ({proc.returncode}) before listening: {' '.join(argv)}\n"
+                f"{kind} exited ({proc.returncode}) before it was ready: {' '.join(argv)}\n"
                 f"{out.read_text(errors='replace')[-4000:]}\n{daemon.log_text()[-4000:]}"
             )
-        if site.accepts(port):
+        if ready():
             return daemon
         time.sleep(0.05)
     daemon.stop()
-    raise h.HarnessError(f"{kind} did not listen on {site.address}:{port} within 15 s")
+    raise h.HarnessError(f"{kind} was not ready within {timeout:g} s\n{daemon.log_text()[-3000:]}")
 
 
 def start_meshcc(
@@ -466,39 +479,28 @@ def start_lease_daemon(site: Site, meshcc: list[str], workdir: Path) -> tuple[h.
     log = workdir / "meshccd.log"
     argv = [*meshcc, "daemon", "--interface", "eth0", "--jobs", "1", "--compiler", str(odd)]
     argv += ["--socket", str(sock), "--log-file", str(log), "--log-level", "info", "--no-cache"]
-    env = h.clean_env()
-    with open(workdir / "meshccd.out", "ab") as out:
-        proc = subprocess.Popen(
-            site.client.exec_argv(argv),
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    daemon = h.Daemon("meshcc-lease-client", proc, 0, log, argv)
     hosts = [*meshcc, "hosts", "--cc", "gcc"]
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise h.HarnessError(f"the client box's daemon exited:\n{daemon.log_text()[-3000:]}")
+    env = {**h.clean_env(), "MESHCC_SOCKET": str(sock)}
+
+    def lists_the_server() -> bool:
         res = subprocess.run(
-            site.client.exec_argv(hosts),
-            env={**env, "MESHCC_SOCKET": str(sock)},
-            capture_output=True,
-            text=True,
-            timeout=30,
+            site.client.exec_argv(hosts), env=env, capture_output=True, text=True, timeout=30
         )
-        if site.address in res.stdout:
-            return daemon, sock
-        if time.monotonic() > deadline:
-            daemon.stop()
-            raise h.HarnessError(
-                f"the client box's daemon did not list {site.address} within 60 s:\n"
-                f"{res.stdout}{res.stderr}\n{daemon.log_text()[-3000:]}"
-            )
-        time.sleep(0.5)
+        return site.address in res.stdout
+
+    daemon = spawn_daemon(
+        site,
+        "meshcc-lease-client",
+        argv,
+        workdir,
+        0,
+        log,
+        workdir / "meshccd.out",
+        on_client_box=True,
+        ready=lists_the_server,
+        timeout=60,
+    )
+    return daemon, sock
 
 
 # --zygote: every way's clients run as a throwaway user (the zygote is never root's), and
@@ -801,35 +803,35 @@ def report(r: dict) -> str:
             f"process per job); jobs the scheduler saw done on the server: "
             f"{r['remote_jobs'].get('icecream')}"
         )
-    x = r["ways"].get("meshcc-dirs")
-    if x:
-        lines.append(
-            f"{'meshcc-dirs':18s} {'m-dirs':>9s} {'m-dirs/d':>8s} {'m-dirs/m':>8s}  "
-            "(MESHCC_DIRECTIVES_ONLY=1; the meshcc column above: =0)"
-        )
+    for way, short, note, rows in (
+        (
+            "meshcc-dirs",
+            "m-dirs",
+            "MESHCC_DIRECTIVES_ONLY=1; the meshcc column above: =0",
+            (("server_cpu_mean_ms", "server CPU (mean)"),),
+        ),
+        (
+            "meshcc-lease",
+            "m-lease",
+            "no DISTCC_HOSTS: leased by the client box's daemon, codec negotiated",
+            (("local_daemon_cpu_ms", " of it the daemon"),),
+        ),
+    ):
+        x = r["ways"].get(way)
+        if not x:
+            continue
+        lines.append(f"{way:18s} {short:>9s} {short + '/d':>9s} {short + '/m':>9s}  ({note})")
         for key, label in (
             ("wall_ms", "wall ms"),
             ("client_cpu_ms", "client CPU ms"),
             ("server_cpu_ms", "server CPU ms"),
-            ("server_cpu_mean_ms", "server CPU (mean)"),
-        ):
-            lines.append(f"{label:18s} {num(x[key])} {ratio(x, d, key):>8s} {ratio(x, m, key):>8s}")
-    x = r["ways"].get("meshcc-lease")
-    if x:
-        lines.append(
-            f"{'meshcc-lease':18s} {'m-lease':>9s} {'m-lease/d':>9s} {'m-lease/m':>9s}  "
-            "(no DISTCC_HOSTS: leased by the client box's daemon, codec negotiated)"
-        )
-        for key, label in (
-            ("wall_ms", "wall ms"),
-            ("client_cpu_ms", "client CPU ms"),
-            ("local_daemon_cpu_ms", " of it the daemon"),
-            ("server_cpu_ms", "server CPU ms"),
+            *rows,
         ):
             lines.append(f"{label:18s} {num(x[key])} {ratio(x, d, key):>9s} {ratio(x, m, key):>9s}")
-        lines.append(
-            f"client box daemon: {x['local_samples_dropped']} jobs dropped (a task of it ended)"
-        )
+        if way == "meshcc-lease":
+            lines.append(
+                f"client box daemon: {x['local_samples_dropped']} jobs dropped (a task of it ended)"
+            )
     if r["timeline_ms"]:
         lines.append(
             "meshcc-gcc timeline, median ms: "
