@@ -177,13 +177,18 @@ def server_main(args: argparse.Namespace) -> None:
             f"--opt={args.opt}",
             f"--argv-style={args.argv_style}",
         )
-        if total:
-            await server.serve_until_stopped()
-        else:
+
+        async def client_ended() -> None:
+            if await client.wait() != 0:
+                server.request_stop()  # it sends no more jobs: do not wait for them
+
+        watcher = asyncio.create_task(client_ended())
+        if not total:
             server.request_stop()
-            await server.serve_until_stopped()
-        if await client.wait() != 0:
-            sys.exit("the client failed")
+        await server.serve_until_stopped()
+        await watcher
+        if client.returncode != 0:
+            sys.exit("the client failed (its error is above)")
         if len(marks) == 2 and args.jobs:
             figures["cpu_ms"] = (marks[1][0] - marks[0][0]) * 1000 / args.jobs
             figures["turns"] = (marks[1][1] - marks[0][1]) / args.jobs
@@ -217,7 +222,10 @@ def _server_argv(args: argparse.Namespace, warmup: int, jobs: int) -> list[str]:
 
 def _serve(args: argparse.Namespace) -> str:
     argv = _server_argv(args, args.warmup, args.jobs)
-    return subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True).stdout
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"server_cpu: the measured server failed (exit {proc.returncode})")
+    return proc.stdout
 
 
 def _callgrind(args: argparse.Namespace, warmup: int, jobs: int) -> int:
