@@ -42,7 +42,7 @@ from pathlib import Path
 
 import _harness as h  # also puts tests/ on sys.path
 
-from userprocs import STATS_CODE, end_processes
+from userprocs import STATS_CODE, remove_user
 
 REPO = Path(__file__).resolve().parents[1]
 LUA_FILE = "src/lvm.c"
@@ -290,9 +290,7 @@ def main() -> int:
             distccd.terminate()
             distccd.wait(timeout=10)
         if user is not None:
-            end_processes(user.pw_uid)
-            subprocess.run(["userdel", user.pw_name], check=False)
-            shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
+            remove_user(user.pw_uid, user.pw_name)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -549,11 +549,9 @@ def zygote_stats_cost(user: Any) -> float:
 
 
 def end_user(user: Any) -> None:
-    from userprocs import end_processes
+    from userprocs import remove_user
 
-    end_processes(user.pw_uid)
-    subprocess.run(["userdel", user.pw_name], check=False)
-    shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
+    remove_user(user.pw_uid, user.pw_name)
 
 
 def bench(args: argparse.Namespace, work: Path) -> dict:

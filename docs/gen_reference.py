@@ -95,7 +95,7 @@ CLIENT_ENVIRONMENT: list[tuple[str, str]] = [
     ),
     (
         "MESHCC_ZYGOTE_IDLE",
-        ("seconds without a job after which a zygote started by this launcher exits (default 30)"),
+        "seconds without a job after which a zygote started by this launcher exits (default 30)",
     ),
     (
         "DISTCC_SOCKS_PROXY",

@@ -4,7 +4,9 @@ zygote is never root's): finding and ending them by pid, and a zygote's counters
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import time
 
 # Run as the user with ``python3 -c STATS_CODE SOCKET_DIR``: one JSON line of counters per
@@ -50,3 +52,11 @@ def end_processes(uid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
+
+
+def remove_user(uid: int, name: str) -> None:
+    """End a throwaway user's processes, delete the user, and remove its zygote socket
+    directory (``/tmp/meshcc-UID``, where no ``XDG_RUNTIME_DIR`` is set)."""
+    end_processes(uid)
+    subprocess.run(["userdel", name], check=False)
+    shutil.rmtree(f"/tmp/meshcc-{uid}", ignore_errors=True)

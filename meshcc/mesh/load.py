@@ -263,6 +263,19 @@ class _Remote:
     def fresh(self, now: float, stale_s: float) -> bool:
         return self.got_at is not None and now - self.got_at <= stale_s
 
+    def promise_inputs(self) -> tuple[int | None, ...]:
+        """What the shares we promise depend on from this peer: its want and holdings, the
+        promises it has not settled (every record acks the last seq it saw, which matters
+        only when that settles one), and its boot (a restart drops them all)."""
+        return (
+            self.their_held,
+            self.their_want,
+            self.their_all,
+            len(self.pending),
+            self.acked_share,
+            self.boot,
+        )
+
     def committed(self, now: float, forget_s: float) -> int:
         """Slots of ours it may be using: what it holds, or any share it may still act on.
         A silent peer keeps its last commitment (its clients may still hold those slots)
@@ -383,11 +396,9 @@ class LoadBook:
             r.acked_share = 0
             r.ack = 0
         cap = max(0, r.peer.jobs)  # never more than it announced (mesh-only: none)
-        # What the shares this daemon promises depend on (its want, holdings, acks): a
-        # record that changes none of it (a heartbeat) needs no round of records back.
-        # (Every record acks the last seq it saw: an ack matters only when it settles a
-        # promise still pending.)
-        before = (r.their_held, r.their_want, r.their_all, len(r.pending), r.acked_share, r.boot)
+        # A record that changes nothing our shares depend on (a heartbeat) needs no round
+        # of records back.
+        before = r.promise_inputs()
         r.boot, r.seq, r.got_at = rec.boot, rec.seq, now
         r.jobs = min(rec.jobs, cap)
         r.running, r.queued = rec.running, rec.queued
@@ -405,8 +416,7 @@ class LoadBook:
             if acked:
                 r.acked_share = acked[-1]
             r.pending = [(q, s) for q, s in r.pending if q > rec.ack]
-        after = (r.their_held, r.their_want, r.their_all, len(r.pending), r.acked_share, r.boot)
-        if r.must_ack or after != before:
+        if r.must_ack or r.promise_inputs() != before:
             self.round_due = True
         return key
 

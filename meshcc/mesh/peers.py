@@ -361,6 +361,7 @@ class PeerTable:
         now = self._clock()
         self._refill(now)
         limited = self.timings.max_probe_rate > 0
+        up = self._interval(self.timings.up_interval_s)  # counts the peers: once per call
         targets = []
         for key, e in self._entries.items():
             if e.probing or e.next_probe > now:
@@ -384,7 +385,6 @@ class PeerTable:
             ):
                 # Its records are proof of life: look again an interval after the last one (never
                 # earlier, so the deferral cannot come due again before its time).
-                up = self._interval(self.timings.up_interval_s)
                 e.next_probe = e.heard_at + up * (1.0 + self.timings.jitter * self._rng.random())
                 continue
             if limited and self._budget < 1.0:

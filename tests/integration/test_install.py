@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from userprocs import end_processes
+from userprocs import remove_user
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,10 +43,8 @@ def user_home() -> Iterator[tuple[pwd.struct_passwd, Path]]:
     try:
         yield user, home
     finally:
-        end_processes(user.pw_uid)  # the zygote its meshcc-gcc started (packaging/launcher)
-        subprocess.run(["userdel", name], check=False)
+        remove_user(user.pw_uid, name)  # and the zygote its meshcc-gcc started
         shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(f"/tmp/meshcc-{user.pw_uid}", ignore_errors=True)
 
 
 def _read_only_copy() -> Path:
