@@ -394,6 +394,16 @@ def spawn_daemon(
     raise h.HarnessError(f"{kind} was not ready within {timeout:g} s\n{daemon.log_text()[-3000:]}")
 
 
+def _profiled(profile: str) -> list[str]:
+    """The command that runs meshcc under cProfile, which writes its stats when the daemon's
+    main returns (SIGTERM ends it cleanly) as the user the daemon dropped to: into a fresh
+    file in a directory it may write."""
+    out = Path(profile).resolve()
+    out.unlink(missing_ok=True)
+    out.parent.chmod(out.parent.stat().st_mode | 0o333)
+    return [sys.executable, "-c", CPU_PROFILER, str(out)]
+
+
 def start_meshcc(
     site: Site,
     meshcc: list[str],
@@ -431,12 +441,7 @@ def start_meshcc(
     if "--no-cache" in helptext.stdout:
         argv.append("--no-cache")
     if profile:
-        # cProfile writes its stats when the daemon's main returns (SIGTERM ends it cleanly)
-        # as the user the daemon dropped to: into a fresh file in a directory it may write.
-        out = Path(profile).resolve()
-        out.unlink(missing_ok=True)
-        out.parent.chmod(out.parent.stat().st_mode | 0o333)
-        argv[: len(meshcc)] = [sys.executable, "-c", CPU_PROFILER, str(out)]
+        argv[: len(meshcc)] = _profiled(profile)
     return spawn_daemon(site, "meshcc", argv, workdir, port, log, workdir / "meshccd.out")
 
 
@@ -465,7 +470,9 @@ def start_distccd(site: Site, workdir: Path, jobs: int) -> h.Daemon:
     return spawn_daemon(site, "distccd", argv, workdir, port, log, log)
 
 
-def start_lease_daemon(site: Site, meshcc: list[str], workdir: Path) -> tuple[h.Daemon, Path]:
+def start_lease_daemon(
+    site: Site, meshcc: list[str], workdir: Path, profile: str | None = None
+) -> tuple[h.Daemon, Path]:
     """--lease-way: a meshcc daemon on the client box that leases every job to the server
     box's daemon (its own compiler reports another gcc version, so this box never matches
     its own jobs), found by mDNS on the namespaces' bridge; returns it and its control
@@ -479,6 +486,8 @@ def start_lease_daemon(site: Site, meshcc: list[str], workdir: Path) -> tuple[h.
     log = workdir / "meshccd.log"
     argv = [*meshcc, "daemon", "--interface", "eth0", "--jobs", "1", "--compiler", str(odd)]
     argv += ["--socket", str(sock), "--log-file", str(log), "--log-level", "info", "--no-cache"]
+    if profile:
+        argv[: len(meshcc)] = _profiled(profile)
     hosts = [*meshcc, "hosts", "--cc", "gcc"]
     env = {**h.clean_env(), "MESHCC_SOCKET": str(sock)}
 
@@ -609,7 +618,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             # a third way through the same server daemon: meshcc-gcc as users run it, no
             # DISTCC_HOSTS, each job leased by the client box's daemon (whose CPU per job
             # counts as the client's, as issue 12 counts a local helper daemon)
-            lease_daemon, lease_sock = start_lease_daemon(site, meshcc_cmd, work / "lease-d")
+            lease_daemon, lease_sock = start_lease_daemon(
+                site, meshcc_cmd, work / "lease-d", args.profile_lease_daemon
+            )
             env = h.client_env(work / "client-lease")
             env["MESHCC_SOCKET"] = str(lease_sock)
             env["PATH"] = ways["meshcc"].env["PATH"]
@@ -883,6 +894,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="run the meshcc daemon under cProfile and write its stats to PATH when it "
         "stops (its CPU figures then include the profiler's cost)",
+    )
+    p.add_argument(
+        "--profile-lease-daemon",
+        metavar="PATH",
+        help="with --lease-way: run the client box's meshcc daemon under cProfile and write "
+        "its stats to PATH when it stops",
     )
     p.add_argument(
         "--directives-only-way",

@@ -85,6 +85,12 @@ class LoadTimings:
     max_recv_rate: float = 200.0  # records per second accepted from one peer, at most
     max_pending: int = 64  # unacknowledged promises kept per peer (older: folded into one)
     forget_s: float = 30.0  # a silent peer's commitment is released after this at the latest
+    # A client that held or wanted slots this recently keeps its part of the spare slots
+    # (headroom): a serial build's next job is granted without a round trip, and a job's
+    # end costs no round of records taking the headroom back and another giving it again.
+    # Demand always comes first: a client that wants a slot takes it from headroom after
+    # one acknowledged round, as from any promise.
+    headroom_linger_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +251,7 @@ class _Remote:
     their_held: int = 0  # its clients' leases on us
     their_want: int = 0
     their_all: int = 0  # its clients' leases on the whole mesh (held_all)
+    active_at: float = -math.inf  # when it last held or wanted anything (headroom_linger_s)
     ack: int = 0  # our seq it applied
     # promises we made (seq, share), unacknowledged; and the share it acknowledged
     pending: list[tuple[int, int]] = field(default_factory=list)
@@ -315,6 +322,7 @@ class LoadBook:
         self.local_want = 0
         self.lease_waiting = 0  # requests waiting in this box's broker (published as queued)
         self.local_all = 0  # leases this box's clients hold on the whole mesh (held_all)
+        self._local_active_at = -math.inf  # as _Remote.active_at, for this box's clients
         self.rejected: dict[str, int] = {}  # reason -> count (status, debugging)
         # A received record changed what this daemon promises or owes an ack: the channel
         # sends a round now rather than at the next heartbeat (it clears this).
@@ -399,6 +407,7 @@ class LoadBook:
         # A record that changes nothing our shares depend on (a heartbeat) needs no round
         # of records back.
         before = r.promise_inputs()
+        was_active = r.their_held > 0 or r.their_want > 0
         r.boot, r.seq, r.got_at = rec.boot, rec.seq, now
         r.jobs = min(rec.jobs, cap)
         r.running, r.queued = rec.running, rec.queued
@@ -410,6 +419,8 @@ class LoadBook:
         r.their_held = min(rec.held, self.jobs)
         r.their_want = min(max(rec.want, r.their_held), self.jobs)
         r.their_all = max(rec.held_all, r.their_held)
+        if was_active or r.their_want > 0:  # (want is never below held)
+            r.active_at = now
         if rec.ack_boot == self.boot and rec.ack >= r.ack:
             r.ack = rec.ack
             acked = [s for q, s in r.pending if q <= rec.ack]
@@ -444,10 +455,13 @@ class LoadBook:
             self.queued = max(0, queued)
         if speed is not None:
             self.speed = max(0, speed)
+        was_active = self.local_held > 0 or self.local_want > 0
         if held is not None:
             self.local_held = max(0, held)
         if want is not None:
             self.local_want = max(0, want)
+        if was_active or self.local_held > 0 or self.local_want > 0:
+            self._local_active_at = self._clock()
 
     def set_demand(self, key: str, held: int, want: int) -> None:
         """This daemon's clients hold ``held`` leases on peer ``key`` and want ``want``."""
@@ -473,8 +487,9 @@ class LoadBook:
 
     def _targets(self, now: float, asking: int = 0) -> dict[str, int]:
         """Each client's fair share: water-filling of the wants, then what is left over
-        spread over the clients that hold or want anything (headroom: their next request
-        is granted at once, without a round trip to ask for more)."""
+        spread over the clients that hold or want anything, or did within
+        ``headroom_linger_s`` (headroom: their next request is granted at once, without a
+        round trip to ask for more)."""
         demands = {k: r.their_want for k, r in self._remotes.items() if r.fresh(now, self._stale)}
         demands[LOCAL] = min(max(self.local_want, self.local_held + asking), self.jobs)
         held = {k: self._remotes[k].their_held for k in demands if k != LOCAL}
@@ -484,7 +499,11 @@ class LoadBook:
         capacity = self._capacity(now)
         alloc = fair_fill(capacity, demands, elsewhere, held)
         left = capacity - sum(alloc.values())
-        active = {k: capacity for k, d in demands.items() if d > 0 or held[k] > 0}
+        since = now - self.timings.headroom_linger_s
+        recent = {k for k, r in self._remotes.items() if r.active_at >= since}
+        if self._local_active_at >= since:
+            recent.add(LOCAL)
+        active = {k: capacity for k, d in demands.items() if d > 0 or held[k] > 0 or k in recent}
         if left > 0 and active:
             for k, extra in water_fill(left, active, held).items():
                 alloc[k] += extra

@@ -631,3 +631,31 @@ def test_a_heartbeat_needs_no_round_back_but_a_new_want_or_promise_does() -> Non
     net.send_all()  # s promises a its share
     net.deliver()
     assert a.round_due  # a new promise: a owes s an ack
+
+
+def test_headroom_lingers_after_a_job_then_goes_and_demand_takes_it() -> None:
+    """A serial build: between two jobs its share on s stays (the next lease needs no round
+    trip, the job's end no round of records); after ``headroom_linger_s`` idle it goes. A
+    client that wants the slots takes them from lingering headroom once it is acked."""
+    net = Net(jobs=2, headroom_linger_s=2.0)
+    a, b = net.books["a"], net.books["b"]
+    a.set_demand("m:s", 0, 1)
+    net.settle()
+    assert a.live("m:s").share == 2  # type: ignore[union-attr]  # its want and the spare slot
+    a.set_demand("m:s", 1, 1)
+    net.settle()
+    a.set_demand("m:s", 0, 0)  # the job ends
+    net.settle()
+    assert a.live("m:s").share == 2  # type: ignore[union-attr]
+    net.clock.t += 1.0
+    net.settle()
+    assert a.live("m:s").share == 2  # type: ignore[union-attr]  # still within the linger
+    b.set_demand("m:s", 0, 2)  # another box wants both slots: demand before headroom
+    net.settle()
+    assert (a.live("m:s").share, b.live("m:s").share) == (0, 2)  # type: ignore[union-attr]
+    b.set_demand("m:s", 0, 0)
+    net.settle()
+    assert b.live("m:s").share >= 1  # type: ignore[union-attr]  # lingers, beside a
+    net.clock.t += 2.5  # both idle longer than the linger
+    net.settle()
+    assert (a.live("m:s").share, b.live("m:s").share) == (0, 0)  # type: ignore[union-attr]
