@@ -69,7 +69,6 @@ from meshcc.wire.outcome import report_socket_path
 
 if TYPE_CHECKING:
     from meshcc.daemon.control_server import ControlServer
-    from meshcc.mesh.leases import PeerView
     from meshcc.mesh.service import Mesh
 
 log = logging.getLogger("meshcc.daemon")
@@ -832,11 +831,19 @@ def _write_hosts(hosts_file: HostsFile, line: str, compiler: str | None) -> None
         log.warning("--write-hosts %s: %s", hosts_file.path, e.strerror or e)
 
 
+# How long the watch below waits for a change before it judges again anyway: verdicts
+# also change with time (a failed peer's cool-down ends) and, for --write-hosts' order by
+# free slots, with live load. Judging every peer twice a second was a sixth of an idle
+# daemon's CPU, for a log line that changes only with the table.
+WATCH_BACKSTOP_S = 5.0
+WATCH_HOSTS_FILE_S = 0.5
+
+
 async def _watch_default_cc(
-    mesh: PeerView, fingerprints: FingerprintCache, hosts_file: HostsFile | None
+    mesh: Mesh, fingerprints: FingerprintCache, hosts_file: HostsFile | None
 ) -> None:
-    """Judge the peers for the local ``cc`` twice a second: log who is in or out and why
-    (once per change), and keep ``--write-hosts`` current."""
+    """Judge the peers for the local ``cc`` when the mesh changes: log who is in or out and
+    why (once per change), and keep ``--write-hosts`` current (and ordered by load)."""
 
     fp = None
     found = hostos.which("cc")
@@ -850,7 +857,12 @@ async def _watch_default_cc(
             log.warning("%s; peers are listed without a compiler check", e)
     compiler = fp.describe() if fp is not None else None
     seen: dict[str, tuple[bool, str]] = {}
+    changed = asyncio.Event()
+    mesh.on_change(changed.set)
+    backstop = WATCH_BACKSTOP_S if hosts_file is None else WATCH_HOSTS_FILE_S
+    loop = asyncio.get_running_loop()
     while True:
+        changed.clear()
         verdicts = mesh.explain(fp)
         current: dict[str, tuple[bool, str]] = {}
         for v in verdicts:
@@ -875,7 +887,11 @@ async def _watch_default_cc(
         seen = current
         if hosts_file is not None:
             _write_hosts(hosts_file, with_localhost(hosts_line(verdicts)), compiler)
-        await asyncio.sleep(0.5)
+        timer = loop.call_later(backstop, changed.set)
+        try:
+            await changed.wait()
+        finally:
+            timer.cancel()
 
 
 def run(opts: DaemonOptions) -> int:

@@ -285,6 +285,7 @@ class Mesh:
         # _load_peers' last answer, and the table version and policy it was built from
         self._load_peers_of: tuple[int, object] | None = None
         self._load_peers_list: list[RemotePeer] = []
+        self._change_callbacks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -492,6 +493,19 @@ class Mesh:
         """Every peer, in or out for this compiler, with the reason; included first, best first."""
         return judge_all(fingerprint, self.table.snapshot(), self._policy)
 
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a judgement may have changed: a peer came, went or
+        changed its record, its liveness changed, or a job on it failed. Time alone and
+        live load change verdicts too, so whoever must follow those also looks on a timer."""
+        self._change_callbacks.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._change_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("mesh: a change callback failed")
+
     def hosts_line(self, fingerprint: ClientCompiler | None) -> str:
         """DISTCC_HOSTS entries of the matching, live, allowed peers, best first."""
         return hosts_line(self.explain(fingerprint))
@@ -506,6 +520,8 @@ class Mesh:
         self.table.report_job(key, ok, connect_failed=connect_failed)
         if connect_failed and self._loop is not None:
             self._loop.wake()
+        if not ok:
+            self._changed()
         return True
 
     def set_load(self, busy_jobs: int) -> None:
@@ -638,8 +654,10 @@ class Mesh:
         try:
             self._apply_event(event)
         finally:
-            if self.table.records_version != version and self.load_channel is not None:
-                self.load_channel.poke()  # a peer came, went or changed: the book follows
+            if self.table.records_version != version:
+                if self.load_channel is not None:
+                    self.load_channel.poke()  # a peer came, went or changed: the book follows
+                self._changed()
 
     def _apply_event(self, event: DiscoveryEvent) -> None:
         from meshcc.mesh.discovery import ServiceGone, ServiceSeen
@@ -689,6 +707,7 @@ class Mesh:
         return bool(eps) and eps <= self._policy.own_endpoints
 
     def _on_liveness(self, key: str, liveness: Liveness | None) -> None:
+        self._changed()
         state = self.table.state(key)
         if state is None:
             return
