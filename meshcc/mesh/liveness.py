@@ -163,6 +163,7 @@ class LivenessLoop:
 
     async def run(self) -> None:
         """Forever (until cancelled)."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 self._wake.clear()
@@ -172,8 +173,13 @@ class LivenessLoop:
                     task.add_done_callback(self._tasks.discard)
                 nxt = self.table.next_wakeup()
                 delay = _MAX_SLEEP_S if nxt is None else max(0.0, nxt - self.table.now())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(delay, _MAX_SLEEP_S))
+                # A timer that sets the event, not wait_for: no task per wake-up (this loop
+                # wakes about once a second per box of the mesh, all day).
+                timer = loop.call_later(min(delay, _MAX_SLEEP_S), self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
         finally:
             for task in list(self._tasks):
                 task.cancel()
