@@ -69,10 +69,6 @@ __all__ = [
 
 LOCAL = "localhost"  # the key of this box's own share (leases.LOCAL_KEY)
 
-# The fields of a record (as LoadBook.outgoing lists them) that shares depend on: what
-# this box's clients hold and want on the peer, and the share promised to the peer's.
-_PROMISED = slice(5, 8)
-
 Demand = tuple[dict[str, tuple[int, int]], int, int]
 """{peer key: (held, want)}, local held, local want: what this daemon's clients use."""
 
@@ -84,12 +80,6 @@ class LoadTimings:
     # being sent: the peers' heartbeats fall into step, one wake-up for all of them.
     heartbeat_early: float = 0.2
     min_interval_s: float = 0.01  # per peer, between two records with changes
-    # A change that only informs (this box's running, queued and free slots, speed, what
-    # its clients hold mesh-wide) waits this long for more: a job's start and end each
-    # change several figures a few ms apart, and a busy server's slots change all the
-    # time. What a peer's promises depend on (a share, an ack owed, what its clients hold
-    # and want here) still goes within min_interval_s.
-    info_batch_s: float = 0.05
     stale_s: float = 2.0  # a peer's live figures are dropped this long after its last record
     max_send_rate: float = 1000.0  # datagrams per second this daemon sends, at most
     max_recv_rate: float = 200.0  # records per second accepted from one peer, at most
@@ -273,7 +263,6 @@ class _Remote:
     sent_at: float = -math.inf
     last_sent: tuple[int, ...] = ()
     must_ack: bool = False
-    info_since: float | None = None  # an informational change waits since (info_batch_s)
     # receive rate limit (token bucket)
     tokens: float = 0.0
     tokens_at: float = 0.0
@@ -612,15 +601,8 @@ class LoadBook:
             share = min(targets.get(key, 0), max(0, capacity - (total - committed[key])))
             mine = (self.jobs, self.running, self.queued + self.lease_waiting, free, self.speed)
             fields: tuple[int, ...] = (*mine, r.my_held, r.my_want, share, self.local_all)
-            if not r.must_ack and since < heartbeat:
-                if fields == r.last_sent:
-                    r.info_since = None
-                    continue
-                if fields[_PROMISED] == r.last_sent[_PROMISED]:  # it only informs
-                    if r.info_since is None:
-                        r.info_since = now
-                    if now < r.info_since + self.timings.info_batch_s:  # (as next_due)
-                        continue
+            if fields == r.last_sent and not r.must_ack and since < heartbeat:
+                continue
             self._seq += 1
             rec = wire.LoadRecord(
                 self.node,
@@ -648,16 +630,12 @@ class LoadBook:
                 now_committed = r.committed(now, forget)
                 total += now_committed - committed[key]
                 committed[key] = now_committed
-            r.sent_at, r.last_sent, r.must_ack, r.info_since = now, fields, False, None
+            r.sent_at, r.last_sent, r.must_ack = now, fields, False
             out.append((r.peer.address, r.peer.port, wire.encode(rec)))
         return out
 
     def next_due(self) -> float | None:
-        """Monotonic time of the next heartbeat, or of an informational change's batch
-        (changes: call outgoing() after them)."""
+        """Monotonic time of the next heartbeat (changes: call outgoing() after them)."""
         if not self._remotes:
             return None
-        due = min(r.sent_at for r in self._remotes.values()) + self.timings.heartbeat_s
-        batch = self.timings.info_batch_s
-        waiting = [r.info_since + batch for r in self._remotes.values() if r.info_since is not None]
-        return min(due, *waiting) if waiting else due
+        return min(r.sent_at for r in self._remotes.values()) + self.timings.heartbeat_s

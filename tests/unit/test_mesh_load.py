@@ -659,30 +659,3 @@ def test_headroom_lingers_after_a_job_then_goes_and_demand_takes_it() -> None:
     net.clock.t += 2.5  # both idle longer than the linger
     net.settle()
     assert (a.live("m:s").share, b.live("m:s").share) == (0, 0)  # type: ignore[union-attr]
-
-
-def test_a_change_that_only_informs_is_batched_and_one_that_shares_depend_on_is_not() -> None:
-    """A job's start and end change a server's figures a few ms apart: they go out as one
-    record after ``info_batch_s``; a client's new want goes at once."""
-    net = Net(jobs=4, heartbeat_s=0.5, min_interval_s=0.01, info_batch_s=0.05)
-    a, s = net.books["a"], net.books["s"]
-    net.settle()
-    s.set_local(running=1)
-    assert s.outgoing() == []  # waits for more
-    first = net.clock.t
-    assert s.next_due() == pytest.approx(first + 0.05)
-    net.clock.t += 0.02
-    s.set_local(running=2)
-    assert s.outgoing() == []
-    net.clock.t = first + 0.05  # the batch is due: one record per peer, the latest figures
-    records = [wire.decode(data) for _, _, data in s.outgoing()]
-    assert len(records) == 2 and {r.running for r in records} == {2}
-    sent = net.clock.t
-    s.set_local(running=1)
-    assert s.outgoing() == []
-    net.clock.t += 0.02
-    s.set_local(running=2)  # back to what the peers were told: nothing to send
-    net.clock.t += 0.05
-    assert s.outgoing() == [] and s.next_due() == pytest.approx(sent + 0.5)
-    a.set_demand("m:s", 0, 2)
-    assert len(a.outgoing()) == 1  # a want: at once
