@@ -1,0 +1,157 @@
+"""Live-load records and channel rounds per job of a serial build, for given load timings.
+
+    .venv/bin/python benchmarks/load_records_per_job.py [--jobs 60] [--json F]
+
+Two real :class:`meshcc.mesh.loadnet.LoadChannel` s (a client box c and a server s, their
+real :class:`~meshcc.mesh.load.LoadBook` s) talk over UDP on 127.0.0.1, in one process,
+and replay the load changes of a serial build's jobs as the daemons make them: c's
+broker wants a slot on s, is granted it once s's share allows (held), s's compile server
+takes a slot once the client's preprocessor is done (20 ms later), frees it when the
+compile ends (150 ms), and c's lease ends 1 ms after that; 30 ms pass to the next job.
+For each set of timings (without the headroom linger, as before 2026-11-30, and with)
+it counts, per job, the rounds each channel ran (wake-ups that computed records)
+and the records it sent, and the process's CPU per job (both channels). Counts are
+the point: they do not depend on how fast the box is. Heartbeats (every 0.5 s) are
+included, as a daemon pays them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from meshcc.mesh.load import LoadBook, LoadTimings, RemotePeer
+from meshcc.mesh.loadnet import LoadChannel
+
+NODES = {"c": "0000000000cc", "s": "0000000000ee"}
+
+
+class _Book(LoadBook):
+    """A real book that counts the rounds its channel runs."""
+
+    rounds = 0
+
+    def outgoing(self) -> list[tuple[str, int, bytes]]:
+        self.rounds += 1
+        return super().outgoing()
+
+
+@dataclass
+class Result:
+    name: str
+    rounds_c: float
+    rounds_s: float
+    records_c: float
+    records_s: float
+    cpu_ms: float
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def _replay(timings: LoadTimings, jobs: int) -> tuple[_Book, _Book, LoadChannel, LoadChannel]:
+    books = {n: _Book(node, 4 if n == "s" else 1, timings) for n, node in NODES.items()}
+    socks = {n: _socket() for n in NODES}
+    ports = {n: s.getsockname()[1] for n, s in socks.items()}
+
+    def peer(of: str) -> list[RemotePeer]:
+        other = "s" if of == "c" else "c"
+        jobs = books[other].jobs
+        return [
+            RemotePeer(
+                f"m:{other}",
+                NODES[other],
+                "127.0.0.1",
+                ports[other],
+                jobs,
+                frozenset({"127.0.0.1"}),
+            )
+        ]
+
+    peers = {n: peer(n) for n in NODES}
+    running = [0]
+    s_figures = lambda: (running[0], 0, 0)  # noqa: E731
+    channels = {
+        "c": LoadChannel(books["c"], lambda: peers["c"]),
+        "s": LoadChannel(books["s"], lambda: peers["s"], s_figures),
+    }
+    for n, ch in channels.items():
+        await ch.start(socks[n])
+    c, s = books["c"], books["s"]
+    try:
+        await asyncio.sleep(1.0)  # they hear of each other
+        c.rounds = s.rounds = 0
+        sent0 = {n: ch.sent for n, ch in channels.items()}
+        for _ in range(jobs):
+            c.set_demand("m:s", 0, 1)
+            channels["c"].poke()
+            while True:  # the broker grants once the share allows
+                live = c.live("m:s")
+                if live is not None and live.share >= 1:
+                    break
+                await asyncio.sleep(0.0005)
+            c.set_demand("m:s", 1, 1)
+            channels["c"].poke()
+            await asyncio.sleep(0.020)  # the client's preprocessor
+            running[0] = 1
+            channels["s"].poke()
+            await asyncio.sleep(0.150)  # the compile
+            running[0] = 0
+            channels["s"].poke()
+            await asyncio.sleep(0.001)
+            c.set_demand("m:s", 0, 0)
+            channels["c"].poke()
+            await asyncio.sleep(0.030)
+        channels["c"].sent -= sent0["c"]
+        channels["s"].sent -= sent0["s"]
+        return c, s, channels["c"], channels["s"]
+    finally:
+        for ch in channels.values():
+            await ch.stop()
+
+
+def measure(name: str, timings: LoadTimings, jobs: int) -> Result:
+    t0 = time.process_time()
+    c, s, cc, cs = asyncio.run(_replay(timings, jobs))
+    cpu = (time.process_time() - t0) * 1000 / jobs
+    return Result(name, c.rounds / jobs, s.rounds / jobs, cc.sent / jobs, cs.sent / jobs, cpu)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=60)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    ways = [
+        ("no headroom linger", LoadTimings(headroom_linger_s=0.0)),
+        ("headroom linger 2 s", LoadTimings()),
+    ]
+    rows = [measure(name, t, args.jobs) for name, t in ways]
+    print(f"per serial job ({args.jobs} jobs; c: the client box, s: the server)")
+    head = ("rounds c", "rounds s", "records c", "records s", "CPU ms")
+    print(f"{'timings':24s} " + " ".join(f"{h:>9s}" for h in head))
+    for r in rows:
+        print(
+            f"{r.name:24s} {r.rounds_c:9.2f} {r.rounds_s:9.2f} {r.records_c:9.2f} "
+            f"{r.records_s:9.2f} {r.cpu_ms:9.2f}"
+        )
+    if args.json:
+        out: dict[str, Any] = {r.name: r.__dict__ for r in rows}
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
