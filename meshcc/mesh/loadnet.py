@@ -105,6 +105,7 @@ class LoadChannel:
         self.on_heard: Callable[[str], None] | None = None  # a peer's record was accepted
         self._wake = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
+        self._family = socket.AF_INET6
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.received_count = 0
@@ -113,6 +114,7 @@ class LoadChannel:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self._transport = transport
+        self._family = sock.family
         self._task = supervise("meshcc-load-channel", self._run, log)
 
     async def stop(self) -> None:
@@ -160,7 +162,7 @@ class LoadChannel:
                     last_figures = (running, queued, speed)
             transport = self._transport
             if transport is not None:
-                family = transport.get_extra_info("socket").family
+                family = self._family
                 for host, port, data in self.book.outgoing():
                     try:
                         transport.sendto(data, (_destination(family, host), port))
