@@ -926,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.lease_way and not args.veth:
         p.error("--lease-way needs --veth (discovery runs only inside the namespaces)")
+    if args.profile_lease_daemon and not args.lease_way:
+        p.error("--profile-lease-daemon needs --lease-way (it profiles that way's daemon)")
     if os.geteuid() != 0:
         print("bench_serial: run as root (distccd and the daemon drop privileges)", file=sys.stderr)
         return 2

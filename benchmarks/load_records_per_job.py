@@ -97,10 +97,13 @@ async def _replay(timings: LoadTimings, jobs: int) -> tuple[_Book, _Book, LoadCh
         for _ in range(jobs):
             c.set_demand("m:s", 0, 1)
             channels["c"].poke()
+            deadline = time.monotonic() + 5.0
             while True:  # the broker grants once the share allows
                 live = c.live("m:s")
                 if live is not None and live.share >= 1:
                     break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("s promised c no share within 5 s")
                 await asyncio.sleep(0.0005)
             c.set_demand("m:s", 1, 1)
             channels["c"].poke()

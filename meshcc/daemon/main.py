@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from meshcc import __version__, hostos
+from meshcc.asyncwait import wait_set
 from meshcc.cache.store import DiskStore
 from meshcc.compiler.fingerprints import FingerprintCache, FingerprintError
 from meshcc.compiler.hostspec import with_localhost
@@ -68,6 +69,7 @@ from meshcc.wire import control
 from meshcc.wire.outcome import report_socket_path
 
 if TYPE_CHECKING:
+    from meshcc.compiler.fingerprints import ClientCompiler
     from meshcc.daemon.control_server import ControlServer
     from meshcc.mesh.service import Mesh
 
@@ -832,9 +834,10 @@ def _write_hosts(hosts_file: HostsFile, line: str, compiler: str | None) -> None
 
 
 # How long the watch below waits for a change before it judges again anyway: verdicts
-# also change with time (a failed peer's cool-down ends) and, for --write-hosts' order by
-# free slots, with live load. Judging every peer twice a second was a sixth of an idle
-# daemon's CPU, for a log line that changes only with the table.
+# also change with time alone (a back-off ends, a stock distccd is re-admitted), and
+# --write-hosts' order with the probes' round trips, which the mesh does not signal.
+# Judging every peer twice a second was a sixth of an idle daemon's CPU, for log lines
+# that change only with the table.
 WATCH_BACKSTOP_S = 5.0
 WATCH_HOSTS_FILE_S = 0.5
 
@@ -843,7 +846,7 @@ async def _watch_default_cc(
     mesh: Mesh, fingerprints: FingerprintCache, hosts_file: HostsFile | None
 ) -> None:
     """Judge the peers for the local ``cc`` when the mesh changes: log who is in or out and
-    why (once per change), and keep ``--write-hosts`` current (and ordered by load)."""
+    why (once per change), and keep ``--write-hosts`` current (and in the mesh's order)."""
 
     fp = None
     found = hostos.which("cc")
@@ -856,11 +859,25 @@ async def _watch_default_cc(
         except FingerprintError as e:
             log.warning("%s; peers are listed without a compiler check", e)
     compiler = fp.describe() if fp is not None else None
-    seen: dict[str, tuple[bool, str]] = {}
     changed = asyncio.Event()
-    mesh.on_change(changed.set)
+    unsubscribe = mesh.on_change(changed.set)  # (a restarted watch subscribes anew)
     backstop = WATCH_BACKSTOP_S if hosts_file is None else WATCH_HOSTS_FILE_S
-    loop = asyncio.get_running_loop()
+    try:
+        await _watch_loop(mesh, fp, compiler, hosts_file, changed, backstop)
+    finally:
+        unsubscribe()
+
+
+async def _watch_loop(
+    mesh: Mesh,
+    fp: ClientCompiler | None,
+    compiler: str | None,
+    hosts_file: HostsFile | None,
+    changed: asyncio.Event,
+    backstop: float,
+) -> None:
+    """The watch itself: judge, log what changed, write the hosts file, wait."""
+    seen: dict[str, tuple[bool, str]] = {}
     while True:
         changed.clear()
         verdicts = mesh.explain(fp)
@@ -887,11 +904,7 @@ async def _watch_default_cc(
         seen = current
         if hosts_file is not None:
             _write_hosts(hosts_file, with_localhost(hosts_line(verdicts)), compiler)
-        timer = loop.call_later(backstop, changed.set)
-        try:
-            await changed.wait()
-        finally:
-            timer.cancel()
+        await wait_set(changed, backstop)
 
 
 def run(opts: DaemonOptions) -> int:

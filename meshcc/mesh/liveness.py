@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
+from meshcc.asyncwait import wait_set
 from meshcc.mesh.peers import Liveness, PeerTable, ProbeTarget
 from meshcc.wire import protocol as wire
 
@@ -163,7 +164,6 @@ class LivenessLoop:
 
     async def run(self) -> None:
         """Forever (until cancelled)."""
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 self._wake.clear()
@@ -173,13 +173,7 @@ class LivenessLoop:
                     task.add_done_callback(self._tasks.discard)
                 nxt = self.table.next_wakeup()
                 delay = _MAX_SLEEP_S if nxt is None else max(0.0, nxt - self.table.now())
-                # A timer that sets the event, not wait_for: no task per wake-up (this loop
-                # wakes about once a second per box of the mesh, all day).
-                timer = loop.call_later(min(delay, _MAX_SLEEP_S), self._wake.set)
-                try:
-                    await self._wake.wait()
-                finally:
-                    timer.cancel()
+                await wait_set(self._wake, min(delay, _MAX_SLEEP_S))
         finally:
             for task in list(self._tasks):
                 task.cancel()

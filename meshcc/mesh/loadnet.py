@@ -24,6 +24,7 @@ import logging
 import socket
 from collections.abc import Callable
 
+from meshcc.asyncwait import wait_set
 from meshcc.mesh.load import LoadBook, RemotePeer
 from meshcc.supervisor import supervise
 from meshcc.transport.addresses import peer_ip
@@ -144,7 +145,6 @@ class LoadChannel:
             self._wake.set()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         peers: list[RemotePeer] | None = None
         last_figures: tuple[int, int, int] | None = None
         while True:
@@ -175,12 +175,7 @@ class LoadChannel:
             now = self.book.now()
             delay = BACKSTOP_S if nxt is None else min(BACKSTOP_S, max(0.0, nxt - now))
             last = now
-            # A timer that sets the event, not wait_for (a task and a timeout per round).
-            timer = loop.call_later(delay, self._wake.set)
-            try:
-                await self._wake.wait()
-            finally:
-                timer.cancel()
+            await wait_set(self._wake, delay)
             # A change after a quiet spell goes at once; a burst of changes coalesces
             # into one round per min_interval_s.
             rest = last + self.book.timings.min_interval_s - self.book.now()

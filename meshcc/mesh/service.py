@@ -493,11 +493,14 @@ class Mesh:
         """Every peer, in or out for this compiler, with the reason; included first, best first."""
         return judge_all(fingerprint, self.table.snapshot(), self._policy)
 
-    def on_change(self, callback: Callable[[], None]) -> None:
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` when a judgement may have changed: a peer came, went or
-        changed its record, its liveness changed, or a job on it failed. Time alone and
-        live load change verdicts too, so whoever must follow those also looks on a timer."""
+        changed its record, its liveness changed, or a job outcome changed its failure
+        count or liveness. Returns what unsubscribes it. Some changes come with time alone
+        (a back-off or a stock distccd's re-admission ending, a probe's round trip, which
+        ranks peers): whoever must follow those also looks on a timer."""
         self._change_callbacks.append(callback)
+        return lambda: self._change_callbacks.remove(callback)
 
     def _changed(self) -> None:
         for callback in self._change_callbacks:
@@ -517,11 +520,17 @@ class Mesh:
         key = self.table.find(peer)
         if key is None:
             return False
+        before = self.table.state(key)
         self.table.report_job(key, ok, connect_failed=connect_failed)
         if connect_failed and self._loop is not None:
             self._loop.wake()
-        if not ok:
-            self._changed()
+        after = self.table.state(key)
+        if (
+            before is None
+            or after is None
+            or (before.liveness, before.job_failures) != (after.liveness, after.job_failures)
+        ):
+            self._changed()  # (a job that went as the last one did changes no verdict)
         return True
 
     def set_load(self, busy_jobs: int) -> None:

@@ -59,6 +59,7 @@ CLEAN = {
     "hostos.py": "",
     "loglevels.py": "",
     "supervisor.py": "import asyncio\nimport logging\n",
+    "asyncwait.py": "import asyncio\n",
     "posixenv.py": "import sys\nfrom posix import environ\n",
 }
 

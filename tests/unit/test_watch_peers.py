@@ -4,6 +4,7 @@ peers when the mesh says something changed, not on a poll, and still logs each c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -22,8 +23,9 @@ class _Mesh:
         self.judged = 0
         self.callbacks: list[Callable[[], None]] = []
 
-    def on_change(self, callback: Callable[[], None]) -> None:
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
         self.callbacks.append(callback)
+        return lambda: self.callbacks.remove(callback)
 
     def explain(self, fingerprint: object) -> list[Any]:
         self.judged += 1
@@ -57,7 +59,7 @@ def test_the_watch_judges_on_a_change_and_not_on_a_poll(
         watch = asyncio.create_task(
             daemon_main._watch_default_cc(mesh, _Fingerprints(), None)  # type: ignore[arg-type]
         )
-        await asyncio.sleep(1.5)  # three judgements at the old twice-a-second poll
+        await asyncio.sleep(0.7)  # two judgements at the old twice-a-second poll
         idle = mesh.judged
         mesh.change(included=False)
         await asyncio.sleep(0.05)
@@ -65,6 +67,9 @@ def test_the_watch_judges_on_a_change_and_not_on_a_poll(
         mesh.change(included=True)
         await asyncio.sleep(0.05)
         watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        assert mesh.callbacks == []  # a watch that ends (or is restarted) unsubscribes
         return idle, after_change, mesh.judged
 
     with caplog.at_level(logging.INFO, logger="meshcc.daemon"):
@@ -94,15 +99,17 @@ def test_the_watch_still_looks_again_on_its_backstop(monkeypatch: pytest.MonkeyP
 
 
 def test_the_mesh_signals_a_peer_that_comes_goes_or_fails() -> None:
-    """``Mesh.on_change``: a discovery event that changes the table and a failed job on a
-    peer call back; an announcement that changes nothing and a job that went well do not."""
+    """``Mesh.on_change``: a discovery event that changes the table, a change of liveness
+    and a job outcome that changes a peer's failures call back; an announcement that
+    changes nothing and a job that went as the last one did do not."""
     from meshcc.mesh.discovery import ServiceGone, ServiceSeen
+    from meshcc.mesh.peers import Liveness
     from meshcc.mesh.records import DISTCC_TYPE
     from meshcc.mesh.service import Mesh, MeshConfig
 
     mesh = Mesh(MeshConfig(), (), 3632, 2, distcc_id=None, node_id="0000000000aa")
     calls: list[int] = []
-    mesh.on_change(lambda: calls.append(1))
+    unsubscribe = mesh.on_change(lambda: calls.append(1))
     name = f"box.{DISTCC_TYPE}"
     seen = ServiceSeen(DISTCC_TYPE, name, ("10.0.0.2",), 3632, {"distcc": "3.4"}, "box.local.")
     mesh._on_event(seen)
@@ -113,5 +120,12 @@ def test_the_mesh_signals_a_peer_that_comes_goes_or_fails() -> None:
     assert len(calls) == 1
     assert mesh.report_job_result("10.0.0.2:3632", False)
     assert len(calls) == 2
-    mesh._on_event(ServiceGone(DISTCC_TYPE, name))
+    assert mesh.report_job_result("10.0.0.2:3632", True)  # its failures are forgiven
     assert len(calls) == 3
+    mesh._on_liveness("d:" + name, Liveness.DOWN)  # (the liveness loop's callback)
+    assert len(calls) == 4
+    mesh._on_event(ServiceGone(DISTCC_TYPE, name))
+    assert len(calls) == 5
+    unsubscribe()
+    mesh._on_event(seen)
+    assert len(calls) == 5
