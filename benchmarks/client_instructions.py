@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import _harness as h
+from cpusample import threads_cpu_ns
 
 SOURCE = b"""#include <stdio.h>
 #include <string.h>
@@ -127,28 +128,17 @@ def count(cmd: list[str], env: dict[str, str], out: Path, cwd: Path, children: b
     return sum(got)
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far (schedstat: ns, not clock ticks)."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that just ended
-    return total
-
-
 def lease_daemon_cpu(
     pid: int, cmd: list[str], env: dict[str, str], cwd: Path, jobs: int
 ) -> tuple[float, float]:
     """(daemon CPU ms per lease, the same per idle interval of one client's wall time)."""
-    t0, c0 = time.monotonic(), _cpu_ns(pid)
+    t0, c0 = time.monotonic(), threads_cpu_ns(pid)
     for _ in range(jobs):
         subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
-    busy_s, busy_ns = time.monotonic() - t0, _cpu_ns(pid) - c0
-    c1 = _cpu_ns(pid)
+    busy_s, busy_ns = time.monotonic() - t0, threads_cpu_ns(pid) - c0
+    c1 = threads_cpu_ns(pid)
     time.sleep(busy_s)
-    idle_ns = _cpu_ns(pid) - c1
+    idle_ns = threads_cpu_ns(pid) - c1
     return busy_ns / jobs / 1e6, idle_ns / jobs / 1e6
 
 

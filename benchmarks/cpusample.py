@@ -27,6 +27,18 @@ _TICK = os.sysconf("SC_CLK_TCK")
 CLIENTS = {"meshcc-gcc", "distcc"}
 
 
+def threads_cpu_ns(pid: int) -> int:
+    """On-CPU nanoseconds so far of every live thread of ``pid`` (schedstat: ns, not clock
+    ticks, so a daemon's few ms a second are measured exactly)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return total
+
+
 def _procs() -> Iterator[tuple[int, str, int, float, float]]:
     """(pid, comm, ppid, own cpu s, reaped children's cpu s) of every process now."""
     for entry in os.scandir("/proc"):

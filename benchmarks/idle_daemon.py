@@ -16,27 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cpusample import threads_cpu_ns
+
 import netns
 from meshd import Meshd, private_dir
-
-
-def cpu_ns(pid: int) -> int:
-    """On-CPU nanoseconds of every live thread of ``pid``."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return total
 
 
 def main() -> int:
@@ -74,9 +63,9 @@ def main() -> int:
             assert first.proc is not None
             pid = first.proc.pid  # `ip netns exec` execs the daemon: the same process
             for _ in range(args.windows):
-                t0, c0 = time.monotonic(), cpu_ns(pid)
+                t0, c0 = time.monotonic(), threads_cpu_ns(pid)
                 time.sleep(args.seconds)
-                t1, c1 = time.monotonic(), cpu_ns(pid)
+                t1, c1 = time.monotonic(), threads_cpu_ns(pid)
                 rates.append((c1 - c0) / 1e6 / (t1 - t0))
         finally:
             for d in daemons:
