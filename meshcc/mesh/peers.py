@@ -475,11 +475,18 @@ class PeerTable:
 
     # -- job outcomes (lease handling)
 
-    def report_job(self, key: str, ok: bool, *, connect_failed: bool = False) -> None:
-        """A client's job on this peer succeeded or failed; a failed connect means DOWN now."""
+    def report_job(self, key: str, ok: bool, *, connect_failed: bool = False) -> bool:
+        """A client's job on this peer succeeded or failed; a failed connect means DOWN now.
+        True if that changed what the peer is judged by (its liveness, failures, back-off):
+        a job that went as the last one did changes no verdict."""
         e = self._entries.get(key)
         if e is None:
-            return
+            return False
+        before = (e.liveness, e.job_failures, e.backoff_until)
+        self._job_outcome(e, ok, connect_failed)
+        return (e.liveness, e.job_failures, e.backoff_until) != before
+
+    def _job_outcome(self, e: _Entry, ok: bool, connect_failed: bool) -> None:
         now = self._clock()
         t = self.timings
         if connect_failed:

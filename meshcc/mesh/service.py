@@ -495,8 +495,8 @@ class Mesh:
 
     def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` when a judgement may have changed: a peer came, went or
-        changed its record, its liveness changed, or a job outcome changed its failure
-        count or liveness. Returns what unsubscribes it. Some changes come with time alone
+        changed its record, its liveness changed, or a job outcome changed its failures,
+        back-off or liveness (``PeerTable.report_job`` says). Returns what unsubscribes it. Some changes come with time alone
         (a back-off or a stock distccd's re-admission ending, a probe's round trip, which
         ranks peers): whoever must follow those also looks on a timer."""
         self._change_callbacks.append(callback)
@@ -520,17 +520,11 @@ class Mesh:
         key = self.table.find(peer)
         if key is None:
             return False
-        before = self.table.state(key)
-        self.table.report_job(key, ok, connect_failed=connect_failed)
+        changed = self.table.report_job(key, ok, connect_failed=connect_failed)
         if connect_failed and self._loop is not None:
             self._loop.wake()
-        after = self.table.state(key)
-        if (
-            before is None
-            or after is None
-            or (before.liveness, before.job_failures) != (after.liveness, after.job_failures)
-        ):
-            self._changed()  # (a job that went as the last one did changes no verdict)
+        if changed:
+            self._changed()
         return True
 
     def set_load(self, busy_jobs: int) -> None:
