@@ -496,9 +496,10 @@ class Mesh:
     def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` when a judgement may have changed: a peer came, went or
         changed its record, its liveness changed, or a job outcome changed its failures,
-        back-off or liveness (``PeerTable.report_job`` says). Returns what unsubscribes it. Some changes come with time alone
-        (a back-off or a stock distccd's re-admission ending, a probe's round trip, which
-        ranks peers): whoever must follow those also looks on a timer."""
+        back-off or liveness (``PeerTable.report_job`` says). Returns what unsubscribes
+        it. Some changes come with time alone (a back-off or a stock distccd's
+        re-admission ending, a probe's round trip, which ranks peers): whoever must follow
+        those also looks on a timer."""
         self._change_callbacks.append(callback)
         return lambda: self._change_callbacks.remove(callback)
 
