@@ -109,10 +109,10 @@ async def _replay(timings: LoadTimings, jobs: int) -> tuple[_Book, _Book, LoadCh
             channels["c"].poke()
             await asyncio.sleep(0.020)  # the client's preprocessor
             running[0] = 1
-            channels["s"].poke()
+            channels["s"].slots_changed()  # as the daemon's compile server reports it
             await asyncio.sleep(0.150)  # the compile
             running[0] = 0
-            channels["s"].poke()
+            channels["s"].slots_changed()
             await asyncio.sleep(0.001)
             c.set_demand("m:s", 0, 0)
             channels["c"].poke()

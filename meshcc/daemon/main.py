@@ -809,7 +809,7 @@ def _wire_load(mesh: Mesh, server: CompileServer | None, control_server: Control
     mesh.set_load_figures(figures)
     channel.on_update = broker.on_load
     if server is not None:
-        server.on_slots = channel.poke  # a slot taken or freed reaches the peers at once
+        server.on_slots = channel.slots_changed  # peers hear at once if it moves their shares
 
 
 class _LoadSink(Protocol):

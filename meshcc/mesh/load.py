@@ -4,9 +4,11 @@ Pure state (no I/O, injected clock); :mod:`meshcc.mesh.loadnet` carries its data
 
 The channel. Each daemon sends one small UDP datagram (:mod:`meshcc.wire.load`) to each
 meshcc peer it tracks that announces the ``load`` capability, to the peer's compile port
-number: on any change of the figures it sends that peer, at most every
-``min_interval_s`` per peer (stretched so the daemon sends at most ``max_send_rate`` a
-second however many peers there are), and at least every ``heartbeat_s``. A record from
+number: on any change a peer acts on (slots, free slots, whether all are busy, shares,
+demand), at most every ``min_interval_s`` per peer (stretched so the daemon sends at most
+``max_send_rate`` a second however many peers there are), and at least every
+``heartbeat_s``; figures that only inform (the exact running and queued counts, speed)
+ride with those records. A record from
 a peer is *fresh* for ``stale_s``; after that this daemon forgets the live figures and
 falls back to the mDNS hint and its own lease count (distcc's behaviour).
 
@@ -261,7 +263,7 @@ class _Remote:
     my_want: int = 0
     # sending
     sent_at: float = -math.inf
-    last_sent: tuple[int, ...] = ()
+    last_sent: tuple[int | bool, ...] = ()
     must_ack: bool = False
     # receive rate limit (token bucket)
     tokens: float = 0.0
@@ -463,6 +465,24 @@ class LoadBook:
         if was_active or self.local_held > 0 or self.local_want > 0:
             self._local_active_at = self._clock()
 
+    def set_figures(self, running: int, queued: int, speed: int) -> bool:
+        """This box's compile server's figures (as :meth:`set_local`); True when peers must
+        hear of them at once: the capacity this daemon shares out moved (a job no lease
+        accounts for came, went or queued), so free slots and shares may have, or every
+        slot became busy or stopped being (a broker queues a request ahead of time only on
+        a full peer). Otherwise a leased job taking or freeing its slot, or a new speed, is
+        news only: it rides with the next record that goes out anyway, a heartbeat at the
+        latest (:meth:`outgoing`), rather than costing every peer a record and a wake-up
+        twice per served job."""
+        now = self._clock()
+        before = (self._capacity(now), self._full)
+        self.set_local(running=running, queued=queued, speed=speed)
+        return (self._capacity(now), self._full) != before
+
+    @property
+    def _full(self) -> bool:
+        return self.running >= self.jobs
+
     def set_demand(self, key: str, held: int, want: int) -> None:
         """This daemon's clients hold ``held`` leases on peer ``key`` and want ``want``."""
         r = self._remotes.get(key)
@@ -599,8 +619,11 @@ class LoadBook:
             if since < interval:
                 continue
             share = min(targets.get(key, 0), max(0, capacity - (total - committed[key])))
-            mine = (self.jobs, self.running, self.queued + self.lease_waiting, free, self.speed)
-            fields: tuple[int, ...] = (*mine, r.my_held, r.my_want, share, self.local_all)
+            # What a peer acts on: our slots, free ones, whether all are busy, its share and
+            # our demand on it. The exact running and queued counts and the speed inform
+            # (status, top, the choice between peers) and go out with the next record that
+            # does, or with the heartbeat.
+            fields = (self.jobs, free, self._full, r.my_held, r.my_want, share, self.local_all)
             if fields == r.last_sent and not r.must_ack and since < heartbeat:
                 continue
             self._seq += 1

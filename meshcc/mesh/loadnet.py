@@ -3,8 +3,9 @@
 The socket listens on the compile port's number (UDP and TCP ports are separate spaces:
 the mDNS announcement already tells every peer where to send, and a firewall rule for
 the compile port reads naturally as "3632 tcp+udp"). The loop wakes on a change
-(:meth:`LoadChannel.poke`: the broker's demand, a job slot taken, freed or queued for, a
-peer announced or gone), on a received record, and when the next heartbeat is due, and
+(:meth:`LoadChannel.poke`: the broker's demand, a peer announced or gone; and
+:meth:`LoadChannel.slots_changed` when a job slot is taken, freed or queued for in a way
+that moves what peers act on), on a received record, and when the next heartbeat is due, and
 sends what :meth:`LoadBook.outgoing` says; rounds are at least ``min_interval_s`` apart,
 so bursts of changes coalesce, and a change after a quiet spell goes out at once.
 
@@ -130,6 +131,16 @@ class LoadChannel:
         """Something the peers should know changed: send soon."""
         self._wake.set()
 
+    def slots_changed(self) -> None:
+        """This box's compile server took, freed or queued for a slot: read its figures, and
+        send a round now only if that moved what peers act on (LoadBook.set_figures); a
+        leased job's slot is news only, and goes with the next record."""
+        if self.figures is None:
+            self.poke()
+            return
+        if self.book.set_figures(*self.figures()):
+            self.poke()
+
     def received(self, data: bytes, source: str) -> None:
         key = self.book.receive(data, source)
         if key is None:
@@ -146,7 +157,6 @@ class LoadChannel:
 
     async def _run(self) -> None:
         peers: list[RemotePeer] | None = None
-        last_figures: tuple[int, int, int] | None = None
         while True:
             # The mesh pokes when a peer comes or goes; the broker waits for a new one
             # meanwhile (leases.py) rather than guess its free slots. The same list object
@@ -157,9 +167,7 @@ class LoadChannel:
                 peers = latest
             if self.figures is not None:
                 running, queued, speed = self.figures()
-                if (running, queued, speed) != last_figures:
-                    self.book.set_local(running=running, queued=queued, speed=speed)
-                    last_figures = (running, queued, speed)
+                self.book.set_local(running=running, queued=queued, speed=speed)
             transport = self._transport
             if transport is not None:
                 family = self._family

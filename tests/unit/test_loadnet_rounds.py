@@ -10,15 +10,17 @@ from collections.abc import Callable
 
 from meshcc.mesh.load import LoadBook, LoadTimings, RemotePeer
 from meshcc.mesh.loadnet import LoadChannel
+from meshcc.wire import load as wire
 
 HEARTBEAT_S = 0.2
+SLOW_HEARTBEAT_S = 1.0
 
 
 class _CountingBook(LoadBook):
     """A real book that counts the channel's rounds and peer-list changes."""
 
-    def __init__(self) -> None:
-        super().__init__("0000000000aa", 2, LoadTimings(heartbeat_s=HEARTBEAT_S))
+    def __init__(self, heartbeat_s: float = HEARTBEAT_S) -> None:
+        super().__init__("0000000000aa", 2, LoadTimings(heartbeat_s=heartbeat_s))
         self.rounds = 0
         self.peer_sets = 0
 
@@ -35,8 +37,11 @@ def _peer(port: int) -> RemotePeer:
     return RemotePeer("m:b", "0000000000bb", "127.0.0.1", port, 2, frozenset({"127.0.0.1"}))
 
 
-async def _with_channel(test: Callable[[LoadChannel, _CountingBook, list[bytes]], object]) -> None:
-    book = _CountingBook()
+async def _with_channel(
+    test: Callable[[LoadChannel, _CountingBook, list[bytes]], object],
+    heartbeat_s: float = HEARTBEAT_S,
+) -> None:
+    book = _CountingBook(heartbeat_s)
     far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     far.bind(("127.0.0.1", 0))
     far.setblocking(False)
@@ -84,3 +89,60 @@ def test_a_poke_is_sent_at_once_and_a_new_peer_list_is_read() -> None:
         assert book.peer_sets == 2
 
     asyncio.run(_with_channel(poke))
+
+
+def test_a_leased_jobs_slot_rides_with_the_heartbeat_and_a_stock_jobs_goes_at_once() -> None:
+    """A job the peer leased taking its slot moves nothing the peer acts on (its share and
+    our free slots were already counted when it said it holds the lease): no record, no
+    wake-up, until the heartbeat carries the new running count. The slot that makes every
+    slot busy goes at once (a broker queues ahead of time only on a full peer), and so
+    does a job no lease accounts for (stock distcc): it shrinks what we share out."""
+    running, queued = [0], [0]
+
+    async def served(channel: LoadChannel, book: _CountingBook, got: list[bytes]) -> None:
+        channel.figures = lambda: (running[0], queued[0], 0)
+        await asyncio.sleep(0.05)  # the channel's first round: it knows its peer
+        remote = book._remotes["m:b"]
+        near_port = channel._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        # The peer says it holds both our slots: a real record, over UDP from its address
+        # (the book checks the address, not the port).
+        record = wire.LoadRecord("0000000000bb", 7, 1, jobs=2, free=2, held=2, want=2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer_sock:
+            peer_sock.bind(("127.0.0.1", 0))
+            peer_sock.sendto(wire.encode(record), ("127.0.0.1", near_port))
+            await _until(lambda: remote.their_held == 2)
+        await asyncio.sleep(0.05)  # the answer to that record (our free slots fell) is out
+        sent, rounds = len(got), book.rounds
+        running[0] = 1  # one of its leased jobs took its slot
+        channel.slots_changed()
+        await asyncio.sleep(0.03)
+        assert book.rounds == rounds, "a leased job's slot does not wake the channel"
+        # Nor would a round that ran for another reason send it.
+        assert book.outgoing() == []
+        assert len(got) == sent
+        await _until(lambda: len(got) > sent, timeout=3 * SLOW_HEARTBEAT_S)
+        assert wire.decode(got[-1]).running == 1  # the heartbeat carried it
+
+        async def sent_at_once(now_running: int, now_queued: int) -> wire.LoadRecord:
+            sent = len(got)
+            running[0], queued[0] = now_running, now_queued
+            channel.slots_changed()
+            await _until(lambda: len(got) > sent, timeout=0.5)  # the heartbeat: 0.8 s on
+            return wire.decode(got[-1])
+
+        full = await sent_at_once(2, 0)  # its second job: every slot is busy now
+        assert (full.running, full.free) == (2, 0)
+        stock = await sent_at_once(2, 1)  # a stock distcc job queues: capacity shrinks
+        assert stock.queued == 1 and stock.share < full.share
+
+    # A slow heartbeat: none falls into the moments that must stay silent, however late
+    # this box wakes the test.
+    asyncio.run(_with_channel(served, SLOW_HEARTBEAT_S))
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
