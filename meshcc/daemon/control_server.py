@@ -343,7 +343,15 @@ class ControlServer:
             done = None
         finally:
             busy = done is not None and done.busy
-            self.broker.release(got.key, busy=busy)
+            try:
+                if done is not None and not busy:
+                    # First the outcome, then the release: a request the release serves
+                    # is judged knowing it (the broker keeps verdicts until a change).
+                    self.mesh.report_job_result(
+                        got.key, done.ok, connect_failed=done.connect_failed
+                    )
+            finally:
+                self.broker.release(got.key, busy=busy)
         if done is None:
             return
         if done.link is not None:
@@ -351,7 +359,6 @@ class ControlServer:
         if done.busy:
             log.debug("control: %s was busy for %s; not handing it out for a moment", got.key, who)
             return
-        self.mesh.report_job_result(got.key, done.ok, connect_failed=done.connect_failed)
         if not done.ok:
             log.info(
                 "job %s on %s failed%s: %s",

@@ -55,6 +55,11 @@ log = logging.getLogger("meshcc.leases")
 
 DISPATCH_TICK_S = 0.5
 DEMAND_VERDICTS_S = 0.1  # demand() reuses a compiler's verdicts this long
+# With the mesh's change signal (follow_changes): a compiler's verdicts are reused this long
+# while no peer came, went, changed its record, liveness or standing. Judging 100 peers
+# costs ~1-1.5 ms, paid by every lease; what changes with time alone (a back-off ending,
+# probes' round trips) is seen within this.
+VERDICTS_S = 1.0
 # A peer that answered BUSY is not handed out again for this long (or until one of our own
 # leases on it ends): long enough not to bounce between full peers, short next to a compile,
 # and shorter than the server's turn grace (ServerConfig.turn_grace in transport.server),
@@ -149,12 +154,42 @@ class LeaseBroker:
         self.waiters: collections.deque[_Waiter] = collections.deque()
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._demand_verdicts: dict[ClientCompiler, tuple[float, list[Verdict]]] = {}
+        # A compiler's verdicts: (judged at, the mesh's change count then, verdicts).
+        self._verdicts: dict[ClientCompiler, tuple[float, int, list[Verdict]]] = {}
+        self._mesh_changes = 0
+        self._kept_s: float | None = None  # VERDICTS_S once it follows the mesh's changes
+        self._unfollow: Callable[[], None] | None = None
         self.busy_until: dict[str, float] = {}  # peers that answered BUSY, until when
 
     @property
     def held(self) -> int:
         return sum(self.in_use.values())
+
+    def follow_changes(self, subscribe: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+        """Reuse a compiler's verdicts for up to VERDICTS_S until ``subscribe``'s callback
+        says the mesh changed (:meth:`meshcc.mesh.service.Mesh.on_change`); without it every
+        new request and every release judges every peer again."""
+        self._unfollow = subscribe(self._mesh_changed)
+        self._kept_s = VERDICTS_S
+
+    def _mesh_changed(self) -> None:
+        self._mesh_changes += 1
+
+    def _judged(self, fp: ClientCompiler, max_age_s: float | None) -> list[Verdict]:
+        """The verdicts for ``fp``: kept ones if judged within ``max_age_s`` and the mesh
+        has not changed since, else (or with None) judged now, and kept."""
+        now = self._clock()
+        kept = self._verdicts.get(fp)
+        if (
+            max_age_s is not None
+            and kept is not None
+            and kept[1] == self._mesh_changes
+            and now - kept[0] <= max_age_s
+        ):
+            return kept[2]
+        verdicts = self.mesh.explain(fp)
+        self._verdicts[fp] = (now, self._mesh_changes, verdicts)
+        return verdicts
 
     def _off_reason(self) -> str | None:
         return self.mesh.status.off_reason
@@ -331,7 +366,7 @@ class LeaseBroker:
     async def acquire(self, fp: ClientCompiler, local_ok: bool = True) -> Grant | Local:
         """A grant now, Local now, or (all busy) wait in line; cancel-safe."""
         if not self.waiters:
-            got = self._pick(self.mesh.explain(fp), local_ok)
+            got = self._pick(self._judged(fp, self._kept_s), local_ok)
             if got is not None:
                 self._publish()
                 return got
@@ -372,7 +407,9 @@ class LeaseBroker:
         else:
             self.in_use.pop(key, None)
         if self.waiters:
-            self.dispatch()
+            # Its outcome, if it changed the peer's standing, was reported first (the mesh
+            # then signals a change): kept verdicts are good for the waiters.
+            self.dispatch(judge_again=self._kept_s is None)
         else:
             self._publish()
 
@@ -428,15 +465,14 @@ class LeaseBroker:
             if not waiter.future.done():
                 waiting[waiter.fp] += 1
                 local_want += waiter.local_ok
-        now = self._clock()
+        # Judging 100 peers costs ~1.5 ms; rounds come up to 100 times a second.
+        reuse_s = max(DEMAND_VERDICTS_S, self._kept_s or 0.0)
         for fp, n in waiting.items():  # one pass per compiler, not per waiter
-            cached = self._demand_verdicts.get(fp)
-            if cached is None or now - cached[0] > DEMAND_VERDICTS_S:
-                # Judging 100 peers costs ~1.5 ms; rounds come up to 100 times a second.
-                cached = self._demand_verdicts[fp] = (now, self.mesh.explain(fp))
-            self._spread(n, cached[1], want)
-        for fp in [fp for fp in self._demand_verdicts if fp not in waiting]:
-            del self._demand_verdicts[fp]
+            self._spread(n, self._judged(fp, reuse_s), want)
+        now = self._clock()
+        for fp in [fp for fp, kept in self._verdicts.items() if now - kept[0] > reuse_s]:
+            if fp not in waiting:
+                del self._verdicts[fp]  # a compiler nobody asks for any more
         out = {key: (n, n + want.pop(key, 0)) for key, n in self.in_use.items()}
         out.pop(LOCAL_KEY, None)
         for key, n in want.items():
@@ -458,18 +494,16 @@ class LeaseBroker:
     def dispatch(self, judge_again: bool = True) -> None:
         """Serve waiters in order while slots last (one explain per distinct compiler).
 
-        ``judge_again=False`` (a load record arrived): a compiler's verdicts judged less
-        than DEMAND_VERDICTS_S ago are used again.  A record changes a peer's live load,
-        which _pick reads from the load book, not its verdict; judging every peer per
-        record was 13 % of the daemon's CPU in a -j build (records come up to 100 times a
-        second).  Releases, new requests and the tick judge again.
+        ``judge_again=False`` (a load record arrived, or a release while the broker follows
+        the mesh's changes): a compiler's verdicts judged less than DEMAND_VERDICTS_S ago
+        (VERDICTS_S when following, and the mesh has not changed since) are used again. A
+        record changes a peer's live load, which _pick reads from the load book, not its
+        verdict; judging every peer per record was 13 % of the daemon's CPU in a -j build
+        (records come up to 100 times a second). The tick and the end of a BUSY hold judge
+        again: what they look for changes with time alone.
         """
-        now = self._clock()
-        verdicts: dict[ClientCompiler, list[Verdict]] = {}
-        if not judge_again:
-            for fp, (at, kept) in self._demand_verdicts.items():
-                if now - at <= DEMAND_VERDICTS_S:
-                    verdicts[fp] = kept
+        reuse_s = None if judge_again else max(DEMAND_VERDICTS_S, self._kept_s or 0.0)
+        verdicts: dict[ClientCompiler, list[Verdict]] = {}  # once per compiler per call
         exhausted: set[tuple[ClientCompiler, bool]] = set()
         served = False
         for waiter in list(self.waiters):
@@ -481,8 +515,7 @@ class LeaseBroker:
                 continue
             vs = verdicts.get(waiter.fp)
             if vs is None:
-                vs = verdicts[waiter.fp] = self.mesh.explain(waiter.fp)
-                self._demand_verdicts[waiter.fp] = (now, vs)
+                vs = verdicts[waiter.fp] = self._judged(waiter.fp, reuse_s)
             got = self._pick(vs, waiter.local_ok)
             if got is None:
                 exhausted.add((waiter.fp, waiter.local_ok))
@@ -513,6 +546,9 @@ class LeaseBroker:
         return min(DISPATCH_TICK_S, max(0.01, min(self.busy_until.values()) - now))
 
     def stop(self) -> None:
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
         if self._task is not None:
             self._task.cancel()
         for waiter in self.waiters:
