@@ -624,6 +624,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             env = h.client_env(work / "client-lease")
             env["MESHCC_SOCKET"] = str(lease_sock)
             env["PATH"] = ways["meshcc"].env["PATH"]
+            if args.timeline:
+                env["MESHCC_VERBOSE"] = "1"
             ways["meshcc-lease"] = Way(
                 [meshcc_gcc],
                 env,
@@ -635,7 +637,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             env = ice.client_env(h.client_env(work / "client-icecream"))
             ways["icecream"] = Way(["icecc", "gcc"], env, None, ice.client_daemon_pgid())
         stats = {k: WayStats(k) for k in ways}
-        spans: dict[str, list[float]] = {}
+        spans: dict[str, dict[str, list[float]]] = {}  # way -> phase -> ms
         if args.zygote:
             user = zygote_user(work, tree)
 
@@ -694,9 +696,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                                 st.server_cpu.append(delta)
                         st.walls.append(wall)
                         st.client_cpu.append(cpu)
-                        if key == "meshcc":
+                        if key in ("meshcc", "meshcc-lease"):
                             for phase, ms in timeline_spans(err).items():
-                                spans.setdefault(phase, []).append(ms)
+                                spans.setdefault(key, {}).setdefault(phase, []).append(ms)
                     n += 1
 
         site.run_as_client(replay)
@@ -735,7 +737,10 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         "reps": args.reps,
         "meshcc_gcc": meshcc_gcc,
         "launchers": "prefix" if args.meshcc_prefix else "venv" if args.venv_launchers else "-IS",
-        "timeline_ms": {k: statistics.median(v) for k, v in spans.items()},
+        "timeline_ms": {k: statistics.median(v) for k, v in spans.get("meshcc", {}).items()},
+        "timeline_lease_ms": {
+            k: statistics.median(v) for k, v in spans.get("meshcc-lease", {}).items()
+        },
         "zygote": bool(args.zygote),
         "remote_jobs": remote,
         "ways": {
@@ -841,11 +846,12 @@ def report(r: dict) -> str:
             lines.append(
                 f"client box daemon: {x['local_samples_dropped']} jobs dropped (a task of it ended)"
             )
-    if r["timeline_ms"]:
-        lines.append(
-            "meshcc-gcc timeline, median ms: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in r["timeline_ms"].items())
-        )
+    for label, key in (("meshcc-gcc", "timeline_ms"), ("leased", "timeline_lease_ms")):
+        if r.get(key):
+            lines.append(
+                f"{label} timeline, median ms: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in r[key].items())
+            )
     return "\n".join(lines)
 
 
@@ -874,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--timeline",
         action="store_true",
-        help="MESHCC_VERBOSE=1 for meshcc-gcc: report its per-phase medians (costs a little)",
+        help="MESHCC_VERBOSE=1 for meshcc-gcc (and the lease way): its per-phase medians "
+        "(costs a little)",
     )
     p.add_argument(
         "--icecream",
