@@ -93,6 +93,16 @@ class LoadTimings:
     # Demand always comes first: a client that wants a slot takes it from headroom after
     # one acknowledged round, as from any promise.
     headroom_linger_s: float = 2.0
+    # A lease ended while the peer still spreads spare slots to us (our share exceeds what
+    # we told it we hold): it hears that we hold one fewer only after this long, unless
+    # the share shrinks to what we hold first. A serial build's next job (the next
+    # compile's start-up, make's or configure's own work: tens of ms) then takes the slot
+    # again with nothing sent either way, where each job cost two records and the
+    # server's two answers. Safe: a slot within our share is committed to us whether we
+    # hold it or not, so reporting it held promises no one less. Free for others: spare
+    # slots are spread only once every client's demand is met, and a box that then wants
+    # more cuts our headroom first, which ends the hold.
+    release_hold_s: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +271,8 @@ class _Remote:
     # our side of its demand
     my_held: int = 0
     my_want: int = 0
+    told_held: int = 0  # held in the last record sent (a drop waits release_hold_s)
+    drop_since: float | None = None  # when held fell below told_held within our share
     # sending
     sent_at: float = -math.inf
     last_sent: tuple[int | bool, ...] = ()
@@ -605,6 +617,8 @@ class LoadBook:
         else:
             self.local_all = self.local_held + sum(r.my_held for r in self._remotes.values())
         now = self._clock()
+        held = {key: self._held_to_tell(r, now) for key, r in self._remotes.items()}
+        self.local_all += sum(held[key] - r.my_held for key, r in self._remotes.items())
         interval = self._interval()
         targets = self._targets(now)
         forget = self.timings.forget_s
@@ -623,7 +637,8 @@ class LoadBook:
             # our demand on it. The exact running and queued counts and the speed inform
             # (status, top, the choice between peers) and go out with the next record that
             # does, or with the heartbeat.
-            fields = (self.jobs, free, self._full, r.my_held, r.my_want, share, self.local_all)
+            told, want = held[key], max(r.my_want, held[key])
+            fields = (self.jobs, free, self._full, told, want, share, self.local_all)
             if fields == r.last_sent and not r.must_ack and since < heartbeat:
                 continue
             self._seq += 1
@@ -638,8 +653,8 @@ class LoadBook:
                 queued=self.queued + self.lease_waiting,
                 free=free,
                 speed=self.speed,
-                held=r.my_held,
-                want=r.my_want,
+                held=told,
+                want=want,
                 share=share,
                 held_all=self.local_all,
             )
@@ -653,12 +668,29 @@ class LoadBook:
                 now_committed = r.committed(now, forget)
                 total += now_committed - committed[key]
                 committed[key] = now_committed
-            r.sent_at, r.last_sent, r.must_ack = now, fields, False
+            r.sent_at, r.last_sent, r.must_ack, r.told_held = now, fields, False, told
             out.append((r.peer.address, r.peer.port, wire.encode(rec)))
         return out
 
+    def _held_to_tell(self, r: _Remote, now: float) -> int:
+        """The leases to report holding on ``r``: what we hold, or for release_hold_s after
+        a drop, what we last told it while its share still exceeds that (headroom)."""
+        hold = self.timings.release_hold_s
+        if r.my_held < r.told_held < r.share and hold > 0:
+            if r.drop_since is None:
+                r.drop_since = now
+            if now - r.drop_since < hold:
+                return r.told_held
+        r.drop_since = None
+        return r.my_held
+
     def next_due(self) -> float | None:
-        """Monotonic time of the next heartbeat (changes: call outgoing() after them)."""
+        """Monotonic time of the next heartbeat or held-back drop (changes: call outgoing()
+        after them)."""
         if not self._remotes:
             return None
-        return min(r.sent_at for r in self._remotes.values()) + self.timings.heartbeat_s
+        due = min(r.sent_at for r in self._remotes.values()) + self.timings.heartbeat_s
+        drops = [r.drop_since for r in self._remotes.values() if r.drop_since is not None]
+        if drops:
+            due = min(due, min(drops) + self.timings.release_hold_s)
+        return due

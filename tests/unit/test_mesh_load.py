@@ -659,3 +659,50 @@ def test_headroom_lingers_after_a_job_then_goes_and_demand_takes_it() -> None:
     net.clock.t += 2.5  # both idle longer than the linger
     net.settle()
     assert (a.live("m:s").share, b.live("m:s").share) == (0, 0)  # type: ignore[union-attr]
+
+
+def test_a_lease_ended_within_its_share_is_told_after_the_hold() -> None:
+    """A serial build's next job takes the slot its last one freed with nothing sent either
+    way: while s spreads spare slots to a (its share exceeds what it holds), a drop waits
+    ``release_hold_s`` (the slot is committed to a by its share whether a holds it or
+    not). Once another box's demand takes that headroom, a drop is told at once, or b
+    would wait out the hold for the slot a freed."""
+    net = Net(jobs=2, release_hold_s=0.25)
+    a, b, s = net.books["a"], net.books["b"], net.books["s"]
+    seen_by_s = s._remotes["m:a"]
+    a.set_demand("m:s", 0, 1)
+    net.settle()
+    a.set_demand("m:s", 1, 1)  # granted within its share: s hears a holds one
+    net.settle()
+    assert seen_by_s.their_held == 1
+    for _ in range(3):  # jobs one after another: the end and the next lease send nothing
+        a.set_demand("m:s", 0, 0)
+        net.clock.t += 0.02
+        assert a.outgoing() == []
+        a.set_demand("m:s", 1, 1)
+        net.clock.t += 0.02
+        assert a.outgoing() == []
+    a.set_demand("m:s", 0, 0)  # the last job
+    net.clock.t += 0.02
+    assert a.outgoing() == []
+    assert a.next_due() is not None and a.next_due() <= net.clock.t + 0.25  # type: ignore[operator]
+    net.clock.t += 0.25  # the hold is over: told
+    net.send_all()
+    net.deliver()
+    assert seen_by_s.their_held == 0
+    # Again holding one, but now b wants both slots: s cuts a's headroom, so a's release
+    # goes at once and b gets the slot without waiting for the hold.
+    a.set_demand("m:s", 1, 1)
+    net.settle()
+    assert a.live("m:s").share == 2  # type: ignore[union-attr]  # its job and headroom
+    b.set_demand("m:s", 0, 2)
+    net.settle()
+    assert a.live("m:s").share == 1  # type: ignore[union-attr]
+    assert b.live("m:s").share == 1  # type: ignore[union-attr]  # a's slot is still held
+    a.set_demand("m:s", 0, 0)
+    net.clock.t += 0.01
+    net.send_all()
+    net.deliver()
+    assert seen_by_s.their_held == 0  # at once
+    net.settle()  # a acks its smaller share, and s promises b the freed slot
+    assert b.live("m:s").share == 2  # type: ignore[union-attr]
