@@ -8,11 +8,13 @@ and replay the load changes of a serial build's jobs as the daemons make them: c
 broker wants a slot on s, is granted it once s's share allows (held), s's compile server
 takes a slot once the client's preprocessor is done (20 ms later), frees it when the
 compile ends (150 ms), and c's lease ends 1 ms after that; 30 ms pass to the next job.
-For each set of timings (without the headroom linger, as before 2026-11-30, and with)
-it counts, per job, the rounds each channel ran (wake-ups that computed records)
-and the records it sent, and the process's CPU per job (both channels). Counts are
-the point: they do not depend on how fast the box is. Heartbeats (every 0.5 s) are
-included, as a daemon pays them too.
+For each set of timings (without the headroom linger, as before 2026-11-30; with it; and
+with the release hold as well, the default since) it counts, per job, the rounds each
+channel ran (wake-ups that computed records) and the records it sent, and the process's
+CPU per job (both channels). Counts are the point: they do not depend on how fast the
+box is. Heartbeats (every 0.5 s) are included, as a daemon pays them too. (The "no hold"
+rows' server rounds count the 2026-11-30 change too: a leased job's slot taken or freed
+no longer sends a record, 4 rounds a job before it.)
 """
 
 from __future__ import annotations
@@ -138,8 +140,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     ways = [
-        ("no headroom linger", LoadTimings(headroom_linger_s=0.0)),
-        ("headroom linger 2 s", LoadTimings()),
+        ("no linger, no hold", LoadTimings(headroom_linger_s=0.0, release_hold_s=0.0)),
+        ("linger 2 s, no hold", LoadTimings(release_hold_s=0.0)),
+        ("linger 2 s, hold 0.25 s", LoadTimings()),
     ]
     rows = [measure(name, t, args.jobs) for name, t in ways]
     print(f"per serial job ({args.jobs} jobs; c: the client box, s: the server)")
