@@ -175,6 +175,11 @@ class LeaseBroker:
     def _mesh_changed(self) -> None:
         self._mesh_changes += 1
 
+    @property
+    def _record_reuse_s(self) -> float:
+        """How long demand() and a load record's dispatch reuse a compiler's verdicts."""
+        return max(DEMAND_VERDICTS_S, self._kept_s or 0.0)
+
     def _judged(self, fp: ClientCompiler, max_age_s: float | None) -> list[Verdict]:
         """The verdicts for ``fp``: kept ones if judged within ``max_age_s`` and the mesh
         has not changed since, else (or with None) judged now, and kept."""
@@ -466,7 +471,7 @@ class LeaseBroker:
                 waiting[waiter.fp] += 1
                 local_want += waiter.local_ok
         # Judging 100 peers costs ~1.5 ms; rounds come up to 100 times a second.
-        reuse_s = max(DEMAND_VERDICTS_S, self._kept_s or 0.0)
+        reuse_s = self._record_reuse_s
         for fp, n in waiting.items():  # one pass per compiler, not per waiter
             self._spread(n, self._judged(fp, reuse_s), want)
         now = self._clock()
@@ -502,7 +507,7 @@ class LeaseBroker:
         (records come up to 100 times a second). The tick and the end of a BUSY hold judge
         again: what they look for changes with time alone.
         """
-        reuse_s = None if judge_again else max(DEMAND_VERDICTS_S, self._kept_s or 0.0)
+        reuse_s = None if judge_again else self._record_reuse_s
         verdicts: dict[ClientCompiler, list[Verdict]] = {}  # once per compiler per call
         exhausted: set[tuple[ClientCompiler, bool]] = set()
         served = False

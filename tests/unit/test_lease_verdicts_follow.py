@@ -15,15 +15,9 @@ from meshcc.mesh.leases import VERDICTS_S, Grant, LeaseBroker, Local
 from meshcc.mesh.matching import Verdict
 from meshcc.mesh.records import DISTCC_TYPE
 from meshcc.mesh.service import Mesh, MeshConfig
+from test_mesh_load import Clock
 
 FP = ClientCompiler("gcc", "12.2.0", "x86_64-linux-gnu", "2.40", "gcc")
-
-
-class _Clock:
-    t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _mesh_with_a_stock_peer() -> tuple[Mesh, list[int]]:
@@ -49,7 +43,7 @@ def _mesh_with_a_stock_peer() -> tuple[Mesh, list[int]]:
 def test_leases_reuse_verdicts_until_the_mesh_changes_or_they_age() -> None:
     async def scenario() -> None:
         mesh, judged = _mesh_with_a_stock_peer()
-        clock = _Clock()
+        clock = Clock()
         broker = LeaseBroker(mesh, clock=clock)
         broker.follow_changes(mesh.on_change)
         first = await broker.acquire(FP)
@@ -82,7 +76,7 @@ def test_leases_reuse_verdicts_until_the_mesh_changes_or_they_age() -> None:
 def test_without_following_every_request_judges() -> None:
     async def scenario() -> None:
         mesh, judged = _mesh_with_a_stock_peer()
-        broker = LeaseBroker(mesh, clock=_Clock())
+        broker = LeaseBroker(mesh, clock=Clock())
         for _ in range(3):
             got = await broker.acquire(FP)
             assert isinstance(got, Grant)
