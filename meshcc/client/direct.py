@@ -321,6 +321,7 @@ class Direct:
         if answer.get("ok") is not True:  # a daemon without direct mode, which then closes
             raise ControlError(f"direct mode: {answer.get('error') or 'refused'}")
         if answer.get("off") is True:  # the daemon keeps no manifests: record nothing
+            run.log.debug("direct mode: off (the daemon answered that it keeps no result cache)")
             run.direct = None
             return None
         manifest = answer.get("manifest")

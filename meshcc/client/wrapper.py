@@ -1275,6 +1275,19 @@ class _LeasePool:
 
 # connect() errors that mean "no daemon at this path" (== control_client._ABSENT, tested).
 _NO_DAEMON = (2, 111, 20, 13)  # ENOENT, ECONNREFUSED (a stale socket file), ENOTDIR, EACCES
+# == wire.control.NO_CACHE_SUFFIX (tested): that module is not imported for this check.
+NO_CACHE_SUFFIX = ".nocache"
+
+
+def _keeps_no_cache(socket_path: str) -> bool:
+    """The daemon at ``socket_path`` said beside it that it keeps no result cache, so a
+    direct-mode lookup would only hear "off" (a stat instead of the manifest key, two
+    imports and a round trip)."""
+    try:
+        os.stat(socket_path + NO_CACHE_SUFFIX)
+    except OSError:
+        return False
+    return True
 
 
 def _probe_daemon(env: os.Env) -> tuple[Any, str] | bool:
@@ -1379,6 +1392,15 @@ def _distribute(inv: _Invocation, job: Job, log: _Log) -> int:
     leases = None
     if not hosts_set and daemon is not False:
         leases = _lease_pool(run, inv, io_timeout, probed)
+    if direct_may:
+        where = leases.path if leases is not None else probed[1] if probed is not None else None
+        if where is not None and _keeps_no_cache(where):
+            log.debug(
+                f"direct mode: off (the daemon keeps no result cache: {where}{NO_CACHE_SUFFIX})"
+            )
+            direct_may = False
+            if leases is None and probed is not None:
+                probed[0].close()  # opened for the lookup alone
     if direct_may and (leases is not None or (hosts_set and daemon is not False)):
         from meshcc.client import direct  # a direct-mode hit needs no preprocessor
 

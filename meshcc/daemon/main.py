@@ -283,7 +283,11 @@ class _Prepared:
 
 def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None]:
     """The control socket (before the privilege drop); (None, None) when there is none."""
-    from meshcc.transport.control_socket import ControlSocketError, open_control_socket
+    from meshcc.transport.control_socket import (
+        ControlSocketError,
+        mark_no_cache,
+        open_control_socket,
+    )
 
     explicit = opts.socket or os.environ.get("MESHCC_SOCKET")
     if opts.loopback_only() and not explicit:
@@ -294,7 +298,7 @@ def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None
         return None, None
     path = control.daemon_socket_path(opts.socket)
     try:
-        return open_control_socket(path), path
+        sock = open_control_socket(path)
     except ControlSocketError as e:
         if explicit:
             raise _Fatal(f"control socket: {e}", EXIT_DISTCC_FAILED) from None
@@ -304,6 +308,10 @@ def _open_control(opts: DaemonOptions) -> tuple[socket.socket | None, str | None
             e,
         )
         return None, None
+    trouble = mark_no_cache(path, resultcache.off_reason(opts))
+    if trouble:  # clients then ask, and hear "off": slower, not wrong
+        log.warning("cannot say beside the control socket that no cache is kept: %s", trouble)
+    return sock, path
 
 
 def _open_status(opts: DaemonOptions) -> socket.socket | None:

@@ -30,7 +30,7 @@ from meshcc.loglevels import NOTICE
 if TYPE_CHECKING:
     from meshcc.mesh.service import Mesh
 
-__all__ = ["caps", "chain", "claim", "make_cache", "open_store"]
+__all__ = ["caps", "chain", "claim", "make_cache", "off_reason", "open_store"]
 
 log = logging.getLogger("meshcc.daemon")
 
@@ -43,9 +43,20 @@ def _dir(opts: DaemonOptions) -> str:
     return opts.cache_dir or default_dir()
 
 
+def off_reason(opts: DaemonOptions) -> str | None:
+    """Why these options keep no result cache, or None when they ask for one."""
+    if not opts.cache:
+        return "--no-cache"
+    if (opts.ccache or opts.ccache_dir or opts.ccache_size) and not opts.cache_dir:
+        # ccache already answers repeats on this box; two caches would only hide each
+        # other's counts. --cache-dir turns the result cache on beside it.
+        return "--ccache caches this box's jobs"
+    return None
+
+
 def claim(opts: DaemonOptions) -> Callable[[int, int], None] | None:
     """As root, before the privilege drop: give the cache directory to the service user."""
-    if not opts.cache or ((opts.ccache or opts.ccache_dir) and not opts.cache_dir):
+    if off_reason(opts) is not None:
         return None
     path = _dir(opts)
 
@@ -77,13 +88,9 @@ def chain(
 
 def open_store(opts: DaemonOptions) -> DiskStore | None:
     """The opened store (after the privilege drop), or None: off or unusable (logged)."""
-    if not opts.cache:
-        log.log(NOTICE, "result cache: off (--no-cache)")
-        return None
-    if (opts.ccache or opts.ccache_dir or opts.ccache_size) and not opts.cache_dir:
-        # ccache already answers repeats on this box; two caches would only hide each
-        # other's counts. --cache-dir turns the result cache on beside it.
-        log.log(NOTICE, "result cache: off (--ccache caches this box's jobs)")
+    off = off_reason(opts)
+    if off is not None:
+        log.log(NOTICE, "result cache: off (%s)", off)
         return None
     store = DiskStore(_dir(opts), opts.cache_size or DEFAULT_LIMIT)
     try:

@@ -16,7 +16,7 @@ import stat
 import struct
 
 from meshcc.transport.control_client import is_private_dir
-from meshcc.wire.control_core import guessed_in_shared_tmp
+from meshcc.wire.control_core import NO_CACHE_SUFFIX, guessed_in_shared_tmp
 
 
 class ControlSocketError(Exception):
@@ -77,6 +77,33 @@ def open_control_socket(path: str) -> socket.socket:
         sock.close()
         raise ControlSocketError(f"cannot listen on {path}: {e.strerror or e}") from None
     return sock
+
+
+def mark_no_cache(path: str, reason: str | None) -> str | None:
+    """Say beside the control socket at ``path`` whether this daemon keeps a result cache:
+    ``reason`` (why it keeps none) writes the marker its clients check before direct mode's
+    lookup; None removes a marker an earlier daemon left. Runs with the socket, before the
+    privilege drop. Returns what went wrong, for the log (a client then asks, as before)."""
+    marker = path + NO_CACHE_SUFFIX
+    try:
+        if reason is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+            return None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(marker, flags, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # readable by every client, whatever the umask
+            text = (
+                f"meshcc daemon (pid {os.getpid()}) keeps no result cache: {reason}.\n"
+                "Compile clients skip direct-mode lookups while this file exists.\n"
+            )
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return f"{marker}: {e.strerror or e}"
+    return None
 
 
 def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:

@@ -82,6 +82,7 @@ from .control_core import (
     MAX_REQUEST,
     MAX_REQUEST_OBJECTS,
     MAX_STRING,
+    NO_CACHE_SUFFIX,
     PROTOCOL_VERSION,
     ROOT_SOCKET,
     SOCKET_NAME,
@@ -142,6 +143,7 @@ __all__ = [  # the lease path's names live in control_core (the client imports o
     "MAX_REQUEST",
     "MAX_REQUEST_OBJECTS",
     "MAX_STRING",
+    "NO_CACHE_SUFFIX",
     "PROTOCOL_VERSION",
     "ROOT_SOCKET",
     "SOCKET_NAME",
@@ -232,7 +234,12 @@ class DirectRequest(Frozen):
     miss (:func:`meshcc.cache.direct.mesh_key`).
 
     Large payloads travel in parts so every message stays within MAX_REQUEST (to the
-    daemon) and MAX_MESSAGE (from it)."""
+    daemon) and MAX_MESSAGE (from it).
+
+    A daemon started with no result cache also says so before anyone asks: a file named
+    ``<control socket>`` + :data:`NO_CACHE_SUFFIX` stands beside its socket, and clients
+    that see it send no ``direct_get``. Its absence promises nothing (an older daemon, or a
+    store that failed to open): the ``off`` answer stays the authority."""
 
     __slots__ = ("cc", "data", "key", "mesh", "more", "op", "source")
     __match_args__ = ("op", "key", "source", "data", "more", "mesh", "cc")

@@ -27,6 +27,10 @@ MAX_REQUEST_OBJECTS = 64  # a request is a flat map of a few fields
 MAX_DEPTH = 32  # our messages are shallow; deeper is garbage, not a reason to recurse
 SOCKET_NAME = "control.sock"
 ROOT_SOCKET = "/run/meshcc/control.sock"
+# Beside the control socket while its daemon keeps no result cache (``--no-cache``): a
+# client that sees it skips direct mode's lookup, which that daemon could only answer "off"
+# (it costs the client its manifest key, a round trip and a daemon wake on every compile).
+NO_CACHE_SUFFIX = ".nocache"
 
 
 class ControlError(Exception):

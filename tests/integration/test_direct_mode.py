@@ -244,24 +244,63 @@ def test_clock_macros_are_never_direct(
     assert _direct_hits(d) == 0, d.diagnostics()
 
 
-def test_daemon_without_cache_is_asked_once_and_never_sent_records(
+def test_daemon_without_cache_says_so_beside_its_socket_and_is_never_asked(
     parent: Path,
     meshcc_daemon: Callable[..., Daemon],
     shim: tuple[Path, Path],
     client_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    """--no-cache: the daemon answers "off" and the client records nothing (no hashing,
-    no upload); the build is as without direct mode."""
+    """--no-cache: a marker beside the control socket says so, and the client sends no
+    lookup at all; without the marker (a daemon from before it) the client asks, hears
+    "off" and records nothing. Either way the build is as without direct mode."""
     d, sock = start_daemon(meshcc_daemon, parent, "--no-cache", "--log-level", "debug")
+    marker = Path(f"{sock}.nocache")
+    assert "keeps no result cache: --no-cache" in marker.read_text()
     shim_dir, log = shim
     env = dict(_env(client_env, d, sock, shim_dir), DISTCC_VERBOSE="1")
     root = tmp_path / "tree"
     _write_tree(root)
     _age()
-    for _ in range(2):
+    heard = []
+    for removed in (False, True):
+        if removed:
+            marker.unlink()
         p = run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
         assert "direct mode: not recorded" not in p.stderr
         assert (root / "b.o").read_bytes() == _local(root, "b.c")
+        said = "direct mode: off (the daemon keeps no result cache" in p.stderr
+        asked = "direct mode: off (the daemon answered" in p.stderr
+        heard.append((said, asked))
+    assert heard == [(True, False), (False, True)]
     assert _cpp_runs(log) == 2
     assert "direct_put" not in d.log_text() and "direct: " not in d.log_text()
+
+
+def test_leased_compile_skips_the_lookup_when_the_daemon_keeps_no_cache(
+    parent: Path,
+    meshcc_daemon: Callable[..., Daemon],
+    client_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Without DISTCC_HOSTS the job is the daemon's to lease; the lease's own connection
+    is the one direct mode would have asked on, and the marker spares that too."""
+    _, sock = start_daemon(meshcc_daemon, parent, "--no-cache")
+    env = dict(client_env, MESHCC_SOCKET=str(sock), DISTCC_VERBOSE="1")
+    root = tmp_path / "tree"
+    _write_tree(root)
+    p = run(["meshcc-gcc", *FLAGS, "-c", "b.c", "-o", "b.o"], cwd=root, env=env)
+    assert "direct mode: off (the daemon keeps no result cache" in p.stderr, p.stderr
+    assert "direct mode: off (the daemon answered" not in p.stderr
+    assert (root / "b.o").read_bytes() == _local(root, "b.c")
+
+
+def test_a_daemon_with_a_cache_removes_the_marker_an_earlier_one_left(
+    parent: Path, meshcc_daemon: Callable[..., Daemon]
+) -> None:
+    """The marker goes with the daemon that wrote it: the next daemon on that socket,
+    keeping a cache, takes it away (else its clients would never ask it)."""
+    sock = parent / "control.sock"
+    Path(f"{sock}.nocache").write_text("left by a daemon started with --no-cache\n")
+    start_daemon(meshcc_daemon, parent, "--cache-dir", str(parent / "results"))
+    assert sock.exists() and not Path(f"{sock}.nocache").exists()

@@ -19,6 +19,13 @@ def test_stats_socket_suffix_is_the_codecs() -> None:
     )
 
 
+def test_no_cache_marker_suffix_is_the_protocols() -> None:
+    from meshcc.client import wrapper
+    from meshcc.wire import control
+
+    assert wrapper.NO_CACHE_SUFFIX == control.NO_CACHE_SUFFIX
+
+
 def test_io_timeout_default_is_the_transports() -> None:
     assert decisions.DEFAULT_IO_TIMEOUT == transport_client.DEFAULT_IO_TIMEOUT
     assert decisions.parse_io_timeout(None) == decisions.DEFAULT_IO_TIMEOUT
