@@ -5,7 +5,8 @@
 Two real :class:`meshcc.mesh.loadnet.LoadChannel` s (a client box c and a server s, their
 real :class:`~meshcc.mesh.load.LoadBook` s) talk over UDP on 127.0.0.1, in one process,
 and replay the load changes of a serial build's jobs as the daemons make them: c's
-broker wants a slot on s, is granted it once s's share allows (held), s's compile server
+broker grants a slot on s at once if s's share allows (held), else wants one and grants it
+once the share allows, s's compile server
 takes a slot once the client's preprocessor is done (20 ms later), frees it when the
 compile ends (150 ms), and c's lease ends 1 ms after that; 30 ms pass to the next job.
 For each set of timings (without the headroom linger, as before 2026-11-30; with it; and
@@ -14,7 +15,9 @@ channel ran (wake-ups that computed records) and the records it sent, and the pr
 CPU per job (both channels). Counts are the point: they do not depend on how fast the
 box is. Heartbeats (every 0.5 s) are included, as a daemon pays them too. (The "no hold"
 rows' server rounds count the 2026-11-30 change too: a leased job's slot taken or freed
-no longer sends a record, 4 rounds a job before it.)
+no longer sends a record, 4 rounds a job before it.) The last row reports c's demand as
+the daemon does since 2026-11-30 (``LoadChannel.demand_changed``: a round only when a
+record changes); the others poke c's channel on every change, as it did before.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ def _socket() -> socket.socket:
     return sock
 
 
-async def _replay(timings: LoadTimings, jobs: int) -> tuple[_Book, _Book, LoadChannel, LoadChannel]:
+async def _replay(
+    timings: LoadTimings, jobs: int, ask: bool
+) -> tuple[_Book, _Book, LoadChannel, LoadChannel]:
     books = {n: _Book(node, 4 if n == "s" else 1, timings) for n, node in NODES.items()}
     socks = {n: _socket() for n in NODES}
     ports = {n: s.getsockname()[1] for n, s in socks.items()}
@@ -92,23 +97,35 @@ async def _replay(timings: LoadTimings, jobs: int) -> tuple[_Book, _Book, LoadCh
     for n, ch in channels.items():
         await ch.start(socks[n])
     c, s = books["c"], books["s"]
+    demand = [(0, 0)]  # c's broker: (held, want) on s
+    c.demand_source = lambda: ({"m:s": demand[0]}, 0, 0)
+
+    def c_demand(held: int, want: int) -> None:
+        """c's broker's demand moved: as the daemon reports it (ask: demand_changed, a round
+        only if a record changes), or as it did before (a poke, a round each time)."""
+        demand[0] = (held, want)
+        if ask:
+            channels["c"].demand_changed()
+        else:
+            channels["c"].poke()
+
     try:
         await asyncio.sleep(1.0)  # they hear of each other
         c.rounds = s.rounds = 0
         sent0 = {n: ch.sent for n, ch in channels.items()}
         for _ in range(jobs):
-            c.set_demand("m:s", 0, 1)
-            channels["c"].poke()
-            deadline = time.monotonic() + 5.0
-            while True:  # the broker grants once the share allows
-                live = c.live("m:s")
-                if live is not None and live.share >= 1:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("s promised c no share within 5 s")
-                await asyncio.sleep(0.0005)
-            c.set_demand("m:s", 1, 1)
-            channels["c"].poke()
+            live = c.live("m:s")
+            if live is None or live.share < 1:  # the request waits for a share (a want)
+                c_demand(0, 1)
+                deadline = time.monotonic() + 5.0
+                while True:  # the broker grants once the share allows
+                    live = c.live("m:s")
+                    if live is not None and live.share >= 1:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("s promised c no share within 5 s")
+                    await asyncio.sleep(0.0005)
+            c_demand(1, 1)
             await asyncio.sleep(0.020)  # the client's preprocessor
             running[0] = 1
             channels["s"].slots_changed()  # as the daemon's compile server reports it
@@ -116,8 +133,7 @@ async def _replay(timings: LoadTimings, jobs: int) -> tuple[_Book, _Book, LoadCh
             running[0] = 0
             channels["s"].slots_changed()
             await asyncio.sleep(0.001)
-            c.set_demand("m:s", 0, 0)
-            channels["c"].poke()
+            c_demand(0, 0)
             await asyncio.sleep(0.030)
         channels["c"].sent -= sent0["c"]
         channels["s"].sent -= sent0["s"]
@@ -127,9 +143,9 @@ async def _replay(timings: LoadTimings, jobs: int) -> tuple[_Book, _Book, LoadCh
             await ch.stop()
 
 
-def measure(name: str, timings: LoadTimings, jobs: int) -> Result:
+def measure(name: str, timings: LoadTimings, jobs: int, ask: bool = False) -> Result:
     t0 = time.process_time()
-    c, s, cc, cs = asyncio.run(_replay(timings, jobs))
+    c, s, cc, cs = asyncio.run(_replay(timings, jobs, ask))
     cpu = (time.process_time() - t0) * 1000 / jobs
     return Result(name, c.rounds / jobs, s.rounds / jobs, cc.sent / jobs, cs.sent / jobs, cpu)
 
@@ -140,11 +156,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     ways = [
-        ("no linger, no hold", LoadTimings(headroom_linger_s=0.0, release_hold_s=0.0)),
-        ("linger 2 s, no hold", LoadTimings(release_hold_s=0.0)),
-        ("linger 2 s, hold 0.25 s", LoadTimings()),
+        ("no linger, no hold", LoadTimings(headroom_linger_s=0.0, release_hold_s=0.0), False),
+        ("linger 2 s, no hold", LoadTimings(release_hold_s=0.0), False),
+        ("linger 2 s, hold 0.25 s", LoadTimings(), False),
+        ("linger, hold, ask first", LoadTimings(), True),
     ]
-    rows = [measure(name, t, args.jobs) for name, t in ways]
+    rows = [measure(name, t, args.jobs, ask) for name, t, ask in ways]
     print(f"per serial job ({args.jobs} jobs; c: the client box, s: the server)")
     head = ("rounds c", "rounds s", "records c", "records s", "CPU ms")
     print(f"{'timings':24s} " + " ".join(f"{h:>9s}" for h in head))

@@ -653,7 +653,7 @@ async def _serve(prep: _Prepared, opts: DaemonOptions) -> int:
         path=prep.control_path or "",
         limits=ControlLimits.for_fd_limit(hostos.open_files_limit()),
         load=mesh.load,
-        on_demand=mesh.load_channel.poke if mesh.load_channel is not None else None,
+        on_demand=mesh.load_channel.demand_changed if mesh.load_channel is not None else None,
     )
     control_server.broker.follow_changes(mesh.on_change)  # verdicts kept until a change
     if prep.result_store is not None:  # direct mode's manifests (meshcc.cache.direct)

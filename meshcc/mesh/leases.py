@@ -452,8 +452,9 @@ class LeaseBroker:
 
     def _publish(self, verdicts: dict[ClientCompiler, list[Verdict]] | None = None) -> None:
         """Something changed: this box's own holds go to the book at once (its local share
-        is computed from them), and the channel is poked; what this daemon holds and wants
-        on each peer is computed when the channel sends (:meth:`demand`), once per round."""
+        is computed from them), and the channel hears of it (``on_demand``: it sends a round
+        only if a record changes); what this daemon holds and wants on each peer is
+        computed from :meth:`demand`, which the book asks for."""
         if self.load is None:
             return
         self.load.set_local(held=self.in_use.get(LOCAL_KEY, 0), lease_waiting=len(self.waiters))

@@ -247,6 +247,19 @@ def choose(cands: Sequence[Candidate], rng: random.Random) -> int:
 
 
 @dataclass(slots=True)
+class _RoundInputs:
+    """What one round's records are made of (:meth:`LoadBook._round_inputs`)."""
+
+    now: float
+    held: dict[str, int]  # the leases to tell each peer we hold there (release hold applied)
+    targets: dict[str, int]  # each client's fair share
+    capacity: int
+    committed: dict[str, int]  # each peer's commitment; updated as the round promises
+    total: int  # everyone's commitment and ours; updated as the round promises
+    free: int
+
+
+@dataclass(slots=True)
 class _Remote:
     peer: RemotePeer
     since: float  # tracked since (grace for its first record)
@@ -606,8 +619,9 @@ class LoadBook:
         n = len(self._remotes)
         return max(self.timings.min_interval_s, n / rate if rate > 0 else 0.0)
 
-    def outgoing(self) -> list[tuple[str, int, bytes]]:
-        """Datagrams to send now: (address, port, bytes)."""
+    def _round_inputs(self) -> _RoundInputs:
+        """Bring the book up to date for a round (the broker's demand, the release hold)
+        and compute what every record in it is made of."""
         if self.demand_source is not None:
             per_peer, local_held, local_want = self.demand_source()
             for key, r in self._remotes.items():
@@ -619,28 +633,62 @@ class LoadBook:
         now = self._clock()
         held = {key: self._held_to_tell(r, now) for key, r in self._remotes.items()}
         self.local_all += sum(held[key] - r.my_held for key, r in self._remotes.items())
+        forget = self.timings.forget_s
+        committed = {k: r.committed(now, forget) for k, r in self._remotes.items()}
+        return _RoundInputs(
+            now,
+            held,
+            self._targets(now),
+            self._capacity(now),
+            committed,
+            sum(committed.values()) + self.local_held,
+            self.free(),
+        )
+
+    def _fields(self, key: str, r: _Remote, inputs: _RoundInputs) -> tuple[int | bool, ...]:
+        """What peer ``key`` acts on: our slots, free ones, whether all are busy, its share
+        and our demand on it. The exact running and queued counts and the speed inform
+        (status, top, the choice between peers) and go out with the next record that does,
+        or with the heartbeat."""
+        share = min(
+            inputs.targets.get(key, 0),
+            max(0, inputs.capacity - (inputs.total - inputs.committed[key])),
+        )
+        told = inputs.held[key]
+        want = max(r.my_want, told)
+        return (self.jobs, inputs.free, self._full, told, want, share, self.local_all)
+
+    def news(self) -> bool:
+        """Whether a round now would send a record for what changed (a heartbeat aside): a
+        peer must hear of it, or owes an ack. The broker's demand moves many times per job
+        (each lease taken and ended); most of those moves change no record (a lease taken
+        within what we told the peer we hold, one ended within the release hold), and
+        asking costs less than a round and its wake-ups."""
+        if self.round_due:
+            return True
+        inputs = self._round_inputs()
+        return any(
+            r.must_ack or self._fields(key, r, inputs) != r.last_sent
+            for key, r in self._remotes.items()
+        )
+
+    def outgoing(self) -> list[tuple[str, int, bytes]]:
+        """Datagrams to send now: (address, port, bytes)."""
+        inputs = self._round_inputs()
+        now = inputs.now
         interval = self._interval()
-        targets = self._targets(now)
         forget = self.timings.forget_s
         heartbeat = self.timings.heartbeat_s * (1.0 - self.timings.heartbeat_early)
-        capacity = self._capacity(now)
-        committed = {k: r.committed(now, forget) for k, r in self._remotes.items()}
-        total = sum(committed.values()) + self.local_held  # kept current as we promise
-        free = self.free()
+        committed = inputs.committed
         out = []
         for key, r in self._remotes.items():
             since = now - r.sent_at
             if since < interval:
                 continue
-            share = min(targets.get(key, 0), max(0, capacity - (total - committed[key])))
-            # What a peer acts on: our slots, free ones, whether all are busy, its share and
-            # our demand on it. The exact running and queued counts and the speed inform
-            # (status, top, the choice between peers) and go out with the next record that
-            # does, or with the heartbeat.
-            told, want = held[key], max(r.my_want, held[key])
-            fields = (self.jobs, free, self._full, told, want, share, self.local_all)
+            fields = self._fields(key, r, inputs)
             if fields == r.last_sent and not r.must_ack and since < heartbeat:
                 continue
+            _, free, _, told, want, share, _ = fields
             self._seq += 1
             rec = wire.LoadRecord(
                 self.node,
@@ -666,7 +714,7 @@ class LoadBook:
                     (_, s0), (q1, s1) = r.pending[0], r.pending[1]
                     r.pending[:2] = [(q1, max(s0, s1))]
                 now_committed = r.committed(now, forget)
-                total += now_committed - committed[key]
+                inputs.total += now_committed - committed[key]  # later peers' room
                 committed[key] = now_committed
             r.sent_at, r.last_sent, r.must_ack, r.told_held = now, fields, False, told
             out.append((r.peer.address, r.peer.port, wire.encode(rec)))

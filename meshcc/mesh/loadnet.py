@@ -3,11 +3,12 @@
 The socket listens on the compile port's number (UDP and TCP ports are separate spaces:
 the mDNS announcement already tells every peer where to send, and a firewall rule for
 the compile port reads naturally as "3632 tcp+udp"). The loop wakes on a change
-(:meth:`LoadChannel.poke`: the broker's demand, a peer announced or gone; and
-:meth:`LoadChannel.slots_changed` when a job slot is taken, freed or queued for in a way
-that moves what peers act on), on a received record, and when the next heartbeat is due, and
-sends what :meth:`LoadBook.outgoing` says; rounds are at least ``min_interval_s`` apart,
-so bursts of changes coalesce, and a change after a quiet spell goes out at once.
+(:meth:`LoadChannel.poke`: a peer announced or gone; :meth:`LoadChannel.demand_changed`
+when the broker's leases or requests moved, and :meth:`LoadChannel.slots_changed` when a
+job slot is taken, freed or queued for, each only when that moves what peers act on), on a
+received record, and when the next heartbeat or held-back lease end is due, and sends what
+:meth:`LoadBook.outgoing` says; rounds are at least ``min_interval_s`` apart, so bursts of
+changes coalesce, and a change after a quiet spell goes out at once.
 
 Why not a poll: every daemon on the LAN runs this loop all day. Polling this box's
 figures and rebuilding the peer list ten times a second cost an idle daemon with one peer
@@ -22,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from collections.abc import Callable
 
-from meshcc.asyncwait import wait_set
 from meshcc.mesh.load import LoadBook, RemotePeer
 from meshcc.supervisor import supervise
 from meshcc.transport.addresses import peer_ip
@@ -106,6 +107,8 @@ class LoadChannel:
         self.on_update: Callable[[str], None] | None = None
         self.on_heard: Callable[[str], None] | None = None  # a peer's record was accepted
         self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None  # the planned wake (a heartbeat...)
+        self._asked_at = -math.inf  # the book's time of demand_changed's last question
         self._transport: asyncio.DatagramTransport | None = None
         self._family = socket.AF_INET6
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +133,35 @@ class LoadChannel:
     def poke(self) -> None:
         """Something the peers should know changed: send soon."""
         self._wake.set()
+
+    def demand_changed(self) -> None:
+        """The broker's leases or waiting requests moved: send a round now only if that
+        changes a record (:meth:`LoadBook.news`). Otherwise it may still move the next
+        round that time brings: closer for a lease end held back for ``release_hold_s``,
+        back to the heartbeat when the lease is taken again within the hold; the planned
+        wake moves, with no wake now. A serial build's lease taken and ended each cost a
+        round that sent nothing, and the hold's end a third. In a burst (a -j build's
+        leases) the question would cost more than the rounds it spares: a change within
+        ``min_interval_s`` of the last question, or while a round is already coming, just
+        pokes (rounds coalesce)."""
+        if self._wake.is_set():
+            return  # a round is coming: it sees this change
+        now = self.book.now()
+        if now - self._asked_at < self.book.timings.min_interval_s:
+            self.poke()
+            return
+        self._asked_at = now
+        if self.book.news():
+            self.poke()
+            return
+        timer = self._timer
+        if timer is None or timer.cancelled():
+            return  # not asleep: the loop plans its wake when it next sleeps
+        loop = asyncio.get_running_loop()
+        at = loop.time() + self._delay()
+        if abs(at - timer.when()) > self.book.timings.min_interval_s:
+            timer.cancel()  # a lease end now held back, or one taken again after all
+            self._timer = loop.call_at(at, self._wake.set)
 
     def slots_changed(self) -> None:
         """This box's compile server took, freed or queued for a slot: read its figures, and
@@ -179,13 +211,30 @@ class LoadChannel:
                         log.debug("load channel: sending to %s:%d: %s", host, port, e)
             self._wake.clear()
             self.book.round_due = False
-            nxt = self.book.next_due()
-            now = self.book.now()
-            delay = BACKSTOP_S if nxt is None else min(BACKSTOP_S, max(0.0, nxt - now))
-            last = now
-            await wait_set(self._wake, delay)
+            last = self.book.now()
+            await self._sleep(self._delay())
             # A change after a quiet spell goes at once; a burst of changes coalesces
             # into one round per min_interval_s.
             rest = last + self.book.timings.min_interval_s - self.book.now()
             if rest > 0:
                 await asyncio.sleep(rest)
+
+    def _delay(self) -> float:
+        """Seconds to the next round that time alone brings: a heartbeat or a held-back
+        lease end (:meth:`LoadBook.next_due`), ``BACKSTOP_S`` at most."""
+        due = self.book.next_due()
+        if due is None:
+            return BACKSTOP_S
+        return min(BACKSTOP_S, max(0.0, due - self.book.now()))
+
+    async def _sleep(self, delay: float) -> None:
+        """Until poked or ``delay`` seconds pass, by a timer that :meth:`demand_changed`
+        may bring forward (asyncwait.wait_set's, kept where it can be moved)."""
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()  # one moved forward after it had fired
+        self._timer = loop.call_at(loop.time() + delay, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            self._timer.cancel()

@@ -1,6 +1,7 @@
 """The live-load channel's loop is driven by events, not a poll: an idle daemon with a
-peer wakes for its heartbeats only, a poke is sent at once, and the peer list is re-read
-only when the mesh hands over a new one. Real UDP sockets on 127.0.0.1."""
+peer wakes for its heartbeats only, a poke is sent at once, the peer list is re-read
+only when the mesh hands over a new one, and a change of slots or demand that moves no
+record wakes nothing. Real UDP sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import asyncio
 import socket
 from collections.abc import Callable
 
+import pytest
+
+from meshcc.mesh import loadnet
 from meshcc.mesh.load import LoadBook, LoadTimings, RemotePeer
 from meshcc.mesh.loadnet import LoadChannel
 from meshcc.wire import load as wire
@@ -20,7 +24,9 @@ class _CountingBook(LoadBook):
     """A real book that counts the channel's rounds and peer-list changes."""
 
     def __init__(self, heartbeat_s: float = HEARTBEAT_S) -> None:
-        super().__init__("0000000000aa", 2, LoadTimings(heartbeat_s=heartbeat_s))
+        # stale_s: a peer's one record stays fresh however long a slow heartbeat takes
+        timings = LoadTimings(heartbeat_s=heartbeat_s, stale_s=max(2.0, 4 * heartbeat_s))
+        super().__init__("0000000000aa", 2, timings)
         self.rounds = 0
         self.peer_sets = 0
 
@@ -138,6 +144,60 @@ def test_a_leased_jobs_slot_rides_with_the_heartbeat_and_a_stock_jobs_goes_at_on
     # A slow heartbeat: none falls into the moments that must stay silent, however late
     # this box wakes the test.
     asyncio.run(_with_channel(served, SLOW_HEARTBEAT_S))
+
+
+def test_a_lease_taken_and_ended_within_the_share_wakes_nothing_until_the_hold_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker's demand moves twice per leased job. A lease taken within what we last
+    told the peer we hold, or ended while its share still spreads spare slots to us (the
+    release hold), changes no record: no round is woken for it. The held-back end still
+    goes out when the hold ends, long before the heartbeat, because the planned wake was
+    moved forward; a lease taken again meanwhile sends nothing at all."""
+    demand = {"m:b": (0, 0)}
+    heartbeat_s = 30.0  # nothing in this test may be a heartbeat...
+    monkeypatch.setattr(loadnet, "BACKSTOP_S", 60.0)  # ...nor the loop's longest sleep
+
+    async def leased(channel: LoadChannel, book: _CountingBook, got: list[bytes]) -> None:
+        book.demand_source = lambda: (dict(demand), 0, 0)
+        await asyncio.sleep(0.05)  # the first round: it knows its peer
+        remote = book._remotes["m:b"]
+        near_port = channel._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+        # The peer spreads both its slots to us (headroom): a real record over UDP.
+        record = wire.LoadRecord("0000000000bb", 7, 1, jobs=2, free=2, share=2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer_sock:
+            peer_sock.bind(("127.0.0.1", 0))
+            peer_sock.sendto(wire.encode(record), ("127.0.0.1", near_port))
+            await _until(lambda: remote.share == 2)
+        await asyncio.sleep(0.05)  # the answer to its record is out
+        assert not channel._wake.is_set()
+
+        async def change(held: int) -> bool:
+            """The broker's demand moves: did it wake the channel? (Apart, as leases are:
+            changes within min_interval_s of each other are a burst, and just poke.)"""
+            await asyncio.sleep(3 * book.timings.min_interval_s)
+            demand["m:b"] = (held, held)
+            channel.demand_changed()
+            return channel._wake.is_set()
+
+        sent = len(got)
+        assert await change(1)  # the first lease: the peer must hear we hold one
+        await _until(lambda: len(got) > sent)
+        assert wire.decode(got[-1]).held == 1
+        await asyncio.sleep(0.02)
+        sent, rounds = len(got), book.rounds
+
+        assert not await change(0), "a lease ended within the share waits for the hold"
+        assert not await change(1), "taken again within what we told: nothing to tell"
+        hold = book.timings.release_hold_s
+        await asyncio.sleep(2 * hold)  # the hold's planned wake passes: nothing to send
+        assert len(got) == sent
+        assert not await change(0)
+        await _until(lambda: len(got) > sent, timeout=20 * hold)  # the hold, not a backstop
+        assert wire.decode(got[-1]).held == 0
+        assert book.rounds <= rounds + 4  # the two planned wakes, and slack for a slow box
+
+    asyncio.run(_with_channel(leased, heartbeat_s))
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
