@@ -4,11 +4,11 @@ Pure state (no I/O, injected clock); :mod:`meshcc.mesh.loadnet` carries its data
 
 The channel. Each daemon sends one small UDP datagram (:mod:`meshcc.wire.load`) to each
 meshcc peer it tracks that announces the ``load`` capability, to the peer's compile port
-number: on any change a peer acts on (slots, free slots, whether all are busy, shares,
-demand), at most every ``min_interval_s`` per peer (stretched so the daemon sends at most
-``max_send_rate`` a second however many peers there are), and at least every
-``heartbeat_s``; figures that only inform (the exact running and queued counts, speed)
-ride with those records. A record from
+number: on any change a peer acts on (slots, whether any is free, whether all are busy,
+shares, demand), at most every ``min_interval_s`` per peer (stretched so the daemon sends
+at most ``max_send_rate`` a second however many peers there are), and at least every
+``heartbeat_s``; figures that only inform (the exact free, running and queued counts,
+speed) ride with those records. A record from
 a peer is *fresh* for ``stale_s``; after that this daemon forgets the live figures and
 falls back to the mDNS hint and its own lease count (distcc's behaviour).
 
@@ -491,11 +491,12 @@ class LoadBook:
             self._local_active_at = self._clock()
 
     def set_figures(self, running: int, queued: int, speed: int) -> bool:
-        """This box's compile server's figures (as :meth:`set_local`); True when peers must
-        hear of them at once: the capacity this daemon shares out moved (a job no lease
-        accounts for came, went or queued), so free slots and shares may have, or every
-        slot became busy or stopped being (a broker queues a request ahead of time only on
-        a full peer). Otherwise a leased job taking or freeing its slot, or a new speed, is
+        """This box's compile server's figures (as :meth:`set_local`); True when peers may
+        need to hear of them at once (:meth:`news` says whether they do): the capacity
+        this daemon shares out moved (a job no lease accounts for came, went or queued),
+        so shares may have and free slots may have run out, or every slot became busy or
+        stopped being (a broker queues a request ahead of time only on a full peer).
+        Otherwise a leased job taking or freeing its slot, or a new speed, is
         news only: it rides with the next record that goes out anyway, a heartbeat at the
         latest (:meth:`outgoing`), rather than costing every peer a record and a wake-up
         twice per served job."""
@@ -646,17 +647,18 @@ class LoadBook:
         )
 
     def _fields(self, key: str, r: _Remote, inputs: _RoundInputs) -> tuple[int | bool, ...]:
-        """What peer ``key`` acts on: our slots, free ones, whether all are busy, its share
-        and our demand on it. The exact running and queued counts and the speed inform
-        (status, top, the choice between peers) and go out with the next record that does,
-        or with the heartbeat."""
+        """What peer ``key`` acts on: our slots, whether any is free, whether all are busy,
+        its share and our demand on it. The exact free, running and queued counts and the
+        speed inform (status, top, how a broker spreads its demand) and go out with the
+        next record that does, or with the heartbeat: what a broker may take is its share,
+        not our free slots, and a stock distcc job on this box moved them twice per job."""
         share = min(
             inputs.targets.get(key, 0),
             max(0, inputs.capacity - (inputs.total - inputs.committed[key])),
         )
         told = inputs.held[key]
         want = max(r.my_want, told)
-        return (self.jobs, inputs.free, self._full, told, want, share, self.local_all)
+        return (self.jobs, inputs.free > 0, self._full, told, want, share, self.local_all)
 
     def news(self) -> bool:
         """Whether a round now would send a record for what changed (a heartbeat aside): a
@@ -688,7 +690,8 @@ class LoadBook:
             fields = self._fields(key, r, inputs)
             if fields == r.last_sent and not r.must_ack and since < heartbeat:
                 continue
-            _, free, _, told, want, share, _ = fields
+            _, _, _, told, want, share, _ = fields
+            free = inputs.free
             self._seq += 1
             rec = wire.LoadRecord(
                 self.node,

@@ -144,6 +144,22 @@ class LoadChannel:
         leases) the question would cost more than the rounds it spares: a change within
         ``min_interval_s`` of the last question, or while a round is already coming, just
         pokes (rounds coalesce)."""
+        self._changed()
+
+    def slots_changed(self) -> None:
+        """This box's compile server took, freed or queued for a slot: read its figures.
+        A leased job's slot is news only (LoadBook.set_figures), and goes with the next
+        record. A job no lease accounts for (stock distcc) moves what this box shares out,
+        and a round goes if that changes a record (:meth:`demand_changed`'s rule): a share,
+        or free slots running out or coming back. Otherwise it cost every peer a record and
+        a wake-up twice per job, in a mesh that leases nothing (Portage's stock distcc)."""
+        if self.figures is None:
+            self.poke()
+            return
+        if self.book.set_figures(*self.figures()):
+            self._changed()
+
+    def _changed(self) -> None:
         if self._wake.is_set():
             return  # a round is coming: it sees this change
         now = self.book.now()
@@ -162,16 +178,6 @@ class LoadChannel:
         if abs(at - timer.when()) > self.book.timings.min_interval_s:
             timer.cancel()  # a lease end now held back, or one taken again after all
             self._timer = loop.call_at(at, self._wake.set)
-
-    def slots_changed(self) -> None:
-        """This box's compile server took, freed or queued for a slot: read its figures, and
-        send a round now only if that moved what peers act on (LoadBook.set_figures); a
-        leased job's slot is news only, and goes with the next record."""
-        if self.figures is None:
-            self.poke()
-            return
-        if self.book.set_figures(*self.figures()):
-            self.poke()
 
     def received(self, data: bytes, source: str) -> None:
         key = self.book.receive(data, source)

@@ -84,7 +84,7 @@ def test_a_poke_is_sent_at_once_and_a_new_peer_list_is_read() -> None:
     async def poke(channel: LoadChannel, book: _CountingBook, got: list[bytes]) -> None:
         await asyncio.sleep(0.05)
         sent = len(got)
-        book.set_local(running=1)  # a change the peer has not seen
+        book.set_local(running=2)  # a change the peer acts on: every slot busy
         channel.poke()
         await asyncio.sleep(0.03)  # far less than a heartbeat
         assert len(got) >= sent + 1  # not held for the next heartbeat
@@ -198,6 +198,43 @@ def test_a_lease_taken_and_ended_within_the_share_wakes_nothing_until_the_hold_e
         assert book.rounds <= rounds + 4  # the two planned wakes, and slack for a slow box
 
     asyncio.run(_with_channel(leased, heartbeat_s))
+
+
+def test_a_stock_job_in_a_mesh_that_leases_nothing_sends_no_record_until_slots_run_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Portage's stock distcc: jobs no lease accounts for. While no peer holds, wants or
+    lately used a slot here, no share moves, and a job taking or freeing a slot changes
+    only how many are free: that rides with the next record. Free slots running out, or
+    coming back, go at once (a broker waits for a peer with idle slots rather than compile
+    locally)."""
+    running = [0]
+    monkeypatch.setattr(loadnet, "BACKSTOP_S", 60.0)
+
+    async def stock(channel: LoadChannel, book: _CountingBook, got: list[bytes]) -> None:
+        channel.figures = lambda: (running[0], 0, 0)
+        await asyncio.sleep(0.05)  # the first round: it knows its peer
+
+        async def job_slots(now_running: int) -> bool:
+            """The compile server's slots moved: did it wake the channel?"""
+            await asyncio.sleep(3 * book.timings.min_interval_s)  # apart, as jobs are
+            running[0] = now_running
+            channel.slots_changed()
+            woke = channel._wake.is_set()
+            await asyncio.sleep(0.01)  # the round, if any, is out
+            return woke
+
+        sent = len(got)
+        assert not await job_slots(1), "one of two slots taken: nothing a peer acts on"
+        assert not await job_slots(0)
+        assert len(got) == sent
+        assert await job_slots(1) is False
+        assert await job_slots(2), "the last free slot taken goes at once"
+        assert wire.decode(got[-1]).free == 0
+        assert await job_slots(1), "a slot free again goes at once"
+        assert wire.decode(got[-1]).free == 1
+
+    asyncio.run(_with_channel(stock, 30.0))  # no heartbeat within the test
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
