@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/bench_load_propagation.py --changes 100 --json prop.json
 
 Three real ``meshcc daemon`` processes on a LAN of network namespaces (tests/netns.py;
-needs root; nothing leaves the namespaces): s (the real gcc, ``--jobs 2``), a and z (a gcc
+needs root; nothing leaves the namespaces): s (the real gcc, ``--jobs 2``; see
+``--server-jobs``), a and z (a gcc
 that reports another version, so only s serves the real gcc). A client on a takes a
 lease (granted on s) and later drops it; the timer runs from the moment the client has
 its grant (or closes the connection) until z's status, polled over its control socket
@@ -12,6 +13,11 @@ every ``--poll-ms``, shows s's free slots changed. That is the full path: a's br
 a's record to s -> s's free figure -> s's record to z. For comparison, the mDNS hint
 (``free`` in the TXT record) is republished at most every 30 s and only on changes of
 max(2, jobs/4) slots: a change of one slot is never republished.
+
+Since 2026-11-30 a record goes at once only when s's free slots run out or come back (what
+a broker acts on: it takes its share, not a count); the exact count rides with the next
+record or heartbeat. ``--server-jobs 1`` times that path (a's lease takes s's only slot);
+the default, 2, times the count riding along.
 """
 
 from __future__ import annotations
@@ -58,8 +64,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--changes", type=int, default=30)
     ap.add_argument("--poll-ms", type=float, default=1.0)
+    ap.add_argument(
+        "--server-jobs",
+        type=int,
+        default=2,
+        help="s's --jobs: 2, a lease moves s's free count (1 -> 2), which rides with s's next "
+        "record; 1, it takes s's only slot (free slots run out, and come back), which goes at once",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    jobs = args.server_jobs
     why = netns.unavailable_reason()
     if why is not None:
         print(f"needs network namespaces: {why}", file=sys.stderr)
@@ -70,7 +84,7 @@ def main() -> int:
     with netns.Lan() as lan:
         hs, ha, hz = (lan.add_host(n) for n in "saz")
         iface = ("--interface", "eth0")
-        s = Meshd(work, hs, *iface, "--jobs", "2", name="s")
+        s = Meshd(work, hs, *iface, "--jobs", str(jobs), name="s")
         a = Meshd(work, ha, *iface, "--compiler", str(odd), name="a")
         z = Meshd(work, hz, *iface, "--compiler", str(odd), name="z")
         daemons = [s, a, z]
@@ -80,7 +94,7 @@ def main() -> int:
             for m in daemons:
                 m.wait_ready()
             key = f"m:{s.status()['node']}"  # s's key in its peers' tables
-            netns.wait_for(lambda: s_free(z, key) == 2, 20, what="z to see s's load")
+            netns.wait_for(lambda: s_free(z, key) == jobs, 20, what="z to see s's load")
             netns.wait_for(lambda: hs.address in a.hosts("gcc")["line"], 20, what="a lists s")
             taken: list[float] = []
             freed: list[float] = []
@@ -89,9 +103,9 @@ def main() -> int:
                     got = c.ask(REQ)
                     assert got.get("ok") is True, got
                     t0 = time.perf_counter()
-                    taken.append(wait_free(z, key, 1, poll) - t0)
+                    taken.append(wait_free(z, key, jobs - 1, poll) - t0)
                 t0 = time.perf_counter()
-                freed.append(wait_free(z, key, 2, poll) - t0)
+                freed.append(wait_free(z, key, jobs, poll) - t0)
                 time.sleep(0.05)
         finally:
             for m in daemons:

@@ -15,7 +15,8 @@ slots at once and queues the rest FIFO, whoever sent them.
   :class:`meshcc.mesh.load.LoadBook` (its own node id, its peers the 99 others); load
   records are the real datagrams (:mod:`meshcc.wire.load`), delivered after ``--latency``
   (default 0.2 ms), sent in rounds as meshcc's channel sends them (on change, at most
-  every min_interval_s per peer, heartbeat); the speed figure is the real
+  every min_interval_s per peer, heartbeat; a demand change wakes a round only when it
+  changes a record, as ``LoadChannel.demand_changed``); the speed figure is the real
   :class:`SpeedMeter` fed with each host's finished jobs. Each make slot awaits the
   broker's ``acquire`` in an asyncio loop driven by the simulation's clock; a grant runs the
   job on that peer, a held local lease runs it on the builder itself.
@@ -37,6 +38,7 @@ import asyncio
 import heapq
 import itertools
 import json
+import math
 import random
 import statistics
 import sys
@@ -299,6 +301,26 @@ async def _run_meshcc(
                 sim.now + latency, lambda dst=dst, data=data, src=h.address: deliver(dst, data, src)
             )
 
+    asked_at: dict[int, float] = {}
+
+    def demand_changed(h: Host) -> None:
+        """As LoadChannel.demand_changed: a round only when a record changes (a burst, or
+        a round already coming, just pokes); else the next round that time brings (a
+        lease end held back for release_hold_s) is planned."""
+        if round_due.get(h.idx):
+            return
+        if sim.now - asked_at.get(h.idx, -math.inf) < timings.min_interval_s:
+            poke(h)
+            return
+        asked_at[h.idx] = sim.now
+        book = books[h.idx]
+        if book.news():
+            poke(h)
+            return
+        due = book.next_due()
+        if due is not None and due < sim.now + timings.heartbeat_s:
+            sim.at(due, lambda: poke(h))
+
     def deliver(dst: Host, data: bytes, src: str) -> None:
         if books[dst.idx].receive(data, src) is not None:
             brokers[dst.idx].dispatch()
@@ -321,7 +343,7 @@ async def _run_meshcc(
         brokers[h.idx] = LeaseBroker(
             _View([verdicts[o.idx] for o in hosts if o is not h]),
             load=book,
-            on_demand=lambda h=h: poke(h),
+            on_demand=lambda h=h: demand_changed(h),
             rng=random.Random(seed * 1000 + h.idx),
         )
         sim.at(random.Random(h.idx).uniform(0, timings.heartbeat_s), lambda h=h: heartbeat(h))
