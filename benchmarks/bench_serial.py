@@ -591,7 +591,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             args.server_jobs,
             args.daemon_log_level,
             args.profile_daemon,
-            discovery=args.lease_way,
+            discovery=args.lease_way or args.idle_peer,
         )
         daemons["distcc"] = start_distccd(site, work / "distccd", args.server_jobs)
         ways: dict[str, Way] = {}
@@ -614,6 +614,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             ways["meshcc-dirs"] = Way(
                 m.client, {**m.env, "MESHCC_DIRECTIVES_ONLY": "1"}, m.server_pgid
             )
+        if args.idle_peer:
+            # a meshcc peer on the client box that leases nothing: the server's daemon
+            # keeps it informed of its load, as a Portage box's daemon is while its
+            # stock distcc jobs come in (no way of its own)
+            lease_daemon, _ = start_lease_daemon(site, meshcc_cmd, work / "lease-d")
         if args.lease_way:
             # a third way through the same server daemon: meshcc-gcc as users run it, no
             # DISTCC_HOSTS, each job leased by the client box's daemon (whose CPU per job
@@ -922,6 +927,13 @@ def main(argv: list[str] | None = None) -> int:
         "server's daemon; its client CPU adds that daemon's CPU per job",
     )
     p.add_argument(
+        "--idle-peer",
+        action="store_true",
+        help="with --veth, without --lease-way: the client box's meshcc daemon runs (found "
+        "by mDNS, the server's live-load peer) but no way leases through it: every job is "
+        "one no lease accounts for, as in a mesh that Portage's stock distcc uses",
+    )
+    p.add_argument(
         "--zygote",
         action="store_true",
         help="run every client as a throwaway user, so that --meshcc-prefix's C launcher "
@@ -933,6 +945,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.lease_way and not args.veth:
         p.error("--lease-way needs --veth (discovery runs only inside the namespaces)")
+    if args.idle_peer and (args.lease_way or not args.veth):
+        p.error("--idle-peer needs --veth and no --lease-way")
     if args.profile_lease_daemon and not args.lease_way:
         p.error("--profile-lease-daemon needs --lease-way (it profiles that way's daemon)")
     if os.geteuid() != 0:
