@@ -108,7 +108,7 @@ class LoadChannel:
         self.on_heard: Callable[[str], None] | None = None  # a peer's record was accepted
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None  # the planned wake (a heartbeat...)
-        self._asked_at = -math.inf  # the book's time of demand_changed's last question
+        self._asked_at = -math.inf  # the book's time of _changed's last LoadBook.news()
         self._transport: asyncio.DatagramTransport | None = None
         self._family = socket.AF_INET6
         self._task: asyncio.Task[None] | None = None
@@ -160,6 +160,8 @@ class LoadChannel:
             self._changed()
 
     def _changed(self) -> None:
+        """A change that may or may not move a record (:meth:`demand_changed` says when a
+        round goes, and when the planned wake moves instead)."""
         if self._wake.is_set():
             return  # a round is coming: it sees this change
         now = self.book.now()
@@ -234,11 +236,11 @@ class LoadChannel:
         return min(BACKSTOP_S, max(0.0, due - self.book.now()))
 
     async def _sleep(self, delay: float) -> None:
-        """Until poked or ``delay`` seconds pass, by a timer that :meth:`demand_changed`
-        may bring forward (asyncwait.wait_set's, kept where it can be moved)."""
+        """Until poked or ``delay`` seconds pass, by a timer (asyncwait.wait_set's) kept
+        where :meth:`_changed` can move it when what time brings next moved."""
         loop = asyncio.get_running_loop()
         if self._timer is not None:
-            self._timer.cancel()  # one moved forward after it had fired
+            self._timer.cancel()  # one _changed moved after it had fired
         self._timer = loop.call_at(loop.time() + delay, self._wake.set)
         try:
             await self._wake.wait()
