@@ -206,7 +206,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-cache",
         action="store_true",
-        help="no result cache on this box: compile every job, serve no peer's lookups",
+        help="no result cache on this box: compile every job, serve no peer's lookups "
+        "(local clients, told by <socket>.nocache, skip direct-mode lookups)",
     )
     p.add_argument(
         "--cache-dir",
