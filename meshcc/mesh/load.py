@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from meshcc.wire import load as wire
 
 __all__ = [
+    "HEADROOM_ABOVE_PEAK",
     "LOCAL",
     "Candidate",
     "Demand",
@@ -70,6 +71,12 @@ __all__ = [
 ]
 
 LOCAL = "localhost"  # the key of this box's own share (leases.LOCAL_KEY)
+# Headroom reaches this many slots above the most a client held or wanted lately: its next
+# request is granted at once, and a lease it ended is inside its share (the release hold),
+# while spare slots beyond that stay unpromised. Spreading every spare slot as headroom
+# made each job no lease accounts for (stock distcc) move some client's share, a record
+# and an ack each way, and a box asking first had to wait for that headroom to be cut.
+HEADROOM_ABOVE_PEAK = 1
 
 Demand = tuple[dict[str, tuple[int, int]], int, int]
 """{peer key: (held, want)}, local held, local want: what this daemon's clients use."""
@@ -87,9 +94,10 @@ class LoadTimings:
     max_recv_rate: float = 200.0  # records per second accepted from one peer, at most
     max_pending: int = 64  # unacknowledged promises kept per peer (older: folded into one)
     forget_s: float = 30.0  # a silent peer's commitment is released after this at the latest
-    # A client that held or wanted slots this recently keeps its part of the spare slots
-    # (headroom): a serial build's next job is granted without a round trip, and a job's
-    # end costs no round of records taking the headroom back and another giving it again.
+    # A client that held or wanted slots this recently keeps its part of the spare slots,
+    # up to HEADROOM_ABOVE_PEAK above the most it held or wanted lately (headroom): a
+    # serial build's next job is granted without a round trip, and a job's end costs no
+    # round of records taking the headroom back and another giving it again.
     # Demand always comes first: a client that wants a slot takes it from headroom after
     # one acknowledged round, as from any promise.
     headroom_linger_s: float = 2.0
@@ -247,6 +255,19 @@ def choose(cands: Sequence[Candidate], rng: random.Random) -> int:
 
 
 @dataclass(slots=True)
+class _Peak:
+    """The most slots a client held or wanted lately: a new high, or the level it is at
+    once the last high is older than the window (a running max, not an exact one)."""
+
+    level: int = 0
+    at: float = -math.inf
+
+    def note(self, level: int, now: float, window: float) -> None:
+        if level >= self.level or now - self.at > window:
+            self.level, self.at = level, now
+
+
+@dataclass(slots=True)
 class _RoundInputs:
     """What one round's records are made of (:meth:`LoadBook._round_inputs`)."""
 
@@ -277,6 +298,7 @@ class _Remote:
     their_want: int = 0
     their_all: int = 0  # its clients' leases on the whole mesh (held_all)
     active_at: float = -math.inf  # when it last held or wanted anything (headroom_linger_s)
+    peak: _Peak = field(default_factory=_Peak)  # the most it held or wanted lately
     ack: int = 0  # our seq it applied
     # promises we made (seq, share), unacknowledged; and the share it acknowledged
     pending: list[tuple[int, int]] = field(default_factory=list)
@@ -350,6 +372,7 @@ class LoadBook:
         self.lease_waiting = 0  # requests waiting in this box's broker (published as queued)
         self.local_all = 0  # leases this box's clients hold on the whole mesh (held_all)
         self._local_active_at = -math.inf  # as _Remote.active_at, for this box's clients
+        self._local_peak = _Peak()  # as _Remote.peak
         self.rejected: dict[str, int] = {}  # reason -> count (status, debugging)
         # A received record changed what this daemon promises or owes an ack: the channel
         # sends a round now rather than at the next heartbeat (it clears this).
@@ -448,6 +471,7 @@ class LoadBook:
         r.their_all = max(rec.held_all, r.their_held)
         if was_active or r.their_want > 0:  # (want is never below held)
             r.active_at = now
+        r.peak.note(r.their_want, now, self.timings.headroom_linger_s)
         if rec.ack_boot == self.boot and rec.ack >= r.ack:
             r.ack = rec.ack
             acked = [s for q, s in r.pending if q <= rec.ack]
@@ -489,6 +513,9 @@ class LoadBook:
             self.local_want = max(0, want)
         if was_active or self.local_held > 0 or self.local_want > 0:
             self._local_active_at = self._clock()
+        if held is not None or want is not None:
+            level = max(self.local_held, self.local_want)
+            self._local_peak.note(level, self._clock(), self.timings.headroom_linger_s)
 
     def set_figures(self, running: int, queued: int, speed: int) -> bool:
         """This box's compile server's figures (as :meth:`set_local`); True when peers may
@@ -534,7 +561,8 @@ class LoadBook:
     def _targets(self, now: float, asking: int = 0) -> dict[str, int]:
         """Each client's fair share: water-filling of the wants, then what is left over
         spread over the clients that hold or want anything, or did within
-        ``headroom_linger_s`` (headroom: their next request is granted at once, without a
+        ``headroom_linger_s``, each up to :data:`HEADROOM_ABOVE_PEAK` slots above the most it
+        held or wanted lately (headroom: its next request is granted at once, without a
         round trip to ask for more)."""
         demands = {k: r.their_want for k, r in self._remotes.items() if r.fresh(now, self._stale)}
         demands[LOCAL] = min(max(self.local_want, self.local_held + asking), self.jobs)
@@ -549,9 +577,14 @@ class LoadBook:
         recent = {k for k, r in self._remotes.items() if r.active_at >= since}
         if self._local_active_at >= since:
             recent.add(LOCAL)
-        active = {k: capacity for k, d in demands.items() if d > 0 or held[k] > 0 or k in recent}
-        if left > 0 and active:
-            for k, extra in water_fill(left, active, held).items():
+        room = {}
+        for k, d in demands.items():
+            if d > 0 or held[k] > 0 or k in recent:
+                peak = (self._local_peak if k == LOCAL else self._remotes[k].peak).level
+                limit = min(capacity, max(peak, held[k], d) + HEADROOM_ABOVE_PEAK)
+                room[k] = max(0, limit - alloc[k])
+        if left > 0 and room:
+            for k, extra in water_fill(left, room, held).items():
                 alloc[k] += extra
         return alloc
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from meshcc.compiler.fingerprints import ClientCompiler
 from meshcc.mesh.leases import LOCAL_KEY, Grant, LeaseBroker, Local
 from meshcc.mesh.load import (
+    HEADROOM_ABOVE_PEAK,
     LOCAL,
     Candidate,
     LoadBook,
@@ -706,3 +707,53 @@ def test_a_lease_ended_within_its_share_is_told_after_the_hold() -> None:
     assert seen_by_s.their_held == 0  # at once
     net.settle()  # a acks its smaller share, and s promises b the freed slot
     assert b.live("m:s").share == 2  # type: ignore[union-attr]
+
+
+def test_headroom_stops_one_slot_above_what_a_client_used_lately() -> None:
+    """A serial build on a 4-slot server keeps 2 slots as headroom (its job and one more, so
+    a lease it ended stays inside its share for the release hold), not all 4. The spare
+    slots beyond stay unpromised: a stock distcc job taking one moves no client's share, so
+    no record goes for it, and another box asking is promised the rest in the next round,
+    with no headroom of a's to cut first. A -j build's headroom follows its peak, and
+    after the linger the peak is what it uses now."""
+    net = Net(jobs=4, headroom_linger_s=2.0)
+    a, b, s = net.books["a"], net.books["b"], net.books["s"]
+    a.set_demand("m:s", 0, 1)
+    net.settle()
+    a.set_demand("m:s", 1, 1)
+    net.settle()
+    a.set_demand("m:s", 0, 0)  # the job ends: headroom lingers
+    net.settle()
+    net.clock.t += 0.3  # past the release hold: s hears a holds nothing
+    net.settle()
+    assert s._remotes["m:a"].their_held == 0
+    assert a.live("m:s").share == 1 + HEADROOM_ABOVE_PEAK  # type: ignore[union-attr]
+
+    s.round_due = False  # (the channel clears it after each round)
+    assert s.set_figures(running=1, queued=0, speed=0)  # a stock job: capacity 4 -> 3
+    assert not s.news(), "no share moved, and free slots remain"
+    assert s.set_figures(running=0, queued=0, speed=0)
+    assert not s.news()
+
+    b.set_demand("m:s", 0, 2)  # another box asks: the unpromised slots are promised at once
+    net.clock.t += 0.02
+    net.send_all()
+    net.deliver()  # b's want reaches s
+    net.clock.t += 0.02
+    net.send_all()
+    net.deliver()  # s's answer reaches b
+    assert b.live("m:s").share == 2  # type: ignore[union-attr]
+    # the slots left spare are headroom for both: a keeps one for its next job
+    assert a.live("m:s").share >= 1  # type: ignore[union-attr]
+
+    b.set_demand("m:s", 0, 0)
+    a.set_demand("m:s", 0, 3)  # a -j build on a: a peak of 3
+    net.settle()
+    a.set_demand("m:s", 3, 3)
+    net.settle()
+    a.set_demand("m:s", 1, 1)  # its tail: the peak lingers
+    net.settle()
+    assert a.live("m:s").share == min(4, 3 + HEADROOM_ABOVE_PEAK)  # type: ignore[union-attr]
+    net.clock.t += 2.5  # the peak is older than the linger: headroom follows its use now
+    net.settle()
+    assert a.live("m:s").share == 1 + HEADROOM_ABOVE_PEAK  # type: ignore[union-attr]
