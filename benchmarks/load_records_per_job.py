@@ -18,6 +18,9 @@ rows' server rounds count the 2026-11-30 change too: a leased job's slot taken o
 no longer sends a record, 4 rounds a job before it.) The last row reports c's demand as
 the daemon does since 2026-11-30 (``LoadChannel.demand_changed``: a round only when a
 record changes); the others poke c's channel on every change, as it did before.
+``--stock`` adds two rows where a stock distcc job (no lease) runs on s after each of c's
+jobs, once c's release hold is over: with every spare slot c's headroom (as before
+``HEADROOM_ABOVE_PEAK``) and with headroom one slot above c's peak.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from meshcc.mesh import load
 from meshcc.mesh.load import LoadBook, LoadTimings, RemotePeer
 from meshcc.mesh.loadnet import LoadChannel
 
@@ -67,7 +71,7 @@ def _socket() -> socket.socket:
 
 
 async def _replay(
-    timings: LoadTimings, jobs: int, ask: bool
+    timings: LoadTimings, jobs: int, ask: bool, stock: bool
 ) -> tuple[_Book, _Book, LoadChannel, LoadChannel]:
     books = {n: _Book(node, 4 if n == "s" else 1, timings) for n, node in NODES.items()}
     socks = {n: _socket() for n in NODES}
@@ -135,6 +139,14 @@ async def _replay(
             await asyncio.sleep(0.001)
             c_demand(0, 0)
             await asyncio.sleep(0.030)
+            if stock:  # past the release hold, a stock distcc job on s (no lease)
+                await asyncio.sleep(timings.release_hold_s + 0.05)
+                running[0] = 1
+                channels["s"].slots_changed()
+                await asyncio.sleep(0.100)
+                running[0] = 0
+                channels["s"].slots_changed()
+                await asyncio.sleep(0.030)
         channels["c"].sent -= sent0["c"]
         channels["s"].sent -= sent0["s"]
         return c, s, channels["c"], channels["s"]
@@ -143,9 +155,11 @@ async def _replay(
             await ch.stop()
 
 
-def measure(name: str, timings: LoadTimings, jobs: int, ask: bool = False) -> Result:
+def measure(
+    name: str, timings: LoadTimings, jobs: int, ask: bool = False, stock: bool = False
+) -> Result:
     t0 = time.process_time()
-    c, s, cc, cs = asyncio.run(_replay(timings, jobs, ask))
+    c, s, cc, cs = asyncio.run(_replay(timings, jobs, ask, stock))
     cpu = (time.process_time() - t0) * 1000 / jobs
     return Result(name, c.rounds / jobs, s.rounds / jobs, cc.sent / jobs, cs.sent / jobs, cpu)
 
@@ -153,6 +167,9 @@ def measure(name: str, timings: LoadTimings, jobs: int, ask: bool = False) -> Re
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=60)
+    ap.add_argument(
+        "--stock", action="store_true", help="also: a stock distcc job on s after each job"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     ways = [
@@ -162,6 +179,17 @@ def main() -> int:
         ("linger, hold, ask first", LoadTimings(), True),
     ]
     rows = [measure(name, t, args.jobs, ask) for name, t, ask in ways]
+    if args.stock:
+        # Each job followed by a stock distcc job on s (after c's release hold), with every
+        # spare slot c's headroom as before (HEADROOM_ABOVE_PEAK beyond any capacity), and
+        # with headroom one slot above c's peak (now).
+        was = load.HEADROOM_ABOVE_PEAK
+        try:
+            load.HEADROOM_ABOVE_PEAK = 1 << 20
+            rows.append(measure("+ stock, all spare", LoadTimings(), args.jobs, True, True))
+        finally:
+            load.HEADROOM_ABOVE_PEAK = was
+        rows.append(measure("+ stock, peak + 1", LoadTimings(), args.jobs, True, True))
     print(f"per serial job ({args.jobs} jobs; c: the client box, s: the server)")
     head = ("rounds c", "rounds s", "records c", "records s", "CPU ms")
     print(f"{'timings':24s} " + " ".join(f"{h:>9s}" for h in head))
