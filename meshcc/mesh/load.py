@@ -548,10 +548,7 @@ class LoadBook:
         """Our slots minus work no lease accounts for (stock distcc clients' jobs): from the
         server's exact slots taken and requests queued (not the broker's waiting leases,
         which are demand for the whole mesh, not load here)."""
-        leased = sum(
-            r.their_held for r in self._remotes.values() if r.fresh(now, self.timings.forget_s)
-        )
-        unleased = max(0, self.running + self.queued - leased)
+        unleased = max(0, self.running + self.queued - self._leased(now))
         return max(0, self.jobs - unleased)
 
     @property
@@ -606,7 +603,9 @@ class LoadBook:
 
     def leased(self) -> int:
         """Leases peers' clients hold on this box now (as they last reported)."""
-        now = self._clock()
+        return self._leased(self._clock())
+
+    def _leased(self, now: float) -> int:
         return sum(
             r.their_held for r in self._remotes.values() if r.fresh(now, self.timings.forget_s)
         )
@@ -615,7 +614,10 @@ class LoadBook:
         """Our idle slots: nobody holds them (a promise not used yet still counts as free:
         the promise moves to whoever asks, after one acknowledged round)."""
         now = self._clock()
-        return max(0, self._capacity(now) - self.leased() - self.local_held)
+        return self._free(now, self._capacity(now))
+
+    def _free(self, now: float, capacity: int) -> int:
+        return max(0, capacity - self._leased(now) - self.local_held)
 
     # -- what the broker asks
 
@@ -669,14 +671,15 @@ class LoadBook:
         self.local_all += sum(held[key] - r.my_held for key, r in self._remotes.items())
         forget = self.timings.forget_s
         committed = {k: r.committed(now, forget) for k, r in self._remotes.items()}
+        capacity = self._capacity(now)
         return _RoundInputs(
             now,
             held,
             self._targets(now),
-            self._capacity(now),
+            capacity,
             committed,
             sum(committed.values()) + self.local_held,
-            self.free(),
+            self._free(now, capacity),
         )
 
     def _fields(self, key: str, r: _Remote, inputs: _RoundInputs) -> tuple[int | bool, ...]:

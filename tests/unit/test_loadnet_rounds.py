@@ -109,14 +109,9 @@ def test_a_leased_jobs_slot_rides_with_the_heartbeat_and_a_stock_jobs_goes_at_on
         channel.figures = lambda: (running[0], queued[0], 0)
         await asyncio.sleep(0.05)  # the channel's first round: it knows its peer
         remote = book._remotes["m:b"]
-        near_port = channel._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
-        # The peer says it holds both our slots: a real record, over UDP from its address
-        # (the book checks the address, not the port).
+        # The peer says it holds both our slots.
         record = wire.LoadRecord("0000000000bb", 7, 1, jobs=2, free=2, held=2, want=2)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer_sock:
-            peer_sock.bind(("127.0.0.1", 0))
-            peer_sock.sendto(wire.encode(record), ("127.0.0.1", near_port))
-            await _until(lambda: remote.their_held == 2)
+        await _from_peer(channel, record, lambda: remote.their_held == 2)
         await asyncio.sleep(0.05)  # the answer to that record (our free slots fell) is out
         sent, rounds = len(got), book.rounds
         running[0] = 1  # one of its leased jobs took its slot
@@ -162,13 +157,9 @@ def test_a_lease_taken_and_ended_within_the_share_wakes_nothing_until_the_hold_e
         book.demand_source = lambda: (dict(demand), 0, 0)
         await asyncio.sleep(0.05)  # the first round: it knows its peer
         remote = book._remotes["m:b"]
-        near_port = channel._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
-        # The peer spreads both its slots to us (headroom): a real record over UDP.
+        # The peer spreads both its slots to us (headroom).
         record = wire.LoadRecord("0000000000bb", 7, 1, jobs=2, free=2, share=2)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer_sock:
-            peer_sock.bind(("127.0.0.1", 0))
-            peer_sock.sendto(wire.encode(record), ("127.0.0.1", near_port))
-            await _until(lambda: remote.share == 2)
+        await _from_peer(channel, record, lambda: remote.share == 2)
         await asyncio.sleep(0.05)  # the answer to its record is out
         assert not channel._wake.is_set()
 
@@ -235,6 +226,18 @@ def test_a_stock_job_in_a_mesh_that_leases_nothing_sends_no_record_until_slots_r
         assert wire.decode(got[-1]).free == 1
 
     asyncio.run(_with_channel(stock, 30.0))  # no heartbeat within the test
+
+
+async def _from_peer(
+    channel: LoadChannel, record: wire.LoadRecord, applied: Callable[[], bool]
+) -> None:
+    """The peer's ``record``, a real datagram over UDP from its address (the book checks
+    the address, not the port), once the book shows ``applied``."""
+    near_port = channel._transport.get_extra_info("sockname")[1]  # type: ignore[union-attr]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer_sock:
+        peer_sock.bind(("127.0.0.1", 0))
+        peer_sock.sendto(wire.encode(record), ("127.0.0.1", near_port))
+        await _until(applied)
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
