@@ -97,9 +97,33 @@ WARM_MODULES = (
     "meshcc.compression",
     "meshcc.compression.choose",
     "meshcc.compression.kept",
+    "meshcc.compression._lzoscan",
+    "meshcc.wire.codecs",
+    "meshcc.wire.outcome",
     "meshcc.exitcodes",
     "meshcc.hostos",
 )
+
+
+def warm() -> None:
+    """Import what a job imports on its way (:data:`WARM_MODULES`) and load the codecs'
+    libraries (liblzo2 through ``ctypes``, zstd, lz4): otherwise every worker that
+    compresses loads them again, ~1 ms of CPU per ``,lzo`` job. Each is optional: one
+    missing only costs a worker that needs it the attempt."""
+    for module in WARM_MODULES:
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+    try:
+        from meshcc import compression
+    except ImportError:
+        return
+    for codec in compression.Codec.ALL:
+        try:
+            compression.available(codec)
+        except Exception:  # noqa: BLE001 - a broken codec is the worker's to report
+            pass
 
 
 class _Request:
@@ -602,11 +626,7 @@ def main(argv: list[str]) -> int:
         return 1
     if (lock.st_dev, lock.st_ino) != (named.st_dev, named.st_ino):
         return 1
-    for module in WARM_MODULES:
-        try:
-            __import__(module)
-        except ImportError:
-            pass
+    warm()
     zyg = Zygote(path, key, startup)
     idle = given.get(b"MESHCC_ZYGOTE_IDLE", b"")
     if idle.isdigit() and int(idle) > 0:
