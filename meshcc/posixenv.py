@@ -93,6 +93,7 @@ __all__ = [
     "close",
     "defpath",
     "environ",
+    "environ_bytes",
     "execv",
     "fchmod",
     "fsencode",
@@ -221,6 +222,11 @@ def _environ() -> Env:
 
 
 environ = _environ()
+# The store both views above share (``posix.environ``: ``bytes`` items). What the client
+# hands ``posix_spawn``: the mapping goes to C as it is, where either view would be
+# decoded to ``str`` item by item and encoded again (``os.environ``'s, in the zygote's
+# workers, through the ``Mapping`` ABC: ~40 variables on every spawn).
+environ_bytes: dict[bytes, bytes] = _DATA
 
 
 def makedirs(name: str, mode: int = 0o777, exist_ok: bool = False) -> None:

@@ -388,7 +388,7 @@ def _run_local(inv: _Invocation, slot: Held | None) -> NoReturn:
                         pid = fn(
                             inv.exec_path,
                             inv.argv,
-                            os.environ,
+                            os.environ_bytes,
                             setsigdef=_SPAWN_SIGDEF,
                             setsigmask=(),
                         )
@@ -460,7 +460,7 @@ _SPAWN_SIGDEF = tuple(
 def _spawn(exec_path: str, argv: list[str], file_actions: Sequence[tuple[Any, ...]] = ()) -> int:
     """posix_spawn (no fork of this interpreter, no subprocess import); default signals."""
     fn = os.posix_spawn if "/" in exec_path else os.posix_spawnp
-    return fn(exec_path, argv, os.environ, file_actions=file_actions, setsigdef=_SPAWN_SIGDEF)
+    return fn(exec_path, argv, os.environ_bytes, file_actions=file_actions, setsigdef=_SPAWN_SIGDEF)
 
 
 # --------------------------------------------------------------------------- the job

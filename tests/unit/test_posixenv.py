@@ -8,6 +8,7 @@ posixenv makes its own view of the environment: a change must reach the C enviro
 
 from __future__ import annotations
 
+import ast
 import os
 import posixpath
 import subprocess
@@ -123,7 +124,10 @@ env.update({"MESHCC_T_UPD": "u"})
 del env["MESHCC_T_GONE"]
 assert env.pop("MESHCC_T_POP") == "p" and env.pop("MESHCC_T_POP", "x") == "x"
 import posix
-pid = posix.posix_spawnp("sh", ["sh", "-c", "env > " + sys.argv[2]], env)  # as the wrapper
+assert posixenv.environ_bytes is posix.environ
+pid = posix.posix_spawnp(  # as the wrapper spawns its compilers
+    "sh", ["sh", "-c", "env > " + sys.argv[2]], posixenv.environ_bytes
+)
 posix.waitpid(pid, 0)
 pid = posix.fork()
 if pid == 0:  # an exec'd child inherits the C environment, not the dict
@@ -163,6 +167,34 @@ def test_environ_without_os_writes_through(tmp_path: Path) -> None:
         lines = set(f.read_text(encoding="utf-8").splitlines())
         assert {"MESHCC_T_SET=v\u00e9", "MESHCC_T_DEF=d", "MESHCC_T_UPD=u"} <= lines, f
         assert not any(x.startswith(("MESHCC_T_GONE=", "MESHCC_T_POP=")) for x in lines), f
+
+
+def test_spawned_environment_follows_os_environ(tmp_path: Path) -> None:
+    """With ``os`` loaded (the zygote's workers, where ``environ`` is ``os.environ``), what
+    the wrapper hands ``posix_spawn`` is what ``os.environ`` says, changes included."""
+    out = tmp_path / "spawned.env"
+    code = f"""
+import os, posix, sys
+sys.path.insert(0, {str(ROOT)!r})
+from meshcc import posixenv
+os.environ["MESHCC_T_SET"] = "v\\u00e9"
+del os.environ["MESHCC_T_GONE"]
+posixenv.environ["MESHCC_T_VIA"] = "p"
+to_file = [(posix.POSIX_SPAWN_OPEN, 1, {str(out)!r}, posix.O_WRONLY | posix.O_CREAT, 0o600)]
+pid = posix.posix_spawnp("env", ["env", "-0"], posixenv.environ_bytes, file_actions=to_file)
+posix.waitpid(pid, 0)
+print(repr(dict(os.environ)))
+"""
+    env = dict(os.environ, MESHCC_T_GONE="g")
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    items = out.read_bytes().decode("utf-8", "surrogateescape").split("\0")
+    seen = dict(item.split("=", 1) for item in items if item)
+    assert seen == ast.literal_eval(res.stdout)
+    assert seen["MESHCC_T_SET"] == "v\u00e9" and seen["MESHCC_T_VIA"] == "p"
+    assert "MESHCC_T_GONE" not in seen
 
 
 def test_the_client_path_does_not_import_os() -> None:
