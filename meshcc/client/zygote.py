@@ -273,6 +273,9 @@ class Zygote:
             conn = _Conn(sock)
             self.conns[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+            # The launcher sends its request as soon as it is connected, so it is nearly
+            # always here already: read it now, not after another turn of the selector.
+            self._readable(conn)
 
     def _drop(self, conn: _Conn) -> None:
         for fd in conn.fds:
