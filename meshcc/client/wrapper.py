@@ -1664,8 +1664,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _state.end()  # distcc's atexit(dcc_remove_state_file)
 
 
-def launch() -> NoReturn:
+def launch(on_exit: Callable[[int], None] | None = None) -> NoReturn:
     """The launchers' entry point (``meshcc-gcc`` ...): :func:`main`, then ``os._exit``.
+
+    ``on_exit``: called with the exit code once the job is over and its output flushed,
+    just before the exit (the zygote's worker tells its launcher there, so that make need
+    not wait for this process's teardown).
 
     Why not ``sys.exit(main())``: a compile client ends with nothing left to do (temp
     files removed, slots and leases released, the state file gone, all output written
@@ -1684,6 +1688,8 @@ def launch() -> NoReturn:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
+    if on_exit is not None:
+        on_exit(code & 0xFF)
     os._exit(code & 0xFF)
 
 

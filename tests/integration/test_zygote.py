@@ -403,7 +403,9 @@ def test_umask_is_the_launchers(user: User, distccd: Callable[..., Daemon], mask
 # --------------------------------------------------------------------------- signals
 
 
-def _blocked_compile(user: User, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _blocked_compile(
+    user: User, name: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     """A launcher whose job's preprocessor is stuck opening a FIFO (it waits for a writer)."""
     fifo = user.work / f"{name}.h"
     os.mkfifo(fifo)
@@ -418,7 +420,7 @@ def _blocked_compile(user: User, name: str) -> tuple[subprocess.Popen[bytes], Pa
             "--default-signal=INT,QUIT",
             *user.argv(user.gcc, "-c", f"{name}.c", "-o", f"{name}.o"),
         ],
-        env=user.env(),
+        env=env or user.env(),
         cwd=user.work,
         stderr=subprocess.PIPE,
     )
@@ -481,6 +483,50 @@ def test_ctrl_z_stops_and_fg_continues_the_job(user: User) -> None:
         launcher.wait(timeout=60)
         assert launcher.returncode == 0
         assert (user.work / "paused.o").exists()
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+def test_a_remote_jobs_end_reaches_the_launcher_from_the_worker(
+    user: User, distccd: Callable[..., Daemon]
+) -> None:
+    """The worker tells its launcher the job's status itself, before its own teardown, so
+    make does not wait for the zygote to reap it: with the zygote stopped once the job
+    runs, the launcher still ends, with the job's status and its object; the zygote,
+    continued, reaps the worker and counts the job as before."""
+    daemon = distccd()
+    zygote = user.warm()["pid"]
+    before = user.stats(zygote)
+    assert before is not None
+    env = user.env(DISTCC_HOSTS=daemon.host_spec(), DISTCC_FALLBACK="0")
+    launcher, fifo = _blocked_compile(user, "early", env)
+    header = b"int from_fifo(void) { return 7; }\n"
+    try:
+        _job_group(user, zygote)  # the worker runs: its preprocessor waits for the header
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            fd = os.open(fifo, os.O_WRONLY)
+            os.write(fd, header)
+            os.close(fd)
+            launcher.wait(timeout=30)
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        assert launcher.stderr is not None
+        assert launcher.returncode == 0, launcher.stderr.read()
+        fifo.unlink()
+        fifo.write_bytes(header)
+        ref = user.run("gcc", "-c", "early.c", "-o", "early-ref.o")
+        assert ref.returncode == 0, ref.stderr
+        assert (user.work / "early.o").read_bytes() == (user.work / "early-ref.o").read_bytes()
+
+        def reaped() -> bool:
+            now = user.stats(zygote)
+            return now is not None and now["jobs"] == before["jobs"] + 1 and not now["running"]
+
+        assert _wait_for(reaped), "the zygote did not reap the worker once continued"
+        daemon.wait_for_jobs(1)
+        assert daemon.jobs("COMPILE_OK"), daemon.diagnostics()  # the job did go remote
     finally:
         launcher.kill()
         launcher.wait()
