@@ -532,6 +532,36 @@ def test_a_remote_jobs_end_reaches_the_launcher_from_the_worker(
         launcher.wait()
 
 
+def test_a_zygote_killed_during_a_remote_job_does_not_cost_the_job(
+    user: User, distccd: Callable[..., Daemon]
+) -> None:
+    """The worker holds its own end of the connection and reports the job's status itself,
+    so a zygote that dies while a remote job runs (killed here) no longer fails that job
+    (before: "the meshcc zygote ended while running the job", status 100); the next
+    compile starts a new zygote."""
+    daemon = distccd()
+    zygote = user.warm()["pid"]
+    env = user.env(DISTCC_HOSTS=daemon.host_spec(), DISTCC_FALLBACK="0")
+    launcher, fifo = _blocked_compile(user, "orphan", env)
+    try:
+        _job_group(user, zygote)
+        os.kill(zygote, signal.SIGKILL)
+        assert _wait_for(lambda: _zombie(zygote)), "the zygote outlived SIGKILL"
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, b"int orphan_header;\n")
+        os.close(fd)
+        launcher.wait(timeout=30)
+        assert launcher.stderr is not None
+        err = launcher.stderr.read().decode(errors="replace")
+        assert launcher.returncode == 0, err
+        assert "zygote ended" not in err
+        assert (user.work / "orphan.o").exists()
+        assert user.warm()["pid"] != zygote  # the next compile starts a new one
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
 def test_sigkill_of_the_launcher_ends_the_job_group(user: User) -> None:
     zygote = user.warm()["pid"]
     launcher, _fifo = _blocked_compile(user, "killed")
