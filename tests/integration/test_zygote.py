@@ -427,6 +427,15 @@ def _blocked_compile(
     return launcher, fifo
 
 
+def _release(fifo: Path, header: bytes) -> None:
+    """Let a :func:`_blocked_compile`'s preprocessor read its header: the job goes on."""
+    fd = os.open(fifo, os.O_WRONLY)
+    try:
+        os.write(fd, header)
+    finally:
+        os.close(fd)
+
+
 def _job_group(user: User, zygote: int) -> int:
     found: list[int] = []
 
@@ -477,9 +486,7 @@ def test_ctrl_z_stops_and_fg_continues_the_job(user: User) -> None:
         assert _wait_for(lambda: _state(worker) == "T"), _state(worker)
         launcher.send_signal(signal.SIGCONT)
         assert _wait_for(lambda: _state(worker) in ("S", "R")), _state(worker)
-        fd = os.open(fifo, os.O_WRONLY)  # let the preprocessor read the header: done
-        os.write(fd, b"int from_fifo;\n")
-        os.close(fd)
+        _release(fifo, b"int from_fifo;\n")
         launcher.wait(timeout=60)
         assert launcher.returncode == 0
         assert (user.work / "paused.o").exists()
@@ -506,9 +513,7 @@ def test_a_remote_jobs_end_reaches_the_launcher_from_the_worker(
         _job_group(user, zygote)  # the worker runs: its preprocessor waits for the header
         os.kill(zygote, signal.SIGSTOP)
         try:
-            fd = os.open(fifo, os.O_WRONLY)
-            os.write(fd, header)
-            os.close(fd)
+            _release(fifo, header)
             launcher.wait(timeout=30)
         finally:
             os.kill(zygote, signal.SIGCONT)
@@ -547,9 +552,7 @@ def test_a_zygote_killed_during_a_remote_job_does_not_cost_the_job(
         _job_group(user, zygote)
         os.kill(zygote, signal.SIGKILL)
         assert _wait_for(lambda: _zombie(zygote)), "the zygote outlived SIGKILL"
-        fd = os.open(fifo, os.O_WRONLY)
-        os.write(fd, b"int orphan_header;\n")
-        os.close(fd)
+        _release(fifo, b"int orphan_header;\n")
         launcher.wait(timeout=30)
         assert launcher.stderr is not None
         err = launcher.stderr.read().decode(errors="replace")
