@@ -545,7 +545,19 @@ def _worker(zyg: Zygote, conn: _Conn, req: _Request, go_r: int) -> int:  # pragm
     # The timeline's "python" figure: here, the launcher's start to this point (the hand-over).
     wrapper._PY_MS = (time.monotonic() - wrapper._T0) * 1000
     signal.pthread_sigmask(signal.SIG_SETMASK, _bits(req.blocked))
-    wrapper.launch(on_exit=lambda code: _send(sock_fd, _exit_record(code)))
+    wrapper.launch(on_exit=lambda code: _job_ended(sock_fd, code))
+
+
+def _job_ended(sock_fd: int, code: int) -> None:
+    """Tell the launcher the job's end (``X``), with every signal blocked from here on.
+
+    Why block: once the launcher has read ``X`` it exits, and we see its connection end and
+    may take that for a launcher that vanished (:meth:`Zygote._abandon`: ``SIGTERM`` to
+    this worker's group) before this worker has exited. The job is over and its status
+    told, so a signal has nothing left to stop; caught, it would raise through the
+    wrapper's handler and print a traceback on the user's terminal after the job."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    _send(sock_fd, _exit_record(code))
 
 
 def _exit_record(code: int) -> bytes:
