@@ -5,9 +5,12 @@ distcc's whole client (~3.5 ms). A process that has already imported the client'
 and forks a child per job pays only the job's own work (~3.5-4 ms). The C launcher
 (``packaging/launcher/meshcc-launcher.c``, installed as ``meshcc-gcc`` ...) connects here,
 hands over its argv, environment, umask, cwd, signal mask and ignored signals and its open
-descriptors (``SCM_RIGHTS``), and relays signals and the exit status; this process forks a
-worker that takes all of that over and runs :func:`meshcc.client.wrapper.launch`, the same
-code as the Python launcher.
+descriptors (``SCM_RIGHTS``), and relays signals and the exit status. A child of this
+process, forked ahead of time as a *spare*, accepts the connection itself, takes all of
+that over and runs :func:`meshcc.client.wrapper.launch`, the same code as the Python
+launcher; this process then forks the next spare, watches the running jobs' launchers and
+reaps their workers (:mod:`meshcc.client.zygote_worker` says why, and what the two send
+each other). ``ps`` therefore shows two zygote processes per key: the zygote and its spare.
 
 Isolation from the zygote's own state:
 
@@ -16,8 +19,9 @@ Isolation from the zygote's own state:
   the locale) is in the zygote's *key*: the launcher
   computes it, names the socket after its hash and sends it whole; a zygote serves only
   its own key, so a job never runs with another context's inheritance;
-- the zygote itself never runs a job: each worker is forked from the pristine state right
-  after the imports, so no previous job's module state (outcome, slots, state file) exists;
+- the zygote itself never runs a job: each spare is forked from its state after the
+  imports, so no previous job's module state (outcome, slots, state file) exists; a spare
+  keeps only the listener and its channel to the zygote, and dies with the zygote;
 - the environment is replaced in the C ``environ`` (an exec'd compiler sees it) and in
   ``posix.environ``, the dict ``os.environ`` and :mod:`meshcc.posixenv` both read, plus
   what the interpreter's own start-up would have added (C locale coercion);
@@ -38,9 +42,10 @@ worker that reads anything else, or the end, exits without running it: the launc
 up after ``HANDOVER_TIMEOUT_S`` and runs the job itself), then ``X`` i32 wait-status u64 user-us
 u64 system-us (the worker's tree: from the worker itself as the job returns, before its
 teardown; from ``wait4`` when it exec'd the compiler or died, and after an early one too,
-which goes unread: the launcher reads one); or ``F`` (no worker could be forked, or
+which goes unread: the launcher reads one); or ``F`` (no spare could be forked, or
 it could not take the job over) or ``V`` (another key): the launcher then runs the Python
-launcher. A request ``MZYS`` gets one JSON line of counters (tests and benchmarks).
+launcher. A request ``MZYS`` gets one JSON line of counters (tests and benchmarks); the
+spare that takes it hands it to the zygote.
 
 Differences from the Python launcher a user can see: the job's processes are the zygote's
 descendants, not the launcher's (``time make`` and other RUSAGE_CHILDREN accounting miss
@@ -53,7 +58,6 @@ reads (Landlock, say) is not seen: such sandboxes want MESHCC_ZYGOTE=0.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import fcntl
 import gc
@@ -68,17 +72,15 @@ import struct
 import sys
 import time
 
+from meshcc.client import zygote_worker
+from meshcc.client.zygote_worker import EXIT_RECORD
+
 IDLE_SECONDS = 30.0  # no job for this long: exit (the next launcher starts a new one)
 KILL_GRACE = 2.0  # a worker whose launcher vanished gets SIGTERM, then SIGKILL after this
-MAX_REQUEST = 8 << 20
-MAX_FDS = 253  # SCM_MAX_FD
 GC_EVERY = 1000  # jobs between the zygote's own garbage collections
 LOCK_FD = 3  # the key's lock, inherited from the launcher that started this zygote
+SPARE_RETRY_MAX_S = 5.0  # the longest wait before forking a spare again after failures
 
-_HEAD = struct.Struct("=4sI")
-_FIXED = struct.Struct("=QIQQI")
-_COUNTS = struct.Struct("=II")
-_EXIT = struct.Struct("=ciQQ")
 
 # The modules a job imports on its way (lazily, in the wrapper): imported once here, so a
 # worker finds them loaded. Each is optional: a missing codec only costs its import later.
@@ -128,49 +130,23 @@ def warm() -> None:
             pass
 
 
-class _Request:
-    """One parsed job request."""
-
-    __slots__ = ("argv", "blocked", "env", "ignored", "t0", "targets", "umask")
-
-    def __init__(self, body: bytes) -> None:
-        (klen,) = struct.unpack_from("=I", body)
-        pos = 4 + klen
-        self.t0, self.umask, self.blocked, self.ignored, n = _FIXED.unpack_from(body, pos)
-        pos += _FIXED.size
-        self.targets = list(struct.unpack_from(f"={n}I", body, pos))
-        pos += 4 * n
-        argc, envc = _COUNTS.unpack_from(body, pos)
-        pos += _COUNTS.size
-        parts = body[pos:].split(b"\0")
-        if len(parts) < argc + envc + 1 or argc < 1:
-            raise ValueError("short request")
-        self.argv = parts[:argc]
-        self.env = parts[argc : argc + envc]
-
-
 class _Conn:
-    """A launcher's connection: its request as it arrives, then its running worker."""
+    """A running job's launcher connection (handed over by its worker), or one that asked
+    for counters."""
 
-    __slots__ = ("buf", "fds", "go", "pid", "sock", "term_at")
+    __slots__ = ("pid", "sock", "term_at")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, pid: int = 0) -> None:
         self.sock = sock
-        self.buf = bytearray()
-        self.fds: list[int] = []
-        self.pid = 0
-        self.go = -1  # the pipe on which the worker waits for its launcher's "G"
+        self.pid = pid
         self.term_at = 0.0  # when SIGTERM was sent to a worker whose launcher vanished
-
-    def close_go(self) -> None:
-        if self.go >= 0:
-            _close(self.go)
-            self.go = -1
 
 
 class Zygote:
-    """The server loop (single-threaded: a selector over the listener, the connections and
-    a wakeup pipe for SIGCHLD/SIGTERM)."""
+    """The server loop (single-threaded: a selector over the channel from its children,
+    its running jobs' connections and a wakeup pipe for SIGCHLD/SIGTERM). A spare child
+    (:mod:`meshcc.client.zygote_worker`) accepts each launcher; the zygote keeps one
+    ready, watches the running jobs, reaps them, and answers counter requests."""
 
     def __init__(self, path: str, key: bytes, startup_env: dict[bytes, bytes]) -> None:
         self.path = path
@@ -180,8 +156,16 @@ class Zygote:
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}  # by socket fd
         self.workers: dict[int, _Conn] = {}  # by worker pid
+        self.spare = 0  # the pid of the spare waiting in accept, 0 when there is none
+        self.spare_failures = 0  # forks that failed, or spares that died unused, in a row
+        self.spare_retry_at = 0.0  # after a failure: no fork before this (monotonic)
+        self.serving_f = False  # no spare: the listener is ours, and each launcher gets "F"
+        self.env_hint: list[bytes] = []  # the last job's environment, for the next spares
+        self.not_jobs: set[int] = set()  # children that served no job (counters, refusals)
         self.jobs = 0
+        self.accepted = 0
         self.refused = 0  # requests for another key or protocol (the launcher falls back)
+        self.given_up = 0  # hand-overs the launcher gave up on (no "G": nothing ran)
         self.child_us = 0
         self.child_minflt = 0
         self.last = time.monotonic()
@@ -189,6 +173,10 @@ class Zygote:
         self.idle = IDLE_SECONDS
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ino = 0
+        # Children write here (one message each); the zygote never writes to them, so
+        # this end's close is what tells a spare that the zygote is gone.
+        self.chan, self.child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.chan.setblocking(False)
         rfd, self.wake_w = posix.pipe()
         self.wake_r = rfd
         for fd in (rfd, self.wake_w):
@@ -210,7 +198,7 @@ class Zygote:
         self.ino = posix.lstat(self.path).st_ino
         self.listener.listen(128)
         self.listener.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.sel.register(self.chan, selectors.EVENT_READ, None)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, _noop)
@@ -226,14 +214,20 @@ class Zygote:
     def serve(self) -> None:
         try:
             while not self.stop:
+                self._keep_spare()
                 timeout = self._timeout()
                 if timeout is not None and timeout <= 0:
                     if not self.conns and not self.workers:
                         break
                     timeout = 1.0
+                if not self.spare:  # wake up to try again
+                    retry = max(0.0, self.spare_retry_at - time.monotonic())
+                    timeout = retry if timeout is None else min(timeout, retry)
                 for key, _ in self.sel.select(timeout):
-                    if key.fileobj is self.listener:
-                        self._accept()
+                    if key.fileobj is self.chan:
+                        self._from_children()
+                    elif key.fileobj is self.listener:
+                        self._answer_f()
                     elif key.fileobj == self.wake_r:
                         self._drain_wakeup()
                     else:
@@ -258,116 +252,21 @@ class Zygote:
         except BlockingIOError:
             pass
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            _pid, uid, _gid = struct.unpack("=iII", creds)
-            if uid != self.uid:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            conn = _Conn(sock)
-            self.conns[sock.fileno()] = conn
-            self.sel.register(sock, selectors.EVENT_READ, conn)
-            # The launcher sends its request as soon as it is connected, so it is nearly
-            # always here already: read it now, not after another turn of the selector.
-            self._readable(conn)
-
-    def _drop(self, conn: _Conn) -> None:
-        for fd in conn.fds:
-            _close(fd)
-        conn.fds = []
-        conn.close_go()
-        self.conns.pop(conn.sock.fileno(), None)
-        try:
-            self.sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-        conn.sock.close()
-
-    def _readable(self, conn: _Conn) -> None:
-        if conn.pid:
-            # The launcher sends "G" once it has the worker's pid (the worker, which cannot
-            # read the socket we watch, waits for it on its pipe), then nothing more: an end
-            # is the launcher's (killed, or it gave up on a slow hand-over).
-            try:
-                data = conn.sock.recv(64)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if data[:1] == b"G" and conn.go >= 0:
-                _send(conn.go, b"G")
-                conn.close_go()
-            if not data:
-                self._abandon(conn)
+    def _keep_spare(self) -> None:
+        """Have a spare waiting for the next launcher (fork one when the last took its
+        launcher, or after a failure's back-off)."""
+        if self.spare or self.stop or time.monotonic() < self.spare_retry_at:
             return
         try:
-            data, ancdata, _flags, _addr = conn.sock.recvmsg(
-                1 << 16, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
-            )
-        except BlockingIOError:
-            return
-        except OSError:
-            self._drop(conn)
-            return
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
-                conn.fds.extend(fds)
-        if not data:
-            self._drop(conn)
-            return
-        conn.buf += data
-        if len(conn.buf) < _HEAD.size:
-            return
-        magic, length = _HEAD.unpack_from(conn.buf)
-        if magic == b"MZYS":
-            self._stats(conn)
-            return
-        if magic != b"MZY1" or length > MAX_REQUEST:
-            self.refused += 1
-            self._reply(conn, b"V")
-            self._drop(conn)
-            return
-        if len(conn.buf) < _HEAD.size + length:
-            return
-        body = bytes(conn.buf[_HEAD.size : _HEAD.size + length])
-        conn.buf = bytearray()
-        (klen,) = struct.unpack_from("=I", body)
-        try:
-            req = _Request(body)
-        except (struct.error, ValueError):
-            req = None
-        if body[4 : 4 + klen] != self.key or req is None or len(conn.fds) != len(req.targets) + 1:
-            self.refused += 1
-            self._reply(conn, b"V")
-            self._drop(conn)
-            return
-        self._fork(conn, req)
-
-    def _fork(self, conn: _Conn, req: _Request) -> None:
-        go_r = -1
-        try:
-            go_r, conn.go = posix.pipe2(os.O_CLOEXEC)
             pid = os.fork()
-        except OSError:  # out of processes or memory, for now: this job runs in Python
-            if go_r >= 0:
-                _close(go_r)
-            self._reply(conn, b"F")
-            self._drop(conn)
-            return
-        if pid == 0:  # pragma: no cover - the worker (measured by the integration tests)
+        except OSError:  # out of processes or memory, for now
+            pid = -1
+        if pid == 0:  # pragma: no cover - the spare (measured by the integration tests)
             code = 127
             try:
-                code = _worker(self, conn, req, go_r)
+                code = zygote_worker.spare(
+                    self.listener, self.child_chan, self.key, self.startup_env, self.env_hint
+                )
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except KeyboardInterrupt:  # as the interpreter ends on one: by the signal
@@ -381,42 +280,147 @@ class Zygote:
                 code = 1
             finally:
                 os._exit(code)
-        _close(go_r)
+        if pid > 0:
+            self.spare = pid
+            if self.serving_f:
+                self.serving_f = False
+                self.sel.unregister(self.listener)
+        else:
+            self._spare_failed()
+
+    def _spare_failed(self) -> None:
+        """Until a spare waits again, launchers get "F" from us (each then runs the Python
+        launcher at once, rather than after its hand-over timeout)."""
+        self.spare_failures += 1
+        backoff = 0.01 * 2 ** min(self.spare_failures, 10)
+        self.spare_retry_at = time.monotonic() + min(SPARE_RETRY_MAX_S, backoff)
+        if not self.serving_f:
+            self.serving_f = True
+            self.sel.register(self.listener, selectors.EVENT_READ, None)
+
+    def _answer_f(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:  # none left (or a spare took it)
+                return
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            if struct.unpack("=iII", creds)[1] != self.uid:
+                sock.close()
+                continue
+            try:  # a counters request is still answered (it is sent as the client connects)
+                head = sock.recv(8, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+            except OSError:
+                head = b""
+            if head[:4] == b"MZYS":
+                self._stats(_Conn(sock))
+                continue
+            self._reply(_Conn(sock), b"F")
+            sock.close()
+
+    def _from_children(self) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(
+                    self.chan, zygote_worker.ENV_HINT_MAX + 64, 1
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            tag, body = data[:1], data[1:]
+            if tag in (b"A", b"J", b"S", b"R") and len(body) >= 4:
+                (pid,) = struct.unpack_from("=I", body)
+            else:
+                pid = 0
+            if tag == b"A":
+                self.accepted += 1
+                if pid == self.spare:
+                    self.spare = 0  # the loop forks the next one
+                    self.spare_failures = 0
+            elif tag == b"J" and fds:
+                self._job(pid, fds[0], data[5:])
+                fds = fds[1:]
+            elif tag == b"S" and fds:
+                self.not_jobs.add(pid)
+                self._stats(_Conn(socket.socket(fileno=fds[0])))
+                fds = fds[1:]
+            elif tag == b"R":
+                self.not_jobs.add(pid)
+                self.refused += 1
+            elif tag == b"N":
+                self.given_up += 1
+            for fd in fds:
+                _close(fd)
+
+    def _job(self, pid: int, fd: int, env: bytes) -> None:
+        """A worker runs its job: watch its launcher (an end is the launcher's: killed)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        conn = _Conn(sock, pid)
+        self.conns[fd] = conn
+        self.workers[pid] = conn
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+        if env:
+            self.env_hint = env.split(b"\0")
         self.jobs += 1
         if self.jobs % GC_EVERY == 0:
             gc.collect()
-        conn.pid = pid
-        self.workers[pid] = conn
+
+    def _drop(self, conn: _Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
         try:
-            posix.setpgid(pid, pid)  # also done in the worker: whichever runs first
-        except OSError:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
             pass
-        for fd in conn.fds:
-            _close(fd)
-        conn.fds = []
+        conn.sock.close()
+
+    def _readable(self, conn: _Conn) -> None:
+        # The launcher sends nothing once its worker runs: an end is the launcher's
+        # (killed, or it exited on its worker's early "X").
+        try:
+            data = conn.sock.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._abandon(conn)
 
     def _reap(self) -> None:
-        while self.workers:
+        ended = []
+        while True:
             try:
                 pid, status, ru = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
-            conn = self.workers.pop(pid, None)
-            if conn is None:
-                continue
+                break
+            ended.append((pid, status, ru))
+        if not ended:
+            return
+        # A worker tells us its job ("J") before it runs it, so a worker seen ended has
+        # its message waiting by now: take it first, or its launcher would miss "X".
+        self._from_children()
+        for pid, status, ru in ended:
             utime = int(ru.ru_utime * 1e6)
             stime = int(ru.ru_stime * 1e6)
-            self.child_us += utime + stime
-            self.child_minflt += ru.ru_minflt
-            self._reply(conn, _EXIT.pack(b"X", _wait_status(status), utime, stime))
-            self._drop(conn)
+            if pid in self.not_jobs:  # a counters request or a refusal: no job's CPU
+                self.not_jobs.discard(pid)
+            else:
+                self.child_us += utime + stime
+                self.child_minflt += ru.ru_minflt
+            if pid == self.spare:  # it died before taking a launcher
+                self.spare = 0
+                self._spare_failed()
+            conn = self.workers.pop(pid, None)
+            if conn is not None:
+                self._reply(conn, EXIT_RECORD.pack(b"X", _wait_status(status), utime, stime))
+                self._drop(conn)
 
     def _abandon(self, conn: _Conn) -> None:
-        """The launcher is gone (SIGKILL, say): end its job's whole process group (a worker
-        still waiting for its "G" sees its pipe's end and runs nothing)."""
-        conn.close_go()
+        """The launcher is gone (SIGKILL, say, or it exited on its worker's early "X"):
+        end its job's whole process group."""
         if not conn.term_at:
             conn.term_at = time.monotonic()
             _killpg(conn.pid, signal.SIGTERM)
@@ -442,38 +446,43 @@ class Zygote:
         stats = {
             "pid": posix.getpid(),
             "jobs": self.jobs,
+            "accepted": self.accepted,
             "refused": self.refused,
+            "given_up": self.given_up,
             "running": len(self.workers),
+            "spare": self.spare,
             "children_cpu_us": self.child_us,
             "self_cpu_us": int(time.process_time() * 1e6),
             "children_minflt": self.child_minflt,
             "self_minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
         }
         self._reply(conn, json.dumps(stats).encode() + b"\n")
-        self._drop(conn)
+        conn.sock.close()
 
     def _shutdown(self) -> None:
-        """Stop taking jobs (the socket goes first, so new launchers start afresh), end
-        the connections that were waiting, and let running workers finish on their own:
-        their launchers then see our end and report it."""
+        """Stop taking jobs (the socket goes first, so new launchers start afresh; the spare
+        goes, it runs nothing), and let running workers finish on their own: their
+        launchers then see our end and report it."""
         try:
             if posix.lstat(self.path).st_ino == self.ino:
                 posix.unlink(self.path)
         except OSError:
             pass
+        if self.spare:
+            with contextlib.suppress(OSError):
+                posix.kill(self.spare, signal.SIGKILL)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.listener)
         self.listener.close()
-        for conn in list(self.conns.values()):
-            if not conn.pid:
-                self._drop(conn)
         deadline = time.monotonic() + 60
         while self.workers and time.monotonic() < deadline:
             # Jobs in flight still get their exit status.
             for key, _ in self.sel.select(1.0):
-                if key.fileobj == self.wake_r:
+                if key.fileobj is self.chan:
+                    self._from_children()
+                elif key.fileobj == self.wake_r:
                     self._drain_wakeup()
-                elif key.fileobj is not self.listener and key.data is not None:
+                elif key.data is not None:
                     self._readable(key.data)
             self._reap()
             self._escalate()
@@ -499,129 +508,6 @@ def _killpg(pgid: int, sig: int) -> None:
 
 def _wait_status(status: int) -> int:
     return status if status < 1 << 31 else status - (1 << 32)
-
-
-# --------------------------------------------------------------------------- the worker
-
-
-def _worker(zyg: Zygote, conn: _Conn, req: _Request, go_r: int) -> int:  # pragma: no cover
-    """Take the launcher's context over, tell it our pid, run the job; returns only when
-    the take-over failed (the launcher then runs the Python launcher)."""
-    sock_fd = conn.sock.fileno()
-    try:
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        posix.setpgid(0, 0)
-        sock_fd, go_r = _take_fds(conn.fds, req.targets, [sock_fd, go_r])
-        _install_env(req.env, zyg.startup_env)
-        posix.umask(req.umask)
-        for ignored in _bits(req.ignored):
-            if ignored not in (signal.SIGKILL, signal.SIGSTOP):
-                try:
-                    signal.signal(ignored, signal.SIG_IGN)
-                except (OSError, ValueError):
-                    pass
-    except (OSError, ValueError):
-        _send(sock_fd, b"F")
-        return 127
-    _send(sock_fd, b"P" + struct.pack("=I", posix.getpid()))
-    # The connection stays open here (close-on-exec: a compiler exec'd in our place does
-    # not inherit it) for the job's end, which we tell the launcher ourselves.
-    try:
-        go = posix.read(go_r, 1)
-    except OSError:
-        go = b""
-    if go != b"G":  # the launcher gave up on the hand-over and runs the job itself
-        posix._exit(0)
-    posix.close(go_r)
-    from meshcc.client import wrapper
-
-    argv = [os.fsdecode(a) for a in req.argv]
-    sys.argv = argv
-    wrapper._PID = posix.getpid()
-    wrapper._T0 = req.t0 / 1e9
-    # The timeline's "python" figure: here, the launcher's start to this point (the hand-over).
-    wrapper._PY_MS = (time.monotonic() - wrapper._T0) * 1000
-    signal.pthread_sigmask(signal.SIG_SETMASK, _bits(req.blocked))
-    wrapper.launch(on_exit=lambda code: _job_ended(sock_fd, code))
-
-
-def _job_ended(sock_fd: int, code: int) -> None:
-    """Tell the launcher the job's end (``X``), with every signal blocked from here on.
-
-    Why block: once the launcher has read ``X`` it exits, and we see its connection end and
-    may take that for a launcher that vanished (:meth:`Zygote._abandon`: ``SIGTERM`` to
-    this worker's group) before this worker has exited. The job is over and its status
-    told, so a signal has nothing left to stop; caught, it would raise through the
-    wrapper's handler and print a traceback on the user's terminal after the job."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    _send(sock_fd, _exit_record(code))
-
-
-def _exit_record(code: int) -> bytes:
-    """The ``X`` record of a job that ends with ``code``, sent by the worker itself before
-    it exits: the launcher (and make) need not wait for the worker's teardown (freeing a
-    forked interpreter's memory) and for us to be woken, reap it and reply: ~0.5-1 ms of
-    every job. A worker that execs the compiler, or dies of a signal, never gets here; its
-    end reaches the launcher from :meth:`Zygote._reap` as before, and the second ``X``
-    that one sends after an early one goes unread (the launcher reads one and exits)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    waited = resource.getrusage(resource.RUSAGE_CHILDREN)
-    utime = int((own.ru_utime + waited.ru_utime) * 1e6)
-    stime = int((own.ru_stime + waited.ru_stime) * 1e6)
-    return _EXIT.pack(b"X", (code & 0xFF) << 8, utime, stime)
-
-
-def _send(fd: int, data: bytes) -> None:
-    try:
-        posix.write(fd, data)
-    except OSError:
-        pass
-
-
-def _bits(mask: int) -> list[int]:
-    return [i + 1 for i in range(64) if mask >> i & 1 and i + 1 < signal.NSIG]
-
-
-def _take_fds(received: list[int], targets: list[int], own: list[int]) -> list[int]:
-    """Chdir to the launcher's cwd (``received[0]``) and put its descriptors at their
-    numbers; everything else of the zygote's (listener, other connections) is closed but
-    ``own`` (the worker's connection and go pipe), which move above them. Returns their
-    new numbers."""
-    base = max([*targets, *received, *own, 2]) + 1
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in received]
-    own = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in own]
-    posix.closerange(0, base)
-    posix.fchdir(moved[0])
-    for src, dst in zip(moved[1:], targets, strict=True):
-        posix.dup2(src, dst, True)
-    keep = sorted({*targets, *own})
-    low = 0
-    for fd in keep:
-        if fd > low:
-            posix.closerange(low, fd)
-        low = fd + 1
-    posix.closerange(low, 1 << 20)
-    return own
-
-
-def _install_env(entries: list[bytes], startup: dict[bytes, bytes]) -> None:
-    """Make the launcher's environment ours, as the interpreter's start would have: in the
-    C ``environ`` (exec'd compilers), in ``posix.environ`` (``os.environ``, posixenv), and
-    with what the interpreter's start-up adds itself (C locale coercion: ``LC_CTYPE``)."""
-    data = posix.environ
-    for name in list(data):
-        posix.unsetenv(name)
-    data.clear()
-    for entry in entries:
-        name, _, value = entry.partition(b"=")
-        posix.putenv(name, value)
-        data[name] = value
-    for name, value in startup.items():
-        posix.putenv(name, value)
-        data[name] = value
 
 
 # --------------------------------------------------------------------------- entry

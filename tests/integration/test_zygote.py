@@ -720,15 +720,18 @@ def test_stale_socket_falls_back_and_a_new_zygote_starts(user: User) -> None:
 
 
 def _zygotes(user: User) -> list[int]:
-    found = []
+    """The user's zygotes: processes running the zygote's script, but not their children
+    (a zygote's spare, or a worker not yet running its job, runs the same script)."""
+    found: dict[int, int] = {}
     for pid in user.pids():
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         if len(cmdline) > 2 and cmdline[2].endswith(b"/libexec/meshcc/zygote"):
-            found.append(pid)
-    return found
+            found[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 def test_at_most_one_zygote_per_key(user: User) -> None:
@@ -876,10 +879,11 @@ def test_launcher_compiles_without_warnings(tmp_path: Path) -> None:
 
 
 def test_a_stopped_zygote_is_given_up_on_and_the_job_runs_once(user: User) -> None:
-    """A zygote that does not hand the job over in time (stopped here) is given up on: the
-    job runs in the Python launcher, the zygote's socket is removed so later jobs do not
-    wait too, and when the zygote wakes up, the worker it forks for that request gets no
-    "G" and runs nothing: the compile happens exactly once."""
+    """A zygote that does not hand the job over in time (stopped here, with its spare: the
+    zygote's process group) is given up on: the job runs in the Python launcher, the
+    zygote's socket is removed so later jobs do not wait too, and when they wake up, the
+    spare that takes that request gets no "G" and runs nothing: the compile happens
+    exactly once."""
     before = user.warm()
     zpid = before["pid"]
     [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
@@ -889,11 +893,12 @@ def test_a_stopped_zygote_is_given_up_on_and_the_job_runs_once(user: User) -> No
     # Files, not the pipes user.run captures: the request sits unread in the stopped
     # zygote's socket with the descriptors it carries, which keeps a pipe's end open.
     script = 'exec "$0" -c once.c -o once.o > once.out 2> once.err < /dev/null'
-    os.kill(zpid, signal.SIGSTOP)
+    group = os.getpgid(zpid)  # its own (the launcher's setsid), with its spare in it
+    os.killpg(group, signal.SIGSTOP)
     try:
         proc = user.run("/bin/sh", "-c", script, user.gcc)
     finally:
-        os.kill(zpid, signal.SIGCONT)
+        os.killpg(group, signal.SIGCONT)
     try:
         err = (user.work / "once.err").read_text()
         assert proc.returncode == 0, err
@@ -903,12 +908,189 @@ def test_a_stopped_zygote_is_given_up_on_and_the_job_runs_once(user: User) -> No
 
         def reaped() -> bool:
             now = user.stats(zpid)
-            return now is not None and now["jobs"] == before["jobs"] + 1 and not now["running"]
+            return now is not None and now["given_up"] == before["given_up"] + 1
 
-        assert _wait_for(reaped), "the woken zygote forked no worker for the old request"
+        assert _wait_for(reaped), "the woken zygote's spare did not take the old request"
+        now = user.stats(zpid)
+        assert now is not None and now["jobs"] == before["jobs"] and not now["running"]
         assert (user.work / "once.err").read_text().count("warning: #warning compiled") == 1
         assert (user.work / "once.o").stat().st_ino == ino
     finally:
         os.kill(zpid, signal.SIGKILL)  # it holds the key's lock: later tests start afresh
         _wait_for(lambda: _zombie(zpid))
         keep.unlink()
+
+
+# --------------------------------------------------------------------------- the spare
+
+WHO_GCC = """#!/bin/sh
+# A stand-in compiler: who ran it, and the environment it got.
+echo "$$ $PPID" > who.out
+env > "${ENV_OUT:-env.out}"
+"""
+
+
+def _fake_bin(user: User, name: str, script: str) -> Path:
+    bindir = user.work / name
+    bindir.mkdir(exist_ok=True)
+    (bindir / "gcc").write_text(script)
+    (bindir / "gcc").chmod(0o755)
+    _own(user, bindir)
+    return bindir
+
+
+def _spare_of(user: User, zygote: int) -> int:
+    """The zygote's spare once one waits (its pid from the counters, and its parent)."""
+    found: list[int] = []
+
+    def waiting() -> bool:
+        now = user.stats(zygote)
+        found[:] = [now["spare"]] if now is not None and now["spare"] else []
+        return bool(found) and _state(found[0]) not in ("gone", "Z")
+
+    assert _wait_for(waiting), "no spare waits"
+    return found[0]
+
+
+def test_each_job_runs_in_the_spare_forked_before_it(user: User) -> None:
+    """The process that runs a job is the spare that waited for it (the zygote's child, in
+    the zygote's group until then), and a new spare waits for the next job."""
+    bindir = _fake_bin(user, "whobin", WHO_GCC)
+    zygote = user.warm()["pid"]
+    for _ in range(3):
+        before = user.stats(zygote)
+        assert before is not None
+        spare = _spare_of(user, zygote)
+        fields = Path(f"/proc/{spare}/stat").read_text().rsplit(")", 1)[1].split()
+        assert (int(fields[1]), int(fields[2])) == (zygote, os.getpgid(zygote))
+        proc = user.run(user.gcc, "--version", env=user.env(PATH=f"{bindir}:/usr/bin:/bin"))
+        assert proc.returncode == 0, proc.stderr
+        _compiler, parent = map(int, (user.work / "who.out").read_text().split())
+        assert parent == spare  # the worker spawns the compiler for --version
+        after = user.stats(zygote)
+        assert after is not None and after["jobs"] == before["jobs"] + 1
+        assert _spare_of(user, zygote) != spare
+
+
+def test_each_job_sees_its_own_environment_not_an_earlier_ones(user: User) -> None:
+    """A spare installs the previous job's environment before its own job comes; the job
+    still gets exactly its launcher's: what only an earlier job had is gone, what changed
+    is the new value, in the C environ an exec'd compiler gets."""
+    bindir = _fake_bin(user, "envbin2", WHO_GCC)
+    before = user.warm()
+    for k in range(1, 5):
+        env = user.env(PATH=f"{bindir}:/usr/bin:/bin", ENV_OUT=f"env{k}.out", SHARED=str(k))
+        env[f"ONLY_{k}"] = "x"
+        if k == 4:
+            del env["HOME"]  # one the zygote's earlier jobs all had
+        proc = user.run(user.gcc, "--version", env=env)
+        assert proc.returncode == 0, proc.stderr
+        seen = dict(
+            line.split("=", 1)
+            for line in (user.work / f"env{k}.out").read_text().splitlines()
+            if "=" in line
+        )
+        assert seen["SHARED"] == str(k)
+        assert [name for name in seen if name.startswith("ONLY_")] == [f"ONLY_{k}"]
+        assert ("HOME" in seen) == (k != 4)
+    after = user.stats(before["pid"])
+    assert after is not None and after["jobs"] == before["jobs"] + 4
+
+
+def test_a_spare_ends_with_its_zygote(user: User) -> None:
+    """A spare holds the zygote's listening socket, so it must not outlive the zygote: it
+    exits when the zygote dies, and the next launcher starts a new zygote."""
+    zygote = user.warm()["pid"]
+    spare = _spare_of(user, zygote)
+    os.kill(zygote, signal.SIGKILL)
+    assert _wait_for(lambda: _state(spare) in ("gone", "Z")), "the spare outlived its zygote"
+    _wait_for(lambda: _zombie(zygote))
+    _compile_ok(user)
+    new = user.wait_zygote(old_pid=zygote)
+    _compile_ok(user)
+    again = user.stats(new["pid"])
+    assert again is not None and again["jobs"] == new["jobs"] + 1
+
+
+def test_a_lost_spare_is_replaced(user: User) -> None:
+    zygote = user.warm()["pid"]
+    spare = _spare_of(user, zygote)
+    os.kill(spare, signal.SIGKILL)
+    assert _wait_for(lambda: _spare_of(user, zygote) != spare)
+    before = user.stats(zygote)
+    assert before is not None
+    _compile_ok(user)
+    after = user.stats(zygote)
+    assert after is not None and after["jobs"] == before["jobs"] + 1
+
+
+def test_a_connection_that_sends_nothing_delays_no_other_job(user: User) -> None:
+    """A spare that took a connection whose request never comes holds only that
+    connection: the zygote has forked the next spare, which takes the next launcher (no
+    hand-over timeout, no fallback)."""
+    zygote = user.warm()["pid"]
+    before = user.stats(zygote)
+    assert before is not None
+    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    code = (
+        "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+        "print('connected', flush=True); time.sleep(60)"
+    )
+    stalled = subprocess.Popen(
+        user.argv("/usr/bin/python3", "-c", code, str(sock)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stalled.stdout is not None and stalled.stdout.readline().strip() == "connected"
+        (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+        proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
+        assert proc.returncode == 0, proc.stderr
+        assert "did not take the job" not in proc.stderr
+        after = user.stats(zygote)
+        assert after is not None and after["jobs"] == before["jobs"] + 1
+    finally:
+        stalled.kill()
+        stalled.wait()
+
+
+def test_a_zygote_that_cannot_fork_answers_at_once_then_recovers(user: User) -> None:
+    """With no spare (the zygote cannot fork: its process limit is below what this user
+    runs), each launcher is told "F" at once and runs the Python launcher, no hand-over
+    timeout; once forks work again a spare waits and jobs go through the zygote again."""
+    zygote = user.warm()["pid"]
+    spare = _spare_of(user, zygote)
+    [soft] = [
+        line.split()[2]
+        for line in Path(f"/proc/{zygote}/limits").read_text().splitlines()
+        if line.startswith("Max processes")
+    ]
+    # As the user (the soft limit only: lowering it and raising it back up to the hard one
+    # needs no privilege, where root may lack CAP_SYS_RESOURCE in a container).
+    lowered = user.run("prlimit", f"--pid={zygote}", "--nproc=1:")
+    assert lowered.returncode == 0, lowered.stderr
+    try:
+        os.kill(spare, signal.SIGKILL)
+
+        def no_spare() -> bool:
+            now = user.stats(zygote)
+            return now is not None and now["spare"] == 0
+
+        assert _wait_for(no_spare)
+        before = user.stats(zygote)
+        assert before is not None
+        (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+        proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
+        assert proc.returncode == 0, proc.stderr
+        assert "did not take the job" not in proc.stderr
+        after = user.stats(zygote)
+        assert after is not None and after["jobs"] == before["jobs"]
+    finally:
+        raised = user.run("prlimit", f"--pid={zygote}", f"--nproc={soft}:")
+        assert raised.returncode == 0, raised.stderr
+    _spare_of(user, zygote)
+    before = user.stats(zygote)
+    assert before is not None
+    _compile_ok(user)
+    after = user.stats(zygote)
+    assert after is not None and after["jobs"] == before["jobs"] + 1

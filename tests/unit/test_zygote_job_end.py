@@ -18,12 +18,12 @@ import sys
 
 _WORKER = r"""
 import os, signal, sys
-from meshcc.client import wrapper, zygote
+from meshcc.client import wrapper, zygote_worker
 
 signal.signal(signal.SIGTERM, wrapper._on_signal)
 signal.signal(signal.SIGINT, wrapper._on_signal)
 fd = int(sys.argv[1])
-zygote._job_ended(fd, 3)
+zygote_worker._job_ended(fd, 3)
 os.kill(os.getpid(), signal.SIGTERM)   # the zygote's _abandon, racing the exit
 os.kill(os.getpid(), signal.SIGINT)
 os._exit(3)

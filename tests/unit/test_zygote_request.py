@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from meshcc.client import zygote
+from meshcc.client import zygote_worker
 
 
 def _body(key: bytes, argv: list[bytes], env: list[bytes], targets: list[int]) -> bytes:
@@ -30,29 +30,29 @@ def _body(key: bytes, argv: list[bytes], env: list[bytes], targets: list[int]) -
 def test_request_fields_round_trip() -> None:
     argv = [b"/usr/bin/meshcc-gcc", b"-c", b"a b.c", b"-DX=\xff"]
     env = [b"PATH=/bin", b"EMPTY=", b"EQ=a=b"]
-    req = zygote._Request(_body(b"k" * 40, argv, env, [0, 1, 2, 7]))
+    req = zygote_worker._Request(_body(b"k" * 40, argv, env, [0, 1, 2, 7]))
     assert req.argv == argv
     assert req.env == env
     assert req.targets == [0, 1, 2, 7]
     assert (req.t0, req.umask) == (123456789, 0o027)
-    assert zygote._bits(req.blocked) == [2]  # SIGINT
-    assert zygote._bits(req.ignored) == [1]  # SIGHUP
+    assert zygote_worker._bits(req.blocked) == [2]  # SIGINT
+    assert zygote_worker._bits(req.ignored) == [1]  # SIGHUP
 
 
 def test_short_request_is_refused() -> None:
     body = _body(b"k", [b"gcc", b"-c"], [b"A=1"], [])
     with pytest.raises(ValueError):
-        zygote._Request(body[:-4])
+        zygote_worker._Request(body[:-4])
     with pytest.raises(struct.error):
-        zygote._Request(body[:10])
+        zygote_worker._Request(body[:10])
 
 
 CHILD = r"""
 import os, posix, subprocess, sys
-from meshcc.client import zygote
+from meshcc.client import zygote_worker
 r, w = os.pipe()
 os.environ["ZYGOTE_ONLY"] = "must go"
-zygote._install_env([b"JOB=1", b"PATH=/usr/bin:/bin", b"ODD=x=y"], {b"LC_CTYPE": b"C.UTF-8"})
+zygote_worker._install_env([b"JOB=1", b"PATH=/usr/bin:/bin", b"ODD=x=y"], {b"LC_CTYPE": b"C.UTF-8"})
 # The C environ (what exec'd programs get) and os.environ must both be the job's.
 got = subprocess.run(["env"], capture_output=True, text=True, env=None).stdout
 print(sorted(got.split()))
