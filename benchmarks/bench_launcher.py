@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/bench_launcher.py                       # builds a prefix
     .venv/bin/python benchmarks/bench_launcher.py --meshcc-prefix /tmp/x/prefix  # install.sh's
     .venv/bin/python benchmarks/bench_launcher.py --runs 30 --json out.json
+    .venv/bin/python benchmarks/bench_launcher.py --meshcc-prefix NEW --baseline-prefix OLD \
+        --cases dot-i --runs 150    # a before/after of the fast path, in one run
 
 Why: issue 12 asks for client CPU per job <= 1.3 x distcc's. The Python launcher pays an
 interpreter start on every compile; the C launcher hands the job to a forked worker of a
 warm zygote. One job at a time to a stock distccd on loopback, the three ways alternating
-inside each round, medians over the rounds:
+inside each round (in reverse order every other round), medians over the rounds:
 
 - ``dot-i``: a preprocessed ``.i`` (no cpp: only the client's own work);
 - ``lua``: lua 5.4's ``lvm.c`` with its preprocessor (Debian's source, as the tests use).
@@ -92,6 +94,7 @@ class Runner:
         return (ru.ru_utime + ru.ru_stime) * 1000, wall
 
     def stats(self, python: str) -> dict[str, int] | None:
+        """The counters of the zygote that ``python`` (an install prefix's) runs."""
         proc = subprocess.run(  # type: ignore[call-overload]
             [python, "-IS", "-c", STATS_CODE, str(self.sockdir)],
             capture_output=True,
@@ -100,8 +103,16 @@ class Runner:
             check=False,
             **self._ids(),
         )
-        lines = [line for line in proc.stdout.splitlines() if line.strip()]
-        return json.loads(lines[0]) if lines else None
+        for line in proc.stdout.splitlines():
+            if line.strip():
+                found = json.loads(line)
+                try:
+                    cmdline = Path(f"/proc/{found['pid']}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmdline.split(b"\0")[0] == python.encode():
+                    return found  # type: ignore[no-any-return]
+        return None
 
 
 def build_prefix(work: Path) -> Path:
@@ -126,6 +137,10 @@ def bench(args: argparse.Namespace, work: Path, runner: Runner, prefix: Path, po
     python = str(prefix / "bin" / "python3")
     client = str(prefix / "libexec" / "meshcc" / "client")
     fast = str(prefix / "bin" / "meshcc-gcc")
+    # The ways that go through a zygote, and the interpreter (so the zygote) of each.
+    zygotes = {"zygote": python}
+    if args.baseline_prefix:
+        zygotes["baseline"] = str(Path(args.baseline_prefix) / "bin" / "python3")
     env = dict(runner.env)
     env["DISTCC_HOSTS"] = f"127.0.0.1:{port}/4"
     env["DISTCC_FALLBACK"] = "0"
@@ -135,8 +150,11 @@ def bench(args: argparse.Namespace, work: Path, runner: Runner, prefix: Path, po
     dot_i.mkdir()
     (dot_i / "t.c").write_bytes(DOT_I_SOURCE)
     subprocess.run(["gcc", "-E", "t.c", "-o", "t.i"], cwd=dot_i, check=True)
-    cases["dot-i"] = (dot_i, ["-c", "t.i", "-o", "t.o"])
+    if "dot-i" in args.cases:
+        cases["dot-i"] = (dot_i, ["-c", "t.i", "-o", "t.o"])
     try:
+        if "lua" not in args.cases:
+            raise h.HarnessError("not asked for (--cases)")
         lua = h.apt_source("lua5.4")
     except h.HarnessError as e:
         print(f"bench_launcher: no lua source ({e}): the cpp case is skipped", file=sys.stderr)
@@ -155,44 +173,55 @@ def bench(args: argparse.Namespace, work: Path, runner: Runner, prefix: Path, po
         "python": lambda a: [python, "-IS", client, fast, *a],
         "zygote": lambda a: [fast, *a],
     }
+    if args.baseline_prefix:
+        base_fast = str(Path(args.baseline_prefix) / "bin" / "meshcc-gcc")
+        ways["baseline"] = lambda a: [base_fast, *a]
     results: dict[str, dict] = {}
     for case, (cwd, job) in cases.items():
-        for way in ways.values():  # warm caches, .pyc files, and start the zygote
+        for way in ways.values():  # warm caches, .pyc files, and start the zygotes
             try:
                 runner.job(way(job), cwd, env)
             except h.HarnessError as e:
                 print(f"bench_launcher: warm-up: {e}", file=sys.stderr)
-        deadline = time.monotonic() + 30
-        while runner.stats(python) is None:
-            if time.monotonic() > deadline:
-                raise h.HarnessError("no zygote answered")
-            runner.job(ways["zygote"](job), cwd, env)
-            time.sleep(0.2)
-        # What one stats request costs the zygote (it is counted in every job's delta).
-        probe = []
-        for _ in range(7):
-            a, b = runner.stats(python), runner.stats(python)
-            if a and b:
-                probe.append((b["self_cpu_us"] - a["self_cpu_us"]) / 1000)
-        stats_cost = statistics.median(probe)
+        stats_cost = {}
+        for name, zpython in zygotes.items():
+            deadline = time.monotonic() + 30
+            while runner.stats(zpython) is None:
+                if time.monotonic() > deadline:
+                    raise h.HarnessError(f"no zygote answered for {name}")
+                runner.job(ways[name](job), cwd, env)
+                time.sleep(0.2)
+            # What one stats request costs the zygote (it is counted in every job's delta).
+            probe = []
+            for _ in range(7):
+                a, b = runner.stats(zpython), runner.stats(zpython)
+                if a and b:
+                    probe.append((b["self_cpu_us"] - a["self_cpu_us"]) / 1000)
+            stats_cost[name] = statistics.median(probe)
         cpu: dict[str, list[float]] = {w: [] for w in ways}
         wall: dict[str, list[float]] = {w: [] for w in ways}
         launcher_cpu: list[float] = []
         zygote_self: list[float] = []
         fallbacks = 0
-        for _ in range(args.runs):
-            for name, way in ways.items():
-                before = runner.stats(python) if name == "zygote" else None
+        for rnd in range(args.runs):
+            order = list(ways.items())
+            if rnd % 2:  # neither way always runs right after the other
+                order.reverse()
+            for name, way in order:
+                zpython = zygotes.get(name)
+                before = runner.stats(zpython) if zpython else None
                 c, w = runner.job(way(job), cwd, env)
-                if before is not None:
-                    after = runner.stats(python)
+                if zpython and before is not None:
+                    after = runner.stats(zpython)
                     if after is None or after["jobs"] != before["jobs"] + 1:
                         fallbacks += 1
                         continue
                     worker = (after["children_cpu_us"] - before["children_cpu_us"]) / 1000
-                    own = (after["self_cpu_us"] - before["self_cpu_us"]) / 1000 - stats_cost
-                    launcher_cpu.append(c)
-                    zygote_self.append(own)
+                    own = (after["self_cpu_us"] - before["self_cpu_us"]) / 1000
+                    own -= stats_cost[name]
+                    if name == "zygote":
+                        launcher_cpu.append(c)
+                        zygote_self.append(own)
                     c += worker + own
                 cpu[name].append(c)
                 wall[name].append(w)
@@ -205,7 +234,7 @@ def bench(args: argparse.Namespace, work: Path, runner: Runner, prefix: Path, po
             "zygote_launcher_cpu_ms": statistics.median(launcher_cpu) if launcher_cpu else None,
             "zygote_self_cpu_ms": statistics.median(zygote_self) if zygote_self else None,
             "zygote_fallbacks": fallbacks,
-            "zygote_stats_request_cpu_ms": stats_cost,
+            "zygote_stats_request_cpu_ms": stats_cost["zygote"],
             # What starting any program costs here (a fork of this benchmark, an exec, the
             # switch to the user): in every way's figure, distcc's included.
             "true_cpu_ms": floor,
@@ -219,6 +248,16 @@ def main() -> int:
     p.add_argument("--meshcc-prefix", help="an install.sh prefix with the C launcher")
     p.add_argument("--runs", type=int, default=20, help="rounds (each way once per round)")
     p.add_argument("--json", help="write the figures here too")
+    p.add_argument(
+        "--baseline-prefix",
+        help="a second install.sh prefix, run as a fourth way (its own zygote): a before/after "
+        "of the fast path in one run",
+    )
+    p.add_argument(
+        "--cases",
+        default="dot-i,lua",
+        help="comma-separated: dot-i (a preprocessed .i), lua (lvm.c with its cpp)",
+    )
     args = p.parse_args()
     for tool in ("gcc", "distcc", "distccd", "cc"):
         if shutil.which(tool) is None:
