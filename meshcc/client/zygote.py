@@ -80,6 +80,7 @@ KILL_GRACE = 2.0  # a worker whose launcher vanished gets SIGTERM, then SIGKILL 
 GC_EVERY = 1000  # jobs between the zygote's own garbage collections
 LOCK_FD = 3  # the key's lock, inherited from the launcher that started this zygote
 SPARE_RETRY_MAX_S = 5.0  # the longest wait before forking a spare again after failures
+HANDING_MAX = 64  # hand-overs in progress (a connection taken, no job yet): more get "F"
 
 
 # The modules a job imports on its way (lazily, in the wrapper): imported once here, so a
@@ -155,7 +156,8 @@ class Zygote:
         self.uid = posix.getuid()
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}  # by socket fd
-        self.workers: dict[int, _Conn] = {}  # by worker pid
+        self.workers: dict[int, _Conn] = {}  # by worker pid (from its "W")
+        self.handing: set[int] = set()  # spares that took a connection ("A"), no "W" yet
         self.spare = 0  # the pid of the spare waiting in accept, 0 when there is none
         self.spare_failures = 0  # forks that failed, or spares that died unused, in a row
         self.spare_retry_at = 0.0  # after a failure: no fork before this (monotonic)
@@ -217,7 +219,7 @@ class Zygote:
                 self._keep_spare()
                 timeout = self._timeout()
                 if timeout is not None and timeout <= 0:
-                    if not self.conns and not self.workers:
+                    if not self.conns and not self.workers and not self.handing:
                         break
                     timeout = 1.0
                 if not self.spare:  # wake up to try again
@@ -239,7 +241,7 @@ class Zygote:
 
     def _timeout(self) -> float | None:
         now = time.monotonic()
-        if self.conns or self.workers:
+        if self.conns or self.workers or self.handing:
             self.last = now
             pending = [c.term_at + KILL_GRACE - now for c in self.workers.values() if c.term_at]
             return max(0.0, min(pending)) if pending else None
@@ -255,7 +257,12 @@ class Zygote:
     def _keep_spare(self) -> None:
         """Have a spare waiting for the next launcher (fork one when the last took its
         launcher, or after a failure's back-off)."""
-        if self.spare or self.stop or time.monotonic() < self.spare_retry_at:
+        if self.spare or self.stop:
+            return
+        if len(self.handing) >= HANDING_MAX:  # connections that send nothing, say
+            self._serve_f()
+            return
+        if time.monotonic() < self.spare_retry_at:
             return
         try:
             pid = os.fork()
@@ -289,12 +296,15 @@ class Zygote:
             self._spare_failed()
 
     def _spare_failed(self) -> None:
-        """Until a spare waits again, launchers get "F" from us (each then runs the Python
-        launcher at once, rather than after its hand-over timeout)."""
         self.spare_failures += 1
         backoff = 0.01 * 2 ** min(self.spare_failures, 10)
         self.spare_retry_at = time.monotonic() + min(SPARE_RETRY_MAX_S, backoff)
-        if not self.serving_f:
+        self._serve_f()
+
+    def _serve_f(self) -> None:
+        """Until a spare waits again, launchers get "F" from us (each then runs the Python
+        launcher at once, rather than after its hand-over timeout)."""
+        if not self.serving_f and not self.stop:
             self.serving_f = True
             self.sel.register(self.listener, selectors.EVENT_READ, None)
 
@@ -309,7 +319,8 @@ class Zygote:
                 sock.close()
                 continue
             try:  # a counters request is still answered (it is sent as the client connects)
-                head = sock.recv(8, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+                sock.settimeout(0.05)
+                head = sock.recv(4, socket.MSG_PEEK)
             except OSError:
                 head = b""
             if head[:4] == b"MZYS":
@@ -328,44 +339,52 @@ class Zygote:
                 return
             except OSError:
                 return
-            tag, body = data[:1], data[1:]
-            if tag in (b"A", b"J", b"S", b"R") and len(body) >= 4:
-                (pid,) = struct.unpack_from("=I", body)
-            else:
-                pid = 0
-            if tag == b"A":
-                self.accepted += 1
-                if pid == self.spare:
-                    self.spare = 0  # the loop forks the next one
-                    self.spare_failures = 0
-            elif tag == b"J" and fds:
-                self._job(pid, fds[0], data[5:])
+            (pid,) = struct.unpack_from("=I", data, 1) if len(data) >= 5 else (0,)
+            if pid > 0:  # never 0: a signal to group 0 would be our own
+                self._message(data[:1], pid, data[5:], fds[:1])
                 fds = fds[1:]
-            elif tag == b"S" and fds:
-                self.not_jobs.add(pid)
-                self._stats(_Conn(socket.socket(fileno=fds[0])))
-                fds = fds[1:]
-            elif tag == b"R":
-                self.not_jobs.add(pid)
-                self.refused += 1
-            elif tag == b"N":
-                self.given_up += 1
             for fd in fds:
                 _close(fd)
 
-    def _job(self, pid: int, fd: int, env: bytes) -> None:
-        """A worker runs its job: watch its launcher (an end is the launcher's: killed)."""
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        conn = _Conn(sock, pid)
-        self.conns[fd] = conn
-        self.workers[pid] = conn
-        self.sel.register(sock, selectors.EVENT_READ, conn)
-        if env:
-            self.env_hint = env.split(b"\0")
-        self.jobs += 1
-        if self.jobs % GC_EVERY == 0:
-            gc.collect()
+    def _message(self, tag: bytes, pid: int, body: bytes, fds: list[int]) -> None:
+        if tag == b"A":
+            self.accepted += 1
+            self.handing.add(pid)
+            if pid == self.spare:
+                self.spare = 0  # the loop forks the next one
+                self.spare_failures = 0
+            return
+        self.handing.discard(pid)
+        if tag == b"W" and fds:
+            # Ours to report if it ends without telling its launcher; not watched yet: the
+            # launcher's "G" is still to come on that connection, for the worker to read.
+            # Its file flags are shared with the worker's descriptor, so they stay as they
+            # are (non-blocking here would make the worker's read of "G" fail).
+            sock = socket.socket(fileno=fds[0])
+            conn = _Conn(sock, pid)
+            self.conns[sock.fileno()] = conn
+            self.workers[pid] = conn
+        elif tag == b"J":
+            running = self.workers.get(pid)
+            if running is not None:
+                self.sel.register(running.sock, selectors.EVENT_READ, running)
+            if body:
+                self.env_hint = body.split(b"\0")
+            self.jobs += 1
+            if self.jobs % GC_EVERY == 0:
+                gc.collect()
+        elif tag == b"S" and fds:
+            self.not_jobs.add(pid)
+            self._stats(_Conn(socket.socket(fileno=fds[0])))
+        elif tag == b"R":
+            self.not_jobs.add(pid)
+            self.refused += 1
+        elif tag == b"N":
+            self.not_jobs.add(pid)
+            self.given_up += 1
+        else:  # a message's descriptor we did not take
+            for fd in fds:
+                _close(fd)
 
     def _drop(self, conn: _Conn) -> None:
         self.conns.pop(conn.sock.fileno(), None)
@@ -379,7 +398,7 @@ class Zygote:
         # The launcher sends nothing once its worker runs: an end is the launcher's
         # (killed, or it exited on its worker's early "X").
         try:
-            data = conn.sock.recv(64)
+            data = conn.sock.recv(64, socket.MSG_DONTWAIT)  # its flags are the worker's too
         except BlockingIOError:
             return
         except OSError:
@@ -410,6 +429,7 @@ class Zygote:
             else:
                 self.child_us += utime + stime
                 self.child_minflt += ru.ru_minflt
+            self.handing.discard(pid)
             if pid == self.spare:  # it died before taking a launcher
                 self.spare = 0
                 self._spare_failed()
@@ -468,14 +488,20 @@ class Zygote:
                 posix.unlink(self.path)
         except OSError:
             pass
+        self.stop = True
+        # The spare waiting in accept sees our channel's end and exits; one that has
+        # taken a launcher goes on and is waited for like a running job.
         if self.spare:
-            with contextlib.suppress(OSError):
-                posix.kill(self.spare, signal.SIGKILL)
+            self.not_jobs.add(self.spare)
+            self.spare = 0
+        with contextlib.suppress(OSError):
+            self.chan.shutdown(socket.SHUT_WR)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.listener)
         self.listener.close()
+        self._from_children()
         deadline = time.monotonic() + 60
-        while self.workers and time.monotonic() < deadline:
+        while (self.workers or self.handing) and time.monotonic() < deadline:
             # Jobs in flight still get their exit status.
             for key, _ in self.sel.select(1.0):
                 if key.fileobj is self.chan:

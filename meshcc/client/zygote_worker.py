@@ -15,11 +15,17 @@ and hands the zygote its connection (``J``) before it runs the job.
 Messages to the zygote (a ``SOCK_SEQPACKET`` pair the zygote made; one message each):
 
 - ``A`` u32 pid: this spare took a connection (the zygote forks the next spare);
-- ``J`` u32 pid, with the connection (``SCM_RIGHTS``) and the job's environment,
-  NUL-separated (the next spares' hint; empty when large): the job runs now;
-- ``N``: the launcher gave up on the hand-over (no ``G``): nothing ran;
+- ``W`` u32 pid, with the connection (``SCM_RIGHTS``): the job is taken over and the
+  launcher is about to get our pid; from here the zygote reports an end of ours that we
+  do not (an exec'd compiler, a signal);
+- ``J`` u32 pid, and the job's environment when it is not this spare's hint (NUL-separated;
+  none when large): the launcher said go, the job runs; the zygote now watches the
+  launcher's end (it could not before: it would have read the ``G``);
+- ``N`` u32 pid: nothing ran (the launcher gave up, ended or stalled before its request
+  was whole, or the take-over failed);
 - ``S`` u32 pid, with a connection that asked for counters (the zygote answers);
-- ``R`` u32 pid: a request refused with ``V``. Neither child's CPU is a job's.
+- ``R`` u32 pid: a request refused with ``V``. The CPU of ``N``, ``S`` and ``R`` children is
+  not counted as jobs'.
 
 The zygote never writes to its children: an event on that socket is the zygote's end,
 and a spare then exits.
@@ -113,24 +119,35 @@ def spare(
         if struct.unpack("=iII", creds)[1] != uid:
             sock.close()
             continue
+        # The next launcher is the next spare's (or, if the zygote dies now, nobody's: its
+        # socket then refuses, and the launcher starts a new zygote at once).
+        listener.close()
         chan.send(_PID.pack(b"A", posix.getpid()))
-        return _serve(sock, chan, key, startup_env)
+        return _serve(sock, chan, key, startup_env, env_hint)
 
 
 def _serve(
-    sock: socket.socket, chan: socket.socket, key: bytes, startup_env: dict[bytes, bytes]
+    sock: socket.socket,
+    chan: socket.socket,
+    key: bytes,
+    startup_env: dict[bytes, bytes],
+    env_hint: list[bytes],
 ) -> int:  # pragma: no cover - a forked child
     """Read the launcher's request and answer it: counters go to the zygote, another key
     gets ``V``, a job is taken over and run."""
     fds: list[int] = []
     buf = bytearray()
-    sock.settimeout(REQUEST_READ_S)
+    deadline = time.monotonic() + REQUEST_READ_S  # for the whole request, not each read
     try:
         while True:
             if len(buf) >= _HEAD.size:
                 magic, length = _HEAD.unpack_from(buf)
                 if magic != b"MZY1" or length > MAX_REQUEST or len(buf) >= _HEAD.size + length:
                     break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
             data, ancdata, _flags, _addr = sock.recvmsg(
                 1 << 16, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
             )
@@ -140,10 +157,10 @@ def _serve(
                     got.frombytes(cdata[: len(cdata) - len(cdata) % got.itemsize])
                     fds.extend(got)
             if not data:
-                return 0
+                return _ran_nothing(chan)
             buf += data
     except OSError:  # the launcher gave up, or stalled past REQUEST_READ_S
-        return 0
+        return _ran_nothing(chan)
     magic, length = _HEAD.unpack_from(buf)
     if magic == b"MZYS":
         socket.send_fds(chan, [_PID.pack(b"S", posix.getpid())], [sock.fileno()])
@@ -162,7 +179,20 @@ def _serve(
         _send(sock.fileno(), b"V")
         chan.send(_PID.pack(b"R", posix.getpid()))
         return 0
-    return _worker(sock, chan, fds, req, startup_env)
+    return _worker(sock, chan, fds, req, startup_env, env_hint)
+
+
+def _ran_nothing(chan: socket.socket | int) -> int:
+    """Tell the zygote this child ran no job (its CPU is not a job's); its exit status."""
+    msg = _PID.pack(b"N", posix.getpid())
+    try:
+        if isinstance(chan, int):
+            posix.write(chan, msg)
+        else:
+            chan.send(msg)
+    except OSError:
+        pass
+    return 0
 
 
 # --------------------------------------------------------------------------- the worker
@@ -174,16 +204,26 @@ def _worker(
     fds: list[int],
     req: _Request,
     startup_env: dict[bytes, bytes],
+    env_hint: list[bytes],
 ) -> int:  # pragma: no cover - a forked child
     """Take the launcher's context over, tell it our pid, run the job; returns only when
     the take-over failed (the launcher then runs the Python launcher) or the launcher gave
-    up on the hand-over (no ``G``: nothing runs)."""
-    sock_fd, chan_fd = sock.fileno(), chan.fileno()
+    up on the hand-over (no ``G``: nothing runs).
+
+    The zygote gets the connection (``W``) before the launcher gets our pid: from then on
+    an end of ours that no ``X`` of ours reports (an exec'd compiler, a signal the launcher
+    forwards) is the zygote's to report from ``wait4``. If the zygote cannot be told, the
+    launcher gets ``F`` and runs the job itself."""
+    # Our connection and channel first, above every number the launcher's descriptors
+    # take: whatever fails later, they are still where these names say.
+    base = max([*req.targets, *fds, sock.fileno(), chan.fileno(), 2]) + 1
+    sock_fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, base)
+    chan_fd = fcntl.fcntl(chan.fileno(), fcntl.F_DUPFD_CLOEXEC, base)
+    sock.detach()  # their old numbers are closed below, and may be the launcher's then
+    chan.detach()
     try:
         posix.setpgid(0, 0)  # the launcher relays its signals to this group
-        sock_fd, chan_fd = _take_fds(fds, req.targets, [sock_fd, chan_fd])
-        sock.detach()  # their old numbers are closed, and may be the launcher's now
-        chan.detach()
+        _take_fds(fds, req.targets, [sock_fd, chan_fd], base)
         os.set_blocking(sock_fd, True)
         _install_env(req.env, startup_env)
         posix.umask(req.umask)
@@ -195,29 +235,33 @@ def _worker(
                     pass
     except (OSError, ValueError):
         _send(sock_fd, b"F")
-        return 127
+        return _ran_nothing(chan_fd)
     pid = posix.getpid()
+    to_zygote = socket.socket(fileno=chan_fd)  # closed when this goes: before the job runs
+    try:
+        socket.send_fds(to_zygote, [_PID.pack(b"W", pid)], [sock_fd])
+    except OSError:  # the zygote is gone: nobody could report an exec'd compiler's end
+        _send(sock_fd, b"F")
+        return 0
     _send(sock_fd, _PID.pack(b"P", pid))
     try:
         go = posix.read(sock_fd, 1)
     except OSError:
         go = b""
-    to_zygote = socket.socket(fileno=chan_fd)  # closed when this goes: before the job runs
-    try:
-        if go != b"G":  # the launcher gave up on the hand-over and runs the job itself
-            to_zygote.send(b"N")
-            return 0
-        # The zygote now watches the launcher (its end ends this job) and reports an
-        # exec'd compiler's status; the connection stays open here too (close-on-exec) for
-        # the job's end, which we tell the launcher ourselves.
+    # The zygote now watches the launcher (its end ends this job); the connection stays
+    # open here too (close-on-exec) for the job's end, which we tell the launcher ourselves.
+    # The job's environment goes along when it is not the one this spare was given, for the
+    # next spares.
+    if go != b"G":  # the launcher gave up on the hand-over and runs the job itself
+        return _ran_nothing(to_zygote)
+    message = _PID.pack(b"J", pid)
+    if req.env != env_hint:
         hint = b"\0".join(req.env)
-        socket.send_fds(
-            to_zygote,
-            [_PID.pack(b"J", pid), hint if len(hint) <= ENV_HINT_MAX else b""],
-            [sock_fd],
-        )
+        message += hint if len(hint) <= ENV_HINT_MAX else b""
+    try:
+        to_zygote.send(message)
     except OSError:
-        pass
+        pass  # the zygote is gone: the job runs, our own "X" still tells its end
     del to_zygote
     from meshcc.client import wrapper
 
@@ -277,19 +321,17 @@ def _close_all_but(keep: set[int]) -> None:
     posix.closerange(low, 1 << 20)
 
 
-def _take_fds(received: list[int], targets: list[int], own: list[int]) -> list[int]:
+def _take_fds(received: list[int], targets: list[int], keep: list[int], base: int) -> None:
     """Chdir to the launcher's cwd (``received[0]``) and put its descriptors at their
-    numbers; everything else is closed but ``own`` (the worker's connection and its channel
-    to the zygote), which move above them. Returns their new numbers."""
-    base = max([*targets, *received, *own, 2]) + 1
+    numbers; everything else is closed but ``keep`` (the worker's connection and its
+    channel to the zygote, already at or above ``base``, which is above every number in
+    ``received`` and ``targets``)."""
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in received]
-    own = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base) for fd in own]
     posix.closerange(0, base)
     posix.fchdir(moved[0])
     for src, dst in zip(moved[1:], targets, strict=True):
         posix.dup2(src, dst, True)
-    _close_all_but({*targets, *own})
-    return own
+    _close_all_but({*targets, *keep})
 
 
 def _install_env(entries: list[bytes], startup: dict[bytes, bytes]) -> None:

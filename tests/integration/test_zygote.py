@@ -1094,3 +1094,84 @@ def test_a_zygote_that_cannot_fork_answers_at_once_then_recovers(user: User) -> 
     _compile_ok(user)
     after = user.stats(zygote)
     assert after is not None and after["jobs"] == before["jobs"] + 1
+
+
+_HOLD_CONNECTIONS = (
+    "import socket, sys, time\n"
+    "held = []\n"
+    "for _ in range(int(sys.argv[2])):\n"
+    "    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)\n"
+    "print('connected', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def _hold(user: User, sock: Path, count: int) -> subprocess.Popen[str]:
+    """``count`` connections to the zygote that send nothing, held until stdin closes."""
+    holder = subprocess.Popen(
+        user.argv("/usr/bin/python3", "-c", _HOLD_CONNECTIONS, str(sock), str(count)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "connected"
+    return holder
+
+
+def _release_hold(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None
+    holder.stdin.close()
+    holder.wait(timeout=30)
+
+
+def test_a_zygote_killed_during_a_hand_over_leaves_no_listener(user: User) -> None:
+    """A spare that has taken a connection no longer holds the zygote's listening socket:
+    if the zygote dies then, the next launcher is refused at once (not after the hand-over
+    timeout) and starts a new zygote."""
+    zygote = user.warm()["pid"]
+    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    holder = _hold(user, sock, 1)
+    try:
+        assert _wait_for(lambda: (user.stats(zygote) or {}).get("accepted", 0) > 0)
+        os.kill(zygote, signal.SIGKILL)
+        _wait_for(lambda: _zombie(zygote))
+        (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+        proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
+        assert proc.returncode == 0, proc.stderr
+        assert "did not take the job" not in proc.stderr
+        assert user.wait_zygote(old_pid=zygote)["pid"] != zygote
+    finally:
+        _release_hold(holder)
+
+
+def test_too_many_silent_connections_get_f_then_the_zygote_serves_again(user: User) -> None:
+    """Hand-overs in progress are bounded (HANDING_MAX): past that, launchers are told "F"
+    at once and compile in Python; once those connections end, a spare waits again."""
+    from meshcc.client.zygote import HANDING_MAX
+
+    zygote = user.warm()["pid"]
+    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    holder = _hold(user, sock, HANDING_MAX)
+    try:
+
+        def capped() -> bool:
+            now = user.stats(zygote)
+            return now is not None and now["spare"] == 0
+
+        assert _wait_for(capped, timeout=60), user.stats(zygote)
+        before = user.stats(zygote)
+        assert before is not None
+        (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+        proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
+        assert proc.returncode == 0, proc.stderr
+        assert "did not take the job" not in proc.stderr
+        after = user.stats(zygote)
+        assert after is not None and after["jobs"] == before["jobs"]
+    finally:
+        _release_hold(holder)
+    _spare_of(user, zygote)
+    before = user.stats(zygote)
+    assert before is not None
+    _compile_ok(user)
+    after = user.stats(zygote)
+    assert after is not None and after["jobs"] == before["jobs"] + 1
