@@ -9,8 +9,8 @@ resets its signals and installs the previous job's environment (a build's jobs n
 share one, so the request's then changes nothing), and then waits in ``accept`` on the
 zygote's listener itself. The launcher's connection wakes it directly; it tells the zygote
 (``A``), which forks the next spare while this one reads the request, takes the launcher's
-context over, answers ``P``, reads the launcher's ``G`` itself (no relay through the zygote)
-and hands the zygote its connection (``J``) before it runs the job.
+context over, hands the zygote its connection (``W``), answers ``P``, reads the launcher's
+``G`` itself (no relay through the zygote) and tells the zygote the job runs (``J``).
 
 Messages to the zygote (a ``SOCK_SEQPACKET`` pair the zygote made; one message each):
 
