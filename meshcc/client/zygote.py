@@ -222,8 +222,8 @@ class Zygote:
                     if not self.conns and not self.workers and not self.handing:
                         break
                     timeout = 1.0
-                if not self.spare:  # wake up to try again
-                    retry = max(0.0, self.spare_retry_at - time.monotonic())
+                retry = self.spare_retry_at - time.monotonic()
+                if not self.spare and retry > 0:  # wake up to fork again after a failure
                     timeout = retry if timeout is None else min(timeout, retry)
                 for key, _ in self.sel.select(timeout):
                     if key.fileobj is self.chan:

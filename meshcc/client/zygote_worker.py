@@ -113,7 +113,10 @@ def spare(
             return 0  # the zygote is gone (it never writes to us)
         try:
             sock, _ = listener.accept()
-        except OSError:  # another took it (the zygote answering "F"), or a transient error
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue  # another took it (the zygote, answering "F"), or it went away
+        except OSError:  # out of descriptors system-wide, say: the socket stays readable
+            time.sleep(0.1)
             continue
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
         if struct.unpack("=iII", creds)[1] != uid:

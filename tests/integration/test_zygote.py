@@ -1161,6 +1161,9 @@ def test_too_many_silent_connections_get_f_then_the_zygote_serves_again(user: Us
         assert _wait_for(capped, timeout=60), user.stats(zygote)
         before = user.stats(zygote)
         assert before is not None
+        time.sleep(1.0)  # capped, the zygote waits for its children's messages: no spinning
+        idle = user.stats(zygote)
+        assert idle is not None and idle["self_cpu_us"] - before["self_cpu_us"] < 200_000
         (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
         proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
         assert proc.returncode == 0, proc.stderr
