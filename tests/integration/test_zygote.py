@@ -1012,11 +1012,19 @@ def test_a_spare_ends_with_its_zygote(user: User) -> None:
     assert again is not None and again["jobs"] == new["jobs"] + 1
 
 
-def test_a_lost_spare_is_replaced(user: User) -> None:
-    zygote = user.warm()["pid"]
-    spare = _spare_of(user, zygote)
-    os.kill(spare, signal.SIGKILL)
-    assert _wait_for(lambda: _spare_of(user, zygote) != spare)
+def _compiles_without_the_zygote(user: User, zygote: int) -> None:
+    """A launcher told "F" at once: the job compiles in Python, no hand-over timeout."""
+    before = user.stats(zygote)
+    assert before is not None
+    (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
+    proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
+    assert proc.returncode == 0, proc.stderr
+    assert "did not take the job" not in proc.stderr
+    after = user.stats(zygote)
+    assert after is not None and after["jobs"] == before["jobs"]
+
+
+def _compiles_through_the_zygote(user: User, zygote: int) -> None:
     before = user.stats(zygote)
     assert before is not None
     _compile_ok(user)
@@ -1024,13 +1032,19 @@ def test_a_lost_spare_is_replaced(user: User) -> None:
     assert after is not None and after["jobs"] == before["jobs"] + 1
 
 
+def test_a_lost_spare_is_replaced(user: User) -> None:
+    zygote = user.warm()["pid"]
+    spare = _spare_of(user, zygote)
+    os.kill(spare, signal.SIGKILL)
+    assert _wait_for(lambda: _spare_of(user, zygote) != spare)
+    _compiles_through_the_zygote(user, zygote)
+
+
 def test_a_connection_that_sends_nothing_delays_no_other_job(user: User) -> None:
     """A spare that took a connection whose request never comes holds only that
     connection: the zygote has forked the next spare, which takes the next launcher (no
     hand-over timeout, no fallback)."""
     zygote = user.warm()["pid"]
-    before = user.stats(zygote)
-    assert before is not None
     [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
     code = (
         "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
@@ -1043,12 +1057,7 @@ def test_a_connection_that_sends_nothing_delays_no_other_job(user: User) -> None
     )
     try:
         assert stalled.stdout is not None and stalled.stdout.readline().strip() == "connected"
-        (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
-        proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
-        assert proc.returncode == 0, proc.stderr
-        assert "did not take the job" not in proc.stderr
-        after = user.stats(zygote)
-        assert after is not None and after["jobs"] == before["jobs"] + 1
+        _compiles_through_the_zygote(user, zygote)  # not after the hand-over timeout
     finally:
         stalled.kill()
         stalled.wait()
@@ -1077,23 +1086,12 @@ def test_a_zygote_that_cannot_fork_answers_at_once_then_recovers(user: User) -> 
             return now is not None and now["spare"] == 0
 
         assert _wait_for(no_spare)
-        before = user.stats(zygote)
-        assert before is not None
-        (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
-        proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
-        assert proc.returncode == 0, proc.stderr
-        assert "did not take the job" not in proc.stderr
-        after = user.stats(zygote)
-        assert after is not None and after["jobs"] == before["jobs"]
+        _compiles_without_the_zygote(user, zygote)
     finally:
         raised = user.run("prlimit", f"--pid={zygote}", f"--nproc={soft}:")
         assert raised.returncode == 0, raised.stderr
     _spare_of(user, zygote)
-    before = user.stats(zygote)
-    assert before is not None
-    _compile_ok(user)
-    after = user.stats(zygote)
-    assert after is not None and after["jobs"] == before["jobs"] + 1
+    _compiles_through_the_zygote(user, zygote)
 
 
 _HOLD_CONNECTIONS = (
@@ -1164,17 +1162,8 @@ def test_too_many_silent_connections_get_f_then_the_zygote_serves_again(user: Us
         time.sleep(1.0)  # capped, the zygote waits for its children's messages: no spinning
         idle = user.stats(zygote)
         assert idle is not None and idle["self_cpu_us"] - before["self_cpu_us"] < 200_000
-        (user.work / "plain.c").write_text("int plain(void) { return 3; }\n")
-        proc = user.run(user.gcc, "-c", "plain.c", "-o", "plain.o")
-        assert proc.returncode == 0, proc.stderr
-        assert "did not take the job" not in proc.stderr
-        after = user.stats(zygote)
-        assert after is not None and after["jobs"] == before["jobs"]
+        _compiles_without_the_zygote(user, zygote)
     finally:
         _release_hold(holder)
     _spare_of(user, zygote)
-    before = user.stats(zygote)
-    assert before is not None
-    _compile_ok(user)
-    after = user.stats(zygote)
-    assert after is not None and after["jobs"] == before["jobs"] + 1
+    _compiles_through_the_zygote(user, zygote)
