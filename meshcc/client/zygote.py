@@ -314,8 +314,7 @@ class Zygote:
                 sock, _ = self.listener.accept()
             except OSError:  # none left (or a spare took it)
                 return
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            if struct.unpack("=iII", creds)[1] != self.uid:
+            if not zygote_worker.peer_is(sock, self.uid):
                 sock.close()
                 continue
             try:  # a counters request is still answered (it is sent as the client connects)

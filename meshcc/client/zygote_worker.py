@@ -35,7 +35,6 @@ The request protocol and the isolation rules are the zygote's (:mod:`meshcc.clie
 
 from __future__ import annotations
 
-import array
 import fcntl
 import os
 import posix
@@ -118,8 +117,7 @@ def spare(
         except OSError:  # out of descriptors system-wide, say: the socket stays readable
             time.sleep(0.1)
             continue
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        if struct.unpack("=iII", creds)[1] != uid:
+        if not peer_is(sock, uid):
             sock.close()
             continue
         # The next launcher is the next spare's (or, if the zygote dies now, nobody's: its
@@ -127,6 +125,12 @@ def spare(
         listener.close()
         chan.send(_PID.pack(b"A", posix.getpid()))
         return _serve(sock, chan, key, startup_env, env_hint)
+
+
+def peer_is(sock: socket.socket, uid: int) -> bool:
+    """Whether the process at the other end of ``sock`` runs as ``uid`` (``SO_PEERCRED``)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return bool(struct.unpack("=iII", creds)[1] == uid)
 
 
 def _serve(
@@ -151,14 +155,10 @@ def _serve(
             if left <= 0:
                 raise TimeoutError
             sock.settimeout(left)
-            data, ancdata, _flags, _addr = sock.recvmsg(
-                1 << 16, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+            data, got, _flags, _addr = socket.recv_fds(
+                sock, 1 << 16, MAX_FDS, socket.MSG_CMSG_CLOEXEC
             )
-            for level, kind, cdata in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    got = array.array("i")
-                    got.frombytes(cdata[: len(cdata) - len(cdata) % got.itemsize])
-                    fds.extend(got)
+            fds.extend(got)
             if not data:
                 return _ran_nothing(chan)
             buf += data
@@ -185,14 +185,10 @@ def _serve(
     return _worker(sock, chan, fds, req, startup_env, env_hint)
 
 
-def _ran_nothing(chan: socket.socket | int) -> int:
+def _ran_nothing(chan: socket.socket) -> int:
     """Tell the zygote this child ran no job (its CPU is not a job's); its exit status."""
-    msg = _PID.pack(b"N", posix.getpid())
     try:
-        if isinstance(chan, int):
-            posix.write(chan, msg)
-        else:
-            chan.send(msg)
+        chan.send(_PID.pack(b"N", posix.getpid()))
     except OSError:
         pass
     return 0
@@ -224,6 +220,7 @@ def _worker(
     chan_fd = fcntl.fcntl(chan.fileno(), fcntl.F_DUPFD_CLOEXEC, base)
     sock.detach()  # their old numbers are closed below, and may be the launcher's then
     chan.detach()
+    to_zygote = socket.socket(fileno=chan_fd)  # closed when this goes: before the job runs
     try:
         posix.setpgid(0, 0)  # the launcher relays its signals to this group
         _take_fds(fds, req.targets, [sock_fd, chan_fd], base)
@@ -238,9 +235,8 @@ def _worker(
                     pass
     except (OSError, ValueError):
         _send(sock_fd, b"F")
-        return _ran_nothing(chan_fd)
+        return _ran_nothing(to_zygote)
     pid = posix.getpid()
-    to_zygote = socket.socket(fileno=chan_fd)  # closed when this goes: before the job runs
     try:
         socket.send_fds(to_zygote, [_PID.pack(b"W", pid)], [sock_fd])
     except OSError:  # the zygote is gone: nobody could report an exec'd compiler's end

@@ -719,6 +719,12 @@ def test_stale_socket_falls_back_and_a_new_zygote_starts(user: User) -> None:
     assert again is not None and again["pid"] == new["pid"] and again["jobs"] == 1
 
 
+def _zygote_socket(user: User) -> Path:
+    """The socket of the one zygote this user runs."""
+    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    return sock
+
+
 def _zygotes(user: User) -> list[int]:
     """The user's zygotes: processes running the zygote's script, but not their children
     (a zygote's spare, or a worker not yet running its job, runs the same script)."""
@@ -886,7 +892,7 @@ def test_a_stopped_zygote_is_given_up_on_and_the_job_runs_once(user: User) -> No
     exactly once."""
     before = user.warm()
     zpid = before["pid"]
-    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    sock = _zygote_socket(user)
     keep = user.sockdir / "z-kept-for-the-test"
     os.link(sock, keep)  # the stopped zygote stays reachable for its counters
     (user.work / "once.c").write_text("#warning compiled\nint once(void) { return 1; }\n")
@@ -1045,22 +1051,11 @@ def test_a_connection_that_sends_nothing_delays_no_other_job(user: User) -> None
     connection: the zygote has forked the next spare, which takes the next launcher (no
     hand-over timeout, no fallback)."""
     zygote = user.warm()["pid"]
-    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
-    code = (
-        "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
-        "print('connected', flush=True); time.sleep(60)"
-    )
-    stalled = subprocess.Popen(
-        user.argv("/usr/bin/python3", "-c", code, str(sock)),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = _hold(user, _zygote_socket(user), 1)
     try:
-        assert stalled.stdout is not None and stalled.stdout.readline().strip() == "connected"
         _compiles_through_the_zygote(user, zygote)  # not after the hand-over timeout
     finally:
-        stalled.kill()
-        stalled.wait()
+        _release_hold(holder)
 
 
 def test_a_zygote_that_cannot_fork_answers_at_once_then_recovers(user: User) -> None:
@@ -1127,7 +1122,7 @@ def test_a_zygote_killed_during_a_hand_over_leaves_no_listener(user: User) -> No
     if the zygote dies then, the next launcher is refused at once (not after the hand-over
     timeout) and starts a new zygote."""
     zygote = user.warm()["pid"]
-    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    sock = _zygote_socket(user)
     holder = _hold(user, sock, 1)
     try:
         assert _wait_for(lambda: (user.stats(zygote) or {}).get("accepted", 0) > 0)
@@ -1148,7 +1143,7 @@ def test_too_many_silent_connections_get_f_then_the_zygote_serves_again(user: Us
     from meshcc.client.zygote import HANDING_MAX
 
     zygote = user.warm()["pid"]
-    [sock] = [p for p in user.sockdir.glob("z-*") if not p.name.endswith(".lock")]
+    sock = _zygote_socket(user)
     holder = _hold(user, sock, HANDING_MAX)
     try:
 
