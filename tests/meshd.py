@@ -85,9 +85,13 @@ def trusted_dir(prefix: str) -> Path:
 
 
 def private_dir(prefix: str) -> Path:
-    """A fresh 0777 directory under /tmp (the daemon runs as nobody after the drop)."""
+    """A fresh 0777 directory under /tmp (the daemon runs as nobody after the drop).
+
+    Removed at exit, as :func:`trusted_dir`'s are: several fixtures hand it to a daemon
+    and never remove it themselves."""
     d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     d.chmod(0o777)
+    atexit.register(shutil.rmtree, d, True)
     return d
 
 
