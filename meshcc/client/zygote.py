@@ -81,6 +81,10 @@ GC_EVERY = 1000  # jobs between the zygote's own garbage collections
 LOCK_FD = 3  # the key's lock, inherited from the launcher that started this zygote
 SPARE_RETRY_MAX_S = 5.0  # the longest wait before forking a spare again after failures
 HANDING_MAX = 64  # hand-overs in progress (a connection taken, no job yet): more get "F"
+# Descriptors kept free beyond one per job: a counters request's connection in flight, and
+# the accept that answers "F" when there is no room for a job (it must not fail for want of
+# one, or the listener would stay readable and the loop spin).
+DESCRIPTOR_SLACK = 4
 
 
 # The modules a job imports on its way (lazily, in the wrapper): imported once here, so a
@@ -175,6 +179,7 @@ class Zygote:
         self.idle = IDLE_SECONDS
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.ino = 0
+        self.own_descriptors = 0  # open before any job's (set once bound)
         # Children write here (one message each); the zygote never writes to them, so
         # this end's close is what tells a spare that the zygote is gone.
         self.chan, self.child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -202,6 +207,7 @@ class Zygote:
         self.listener.setblocking(False)
         self.sel.register(self.chan, selectors.EVENT_READ, None)
         self.sel.register(self.wake_r, selectors.EVENT_READ, None)
+        self.own_descriptors = _open_descriptors()
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, _noop)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -259,8 +265,8 @@ class Zygote:
         launcher, or after a failure's back-off)."""
         if self.spare or self.stop:
             return
-        if len(self.handing) >= HANDING_MAX:  # connections that send nothing, say
-            self._serve_f()
+        if len(self.handing) >= HANDING_MAX or not self._room_for_a_job():
+            self._serve_f()  # connections that send nothing, say, or a -j beyond our limit
             return
         if time.monotonic() < self.spare_retry_at:
             return
@@ -294,6 +300,18 @@ class Zygote:
                 self.sel.unregister(self.listener)
         else:
             self._spare_failed()
+
+    def _room_for_a_job(self) -> bool:
+        """Whether we can hold one more job's launcher connection. A worker hands it over as
+        it takes the job (``W``), and it is how the end of an exec'd compiler or a dead
+        worker reaches the launcher: past our descriptor limit it would arrive without its
+        descriptor, and that launcher would see its connection end mid-job and fail the
+        build. Read each time: the limit is the key's, but ``prlimit`` can change it."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return True
+        jobs = len(self.workers) + len(self.handing) + 1  # the next spare's job too
+        return self.own_descriptors + jobs + DESCRIPTOR_SLACK <= soft
 
     def _spare_failed(self) -> None:
         self.spare_failures += 1
@@ -522,6 +540,14 @@ def _close(fd: int) -> None:
         posix.close(fd)
     except OSError:
         pass
+
+
+def _open_descriptors() -> int:
+    """How many descriptors this process has open (its own, before any job's)."""
+    try:
+        return len(posix.listdir("/proc/self/fd")) - 1  # less the listing's own
+    except OSError:  # no /proc: assume a generous number
+        return 64
 
 
 def _killpg(pgid: int, sig: int) -> None:

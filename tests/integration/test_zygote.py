@@ -404,7 +404,7 @@ def test_umask_is_the_launchers(user: User, distccd: Callable[..., Daemon], mask
 
 
 def _blocked_compile(
-    user: User, name: str, env: dict[str, str] | None = None
+    user: User, name: str, env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """A launcher whose job's preprocessor is stuck opening a FIFO (it waits for a writer)."""
     fifo = user.work / f"{name}.h"
@@ -418,7 +418,7 @@ def _blocked_compile(
         [
             "env",
             "--default-signal=INT,QUIT",
-            *user.argv(user.gcc, "-c", f"{name}.c", "-o", f"{name}.o"),
+            *user.argv(*wrap, user.gcc, "-c", f"{name}.c", "-o", f"{name}.o"),
         ],
         env=env or user.env(),
         cwd=user.work,
@@ -1162,3 +1162,75 @@ def test_too_many_silent_connections_get_f_then_the_zygote_serves_again(user: Us
         _release_hold(holder)
     _spare_of(user, zygote)
     _compiles_through_the_zygote(user, zygote)
+
+
+_FEW_FILES = 24  # a descriptor limit the test's jobs run into
+
+
+def test_a_zygote_short_of_descriptors_runs_no_job_it_could_not_watch(user: User) -> None:
+    """The zygote holds each running job's launcher connection: it is how the end of a job
+    whose compiler was exec'd (or whose worker died) reaches the launcher. A worker hands
+    it over as it takes the job; with the zygote at its descriptor limit the connection
+    would arrive without its descriptor, and the launcher of an exec'd compile would see
+    its connection end and fail the build. Jobs beyond what the zygote can hold are told
+    "F" instead and compile in Python; as jobs end, jobs go through the zygote again."""
+    limited = ("prlimit", f"--nofile={_FEW_FILES}")  # the key's limit: a zygote of its own
+    (user.work / "first.c").write_text("int first;\n")
+    first = user.run(*limited, user.gcc, "-c", "first.c", "-o", "first.o")
+    assert first.returncode == 0, first.stderr
+
+    def zygotes_limited() -> list[int]:
+        return [pid for pid in _zygotes(user) if _open_files(pid) == _FEW_FILES]
+
+    assert _wait_for(lambda: bool(zygotes_limited())), "no zygote started under the limit"
+    [zygote] = zygotes_limited()
+    _spare_of(user, zygote)
+    before = user.stats(zygote)
+    assert before is not None
+    room = _FEW_FILES - len(os.listdir(f"/proc/{zygote}/fd"))
+    # Local compiles with no state file to keep (no DISTCC_DIR: the client says so and
+    # compiles here): the worker execs gcc, so its end is the zygote's to report.
+    env = user.env(DISTCC_DIR=str(user.work / "nostate"))
+    jobs = [_blocked_compile(user, f"many{i}", env, limited) for i in range(room + 3)]
+    try:
+
+        def all_waiting() -> bool:
+            return len([p for p, _ in _processes() if _comm(p) == "cc1"]) >= len(jobs)
+
+        assert _wait_for(all_waiting, 60), "not every job reached its preprocessor"
+        for i in range(len(jobs)):
+            _release(user.work / f"many{i}.h", b"int y;\n")
+        for i, (launcher, _fifo) in enumerate(jobs):
+            _, err = launcher.communicate(timeout=60)
+            assert launcher.returncode == 0, err.decode()
+            assert b"the meshcc zygote" not in err, err.decode()
+            assert (user.work / f"many{i}.o").stat().st_size > 0
+    finally:
+        for launcher, _fifo in jobs:
+            launcher.kill()
+            launcher.wait()
+    after = user.stats(zygote)
+    assert after is not None
+    ran = after["jobs"] - before["jobs"]
+    assert 0 < ran < len(jobs), (ran, len(jobs))  # the rest compiled without the zygote
+    one = user.run(*limited, user.gcc, "-c", "first.c", "-o", "first.o")
+    assert one.returncode == 0, one.stderr
+    again = user.stats(zygote)
+    assert again is not None and again["jobs"] == after["jobs"] + 1
+
+
+def _open_files(pid: int) -> int:
+    """A process's soft limit on open files (0 when it is gone)."""
+    try:
+        limits = Path(f"/proc/{pid}/limits").read_text()
+    except OSError:
+        return 0
+    [soft] = [line.split()[3] for line in limits.splitlines() if line.startswith("Max open files")]
+    return int(soft)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
