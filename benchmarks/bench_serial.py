@@ -21,11 +21,13 @@ through each pair and measures, for every job:
   which a thread ended is dropped likewise. The daemons' idle CPU is measured first and
   reported alongside (it is included in the per-job figures, as it would be in a build).
 
-Ways alternate job by job (ABAB, then BABA for the next job), and each way replays the whole
-list ``--reps`` times; medians per way are reported, with ratios to distcc. Commands are
-recorded once from a real local build (CC set to a recording shell script), so both ways
-replay the same argv in the same directory. DISTCC_FALLBACK=0: a job that fails remotely
-fails the run rather than compiling locally. Everything talks to 127.0.0.1 only.
+Ways alternate job by job (ABAB, then BABA for the next job), or with ``--by-build`` build
+by build (the whole list, as a serial build runs it; see :func:`schedule`), and each way
+replays the whole list ``--reps`` times; medians per way are reported, with ratios to
+distcc. Commands are recorded once from a real local build (CC set to a recording shell
+script), so both ways replay the same argv in the same directory. DISTCC_FALLBACK=0: a job
+that fails remotely fails the run rather than compiling locally. Everything talks to
+127.0.0.1 only.
 
     .venv/bin/python benchmarks/bench_serial.py                     # zlib, protocol 2 (,lzo)
     .venv/bin/python benchmarks/bench_serial.py --project xz-utils --reps 3
@@ -517,6 +519,30 @@ def start_lease_daemon(
 # the zygote's counters before and after each job (bench_launcher.py measures the same way).
 
 
+def schedule(ways: list[str], jobs: list[T], reps: int, by_build: bool) -> list[tuple[str, T]]:
+    """The order the ways run the jobs in, each way ``reps`` times over the list.
+
+    Job by job (the default), the ways take turns at every job, in an order that rotates
+    (AB, BA with two ways; ABC, BCA, CAB with three): each way runs first equally often,
+    and a drift of the box's speed falls on every way alike. ``by_build``: each way
+    replays the whole list in turn, the way order rotating each rep, as one serial build
+    runs: a client's next job follows its last one, not the other ways' jobs, so what a
+    daemon keeps between a build's jobs (a lease's release hold, a client's headroom on a
+    server) is what a build sees, not what three clients taking turns provoke."""
+    out: list[tuple[str, T]] = []
+    n = 0
+    for rep in range(reps):
+        if by_build:
+            shift = rep % len(ways)
+            out += [(key, job) for key in ways[shift:] + ways[:shift] for job in jobs]
+            continue
+        for job in jobs:
+            shift = n % len(ways)
+            out += [(key, job) for key in ways[shift:] + ways[:shift]]
+            n += 1
+    return out
+
+
 def zygote_user(work: Path, tree: Path) -> Any:
     """A throwaway user owning the tree and the clients' state dirs (objects are written)."""
     from bench_launcher import make_user
@@ -656,55 +682,46 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 for w in ways.values():
                     run_client([*w.client, *job.argv], job.cwd, w.env, user)
             zygote_cost = zygote_stats_cost(user) if user is not None else 0.0
-            order = list(ways)
-            n = 0
-            for _ in range(args.reps):
-                for job in jobs:
-                    # rotate the order job by job: each way runs first equally often
-                    # (AB, BA with two ways; ABC, BCA, CAB with three)
-                    shift = n % len(order)
-                    turn = order[shift:] + order[:shift]
-                    for key in turn:
-                        w = ways[key]
-                        st = stats[key]
-                        time.sleep(SETTLE_S)
-                        before = group_tasks(w.server_pgid) if w.server_pgid else {}
-                        local_before = group_tasks(w.local_pgid) if w.local_pgid else {}
-                        meshcc_way = key.startswith("meshcc")
-                        zyg = zygote_stats(user) if user is not None and meshcc_way else None
-                        wall, cpu, err = run_client([*w.client, *job.argv], job.cwd, w.env, user)
-                        if zyg is not None:
-                            after = zygote_stats(user)
-                            if after is None or after["jobs"] != zyg["jobs"] + 1:
-                                st.zygote_fallbacks += 1
-                                continue
-                            # the worker (the zygote's wait4 of it) and the zygote's own
-                            # part (accept, fork, reap), less what asking for the figures
-                            # costs it
-                            z = (after["children_cpu_us"] - zyg["children_cpu_us"]) / 1e3
-                            z += (after["self_cpu_us"] - zyg["self_cpu_us"]) / 1e3 - zygote_cost
-                            st.zygote_cpu.append(z)
-                            cpu += z
-                        time.sleep(SETTLE_S)
-                        if w.local_pgid is not None:
-                            local = server_delta(local_before, group_tasks(w.local_pgid))
-                            if local is None:
-                                st.local_dropped += 1
-                            else:
-                                st.local_daemon_cpu.append(local)
-                                cpu += local
-                        if w.server_pgid is not None:
-                            delta = server_delta(before, group_tasks(w.server_pgid))
-                            if delta is None:
-                                st.server_dropped += 1
-                            else:
-                                st.server_cpu.append(delta)
-                        st.walls.append(wall)
-                        st.client_cpu.append(cpu)
-                        if key in ("meshcc", "meshcc-lease"):
-                            for phase, ms in timeline_spans(err).items():
-                                spans.setdefault(key, {}).setdefault(phase, []).append(ms)
-                    n += 1
+            for key, job in schedule(list(ways), jobs, args.reps, args.by_build):
+                w = ways[key]
+                st = stats[key]
+                time.sleep(SETTLE_S)
+                before = group_tasks(w.server_pgid) if w.server_pgid else {}
+                local_before = group_tasks(w.local_pgid) if w.local_pgid else {}
+                meshcc_way = key.startswith("meshcc")
+                zyg = zygote_stats(user) if user is not None and meshcc_way else None
+                wall, cpu, err = run_client([*w.client, *job.argv], job.cwd, w.env, user)
+                if zyg is not None:
+                    after = zygote_stats(user)
+                    if after is None or after["jobs"] != zyg["jobs"] + 1:
+                        st.zygote_fallbacks += 1
+                        continue
+                    # the worker (the zygote's wait4 of it) and the zygote's own
+                    # part (accept, fork, reap), less what asking for the figures
+                    # costs it
+                    z = (after["children_cpu_us"] - zyg["children_cpu_us"]) / 1e3
+                    z += (after["self_cpu_us"] - zyg["self_cpu_us"]) / 1e3 - zygote_cost
+                    st.zygote_cpu.append(z)
+                    cpu += z
+                time.sleep(SETTLE_S)
+                if w.local_pgid is not None:
+                    local = server_delta(local_before, group_tasks(w.local_pgid))
+                    if local is None:
+                        st.local_dropped += 1
+                    else:
+                        st.local_daemon_cpu.append(local)
+                        cpu += local
+                if w.server_pgid is not None:
+                    delta = server_delta(before, group_tasks(w.server_pgid))
+                    if delta is None:
+                        st.server_dropped += 1
+                    else:
+                        st.server_cpu.append(delta)
+                st.walls.append(wall)
+                st.client_cpu.append(cpu)
+                if key in ("meshcc", "meshcc-lease"):
+                    for phase, ms in timeline_spans(err).items():
+                        spans.setdefault(key, {}).setdefault(phase, []).append(ms)
 
         site.run_as_client(replay)
         expected = (args.reps + 1) * len(jobs)
@@ -740,6 +757,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         "protocol": args.protocol,
         "jobs": len(jobs),
         "reps": args.reps,
+        "by_build": args.by_build,
         "meshcc_gcc": meshcc_gcc,
         "launchers": "prefix" if args.meshcc_prefix else "venv" if args.venv_launchers else "-IS",
         "timeline_ms": {k: statistics.median(v) for k, v in spans.get("meshcc", {}).items()},
@@ -864,6 +882,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--project", choices=sorted(PROJECTS), default="zlib")
     p.add_argument("--reps", type=int, default=3, help="replays of the job list per way")
+    p.add_argument(
+        "--by-build",
+        action="store_true",
+        help="each way replays the whole job list in turn (the order rotating each rep), as "
+        "one serial build runs, instead of the ways taking turns at every job",
+    )
     p.add_argument("--protocol", type=int, choices=(1, 2), default=2)
     p.add_argument("--server-jobs", type=int, default=2, help="daemons' --jobs")
     p.add_argument(
