@@ -9,6 +9,8 @@ and when it is not OK the fix on an indented line below. The checks, in order:
 * discovery: on or off and why, the interfaces used, interface warnings;
 * the compiler (``--cc``, else argv[0] of the command after ``--``, else ``cc``): on PATH,
   a gcc the mesh can fingerprint, behind a ccache/distcc masquerade;
+* the compile client: ``meshcc-gcc`` the C launcher (compiles start in a warm process) or
+  the Python one, and what here makes compiles start the slow way;
 * peers seen, how many match the compiler, and every excluded peer with its reason;
 * with a command after ``--``: would it be distributed, and if not, why;
 * ``/etc/distcc/hosts`` and Portage's ``make.conf`` against the live mesh.
@@ -182,6 +184,7 @@ def diagnose(
     mesh = check_daemon(report, env)
     check_environment(report, env, system_hosts)
     cc_path, probed = check_compiler(report, cc, env)
+    check_compile_client(report, env)
     reply: control.HostsReply | None = None
     source = ""
     if mesh is not None:
@@ -599,6 +602,84 @@ def check_compiler(report: Report, cc: str, env: Mapping[str, str]) -> tuple[str
             binutils=p.binutils,
         )
     return real, True
+
+
+CLIENT = "meshcc-gcc"
+_ELF = b"\x7fELF"
+
+
+def check_compile_client(
+    report: Report,
+    env: Mapping[str, str],
+    uid: int | None = None,
+    cpu_limited: bool | None = None,
+) -> None:
+    """How a compile starts: the C launcher handing it to a warm per-user zygote, or a
+    Python interpreter per compile (~9 ms of CPU each, twice distcc's whole client), and
+    what on this box sends compiles the slow way. ``uid`` and ``cpu_limited``: this
+    process's, unless given (tests)."""
+    path = _which(CLIENT, env)
+    if path is None:
+        report.add(
+            "compile client",
+            WARN,
+            f"{CLIENT} is not on PATH",
+            "add the directory install.sh installed it to (it prints it) to PATH",
+        )
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        report.add("compile client", WARN, f"{path}: cannot read it: {e.strerror or e}")
+        return
+    if head != _ELF:
+        report.add(
+            "compile client",
+            WARN,
+            f"{path} is the Python launcher: every compile starts an interpreter "
+            "(~9 ms of CPU per job)",
+            "install a C compiler (cc) and rerun ./install.sh: it builds the C launcher, which "
+            "hands each compile to a warm per-user process (~1 ms)",
+            path=path,
+            launcher="python",
+        )
+        return
+    if uid is None:
+        uid = os.getuid()
+    if cpu_limited is None:
+        import resource
+
+        cpu_limited = resource.getrlimit(resource.RLIMIT_CPU)[0] != resource.RLIM_INFINITY
+    slow = []
+    if uid == 0:
+        slow.append(("you are root", "build as a regular user (Portage's FEATURES=userpriv does)"))
+    if env.get("MESHCC_ZYGOTE") == "0":
+        slow.append(("MESHCC_ZYGOTE=0 is set", "unset MESHCC_ZYGOTE"))
+    if cpu_limited:
+        slow.append(("a CPU-time limit is set (ulimit -t)", "lift it for builds"))
+    if env.get("LD_PRELOAD") or env.get("SANDBOX_ON") == "1" or env.get("SANDBOX_ACTIVE"):
+        slow.append(("a preload sandbox is active (by design)", ""))
+    if slow:
+        report.add(
+            "compile client",
+            WARN,
+            f"{path} is the C launcher, but here compiles start the Python launcher: "
+            + "; ".join(why for why, _ in slow),
+            "; ".join(fix for _, fix in slow if fix),
+            path=path,
+            launcher="c",
+            zygote=False,
+        )
+        return
+    report.add(
+        "compile client",
+        OK,
+        f"{path} is the C launcher: compiles start in a warm per-user process",
+        path=path,
+        launcher="c",
+        zygote=True,
+    )
 
 
 def _check_masquerade(report: Report, cc: str, path: str, why: str, env: Mapping[str, str]) -> None:

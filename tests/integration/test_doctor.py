@@ -301,6 +301,55 @@ def test_compiler_not_found_and_not_gcc(tmp_path: Path) -> None:
     assert c.status == doctor.FAIL and "not a gcc" in c.found
 
 
+def _client_on_path(tmp_path: Path, head: bytes) -> dict[str, str]:
+    """An environment whose PATH finds a ``meshcc-gcc`` that starts with ``head``."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    client = bindir / "meshcc-gcc"
+    client.write_bytes(head + b"\0" * 60)
+    client.chmod(0o755)
+    return _env(tmp_path / "x.sock", PATH=f"{bindir}:/usr/bin:/bin")
+
+
+def test_compile_client_python_launcher_and_missing(tmp_path: Path) -> None:
+    """A Python launcher (install.sh found no C compiler) is a warning with the fix; no
+    meshcc-gcc on PATH at all is one too. The C launcher itself is checked for real, as it
+    is built, in test_zygote.py."""
+    report = doctor.Report()
+    doctor.check_compile_client(report, _env(tmp_path / "x.sock", PATH=str(tmp_path)))
+    missing = _by(report, "compile client")[0]
+    assert missing.status == doctor.WARN and "not on PATH" in missing.found
+    env = _client_on_path(tmp_path, b"#!/usr/bin/python3 -IS\n")
+    report = doctor.Report()
+    doctor.check_compile_client(report, env, uid=1000, cpu_limited=False)
+    python = _by(report, "compile client")[0]
+    assert python.status == doctor.WARN and "Python launcher" in python.found
+    assert "rerun ./install.sh" in python.fix and python.details["launcher"] == "python"
+
+
+@pytest.mark.parametrize(
+    ("uid", "cpu_limited", "extra", "why"),
+    [
+        (0, False, {}, "you are root"),
+        (1000, False, {"MESHCC_ZYGOTE": "0"}, "MESHCC_ZYGOTE=0"),
+        (1000, True, {}, "CPU-time limit"),
+        (1000, False, {"SANDBOX_ON": "1"}, "preload sandbox"),
+    ],
+)
+def test_compile_client_c_launcher_said_why_it_goes_the_slow_way(
+    tmp_path: Path, uid: int, cpu_limited: bool, extra: dict[str, str], why: str
+) -> None:
+    env = dict(_client_on_path(tmp_path, b"\x7fELF"), **extra)
+    report = doctor.Report()
+    doctor.check_compile_client(report, env, uid=uid, cpu_limited=cpu_limited)
+    check = _by(report, "compile client")[0]
+    assert check.status == doctor.WARN and why in check.found, check
+    assert check.details["launcher"] == "c" and check.details["zygote"] is False
+    report = doctor.Report()
+    doctor.check_compile_client(report, _client_on_path(tmp_path, b"\x7fELF"), 1000, False)
+    assert _by(report, "compile client")[0].status == doctor.OK
+
+
 def test_ccache_masquerade(tmp_path: Path) -> None:
     masq = tmp_path / "ccache"
     masq.mkdir()

@@ -605,6 +605,43 @@ def test_bypass_runs_the_python_launcher(user: User, extra: dict[str, str]) -> N
     assert after is not None and after["jobs"] == before["jobs"] + 1
 
 
+def _doctor_compile_client(user: User, as_user: bool) -> dict[str, object]:
+    """`meshcc doctor`'s compile-client check, run from the built prefix (through its C
+    launcher) as the throwaway user or as root."""
+    cmd = [str(user.prefix / "bin" / "meshcc"), "doctor", "--no-browse", "--json", "--cc", "gcc"]
+    env = user.env(PATH=f"{user.prefix / 'bin'}:/usr/bin:/bin")
+    proc = (
+        user.run(*cmd, env=env)
+        if as_user
+        else subprocess.run(
+            cmd, env=env, cwd=user.work, capture_output=True, text=True, timeout=120
+        )
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    [check] = [c for c in json.loads(proc.stdout)["checks"] if c["check"] == "compile client"]
+    return dict(check)
+
+
+def test_doctor_tells_whether_compiles_take_the_zygote(user: User) -> None:
+    """`meshcc doctor` says the installed meshcc-gcc is the C launcher and that the user's
+    compiles start in the zygote (as they do: counted by it); as root, that they start the
+    Python launcher, and why."""
+    check = _doctor_compile_client(user, as_user=True)
+    assert check["status"] == "OK", check
+    assert check["details"] == {
+        "path": str(user.prefix / "bin" / "meshcc-gcc"),
+        "launcher": "c",
+        "zygote": True,
+    }
+    before = user.warm()
+    _compile_ok(user)
+    after = user.stats(before["pid"])
+    assert after is not None and after["jobs"] == before["jobs"] + 1
+    check = _doctor_compile_client(user, as_user=False)
+    assert check["status"] == "WARN" and "you are root" in str(check["found"]), check
+    assert "FEATURES=userpriv" in str(check["fix"])
+
+
 def test_xdg_runtime_dir_holds_the_socket_when_it_is_ours(user: User) -> None:
     """With $XDG_RUNTIME_DIR ours, the socket lives in $XDG_RUNTIME_DIR/meshcc (0700);
     one that is not ours is passed over for /tmp/meshcc-UID."""
