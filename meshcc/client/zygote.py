@@ -59,6 +59,7 @@ reads (Landlock, say) is not seen: such sandboxes want MESHCC_ZYGOTE=0.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import json
@@ -85,6 +86,10 @@ HANDING_MAX = 64  # hand-overs in progress (a connection taken, no job yet): mor
 # the accept that answers "F" when there is no room for a job (it must not fail for want of
 # one, or the listener would stay readable and the loop spin).
 DESCRIPTOR_SLACK = 4
+# An "F" accept that fails for want of descriptors or memory (the limit lowered under us
+# by prlimit, or the system's file table full): the listener is not watched for
+# zygote_worker.ACCEPT_PAUSE_S, rather than spun on.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 # The modules a job imports on its way (lazily, in the wrapper): imported once here, so a
@@ -166,6 +171,7 @@ class Zygote:
         self.spare_failures = 0  # forks that failed, or spares that died unused, in a row
         self.spare_retry_at = 0.0  # after a failure: no fork before this (monotonic)
         self.serving_f = False  # no spare: the listener is ours, and each launcher gets "F"
+        self.f_paused_until = 0.0  # serving "F", but its accept failed: not watched till then
         self.env_hint: list[bytes] = []  # the last job's environment, for the next spares
         self.not_jobs: set[int] = set()  # children that served no job (counters, refusals)
         self.jobs = 0
@@ -231,6 +237,13 @@ class Zygote:
                 retry = self.spare_retry_at - time.monotonic()
                 if not self.spare and retry > 0:  # wake up to fork again after a failure
                     timeout = retry if timeout is None else min(timeout, retry)
+                if self.f_paused_until:
+                    paused = self.f_paused_until - time.monotonic()
+                    if paused > 0:
+                        timeout = paused if timeout is None else min(timeout, paused)
+                    else:
+                        self.f_paused_until = 0.0
+                        self.sel.register(self.listener, selectors.EVENT_READ, None)
                 for key, _ in self.sel.select(timeout):
                     if key.fileobj is self.chan:
                         self._from_children()
@@ -297,7 +310,10 @@ class Zygote:
             self.spare = pid
             if self.serving_f:
                 self.serving_f = False
-                self.sel.unregister(self.listener)
+                if self.f_paused_until:
+                    self.f_paused_until = 0.0  # not watched now: nothing to undo
+                else:
+                    self.sel.unregister(self.listener)
         else:
             self._spare_failed()
 
@@ -330,7 +346,10 @@ class Zygote:
         while True:
             try:
                 sock, _ = self.listener.accept()
-            except OSError:  # none left (or a spare took it)
+            except OSError as e:  # none left (or a spare took it), or out of descriptors
+                if e.errno in _OUT_OF_RESOURCES:
+                    self.sel.unregister(self.listener)
+                    self.f_paused_until = time.monotonic() + zygote_worker.ACCEPT_PAUSE_S
                 return
             if not zygote_worker.peer_is(sock, self.uid):
                 sock.close()

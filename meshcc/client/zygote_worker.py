@@ -50,6 +50,10 @@ MAX_REQUEST = 8 << 20
 MAX_FDS = 253  # SCM_MAX_FD
 REQUEST_READ_S = 5.0  # a launcher sends its request as it connects; a stalled one is dropped
 ENV_HINT_MAX = 64 << 10  # a larger environment is not passed on as the next spares' hint
+# An accept that fails for want of descriptors or memory leaves the connection queued and
+# the listener readable: the spare, or the zygote answering "F", waits this long rather
+# than spin on it.
+ACCEPT_PAUSE_S = 0.1
 
 _HEAD = struct.Struct("=4sI")
 _FIXED = struct.Struct("=QIQQI")
@@ -115,7 +119,7 @@ def spare(
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue  # another took it (the zygote, answering "F"), or it went away
         except OSError:  # out of descriptors system-wide, say: the socket stays readable
-            time.sleep(0.1)
+            time.sleep(ACCEPT_PAUSE_S)
             continue
         if not peer_is(sock, uid):
             sock.close()
