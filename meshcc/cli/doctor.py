@@ -10,7 +10,8 @@ and when it is not OK the fix on an indented line below. The checks, in order:
 * the compiler (``--cc``, else argv[0] of the command after ``--``, else ``cc``): on PATH,
   a gcc the mesh can fingerprint, behind a ccache/distcc masquerade;
 * the compile client: ``meshcc-gcc`` the C launcher (compiles start in a warm process) or
-  the Python one, and what here makes compiles start the slow way;
+  the Python one, and what here makes compiles start the slow way; LZO by liblzo2 or the
+  slower fallback;
 * peers seen, how many match the compiler, and every excluded peer with its reason;
 * with a command after ``--``: would it be distributed, and if not, why;
 * ``/etc/distcc/hosts`` and Portage's ``make.conf`` against the live mesh.
@@ -185,6 +186,7 @@ def diagnose(
     check_environment(report, env, system_hosts)
     cc_path, probed = check_compiler(report, cc, env)
     check_compile_client(report, env)
+    check_lzo(report)
     reply: control.HostsReply | None = None
     source = ""
     if mesh is not None:
@@ -651,15 +653,24 @@ def check_compile_client(
         import resource
 
         cpu_limited = resource.getrlimit(resource.RLIMIT_CPU)[0] != resource.RLIM_INFINITY
+    # The launcher's own tests before it uses the zygote (try_zygote, make_key and
+    # socket_dir in packaging/launcher/meshcc-launcher.c), the common ones.
     slow = []
     if uid == 0:
-        slow.append(("you are root", "build as a regular user (Portage's FEATURES=userpriv does)"))
+        slow.append(("you are root", "build as a regular user"))
     if env.get("MESHCC_ZYGOTE") == "0":
         slow.append(("MESHCC_ZYGOTE=0 is set", "unset MESHCC_ZYGOTE"))
     if cpu_limited:
         slow.append(("a CPU-time limit is set (ulimit -t)", "lift it for builds"))
-    if env.get("LD_PRELOAD") or env.get("SANDBOX_ON") == "1" or env.get("SANDBOX_ACTIVE"):
-        slow.append(("a preload sandbox is active (by design)", ""))
+    if "LD_PRELOAD" in env or "SANDBOX_ACTIVE" in env or env.get("SANDBOX_ON") == "1":
+        # Portage's sandbox (FEATURES=sandbox, usersandbox: the defaults) is one: a job
+        # handed to a process outside it would escape it.
+        slow.append(("a preload sandbox or LD_PRELOAD is set (by design)", ""))
+    if len(os.getgroups()) > 64:
+        slow.append(("more than 64 supplementary groups", "drop some groups for builds"))
+    unsafe = _unsafe_socket_dir(env, uid)
+    if unsafe is not None:
+        slow.append(unsafe)
     if slow:
         report.add(
             "compile client",
@@ -680,6 +691,65 @@ def check_compile_client(
         launcher="c",
         zygote=True,
     )
+
+
+def _unsafe_socket_dir(env: Mapping[str, str], uid: int) -> tuple[str, str] | None:
+    """The zygote's socket directory, as the launcher picks it, when it exists but is not
+    a directory of ours closed to others (the launcher then never hands a job through it)."""
+    import stat
+
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    directory = f"/tmp/meshcc-{uid}"
+    if xdg.startswith("/") and len(xdg) < 64:
+        try:
+            st = os.lstat(xdg)
+        except OSError:
+            pass
+        else:
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+                directory = f"{xdg}/meshcc"
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return None  # the first compile makes it
+    except OSError as e:
+        return f"its socket directory {directory}: {e.strerror or e}", "check that path"
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077:
+        return None
+    return (
+        f"its socket directory {directory} is not a directory of yours closed to others",
+        f"remove {directory} (as root if it is not yours): the next compile makes it 0700",
+    )
+
+
+def check_lzo(report: Report) -> None:
+    """LZO, the body codec of `,lzo` hosts and of every stock distcc peer, both ways: by
+    the system's liblzo2 (distcc's algorithm, ~0.3 ms per 100 KB of source) or by the
+    bundled fallback, ~8-13x slower to compress (a cost on every such job)."""
+    from meshcc import compression
+
+    backend = compression.lzo_backend()
+    if backend == "liblzo2":
+        report.add("LZO", OK, "by the system's liblzo2, as distcc", backend=backend)
+    elif backend == "lzallright":
+        report.add(
+            "LZO",
+            WARN,
+            "no usable liblzo2: `,lzo` hosts and stock distcc peers compress with "
+            "lzallright, ~8-13x slower (~2.6 ms per 112 KB of source, each way)",
+            "install it: apt install liblzo2-2 (Debian, Ubuntu), emerge dev-libs/lzo (Gentoo); "
+            "a running daemon uses it once restarted",
+            backend=backend,
+        )
+    else:
+        report.add(
+            "LZO",
+            WARN,
+            "no LZO here (lzallright is missing, as in meshcc.pyz): `,lzo` hosts are sent "
+            "uncompressed (distcc protocol 1), and a daemon here serves protocol 1 only",
+            "install meshcc with install.sh for LZO",
+            backend=None,
+        )
 
 
 def _check_masquerade(report: Report, cc: str, path: str, why: str, env: Mapping[str, str]) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "codec_for_protocol",
     "compress",
     "decompress",
+    "lzo_backend",
     "spoken",
 ]
 
@@ -136,6 +137,14 @@ def available(codec: str) -> bool:
     except CompressionError:
         return False
     return True
+
+
+def lzo_backend() -> str | None:
+    """What runs LZO here: ``"liblzo2"`` (the system library: distcc's algorithm and speed),
+    ``"lzallright"`` (~8-13x slower to compress) or None (no LZO: protocol 1 only)."""
+    if _lib() is not None:
+        return "liblzo2"
+    return "lzallright" if _lzallright_installed() else None
 
 
 def spoken() -> tuple[str, ...]:

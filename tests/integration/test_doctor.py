@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -334,6 +336,7 @@ def test_compile_client_python_launcher_and_missing(tmp_path: Path) -> None:
         (1000, False, {"MESHCC_ZYGOTE": "0"}, "MESHCC_ZYGOTE=0"),
         (1000, True, {}, "CPU-time limit"),
         (1000, False, {"SANDBOX_ON": "1"}, "preload sandbox"),
+        (1000, False, {"LD_PRELOAD": ""}, "LD_PRELOAD"),  # set at all: as the launcher tests
     ],
 )
 def test_compile_client_c_launcher_said_why_it_goes_the_slow_way(
@@ -348,6 +351,54 @@ def test_compile_client_c_launcher_said_why_it_goes_the_slow_way(
     report = doctor.Report()
     doctor.check_compile_client(report, _client_on_path(tmp_path, b"\x7fELF"), 1000, False)
     assert _by(report, "compile client")[0].status == doctor.OK
+
+
+def test_lzo_backend_is_named_and_a_slow_one_has_a_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test command installs liblzo2 (as distcc's packages do): LZO runs there, as
+    distcc's. Without it, lzallright's slower LZO is a warning naming the package; with
+    neither (meshcc.pyz), what `,lzo` hosts get instead."""
+    from meshcc import compression
+
+    report = doctor.Report()
+    doctor.check_lzo(report)
+    [found] = _by(report, "LZO")
+    assert found.status == doctor.OK and found.details["backend"] == "liblzo2", found
+    monkeypatch.setattr(compression, "_liblzo2", False)  # tried, and absent
+    report = doctor.Report()
+    doctor.check_lzo(report)
+    [slow] = _by(report, "LZO")
+    assert slow.status == doctor.WARN and "lzallright" in slow.found
+    assert "liblzo2-2" in slow.fix and "dev-libs/lzo" in slow.fix
+    monkeypatch.setattr(compression, "_lzallright_installed", lambda: False)
+    report = doctor.Report()
+    doctor.check_lzo(report)
+    [none] = _by(report, "LZO")
+    assert none.status == doctor.WARN and "protocol 1" in none.found
+    assert none.details["backend"] is None
+
+
+def test_compile_client_unsafe_socket_directory(tmp_path: Path) -> None:
+    """The launcher hands nothing through a socket directory open to others (or not its
+    user's); doctor finds the same directory ($XDG_RUNTIME_DIR/meshcc when that is the
+    user's) and says how to get it back."""
+    uid = os.getuid()
+    xdg = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))  # under 64 characters, as needed
+    try:
+        (xdg / "meshcc").mkdir()
+        (xdg / "meshcc").chmod(0o755)
+        env = dict(_client_on_path(tmp_path, b"\x7fELF"), XDG_RUNTIME_DIR=str(xdg))
+        report = doctor.Report()
+        doctor.check_compile_client(report, env, uid=uid, cpu_limited=False)
+        check = _by(report, "compile client")[0]
+        assert check.status == doctor.WARN, check
+        assert f"{xdg}/meshcc is not a directory" in check.found, check
+        assert f"remove {xdg}/meshcc" in check.fix
+        (xdg / "meshcc").chmod(0o700)
+        report = doctor.Report()
+        doctor.check_compile_client(report, env, uid=uid, cpu_limited=False)
+        assert "socket directory" not in _by(report, "compile client")[0].found
+    finally:
+        shutil.rmtree(xdg, ignore_errors=True)
 
 
 def test_ccache_masquerade(tmp_path: Path) -> None:

@@ -639,7 +639,7 @@ def test_doctor_tells_whether_compiles_take_the_zygote(user: User) -> None:
     assert after is not None and after["jobs"] == before["jobs"] + 1
     check = _doctor_compile_client(user, as_user=False)
     assert check["status"] == "WARN" and "you are root" in str(check["found"]), check
-    assert "FEATURES=userpriv" in str(check["fix"])
+    assert "regular user" in str(check["fix"])
 
 
 def test_xdg_runtime_dir_holds_the_socket_when_it_is_ours(user: User) -> None:
@@ -1254,6 +1254,60 @@ def test_a_zygote_short_of_descriptors_runs_no_job_it_could_not_watch(user: User
     assert one.returncode == 0, one.stderr
     again = user.stats(zygote)
     assert again is not None and again["jobs"] == after["jobs"] + 1
+    # Gone before the next test: the user's counters would otherwise come from two zygotes.
+    os.kill(zygote, signal.SIGTERM)
+    assert _wait_for(lambda: _zombie(zygote))  # (or gone)
+
+
+def test_a_zygote_out_of_descriptors_waits_instead_of_spinning(user: User) -> None:
+    """With its open-files limit lowered below what it holds (prlimit on the running
+    zygote), it forks no spare and cannot even accept a launcher to answer "F": the
+    connection stays queued. It stops watching its socket for a moment at a time rather
+    than busy-loop on it; once the limit is back, the waiting launcher's job goes on."""
+    zygote = user.warm()["pid"]
+    assert _zygotes(user) == [zygote]  # the one this user's compiles go to
+    spare = _spare_of(user, zygote)
+    soft = _open_files(zygote)
+    held = len(os.listdir(f"/proc/{zygote}/fd"))
+    # Below what it holds, with a margin: a counters request's connection may still be
+    # open in that count, and closing it must not make room.
+    lowered = user.run("prlimit", f"--pid={zygote}", f"--nofile={held - 3}:")
+    assert lowered.returncode == 0, lowered.stderr
+    launcher: subprocess.Popen[str] | None = None
+    try:
+        # The spare forked before would take the next launcher, and hand its connection
+        # to a zygote that cannot receive it: gone, and none forked in its place.
+        os.kill(spare, signal.SIGKILL)
+        assert _wait_for(lambda: not Path(f"/proc/{spare}").exists())
+        (user.work / "starved.c").write_text("int starved;\n")
+        launcher = subprocess.Popen(
+            user.argv(user.gcc, "-c", "starved.c", "-o", "starved2.o"),
+            env=user.env(),
+            cwd=user.work,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)  # it connected and waits; the zygote has seen its connection
+        before = _cpu_s(zygote)
+        time.sleep(1.0)
+        assert _cpu_s(zygote) - before < 0.2, "the zygote spun on a connection it cannot take"
+        assert launcher.poll() is None, "the launcher did not wait for the zygote"
+    finally:
+        raised = user.run("prlimit", f"--pid={zygote}", f"--nofile={soft}:")
+        assert raised.returncode == 0, raised.stderr
+    assert launcher is not None
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, err
+    assert "did not take the job" not in err, err  # served once the limit was back
+    assert (user.work / "starved2.o").stat().st_size > 0
+    _spare_of(user, zygote)
+    _compiles_through_the_zygote(user, zygote)
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's user + system CPU so far, in seconds (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _open_files(pid: int) -> int:
