@@ -176,16 +176,23 @@ def _own(user: User, path: Path) -> None:
     subprocess.run(["chown", "-R", f"{user.uid}:{user.entry.pw_gid}", str(path)], check=True)
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """A process's /proc stat fields after the command name (state, ppid, ...); None when
+    it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _processes() -> Iterator[tuple[int, list[str]]]:
-    """Each live process's pid and its /proc stat fields after the command name (state,
-    ppid, pgrp, ...); one that ends meanwhile is skipped."""
+    """Each live process's pid and its stat fields (:func:`_stat_fields`); one that ends
+    meanwhile is skipped."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            yield int(entry), stat.rsplit(")", 1)[1].split()
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                yield int(entry), fields
 
 
 def _children_of(pid: int) -> list[int]:
@@ -468,10 +475,8 @@ def test_ctrl_c_stops_the_worker_and_its_cpp_and_leaves_no_output(user: User) ->
 
 
 def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
+    fields = _stat_fields(pid)
+    return fields[0] if fields is not None else "gone"
 
 
 def test_ctrl_z_stops_and_fg_continues_the_job(user: User) -> None:
@@ -769,11 +774,12 @@ def _zygotes(user: User) -> list[int]:
     for pid in user.pids():
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        if len(cmdline) > 2 and cmdline[2].endswith(b"/libexec/meshcc/zygote"):
-            found[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        fields = _stat_fields(pid)
+        zygote_script = len(cmdline) > 2 and cmdline[2].endswith(b"/libexec/meshcc/zygote")
+        if fields is not None and zygote_script:
+            found[pid] = int(fields[1])
     return [pid for pid, parent in found.items() if parent not in found]
 
 
@@ -868,10 +874,7 @@ def test_a_zygote_of_another_key_refuses_and_python_runs_the_job(user: User) -> 
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return _state(pid) in ("Z", "gone")
 
 
 def test_launcher_without_zygote_support_still_compiles(user: User, prefix: Path) -> None:
@@ -1004,7 +1007,8 @@ def test_each_job_runs_in_the_spare_forked_before_it(user: User) -> None:
         before = user.stats(zygote)
         assert before is not None
         spare = _spare_of(user, zygote)
-        fields = Path(f"/proc/{spare}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(spare)
+        assert fields is not None
         assert (int(fields[1]), int(fields[2])) == (zygote, os.getpgid(zygote))
         proc = user.run(user.gcc, "--version", env=user.env(PATH=f"{bindir}:/usr/bin:/bin"))
         assert proc.returncode == 0, proc.stderr
@@ -1101,11 +1105,8 @@ def test_a_zygote_that_cannot_fork_answers_at_once_then_recovers(user: User) -> 
     timeout; once forks work again a spare waits and jobs go through the zygote again."""
     zygote = user.warm()["pid"]
     spare = _spare_of(user, zygote)
-    [soft] = [
-        line.split()[2]
-        for line in Path(f"/proc/{zygote}/limits").read_text().splitlines()
-        if line.startswith("Max processes")
-    ]
+    soft = _soft_limit(zygote, "Max processes")
+    assert soft is not None
     # As the user (the soft limit only: lowering it and raising it back up to the hard one
     # needs no privilege, where root may lack CAP_SYS_RESOURCE in a container).
     lowered = user.run("prlimit", f"--pid={zygote}", "--nproc=1:")
@@ -1306,18 +1307,26 @@ def test_a_zygote_out_of_descriptors_waits_instead_of_spinning(user: User) -> No
 
 def _cpu_s(pid: int) -> float:
     """A process's user + system CPU so far, in seconds (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
+    assert fields is not None, f"process {pid} is gone"
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _soft_limit(pid: int, name: str) -> str | None:
+    """A process's soft limit ``name`` (as /proc/PID/limits names it, e.g. "Max open
+    files"), as written there ("unlimited", say); None when the process is gone."""
+    try:
+        limits = Path(f"/proc/{pid}/limits").read_text()
+    except OSError:
+        return None
+    [soft] = [line[len(name) :].split()[0] for line in limits.splitlines() if line.startswith(name)]
+    return soft
 
 
 def _open_files(pid: int) -> int:
     """A process's soft limit on open files (0 when it is gone)."""
-    try:
-        limits = Path(f"/proc/{pid}/limits").read_text()
-    except OSError:
-        return 0
-    [soft] = [line.split()[3] for line in limits.splitlines() if line.startswith("Max open files")]
-    return int(soft)
+    soft = _soft_limit(pid, "Max open files")
+    return int(soft) if soft is not None else 0
 
 
 def _comm(pid: int) -> str:
