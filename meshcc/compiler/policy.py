@@ -91,11 +91,23 @@ _EXTRA_FILE = {
 
 
 def _assembler_option_refusal(opt: str, shown: str) -> str | None:
-    """One option handed to the assembler (a piece of -Wa, or an -Xassembler value)."""
+    """One option handed to the assembler (a piece of -Wa, or an -Xassembler value).
+
+    GNU as reads its options with getopt_long_only: one dash or two, and any unambiguous
+    prefix of a long name (``-MD``, ``--M``, ``--al=FILE`` all work). So the option's name
+    is judged with its dashes and value stripped: a listing (``a...``), a dependency file
+    (``M``/``MD``), an output (``o...``) or an include directory for ``.include``
+    (``I...``), which all read or write files on the server."""
     if opt.startswith("@"):
         return f"{shown} makes the assembler read a response file from the server's disk"
-    if opt.startswith(("-a", "--MD", "-o")):
+    if not opt.startswith("-"):
+        return None  # a value of the option before it (judged by that option's name)
+    name = opt[2:] if opt.startswith("--") else opt[1:]
+    name = name.split("=", 1)[0]
+    if name[:1] in ("a", "o") or name in ("M", "MD"):
         return f"{shown} makes the assembler write a listing, dependency or output file"
+    if name[:1] == "I":
+        return f"{shown} makes the assembler read files from a directory on the server"
     return None
 
 
@@ -161,6 +173,10 @@ def _option_refusal_walk(argv: list[str]) -> str | None:
             return f"{a} reads a specs file, which can run any program"
         if a == "-wrapper":
             return "-wrapper runs the compiler's programs through another command"
+        if a.startswith("-fcompare-debug="):
+            # gcc compiles a second time with these words as driver options: -wrapper,
+            # -fplugin=, -B... inside them would run anything (plain -fcompare-debug is safe).
+            return f"{a} hands its own options to a second compile, unchecked"
         if a.startswith(("-B", "--prefix")):
             return f"{a} makes the compiler run programs from another directory"
         if a.startswith("-Wa,"):

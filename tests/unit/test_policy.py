@@ -34,6 +34,17 @@ REFUSED = [
     ("-Wa,--noexecstack,-al", "-Wa,--noexecstack,-al"),
     ("-Xassembler -al=/tmp/l", "-al=/tmp/l"),
     ("-Xassembler --MD", "--MD"),
+    # GNU as takes one dash or two and any unambiguous prefix of a long option's name
+    ("-Wa,-MD,/tmp/d", "-Wa,-MD,/tmp/d"),
+    ("-Wa,--M,/tmp/d", "-Wa,--M,/tmp/d"),
+    ("-Xassembler -MD", "-MD"),
+    ("-Wa,--al=/tmp/l", "-Wa,--al=/tmp/l"),
+    ("-Wa,--o,/tmp/x.o", "-Wa,--o,/tmp/x.o"),
+    ("-Wa,-I/etc", "-Wa,-I/etc"),
+    ("-Wa,-I,/etc", "-Wa,-I,/etc"),
+    ("-fcompare-debug=-wrapper /bin/sh", "-fcompare-debug=-wrapper"),
+    ("-fcompare-debug=-fplugin=/x/p.so", "-fcompare-debug=-fplugin=/x/p.so"),
+    ("-fcompare-debug=-aux-info=/tmp/x", "-fcompare-debug=-aux-info=/tmp/x"),
     ("-save-temps", "-save-temps"),
     ("-save-temps=obj", "-save-temps=obj"),
     ("--save-temps", "--save-temps"),
@@ -148,6 +159,9 @@ SAFE = [
     "gcc -dA -dp -dP -c a.c -o a.o",
     "gcc -dumpdir obj/ -dumpbase a.c -dumpbase-ext .c -c a.c -o obj/a.o",
     "gcc -Wa,--noexecstack -Wa,-mrelax-relocations=no -Xassembler --gdwarf-5 -c a.c -o a.o",
+    "gcc -Wa,--compress-debug-sections=zlib,--32 -Wa,-mx86-used-note=no -c a.c -o a.o",
+    "gcc -Wa,--defsym,X=1 -Wa,--fatal-warnings -c a.c -o a.o",
+    "gcc -fcompare-debug -c a.c -o a.o",  # checks itself by a second compile, no options
     "gcc -fopt-info-vec -fdiagnostics-color=always -fdiagnostics-show-caret -c a.c -o a.o",
     "gcc -fdebug-prefix-map=/a=/b -ffile-prefix-map=/x=. -c a.c -o a.o",
     "gcc -c a.c",  # no -o: the server appends one
