@@ -359,6 +359,19 @@ def _directive_pattern() -> Any:
     return _directive
 
 
+_dependency: Any = None
+
+
+def _dependency_pragma() -> Any:
+    """The search for gcc's dependency pragma (compiled on first use: rare in sources)."""
+    global _dependency
+    if _dependency is None:
+        import re
+
+        _dependency = re.compile(rb"GCC[ \t]+dependency").search
+    return _dependency
+
+
 def scan_source_refusal(data: bytes, directives: bool = True) -> str | None:
     """Refuse preprocessed text that would make the compiler read files on the server.
 
@@ -382,6 +395,10 @@ def scan_source_refusal(data: bytes, directives: bool = True) -> str | None:
             return why
     if b"pch_preprocess" in data:
         return "the source uses #pragma GCC pch_preprocess, which opens a file on the server"
+    # gcc obeys this pragma in a .i too (and in _Pragma("...") form): it stats the named
+    # file, so a client could probe which files the server has, or hang cc1 on a FIFO.
+    if b"dependency" in data and _dependency_pragma()(data):
+        return "the source uses #pragma GCC dependency, which opens a file on the server"
     search = _directive_pattern()
     include = False
     m = search(data)

@@ -247,6 +247,8 @@ def test_rewrite_without_source_raises():
         (b'asm(".include \\"/etc/passwd\\"");', ".include"),
         (b'asm(".include\\t\\"/etc/passwd\\"");', ".include"),
         (b'#pragma GCC pch_preprocess "/etc/passwd"\nint x;', "pch_preprocess"),
+        (b'#pragma GCC dependency "/etc/shadow"\nint x;', "dependency"),
+        (b'_Pragma("GCC dependency \\"/etc/shadow\\"") int x;', "dependency"),
         (b'asm(".InCbIn \\"/etc/shadow\\"");', ".incbin"),
         (b'asm(".iNcLuDe \\"/etc/passwd\\"");', ".include"),
         (b'asm(".include\\\\\n\\"/etc/passwd\\"");', ".include"),
@@ -271,6 +273,7 @@ def test_scan_refuses(text, word):
         b'const char *m = "see the include directory";\n',
         b"x.INCLUDES = 1; y.incbi = 2; z.Includex = 3;\n",
         b"#pragma GCC PCH_PREPROCESS\n",  # the pragma's name is case-sensitive in gcc
+        b'const char *why = "a dependency of GCC";\n',
     ],
 )
 def test_scan_allows(text):
