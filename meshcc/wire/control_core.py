@@ -328,7 +328,10 @@ class MessageReader:
         if self._error is not None:
             raise ControlError(self._error)
         self._buf += data
-        if len(self._buf) > self._max:
+        # The buffer may hold the rest of one message and the start of the next (a client
+        # pipelines its messages): next_message bounds the pending one; this bounds a
+        # caller that feeds without taking messages out.
+        if len(self._buf) > 2 * self._max:
             self._fail(f"message larger than the {self._max} byte limit")
 
     def next_message(self) -> dict[str, object] | None:
@@ -341,6 +344,8 @@ class MessageReader:
         try:
             msg, end = unpack_one(self._buf, 0, 0, budget)
         except _NeedData as e:
+            if e.needed > self._max or len(self._buf) > self._max:
+                self._fail(f"message larger than the {self._max} byte limit")
             self._need = e.needed
             return None
         except ControlError as e:

@@ -36,6 +36,26 @@ def test_roundtrip_split_and_back_to_back() -> None:
     assert r.next_message() is None
 
 
+def test_pipelined_messages_may_together_pass_the_limit() -> None:
+    """A client sends its messages back to back (direct_put's parts): one read may end
+    inside the next message, so the buffer holds more than one message's limit."""
+    limit = 64 * 1024
+    part = control.encode({"op": "status", "pad": b"p" * (limit - 100)})
+    stream = part * 3
+    r = control.MessageReader(max_message=limit)
+    got = []
+    for at in range(0, len(stream), limit):  # the daemon's reads: 64 KiB at a time
+        r.feed(stream[at : at + limit])
+        got += list(r)
+    assert len(got) == 3
+    too_big = control.encode({"op": "status", "pad": b"p" * limit})
+    r = control.MessageReader(max_message=limit)
+    with pytest.raises(control.ControlError, match="larger than"):
+        for at in range(0, len(too_big), 4096):
+            r.feed(too_big[at : at + 4096])
+            list(r)
+
+
 def test_oversized_message_fails_before_it_is_buffered() -> None:
     r = control.MessageReader()
     head = b"\xdb" + (2 * control.MAX_MESSAGE).to_bytes(4, "big")  # str32 of 2 MiB
