@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from meshcc import posixenv as os  # the pure W* wait-status macros, without importing os
 from meshcc.exitcodes import (
-    EXIT_BAD_HOSTSPEC,
     EXIT_CONNECT_FAILED,
     EXIT_DISTCC_FAILED,
     EXIT_IO_ERROR,
@@ -219,18 +218,22 @@ class Plan:
 
     # ---------------------------------------------------------- before any host
 
-    def _cannot_distribute(self, why: str, code: int) -> CompileLocally | Fail:
+    def _cannot_distribute(self, why: str) -> CompileLocally | Fail:
+        # With fallback off, distcc 3.4 exits 116 (no hosts) whatever kept the job here:
+        # an empty or unparsable host list, an unusable $DISTCC_DIR. Scripts test for it.
         if not self.settings.fallback:
-            return Fail(code, f"{why}; not compiling {self.source} locally (DISTCC_FALLBACK=0)")
+            return Fail(
+                EXIT_NO_HOSTS, f"{why}; not compiling {self.source} locally (DISTCC_FALLBACK=0)"
+            )
         return CompileLocally(f"{why}; compiling {self.source} locally", warn=True)
 
     def distcc_dir_unusable(self, why: str) -> CompileLocally | Fail:
         """$DISTCC_DIR or its lock directory cannot be used (so no slot lock either)."""
-        return self._cannot_distribute(why, EXIT_DISTCC_FAILED)
+        return self._cannot_distribute(why)
 
     def bad_host_list(self, why: str) -> CompileLocally | Fail:
         """The distcc host list does not parse (``why`` is its first line)."""
-        return self._cannot_distribute(why, EXIT_BAD_HOSTSPEC)
+        return self._cannot_distribute(why)
 
     def no_host_left(self, why: str, quiet: bool) -> CompileLocally | Fail:
         """The pool has no (more) host for us; ``why`` and ``quiet`` come from the pool."""
