@@ -240,6 +240,12 @@ class ControlServer:
             )
         except asyncio.CancelledError:
             pass
+        except control.ControlError as e:
+            # A bad message past the first (a direct_put's parts), or a reply too large to
+            # encode: the client's fault or a bound, not the daemon's. It hears why.
+            log.warning("control: closing connection from %s: %s", conn.who, e)
+            with contextlib.suppress(Exception):
+                await self._send(conn, control.ErrorReply(str(e)))
         except Exception:
             log.exception("control: internal error serving %s", conn.who)
         finally:

@@ -183,3 +183,37 @@ def test_leases_queue_fifo_and_a_killed_client_frees_its_slot(
     finally:
         a.stop(), b.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def test_a_bad_message_inside_a_direct_put_is_answered_with_its_reason() -> None:
+    """A direct_put whose parts are followed by another request: the client hears why the
+    daemon closes (an ErrorReply), and the daemon logs a warning, not an internal error."""
+    import socket
+
+    from meshcc.wire import control
+
+    work = private_dir("meshcc-ctl-direct-")
+    cache = work / "d" / "cache"
+    cache.mkdir(parents=True)
+    cache.chmod(0o777)
+    d = Meshd(work, None, "--cache-dir", str(cache), port=_free_port())
+    try:
+        d.start()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(d.socket))
+            put = control.DirectRequest("direct_put", "d" * 64, "x.c", b"x", True)
+            s.sendall(control.encode(put.to_message()))
+            s.sendall(control.encode({"op": "status"}))
+            reader = control.MessageReader()
+            while chunk := s.recv(65536):
+                reader.feed(chunk)
+            replies = list(reader)
+        assert len(replies) == 1, replies
+        assert "only direct_put parts may follow" in str(replies[0].get("error")), replies
+        log = d.log_text()
+        assert "internal error" not in log, log
+        assert "only direct_put parts may follow" in log, log
+    finally:
+        d.stop()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
