@@ -261,21 +261,12 @@ class ControlServer:
 
     async def _serve(self, conn: _Conn, uid: int) -> None:
         while True:
-            try:
-                msg = await conn.next(self.limits.idle_timeout_s)
-            except control.ControlError as e:
-                log.warning("control: closing connection from %s: %s", conn.who, e)
-                with contextlib.suppress(Exception):
-                    await self._send(conn, control.ErrorReply(str(e)))
-                return
+            # A ControlError (a bad or oversized message) ends the connection with its
+            # reason: _on_connection logs it and sends the ErrorReply.
+            msg = await conn.next(self.limits.idle_timeout_s)
             if msg is None:
                 return
-            try:
-                req = control.decode_request(msg)
-            except control.ControlError as e:
-                log.warning("control: closing connection from %s: %s", conn.who, e)
-                await self._send(conn, control.ErrorReply(str(e)))
-                return
+            req = control.decode_request(msg)
             if isinstance(req, control.LeaseRequest):  # first: one per compile
                 await self._lease(req, conn, uid)
                 return
